@@ -1,24 +1,62 @@
 /**
- * kiln's CLI entry point. Commands live one per file in this folder and stay thin: they parse options and call
- * into src/. Errors are printed as one line (plus a hint), with a stack only under --debug.
+ * kiln's CLI entry point. Commands live one per file in this folder and stay thin: each exports
+ * `register(program)`, parses its options and calls into src/. Errors are printed as one line (plus a hint),
+ * with a stack only under --debug.
  */
 import { Command, CommanderError } from 'commander';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { KilnError } from '../errors.js';
 
+/** Command modules in help order. Each file exports `register(program: Command)`. */
+const COMMANDS = [
+  'build',
+  'pull',
+  'push',
+  'copy',
+  'inspect',
+  'images',
+  'rmi',
+  'login',
+  'logout',
+  'dockerfile',
+  'bootstrap',
+] as const;
+
+interface CommandModule {
+  register(program: Command): void;
+}
+
+async function loadCommands(program: Command): Promise<void> {
+  const here = dirname(fileURLToPath(import.meta.url));
+  const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
+  for (const name of COMMANDS) {
+    const file = join(here, name + ext);
+    if (!existsSync(file)) continue;
+    const mod = (await import(pathToFileURL(file).href)) as Partial<CommandModule>;
+    if (typeof mod.register === 'function') mod.register(program);
+  }
+}
+
+/** Run the CLI with `argv` (without node and script path); resolves to the process exit code. */
 export async function main(argv: string[]): Promise<number> {
   const debug = argv.includes('--debug') || process.env.KILN_DEBUG === '1';
   const program = new Command('kiln')
     .description('Daemonless, rootless container image builder')
     .option('--debug', 'print stack traces and debug logs')
+    .showHelpAfterError('(run with --help for usage)')
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
   try {
+    await loadCommands(program);
+    for (const c of program.commands) c.exitOverride();
     await program.parseAsync(argv, { from: 'user' });
-    return 0;
+    return typeof process.exitCode === 'number' ? process.exitCode : 0;
   } catch (e) {
     if (e instanceof CommanderError) return e.exitCode;
     printError(e, debug);
-    return 1;
+    return e instanceof KilnError && e.code === 'INTERRUPTED' ? 130 : 1;
   }
 }
 

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a Debian bookworm machine with Node 20: installs the Debian tools kiln's tests use,
+# the npm dependencies, compiles the TypeScript, and prepares an ordinary user with subordinate ids for the
+# rootless tests. Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for pkg in docker-registry skopeo umoci uidmap busybox-static buildah docker.io apache2-utils openssl git zstd \
+  xz-utils bzip2 util-linux iproute2; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  echo "setup: installing Debian packages: ${need[*]}" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# npm dependencies: reinstall only when the lock file changed since the last install.
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+
+npm run --silent build
+
+# An ordinary user with subordinate ids, for the rootless tests (root only; harmless when it exists).
+if [ "$(id -u)" -eq 0 ] && [ -x scripts/rootless-user.sh ]; then
+  bash scripts/rootless-user.sh >/dev/null
+fi
+echo "setup: ok" >&2

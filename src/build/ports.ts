@@ -1,0 +1,133 @@
+/**
+ * The seams of the build engine. The engine (src/build/engine.ts) is written against these narrow interfaces only;
+ * concrete implementations live in src/sandbox (namespaces, overlay snapshots, RUN processes), src/layer (layer
+ * tar writing and extraction), src/registry + src/oci (base images, outputs). Other build strategies (S2I,
+ * buildpacks) and other executors (a Kubernetes pod executor) plug in here without touching the engine.
+ */
+import type { Image, Layer, Platform } from '../oci/types.js';
+
+/** A mount made inside a RUN sandbox. Paths in `target` are absolute inside the container. */
+export interface RunMount {
+  type: 'bind' | 'tmpfs' | 'secret' | 'cache';
+  /** Host path (bind: a directory or file; secret: a file holding the secret; cache: the cache dir). */
+  source?: string;
+  target: string;
+  readonly?: boolean;
+  /** File mode for secret files (default 0400). */
+  mode?: number;
+  uid?: number;
+  gid?: number;
+}
+
+/** One process to run in a prepared root filesystem. */
+export interface ProcessSpec {
+  /** The merged root (from Snapshotter.prepare). */
+  rootfs: string;
+  argv: string[];
+  /** Complete environment, `KEY=value`. */
+  env: string[];
+  /** Absolute working directory inside the root (created by the executor when missing). */
+  cwd: string;
+  /** User as written in USER (`name`, `uid`, `name:group`, `uid:gid`); empty means root. */
+  user: string;
+  network: 'host' | 'none';
+  mounts: RunMount[];
+  hostname?: string;
+  /** Output of the process, as produced (stdout and stderr separately). */
+  onStdout?: (chunk: Buffer) => void;
+  onStderr?: (chunk: Buffer) => void;
+  /** Aborting kills the process (and its descendants). */
+  signal?: AbortSignal;
+}
+
+export interface ProcessResult {
+  exitCode: number;
+  /** Set when the process was killed by a signal. */
+  signal?: string;
+}
+
+/** Runs RUN commands. The local one uses namespaces (src/sandbox); a Kubernetes one would use a pod. */
+export interface Executor {
+  run(spec: ProcessSpec): Promise<ProcessResult>;
+}
+
+/** A writable root filesystem for one step: overlay(lowers) with a fresh upper dir. */
+export interface Snapshot {
+  /** The merged view; the step writes here. */
+  readonly root: string;
+  /** The upper dir: after the step it IS the layer diff (overlay format). */
+  readonly upper: string;
+  /** Unmount and remove the work dir (and the upper dir unless it was taken by LayerStore.commit). */
+  release(): Promise<void>;
+}
+
+export interface Snapshotter {
+  /** `lowers` are layer dirs, bottom-most first. */
+  prepare(lowers: string[]): Promise<Snapshot>;
+}
+
+/** A layer produced from an upper dir, stored in the blob store and moved into the layer store. */
+export interface CommittedLayer {
+  diffID: string;
+  digest: string;
+  size: number;
+  mediaType: string;
+  /** The layer dir in the layer store (a lower dir for the next steps). */
+  dir: string;
+}
+
+/** Content-addressed extracted layers ($KILN_HOME/layers/<diffID hex>) plus the blob store behind them. */
+export interface LayerStore {
+  /** Extract `layer` (once) into the layer store; returns its dir. */
+  unpack(layer: Layer): Promise<string>;
+  /** The dir of an already extracted/committed layer, or undefined. */
+  dirOf(diffID: string): Promise<string | undefined>;
+  /** Write `upper` as a layer blob (deterministic, with SOURCE_DATE_EPOCH clamping) and adopt the dir. */
+  commit(upper: string, opts: { sourceDateEpoch?: number }): Promise<CommittedLayer>;
+  /** A Layer (for images/outputs) backed by a stored blob. */
+  layer(digest: string, diffID: string, size: number, mediaType: string): Promise<Layer>;
+}
+
+/** A resolved base image. */
+export interface ResolvedBase {
+  /** The normalized reference (e.g. docker.io/library/busybox:latest, localhost/busybox:latest). */
+  name: string;
+  /** Manifest digest of the image for the build platform. */
+  digest: string;
+  image: Image;
+}
+
+/** Resolves FROM references (local store first unless pull, then registry). */
+export interface BaseResolver {
+  resolve(ref: string, opts: { pull: boolean; platform: Platform }): Promise<ResolvedBase>;
+}
+
+/** Where a finished image goes. */
+export interface Publisher {
+  publish(image: Image, build: PublishContext): Promise<PublishResult>;
+}
+
+export interface PublishContext {
+  /** Image names (tags) given for this output. */
+  names: string[];
+  /** The final rootfs dirs (lower first) for filesystem outputs (`local`, `tar`). */
+  layerDirs: string[];
+}
+
+export interface PublishResult {
+  /** Names actually written/pushed (for --metadata-file image.name). */
+  names: string[];
+}
+
+/** Progress events the engine emits; src/build/progress.ts renders them (plain, tty, json). */
+export interface ProgressSink {
+  /** A vertex (step) starts: `#id name`. */
+  start(id: number, name: string): void;
+  /** A line of output of a running vertex. */
+  log(id: number, stream: 'stdout' | 'stderr', chunk: Buffer): void;
+  cached(id: number): void;
+  done(id: number): void;
+  error(id: number, message: string): void;
+  /** Free-form warning (lint), printed once. */
+  warn(message: string): void;
+}

@@ -1,0 +1,85 @@
+/**
+ * The local build cache ($KILN_HOME/cache): step key → what the step produced (its layer and creation time). A
+ * step is skipped when its key is present and the layer it names still exists in the layer store. Entries are
+ * written atomically (temp file + rename), so an interrupted build never leaves a half-written entry; a corrupt
+ * or unreadable entry is treated as a miss.
+ */
+import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { sha256, isDigest } from '../oci/digest.js';
+
+/** What a cached step produced. */
+export interface CacheEntry {
+  version: 1;
+  /** The layer the step produced (RUN/COPY/ADD/WORKDIR). */
+  layer?: { diffID: string; digest: string; size: number; mediaType: string };
+  /** Creation time of the layer (history `created`). */
+  created?: string;
+  /** Step-specific extra data (e.g. the files a WORKDIR created). */
+  extra?: Record<string, string>;
+}
+
+/** JSON with object keys sorted at every level: a stable serialization for hashing. */
+export function canonicalJSON(v: unknown): string {
+  if (v === null || typeof v !== 'object') return JSON.stringify(v ?? null);
+  if (Array.isArray(v)) return '[' + v.map(canonicalJSON).join(',') + ']';
+  const o = v as Record<string, unknown>;
+  const keys = Object.keys(o)
+    .filter((k) => o[k] !== undefined)
+    .sort();
+  return '{' + keys.map((k) => JSON.stringify(k) + ':' + canonicalJSON(o[k])).join(',') + '}';
+}
+
+/** A cache key: sha256 of the canonical JSON of everything that determines a step's result. */
+export function cacheKey(parts: Record<string, unknown>): string {
+  return sha256(canonicalJSON({ v: 1, ...parts }));
+}
+
+function isEntry(x: unknown): x is CacheEntry {
+  if (typeof x !== 'object' || x === null) return false;
+  const e = x as CacheEntry;
+  if (e.version !== 1) return false;
+  if (e.layer !== undefined) {
+    const l = e.layer;
+    if (!isDigest(l.diffID) || !isDigest(l.digest) || typeof l.size !== 'number' || typeof l.mediaType !== 'string')
+      return false;
+  }
+  return true;
+}
+
+export class BuildCache {
+  constructor(readonly dir: string) {}
+
+  private path(key: string): string {
+    return join(this.dir, key.replace(/^sha256:/, '') + '.json');
+  }
+
+  /** The entry for `key`, or undefined (missing or unreadable entries are misses). */
+  async get(key: string): Promise<CacheEntry | undefined> {
+    try {
+      const parsed: unknown = JSON.parse(await readFile(this.path(key), 'utf8'));
+      return isEntry(parsed) ? parsed : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Store an entry atomically. */
+  async put(key: string, entry: CacheEntry): Promise<void> {
+    await mkdir(this.dir, { recursive: true });
+    const final = this.path(key);
+    const tmp = `${final}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+    try {
+      await writeFile(tmp, JSON.stringify(entry));
+      await rename(tmp, final);
+    } catch (e) {
+      await rm(tmp, { force: true });
+      throw e;
+    }
+  }
+
+  async delete(key: string): Promise<void> {
+    await rm(this.path(key), { force: true });
+  }
+}

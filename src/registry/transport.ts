@@ -1,0 +1,574 @@
+/**
+ * HTTP transport to one registry endpoint: scheme selection (HTTPS; plain HTTP allowed for loopback hosts and
+ * `--insecure-registry` hosts, tried after HTTPS fails the way docker does), TLS with extra CAs, the `/v2/` ping and
+ * its challenge, Basic and Bearer authorization (token per scope set, refreshed on 401), bounded retries with
+ * exponential backoff on 408/429/5xx and dropped connections (honouring Retry-After), manual redirects (no
+ * Authorization header sent to another host), and registry error bodies mapped to typed KilnErrors. Credentials are
+ * never put into an error or a debug log.
+ */
+import { readFileSync } from 'node:fs';
+import { rootCertificates } from 'node:tls';
+import type { Readable } from 'node:stream';
+import { Agent, request, type Dispatcher } from 'undici';
+import { KilnError } from '../errors.js';
+import {
+  basicAuthorization,
+  mergeScopes,
+  parseWWWAuthenticate,
+  redact,
+  TokenAuthenticator,
+  type Challenge,
+  type Credential,
+} from './auth.js';
+
+/** Resolves the credentials for a registry host (e.g. the docker config keychain). */
+export type CredentialSource = (registry: string) => Promise<Credential | undefined>;
+
+/** Options shared by every registry operation (mostly from CLI flags). */
+export interface RegistryOptions {
+  /** Hosts (host or host:port) that may be reached over plain HTTP / unverified TLS. */
+  insecureRegistries?: string[];
+  /** PEM files with extra CA certificates to trust. */
+  caFiles?: string[];
+  /** Pull-through mirrors for docker.io (URLs, e.g. https://mirror.example.com). */
+  mirrors?: string[];
+  /** Where credentials come from; default: none (anonymous). */
+  credentials?: CredentialSource;
+  /** Retries after the first attempt for retryable failures (default 5). */
+  maxRetries?: number;
+  /** First backoff delay in ms (default 200), doubled per attempt. */
+  retryBaseMs?: number;
+  /** Upper bound for one backoff / Retry-After wait in ms (default 20000). */
+  maxRetryDelayMs?: number;
+  userAgent?: string;
+}
+
+/** What a request is for, to build one-line errors: `pull 127.0.0.1:5000/app:v1: manifest unknown (MANIFEST_UNKNOWN)`. */
+export interface ErrorContext {
+  /** e.g. `pull 127.0.0.1:5000/app:v1` */
+  label: string;
+  /** What a bare 404 means. */
+  kind?: 'manifest' | 'blob' | 'upload' | 'tags' | 'other';
+}
+
+export interface RequestOptions {
+  method: 'GET' | 'HEAD' | 'PUT' | 'POST' | 'PATCH' | 'DELETE';
+  /** Path below the endpoint (e.g. `/v2/app/manifests/v1`) or an absolute URL (upload locations). */
+  path: string;
+  headers?: Record<string, string>;
+  /** Buffers/strings are replayable (retried); streams are sent once. */
+  body?: Buffer | string | Readable;
+  /** Token scopes this request needs. */
+  scopes: string[];
+  /** Statuses that count as success; anything else becomes a KilnError. */
+  expect: number[];
+  ctx: ErrorContext;
+  /** Disable retries (uploads handle their own recovery). */
+  noRetry?: boolean;
+}
+
+export interface Response {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: Dispatcher.ResponseData['body'];
+  /** The final URL (after redirects). */
+  url: string;
+}
+
+const RETRY_STATUS = new Set([408, 429, 500, 502, 503, 504]);
+const NET_RETRY_CODES = new Set([
+  'ECONNRESET',
+  'EPIPE',
+  'ETIMEDOUT',
+  'UND_ERR_SOCKET',
+  'UND_ERR_CLOSED',
+  'UND_ERR_HEADERS_TIMEOUT',
+  'UND_ERR_BODY_TIMEOUT',
+  'ECONNABORTED',
+]);
+const TLS_VERIFY_CODES = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'CERT_HAS_EXPIRED',
+  'CERT_NOT_YET_VALID',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+  'CERT_UNTRUSTED',
+  'CERT_SIGNATURE_FAILURE',
+]);
+
+/** Registry error codes from the distribution spec that become KilnError codes one to one. */
+const SPEC_CODES = new Set([
+  'BLOB_UNKNOWN',
+  'BLOB_UPLOAD_INVALID',
+  'BLOB_UPLOAD_UNKNOWN',
+  'DIGEST_INVALID',
+  'MANIFEST_BLOB_UNKNOWN',
+  'MANIFEST_INVALID',
+  'MANIFEST_UNKNOWN',
+  'MANIFEST_UNVERIFIED',
+  'NAME_INVALID',
+  'NAME_UNKNOWN',
+  'SIZE_INVALID',
+  'TAG_INVALID',
+  'UNAUTHORIZED',
+  'DENIED',
+  'UNSUPPORTED',
+  'TOOMANYREQUESTS',
+  'UNAVAILABLE',
+  'RANGE_INVALID',
+  'PAGINATION_NUMBER_INVALID',
+]);
+
+/** Network error code of an undici/node error (looks through `cause`). */
+export function netErrorCode(e: unknown): string | undefined {
+  let cur: unknown = e;
+  for (let i = 0; i < 4 && cur && typeof cur === 'object'; i++) {
+    const code = (cur as { code?: unknown }).code;
+    if (typeof code === 'string' && code !== 'UND_ERR') return code;
+    cur = (cur as { cause?: unknown }).cause;
+  }
+  return undefined;
+}
+
+function isTlsVerifyError(e: unknown): boolean {
+  const c = netErrorCode(e);
+  return c !== undefined && TLS_VERIFY_CODES.has(c);
+}
+
+/** True for 127.0.0.0/8, ::1 and localhost (with or without a port). */
+export function isLoopbackHost(hostport: string): boolean {
+  const h = hostOnly(hostport).toLowerCase();
+  return h === 'localhost' || h === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
+}
+
+function hostOnly(hostport: string): string {
+  if (hostport.startsWith('[')) return hostport.slice(1, hostport.indexOf(']'));
+  const i = hostport.lastIndexOf(':');
+  return i > 0 && hostport.indexOf(':') === i ? hostport.slice(0, i) : hostport;
+}
+
+export function debugLog(msg: string): void {
+  if (process.env.KILN_DEBUG === '1') process.stderr.write(`kiln: debug: ${redact(msg)}\n`);
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Parse Retry-After (seconds or an HTTP date) into milliseconds. */
+export function retryAfterMs(v: string | string[] | undefined, now = Date.now()): number | undefined {
+  const s = Array.isArray(v) ? v[0] : v;
+  if (!s) return undefined;
+  if (/^\s*\d+\s*$/.test(s)) return parseInt(s, 10) * 1000;
+  const t = Date.parse(s);
+  return Number.isNaN(t) ? undefined : Math.max(0, t - now);
+}
+
+function header(h: Response['headers'], name: string): string | undefined {
+  const v = h[name.toLowerCase()];
+  return Array.isArray(v) ? v[0] : v;
+}
+
+export { header as getHeader };
+
+/** Build the KilnError for a failed response (reads the error body, bounded). */
+export async function responseError(res: Response, ctx: ErrorContext): Promise<KilnError> {
+  let text = '';
+  try {
+    const chunks: Buffer[] = [];
+    let n = 0;
+    for await (const c of res.body as AsyncIterable<Buffer>) {
+      if (n < 65536) chunks.push(c);
+      n += c.length;
+    }
+    text = Buffer.concat(chunks).toString('utf8');
+  } catch {
+    /* ignore */
+  }
+  return statusError(res.status, text, ctx, res.headers);
+}
+
+export function statusError(
+  status: number,
+  text: string,
+  ctx: ErrorContext,
+  headers: Response['headers'] = {},
+): KilnError {
+  let code: string | undefined;
+  let message: string | undefined;
+  try {
+    const j = JSON.parse(text) as { errors?: { code?: string; message?: string }[] };
+    const first = j.errors?.[0];
+    if (first?.code) {
+      code = first.code;
+      message = first.message;
+    }
+  } catch {
+    /* not JSON */
+  }
+  if (!code) {
+    if (status === 401) code = 'UNAUTHORIZED';
+    else if (status === 403) code = 'DENIED';
+    else if (status === 404) {
+      code =
+        ctx.kind === 'manifest'
+          ? 'MANIFEST_UNKNOWN'
+          : ctx.kind === 'blob'
+            ? 'BLOB_UNKNOWN'
+            : ctx.kind === 'upload'
+              ? 'BLOB_UPLOAD_UNKNOWN'
+              : 'NAME_UNKNOWN';
+    } else if (status === 429) code = 'TOOMANYREQUESTS';
+    else if (status === 416) code = 'RANGE_INVALID';
+    else if (status >= 500) code = 'UNAVAILABLE';
+    else code = 'UNKNOWN';
+  }
+  if (!message) message = defaultMessage(code, status);
+  const kcode = SPEC_CODES.has(code) ? code : 'REGISTRY_ERROR';
+  let hint: string | undefined;
+  if (kcode === 'UNAUTHORIZED') hint = 'log in with `kiln login REGISTRY` or check the credentials';
+  else if (kcode === 'DENIED') hint = 'the credentials lack permission for this repository';
+  else if (kcode === 'TOOMANYREQUESTS') {
+    const ra = retryAfterMs(headers['retry-after']);
+    hint = ra !== undefined ? `rate limited; retry after ${Math.ceil(ra / 1000)}s` : 'rate limited; retry later';
+  }
+  const shown = `${message.toLowerCase().replace(/\s+/g, ' ').trim()} (${code})`;
+  return new KilnError(kcode, `${ctx.label}: ${redact(shown)}`, hint === undefined ? {} : { hint });
+}
+
+function defaultMessage(code: string, status: number): string {
+  switch (code) {
+    case 'UNAUTHORIZED':
+      return 'authentication required';
+    case 'DENIED':
+      return 'requested access to the resource is denied';
+    case 'MANIFEST_UNKNOWN':
+      return 'manifest unknown';
+    case 'BLOB_UNKNOWN':
+      return 'blob unknown to registry';
+    case 'BLOB_UPLOAD_UNKNOWN':
+      return 'blob upload unknown to registry';
+    case 'NAME_UNKNOWN':
+      return 'repository name not known to registry';
+    case 'TOOMANYREQUESTS':
+      return 'too many requests';
+    case 'UNAVAILABLE':
+      return `service unavailable (HTTP ${status})`;
+    default:
+      return `unexpected HTTP status ${status}`;
+  }
+}
+
+/** An HTTP endpoint of a registry (a host, or a mirror URL). Shared by all repositories on it. */
+export class Transport {
+  /** `https://host` or `http://host` once decided. */
+  private base: string | undefined;
+  private pinged: Promise<void> | undefined;
+  private challenge: Challenge | undefined;
+  private tokens: TokenAuthenticator | undefined;
+  private credential: Credential | undefined;
+  private connectedOnce = false;
+  private readonly dispatcher: Agent;
+  private readonly insecureDispatcher: Agent | undefined;
+  private readonly allowInsecure: boolean;
+  private useInsecureTls = false;
+  private readonly explicitScheme: string | undefined;
+
+  /**
+   * @param registry the registry name credentials are looked up under (e.g. `docker.io`)
+   * @param endpoint host[:port] or a URL with scheme (mirrors)
+   */
+  constructor(
+    readonly registry: string,
+    readonly endpoint: string,
+    private readonly opts: RegistryOptions = {},
+  ) {
+    const m = /^(https?):\/\/([^/]+)/i.exec(endpoint);
+    this.explicitScheme = m ? m[1]!.toLowerCase() : undefined;
+    this.host = m ? m[2]! : endpoint;
+    const insecure = (opts.insecureRegistries ?? []).some(
+      (h) => h === this.host || h === hostOnly(this.host) || h === registry,
+    );
+    this.allowInsecure = insecure || isLoopbackHost(this.host);
+    const ca = [...rootCertificates, ...(opts.caFiles ?? []).map((f) => readCa(f))];
+    this.dispatcher = new Agent({ connect: { ca }, keepAliveTimeout: 4000, pipelining: 1 });
+    this.insecureDispatcher = insecure
+      ? new Agent({ connect: { rejectUnauthorized: false }, keepAliveTimeout: 4000 })
+      : undefined;
+  }
+
+  readonly host: string;
+
+  /** Close idle connections. */
+  async close(): Promise<void> {
+    await this.dispatcher.close();
+    await this.insecureDispatcher?.close();
+  }
+
+  private agent(): Agent {
+    return this.useInsecureTls && this.insecureDispatcher ? this.insecureDispatcher : this.dispatcher;
+  }
+
+  private unreachable(ctx: ErrorContext, e: unknown): KilnError {
+    const code = netErrorCode(e) ?? (e instanceof Error ? e.message : 'error');
+    return new KilnError('REGISTRY_UNREACHABLE', `${ctx.label}: registry ${this.host} is unreachable (${code})`, {
+      hint: 'check the registry address and that it is running',
+      cause: e,
+    });
+  }
+
+  /** Decide the scheme and read the `/v2/` challenge (once). */
+  ping(ctx: ErrorContext): Promise<void> {
+    if (!this.pinged) {
+      this.pinged = this.doPing(ctx);
+      this.pinged.catch(() => {
+        this.pinged = undefined;
+      });
+    }
+    return this.pinged;
+  }
+
+  private async doPing(ctx: ErrorContext): Promise<void> {
+    const schemes = this.explicitScheme ? [this.explicitScheme] : this.allowInsecure ? ['https', 'http'] : ['https'];
+    let lastErr: unknown;
+    for (const scheme of schemes) {
+      const url = `${scheme}://${this.host}/v2/`;
+      try {
+        const res = await this.rawWithRetry('GET', url, {}, undefined, ctx, true);
+        this.base = `${scheme}://${this.host}`;
+        this.connectedOnce = true;
+        const body = await res.body.text().catch(() => '');
+        if (res.status === 401) {
+          const hdr = res.headers['www-authenticate'];
+          const all = (Array.isArray(hdr) ? hdr : hdr ? [hdr] : []).flatMap((h) => parseWWWAuthenticate(h));
+          this.challenge = all.find((c) => c.scheme === 'bearer') ?? all.find((c) => c.scheme === 'basic');
+        } else if (res.status !== 200) {
+          throw statusError(res.status, body, { ...ctx, kind: 'other' });
+        }
+        debugLog(`ping ${url}: ${res.status} ${this.challenge?.scheme ?? 'no auth'}`);
+        return;
+      } catch (e) {
+        if (e instanceof KilnError) throw e;
+        if (isTlsVerifyError(e)) {
+          if (this.insecureDispatcher && !this.useInsecureTls) {
+            this.useInsecureTls = true;
+            schemes.splice(schemes.indexOf(scheme) + 1, 0, scheme);
+            continue;
+          }
+          throw new KilnError(
+            'TLS_VERIFY_FAILED',
+            `${ctx.label}: TLS certificate of ${this.host} not trusted (${netErrorCode(e)})`,
+            { hint: `pass --registry-ca FILE, or --insecure-registry ${this.host} to skip verification`, cause: e },
+          );
+        }
+        lastErr = e;
+        debugLog(`ping ${url} failed: ${netErrorCode(e) ?? String(e)}`);
+      }
+    }
+    throw this.unreachable(ctx, lastErr);
+  }
+
+  private async credentials(): Promise<Credential | undefined> {
+    if (this.credential === undefined && this.opts.credentials) {
+      this.credential = (await this.opts.credentials(this.registry)) ?? {};
+    }
+    return this.credential && Object.keys(this.credential).length ? this.credential : undefined;
+  }
+
+  /** True when the registry asked for credentials and we had some to give. */
+  async hasCredentials(): Promise<boolean> {
+    return (await this.credentials()) !== undefined;
+  }
+
+  private async authorization(scopes: string[], refresh: boolean): Promise<string | undefined> {
+    const ch = this.challenge;
+    if (!ch) return undefined;
+    const cred = await this.credentials();
+    if (ch.scheme === 'basic') return cred ? basicAuthorization(cred) : undefined;
+    if (ch.scheme === 'bearer') {
+      if (!this.tokens) {
+        this.tokens = new TokenAuthenticator(ch, cred, (url, init) => this.tokenFetch(url, init));
+      }
+      return 'Bearer ' + (await this.tokens.token(scopes, refresh));
+    }
+    return undefined;
+  }
+
+  private async tokenFetch(
+    url: string,
+    init: { method: 'GET' | 'POST'; headers: Record<string, string>; body?: string },
+  ): Promise<{ status: number; body: Buffer }> {
+    const ctx = { label: `token ${safeUrlHost(url)}`, kind: 'other' as const };
+    const res = await this.rawWithRetry(init.method, url, init.headers, init.body, ctx, false);
+    const body = Buffer.from(await res.body.arrayBuffer());
+    return { status: res.status, body };
+  }
+
+  /** One registry request with auth, retries and error mapping. The caller consumes `body`. */
+  async request(o: RequestOptions): Promise<Response> {
+    await this.ping(o.ctx);
+    const base = this.base!;
+    let url = /^https?:\/\//i.test(o.path) ? o.path : base + o.path;
+    // Relative upload locations are resolved against the endpoint.
+    if (url.startsWith('/')) url = base + url;
+    let refreshed = false;
+    for (;;) {
+      const headers: Record<string, string> = { 'user-agent': this.opts.userAgent ?? 'kiln/0.1', ...o.headers };
+      const auth = await this.authorization(o.scopes, false);
+      if (auth) headers['authorization'] = auth;
+      const replayable = !(o.body && typeof o.body === 'object' && !Buffer.isBuffer(o.body));
+      let res = await this.rawWithRetry(
+        o.method,
+        url,
+        headers,
+        o.body,
+        o.ctx,
+        o.noRetry === true || !replayable ? false : true,
+      );
+      // Follow redirects for reads (blob storage backends); drop Authorization on another host.
+      let hops = 0;
+      while ([301, 302, 303, 307, 308].includes(res.status) && (o.method === 'GET' || o.method === 'HEAD')) {
+        const loc = header(res.headers, 'location');
+        await res.body.dump().catch(() => undefined);
+        if (!loc || ++hops > 5) throw new KilnError('REGISTRY_ERROR', `${o.ctx.label}: too many redirects`);
+        const next = new URL(loc, res.url).toString();
+        const h = { ...headers };
+        if (new URL(next).host !== new URL(res.url).host) delete h['authorization'];
+        res = await this.rawWithRetry(o.method, next, h, undefined, o.ctx, true);
+      }
+      if (res.status === 401 && !refreshed && this.challenge?.scheme === 'bearer') {
+        // Token expired or lacks scope: merge the challenge's scope and fetch a fresh token once.
+        const hdr = res.headers['www-authenticate'];
+        const ch = (Array.isArray(hdr) ? hdr : hdr ? [hdr] : [])
+          .flatMap((x) => parseWWWAuthenticate(x))
+          .find((c) => c.scheme === 'bearer');
+        await res.body.dump().catch(() => undefined);
+        refreshed = true;
+        const extra = ch?.params['scope'] ? ch.params['scope'].split(' ') : [];
+        await this.authorization(mergeScopes([...o.scopes, ...extra]), true);
+        if (replayable) continue;
+        throw statusError(401, '', o.ctx);
+      }
+      if (o.expect.includes(res.status)) return res;
+      if (res.status === 401 && this.challenge && (await this.credentials())) {
+        // Authenticated but still refused: the token lacks the scope (e.g. push without permission).
+        const err = await responseError(res, o.ctx);
+        if (this.challenge.scheme === 'bearer') {
+          return Promise.reject(
+            new KilnError('DENIED', `${o.ctx.label}: requested access to the resource is denied (DENIED)`, {
+              hint: 'the credentials lack permission for this repository',
+              cause: err,
+            }),
+          );
+        }
+        throw err;
+      }
+      throw await responseError(res, o.ctx);
+    }
+  }
+
+  /** Raw request with retries on retryable statuses and network errors. */
+  private async rawWithRetry(
+    method: string,
+    url: string,
+    headers: Record<string, string>,
+    body: Buffer | string | Readable | undefined,
+    ctx: ErrorContext,
+    retry: boolean,
+  ): Promise<Response> {
+    const max = retry ? (this.opts.maxRetries ?? 5) : 0;
+    const baseMs = this.opts.retryBaseMs ?? 200;
+    const cap = this.opts.maxRetryDelayMs ?? 20000;
+    for (let attempt = 0; ; attempt++) {
+      let res: Response | undefined;
+      let err: unknown;
+      try {
+        const r = await request(url, {
+          method: method as Dispatcher.HttpMethod,
+          headers,
+          body: body as Dispatcher.DispatchOptions['body'],
+          dispatcher: this.agent(),
+          headersTimeout: 120_000,
+          bodyTimeout: 300_000,
+        });
+        res = { status: r.statusCode, headers: r.headers, body: r.body, url };
+        this.connectedOnce = true;
+      } catch (e) {
+        err = e;
+      }
+      debugLog(`${method} ${url} -> ${res ? res.status : (netErrorCode(err) ?? String(err))}`);
+      const code = err ? netErrorCode(err) : undefined;
+      const retryableNet =
+        err !== undefined &&
+        code !== undefined &&
+        (NET_RETRY_CODES.has(code) || (code === 'ECONNREFUSED' && this.connectedOnce));
+      const retryableStatus = res !== undefined && RETRY_STATUS.has(res.status);
+      if (attempt < max && (retryableNet || retryableStatus)) {
+        let delay = Math.min(cap, baseMs * 2 ** attempt);
+        if (res) {
+          const ra = retryAfterMs(res.headers['retry-after']);
+          if (ra !== undefined) delay = Math.min(cap, ra);
+          await res.body.dump().catch(() => undefined);
+        }
+        debugLog(`retrying ${method} ${url} in ${delay}ms (attempt ${attempt + 1}/${max})`);
+        await sleep(delay);
+        continue;
+      }
+      if (res) return res;
+      if (err instanceof KilnError) throw err;
+      if (code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'EHOSTUNREACH' || code === 'EAI_AGAIN') {
+        throw this.unreachable(ctx, err);
+      }
+      if (isTlsVerifyError(err)) throw err;
+      if (!this.base) throw err; // during ping: let the scheme fallback decide
+      throw new KilnError(
+        'REGISTRY_UNREACHABLE',
+        `${ctx.label}: connection to ${this.host} failed (${code ?? (err instanceof Error ? redact(err.message) : 'error')})`,
+        { cause: err },
+      );
+    }
+  }
+}
+
+function safeUrlHost(u: string): string {
+  try {
+    return new URL(u).host;
+  } catch {
+    return '?';
+  }
+}
+
+function readCa(file: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new KilnError('REGISTRY_CA_UNREADABLE', `--registry-ca ${file}: cannot read file`, { cause: e });
+  }
+}
+
+/** Transports are shared per (endpoint, options) so connections, challenges and tokens are reused. */
+const transports = new WeakMap<RegistryOptions, Map<string, Transport>>();
+
+export function transportFor(registry: string, endpoint: string, opts: RegistryOptions): Transport {
+  let m = transports.get(opts);
+  if (!m) {
+    m = new Map();
+    transports.set(opts, m);
+  }
+  const key = `${registry} ${endpoint}`;
+  let t = m.get(key);
+  if (!t) {
+    t = new Transport(registry, endpoint, opts);
+    m.set(key, t);
+  }
+  return t;
+}
+
+/** Close every transport created for these options (lets the process exit promptly). */
+export async function closeTransports(opts: RegistryOptions): Promise<void> {
+  const m = transports.get(opts);
+  if (!m) return;
+  transports.delete(opts);
+  await Promise.all([...m.values()].map((t) => t.close()));
+}

@@ -1,0 +1,252 @@
+/**
+ * Test images built locally (no Docker Hub here). Use them to seed registries, layouts and stores:
+ *
+ *   const base = await makeBusyboxImage();                 // linux/<host arch>, OCI, one gzip layer
+ *   const dockerBase = await makeBusyboxImage({ kind: 'docker', extraFiles: [{ path: 'app/hello', content: 'hi' }] });
+ *   const big = makeRandomImage({ layers: 3, layerSize: 64 << 20, compression: 'none' }); // streaming, for benches
+ *
+ * `makeBusyboxImage` is deterministic for a given /bin/busybox and options (fixed mtimes, owners, order), so the
+ * same options give the same digest within a machine. The root filesystem contains:
+ *   /bin/busybox (from busybox-static) and /bin/<applet> symlinks → busybox (sh, ls, cat, id, …), /usr/bin/env,
+ *   /etc/passwd (root 0, nobody 65534, app 1000), /etc/group (root, nobody, app 1000, staff 50 with member app),
+ *   /root 0700, /home/app (1000:1000), /tmp 1777, plus `extraFiles`.
+ * The config sets PATH, Cmd ["sh"], and a history entry per layer.
+ */
+import { createCipheriv, createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { Readable } from 'node:stream';
+import { gzipSync } from 'node:zlib';
+import { spawnSync } from 'node:child_process';
+import tarStream from 'tar-stream';
+import { DockerLayerTar, imageFromParts, layerFromBytes, layerFromUncompressed } from '../../src/oci/image.js';
+import { MediaType } from '../../src/oci/mediatypes.js';
+import { hostPlatform } from '../../src/oci/platform.js';
+import { sha256 } from '../../src/oci/digest.js';
+import type { Compression } from '../../src/oci/compress.js';
+import type { History, Image, ImageConfig, Layer, Platform } from '../../src/oci/types.js';
+
+export const BUSYBOX_APPLETS = [
+  'sh', 'ash', 'ls', 'cat', 'echo', 'id', 'mkdir', 'rm', 'rmdir', 'cp', 'mv', 'ln', 'chmod', 'chown', 'touch', 'env',
+  'true', 'false', 'test', '[', 'grep', 'sed', 'awk', 'head', 'tail', 'wc', 'sleep', 'sort', 'uniq', 'tr', 'cut',
+  'find', 'xargs', 'tar', 'gzip', 'gunzip', 'whoami', 'stat', 'readlink', 'printf', 'pwd', 'uname', 'hostname',
+  'date', 'which', 'basename', 'dirname', 'mktemp', 'tee', 'du', 'df', 'kill', 'nproc', 'expr', 'seq', 'realpath',
+  'sha256sum', 'md5sum', 'diff', 'wget', 'vi', 'su', 'adduser', 'addgroup', 'ps', 'yes', 'umask', 'sync',
+]; // prettier-ignore
+
+const EPOCH = new Date('2024-01-01T00:00:00Z');
+const DEFAULT_PATH = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+
+export interface ExtraFile {
+  path: string;
+  content?: string | Buffer;
+  mode?: number;
+  uid?: number;
+  gid?: number;
+  type?: 'file' | 'directory' | 'symlink';
+  linkname?: string;
+}
+
+export interface BusyboxImageOptions {
+  platform?: Platform;
+  /** Manifest/config/layer media types (default 'oci'). */
+  kind?: 'oci' | 'docker';
+  /** Layer compression (default gzip; zstd requires the zstd CLI). */
+  compression?: Compression;
+  /** Extra entries appended to the same layer. */
+  extraFiles?: ExtraFile[];
+  /** A second layer with these files (e.g. for multi-layer tests). */
+  secondLayer?: ExtraFile[];
+  /** Config tweaks merged into `config` (Env, Cmd, Labels, User…). */
+  config?: ImageConfig['config'];
+  /** Config `created` and history timestamps (default 2024-01-01T00:00:00Z). */
+  created?: string;
+}
+
+type Entry = { header: Partial<tarStream.Header> & { name: string }; body?: Buffer };
+
+/** Build a deterministic tar of `entries` in memory (small test layers only). */
+export async function makeTar(entries: Entry[]): Promise<Buffer> {
+  const pack = tarStream.pack();
+  const chunks: Buffer[] = [];
+  const done = (async () => {
+    for await (const c of pack) chunks.push(c as Buffer);
+  })();
+  for (const e of entries) {
+    await new Promise<void>((resolve, reject) => {
+      pack.entry(
+        { uid: 0, gid: 0, uname: '', gname: '', mtime: EPOCH, ...e.header },
+        e.body ?? Buffer.alloc(0),
+        (err) => (err ? reject(err) : resolve()),
+      );
+    });
+  }
+  pack.finalize();
+  await done;
+  return Buffer.concat(chunks);
+}
+
+function extraEntries(files: ExtraFile[]): Entry[] {
+  return files.map((f) => {
+    const type = f.type ?? 'file';
+    const body = type === 'file' ? Buffer.from(f.content ?? '') : undefined;
+    return {
+      header: {
+        name: f.path.replace(/^\/+/, ''),
+        type,
+        mode: f.mode ?? (type === 'directory' ? 0o755 : 0o644),
+        uid: f.uid ?? 0,
+        gid: f.gid ?? 0,
+        ...(f.linkname !== undefined ? { linkname: f.linkname } : {}),
+        size: body?.length ?? 0,
+      },
+      body,
+    };
+  });
+}
+
+function compressBytes(tar: Buffer, c: Compression): Buffer {
+  if (c === 'none') return tar;
+  if (c === 'gzip') return gzipSync(tar);
+  const r = spawnSync('zstd', ['-c', '-q', '-3', '-T1', '--no-check'], { input: tar, maxBuffer: 1 << 30 });
+  if (r.status !== 0) throw new Error(`zstd failed: ${r.stderr?.toString()}`);
+  return r.stdout;
+}
+
+function layerMediaType(kind: 'oci' | 'docker', c: Compression): string {
+  if (c === 'zstd') return MediaType.OCILayerZstd;
+  if (kind === 'docker') return c === 'gzip' ? MediaType.DockerLayerGzip : DockerLayerTar;
+  return c === 'gzip' ? MediaType.OCILayerGzip : MediaType.OCILayer;
+}
+
+async function layerOf(entries: Entry[], kind: 'oci' | 'docker', c: Compression): Promise<Layer> {
+  const tar = await makeTar(entries);
+  return layerFromBytes(compressBytes(tar, c), layerMediaType(kind, c), sha256(tar));
+}
+
+/** The root filesystem entries of the busybox base layer (exported for tests that inspect it). */
+export function busyboxEntries(busyboxPath = '/bin/busybox'): Entry[] {
+  const bb = readFileSync(busyboxPath);
+  const dir = (name: string, mode = 0o755, uid = 0, gid = 0): Entry => ({
+    header: { name: name + '/', type: 'directory', mode, uid, gid },
+  });
+  const file = (name: string, content: string | Buffer, mode = 0o644): Entry => {
+    const body = Buffer.from(content);
+    return { header: { name, type: 'file', mode, size: body.length }, body };
+  };
+  const link = (name: string, target: string): Entry => ({
+    header: { name, type: 'symlink', linkname: target, mode: 0o777 },
+  });
+  return [
+    dir('bin'),
+    file('bin/busybox', bb, 0o755),
+    ...BUSYBOX_APPLETS.map((a) => link(`bin/${a}`, 'busybox')),
+    dir('etc'),
+    file('etc/group', 'root:x:0:\nstaff:x:50:app\napp:x:1000:\nnobody:x:65534:\n'),
+    file(
+      'etc/passwd',
+      'root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n',
+    ),
+    dir('home'),
+    dir('home/app', 0o755, 1000, 1000),
+    dir('root', 0o700),
+    dir('tmp', 0o1777),
+    dir('usr'),
+    dir('usr/bin'),
+    link('usr/bin/env', '../../bin/busybox'),
+  ];
+}
+
+/** A small, real, runnable base image made from /bin/busybox (see the file comment). */
+export async function makeBusyboxImage(opts: BusyboxImageOptions = {}): Promise<Image> {
+  const kind = opts.kind ?? 'oci';
+  const c = opts.compression ?? 'gzip';
+  const platform = opts.platform ?? hostPlatform();
+  const created = opts.created ?? EPOCH.toISOString().replace('.000Z', 'Z');
+  const layers: Layer[] = [await layerOf([...busyboxEntries(), ...extraEntries(opts.extraFiles ?? [])], kind, c)];
+  const history: History[] = [{ created, created_by: 'kiln test: busybox rootfs' }];
+  if (opts.secondLayer) {
+    layers.push(await layerOf(extraEntries(opts.secondLayer), kind, c));
+    history.push({ created, created_by: 'kiln test: second layer' });
+  }
+  const cfg: ImageConfig = {
+    created,
+    architecture: platform.architecture,
+    os: platform.os,
+    ...(platform.variant ? { variant: platform.variant } : {}),
+    config: { Env: [DEFAULT_PATH], Cmd: ['sh'], ...(opts.config ?? {}) },
+    rootfs: { type: 'layers', diff_ids: await Promise.all(layers.map((l) => l.diffID())) },
+    history,
+  };
+  const raw = Buffer.from(JSON.stringify(cfg));
+  return imageFromParts({
+    mediaType: async () => (kind === 'docker' ? MediaType.DockerManifest : MediaType.OCIManifest),
+    rawConfig: async () => raw,
+    layers: async () => layers,
+  });
+}
+
+export interface RandomImageOptions {
+  layers: number;
+  /** Bytes of pseudo-random content per layer (one file per layer). */
+  layerSize: number;
+  /** Changes the content (default 'kiln'); same seed ⇒ same bytes. */
+  seed?: string;
+  /** Default 'gzip' (random data does not shrink; 'none' is faster). */
+  compression?: Compression;
+  platform?: Platform;
+}
+
+function randomTar(seed: string, index: number, size: number): Readable {
+  const key = createHash('sha256').update(`${seed}/${index}`).digest();
+  const pack = tarStream.pack();
+  const entry = pack.entry({
+    name: `data/layer-${index}.bin`,
+    size,
+    mode: 0o644,
+    mtime: EPOCH,
+    uid: 0,
+    gid: 0,
+    type: 'file',
+  });
+  function* chunks(): Generator<Buffer> {
+    const cipher = createCipheriv('aes-128-ctr', key.subarray(0, 16), key.subarray(16, 32));
+    const zero = Buffer.alloc(256 * 1024);
+    for (let left = size; left > 0; left -= zero.length)
+      yield cipher.update(zero.subarray(0, Math.min(left, zero.length)));
+  }
+  const src = Readable.from(chunks(), { objectMode: false });
+  src.on('error', (e) => pack.destroy(e));
+  src.pipe(entry);
+  entry.on('finish', () => pack.finalize());
+  return Readable.from(pack);
+}
+
+/**
+ * An image with `layers` layers of `layerSize` pseudo-random bytes each, generated as streams (never held in
+ * memory), for performance and large-blob tests. Compressed digests are computed lazily by one pass.
+ */
+export function makeRandomImage(opts: RandomImageOptions): Image {
+  const seed = opts.seed ?? 'kiln';
+  const c = opts.compression ?? 'gzip';
+  const platform = opts.platform ?? hostPlatform();
+  const layers = Array.from({ length: opts.layers }, (_, i) =>
+    layerFromUncompressed(async () => randomTar(seed, i, opts.layerSize), {
+      compression: c,
+      what: `random layer ${i}`,
+    }),
+  );
+  return imageFromParts({
+    rawConfig: async () => {
+      const cfg: ImageConfig = {
+        created: EPOCH.toISOString().replace('.000Z', 'Z'),
+        architecture: platform.architecture,
+        os: platform.os,
+        config: { Env: [DEFAULT_PATH] },
+        rootfs: { type: 'layers', diff_ids: await Promise.all(layers.map((l) => l.diffID())) },
+        history: layers.map((_, i) => ({ created_by: `random layer ${i}` })),
+      };
+      return Buffer.from(JSON.stringify(cfg));
+    },
+    layers: async () => layers,
+  });
+}

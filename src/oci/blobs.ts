@@ -121,11 +121,11 @@ export class BlobDir implements BlobSource {
     const hasher = new DigestingStream();
     const what = expected ? `blob ${expected.digest} for ${this.root}` : `blob for ${this.root}`;
     try {
-      const fh = await open(tmp, 'wx', 0o644);
+      const ws = createWriteStream(tmp, { flags: 'wx', mode: 0o644 });
+      if (expected) await pipeline(stream, hasher, verifyingStream(expected.digest, what, expected.size), ws);
+      else await pipeline(stream, hasher, ws);
+      const fh = await open(tmp, 'r+');
       try {
-        const ws = createWriteStream('', { fd: fh, autoClose: false });
-        if (expected) await pipeline(stream, hasher, verifyingStream(expected.digest, what, expected.size), ws);
-        else await pipeline(stream, hasher, ws);
         await fh.sync();
       } finally {
         await fh.close();

@@ -1,0 +1,503 @@
+/**
+ * Operations on one repository of a registry (distribution spec v2 API): manifests (GET/HEAD/PUT), blobs
+ * (GET/HEAD, streamed and digest-verified), blob uploads (cross-repository mount, monolithic PUT, chunked PATCH with
+ * resume) and tag listing. For docker.io, reads go to the configured mirrors first and fall back to Docker Hub.
+ */
+import type { Readable } from 'node:stream';
+import { KilnError } from '../errors.js';
+import { sha256, verifyingStream } from '../oci/digest.js';
+import { MANIFEST_ACCEPT } from '../oci/mediatypes.js';
+import { repositoryScope } from './auth.js';
+import { DEFAULT_REGISTRY, type Reference } from './reference.js';
+import {
+  debugLog,
+  getHeader,
+  netErrorCode,
+  responseError,
+  transportFor,
+  type ErrorContext,
+  type RegistryOptions,
+  type Response,
+  type Transport,
+} from './transport.js';
+
+/** Largest manifest kiln accepts (containerd uses 4 MiB). */
+export const MAX_MANIFEST_SIZE = 4 * 1024 * 1024;
+
+export interface FetchedManifest {
+  raw: Buffer;
+  mediaType: string;
+  digest: string;
+}
+
+/** Where a blob upload ended. */
+export type UploadResult = 'exists' | 'mounted' | 'uploaded';
+
+export interface UploadOptions {
+  /** Repository in the same registry to mount the blob from. */
+  mountFrom?: string;
+  /** Blobs up to this size go in one PUT (default 16 MiB). */
+  monolithicMax?: number;
+  /** PATCH chunk size for larger blobs (default 16 MiB). */
+  chunkSize?: number;
+  /** Called with the number of bytes confirmed so far. */
+  onProgress?: (bytes: number) => void;
+  /** How many times to restart an upload after a broken connection (default 3). */
+  maxRestarts?: number;
+}
+
+async function readLimited(res: Response, limit: number, what: string): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for await (const c of res.body as AsyncIterable<Buffer>) {
+    n += c.length;
+    if (n > limit) {
+      res.body.destroy();
+      throw new KilnError('MANIFEST_TOO_LARGE', `${what}: more than ${limit} bytes`);
+    }
+    chunks.push(c);
+  }
+  return Buffer.concat(chunks);
+}
+
+/** A client for one repository, used for one operation (its label prefixes every error). */
+export class RepositoryClient {
+  readonly registry: string;
+  readonly repository: string;
+  private readonly canonical: Transport;
+  private readonly readEndpoints: Transport[];
+
+  constructor(
+    ref: Pick<Reference, 'registry' | 'repository' | 'apiHost'>,
+    readonly opts: RegistryOptions,
+    readonly label: string,
+  ) {
+    this.registry = ref.registry;
+    this.repository = ref.repository;
+    this.canonical = transportFor(ref.registry, ref.apiHost(), opts);
+    const mirrors =
+      ref.registry === DEFAULT_REGISTRY ? (opts.mirrors ?? []).map((m) => transportFor(ref.registry, m, opts)) : [];
+    this.readEndpoints = [...mirrors, this.canonical];
+  }
+
+  private ctx(kind: ErrorContext['kind']): ErrorContext {
+    return { label: this.label, kind };
+  }
+
+  pullScope(): string[] {
+    return [repositoryScope(this.repository, ['pull'])];
+  }
+
+  pushScope(extra: string[] = []): string[] {
+    return [repositoryScope(this.repository, ['pull', 'push']), ...extra];
+  }
+
+  /** Run a read against the mirrors, then the registry itself; mirrors' failures fall through. */
+  private async read<T>(fn: (t: Transport) => Promise<T>): Promise<T> {
+    let lastErr: unknown;
+    for (const [i, t] of this.readEndpoints.entries()) {
+      try {
+        return await fn(t);
+      } catch (e) {
+        lastErr = e;
+        if (i === this.readEndpoints.length - 1) throw e;
+        if (e instanceof KilnError && (e.code === 'DIGEST_MISMATCH' || e.code === 'SIZE_MISMATCH')) throw e;
+        debugLog(`mirror ${t.endpoint} failed (${e instanceof KilnError ? e.code : netErrorCode(e)}), falling back`);
+      }
+    }
+    throw lastErr;
+  }
+
+  /** GET a manifest by tag or digest; verifies the digest when pulling by digest. */
+  async getManifest(identifier: string, accept = MANIFEST_ACCEPT): Promise<FetchedManifest> {
+    return this.read(async (t) => {
+      const res = await t.request({
+        method: 'GET',
+        path: `/v2/${this.repository}/manifests/${identifier}`,
+        headers: { accept },
+        scopes: this.pullScope(),
+        expect: [200],
+        ctx: this.ctx('manifest'),
+      });
+      const raw = await readLimited(res, MAX_MANIFEST_SIZE, `${this.label}: manifest`);
+      const digest = sha256(raw);
+      if (identifier.includes(':') && identifier !== digest) {
+        throw new KilnError(
+          'DIGEST_MISMATCH',
+          `${this.label}: manifest digest ${digest} does not match the requested ${identifier}`,
+          { hint: 'the registry sent different content than requested' },
+        );
+      }
+      let mediaType = getHeader(res.headers, 'content-type')?.split(';')[0]?.trim() ?? '';
+      try {
+        const j = JSON.parse(raw.toString('utf8')) as { mediaType?: string; manifests?: unknown };
+        if (j.mediaType) mediaType = j.mediaType;
+        else if (!mediaType || mediaType === 'application/json')
+          mediaType = j.manifests
+            ? 'application/vnd.oci.image.index.v1+json'
+            : 'application/vnd.oci.image.manifest.v1+json';
+      } catch (e) {
+        throw new KilnError('MANIFEST_INVALID', `${this.label}: manifest is not valid JSON`, { cause: e });
+      }
+      return { raw, mediaType, digest };
+    });
+  }
+
+  /** HEAD a manifest: its descriptor, or undefined when absent. */
+  async headManifest(identifier: string): Promise<{ digest?: string; mediaType?: string; size?: number } | undefined> {
+    const res = await this.canonical.request({
+      method: 'HEAD',
+      path: `/v2/${this.repository}/manifests/${identifier}`,
+      headers: { accept: MANIFEST_ACCEPT },
+      scopes: this.pullScope(),
+      expect: [200, 404],
+      ctx: this.ctx('manifest'),
+    });
+    await res.body.dump().catch(() => undefined);
+    if (res.status === 404) return undefined;
+    const len = getHeader(res.headers, 'content-length');
+    return {
+      digest: getHeader(res.headers, 'docker-content-digest'),
+      mediaType: getHeader(res.headers, 'content-type'),
+      size: len ? Number(len) : undefined,
+    };
+  }
+
+  /** A verifying stream of a blob (fails with DIGEST_MISMATCH/SIZE_MISMATCH at its end if corrupt). */
+  async blob(digest: string, size?: number): Promise<Readable> {
+    return this.read(async (t) => {
+      const res = await t.request({
+        method: 'GET',
+        path: `/v2/${this.repository}/blobs/${digest}`,
+        scopes: this.pullScope(),
+        expect: [200],
+        ctx: this.ctx('blob'),
+      });
+      const v = verifyingStream(digest, `${this.label}: blob ${digest}`, size);
+      const body = res.body;
+      body.on('error', (e) => v.destroy(e));
+      return body.pipe(v);
+    });
+  }
+
+  /** Read a small blob (config) fully, verified. */
+  async blobBuffer(digest: string, size?: number): Promise<Buffer> {
+    if (size !== undefined && size > MAX_MANIFEST_SIZE * 8) {
+      throw new KilnError('BLOB_TOO_LARGE', `${this.label}: blob ${digest} is too large (${size} bytes)`);
+    }
+    const s = await this.blob(digest, size);
+    const chunks: Buffer[] = [];
+    for await (const c of s) chunks.push(c as Buffer);
+    return Buffer.concat(chunks);
+  }
+
+  /** Size of a blob if the repository has it. */
+  async headBlob(digest: string): Promise<number | undefined> {
+    const res = await this.canonical.request({
+      method: 'HEAD',
+      path: `/v2/${this.repository}/blobs/${digest}`,
+      scopes: this.pullScope(),
+      expect: [200, 404],
+      ctx: this.ctx('blob'),
+    });
+    await res.body.dump().catch(() => undefined);
+    if (res.status === 404) return undefined;
+    const len = getHeader(res.headers, 'content-length');
+    return len ? Number(len) : 0;
+  }
+
+  /** PUT a manifest under a tag or digest; returns its digest. */
+  async putManifest(identifier: string, raw: Buffer, mediaType: string): Promise<string> {
+    const digest = sha256(raw);
+    const res = await this.canonical.request({
+      method: 'PUT',
+      path: `/v2/${this.repository}/manifests/${identifier}`,
+      headers: { 'content-type': mediaType },
+      body: raw,
+      scopes: this.pushScope(),
+      expect: [201, 200, 202],
+      ctx: this.ctx('manifest'),
+    });
+    await res.body.dump().catch(() => undefined);
+    const got = getHeader(res.headers, 'docker-content-digest');
+    if (got && got !== digest) {
+      throw new KilnError('DIGEST_MISMATCH', `${this.label}: registry stored manifest as ${got}, expected ${digest}`);
+    }
+    return digest;
+  }
+
+  /** List tags (follows Link pagination). */
+  async listTags(): Promise<string[]> {
+    const tags: string[] = [];
+    let path: string | undefined = `/v2/${this.repository}/tags/list?n=1000`;
+    while (path) {
+      const res = await this.canonical.request({
+        method: 'GET',
+        path,
+        scopes: this.pullScope(),
+        expect: [200],
+        ctx: this.ctx('tags'),
+      });
+      const body = JSON.parse((await readLimited(res, MAX_MANIFEST_SIZE, this.label)).toString()) as {
+        tags?: string[] | null;
+      };
+      tags.push(...(body.tags ?? []));
+      const link = getHeader(res.headers, 'link');
+      const m = link ? /<([^>]+)>\s*;\s*rel="?next"?/.exec(link) : null;
+      path = m ? m[1] : undefined;
+    }
+    return tags;
+  }
+
+  /** Delete a manifest by digest. */
+  async deleteManifest(digest: string): Promise<void> {
+    const res = await this.canonical.request({
+      method: 'DELETE',
+      path: `/v2/${this.repository}/manifests/${digest}`,
+      scopes: [repositoryScope(this.repository, ['delete'])],
+      expect: [202, 200],
+      ctx: this.ctx('manifest'),
+    });
+    await res.body.dump().catch(() => undefined);
+  }
+
+  private uploadUrl(location: string | undefined, base: string): string {
+    if (!location) throw new KilnError('REGISTRY_ERROR', `${this.label}: registry sent no upload Location`);
+    return new URL(location, base).toString();
+  }
+
+  /** POST to start an upload (optionally mounting); returns 'mounted' or the upload URL. */
+  private async startUpload(digest: string, mountFrom: string | undefined): Promise<'mounted' | string> {
+    let path = `/v2/${this.repository}/blobs/uploads/`;
+    const scopes = this.pushScope(mountFrom ? [repositoryScope(mountFrom, ['pull'])] : []);
+    if (mountFrom) path += `?mount=${encodeURIComponent(digest)}&from=${encodeURIComponent(mountFrom)}`;
+    const res = await this.canonical.request({
+      method: 'POST',
+      path,
+      headers: { 'content-length': '0' },
+      body: '',
+      scopes,
+      expect: [201, 202],
+      ctx: this.ctx('upload'),
+    });
+    await res.body.dump().catch(() => undefined);
+    if (res.status === 201) return 'mounted';
+    return this.uploadUrl(getHeader(res.headers, 'location'), res.url);
+  }
+
+  private withDigest(url: string, digest: string): string {
+    const u = new URL(url);
+    u.searchParams.set('digest', digest);
+    return u.toString();
+  }
+
+  /**
+   * Upload a blob unless the repository already has it: HEAD, then cross-repo mount when `mountFrom` is given,
+   * else a monolithic PUT (small blobs) or chunked PATCHes (large ones). `open` returns a fresh stream of the blob
+   * (called again only if the upload has to restart from scratch).
+   */
+  async uploadBlob(
+    digest: string,
+    size: number,
+    open: () => Promise<Readable>,
+    o: UploadOptions = {},
+  ): Promise<UploadResult> {
+    if ((await this.headBlob(digest)) !== undefined) return 'exists';
+    const monolithicMax = o.monolithicMax ?? 16 * 1024 * 1024;
+    const maxRestarts = o.maxRestarts ?? 3;
+    let mountFrom = o.mountFrom && o.mountFrom !== this.repository ? o.mountFrom : undefined;
+    for (let restart = 0; ; restart++) {
+      const start = await this.startUpload(digest, mountFrom);
+      if (start === 'mounted') {
+        debugLog(`mounted ${digest} from ${mountFrom}`);
+        return 'mounted';
+      }
+      mountFrom = undefined; // the registry declined the mount; it started a normal upload instead
+      try {
+        if (size <= monolithicMax) await this.putMonolithic(start, digest, size, open, o);
+        else await this.putChunked(start, digest, size, open, o);
+        return 'uploaded';
+      } catch (e) {
+        if (!(e instanceof UploadBroken) || restart >= maxRestarts) throw unwrapBroken(e, this.label);
+        debugLog(`restarting upload of ${digest} (${restart + 1}/${maxRestarts}): ${e.message}`);
+      }
+    }
+  }
+
+  private async putMonolithic(
+    url: string,
+    digest: string,
+    size: number,
+    open: () => Promise<Readable>,
+    o: UploadOptions,
+  ): Promise<void> {
+    const src = await open();
+    let sent = 0;
+    src.on('data', (c: Buffer) => {
+      sent += c.length;
+      o.onProgress?.(sent);
+    });
+    let srcErr: unknown;
+    src.on('error', (e) => (srcErr = e));
+    let res: Response;
+    try {
+      res = await this.canonical.request({
+        method: 'PUT',
+        path: this.withDigest(url, digest),
+        headers: { 'content-type': 'application/octet-stream', 'content-length': String(size) },
+        body: src,
+        scopes: this.pushScope(),
+        expect: [201, 204],
+        ctx: this.ctx('upload'),
+        noRetry: true,
+      });
+    } catch (e) {
+      src.destroy();
+      if (srcErr) throw srcErr;
+      if (isBroken(e)) throw new UploadBroken(e);
+      throw e;
+    }
+    await res.body.dump().catch(() => undefined);
+    if (srcErr) throw srcErr;
+  }
+
+  /** Where the registry says an upload stands: the next byte offset it expects. */
+  private async uploadStatus(url: string): Promise<{ offset: number; url: string }> {
+    const res = await this.canonical.request({
+      method: 'GET',
+      path: url,
+      scopes: this.pushScope(),
+      expect: [204, 200],
+      ctx: this.ctx('upload'),
+    });
+    await res.body.dump().catch(() => undefined);
+    const range = getHeader(res.headers, 'range');
+    const m = range ? /^(?:bytes=)?(\d+)-(\d+)$/.exec(range.trim()) : null;
+    const loc = getHeader(res.headers, 'location');
+    // "0-0" is ambiguous in the spec (distribution reports it for an empty upload); treat it as nothing received.
+    const offset = m ? (Number(m[2]) === 0 && Number(m[1]) === 0 ? 0 : Number(m[2]) + 1) : 0;
+    return { offset, url: loc ? this.uploadUrl(loc, url) : url };
+  }
+
+  private async putChunked(
+    startUrl: string,
+    digest: string,
+    size: number,
+    open: () => Promise<Readable>,
+    o: UploadOptions,
+  ): Promise<void> {
+    const chunkSize = Math.max(1, o.chunkSize ?? 16 * 1024 * 1024);
+    let url = startUrl;
+    let offset = 0; // bytes the registry has confirmed
+    const buf = Buffer.allocUnsafe(chunkSize);
+    const src = await open();
+    let resumes = 0;
+    const sendChunk = async (chunk: Buffer): Promise<void> => {
+      const chunkStart = offset;
+      let from = 0;
+      for (;;) {
+        const part = chunk.subarray(from);
+        const first = chunkStart + from;
+        try {
+          const res = await this.canonical.request({
+            method: 'PATCH',
+            path: url,
+            headers: {
+              'content-type': 'application/octet-stream',
+              'content-length': String(part.length),
+              'content-range': `${first}-${first + part.length - 1}`,
+            },
+            body: part,
+            scopes: this.pushScope(),
+            expect: [202, 204],
+            ctx: this.ctx('upload'),
+            noRetry: true,
+          });
+          await res.body.dump().catch(() => undefined);
+          url = this.uploadUrl(getHeader(res.headers, 'location'), url);
+          offset = chunkStart + chunk.length;
+          o.onProgress?.(offset);
+          return;
+        } catch (e) {
+          if (!isBroken(e) || resumes >= 5) throw isBroken(e) ? new UploadBroken(e) : e;
+          resumes++;
+          // Ask the registry how much it has and continue from there.
+          let st: { offset: number; url: string };
+          try {
+            st = await this.uploadStatus(url);
+          } catch (e2) {
+            debugLog(`upload status failed: ${e2 instanceof Error ? e2.message : String(e2)}`);
+            throw new UploadBroken(e);
+          }
+          if (st.offset < chunkStart || st.offset > chunkStart + chunk.length) throw new UploadBroken(e);
+          debugLog(`resuming upload of ${digest} at byte ${st.offset}`);
+          url = st.url;
+          from = st.offset - chunkStart;
+          if (from === chunk.length) {
+            offset = st.offset;
+            return;
+          }
+        }
+      }
+    };
+    try {
+      let fill = 0;
+      for await (const c of src as AsyncIterable<Buffer>) {
+        let p = 0;
+        while (p < c.length) {
+          const n = Math.min(chunkSize - fill, c.length - p);
+          c.copy(buf, fill, p, p + n);
+          fill += n;
+          p += n;
+          if (fill === chunkSize) {
+            await sendChunk(buf.subarray(0, fill));
+            fill = 0;
+          }
+        }
+      }
+      if (fill > 0) await sendChunk(buf.subarray(0, fill));
+    } catch (e) {
+      src.destroy();
+      throw e;
+    }
+    if (offset !== size) {
+      throw new KilnError('SIZE_MISMATCH', `${this.label}: blob ${digest}: sent ${offset} bytes, expected ${size}`);
+    }
+    const res = await this.canonical.request({
+      method: 'PUT',
+      path: this.withDigest(url, digest),
+      headers: { 'content-length': '0' },
+      body: '',
+      scopes: this.pushScope(),
+      expect: [201, 204],
+      ctx: this.ctx('upload'),
+      noRetry: true,
+    });
+    await res.body.dump().catch(() => undefined);
+  }
+
+  /** Error for a failed response, for callers doing custom requests. */
+  async errorFor(res: Response, kind: ErrorContext['kind']): Promise<KilnError> {
+    return responseError(res, this.ctx(kind));
+  }
+}
+
+/** A connection broke mid-upload (the upload may be restarted). */
+class UploadBroken extends Error {
+  constructor(readonly original: unknown) {
+    super(original instanceof Error ? original.message : String(original));
+  }
+}
+
+function unwrapBroken(e: unknown, label: string): unknown {
+  if (!(e instanceof UploadBroken)) return e;
+  const o = e.original;
+  if (o instanceof KilnError) return o;
+  return new KilnError('UPLOAD_FAILED', `${label}: upload failed (${netErrorCode(o) ?? e.message})`, { cause: o });
+}
+
+function isBroken(e: unknown): boolean {
+  if (e instanceof KilnError) return e.code === 'REGISTRY_UNREACHABLE' && e.message.includes('connection to');
+  const c = netErrorCode(e);
+  return c !== undefined && /ECONNRESET|EPIPE|UND_ERR_SOCKET|UND_ERR_CLOSED|ECONNABORTED|ETIMEDOUT/.test(c);
+}

@@ -1,0 +1,220 @@
+/**
+ * Pushing images and indexes to a registry, and registry-to-registry copies. Blobs go first — each one HEADed
+ * (skipped when present), mounted from another repository of the same registry when its origin is known, otherwise
+ * uploaded streaming (monolithic for small blobs, chunked PATCHes for large ones) — with a bounded number in flight.
+ * Manifests are PUT only after all their blobs are confirmed; an index's children are pushed before the index.
+ */
+import { KilnError } from '../errors.js';
+import { isIndex } from '../oci/mediatypes.js';
+import type { Image, ImageIndex, Layer } from '../oci/types.js';
+import { Progress, shortDigest, silentProgress } from '../progress.js';
+import { RepositoryClient, type UploadOptions, type UploadResult } from './client.js';
+import { getRemote, isRemoteIndex, isRemoteLayer, type RemoteOrigin } from './remote.js';
+import { parseReference, type Reference } from './reference.js';
+import type { RegistryOptions } from './transport.js';
+
+export interface PushOptions extends RegistryOptions {
+  /** Blobs uploaded at once (default 3). */
+  parallelism?: number;
+  /** Blobs up to this size are uploaded with one PUT (default 16 MiB). */
+  monolithicMax?: number;
+  /** Chunk size for chunked uploads (default 16 MiB). */
+  chunkSize?: number;
+  progress?: Progress;
+  /** Label for errors; default `push REF`. */
+  label?: string;
+}
+
+export interface PushResult {
+  digest: string;
+  mediaType: string;
+  size: number;
+  /** Per-blob outcome, for reporting and tests. */
+  blobs: Map<string, UploadResult>;
+}
+
+/** Run `fn` over `items` with at most `limit` in flight; the first failure rejects (others finish quietly). */
+export async function mapLimit<T, R>(items: T[], limit: number, fn: (t: T) => Promise<R>): Promise<R[]> {
+  const out: R[] = new Array<R>(items.length);
+  let next = 0;
+  let failed: unknown;
+  let hasFailed = false;
+  const worker = async (): Promise<void> => {
+    while (!hasFailed && next < items.length) {
+      const i = next++;
+      try {
+        out[i] = await fn(items[i]!);
+      } catch (e) {
+        if (!hasFailed) {
+          hasFailed = true;
+          failed = e;
+        }
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, worker));
+  if (hasFailed) throw failed;
+  return out;
+}
+
+interface BlobJob {
+  digest: string;
+  size: number;
+  open: () => Promise<import('node:stream').Readable>;
+  mountFrom?: string;
+  name: string;
+}
+
+class Pusher {
+  readonly blobs = new Map<string, UploadResult>();
+  private readonly inflight = new Map<string, Promise<UploadResult>>();
+  readonly progress: Progress;
+
+  constructor(
+    readonly client: RepositoryClient,
+    readonly opts: PushOptions,
+  ) {
+    this.progress = opts.progress ?? silentProgress();
+  }
+
+  private uploadOpts(onProgress: (n: number) => void, mountFrom?: string): UploadOptions {
+    const u: UploadOptions = { onProgress };
+    if (this.opts.monolithicMax !== undefined) u.monolithicMax = this.opts.monolithicMax;
+    if (this.opts.chunkSize !== undefined) u.chunkSize = this.opts.chunkSize;
+    if (mountFrom) u.mountFrom = mountFrom;
+    return u;
+  }
+
+  /** Upload one blob (deduplicated across images of one push). */
+  blob(job: BlobJob): Promise<UploadResult> {
+    let p = this.inflight.get(job.digest);
+    if (!p) {
+      p = (async () => {
+        const id = job.digest;
+        this.progress.start(id, job.name, job.size);
+        try {
+          const r = await this.client.uploadBlob(
+            job.digest,
+            job.size,
+            job.open,
+            this.uploadOpts((n) => this.progress.update(id, n, job.size), job.mountFrom),
+          );
+          if (r === 'uploaded') this.progress.done(id, 'pushed');
+          else this.progress.cached(id, r === 'exists' ? 'already exists' : 'mounted');
+          this.blobs.set(job.digest, r);
+          return r;
+        } catch (e) {
+          this.progress.error(id, e instanceof Error ? e.message : String(e));
+          throw e;
+        }
+      })();
+      this.inflight.set(job.digest, p);
+    }
+    return p;
+  }
+
+  private mountSource(origin: { registry: string; repository: string } | undefined): string | undefined {
+    if (!origin) return undefined;
+    if (origin.registry !== this.client.registry || origin.repository === this.client.repository) return undefined;
+    return origin.repository;
+  }
+
+  private async layerJob(l: Layer, imgOrigin: RemoteOrigin['origin'] | undefined): Promise<BlobJob> {
+    const digest = await l.digest();
+    const size = await l.size();
+    const origin = isRemoteLayer(l) ? l.origin : imgOrigin;
+    const job: BlobJob = { digest, size, open: () => l.compressed(), name: `blob ${shortDigest(digest)}` };
+    const m = this.mountSource(origin);
+    if (m) job.mountFrom = m;
+    return job;
+  }
+
+  /** Push an image's blobs, then its manifest under `tagOrDigest`. */
+  async image(img: Image, tagOrDigest: string | undefined): Promise<PushResult> {
+    const origin = (img as Partial<RemoteOrigin>).origin;
+    const raw = await img.rawManifest();
+    const mediaType = await img.mediaType();
+    const manifest = await img.manifest();
+    const rawConfig = await img.rawConfig();
+    const layers = await img.layers();
+    const jobs: BlobJob[] = [];
+    const cfgDigest = manifest.config.digest;
+    const cfgJob: BlobJob = {
+      digest: cfgDigest,
+      size: rawConfig.length,
+      open: async () => (await import('node:stream')).Readable.from([rawConfig]),
+      name: `config ${shortDigest(cfgDigest)}`,
+    };
+    const m = this.mountSource(origin);
+    if (m) cfgJob.mountFrom = m;
+    jobs.push(cfgJob);
+    for (const l of layers) jobs.push(await this.layerJob(l, origin));
+    // The manifest must reference exactly these blobs.
+    const want = new Set([cfgDigest, ...manifest.layers.map((d) => d.digest)]);
+    for (const j of jobs) want.delete(j.digest);
+    if (want.size > 0) {
+      throw new KilnError('MANIFEST_INVALID', `${this.client.label}: manifest references blobs the image lacks`);
+    }
+    await mapLimit(jobs, this.opts.parallelism ?? 3, (j) => this.blob(j));
+    const digest = await img.digest();
+    await this.client.putManifest(tagOrDigest ?? digest, raw, mediaType);
+    return { digest, mediaType, size: raw.length, blobs: this.blobs };
+  }
+
+  /** Push every child of an index (by digest), then the index under `tagOrDigest`. */
+  async index(ix: ImageIndex, tagOrDigest: string | undefined): Promise<PushResult> {
+    const im = await ix.indexManifest();
+    for (const d of im.manifests) {
+      if (isIndex(d.mediaType)) await this.index(await ix.imageIndex(d.digest), d.digest);
+      else await this.image(await ix.image(d.digest), d.digest);
+    }
+    const raw = await ix.rawManifest();
+    const mediaType = await ix.mediaType();
+    const digest = await ix.digest();
+    await this.client.putManifest(tagOrDigest ?? digest, raw, mediaType);
+    return { digest, mediaType, size: raw.length, blobs: this.blobs };
+  }
+}
+
+function isIndexLike(x: Image | ImageIndex): x is ImageIndex {
+  return isRemoteIndex(x);
+}
+
+/** Push an image or index to `ref` (its tag, else its digest). Returns the pushed manifest's digest. */
+export async function push(
+  x: Image | ImageIndex,
+  ref: Reference | string,
+  opts: PushOptions = {},
+): Promise<PushResult> {
+  const r = typeof ref === 'string' ? parseReference(ref) : ref;
+  const client = new RepositoryClient(r, opts, opts.label ?? `push ${r.toString()}`);
+  const p = new Pusher(client, opts);
+  const target = r.tag ?? r.digest;
+  const res = isIndexLike(x) ? await p.index(x, target) : await p.image(x, target);
+  if (r.digest && r.digest !== res.digest) {
+    throw new KilnError(
+      'DIGEST_MISMATCH',
+      `${client.label}: pushed ${res.digest}, but the reference names ${r.digest}`,
+    );
+  }
+  return res;
+}
+
+/**
+ * Copy `src` to `dst` between (or within) registries: manifests byte for byte (digests unchanged), blobs mounted
+ * when both are in the same registry, otherwise streamed from the source GET into the destination upload with
+ * the digest verified on the way. Indexes are copied with all their children.
+ */
+export async function copy(
+  src: Reference | string,
+  dst: Reference | string,
+  opts: PushOptions = {},
+): Promise<PushResult> {
+  const s = typeof src === 'string' ? parseReference(src) : src;
+  const d = typeof dst === 'string' ? parseReference(dst) : dst;
+  const x = await getRemote(s, { ...opts, label: opts.label ?? `copy ${s.toString()}` });
+  const target = d.tag ?? d.digest ?? s.tag;
+  const client = new RepositoryClient(d, opts, opts.label ?? `copy to ${d.toString()}`);
+  const p = new Pusher(client, opts);
+  return isIndexLike(x) ? p.index(x, target) : p.image(x, target);
+}

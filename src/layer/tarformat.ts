@@ -1,0 +1,514 @@
+/**
+ * The tar format, both ways, byte-compatible with Go's archive/tar as containerd and BuildKit use it.
+ *
+ * Writing: containerd's ChangeWriter forces `tar.FormatPAX`, so every header is a USTAR-layout block with the
+ * "ustar\0" magic and version "00"; numbers are zero-padded octal followed by a NUL; whatever does not fit (names over
+ * 100 bytes, non-ASCII names, ids over 2097151, sizes over 8 GiB, xattrs, non-epoch-second times) goes into a preceding
+ * PAX extended header named `<dir>/PaxHeaders.0/<base>` with records sorted by key. No record blocking: the archive
+ * ends with two zero blocks. Matching this exactly makes kiln's diffIDs equal to BuildKit's for the same content.
+ *
+ * Reading: a streaming parser for USTAR, PAX (local and global headers, binary-safe `SCHILY.xattr.*` values,
+ * `LIBARCHIVE.xattr.*`), GNU long names/links and base-256 numbers. Sparse files are rejected. The parser never
+ * buffers an entry's body: the caller drains it (or it is skipped when the next entry is requested).
+ */
+import { KilnError } from '../errors.js';
+
+export const BLOCK = 512;
+
+export type EntryType = 'file' | 'link' | 'symlink' | 'char' | 'block' | 'dir' | 'fifo';
+
+/** A tar entry header as kiln reads and writes it. Paths are relative, '/'-separated; dirs end with '/'. */
+export interface TarHeader {
+  name: string;
+  type: EntryType;
+  /** Permission bits plus setuid/setgid/sticky (07777). */
+  mode: number;
+  uid: number;
+  gid: number;
+  size: number;
+  /** Seconds since the epoch (may be fractional when read from a PAX header). */
+  mtime: number;
+  linkname: string;
+  devmajor: number;
+  devminor: number;
+  uname?: string;
+  gname?: string;
+  /** Extended attributes (name → raw bytes), from/to `SCHILY.xattr.<name>` PAX records. */
+  xattrs?: Map<string, Buffer>;
+  /** PAX atime/ctime in seconds (only written when set; containerd sets both to 0 on whiteouts). */
+  atime?: number;
+  ctime?: number;
+}
+
+const TYPEFLAG: Record<EntryType, string> = {
+  file: '0',
+  link: '1',
+  symlink: '2',
+  char: '3',
+  block: '4',
+  dir: '5',
+  fifo: '6',
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// Writing
+
+function isASCII(s: string): boolean {
+  for (let i = 0; i < s.length; i++) if (s.charCodeAt(i) >= 0x80) return false;
+  return true;
+}
+
+function toASCII(s: string): string {
+  if (isASCII(s)) return s;
+  let out = '';
+  for (const ch of s) if (ch.charCodeAt(0) < 0x80) out += ch;
+  return out;
+}
+
+function fitsOctal(width: number, n: number): boolean {
+  // width-1 octal digits (Go's fitsInOctal: octBits = (width-1)*3).
+  return n >= 0 && n < 8 ** (width - 1);
+}
+
+function putString(block: Buffer, off: number, width: number, s: string): void {
+  const b = Buffer.from(s, 'utf8');
+  b.copy(block, off, 0, Math.min(width, b.length));
+  // The rest is already NUL.
+}
+
+function putOctal(block: Buffer, off: number, width: number, n: number): void {
+  const v = fitsOctal(width, n) ? n : 0; // Go: "last resort, just write zero" (the PAX record carries the value)
+  const s = Math.trunc(v)
+    .toString(8)
+    .padStart(width - 1, '0');
+  putString(block, off, width, s);
+}
+
+function paxRecord(key: string, value: Buffer): Buffer {
+  // Go's formatPAXRecord: "<len> <key>=<value>\n" where <len> counts itself.
+  const body = Buffer.byteLength(key) + value.length + 3;
+  let size = body + String(body).length;
+  if (String(size).length + body !== size) size = String(size).length + body;
+  return Buffer.concat([Buffer.from(`${size} ${key}=`, 'utf8'), value, Buffer.from('\n')]);
+}
+
+function checksum(block: Buffer): void {
+  block.fill(0x20, 148, 156);
+  let sum = 0;
+  for (let i = 0; i < BLOCK; i++) sum += block[i]!;
+  block.fill(0, 148, 156);
+  putOctal(block, 148, 7, sum);
+  block[155] = 0x20;
+}
+
+function setUstarMagic(block: Buffer): void {
+  block.write('ustar\0', 257, 'latin1');
+  block.write('00', 263, 'latin1');
+}
+
+function formatPaxTime(t: number): string {
+  if (Number.isInteger(t)) return String(t);
+  const sec = Math.floor(t);
+  const nsec = Math.round((t - sec) * 1e9);
+  return `${sec}.${String(nsec).padStart(9, '0').replace(/0+$/, '')}`;
+}
+
+function paddingFor(size: number): number {
+  const r = size % BLOCK;
+  return r === 0 ? 0 : BLOCK - r;
+}
+
+/**
+ * Encode a header (and, when needed, its preceding PAX extended header + data) into 512-byte blocks.
+ * The body of a regular file (h.size bytes) must follow, padded with `padding(h.size)`.
+ */
+export function encodeHeader(h: TarHeader): Buffer {
+  const pax = new Map<string, Buffer>();
+  const name = h.name;
+  if (Buffer.byteLength(name) > 100 || !isASCII(name)) pax.set('path', Buffer.from(name, 'utf8'));
+  if (Buffer.byteLength(h.linkname) > 100 || !isASCII(h.linkname)) pax.set('linkpath', Buffer.from(h.linkname, 'utf8'));
+  if (!fitsOctal(8, h.uid)) pax.set('uid', Buffer.from(String(h.uid)));
+  if (!fitsOctal(8, h.gid)) pax.set('gid', Buffer.from(String(h.gid)));
+  if (!fitsOctal(12, h.size)) pax.set('size', Buffer.from(String(h.size)));
+  if (!fitsOctal(12, h.mtime) || !Number.isInteger(h.mtime)) pax.set('mtime', Buffer.from(formatPaxTime(h.mtime)));
+  if (h.atime !== undefined) pax.set('atime', Buffer.from(formatPaxTime(h.atime)));
+  if (h.ctime !== undefined) pax.set('ctime', Buffer.from(formatPaxTime(h.ctime)));
+  if (h.uname && (Buffer.byteLength(h.uname) > 32 || !isASCII(h.uname))) pax.set('uname', Buffer.from(h.uname));
+  if (h.gname && (Buffer.byteLength(h.gname) > 32 || !isASCII(h.gname))) pax.set('gname', Buffer.from(h.gname));
+  for (const [k, v] of h.xattrs ?? []) pax.set('SCHILY.xattr.' + k, v);
+
+  const parts: Buffer[] = [];
+  if (pax.size > 0) {
+    const keys = [...pax.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    const data = Buffer.concat(keys.map((k) => paxRecord(k, pax.get(k)!)));
+    const trimmed = name.replace(/\/+$/, '');
+    const slash = trimmed.lastIndexOf('/');
+    const dir = slash >= 0 ? trimmed.slice(0, slash) : '';
+    const base = slash >= 0 ? trimmed.slice(slash + 1) : trimmed;
+    let paxName = (dir ? dir + '/' : '') + 'PaxHeaders.0/' + base;
+    paxName = toASCII(paxName);
+    if (paxName.length > 100) paxName = paxName.slice(0, 100);
+    paxName = paxName.replace(/\/+$/, '');
+    const pb = Buffer.alloc(BLOCK);
+    putString(pb, 0, 100, paxName);
+    putOctal(pb, 100, 8, 0);
+    putOctal(pb, 108, 8, 0);
+    putOctal(pb, 116, 8, 0);
+    putOctal(pb, 124, 12, data.length);
+    putOctal(pb, 136, 12, 0);
+    pb[156] = 'x'.charCodeAt(0);
+    setUstarMagic(pb);
+    checksum(pb);
+    parts.push(pb, data, Buffer.alloc(paddingFor(data.length)));
+  }
+
+  const b = Buffer.alloc(BLOCK);
+  putString(b, 0, 100, toASCII(name));
+  putOctal(b, 100, 8, h.mode & 0o7777);
+  putOctal(b, 108, 8, h.uid);
+  putOctal(b, 116, 8, h.gid);
+  putOctal(b, 124, 12, h.size);
+  putOctal(b, 136, 12, Math.floor(h.mtime));
+  b[156] = TYPEFLAG[h.type].charCodeAt(0);
+  putString(b, 157, 100, toASCII(h.linkname));
+  setUstarMagic(b);
+  putString(b, 265, 32, toASCII(h.uname ?? ''));
+  putString(b, 297, 32, toASCII(h.gname ?? ''));
+  putOctal(b, 329, 8, h.devmajor);
+  putOctal(b, 337, 8, h.devminor);
+  checksum(b);
+  parts.push(b);
+  return parts.length === 1 ? b : Buffer.concat(parts);
+}
+
+/** Zero padding after a body of `size` bytes. */
+export function padding(size: number): Buffer {
+  return Buffer.alloc(paddingFor(size));
+}
+
+/** The end-of-archive marker Go writes: two zero blocks. */
+export function trailer(): Buffer {
+  return Buffer.alloc(BLOCK * 2);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Reading
+
+/** Pulls exact byte counts out of an async stream of chunks without copying more than needed. */
+class ByteReader {
+  private chunks: Buffer[] = [];
+  private buffered = 0;
+  private done = false;
+  private readonly it: AsyncIterator<Buffer | string>;
+
+  constructor(src: AsyncIterable<Buffer | string>) {
+    this.it = src[Symbol.asyncIterator]();
+  }
+
+  private async fill(n: number): Promise<void> {
+    while (this.buffered < n && !this.done) {
+      const r = await this.it.next();
+      if (r.done) {
+        this.done = true;
+        break;
+      }
+      const c = typeof r.value === 'string' ? Buffer.from(r.value) : r.value;
+      if (c.length === 0) continue;
+      this.chunks.push(c);
+      this.buffered += c.length;
+    }
+  }
+
+  /** Exactly n bytes, or fewer only at end of input. */
+  async read(n: number): Promise<Buffer> {
+    await this.fill(n);
+    const take = Math.min(n, this.buffered);
+    const out = this.take(take);
+    return out;
+  }
+
+  private take(n: number): Buffer {
+    if (n === 0) return Buffer.alloc(0);
+    const first = this.chunks[0]!;
+    if (first.length >= n) {
+      const out = first.subarray(0, n);
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+      this.buffered -= n;
+      return out;
+    }
+    const parts: Buffer[] = [];
+    let need = n;
+    while (need > 0) {
+      const c = this.chunks[0]!;
+      if (c.length <= need) {
+        parts.push(c);
+        this.chunks.shift();
+        need -= c.length;
+      } else {
+        parts.push(c.subarray(0, need));
+        this.chunks[0] = c.subarray(need);
+        need = 0;
+      }
+    }
+    this.buffered -= n;
+    return Buffer.concat(parts, n);
+  }
+
+  /** Up to n bytes as they arrive (at least one chunk unless at end). */
+  async readSome(n: number): Promise<Buffer> {
+    if (this.buffered === 0) await this.fill(1);
+    if (this.buffered === 0) return Buffer.alloc(0);
+    return this.take(Math.min(n, this.chunks[0]!.length));
+  }
+
+  async close(): Promise<void> {
+    if (!this.done && this.it.return) await this.it.return();
+  }
+}
+
+export class TarFormatError extends KilnError {
+  constructor(message: string) {
+    super('TAR_INVALID', message, { hint: 'the archive is corrupt or not a tar file' });
+  }
+}
+
+function cstr(b: Buffer, off: number, width: number): string {
+  const s = b.subarray(off, off + width);
+  const nul = s.indexOf(0);
+  return (nul >= 0 ? s.subarray(0, nul) : s).toString('utf8');
+}
+
+function parseNumeric(b: Buffer, off: number, width: number, what: string): number {
+  const f = b.subarray(off, off + width);
+  if (f[0]! & 0x80) {
+    // base-256 (GNU): big-endian two's complement with the top bit of the first byte as the marker.
+    if (f[0] === 0xff) throw new TarFormatError(`negative ${what} in tar header`);
+    let n = f[0]! & 0x7f;
+    for (let i = 1; i < f.length; i++) {
+      n = n * 256 + f[i]!;
+      if (n > Number.MAX_SAFE_INTEGER) throw new TarFormatError(`${what} too large in tar header`);
+    }
+    return n;
+  }
+  const s = f
+    .toString('latin1')
+    .replace(/[\0 ]+$/g, '')
+    .replace(/^[ \0]+/, '');
+  if (s === '') return 0;
+  if (!/^[0-7]+$/.test(s)) throw new TarFormatError(`invalid ${what} field "${s.replace(/\0.*$/, '')}" in tar header`);
+  return parseInt(s, 8);
+}
+
+function parsePax(data: Buffer): Map<string, Buffer> {
+  const out = new Map<string, Buffer>();
+  let i = 0;
+  while (i < data.length) {
+    const sp = data.indexOf(0x20, i);
+    if (sp < 0) throw new TarFormatError('malformed PAX record');
+    const len = parseInt(data.subarray(i, sp).toString('latin1'), 10);
+    if (!Number.isFinite(len) || len <= sp - i || i + len > data.length)
+      throw new TarFormatError('malformed PAX record');
+    const rec = data.subarray(sp + 1, i + len);
+    if (rec[rec.length - 1] !== 0x0a) throw new TarFormatError('malformed PAX record');
+    const eq = rec.indexOf(0x3d);
+    if (eq < 0) throw new TarFormatError('malformed PAX record');
+    out.set(rec.subarray(0, eq).toString('utf8'), Buffer.from(rec.subarray(eq + 1, rec.length - 1)));
+    i += len;
+  }
+  return out;
+}
+
+function applyPax(h: TarHeader, pax: Map<string, Buffer>): void {
+  for (const [k, v] of pax) {
+    const s = v.toString('utf8');
+    switch (k) {
+      case 'path':
+        h.name = s;
+        break;
+      case 'linkpath':
+        h.linkname = s;
+        break;
+      case 'size':
+      case 'uid':
+      case 'gid': {
+        if (!/^\d+$/.test(s)) throw new TarFormatError(`invalid PAX ${k} "${s}"`);
+        h[k] = Number(s);
+        break;
+      }
+      case 'mtime': {
+        const t = Number(s);
+        if (!Number.isFinite(t)) throw new TarFormatError(`invalid PAX mtime "${s}"`);
+        h.mtime = t;
+        break;
+      }
+      case 'uname':
+        h.uname = s;
+        break;
+      case 'gname':
+        h.gname = s;
+        break;
+      default:
+        if (k.startsWith('SCHILY.xattr.')) {
+          (h.xattrs ??= new Map()).set(k.slice('SCHILY.xattr.'.length), v);
+        } else if (k.startsWith('LIBARCHIVE.xattr.')) {
+          const name = decodeURIComponent(k.slice('LIBARCHIVE.xattr.'.length));
+          (h.xattrs ??= new Map()).set(name, Buffer.from(s, 'base64'));
+        } else if (k.startsWith('GNU.sparse.')) {
+          throw new TarFormatError('sparse files in tar archives are not supported');
+        }
+    }
+  }
+}
+
+export interface TarEntry {
+  header: TarHeader;
+  /** The entry's body (regular files only; empty otherwise). Must be consumed before the next entry, or it is skipped. */
+  body: AsyncIterable<Buffer>;
+}
+
+/**
+ * Parse a tar stream. Yields each entry; bodies stream. Throws TarFormatError (code TAR_INVALID) on corrupt input,
+ * including a truncated archive.
+ */
+export async function* readTar(
+  src: AsyncIterable<Buffer | string>,
+  opts: { drain?: boolean } = {},
+): AsyncGenerator<TarEntry> {
+  const r = new ByteReader(src);
+  let complete = false;
+  const globalPax = new Map<string, Buffer>();
+  let localPax: Map<string, Buffer> | undefined;
+  let longName: string | undefined;
+  let longLink: string | undefined;
+  try {
+    for (;;) {
+      const block = await r.read(BLOCK);
+      if (block.length === 0) {
+        complete = true; // EOF without trailer: tolerated like Go (io.EOF at a block boundary)
+        return;
+      }
+      if (block.length < BLOCK) throw new TarFormatError('unexpected end of tar archive');
+      if (block.every((x) => x === 0)) {
+        // End-of-archive marker. Optionally consume the rest (containerd drains it so the diffID covers it).
+        if (opts.drain) while ((await r.readSome(1 << 20)).length > 0);
+        complete = true;
+        return;
+      }
+      // Checksum: unsigned sum, with the checksum field as spaces (also accept the historical signed sum).
+      const stored = parseNumeric(block, 148, 8, 'checksum');
+      let uns = 0;
+      let sig = 0;
+      for (let i = 0; i < BLOCK; i++) {
+        const c = i >= 148 && i < 156 ? 0x20 : block[i]!;
+        uns += c;
+        sig += c >= 0x80 ? c - 256 : c;
+      }
+      if (stored !== uns && stored !== sig) throw new TarFormatError('tar header checksum mismatch');
+
+      const flag = String.fromCharCode(block[156]!);
+      const magic = block.subarray(257, 263).toString('latin1');
+      const version = block.subarray(263, 265).toString('latin1');
+      const isUstar = magic === 'ustar\0';
+      const isGnu = magic === 'ustar ' && version === ' \0';
+      let name = cstr(block, 0, 100);
+      if (isUstar) {
+        const prefix = cstr(block, 345, 155);
+        if (prefix) name = prefix + '/' + name;
+      }
+      const size = parseNumeric(block, 124, 12, 'size');
+
+      // Meta entries: their data modifies the next header.
+      if (flag === 'x' || flag === 'g' || flag === 'L' || flag === 'K') {
+        if (size > 16 * 1024 * 1024) throw new TarFormatError(`tar metadata entry too large (${size} bytes)`);
+        const data = await r.read(size);
+        if (data.length < size) throw new TarFormatError('unexpected end of tar archive');
+        await r.read(paddingFor(size));
+        if (flag === 'x') localPax = new Map([...(localPax ?? []), ...parsePax(data)]);
+        else if (flag === 'g') for (const [k, v] of parsePax(data)) globalPax.set(k, v);
+        else if (flag === 'L') longName = cstr(data, 0, data.length);
+        else longLink = cstr(data, 0, data.length);
+        continue;
+      }
+
+      let type: EntryType;
+      switch (flag) {
+        case '0':
+        case '\0':
+        case '7':
+          type = name.endsWith('/') ? 'dir' : 'file';
+          break;
+        case '1':
+          type = 'link';
+          break;
+        case '2':
+          type = 'symlink';
+          break;
+        case '3':
+          type = 'char';
+          break;
+        case '4':
+          type = 'block';
+          break;
+        case '5':
+          type = 'dir';
+          break;
+        case '6':
+          type = 'fifo';
+          break;
+        case 'S':
+          throw new TarFormatError(`sparse file "${name}" in tar archive is not supported`);
+        default:
+          throw new TarFormatError(`unsupported tar entry type "${flag}" for "${name}"`);
+      }
+      const h: TarHeader = {
+        name,
+        type,
+        mode: parseNumeric(block, 100, 8, 'mode') & 0o7777,
+        uid: parseNumeric(block, 108, 8, 'uid'),
+        gid: parseNumeric(block, 116, 8, 'gid'),
+        size,
+        mtime: parseNumeric(block, 136, 12, 'mtime'),
+        linkname: cstr(block, 157, 100),
+        devmajor: isUstar || isGnu ? parseNumeric(block, 329, 8, 'devmajor') : 0,
+        devminor: isUstar || isGnu ? parseNumeric(block, 337, 8, 'devminor') : 0,
+        uname: isUstar || isGnu ? cstr(block, 265, 32) : '',
+        gname: isUstar || isGnu ? cstr(block, 297, 32) : '',
+      };
+      if (longName !== undefined) h.name = longName;
+      if (longLink !== undefined) h.linkname = longLink;
+      if (globalPax.size) applyPax(h, globalPax);
+      if (localPax) applyPax(h, localPax);
+      localPax = undefined;
+      longName = undefined;
+      longLink = undefined;
+      // Only regular files carry data (Go: links, dirs, devices have none even if size says otherwise).
+      const dataSize = h.type === 'file' ? h.size : 0;
+      if (h.type !== 'file') h.size = 0;
+      let remaining = dataSize;
+      const body: AsyncIterable<Buffer> = {
+        async *[Symbol.asyncIterator]() {
+          while (remaining > 0) {
+            const c = await r.readSome(Math.min(remaining, 1 << 20));
+            if (c.length === 0) throw new TarFormatError(`unexpected end of tar archive in "${h.name}"`);
+            remaining -= c.length;
+            yield c;
+          }
+        },
+      };
+      yield { header: h, body };
+      while (remaining > 0) {
+        const c = await r.readSome(Math.min(remaining, 1 << 20));
+        if (c.length === 0) throw new TarFormatError(`unexpected end of tar archive in "${h.name}"`);
+        remaining -= c.length;
+      }
+      const pad = paddingFor(dataSize);
+      if (pad) {
+        const p = await r.read(pad);
+        if (p.length < pad) throw new TarFormatError('unexpected end of tar archive');
+      }
+    }
+  } finally {
+    if (!complete) await r.close();
+  }
+}

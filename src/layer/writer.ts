@@ -1,0 +1,260 @@
+/**
+ * The layer writer: turns a layer directory — an overlay upper dir (whiteouts as 0/0 char devices, opaque dirs
+ * marked with the `user.overlay.opaque`/`trusted.overlay.opaque` xattr) or a plain directory — into an OCI layer
+ * blob in one streaming pass: walk → tar → (diffID sha256) → gzip/zstd/none → (digest sha256, size) → temp file.
+ *
+ * The tar matches containerd's ChangeWriter (what BuildKit's exporter produces) entry for entry: walk order
+ * (depth first, each directory's names in byte order, parents before children), PAX format via ./tarformat.ts,
+ * permission bits incl. setuid/setgid/sticky, uid/gid as on disk (as seen inside the build's user namespace), no
+ * user/group names, no atime/ctime, mtimes truncated to seconds and clamped to SOURCE_DATE_EPOCH when given,
+ * `security.capability` as a `SCHILY.xattr.` record, hardlinks (same dev+ino, nlink > 1) as links to the first
+ * name written, sockets skipped. Whiteouts are written as containerd 2.x does: empty regular files `.wh.<name>`
+ * with mode 0, owner 0:0 and all three timestamps at the epoch; an opaque directory gets `.wh..wh..opq` (same
+ * header) as its first child.
+ */
+import { randomBytes } from 'node:crypto';
+import { createWriteStream, type Stats } from 'node:fs';
+import { lstat, open, readdir, readlink, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { KilnError } from '../errors.js';
+import { DigestingStream } from '../oci/digest.js';
+import { MediaType } from '../oci/mediatypes.js';
+import { readXattrsRecursive } from './fsops.js';
+import { compressor } from './compression.js';
+import { encodeHeader, padding, trailer, type TarHeader } from './tarformat.js';
+
+export const WHITEOUT_PREFIX = '.wh.';
+export const WHITEOUT_OPAQUE = '.wh..wh..opq';
+
+export interface TarOptions {
+  /** 'overlay' (default): 0/0 char devices are whiteouts and opaque xattrs are honoured. 'none': a plain tree. */
+  whiteouts?: 'overlay' | 'none';
+  /** SOURCE_DATE_EPOCH (seconds): mtimes later than this are clamped to it. */
+  sourceDateEpoch?: number;
+  /** Read xattrs (security.capability, overlay opaque markers) with getfattr. Default true. */
+  xattrs?: boolean;
+}
+
+export interface WriteLayerOptions extends TarOptions {
+  /** Compression of the blob. Default 'gzip'. */
+  compression?: 'gzip' | 'zstd' | 'none';
+  /** Compression level (gzip 0–9, default 1 = best speed like crane; zstd 1–19, default 3). */
+  level?: number;
+  /** Media type family. Default 'oci'. */
+  mediaTypes?: 'oci' | 'docker';
+  /** Directory for the output blob file (ideally on the blob store's file system so a rename can move it). */
+  tmpDir?: string;
+}
+
+export interface WrittenLayer {
+  /** sha256 of the compressed blob. */
+  digest: string;
+  /** sha256 of the uncompressed tar. */
+  diffID: string;
+  /** Size of the compressed blob in bytes. */
+  size: number;
+  /** Size of the uncompressed tar in bytes. */
+  diffSize: number;
+  mediaType: string;
+  /** Path of the blob file (the caller moves it into the blob store or deletes it). */
+  file: string;
+}
+
+function byteCompare(a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
+}
+
+function devMajor(rdev: number): number {
+  return ((rdev >>> 8) & 0xfff) | (Math.floor(rdev / 2 ** 32) & ~0xfff);
+}
+
+function devMinor(rdev: number): number {
+  return (rdev & 0xff) | ((rdev >>> 12) & ~0xff & 0xfffff);
+}
+
+function isWhiteoutDevice(st: Stats): boolean {
+  return st.isCharacterDevice() && st.rdev === 0;
+}
+
+function isOpaque(x: Map<string, Buffer> | undefined): boolean {
+  if (!x) return false;
+  for (const k of ['user.overlay.opaque', 'trusted.overlay.opaque']) {
+    const v = x.get(k);
+    if (v && v.toString('latin1') === 'y') return true;
+  }
+  return false;
+}
+
+function whiteoutHeader(name: string): TarHeader {
+  return {
+    name,
+    type: 'file',
+    mode: 0,
+    uid: 0,
+    gid: 0,
+    size: 0,
+    mtime: 0,
+    atime: 0,
+    ctime: 0,
+    linkname: '',
+    devmajor: 0,
+    devminor: 0,
+  };
+}
+
+/**
+ * The uncompressed layer tar of `dir` as a stream of buffers (what the diffID is computed over).
+ */
+export async function* layerTar(dir: string, opts: TarOptions = {}): AsyncGenerator<Buffer> {
+  const root = resolve(dir);
+  const overlay = (opts.whiteouts ?? 'overlay') === 'overlay';
+  const xattrs =
+    opts.xattrs === false
+      ? new Map<string, Map<string, Buffer>>()
+      : await readXattrsRecursive(
+          root,
+          overlay
+            ? '^(security\\.capability|user\\.overlay\\.opaque|trusted\\.overlay\\.opaque)$'
+            : '^security\\.capability$',
+        );
+  const epoch = opts.sourceDateEpoch;
+  const links = new Map<string, string>();
+
+  async function* walk(absDir: string, relDir: string): AsyncGenerator<Buffer> {
+    let names: string[];
+    try {
+      names = await readdir(absDir);
+    } catch (e) {
+      throw new KilnError('LAYER_WRITE_FAILED', `reading ${absDir}: ${(e as Error).message}`, { cause: e });
+    }
+    names.sort(byteCompare);
+    for (const n of names) {
+      const abs = join(absDir, n);
+      const rel = relDir + n;
+      const st = await lstat(abs);
+      if (st.isSocket()) continue;
+      if (overlay && isWhiteoutDevice(st)) {
+        yield encodeHeader(whiteoutHeader(relDir + WHITEOUT_PREFIX + n));
+        continue;
+      }
+      const x = xattrs.get(abs);
+      let mtime = Math.floor(st.mtimeMs / 1000);
+      if (epoch !== undefined && mtime > epoch) mtime = epoch;
+      const h: TarHeader = {
+        name: st.isDirectory() ? rel + '/' : rel,
+        type: 'file',
+        mode: st.mode & 0o7777,
+        uid: st.uid,
+        gid: st.gid,
+        size: 0,
+        mtime,
+        linkname: '',
+        devmajor: 0,
+        devminor: 0,
+      };
+      const cap = x?.get('security.capability');
+      if (cap && cap.length > 0) h.xattrs = new Map([['security.capability', cap]]);
+      if (st.isDirectory()) h.type = 'dir';
+      else if (st.isSymbolicLink()) {
+        h.type = 'symlink';
+        h.linkname = await readlink(abs);
+      } else if (st.isCharacterDevice() || st.isBlockDevice()) {
+        h.type = st.isCharacterDevice() ? 'char' : 'block';
+        h.devmajor = devMajor(st.rdev);
+        h.devminor = devMinor(st.rdev);
+      } else if (st.isFIFO()) h.type = 'fifo';
+      else if (st.isFile()) {
+        h.type = 'file';
+        h.size = st.size;
+      }
+      if (!st.isDirectory() && st.nlink > 1) {
+        const key = `${st.dev}:${st.ino}`;
+        const first = links.get(key);
+        if (first !== undefined) {
+          h.type = 'link';
+          h.linkname = first;
+          h.size = 0;
+        } else links.set(key, rel);
+      }
+      yield encodeHeader(h);
+      if (h.type === 'dir') {
+        if (overlay && isOpaque(x)) yield encodeHeader(whiteoutHeader(rel + '/' + WHITEOUT_OPAQUE));
+        yield* walk(abs, rel + '/');
+      } else if (h.type === 'file' && h.size > 0) {
+        yield* fileBody(abs, h.size, rel);
+        const pad = padding(h.size);
+        if (pad.length) yield pad;
+      }
+    }
+  }
+
+  const st = await lstat(root).catch((e: unknown) => {
+    throw new KilnError('LAYER_WRITE_FAILED', `layer directory ${root}: ${(e as Error).message}`, { cause: e });
+  });
+  if (!st.isDirectory()) throw new KilnError('LAYER_WRITE_FAILED', `layer directory ${root} is not a directory`);
+  yield* walk(root, '');
+  yield trailer();
+}
+
+async function* fileBody(abs: string, size: number, rel: string): AsyncGenerator<Buffer> {
+  const fh = await open(abs, 'r');
+  try {
+    let left = size;
+    while (left > 0) {
+      const buf = Buffer.allocUnsafe(Math.min(left, 1 << 20));
+      const { bytesRead } = await fh.read(buf, 0, buf.length, null);
+      if (bytesRead === 0) {
+        throw new KilnError('LAYER_WRITE_FAILED', `file "${rel}" shrank while the layer was being written`);
+      }
+      left -= bytesRead;
+      yield bytesRead === buf.length ? buf : buf.subarray(0, bytesRead);
+    }
+  } finally {
+    await fh.close();
+  }
+}
+
+function mediaTypeFor(compression: 'gzip' | 'zstd' | 'none', family: 'oci' | 'docker'): string {
+  if (compression === 'gzip') return family === 'docker' ? MediaType.DockerLayerGzip : MediaType.OCILayerGzip;
+  if (compression === 'zstd') return MediaType.OCILayerZstd;
+  return family === 'docker' ? 'application/vnd.docker.image.rootfs.diff.tar' : MediaType.OCILayer;
+}
+
+/**
+ * Write the layer for `dir` into a new file under opts.tmpDir and return its digests. Nothing is held in memory;
+ * on failure the partial file is removed.
+ */
+export async function writeLayer(dir: string, opts: WriteLayerOptions = {}): Promise<WrittenLayer> {
+  const compression = opts.compression ?? 'gzip';
+  const file = join(opts.tmpDir ?? tmpdir(), `.kiln-layer-${randomBytes(8).toString('hex')}.tmp`);
+  const diff = new DigestingStream();
+  const blob = new DigestingStream();
+  try {
+    if (compression === 'none') {
+      await pipeline(Readable.from(layerTar(dir, opts)), diff, createWriteStream(file, { flags: 'wx' }));
+    } else {
+      await pipeline(
+        Readable.from(layerTar(dir, opts)),
+        diff,
+        compressor(compression, opts.level),
+        blob,
+        createWriteStream(file, { flags: 'wx' }),
+      );
+    }
+  } catch (e) {
+    await rm(file, { force: true });
+    throw e;
+  }
+  const diffID = diff.digest();
+  return {
+    diffID,
+    digest: compression === 'none' ? diffID : blob.digest(),
+    size: compression === 'none' ? diff.size() : blob.size(),
+    diffSize: diff.size(),
+    mediaType: mediaTypeFor(compression, opts.mediaTypes ?? 'oci'),
+    file,
+  };
+}

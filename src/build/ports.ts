@@ -131,3 +131,43 @@ export interface ProgressSink {
   /** Free-form warning (lint), printed once. */
   warn(message: string): void;
 }
+
+/** Where COPY/ADD read from: the build context or another stage's (merged) root filesystem. */
+export interface CopySource {
+  kind: 'context' | 'stage';
+  /** Host dir holding the files (context dir, or a stage's merged rootfs). */
+  dir: string;
+  /** For `stage`: a stable digest of the stage's content (its final state). */
+  stateDigest?: string;
+}
+
+/** A COPY/ADD to apply (words already expanded). */
+export interface CopyRequest {
+  kind: 'COPY' | 'ADD';
+  sources: string[];
+  /** Heredoc sources: file name → content. */
+  contents: { path: string; data: string }[];
+  dest: string;
+  chown: string;
+  chmod: string;
+  link: boolean;
+  parents: boolean;
+  exclude: string[];
+  /** ADD only. */
+  checksum?: string;
+  keepGitDir?: boolean;
+  unpack?: boolean;
+  /** The step's working directory (relative dest is joined to it). */
+  workdir: string;
+  /** The source line for error messages (`Dockerfile:N`). */
+  location: string;
+  sourceDateEpoch?: number;
+}
+
+/** COPY/ADD semantics (src/build/copy.ts, add.ts). */
+export interface FileCopier {
+  /** A digest of everything the request reads from `src` (for the cache key); missing sources fail here. */
+  checksum(req: CopyRequest, src: CopySource): Promise<string>;
+  /** Apply the copy into the merged root `destRoot`. */
+  apply(req: CopyRequest, src: CopySource, destRoot: string): Promise<void>;
+}

@@ -1,0 +1,1036 @@
+/**
+ * The Dockerfile build engine. Given parsed stages it builds the target stage and everything it needs, as
+ * BuildKit's dockerfile2llb would: stages in dependency order (independent stages concurrently, unused stages
+ * never), each FROM resolved (scratch, an earlier stage, or an image through the BaseResolver) with its layers
+ * unpacked once into the layer store, then one dispatch per instruction. Layer steps (RUN, COPY, ADD, WORKDIR)
+ * run in an overlay snapshot whose upper dir becomes the layer; metadata steps only change the config. Each layer
+ * step has a cache key (parent state + everything that determines its result); a hit reuses the stored layer.
+ *
+ * The engine only talks to the ports in ./ports.ts, so the same logic runs with the local namespace sandbox, a
+ * Kubernetes executor or test doubles.
+ */
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { join, posix } from 'node:path';
+import { createHash } from 'node:crypto';
+import { KilnError, errorMessage } from '../errors.js';
+import type { History, Layer, Platform } from '../oci/types.js';
+import type {
+  ArgInstruction,
+  Command,
+  CopyInstruction,
+  AddInstruction,
+  Instruction,
+  RunInstruction,
+  Stage,
+} from '../dockerfile/instructions.js';
+import { expandInstruction } from '../dockerfile/instructions.js';
+import { processWord } from '../dockerfile/shell.js';
+import { BuildCache, cacheKey, type CacheEntry } from '../cache/cache.js';
+import type {
+  BaseResolver,
+  CopyRequest,
+  CopySource,
+  Executor,
+  FileCopier,
+  LayerStore,
+  ProcessSpec,
+  ProgressSink,
+  RunMount,
+  Snapshot,
+  Snapshotter,
+} from './ports.js';
+import type { SecretSpec } from './options.js';
+import { formatPlatform } from './options.js';
+import {
+  type BuildImage,
+  type ScopedArg,
+  addEnv,
+  cloneImage,
+  commitHistory,
+  emptyImage,
+  epochTime,
+  fromBaseConfig,
+  getEnv,
+  goList,
+  goQuote,
+  goQuoteList,
+  goTime,
+  healthcheckHistory,
+  normalizeHistory,
+  normalizePorts,
+  runCommandString,
+  serializeConfig,
+  withShell,
+} from './imageconfig.js';
+import { mkdirAllIn, resolveUser } from './rootfs.js';
+
+export interface EngineRequest {
+  stages: Stage[];
+  /** ARGs before the first FROM. */
+  metaArgs: ArgInstruction[];
+  /** Dockerfile name for messages (`Dockerfile:4: ...`). */
+  file: string;
+  target?: string;
+  buildArgs: Map<string, string>;
+  labels: Record<string, string>;
+  platform: Platform;
+  noCache: boolean;
+  pull: boolean;
+  network: 'host' | 'none';
+  secrets: SecretSpec[];
+  sourceDateEpoch?: number;
+  /** Escape token from the `# escape=` directive. */
+  escape?: string;
+}
+
+export interface EngineDeps {
+  executor: Executor;
+  snapshotter: Snapshotter;
+  layers: LayerStore;
+  bases: BaseResolver;
+  cache: BuildCache;
+  progress: ProgressSink;
+  copier: FileCopier;
+  contextDir: string;
+  /** Persistent dirs for RUN --mount=type=cache. */
+  cacheMountsDir: string;
+  /** Private scratch space (secrets from env are written here); removed by the caller. */
+  tmpDir: string;
+  signal?: AbortSignal;
+  /** Parses an ONBUILD trigger expression into a command (the Dockerfile parser). */
+  parseTrigger?: (expression: string) => Command;
+}
+
+/** A layer of a stage's filesystem. */
+export interface StageLayer {
+  diffID: string;
+  /** Extracted dir in the layer store. */
+  dir: string;
+  layer: Layer;
+}
+
+export interface EngineResult {
+  config: BuildImage;
+  rawConfig: Buffer;
+  layers: StageLayer[];
+  /** Base image of the target stage (for annotations and metadata). */
+  base?: { name: string; digest: string };
+  /** Digest of the final state (cache lineage). */
+  stateDigest: string;
+}
+
+interface StageState {
+  stage: Stage;
+  img: BuildImage;
+  baseHistory: History[];
+  layers: StageLayer[];
+  /** Cache lineage digest of the filesystem state. */
+  state: string;
+  /** The build environment: image env + ARGs, later writes win (BuildKit's llb state env). */
+  stateEnv: string[];
+  buildArgs: ScopedArg[];
+  cmdSet: boolean;
+  base?: { name: string; digest: string };
+  /** ONBUILD instructions of this stage (triggers for stages built FROM it). */
+  ownOnBuild: string[];
+}
+
+/** BuildKit's predefined platform ARGs. */
+function defaultArgs(p: Platform, target: string | undefined): [string, string][] {
+  const fmt = formatPlatform(p);
+  return [
+    ['BUILDPLATFORM', fmt],
+    ['BUILDOS', p.os],
+    ['BUILDOSVERSION', p['os.version'] ?? ''],
+    ['BUILDARCH', p.architecture],
+    ['BUILDVARIANT', p.variant ?? ''],
+    ['TARGETPLATFORM', fmt],
+    ['TARGETOS', p.os],
+    ['TARGETOSVERSION', p['os.version'] ?? ''],
+    ['TARGETARCH', p.architecture],
+    ['TARGETVARIANT', p.variant ?? ''],
+    ['TARGETSTAGE', target || 'default'],
+  ];
+}
+
+function isLayerStep(c: Command): boolean {
+  return c.kind === 'RUN' || c.kind === 'COPY' || c.kind === 'ADD' || c.kind === 'WORKDIR';
+}
+
+function upperKeyword(original: string): string {
+  const i = original.search(/\s/);
+  return i < 0 ? original.toUpperCase() : original.slice(0, i).toUpperCase() + original.slice(i);
+}
+
+class Engine {
+  private vertex = 0;
+  private readonly stageByName = new Map<string, Stage>();
+  private readonly stageRuns = new Map<number, Promise<StageState>>();
+  private readonly globalArgs: string[] = [];
+  private readonly usedBuildArgs = new Set<string>();
+  private readonly epoch: string | undefined;
+
+  constructor(
+    private readonly req: EngineRequest,
+    private readonly deps: EngineDeps,
+  ) {
+    for (const s of req.stages) if (s.name !== undefined) this.stageByName.set(s.name, s);
+    this.epoch = req.sourceDateEpoch === undefined ? undefined : epochTime(req.sourceDateEpoch);
+    // global scope: predefined platform args, then the meta ARGs (build-args override defaults)
+    let env: string[] = [];
+    for (const [k, v] of defaultArgs(req.platform, req.target)) env = addEnv(env, k, req.buildArgs.get(k) ?? v);
+    for (const a of req.metaArgs) {
+      for (const d of a.args) {
+        let v = req.buildArgs.get(d.key);
+        if (v !== undefined) this.usedBuildArgs.add(d.key);
+        else if (d.value !== undefined) v = this.expandWord(d.value, env, a);
+        if (v !== undefined) env = addEnv(env, d.key, v);
+      }
+    }
+    this.globalArgs = env;
+  }
+
+  private where(i: Instruction): string {
+    return `${this.req.file}:${i.range.startLine}`;
+  }
+
+  private fail(i: Instruction, code: string, msg: string, hint?: string, cause?: unknown): KilnError {
+    const opts: { hint?: string; cause?: unknown } = {};
+    if (hint) opts.hint = hint;
+    if (cause !== undefined) opts.cause = cause;
+    return new KilnError(code, `${this.where(i)}: ${msg}`, opts);
+  }
+
+  private expandWord(word: string, env: string[], i: Instruction): string {
+    try {
+      return processWord(word, env, this.req.escape ? { escape: this.req.escape } : {});
+    } catch (e) {
+      throw this.fail(i, 'DOCKERFILE_EXPANSION', errorMessage(e));
+    }
+  }
+
+  private checkAbort(): void {
+    if (this.deps.signal?.aborted) throw new KilnError('INTERRUPTED', 'build interrupted');
+  }
+
+  /** The target stage. */
+  targetStage(): Stage {
+    const stages = this.req.stages;
+    if (stages.length === 0) throw new KilnError('DOCKERFILE_EMPTY', `${this.req.file}: no build stage`);
+    if (this.req.target === undefined || this.req.target === '') return stages[stages.length - 1] as Stage;
+    const s = this.stageByName.get(this.req.target.toLowerCase());
+    if (!s) {
+      const names = [...this.stageByName.keys()];
+      throw new KilnError('TARGET_NOT_FOUND', `target stage "${this.req.target}" could not be found`, {
+        hint: names.length ? `stages: ${names.join(', ')}` : 'the Dockerfile has no named stages',
+      });
+    }
+    return s;
+  }
+
+  /** The stage a FROM / --from names, if it is an earlier stage. */
+  private stageRef(name: string, before: number): Stage | undefined {
+    const byName = this.stageByName.get(name.toLowerCase());
+    if (byName && byName.index < before) return byName;
+    if (/^\d+$/.test(name)) {
+      const idx = Number(name);
+      const s = this.req.stages[idx];
+      if (s && idx < before) return s;
+    }
+    return undefined;
+  }
+
+  private fromImageName(stage: Stage): string {
+    return this.expandWord(stage.from.image, this.globalArgs, stage.from);
+  }
+
+  /** Stages this stage depends on (FROM stage, COPY --from, RUN --mount from=). */
+  private dependencies(stage: Stage): Stage[] {
+    const out: Stage[] = [];
+    const base = this.stageRef(this.fromImageName(stage), stage.index);
+    if (base) out.push(base);
+    for (const c of stage.commands) {
+      const refs: string[] = [];
+      if (c.kind === 'COPY' && c.from) refs.push(c.from);
+      if (c.kind === 'RUN') {
+        for (const m of c.mounts) {
+          const from = /(?:^|,)from=([^,]+)/.exec(m);
+          if (from?.[1]) refs.push(from[1]);
+        }
+      }
+      for (const r of refs) {
+        const s = this.stageRef(r, stage.index);
+        if (s) out.push(s);
+      }
+    }
+    return out;
+  }
+
+  /** Start (once) the build of a stage; all its dependencies are started too, so they run concurrently. */
+  private runStage(stage: Stage): Promise<StageState> {
+    let p = this.stageRuns.get(stage.index);
+    if (!p) {
+      for (const d of this.dependencies(stage)) void this.runStage(d).catch(() => undefined);
+      p = this.buildStage(stage);
+      this.stageRuns.set(stage.index, p);
+    }
+    return p;
+  }
+
+  async build(): Promise<EngineResult> {
+    const target = this.targetStage();
+    const st = await this.runStage(target);
+    // let concurrently started stages settle (their errors surface through the target when needed)
+    await Promise.allSettled([...this.stageRuns.values()]);
+    const unused = [...this.req.buildArgs.keys()].filter(
+      (k) => !this.usedBuildArgs.has(k) && !defaultArgs(this.req.platform, undefined).some(([d]) => d === k),
+    );
+    const builtin = ['HTTP_PROXY', 'HTTPS_PROXY', 'FTP_PROXY', 'NO_PROXY', 'ALL_PROXY', 'SOURCE_DATE_EPOCH'];
+    const reallyUnused = unused.filter((k) => !builtin.includes(k.toUpperCase()));
+    if (reallyUnused.length > 0) {
+      this.deps.progress.warn(`One or more build-args [${reallyUnused.join(' ')}] were not consumed`);
+    }
+    return this.finalize(st);
+  }
+
+  private finalize(st: StageState): EngineResult {
+    const img = cloneImage(st.img);
+    if (Object.keys(this.req.labels).length > 0) {
+      img.config.Labels = { ...(img.config.Labels ?? {}), ...this.req.labels };
+    }
+    img.rootfs = { type: 'layers', diff_ids: st.layers.map((l) => l.diffID) };
+    img.history = normalizeHistory(img.history, st.baseHistory, this.epoch);
+    let created: string | undefined;
+    for (const h of img.history) if (h.created !== undefined) created = h.created;
+    if (created !== undefined) img.created = created;
+    else delete img.created;
+    const result: EngineResult = {
+      config: img,
+      rawConfig: serializeConfig(img),
+      layers: st.layers,
+      stateDigest: st.state,
+    };
+    if (st.base) result.base = st.base;
+    return result;
+  }
+
+  // -------------------------------------------------------------------------------------------------------------
+  // Stages
+
+  private stepTotal(stage: Stage, fromImage: boolean, triggers: number): number {
+    return (fromImage ? 1 : 0) + stage.commands.filter(isLayerStep).length + triggers;
+  }
+
+  private async buildStage(stage: Stage): Promise<StageState> {
+    this.checkAbort();
+    const baseName = this.fromImageName(stage);
+    const from = stage.from;
+    if (from.platform !== undefined) {
+      const plat = this.expandWord(from.platform, this.globalArgs, from);
+      if (plat !== '' && plat !== formatPlatform(this.req.platform) && !plat.startsWith('$')) {
+        const want = plat.split('/');
+        if (want[0] !== this.req.platform.os || (want[1] && want[1] !== this.req.platform.architecture)) {
+          throw this.fail(from, 'PLATFORM_UNSUPPORTED', `FROM --platform=${plat}: cannot build for a foreign platform`);
+        }
+      }
+    }
+    let st: StageState;
+    const baseStage = this.stageRef(baseName, stage.index);
+    let triggers: string[] = [];
+    let fromImage = false;
+    if (baseName === 'scratch') {
+      st = this.newState(
+        stage,
+        emptyImage(this.req.platform),
+        cacheKey({ scratch: formatPlatform(this.req.platform) }),
+      );
+    } else if (baseStage) {
+      const parent = await this.runStage(baseStage);
+      const img = cloneImage(parent.img);
+      delete img.config.OnBuild;
+      st = this.newState(stage, img, parent.state);
+      st.layers = [...parent.layers];
+      st.baseHistory = parent.baseHistory;
+      st.stateEnv = [...parent.stateEnv];
+      st.buildArgs = [...parent.buildArgs];
+      st.cmdSet = false;
+      if (parent.base) st.base = parent.base;
+      triggers = [...parent.ownOnBuild];
+    } else {
+      fromImage = true;
+      st = await this.fromImage(stage, baseName);
+      triggers = st.ownOnBuild;
+      st.ownOnBuild = [];
+    }
+    const commands: { cmd: Command; onbuild: boolean }[] = [];
+    for (const t of triggers) {
+      if (!this.deps.parseTrigger) throw this.fail(from, 'ONBUILD_UNSUPPORTED', 'cannot run ONBUILD triggers');
+      let cmd: Command;
+      try {
+        cmd = this.deps.parseTrigger(t);
+      } catch (e) {
+        throw this.fail(from, 'ONBUILD_INVALID', `invalid ONBUILD trigger "${t}": ${errorMessage(e)}`);
+      }
+      cmd = { ...cmd, range: from.range } as Command;
+      commands.push({ cmd, onbuild: true });
+    }
+    for (const c of stage.commands) commands.push({ cmd: c, onbuild: false });
+    const total = this.stepTotal(stage, fromImage, triggers.length);
+    const counter = { n: fromImage ? 1 : 0, total };
+    for (const { cmd, onbuild } of commands) {
+      this.checkAbort();
+      await this.dispatch(st, cmd, counter, onbuild);
+    }
+    return st;
+  }
+
+  private newState(stage: Stage, img: BuildImage, state: string): StageState {
+    return {
+      stage,
+      img,
+      baseHistory: [],
+      layers: [],
+      state,
+      stateEnv: [...(img.config.Env ?? [])],
+      buildArgs: [],
+      cmdSet: false,
+      ownOnBuild: [],
+    };
+  }
+
+  private stepPrefix(st: StageState, counter: { n: number; total: number }, onbuild: boolean): string {
+    if (counter.total === 0) return '';
+    counter.n++;
+    const width = String(counter.total).length;
+    const name = this.req.stages.length > 1 ? (st.stage.name ?? `stage-${st.stage.index}`) + ' ' : '';
+    return `[${name}${String(counter.n).padStart(width)}/${counter.total}] ${onbuild ? 'ONBUILD ' : ''}`;
+  }
+
+  private async fromImage(stage: Stage, ref: string): Promise<StageState> {
+    const from = stage.from;
+    const loadId = ++this.vertex;
+    this.deps.progress.start(loadId, `[internal] load metadata for ${ref}`);
+    let resolved;
+    try {
+      resolved = await this.deps.bases.resolve(ref, { pull: this.req.pull, platform: this.req.platform });
+    } catch (e) {
+      this.deps.progress.error(loadId, errorMessage(e));
+      const hint = e instanceof KilnError ? e.hint : undefined;
+      throw this.fail(from, e instanceof KilnError ? e.code : 'BASE_IMAGE', `FROM ${ref}: ${errorMessage(e)}`, hint, e);
+    }
+    this.deps.progress.done(loadId);
+    const cfg = await resolved.image.config();
+    const { image, onBuild } = fromBaseConfig(cfg);
+    const state = cacheKey({ image: resolved.digest });
+    const st = this.newState(stage, image, state);
+    st.baseHistory = structuredClone(cfg.history ?? []);
+    st.base = { name: resolved.name, digest: resolved.digest };
+    st.ownOnBuild = onBuild;
+    const total = this.stepTotal(stage, true, onBuild.length);
+    const id = ++this.vertex;
+    const width = String(total).length;
+    const name = this.req.stages.length > 1 ? (stage.name ?? `stage-${stage.index}`) + ' ' : '';
+    this.deps.progress.start(id, `[${name}${'1'.padStart(width)}/${total}] FROM ${resolved.name}@${resolved.digest}`);
+    try {
+      const layers = await resolved.image.layers();
+      const diffIDs = cfg.rootfs?.diff_ids ?? [];
+      const dirs = await Promise.all(layers.map((l) => this.deps.layers.unpack(l)));
+      st.layers = layers.map((l, i) => ({ diffID: diffIDs[i] as string, dir: dirs[i] as string, layer: l }));
+    } catch (e) {
+      this.deps.progress.error(id, errorMessage(e));
+      throw this.fail(from, 'BASE_IMAGE', `FROM ${ref}: ${errorMessage(e)}`, undefined, e);
+    }
+    this.deps.progress.done(id);
+    return st;
+  }
+
+  // -------------------------------------------------------------------------------------------------------------
+  // Dispatch
+
+  private async dispatch(
+    st: StageState,
+    raw: Command,
+    counter: { n: number; total: number },
+    onbuild: boolean,
+  ): Promise<void> {
+    const img = st.img;
+    const env = st.stateEnv;
+    const isArg = raw.kind === 'ARG';
+    const c = isArg ? raw : expandInstruction(raw, (w) => this.expandWord(w, env, raw));
+    const meta = (msg: string): void => commitHistory(img, msg, { withLayer: false, buildkitSuffix: false });
+    switch (c.kind) {
+      case 'RUN':
+        return this.dispatchRun(st, c, this.stepPrefix(st, counter, onbuild));
+      case 'COPY':
+      case 'ADD':
+        return this.dispatchCopy(st, c, this.stepPrefix(st, counter, onbuild));
+      case 'WORKDIR':
+        return this.dispatchWorkdir(st, c.path, c, this.stepPrefix(st, counter, onbuild));
+      case 'ENV': {
+        let msg = 'ENV';
+        for (const kv of c.env) {
+          st.stateEnv = addEnv(st.stateEnv, kv.key, kv.value);
+          img.config.Env = addEnv(img.config.Env, kv.key, kv.value);
+          msg += ` ${kv.key}=${kv.value}`;
+        }
+        return meta(msg);
+      }
+      case 'LABEL': {
+        let msg = 'LABEL';
+        img.config.Labels = { ...(img.config.Labels ?? {}) };
+        for (const kv of c.labels) {
+          img.config.Labels[kv.key] = kv.value;
+          msg += ` ${kv.key}=${kv.value}`;
+        }
+        return meta(msg);
+      }
+      case 'MAINTAINER':
+        img.author = c.maintainer;
+        return meta(`MAINTAINER ${c.maintainer}`);
+      case 'EXPOSE': {
+        let ports: string[];
+        try {
+          ports = normalizePorts(c.ports.flatMap((p) => p.split(/\s+/).filter(Boolean)));
+        } catch (e) {
+          throw this.fail(c, 'DOCKERFILE_INSTRUCTION', errorMessage(e));
+        }
+        img.config.ExposedPorts = { ...(img.config.ExposedPorts ?? {}) };
+        for (const p of ports) img.config.ExposedPorts[p] = {};
+        return meta(`EXPOSE ${goList(ports)}`);
+      }
+      case 'USER':
+        img.config.User = c.user;
+        return meta(`USER ${c.user}`);
+      case 'VOLUME': {
+        img.config.Volumes = { ...(img.config.Volumes ?? {}) };
+        for (const v of c.volumes) {
+          if (v === '') throw this.fail(c, 'DOCKERFILE_INSTRUCTION', 'VOLUME specified can not be an empty string');
+          img.config.Volumes[v] = {};
+        }
+        return meta(`VOLUME ${goList(c.volumes)}`);
+      }
+      case 'STOPSIGNAL':
+        if (!/^(SIG)?[A-Z0-9+-]+$/i.test(c.signal)) {
+          throw this.fail(c, 'DOCKERFILE_INSTRUCTION', `invalid signal: ${c.signal}`);
+        }
+        img.config.StopSignal = c.signal;
+        return meta(`STOPSIGNAL ${c.signal}`);
+      case 'SHELL':
+        img.config.Shell = [...c.shell];
+        return meta(`SHELL ${goList(c.shell)}`);
+      case 'CMD': {
+        const args = this.shellDependent(img, c.command, c.prependShell, c.files);
+        img.config.Cmd = args;
+        img.config.ArgsEscaped = true;
+        st.cmdSet = true;
+        return meta(`CMD ${goQuoteList(args)}`);
+      }
+      case 'ENTRYPOINT': {
+        const args = this.shellDependent(img, c.command, c.prependShell, c.files);
+        img.config.Entrypoint = args;
+        if (!st.cmdSet) img.config.Cmd = null;
+        return meta(`ENTRYPOINT ${goQuoteList(args)}`);
+      }
+      case 'HEALTHCHECK': {
+        const h = c.health;
+        const hc = {
+          Test: h.test,
+          Interval: h.interval,
+          Timeout: h.timeout,
+          StartPeriod: h.startPeriod,
+          StartInterval: h.startInterval,
+          Retries: h.retries,
+        };
+        img.config.Healthcheck = hc;
+        return meta(healthcheckHistory(hc));
+      }
+      case 'ONBUILD':
+        img.config.OnBuild = [...(img.config.OnBuild ?? []), c.expression];
+        st.ownOnBuild.push(c.expression);
+        return;
+      case 'ARG':
+        return this.dispatchArg(st, c);
+      default:
+        return;
+    }
+  }
+
+  private shellDependent(img: BuildImage, command: string[], prependShell: boolean, files: { data: string }[]) {
+    let args = command;
+    if (files.length > 0 && prependShell && args.length === 1 && files[0]) args = [files[0].data];
+    return prependShell ? withShell(img, args) : [...args];
+  }
+
+  private dispatchArg(st: StageState, c: ArgInstruction): void {
+    const parts: string[] = [];
+    for (const a of c.args) {
+      const given = this.req.buildArgs.get(a.key);
+      let value: string | undefined;
+      if (given !== undefined) {
+        value = given;
+        this.usedBuildArgs.add(a.key);
+      } else if (a.value !== undefined) {
+        value = this.expandWord(a.value, st.stateEnv, c);
+      } else {
+        value = getEnv(this.globalArgs, a.key);
+      }
+      if (value !== undefined) st.stateEnv = addEnv(st.stateEnv, a.key, value);
+      st.buildArgs.push({ key: a.key, value });
+      parts.push(value === undefined ? a.key : `${a.key}=${value}`);
+    }
+    commitHistory(st.img, 'ARG ' + parts.join(' '), { withLayer: false, buildkitSuffix: false });
+  }
+
+  // -------------------------------------------------------------------------------------------------------------
+  // Layer steps
+
+  /** Run a layer step: cache lookup, else snapshot → work → commit. Records the layer and history. */
+  private async layerStep(
+    st: StageState,
+    name: string,
+    key: string,
+    history: string,
+    buildkitSuffix: boolean,
+    work: (snap: Snapshot, id: number) => Promise<void>,
+  ): Promise<void> {
+    const id = ++this.vertex;
+    this.deps.progress.start(id, name);
+    if (!this.req.noCache) {
+      const hit = await this.deps.cache.get(key);
+      if (hit?.layer) {
+        const dir = await this.deps.layers.dirOf(hit.layer.diffID);
+        if (dir !== undefined) {
+          const l = hit.layer;
+          st.layers.push({
+            diffID: l.diffID,
+            dir,
+            layer: await this.deps.layers.layer(l.digest, l.diffID, l.size, l.mediaType),
+          });
+          this.record(st, key, history, buildkitSuffix, hit.created);
+          this.deps.progress.cached(id);
+          return;
+        }
+      }
+    }
+    const snap = await this.deps.snapshotter.prepare(st.layers.map((l) => l.dir));
+    let entry: CacheEntry;
+    try {
+      await work(snap, id);
+      this.checkAbort();
+      const committed = await this.deps.layers.commit(snap.upper, this.sdeOpts());
+      const created = this.epoch ?? goTime(new Date());
+      entry = {
+        version: 1,
+        layer: {
+          diffID: committed.diffID,
+          digest: committed.digest,
+          size: committed.size,
+          mediaType: committed.mediaType,
+        },
+        created,
+      };
+      st.layers.push({
+        diffID: committed.diffID,
+        dir: committed.dir,
+        layer: await this.deps.layers.layer(committed.digest, committed.diffID, committed.size, committed.mediaType),
+      });
+    } catch (e) {
+      this.deps.progress.error(id, e instanceof KilnError ? e.message.replace(/^[^:]+:\d+: /, '') : errorMessage(e));
+      throw e;
+    } finally {
+      await snap.release();
+    }
+    await this.deps.cache.put(key, entry);
+    this.record(st, key, history, buildkitSuffix, entry.created);
+    this.deps.progress.done(id);
+  }
+
+  private sdeOpts(): { sourceDateEpoch?: number } {
+    return this.req.sourceDateEpoch === undefined ? {} : { sourceDateEpoch: this.req.sourceDateEpoch };
+  }
+
+  private record(st: StageState, key: string, history: string, buildkitSuffix: boolean, created?: string): void {
+    st.state = key;
+    const opts: { withLayer: boolean; buildkitSuffix: boolean; created?: string } = {
+      withLayer: true,
+      buildkitSuffix,
+    };
+    if (created !== undefined) opts.created = created;
+    commitHistory(st.img, history, opts);
+  }
+
+  private workdir(st: StageState): string {
+    return st.img.config.WorkingDir || '/';
+  }
+
+  private async dispatchWorkdir(st: StageState, path: string, c: Instruction, prefix: string): Promise<void> {
+    const cur = this.workdir(st);
+    const wd = posix.normalize(posix.isAbsolute(path) ? path : posix.join(cur, path)).replace(/(.)\/+$/, '$1');
+    st.img.config.WorkingDir = wd;
+    if (wd === '/') {
+      commitHistory(st.img, `WORKDIR ${wd}`, { withLayer: false, buildkitSuffix: false });
+      return;
+    }
+    const user = st.img.config.User ?? '';
+    const key = cacheKey({ parent: st.state, op: 'WORKDIR', path: wd, user, epoch: this.req.sourceDateEpoch });
+    await this.layerStep(st, prefix + upperKeyword(c.original), key, `WORKDIR ${wd}`, false, async (snap) => {
+      let uid = 0;
+      let gid = 0;
+      if (user !== '') {
+        try {
+          ({ uid, gid } = await resolveUser(snap.root, user));
+        } catch (e) {
+          throw this.fail(c, 'USER_UNKNOWN', errorMessage(e));
+        }
+      }
+      try {
+        await mkdirAllIn(snap.root, wd, uid, gid);
+      } catch (e) {
+        throw this.fail(c, 'WORKDIR_FAILED', `WORKDIR ${wd}: ${errorMessage(e)}`);
+      }
+    });
+  }
+
+  private copyRequest(st: StageState, c: CopyInstruction | AddInstruction): CopyRequest {
+    const req: CopyRequest = {
+      kind: c.kind,
+      sources: c.sources,
+      contents: c.sourceContents.map((s) => ({ path: s.path, data: s.data })),
+      dest: c.dest,
+      chown: c.chown,
+      chmod: c.chmod,
+      link: c.link,
+      parents: c.kind === 'COPY' ? c.parents : false,
+      exclude: c.exclude,
+      workdir: this.workdir(st),
+      location: this.where(c),
+    };
+    if (this.req.sourceDateEpoch !== undefined) req.sourceDateEpoch = this.req.sourceDateEpoch;
+    if (c.kind === 'ADD') {
+      if (c.checksum) req.checksum = c.checksum;
+      if (c.keepGitDir !== undefined) req.keepGitDir = c.keepGitDir;
+      if (c.unpack !== undefined) req.unpack = c.unpack;
+    }
+    return req;
+  }
+
+  /** A read-only view of another stage's (or an image's) filesystem, for COPY --from / RUN --mount from=. */
+  private async sourceFor(
+    st: StageState,
+    from: string,
+    c: Instruction,
+  ): Promise<{ src: CopySource; release: () => Promise<void> }> {
+    if (from === '') {
+      return { src: { kind: 'context', dir: this.deps.contextDir }, release: async () => undefined };
+    }
+    if (/\$/.test(from)) {
+      throw this.fail(
+        c,
+        'DOCKERFILE_INSTRUCTION',
+        'variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround',
+      );
+    }
+    let other: StageState;
+    const ref = this.stageRef(from, st.stage.index);
+    if (ref) other = await this.runStage(ref);
+    else if (this.stageByName.has(from.toLowerCase())) {
+      throw this.fail(
+        c,
+        'DOCKERFILE_INSTRUCTION',
+        `cannot copy from stage "${from}", it needs to be defined before current stage "${st.stage.name ?? `stage-${st.stage.index}`}"`,
+      );
+    } else {
+      other = await this.fromImage({ ...st.stage, from: { ...st.stage.from, image: from }, commands: [] }, from);
+    }
+    const snap = await this.deps.snapshotter.prepare(other.layers.map((l) => l.dir));
+    return {
+      src: { kind: 'stage', dir: snap.root, stateDigest: other.state },
+      release: () => snap.release(),
+    };
+  }
+
+  private async dispatchCopy(st: StageState, c: CopyInstruction | AddInstruction, prefix: string): Promise<void> {
+    const req = this.copyRequest(st, c);
+    const from = c.kind === 'COPY' ? c.from : '';
+    const { src, release } = await this.sourceFor(st, from, c);
+    try {
+      let sum: string;
+      try {
+        sum = await this.deps.copier.checksum(req, src);
+      } catch (e) {
+        if (e instanceof KilnError && e.message.startsWith(this.req.file + ':')) throw e;
+        throw this.fail(c, e instanceof KilnError ? e.code : 'COPY_FAILED', errorMessage(e), undefined, e);
+      }
+      const { location: _loc, ...keyReq } = req;
+      const key = cacheKey({ parent: st.state, op: c.kind, req: keyReq, sources: sum, from: src.stateDigest });
+      let msg = c.kind as string;
+      if (c.kind === 'COPY' && c.parents) msg += ' --parents';
+      if (c.chown) msg += ' --chown=' + c.chown;
+      if (c.chmod) msg += ' --chmod=' + c.chmod;
+      for (const s of c.sources) msg += ' ' + s;
+      for (const s of c.sourceContents) msg += ' <<' + s.path;
+      msg += ' ' + c.dest;
+      await this.layerStep(st, prefix + upperKeyword(c.original), key, msg, true, async (snap) => {
+        try {
+          await this.deps.copier.apply(req, src, snap.root);
+        } catch (e) {
+          if (e instanceof KilnError && e.message.startsWith(this.req.file + ':')) throw e;
+          throw this.fail(c, e instanceof KilnError ? e.code : 'COPY_FAILED', errorMessage(e), undefined, e);
+        }
+      });
+    } finally {
+      await release();
+    }
+  }
+
+  private async dispatchRun(st: StageState, c: RunInstruction, prefix: string): Promise<void> {
+    let args = c.command;
+    if (c.files.length > 0 && c.prependShell && args.length === 1) {
+      const f = c.files[0];
+      if (c.files.length === 1 && f) {
+        if (f.data.startsWith('#!')) {
+          throw this.fail(c, 'UNSUPPORTED', 'RUN heredocs with a shebang are not supported yet');
+        }
+        args = [f.data];
+      } else {
+        args = [args[0] + c.files.map((x) => '\n' + x.data + x.name).join('')];
+      }
+    }
+    const argv = c.prependShell ? withShell(st.img, args) : [...args];
+    if (argv.length === 0) throw this.fail(c, 'DOCKERFILE_INSTRUCTION', 'RUN: empty command');
+    const env = [...st.stateEnv];
+    const user = st.img.config.User ?? '';
+    const cwd = this.workdir(st);
+    const network = c.network === 'none' ? 'none' : c.network === 'host' ? 'host' : this.req.network;
+    const mounts = c.mounts.map((m) => parseMountSpec(m, (msg) => this.fail(c, 'DOCKERFILE_INSTRUCTION', msg)));
+    const history = 'RUN ' + runCommandString(argv, st.buildArgs, (k) => getEnv(env, k));
+    const key = cacheKey({
+      parent: st.state,
+      op: 'RUN',
+      argv,
+      env,
+      user,
+      cwd,
+      network,
+      security: c.security,
+      mounts: mounts.map((m) => ({ ...m, fromState: undefined })),
+    });
+    const display = prefix + upperKeyword(c.original);
+    const releases: (() => Promise<void>)[] = [];
+    try {
+      await this.layerStep(st, display, key, history, true, async (snap, id) => {
+        const runMounts: RunMount[] = [];
+        const secretEnv: string[] = [];
+        for (const m of mounts) {
+          if (m.type === 'secret') {
+            const sid = m.id || posix.basename(m.target || '');
+            const spec = this.req.secrets.find((s) => s.id === sid);
+            if (!spec) {
+              if (m.required) {
+                throw this.fail(
+                  c,
+                  'SECRET_MISSING',
+                  `secret ${sid} not found`,
+                  `pass it with --secret id=${sid},src=FILE`,
+                );
+              }
+              continue;
+            }
+            const file = await this.secretFile(spec, c);
+            if (m.env !== undefined) secretEnv.push(`${m.env}=${await readFile(file, 'utf8')}`);
+            if (m.env === undefined || m.target) {
+              runMounts.push({
+                type: 'secret',
+                source: file,
+                target: m.target || `/run/secrets/${sid}`,
+                readonly: true,
+                mode: m.mode ?? 0o400,
+                uid: m.uid ?? 0,
+                gid: m.gid ?? 0,
+              });
+            }
+          } else if (m.type === 'cache') {
+            const cid = m.id || m.target;
+            const dir = join(this.deps.cacheMountsDir, createHash('sha256').update(cid).digest('hex'));
+            await mkdir(dir, { recursive: true });
+            runMounts.push({ type: 'cache', source: dir, target: m.target, readonly: m.readonly });
+          } else if (m.type === 'tmpfs') {
+            runMounts.push({ type: 'tmpfs', target: m.target });
+          } else if (m.type === 'bind') {
+            const { src, release } = await this.sourceFor(st, m.from, c);
+            releases.push(release);
+            const rel = posix.normalize('/' + (m.source || '/'));
+            runMounts.push({ type: 'bind', source: join(src.dir, rel), target: m.target, readonly: true });
+          } else {
+            throw this.fail(c, 'UNSUPPORTED', `RUN --mount=type=${m.type} is not supported`);
+          }
+        }
+        const envWithSecrets = [...env, ...secretEnv];
+        let result;
+        try {
+          const spec: ProcessSpec = {
+            rootfs: snap.root,
+            argv,
+            env: envWithSecrets,
+            cwd,
+            user,
+            network,
+            mounts: runMounts,
+            onStdout: (b) => this.deps.progress.log(id, 'stdout', b),
+            onStderr: (b) => this.deps.progress.log(id, 'stderr', b),
+          };
+          if (this.deps.signal) spec.signal = this.deps.signal;
+          result = await this.deps.executor.run(spec);
+        } catch (e) {
+          if (e instanceof KilnError && e.code === 'INTERRUPTED') throw e;
+          this.checkAbort();
+          throw this.fail(
+            c,
+            e instanceof KilnError ? e.code : 'RUN_FAILED',
+            `${c.original}: ${errorMessage(e)}`,
+            undefined,
+            e,
+          );
+        }
+        this.checkAbort();
+        if (result.exitCode !== 0 || result.signal) {
+          const why = result.signal ? `signal: ${result.signal}` : `exit code: ${result.exitCode}`;
+          throw this.fail(
+            c,
+            'RUN_FAILED',
+            `${c.original}: process ${goQuote(argv.join(' '))} did not complete successfully: ${why}`,
+          );
+        }
+      });
+    } finally {
+      for (const r of releases) await r();
+    }
+  }
+
+  private readonly secretFiles = new Map<string, string>();
+
+  /** A host file holding the secret (env secrets are written to a private 0400 file in tmpDir). */
+  private async secretFile(spec: SecretSpec, c: Instruction): Promise<string> {
+    const have = this.secretFiles.get(spec.id);
+    if (have) return have;
+    let file: string;
+    if (spec.env !== undefined) {
+      const v = process.env[spec.env];
+      if (v === undefined)
+        throw this.fail(c, 'SECRET_MISSING', `secret ${spec.id}: environment variable ${spec.env} is not set`);
+      const dir = await mkdtemp(join(this.deps.tmpDir, 'secret-'));
+      file = join(dir, 'value');
+      await writeFile(file, v, { mode: 0o400 });
+    } else {
+      file = spec.src as string;
+    }
+    this.secretFiles.set(spec.id, file);
+    return file;
+  }
+}
+
+/** A parsed `RUN --mount` value (the subset kiln supports). */
+export interface MountSpec {
+  type: 'bind' | 'cache' | 'tmpfs' | 'secret' | 'ssh';
+  target: string;
+  source: string;
+  from: string;
+  id: string;
+  readonly: boolean;
+  required: boolean;
+  env?: string;
+  mode?: number;
+  uid?: number;
+  gid?: number;
+  fromState?: string;
+}
+
+/** Parse one `--mount=` value (BuildKit syntax: `type=cache,target=/root/.cache,id=x`). */
+export function parseMountSpec(v: string, fail: (msg: string) => Error): MountSpec {
+  const m: MountSpec = { type: 'bind', target: '', source: '', from: '', id: '', readonly: true, required: false };
+  let rwGiven = false;
+  for (const field of v.split(',')) {
+    const i = field.indexOf('=');
+    const k = (i < 0 ? field : field.slice(0, i)).trim().toLowerCase();
+    const val = i < 0 ? undefined : field.slice(i + 1);
+    switch (k) {
+      case 'type':
+        if (!['bind', 'cache', 'tmpfs', 'secret', 'ssh'].includes(val ?? '')) fail(`unsupported mount type "${val}"`);
+        m.type = val as MountSpec['type'];
+        break;
+      case 'target':
+      case 'dst':
+      case 'destination':
+        m.target = val ?? '';
+        break;
+      case 'source':
+      case 'src':
+        m.source = val ?? '';
+        break;
+      case 'from':
+        m.from = val ?? '';
+        break;
+      case 'id':
+        m.id = val ?? '';
+        break;
+      case 'ro':
+      case 'readonly':
+        m.readonly = val === undefined || val === 'true';
+        rwGiven = true;
+        break;
+      case 'rw':
+      case 'readwrite':
+        m.readonly = !(val === undefined || val === 'true');
+        rwGiven = true;
+        break;
+      case 'required':
+        m.required = val === undefined || val === 'true';
+        break;
+      case 'env':
+        if (val !== undefined) m.env = val;
+        break;
+      case 'mode':
+        m.mode = parseInt(val ?? '', 8);
+        break;
+      case 'uid':
+        m.uid = Number(val);
+        break;
+      case 'gid':
+        m.gid = Number(val);
+        break;
+      case 'sharing':
+      case 'size':
+        break;
+      case '':
+        break;
+      default:
+        throw fail(`unexpected key '${k}' in '${field}'`);
+    }
+  }
+  if (m.type === 'cache' && !rwGiven) m.readonly = false;
+  if (m.type !== 'secret' && m.type !== 'ssh' && m.target === '') throw fail(`mount ${v}: target is required`);
+  return m;
+}
+
+/** Build the target stage of `req` with `deps`. */
+export async function runEngine(req: EngineRequest, deps: EngineDeps): Promise<EngineResult> {
+  await mkdir(deps.tmpDir, { recursive: true });
+  try {
+    return await new Engine(req, deps).build();
+  } finally {
+    await rm(deps.tmpDir, { recursive: true, force: true });
+  }
+}
+
+/** Exposed for unit tests of the stage graph. */
+export function neededStages(req: EngineRequest): number[] {
+  const e = new Engine(req, {} as EngineDeps);
+  const seen = new Set<number>();
+  const visit = (s: Stage): void => {
+    if (seen.has(s.index)) return;
+    seen.add(s.index);
+    for (const d of (e as unknown as { dependencies(s: Stage): Stage[] }).dependencies(s)) visit(d);
+  };
+  visit(e.targetStage());
+  return [...seen].sort((a, b) => a - b);
+}

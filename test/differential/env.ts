@@ -1,0 +1,202 @@
+/**
+ * The shared environment of the differential suite: one plain-HTTP registry on 127.0.0.1, one private dockerd, one
+ * buildah storage root, and the busybox base image every case builds FROM (`@REGISTRY@/busybox`).
+ *
+ * The base image is made here, independently of kiln: a rootfs tar of Debian's static /bin/busybox with its applet
+ * symlinks, a small /etc (users and groups with supplementary memberships, for USER/`id` cases) and a few files the
+ * whiteout cases delete, `docker import`ed with `ENV PATH` and `CMD ["sh"]` (like Docker Hub's busybox) and pushed.
+ * So the reference inputs of the comparison never depend on kiln's own code.
+ */
+import { createServer } from 'node:net';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { chmod, chown, copyFile, mkdir, mkdtemp, open, readFile, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { removeTree, run, tail } from './exec.js';
+import type { Dockerd } from '../helpers/dockerd.js';
+
+export interface TestRegistry {
+  /** host:port */
+  host: string;
+  stop(): Promise<void>;
+}
+
+const here = dirname(fileURLToPath(import.meta.url));
+
+/**
+ * The team's registry helper (test/helpers/registry.ts) when it exists, else a docker-registry started here.
+ * Loaded by path so this file compiles before that helper lands.
+ */
+export async function startTestRegistry(): Promise<TestRegistry> {
+  const shared = join(here, '..', 'helpers', 'registry.ts');
+  if (existsSync(shared) && process.env.KILN_DIFF_OWN_REGISTRY !== '1') {
+    const mod = (await import(pathToFileURL(shared).href)) as {
+      startRegistry?: (o: { auth: 'none' }) => Promise<{ host: string; stop(): Promise<void> }>;
+    };
+    if (typeof mod.startRegistry === 'function') {
+      const r = await mod.startRegistry({ auth: 'none' });
+      return { host: r.host, stop: () => r.stop() };
+    }
+  }
+  return startOwnRegistry();
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      const port = typeof addr === 'object' && addr ? addr.port : 0;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Debian's docker-registry with a throwaway filesystem store, no auth, on a free loopback port. */
+export async function startOwnRegistry(): Promise<TestRegistry> {
+  const dir = await mkdtemp(join(tmpdir(), 'kiln-diff-registry-'));
+  const port = await freePort();
+  const host = `127.0.0.1:${port}`;
+  const config = join(dir, 'config.yml');
+  await writeFile(
+    config,
+    [
+      'version: 0.1',
+      'log:',
+      '  level: error',
+      '  accesslog:',
+      '    disabled: true',
+      'storage:',
+      '  filesystem:',
+      `    rootdirectory: ${join(dir, 'data')}`,
+      '  delete:',
+      '    enabled: true',
+      'http:',
+      `  addr: ${host}`,
+      '',
+    ].join('\n'),
+  );
+  const logFile = await open(join(dir, 'registry.log'), 'a');
+  const child: ChildProcess = spawn('docker-registry', ['serve', config], {
+    stdio: ['ignore', logFile.fd, logFile.fd],
+  });
+  await logFile.close();
+  let exited = false;
+  const exitedP = new Promise<void>((r) =>
+    child.on('exit', () => {
+      exited = true;
+      r();
+    }),
+  );
+  const onExit = (): void => {
+    if (!exited) child.kill('SIGKILL');
+  };
+  process.once('exit', onExit);
+  const stop = async (): Promise<void> => {
+    process.removeListener('exit', onExit);
+    if (!exited) {
+      child.kill('SIGTERM');
+      await exitedP;
+    }
+    await removeTree(dir);
+  };
+  for (let i = 0; ; i++) {
+    const ok = await fetch(`http://${host}/v2/`)
+      .then((r) => r.status === 200)
+      .catch(() => false);
+    if (ok) break;
+    if (exited || i > 200) {
+      const log = await readFile(join(dir, 'registry.log'), 'utf8').catch(() => '');
+      await stop();
+      throw new Error(`docker-registry did not start on ${host}:\n${tail(log, 20)}`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return { host, stop };
+}
+
+const PASSWD = `root:x:0:0:root:/root:/bin/sh
+daemon:x:1:1:daemon:/usr/sbin:/bin/false
+bin:x:2:2:bin:/bin:/bin/false
+app:x:1000:1000:App User:/home/app:/bin/sh
+svc:x:1001:1002:Service:/srv:/bin/sh
+nobody:x:65534:65534:nobody:/nonexistent:/bin/false
+`;
+
+// app (1000) is in wheel, audio and staff as a supplementary member; svc's primary group is svcgrp (1002) and it is
+// also listed as a member of svcgrp (buildah/BuildKit treat such duplicates differently) and of staff.
+const GROUP = `root:x:0:
+daemon:x:1:
+bin:x:2:
+wheel:x:10:app
+audio:x:29:app
+staff:x:50:app,svc
+app:x:1000:
+svcgrp:x:1002:svc
+nogroup:x:65534:
+`;
+
+/**
+ * Build the busybox base rootfs tar in `dir` and return its path. Needs root (file owners are real).
+ * Layout: /bin/busybox + applet symlinks, /etc/{passwd,group,hostname-free}, /tmp (1777), /root (0700),
+ * /home/app (1000:1000), /opt/base/{keep,gone,sub/{a,b}}, /etc/motd.
+ */
+export async function makeBaseRootfsTar(dir: string): Promise<string> {
+  const root = join(dir, 'rootfs');
+  const mk = async (p: string, mode: number, uid = 0, gid = 0): Promise<void> => {
+    await mkdir(join(root, p), { recursive: true });
+    await chmod(join(root, p), mode);
+    await chown(join(root, p), uid, gid);
+  };
+  const put = async (p: string, content: string, mode = 0o644, uid = 0, gid = 0): Promise<void> => {
+    await writeFile(join(root, p), content);
+    await chmod(join(root, p), mode);
+    await chown(join(root, p), uid, gid);
+  };
+  await mk('.', 0o755);
+  for (const d of ['bin', 'sbin', 'usr', 'usr/bin', 'usr/sbin', 'etc', 'var', 'var/spool', 'srv', 'opt', 'home'])
+    await mk(d, 0o755);
+  await mk('tmp', 0o1777);
+  await mk('var/tmp', 0o1777);
+  await mk('root', 0o700);
+  await mk('home/app', 0o755, 1000, 1000);
+  await mk('opt/base', 0o755);
+  await mk('opt/base/sub', 0o755);
+  await copyFile('/bin/busybox', join(root, 'bin/busybox'));
+  await chmod(join(root, 'bin/busybox'), 0o755);
+  const list = await run('/bin/busybox', ['--list']);
+  for (const applet of list.stdout.split('\n').map((s) => s.trim())) {
+    if (!applet || applet === 'busybox') continue;
+    await symlink('busybox', join(root, 'bin', applet));
+  }
+  await put('etc/passwd', PASSWD);
+  await put('etc/group', GROUP);
+  await put('etc/motd', 'kiln differential base\n');
+  await put('opt/base/keep', 'keep\n');
+  await put('opt/base/gone', 'gone\n');
+  await put('opt/base/sub/a', 'a\n');
+  await put('opt/base/sub/b', 'b\n', 0o600, 1000, 1000);
+  const tar = join(dir, 'base.tar');
+  await run('tar', ['--numeric-owner', '--sort=name', '-C', root, '-cf', tar, '.']);
+  return tar;
+}
+
+/** Import the base into dockerd and push it as REGISTRY/busybox:latest. Returns the reference. */
+export async function pushBaseImage(dockerd: Dockerd, registry: string, workDir: string): Promise<string> {
+  const ref = `${registry}/busybox:latest`;
+  const tar = await makeBaseRootfsTar(workDir);
+  await dockerd.docker([
+    'import',
+    '--change',
+    'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+    '--change',
+    'CMD ["sh"]',
+    tar,
+    ref,
+  ]);
+  await dockerd.push(ref);
+  return ref;
+}

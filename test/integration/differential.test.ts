@@ -1,0 +1,117 @@
+/**
+ * Differential test suite: every case under test/differential/cases is built by BuildKit (Debian's dockerd, the
+ * reference), by buildah (differences reported, not failures) and by kiln (`node bin/kiln.js build --push`), pushed
+ * to one local registry, and compared file by file and config field by field (test/helpers/compare.ts).
+ *
+ * Environment:
+ *   KILN_DIFF_CASES=01,07,onbuild   run a subset (case numbers or name substrings)
+ *   KILN_DIFF_MODE=buildkit-only    no kiln; build each case twice with BuildKit and require the two to compare
+ *                                   equal (validates the cases and the comparison), plus buildah
+ *   KILN_DIFF_AS_USER=kilntest      run kiln as that ordinary user (needs /etc/subuid entries, see
+ *                                   scripts/rootless-user.sh)
+ *   KILN_DIFF_SKIP_BUILDAH=1        do not run buildah
+ *   KILN_DIFF_REPORT=FILE           write buildah's differences from BuildKit as Markdown to FILE
+ *   KILN_DIFF_USE_DIST=1            run kiln from dist/ instead of the TypeScript sources
+ * Needs root (dockerd); one dockerd, one registry and one buildah store serve the whole file; cases run in sequence.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { chmod, chown, mkdir, mkdtemp, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startDockerd, type Dockerd } from '../helpers/dockerd.js';
+import { startBuildah, type Buildah } from '../helpers/buildah.js';
+import { pushBaseImage, startTestRegistry, type TestRegistry } from '../differential/env.js';
+import {
+  REPO_ROOT,
+  buildahMarkdown,
+  kilnInvoker,
+  loadCases,
+  runCase,
+  type CaseReport,
+  type SuiteEnv,
+} from '../differential/runner.js';
+import { removeTree, run } from '../differential/exec.js';
+
+const filter = (process.env.KILN_DIFF_CASES ?? '')
+  .split(',')
+  .map((s) => s.trim())
+  .filter(Boolean);
+const mode = process.env.KILN_DIFF_MODE === 'buildkit-only' ? 'buildkit-only' : 'full';
+const asUser = process.env.KILN_DIFF_AS_USER || undefined;
+const isRoot = process.getuid?.() === 0;
+const kilnBuildExists = existsSync(join(REPO_ROOT, 'src', 'cli', 'build.ts'));
+const cases = loadCases(filter);
+
+function loud(msg: string): void {
+  const bar = '!'.repeat(100);
+  console.log(`\n${bar}\n!!! ${msg}\n${bar}\n`);
+}
+
+describe(
+  'differential: kiln vs BuildKit (reference) vs buildah',
+  { skip: isRoot ? false : 'needs root (dockerd)' },
+  () => {
+    let registry: TestRegistry | undefined;
+    let dockerd: Dockerd | undefined;
+    let buildah: Buildah | null = null;
+    let work = '';
+    let env: SuiteEnv | undefined;
+    const reports: CaseReport[] = [];
+
+    before(async () => {
+      assert.ok(cases.length > 0, `no differential case matches KILN_DIFF_CASES=${filter.join(',')}`);
+      work = await mkdtemp(join(tmpdir(), 'kiln-diff-'));
+      await chmod(work, 0o755);
+      registry = await startTestRegistry();
+      dockerd = await startDockerd({ insecureRegistries: [registry.host] });
+      await pushBaseImage(dockerd, registry.host, await mkdtemp(join(work, 'base-')));
+      if (process.env.KILN_DIFF_SKIP_BUILDAH !== '1') buildah = await startBuildah();
+
+      let kiln: SuiteEnv['kiln'] = null;
+      if (mode === 'buildkit-only') {
+        loud('KILN_DIFF_MODE=buildkit-only: kiln is NOT tested; BuildKit is compared with itself and with buildah');
+      } else if (!kilnBuildExists) {
+        loud('KILN SIDE SKIPPED: src/cli/build.ts does not exist yet — only BuildKit and buildah are exercised');
+      } else {
+        const home = join(work, 'kiln-home');
+        await mkdir(home, { recursive: true });
+        if (asUser) {
+          const uid = Number((await run('id', ['-u', asUser])).stdout.trim());
+          const gid = Number((await run('id', ['-g', asUser])).stdout.trim());
+          await chown(home, uid, gid);
+        }
+        kiln = kilnInvoker({ home, insecureRegistry: registry.host, ...(asUser ? { asUser } : {}) });
+      }
+      env = {
+        registry: registry.host,
+        dockerd,
+        buildah,
+        kiln,
+        buildkitTwice: mode === 'buildkit-only',
+        work,
+      };
+    });
+
+    after(async () => {
+      if (process.env.KILN_DIFF_REPORT && reports.length)
+        await writeFile(process.env.KILN_DIFF_REPORT, buildahMarkdown(reports)).catch(() => undefined);
+      await buildah?.stop().catch(() => undefined);
+      await dockerd?.stop().catch(() => undefined);
+      await registry?.stop().catch(() => undefined);
+      if (work) await removeTree(work);
+    });
+
+    for (const c of cases) {
+      test(`${c.id}${c.spec.description ? ` — ${c.spec.description}` : ''}`, async (t) => {
+        assert.ok(env, 'suite environment did not start');
+        const r = await runCase(env, c);
+        reports.push(r);
+        for (const block of r.log) for (const line of block.split('\n')) t.diagnostic(line);
+        if (r.kilnSkipped) t.diagnostic(`KILN NOT TESTED: ${r.kilnSkipped}`);
+        if (r.failures.length) assert.fail(`${c.id}:\n${r.failures.join('\n')}`);
+      });
+    }
+  },
+);

@@ -3,7 +3,7 @@
  * (GET/HEAD, streamed and digest-verified), blob uploads (cross-repository mount, monolithic PUT, chunked PATCH with
  * resume) and tag listing. For docker.io, reads go to the configured mirrors first and fall back to Docker Hub.
  */
-import type { Readable } from 'node:stream';
+import { Transform, type Readable } from 'node:stream';
 import { KilnError } from '../errors.js';
 import { sha256, verifyingStream } from '../oci/digest.js';
 import { MANIFEST_ACCEPT } from '../oci/mediatypes.js';
@@ -331,14 +331,21 @@ export class RepositoryClient {
     open: () => Promise<Readable>,
     o: UploadOptions,
   ): Promise<void> {
-    const src = await open();
+    const raw = await open();
     let sent = 0;
-    src.on('data', (c: Buffer) => {
-      sent += c.length;
-      o.onProgress?.(sent);
+    const src = new Transform({
+      transform(c: Buffer, _e, cb) {
+        sent += c.length;
+        o.onProgress?.(sent);
+        cb(null, c);
+      },
     });
     let srcErr: unknown;
-    src.on('error', (e) => (srcErr = e));
+    raw.on('error', (e) => {
+      srcErr = e;
+      src.destroy(e);
+    });
+    raw.pipe(src);
     let res: Response;
     try {
       res = await this.canonical.request({
@@ -352,6 +359,7 @@ export class RepositoryClient {
         noRetry: true,
       });
     } catch (e) {
+      raw.destroy();
       src.destroy();
       if (srcErr) throw srcErr;
       if (isBroken(e)) throw new UploadBroken(e);

@@ -22,8 +22,12 @@ export function detectCompression(head: Buffer): Compression {
 /**
  * Read the first `n` bytes of a stream without consuming them: returns them and a stream replaying everything.
  */
-export async function peek(input: AsyncIterable<Buffer>, n: number): Promise<{ head: Buffer; stream: Readable }> {
-  const it = input[Symbol.asyncIterator]();
+export async function peek(
+  input: AsyncIterable<Buffer> | Iterable<Buffer>,
+  n: number,
+): Promise<{ head: Buffer; stream: Readable }> {
+  const it: AsyncIterator<Buffer> | Iterator<Buffer> =
+    Symbol.asyncIterator in input ? input[Symbol.asyncIterator]() : input[Symbol.iterator]();
   const got: Buffer[] = [];
   let len = 0;
   let ended = false;
@@ -119,7 +123,7 @@ export function decompressor(kind: Compression, what: string): Duplex {
 
 /** Autodetect and decompress: returns the plain stream and the detected format. */
 export async function decompressAuto(
-  input: AsyncIterable<Buffer>,
+  input: AsyncIterable<Buffer> | Iterable<Buffer>,
   what: string,
 ): Promise<{ stream: Readable; compression: Compression }> {
   const { head, stream } = await peek(input, 6);

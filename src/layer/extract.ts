@@ -154,7 +154,7 @@ interface Pending {
  * Extract a layer stream into `dest` (which must exist). Returns the number of entries and the diffID.
  */
 export async function extractLayer(
-  input: AsyncIterable<Buffer> | Readable,
+  input: AsyncIterable<Buffer> | Iterable<Buffer> | Readable,
   dest: string,
   opts: ExtractOptions = {},
 ): Promise<ExtractResult> {
@@ -166,7 +166,7 @@ export async function extractLayer(
   const realRoot = isRealRoot();
   let warnedDevices = false;
 
-  const { stream } = await decompressAuto(input as AsyncIterable<Buffer>, what);
+  const { stream } = await decompressAuto(input, what);
   const hash = createHash('sha256');
   const hashing = new Transform({
     transform(chunk: Buffer, _e, cb) {
@@ -458,7 +458,7 @@ export async function extractLayer(
 export async function ensureLayerDir(
   layersDir: string,
   diffID: string,
-  open: () => Promise<AsyncIterable<Buffer> | Readable>,
+  open: () => Promise<AsyncIterable<Buffer> | Iterable<Buffer> | Readable>,
   opts: Omit<ExtractOptions, 'mode' | 'diffID'> = {},
 ): Promise<string> {
   const final = join(layersDir, digestHex(diffID));

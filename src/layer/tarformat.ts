@@ -199,10 +199,10 @@ class ByteReader {
   private chunks: Buffer[] = [];
   private buffered = 0;
   private done = false;
-  private readonly it: AsyncIterator<Buffer | string>;
+  private readonly it: AsyncIterator<Buffer | string> | Iterator<Buffer | string>;
 
-  constructor(src: AsyncIterable<Buffer | string>) {
-    this.it = src[Symbol.asyncIterator]();
+  constructor(src: AsyncIterable<Buffer | string> | Iterable<Buffer | string>) {
+    this.it = Symbol.asyncIterator in src ? src[Symbol.asyncIterator]() : src[Symbol.iterator]();
   }
 
   private async fill(n: number): Promise<void> {
@@ -372,7 +372,7 @@ export interface TarEntry {
  * including a truncated archive.
  */
 export async function* readTar(
-  src: AsyncIterable<Buffer | string>,
+  src: AsyncIterable<Buffer | string> | Iterable<Buffer | string>,
   opts: { drain?: boolean } = {},
 ): AsyncGenerator<TarEntry> {
   const r = new ByteReader(src);

@@ -111,6 +111,10 @@ function whiteoutHeader(name: string): TarHeader {
 export async function* layerTar(dir: string, opts: TarOptions = {}): AsyncGenerator<Buffer> {
   const root = resolve(dir);
   const overlay = (opts.whiteouts ?? 'overlay') === 'overlay';
+  const st = await lstat(root).catch((e: unknown) => {
+    throw new KilnError('LAYER_WRITE_FAILED', `layer directory ${root}: ${(e as Error).message}`, { cause: e });
+  });
+  if (!st.isDirectory()) throw new KilnError('LAYER_WRITE_FAILED', `layer directory ${root} is not a directory`);
   const xattrs =
     opts.xattrs === false
       ? new Map<string, Map<string, Buffer>>()
@@ -191,10 +195,6 @@ export async function* layerTar(dir: string, opts: TarOptions = {}): AsyncGenera
     }
   }
 
-  const st = await lstat(root).catch((e: unknown) => {
-    throw new KilnError('LAYER_WRITE_FAILED', `layer directory ${root}: ${(e as Error).message}`, { cause: e });
-  });
-  if (!st.isDirectory()) throw new KilnError('LAYER_WRITE_FAILED', `layer directory ${root} is not a directory`);
   yield* walk(root, '');
   yield trailer();
 }

@@ -1,0 +1,167 @@
+import { strict as assert } from 'node:assert';
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import {
+  linkSync,
+  mkdirSync,
+  readdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  utimesSync,
+  writeFileSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { gunzipSync } from 'node:zlib';
+import { readTar, type TarHeader } from './tarformat.js';
+import { writeLayer } from './writer.js';
+
+const tmp = mkdtempSync(join(tmpdir(), 'kiln-writer-'));
+after(() => rmSync(tmp, { recursive: true, force: true }));
+
+let n = 0;
+function fresh(): string {
+  const d = join(tmp, `t${n++}`);
+  mkdirSync(d);
+  return d;
+}
+
+async function entries(tarBuf: Buffer): Promise<TarHeader[]> {
+  const out: TarHeader[] = [];
+  for await (const e of readTar([tarBuf])) {
+    for await (const _ of e.body);
+    out.push(e.header);
+  }
+  return out;
+}
+
+function populate(d: string): void {
+  mkdirSync(join(d, 'a/b'), { recursive: true });
+  mkdirSync(join(d, 'a-c'));
+  writeFileSync(join(d, 'a/b/file'), 'hello');
+  writeFileSync(join(d, 'a-c/z'), 'z');
+  writeFileSync(join(d, 'B'), 'upper');
+  symlinkSync('a/b/file', join(d, 'link'));
+  linkSync(join(d, 'a/b/file'), join(d, 'hard'));
+  execFileSync('chmod', ['4755', join(d, 'B')]);
+  for (const p of ['a/b/file', 'a-c/z', 'B', 'a/b', 'a', 'a-c', 'hard']) utimesSync(join(d, p), 1600000000, 1600000000);
+}
+
+test('same tree twice gives the same digests; content hash matches the blob', async () => {
+  const d1 = fresh();
+  const d2 = fresh();
+  populate(d1);
+  populate(d2);
+  const r1 = await writeLayer(d1, { tmpDir: tmp });
+  const r2 = await writeLayer(d2, { tmpDir: tmp });
+  assert.equal(r1.diffID, r2.diffID);
+  assert.equal(r1.digest, r2.digest);
+  const blob = readFileSync(r1.file);
+  assert.equal(r1.size, blob.length);
+  assert.equal(r1.digest, 'sha256:' + createHash('sha256').update(blob).digest('hex'));
+  const tar = gunzipSync(blob);
+  assert.equal(r1.diffID, 'sha256:' + createHash('sha256').update(tar).digest('hex'));
+  assert.equal(r1.diffSize, tar.length);
+  assert.equal(r1.mediaType, 'application/vnd.oci.image.layer.v1.tar+gzip');
+});
+
+test('walk order, modes, links and normalised headers', async () => {
+  const d = fresh();
+  populate(d);
+  const r = await writeLayer(d, { tmpDir: tmp, compression: 'none' });
+  assert.equal(r.digest, r.diffID);
+  const hs = await entries(readFileSync(r.file));
+  // Byte order per directory, depth first: 'B' < 'a' < 'a-c' < 'hard' < 'link'; a/ children before a-c/.
+  assert.deepEqual(
+    hs.map((h) => h.name),
+    ['B', 'a/', 'a/b/', 'a/b/file', 'a-c/', 'a-c/z', 'hard', 'link'],
+  );
+  const byName = new Map(hs.map((h) => [h.name, h]));
+  assert.equal(byName.get('B')!.mode, 0o4755);
+  assert.equal(byName.get('hard')!.type, 'link');
+  assert.equal(byName.get('hard')!.linkname, 'a/b/file');
+  assert.equal(byName.get('link')!.type, 'symlink');
+  assert.equal(byName.get('link')!.linkname, 'a/b/file');
+  assert.equal(byName.get('a/b/file')!.mtime, 1600000000);
+  for (const h of hs) {
+    assert.equal(h.uname, '');
+    assert.equal(h.gname, '');
+  }
+  // GNU tar agrees.
+  const listing = execFileSync('tar', ['-tvf', r.file], { encoding: 'utf8' });
+  assert.match(listing, /^hrw-r--r-- 0\/0 +0 .* hard link to a\/b\/file$/m);
+  assert.match(listing, /^-rwsr-xr-x 0\/0 +5 .* B$/m);
+});
+
+test('SOURCE_DATE_EPOCH clamps later mtimes only', async () => {
+  const d = fresh();
+  writeFileSync(join(d, 'old'), 'x');
+  writeFileSync(join(d, 'new'), 'y');
+  utimesSync(join(d, 'old'), 1000, 1000);
+  utimesSync(join(d, 'new'), 2000000000, 2000000000);
+  const r = await writeLayer(d, { tmpDir: tmp, compression: 'none', sourceDateEpoch: 1500000000 });
+  const hs = await entries(readFileSync(r.file));
+  assert.equal(hs.find((h) => h.name === 'old')!.mtime, 1000);
+  assert.equal(hs.find((h) => h.name === 'new')!.mtime, 1500000000);
+});
+
+test('overlay upper dir: 0/0 char devices become .wh. files, opaque dirs get .wh..wh..opq first', async () => {
+  const d = fresh();
+  mkdirSync(join(d, 'etc'));
+  writeFileSync(join(d, 'etc/new'), 'n');
+  execFileSync('mknod', [join(d, 'etc/deleted'), 'c', '0', '0']);
+  mkdirSync(join(d, 'var'));
+  writeFileSync(join(d, 'var/a'), 'a');
+  execFileSync('setfattr', ['-n', 'user.overlay.opaque', '-v', 'y', join(d, 'var')]);
+  const r = await writeLayer(d, { tmpDir: tmp, compression: 'none' });
+  const hs = await entries(readFileSync(r.file));
+  assert.deepEqual(
+    hs.map((h) => h.name),
+    ['etc/', 'etc/.wh.deleted', 'etc/new', 'var/', 'var/.wh..wh..opq', 'var/a'],
+  );
+  const wh = hs.find((h) => h.name === 'etc/.wh.deleted')!;
+  assert.equal(wh.type, 'file');
+  assert.equal(wh.mode, 0);
+  assert.equal(wh.size, 0);
+  assert.equal(wh.mtime, 0);
+  // Plain mode keeps the device as a device.
+  const plain = await writeLayer(d, { tmpDir: tmp, compression: 'none', whiteouts: 'none' });
+  const ph = await entries(readFileSync(plain.file));
+  assert.equal(ph.find((h) => h.name === 'etc/deleted')?.type, 'char');
+  assert.equal(
+    ph.some((h) => h.name.includes('.wh.')),
+    false,
+  );
+});
+
+test('security.capability is kept, other xattrs are not', async () => {
+  const d = fresh();
+  writeFileSync(join(d, 'ping'), 'bin');
+  const cap = '0x0100000200200000000000000000000000000000';
+  execFileSync('setfattr', ['-n', 'security.capability', '-v', cap, join(d, 'ping')]);
+  execFileSync('setfattr', ['-n', 'user.note', '-v', 'x', join(d, 'ping')]);
+  const r = await writeLayer(d, { tmpDir: tmp, compression: 'none' });
+  const [h] = await entries(readFileSync(r.file));
+  assert.deepEqual([...h!.xattrs!.keys()], ['security.capability']);
+  assert.equal(h!.xattrs!.get('security.capability')!.toString('hex'), cap.slice(2));
+});
+
+test('zstd layers decompress to the same tar', async () => {
+  const d = fresh();
+  populate(d);
+  const plain = await writeLayer(d, { tmpDir: tmp, compression: 'none' });
+  const z = await writeLayer(d, { tmpDir: tmp, compression: 'zstd' });
+  assert.equal(z.diffID, plain.diffID);
+  assert.equal(z.mediaType, 'application/vnd.oci.image.layer.v1.tar+zstd');
+  const out = execFileSync('zstd', ['-dc', z.file]);
+  assert.equal('sha256:' + createHash('sha256').update(out).digest('hex'), plain.diffID);
+});
+
+test('a missing directory is a clear error and leaves no temp file', async () => {
+  const out = fresh();
+  await assert.rejects(writeLayer(join(tmp, 'nope'), { tmpDir: out }), { code: 'LAYER_WRITE_FAILED' });
+  assert.deepEqual(readdirSync(out), []);
+});

@@ -166,7 +166,7 @@ export async function startTokenServer(o: TokenServerOptions = {}): Promise<Toke
     if (url.pathname !== '/token') return reply(res, 404, { details: 'not found' });
     let user: string | undefined;
     let password: string | undefined;
-    let scopes: string[] = [];
+    let scopes: string[];
     let refresh: string | undefined;
     if (req.method === 'POST') {
       const chunks: Buffer[] = [];

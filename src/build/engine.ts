@@ -599,13 +599,13 @@ class Engine {
       const hit = await this.deps.cache.get(key);
       if (hit?.layer) {
         const dir = await this.deps.layers.dirOf(hit.layer.diffID);
-        if (dir !== undefined) {
-          const l = hit.layer;
-          st.layers.push({
-            diffID: l.diffID,
-            dir,
-            layer: await this.deps.layers.layer(l.digest, l.diffID, l.size, l.mediaType),
-          });
+        const l = hit.layer;
+        const layer =
+          dir === undefined
+            ? undefined
+            : await this.deps.layers.layer(l.digest, l.diffID, l.size, l.mediaType).catch(() => undefined);
+        if (dir !== undefined && layer !== undefined) {
+          st.layers.push({ diffID: l.diffID, dir, layer });
           this.record(st, key, history, buildkitSuffix, hit.created);
           this.deps.progress.cached(id);
           return;

@@ -1,0 +1,160 @@
+/**
+ * `kiln build` end to end: read and parse the Dockerfile, run the engine, export the image, write --iidfile and
+ * --metadata-file. Concrete services (sandbox, layer store, context, copier, local store, registry) are injected
+ * through `BuildServices`, so tests and other front ends (the build service) can swap them.
+ *
+ * Failure behaviour: an error or an interrupt (the AbortSignal) stops the build before any output is written, so
+ * nothing is pushed; every temp dir this build created is removed; the cache only ever gets complete entries.
+ */
+import { readFile } from 'node:fs/promises';
+import { resolve, join } from 'node:path';
+import { KilnError, errorMessage } from '../errors.js';
+import type { ArgInstruction, Command, Stage } from '../dockerfile/instructions.js';
+import { imageFromParts } from '../oci/image.js';
+import { MediaType } from '../oci/mediatypes.js';
+import type { Image } from '../oci/types.js';
+import type { BuildOptions } from './options.js';
+import type { BaseResolver, Executor, FileCopier, LayerStore, ProgressSink, Snapshotter } from './ports.js';
+import { BuildCache } from '../cache/cache.js';
+import { runEngine, type EngineResult } from './engine.js';
+import { exportImage, writeIidFile, writeMetadataFile, type ExportResult, type OutputWriters } from './outputs.js';
+import type { PushOptions } from '../registry/push.js';
+
+/** A parsed Dockerfile, as the engine needs it. */
+export interface ParsedDockerfile {
+  stages: Stage[];
+  metaArgs: ArgInstruction[];
+  escape?: string;
+  warnings: { message: string; line: number }[];
+}
+
+export interface BuildServices {
+  kilnHome: string;
+  executor: Executor;
+  snapshotter: Snapshotter;
+  layers: LayerStore;
+  bases: BaseResolver;
+  copier: FileCopier;
+  progress: ProgressSink;
+  writers: OutputWriters;
+  registry: PushOptions;
+  /** Parse Dockerfile text (file name for messages). */
+  parse(text: string, file: string): ParsedDockerfile;
+  /** Parse an ONBUILD trigger into a command. */
+  parseTrigger?(expression: string): Command;
+  /** A fresh private temp dir (removed by the build). */
+  tempDir(prefix: string): Promise<string>;
+  signal?: AbortSignal;
+}
+
+export interface BuildOutcome {
+  engine: EngineResult;
+  image: Image;
+  exported: ExportResult;
+}
+
+/** Read the Dockerfile: `-` is stdin; a relative -f is relative to the working directory (like docker). */
+export async function readDockerfile(opts: BuildOptions): Promise<{ text: string; file: string }> {
+  if (opts.file === '-') {
+    const chunks: Buffer[] = [];
+    for await (const c of process.stdin) chunks.push(c as Buffer);
+    return { text: Buffer.concat(chunks).toString('utf8'), file: 'Dockerfile' };
+  }
+  const path = opts.file ? resolve(opts.file) : join(resolve(opts.context), 'Dockerfile');
+  try {
+    return { text: await readFile(path, 'utf8'), file: opts.file ? opts.file.replace(/^.*\//, '') : 'Dockerfile' };
+  } catch (e) {
+    throw new KilnError('DOCKERFILE_NOT_FOUND', `failed to read dockerfile: ${path}: ${errorMessage(e)}`, {
+      hint: 'pass the Dockerfile with -f PATH, or put a Dockerfile in the context directory',
+      cause: e,
+    });
+  }
+}
+
+/** The Image for an engine result (Docker media types; outputs convert as needed). */
+export function imageOf(res: EngineResult): Image {
+  return imageFromParts({
+    mediaType: async () => MediaType.DockerManifest,
+    rawConfig: async () => res.rawConfig,
+    layers: async () => res.layers.map((l) => l.layer),
+  });
+}
+
+/** Default outputs: `--output`s, else `--push` (registry) or the local store, under the -t names. */
+export function effectiveOutputs(opts: BuildOptions): BuildOptions['outputs'] {
+  if (opts.outputs.length > 0) {
+    if (opts.push) {
+      return opts.outputs.map((o) => (o.type === 'image' ? { ...o, push: true } : o));
+    }
+    return opts.outputs;
+  }
+  return [{ type: opts.push ? 'registry' : 'image', names: [], push: opts.push, tar: false, attrs: {} }];
+}
+
+export async function build(opts: BuildOptions, svc: BuildServices): Promise<BuildOutcome> {
+  const { text, file } = await readDockerfile(opts);
+  const parsed = svc.parse(text, file);
+  for (const w of parsed.warnings) svc.progress.warn(`${w.message} (line ${w.line})`);
+  const tmp = await svc.tempDir('build-');
+  try {
+    const engineReq: Parameters<typeof runEngine>[0] = {
+      stages: parsed.stages,
+      metaArgs: parsed.metaArgs,
+      file,
+      buildArgs: opts.buildArgs,
+      labels: opts.labels,
+      platform: opts.platform,
+      noCache: opts.noCache,
+      pull: opts.pull,
+      network: opts.network,
+      secrets: opts.secrets,
+    };
+    if (opts.target) engineReq.target = opts.target;
+    if (opts.sourceDateEpoch !== undefined) engineReq.sourceDateEpoch = opts.sourceDateEpoch;
+    if (parsed.escape) engineReq.escape = parsed.escape;
+    const deps: Parameters<typeof runEngine>[1] = {
+      executor: svc.executor,
+      snapshotter: svc.snapshotter,
+      layers: svc.layers,
+      bases: svc.bases,
+      cache: new BuildCache(join(svc.kilnHome, 'cache')),
+      progress: svc.progress,
+      copier: svc.copier,
+      contextDir: resolve(opts.context),
+      cacheMountsDir: join(svc.kilnHome, 'cache-mounts'),
+      tmpDir: join(tmp, 'engine'),
+    };
+    if (svc.signal) deps.signal = svc.signal;
+    if (svc.parseTrigger) deps.parseTrigger = (e) => (svc.parseTrigger as (x: string) => Command)(e);
+    const engine = await runEngine(engineReq, deps);
+    if (svc.signal?.aborted) throw new KilnError('INTERRUPTED', 'build interrupted');
+    const image = imageOf(engine);
+    const annotations: Record<string, string> = {
+      'org.opencontainers.image.created':
+        opts.sourceDateEpoch !== undefined
+          ? new Date(opts.sourceDateEpoch * 1000).toISOString().replace(/\.000Z$/, 'Z')
+          : new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
+    };
+    if (engine.base) {
+      annotations['org.opencontainers.image.base.name'] = engine.base.name;
+      annotations['org.opencontainers.image.base.digest'] = engine.base.digest;
+    }
+    const exportOpts: Parameters<typeof exportImage>[1] = {
+      outputs: effectiveOutputs(opts),
+      tags: opts.tags,
+      registry: svc.registry,
+      writers: svc.writers,
+      layers: engine.layers.map((l) => ({ uncompressed: () => l.layer.uncompressed(), digest: l.diffID })),
+      annotations,
+      tmpDir: join(tmp, 'export'),
+    };
+    if (opts.sourceDateEpoch !== undefined) exportOpts.sourceDateEpoch = opts.sourceDateEpoch;
+    const exported = await exportImage(image, exportOpts);
+    if (opts.iidfile) await writeIidFile(opts.iidfile, exported);
+    if (opts.metadataFile) await writeMetadataFile(opts.metadataFile, exported);
+    return { engine, image, exported };
+  } finally {
+    const { rm } = await import('node:fs/promises');
+    await rm(tmp, { recursive: true, force: true });
+  }
+}

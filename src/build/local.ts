@@ -1,0 +1,84 @@
+/**
+ * The local implementations of the engine's storage ports: the layer store (`$KILN_HOME/layers/<diffID hex>`,
+ * extracted once, in overlay format) backed by a content-addressed blob directory, and committing a step's upper
+ * dir — one streaming pass writes the layer blob, then the upper dir itself is renamed into the layer store.
+ */
+import { lstat, mkdir, rename, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Layer } from '../oci/types.js';
+import { BlobDir } from '../oci/blobs.js';
+import { digestHex } from '../oci/digest.js';
+import { layerFromBlob } from '../oci/image.js';
+import { KilnError } from '../errors.js';
+import { writeLayer } from '../layer/writer.js';
+import { ensureLayerDir } from '../layer/extract.js';
+import type { CommittedLayer, LayerStore } from './ports.js';
+
+function errCode(e: unknown): string | undefined {
+  return (e as NodeJS.ErrnoException | undefined)?.code;
+}
+
+export interface LocalLayerStoreOptions {
+  /** `$KILN_HOME/layers`. */
+  layersDir: string;
+  /** The blob store new layer blobs go to. */
+  blobs: BlobDir;
+  /** Layer media types of committed layers. */
+  mediaTypes?: 'oci' | 'docker';
+  onWarning?: (msg: string) => void;
+}
+
+export class LocalLayerStore implements LayerStore {
+  constructor(private readonly opts: LocalLayerStoreOptions) {}
+
+  async unpack(layer: Layer): Promise<string> {
+    const diffID = await layer.diffID();
+    const o: { digest?: string; onWarning?: (m: string) => void } = { digest: await layer.digest() };
+    if (this.opts.onWarning) o.onWarning = this.opts.onWarning;
+    return ensureLayerDir(this.opts.layersDir, diffID, () => layer.uncompressed(), o);
+  }
+
+  async dirOf(diffID: string): Promise<string | undefined> {
+    const dir = join(this.opts.layersDir, digestHex(diffID));
+    try {
+      return (await lstat(dir)).isDirectory() ? dir : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  async commit(upper: string, opts: { sourceDateEpoch?: number }): Promise<CommittedLayer> {
+    const blobsSha = join(this.opts.blobs.root, 'sha256');
+    await mkdir(blobsSha, { recursive: true });
+    const w: Parameters<typeof writeLayer>[1] = {
+      tmpDir: blobsSha,
+      mediaTypes: this.opts.mediaTypes ?? 'oci',
+    };
+    if (opts.sourceDateEpoch !== undefined) w.sourceDateEpoch = opts.sourceDateEpoch;
+    const written = await writeLayer(upper, w);
+    try {
+      await rename(written.file, this.opts.blobs.path(written.digest));
+    } catch (e) {
+      await rm(written.file, { force: true });
+      throw e;
+    }
+    await mkdir(this.opts.layersDir, { recursive: true });
+    const dir = join(this.opts.layersDir, digestHex(written.diffID));
+    try {
+      await rename(upper, dir);
+    } catch (e) {
+      const c = errCode(e);
+      if (c !== 'ENOTEMPTY' && c !== 'EEXIST') throw e;
+      // the same layer was produced before: keep the existing dir
+      await rm(upper, { recursive: true, force: true });
+    }
+    return { diffID: written.diffID, digest: written.digest, size: written.size, mediaType: written.mediaType, dir };
+  }
+
+  async layer(digest: string, diffID: string, size: number, mediaType: string): Promise<Layer> {
+    if (!(await this.opts.blobs.has(digest))) {
+      throw new KilnError('BLOB_NOT_FOUND', `layer blob ${digest} is missing from ${this.opts.blobs.root}`);
+    }
+    return layerFromBlob(this.opts.blobs, { mediaType, digest, size }, diffID);
+  }
+}

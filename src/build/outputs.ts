@@ -1,0 +1,195 @@
+/**
+ * Build outputs (buildx `--output`): push to a registry (`type=registry`, `type=image,push=true`, `--push`), an OCI
+ * layout or its tar (`type=oci`), a docker-archive tar (`type=docker`), the final root filesystem as a directory
+ * (`type=local`, whiteouts applied) or as a tar (`type=tar`); plus `--iidfile` and `--metadata-file`.
+ *
+ * Manifest media types follow BuildKit: Docker schema 2 for registry/image/docker outputs unless
+ * `oci-mediatypes=true`, OCI for `type=oci` unless `oci-mediatypes=false`. The config bytes (and thus the image
+ * ID) are the same in every output.
+ */
+import { createWriteStream } from 'node:fs';
+import { mkdir, mkdtemp, rm, writeFile, rename } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { KilnError } from '../errors.js';
+import type { Image } from '../oci/types.js';
+import { sha256 } from '../oci/digest.js';
+import { withManifestMediaType } from '../oci/mutate.js';
+import { extractLayer } from '../layer/extract.js';
+import { layerTar } from '../layer/writer.js';
+import { parseReferenceWithDefaultTag } from '../registry/reference.js';
+import { push, type PushOptions } from '../registry/push.js';
+import type { OutputSpec } from './options.js';
+
+/** What the exporters produced, as buildx reports it in --metadata-file. */
+export interface ExportResult {
+  /** Manifest digest (`containerimage.digest`). */
+  digest: string;
+  /** Config digest = image ID (`containerimage.config.digest`). */
+  configDigest: string;
+  /** The manifest descriptor (`containerimage.descriptor`). */
+  descriptor: { mediaType: string; digest: string; size: number };
+  /** Image names written or pushed (`image.name`). */
+  names: string[];
+}
+
+/** Writers the build uses for outputs that live in other modules (local store, layout and archive writers). */
+export interface OutputWriters {
+  /** Store the image in the local store under `names` (default output). */
+  saveLocal?: (image: Image, names: string[]) => Promise<void>;
+  /** Write an OCI layout dir (`tar=false`) or tar (`dest` file, or '-' for stdout). */
+  writeOCI?: (
+    image: Image,
+    dest: string,
+    opts: { tar: boolean; names: string[]; annotations: Record<string, string> },
+  ) => Promise<void>;
+  /** Write a docker-archive tar (`docker load` format). */
+  writeDocker?: (image: Image, dest: string, names: string[]) => Promise<void>;
+}
+
+export interface ExportOptions {
+  outputs: OutputSpec[];
+  tags: string[];
+  registry: PushOptions;
+  writers: OutputWriters;
+  /** The final root filesystem: layers in order (for local/tar outputs). */
+  layers: { uncompressed: () => Promise<Readable>; digest: string }[];
+  /** `org.opencontainers.image.created` and base image annotations for layout index entries. */
+  annotations: Record<string, string>;
+  /** Scratch space for tar outputs. */
+  tmpDir: string;
+  sourceDateEpoch?: number;
+}
+
+function boolAttr(v: string | undefined, def: boolean): boolean {
+  if (v === undefined) return def;
+  return v === '' || v === 'true' || v === '1';
+}
+
+function mediaTypesFor(o: OutputSpec): 'oci' | 'docker' {
+  const def = o.type === 'oci';
+  return boolAttr(o.attrs['oci-mediatypes'], def) ? 'oci' : 'docker';
+}
+
+/** Write `dest` (a file path or '-' for stdout) from a producer, atomically for files. */
+async function toFileOrStdout(dest: string, produce: (w: Writable) => Promise<void>): Promise<void> {
+  if (dest === '-') {
+    await produce(process.stdout);
+    return;
+  }
+  await mkdir(dirname(dest), { recursive: true });
+  const tmp = `${dest}.kiln-tmp-${process.pid}`;
+  try {
+    const ws = createWriteStream(tmp, { flags: 'w', mode: 0o644 });
+    await produce(ws);
+    await rename(tmp, dest);
+  } catch (e) {
+    await rm(tmp, { force: true });
+    throw e;
+  }
+}
+
+/** Apply the layers in order onto `dir` (whiteouts delete, opaque dirs reset). */
+export async function materializeRootfs(layers: ExportOptions['layers'], dir: string): Promise<void> {
+  await mkdir(dir, { recursive: true });
+  for (const l of layers) {
+    await extractLayer(await l.uncompressed(), dir, { mode: 'apply', digest: l.digest });
+  }
+}
+
+/** Run every requested output; returns what buildx would report. Nothing is pushed when an earlier step failed. */
+export async function exportImage(image: Image, opts: ExportOptions): Promise<ExportResult> {
+  const rawConfig = await image.rawConfig();
+  const configDigest = sha256(rawConfig);
+  const names: string[] = [];
+  let result: { digest: string; mediaType: string; size: number } | undefined;
+  const record = async (img: Image): Promise<void> => {
+    if (!result) result = { digest: await img.digest(), mediaType: await img.mediaType(), size: await img.size() };
+  };
+  const outputs = opts.outputs;
+  for (const o of outputs) {
+    const oNames = o.names.length > 0 ? o.names : opts.tags;
+    switch (o.type) {
+      case 'registry':
+      case 'image': {
+        const img = withManifestMediaType(image, mediaTypesFor(o));
+        await record(img);
+        if (o.push) {
+          if (oNames.length === 0) {
+            throw new KilnError('OUTPUT_INVALID', 'push requires an image name', {
+              hint: 'give -t NAME or --output type=registry,name=NAME',
+            });
+          }
+          for (const n of oNames) {
+            const ref = parseReferenceWithDefaultTag(n);
+            await push(img, ref, opts.registry);
+            names.push(ref.toString());
+          }
+        } else if (opts.writers.saveLocal) {
+          await opts.writers.saveLocal(img, oNames);
+          names.push(...oNames);
+        }
+        break;
+      }
+      case 'oci':
+      case 'docker': {
+        const img = withManifestMediaType(image, mediaTypesFor(o));
+        await record(img);
+        const dest = o.dest as string;
+        if (o.type === 'oci') {
+          if (!opts.writers.writeOCI) throw new KilnError('OUTPUT_UNSUPPORTED', 'type=oci output is not available');
+          await opts.writers.writeOCI(img, dest, { tar: o.tar, names: oNames, annotations: opts.annotations });
+        } else {
+          if (!opts.writers.writeDocker) {
+            throw new KilnError('OUTPUT_UNSUPPORTED', 'type=docker output is not available');
+          }
+          await opts.writers.writeDocker(img, dest, oNames);
+        }
+        names.push(...oNames);
+        break;
+      }
+      case 'local': {
+        const dest = o.dest as string;
+        await materializeRootfs(opts.layers, dest);
+        break;
+      }
+      case 'tar': {
+        const dest = o.dest as string;
+        await mkdir(opts.tmpDir, { recursive: true });
+        const dir = await mkdtemp(join(opts.tmpDir, 'rootfs-'));
+        try {
+          await materializeRootfs(opts.layers, dir);
+          const tarOpts: { whiteouts: 'none'; sourceDateEpoch?: number } = { whiteouts: 'none' };
+          if (opts.sourceDateEpoch !== undefined) tarOpts.sourceDateEpoch = opts.sourceDateEpoch;
+          await toFileOrStdout(dest, (w) => pipeline(Readable.from(layerTar(dir, tarOpts)), w));
+        } finally {
+          await rm(dir, { recursive: true, force: true });
+        }
+        break;
+      }
+    }
+  }
+  if (!result) {
+    const img = withManifestMediaType(image, 'docker');
+    await record(img);
+  }
+  const r = result as { digest: string; mediaType: string; size: number };
+  return { digest: r.digest, configDigest, descriptor: r, names: [...new Set(names)] };
+}
+
+/** `--iidfile`: the image ID (config digest), as docker writes it. */
+export async function writeIidFile(path: string, res: ExportResult): Promise<void> {
+  await writeFile(path, res.configDigest);
+}
+
+/** `--metadata-file`: buildx's exporter response keys. */
+export async function writeMetadataFile(path: string, res: ExportResult): Promise<void> {
+  const md: Record<string, unknown> = {
+    'containerimage.config.digest': res.configDigest,
+    'containerimage.descriptor': res.descriptor,
+    'containerimage.digest': res.digest,
+  };
+  if (res.names.length > 0) md['image.name'] = res.names.join(',');
+  await writeFile(path, JSON.stringify(md, null, 2) + '\n');
+}

@@ -175,7 +175,7 @@ export function parseGoDuration(s: string): number {
     }
     const v = Number(intPart === '' ? '0' : intPart) * mult + (frac ? Number('0.' + frac) * mult : 0);
     total += v;
-    if (total > 9223372036854775807) bad();
+    if (total > 2 ** 63 - 1) bad();
   }
   return neg ? -Math.floor(total) : Math.floor(total);
 }

@@ -90,22 +90,7 @@ export class Layout {
    * plain image entry a given `platform` must match its config.
    */
   async image(nameOrDigest?: string, platform?: Platform): Promise<Image> {
-    const d = this.descriptor(nameOrDigest);
-    if (isIndex(d.mediaType)) return imageForPlatform(indexFromBlobs(this.blobs, d), platform);
-    if (!isImageManifest(d.mediaType)) {
-      throw new KilnError('MEDIATYPE_UNSUPPORTED', `${this.path}: ${d.digest} has media type ${d.mediaType}`);
-    }
-    const img = imageFromBlobs(this.blobs, d);
-    if (platform) {
-      const have = await imagePlatform(img);
-      if (!platformMatches(platform, have)) {
-        throw new KilnError(
-          'PLATFORM_NOT_FOUND',
-          `${this.path}: image is ${formatPlatform(have)}, not ${formatPlatform(platform)}`,
-        );
-      }
-    }
-    return img;
+    return imageFromDescriptor(this.blobs, this.descriptor(nameOrDigest), platform, this.path);
   }
 
   /** A multi-platform index entry. */
@@ -122,6 +107,33 @@ export class Layout {
     const d = this.descriptor(nameOrDigest);
     return isIndex(d.mediaType) ? indexFromBlobs(this.blobs, d) : imageFromBlobs(this.blobs, d);
   }
+}
+
+/**
+ * The image a top-level descriptor names: an index resolves to its child for `platform` (default: the host's); a
+ * plain image must match `platform` when one is given.
+ */
+export async function imageFromDescriptor(
+  blobs: BlobSource,
+  d: Descriptor,
+  platform: Platform | undefined,
+  where: string,
+): Promise<Image> {
+  if (isIndex(d.mediaType)) return imageForPlatform(indexFromBlobs(blobs, d), platform);
+  if (!isImageManifest(d.mediaType)) {
+    throw new KilnError('MEDIATYPE_UNSUPPORTED', `${where}: ${d.digest} has media type ${d.mediaType}`);
+  }
+  const img = imageFromBlobs(blobs, d);
+  if (platform) {
+    const have = await imagePlatform(img);
+    if (!platformMatches(platform, have)) {
+      throw new KilnError(
+        'PLATFORM_NOT_FOUND',
+        `${where}: image is ${formatPlatform(have)}, not ${formatPlatform(platform)}`,
+      );
+    }
+  }
+  return img;
 }
 
 function layoutError(where: string, why: string, hint?: string): KilnError {

@@ -9,7 +9,8 @@
 import { readFile } from 'node:fs/promises';
 import { resolve, join } from 'node:path';
 import { KilnError, errorMessage } from '../errors.js';
-import type { ArgInstruction, Command, Stage } from '../dockerfile/instructions.js';
+import type { Command } from '../dockerfile/instructions.js';
+import { parseDockerfile, type ParsedDockerfile } from '../dockerfile/convert.js';
 import { imageFromParts } from '../oci/image.js';
 import { MediaType } from '../oci/mediatypes.js';
 import type { Image } from '../oci/types.js';
@@ -19,14 +20,6 @@ import { BuildCache } from '../cache/cache.js';
 import { runEngine, type EngineResult } from './engine.js';
 import { exportImage, writeIidFile, writeMetadataFile, type ExportResult, type OutputWriters } from './outputs.js';
 import type { PushOptions } from '../registry/push.js';
-
-/** A parsed Dockerfile, as the engine needs it. */
-export interface ParsedDockerfile {
-  stages: Stage[];
-  metaArgs: ArgInstruction[];
-  escape?: string;
-  warnings: { message: string; line: number }[];
-}
 
 export interface BuildServices {
   kilnHome: string;
@@ -38,10 +31,6 @@ export interface BuildServices {
   progress: ProgressSink;
   writers: OutputWriters;
   registry: PushOptions;
-  /** Parse Dockerfile text (file name for messages). */
-  parse(text: string, file: string): ParsedDockerfile;
-  /** Parse an ONBUILD trigger into a command. */
-  parseTrigger?(expression: string): Command;
   /** A fresh private temp dir (removed by the build). */
   tempDir(prefix: string): Promise<string>;
   signal?: AbortSignal;
@@ -51,6 +40,18 @@ export interface BuildOutcome {
   engine: EngineResult;
   image: Image;
   exported: ExportResult;
+}
+
+/** Parse an ONBUILD trigger expression into the command it stands for. */
+export function parseTrigger(expression: string): Command {
+  const parsed = parseDockerfile(`FROM scratch\n${expression}\n`);
+  const cmd = parsed.stages[0]?.commands[0];
+  if (!cmd || parsed.stages[0]?.commands.length !== 1) {
+    throw new KilnError('ONBUILD_INVALID', `invalid ONBUILD trigger: ${expression}`);
+  }
+  if (cmd.kind === 'ONBUILD')
+    throw new KilnError('ONBUILD_INVALID', "chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed");
+  return cmd;
 }
 
 /** Read the Dockerfile: `-` is stdin; a relative -f is relative to the working directory (like docker). */
@@ -93,13 +94,13 @@ export function effectiveOutputs(opts: BuildOptions): BuildOptions['outputs'] {
 
 export async function build(opts: BuildOptions, svc: BuildServices): Promise<BuildOutcome> {
   const { text, file } = await readDockerfile(opts);
-  const parsed = svc.parse(text, file);
-  for (const w of parsed.warnings) svc.progress.warn(`${w.message} (line ${w.line})`);
+  const parsed: ParsedDockerfile = parseDockerfile(text, { filename: file });
+  for (const w of parsed.warnings) svc.progress.warn(`${file}:${w.range.startLine}: ${w.message}`);
   const tmp = await svc.tempDir('build-');
   try {
     const engineReq: Parameters<typeof runEngine>[0] = {
       stages: parsed.stages,
-      metaArgs: parsed.metaArgs,
+      metaArgs: parsed.globalArgs,
       file,
       buildArgs: opts.buildArgs,
       labels: opts.labels,
@@ -111,7 +112,7 @@ export async function build(opts: BuildOptions, svc: BuildServices): Promise<Bui
     };
     if (opts.target) engineReq.target = opts.target;
     if (opts.sourceDateEpoch !== undefined) engineReq.sourceDateEpoch = opts.sourceDateEpoch;
-    if (parsed.escape) engineReq.escape = parsed.escape;
+    if (parsed.escapeToken !== '\\') engineReq.escape = parsed.escapeToken;
     const deps: Parameters<typeof runEngine>[1] = {
       executor: svc.executor,
       snapshotter: svc.snapshotter,
@@ -125,7 +126,7 @@ export async function build(opts: BuildOptions, svc: BuildServices): Promise<Bui
       tmpDir: join(tmp, 'engine'),
     };
     if (svc.signal) deps.signal = svc.signal;
-    if (svc.parseTrigger) deps.parseTrigger = (e) => (svc.parseTrigger as (x: string) => Command)(e);
+    deps.parseTrigger = parseTrigger;
     const engine = await runEngine(engineReq, deps);
     if (svc.signal?.aborted) throw new KilnError('INTERRUPTED', 'build interrupted');
     const image = imageOf(engine);

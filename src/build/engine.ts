@@ -24,6 +24,7 @@ import type {
   Stage,
 } from '../dockerfile/instructions.js';
 import { expandInstruction } from '../dockerfile/instructions.js';
+import { parseMount } from '../dockerfile/convert.js';
 import { processWord } from '../dockerfile/shell.js';
 import { BuildCache, cacheKey, type CacheEntry } from '../cache/cache.js';
 import type {
@@ -528,7 +529,7 @@ class Engine {
       case 'ENTRYPOINT': {
         const args = this.shellDependent(img, c.command, c.prependShell, c.files);
         img.config.Entrypoint = args;
-        if (!st.cmdSet) img.config.Cmd = null;
+        if (!st.cmdSet) delete img.config.Cmd;
         return meta(`ENTRYPOINT ${goQuoteList(args)}`);
       }
       case 'HEALTHCHECK': {
@@ -813,7 +814,7 @@ class Engine {
       cwd,
       network,
       security: c.security,
-      mounts: mounts.map((m) => ({ ...m, fromState: undefined })),
+      mounts,
     });
     const display = prefix + upperKeyword(c.original);
     const releases: (() => Promise<void>)[] = [];
@@ -929,7 +930,7 @@ class Engine {
   }
 }
 
-/** A parsed `RUN --mount` value (the subset kiln supports). */
+/** A `RUN --mount` as the engine uses it. */
 export interface MountSpec {
   type: 'bind' | 'cache' | 'tmpfs' | 'secret' | 'ssh';
   target: string;
@@ -942,74 +943,32 @@ export interface MountSpec {
   mode?: number;
   uid?: number;
   gid?: number;
-  fromState?: string;
 }
 
-/** Parse one `--mount=` value (BuildKit syntax: `type=cache,target=/root/.cache,id=x`). */
+/** Parse one (already expanded) `--mount=` value with the Dockerfile parser's BuildKit-compatible parseMount. */
 export function parseMountSpec(v: string, fail: (msg: string) => Error): MountSpec {
-  const m: MountSpec = { type: 'bind', target: '', source: '', from: '', id: '', readonly: true, required: false };
-  let rwGiven = false;
-  for (const field of v.split(',')) {
-    const i = field.indexOf('=');
-    const k = (i < 0 ? field : field.slice(0, i)).trim().toLowerCase();
-    const val = i < 0 ? undefined : field.slice(i + 1);
-    switch (k) {
-      case 'type':
-        if (!['bind', 'cache', 'tmpfs', 'secret', 'ssh'].includes(val ?? '')) fail(`unsupported mount type "${val}"`);
-        m.type = val as MountSpec['type'];
-        break;
-      case 'target':
-      case 'dst':
-      case 'destination':
-        m.target = val ?? '';
-        break;
-      case 'source':
-      case 'src':
-        m.source = val ?? '';
-        break;
-      case 'from':
-        m.from = val ?? '';
-        break;
-      case 'id':
-        m.id = val ?? '';
-        break;
-      case 'ro':
-      case 'readonly':
-        m.readonly = val === undefined || val === 'true';
-        rwGiven = true;
-        break;
-      case 'rw':
-      case 'readwrite':
-        m.readonly = !(val === undefined || val === 'true');
-        rwGiven = true;
-        break;
-      case 'required':
-        m.required = val === undefined || val === 'true';
-        break;
-      case 'env':
-        if (val !== undefined) m.env = val;
-        break;
-      case 'mode':
-        m.mode = parseInt(val ?? '', 8);
-        break;
-      case 'uid':
-        m.uid = Number(val);
-        break;
-      case 'gid':
-        m.gid = Number(val);
-        break;
-      case 'sharing':
-      case 'size':
-        break;
-      case '':
-        break;
-      default:
-        throw fail(`unexpected key '${k}' in '${field}'`);
-    }
+  let m;
+  try {
+    m = parseMount(v, (w) => w);
+  } catch (e) {
+    throw fail(errorMessage(e));
   }
-  if (m.type === 'cache' && !rwGiven) m.readonly = false;
+  const out: MountSpec = {
+    type: m.type,
+    target: m.target,
+    source: m.source,
+    from: m.from,
+    id: m.cacheId,
+    readonly: m.readOnly,
+    required: m.required,
+  };
+  if (m.type === 'secret' && out.id === '' && m.source !== '') out.id = m.source;
+  if (m.env !== undefined) out.env = m.env;
+  if (m.mode !== undefined) out.mode = m.mode;
+  if (m.uid !== undefined) out.uid = m.uid;
+  if (m.gid !== undefined) out.gid = m.gid;
   if (m.type !== 'secret' && m.type !== 'ssh' && m.target === '') throw fail(`mount ${v}: target is required`);
-  return m;
+  return out;
 }
 
 /** Build the target stage of `req` with `deps`. */

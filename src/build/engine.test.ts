@@ -1,0 +1,319 @@
+/**
+ * Engine unit tests: real Dockerfile parsing, real layer writing and extraction (LocalLayerStore), real cache, with
+ * a simple snapshotter (the step's root is its upper dir) and a scripted executor instead of the namespace
+ * sandbox, so they run anywhere. Integration tests (test/integration/build-*.test.ts) cover the real sandbox.
+ */
+import { test, describe, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, mkdir, rm, writeFile, readFile, cp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, dirname } from 'node:path';
+import { parseDockerfile } from '../dockerfile/convert.js';
+import { BlobDir } from '../oci/blobs.js';
+import { sha256 } from '../oci/digest.js';
+import type { Image } from '../oci/types.js';
+import { hostPlatform } from '../oci/platform.js';
+import { BuildCache } from '../cache/cache.js';
+import { makeBusyboxImage } from '../../test/helpers/images.js';
+import { runEngine, type EngineRequest, type EngineDeps, neededStages } from './engine.js';
+import { LocalLayerStore } from './local.js';
+import { parseTrigger } from './build.js';
+import type { CopyRequest, CopySource, ProcessSpec, Snapshot } from './ports.js';
+
+let home: string;
+let base: Image;
+
+before(async () => {
+  home = await mkdtemp(join(tmpdir(), 'kiln-engine-test-'));
+  base = await makeBusyboxImage({ config: { Cmd: ['sh'], Env: ['PATH=/usr/bin:/bin'] } });
+});
+after(async () => {
+  await rm(home, { recursive: true, force: true });
+});
+
+interface Harness {
+  deps: EngineDeps;
+  runs: ProcessSpec[];
+  log: string[];
+}
+
+/** Scripted executor: the shell command is `;`-separated `write PATH TEXT`, `echo TEXT`, `exit N`. */
+function harness(name: string): Harness {
+  const dir = join(home, name);
+  const runs: ProcessSpec[] = [];
+  const log: string[] = [];
+  let n = 0;
+  const deps: EngineDeps = {
+    executor: {
+      async run(spec) {
+        runs.push(spec);
+        const script = spec.argv[spec.argv.length - 1] ?? '';
+        for (const part of script.split(';').map((s) => s.trim())) {
+          const [cmd, ...rest] = part.split(' ');
+          if (cmd === 'write') {
+            const p = join(spec.rootfs, rest[0] as string);
+            await mkdir(dirname(p), { recursive: true });
+            await writeFile(p, rest.slice(1).join(' '));
+          } else if (cmd === 'echo') spec.onStdout?.(Buffer.from(rest.join(' ') + '\n'));
+          else if (cmd === 'exit') return { exitCode: Number(rest[0]) };
+        }
+        return { exitCode: 0 };
+      },
+    },
+    snapshotter: {
+      async prepare(): Promise<Snapshot> {
+        const upper = join(dir, 'snap', String(++n));
+        await mkdir(upper, { recursive: true });
+        return { root: upper, upper, release: async () => rm(upper, { recursive: true, force: true }) };
+      },
+    },
+    layers: new LocalLayerStore({ layersDir: join(dir, 'layers'), blobs: new BlobDir(join(dir, 'blobs')) }),
+    bases: {
+      async resolve(ref) {
+        if (ref !== 'localhost/busybox:latest' && ref !== 'busybox') {
+          throw Object.assign(new Error(`${ref}: not found`), {});
+        }
+        return { name: 'localhost/busybox:latest', digest: await base.digest(), image: base };
+      },
+    },
+    cache: new BuildCache(join(dir, 'cache')),
+    progress: {
+      start: (id, nm) => log.push(`start ${id} ${nm}`),
+      log: (id, _s, b) => log.push(`log ${id} ${b.toString().trim()}`),
+      cached: (id) => log.push(`cached ${id}`),
+      done: (id) => log.push(`done ${id}`),
+      error: (id, m) => log.push(`error ${id} ${m}`),
+      warn: (m) => log.push(`warn ${m}`),
+    },
+    copier: {
+      async checksum(req: CopyRequest, src: CopySource) {
+        const parts: string[] = [];
+        for (const s of req.sources) parts.push(s + ':' + (await readFile(join(src.dir, s), 'utf8')));
+        return sha256(parts.join('\n'));
+      },
+      async apply(req: CopyRequest, src: CopySource, root: string) {
+        for (const s of req.sources) {
+          const dest = req.dest.endsWith('/') ? join(req.dest, s) : req.dest;
+          const abs = join(root, dest.startsWith('/') ? dest : join(req.workdir, dest));
+          await mkdir(dirname(abs), { recursive: true });
+          await cp(join(src.dir, s), abs);
+        }
+      },
+    },
+    contextDir: join(dir, 'context'),
+    cacheMountsDir: join(dir, 'cache-mounts'),
+    tmpDir: join(dir, 'tmp'),
+    parseTrigger,
+  };
+  return { deps, runs, log };
+}
+
+function request(dockerfile: string, over: Partial<EngineRequest> = {}): EngineRequest {
+  const p = parseDockerfile(dockerfile);
+  return {
+    stages: p.stages,
+    metaArgs: p.globalArgs,
+    file: 'Dockerfile',
+    buildArgs: new Map(),
+    labels: {},
+    platform: hostPlatform(),
+    noCache: false,
+    pull: false,
+    network: 'host',
+    secrets: [],
+    ...over,
+  };
+}
+
+describe('engine', () => {
+  test('scratch build: config, history and layers like BuildKit', async () => {
+    const h = harness('scratch');
+    const res = await runEngine(
+      request(
+        'FROM scratch\nENV A=b C=d\nWORKDIR /app\nRUN write /app/out hello\nLABEL x=1\nEXPOSE 80 53/udp\nUSER 1000:1000\nCMD ["run", "x"]\n',
+      ),
+      h.deps,
+    );
+    const c = res.config;
+    assert.deepEqual(c.config.Env, ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'A=b', 'C=d']);
+    assert.equal(c.config.WorkingDir, '/app');
+    assert.deepEqual(c.config.Cmd, ['run', 'x']);
+    assert.equal(c.config.ArgsEscaped, true);
+    assert.equal(c.config.User, '1000:1000');
+    assert.deepEqual(c.config.ExposedPorts, { '53/udp': {}, '80/tcp': {} });
+    assert.deepEqual(
+      c.history.map((x) => [x.created_by, x.empty_layer ?? false, x.comment]),
+      [
+        ['ENV A=b C=d', true, 'buildkit.dockerfile.v0'],
+        ['WORKDIR /app', false, 'buildkit.dockerfile.v0'],
+        ['RUN /bin/sh -c write /app/out hello # buildkit', false, 'buildkit.dockerfile.v0'],
+        ['LABEL x=1', true, 'buildkit.dockerfile.v0'],
+        ['EXPOSE [53/udp 80/tcp]', true, 'buildkit.dockerfile.v0'],
+        ['USER 1000:1000', true, 'buildkit.dockerfile.v0'],
+        ['CMD ["run" "x"]', true, 'buildkit.dockerfile.v0'],
+      ],
+    );
+    assert.equal(c.rootfs.diff_ids.length, 2);
+    assert.equal(res.layers.length, 2);
+    // every history entry has a time and the config's created is the last one
+    assert.ok(c.history.every((x) => typeof x.created === 'string'));
+    assert.equal(c.created, c.history[c.history.length - 1]?.created);
+    // top-level keys sorted like BuildKit's exporter writes them
+    const raw = JSON.parse(res.rawConfig.toString()) as Record<string, unknown>;
+    assert.deepEqual(Object.keys(raw), ['architecture', 'config', 'created', 'history', 'os', 'rootfs']);
+    assert.equal(h.runs.length, 1);
+    assert.equal(h.runs[0]?.cwd, '/app');
+    assert.equal(h.runs[0]?.user, '');
+    assert.deepEqual(h.runs[0]?.argv, ['/bin/sh', '-c', 'write /app/out hello']);
+  });
+
+  test('rebuild is fully cached with the same config digest; --no-cache reruns', async () => {
+    const h = harness('cache');
+    const df = 'FROM busybox\nRUN write /a 1\nRUN echo hi; write /b 2\nCMD ["x"]\n';
+    const first = await runEngine(request(df), h.deps);
+    assert.equal(h.runs.length, 2);
+    assert.ok(
+      h.log.some((l) => l.endsWith(' hi')),
+      'RUN output is streamed',
+    );
+    h.log.length = 0;
+    const second = await runEngine(request(df), h.deps);
+    assert.equal(h.runs.length, 2, 'no RUN executed on rebuild');
+    assert.equal(h.log.filter((l) => l.startsWith('cached')).length, 2);
+    assert.equal(sha256(second.rawConfig), sha256(first.rawConfig));
+    await runEngine(request(df, { noCache: true }), h.deps);
+    assert.equal(h.runs.length, 4);
+    // changing an earlier step invalidates the later ones
+    await runEngine(request('FROM busybox\nRUN write /a 2\nRUN echo hi; write /b 2\nCMD ["x"]\n'), h.deps);
+    assert.equal(h.runs.length, 6);
+  });
+
+  test('FROM an image keeps its history and env, ENTRYPOINT resets an inherited CMD', async () => {
+    const h = harness('base');
+    const res = await runEngine(request('FROM busybox\nENTRYPOINT ["/bin/sh"]\n'), h.deps);
+    const baseCfg = await base.config();
+    assert.equal(res.config.history.length, (baseCfg.history ?? []).length + 1);
+    assert.deepEqual(res.config.history[0], baseCfg.history?.[0]);
+    assert.deepEqual(res.config.config.Env, ['PATH=/usr/bin:/bin']);
+    assert.deepEqual(res.config.config.Entrypoint, ['/bin/sh']);
+    assert.equal(res.config.config.Cmd, undefined);
+    assert.equal(res.config.history.at(-1)?.created_by, 'ENTRYPOINT ["/bin/sh"]');
+    assert.deepEqual(res.base, { name: 'localhost/busybox:latest', digest: await base.digest() });
+    assert.deepEqual(res.config.rootfs.diff_ids, baseCfg.rootfs.diff_ids);
+  });
+
+  test('build args: RUN history gets the |N prefix, --build-arg overrides, global args expand FROM', async () => {
+    const h = harness('args');
+    const df = 'ARG IMG=busybox\nFROM ${IMG}\nARG V=1\nARG W\nRUN write /v $V\n';
+    const res = await runEngine(request(df, { buildArgs: new Map([['V', '2']]) }), h.deps);
+    const runH = res.config.history.at(-1);
+    assert.equal(runH?.created_by, 'RUN |2 V=2 W= /bin/sh -c write /v $V # buildkit');
+    assert.ok(h.runs[0]?.env.includes('V=2'));
+    assert.deepEqual(
+      res.config.history.slice(-3, -1).map((x) => x.created_by),
+      ['ARG V=2', 'ARG W'],
+    );
+    assert.ok(!(res.config.config.Env ?? []).some((e) => e.startsWith('V=')), 'ARGs are not in the image env');
+  });
+
+  test('failing RUN: one line with Dockerfile:N, the command and the exit code; nothing cached', async () => {
+    const h = harness('fail');
+    const df = 'FROM busybox\nRUN write /x 1\n\nRUN exit 3\n';
+    await assert.rejects(runEngine(request(df), h.deps), (e: Error) => {
+      assert.equal(
+        e.message,
+        'Dockerfile:4: RUN exit 3: process "/bin/sh -c exit 3" did not complete successfully: exit code: 3',
+      );
+      return true;
+    });
+    const before = h.runs.length;
+    await assert.rejects(runEngine(request(df), h.deps));
+    assert.equal(h.runs.length, before + 1, 'the failed step reran, the good one was cached');
+  });
+
+  test('multi-stage: only needed stages are built, COPY --from reads the stage', async () => {
+    const h = harness('multi');
+    const df = [
+      'FROM busybox AS build',
+      'RUN write /out/app binary',
+      'FROM busybox AS unused',
+      'RUN write /nope x',
+      'FROM scratch',
+      'COPY --from=build /out/app /app',
+      'CMD ["/app"]',
+      '',
+    ].join('\n');
+    assert.deepEqual(neededStages(request(df)), [0, 2]);
+    // the fake snapshotter shows only the upper dir, so COPY --from of the build stage reads an empty dir: point
+    // the copier at the stage's layer dir instead
+    const layers = h.deps.layers;
+    h.deps.snapshotter = {
+      async prepare(lowers) {
+        const root = await mkdtemp(join(home, 'snap-'));
+        for (const l of lowers) await cp(l, root, { recursive: true, verbatimSymlinks: true });
+        return { root, upper: root, release: async () => rm(root, { recursive: true, force: true }) };
+      },
+    };
+    void layers;
+    const res = await runEngine(request(df), h.deps);
+    assert.equal(h.runs.length, 1);
+    assert.deepEqual(h.runs[0]?.argv, ['/bin/sh', '-c', 'write /out/app binary']);
+    assert.equal(res.config.history.at(-2)?.created_by, 'COPY /out/app /app # buildkit');
+    assert.equal(res.layers.length, 1);
+  });
+
+  test('--target picks a stage; unknown target is a clear error', async () => {
+    const h = harness('target');
+    const df = 'FROM busybox AS a\nRUN write /a 1\nFROM busybox AS b\nRUN write /b 1\n';
+    await runEngine(request(df, { target: 'a' }), h.deps);
+    assert.equal(h.runs.length, 1);
+    assert.deepEqual(h.runs[0]?.argv.at(-1), 'write /a 1');
+    await assert.rejects(runEngine(request(df, { target: 'c' }), h.deps), /target stage "c" could not be found/);
+  });
+
+  test('SOURCE_DATE_EPOCH: new history entries and created are the epoch, base entries untouched', async () => {
+    const h = harness('sde');
+    const res = await runEngine(
+      request('FROM busybox\nRUN write /a 1\nENV X=1\n', { sourceDateEpoch: 1700000000 }),
+      h.deps,
+    );
+    const baseN = ((await base.config()).history ?? []).length;
+    assert.equal(res.config.created, '2023-11-14T22:13:20Z');
+    for (const x of res.config.history.slice(baseN)) assert.equal(x.created, '2023-11-14T22:13:20Z');
+    assert.deepEqual(res.config.history[0], (await base.config()).history?.[0]);
+  });
+
+  test('ONBUILD: recorded in the config, triggers run in a stage built FROM it', async () => {
+    const h = harness('onbuild');
+    const df = 'FROM busybox AS parent\nONBUILD RUN write /triggered yes\nFROM parent\nRUN write /after 1\n';
+    const res = await runEngine(request(df), h.deps);
+    assert.deepEqual(
+      h.runs.map((r) => r.argv.at(-1)),
+      ['write /triggered yes', 'write /after 1'],
+    );
+    assert.equal(res.config.config.OnBuild, undefined);
+    const parentOnly = await runEngine(request(df, { target: 'parent' }), harness('onbuild2').deps);
+    assert.deepEqual(parentOnly.config.config.OnBuild, ['RUN write /triggered yes']);
+  });
+
+  test('missing base image: one line naming the FROM line', async () => {
+    const h = harness('missing');
+    await assert.rejects(runEngine(request('FROM nothere:1\n'), h.deps), /^KilnError: Dockerfile:1: FROM nothere:1: /);
+  });
+
+  test('secrets are mounted, never in history or cache key material', async () => {
+    const h = harness('secret');
+    const file = join(home, 'secret.txt');
+    await writeFile(file, 's3cr3t');
+    const res = await runEngine(
+      request('FROM busybox\nRUN --mount=type=secret,id=tok,env=TOKEN echo using\n', {
+        secrets: [{ id: 'tok', src: file }],
+      }),
+      h.deps,
+    );
+    const spec = h.runs[0];
+    assert.ok(spec?.env.includes('TOKEN=s3cr3t'));
+    assert.ok(!JSON.stringify(res.config).includes('s3cr3t'));
+    assert.equal(res.config.history.at(-1)?.created_by, 'RUN /bin/sh -c echo using # buildkit');
+  });
+});

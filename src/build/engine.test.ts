@@ -312,7 +312,20 @@ describe('engine', () => {
       h.deps,
     );
     const spec = h.runs[0];
-    assert.ok(spec?.env.includes('TOKEN=s3cr3t'));
+    assert.deepEqual(spec?.mounts, [
+      {
+        type: 'secret',
+        id: 'tok',
+        source: file,
+        target: '',
+        readonly: true,
+        mode: 0o400,
+        uid: 0,
+        gid: 0,
+        env: 'TOKEN',
+      },
+    ]);
+    assert.ok(!spec?.env.some((e) => e.includes('s3cr3t')));
     assert.ok(!JSON.stringify(res.config).includes('s3cr3t'));
     assert.equal(res.config.history.at(-1)?.created_by, 'RUN /bin/sh -c echo using # buildkit');
   });

@@ -9,7 +9,7 @@
  * The engine only talks to the ports in ./ports.ts, so the same logic runs with the local namespace sandbox, a
  * Kubernetes executor or test doubles.
  */
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { createHash } from 'node:crypto';
 import { KilnError, errorMessage } from '../errors.js';
@@ -618,6 +618,7 @@ class Engine {
     try {
       await work(snap, id);
       this.checkAbort();
+      if (snap.unmount) await snap.unmount();
       const committed = await this.deps.layers.commit(snap.upper, this.sdeOpts());
       const created = this.epoch ?? goTime(new Date());
       entry = {
@@ -821,7 +822,6 @@ class Engine {
     try {
       await this.layerStep(st, display, key, history, true, async (snap, id) => {
         const runMounts: RunMount[] = [];
-        const secretEnv: string[] = [];
         for (const m of mounts) {
           if (m.type === 'secret') {
             const sid = m.id || posix.basename(m.target || '');
@@ -837,36 +837,35 @@ class Engine {
               }
               continue;
             }
-            const file = await this.secretFile(spec, c);
-            if (m.env !== undefined) secretEnv.push(`${m.env}=${await readFile(file, 'utf8')}`);
-            if (m.env === undefined || m.target) {
-              runMounts.push({
-                type: 'secret',
-                source: file,
-                target: m.target || `/run/secrets/${sid}`,
-                readonly: true,
-                mode: m.mode ?? 0o400,
-                uid: m.uid ?? 0,
-                gid: m.gid ?? 0,
-              });
-            }
+            const secret: RunMount = {
+              type: 'secret',
+              id: sid,
+              source: await this.secretFile(spec, c),
+              target: m.target || (m.env !== undefined ? '' : `/run/secrets/${sid}`),
+              readonly: true,
+              mode: m.mode ?? 0o400,
+              uid: m.uid ?? 0,
+              gid: m.gid ?? 0,
+            };
+            if (m.env !== undefined) secret.env = m.env;
+            runMounts.push(secret);
           } else if (m.type === 'cache') {
             const cid = m.id || m.target;
             const dir = join(this.deps.cacheMountsDir, createHash('sha256').update(cid).digest('hex'));
             await mkdir(dir, { recursive: true });
-            runMounts.push({ type: 'cache', source: dir, target: m.target, readonly: m.readonly });
+            runMounts.push({ type: 'cache', id: cid, source: dir, target: m.target, readonly: m.readonly });
           } else if (m.type === 'tmpfs') {
             runMounts.push({ type: 'tmpfs', target: m.target });
           } else if (m.type === 'bind') {
             const { src, release } = await this.sourceFor(st, m.from, c);
             releases.push(release);
             const rel = posix.normalize('/' + (m.source || '/'));
-            runMounts.push({ type: 'bind', source: join(src.dir, rel), target: m.target, readonly: true });
+            runMounts.push({ type: 'bind', source: join(src.dir, rel), target: m.target, readonly: m.readonly });
           } else {
             throw this.fail(c, 'UNSUPPORTED', `RUN --mount=type=${m.type} is not supported`);
           }
         }
-        const envWithSecrets = [...env, ...secretEnv];
+        const envWithSecrets = env;
         let result;
         try {
           const spec: ProcessSpec = {

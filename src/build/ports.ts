@@ -17,6 +17,10 @@ export interface RunMount {
   mode?: number;
   uid?: number;
   gid?: number;
+  /** secret: also (or, without target, only) expose the value as this environment variable. */
+  env?: string;
+  /** secret id / cache id (for messages and cache sharing). */
+  id?: string;
 }
 
 /** One process to run in a prepared root filesystem. */
@@ -57,6 +61,11 @@ export interface Snapshot {
   readonly root: string;
   /** The upper dir: after the step it IS the layer diff (overlay format). */
   readonly upper: string;
+  /**
+   * Finish the step's writes so `upper` is a complete overlay-format diff (unmount the overlay, or compute the
+   * diff for a copying snapshotter). Called before LayerStore.commit; idempotent.
+   */
+  unmount?(): Promise<void>;
   /** Unmount and remove the work dir (and the upper dir unless it was taken by LayerStore.commit). */
   release(): Promise<void>;
 }

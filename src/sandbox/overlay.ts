@@ -1,0 +1,190 @@
+/**
+ * Snapshotters: a writable root filesystem for one build step on top of read-only layer dirs.
+ *
+ * - `OverlaySnapshotter`: overlay(lower = the layer dirs, upper = fresh dir, work = fresh dir) mounted with
+ *   `userxattr` (works in a user namespace; opaque dirs are `user.overlay.opaque=y`). After the step the upper dir
+ *   IS the diff in overlay format (whiteouts are 0/0 char devices).
+ * - `CopySnapshotter` (copy.ts): the fallback when overlay is unavailable.
+ *
+ * `prepare(lowers)` takes the layer dirs **bottom-most first** (image layer order, as src/build/ports.ts);
+ * overlay's own `lowerdir=` wants topmost first, which `overlayMountOptions` takes care of. The kernel limits the
+ * mount option string to one page: when the absolute paths do not fit, the mount runs with its cwd in the snapshot
+ * dir and each lower is named by a short relative symlink (`l/0`, `l/1`, ...), which overlay resolves at mount time.
+ *
+ * Selection: `KILN_SNAPSHOTTER=overlay|copy`, else overlay when a probe mount succeeds, else copy.
+ */
+import { mkdir, rm, symlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Snapshot, Snapshotter } from '../build/ports.js';
+import { KilnError } from '../errors.js';
+import { defaultKilnHome, kilnTempDir } from './paths.js';
+import { mount, unmount } from './mount.js';
+
+/** Overlay's maximum number of lower layers (OVL_MAX_STACK). */
+export const OVERLAY_MAX_LOWERS = 500;
+/** mount(2) copies at most one page of options, including the trailing NUL. */
+const MAX_OPTIONS = 4095;
+
+/** A prepared step root filesystem. Satisfies the engine's `Snapshot` port plus task-level aliases. */
+export interface SandboxSnapshot extends Snapshot {
+  readonly kind: 'overlay' | 'copy';
+  /** Same as `upper`. */
+  readonly upperDir: string;
+  /**
+   * Finish the step's writes so `upper` is a complete overlay-format diff: unmounts the overlay (overlay) or
+   * computes the diff from the stat index (copy). Idempotent; `release()` calls it when needed.
+   */
+  unmount(): Promise<void>;
+  /** Same as `release()`. */
+  cleanup(): Promise<void>;
+}
+
+export interface SandboxSnapshotter extends Snapshotter {
+  readonly kind: 'overlay' | 'copy';
+  prepare(lowers: string[]): Promise<SandboxSnapshot>;
+}
+
+export interface SnapshotterOptions {
+  /** Defaults to `$KILN_HOME` (snapshots go to `<kilnHome>/tmp/snap-*`, on the layer store's filesystem). */
+  kilnHome?: string;
+}
+
+/**
+ * The overlay mount options for `lowers` (bottom-most first). Returns `{options, links}`: when `links` is set,
+ * the caller must create those symlinks (name → target, relative to `cwd`) and mount with that cwd.
+ */
+export function overlayMountOptions(
+  lowers: string[],
+  upper: string,
+  work: string,
+  cwd: string,
+): { options: string; links?: { name: string; target: string }[] } {
+  if (lowers.length === 0) throw new KilnError('OVERLAY_NO_LOWER', 'overlay needs at least one lower dir');
+  if (lowers.length > OVERLAY_MAX_LOWERS) {
+    throw new KilnError('TOO_MANY_LAYERS', `${lowers.length} layers exceed overlay's limit of ${OVERLAY_MAX_LOWERS}`, {
+      hint: 'squash the base image or merge RUN steps',
+    });
+  }
+  for (const p of [...lowers, upper, work]) {
+    if (/[,:\\]/.test(p)) {
+      throw new KilnError('OVERLAY_BAD_PATH', `path not usable in overlay options: ${p}`, {
+        hint: 'set KILN_HOME to a path without ",", ":" or "\\"',
+      });
+    }
+  }
+  const topFirst = [...lowers].reverse();
+  const full = `lowerdir=${topFirst.join(':')},upperdir=${upper},workdir=${work},userxattr`;
+  if (full.length <= MAX_OPTIONS) return { options: full };
+  const rel = (p: string) => (p.startsWith(cwd + '/') ? p.slice(cwd.length + 1) : p);
+  const links = topFirst.map((target, i) => ({ name: `l/${i.toString(36)}`, target }));
+  const options = `lowerdir=${links.map((l) => l.name).join(':')},upperdir=${rel(upper)},workdir=${rel(work)},userxattr`;
+  if (options.length > MAX_OPTIONS) throw new KilnError('TOO_MANY_LAYERS', `too many layers for one overlay mount`);
+  return { options, links };
+}
+
+/** Mount overlay(lowers bottom-most first, upper, work) on `target`. `scratch` holds short links when needed. */
+export async function mountOverlay(
+  lowers: string[],
+  upper: string,
+  work: string,
+  target: string,
+  scratch: string,
+): Promise<void> {
+  const { options, links } = overlayMountOptions(lowers, upper, work, scratch);
+  if (links) {
+    await mkdir(join(scratch, 'l'), { recursive: true });
+    for (const l of links) await symlink(l.target, join(scratch, l.name));
+  }
+  try {
+    await mount('overlay', target, 'overlay', options, scratch);
+  } catch (e) {
+    throw new KilnError('OVERLAY_MOUNT_FAILED', `cannot mount overlay: ${(e as Error).message}`, {
+      cause: e,
+      hint: 'overlay with userxattr needs Linux >= 5.11; set KILN_SNAPSHOTTER=copy to build without overlay',
+    });
+  } finally {
+    if (links) await rm(join(scratch, 'l'), { recursive: true, force: true });
+  }
+}
+
+export class OverlaySnapshotter implements SandboxSnapshotter {
+  readonly kind = 'overlay' as const;
+  private readonly kilnHome: string;
+
+  constructor(opts: SnapshotterOptions = {}) {
+    this.kilnHome = opts.kilnHome ?? defaultKilnHome();
+  }
+
+  async prepare(lowers: string[]): Promise<SandboxSnapshot> {
+    const dir = await kilnTempDir(this.kilnHome, 'snap-');
+    const upper = join(dir, 'upper');
+    const work = join(dir, 'work');
+    const root = join(dir, 'merged');
+    try {
+      await Promise.all([mkdir(upper, { mode: 0o755 }), mkdir(work, { mode: 0o700 }), mkdir(root, { mode: 0o755 })]);
+      let effective = lowers;
+      if (effective.length === 0) {
+        const empty = join(dir, 'empty');
+        await mkdir(empty, { mode: 0o755 });
+        effective = [empty];
+      }
+      await mountOverlay(effective, upper, work, root, dir);
+    } catch (e) {
+      await rm(dir, { recursive: true, force: true });
+      throw e;
+    }
+    let mounted = true;
+    let released = false;
+    const doUnmount = async () => {
+      if (!mounted) return;
+      await unmount(root);
+      mounted = false;
+    };
+    const release = async () => {
+      if (released) return;
+      await doUnmount();
+      await rm(dir, { recursive: true, force: true });
+      released = true;
+    };
+    return { kind: 'overlay', root, upper, upperDir: upper, unmount: doUnmount, release, cleanup: release };
+  }
+}
+
+let overlayProbe: Promise<boolean> | undefined;
+
+/** Whether an overlay mount with userxattr works here (probed once per process, under `kilnHome`). */
+export function overlaySupported(kilnHome: string = defaultKilnHome()): Promise<boolean> {
+  overlayProbe ??= (async () => {
+    let dir: string | undefined;
+    try {
+      dir = await kilnTempDir(kilnHome, 'probe-');
+      const lower = join(dir, 'lower');
+      await mkdir(lower);
+      await writeFile(join(lower, 'f'), 'x');
+      const snap = await new OverlaySnapshotter({ kilnHome }).prepare([lower]);
+      await snap.release();
+      return true;
+    } catch {
+      return false;
+    } finally {
+      if (dir) await rm(dir, { recursive: true, force: true });
+    }
+  })();
+  return overlayProbe;
+}
+
+/**
+ * The snapshotter to use: `KILN_SNAPSHOTTER=overlay|copy` forces one; otherwise overlay when it works here, else
+ * the copy fallback.
+ */
+export async function chooseSnapshotter(opts: SnapshotterOptions = {}): Promise<SandboxSnapshotter> {
+  const kilnHome = opts.kilnHome ?? defaultKilnHome();
+  const forced = process.env.KILN_SNAPSHOTTER;
+  const { CopySnapshotter } = await import('./copy.js');
+  if (forced === 'copy') return new CopySnapshotter({ kilnHome });
+  if (forced === 'overlay') return new OverlaySnapshotter({ kilnHome });
+  if (forced) {
+    throw new KilnError('BAD_SNAPSHOTTER', `unknown KILN_SNAPSHOTTER=${forced}`, { hint: 'use overlay or copy' });
+  }
+  return (await overlaySupported(kilnHome)) ? new OverlaySnapshotter({ kilnHome }) : new CopySnapshotter({ kilnHome });
+}

@@ -1,0 +1,633 @@
+/**
+ * RUN sandbox: runs one command in an already prepared (merged) root filesystem, BuildKit-style, with host
+ * tools only:
+ *
+ *   unshare --mount --pid --fork --ipc --uts [--net] --propagation private --kill-child=SIGKILL
+ *     └ /bin/sh  (stage 1, host view: bind the rootfs on itself, fresh /proc, minimal /dev (tmpfs + host device
+ *       binds + devpts + shm), /sys, read-only /etc/hosts, /etc/resolv.conf, /etc/hostname, RUN --mount mounts,
+ *       `lo` up for --network none)
+ *       └ exec perl (PERL_INIT, still pid 1: pivot_root, hostname, capability bounding set, user/groups, cwd,
+ *         exact env, exec of the argv — so the command itself is pid 1, as in BuildKit)
+ *
+ * Mount points that did not exist in the rootfs are created as stubs before the step and removed after it (empty
+ * dirs / empty files only, parent timestamps restored — BuildKit's MountStubsCleaner), so they never reach the
+ * layer. The working dir is created (0755, root) when missing and kept, as BuildKit does.
+ *
+ * Must run as root in the current user namespace: real root, or inside the build namespace (userns.ts).
+ * Aborting kills pid 1 of the step's pid namespace with SIGKILL, which kills every process in it; the mount
+ * namespace dies with it, so no mount is left behind.
+ */
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { chown, lstat, rmdir, mkdir, readFile, readdir, rm, stat, utimes, writeFile, chmod } from 'node:fs/promises';
+import { dirname, join, posix } from 'node:path';
+import type { ProcessResult, ProcessSpec, RunMount, Executor } from '../build/ports.js';
+import { secureJoin } from '../build/rootfs.js';
+import { KilnError } from '../errors.js';
+import { DEFAULT_CAPS, PERL_INIT, SYSCALLS } from './init-script.js';
+import { defaultKilnHome, kilnTempDir } from './paths.js';
+import { resolveExecUser } from './user.js';
+import { overlaySupported } from './overlay.js';
+
+/** BuildKit's default PATH (added when the env has none). */
+export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+export const DEFAULT_HOSTNAME = 'buildkitsandbox';
+
+/** A `RUN --mount`: the engine's RunMount plus the options only the sandbox interprets. */
+export interface SandboxMount extends Omit<RunMount, 'type'> {
+  type: RunMount['type'] | 'ssh';
+  /** cache: the cache id (default: the target); secret: the secret id. */
+  id?: string;
+  /** cache: shared (default) | private | locked. */
+  sharing?: 'shared' | 'private' | 'locked';
+  /** tmpfs: size in bytes. */
+  size?: number;
+  /** secret: expose as this env variable instead of (or in addition to, when target is set) a file. */
+  env?: string;
+  /** secret: fail when the source is missing (default false: the mount is skipped). */
+  required?: boolean;
+}
+
+export interface RunProcessOptions extends Omit<ProcessSpec, 'mounts' | 'network' | 'cwd' | 'user'> {
+  mounts?: SandboxMount[];
+  network?: 'host' | 'none';
+  /** Default "/". */
+  cwd?: string;
+  /** Default "" (root). */
+  user?: string;
+  /** `$KILN_HOME` (cache mounts, temp state); default `defaultKilnHome()`. */
+  kilnHome?: string;
+}
+
+export interface RunProcessResult extends ProcessResult {
+  /** null when killed by a signal (then `signal` is set). */
+  exitCode: number;
+  signal?: string;
+}
+
+function q(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+/** Host /etc/resolv.conf adapted for the sandbox like BuildKit: loopback resolvers only work with host network. */
+export function sandboxResolvConf(hostText: string, network: 'host' | 'none'): string {
+  const ns: string[] = [];
+  const search: string[] = [];
+  const options: string[] = [];
+  const other: string[] = [];
+  for (const raw of hostText.split('\n')) {
+    const line = raw.trim();
+    if (!line || line.startsWith('#') || line.startsWith(';')) continue;
+    const [key, ...rest] = line.split(/\s+/);
+    if (key === 'nameserver' && rest[0]) ns.push(rest[0].replace(/%.*$/, (m) => m));
+    else if (key === 'search' || key === 'domain') search.splice(0, search.length, ...rest);
+    else if (key === 'options') options.push(...rest);
+    else other.push(line);
+  }
+  const isLoopback = (a: string) => /^127\./.test(a) || a === '::1' || a === '0:0:0:0:0:0:0:1';
+  let servers = ns;
+  if (network !== 'host' || servers.length === 0) {
+    servers = servers.filter((a) => !isLoopback(a));
+    if (servers.length === 0) servers = ['8.8.8.8', '8.8.4.4', '2001:4860:4860::8888', '2001:4860:4860::8844'];
+  }
+  let out = servers.map((s) => `nameserver ${s}\n`).join('');
+  if (search.length) out += `search ${search.join(' ')}\n`;
+  if (options.length) out += `options ${options.join(' ')}\n`;
+  for (const o of other) out += o + '\n';
+  return out;
+}
+
+export function sandboxHosts(hostname: string): string {
+  return `127.0.0.1\tlocalhost ${hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n`;
+}
+
+/** The env passed to the command: as given, plus PATH when absent (BuildKit) and HOME when absent (runc). */
+export function sandboxEnv(env: string[], home: string): string[] {
+  const out = [...env];
+  const has = (k: string) => out.some((e) => e === k || e.startsWith(k + '='));
+  if (!has('PATH')) out.push(`PATH=${DEFAULT_PATH}`);
+  if (!has('HOME')) out.push(`HOME=${home}`);
+  return out;
+}
+
+// ---- cache mount bookkeeping (in-process; one kiln process per build) ----
+
+const cacheUsers = new Map<string, number>();
+const cacheWaiters = new Map<string, (() => void)[]>();
+
+function cacheKey(id: string): string {
+  return createHash('sha256').update(id).digest('hex').slice(0, 32);
+}
+
+async function acquireCache(kilnHome: string, m: SandboxMount): Promise<{ dir: string; release: () => void }> {
+  const id = m.id || m.target;
+  const base = cacheKey(id);
+  const sharing = m.sharing ?? 'shared';
+  let name = base;
+  if (sharing === 'private') {
+    for (let i = 0; (cacheUsers.get(name) ?? 0) > 0; i++) name = `${base}-${i + 1}`;
+  } else if (sharing === 'locked') {
+    while ((cacheUsers.get(name) ?? 0) > 0) {
+      await new Promise<void>((resolve) => {
+        const list = cacheWaiters.get(name) ?? [];
+        list.push(resolve);
+        cacheWaiters.set(name, list);
+      });
+    }
+  }
+  cacheUsers.set(name, (cacheUsers.get(name) ?? 0) + 1);
+  const release = () => {
+    const n = (cacheUsers.get(name) ?? 1) - 1;
+    if (n <= 0) cacheUsers.delete(name);
+    else cacheUsers.set(name, n);
+    const next = cacheWaiters.get(name)?.shift();
+    if (next) next();
+  };
+  try {
+    const parent = join(kilnHome, 'cache-mounts');
+    await mkdir(parent, { recursive: true, mode: 0o700 });
+    const dir = join(parent, name);
+    try {
+      await mkdir(dir, { mode: m.mode ?? 0o755 });
+      await chmod(dir, m.mode ?? 0o755);
+      await chown(dir, m.uid ?? 0, m.gid ?? 0);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    }
+    return { dir, release };
+  } catch (e) {
+    release();
+    throw e;
+  }
+}
+
+// ---- mount stubs ----
+
+interface Stub {
+  /** Host path of a created stub (a dir or an empty file). */
+  path: string;
+}
+
+/**
+ * Make sure container path `target` exists in `root` (resolved without leaving it) as a dir or a file; records
+ * each created component. Returns the resolved host path.
+ */
+async function ensureTarget(root: string, target: string, kind: 'dir' | 'file', stubs: Stub[]): Promise<string> {
+  const parts = posix
+    .normalize('/' + target)
+    .split('/')
+    .filter(Boolean);
+  let host = root;
+  for (let i = 0; i < parts.length; i++) {
+    const last = i === parts.length - 1;
+    host = await secureJoin(root, '/' + parts.slice(0, i + 1).join('/'));
+    let st;
+    try {
+      st = await stat(host);
+    } catch {
+      st = undefined;
+    }
+    if (st) {
+      if (!last && !st.isDirectory()) {
+        throw new KilnError(
+          'MOUNT_TARGET_INVALID',
+          `mount target ${target}: /${parts.slice(0, i + 1).join('/')} is not a directory`,
+        );
+      }
+      continue;
+    }
+    if (last && kind === 'file') await writeFile(host, '', { mode: 0o644, flag: 'wx' });
+    else await mkdir(host, { mode: 0o755 });
+    stubs.push({ path: host });
+  }
+  return host;
+}
+
+/** Remove stubs that are still empty, innermost first, restoring the parent dir's timestamps (BuildKit). */
+async function removeStubs(root: string, stubs: Stub[]): Promise<void> {
+  for (const { path } of [...stubs].reverse()) {
+    try {
+      const rel = path.slice(root.length) || '/';
+      if ((await secureJoin(root, rel)) !== path) continue;
+      const st = await lstat(path);
+      if (st.isDirectory()) {
+        if ((await readdir(path)).length !== 0) continue;
+      } else if (st.size !== 0) continue;
+      const parent = dirname(path);
+      const pst = await stat(parent);
+      if (st.isDirectory()) await rmdir(path);
+      else await rm(path, { force: true });
+      await utimes(parent, pst.atime, pst.mtime);
+    } catch {
+      // best effort, like BuildKit
+    }
+  }
+}
+
+// ---- the runner ----
+
+interface PreparedMount {
+  /** Lines of the stage-1 script. */
+  script: string[];
+  release?: () => void | Promise<void>;
+}
+
+function killTree(pid: number | undefined): void {
+  if (pid === undefined) return;
+  // Kill pid 1 of the step's pid namespace (the child of unshare): the kernel then kills every process in it.
+  try {
+    const kids = readFileSyncSafe(`/proc/${pid}/task/${pid}/children`);
+    for (const k of kids.split(/\s+/).filter(Boolean)) {
+      try {
+        process.kill(Number(k), 'SIGKILL');
+      } catch {
+        // gone
+      }
+    }
+  } catch {
+    // no children yet
+  }
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    // gone
+  }
+}
+
+function readFileSyncSafe(p: string): string {
+  try {
+    return readFileSync(p, 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+/** Run `opts.argv` in `opts.rootfs` (see the module comment). Resolves when the process exited. */
+export async function runProcess(opts: RunProcessOptions): Promise<RunProcessResult> {
+  if (process.getuid?.() !== 0) {
+    throw new KilnError('SANDBOX_NOT_ROOT', 'RUN needs to run as root or inside the build user namespace', {
+      hint: 'call enterBuildNamespace() / runInBuildNamespace() first',
+    });
+  }
+  if (opts.argv.length === 0) throw new KilnError('RUN_EMPTY', 'RUN has no command');
+  const sys = SYSCALLS[process.arch];
+  if (!sys) throw new KilnError('SANDBOX_UNSUPPORTED_ARCH', `RUN is not supported on ${process.arch}`);
+  opts.signal?.throwIfAborted();
+  const kilnHome = opts.kilnHome ?? defaultKilnHome();
+  const root = opts.rootfs;
+  const network = opts.network ?? 'host';
+  const hostname = opts.hostname ?? DEFAULT_HOSTNAME;
+  const cwd = posix.normalize('/' + (opts.cwd ?? '/'));
+  for (const m of opts.mounts ?? []) {
+    if (m.type === 'ssh') {
+      throw new KilnError('RUN_MOUNT_SSH_UNSUPPORTED', 'RUN --mount=type=ssh is not supported yet', {
+        hint: 'use a secret mount (RUN --mount=type=secret) for credentials',
+      });
+    }
+  }
+
+  const user = await resolveExecUser(root, opts.user ?? '');
+  const env = sandboxEnv(opts.env, user.home);
+  const state = await kilnTempDir(kilnHome, 'run-');
+  const stubs: Stub[] = [];
+  const releases: (() => void | Promise<void>)[] = [];
+  try {
+    // The working dir: created (root, 0755) when missing and kept in the layer, like BuildKit.
+    await ensureTarget(root, cwd, 'dir', []);
+
+    const hostResolv = await readFile('/etc/resolv.conf', 'utf8').catch(() => '');
+    await writeFile(join(state, 'hosts'), sandboxHosts(hostname), { mode: 0o644 });
+    await writeFile(join(state, 'resolv.conf'), sandboxResolvConf(hostResolv, network), { mode: 0o644 });
+    await writeFile(join(state, 'hostname'), hostname + '\n', { mode: 0o644 });
+
+    const R = root;
+    const lines: string[] = [
+      'set -u',
+      'die() { echo "$*" >&3; exit 125; }',
+      // mount -o remount,bind,ro keeping the flags a user namespace may not clear (nosuid/nodev/noexec).
+      'robind() { mount --no-canonicalize -o remount,bind,ro "$1" 2>/dev/null || mount --no-canonicalize -o remount,bind,ro,nosuid,nodev "$1" 2>/dev/null || mount --no-canonicalize -o remount,bind,ro,nosuid,nodev,noexec "$1" || die "cannot make $1 read-only"; }',
+      `mount --no-canonicalize --bind ${q(R)} ${q(R)} || die "cannot bind the rootfs"`,
+    ];
+    const procDir = await ensureTarget(root, '/proc', 'dir', stubs);
+    const devDir = await ensureTarget(root, '/dev', 'dir', stubs);
+    const sysDir = await ensureTarget(root, '/sys', 'dir', stubs);
+    lines.push(
+      `mount --no-canonicalize -t proc -o nosuid,nodev,noexec proc ${q(procDir)} || mount --no-canonicalize --rbind /proc ${q(procDir)} || die "cannot mount /proc"`,
+      `mount --no-canonicalize -t tmpfs -o nosuid,strictatime,mode=755,size=65536k tmpfs ${q(devDir)} || die "cannot mount /dev"`,
+    );
+    for (const d of ['null', 'zero', 'full', 'random', 'urandom', 'tty']) {
+      const t = q(`${devDir}/${d}`);
+      lines.push(`: > ${t} && mount --no-canonicalize --bind /dev/${d} ${t} || die "cannot bind /dev/${d}"`);
+    }
+    lines.push(
+      `mkdir -m 755 ${q(devDir + '/pts')} ${q(devDir + '/shm')} ${q(devDir + '/mqueue')}`,
+      `mount --no-canonicalize -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5,nosuid,noexec devpts ${q(devDir + '/pts')} || mount --no-canonicalize -t devpts -o newinstance,ptmxmode=0666,mode=0620,nosuid,noexec devpts ${q(devDir + '/pts')} || die "cannot mount /dev/pts"`,
+      `mount --no-canonicalize -t tmpfs -o nosuid,nodev,noexec,mode=1777,size=65536k shm ${q(devDir + '/shm')} || die "cannot mount /dev/shm"`,
+      `mount --no-canonicalize -t mqueue -o nosuid,nodev,noexec mqueue ${q(devDir + '/mqueue')} 2>/dev/null || rmdir ${q(devDir + '/mqueue')}`,
+      `ln -s pts/ptmx ${q(devDir + '/ptmx')}; ln -s /proc/self/fd ${q(devDir + '/fd')}`,
+      `ln -s /proc/self/fd/0 ${q(devDir + '/stdin')}; ln -s /proc/self/fd/1 ${q(devDir + '/stdout')}; ln -s /proc/self/fd/2 ${q(devDir + '/stderr')}`,
+      `mount --no-canonicalize -t sysfs -o ro,nosuid,nodev,noexec sysfs ${q(sysDir)} 2>/dev/null || { mount --no-canonicalize --rbind /sys ${q(sysDir)} && robind ${q(sysDir)}; } || die "cannot mount /sys"`,
+    );
+    for (const f of ['hosts', 'resolv.conf', 'hostname']) {
+      const t = await ensureTarget(root, `/etc/${f}`, 'file', stubs);
+      lines.push(
+        `mount --no-canonicalize --bind ${q(join(state, f))} ${q(t)} || die "cannot bind /etc/${f}"`,
+        `robind ${q(t)}`,
+      );
+    }
+    if (network === 'none') {
+      lines.push('ip link set lo up 2>/dev/null || busybox ip link set lo up 2>/dev/null || die "cannot bring up lo"');
+    }
+
+    // RUN --mount mounts, parents first (BuildKit sorts by target).
+    const secretEnv: [string, string][] = [];
+    const userMounts = [...(opts.mounts ?? [])].sort((a, b) =>
+      posix.normalize(a.target).localeCompare(posix.normalize(b.target)),
+    );
+    let n = 0;
+    for (const m of userMounts) {
+      const pm = await prepareMount(m, { root, state, kilnHome, stubs, index: n++, secretEnv, all: userMounts });
+      if (!pm) continue;
+      lines.push(...pm.script);
+      if (pm.release) releases.push(pm.release);
+    }
+
+    // The spec for PERL_INIT.
+    const fields = [
+      R,
+      cwd,
+      String(user.uid),
+      String(user.gid),
+      user.additionalGids.join(','),
+      hostname,
+      String(env.length),
+      ...env,
+      String(secretEnv.length),
+      ...secretEnv.flat(),
+      String(opts.argv.length),
+      ...opts.argv,
+    ];
+    for (const f of fields) {
+      if (f.includes('\0')) throw new KilnError('RUN_BAD_ARG', 'RUN arguments and env must not contain NUL bytes');
+    }
+    const specPath = join(state, 'spec');
+    await writeFile(specPath, fields.join('\0'), { mode: 0o600 });
+    const lastCap = Number((await readFile('/proc/sys/kernel/cap_last_cap', 'utf8').catch(() => '40')).trim()) || 40;
+    const perlArgs = [
+      specPath,
+      sys.pivotRoot,
+      sys.umount2,
+      sys.setgroups,
+      sys.setresgid,
+      sys.setresuid,
+      sys.sethostname,
+      sys.prctl,
+      DEFAULT_CAPS.join(','),
+      lastCap,
+    ].map((x) => q(String(x)));
+    lines.push(`exec perl -e ${q(PERL_INIT)} ${perlArgs.join(' ')}`);
+
+    const unshareArgs = [
+      '--mount',
+      '--pid',
+      '--fork',
+      '--ipc',
+      '--uts',
+      '--propagation',
+      'private',
+      '--kill-child=SIGKILL',
+    ];
+    if (network === 'none') unshareArgs.push('--net');
+    return await spawnSandbox(unshareArgs, lines.join('\n'), opts);
+  } finally {
+    for (const r of releases) await r();
+    await removeStubs(root, stubs);
+    await rm(state, { recursive: true, force: true });
+  }
+}
+
+async function spawnSandbox(unshareArgs: string[], script: string, opts: RunProcessOptions): Promise<RunProcessResult> {
+  const child = spawn('unshare', [...unshareArgs, '--', '/bin/sh', '-c', script, 'kiln-sandbox'], {
+    stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
+    env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C' },
+  });
+  child.stdout?.on('data', (d: Buffer) => opts.onStdout?.(d));
+  child.stderr?.on('data', (d: Buffer) => opts.onStderr?.(d));
+  let setupError = '';
+  (child.stdio[3] as NodeJS.ReadableStream).on('data', (d: Buffer) => (setupError += d.toString()));
+  let aborted = false;
+  const onAbort = () => {
+    aborted = true;
+    killTree(child.pid);
+  };
+  opts.signal?.addEventListener('abort', onAbort, { once: true });
+  if (opts.signal?.aborted) onAbort();
+  try {
+    const [code, sig] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve, reject) => {
+      child.on('error', (e) =>
+        reject(
+          new KilnError('SANDBOX_START_FAILED', `cannot start the RUN sandbox: ${e.message}`, {
+            hint: 'apt-get install util-linux',
+          }),
+        ),
+      );
+      child.on('close', (c, s) => resolve([c, s]));
+    });
+    if (aborted) {
+      throw new KilnError('RUN_ABORTED', 'RUN was aborted', { cause: opts.signal?.reason });
+    }
+    if (setupError) {
+      const msg = setupError.trim();
+      if (code === 127 && msg.startsWith('exec:')) {
+        throw new KilnError('RUN_EXEC_FAILED', msg);
+      }
+      throw new KilnError('SANDBOX_SETUP_FAILED', `RUN sandbox setup failed: ${msg}`);
+    }
+    if (sig) return { exitCode: -1, signal: sig };
+    return { exitCode: code ?? -1 };
+  } finally {
+    opts.signal?.removeEventListener('abort', onAbort);
+  }
+}
+
+interface MountContext {
+  root: string;
+  state: string;
+  kilnHome: string;
+  stubs: Stub[];
+  index: number;
+  secretEnv: [string, string][];
+  all: SandboxMount[];
+}
+
+/** Resolve a mount target: in the rootfs, or inside an earlier tmpfs/cache mount that contains it. */
+async function targetFor(
+  m: SandboxMount,
+  kind: 'dir' | 'file',
+  ctx: MountContext,
+  hostOf: Map<SandboxMount, string>,
+): Promise<{ path: string; pre: string[] }> {
+  const target = posix.normalize('/' + m.target);
+  let parent: SandboxMount | undefined;
+  for (const o of ctx.all) {
+    if (o === m) break;
+    const ot = posix.normalize('/' + o.target);
+    if (ot !== target && target.startsWith(ot === '/' ? '/' : ot + '/') && hostOf.has(o)) {
+      if (!parent || ot.length > posix.normalize('/' + parent.target).length) parent = o;
+    }
+  }
+  if (!parent) return { path: await ensureTarget(ctx.root, target, kind, ctx.stubs), pre: [] };
+  const ptarget = posix.normalize('/' + parent.target);
+  const rel = target.slice(ptarget === '/' ? 1 : ptarget.length + 1);
+  if (parent.type === 'cache') {
+    const base = hostOf.get(parent) as string;
+    return { path: await ensureTarget(base, '/' + rel, kind, []), pre: [] };
+  }
+  if (parent.type === 'tmpfs') {
+    const path = join(hostOf.get(parent) as string, rel);
+    const mk = kind === 'dir' ? `mkdir -p ${q(path)}` : `mkdir -p ${q(dirname(path))} && : > ${q(path)}`;
+    return { path, pre: [`${mk} || die "cannot create mount point ${target}"`] };
+  }
+  throw new KilnError('RUN_MOUNT_NESTED', `mount target ${target} is inside the ${parent.type} mount at ${ptarget}`, {
+    hint: 'nesting is supported under tmpfs and cache mounts only',
+  });
+}
+
+const hostPaths = new WeakMap<MountContext, Map<SandboxMount, string>>();
+
+async function prepareMount(m: SandboxMount, ctx: MountContext): Promise<PreparedMount | undefined> {
+  let hostOf = hostPaths.get(ctx);
+  if (!hostOf) {
+    hostOf = new Map();
+    hostPaths.set(ctx, hostOf);
+  }
+  const { state } = ctx;
+  switch (m.type) {
+    case 'tmpfs': {
+      const { path, pre } = await targetFor(m, 'dir', ctx, hostOf);
+      hostOf.set(m, path);
+      const size = m.size ? `,size=${m.size}` : '';
+      return {
+        script: [
+          ...pre,
+          `mount --no-canonicalize -t tmpfs -o nosuid,strictatime${size} tmpfs ${q(path)} || die "cannot mount tmpfs on ${m.target}"`,
+        ],
+      };
+    }
+    case 'cache': {
+      let dir = m.source;
+      let release: (() => void) | undefined;
+      if (!dir) {
+        const c = await acquireCache(ctx.kilnHome, m);
+        dir = c.dir;
+        release = c.release;
+      }
+      try {
+        const { path, pre } = await targetFor(m, 'dir', ctx, hostOf);
+        hostOf.set(m, dir);
+        const script = [
+          ...pre,
+          `mount --no-canonicalize --bind ${q(dir)} ${q(path)} || die "cannot mount cache on ${m.target}"`,
+        ];
+        if (m.readonly) script.push(`robind ${q(path)}`);
+        return release ? { script, release } : { script };
+      } catch (e) {
+        release?.();
+        throw e;
+      }
+    }
+    case 'bind': {
+      if (!m.source) throw new KilnError('RUN_MOUNT_INVALID', `bind mount on ${m.target} has no source`);
+      let st;
+      try {
+        st = await stat(m.source);
+      } catch {
+        throw new KilnError('RUN_MOUNT_INVALID', `bind mount source for ${m.target} not found`);
+      }
+      const kind = st.isDirectory() ? 'dir' : 'file';
+      const { path, pre } = await targetFor(m, kind, ctx, hostOf);
+      const readonly = m.readonly ?? true;
+      if (readonly) {
+        return {
+          script: [
+            ...pre,
+            `mount --no-canonicalize --bind ${q(m.source)} ${q(path)} || die "cannot bind ${m.target}"`,
+            `robind ${q(path)}`,
+          ],
+        };
+      }
+      // Writable bind: writes go to a throwaway layer (overlay over the source, or a copy) discarded after the step.
+      const scratch = join(state, `bind${ctx.index}`);
+      await mkdir(scratch, { mode: 0o700 });
+      if (kind === 'dir' && (await overlaySupported(ctx.kilnHome))) {
+        await Promise.all([mkdir(join(scratch, 'upper')), mkdir(join(scratch, 'work'))]);
+        const o = `lowerdir=${m.source},upperdir=${scratch}/upper,workdir=${scratch}/work,userxattr`;
+        if (/[,:\\]/.test(m.source))
+          throw new KilnError('RUN_MOUNT_INVALID', `bind source path not usable: ${m.source}`);
+        return {
+          script: [
+            ...pre,
+            `mount --no-canonicalize -t overlay -o ${q(o)} overlay ${q(path)} || die "cannot mount ${m.target}"`,
+          ],
+        };
+      }
+      const copy = join(scratch, 'copy');
+      return {
+        script: [
+          ...pre,
+          `cp -a --reflink=auto ${q(m.source)} ${q(copy)} || die "cannot copy bind source for ${m.target}"`,
+          `mount --no-canonicalize --bind ${q(copy)} ${q(path)} || die "cannot bind ${m.target}"`,
+        ],
+      };
+    }
+    case 'secret': {
+      const id = m.id ?? posix.basename(m.target || '');
+      let present = false;
+      if (m.source) {
+        try {
+          present = (await stat(m.source)).isFile();
+        } catch {
+          present = false;
+        }
+      }
+      if (!present) {
+        if (m.required) {
+          throw new KilnError('SECRET_NOT_FOUND', `secret ${id} not found`, {
+            hint: `pass it with --secret id=${id},src=FILE`,
+          });
+        }
+        return undefined;
+      }
+      const src = m.source as string;
+      if (m.env) ctx.secretEnv.push([m.env, src]);
+      if (m.env && !m.target) return undefined;
+      const { path, pre } = await targetFor(m, 'file', ctx, hostOf);
+      // The secret lives on a tmpfs private to the step's mount namespace, never on disk in the rootfs.
+      const dir = join(state, `secret${ctx.index}`);
+      await mkdir(dir, { mode: 0o700 });
+      const file = `${dir}/s`;
+      const mode = (m.mode ?? 0o400).toString(8);
+      return {
+        script: [
+          ...pre,
+          `mount --no-canonicalize -t tmpfs -o nosuid,nodev,noexec,mode=700,size=1m tmpfs ${q(dir)} || die "cannot mount secret tmpfs"`,
+          `cat ${q(src)} > ${q(file)} && chmod ${mode} ${q(file)} && chown ${m.uid ?? 0}:${m.gid ?? 0} ${q(file)} || die "cannot prepare secret ${id}"`,
+          `mount --no-canonicalize --bind ${q(file)} ${q(path)} || die "cannot mount secret ${id}"`,
+          `robind ${q(path)}`,
+        ],
+      };
+    }
+    default:
+      throw new KilnError('RUN_MOUNT_INVALID', `unsupported mount type ${String(m.type)}`);
+  }
+}
+
+/** The engine's Executor port backed by runProcess. */
+export class NamespaceExecutor implements Executor {
+  constructor(private readonly opts: { kilnHome?: string } = {}) {}
+
+  run(spec: ProcessSpec): Promise<ProcessResult> {
+    return runProcess({ ...spec, ...(this.opts.kilnHome ? { kilnHome: this.opts.kilnHome } : {}) });
+  }
+}

@@ -1,0 +1,148 @@
+/**
+ * The concrete services of a local `kiln build`: the local store ($KILN_HOME/store, sharing its blob dir with the
+ * layer store so built layers are never copied), the layer store ($KILN_HOME/layers), the namespace sandbox
+ * (overlay snapshots + RUN executor), the registry client (base images, pushes) and the COPY/ADD copier. Also
+ * the interrupt handling of the CLI: SIGINT/SIGTERM abort the build through an AbortSignal.
+ */
+import { mkdir, mkdtemp } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { KilnError } from '../errors.js';
+import { LocalStore, kilnHome } from '../oci/store.js';
+import { writeLayout } from '../oci/layout.js';
+import { writeDockerArchive } from '../oci/docker-archive.js';
+import type { Image, Platform } from '../oci/types.js';
+import { Progress } from '../progress.js';
+import { Keychain } from '../registry/keychain.js';
+import { getRemoteImage } from '../registry/remote.js';
+import { parseReferenceWithDefaultTag } from '../registry/reference.js';
+import { closeTransports } from '../registry/transport.js';
+import type { PushOptions } from '../registry/push.js';
+import { loadDockerignore } from '../dockerfile/dockerignore.js';
+import { chooseSnapshotter } from '../sandbox/overlay.js';
+import { NamespaceExecutor } from '../sandbox/run.js';
+import { LocalLayerStore } from './local.js';
+import { LocalFileCopier } from './copy.js';
+import { BuildProgress } from './progress.js';
+import { build, type BuildOutcome, type BuildServices } from './build.js';
+import type { BuildOptions } from './options.js';
+import type { BaseResolver, ResolvedBase } from './ports.js';
+
+/** FROM resolution: the local store first (unless --pull), then the registry. */
+export class StoreFirstResolver implements BaseResolver {
+  constructor(
+    private readonly store: LocalStore,
+    private readonly registry: PushOptions,
+  ) {}
+
+  async resolve(ref: string, opts: { pull: boolean; platform: Platform }): Promise<ResolvedBase> {
+    const r = parseReferenceWithDefaultTag(ref);
+    const name = r.toString();
+    if (!opts.pull) {
+      let local: Image | undefined;
+      try {
+        local = await this.store.image(name, opts.platform);
+      } catch {
+        local = undefined;
+      }
+      if (local) return { name, digest: await local.digest(), image: local };
+    }
+    const image = await getRemoteImage(r, { ...this.registry, platform: opts.platform, label: `pull ${name}` });
+    return { name, digest: await image.digest(), image };
+  }
+}
+
+export interface ServiceOptions {
+  home?: string;
+  registry: PushOptions;
+  progress: BuildProgress;
+  signal?: AbortSignal;
+  contextDir: string;
+  dockerfile?: string;
+}
+
+/** The local services for one build. */
+export async function localServices(o: ServiceOptions): Promise<BuildServices & { store: LocalStore }> {
+  const home = o.home ?? kilnHome();
+  await mkdir(home, { recursive: true });
+  const store = await LocalStore.open(home);
+  const snapshotter = await chooseSnapshotter({ kilnHome: home });
+  const tmpBase = join(home, 'tmp');
+  await mkdir(tmpBase, { recursive: true, mode: 0o700 });
+  const warn = (m: string): void => o.progress.warn(m);
+  const copierOpts: ConstructorParameters<typeof LocalFileCopier>[0] = {
+    ignore: loadDockerignore(
+      resolve(o.contextDir),
+      o.dockerfile && o.dockerfile !== '-' ? resolve(o.dockerfile) : undefined,
+    ),
+    tmpDir: tmpBase,
+    onWarning: warn,
+  };
+  const svc: BuildServices & { store: LocalStore } = {
+    store,
+    kilnHome: home,
+    executor: new NamespaceExecutor({ kilnHome: home }),
+    snapshotter,
+    layers: new LocalLayerStore({ layersDir: join(home, 'layers'), blobs: store.blobs, onWarning: warn }),
+    bases: new StoreFirstResolver(store, o.registry),
+    copier: new LocalFileCopier(copierOpts),
+    progress: o.progress,
+    registry: o.registry,
+    writers: {
+      saveLocal: async (image, names) => {
+        await store.put(image, names);
+      },
+      writeOCI: async (image, dest, w) => {
+        if (dest === '-') throw new KilnError('OUTPUT_UNSUPPORTED', 'type=oci,dest=- is not supported; give a file');
+        const entries = w.names.length
+          ? w.names.map((n) => ({ image, name: n, annotations: w.annotations }))
+          : [{ image, annotations: w.annotations }];
+        await writeLayout(dest, entries, { tar: w.tar });
+      },
+      writeDocker: async (image, dest, names) => {
+        if (dest === '-') throw new KilnError('OUTPUT_UNSUPPORTED', 'type=docker,dest=- is not supported; give a file');
+        await writeDockerArchive(dest, [{ image, tags: names.map((n) => parseReferenceWithDefaultTag(n).toString()) }]);
+      },
+    },
+    tempDir: (prefix) => mkdtemp(join(tmpBase, prefix)),
+  };
+  if (o.signal) svc.signal = o.signal;
+  return svc;
+}
+
+/** The CLI's build: services from flags, interrupt handling, progress, cleanup. */
+export async function runBuildCommand(
+  opts: BuildOptions,
+  flags: { insecureRegistry?: string[]; registryCa?: string[]; registryMirror?: string[] },
+): Promise<BuildOutcome> {
+  const progressMode = opts.progress === 'auto' || opts.progress === 'tty' ? 'plain' : opts.progress;
+  const progress = new BuildProgress(progressMode);
+  const registry: PushOptions = {
+    insecureRegistries: opts.insecureRegistries.map((h) => h.replace(/^[a-z]+:\/\//i, '').replace(/\/.*$/, '')),
+    caFiles: flags.registryCa ?? [],
+    mirrors: opts.registryMirrors.map((u) => u.replace(/\/+$/, '')),
+    credentials: new Keychain().source(),
+    progress: new Progress(progressMode === 'json' ? 'json' : 'quiet'),
+  };
+  const ac = new AbortController();
+  const onSignal = (): void => ac.abort();
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  try {
+    const so: ServiceOptions = { registry, progress, signal: ac.signal, contextDir: opts.context };
+    if (opts.file) so.dockerfile = opts.file;
+    const svc = await localServices(so);
+    const res = await build(opts, svc);
+    if (opts.progress !== 'quiet') {
+      const names = res.exported.names.length ? ` (${res.exported.names.join(', ')})` : '';
+      process.stderr.write(`\nbuilt ${res.exported.configDigest}${names}\n`);
+    }
+    return res;
+  } catch (e) {
+    if (ac.signal.aborted) throw new KilnError('INTERRUPTED', 'build interrupted; nothing was pushed', { cause: e });
+    throw e;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    await closeTransports(registry);
+  }
+}

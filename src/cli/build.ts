@@ -1,0 +1,133 @@
+/**
+ * `kiln build [options] CONTEXT` — docker-build compatible. Parses the options (see src/build/options.ts), enters
+ * the build user namespace when not root (the whole build runs inside it), and runs src/build/build.ts. SIGINT /
+ * SIGTERM abort the build cleanly: the running step is killed, mounts and temp dirs are removed, nothing is pushed.
+ */
+import type { Command } from 'commander';
+import { KilnError } from '../errors.js';
+import {
+  parseBuildArgs,
+  parseLabels,
+  parseNetwork,
+  parseOutput,
+  parsePlatformOption,
+  parseProgress,
+  parseSecret,
+  parseSourceDateEpoch,
+  type BuildOptions,
+} from '../build/options.js';
+
+function collect(v: string, prev: string[] | undefined): string[] {
+  return [...(prev ?? []), v];
+}
+
+export interface BuildFlags {
+  file?: string;
+  tag?: string[];
+  buildArg?: string[];
+  target?: string;
+  label?: string[];
+  platform?: string;
+  cache?: boolean;
+  pull?: boolean;
+  push?: boolean;
+  output?: string[];
+  network?: string;
+  secret?: string[];
+  iidfile?: string;
+  metadataFile?: string;
+  progress?: string;
+  quiet?: boolean;
+  insecureRegistry?: string[];
+  registryCa?: string[];
+  registryMirror?: string[];
+}
+
+/** Turn parsed commander flags into BuildOptions (every malformed value is one KilnError). */
+export function buildOptionsFrom(
+  context: string,
+  flags: BuildFlags,
+  debug: boolean,
+  env: NodeJS.ProcessEnv = process.env,
+): BuildOptions {
+  const buildArgs = parseBuildArgs(flags.buildArg ?? [], env);
+  const opts: BuildOptions = {
+    context,
+    tags: flags.tag ?? [],
+    buildArgs,
+    labels: parseLabels(flags.label ?? []),
+    platform: parsePlatformOption(flags.platform),
+    noCache: flags.cache === false,
+    pull: flags.pull === true,
+    push: flags.push === true,
+    outputs: (flags.output ?? []).map(parseOutput),
+    network: parseNetwork(flags.network),
+    secrets: (flags.secret ?? []).map((s) => parseSecret(s, env)),
+    progress: flags.quiet ? 'quiet' : parseProgress(flags.progress),
+    insecureRegistries: flags.insecureRegistry ?? [],
+    registryMirrors: flags.registryMirror ?? [],
+    debug,
+  };
+  if (flags.file !== undefined) opts.file = flags.file;
+  if (flags.target) opts.target = flags.target;
+  if (flags.iidfile) opts.iidfile = flags.iidfile;
+  if (flags.metadataFile) opts.metadataFile = flags.metadataFile;
+  const sde = parseSourceDateEpoch(buildArgs, env);
+  if (sde !== undefined) opts.sourceDateEpoch = sde;
+  for (const t of opts.tags) {
+    if (t.includes('@')) {
+      throw new KilnError('OPTION_INVALID', `invalid tag "${t}": a tag cannot contain a digest`, {
+        hint: 'use -t NAME[:TAG]',
+      });
+    }
+  }
+  return opts;
+}
+
+export function register(program: Command): void {
+  program
+    .command('build')
+    .description('build an image from a Dockerfile (docker build compatible)')
+    .argument('<context>', 'build context directory')
+    .option('-f, --file <path>', 'Dockerfile (default CONTEXT/Dockerfile; - reads stdin)')
+    .option('-t, --tag <name>', 'image name, e.g. 127.0.0.1:5000/app:v1 (repeatable)', collect)
+    .option('--build-arg <key[=value]>', 'set a build-time variable (repeatable)', collect)
+    .option('--target <stage>', 'build this stage')
+    .option('--label <key=value>', 'set an image label (repeatable)', collect)
+    .option('--platform <os/arch>', 'target platform (only the host platform is supported)')
+    .option('--no-cache', 'do not use the build cache')
+    .option('--pull', 'always re-resolve base images from their registry')
+    .option('--push', 'push the image to its registry (shorthand for --output type=registry)')
+    .option(
+      '-o, --output <spec>',
+      'type=registry|image|oci|docker|local|tar[,dest=PATH][,name=NAME][,push=true] (repeatable)',
+      collect,
+    )
+    .option('--network <mode>', 'network for RUN steps: host (default) or none')
+    .option(
+      '--secret <spec>',
+      'id=ID,src=FILE or id=ID,env=VAR: secret for RUN --mount=type=secret (repeatable)',
+      collect,
+    )
+    .option('--iidfile <file>', 'write the image ID (config digest) to this file')
+    .option('--metadata-file <file>', 'write build result metadata (JSON) to this file')
+    .option('--progress <mode>', 'progress output: auto, tty, plain, json or quiet', 'auto')
+    .option('-q, --quiet', 'no progress output; print the image ID')
+    .option('--insecure-registry <host>', 'allow plain HTTP / unverified TLS for this registry (repeatable)', collect)
+    .option('--registry-ca <file>', 'trust this extra CA certificate (PEM) for registries (repeatable)', collect)
+    .option('--registry-mirror <url>', 'pull docker.io images through this mirror first (repeatable)', collect)
+    .action(async (context: string, flags: BuildFlags, cmd: Command) => {
+      const debug = (cmd.parent?.opts() as { debug?: boolean } | undefined)?.debug === true;
+      const opts = buildOptionsFrom(context, flags, debug);
+      // Rootless: re-run this very command inside the build user namespace (no-op as root or when inside).
+      const { enterBuildNamespace } = await import('../sandbox/userns.js');
+      const code = await enterBuildNamespace();
+      if (code !== null) {
+        process.exitCode = code;
+        return;
+      }
+      const { runBuildCommand } = await import('../build/services.js');
+      const res = await runBuildCommand(opts, flags);
+      if (flags.quiet) process.stdout.write(res.exported.configDigest + '\n');
+    });
+}

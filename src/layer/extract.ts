@@ -42,8 +42,15 @@ import { readTar, type TarHeader } from './tarformat.js';
 import { WHITEOUT_OPAQUE, WHITEOUT_PREFIX } from './writer.js';
 
 export interface ExtractOptions {
-  /** 'overlay' (default) for an empty layer dir, 'apply' to apply onto an existing tree. */
-  mode?: 'overlay' | 'apply';
+  /**
+   * 'overlay' (default) for an empty layer dir, 'apply' to apply onto an existing tree, 'plain' to unpack an
+   * ordinary archive onto an existing tree (ADD: `.wh.` names are just files).
+   */
+  mode?: 'overlay' | 'apply' | 'plain';
+  /** Give every entry this owner instead of the archive's (ADD --chown). */
+  owner?: { uid: number; gid: number };
+  /** Prefix for error messages instead of "layer sha256:…" (e.g. `ADD archive "x.tar"`). */
+  label?: string;
   /** Names the layer in errors, e.g. its digest ("sha256:…"). */
   digest?: string;
   /** Expected diffID (sha256 of the uncompressed tar): verified at the end, DIGEST_MISMATCH if different. */
@@ -160,9 +167,9 @@ export async function extractLayer(
 ): Promise<ExtractResult> {
   const root = resolve(dest);
   const mode = opts.mode ?? 'overlay';
-  const what = short(opts.digest);
+  const what = opts.label ?? short(opts.digest);
   const warn = opts.onWarning ?? ((m: string) => process.stderr.write(`kiln: warning: ${m}\n`));
-  const doChown = opts.chown ?? process.getuid?.() === 0;
+  const doChown = opts.chown ?? (opts.owner !== undefined || process.getuid?.() === 0);
   const realRoot = isRealRoot();
   let warnedDevices = false;
 
@@ -266,7 +273,7 @@ export async function extractLayer(
   async function applyOwner(abs: string, h: TarHeader, entry: string): Promise<void> {
     if (!doChown) return;
     try {
-      await lchown(abs, h.uid, h.gid);
+      await lchown(abs, opts.owner?.uid ?? h.uid, opts.owner?.gid ?? h.gid);
     } catch (e) {
       if (errCode(e) === 'EINVAL' || errCode(e) === 'EPERM') {
         throw new KilnError(
@@ -301,7 +308,7 @@ export async function extractLayer(
     const parentAbs = await parentDir(entry, parentComps);
     const rel = comps.join('/');
 
-    if (base.startsWith(WHITEOUT_PREFIX)) {
+    if (mode !== 'plain' && base.startsWith(WHITEOUT_PREFIX)) {
       await whiteout(entry, parentAbs, parentComps.join('/'), base);
       return;
     }

@@ -1,0 +1,443 @@
+/**
+ * Build context loading for `kiln build CONTEXT` (like `docker build` / buildx):
+ * - a directory (the Dockerfile is `-f PATH` relative to the working directory, default `CONTEXT/Dockerfile`);
+ * - a tarball, plain or compressed with gzip, bzip2, xz or zstd (`-f` is a path inside the archive);
+ * - `-`: a tar on stdin (as above), or a Dockerfile alone on stdin (then the context is empty);
+ * - a git repository: `https://host/repo.git#ref:subdir`, `git@host:repo.git#ref`, `ssh://…`, `git://…`,
+ *   `file:///path/repo` or a local path ending in `.git`. It is cloned with the git CLI into a temp dir
+ *   (`--depth 1` when the ref allows), submodules included, without the `.git` directory (BuildKit's default).
+ *
+ * `.dockerignore` (`<Dockerfile>.dockerignore` first, then `<context>/.dockerignore`) gives `ignore`.
+ *
+ * `hashContextPaths` digests context files for cache keys. It keeps a persisted stat cache under
+ * `$KILN_HOME/statcache/` (path → mtime/size/inode/mode/ctime → sha256), so unchanged files are not read again.
+ */
+import { execFile } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { lstat, mkdir, mkdtemp, readFile, readdir, readlink, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { isAbsolute, join, resolve } from 'node:path';
+import { Readable } from 'node:stream';
+import { KilnError, errorMessage } from '../errors.js';
+import { loadDockerignore, newMatcher, type Matcher } from '../dockerfile/dockerignore.js';
+import { peek } from '../layer/compression.js';
+import { extractLayer } from '../layer/extract.js';
+import { readTar } from '../layer/tarformat.js';
+import { decompressAuto } from '../layer/compression.js';
+
+export interface BuildContext {
+  /** Host directory holding the context files. */
+  root: string;
+  kind: 'dir' | 'tar' | 'stdin-dockerfile' | 'git';
+  dockerfile: {
+    /** Absolute path of the Dockerfile, or '-' when it came from stdin. */
+    path: string;
+    text: string;
+  };
+  ignore: Matcher;
+  /** $KILN_HOME for the stat cache (undefined: no persisted cache). */
+  kilnHome?: string;
+  /** Remove temp dirs (tar/git/stdin contexts). Safe to call twice. */
+  cleanup(): Promise<void>;
+}
+
+export interface LoadContextOptions {
+  /** `-f`: Dockerfile path (dir contexts: relative to cwd; tar/git contexts: inside the context). '-' = stdin. */
+  dockerfile?: string;
+  kilnHome?: string;
+  /** Where temp dirs go (default os.tmpdir()). */
+  tmpDir?: string;
+  /** stdin (default process.stdin). */
+  stdin?: Readable;
+  onWarning?: (msg: string) => void;
+}
+
+const GIT_PREFIX_RE = /^(git@[^:]+:|git:\/\/|ssh:\/\/|git\+ssh:\/\/|file:\/\/)/;
+
+/** Is `spec` a git context (docker's urlutil.IsGitURL plus local `.git` paths)? */
+export function isGitContext(spec: string): boolean {
+  if (GIT_PREFIX_RE.test(spec)) return true;
+  const noFrag = spec.split('#')[0]!;
+  if (/^https?:\/\//.test(spec)) return /\.git\/?$/.test(noFrag);
+  if (/^github\.com\//.test(spec)) return true;
+  return /\.git\/?$/.test(noFrag);
+}
+
+/** Split `url#ref:subdir`. */
+export function parseGitFragment(spec: string): { url: string; ref: string; subdir: string } {
+  const i = spec.indexOf('#');
+  if (i < 0) return { url: spec, ref: '', subdir: '' };
+  const frag = spec.slice(i + 1);
+  const j = frag.indexOf(':');
+  return {
+    url: spec.slice(0, i),
+    ref: j >= 0 ? frag.slice(0, j) : frag,
+    subdir: j >= 0 ? frag.slice(j + 1) : '',
+  };
+}
+
+function run(cmd: string, args: string[], cwd?: string): Promise<{ stdout: string; stderr: string }> {
+  return new Promise((res, rej) => {
+    execFile(
+      cmd,
+      args,
+      { cwd, env: { ...process.env, GIT_TERMINAL_PROMPT: '0' }, maxBuffer: 16 << 20 },
+      (err, stdout, stderr) => {
+        if (err) {
+          const e = err as Error & { stderr?: string };
+          e.stderr = stderr;
+          rej(e);
+        } else res({ stdout, stderr });
+      },
+    );
+  });
+}
+
+function gitError(url: string, what: string, e: unknown): KilnError {
+  const stderr = ((e as { stderr?: string }).stderr ?? '').trim().split('\n').pop() ?? '';
+  return new KilnError('CONTEXT_GIT', `unable to prepare context: ${what} ${url}: ${stderr || errorMessage(e)}`, {
+    hint: 'check the repository URL, the ref after # and your git credentials',
+    cause: e,
+  });
+}
+
+async function cloneGit(spec: string, dest: string): Promise<string> {
+  const { url: rawUrl, ref, subdir } = parseGitFragment(spec);
+  let url = rawUrl;
+  if (/^github\.com\//.test(url)) url = 'https://' + url;
+  if (!GIT_PREFIX_RE.test(url) && !/^https?:\/\//.test(url)) url = resolve(url); // local path ending in .git
+  try {
+    await run('git', ['init', '-q', dest]);
+    await run('git', ['remote', 'add', 'origin', url], dest);
+  } catch (e) {
+    throw gitError(url, 'git init for', e);
+  }
+  const target = ref || 'HEAD';
+  try {
+    await run('git', ['fetch', '-q', '--depth', '1', '--no-tags', 'origin', target], dest);
+  } catch {
+    // Some servers refuse shallow fetches of arbitrary commits: fetch everything, then resolve the ref.
+    try {
+      await run('git', ['fetch', '-q', '--tags', 'origin', '+refs/heads/*:refs/remotes/origin/*'], dest);
+    } catch (e) {
+      throw gitError(url, 'fetching', e);
+    }
+    try {
+      await run('git', ['checkout', '-q', '--detach', ref ? ref : 'origin/HEAD'], dest);
+    } catch {
+      try {
+        await run('git', ['checkout', '-q', '--detach', `origin/${ref}`], dest);
+      } catch (e) {
+        throw gitError(url, `checking out "${ref}" of`, e);
+      }
+    }
+  }
+  try {
+    await run('git', ['rev-parse', '-q', '--verify', 'HEAD'], dest);
+  } catch {
+    try {
+      await run('git', ['checkout', '-q', '--detach', 'FETCH_HEAD'], dest);
+    } catch (e) {
+      throw gitError(url, 'checking out', e);
+    }
+  }
+  try {
+    await run('git', ['submodule', 'update', '-q', '--init', '--recursive', '--depth', '1'], dest);
+  } catch (e) {
+    throw gitError(url, 'updating submodules of', e);
+  }
+  await rm(join(dest, '.git'), { recursive: true, force: true });
+  if (!subdir) return dest;
+  const clean = subdir.replace(/^\/+/, '');
+  const sub = resolve(dest, clean);
+  if (sub !== dest && !sub.startsWith(dest + '/')) {
+    throw new KilnError('CONTEXT_GIT', `unable to prepare context: subdirectory "${subdir}" leaves the repository`);
+  }
+  const st = await lstat(sub).catch(() => null);
+  if (!st?.isDirectory()) {
+    throw new KilnError('CONTEXT_GIT', `unable to prepare context: subdirectory "${subdir}" not found in ${url}`);
+  }
+  return sub;
+}
+
+/** Is the stream a tar archive (possibly compressed)? Returns a replaying stream either way. */
+async function sniffTar(input: Readable): Promise<{ isTar: boolean; stream: Readable }> {
+  const { head, stream } = await peek(input, 1024 * 64);
+  try {
+    const { stream: plain } = await decompressAuto([head], 'context');
+    plain.on('error', () => {});
+    const it = readTar(plain)[Symbol.asyncIterator]();
+    const r = await it.next();
+    await it.return?.(undefined);
+    return { isTar: !r.done, stream };
+  } catch {
+    return { isTar: false, stream };
+  }
+}
+
+async function extractContextTar(input: AsyncIterable<Buffer> | Readable, dest: string, warn?: (m: string) => void) {
+  const o: Parameters<typeof extractLayer>[2] = {
+    mode: 'plain',
+    label: 'unable to prepare context: archive',
+    chown: false,
+  };
+  if (warn) o.onWarning = warn;
+  await extractLayer(input, dest, o);
+}
+
+async function readDockerfileAt(path: string, where: string): Promise<string> {
+  try {
+    const st = await stat(path);
+    if (st.isDirectory()) throw Object.assign(new Error('is a directory'), { code: 'EISDIR' });
+    return await readFile(path, 'utf8');
+  } catch (e) {
+    throw new KilnError('DOCKERFILE_NOT_FOUND', `failed to read dockerfile: ${where}: ${errorMessage(e)}`, {
+      hint: 'pass the Dockerfile with -f PATH, or put a Dockerfile in the context',
+      cause: e,
+    });
+  }
+}
+
+/** Path of `p` inside `root` (no escaping). */
+function insideRoot(root: string, p: string): string {
+  const abs = resolve(root, p.replace(/^\/+/, ''));
+  if (abs !== root && !abs.startsWith(root + '/')) {
+    throw new KilnError('DOCKERFILE_NOT_FOUND', `the Dockerfile (${p}) must be within the build context`);
+  }
+  return abs;
+}
+
+/** Load a build context. Always call `cleanup()` when done (also on failure paths after this returns). */
+export async function loadContext(spec: string, opts: LoadContextOptions = {}): Promise<BuildContext> {
+  const temps: string[] = [];
+  const cleanup = async (): Promise<void> => {
+    for (const t of temps.splice(0)) await rm(t, { recursive: true, force: true });
+  };
+  const newTemp = async (prefix: string): Promise<string> => {
+    const d = await mkdtemp(join(opts.tmpDir ?? tmpdir(), prefix));
+    temps.push(d);
+    return d;
+  };
+  const make = (
+    root: string,
+    kind: BuildContext['kind'],
+    dockerfile: { path: string; text: string },
+    ignore: Matcher,
+  ): BuildContext => {
+    const c: BuildContext = { root, kind, dockerfile, ignore, cleanup };
+    if (opts.kilnHome) c.kilnHome = opts.kilnHome;
+    return c;
+  };
+  const df = opts.dockerfile;
+  try {
+    let stdinDockerfile: string | undefined;
+    if (df === '-') {
+      if (spec === '-') {
+        throw new KilnError(
+          'CONTEXT_INVALID',
+          "invalid argument: can't use stdin for both build context and dockerfile",
+        );
+      }
+      const chunks: Buffer[] = [];
+      for await (const c of opts.stdin ?? process.stdin) chunks.push(Buffer.from(c as Buffer));
+      stdinDockerfile = Buffer.concat(chunks).toString('utf8');
+    }
+
+    // stdin: a tar context or a lone Dockerfile
+    if (spec === '-') {
+      const { isTar, stream } = await sniffTar((opts.stdin ?? process.stdin) as Readable);
+      const root = await newTemp('kiln-ctx-');
+      if (!isTar) {
+        const chunks: Buffer[] = [];
+        for await (const c of stream) chunks.push(Buffer.from(c as Buffer));
+        const text = Buffer.concat(chunks).toString('utf8');
+        return make(root, 'stdin-dockerfile', { path: '-', text }, newMatcher([]));
+      }
+      await extractContextTar(stream, root, opts.onWarning);
+      return finishArchive(root, 'tar');
+    }
+
+    if (isGitContext(spec)) {
+      const tmp = await newTemp('kiln-git-');
+      const root = await cloneGit(spec, join(tmp, 'repo'));
+      return finishArchive(root, 'git');
+    }
+
+    const abs = resolve(spec);
+    const st = await stat(abs).catch((e: unknown) => {
+      throw new KilnError('CONTEXT_NOT_FOUND', `unable to prepare context: path "${spec}" not found`, {
+        hint: 'the build context is a directory, a tarball, a git URL or - for stdin',
+        cause: e,
+      });
+    });
+    if (st.isFile()) {
+      const root = await newTemp('kiln-ctx-');
+      const { isTar, stream } = await sniffTar(createReadStream(abs));
+      if (!isTar) {
+        stream.destroy();
+        throw new KilnError(
+          'CONTEXT_INVALID',
+          `unable to prepare context: ${spec} is not a directory or a tar archive`,
+          {
+            hint: 'supported archives: tar, tar.gz, tar.bz2, tar.xz, tar.zst',
+          },
+        );
+      }
+      await extractContextTar(stream, root, opts.onWarning);
+      return finishArchive(root, 'tar');
+    }
+    if (!st.isDirectory()) {
+      throw new KilnError('CONTEXT_INVALID', `unable to prepare context: ${spec} is not a directory`);
+    }
+    // A directory context.
+    let dfPath: string;
+    let text: string;
+    if (stdinDockerfile !== undefined) {
+      dfPath = '-';
+      text = stdinDockerfile;
+    } else {
+      dfPath = df ? resolve(df) : join(abs, 'Dockerfile');
+      text = await readDockerfileAt(dfPath, dfPath);
+    }
+    const ignore = loadDockerignore(abs, dfPath === '-' ? undefined : dfPath);
+    return make(abs, 'dir', { path: dfPath, text }, ignore);
+
+    async function finishArchive(root: string, kind: 'tar' | 'git'): Promise<BuildContext> {
+      let dfPath: string;
+      let text: string;
+      if (stdinDockerfile !== undefined) {
+        dfPath = '-';
+        text = stdinDockerfile;
+      } else {
+        dfPath = insideRoot(root, df ?? 'Dockerfile');
+        text = await readDockerfileAt(dfPath, df ?? 'Dockerfile');
+      }
+      return make(root, kind, { path: dfPath, text }, loadDockerignore(root, dfPath === '-' ? undefined : dfPath));
+    }
+  } catch (e) {
+    await cleanup();
+    throw e;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Hashing with a persisted stat cache
+
+interface StatEntry {
+  m: number; // mtimeMs
+  c: number; // ctimeMs
+  s: number; // size
+  i: number; // inode
+  o: number; // mode
+  d: string; // sha256 hex of the content
+}
+
+interface StatCacheFile {
+  version: 1;
+  root: string;
+  entries: Record<string, StatEntry>;
+}
+
+const statCaches = new Map<string, { file: string | undefined; data: StatCacheFile; dirty: boolean }>();
+
+async function loadStatCache(ctx: BuildContext) {
+  const key = ctx.root;
+  let c = statCaches.get(key);
+  if (c) return c;
+  const file = ctx.kilnHome
+    ? join(ctx.kilnHome, 'statcache', createHash('sha256').update(ctx.root).digest('hex') + '.json')
+    : undefined;
+  let data: StatCacheFile = { version: 1, root: ctx.root, entries: {} };
+  if (file) {
+    try {
+      const parsed = JSON.parse(await readFile(file, 'utf8')) as StatCacheFile;
+      if (parsed.version === 1 && parsed.root === ctx.root && parsed.entries) data = parsed;
+    } catch {
+      /* missing or corrupt: start fresh */
+    }
+  }
+  c = { file, data, dirty: false };
+  statCaches.set(key, c);
+  return c;
+}
+
+async function saveStatCache(c: { file: string | undefined; data: StatCacheFile; dirty: boolean }): Promise<void> {
+  if (!c.file || !c.dirty) return;
+  await mkdir(join(c.file, '..'), { recursive: true });
+  const tmp = `${c.file}.${randomBytes(4).toString('hex')}.tmp`;
+  await writeFile(tmp, JSON.stringify(c.data));
+  await rename(tmp, c.file);
+  c.dirty = false;
+}
+
+async function fileDigest(abs: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const chunk of createReadStream(abs)) h.update(chunk as Buffer);
+  return h.digest('hex');
+}
+
+/** Statistics of the last hashContextPaths call (for tests and --debug). */
+export const statCacheStats = { hits: 0, misses: 0 };
+
+/**
+ * Digest of context paths (relative to ctx.root, or absolute inside it) for cache keys: every file under them
+ * (honouring .dockerignore and the COPY --exclude patterns, relative to each path) by path, type, permission bits,
+ * symlink target and content. Unchanged files are not re-read (stat cache, persisted under $KILN_HOME/statcache).
+ */
+export async function hashContextPaths(ctx: BuildContext, paths: string[], exclude: string[] = []): Promise<string> {
+  const cache = await loadStatCache(ctx);
+  const ex = exclude.length ? newMatcher(exclude) : undefined;
+  const h = createHash('sha256');
+  const root = resolve(ctx.root);
+  const seen = new Set<string>();
+  const visit = async (abs: string, ctxRel: string, srcRel: string): Promise<void> => {
+    const st = await lstat(abs);
+    const isDir = st.isDirectory();
+    let included = true;
+    if (ctxRel !== '' && ctx.ignore.matches(ctxRel, isDir)) {
+      if (!isDir || !ctx.ignore.mayContainIncluded(ctxRel)) return;
+      included = false;
+    }
+    if (ex && srcRel !== '' && ex.matches(srcRel, isDir)) {
+      if (!isDir || !ex.mayContainIncluded(srcRel)) return;
+      included = false;
+    }
+    const type = isDir ? 'd' : st.isSymbolicLink() ? 'l' : st.isFile() ? 'f' : 'o';
+    if (included) h.update(`${srcRel}\0${type}\0${(st.mode & 0o7777).toString(8)}\0`);
+    if (type === 'l') h.update(`${await readlink(abs)}\0`);
+    else if (type === 'f') {
+      const e = cache.data.entries[ctxRel];
+      let d: string;
+      if (e && e.m === st.mtimeMs && e.c === st.ctimeMs && e.s === st.size && e.i === st.ino && e.o === st.mode) {
+        d = e.d;
+        statCacheStats.hits++;
+      } else {
+        d = await fileDigest(abs);
+        statCacheStats.misses++;
+        cache.data.entries[ctxRel] = { m: st.mtimeMs, c: st.ctimeMs, s: st.size, i: st.ino, o: st.mode, d };
+        cache.dirty = true;
+      }
+      seen.add(ctxRel);
+      h.update(`${st.size}\0${d}\0`);
+    } else if (isDir) {
+      const names = await readdir(abs);
+      names.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+      for (const n of names) {
+        await visit(join(abs, n), ctxRel ? `${ctxRel}/${n}` : n, srcRel ? `${srcRel}/${n}` : n);
+      }
+    }
+    h.update('\n');
+  };
+  for (const p of paths) {
+    const abs = isAbsolute(p) ? p : join(root, p);
+    if (abs !== root && !abs.startsWith(root + '/')) {
+      throw new KilnError('CONTEXT_PATH', `path ${p} is outside the build context`);
+    }
+    const rel = abs === root ? '' : abs.slice(root.length + 1);
+    h.update(`path:${rel}\n`);
+    await visit(abs, rel, '');
+  }
+  await saveStatCache(cache).catch(() => undefined); // the cache is an optimisation only
+  return 'sha256:' + h.digest('hex');
+}

@@ -1,0 +1,875 @@
+/**
+ * COPY (and the file-copy half of ADD) with BuildKit's semantics, re-implemented after dockerfile2llb's
+ * dispatchCopy, the file-op backend (solver/llbsolver/file) and tonistiigi/fsutil's copy package:
+ *
+ * - Sources are relative to the source root (the build context, or another stage's / image's rootfs for --from);
+ *   `..` never leaves it. A source is resolved following symlinks *inside* that root (FollowSymlinks), so a
+ *   top-level symlink source copies what it points to; symlinks found while walking a directory are copied as
+ *   symlinks.
+ * - Wildcards use Go filepath.Match semantics on the part of the path from the first component with `*?[`; a
+ *   wildcard matching nothing is not an error (AllowEmptyWildcard), a missing plain source is.
+ * - A directory source copies its contents (CopyDirContentsOnly). The destination is relative to WORKDIR when not
+ *   absolute (a trailing `/` is kept); `dest/` or an existing directory receives files by their base name, else
+ *   the file is written as `dest`. Missing destination parents are created 0755 (or the --chmod mode, as
+ *   fsutil does) and owned by the --chown user.
+ * - Ownership: context files become 0:0 (the docker CLI resets uid/gid when sending the context), stage files keep
+ *   theirs; --chown (`user`, `uid`, `user:group`, `uid:gid`; names from the destination's /etc/passwd and
+ *   /etc/group) overrides both. --chmod (octal, or symbolic like `u+x,go-w`) applies to files and directories.
+ *   mtimes are kept; hard links inside one source are kept; xattrs (`security.capability`, `user.*`) are copied.
+ * - `.dockerignore`d context paths do not exist for COPY; `--exclude` patterns filter inside each source;
+ *   `--parents` keeps the source path (relative to the root or to a `/./` pivot) under the destination.
+ * - The destination root is the step's merged rootfs: existing symlinks on the destination path are resolved inside
+ *   it, and nothing is ever written through a symlink out of it.
+ */
+import { createHash } from 'node:crypto';
+import { constants as fsc, type Stats } from 'node:fs';
+import {
+  chmod,
+  copyFile,
+  lchown,
+  link,
+  lstat,
+  lutimes,
+  mkdir,
+  readdir,
+  readlink,
+  rm,
+  stat,
+  symlink,
+  unlink,
+  writeFile,
+} from 'node:fs/promises';
+import { join, posix, resolve } from 'node:path';
+import { KilnError } from '../errors.js';
+import { newMatcher, type Matcher } from '../dockerfile/dockerignore.js';
+import { isRealRoot, mknodBatch, readXattrsRecursive, setXattrs, type XattrSet } from '../layer/fsops.js';
+import type { CopyRequest, CopySource, FileCopier } from './ports.js';
+import { secureJoin } from './rootfs.js';
+import { AddSupport, isGitSource, isUrlSource } from './add.js';
+import { hashContextPaths, type BuildContext } from './context.js';
+
+// ---------------------------------------------------------------------------------------------------------------
+// Go filepath.Match
+
+/** Compile a Go filepath.Match pattern into an anchored RegExp, or null when the pattern is malformed. */
+export function goMatchRegExp(pattern: string): RegExp | null {
+  let re = '^';
+  for (let i = 0; i < pattern.length; i++) {
+    const c = pattern[i]!;
+    if (c === '*') re += '[^/]*';
+    else if (c === '?') re += '[^/]';
+    else if (c === '\\') {
+      i++;
+      if (i >= pattern.length) return null;
+      re += escapeRe(pattern[i]!);
+    } else if (c === '[') {
+      let j = i + 1;
+      let cls = '[';
+      if (pattern[j] === '^') {
+        cls += '^';
+        j++;
+      }
+      let n = 0;
+      for (; j < pattern.length && (pattern[j] !== ']' || n === 0); j++) {
+        let lo = pattern[j]!;
+        if (lo === '\\') {
+          j++;
+          if (j >= pattern.length) return null;
+          lo = pattern[j]!;
+        }
+        if (lo === ']' && n === 0) return null;
+        cls += escapeRe(lo);
+        if (pattern[j + 1] === '-' && pattern[j + 2] !== undefined && pattern[j + 2] !== ']') {
+          let hi = pattern[j + 2]!;
+          j += 2;
+          if (hi === '\\') {
+            j++;
+            if (j >= pattern.length) return null;
+            hi = pattern[j]!;
+          }
+          if (hi < lo) return null;
+          cls += '-' + escapeRe(hi);
+        }
+        n++;
+      }
+      if (j >= pattern.length || n === 0) return null;
+      re += cls + ']';
+      i = j;
+    } else re += escapeRe(c);
+  }
+  return new RegExp(re + '$', 's');
+}
+
+function escapeRe(c: string): string {
+  return /[\\^$.*+?()[\]{}|/-]/.test(c) ? '\\' + c : c;
+}
+
+export function containsWildcards(name: string): boolean {
+  for (let i = 0; i < name.length; i++) {
+    const ch = name[i];
+    if (ch === '\\') i++;
+    else if (ch === '*' || ch === '?' || ch === '[') return true;
+  }
+  return false;
+}
+
+/** Split a cleaned path into the part before the first wildcard component and the rest (fsutil splitWildcards). */
+export function splitWildcards(p: string): [string, string] {
+  const parts = p.split('/').filter((x) => x !== '');
+  const i = parts.findIndex((x) => containsWildcards(x));
+  if (i < 0) return [parts.join('/'), ''];
+  return [parts.slice(0, i).join('/'), parts.slice(i).join('/')];
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Paths inside a root
+
+
+/**
+ * Resolve `p` (container path) inside `root` with chroot semantics. When `followFinal` is false the last component
+ * is not resolved (so a symlink there is the symlink itself).
+ */
+export async function rootPath(root: string, p: string, followFinal: boolean): Promise<string> {
+  const clean = posix.normalize('/' + p);
+  if (clean === '/') return root;
+  if (followFinal) return secureJoin(root, clean);
+  const dir = posix.dirname(clean);
+  return join(await secureJoin(root, dir), posix.basename(clean));
+}
+
+/** Clean a user-given path like Go's filepath.Clean('/' + p), keeping nothing above '/'. */
+export function cleanRel(p: string): string {
+  return posix
+    .normalize('/' + p)
+    .replace(/^\/+/, '')
+    .replace(/\/+$/, '');
+}
+
+function errCode(e: unknown): string | undefined {
+  return (e as NodeJS.ErrnoException | undefined)?.code;
+}
+
+async function lstatOrNull(p: string): Promise<Stats | null> {
+  try {
+    return await lstat(p);
+  } catch (e) {
+    if (errCode(e) === 'ENOENT' || errCode(e) === 'ENOTDIR') return null;
+    throw e;
+  }
+}
+
+async function statOrNull(p: string): Promise<Stats | null> {
+  try {
+    return await stat(p);
+  } catch (e) {
+    if (errCode(e) === 'ENOENT' || errCode(e) === 'ENOTDIR' || errCode(e) === 'ELOOP') return null;
+    throw e;
+  }
+}
+
+export interface Owner {
+  uid: number;
+  gid: number;
+}
+
+/**
+ * fsutil MkdirAll on a host path inside `root` (already resolved with rootPath): creates the missing directories
+ * with `perm` (chmod'ed, ignoring the umask) and `owner` when given. Returns the created dirs (outermost first).
+ */
+export async function mkdirAllIn(root: string, hostPath: string, perm: number, owner?: Owner): Promise<string[]> {
+  const st = await statOrNull(hostPath);
+  if (st) {
+    if (st.isDirectory()) return [];
+    throw new KilnError('COPY_FAILED', `mkdir ${displayPath(root, hostPath)}: not a directory`);
+  }
+  const rel = hostPath.slice(root.length).split('/').filter(Boolean);
+  const created: string[] = [];
+  let cur = root;
+  for (const c of rel) {
+    cur = join(cur, c);
+    const s = await lstatOrNull(cur);
+    if (s?.isDirectory()) continue;
+    if (s) throw new KilnError('COPY_FAILED', `mkdir ${displayPath(root, cur)}: not a directory`);
+    await mkdir(cur);
+    await chmod(cur, perm);
+    if (owner) await lchown(cur, owner.uid, owner.gid);
+    created.push(cur);
+  }
+  return created;
+}
+
+function displayPath(root: string, host: string): string {
+  return '/' + host.slice(root.length).replace(/^\/+/, '');
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// --chown / --chmod
+
+function parsePasswdLike(text: string | undefined): { name: string; a: number; b: number }[] {
+  const out: { name: string; a: number; b: number }[] = [];
+  for (const line of (text ?? '').split('\n')) {
+    const f = line.split(':');
+    if (f.length < 3 || f[0] === '' || line.startsWith('#')) continue;
+    out.push({ name: f[0]!, a: Number(f[2]), b: Number(f[3] ?? NaN) });
+  }
+  return out;
+}
+
+async function readRootFile(root: string, p: string): Promise<string | undefined> {
+  try {
+    const host = await rootPath(root, p, true);
+    const st = await lstat(host);
+    if (!st.isFile() || st.size > 10 << 20) return undefined;
+    const { readFile } = await import('node:fs/promises');
+    return await readFile(host, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Resolve a --chown value against the destination root (BuildKit readUser): `uid` → uid:uid, `name` → the
+ * passwd entry's uid and primary gid, `:group`/`user:group` with numeric or named groups.
+ */
+export async function resolveChown(spec: string, destRoot: string): Promise<Owner | undefined> {
+  if (spec === '') return undefined;
+  const i = spec.indexOf(':');
+  const u = i >= 0 ? spec.slice(0, i) : spec;
+  const g = i >= 0 ? spec.slice(i + 1) : undefined;
+  let uid = 0;
+  let gid = 0;
+  if (u !== '') {
+    if (/^\d+$/.test(u)) {
+      uid = Number(u);
+      gid = uid;
+    } else {
+      const e = parsePasswdLike(await readRootFile(destRoot, '/etc/passwd')).find((x) => x.name === u);
+      if (!e) {
+        throw new KilnError('USER_UNKNOWN', `unable to find user ${u}: no matching entries in passwd file`, {
+          hint: 'use a numeric --chown=UID:GID or create the user in an earlier step',
+        });
+      }
+      uid = e.a;
+      gid = Number.isFinite(e.b) ? e.b : 0;
+    }
+  }
+  if (g !== undefined && g !== '') {
+    if (/^\d+$/.test(g)) gid = Number(g);
+    else {
+      const e = parsePasswdLike(await readRootFile(destRoot, '/etc/group')).find((x) => x.name === g);
+      if (!e) {
+        throw new KilnError('GROUP_UNKNOWN', `unable to find group ${g}: no matching entries in group file`, {
+          hint: 'use a numeric group id or create the group in an earlier step',
+        });
+      }
+      gid = e.a;
+    }
+  }
+  return { uid, gid };
+}
+
+/** A --chmod value: a function from the source mode (07777 bits + dir flag) to the new 07777 bits. */
+export type ModeFn = (mode: number, isDir: boolean) => number;
+
+/** Parse --chmod like BuildKit: octal up to 07777, or a symbolic mode (chmod(1) syntax, umask 0). */
+export function parseChmod(s: string): ModeFn | undefined {
+  if (s === '') return undefined;
+  if (/^\d+$/.test(s)) {
+    const v = /^[0-7]+$/.test(s) ? parseInt(s, 8) : NaN;
+    if (!Number.isFinite(v) || v > 0o7777) {
+      throw new KilnError(
+        'COPY_CHMOD',
+        `invalid chmod parameter: '${s}'. it should be octal string and between 0 and 07777`,
+      );
+    }
+    return () => v;
+  }
+  const clauses = s.split(',').map((c) => {
+    const m = /^([ugoa]*)((?:[-+=][rwxXst]*)+)$/.exec(c);
+    if (!m) throw new KilnError('COPY_CHMOD', `invalid chmod parameter: '${s}'`);
+    const who = m[1] === '' || m[1]!.includes('a') ? 'ugo' : m[1]!;
+    const ops = [...m[2]!.matchAll(/([-+=])([rwxXst]*)/g)].map((x) => ({ op: x[1]!, perms: x[2]! }));
+    return { who, ops };
+  });
+  return (mode, isDir) => {
+    let m = mode & 0o7777;
+    for (const { who, ops } of clauses) {
+      for (const { op, perms } of ops) {
+        let bits = 0;
+        const anyX = isDir || (m & 0o111) !== 0;
+        for (const w of who) {
+          const shift = w === 'u' ? 6 : w === 'g' ? 3 : 0;
+          if (perms.includes('r')) bits |= 4 << shift;
+          if (perms.includes('w')) bits |= 2 << shift;
+          if (perms.includes('x') || (perms.includes('X') && anyX)) bits |= 1 << shift;
+          if (perms.includes('s') && w === 'u') bits |= 0o4000;
+          if (perms.includes('s') && w === 'g') bits |= 0o2000;
+          if (perms.includes('t') && w === 'o') bits |= 0o1000;
+        }
+        let mask = 0;
+        for (const w of who) {
+          if (w === 'u') mask |= 0o4700;
+          if (w === 'g') mask |= 0o2070;
+          if (w === 'o') mask |= 0o1007;
+        }
+        if (op === '+') m |= bits;
+        else if (op === '-') m &= ~bits;
+        else m = (m & ~mask) | bits;
+      }
+    }
+    return m;
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Source resolution
+
+/** One resolved source: a path relative to its root and the host path after following symlinks in the root. */
+export interface SourceMatch {
+  /** Path as matched, relative to the source root (no leading '/'). */
+  rel: string;
+  /** Host path with symlinks followed inside the root. */
+  abs: string;
+  st: Stats;
+  /** For --parents: the destination-relative path to recreate under dest. */
+  parentsRel?: string;
+}
+
+interface SourceCtx {
+  root: string;
+  ignore: Matcher | undefined;
+  kind: CopySource['kind'];
+}
+
+function isIgnored(ctx: SourceCtx, rel: string, isDir: boolean): boolean {
+  if (!ctx.ignore || rel === '') return false;
+  if (!ctx.ignore.matches(rel, isDir)) return false;
+  return !(isDir && ctx.ignore.mayContainIncluded(rel));
+}
+
+/** Walk `base` (host dir, rel path `baseRel`) in lexical order, matching `re` against paths relative to base. */
+async function walkMatch(ctx: SourceCtx, base: string, baseRel: string, re: RegExp, out: SourceMatch[]): Promise<void> {
+  const visit = async (dirAbs: string, relFromBase: string): Promise<void> => {
+    let names: string[];
+    try {
+      names = await readdir(dirAbs);
+    } catch {
+      return;
+    }
+    names.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+    for (const n of names) {
+      const r = relFromBase ? `${relFromBase}/${n}` : n;
+      const abs = join(dirAbs, n);
+      const st = await lstat(abs);
+      const rootRel = baseRel ? `${baseRel}/${r}` : r;
+      if (isIgnored(ctx, rootRel, st.isDirectory())) continue;
+      if (re.test(r)) {
+        out.push({ rel: rootRel, abs, st });
+        continue; // a matched directory is not descended (filepath.SkipDir)
+      }
+      if (st.isDirectory()) await visit(abs, r);
+    }
+  };
+  await visit(base, '');
+}
+
+function notFound(ctx: SourceCtx, src: string): KilnError {
+  const where = ctx.kind === 'context' ? 'build context' : 'the source stage or image';
+  return new KilnError('COPY_SOURCE_NOT_FOUND', `COPY failed: "${src}" not found in ${where}`, {
+    hint:
+      ctx.kind === 'context'
+        ? 'check the path is relative to the build context and not excluded by .dockerignore'
+        : 'check the path exists in the --from stage or image',
+  });
+}
+
+/** Resolve one COPY source argument to its matches (following symlinks inside the root for each match). */
+export async function resolveSource(ctx: SourceCtx, src: string): Promise<SourceMatch[]> {
+  const clean = cleanRel(src);
+  const [d1, d2] = splitWildcards(clean);
+  if (d2 === '') {
+    if (clean !== '' && isIgnored(ctx, clean, false) && isIgnored(ctx, clean, true)) throw notFound(ctx, src);
+    const abs = await rootPath(ctx.root, clean, true);
+    const st = await lstatOrNull(abs);
+    if (!st) throw notFound(ctx, src);
+    const realRel = abs.slice(ctx.root.length).replace(/^\/+/, '');
+    if (realRel !== clean && realRel !== '' && isIgnored(ctx, realRel, st.isDirectory())) throw notFound(ctx, src);
+    return [{ rel: clean, abs, st }];
+  }
+  const re = goMatchRegExp(d2);
+  if (!re) return [];
+  const base = await rootPath(ctx.root, d1, true);
+  const bst = await lstatOrNull(base);
+  if (!bst?.isDirectory()) return [];
+  const matches: SourceMatch[] = [];
+  await walkMatch(ctx, base, d1, re, matches);
+  // FollowSymlinks: each match is followed inside the root.
+  for (const m of matches) {
+    if (m.st.isSymbolicLink()) {
+      const abs = await rootPath(ctx.root, m.rel, true);
+      const st = await lstatOrNull(abs);
+      if (!st) throw notFound(ctx, m.rel);
+      m.abs = abs;
+      m.st = st;
+    }
+  }
+  return matches;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The copier
+
+export interface CopyOptions {
+  owner?: Owner;
+  mode?: ModeFn;
+  exclude?: Matcher;
+  /** Context files are sent with uid/gid 0. */
+  resetOwner: boolean;
+  ignore?: Matcher;
+  /** Path of the source root relative to the context root (for ignore matching), when the source is the context. */
+  warn: (msg: string) => void;
+}
+
+interface ParentDir {
+  src: string;
+  dst: string;
+  copied: boolean;
+}
+
+/** Copies one resolved source into a destination path (fsutil copier). */
+export class TreeCopier {
+  private readonly inodes = new Map<string, string>();
+  private readonly parents: ParentDir[] = [];
+  readonly xattrs: XattrSet[] = [];
+  private srcXattrs = new Map<string, Map<string, Buffer>>();
+  private warnedDevices = false;
+
+  constructor(
+    private readonly opts: CopyOptions,
+    private readonly ctx: SourceCtx,
+  ) {}
+
+  async loadXattrs(paths: string[]): Promise<void> {
+    if (paths.length === 0) return;
+    for (const p of paths) {
+      for (const [k, v] of await readXattrsRecursive(p, '^(security\\.capability|user\\..*)$')) {
+        const kept = new Map([...v].filter(([n]) => !n.startsWith('user.overlay.')));
+        if (kept.size) this.srcXattrs.set(k, kept);
+      }
+    }
+  }
+
+  private owner(st: Stats): Owner {
+    if (this.opts.owner) return this.opts.owner;
+    if (this.opts.resetOwner) return { uid: 0, gid: 0 };
+    return { uid: st.uid, gid: st.gid };
+  }
+
+  private mode(st: Stats): number {
+    const m = st.mode & 0o7777;
+    return this.opts.mode ? this.opts.mode(m, st.isDirectory()) : m;
+  }
+
+  private async copyFileInfo(st: Stats, src: string, target: string): Promise<void> {
+    const o = this.owner(st);
+    await lchown(target, o.uid, o.gid);
+    if (!st.isSymbolicLink()) await chmod(target, this.mode(st));
+    await lutimes(target, st.atime, st.mtime);
+    const x = this.srcXattrs.get(src);
+    if (x && (st.isFile() || st.isDirectory())) {
+      for (const [name, value] of x) this.xattrs.push({ path: target, name, value });
+    }
+  }
+
+  /**
+   * Copy `src` (host path; `comps` its path relative to the copy source, '' at the top; `ctxRel` relative to the
+   * context root for .dockerignore) to `target`.
+   */
+  async copy(src: string, comps: string, ctxRel: string, target: string, overwriteMeta: boolean): Promise<void> {
+    let include = true;
+    if (comps !== '') {
+      const ex = this.opts.exclude;
+      const ig = this.ctx.ignore;
+      const exM = ex ? ex.matches(comps) : false;
+      const igM = ig && this.ctx.kind === 'context' ? ig.matches(ctxRel) : false;
+      if (exM || igM) {
+        include = false;
+        const mayInclude = (!exM || ex!.mayContainIncluded(comps)) && (!igM || ig!.mayContainIncluded(ctxRel));
+        if (!mayInclude) return;
+      }
+    }
+    const st = await lstat(src);
+    if (!include && !st.isDirectory()) return;
+    if (include) await this.createParentDirs();
+    const targetSt = await lstatOrNull(target);
+
+    if (!st.isDirectory()) {
+      if (targetSt) {
+        if (targetSt.isDirectory()) {
+          throw new KilnError(
+            'COPY_FAILED',
+            `cannot replace to directory ${displayPath(this.destRoot, target)} with file`,
+          );
+        }
+        await unlink(target);
+      }
+    }
+    let copyInfo = include;
+    let restoreTime = false;
+    if (st.isDirectory()) {
+      const parent: ParentDir = { src, dst: target, copied: false };
+      let created = false;
+      if (include) {
+        created = await this.copyDirectoryOnly(target, st, overwriteMeta);
+        parent.copied = true;
+      }
+      this.parents.push(parent);
+      try {
+        const names = await readdir(src);
+        names.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+        for (const n of names) {
+          await this.copy(
+            join(src, n),
+            comps ? `${comps}/${n}` : n,
+            ctxRel ? `${ctxRel}/${n}` : n,
+            join(target, n),
+            true,
+          );
+        }
+      } finally {
+        this.parents.pop();
+      }
+      if (!overwriteMeta) {
+        copyInfo = created;
+        restoreTime = !created;
+      }
+    } else if (st.isFile()) {
+      const key = `${st.dev}:${st.ino}`;
+      const first = st.nlink > 1 ? this.inodes.get(key) : undefined;
+      if (first) await link(first, target);
+      else {
+        await copyFile(src, target, fsc.COPYFILE_EXCL);
+        if (st.nlink > 1) this.inodes.set(key, target);
+      }
+    } else if (st.isSymbolicLink()) {
+      await symlink(await readlink(src), target);
+    } else if (st.isSocket()) {
+      return;
+    } else {
+      // devices and fifos
+      if (!st.isFIFO() && !isRealRoot()) {
+        if (!this.warnedDevices)
+          this.opts.warn(`device node ${comps || src} skipped: creating devices needs real root`);
+        this.warnedDevices = true;
+        return;
+      }
+      const rdev = st.rdev;
+      await mknodBatch([
+        {
+          path: target,
+          kind: st.isFIFO() ? 'p' : st.isCharacterDevice() ? 'c' : 'b',
+          major: (rdev >>> 8) & 0xfff,
+          minor: (rdev & 0xff) | ((rdev >>> 12) & 0xfff00),
+        },
+      ]);
+    }
+    if (copyInfo) await this.copyFileInfo(st, src, target);
+    else if (restoreTime && targetSt) await lutimes(target, st.atime, st.mtime);
+  }
+
+  destRoot = '/';
+
+  private async copyDirectoryOnly(dst: string, st: Stats, overwriteMeta: boolean): Promise<boolean> {
+    const t = await lstatOrNull(dst);
+    if (!t) {
+      await mkdir(dst);
+      return true;
+    }
+    if (!t.isDirectory()) {
+      throw new KilnError('COPY_FAILED', `cannot copy to non-directory: ${displayPath(this.destRoot, dst)}`);
+    }
+    if (overwriteMeta) await chmod(dst, this.mode(st));
+    return false;
+  }
+
+  /** --parents: make `target` a directory like `srcDir` (metadata copied) unless it already is one. */
+  async ensureDirLike(srcDir: string, target: string): Promise<void> {
+    const st = await stat(srcDir);
+    if (!st.isDirectory()) throw new KilnError('COPY_FAILED', `${srcDir} is not a directory`);
+    if (await this.copyDirectoryOnly(target, st, false)) await this.copyFileInfo(st, srcDir, target);
+  }
+
+  private async createParentDirs(): Promise<void> {
+    for (const p of this.parents) {
+      if (p.copied) continue;
+      const st = await stat(p.src);
+      const created = await this.copyDirectoryOnly(p.dst, st, true);
+      if (created) await this.copyFileInfo(st, p.src, p.dst);
+      p.copied = true;
+    }
+  }
+}
+
+/** BuildKit's pathRelativeToWorkingDir: absolute, trailing slash kept ("." and "" mean WORKDIR/). */
+export function destPath(dest: string, workdir: string): string {
+  let p = dest;
+  if (!p.startsWith('/')) {
+    if (p === '.' || p === '') p = './';
+    p = posix.join(workdir || '/', p) + (p.endsWith('/') || p.endsWith('/.') ? '/' : '');
+  }
+  const trailing = p.endsWith('/') || p.endsWith('/.');
+  let clean = posix.normalize(p);
+  if (trailing && !clean.endsWith('/')) clean += '/';
+  return clean;
+}
+
+/**
+ * Copy the matched sources into `destRoot` at `dest` (absolute, as from destPath). Implements fsutil Copy():
+ * destination parents, the "into a directory or as the named file" rule, and the tree copy.
+ */
+export async function copyMatches(
+  matches: SourceMatch[],
+  dest: string,
+  destRoot: string,
+  opts: CopyOptions,
+  ctx: SourceCtx,
+  dirContents = true,
+): Promise<void> {
+  const perm = opts.mode ? opts.mode(0o755, true) : 0o755;
+  // ensureDstPath: the parent of dest, or dest itself when it ends with '/'.
+  const ensure = dest.endsWith('/') ? dest : posix.dirname(dest);
+  await mkdirAllIn(destRoot, await rootPath(destRoot, ensure, true), perm, opts.owner);
+  const dstResolved = await rootPath(destRoot, dest, true);
+  const tc = new TreeCopier(opts, ctx);
+  tc.destRoot = destRoot;
+  await tc.loadXattrs(matches.map((m) => m.abs));
+  for (const m of matches) {
+    const ctxRel = m.abs === ctx.root ? '' : m.abs.slice(ctx.root.length + 1);
+    if (m.parentsRel !== undefined) {
+      // --parents: recreate the path below the pivot, parents with the source directories' metadata.
+      const parts = m.parentsRel.split('/').filter(Boolean);
+      const pivotAbs = m.abs.slice(0, m.abs.length - m.parentsRel.length).replace(/\/+$/, '');
+      for (let i = 1; i < parts.length; i++) {
+        const rel = parts.slice(0, i).join('/');
+        const t = await rootPath(destRoot, posix.join(dest, rel), false);
+        await tc.ensureDirLike(join(pivotAbs, rel), t);
+      }
+      const target = await rootPath(destRoot, posix.join(dest, m.parentsRel), false);
+      await tc.copy(m.abs, '', ctxRel, target, false);
+      continue;
+    }
+    let target = dstResolved;
+    const fiDest = await statOrNull(target);
+    const isDir = m.st.isDirectory();
+    if ((!dirContents && isDir && fiDest) || (!isDir && fiDest?.isDirectory())) {
+      target = join(target, posix.basename(m.rel) || posix.basename(m.abs));
+    }
+    const parentTarget = isDir && dirContents && !fiDest ? target : posix.dirname(target);
+    await mkdirAllIn(destRoot, parentTarget, perm, opts.owner);
+    await tc.copy(m.abs, '', ctxRel, target, false);
+  }
+  const problems = await setXattrs(tc.xattrs);
+  if (problems.length) opts.warn(`some extended attributes could not be copied: ${problems[0]}`);
+}
+
+/** Build a CopyOptions object for a request. */
+export async function copyOptionsFor(
+  req: CopyRequest,
+  src: CopySource,
+  destRoot: string,
+  ignore: Matcher | undefined,
+  warn: (m: string) => void,
+): Promise<CopyOptions> {
+  const o: CopyOptions = { resetOwner: src.kind === 'context', warn };
+  const owner = await resolveChown(req.chown, destRoot);
+  if (owner) o.owner = owner;
+  const mode = parseChmod(req.chmod);
+  if (mode) o.mode = mode;
+  if (req.exclude.length) o.exclude = newMatcher(req.exclude);
+  if (ignore && src.kind === 'context') o.ignore = ignore;
+  return o;
+}
+
+/** Matches for all non-URL sources of a request, in order; `--parents` computes each match's kept path. */
+export async function resolveRequestSources(
+  req: CopyRequest,
+  src: CopySource,
+  ignore: Matcher | undefined,
+): Promise<SourceMatch[]> {
+  const ctx: SourceCtx = { root: src.dir, ignore: src.kind === 'context' ? ignore : undefined, kind: src.kind };
+  const out: SourceMatch[] = [];
+  for (const s of req.sources) {
+    if (isUrlSource(s) || isGitSource(s)) continue;
+    if (req.parents) {
+      const cut = s.indexOf('/./');
+      const pivot = cut >= 0 ? cleanRel(s.slice(0, cut)) : '';
+      const pattern = cut >= 0 ? s.slice(cut + 3) : s;
+      const full = pivot ? `${pivot}/${cleanRel(pattern)}` : cleanRel(pattern);
+      const ms = await resolveSource(ctx, full);
+      if (ms.length === 0 && !containsWildcards(full)) throw notFound(ctx, s);
+      for (const m of ms) {
+        m.parentsRel = pivot ? m.rel.slice(pivot.length + 1) : m.rel;
+        out.push(m);
+      }
+      continue;
+    }
+    out.push(...(await resolveSource(ctx, s)));
+  }
+  return out;
+}
+
+/** Hash a file tree for the cache key: paths, types, modes, link targets and content (sha256), in walk order. */
+async function hashTree(abs: string, rel: string, h: ReturnType<typeof createHash>, withOwner: boolean): Promise<void> {
+  const st = await lstat(abs);
+  const type = st.isDirectory() ? 'd' : st.isSymbolicLink() ? 'l' : st.isFile() ? 'f' : 'o';
+  h.update(`${rel}\0${type}\0${(st.mode & 0o7777).toString(8)}\0`);
+  if (withOwner) h.update(`${st.uid}:${st.gid}\0`);
+  if (type === 'l') h.update(`${await readlink(abs)}\0`);
+  else if (type === 'f') {
+    const { createReadStream } = await import('node:fs');
+    const fh = createHash('sha256');
+    for await (const c of createReadStream(abs)) fh.update(c as Buffer);
+    h.update(`${st.size}\0${fh.digest('hex')}\0`);
+  } else if (type === 'd') {
+    const names = await readdir(abs);
+    names.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+    for (const n of names) await hashTree(join(abs, n), rel ? `${rel}/${n}` : n, h, withOwner);
+  }
+  h.update('\n');
+}
+
+export interface LocalFileCopierOptions {
+  /** The loaded build context (its .dockerignore and stat cache are used for context sources). */
+  context?: BuildContext;
+  /** Explicit ignore matcher (when no BuildContext is given). */
+  ignore?: Matcher;
+  /** Scratch space for ADD downloads. */
+  tmpDir?: string;
+  onWarning?: (msg: string) => void;
+}
+
+/** The engine's FileCopier: COPY and ADD into a merged rootfs. */
+export class LocalFileCopier implements FileCopier {
+  private readonly add: AddSupport;
+  private readonly warn: (m: string) => void;
+
+  constructor(private readonly opts: LocalFileCopierOptions = {}) {
+    this.warn = opts.onWarning ?? ((m) => process.stderr.write(`kiln: warning: ${m}\n`));
+    this.add = new AddSupport(opts.tmpDir);
+  }
+
+  private get ignore(): Matcher | undefined {
+    return this.opts.context?.ignore ?? this.opts.ignore;
+  }
+
+  async checksum(req: CopyRequest, src: CopySource): Promise<string> {
+    validateSources(req);
+    const h = createHash('sha256');
+    const matches = await resolveRequestSources(req, src, this.ignore);
+    const ctxPaths: string[] = [];
+    for (const m of matches) {
+      h.update(`src:${m.rel}\0${m.parentsRel ?? ''}\n`);
+      if (src.kind === 'context' && this.opts.context) ctxPaths.push(m.abs);
+      else await hashTree(m.abs, '', h, src.kind !== 'context');
+    }
+    if (ctxPaths.length && this.opts.context)
+      h.update(await hashContextPaths(this.opts.context, ctxPaths, req.exclude));
+    for (const s of req.sources) {
+      if (isUrlSource(s) || isGitSource(s)) h.update(`url:${s}\0${await this.add.checksumUrl(s, req)}\n`);
+    }
+    for (const c of req.contents) h.update(`heredoc:${c.path}\0${createHash('sha256').update(c.data).digest('hex')}\n`);
+    return 'sha256:' + h.digest('hex');
+  }
+
+  async apply(req: CopyRequest, src: CopySource, destRootIn: string): Promise<void> {
+    validateSources(req);
+    const destRoot = resolve(destRootIn);
+    src = { ...src, dir: resolve(src.dir) };
+    const dest = destPath(req.dest, req.workdir);
+    const ctx: SourceCtx = { root: src.dir, ignore: src.kind === 'context' ? this.ignore : undefined, kind: src.kind };
+    const opts = await copyOptionsFor(req, src, destRoot, this.ignore, this.warn);
+    await checkMultipleSources(req, dest, destRoot);
+    // BuildKit: one copy action per source, in order (local paths, URLs), then heredocs.
+    for (const s of req.sources) {
+      if (isGitSource(s)) {
+        throw new KilnError('ADD_GIT_UNSUPPORTED', `${req.kind} of a git repository (${s}) is not supported yet`, {
+          hint: 'clone the repository in a RUN step or add it to the build context',
+        });
+      }
+      if (isUrlSource(s)) {
+        await this.add.addUrl(s, req, dest, destRoot, opts);
+        continue;
+      }
+      const one = { ...req, sources: [s] };
+      const matches = await resolveRequestSources(one, src, this.ignore);
+      const unpack = req.kind === 'ADD' ? (req.unpack ?? true) : false;
+      const plain: SourceMatch[] = [];
+      for (const m of matches) {
+        if (unpack && m.st.isFile() && (await this.add.tryUnpack(m.abs, dest, destRoot, opts, m.rel))) continue;
+        plain.push(m);
+      }
+      if (plain.length) await copyMatches(plain, dest, destRoot, opts, ctx);
+    }
+    if (req.contents.length) {
+      const tmp = await this.add.scratchDir();
+      try {
+        const t = req.sourceDateEpoch ?? Math.floor(Date.now() / 1000);
+        const matches: SourceMatch[] = [];
+        for (const c of req.contents) {
+          const rel = cleanRel(c.path);
+          const abs = join(tmp, rel);
+          await mkdir(posix.dirname(abs), { recursive: true });
+          await writeFile(abs, c.data, { mode: 0o644 });
+          await chmod(abs, 0o644);
+          await lutimes(abs, t, t);
+          matches.push({ rel, abs, st: await lstat(abs) });
+        }
+        await copyMatches(
+          matches,
+          dest,
+          destRoot,
+          { ...opts, resetOwner: true, ignore: undefined },
+          {
+            root: tmp,
+            ignore: undefined,
+            kind: 'stage',
+          },
+        );
+      } finally {
+        await rm(tmp, { recursive: true, force: true });
+      }
+    }
+  }
+}
+
+function validateSources(req: CopyRequest): void {
+  if (req.kind === 'COPY') {
+    for (const s of req.sources) {
+      if (isGitSource(s)) throw new KilnError('COPY_FAILED', "source can't be a git ref for COPY");
+      if (isUrlSource(s)) throw new KilnError('COPY_FAILED', "source can't be a URL for COPY");
+    }
+  }
+  if (req.checksum) {
+    if (req.kind !== 'ADD') throw new KilnError('COPY_FAILED', "checksum can't be specified for COPY");
+    if (req.sources.length !== 1)
+      throw new KilnError('COPY_FAILED', "checksum can't be specified for multiple sources");
+    if (!isUrlSource(req.sources[0]!) && !isGitSource(req.sources[0]!)) {
+      throw new KilnError('COPY_FAILED', 'checksum requires HTTP(S) or Git sources');
+    }
+  }
+}
+
+/**
+ * Docker's documented rule: with more than one source the destination must be a directory (ending in '/').
+ * BuildKit does not check and lets the last source overwrite the others when the destination is not an existing
+ * directory; we refuse exactly that case with the documented message and accept an existing directory.
+ */
+async function checkMultipleSources(req: CopyRequest, dest: string, destRoot: string): Promise<void> {
+  if (req.sources.length + req.contents.length <= 1 || dest.endsWith('/')) return;
+  const st = await statOrNull(await rootPath(destRoot, dest, true));
+  if (st?.isDirectory()) return;
+  throw new KilnError(
+    'COPY_DEST_NOT_DIR',
+    `When using ${req.kind} with more than one source file, the destination must be a directory and end with a /`,
+  );
+}

@@ -1,0 +1,273 @@
+/**
+ * Helpers for running kiln code as an ordinary user (`kilntest`, created by scripts/rootless-user.sh with
+ * `kilntest:200000:65536` in /etc/subuid and /etc/subgid) and for sandbox scenarios.
+ *
+ * - `rootlessPrefix()`: the command prefix (`runuser -u kilntest --`) for `runInBuildNamespace(..., {commandPrefix})`.
+ * - `runAsRootless(cmd, args)`: run any command as kilntest.
+ * - `rootlessTempDir()`: a temp dir owned by kilntest (e.g. a KILN_HOME for a rootless test).
+ * - `runStepScenario(req)`: executed INSIDE the build namespace (via runInBuildNamespace): builds a busybox layer
+ *   dir, prepares a snapshot, runs one or more RUN steps on it and reports output, exit codes, the upper dir
+ *   (types, whiteouts, opaque dirs), leftover mounts and temp dirs.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import {
+  chmod,
+  copyFile,
+  lstat,
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  rm,
+  symlink,
+  writeFile,
+  chown,
+} from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const ROOTLESS_USER = 'kilntest';
+const REPO = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+/** Make sure the kilntest user exists (runs scripts/rootless-user.sh when root). Returns its uid/gid. */
+export function ensureRootlessUser(): { uid: number; gid: number } {
+  if (process.getuid?.() === 0) {
+    const r = spawnSync('sh', [join(REPO, 'scripts', 'rootless-user.sh')], { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`rootless-user.sh failed: ${r.stderr}`);
+  }
+  const uid = spawnSync('id', ['-u', ROOTLESS_USER], { encoding: 'utf8' });
+  const gid = spawnSync('id', ['-g', ROOTLESS_USER], { encoding: 'utf8' });
+  if (uid.status !== 0) throw new Error(`user ${ROOTLESS_USER} missing: run scripts/rootless-user.sh as root`);
+  return { uid: Number(uid.stdout.trim()), gid: Number(gid.stdout.trim()) };
+}
+
+export function rootlessPrefix(): string[] {
+  return ['runuser', '-u', ROOTLESS_USER, '--'];
+}
+
+/** Run `cmd args` as kilntest; resolves with exit code and output. */
+export function runAsRootless(
+  cmd: string,
+  args: string[],
+  opts: { env?: NodeJS.ProcessEnv; cwd?: string } = {},
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const prefix = rootlessPrefix();
+  return new Promise((resolve, reject) => {
+    const p = spawn(prefix[0] as string, [...prefix.slice(1), cmd, ...args], {
+      env: { ...process.env, ...opts.env },
+      cwd: opts.cwd ?? '/',
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    p.on('error', reject);
+    p.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+/** A fresh temp dir owned by kilntest (mode 0700). */
+export async function rootlessTempDir(prefix = 'kiln-rootless-'): Promise<string> {
+  const { uid, gid } = ensureRootlessUser();
+  const dir = await mkdtemp(join(tmpdir(), prefix));
+  await chown(dir, uid, gid);
+  await chmod(dir, 0o700);
+  return dir;
+}
+
+export const BUSYBOX_TOOLS = [
+  'sh',
+  'id',
+  'ls',
+  'cat',
+  'echo',
+  'env',
+  'pwd',
+  'hostname',
+  'ip',
+  'rm',
+  'mkdir',
+  'ps',
+  'sleep',
+  'touch',
+  'mount',
+  'stat',
+  'test',
+  'grep',
+  'wc',
+  'sort',
+  'readlink',
+  'chmod',
+  'true',
+  'false',
+];
+
+/** Write a busybox rootfs layer dir (static /bin/busybox + applet links + /etc/passwd, /etc/group, extra files). */
+export async function writeBusyboxRootfs(dir: string, extra: Record<string, string> = {}): Promise<void> {
+  await mkdir(join(dir, 'bin'), { recursive: true });
+  await mkdir(join(dir, 'etc'), { recursive: true });
+  await copyFile('/bin/busybox', join(dir, 'bin', 'busybox'));
+  await chmod(join(dir, 'bin', 'busybox'), 0o755);
+  for (const t of BUSYBOX_TOOLS) await symlink('busybox', join(dir, 'bin', t));
+  await writeFile(
+    join(dir, 'etc', 'passwd'),
+    'root:x:0:0:root:/root:/bin/sh\nu1:x:1000:1000:u1:/home/u1:/bin/sh\nnobody:x:65534:65534::/nonexistent:/bin/sh\n',
+  );
+  await writeFile(
+    join(dir, 'etc', 'group'),
+    'root:x:0:\nwheel:x:10:root,u1\ng1:x:1000:\nextra:x:2000:u1\nnogroup:x:65534:\n',
+  );
+  for (const [p, content] of Object.entries(extra)) {
+    await mkdir(join(dir, dirname(p)), { recursive: true });
+    await writeFile(join(dir, p), content);
+  }
+}
+
+export interface UpperEntry {
+  path: string;
+  type: 'dir' | 'file' | 'symlink' | 'whiteout' | 'other';
+  opaque?: boolean;
+  content?: string;
+}
+
+/** List an upper dir in overlay format (whiteouts and opaque dirs recognised). */
+export async function listUpper(dir: string, rel = ''): Promise<UpperEntry[]> {
+  const out: UpperEntry[] = [];
+  let names: string[];
+  try {
+    names = (await readdir(join(dir, rel))).sort();
+  } catch {
+    return out;
+  }
+  for (const name of names) {
+    const r = rel ? `${rel}/${name}` : name;
+    const p = join(dir, r);
+    const st = await lstat(p);
+    if (st.isCharacterDevice() && st.rdev === 0) out.push({ path: '/' + r, type: 'whiteout' });
+    else if (st.isDirectory()) {
+      const x = spawnSync('getfattr', ['-h', '--only-values', '-n', 'user.overlay.opaque', p], { encoding: 'utf8' });
+      out.push({ path: '/' + r, type: 'dir', opaque: x.status === 0 && x.stdout === 'y' });
+      out.push(...(await listUpper(dir, r)));
+    } else if (st.isFile()) {
+      out.push({ path: '/' + r, type: 'file', content: st.size < 4096 ? await readFile(p, 'utf8') : undefined });
+    } else if (st.isSymbolicLink()) out.push({ path: '/' + r, type: 'symlink' });
+    else out.push({ path: '/' + r, type: 'other' });
+  }
+  return out;
+}
+
+export interface ScenarioStep {
+  argv: string[];
+  env?: string[];
+  cwd?: string;
+  user?: string;
+  network?: 'host' | 'none';
+  mounts?: import('../../src/sandbox/run.js').SandboxMount[];
+  /** Abort the step as soon as stdout contains this text. */
+  abortOn?: string;
+}
+
+export interface ScenarioRequest {
+  kilnHome: string;
+  snapshotter?: 'overlay' | 'copy';
+  /** Extra files for the busybox base layer. */
+  baseFiles?: Record<string, string>;
+  /** Extra files for a second layer on top of the base (exercises multi-lower). */
+  topFiles?: Record<string, string>;
+  steps: ScenarioStep[];
+}
+
+export interface StepReport {
+  exitCode?: number;
+  signal?: string;
+  error?: { code: string; message: string };
+  stdout: string;
+  stderr: string;
+}
+
+export interface ScenarioReport {
+  kind: string;
+  uid: number;
+  steps: StepReport[];
+  upper: UpperEntry[];
+  /** Mount points under kilnHome left after release. */
+  leftoverMounts: string[];
+  /** Entries of kilnHome/tmp left after release. */
+  leftoverTemp: string[];
+}
+
+/** See the module comment. Runs inside the build namespace (root there). */
+export async function runStepScenario(req: ScenarioRequest): Promise<ScenarioReport> {
+  const { chooseSnapshotter } = await import('../../src/sandbox/overlay.js');
+  const { runProcess } = await import('../../src/sandbox/run.js');
+  const { mountsUnder } = await import('../../src/sandbox/mount.js');
+  if (req.snapshotter) process.env.KILN_SNAPSHOTTER = req.snapshotter;
+  const base = join(req.kilnHome, 'layers', 'base');
+  await rm(base, { recursive: true, force: true });
+  await writeBusyboxRootfs(base, req.baseFiles);
+  const lowers = [base];
+  if (req.topFiles) {
+    const top = join(req.kilnHome, 'layers', 'top');
+    await rm(top, { recursive: true, force: true });
+    await mkdir(top, { recursive: true });
+    for (const [p, content] of Object.entries(req.topFiles)) {
+      await mkdir(join(top, dirname(p)), { recursive: true });
+      await writeFile(join(top, p), content);
+    }
+    lowers.push(top);
+  }
+  const snapshotter = await chooseSnapshotter({ kilnHome: req.kilnHome });
+  const snap = await snapshotter.prepare(lowers);
+  const steps: StepReport[] = [];
+  let upper: UpperEntry[] = [];
+  try {
+    for (const s of req.steps) {
+      const rep: StepReport = { stdout: '', stderr: '' };
+      const ac = new AbortController();
+      try {
+        const r = await runProcess({
+          rootfs: snap.root,
+          argv: s.argv,
+          env: s.env ?? [],
+          cwd: s.cwd ?? '/',
+          user: s.user ?? '',
+          network: s.network ?? 'host',
+          mounts: s.mounts ?? [],
+          kilnHome: req.kilnHome,
+          signal: ac.signal,
+          onStdout: (d) => {
+            rep.stdout += d.toString();
+            if (s.abortOn && rep.stdout.includes(s.abortOn)) ac.abort();
+          },
+          onStderr: (d) => (rep.stderr += d.toString()),
+        });
+        rep.exitCode = r.exitCode;
+        if (r.signal) rep.signal = r.signal;
+      } catch (e) {
+        const err = e as { code?: string; message: string };
+        rep.error = { code: err.code ?? 'ERROR', message: err.message };
+      }
+      steps.push(rep);
+    }
+    await snap.unmount();
+    upper = await listUpper(snap.upper);
+  } finally {
+    await snap.release();
+  }
+  let leftoverTemp: string[] = [];
+  try {
+    leftoverTemp = await readdir(join(req.kilnHome, 'tmp'));
+  } catch {
+    leftoverTemp = [];
+  }
+  return {
+    kind: snapshotter.kind,
+    uid: process.getuid?.() ?? -1,
+    steps,
+    upper,
+    leftoverMounts: await mountsUnder(req.kilnHome),
+    leftoverTemp,
+  };
+}

@@ -14,7 +14,7 @@
  *   secrets/          optional secret files (never part of the context)
  *   everything else   the context
  */
-import { cp, chmod, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { cp, chmod, mkdir, readdir, readFile, stat, utimes, writeFile } from 'node:fs/promises';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -135,7 +135,7 @@ function readJson<T>(path: string): T | undefined {
   try {
     return JSON.parse(readFileSync(path, 'utf8')) as T;
   } catch (e) {
-    throw new Error(`${path}: ${(e as Error).message}`);
+    throw new Error(`${path}: ${(e as Error).message}`, { cause: e });
   }
 }
 
@@ -272,7 +272,8 @@ export async function runCase(env: SuiteEnv, c: DiffCase): Promise<CaseReport> {
         if (!built) report.failures.push('buildkit: build succeeded but the case expects a failure');
         else log(`buildkit: failed as expected: ${lastErrorLine(built)}`);
       } else {
-        if (built) throw new Error(`BuildKit build failed (the reference must build):\n${built.message}`);
+        if (built)
+          throw new Error(`BuildKit build failed (the reference must build):\n${built.message}`, { cause: built });
         await env.dockerd.push(ref);
         reference = await snap('buildkit', ref);
         log(`buildkit: built and pushed ${ref} (${Date.now() - t0} ms)`);
@@ -478,25 +479,33 @@ async function prepareContext(c: DiffCase, ctx: string): Promise<void> {
   }
 }
 
-async function readTemplates(ctx: string): Promise<Map<string, string>> {
-  const out = new Map<string, string>();
+interface Template {
+  text: string;
+  mtime: Date;
+}
+
+async function readTemplates(ctx: string): Promise<Map<string, Template>> {
+  const out = new Map<string, Template>();
   const walk = async (dir: string): Promise<void> => {
     for (const e of await readdir(dir, { withFileTypes: true })) {
       const p = join(dir, e.name);
       if (e.isDirectory()) await walk(p);
-      else if (e.isFile() && PLACEHOLDER_FILES.test(p)) out.set(p, await readFile(p, 'utf8'));
+      else if (e.isFile() && PLACEHOLDER_FILES.test(p))
+        out.set(p, { text: await readFile(p, 'utf8'), mtime: (await stat(p)).mtime });
     }
   };
   await walk(ctx);
   return out;
 }
 
-async function writeTemplates(templates: Map<string, string>, vars: Record<string, string>): Promise<void> {
-  for (const [p, text] of templates) {
+/** Write each Dockerfile with its placeholders filled in, keeping its original mtime (COPY . compares mtimes). */
+async function writeTemplates(templates: Map<string, Template>, vars: Record<string, string>): Promise<void> {
+  for (const [p, t] of templates) {
     await writeFile(
       p,
-      text.replace(/@(REGISTRY|BUILDER|CASE)@/g, (_, k: string) => vars[k] ?? ''),
+      t.text.replace(/@(REGISTRY|BUILDER|CASE)@/g, (_, k: string) => vars[k] ?? ''),
     );
+    await utimes(p, t.mtime, t.mtime);
   }
 }
 

@@ -125,10 +125,12 @@ export async function snapshotImage(ref: string, opts: SnapshotOptions): Promise
     manifests: Array<{ digest: string }>;
   };
   const ociManifest = JSON.parse(await readFile(blobPath(layout, index.manifests[0].digest), 'utf8')) as {
-    config: { digest: string };
     layers: Array<{ digest: string; mediaType: string }>;
   };
-  const config = JSON.parse(await readFile(blobPath(layout, ociManifest.config.digest), 'utf8')) as ImageConfigJson;
+  // The config is read raw from the registry: skopeo's docker->OCI conversion re-serializes it through the OCI
+  // struct and silently drops Docker-only fields (Shell, Healthcheck, OnBuild, ...), which must be compared.
+  const rawConfig = await run('skopeo', ['inspect', ...tls, '--raw', '--config', `docker://${ref}`]);
+  const config = JSON.parse(rawConfig.stdout) as ImageConfigJson;
   const layers: LayerSummary[] = [];
   for (const l of ociManifest.layers) layers.push(await summarizeLayer(blobPath(layout, l.digest), l.mediaType));
 
@@ -283,7 +285,7 @@ async function readXattrs(rootfs: string): Promise<Map<string, Record<string, st
 export interface CompareOptions {
   /** Compare `created` timestamps (image and history) — only meaningful with SOURCE_DATE_EPOCH on both sides. */
   compareCreated?: boolean;
-  /** Compare file mtimes (milliseconds). */
+  /** Compare file mtimes (whole seconds). */
   compareMtimes?: boolean;
   /** Difference keys to drop (`*` wildcard), e.g. `config.Labels.io.buildah.version`, `file:/etc/hosts:*`. */
   ignore?: string[];
@@ -365,7 +367,9 @@ export function compareSnapshots(
     const xb = b.xattrs ?? {};
     for (const name of [...new Set([...Object.keys(xa), ...Object.keys(xb)])].sort())
       if (xa[name] !== xb[name]) add(`file:${p}:xattr.${name}`, xa[name], xb[name]);
-    if (opts.compareMtimes && a.mtimeMs !== b.mtimeMs && a.type !== 'symlink')
+    // whole seconds: Docker's layer tars carry no sub-second times, other writers may (PAX)
+    const secs = (e: FileEntry): number => Math.floor(e.mtimeMs / 1000);
+    if (opts.compareMtimes && secs(a) !== secs(b) && a.type !== 'symlink')
       add(`file:${p}:mtime`, new Date(a.mtimeMs).toISOString(), new Date(b.mtimeMs).toISOString());
   }
 

@@ -221,7 +221,7 @@ export async function runStepScenario(req: ScenarioRequest): Promise<ScenarioRep
   const snapshotter = await chooseSnapshotter({ kilnHome: req.kilnHome });
   const snap = await snapshotter.prepare(lowers);
   const steps: StepReport[] = [];
-  let upper: UpperEntry[] = [];
+  let upper: UpperEntry[];
   try {
     for (const s of req.steps) {
       const rep: StepReport = { stdout: '', stderr: '' };
@@ -256,7 +256,7 @@ export async function runStepScenario(req: ScenarioRequest): Promise<ScenarioRep
   } finally {
     await snap.release();
   }
-  let leftoverTemp: string[] = [];
+  let leftoverTemp: string[];
   try {
     leftoverTemp = await readdir(join(req.kilnHome, 'tmp'));
   } catch {

@@ -201,7 +201,7 @@ for (const mode of ['root', 'rootless'] as Mode[]) {
       assert.equal(rep.steps[0]?.error?.code, 'RUN_ABORTED');
       const procs = await readdir('/proc');
       for (const p of procs.filter((x) => /^\d+$/.test(x))) {
-        let cmdline = '';
+        let cmdline: string;
         try {
           cmdline = (await import('node:fs')).readFileSync(`/proc/${p}/cmdline`, 'utf8');
         } catch {

@@ -6,9 +6,9 @@
  * Failure behaviour: an error or an interrupt (the AbortSignal) stops the build before any output is written, so
  * nothing is pushed; every temp dir this build created is removed; the cache only ever gets complete entries.
  */
-import { readFile } from 'node:fs/promises';
-import { resolve, join } from 'node:path';
-import { KilnError, errorMessage } from '../errors.js';
+import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { KilnError } from '../errors.js';
 import type { Command } from '../dockerfile/instructions.js';
 import { parseDockerfile, type ParsedDockerfile } from '../dockerfile/convert.js';
 import { imageFromParts } from '../oci/image.js';
@@ -23,6 +23,10 @@ import type { PushOptions } from '../registry/push.js';
 
 export interface BuildServices {
   kilnHome: string;
+  /** The loaded build context directory. */
+  contextDir: string;
+  /** The Dockerfile text and its display name (`Dockerfile`, or the -f base name). */
+  dockerfile: { text: string; file: string };
   executor: Executor;
   snapshotter: Snapshotter;
   layers: LayerStore;
@@ -54,24 +58,6 @@ export function parseTrigger(expression: string): Command {
   return cmd;
 }
 
-/** Read the Dockerfile: `-` is stdin; a relative -f is relative to the working directory (like docker). */
-export async function readDockerfile(opts: BuildOptions): Promise<{ text: string; file: string }> {
-  if (opts.file === '-') {
-    const chunks: Buffer[] = [];
-    for await (const c of process.stdin) chunks.push(c as Buffer);
-    return { text: Buffer.concat(chunks).toString('utf8'), file: 'Dockerfile' };
-  }
-  const path = opts.file ? resolve(opts.file) : join(resolve(opts.context), 'Dockerfile');
-  try {
-    return { text: await readFile(path, 'utf8'), file: opts.file ? opts.file.replace(/^.*\//, '') : 'Dockerfile' };
-  } catch (e) {
-    throw new KilnError('DOCKERFILE_NOT_FOUND', `failed to read dockerfile: ${path}: ${errorMessage(e)}`, {
-      hint: 'pass the Dockerfile with -f PATH, or put a Dockerfile in the context directory',
-      cause: e,
-    });
-  }
-}
-
 /** The Image for an engine result (Docker media types; outputs convert as needed). */
 export function imageOf(res: EngineResult): Image {
   return imageFromParts({
@@ -93,7 +79,7 @@ export function effectiveOutputs(opts: BuildOptions): BuildOptions['outputs'] {
 }
 
 export async function build(opts: BuildOptions, svc: BuildServices): Promise<BuildOutcome> {
-  const { text, file } = await readDockerfile(opts);
+  const { text, file } = svc.dockerfile;
   const parsed: ParsedDockerfile = parseDockerfile(text, { filename: file });
   for (const w of parsed.warnings) svc.progress.warn(`${file}:${w.range.startLine}: ${w.message}`);
   const tmp = await svc.tempDir('build-');
@@ -121,7 +107,7 @@ export async function build(opts: BuildOptions, svc: BuildServices): Promise<Bui
       cache: new BuildCache(join(svc.kilnHome, 'cache')),
       progress: svc.progress,
       copier: svc.copier,
-      contextDir: resolve(opts.context),
+      contextDir: svc.contextDir,
       cacheMountsDir: join(svc.kilnHome, 'cache-mounts'),
       tmpDir: join(tmp, 'engine'),
     };
@@ -155,7 +141,6 @@ export async function build(opts: BuildOptions, svc: BuildServices): Promise<Bui
     if (opts.metadataFile) await writeMetadataFile(opts.metadataFile, exported);
     return { engine, image, exported };
   } finally {
-    const { rm } = await import('node:fs/promises');
     await rm(tmp, { recursive: true, force: true });
   }
 }

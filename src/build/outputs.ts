@@ -128,7 +128,7 @@ export async function exportImage(image: Image, opts: ExportOptions): Promise<Ex
           }
         } else if (opts.writers.saveLocal) {
           await opts.writers.saveLocal(img, oNames);
-          names.push(...oNames);
+          names.push(...oNames.map((n) => parseReferenceWithDefaultTag(n).toString()));
         }
         break;
       }
@@ -175,7 +175,8 @@ export async function exportImage(image: Image, opts: ExportOptions): Promise<Ex
     await record(img);
   }
   const r = result as { digest: string; mediaType: string; size: number };
-  return { digest: r.digest, configDigest, descriptor: r, names: [...new Set(names)] };
+  const descriptor = { mediaType: r.mediaType, digest: r.digest, size: r.size };
+  return { digest: r.digest, configDigest, descriptor, names: [...new Set(names)] };
 }
 
 /** `--iidfile`: the image ID (config digest), as docker writes it. */

@@ -5,7 +5,7 @@
  * the interrupt handling of the CLI: SIGINT/SIGTERM abort the build through an AbortSignal.
  */
 import { mkdir, mkdtemp } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { basename, join } from 'node:path';
 import { KilnError } from '../errors.js';
 import { LocalStore, kilnHome } from '../oci/store.js';
 import { writeLayout } from '../oci/layout.js';
@@ -17,7 +17,7 @@ import { getRemoteImage } from '../registry/remote.js';
 import { parseReferenceWithDefaultTag } from '../registry/reference.js';
 import { closeTransports } from '../registry/transport.js';
 import type { PushOptions } from '../registry/push.js';
-import { loadDockerignore } from '../dockerfile/dockerignore.js';
+import { loadContext, type BuildContext, type LoadContextOptions } from './context.js';
 import { chooseSnapshotter } from '../sandbox/overlay.js';
 import { NamespaceExecutor } from '../sandbox/run.js';
 import { LocalLayerStore } from './local.js';
@@ -56,12 +56,16 @@ export interface ServiceOptions {
   registry: PushOptions;
   progress: BuildProgress;
   signal?: AbortSignal;
-  contextDir: string;
+  /** The CONTEXT argument (dir, tar, `-`, git URL). */
+  context: string;
+  /** -f value. */
   dockerfile?: string;
 }
 
 /** The local services for one build. */
-export async function localServices(o: ServiceOptions): Promise<BuildServices & { store: LocalStore }> {
+export async function localServices(
+  o: ServiceOptions,
+): Promise<BuildServices & { store: LocalStore; context: BuildContext }> {
   const home = o.home ?? kilnHome();
   await mkdir(home, { recursive: true });
   const store = await LocalStore.open(home);
@@ -69,22 +73,21 @@ export async function localServices(o: ServiceOptions): Promise<BuildServices & 
   const tmpBase = join(home, 'tmp');
   await mkdir(tmpBase, { recursive: true, mode: 0o700 });
   const warn = (m: string): void => o.progress.warn(m);
-  const copierOpts: ConstructorParameters<typeof LocalFileCopier>[0] = {
-    ignore: loadDockerignore(
-      resolve(o.contextDir),
-      o.dockerfile && o.dockerfile !== '-' ? resolve(o.dockerfile) : undefined,
-    ),
-    tmpDir: tmpBase,
-    onWarning: warn,
-  };
-  const svc: BuildServices & { store: LocalStore } = {
+  const lo: LoadContextOptions = { kilnHome: home, tmpDir: tmpBase, onWarning: warn };
+  if (o.dockerfile !== undefined) lo.dockerfile = o.dockerfile;
+  const context = await loadContext(o.context, lo);
+  const dfName = context.dockerfile.path === '-' ? 'Dockerfile' : basename(context.dockerfile.path);
+  const svc: BuildServices & { store: LocalStore; context: BuildContext } = {
     store,
+    context,
     kilnHome: home,
+    contextDir: context.root,
+    dockerfile: { text: context.dockerfile.text, file: dfName },
     executor: new NamespaceExecutor({ kilnHome: home }),
     snapshotter,
     layers: new LocalLayerStore({ layersDir: join(home, 'layers'), blobs: store.blobs, onWarning: warn }),
     bases: new StoreFirstResolver(store, o.registry),
-    copier: new LocalFileCopier(copierOpts),
+    copier: new LocalFileCopier({ context, tmpDir: tmpBase, onWarning: warn }),
     progress: o.progress,
     registry: o.registry,
     writers: {
@@ -128,10 +131,15 @@ export async function runBuildCommand(
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
   try {
-    const so: ServiceOptions = { registry, progress, signal: ac.signal, contextDir: opts.context };
-    if (opts.file) so.dockerfile = opts.file;
+    const so: ServiceOptions = { registry, progress, signal: ac.signal, context: opts.context };
+    if (opts.file !== undefined) so.dockerfile = opts.file;
     const svc = await localServices(so);
-    const res = await build(opts, svc);
+    let res: BuildOutcome;
+    try {
+      res = await build(opts, svc);
+    } finally {
+      await svc.context.cleanup();
+    }
     if (opts.progress !== 'quiet') {
       const names = res.exported.names.length ? ` (${res.exported.names.join(', ')})` : '';
       process.stderr.write(`\nbuilt ${res.exported.configDigest}${names}\n`);

@@ -21,10 +21,9 @@ import { isAbsolute, join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import { KilnError, errorMessage } from '../errors.js';
 import { loadDockerignore, newMatcher, type Matcher } from '../dockerfile/dockerignore.js';
-import { peek } from '../layer/compression.js';
+import { detectCompression, peek } from '../layer/compression.js';
 import { extractLayer } from '../layer/extract.js';
 import { readTar } from '../layer/tarformat.js';
-import { decompressAuto } from '../layer/compression.js';
 
 export interface BuildContext {
   /** Host directory holding the context files. */
@@ -161,15 +160,17 @@ async function cloneGit(spec: string, dest: string): Promise<string> {
   return sub;
 }
 
-/** Is the stream a tar archive (possibly compressed)? Returns a replaying stream either way. */
+/**
+ * Is the stream a tar archive? Compressed streams (gzip, bzip2, xz, zstd magic) are taken as tarballs like docker
+ * does (a bzip2 block cannot be decoded from a prefix); an uncompressed stream must start with a valid tar header.
+ * Returns a replaying stream either way.
+ */
 async function sniffTar(input: Readable): Promise<{ isTar: boolean; stream: Readable }> {
-  const { head, stream } = await peek(input, 1024 * 64);
+  const { head, stream } = await peek(input, 512);
+  if (detectCompression(head) !== 'none') return { isTar: true, stream };
   try {
-    const { stream: plain } = await decompressAuto([head], 'context');
-    plain.on('error', () => {});
-    const it = readTar(plain)[Symbol.asyncIterator]();
+    const it = readTar([head])[Symbol.asyncIterator]();
     const r = await it.next();
-    await it.return?.(undefined);
     return { isTar: !r.done, stream };
   } catch {
     return { isTar: false, stream };

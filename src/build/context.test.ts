@@ -1,0 +1,138 @@
+import { strict as assert } from 'node:assert';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { after, test } from 'node:test';
+import { hashContextPaths, isGitContext, loadContext, parseGitFragment, statCacheStats } from './context.js';
+
+const tmp = mkdtempSync(join(tmpdir(), 'kiln-context-'));
+after(() => rmSync(tmp, { recursive: true, force: true }));
+let n = 0;
+function fresh(name = 'd'): string {
+  const d = join(tmp, `${name}${n++}`);
+  mkdirSync(d);
+  return d;
+}
+
+function sampleDir(): string {
+  const d = fresh('src');
+  writeFileSync(join(d, 'Dockerfile'), 'FROM scratch\nCOPY . /\n');
+  writeFileSync(join(d, '.dockerignore'), '*.log\n');
+  writeFileSync(join(d, 'app.txt'), 'app');
+  writeFileSync(join(d, 'debug.log'), 'log');
+  mkdirSync(join(d, 'sub'));
+  writeFileSync(join(d, 'sub/Dockerfile.alt'), 'FROM scratch\n');
+  return d;
+}
+
+test('directory context: Dockerfile, -f relative to cwd, .dockerignore', async () => {
+  const d = sampleDir();
+  const ctx = await loadContext(d);
+  try {
+    assert.equal(ctx.kind, 'dir');
+    assert.equal(ctx.root, d);
+    assert.equal(ctx.dockerfile.text, 'FROM scratch\nCOPY . /\n');
+    assert.equal(ctx.ignore.matches('debug.log'), true);
+    assert.equal(ctx.ignore.matches('app.txt'), false);
+  } finally {
+    await ctx.cleanup();
+  }
+  assert.ok(existsSync(d), 'a directory context is never removed');
+  const alt = await loadContext(d, { dockerfile: join(d, 'sub/Dockerfile.alt') });
+  assert.equal(alt.dockerfile.text, 'FROM scratch\n');
+  await assert.rejects(loadContext(join(tmp, 'nope')), { code: 'CONTEXT_NOT_FOUND' });
+  await assert.rejects(loadContext(d, { dockerfile: join(d, 'missing') }), { code: 'DOCKERFILE_NOT_FOUND' });
+});
+
+test('tarball contexts (gz, bz2, xz, plain) are unpacked to a temp dir and cleaned up', async () => {
+  const d = sampleDir();
+  for (const [flag, ext] of [
+    ['-z', 'tar.gz'],
+    ['-j', 'tar.bz2'],
+    ['-J', 'tar.xz'],
+    ['', 'tar'],
+  ] as const) {
+    const file = join(tmp, `ctx${n++}.${ext}`);
+    execFileSync('tar', [...(flag ? [flag] : []), '-C', d, '-cf', file, '.']);
+    const ctx = await loadContext(file, { dockerfile: 'sub/Dockerfile.alt' });
+    assert.equal(ctx.kind, 'tar', ext);
+    assert.equal(ctx.dockerfile.text, 'FROM scratch\n', ext);
+    assert.equal(readFileSync(join(ctx.root, 'app.txt'), 'utf8'), 'app', ext);
+    assert.equal(ctx.ignore.matches('debug.log'), true, ext);
+    await ctx.cleanup();
+    assert.equal(existsSync(ctx.root), false, `${ext}: temp dir removed`);
+  }
+  const notTar = join(tmp, 'plain.txt');
+  writeFileSync(notTar, 'hello');
+  await assert.rejects(loadContext(notTar), { code: 'CONTEXT_INVALID' });
+  const file = join(tmp, `esc${n++}.tar`);
+  execFileSync('tar', ['-C', d, '-cf', file, '.']);
+  await assert.rejects(loadContext(file, { dockerfile: '../../etc/passwd' }), /within the build context/);
+});
+
+test('stdin: a tar context or a Dockerfile alone', async () => {
+  const d = sampleDir();
+  const tarBuf = execFileSync('tar', ['-C', d, '-czf', '-', '.']);
+  const ctx = await loadContext('-', { stdin: Readable.from([tarBuf]) });
+  assert.equal(ctx.kind, 'tar');
+  assert.equal(readFileSync(join(ctx.root, 'app.txt'), 'utf8'), 'app');
+  await ctx.cleanup();
+  const only = await loadContext('-', { stdin: Readable.from([Buffer.from('FROM scratch\nLABEL a=b\n')]) });
+  assert.equal(only.kind, 'stdin-dockerfile');
+  assert.equal(only.dockerfile.text, 'FROM scratch\nLABEL a=b\n');
+  assert.deepEqual(readdirSync(only.root), []);
+  await only.cleanup();
+  const df = await loadContext(d, { dockerfile: '-', stdin: Readable.from([Buffer.from('FROM x\n')]) });
+  assert.equal(df.dockerfile.path, '-');
+  assert.equal(df.dockerfile.text, 'FROM x\n');
+});
+
+test('git contexts: file:// and .git paths with #ref:subdir, no .git dir', async () => {
+  const repo = fresh('repo');
+  const git = (...args: string[]): string =>
+    execFileSync('git', ['-C', repo, '-c', 'user.email=t@e', '-c', 'user.name=t', ...args], { encoding: 'utf8' });
+  git('init', '-q', '-b', 'main');
+  mkdirSync(join(repo, 'svc'));
+  writeFileSync(join(repo, 'svc/Dockerfile'), 'FROM scratch\n# v1\n');
+  git('add', '.');
+  git('commit', '-q', '-m', 'one');
+  git('tag', 'v1');
+  writeFileSync(join(repo, 'svc/Dockerfile'), 'FROM scratch\n# v2\n');
+  git('commit', '-q', '-am', 'two');
+  const bare = join(tmp, `bare${n++}.git`);
+  execFileSync('git', ['clone', '-q', '--bare', repo, bare]);
+
+  const head = await loadContext(`file://${repo}#main:svc`);
+  assert.equal(head.kind, 'git');
+  assert.equal(head.dockerfile.text, 'FROM scratch\n# v2\n');
+  assert.equal(existsSync(join(head.root, '..', '.git')), false);
+  await head.cleanup();
+  const tagged = await loadContext(`${bare}#v1:svc`);
+  assert.equal(tagged.dockerfile.text, 'FROM scratch\n# v1\n');
+  await tagged.cleanup();
+  await assert.rejects(loadContext(`${bare}#nosuchref`), { code: 'CONTEXT_GIT' });
+  await assert.rejects(loadContext(`${bare}#main:../..`), { code: 'CONTEXT_GIT' });
+  assert.equal(isGitContext('https://github.com/org/repo.git#v1'), true);
+  assert.equal(isGitContext('git@github.com:org/repo.git'), true);
+  assert.equal(isGitContext('https://example.com/ctx.tar.gz'), false);
+  assert.deepEqual(parseGitFragment('u.git#ref:dir/x'), { url: 'u.git', ref: 'ref', subdir: 'dir/x' });
+});
+
+test('hashContextPaths: content-sensitive, ignore-aware, stat cache persisted', async () => {
+  const d = sampleDir();
+  const home = fresh('home');
+  const ctx = await loadContext(d, { kilnHome: home });
+  const h1 = await hashContextPaths(ctx, ['.']);
+  const files = readdirSync(join(home, 'statcache'));
+  assert.equal(files.length, 1);
+  const before = statCacheStats.hits;
+  assert.equal(await hashContextPaths(ctx, ['.']), h1);
+  assert.ok(statCacheStats.hits > before, 'second hash served from the stat cache');
+  writeFileSync(join(d, 'debug.log'), 'ignored change');
+  assert.equal(await hashContextPaths(ctx, ['.']), h1, '.dockerignored files do not count');
+  writeFileSync(join(d, 'app.txt'), 'APP');
+  assert.notEqual(await hashContextPaths(ctx, ['.']), h1);
+  assert.notEqual(await hashContextPaths(ctx, ['.'], ['app.txt']), await hashContextPaths(ctx, ['.']));
+});

@@ -7,7 +7,7 @@
 import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Readable } from 'node:stream';
+import { Readable, pipeline as streamPipeline } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { randomBytes } from 'node:crypto';
 import { KilnError } from '../errors.js';
@@ -24,6 +24,15 @@ export interface BlobSource {
   has(digest: string): Promise<boolean>;
   /** A fresh verifying stream of the blob; fails with BLOB_NOT_FOUND, DIGEST_MISMATCH or SIZE_MISMATCH. */
   open(digest: string, size?: number): Promise<Readable>;
+}
+
+/**
+ * `src` piped into `dest` with errors forwarded both ways (stream.pipeline), returning `dest`. Use this rather
+ * than `src.pipe(dest)`, which neither forwards source errors nor cleans up when the reader stops early.
+ */
+export function chain<T extends NodeJS.ReadWriteStream>(src: NodeJS.ReadableStream, dest: T): T {
+  streamPipeline(src, dest, () => undefined);
+  return dest;
 }
 
 /** Read a (small, JSON) blob fully, verified. Refuses blobs larger than MAX_JSON_BLOB. */
@@ -96,8 +105,7 @@ export class BlobDir implements BlobSource {
     });
     const rs = fh.createReadStream();
     const v = verifyingStream(digest, p, size);
-    rs.on('error', (e) => v.destroy(e));
-    return rs.pipe(v);
+    return chain(rs, v);
   }
 
   /**

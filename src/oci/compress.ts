@@ -4,7 +4,7 @@
  * input is corrupt or the tool exits non-zero.
  */
 import { spawn } from 'node:child_process';
-import { PassThrough, type Readable } from 'node:stream';
+import { PassThrough, pipeline, type Readable } from 'node:stream';
 import { constants, createGunzip, createGzip } from 'node:zlib';
 import { KilnError } from '../errors.js';
 
@@ -42,10 +42,10 @@ export function compress(input: Readable, c: Compression, what = 'layer', level?
 }
 
 function through(input: Readable, t: NodeJS.ReadWriteStream & Readable, what: string, op: string): Readable {
-  input.on('error', (e) => t.destroy(e));
-  t.on('error', () => input.destroy());
   const out = new PassThrough({ highWaterMark: 64 * 1024 });
-  t.on('error', (e: NodeJS.ErrnoException) => {
+  // Errors of input or the (de)compressor end `out` with a KilnError; a reader that stops early tears it all down.
+  pipeline(input, t, (e) => {
+    if (!e || out.destroyed) return;
     out.destroy(
       e instanceof KilnError
         ? e
@@ -58,7 +58,7 @@ function through(input: Readable, t: NodeJS.ReadWriteStream & Readable, what: st
   out.on('close', () => {
     if (!t.readableEnded) t.destroy();
   });
-  input.pipe(t).pipe(out);
+  t.pipe(out);
   return out;
 }
 
@@ -89,7 +89,7 @@ function runFilter(cmd: string, args: string[], input: Readable, what: string): 
   child.stdin.on('error', () => {
     /* EPIPE when the tool exits early; reported by the exit code */
   });
-  input.pipe(child.stdin);
+  pipeline(input, child.stdin, () => undefined);
   child.stdout.pipe(out, { end: false });
   child.on('close', (code, signal) => {
     if (failed) return;

@@ -14,7 +14,7 @@
 import { Readable } from 'node:stream';
 import { KilnError } from '../errors.js';
 import { memo } from '../util/memo.js';
-import { type BlobSource, parseJSON, readBlob } from './blobs.js';
+import { type BlobSource, chain, parseJSON, readBlob } from './blobs.js';
 import { type Compression, compress, decompress } from './compress.js';
 import { DigestingStream, parseDigest, sha256, verifyingStream } from './digest.js';
 import { MediaType, isImageManifest, isIndex, layerCompression } from './mediatypes.js';
@@ -34,8 +34,7 @@ export function isImageIndex(x: Image | ImageIndex): x is ImageIndex {
 /** Drain a stream through a hasher: digest and byte count. */
 export async function digestStream(s: Readable): Promise<{ digest: string; size: number }> {
   const h = new DigestingStream();
-  s.on('error', (e) => h.destroy(e));
-  s.pipe(h);
+  chain(s, h);
   for await (const _ of h) {
     /* consume */
   }
@@ -45,8 +44,7 @@ export async function digestStream(s: Readable): Promise<{ digest: string; size:
 function wrapVerify(s: Readable, digest: string | undefined, what: string, size?: number): Readable {
   if (!digest) return s;
   const v = verifyingStream(digest, what, size);
-  s.on('error', (e) => v.destroy(e));
-  return s.pipe(v);
+  return chain(s, v);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

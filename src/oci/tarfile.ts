@@ -18,7 +18,7 @@ import { Readable } from 'node:stream';
 import { randomBytes } from 'node:crypto';
 import tarStream from 'tar-stream';
 import { KilnError } from '../errors.js';
-import { streamToBuffer, type BlobSource } from './blobs.js';
+import { chain, streamToBuffer, type BlobSource } from './blobs.js';
 import { digestHex, verifyingStream } from './digest.js';
 
 export interface TarEntry {
@@ -256,8 +256,7 @@ export class TarBlobs implements BlobSource {
     }
     const s = this.tar.openEntry(name);
     const v = verifyingStream(digest, `${this.tar.file}:${name}`, size);
-    s.on('error', (e) => v.destroy(e));
-    return s.pipe(v);
+    return chain(s, v);
   }
 }
 
@@ -273,6 +272,7 @@ export class TarWriter {
     this.dest = dest;
     this.tmp = join(dirname(dest), `.${basename(dest)}.kiln-tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
     const ws = createWriteStream(this.tmp, { flags: 'wx', mode: 0o644 });
+    this.pack.on('error', () => undefined);
     const src = Readable.from(this.pack);
     src.pipe(ws);
     this.done = new Promise<void>((resolve, reject) => {
@@ -326,6 +326,7 @@ export class TarWriter {
     });
     finished.catch(() => undefined);
     const sink = this.pack.entry(this.header(name, size), entryCb);
+    sink.on('error', () => undefined);
     try {
       for await (const chunk of stream) {
         const b = chunk as Buffer;

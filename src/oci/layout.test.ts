@@ -1,0 +1,89 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { gzipSync } from 'node:zlib';
+import { readLayout, writeLayout, REF_NAME } from './layout.js';
+import { emptyImage, layerFromBytes, layerFromOpener } from './image.js';
+import { appendLayers } from './mutate.js';
+import { MediaType } from './mediatypes.js';
+import { sha256 } from './digest.js';
+import { isKilnError } from '../errors.js';
+
+async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), 'kiln-layout-'));
+  try {
+    await fn(dir);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+const good = appendLayers(emptyImage(), [{ layer: layerFromBytes(gzipSync(Buffer.alloc(1024, 1))) }]);
+/** An image whose layer stream dies half way. */
+const broken = appendLayers(emptyImage(), [
+  {
+    layer: layerFromOpener(
+      async () =>
+        new Readable({
+          read() {
+            this.push(Buffer.alloc(100));
+            this.destroy(new Error('connection reset'));
+          },
+        }),
+      { mediaType: MediaType.OCILayerGzip, digest: sha256('x'), size: 1000, diffID: sha256('y') },
+    ),
+  },
+]);
+
+test('a failed write leaves no layout, no temp dir; an existing layout keeps its index', () =>
+  withDir(async (dir) => {
+    await assert.rejects(writeLayout(join(dir, 'new'), [{ image: broken, name: 'b' }]), /connection reset/);
+    await assert.rejects(
+      writeLayout(join(dir, 'new.tar'), [{ image: broken, name: 'b' }], { tar: true }),
+      /connection reset/,
+    );
+    assert.deepEqual(await readdir(dir), []);
+
+    await writeLayout(join(dir, 'l'), [{ image: good, name: 'good' }]);
+    await writeLayout(join(dir, 'l.tar'), [{ image: good, name: 'good' }], { tar: true });
+    const before = await readFile(join(dir, 'l', 'index.json'));
+    const beforeTar = await readFile(join(dir, 'l.tar'));
+    await assert.rejects(writeLayout(join(dir, 'l'), [{ image: broken, name: 'good' }]), /connection reset/);
+    await assert.rejects(writeLayout(join(dir, 'l.tar'), [{ image: broken, name: 'good' }], { tar: true }));
+    assert.deepEqual(await readFile(join(dir, 'l', 'index.json')), before);
+    assert.deepEqual(await readFile(join(dir, 'l.tar')), beforeTar);
+    assert.deepEqual((await readdir(dir)).sort(), ['l', 'l.tar']);
+    assert.deepEqual(
+      (await readdir(join(dir, 'l', 'blobs', 'sha256'))).filter((n) => n.startsWith('.')),
+      [],
+    );
+  }));
+
+test('index.json names, lookup by name/digest, single-entry default, errors list what exists', () =>
+  withDir(async (dir) => {
+    const other = appendLayers(emptyImage(), [{ layer: layerFromBytes(gzipSync(Buffer.alloc(10, 2))) }]);
+    await writeLayout(join(dir, 'l'), [
+      { image: good, name: 'v1' },
+      { image: other, name: 'v2', annotations: { 'org.example': 'x' } },
+    ]);
+    const ix = JSON.parse(await readFile(join(dir, 'l', 'index.json'), 'utf8')) as {
+      manifests: { annotations: Record<string, string>; platform?: unknown }[];
+    };
+    assert.equal(ix.manifests[1]!.annotations[REF_NAME], 'v2');
+    assert.equal(ix.manifests[1]!.annotations['org.example'], 'x');
+    assert.ok(ix.manifests[0]!.platform, 'descriptor carries the platform');
+    const l = await readLayout(join(dir, 'l'));
+    assert.equal(await (await l.image('v2')).digest(), await other.digest());
+    assert.equal(await (await l.image(await good.digest())).digest(), await good.digest());
+    await assert.rejects(
+      l.image(),
+      (e) => isKilnError(e, 'IMAGE_AMBIGUOUS') && /v1, v2/.test((e as { hint: string }).hint),
+    );
+    await assert.rejects(l.image('v3'), (e) => isKilnError(e, 'IMAGE_NOT_FOUND'));
+    await assert.rejects(l.index('v1'), (e) => isKilnError(e, 'NOT_AN_INDEX'));
+    await writeLayout(join(dir, 'one'), [{ image: good }]);
+    assert.equal(await (await (await readLayout(join(dir, 'one'))).image()).digest(), await good.digest());
+  }));

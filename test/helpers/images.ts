@@ -23,6 +23,7 @@ import { MediaType } from '../../src/oci/mediatypes.js';
 import { hostPlatform } from '../../src/oci/platform.js';
 import { sha256 } from '../../src/oci/digest.js';
 import type { Compression } from '../../src/oci/compress.js';
+import { isKilnError } from '../../src/errors.js';
 import type { History, Image, ImageConfig, Layer, Platform } from '../../src/oci/types.js';
 
 export const BUSYBOX_APPLETS = [
@@ -249,4 +250,17 @@ export function makeRandomImage(opts: RandomImageOptions): Image {
     },
     layers: async () => layers,
   });
+}
+
+/**
+ * For `assert.rejects`: the error is a KilnError with `code` and a single-line message naming `file` (the
+ * "clear one-line error naming the file" contract for corrupt layouts and archives).
+ */
+export function kilnErrorNaming(code: string, file: string): (e: unknown) => boolean {
+  return (e: unknown): boolean => {
+    if (!isKilnError(e, code)) throw new Error(`expected KilnError ${code}, got ${String(e)}`);
+    if (e.message.includes('\n')) throw new Error(`expected a one-line message, got ${JSON.stringify(e.message)}`);
+    if (!e.message.includes(file)) throw new Error(`"${e.message}" does not name ${file}`);
+    return true;
+  };
 }

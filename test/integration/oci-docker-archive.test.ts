@@ -5,12 +5,11 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
+import { run } from '../differential/exec.js';
 import { mkdtemp, readFile, readlink, rm, stat, truncate, readdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { makeBusyboxImage } from '../helpers/images.js';
+import { kilnErrorNaming, makeBusyboxImage } from '../helpers/images.js';
 import { dockerArchiveTags, readDockerArchive, writeDockerArchive } from '../../src/oci/docker-archive.js';
 import { writeLayout } from '../../src/oci/layout.js';
 import { withManifestMediaType } from '../../src/oci/mutate.js';
@@ -22,19 +21,8 @@ import { sha256 } from '../../src/oci/digest.js';
 import { isKilnError } from '../../src/errors.js';
 import type { Image } from '../../src/oci/types.js';
 
-const exec = promisify(execFile);
 async function sh(cmd: string, args: string[]): Promise<string> {
-  return (await exec(cmd, args, { maxBuffer: 64 << 20 })).stdout;
-}
-
-function kilnError(code: string, file: string) {
-  return (e: unknown): boolean => {
-    assert.ok(isKilnError(e, code), `expected ${code}, got ${String(e)}`);
-    const msg = (e as Error).message;
-    assert.ok(!msg.includes('\n'), `one line: ${msg}`);
-    assert.ok(msg.includes(file), `"${msg}" names ${file}`);
-    return true;
-  };
+  return (await run(cmd, args)).stdout;
 }
 
 let dir: string;
@@ -112,7 +100,7 @@ describe('kiln-written docker archives', () => {
     assert.notEqual(await gl.digest(), await gl.diffID());
     await sameLayers(b, other);
     await assert.rejects(readDockerArchive(file), (e) => isKilnError(e, 'IMAGE_AMBIGUOUS'));
-    await assert.rejects(readDockerArchive(file, 'nope:1'), kilnError('IMAGE_NOT_FOUND', file));
+    await assert.rejects(readDockerArchive(file, 'nope:1'), kilnErrorNaming('IMAGE_NOT_FOUND', file));
   });
 
   test('zstd layers are decompressed into the archive', async () => {
@@ -185,24 +173,25 @@ describe('corrupt docker archives', () => {
     const layer = (await img.layers())[1]!;
     await assert.rejects(
       async () => streamToBuffer(await layer.uncompressed(), 1 << 30),
-      kilnError('DIGEST_MISMATCH', `${file}:${layerPath}`),
+      kilnErrorNaming('DIGEST_MISMATCH', `${file}:${layerPath}`),
     );
 
     const size = (await stat(file)).size;
     await truncate(file, size - 3000);
-    await assert.rejects(readDockerArchive(file), kilnError('TAR_TRUNCATED', file));
+    await assert.rejects(readDockerArchive(file), kilnErrorNaming('TAR_TRUNCATED', file));
 
     const noManifest = join(dir, 'no-manifest.tar');
     await sh('tar', ['-cf', noManifest, '-C', dir, 'corrupt.tar']);
-    await assert.rejects(readDockerArchive(noManifest), kilnError('DOCKER_ARCHIVE_INVALID', noManifest));
+    await assert.rejects(readDockerArchive(noManifest), kilnErrorNaming('DOCKER_ARCHIVE_INVALID', noManifest));
 
     const ociArchive = join(dir, 'oci.tar');
     await writeLayout(ociArchive, [{ image: withManifestMediaType(busybox, 'oci'), name: 'bb' }], { tar: true });
     await assert.rejects(
       readDockerArchive(ociArchive),
       (e) =>
-        kilnError('DOCKER_ARCHIVE_INVALID', ociArchive)(e) && /oci-archive/.test((e as { hint?: string }).hint ?? ''),
+        kilnErrorNaming('DOCKER_ARCHIVE_INVALID', ociArchive)(e) &&
+        /oci-archive/.test((e as { hint?: string }).hint ?? ''),
     );
-    await assert.rejects(readDockerArchive(join(dir, 'missing.tar')), kilnError('FILE_NOT_FOUND', 'missing.tar'));
+    await assert.rejects(readDockerArchive(join(dir, 'missing.tar')), kilnErrorNaming('FILE_NOT_FOUND', 'missing.tar'));
   });
 });

@@ -4,12 +4,11 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
+import { run } from '../differential/exec.js';
 import { lstat, mkdir, mkdtemp, readFile, readdir, readlink, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { makeBusyboxImage } from '../helpers/images.js';
+import { kilnErrorNaming, makeBusyboxImage } from '../helpers/images.js';
 import { readLayout, writeLayout } from '../../src/oci/layout.js';
 import { newIndex, digestStream } from '../../src/oci/image.js';
 import { withManifestMediaType } from '../../src/oci/mutate.js';
@@ -18,20 +17,8 @@ import { streamToBuffer } from '../../src/oci/blobs.js';
 import { isKilnError } from '../../src/errors.js';
 import type { Image } from '../../src/oci/types.js';
 
-const exec = promisify(execFile);
 async function sh(cmd: string, args: string[]): Promise<string> {
-  return (await exec(cmd, args, { maxBuffer: 64 << 20 })).stdout;
-}
-
-/** Assert a rejection is a KilnError with `code` whose single-line message mentions `file`. */
-function kilnError(code: string, file: string) {
-  return (e: unknown): boolean => {
-    assert.ok(isKilnError(e, code), `expected ${code}, got ${String(e)}`);
-    const msg = (e as Error).message;
-    assert.ok(!msg.includes('\n'), `one line: ${msg}`);
-    assert.ok(msg.includes(file), `"${msg}" names ${file}`);
-    return true;
-  };
+  return (await run(cmd, args)).stdout;
 }
 
 let dir: string;
@@ -198,18 +185,18 @@ describe('corrupt and truncated layouts', () => {
     const base = join(dir, 'corrupt');
     await writeLayout(base, [{ image: busybox, name: 'bb' }]);
     await writeFile(join(base, 'index.json'), '{not json');
-    await assert.rejects(readLayout(base), kilnError('JSON_INVALID', join(base, 'index.json')));
+    await assert.rejects(readLayout(base), kilnErrorNaming('JSON_INVALID', join(base, 'index.json')));
     await rm(join(base, 'index.json'));
-    await assert.rejects(readLayout(base), kilnError('LAYOUT_INVALID', join(base, 'index.json')));
+    await assert.rejects(readLayout(base), kilnErrorNaming('LAYOUT_INVALID', join(base, 'index.json')));
     await rm(join(base, 'oci-layout'));
-    await assert.rejects(readLayout(base), kilnError('LAYOUT_INVALID', join(base, 'oci-layout')));
-    await assert.rejects(readLayout(join(dir, 'does-not-exist')), kilnError('FILE_NOT_FOUND', 'does-not-exist'));
+    await assert.rejects(readLayout(base), kilnErrorNaming('LAYOUT_INVALID', join(base, 'oci-layout')));
+    await assert.rejects(readLayout(join(dir, 'does-not-exist')), kilnErrorNaming('FILE_NOT_FOUND', 'does-not-exist'));
 
     const b2 = join(dir, 'missing-blob');
     await writeLayout(b2, [{ image: busybox, name: 'bb' }]);
     const mblob = join(b2, 'blobs', 'sha256', (await busybox.digest()).slice(7));
     await rm(mblob);
-    await assert.rejects(readLayout(b2), kilnError('BLOB_NOT_FOUND', mblob));
+    await assert.rejects(readLayout(b2), kilnErrorNaming('BLOB_NOT_FOUND', mblob));
   });
 
   test('a corrupted layer fails with DIGEST_MISMATCH naming the blob file', async () => {
@@ -224,10 +211,13 @@ describe('corrupt and truncated layouts', () => {
     const layer = await img.layerByDigest(layerDigest);
     await assert.rejects(
       async () => streamToBuffer(await layer.compressed(), 1 << 30),
-      kilnError('DIGEST_MISMATCH', p),
+      kilnErrorNaming('DIGEST_MISMATCH', p),
     );
     await truncate(p, 10);
-    await assert.rejects(async () => streamToBuffer(await layer.compressed(), 1 << 30), kilnError('SIZE_MISMATCH', p));
+    await assert.rejects(
+      async () => streamToBuffer(await layer.compressed(), 1 << 30),
+      kilnErrorNaming('SIZE_MISMATCH', p),
+    );
   });
 
   test('truncated and non-tar archives', async () => {
@@ -235,10 +225,10 @@ describe('corrupt and truncated layouts', () => {
     await writeLayout(tarFile, [{ image: busybox, name: 'bb' }], { tar: true });
     const size = (await stat(tarFile)).size;
     await truncate(tarFile, Math.floor(size / 2));
-    await assert.rejects(readLayout(tarFile), kilnError('TAR_TRUNCATED', tarFile));
+    await assert.rejects(readLayout(tarFile), kilnErrorNaming('TAR_TRUNCATED', tarFile));
     const junk = join(dir, 'junk.tar');
     await writeFile(junk, Buffer.alloc(4096, 0x41));
-    await assert.rejects(readLayout(junk), kilnError('TAR_INVALID', junk));
+    await assert.rejects(readLayout(junk), kilnErrorNaming('TAR_INVALID', junk));
     const gz = join(dir, 'gz.tar');
     await writeFile(gz, Buffer.from([0x1f, 0x8b, 8, 0, ...Buffer.alloc(1020)]));
     await assert.rejects(
@@ -247,7 +237,7 @@ describe('corrupt and truncated layouts', () => {
     );
     const notLayout = join(dir, 'plain.tar');
     await sh('tar', ['-cf', notLayout, '-C', dir, 'junk.tar']);
-    await assert.rejects(readLayout(notLayout), kilnError('LAYOUT_INVALID', notLayout));
+    await assert.rejects(readLayout(notLayout), kilnErrorNaming('LAYOUT_INVALID', notLayout));
     assert.ok((await lstat(tarFile)).isFile());
   });
 });

@@ -271,3 +271,52 @@ export async function runStepScenario(req: ScenarioRequest): Promise<ScenarioRep
     leftoverTemp,
   };
 }
+
+/**
+ * Run `argv` as `user` with setpriv (exec, so the spawned pid is the command itself: signals reach it directly).
+ */
+export function spawnAsUser(
+  user: string,
+  argv: string[],
+  env: NodeJS.ProcessEnv = {},
+): import('node:child_process').ChildProcessWithoutNullStreams {
+  const uid = spawnSync('id', ['-u', user], { encoding: 'utf8' }).stdout.trim();
+  const gid = spawnSync('id', ['-g', user], { encoding: 'utf8' }).stdout.trim();
+  return spawn('setpriv', [`--reuid=${uid}`, `--regid=${gid}`, '--init-groups', '--', ...argv], {
+    env: { ...process.env, HOME: '/tmp', ...env },
+    cwd: REPO,
+    stdio: 'pipe',
+  });
+}
+
+/** `node --import tsx rootless.ts ns-probe [exit N | wait-signal]`: a CLI-like program using enterBuildNamespace. */
+async function cliMain(args: string[]): Promise<number> {
+  const { enterBuildNamespace } = await import('../../src/sandbox/userns.js');
+  const { printError } = await import('../../src/cli/main.js');
+  try {
+    const code = await enterBuildNamespace();
+    if (code !== null) return code;
+  } catch (e) {
+    printError(e, false);
+    return 1;
+  }
+  const map = await readFile('/proc/self/uid_map', 'utf8');
+  process.stdout.write(JSON.stringify({ uid: process.getuid?.(), map, marker: process.env.KILN_IN_BUILD_NS }) + '\n');
+  if (args[1] === 'exit') return Number(args[2]);
+  if (args[1] === 'wait-signal') {
+    await new Promise<void>((resolve) => {
+      const keepAlive = setInterval(() => undefined, 1 << 30);
+      process.on('SIGTERM', () => {
+        clearInterval(keepAlive);
+        resolve();
+      });
+      process.stdout.write('ready\n');
+    });
+    return 42;
+  }
+  return 0;
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url) && process.argv[2] === 'ns-probe') {
+  cliMain(process.argv.slice(2)).then((c) => process.exit(c));
+}

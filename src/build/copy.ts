@@ -124,7 +124,6 @@ export function splitWildcards(p: string): [string, string] {
 // ---------------------------------------------------------------------------------------------------------------
 // Paths inside a root
 
-
 /**
  * Resolve `p` (container path) inside `root` with chroot semantics. When `followFinal` is false the last component
  * is not resolved (so a symlink there is the symlink itself).
@@ -451,11 +450,9 @@ export class TreeCopier {
 
   async loadXattrs(paths: string[]): Promise<void> {
     if (paths.length === 0) return;
-    for (const p of paths) {
-      for (const [k, v] of await readXattrsRecursive(p, '^(security\\.capability|user\\..*)$')) {
-        const kept = new Map([...v].filter(([n]) => !n.startsWith('user.overlay.')));
-        if (kept.size) this.srcXattrs.set(k, kept);
-      }
+    for (const [k, v] of await readXattrsRecursive(paths, '^(security\\.capability|user\\..*)$')) {
+      const kept = new Map([...v].filter(([n]) => !n.startsWith('user.overlay.')));
+      if (kept.size) this.srcXattrs.set(k, kept);
     }
   }
 

@@ -218,10 +218,10 @@ export async function extractLayer(
       throw e;
     }
     if (keepDir && st.isDirectory()) return true;
-    if (st.isDirectory()) {
-      await rm(abs, { recursive: true, force: true });
-      dirCache.clear();
-    } else await unlink(abs);
+    if (st.isDirectory()) await rm(abs, { recursive: true, force: true });
+    else await unlink(abs);
+    // A removed directory or symlink may be cached as (part of) a resolved parent path.
+    if (st.isDirectory() || st.isSymbolicLink()) dirCache.clear();
     return false;
   }
 

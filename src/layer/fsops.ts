@@ -71,12 +71,32 @@ function quote(s: string): string {
  * Extended attributes under `dir` (recursive, never following symlinks) whose names match `pattern`
  * (a POSIX extended regex as getfattr -m takes). Returns absolute path → (name → value).
  */
-export async function readXattrsRecursive(dir: string, pattern: string): Promise<Map<string, Map<string, Buffer>>> {
-  const r = await run('getfattr', ['--absolute-names', '-R', '-P', '-h', '-d', '-m', pattern, '-e', 'hex', dir]);
+export async function readXattrsRecursive(
+  dir: string | string[],
+  pattern: string,
+): Promise<Map<string, Map<string, Buffer>>> {
+  const dirs = typeof dir === 'string' ? [dir] : dir;
+  if (dirs.length === 0) return new Map();
+  const r = await run('getfattr', [
+    '--absolute-names',
+    '-R',
+    '-P',
+    '-h',
+    '-d',
+    '-m',
+    pattern,
+    '-e',
+    'hex',
+    '--',
+    ...dirs,
+  ]);
   // getfattr exits 1 when some file had no xattr support; output is still complete for the rest.
   if (r.code !== 0 && r.stdout.length === 0 && r.stderr.trim() !== '') {
     if (/Operation not supported/.test(r.stderr)) return new Map();
-    throw new KilnError('XATTR_FAILED', `reading extended attributes under ${dir}: ${r.stderr.trim().split('\n')[0]}`);
+    throw new KilnError(
+      'XATTR_FAILED',
+      `reading extended attributes under ${dirs.join(' ')}: ${r.stderr.trim().split('\n')[0]}`,
+    );
   }
   const result = new Map<string, Map<string, Buffer>>();
   let current: Map<string, Buffer> | undefined;

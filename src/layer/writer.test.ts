@@ -165,3 +165,10 @@ test('a missing directory is a clear error and leaves no temp file', async () =>
   await assert.rejects(writeLayer(join(tmp, 'nope'), { tmpDir: out }), { code: 'LAYER_WRITE_FAILED' });
   assert.deepEqual(readdirSync(out), []);
 });
+
+test('an upper dir using overlay redirects is refused, not silently mis-written', async () => {
+  const d = fresh();
+  mkdirSync(join(d, 'moved'));
+  execFileSync('setfattr', ['-n', 'user.overlay.redirect', '-v', '/orig', join(d, 'moved')]);
+  await assert.rejects(writeLayer(d, { tmpDir: tmp }), { code: 'LAYER_WRITE_FAILED', message: /overlay\.redirect/ });
+});

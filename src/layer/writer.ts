@@ -88,6 +88,20 @@ function isOpaque(x: Map<string, Buffer> | undefined): boolean {
   return false;
 }
 
+/**
+ * An upper dir written with overlay's redirect_dir or metacopy features is not a self-contained diff (a renamed
+ * directory or a metadata-only copy-up points into the lower layers): refuse it rather than write a wrong layer.
+ */
+function checkNoRedirect(x: Map<string, Buffer>, rel: string): void {
+  for (const k of x.keys()) {
+    if (/\.overlay\.(redirect|metacopy)$/.test(k)) {
+      throw new KilnError('LAYER_WRITE_FAILED', `"${rel}" in the overlay upper dir carries ${k}`, {
+        hint: 'mount the step overlay with redirect_dir=off and metacopy=off (userxattr does this by default)',
+      });
+    }
+  }
+}
+
 function whiteoutHeader(name: string): TarHeader {
   return {
     name,
@@ -121,7 +135,7 @@ export async function* layerTar(dir: string, opts: TarOptions = {}): AsyncGenera
       : await readXattrsRecursive(
           root,
           overlay
-            ? '^(security\\.capability|user\\.overlay\\.opaque|trusted\\.overlay\\.opaque)$'
+            ? '^(security\\.capability|(user|trusted)\\.overlay\\.(opaque|redirect|metacopy))$'
             : '^security\\.capability$',
         );
   const epoch = opts.sourceDateEpoch;
@@ -145,6 +159,7 @@ export async function* layerTar(dir: string, opts: TarOptions = {}): AsyncGenera
         continue;
       }
       const x = xattrs.get(abs);
+      if (overlay && x) checkNoRedirect(x, rel);
       let mtime = Math.floor(st.mtimeMs / 1000);
       if (epoch !== undefined && mtime > epoch) mtime = epoch;
       const h: TarHeader = {

@@ -2,7 +2,7 @@
  * `kiln dockerfile`: inspect a Dockerfile without building it.
  *   dump FILE               BuildKit's parse-tree dump (one S-expression per instruction)
  *   lint FILE               lint warnings like `docker build --check`; non-zero exit on check=error=true or bad file
- *   stages FILE [--target]  the build stages, their bases and dependencies (what a build of the target needs)
+ *   stages FILE [--target]  the stage graph: bases, dependencies, what a build of the target needs
  * FILE may be `-` for standard input.
  */
 import { readFileSync } from 'node:fs';
@@ -14,7 +14,7 @@ import { dumpAst } from '../dockerfile/dump.js';
 import { parseDockerfile } from '../dockerfile/convert.js';
 import { formatLintWarning, lintDockerfile } from '../dockerfile/lint.js';
 import { parseDockerignore } from '../dockerfile/dockerignore.js';
-import type { Stage } from '../dockerfile/instructions.js';
+import { buildStageGraph, formatStageGraph } from '../dockerfile/stages.js';
 
 function readDockerfile(file: string): { text: string; name: string } {
   try {
@@ -43,42 +43,18 @@ function readIgnore(contextDir: string, dockerfile: string): string[] | undefine
   return undefined;
 }
 
-function collect(v: string, prev: string[]): string[] {
-  return [...prev, v];
+function parseBuildArgFlags(list: string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const kv of list) {
+    const i = kv.indexOf('=');
+    if (i <= 0) throw new KilnError('USAGE', `invalid --build-arg ${kv}`, { hint: 'use --build-arg NAME=value' });
+    out[kv.slice(0, i)] = kv.slice(i + 1);
+  }
+  return out;
 }
 
-/** Stages a build of `target` needs, in dependency order (BuildKit only builds those). */
-function neededStages(stages: Stage[], target: Stage): Stage[] {
-  const byName = new Map<string, Stage>();
-  const deps = (s: Stage): Stage[] => {
-    const out: Stage[] = [];
-    const ref = (name: string): void => {
-      const n = name.toLowerCase();
-      let found: Stage | undefined;
-      for (const o of stages) if (o.index < s.index && (o.name === n || String(o.index) === n)) found = o;
-      if (found && !out.includes(found)) out.push(found);
-    };
-    ref(s.from.image);
-    for (const c of s.commands) {
-      if (c.kind === 'COPY' && c.from !== '') ref(c.from);
-      if (c.kind === 'RUN') {
-        for (const m of c.mounts) {
-          const f = /(?:^|,)from=([^,]+)/i.exec(m);
-          if (f) ref(f[1]!);
-        }
-      }
-    }
-    return out;
-  };
-  for (const s of stages) if (s.name) byName.set(s.name, s);
-  const order: Stage[] = [];
-  const visit = (s: Stage): void => {
-    if (order.includes(s)) return;
-    for (const d of deps(s)) visit(d);
-    order.push(s);
-  };
-  visit(target);
-  return order;
+function collect(v: string, prev: string[]): string[] {
+  return [...prev, v];
 }
 
 export function register(program: Command): void {
@@ -102,12 +78,7 @@ export function register(program: Command): void {
     .action((file: string, o: { context?: string; buildArg: string[]; target?: string; format: string }) => {
       const { text, name } = readDockerfile(file);
       const ctx = resolve(o.context ?? (file === '-' ? '.' : dirname(file)));
-      const buildArgs: Record<string, string> = {};
-      for (const kv of o.buildArg) {
-        const i = kv.indexOf('=');
-        if (i <= 0) throw new KilnError('USAGE', `invalid --build-arg ${kv}`, { hint: 'use --build-arg NAME=value' });
-        buildArgs[kv.slice(0, i)] = kv.slice(i + 1);
-      }
+      const buildArgs = parseBuildArgFlags(o.buildArg);
       const ignorePatterns = readIgnore(ctx, file);
       const res = lintDockerfile(text, {
         filename: name,
@@ -129,29 +100,20 @@ export function register(program: Command): void {
     });
 
   df.command('stages')
-    .description('list build stages and the ones a build of the target needs')
+    .description('show the stage graph: bases, dependencies and which stages a build of the target needs')
     .argument('<file>', 'Dockerfile path, or - for stdin')
     .option('--target <stage>', 'target stage (default: the last one)')
-    .action((file: string, o: { target?: string }) => {
+    .option('--build-arg <k=v>', 'build argument (repeatable)', collect, [])
+    .option('--format <fmt>', 'text or json', 'text')
+    .action((file: string, o: { target?: string; buildArg: string[]; format: string }) => {
       const { text, name } = readDockerfile(file);
       const parsed = parseDockerfile(text, { filename: name });
-      const stages = parsed.stages;
-      let target = stages[stages.length - 1]!;
-      if (o.target !== undefined) {
-        const t = stages.find((s) => s.name === o.target!.toLowerCase());
-        if (!t) {
-          const names = stages.flatMap((s) => (s.name ? [s.name] : []));
-          throw new KilnError('DOCKERFILE_TARGET', `target stage "${o.target}" could not be found`, {
-            hint: names.length ? `stages: ${names.join(', ')}` : 'the Dockerfile has no named stages',
-          });
-        }
-        target = t;
-      }
-      const needed = new Set(neededStages(stages, target));
-      for (const s of stages) {
-        const label = s.name ?? String(s.index);
-        const mark = s === target ? '*' : needed.has(s) ? '+' : ' ';
-        process.stdout.write(`${mark} ${s.index}\t${label}\tFROM ${s.from.image}\t(line ${s.from.range.startLine})\n`);
-      }
+      const graph = buildStageGraph(parsed, {
+        file: name,
+        buildArgs: new Map(Object.entries(parseBuildArgFlags(o.buildArg))),
+        ...(o.target !== undefined ? { target: o.target } : {}),
+      });
+      if (o.format === 'json') process.stdout.write(JSON.stringify(graph, null, 2) + '\n');
+      else process.stdout.write(formatStageGraph(graph));
     });
 }

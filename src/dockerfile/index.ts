@@ -30,3 +30,18 @@ export { DockerfileError, isDockerfileError, type DockerfileErrorCode, type Dock
 export { suggest, levenshtein, withSuggestion } from './suggest.js';
 export * from './shell.js';
 export * from './dockerignore.js';
+export {
+  lintDockerfile,
+  formatLintWarning,
+  isValidImageReference,
+  parsePlatform,
+  RULES,
+  type LintRule,
+  type RuleName,
+  type LintWarning,
+  type LintOptions,
+  type LintResult,
+} from './lint.js';
+export * from './args.js';
+export * from './expand.js';
+export * from './stages.js';

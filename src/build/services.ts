@@ -96,8 +96,16 @@ export async function localServices(
       },
       writeOCI: async (image, dest, w) => {
         if (dest === '-') throw new KilnError('OUTPUT_UNSUPPORTED', 'type=oci,dest=- is not supported; give a file');
+        // like BuildKit's oci exporter: ref.name is the tag, io.containerd.image.name the full name
         const entries = w.names.length
-          ? w.names.map((n) => ({ image, name: n, annotations: w.annotations }))
+          ? w.names.map((n) => {
+              const ref = parseReferenceWithDefaultTag(n);
+              return {
+                image,
+                name: ref.tag ?? 'latest',
+                annotations: { ...w.annotations, 'io.containerd.image.name': ref.toString() },
+              };
+            })
           : [{ image, annotations: w.annotations }];
         await writeLayout(dest, entries, { tar: w.tar });
       },

@@ -1,0 +1,357 @@
+/**
+ * `kiln build` end to end as root: real Dockerfiles over a busybox base pushed to a real registry
+ * (docker-registry), RUN steps in the namespace sandbox, pushes checked with skopeo and unpacked with umoci;
+ * rebuilds (all CACHED, same digest), --no-cache (same digest with SOURCE_DATE_EPOCH), failure one-liners,
+ * interrupts (nothing pushed, nothing left behind), outputs, and the image run by a real dockerd.
+ */
+import { test, describe, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtemp, mkdir, rm, writeFile, readFile, readlink, stat, readdir } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startRegistry, type TestRegistry } from '../helpers/registry.js';
+import { makeBusyboxImage } from '../helpers/images.js';
+import { startDockerd, type Dockerd } from '../helpers/dockerd.js';
+import { push } from '../../src/registry/push.js';
+import { closeTransports } from '../../src/registry/transport.js';
+import { kiln, mountsUnder, tmpLeftovers, cachedCount } from './build-helpers.js';
+
+let reg: TestRegistry;
+let work: string;
+let home: string;
+let ctx: string;
+const EPOCH = '1700000000';
+
+function skopeo(args: string[]): { code: number | null; out: string; err: string } {
+  const r = spawnSync('skopeo', args, { encoding: 'utf8' });
+  return { code: r.status, out: r.stdout, err: r.stderr };
+}
+
+interface ConfigJSON {
+  created?: string;
+  config: Record<string, unknown>;
+  history: { created?: string; created_by?: string; empty_layer?: boolean; comment?: string }[];
+  rootfs: { diff_ids: string[] };
+}
+
+function inspectConfig(ref: string): ConfigJSON {
+  const r = skopeo(['inspect', '--tls-verify=false', '--config', `docker://${ref}`]);
+  assert.equal(r.code, 0, r.err);
+  return JSON.parse(r.out) as ConfigJSON;
+}
+
+function rawManifest(ref: string): { mediaType: string; layers: { digest: string }[] } {
+  const r = skopeo(['inspect', '--tls-verify=false', '--raw', `docker://${ref}`]);
+  assert.equal(r.code, 0, r.err);
+  return JSON.parse(r.out) as { mediaType: string; layers: { digest: string }[] };
+}
+
+const APP_DOCKERFILE = (host: string): string => `FROM ${host}/base/busybox:1 AS build
+ARG MSG=hi
+RUN mkdir /out && echo "$MSG" > /out/msg && ln -s msg /out/link
+
+FROM ${host}/base/busybox:1 AS unused
+RUN echo this stage must never run && false
+
+FROM ${host}/base/busybox:1
+ENV APP=/app
+WORKDIR /app
+COPY hello.txt ./
+COPY --from=build /out/ ./out/
+RUN chown -R 1000:1000 /app && rm /etc/group && echo step-ran
+LABEL a=b
+EXPOSE 8080
+USER app
+ENTRYPOINT ["/bin/sh", "-c"]
+CMD ["cat /app/hello.txt"]
+`;
+
+before(async () => {
+  work = await mkdtemp(join(tmpdir(), 'kiln-build-it-'));
+  home = join(work, 'home');
+  ctx = join(work, 'ctx');
+  await mkdir(ctx, { recursive: true });
+  reg = await startRegistry();
+  const base = await makeBusyboxImage({ kind: 'docker' });
+  const opts = { insecureRegistries: [reg.host] };
+  await push(base, `${reg.host}/base/busybox:1`, opts);
+  await closeTransports(opts);
+  await writeFile(join(ctx, 'hello.txt'), 'hello from the context\n');
+  await writeFile(join(ctx, 'Dockerfile'), APP_DOCKERFILE(reg.host));
+});
+
+after(async () => {
+  await reg?.stop();
+  await rm(work, { recursive: true, force: true });
+});
+
+function buildArgs(tag: string, extra: string[] = []): string[] {
+  return [
+    'build',
+    '--progress',
+    'plain',
+    '--insecure-registry',
+    reg.host,
+    '-t',
+    `${reg.host}/${tag}`,
+    '--push',
+    ...extra,
+    ctx,
+  ];
+}
+
+describe('kiln build (root, registry)', () => {
+  let firstDigest = '';
+
+  test('build + push: config, history, layers and files as BuildKit makes them', async () => {
+    const md = join(work, 'md1.json');
+    const iid = join(work, 'iid1');
+    const r = await kiln(buildArgs('app:v1', ['--metadata-file', md, '--iidfile', iid]), {
+      home,
+      env: { SOURCE_DATE_EPOCH: EPOCH },
+    });
+    assert.equal(r.code, 0, r.stderr);
+    assert.doesNotMatch(r.stderr, /this stage must never run/);
+    assert.match(r.stderr, /^#\d+ \d+\.\d{3} step-ran$/m, 'RUN output is streamed with the vertex prefix');
+    const meta = JSON.parse(await readFile(md, 'utf8')) as Record<string, string>;
+    firstDigest = meta['containerimage.digest'] as string;
+    assert.match(firstDigest, /^sha256:[a-f0-9]{64}$/);
+    assert.equal(meta['image.name'], `${reg.host}/app:v1`);
+    assert.equal(await readFile(iid, 'utf8'), meta['containerimage.config.digest']);
+
+    const m = rawManifest(`${reg.host}/app:v1`);
+    assert.equal(m.mediaType, 'application/vnd.docker.distribution.manifest.v2+json');
+    const digest = skopeo(['inspect', '--tls-verify=false', '--format', '{{.Digest}}', `docker://${reg.host}/app:v1`]);
+    assert.equal(digest.out.trim(), firstDigest);
+
+    const cfg = inspectConfig(`${reg.host}/app:v1`);
+    assert.deepEqual(cfg.config, {
+      User: 'app',
+      ExposedPorts: { '8080/tcp': {} },
+      Env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'APP=/app'],
+      Entrypoint: ['/bin/sh', '-c'],
+      Cmd: ['cat /app/hello.txt'],
+      WorkingDir: '/app',
+      Labels: { a: 'b' },
+      ArgsEscaped: true,
+    });
+    const ours = cfg.history.slice(1);
+    assert.deepEqual(
+      ours.map((h) => [h.created_by, h.empty_layer === true]),
+      [
+        ['ENV APP=/app', true],
+        ['WORKDIR /app', false],
+        ['COPY hello.txt ./ # buildkit', false],
+        ['COPY /out/ ./out/ # buildkit', false],
+        ['RUN /bin/sh -c chown -R 1000:1000 /app && rm /etc/group && echo step-ran # buildkit', false],
+        ['LABEL a=b', true],
+        ['EXPOSE [8080/tcp]', true],
+        ['USER app', true],
+        ['ENTRYPOINT ["/bin/sh" "-c"]', true],
+        ['CMD ["cat /app/hello.txt"]', true],
+      ],
+    );
+    assert.ok(ours.every((h) => h.comment === 'buildkit.dockerfile.v0'));
+    assert.ok(
+      ours.every((h) => h.created === '2023-11-14T22:13:20Z'),
+      JSON.stringify(ours),
+    );
+    assert.equal(cfg.created, '2023-11-14T22:13:20Z');
+    assert.equal(cfg.history[0]?.created, '2024-01-01T00:00:00Z', 'base history keeps its times');
+    assert.equal(cfg.rootfs.diff_ids.length, 5);
+    assert.equal(m.layers.length, 5);
+
+    // unpack with independent tools and look at the files
+    const layout = join(work, 'layout');
+    const cp = skopeo(['copy', '--src-tls-verify=false', `docker://${reg.host}/app:v1`, `oci:${layout}:v1`]);
+    assert.equal(cp.code, 0, cp.err);
+    const bundle = join(work, 'bundle');
+    const u = spawnSync('umoci', ['unpack', '--image', `${layout}:v1`, bundle], { encoding: 'utf8' });
+    assert.equal(u.status, 0, u.stderr);
+    const rootfs = join(bundle, 'rootfs');
+    assert.equal(await readFile(join(rootfs, 'app/hello.txt'), 'utf8'), 'hello from the context\n');
+    assert.equal(await readFile(join(rootfs, 'app/out/msg'), 'utf8'), 'hi\n');
+    assert.equal(await readlink(join(rootfs, 'app/out/link')), 'msg');
+    assert.equal((await stat(join(rootfs, 'app/hello.txt'))).uid, 1000);
+    await assert.rejects(stat(join(rootfs, 'etc/group')), 'the deleted file is whited out');
+    assert.ok((await stat(join(rootfs, 'etc/passwd'))).isFile());
+    // nothing the sandbox provided leaked into the layers
+    for (const p of ['etc/hosts', 'etc/resolv.conf', 'etc/hostname']) {
+      await assert.rejects(stat(join(rootfs, p)), `${p} is not in the image`);
+    }
+    assert.deepEqual(await mountsUnder(home), []);
+    assert.deepEqual(await tmpLeftovers(home), []);
+  });
+
+  test('rebuild: every step CACHED, same digest; --no-cache reruns and reproduces it', async () => {
+    const md = join(work, 'md2.json');
+    const r = await kiln(buildArgs('app:v2', ['--metadata-file', md]), { home, env: { SOURCE_DATE_EPOCH: EPOCH } });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(cachedCount(r.stderr), 5, r.stderr);
+    assert.doesNotMatch(r.stderr, /^#\d+ [\d.]+ step-ran$/m);
+    const meta = JSON.parse(await readFile(md, 'utf8')) as Record<string, string>;
+    assert.equal(meta['containerimage.digest'], firstDigest);
+
+    const md3 = join(work, 'md3.json');
+    const nc = await kiln(buildArgs('app:v3', ['--metadata-file', md3, '--no-cache']), {
+      home,
+      env: { SOURCE_DATE_EPOCH: EPOCH },
+    });
+    assert.equal(nc.code, 0, nc.stderr);
+    assert.equal(cachedCount(nc.stderr), 0);
+    assert.match(nc.stderr, /^#\d+ [\d.]+ step-ran$/m);
+    const meta3 = JSON.parse(await readFile(md3, 'utf8')) as Record<string, string>;
+    assert.equal(meta3['containerimage.digest'], firstDigest, 'SOURCE_DATE_EPOCH builds are reproducible');
+  });
+
+  test('a changed build arg invalidates only the steps that use it', async () => {
+    const r = await kiln(buildArgs('app:v4', ['--build-arg', 'MSG=other']), {
+      home,
+      env: { SOURCE_DATE_EPOCH: EPOCH },
+    });
+    assert.equal(r.code, 0, r.stderr);
+    // WORKDIR and COPY hello.txt stay cached; the build-stage RUN, the COPY --from and the last RUN rerun
+    assert.equal(cachedCount(r.stderr), 2, r.stderr);
+    const cfg = inspectConfig(`${reg.host}/app:v4`);
+    assert.notDeepEqual(cfg.rootfs.diff_ids, inspectConfig(`${reg.host}/app:v1`).rootfs.diff_ids);
+  });
+
+  test('failing RUN: one line with Dockerfile:N, command and exit code; nothing pushed or left behind', async () => {
+    const bad = join(work, 'bad');
+    await mkdir(bad, { recursive: true });
+    await writeFile(
+      join(bad, 'Dockerfile'),
+      `FROM ${reg.host}/base/busybox:1\nRUN echo ok\nRUN false\nRUN echo never\n`,
+    );
+    const r = await kiln(
+      ['build', '--progress', 'plain', '--insecure-registry', reg.host, '-t', `${reg.host}/bad:v1`, '--push', bad],
+      { home },
+    );
+    assert.equal(r.code, 1);
+    const lines = r.stderr.trim().split('\n');
+    assert.equal(
+      lines.at(-1),
+      'kiln: Dockerfile:3: RUN false: process "/bin/sh -c false" did not complete successfully: exit code: 1',
+    );
+    assert.doesNotMatch(r.stderr, /at .*\.ts:\d+/, 'no stack trace without --debug');
+    assert.doesNotMatch(r.stderr, /never/);
+    assert.notEqual(skopeo(['inspect', '--tls-verify=false', `docker://${reg.host}/bad:v1`]).code, 0);
+    assert.deepEqual(await mountsUnder(home), []);
+    assert.deepEqual(await tmpLeftovers(home), []);
+  });
+
+  test('COPY of a missing source names it', async () => {
+    const bad = join(work, 'badcopy');
+    await mkdir(bad, { recursive: true });
+    await writeFile(join(bad, 'Dockerfile'), `FROM ${reg.host}/base/busybox:1\nCOPY nothere.txt /x\n`);
+    const r = await kiln(['build', '--progress', 'plain', '--insecure-registry', reg.host, bad], { home });
+    assert.equal(r.code, 1);
+    const last = r.stderr
+      .trim()
+      .split('\n')
+      .filter((l) => l.startsWith('kiln:'));
+    assert.equal(last.length, 1, r.stderr);
+    assert.match(last[0] as string, /^kiln: Dockerfile:2: .*nothere\.txt/);
+  });
+
+  test('missing base image: one line naming the registry', async () => {
+    const bad = join(work, 'nobase');
+    await mkdir(bad, { recursive: true });
+    await writeFile(join(bad, 'Dockerfile'), `FROM ${reg.host}/does/not-exist:1\nRUN true\n`);
+    const r = await kiln(['build', '--progress', 'plain', '--insecure-registry', reg.host, bad], { home });
+    assert.equal(r.code, 1);
+    const err = r.stderr
+      .trim()
+      .split('\n')
+      .filter((l) => l.startsWith('kiln:'));
+    assert.equal(err.length, 1, r.stderr);
+    assert.match(err[0] as string, new RegExp(`^kiln: Dockerfile:1: FROM .*${reg.host.replace(/\./g, '\\.')}`));
+  });
+
+  test('SIGINT during a RUN: exit 130, nothing pushed, no mounts or temp dirs, cache still usable', async () => {
+    const slow = join(work, 'slow');
+    await mkdir(slow, { recursive: true });
+    await writeFile(
+      join(slow, 'Dockerfile'),
+      `FROM ${reg.host}/base/busybox:1\nRUN echo before > /f\nRUN echo started-sleeping && sleep 60\n`,
+    );
+    let sent = false;
+    const r = await kiln(
+      ['build', '--progress', 'plain', '--insecure-registry', reg.host, '-t', `${reg.host}/slow:v1`, '--push', slow],
+      {
+        home,
+        onStderr: (text, child) => {
+          if (!sent && /started-sleeping/.test(text)) {
+            sent = true;
+            child.kill('SIGINT');
+          }
+        },
+      },
+    );
+    assert.ok(sent, r.stderr);
+    assert.equal(r.code, 130, r.stderr);
+    assert.match(r.stderr, /interrupted/);
+    assert.notEqual(skopeo(['inspect', '--tls-verify=false', `docker://${reg.host}/slow:v1`]).code, 0);
+    assert.deepEqual(await mountsUnder(home), []);
+    assert.deepEqual(await tmpLeftovers(home), []);
+    // the completed step is cached, the interrupted one is not
+    await writeFile(join(slow, 'Dockerfile'), `FROM ${reg.host}/base/busybox:1\nRUN echo before > /f\nRUN true\n`);
+    const again = await kiln(['build', '--progress', 'plain', '--insecure-registry', reg.host, slow], { home });
+    assert.equal(again.code, 0, again.stderr);
+    assert.equal(cachedCount(again.stderr), 1);
+  });
+
+  test('outputs: oci layout, docker archive, local rootfs, rootfs tar', async () => {
+    const out = join(work, 'outputs');
+    const r = await kiln(
+      [
+        'build',
+        '--progress',
+        'plain',
+        '--insecure-registry',
+        reg.host,
+        '-t',
+        'app:out',
+        '-o',
+        `type=oci,dest=${join(out, 'layout')},tar=false`,
+        '-o',
+        `type=docker,dest=${join(out, 'image.tar')}`,
+        '-o',
+        `type=local,dest=${join(out, 'rootfs')}`,
+        '-o',
+        `type=tar,dest=${join(out, 'rootfs.tar')}`,
+        ctx,
+      ],
+      { home, env: { SOURCE_DATE_EPOCH: EPOCH } },
+    );
+    assert.equal(r.code, 0, r.stderr);
+    const ins = skopeo(['inspect', '--format', '{{.Digest}}', `oci:${join(out, 'layout')}:out`]);
+    assert.equal(ins.code, 0, ins.err);
+    const arch = skopeo(['inspect', '--config', `docker-archive:${join(out, 'image.tar')}`]);
+    assert.equal(arch.code, 0, arch.err);
+    assert.equal((JSON.parse(arch.out) as ConfigJSON).config.WorkingDir, '/app');
+    assert.equal(await readFile(join(out, 'rootfs', 'app/out/msg'), 'utf8'), 'hi\n');
+    await assert.rejects(stat(join(out, 'rootfs', 'etc/group')));
+    const list = spawnSync('tar', ['-tf', join(out, 'rootfs.tar')], { encoding: 'utf8' });
+    assert.equal(list.status, 0);
+    assert.ok(list.stdout.split('\n').includes('app/hello.txt'), list.stdout);
+    assert.ok(!list.stdout.includes('.wh.'));
+    assert.ok((await readdir(join(out, 'layout', 'blobs', 'sha256'))).length >= 7);
+  });
+});
+
+describe('the built image runs in dockerd', () => {
+  let dockerd: Dockerd | undefined;
+  after(async () => {
+    await dockerd?.stop();
+  });
+
+  test('docker run prints what the image was built to print', async () => {
+    dockerd = await startDockerd({ insecureRegistries: [reg.host] });
+    const out = await dockerd.runImage(`${reg.host}/app:v1`);
+    assert.equal(out, 'hello from the context\n');
+    const who = await dockerd.runImage(`${reg.host}/app:v1`, ['id -u; cat /app/out/msg; echo $APP; pwd']);
+    assert.equal(who, '1000\nhi\n/app\n/app\n');
+  });
+});

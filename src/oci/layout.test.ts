@@ -1,7 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
@@ -11,15 +10,9 @@ import { appendLayers } from './mutate.js';
 import { MediaType } from './mediatypes.js';
 import { sha256 } from './digest.js';
 import { isKilnError } from '../errors.js';
+import { withTempDir } from '../../test/helpers/images.js';
 
-async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await mkdtemp(join(tmpdir(), 'kiln-layout-'));
-  try {
-    await fn(dir);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-}
+const withDir = (fn: (dir: string) => Promise<void>): Promise<void> => withTempDir('kiln-layout-', fn);
 
 const good = appendLayers(emptyImage(), [{ layer: layerFromBytes(gzipSync(Buffer.alloc(1024, 1))) }]);
 /** An image whose layer stream dies half way. */

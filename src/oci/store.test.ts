@@ -1,7 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { LocalStore, kilnHome, normalizeImageName } from './store.js';
@@ -11,15 +10,9 @@ import { readLayout } from './layout.js';
 import { parsePlatform } from './platform.js';
 import { isKilnError } from '../errors.js';
 import type { Image } from './types.js';
+import { withTempDir } from '../../test/helpers/images.js';
 
-async function withHome(fn: (home: string) => Promise<void>): Promise<void> {
-  const home = await mkdtemp(join(tmpdir(), 'kiln-store-'));
-  try {
-    await fn(home);
-  } finally {
-    await rm(home, { recursive: true, force: true });
-  }
-}
+const withHome = (fn: (dir: string) => Promise<void>): Promise<void> => withTempDir('kiln-store-', fn);
 
 function imageWith(content: string, created = '2024-05-01T00:00:00Z'): Image {
   const layer = layerFromBytes(gzipSync(Buffer.from(content.padEnd(1024, '.'))));

@@ -14,6 +14,9 @@
  */
 import { createCipheriv, createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
 import { spawnSync } from 'node:child_process';
@@ -263,4 +266,14 @@ export function kilnErrorNaming(code: string, file: string): (e: unknown) => boo
     if (!e.message.includes(file)) throw new Error(`"${e.message}" does not name ${file}`);
     return true;
   };
+}
+
+/** Run `fn` with a fresh temp directory, removed afterwards whatever happens. */
+export async function withTempDir(prefix: string, fn: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), prefix));
+  try {
+    await fn(dir);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 }

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import { listContextPaths, loadDockerignore } from '../../src/dockerfile/dockerignore.js';
+import { listContextPaths, loadDockerignore, newMatcher } from '../../src/dockerfile/dockerignore.js';
 import { DOCKERD, startDockerd, type Dockerd } from '../helpers/dockerd.js';
 import { run } from '../differential/exec.js';
 
@@ -109,7 +109,8 @@ for (const [name, ignore] of cases) {
     const ctx = makeTree(ignore);
     const expected = ours(ctx);
     // the case must both exclude and include something to be a real check
-    assert.ok(expected.length > 0 && expected.length < 30, `${expected.length} paths: ${expected.join(' ')}`);
+    const all = listContextPaths(ctx, newMatcher([]));
+    assert.ok(expected.length > 0 && expected.length < all.length, `${expected.length} paths: ${expected.join(' ')}`);
     assert.deepEqual(await buildkitContext(ctx), expected);
   });
 }

@@ -346,8 +346,18 @@ export async function runProcess(opts: RunProcessOptions): Promise<RunProcessRes
       posix.normalize(a.target).localeCompare(posix.normalize(b.target)),
     );
     let n = 0;
+    const hostOf = new Map<SandboxMount, string>();
     for (const m of userMounts) {
-      const pm = await prepareMount(m, { root, state, kilnHome, stubs, index: n++, secretEnv, all: userMounts });
+      const pm = await prepareMount(m, {
+        root,
+        state,
+        kilnHome,
+        stubs,
+        index: n++,
+        secretEnv,
+        all: userMounts,
+        hostOf,
+      });
       if (!pm) continue;
       lines.push(...pm.script);
       if (pm.release) releases.push(pm.release);
@@ -459,6 +469,8 @@ interface MountContext {
   index: number;
   secretEnv: [string, string][];
   all: SandboxMount[];
+  /** Host path where each earlier mount's content is (for mounts nested inside it). */
+  hostOf: Map<SandboxMount, string>;
 }
 
 /** Resolve a mount target: in the rootfs, or inside an earlier tmpfs/cache mount that contains it. */
@@ -494,15 +506,8 @@ async function targetFor(
   });
 }
 
-const hostPaths = new WeakMap<MountContext, Map<SandboxMount, string>>();
-
 async function prepareMount(m: SandboxMount, ctx: MountContext): Promise<PreparedMount | undefined> {
-  let hostOf = hostPaths.get(ctx);
-  if (!hostOf) {
-    hostOf = new Map();
-    hostPaths.set(ctx, hostOf);
-  }
-  const { state } = ctx;
+  const { state, hostOf } = ctx;
   switch (m.type) {
     case 'tmpfs': {
       const { path, pre } = await targetFor(m, 'dir', ctx, hostOf);

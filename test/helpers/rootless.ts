@@ -176,6 +176,8 @@ export interface ScenarioRequest {
   baseFiles?: Record<string, string>;
   /** Extra files for a second layer on top of the base (exercises multi-lower). */
   topFiles?: Record<string, string>;
+  /** Files created under kilnHome (inside the namespace, so owned by its root) before the steps. */
+  hostFiles?: Record<string, string>;
   steps: ScenarioStep[];
 }
 
@@ -217,6 +219,10 @@ export async function runStepScenario(req: ScenarioRequest): Promise<ScenarioRep
       await writeFile(join(top, p), content);
     }
     lowers.push(top);
+  }
+  for (const [p, content] of Object.entries(req.hostFiles ?? {})) {
+    await mkdir(join(req.kilnHome, dirname(p)), { recursive: true });
+    await writeFile(join(req.kilnHome, p), content);
   }
   const snapshotter = await chooseSnapshotter({ kilnHome: req.kilnHome });
   const snap = await snapshotter.prepare(lowers);
@@ -270,6 +276,104 @@ export async function runStepScenario(req: ScenarioRequest): Promise<ScenarioRep
     leftoverMounts: await mountsUnder(req.kilnHome),
     leftoverTemp,
   };
+}
+
+/**
+ * Cache sharing modes with two concurrent steps on one cache id. Step A appends "A-start" to /c/log, prints
+ * "started" and blocks on a fifo; then step B (same id, `sharing`) appends "B" and lists /c; then A is released
+ * and appends "A-end". Returns the final log of the cache dir A used and B's output.
+ */
+export async function runCacheSharingScenario(
+  kilnHome: string,
+  sharing: 'shared' | 'private' | 'locked',
+): Promise<{ log: string; bOut: string; aExit: number | undefined; bExit: number | undefined }> {
+  const { chooseSnapshotter } = await import('../../src/sandbox/overlay.js');
+  const { runProcess } = await import('../../src/sandbox/run.js');
+  const base = join(kilnHome, 'layers', `cache-${sharing}`);
+  await rm(base, { recursive: true, force: true });
+  await writeBusyboxRootfs(base);
+  const ctl = join(kilnHome, `ctl-${sharing}`);
+  await rm(ctl, { recursive: true, force: true });
+  await mkdir(ctl);
+  const fifo = join(ctl, 'fifo');
+  const mk = spawnSync('mkfifo', [fifo]);
+  if (mk.status !== 0) throw new Error('mkfifo failed');
+  const snapshotter = await chooseSnapshotter({ kilnHome });
+  const [sa, sb] = [await snapshotter.prepare([base]), await snapshotter.prepare([base])];
+  const id = `share-${sharing}`;
+  try {
+    let aOut = '';
+    let started: () => void = () => undefined;
+    const isStarted = new Promise<void>((r) => (started = r));
+    const a = runProcess({
+      rootfs: sa.root,
+      argv: ['/bin/sh', '-c', 'echo A-start >> /c/log; echo started; read x < /ctl/fifo; echo A-end >> /c/log'],
+      env: [],
+      kilnHome,
+      mounts: [
+        { type: 'cache', id, target: '/c', sharing },
+        { type: 'bind', source: ctl, target: '/ctl' },
+      ],
+      onStdout: (d) => {
+        aOut += d.toString();
+        if (aOut.includes('started')) started();
+      },
+    });
+    await isStarted;
+    let bOut = '';
+    const b = runProcess({
+      rootfs: sb.root,
+      argv: ['/bin/sh', '-c', 'echo B >> /c/log; cat /c/log'],
+      env: [],
+      kilnHome,
+      mounts: [{ type: 'cache', id, target: '/c', sharing }],
+      onStdout: (d) => (bOut += d.toString()),
+    });
+    if (sharing === 'shared' || sharing === 'private') await b;
+    await writeFile(fifo, 'go\n');
+    const [ra, rb] = await Promise.all([a, b]);
+    const { createHash } = await import('node:crypto');
+    const dir = createHash('sha256').update(id).digest('hex').slice(0, 32);
+    const log = await readFile(join(kilnHome, 'cache-mounts', dir, 'log'), 'utf8');
+    return { log, bOut, aExit: ra.exitCode, bExit: rb.exitCode };
+  } finally {
+    await sa.release();
+    await sb.release();
+  }
+}
+
+/** Overlay over `n` layer dirs with long paths (beyond the one-page mount option limit). */
+export async function runManyLayersScenario(kilnHome: string, n: number): Promise<{ out: string; exitCode: number }> {
+  const { OverlaySnapshotter } = await import('../../src/sandbox/overlay.js');
+  const { runProcess } = await import('../../src/sandbox/run.js');
+  const lowers: string[] = [];
+  const base = join(kilnHome, 'layers', 'many-base');
+  await rm(base, { recursive: true, force: true });
+  await writeBusyboxRootfs(base);
+  lowers.push(base);
+  for (let i = 0; i < n; i++) {
+    const d = join(kilnHome, 'layers', `${'l'.repeat(64)}-${String(i).padStart(4, '0')}`);
+    await rm(d, { recursive: true, force: true });
+    await mkdir(d, { recursive: true });
+    await writeFile(join(d, `f${i}`), `layer ${i}\n`);
+    await writeFile(join(d, 'shared'), `from ${i}\n`);
+    lowers.push(d);
+  }
+  const snap = await new OverlaySnapshotter({ kilnHome }).prepare(lowers);
+  try {
+    let out = '';
+    const r = await runProcess({
+      rootfs: snap.root,
+      argv: ['/bin/sh', '-c', `cat /f0 /f${n - 1} /shared; ls / | grep -c '^f'`],
+      env: [],
+      kilnHome,
+      onStdout: (d) => (out += d.toString()),
+      onStderr: (d) => (out += d.toString()),
+    });
+    return { out, exitCode: r.exitCode };
+  } finally {
+    await snap.release();
+  }
 }
 
 /**

@@ -29,11 +29,10 @@ after(async () => {
 });
 
 let n = 0;
-/** Paths BuildKit copies from `ctx` (relative, directories with a trailing slash, sorted). */
+/** Paths BuildKit copies from `ctx` with its Dockerfile `COPY . /ctx/` (relative, dirs with a trailing slash, sorted). */
 async function buildkitContext(ctx: string): Promise<string[]> {
   const d = dockerd!;
   const tag = `kiln-dockerignore-bk:${++n}`;
-  writeFileSync(join(ctx, 'Dockerfile'), 'FROM scratch\nCOPY . /ctx/\n');
   await d.build({ context: ctx, tag });
   const name = `kiln-dockerignore-bk-${n}`;
   await d.docker(['create', '--name', name, tag, 'none']);
@@ -57,6 +56,7 @@ test(
   async () => {
     const ctx = mkdtempSync(join(work, 'walk-'));
     cpSync(resolve(import.meta.dirname, 'testdata', 'dockerignore', 'walk'), ctx, { recursive: true });
+    writeFileSync(join(ctx, 'Dockerfile'), 'FROM scratch\nCOPY . /ctx/\n');
     const expected = ours(ctx);
     assert.ok(expected.includes('docs/README.md') && !expected.includes('docs/a.md'));
     assert.deepEqual(await buildkitContext(ctx), expected);
@@ -92,6 +92,7 @@ function makeTree(ignore: string): string {
   }
   mkdirSync(join(ctx, 'empty'));
   writeFileSync(join(ctx, '.dockerignore'), ignore);
+  writeFileSync(join(ctx, 'Dockerfile'), 'FROM scratch\nCOPY . /ctx/\n');
   return ctx;
 }
 

@@ -1,11 +1,13 @@
 /**
  * The tar format, both ways, byte-compatible with Go's archive/tar as containerd and BuildKit use it.
  *
- * Writing: containerd's ChangeWriter forces `tar.FormatPAX`, so every header is a USTAR-layout block with the
- * "ustar\0" magic and version "00"; numbers are zero-padded octal followed by a NUL; whatever does not fit (names over
- * 100 bytes, non-ASCII names, ids over 2097151, sizes over 8 GiB, xattrs, non-epoch-second times) goes into a preceding
- * PAX extended header named `<dir>/PaxHeaders.0/<base>` with records sorted by key. No record blocking: the archive
- * ends with two zero blocks. Matching this exactly makes kiln's diffIDs equal to BuildKit's for the same content.
+ * Writing: containerd's ChangeWriter sets `tar.FormatPAX`, which Go's writer still satisfies with a plain USTAR
+ * header ("ustar\0", version "00", long ASCII names split into prefix + name) whenever everything fits; otherwise
+ * (non-ASCII or unsplittable names, link targets over 100 bytes, ids over 2097151, sizes over 8 GiB, pre-1970 or
+ * far-future mtimes, xattrs) a PAX extended header named `<dir>/PaxHeaders.0/<base>` with records sorted by key
+ * precedes it. Numbers are zero-padded octal followed by a NUL; no record blocking: the archive ends with two zero
+ * blocks. tarformat.test.ts checks this byte for byte against digests produced by Go's archive/tar, which makes
+ * kiln's diffIDs equal to BuildKit's for the same content.
  *
  * Reading: a streaming parser for USTAR, PAX (local and global headers, binary-safe `SCHILY.xattr.*` values,
  * `LIBARCHIVE.xattr.*`), GNU long names/links and base-256 numbers. Sparse files are rejected. The parser never
@@ -118,35 +120,90 @@ function paddingFor(size: number): number {
   return r === 0 ? 0 : BLOCK - r;
 }
 
+/** Go's splitUSTARPath: split a long ASCII name into a ≤155-byte prefix and a ≤100-byte name at a '/'. */
+function splitUSTARPath(name: string): [string, string] | null {
+  let length = name.length;
+  if (length <= 100 || !isASCII(name)) return null;
+  if (length > 156) length = 156;
+  else if (name[length - 1] === '/') length--;
+  const i = name.slice(0, length).lastIndexOf('/');
+  const nlen = name.length - i - 1;
+  if (i <= 0 || nlen > 100 || nlen === 0 || i > 155) return null;
+  return [name.slice(0, i), name.slice(i + 1)];
+}
+
+/** Go's formatter.formatString for the PAX main header: truncate, and never leave a cut name ending in '/'. */
+function putTruncated(block: Buffer, off: number, width: number, s: string): void {
+  putString(block, off, width, s);
+  if (s.length > width && block[off + width - 1] === 0x2f) {
+    const n = s.slice(0, width).replace(/\/+$/, '').length;
+    block[off + n] = 0;
+  }
+}
+
 /**
- * Encode a header (and, when needed, its preceding PAX extended header + data) into 512-byte blocks.
+ * Encode a header (and, when needed, its preceding PAX extended header + data) into 512-byte blocks, choosing the
+ * format like Go's tar.Writer does for containerd (Format = PAX, which still allows USTAR): a plain USTAR header
+ * (long ASCII names split into prefix + name) whenever everything fits, else a PAX header carrying the values
+ * that do not (non-ASCII or unsplittable names, long link targets, big ids/sizes, odd mtimes, xattrs).
  * The body of a regular file (h.size bytes) must follow, padded with `padding(h.size)`.
  */
 export function encodeHeader(h: TarHeader): Buffer {
   const pax = new Map<string, Buffer>();
   const name = h.name;
-  if (Buffer.byteLength(name) > 100 || !isASCII(name)) pax.set('path', Buffer.from(name, 'utf8'));
-  if (Buffer.byteLength(h.linkname) > 100 || !isASCII(h.linkname)) pax.set('linkpath', Buffer.from(h.linkname, 'utf8'));
-  if (!fitsOctal(8, h.uid)) pax.set('uid', Buffer.from(String(h.uid)));
-  if (!fitsOctal(8, h.gid)) pax.set('gid', Buffer.from(String(h.gid)));
-  if (!fitsOctal(12, h.size)) pax.set('size', Buffer.from(String(h.size)));
-  if (!fitsOctal(12, h.mtime) || !Number.isInteger(h.mtime)) pax.set('mtime', Buffer.from(formatPaxTime(h.mtime)));
+  let ustar = true;
+  if (name.length > 100 || !isASCII(name)) {
+    pax.set('path', Buffer.from(name, 'utf8'));
+    if (!splitUSTARPath(name)) ustar = false;
+  }
+  if (h.linkname.length > 100 || !isASCII(h.linkname)) {
+    pax.set('linkpath', Buffer.from(h.linkname, 'utf8'));
+    ustar = false;
+  }
+  const num = (key: string, width: number, v: number): void => {
+    if (!fitsOctal(width, v)) {
+      pax.set(key, Buffer.from(String(v)));
+      ustar = false;
+    }
+  };
+  num('uid', 8, h.uid);
+  num('gid', 8, h.gid);
+  num('size', 12, h.size);
+  if (!fitsOctal(12, h.mtime) || !Number.isInteger(h.mtime)) {
+    pax.set('mtime', Buffer.from(formatPaxTime(h.mtime)));
+    ustar = false;
+  }
   if (h.atime !== undefined) pax.set('atime', Buffer.from(formatPaxTime(h.atime)));
   if (h.ctime !== undefined) pax.set('ctime', Buffer.from(formatPaxTime(h.ctime)));
-  if (h.uname && (Buffer.byteLength(h.uname) > 32 || !isASCII(h.uname))) pax.set('uname', Buffer.from(h.uname));
-  if (h.gname && (Buffer.byteLength(h.gname) > 32 || !isASCII(h.gname))) pax.set('gname', Buffer.from(h.gname));
-  for (const [k, v] of h.xattrs ?? []) pax.set('SCHILY.xattr.' + k, v);
+  if (h.atime !== undefined || h.ctime !== undefined) ustar = false;
+  for (const [k, v] of [
+    ['uname', h.uname ?? ''],
+    ['gname', h.gname ?? ''],
+  ] as const) {
+    if (v.length > 32 || !isASCII(v)) {
+      pax.set(k, Buffer.from(v));
+      ustar = false;
+    }
+  }
+  for (const [k, v] of h.xattrs ?? []) {
+    pax.set('SCHILY.xattr.' + k, v);
+    ustar = false;
+  }
 
   const parts: Buffer[] = [];
-  if (pax.size > 0) {
-    const keys = [...pax.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  const b = Buffer.alloc(BLOCK);
+  if (ustar) {
+    const split = splitUSTARPath(name);
+    putString(b, 0, 100, split ? split[1] : name);
+    if (split) putString(b, 345, 155, split[0]);
+  } else {
+    const keys = [...pax.keys()].sort((x, y) => (x < y ? -1 : x > y ? 1 : 0));
     const data = Buffer.concat(keys.map((k) => paxRecord(k, pax.get(k)!)));
     const trimmed = name.replace(/\/+$/, '');
     const slash = trimmed.lastIndexOf('/');
     const dir = slash >= 0 ? trimmed.slice(0, slash) : '';
     const base = slash >= 0 ? trimmed.slice(slash + 1) : trimmed;
-    let paxName = (dir ? dir + '/' : '') + 'PaxHeaders.0/' + base;
-    paxName = toASCII(paxName);
+    let paxName = toASCII((dir ? dir + '/' : '') + 'PaxHeaders.0/' + base);
     if (paxName.length > 100) paxName = paxName.slice(0, 100);
     paxName = paxName.replace(/\/+$/, '');
     const pb = Buffer.alloc(BLOCK);
@@ -160,17 +217,15 @@ export function encodeHeader(h: TarHeader): Buffer {
     setUstarMagic(pb);
     checksum(pb);
     parts.push(pb, data, Buffer.alloc(paddingFor(data.length)));
+    putTruncated(b, 0, 100, toASCII(name));
   }
-
-  const b = Buffer.alloc(BLOCK);
-  putString(b, 0, 100, toASCII(name));
   putOctal(b, 100, 8, h.mode & 0o7777);
   putOctal(b, 108, 8, h.uid);
   putOctal(b, 116, 8, h.gid);
   putOctal(b, 124, 12, h.size);
   putOctal(b, 136, 12, Math.floor(h.mtime));
   b[156] = TYPEFLAG[h.type].charCodeAt(0);
-  putString(b, 157, 100, toASCII(h.linkname));
+  putTruncated(b, 157, 100, toASCII(h.linkname));
   setUstarMagic(b);
   putString(b, 265, 32, toASCII(h.uname ?? ''));
   putString(b, 297, 32, toASCII(h.gname ?? ''));

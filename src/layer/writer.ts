@@ -9,8 +9,8 @@
  * user/group names, no atime/ctime, mtimes truncated to seconds and clamped to SOURCE_DATE_EPOCH when given,
  * `security.capability` as a `SCHILY.xattr.` record, hardlinks (same dev+ino, nlink > 1) as links to the first
  * name written, sockets skipped. Whiteouts are written as containerd 2.x does: empty regular files `.wh.<name>`
- * with mode 0, owner 0:0 and all three timestamps at the epoch; an opaque directory gets `.wh..wh..opq` (same
- * header) as its first child.
+ * with mode 0, owner 0:0 and mtime 0 (containerd also sets atime/ctime, but Go's tar.Writer drops them for a header
+ * without an explicit format); an opaque directory gets `.wh..wh..opq` (same header) as its first child.
  */
 import { randomBytes } from 'node:crypto';
 import { createWriteStream, type Stats } from 'node:fs';
@@ -111,8 +111,6 @@ function whiteoutHeader(name: string): TarHeader {
     gid: 0,
     size: 0,
     mtime: 0,
-    atime: 0,
-    ctime: 0,
     linkname: '',
     devmajor: 0,
     devminor: 0,

@@ -262,7 +262,8 @@ export function parseWords(rest: string, escapeToken: string): string[] {
       if (blankOK || sb.length > 0) words.push(sb);
       break;
     }
-    if (phase === IN_WORD) {
+    const wordBranch = phase === IN_WORD;
+    if (wordBranch) {
       if (isGoSpace(ch)) {
         phase = IN_SPACES;
         if (blankOK || sb.length > 0) words.push(sb);
@@ -276,31 +277,16 @@ export function parseWords(rest: string, escapeToken: string): string[] {
         blankOK = true;
         phase = IN_QUOTE;
       }
-      if (ch === escapeToken) {
-        if (pos + w === n) {
-          pos += w;
-          continue;
-        }
-        sb += ch;
-        pos += w;
-        const cp = rest.codePointAt(pos)!;
-        w = cp > 0xffff ? 2 : 1;
-        ch = rest.slice(pos, pos + w);
-      }
-      sb += ch;
-      pos += w;
-      continue;
-    }
-    // IN_QUOTE
-    if (ch === quote) phase = IN_WORD;
-    if (ch === escapeToken && quote !== "'") {
+    } else if (ch === quote) phase = IN_WORD;
+    // The escape token escapes the next character, except inside single quotes.
+    if (ch === escapeToken && (wordBranch || quote !== "'")) {
       if (pos + w === n) {
-        phase = IN_WORD;
+        if (!wordBranch) phase = IN_WORD;
         pos += w;
         continue;
       }
-      pos += w;
       sb += ch;
+      pos += w;
       const cp = rest.codePointAt(pos)!;
       w = cp > 0xffff ? 2 : 1;
       ch = rest.slice(pos, pos + w);

@@ -10,7 +10,14 @@ import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import fc from 'fast-check';
-import { DockerfileError, dumpAst, lintDockerfile, parseAst, parseDockerfile } from '../../src/dockerfile/index.js';
+import {
+  DockerfileError,
+  INSTRUCTION_KINDS,
+  dumpAst,
+  lintDockerfile,
+  parseAst,
+  parseDockerfile,
+} from '../../src/dockerfile/index.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const repoRoot = resolve(here, '..', '..');
@@ -47,29 +54,7 @@ function check(text: string): void {
   }
 }
 
-const KEYWORDS = [
-  'FROM',
-  'RUN',
-  'CMD',
-  'LABEL',
-  'MAINTAINER',
-  'EXPOSE',
-  'ENV',
-  'ADD',
-  'COPY',
-  'ENTRYPOINT',
-  'VOLUME',
-  'USER',
-  'WORKDIR',
-  'ARG',
-  'ONBUILD',
-  'STOPSIGNAL',
-  'HEALTHCHECK',
-  'SHELL',
-  'from',
-  'Run',
-  'BOGUS',
-];
+const KEYWORDS = [...INSTRUCTION_KINDS, 'from', 'Run', 'BOGUS'];
 const TOKENS = [
   ' ',
   '  ',

@@ -1,4 +1,5 @@
 import { test } from 'node:test';
+import fc from 'fast-check';
 import assert from 'node:assert/strict';
 import {
   envFromSlice,
@@ -172,4 +173,35 @@ test('pattern helpers', () => {
   assert.equal(reversePattern('\\\\\\ab'), 'b\\a\\\\');
   assert.equal(reversePattern('ab\\'), '\\ba');
   assert.equal(reversePattern('👽\\🚀🖖'), '🖖\\🚀👽');
+});
+
+test('properties: quoting and escaping give the literal text back', () => {
+  const text = fc.string({ unit: 'grapheme', maxLength: 40 });
+  fc.assert(
+    fc.property(text, (s) => {
+      // single quotes: literal up to the next single quote
+      const noSingle = s.replace(/'/g, '');
+      assert.equal(processWord(`'${noSingle}'`, {}), noSingle);
+      // every character escaped with the escape token is literal
+      const escaped = Array.from(s, (c) => '\\' + c).join('');
+      assert.equal(processWord(escaped, {}), s);
+      assert.equal(processWord(Array.from(s, (c) => '`' + c).join(''), {}, { escape: '`' }), s);
+      // double quotes: literal unless $, " or the escape token
+      const plain = s.replace(/["$\\]/g, '');
+      assert.equal(processWord(`"${plain}"`, {}), plain);
+    }),
+    { numRuns: 300 },
+  );
+});
+
+test('properties: word splitting of unquoted words', () => {
+  const word = fc.stringMatching(/^[A-Za-z0-9_./:-]{1,8}$/);
+  fc.assert(
+    fc.property(fc.array(word, { maxLength: 6 }), fc.constantFrom(' ', '  ', '\t'), (words, sep) => {
+      assert.deepEqual(processWords(words.join(sep), {}), words);
+      // the same words through a variable split the same way
+      assert.deepEqual(processWords('$W', { W: words.join(sep) }), words);
+    }),
+    { numRuns: 200 },
+  );
 });

@@ -13,7 +13,7 @@
  * digest = diffID, verified while streaming) — in a Docker schema 2 manifest. Pass `{compression: 'gzip'}` (or use
  * `withLayerCompression`) to get lazily gzip-compressed layers for pushing to a registry.
  */
-import { mkdtemp, open, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, rm } from 'node:fs/promises';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { dirname, join, basename, posix } from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -55,6 +55,7 @@ function normalizedTag(t: string): string | undefined {
 
 /** Write images with their tags as a docker-save archive at `file` (atomically). */
 export async function writeDockerArchive(file: string, entries: { image: Image; tags?: string[] }[]): Promise<void> {
+  await mkdir(dirname(file), { recursive: true });
   const w = new TarWriter(file);
   const spool = await mkdtemp(join(dirname(file), `.${basename(file)}.kiln-spool-`));
   try {

@@ -332,7 +332,9 @@ export class TarWriter {
         const b = chunk as Buffer;
         written += b.length;
         if (written > size) throw new KilnError('SIZE_MISMATCH', `${name}: more than the expected ${size} bytes`);
-        if (!sink.write(b)) await once(sink as unknown as NodeJS.EventEmitter, 'drain');
+        // Wait for the pack to drain, unless the file side failed (then it never will).
+        if (!sink.write(b)) await Promise.race([once(sink as unknown as NodeJS.EventEmitter, 'drain'), this.done]);
+        if (this.failed) throw this.failed;
       }
       if (written !== size) throw new KilnError('SIZE_MISMATCH', `${name}: expected ${size} bytes, got ${written}`);
       (sink as unknown as { end(): void }).end();

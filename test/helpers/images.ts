@@ -200,29 +200,40 @@ export interface RandomImageOptions {
   platform?: Platform;
 }
 
+/** A ustar header for one regular file (root-owned, 0644, mtime EPOCH). */
+function ustarHeader(name: string, size: number): Buffer {
+  const h = Buffer.alloc(512);
+  const put = (off: number, len: number, v: string): void => void h.write(v, off, len, 'latin1');
+  const octal = (off: number, len: number, v: number): void =>
+    put(off, len, v.toString(8).padStart(len - 1, '0') + '\0');
+  put(0, 100, name);
+  octal(100, 8, 0o644);
+  octal(108, 8, 0);
+  octal(116, 8, 0);
+  octal(124, 12, size);
+  octal(136, 12, Math.floor(EPOCH.getTime() / 1000));
+  put(156, 1, '0');
+  put(257, 8, 'ustar\u000000');
+  h.fill(0x20, 148, 156);
+  let sum = 0;
+  for (const b of h) sum += b;
+  put(148, 8, sum.toString(8).padStart(6, '0') + '\0 ');
+  return h;
+}
+
+/** A one-file tar of `size` pseudo-random bytes (AES-CTR keystream of `seed/index`), generated lazily. */
 function randomTar(seed: string, index: number, size: number): Readable {
   const key = createHash('sha256').update(`${seed}/${index}`).digest();
-  const pack = tarStream.pack();
-  const entry = pack.entry({
-    name: `data/layer-${index}.bin`,
-    size,
-    mode: 0o644,
-    mtime: EPOCH,
-    uid: 0,
-    gid: 0,
-    type: 'file',
-  });
   function* chunks(): Generator<Buffer> {
+    yield ustarHeader(`data/layer-${index}.bin`, size);
     const cipher = createCipheriv('aes-128-ctr', key.subarray(0, 16), key.subarray(16, 32));
     const zero = Buffer.alloc(256 * 1024);
-    for (let left = size; left > 0; left -= zero.length)
+    for (let left = size; left > 0; left -= zero.length) {
       yield cipher.update(zero.subarray(0, Math.min(left, zero.length)));
+    }
+    yield Buffer.alloc(((512 - (size % 512)) % 512) + 1024);
   }
-  const src = Readable.from(chunks(), { objectMode: false });
-  src.on('error', (e) => pack.destroy(e));
-  src.pipe(entry);
-  entry.on('finish', () => pack.finalize());
-  return Readable.from(pack);
+  return Readable.from(chunks(), { objectMode: false });
 }
 
 /**

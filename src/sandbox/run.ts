@@ -117,37 +117,40 @@ const cacheUsers = new Map<string, number>();
 const cacheWaiters = new Map<string, (() => void)[]>();
 
 function cacheKey(id: string): string {
-  return createHash('sha256').update(id).digest('hex').slice(0, 32);
+  return createHash('sha256').update(id).digest('hex');
 }
 
+/**
+ * Take a cache mount dir: `m.source` when the engine manages the dir, else `<kilnHome>/cache-mounts/<sha256(id)>`.
+ * Sharing (BuildKit): shared = used concurrently; private = a busy dir makes this step use another one
+ * (`<dir>-1`, `<dir>-2`, ... also persistent); locked = wait until no other step of this process uses it.
+ * uid/gid/mode apply when the dir is created.
+ */
 async function acquireCache(kilnHome: string, m: SandboxMount): Promise<{ dir: string; release: () => void }> {
-  const id = m.id || m.target;
-  const base = cacheKey(id);
+  const base = m.source ?? join(kilnHome, 'cache-mounts', cacheKey(m.id || m.target));
   const sharing = m.sharing ?? 'shared';
-  let name = base;
+  let dir = base;
   if (sharing === 'private') {
-    for (let i = 0; (cacheUsers.get(name) ?? 0) > 0; i++) name = `${base}-${i + 1}`;
+    for (let i = 0; (cacheUsers.get(dir) ?? 0) > 0; i++) dir = `${base}-${i + 1}`;
   } else if (sharing === 'locked') {
-    while ((cacheUsers.get(name) ?? 0) > 0) {
+    while ((cacheUsers.get(dir) ?? 0) > 0) {
       await new Promise<void>((resolve) => {
-        const list = cacheWaiters.get(name) ?? [];
+        const list = cacheWaiters.get(dir) ?? [];
         list.push(resolve);
-        cacheWaiters.set(name, list);
+        cacheWaiters.set(dir, list);
       });
     }
   }
-  cacheUsers.set(name, (cacheUsers.get(name) ?? 0) + 1);
+  cacheUsers.set(dir, (cacheUsers.get(dir) ?? 0) + 1);
   const release = () => {
-    const n = (cacheUsers.get(name) ?? 1) - 1;
-    if (n <= 0) cacheUsers.delete(name);
-    else cacheUsers.set(name, n);
-    const next = cacheWaiters.get(name)?.shift();
+    const n = (cacheUsers.get(dir) ?? 1) - 1;
+    if (n <= 0) cacheUsers.delete(dir);
+    else cacheUsers.set(dir, n);
+    const next = cacheWaiters.get(dir)?.shift();
     if (next) next();
   };
   try {
-    const parent = join(kilnHome, 'cache-mounts');
-    await mkdir(parent, { recursive: true, mode: 0o700 });
-    const dir = join(parent, name);
+    await mkdir(dirname(dir), { recursive: true, mode: 0o700 });
     try {
       await mkdir(dir, { mode: m.mode ?? 0o755 });
       await chmod(dir, m.mode ?? 0o755);
@@ -521,13 +524,7 @@ async function prepareMount(m: SandboxMount, ctx: MountContext): Promise<Prepare
       };
     }
     case 'cache': {
-      let dir = m.source;
-      let release: (() => void) | undefined;
-      if (!dir) {
-        const c = await acquireCache(ctx.kilnHome, m);
-        dir = c.dir;
-        release = c.release;
-      }
+      const { dir, release } = await acquireCache(ctx.kilnHome, m);
       try {
         const { path, pre } = await targetFor(m, 'dir', ctx, hostOf);
         hostOf.set(m, dir);
@@ -536,9 +533,9 @@ async function prepareMount(m: SandboxMount, ctx: MountContext): Promise<Prepare
           `mount --no-canonicalize --bind ${q(dir)} ${q(path)} || die "cannot mount cache on ${m.target}"`,
         ];
         if (m.readonly) script.push(`robind ${q(path)}`);
-        return release ? { script, release } : { script };
+        return { script, release };
       } catch (e) {
-        release?.();
+        release();
         throw e;
       }
     }

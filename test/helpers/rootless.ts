@@ -333,7 +333,7 @@ export async function runCacheSharingScenario(
     await writeFile(fifo, 'go\n');
     const [ra, rb] = await Promise.all([a, b]);
     const { createHash } = await import('node:crypto');
-    const dir = createHash('sha256').update(id).digest('hex').slice(0, 32);
+    const dir = createHash('sha256').update(id).digest('hex');
     const log = await readFile(join(kilnHome, 'cache-mounts', dir, 'log'), 'utf8');
     return { log, bOut, aExit: ra.exitCode, bExit: rb.exitCode };
   } finally {

@@ -65,6 +65,10 @@ export class EnvList implements EnvGetter {
   get size(): number {
     return this.m.size;
   }
+  /** JSON form: `{KEY: value}` in order. */
+  toJSON(): Record<string, string> {
+    return Object.fromEntries(this.m);
+  }
 }
 
 /** Predefined proxy args: usable by RUN without an ARG, not recorded in history unless declared. */

@@ -504,3 +504,29 @@ export function formatStageGraph(g: StageGraph): string {
     '\n'
   );
 }
+
+/** A JSON-friendly summary of a stage graph (for `kiln dockerfile stages --format json`). */
+export function stageGraphJSON(g: StageGraph): object {
+  return {
+    target: g.target,
+    order: g.order,
+    levels: g.levels,
+    images: g.images,
+    warnings: g.warnings,
+    unusedBuildArgs: g.unusedBuildArgs,
+    globalArgs: g.globals.env.toJSON(),
+    stages: g.stages.map((n) => ({
+      index: n.index,
+      name: n.name ?? null,
+      displayName: n.displayName,
+      line: n.stage.from.range.startLine,
+      baseName: n.baseName,
+      base: n.base,
+      platform: n.platform ?? null,
+      deps: n.deps,
+      images: n.images,
+      needed: n.needed,
+      level: n.level,
+    })),
+  };
+}

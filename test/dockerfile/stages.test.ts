@@ -4,7 +4,12 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parseDockerfile } from '../../src/dockerfile/convert.js';
-import { buildStageGraph, formatStageGraph, type StageGraphOptions } from '../../src/dockerfile/stages.js';
+import {
+  buildStageGraph,
+  formatStageGraph,
+  stageGraphJSON,
+  type StageGraphOptions,
+} from '../../src/dockerfile/stages.js';
 import { isKilnError } from '../../src/errors.js';
 
 const dir = resolve(import.meta.dirname, 'testdata', 'stages');
@@ -189,4 +194,23 @@ test('stage ARGs consume build args only in needed stages', () => {
   ]);
   assert.deepEqual(graph(text, { buildArgs: args }).unusedBuildArgs, ['A']);
   assert.deepEqual(graph(text, { buildArgs: args, target: 'a' }).unusedBuildArgs, ['B']);
+});
+
+test('stageGraphJSON is plain data', () => {
+  const g = buildStageGraph(load('multistage.Dockerfile'), { platform: amd64 });
+  const j = JSON.parse(JSON.stringify(stageGraphJSON(g))) as {
+    globalArgs: Record<string, string>;
+    stages: { displayName: string; base: unknown; needed: boolean; line: number }[];
+    levels: number[][];
+  };
+  assert.equal(j.globalArgs.GO, '1.22');
+  assert.equal(j.globalArgs.TARGETPLATFORM, 'linux/amd64');
+  assert.deepEqual(j.stages[2], {
+    ...j.stages[2],
+    displayName: 'test',
+    base: { kind: 'stage', index: 0 },
+    needed: false,
+    line: 10,
+  });
+  assert.deepEqual(j.levels, [[0, 1, 3], [4]]);
 });

@@ -267,8 +267,11 @@ export async function resolveChown(spec: string, destRoot: string): Promise<Owne
   return { uid, gid };
 }
 
-/** A --chmod value: a function from the source mode (07777 bits + dir flag) to the new 07777 bits. */
-export type ModeFn = (mode: number, isDir: boolean) => number;
+/**
+ * A --chmod value: a function from the source mode (07777 bits + dir flag) to the new 07777 bits; `octal` is set
+ * for numeric modes (fsutil also uses those for the destination directories it creates; symbolic modes do not).
+ */
+export type ModeFn = ((mode: number, isDir: boolean) => number) & { octal?: number };
 
 /** Parse --chmod like BuildKit: octal up to 07777, or a symbolic mode (chmod(1) syntax, umask 0). */
 export function parseChmod(s: string): ModeFn | undefined {
@@ -281,7 +284,7 @@ export function parseChmod(s: string): ModeFn | undefined {
         `invalid chmod parameter: '${s}'. it should be octal string and between 0 and 07777`,
       );
     }
-    return () => v;
+    return Object.assign(() => v, { octal: v });
   }
   const clauses = s.split(',').map((c) => {
     const m = /^([ugoa]*)((?:[-+=][rwxXst]*)+)$/.exec(c);
@@ -632,7 +635,7 @@ export async function copyMatches(
   ctx: SourceCtx,
   dirContents = true,
 ): Promise<void> {
-  const perm = opts.mode ? opts.mode(0o755, true) : 0o755;
+  const perm = (opts.mode?.octal ?? 0o755) & 0o777; // Go: os.FileMode(n) keeps only the permission bits
   // ensureDstPath: the parent of dest, or dest itself when it ends with '/'.
   const ensure = dest.endsWith('/') ? dest : posix.dirname(dest);
   await mkdirAllIn(destRoot, await rootPath(destRoot, ensure, true), perm, opts.owner);

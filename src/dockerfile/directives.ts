@@ -174,20 +174,28 @@ export function parseGoBool(v: string): boolean | undefined {
   return undefined;
 }
 
+/** A directive found by {@link findDirective}: `value` is its first word, `full` the whole value. */
+export interface FoundDirective {
+  value: string;
+  full: string;
+  line: number;
+}
+
 /**
- * The `syntax` directive of a Dockerfile, looking (like BuildKit's DetectSyntax) at `#` directives, then `//`
- * directives, then a JSON object; a leading shebang line is skipped. Returns the image (first word) and full value.
+ * Finds directive `key` the way BuildKit's ParseDirective/DetectSyntax do (independently of the main parse): a BOM
+ * and a leading `#!` shebang line are skipped; `#` directives are searched, and with `anyFormat` also `//`
+ * directives and a JSON object `{"key": "..."}`.
  */
-export function detectSyntax(text: string): { image: string; value: string; line: number } | undefined {
+export function findDirective(text: string, key: string, anyFormat = false): FoundDirective | undefined {
   let dt = text.startsWith('\ufeff') ? text.slice(1) : text;
-  let line = 0;
+  let offset = 0;
   const nl = dt.indexOf('\n');
   const first = nl < 0 ? dt : dt.slice(0, nl);
   if (first.startsWith('#!')) {
     dt = nl < 0 ? '' : dt.slice(nl + 1);
-    line = 1;
+    offset = 1;
   }
-  for (const prefix of ['#', '//']) {
+  for (const prefix of anyFormat ? ['#', '//'] : ['#']) {
     const p = new DirectiveParser(prefix);
     try {
       for (const l of dt.split('\n')) {
@@ -197,17 +205,23 @@ export function detectSyntax(text: string): { image: string; value: string; line
     } catch {
       // a duplicate directive stops the scan; what was found so far counts
     }
-    const d = p.directives.find((x) => x.name === 'syntax');
-    if (d) return { image: d.value.split(' ')[0]!, value: d.value, line: d.line + line };
+    const d = p.directives.find((x) => x.name === key);
+    if (d) return { value: d.value.split(' ')[0]!, full: d.value, line: d.line + offset };
   }
+  if (!anyFormat) return undefined;
   try {
     const j: unknown = JSON.parse(dt);
     if (j !== null && typeof j === 'object' && !Array.isArray(j)) {
-      const v = (j as Record<string, unknown>)['syntax'];
-      if (typeof v === 'string') return { image: v, value: v, line };
+      const v = (j as Record<string, unknown>)[key];
+      if (typeof v === 'string') return { value: v, full: v, line: offset };
     }
   } catch {
     // not JSON
   }
   return undefined;
+}
+
+/** The `syntax` directive (BuildKit DetectSyntax): `#`, `//` or JSON forms, after an optional shebang. */
+export function detectSyntax(text: string): FoundDirective | undefined {
+  return findDirective(text, 'syntax', true);
 }

@@ -21,6 +21,8 @@ export {
   DirectiveParser,
   DirectiveError,
   detectSyntax,
+  findDirective,
+  type FoundDirective,
   parseCheckOptions,
   type CheckOptions,
   DIRECTIVE_NAMES,

@@ -5,7 +5,7 @@
  * look like `docker build --check`: `WARN: RuleName - message (line N)`.
  */
 import { DockerfileError } from './errors.js';
-import { DirectiveError, parseCheckOptions, type CheckOptions } from './directives.js';
+import { DirectiveError, findDirective, parseCheckOptions, type CheckOptions } from './directives.js';
 import { parseDockerfile, type ParsedDockerfile } from './convert.js';
 import { suggest } from './suggest.js';
 import { goQuote } from './dump.js';
@@ -249,9 +249,9 @@ export function lintDockerfile(text: string, opts: LintOptions = {}): LintResult
   const parsed = parseDockerfile(text, { filename: file });
   let check = opts.check;
   if (!check) {
-    const d = parsed.directives.find((x) => x.name === 'check');
+    const d = findDirective(text, 'check');
     try {
-      check = parseCheckOptions(d ? d.value.split(' ')[0]! : '');
+      check = parseCheckOptions(d ? d.value : '');
     } catch (e) {
       throw new DockerfileError('DOCKERFILE_DIRECTIVE', `failed to parse check options: ${(e as Error).message}`, {
         file,

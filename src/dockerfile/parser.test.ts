@@ -166,6 +166,8 @@ test('JSON vs shell form and the invalid-JSON fallback', () => {
   assert.equal(dump('COPY [a] b'), '(copy "[a]" "b")\n');
   assert.equal(dump('CMD ["\\u00e9", "\\ud83d\\ude00"]'), '(cmd "é" "😀")\n');
   rejects('CMD ["a", 1]', /arrays must be comprised of strings only/);
+  // An out-of-range number makes Go's JSON decoder fail: shell form.
+  assert.equal(dump('CMD ["a", 1e400]'), '(cmd "[\\"a\\", 1e400]")\n');
   rejects('ENTRYPOINT [null]', /arrays must be comprised of strings only/);
   rejects('RUN [["nested"]]', /arrays must be comprised of strings only/);
 });

@@ -371,6 +371,11 @@ function parseJSON(restIn: string): Node | undefined {
     throw new NotJsonArray('invalid JSON');
   }
   if (!Array.isArray(parsed)) throw new NotJsonArray('not a JSON array');
+  // Go's decoder fails the whole document on a number that overflows float64 (so BuildKit falls back to the
+  // shell form) before the strings-only check could reject it.
+  if ((parsed as unknown[]).some((v) => typeof v === 'number' && !Number.isFinite(v))) {
+    throw new NotJsonArray('number out of range');
+  }
   const values: string[] = [];
   for (const v of parsed as unknown[]) {
     if (typeof v !== 'string') throw new LineError(NOT_STRING_ARRAY, 'DOCKERFILE_INSTRUCTION');

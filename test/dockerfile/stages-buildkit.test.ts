@@ -10,6 +10,7 @@ import { parseDockerfile } from '../../src/dockerfile/convert.js';
 import { buildStageGraph } from '../../src/dockerfile/stages.js';
 import { StageScope } from '../../src/dockerfile/expand.js';
 import { DOCKERD, startDockerd, type Dockerd } from '../helpers/dockerd.js';
+import { makeBaseRootfsTar } from '../differential/env.js';
 
 const skip =
   process.getuid?.() !== 0
@@ -68,6 +69,17 @@ interface Expected {
   emptyLayerHistory: string[];
 }
 
+const emptyView = (): Expected => ({
+  Env: [],
+  Labels: {},
+  WorkingDir: '',
+  User: '',
+  ExposedPorts: [],
+  Volumes: [],
+  StopSignal: '',
+  emptyLayerHistory: [],
+});
+
 /** What kiln's frontend says the target's config and ARG/ENV history are. */
 function kilnView(text: string, buildArgs: Map<string, string>, target?: string): Expected {
   const df = parseDockerfile(text);
@@ -84,16 +96,7 @@ function kilnView(text: string, buildArgs: Map<string, string>, target?: string)
       v = structuredClone(views.get(n.base.index)!);
     } else {
       scope = StageScope.forImage(opts, []);
-      v = {
-        Env: [],
-        Labels: {},
-        WorkingDir: '',
-        User: '',
-        ExposedPorts: [],
-        Volumes: [],
-        StopSignal: '',
-        emptyLayerHistory: [],
-      };
+      v = emptyView();
     }
     for (const c of n.stage.commands) {
       const s = scope.expand(c);
@@ -185,4 +188,68 @@ test('--target one with defaults: skipped stages are not built, values equal Bui
   const ours = kilnView(DOCKERFILE, args, 'one');
   assert.ok(ours.Env.includes('E1=again-stage-global'));
   assert.deepEqual(normalize(await buildkitView(DOCKERFILE, args, 'one')), normalize(ours));
+});
+
+test('RUN: environment (ARGs in scope, ENV, proxy args) and history prefix equal BuildKit', { skip }, async () => {
+  const d = dockerd!;
+  const baseDir = mkdtempSync(join(work, 'base-'));
+  const baseEnv = ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'BASEVAR=b'];
+  const tar = await makeBaseRootfsTar(baseDir);
+  await d.docker(['import', ...baseEnv.flatMap((e) => ['--change', `ENV ${e}`]), tar, 'kiln-stages-bk-base:1']);
+  const text = [
+    'ARG GLOBAL=g',
+    'FROM kiln-stages-bk-base:1',
+    'ARG A=1',
+    'RUN env > /env1',
+    'ARG B',
+    'ENV E=e A=env-a',
+    'RUN env > /env2',
+    '',
+  ].join('\n');
+  const buildArgs = new Map([
+    ['B', 'bb'],
+    ['http_proxy', 'http://proxy.invalid:3128'],
+    ['UNUSED', 'x'],
+  ]);
+
+  // kiln's view
+  const g = buildStageGraph(parseDockerfile(text), { buildArgs, platform });
+  assert.deepEqual(g.unusedBuildArgs, ['UNUSED']);
+  const scope = StageScope.forImage({ globals: g.globals, buildArgs }, baseEnv);
+  const runs: { env: string[]; createdBy: string }[] = [];
+  const history: string[] = [];
+  for (const c of g.stages[0]!.stage.commands) {
+    const s = scope.expand(c);
+    if (s.createdBy !== undefined) history.push(s.createdBy);
+    if (c.kind === 'RUN') {
+      const createdBy = `RUN ${scope.runCommandString(['/bin/sh', '-c', ...c.command])} # buildkit`;
+      runs.push({ env: s.runEnv!, createdBy });
+      history.push(createdBy);
+    }
+  }
+
+  // BuildKit's view
+  const tag = 'kiln-stages-bk:run';
+  const ctx = mkdtempSync(join(work, 'ctx-'));
+  writeFileSync(join(ctx, 'Dockerfile'), text);
+  await d.build({ context: ctx, tag, buildArgs: Object.fromEntries(buildArgs) });
+  // variables the shell itself sets, not the builder
+  const shellVars = new Set(['SHLVL', 'PWD', 'HOME', 'HOSTNAME', 'OLDPWD']);
+  const envOf = async (file: string): Promise<string[]> =>
+    (await d.runImage(tag, ['cat', file]))
+      .split('\n')
+      .filter((l) => l !== '' && !shellVars.has(l.slice(0, l.indexOf('='))))
+      .sort();
+  assert.deepEqual(await envOf('/env1'), [...runs[0]!.env].sort());
+  assert.deepEqual(await envOf('/env2'), [...runs[1]!.env].sort());
+  const bkHistory = (await d.docker(['history', '--no-trunc', '--format', '{{.CreatedBy}}', tag])).stdout
+    .trim()
+    .split('\n')
+    .reverse()
+    .filter((h) => /^(ARG|ENV|RUN) /.test(h));
+  assert.deepEqual(
+    normalize({ ...emptyView(), emptyLayerHistory: bkHistory }).emptyLayerHistory,
+    normalize({ ...emptyView(), emptyLayerHistory: history }).emptyLayerHistory,
+  );
+  assert.ok(history.includes('RUN |2 A=env-a B=bb /bin/sh -c env > /env2 # buildkit'), history.join('\n'));
 });

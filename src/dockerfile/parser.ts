@@ -604,7 +604,7 @@ export function parseAst(textIn: string, opts: ParseOptions = {}): AstResult {
     if (isComment(raw)) {
       const c = trimSpace(raw.slice(1));
       if (c === '') comments = [];
-      else comments = [...comments, c];
+      else comments.push(c);
     }
     let first: { line: string; directive: boolean };
     try {
@@ -612,7 +612,7 @@ export function parseAst(textIn: string, opts: ParseOptions = {}): AstResult {
     } catch (e) {
       fail(e, currentLine + 1, currentLine + 1);
     }
-    if (first!.directive) comments = comments.slice(0, -1);
+    if (first!.directive) comments.pop();
     currentLine++;
     const startLine = currentLine;
     const startColumn = 1 + (raw.length - trimLeftSpace(raw).length);

@@ -122,6 +122,13 @@ test('UndefinedVar in expanded words only', () => {
   assert.deepEqual(rules('FROM a\nARG A=$NOPE\n'), ['UndefinedVar:2']);
 });
 
+test('with a target only the stages it needs get dispatch-level checks', () => {
+  const text = 'FROM a AS one\nCOPY $X /x\nFROM b AS two\nCOPY $Y /y\nFROM one AS three\n';
+  assert.deepEqual(rules(text), ['UndefinedVar:2', 'UndefinedVar:4']);
+  assert.deepEqual(rules(text, { target: 'three' }), ['UndefinedVar:2']);
+  assert.deepEqual(rules(text, { target: 'two' }), ['UndefinedVar:4']);
+});
+
 test('MultipleInstructionsDisallowed reports the overridden instruction', () => {
   assert.deepEqual(lint('FROM a\nCMD ["a"]\nCMD ["b"]\nHEALTHCHECK NONE\nHEALTHCHECK NONE\n'), [
     'MultipleInstructionsDisallowed:2 Multiple CMD instructions should not be used in the same stage because only the last one will be used',

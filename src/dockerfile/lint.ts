@@ -10,6 +10,7 @@ import { parseDockerfile, type ParsedDockerfile } from './convert.js';
 import { suggest } from './suggest.js';
 import { goQuote } from './dump.js';
 import { processWordWithMatches } from './shell.js';
+import { buildStageGraph } from './stages.js';
 import { compilePatterns, matchesOrParentMatches, cleanPath } from './dockerignore.js';
 import type { Command, FromInstruction, Instruction, SourceRange, Stage } from './instructions.js';
 
@@ -102,7 +103,7 @@ export interface LintOptions {
   filename?: string;
   /** `--build-arg` values (change which ARGs count as set). */
   buildArgs?: Readonly<Record<string, string>>;
-  /** Build target (for TARGETSTAGE). */
+  /** Build target: only the stages it needs are checked at dispatch level (default: all stages). */
   target?: string;
   /** Build/target platform for the automatic platform ARGs (default: this machine, linux). */
   platform?: { os: string; architecture: string; variant?: string };
@@ -412,7 +413,16 @@ function collectWarnings(parsed: ParsedDockerfile, opts: LintOptions): RawWarnin
   const argKeys = new Set<string>([...global.keys, ...global.env.keys()]);
   for (const st of parsed.stages) fromChecks(st.from, global.env, argKeys, esc, add);
 
-  // Dispatch-time rules, stage by stage.
+  // Dispatch-time rules, stage by stage: all stages without a target (as BuildKit's lint), else those it needs.
+  let needed: ((i: number) => boolean) | undefined;
+  if (opts.target) {
+    const g = buildStageGraph(parsed, {
+      target: opts.target,
+      buildArgs: new Map(Object.entries(opts.buildArgs ?? {})),
+      escape: esc,
+    });
+    needed = (i) => g.stages[i]?.needed === true;
+  }
   const states: StageLintState[] = [];
   for (const st of parsed.stages) {
     const base = baseStage(parsed.stages, st);
@@ -433,6 +443,7 @@ function collectWarnings(parsed: ParsedDockerfile, opts: LintOptions): RawWarnin
           workdirSet: false,
         };
     states[st.index] = state;
+    if (needed && !needed(st.index)) continue;
     dispatchChecks(st, state, global.env, opts, esc, add);
   }
   return out;

@@ -152,6 +152,18 @@ describe('COPY semantics', () => {
     assert.equal(lstatSync(join(root, 't/main.go')).mode & 0o7777, 0o750);
   });
 
+  test('a directory source gives its mtime to the target dir (fsutil restoreFileTimestamp, BuildKit >= 0.11)', async () => {
+    const c = makeContext();
+    utimesSync(join(c, 'src'), 1400000000, 1400000000);
+    const root = fresh('root');
+    await new LocalFileCopier().apply(req({ sources: ['src'], dest: '/app' }), ctxSrc(c), root);
+    assert.equal(lstatSync(join(root, 'app')).mtimeMs, 1400000000000);
+    mkdirSync(join(root, 'existing'), { mode: 0o700 });
+    await new LocalFileCopier().apply(req({ sources: ['src'], dest: '/existing' }), ctxSrc(c), root);
+    assert.equal(lstatSync(join(root, 'existing')).mtimeMs, 1400000000000);
+    assert.equal(lstatSync(join(root, 'existing')).mode & 0o777, 0o700, 'existing target keeps its mode');
+  });
+
   test('stage sources keep ownership and hard links', async () => {
     const stage = fresh('stage');
     mkdirSync(join(stage, 'opt'));
@@ -195,6 +207,13 @@ describe('COPY semantics', () => {
     await cp.apply(req({ sources: ['b.txt'], dest: '/s/', chmod: 'u+x,go-r' }), ctxSrc(c), root);
     assert.equal(lstatSync(join(root, 's/b.txt')).mode & 0o777, 0o700);
     await assert.rejects(cp.apply(req({ sources: ['a.txt'], dest: '/m/', chmod: '999' }), ctxSrc(c), root), /octal/);
+    // fsutil creates missing destination dirs with an octal --chmod (permission bits only), not a symbolic one
+    await cp.apply(req({ sources: ['src'], dest: '/cd/', chmod: '4600' }), ctxSrc(c), root);
+    assert.equal(lstatSync(join(root, 'cd')).mode & 0o7777, 0o600);
+    assert.equal(lstatSync(join(root, 'cd/main.go')).mode & 0o7777, 0o4600);
+    await cp.apply(req({ sources: ['src'], dest: '/cs/', chmod: 'go-rx' }), ctxSrc(c), root);
+    assert.equal(lstatSync(join(root, 'cs')).mode & 0o7777, 0o755);
+    assert.equal(lstatSync(join(root, 'cs/sub')).mode & 0o7777, 0o700);
     assert.equal(parseChmod('a=rX')!(0o644, true), 0o555);
     assert.equal(parseChmod('a=rX')!(0o644, false), 0o444);
   });

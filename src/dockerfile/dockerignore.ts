@@ -14,8 +14,8 @@
  * We do not use @balena/dockerignore: it models Docker 19.03's matcher and disagrees with patternmatcher on several
  * cases of patternmatcher's own test table (see dockerignore.test.ts).
  */
-import { readdirSync, readFileSync } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
+import { lstatSync, readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
 import { KilnError } from '../errors.js';
 
 export const DOCKERIGNORE_ERROR = 'DOCKERIGNORE_PATTERN';
@@ -451,13 +451,57 @@ export function newMatcher(patterns: readonly string[], file?: string): Matcher 
   return new PatternSetMatcher(patterns, file);
 }
 
-function readIfExists(path: string): string | undefined {
+/**
+ * Resolve `name` inside `root` the way a rooted filesystem would (BuildKit reads the ignore file from a transferred
+ * snapshot): symlinks are followed but their targets are interpreted inside `root` (absolute targets from `root`,
+ * `..` never climbs above it), so an ignore file can never be read from outside the root. Returns undefined when
+ * the path does not resolve to an existing regular file.
+ */
+export function resolveInRoot(root: string, name: string): string | undefined {
+  const rootAbs = resolve(root);
+  let parts = name.split('/').filter((p) => p !== '' && p !== '.');
+  const cur: string[] = [];
+  let hops = 0;
+  while (parts.length > 0) {
+    const part = parts.shift()!;
+    if (part === '..') {
+      cur.pop();
+      continue;
+    }
+    const p = join(rootAbs, ...cur, part);
+    let st;
+    try {
+      st = lstatSync(p);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
+      throw e;
+    }
+    if (st.isSymbolicLink()) {
+      if (++hops > 40) return undefined;
+      const target = readlinkSync(p);
+      if (target.startsWith('/')) cur.length = 0;
+      parts = [...target.split('/').filter((x) => x !== '' && x !== '.'), ...parts];
+      continue;
+    }
+    if (parts.length > 0 && !st.isDirectory()) return undefined;
+    cur.push(part);
+  }
+  const full = join(rootAbs, ...cur);
   try {
-    return readFileSync(path, 'utf8');
+    return statSync(full).isFile() ? full : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function readInRoot(root: string, name: string): { path: string; text: string } | undefined {
+  const path = resolveInRoot(root, name);
+  if (path === undefined) return undefined;
+  try {
+    return { path, text: readFileSync(path, 'utf8') };
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
-    throw new KilnError('DOCKERIGNORE_READ', `cannot read ${path}: ${(e as Error).message}`, { cause: e });
+    throw new KilnError('DOCKERIGNORE_READ', `cannot read ${join(root, name)}: ${(e as Error).message}`, { cause: e });
   }
 }
 
@@ -467,14 +511,16 @@ function readIfExists(path: string): string | undefined {
  * to the current directory; pass undefined when the Dockerfile comes from stdin.
  */
 export function loadDockerignore(contextDir: string, dockerfilePath?: string): Matcher {
-  const candidates: string[] = [];
+  const candidates: [string, string][] = [];
   if (dockerfilePath !== undefined && dockerfilePath !== '-' && dockerfilePath !== '') {
-    candidates.push(join(dirname(dockerfilePath), basename(dockerfilePath) + '.dockerignore'));
+    candidates.push([dirname(dockerfilePath), basename(dockerfilePath) + '.dockerignore']);
   }
-  candidates.push(join(contextDir, '.dockerignore'));
-  for (const file of candidates) {
-    const text = readIfExists(file);
-    if (text === undefined) continue;
+  candidates.push([contextDir, '.dockerignore']);
+  for (const [root, name] of candidates) {
+    const found = readInRoot(root, name);
+    if (found === undefined) continue;
+    const file = join(root, name);
+    const text = found.text;
     try {
       return newMatcher(parseDockerignore(text), file);
     } catch (e) {

@@ -79,3 +79,29 @@ test('symlinks are listed, not followed', (t) => {
   writeFileSync(join(dir, '.dockerignore'), 'real\n');
   assert.deepEqual(listContextPaths(dir, loadDockerignore(dir)), ['.dockerignore', 'link', 'outside']);
 });
+
+test('a symlinked ignore file is resolved inside its root, never outside', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'kiln-dockerignore-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const outside = mkdtempSync(join(tmpdir(), 'kiln-dockerignore-outside-'));
+  t.after(() => rmSync(outside, { recursive: true, force: true }));
+  writeFileSync(join(outside, 'ignore'), 'secret\n');
+  mkdirSync(join(dir, 'conf'));
+  writeFileSync(join(dir, 'conf', 'ignore'), 'inside\n');
+
+  symlinkSync(join(outside, 'ignore'), join(dir, '.dockerignore')); // absolute: resolved under the root
+  assert.equal(loadDockerignore(dir).file, undefined);
+  rmSync(join(dir, '.dockerignore'));
+  symlinkSync('../'.repeat(12) + outside.slice(1) + '/ignore', join(dir, '.dockerignore')); // .. clamps at the root
+  assert.equal(loadDockerignore(dir).file, undefined);
+  rmSync(join(dir, '.dockerignore'));
+  symlinkSync('conf/ignore', join(dir, '.dockerignore'));
+  const m = loadDockerignore(dir);
+  assert.deepEqual(m.patterns, ['inside']);
+  rmSync(join(dir, '.dockerignore'));
+  symlinkSync('/conf/ignore', join(dir, '.dockerignore')); // absolute inside the root
+  assert.deepEqual(loadDockerignore(dir).patterns, ['inside']);
+  rmSync(join(dir, '.dockerignore'));
+  symlinkSync('.dockerignore', join(dir, '.dockerignore')); // loop
+  assert.equal(loadDockerignore(dir).file, undefined);
+});

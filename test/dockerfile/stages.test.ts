@@ -214,3 +214,37 @@ test('stageGraphJSON is plain data', () => {
   });
   assert.deepEqual(j.levels, [[0, 1, 3], [4]]);
 });
+
+test('duplicate stage names: FROM sees the latest earlier one, COPY --from the last one (BuildKit maps)', () => {
+  const g = graph('FROM alpine AS x\nFROM busybox AS x\nFROM x AS y\nFROM scratch\nCOPY --from=x / /\n');
+  assert.deepEqual(g.stages[2]!.base, { kind: 'stage', index: 1 });
+  assert.deepEqual(
+    g.stages[3]!.deps.map((d) => d.stage),
+    [1],
+  );
+  assert.deepEqual(g.order, [1, 3]);
+});
+
+test('ONBUILD RUN --mount from a stage, index forms and mounts without from', () => {
+  const g = graph(
+    'FROM alpine AS cache\nFROM alpine AS base\nONBUILD RUN --mount=type=bind,from=cache,target=/c true\nFROM base\nRUN --mount=type=tmpfs,target=/t true\nCOPY --from=+0 /a /a\n',
+  );
+  assert.deepEqual(
+    g.stages[2]!.deps.map((d) => [d.stage, d.via]),
+    [
+      [1, 'FROM'],
+      [0, 'ONBUILD RUN --mount'],
+    ],
+  );
+  assert.deepEqual(g.images, [{ ref: 'alpine', stages: [0, 1] }]);
+  assert.throws(() => graph('FROM alpine\nCOPY --from=-1 /a /a\n'), /invalid stage index -1/);
+  assert.throws(
+    () => graph('FROM alpine AS a\nRUN --mount=from=$X,target=/x true\n'),
+    /doesn't support variable expansion|variable expansion/,
+  );
+});
+
+test('stage graph honours the # escape directive when expanding FROM', () => {
+  const g = graph('# escape=`\nARG V=1\nFROM alpine:`$V$V\n');
+  assert.equal(g.stages[0]!.baseName, 'alpine:$V1');
+});

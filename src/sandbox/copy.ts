@@ -139,6 +139,10 @@ export async function statIndex(root: string): Promise<Map<string, StatEntry>> {
   return index;
 }
 
+/**
+ * Whether an entry's stats changed. A directory's ctime is not compared: adding and removing a mount stub in it
+ * changes it even when its mtime is restored (as the overlay snapshotter prunes such copied-up dirs too).
+ */
 function changed(a: StatEntry, b: StatEntry): boolean {
   return (
     a.mode !== b.mode ||
@@ -146,7 +150,7 @@ function changed(a: StatEntry, b: StatEntry): boolean {
     a.gid !== b.gid ||
     a.size !== b.size ||
     a.mtimeNs !== b.mtimeNs ||
-    a.ctimeNs !== b.ctimeNs ||
+    (a.type !== 'dir' && a.ctimeNs !== b.ctimeNs) ||
     a.rdev !== b.rdev
   );
 }

@@ -13,12 +13,12 @@
  *
  * Selection: `KILN_SNAPSHOTTER=overlay|copy`, else overlay when a probe mount succeeds, else copy.
  */
-import { mkdir, rm, symlink, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, readdir, rm, rmdir, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Snapshot, Snapshotter } from '../build/ports.js';
 import { KilnError } from '../errors.js';
 import { defaultKilnHome, kilnTempDir } from './paths.js';
-import { mount, unmount } from './mount.js';
+import { mount, runTool, unmount } from './mount.js';
 
 /** Overlay's maximum number of lower layers (OVL_MAX_STACK). */
 export const OVERLAY_MAX_LOWERS = 500;
@@ -120,9 +120,9 @@ export class OverlaySnapshotter implements SandboxSnapshotter {
     const upper = join(dir, 'upper');
     const work = join(dir, 'work');
     const root = join(dir, 'merged');
+    let effective = lowers;
     try {
       await Promise.all([mkdir(upper, { mode: 0o755 }), mkdir(work, { mode: 0o700 }), mkdir(root, { mode: 0o755 })]);
-      let effective = lowers;
       if (effective.length === 0) {
         const empty = join(dir, 'empty');
         await mkdir(empty, { mode: 0o755 });
@@ -139,6 +139,7 @@ export class OverlaySnapshotter implements SandboxSnapshotter {
       if (!mounted) return;
       await unmount(root);
       mounted = false;
+      await pruneUnchangedDirs(upper, [...effective].reverse());
     };
     const release = async () => {
       if (released) return;
@@ -148,6 +149,49 @@ export class OverlaySnapshotter implements SandboxSnapshotter {
     };
     return { kind: 'overlay', root, upper, upperDir: upper, unmount: doUnmount, release, cleanup: release };
   }
+}
+
+/**
+ * Remove from an (unmounted) upper dir the directories overlay only copied up: empty, not opaque, and with the
+ * same mode/owner/mtime as the directory they shadow in the topmost lower that has the path (e.g. /etc after a
+ * mount stub in it was removed and its timestamps restored). Such a dir changes nothing in the merged view, and
+ * BuildKit's overlay differ leaves it out of the layer too. Deepest first, so parents emptied by this are pruned.
+ */
+export async function pruneUnchangedDirs(upper: string, lowersTopFirst: string[], rel = ''): Promise<boolean> {
+  const here = join(upper, rel);
+  let names: string[];
+  try {
+    names = await readdir(here);
+  } catch {
+    return false;
+  }
+  let empty = true;
+  for (const name of names) {
+    const r = rel ? `${rel}/${name}` : name;
+    const st = await lstat(join(upper, r));
+    if (st.isDirectory() && (await pruneUnchangedDirs(upper, lowersTopFirst, r))) {
+      await rmdir(join(upper, r));
+      continue;
+    }
+    empty = false;
+  }
+  if (rel === '' || !empty) return false;
+  const st = await lstat(here, { bigint: true });
+  let lower;
+  for (const l of lowersTopFirst) {
+    try {
+      lower = await lstat(join(l, rel), { bigint: true });
+      break;
+    } catch {
+      // not in this layer
+    }
+  }
+  if (!lower?.isDirectory()) return false;
+  if (st.mode !== lower.mode || st.uid !== lower.uid || st.gid !== lower.gid || st.mtimeNs !== lower.mtimeNs) {
+    return false;
+  }
+  const opaque = await runTool('getfattr', ['-h', '--only-values', '-n', 'user.overlay.opaque', here]);
+  return !(opaque.code === 0 && opaque.stdout === 'y');
 }
 
 let overlayProbe: Promise<boolean> | undefined;

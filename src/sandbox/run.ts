@@ -20,7 +20,7 @@
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
-import { chown, lstat, rmdir, mkdir, readFile, readdir, rm, stat, utimes, writeFile, chmod } from 'node:fs/promises';
+import { chown, lstat, rmdir, mkdir, readFile, readdir, rm, stat, writeFile, chmod } from 'node:fs/promises';
 import { dirname, join, posix } from 'node:path';
 import type { ProcessResult, ProcessSpec, RunMount, Executor } from '../build/ports.js';
 import { secureJoin } from '../build/rootfs.js';
@@ -29,6 +29,7 @@ import { DEFAULT_CAPS, PERL_INIT, SYSCALLS } from './init-script.js';
 import { defaultKilnHome, kilnTempDir } from './paths.js';
 import { resolveExecUser } from './user.js';
 import { overlaySupported } from './overlay.js';
+import { runTool } from './mount.js';
 
 /** BuildKit's default PATH (added when the env has none). */
 export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -167,16 +168,44 @@ async function acquireCache(kilnHome: string, m: SandboxMount): Promise<{ dir: s
 
 // ---- mount stubs ----
 
-interface Stub {
-  /** Host path of a created stub (a dir or an empty file). */
-  path: string;
+/**
+ * The mount-point stubs a step created in its rootfs, and the mtimes of the existing dirs they were created in
+ * (before the first stub and after the last), so removing them leaves the rootfs as it was.
+ */
+class StubTracker {
+  readonly paths: string[] = [];
+  readonly parents = new Map<string, { before: bigint; after: bigint }>();
+
+  async create(host: string, make: () => Promise<void>): Promise<void> {
+    const parent = dirname(host);
+    const known = this.parents.get(parent);
+    const isStub = this.paths.includes(parent);
+    const before = known || isStub ? undefined : (await lstat(parent, { bigint: true })).mtimeNs;
+    await make();
+    this.paths.push(host);
+    if (isStub) return;
+    const after = (await lstat(parent, { bigint: true })).mtimeNs;
+    this.parents.set(parent, { before: known?.before ?? (before as bigint), after });
+  }
+}
+
+/** Set a path's mtime with nanosecond precision (Node's utimes rounds to microseconds). */
+async function setMtimeNs(path: string, ns: bigint): Promise<void> {
+  const sec = ns / 1_000_000_000n;
+  const frac = (ns % 1_000_000_000n).toString().padStart(9, '0');
+  await runTool('touch', ['-h', '-m', '-d', `@${sec}.${frac}`, path]);
 }
 
 /**
  * Make sure container path `target` exists in `root` (resolved without leaving it) as a dir or a file; records
  * each created component. Returns the resolved host path.
  */
-async function ensureTarget(root: string, target: string, kind: 'dir' | 'file', stubs: Stub[]): Promise<string> {
+async function ensureTarget(
+  root: string,
+  target: string,
+  kind: 'dir' | 'file',
+  stubs: StubTracker | undefined,
+): Promise<string> {
   const parts = posix
     .normalize('/' + target)
     .split('/')
@@ -200,31 +229,52 @@ async function ensureTarget(root: string, target: string, kind: 'dir' | 'file', 
       }
       continue;
     }
-    if (last && kind === 'file') await writeFile(host, '', { mode: 0o644, flag: 'wx' });
-    else await mkdir(host, { mode: 0o755 });
-    stubs.push({ path: host });
+    const p = host;
+    const make =
+      last && kind === 'file'
+        ? () => writeFile(p, '', { mode: 0o644, flag: 'wx' })
+        : async () => {
+            await mkdir(p, { mode: 0o755 });
+          };
+    if (stubs) await stubs.create(p, make);
+    else await make();
   }
   return host;
 }
 
-/** Remove stubs that are still empty, innermost first, restoring the parent dir's timestamps (BuildKit). */
-async function removeStubs(root: string, stubs: Stub[]): Promise<void> {
-  for (const { path } of [...stubs].reverse()) {
+/**
+ * Remove the stubs that are still empty (innermost first), then restore the mtime of the dirs they were in:
+ * to the value before the stubs when the step did not otherwise change the dir, else to its value after the
+ * step (BuildKit's MountStubsCleaner keeps the latter). Best effort, like BuildKit.
+ */
+async function removeStubs(root: string, stubs: StubTracker): Promise<void> {
+  const current = new Map<string, bigint>();
+  for (const parent of stubs.parents.keys()) {
+    try {
+      current.set(parent, (await lstat(parent, { bigint: true })).mtimeNs);
+    } catch {
+      // gone
+    }
+  }
+  for (const path of [...stubs.paths].reverse()) {
     try {
       const rel = path.slice(root.length) || '/';
       if ((await secureJoin(root, rel)) !== path) continue;
       const st = await lstat(path);
       if (st.isDirectory()) {
         if ((await readdir(path)).length !== 0) continue;
-      } else if (st.size !== 0) continue;
-      const parent = dirname(path);
-      const pst = await stat(parent);
-      if (st.isDirectory()) await rmdir(path);
-      else await rm(path, { force: true });
-      await utimes(parent, pst.atime, pst.mtime);
+        await rmdir(path);
+      } else if (st.size === 0) {
+        await rm(path, { force: true });
+      }
     } catch {
-      // best effort, like BuildKit
+      // best effort
     }
+  }
+  for (const [parent, { before, after }] of stubs.parents) {
+    const now = current.get(parent);
+    if (now === undefined) continue;
+    await setMtimeNs(parent, now === after ? before : now);
   }
 }
 
@@ -293,11 +343,11 @@ export async function runProcess(opts: RunProcessOptions): Promise<RunProcessRes
   const user = await resolveExecUser(root, opts.user ?? '');
   const env = sandboxEnv(opts.env, user.home);
   const state = await kilnTempDir(kilnHome, 'run-');
-  const stubs: Stub[] = [];
+  const stubs = new StubTracker();
   const releases: (() => void | Promise<void>)[] = [];
   try {
     // The working dir: created (root, 0755) when missing and kept in the layer, like BuildKit.
-    await ensureTarget(root, cwd, 'dir', []);
+    await ensureTarget(root, cwd, 'dir', undefined);
 
     const hostResolv = await readFile('/etc/resolv.conf', 'utf8').catch(() => '');
     await writeFile(join(state, 'hosts'), sandboxHosts(hostname), { mode: 0o644 });
@@ -468,7 +518,7 @@ interface MountContext {
   root: string;
   state: string;
   kilnHome: string;
-  stubs: Stub[];
+  stubs: StubTracker;
   index: number;
   secretEnv: [string, string][];
   all: SandboxMount[];
@@ -497,7 +547,7 @@ async function targetFor(
   const rel = target.slice(ptarget === '/' ? 1 : ptarget.length + 1);
   if (parent.type === 'cache') {
     const base = hostOf.get(parent) as string;
-    return { path: await ensureTarget(base, '/' + rel, kind, []), pre: [] };
+    return { path: await ensureTarget(base, '/' + rel, kind, undefined), pre: [] };
   }
   if (parent.type === 'tmpfs') {
     const path = join(hostOf.get(parent) as string, rel);

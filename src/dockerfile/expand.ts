@@ -18,6 +18,23 @@
  * - RUN: process env = stage env + proxy env from proxy build args (which need no ARG and are not in history);
  *   history `created_by` gets BuildKit's `|N K=v ...` prefix for the ARGs in scope ({@link StageScope.runCommandString}).
  * - UndefinedVar lint candidates: variables referenced but unset, minus declared ARGs.
+ *
+ * Typical use by a build engine (with the graph from stages.ts):
+ *
+ *     const g = buildStageGraph(parsed, { target, buildArgs, platform });
+ *     const opts = { globals: g.globals, buildArgs, escape: parsed.escapeToken, file };
+ *     for (const i of g.order) {            // or level by level (g.levels) in parallel
+ *       const n = g.stages[i];
+ *       const scope = n.base.kind === 'stage'
+ *         ? StageScope.forStage(opts, scopes[n.base.index])
+ *         : StageScope.forImage(opts, baseImageConfig.Env ?? []);   // [] for scratch
+ *       for (const cmd of [...onbuildTriggers, ...n.stage.commands]) {
+ *         const step = scope.expand(cmd);     // step.instruction, step.runEnv, step.mounts, step.createdBy ...
+ *         // RUN history: 'RUN ' + scope.runCommandString(argv)   (argv after SHELL/prepend)
+ *       }
+ *       scopes[i] = scope;
+ *     }
+ *     warn(unusedBuildArgsWarning(g.unusedBuildArgs));
  */
 import { KilnError } from '../errors.js';
 import type {

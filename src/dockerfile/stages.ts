@@ -386,7 +386,7 @@ export function buildStageGraph(parsed: StageGraphInput, opts: StageGraphOptions
           file,
           lines[0]!,
           `circular dependency detected on stage: ${n.displayName}`,
-          `dependency chain at ${file}:${lines.join(', ')}`,
+          `the stages reference each other at ${file} line${lines.length > 1 ? 's' : ''} ${lines.join(', ')}`,
         );
       }
     }

@@ -268,6 +268,18 @@ test('expandInstruction touches exactly the expandable words', () => {
   assert.equal(copy2.sourceContents[0]!.data, '$NOT\n', 'quoted heredoc is not expanded');
 });
 
+test('RUN --mount values are expanded field by field (a value with a comma stays one field)', () => {
+  const run = parseDockerfile('FROM a\nRUN --mount=type=bind,source=$S,target=$T,ro x\n').stages[0]!.commands[0]!;
+  const env: Record<string, string> = { S: 'a,b', T: '/t "q"' };
+  const ex = expandInstruction(run, (w) => w.replace(/\$([A-Z])/g, (_, n: string) => env[n] ?? ''));
+  assert.ok(ex.kind === 'RUN');
+  assert.equal(ex.mounts[0], 'type=bind,"source=a,b","target=/t ""q""",ro');
+  const m = parseMount(ex.mounts[0]!, (w) => w);
+  assert.equal(m.source, 'a,b');
+  assert.equal(m.target, '/t "q"');
+  assert.equal(m.readOnly, true);
+});
+
 test('doc comments for ARG and comments on instructions', () => {
   const p = parseDockerfile('FROM a\n# VERSION the version to build\nARG VERSION=1\n\n# free comment\n\nRUN x\n');
   const arg = p.stages[0]!.commands[0]!;

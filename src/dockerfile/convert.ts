@@ -46,7 +46,9 @@ import type {
   VolumeInstruction,
   WorkdirInstruction,
 } from './instructions.js';
-import { INSTRUCTION_KINDS } from './instructions.js';
+import { INSTRUCTION_KINDS, csvFields } from './instructions.js';
+
+export { csvFields };
 
 /** An instruction-level error without location; converted to DockerfileError by the caller. */
 export class InstructionError extends Error {
@@ -197,48 +199,6 @@ function parseUint32(v: string, base: 8 | 10): number | undefined {
   if (!re.test(v)) return undefined;
   const n = parseInt(v, base);
   return n <= 0xffffffff ? n : undefined;
-}
-
-/** One CSV record (encoding/csv semantics, as tonistiigi/go-csvvalue). */
-export function csvFields(s: string): string[] {
-  const out: string[] = [];
-  let i = 0;
-  if (s === '') return out;
-  for (;;) {
-    let field = '';
-    if (s[i] === '"') {
-      i++;
-      for (;;) {
-        if (i >= s.length) throw new InstructionError('extraneous or missing " in quoted-field');
-        const c = s[i]!;
-        if (c === '"') {
-          if (s[i + 1] === '"') {
-            field += '"';
-            i += 2;
-            continue;
-          }
-          i++;
-          break;
-        }
-        field += c;
-        i++;
-      }
-      if (i < s.length && s[i] !== ',') throw new InstructionError('extraneous or missing " in quoted-field');
-    } else {
-      const j = s.indexOf(',', i);
-      field = j < 0 ? s.slice(i) : s.slice(i, j);
-      if (field.includes('"')) throw new InstructionError('bare " in non-quoted-field');
-      i = j < 0 ? s.length : j;
-    }
-    out.push(field);
-    if (i >= s.length) break;
-    i++; // skip ','
-    if (i >= s.length) {
-      out.push('');
-      break;
-    }
-  }
-  return out;
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -375,7 +375,8 @@ export function expandInstruction<T extends Instruction>(instr: T, expand: WordE
       };
       break;
     case 'RUN':
-      out = { ...i, mounts: i.mounts.map((m) => expand(m, 'mounts')) };
+      // each `key=value` field's value is expanded separately (BuildKit parseMount with an expander)
+      out = { ...i, mounts: i.mounts.map((m) => expandMountSpec(m, expand)) };
       break;
     case 'LABEL':
       out = { ...i, labels: kvs(i.labels, 'labels') };
@@ -434,4 +435,71 @@ export function expandInstruction<T extends Instruction>(instr: T, expand: WordE
       out = { ...i };
   }
   return out as T;
+}
+
+/** One CSV record (encoding/csv semantics, as tonistiigi/go-csvvalue). */
+export function csvFields(s: string): string[] {
+  const out: string[] = [];
+  let i = 0;
+  if (s === '') return out;
+  for (;;) {
+    let field = '';
+    if (s[i] === '"') {
+      i++;
+      for (;;) {
+        if (i >= s.length) throw new Error('extraneous or missing " in quoted-field');
+        const c = s[i]!;
+        if (c === '"') {
+          if (s[i + 1] === '"') {
+            field += '"';
+            i += 2;
+            continue;
+          }
+          i++;
+          break;
+        }
+        field += c;
+        i++;
+      }
+      if (i < s.length && s[i] !== ',') throw new Error('extraneous or missing " in quoted-field');
+    } else {
+      const j = s.indexOf(',', i);
+      field = j < 0 ? s.slice(i) : s.slice(i, j);
+      if (field.includes('"')) throw new Error('bare " in non-quoted-field');
+      i = j < 0 ? s.length : j;
+    }
+    out.push(field);
+    if (i >= s.length) break;
+    i++; // skip ','
+    if (i >= s.length) {
+      out.push('');
+      break;
+    }
+  }
+  return out;
+}
+
+/** One field for a CSV record: quoted when encoding/csv would quote it. */
+function csvQuote(f: string): string {
+  return /[",\r\n]/.test(f) || f.startsWith(' ') ? '"' + f.replace(/"/g, '""') + '"' : f;
+}
+
+/**
+ * Expands a `--mount` value the way BuildKit does: the CSV record is split first and only the value of each
+ * `key=value` field is expanded (so a value containing a comma stays one field); the result is re-joined.
+ * An unparsable record is returned unchanged (parseMount reports the error later).
+ */
+function expandMountSpec(spec: string, expand: WordExpander): string {
+  let fields: string[];
+  try {
+    fields = csvFields(spec);
+  } catch {
+    return spec;
+  }
+  return fields
+    .map((f) => {
+      const eq = f.indexOf('=');
+      return csvQuote(eq < 0 ? f : f.slice(0, eq + 1) + expand(f.slice(eq + 1), 'mounts'));
+    })
+    .join(',');
 }

@@ -1,121 +1,28 @@
 /**
- * The shared environment of the differential suite: one plain-HTTP registry on 127.0.0.1, one private dockerd, one
- * buildah storage root, and the busybox base image every case builds FROM (`@REGISTRY@/busybox`).
+ * The shared environment of the differential suite: one plain-HTTP registry on 127.0.0.1 (test/helpers/registry.ts),
+ * and the busybox base image every case builds FROM (`@REGISTRY@/busybox`).
  *
  * The base image is made here, independently of kiln: a rootfs tar of Debian's static /bin/busybox with its applet
  * symlinks, a small /etc (users and groups with supplementary memberships, for USER/`id` cases) and a few files the
  * whiteout cases delete, `docker import`ed with `ENV PATH` and `CMD ["sh"]` (like Docker Hub's busybox) and pushed.
  * So the reference inputs of the comparison never depend on kiln's own code.
  */
-import { createServer } from 'node:net';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { chmod, chown, copyFile, mkdir, mkdtemp, open, readFile, symlink, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
-import { removeTree, run, tail } from './exec.js';
+import { chmod, chown, copyFile, mkdir, symlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { run } from './exec.js';
 import type { Dockerd } from '../helpers/dockerd.js';
+import { startRegistry } from '../helpers/registry.js';
 
-export interface TestRegistry {
+export interface DiffRegistry {
   /** host:port */
   host: string;
   stop(): Promise<void>;
 }
 
-const here = dirname(fileURLToPath(import.meta.url));
-
-/**
- * The team's registry helper (test/helpers/registry.ts) when it exists, else a docker-registry started here.
- * Loaded by path so this file compiles before that helper lands.
- */
-export async function startTestRegistry(): Promise<TestRegistry> {
-  const shared = join(here, '..', 'helpers', 'registry.ts');
-  if (existsSync(shared) && process.env.KILN_DIFF_OWN_REGISTRY !== '1') {
-    const mod = (await import(pathToFileURL(shared).href)) as {
-      startRegistry?: (o: { auth: 'none' }) => Promise<{ host: string; stop(): Promise<void> }>;
-    };
-    if (typeof mod.startRegistry === 'function') {
-      const r = await mod.startRegistry({ auth: 'none' });
-      return { host: r.host, stop: () => r.stop() };
-    }
-  }
-  return startOwnRegistry();
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-/** Debian's docker-registry with a throwaway filesystem store, no auth, on a free loopback port. */
-export async function startOwnRegistry(): Promise<TestRegistry> {
-  const dir = await mkdtemp(join(tmpdir(), 'kiln-diff-registry-'));
-  const port = await freePort();
-  const host = `127.0.0.1:${port}`;
-  const config = join(dir, 'config.yml');
-  await writeFile(
-    config,
-    [
-      'version: 0.1',
-      'log:',
-      '  level: error',
-      '  accesslog:',
-      '    disabled: true',
-      'storage:',
-      '  filesystem:',
-      `    rootdirectory: ${join(dir, 'data')}`,
-      '  delete:',
-      '    enabled: true',
-      'http:',
-      `  addr: ${host}`,
-      '',
-    ].join('\n'),
-  );
-  const logFile = await open(join(dir, 'registry.log'), 'a');
-  const child: ChildProcess = spawn('docker-registry', ['serve', config], {
-    stdio: ['ignore', logFile.fd, logFile.fd],
-  });
-  await logFile.close();
-  let exited = false;
-  const exitedP = new Promise<void>((r) =>
-    child.on('exit', () => {
-      exited = true;
-      r();
-    }),
-  );
-  const onExit = (): void => {
-    if (!exited) child.kill('SIGKILL');
-  };
-  process.once('exit', onExit);
-  const stop = async (): Promise<void> => {
-    process.removeListener('exit', onExit);
-    if (!exited) {
-      child.kill('SIGTERM');
-      await exitedP;
-    }
-    await removeTree(dir);
-  };
-  for (let i = 0; ; i++) {
-    const ok = await fetch(`http://${host}/v2/`)
-      .then((r) => r.status === 200)
-      .catch(() => false);
-    if (ok) break;
-    if (exited || i > 200) {
-      const log = await readFile(join(dir, 'registry.log'), 'utf8').catch(() => '');
-      await stop();
-      throw new Error(`docker-registry did not start on ${host}:\n${tail(log, 20)}`);
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  return { host, stop };
+/** The team's plain-HTTP test registry (Debian's docker-registry on 127.0.0.1, throwaway storage, no auth). */
+export async function startTestRegistry(): Promise<DiffRegistry> {
+  const r = await startRegistry({ auth: 'none' });
+  return { host: r.host, stop: () => r.stop() };
 }
 
 const PASSWD = `root:x:0:0:root:/root:/bin/sh

@@ -169,7 +169,8 @@ export function kilnInvoker(opts: { home: string; asUser?: string; insecureRegis
   return {
     describe: opts.asUser ? `kiln as user ${opts.asUser}` : 'kiln as root',
     async build(b) {
-      const args = [bin, 'build', '--push', '-t', b.tag, '-f', b.dockerfile];
+      const args = [bin, 'build', '--push', '--insecure-registry', opts.insecureRegistry, '-t', b.tag];
+      args.push('-f', b.dockerfile);
       for (const [k, v] of Object.entries(b.buildArgs ?? {})) args.push('--build-arg', `${k}=${v}`);
       if (b.target) args.push('--target', b.target);
       for (const [id, src] of Object.entries(b.secrets ?? {})) args.push('--secret', `id=${id},src=${src}`);
@@ -194,6 +195,8 @@ export interface SuiteEnv {
   dockerd: Dockerd;
   buildah: Buildah | null;
   kiln: KilnInvoker | null;
+  /** Hand the prepared build context to this owner (kiln as an ordinary user must read every context file). */
+  contextOwner?: { uid: number; gid: number };
   /** Build every case twice with BuildKit and compare the two (validates the cases and compare's strictness). */
   buildkitTwice: boolean;
   work: string;
@@ -225,6 +228,11 @@ export async function runCase(env: SuiteEnv, c: DiffCase): Promise<CaseReport> {
   try {
     const ctx = join(work, 'context');
     await prepareContext(c, ctx);
+    if (env.contextOwner) {
+      const { uid, gid } = env.contextOwner;
+      await run('chown', ['-R', '--no-dereference', `${uid}:${gid}`, ctx]);
+      await run('chmod', ['-R', 'u+rwX', ctx]);
+    }
     const templates = await readTemplates(ctx);
     const repo = `${env.registry}/diff/${c.id}`;
     const secrets = Object.fromEntries(
@@ -360,6 +368,10 @@ export async function runCase(env: SuiteEnv, c: DiffCase): Promise<CaseReport> {
               `kiln: error output lacks ${JSON.stringify(expectFailure.kilnMessage)}:\n${tail(out, 10)}`,
             );
           if (/\n\s+at .+\(.+:\d+:\d+\)/.test(out)) report.failures.push('kiln: printed a stack trace without --debug');
+          const pushed = await run('skopeo', ['inspect', '--tls-verify=false', '--raw', `docker://${ref}`], {
+            allowFail: true,
+          });
+          if (pushed.code === 0) report.failures.push(`kiln: the failed build still pushed ${ref}`);
         }
       } else if (built) {
         report.failures.push(`kiln build failed (${env.kiln.describe}):\n${built.message}`);

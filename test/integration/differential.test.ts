@@ -22,7 +22,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startDockerd, type Dockerd } from '../helpers/dockerd.js';
 import { startBuildah, type Buildah } from '../helpers/buildah.js';
-import { pushBaseImage, startTestRegistry, type TestRegistry } from '../differential/env.js';
+import { pushBaseImage, startTestRegistry, type DiffRegistry } from '../differential/env.js';
 import {
   REPO_ROOT,
   buildahMarkdown,
@@ -33,6 +33,7 @@ import {
   type SuiteEnv,
 } from '../differential/runner.js';
 import { removeTree, run } from '../differential/exec.js';
+import { ROOTLESS_USER, ensureRootlessUser } from '../helpers/rootless.js';
 
 const filter = (process.env.KILN_DIFF_CASES ?? '')
   .split(',')
@@ -53,7 +54,7 @@ describe(
   'differential: kiln vs BuildKit (reference) vs buildah',
   { skip: isRoot ? false : 'needs root (dockerd)' },
   () => {
-    let registry: TestRegistry | undefined;
+    let registry: DiffRegistry | undefined;
     let dockerd: Dockerd | undefined;
     let buildah: Buildah | null = null;
     let work = '';
@@ -70,6 +71,7 @@ describe(
       if (process.env.KILN_DIFF_SKIP_BUILDAH !== '1') buildah = await startBuildah();
 
       let kiln: SuiteEnv['kiln'] = null;
+      let contextOwner: SuiteEnv['contextOwner'];
       if (mode === 'buildkit-only') {
         loud('KILN_DIFF_MODE=buildkit-only: kiln is NOT tested; BuildKit is compared with itself and with buildah');
       } else if (!kilnBuildExists) {
@@ -78,9 +80,11 @@ describe(
         const home = join(work, 'kiln-home');
         await mkdir(home, { recursive: true });
         if (asUser) {
+          if (asUser === ROOTLESS_USER) ensureRootlessUser();
           const uid = Number((await run('id', ['-u', asUser])).stdout.trim());
           const gid = Number((await run('id', ['-g', asUser])).stdout.trim());
           await chown(home, uid, gid);
+          contextOwner = { uid, gid };
         }
         kiln = kilnInvoker({ home, insecureRegistry: registry.host, ...(asUser ? { asUser } : {}) });
       }
@@ -90,6 +94,7 @@ describe(
         buildah,
         kiln,
         buildkitTwice: mode === 'buildkit-only',
+        ...(contextOwner ? { contextOwner } : {}),
         work,
       };
     });

@@ -49,6 +49,12 @@ ARG SIG
 STOPSIGNAL SIG$SIG
 ARG TARGETARCH
 ENV ARCH=$TARGETARCH
+ENV SHADOW=env
+ARG SHADOW=arg
+ENV SEEN_AFTER_ARG=$SHADOW
+ARG SHADOW2=arg
+ENV SHADOW2=env
+ENV SEEN_AFTER_ENV=$SHADOW2
 
 FROM scratch AS skipped
 COPY --from=doesnotexist.invalid/nope:1 / /
@@ -180,6 +186,9 @@ test('default target: ARG/ENV scoping and expansion equal BuildKit', { skip }, a
   const ours = kilnView(DOCKERFILE, args);
   // sanity: the scoping rules under test really are exercised
   assert.ok(ours.Env.includes('E3=stage-cli') && ours.Env.includes('GLOBAL_ONLY=x'), ours.Env.join(' '));
+  // a later ARG overrides an ENV in the build environment (not in the config); a later ENV shadows an ARG
+  assert.ok(ours.Env.includes('SEEN_AFTER_ARG=arg') && ours.Env.includes('SHADOW=env'), ours.Env.join(' '));
+  assert.ok(ours.Env.includes('SEEN_AFTER_ENV=env'), ours.Env.join(' '));
   assert.deepEqual(normalize(await buildkitView(DOCKERFILE, args)), normalize(ours));
 });
 

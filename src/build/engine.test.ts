@@ -15,7 +15,7 @@ import type { Image } from '../oci/types.js';
 import { hostPlatform } from '../oci/platform.js';
 import { BuildCache } from '../cache/cache.js';
 import { makeBusyboxImage } from '../../test/helpers/images.js';
-import { runEngine, type EngineRequest, type EngineDeps, neededStages } from './engine.js';
+import { runEngine, type EngineRequest, type EngineDeps, neededStages, lowerDirs } from './engine.js';
 import { LocalLayerStore } from './local.js';
 import { parseTrigger } from './build.js';
 import type { CopyRequest, CopySource, ProcessSpec, Snapshot } from './ports.js';
@@ -329,4 +329,56 @@ describe('engine', () => {
     assert.ok(!JSON.stringify(res.config).includes('s3cr3t'));
     assert.equal(res.config.history.at(-1)?.created_by, 'RUN /bin/sh -c echo using # buildkit');
   });
+});
+
+describe('engine: RUN details', () => {
+  test('heredoc RUN runs its content; proxy build args reach RUN but not history', async () => {
+    const h = harness('heredoc');
+    const res = await runEngine(
+      request('FROM busybox\nRUN <<EOF\nwrite /h 1\nEOF\n', { buildArgs: new Map([['HTTP_PROXY', 'http://p:3128']]) }),
+      h.deps,
+    );
+    assert.deepEqual(h.runs[0]?.argv, ['/bin/sh', '-c', 'write /h 1\n']);
+    assert.ok(h.runs[0]?.env.includes('HTTP_PROXY=http://p:3128'));
+    assert.equal(res.config.history.at(-1)?.created_by, 'RUN /bin/sh -c write /h 1\n # buildkit');
+    assert.ok(!h.log.some((l) => l.startsWith('warn ')), 'proxy args are never reported as unused');
+  });
+
+  test('a heredoc with a shebang runs as a file mounted from /dev/pipes', async () => {
+    const h = harness('shebang');
+    const res = await runEngine(request('FROM busybox\nRUN <<EOF\n#!/bin/sh\necho hi\nEOF\n'), h.deps);
+    assert.equal(res.config.history.at(-1)?.created_by, 'RUN /bin/sh -c /dev/pipes/EOF # buildkit');
+    const spec = h.runs[0];
+    assert.deepEqual(spec?.argv, ['/bin/sh', '-c', '/.kiln-pipes/EOF']);
+    const m = spec?.mounts.find((x) => x.target === '/.kiln-pipes/EOF');
+    assert.equal(m?.type, 'bind');
+    assert.equal(m?.readonly, true);
+  });
+
+  test('unused build args are warned about once', async () => {
+    const h = harness('unused');
+    await runEngine(
+      request('FROM busybox\nARG USED\n', {
+        buildArgs: new Map([
+          ['USED', '1'],
+          ['NOPE', '2'],
+        ]),
+      }),
+      h.deps,
+    );
+    assert.deepEqual(
+      h.log.filter((l) => l.startsWith('warn ')),
+      ['warn One or more build-args [NOPE] were not consumed'],
+    );
+  });
+});
+
+test('lowerDirs keeps only the topmost occurrence of a repeated layer dir', () => {
+  assert.deepEqual(lowerDirs([{ dir: 'a' }, { dir: 'e' }, { dir: 'b' }, { dir: 'e' }, { dir: 'c' }]), [
+    'a',
+    'b',
+    'e',
+    'c',
+  ]);
+  assert.deepEqual(lowerDirs([]), []);
 });

@@ -154,6 +154,28 @@ function defaultArgs(p: Platform, target: string | undefined): [string, string][
   ];
 }
 
+/**
+ * The overlay lower dirs for a layer list (bottom-most first). The layer store is content addressed, so the same
+ * dir can occur twice (e.g. two empty layers); overlay refuses repeated lowers. Keeping only the topmost
+ * occurrence is equivalent: everything the lower copy provides, the upper copy provides again on top.
+ */
+export function lowerDirs(layers: { dir: string }[]): string[] {
+  const out: string[] = [];
+  const seen = new Set<string>();
+  for (let i = layers.length - 1; i >= 0; i--) {
+    const d = (layers[i] as { dir: string }).dir;
+    if (seen.has(d)) continue;
+    seen.add(d);
+    out.unshift(d);
+  }
+  return out;
+}
+
+/** Where a RUN heredoc with a shebang is mounted (BuildKit: /dev/pipes, see dispatchRun). */
+const PIPES_MOUNT = '/.kiln-pipes';
+
+const PROXY_ARGS = ['HTTP_PROXY', 'HTTPS_PROXY', 'FTP_PROXY', 'NO_PROXY', 'ALL_PROXY'];
+
 function isLayerStep(c: Command): boolean {
   return c.kind === 'RUN' || c.kind === 'COPY' || c.kind === 'ADD' || c.kind === 'WORKDIR';
 }
@@ -613,7 +635,7 @@ class Engine {
         }
       }
     }
-    const snap = await this.deps.snapshotter.prepare(st.layers.map((l) => l.dir));
+    const snap = await this.deps.snapshotter.prepare(lowerDirs(st.layers));
     let entry: CacheEntry;
     try {
       await work(snap, id);
@@ -744,7 +766,7 @@ class Engine {
     } else {
       other = await this.fromImage({ ...st.stage, from: { ...st.stage.from, image: from }, commands: [] }, from);
     }
-    const snap = await this.deps.snapshotter.prepare(other.layers.map((l) => l.dir));
+    const snap = await this.deps.snapshotter.prepare(lowerDirs(other.layers));
     return {
       src: { kind: 'stage', dir: snap.root, stateDigest: other.state },
       release: () => snap.release(),
@@ -787,15 +809,18 @@ class Engine {
 
   private async dispatchRun(st: StageState, c: RunInstruction, prefix: string): Promise<void> {
     let args = c.command;
+    let pipeFile: { name: string; data: string } | undefined;
     if (c.files.length > 0 && c.prependShell && args.length === 1) {
       const f = c.files[0];
-      if (c.files.length === 1 && f) {
-        if (f.data.startsWith('#!')) {
-          throw this.fail(c, 'UNSUPPORTED', 'RUN heredocs with a shebang are not supported yet');
-        }
-        args = [f.data];
+      if (f && /^\s*\d*<<-?\s*(["']?)[^\s"']+\1\s*$/.test(args[0] as string)) {
+        // a single heredoc: run its content (BuildKit), or with a shebang run it as a file from /dev/pipes
+        const data = f.chomp ? f.data.replace(/^\t+/gm, '') : f.data;
+        if (data.startsWith('#!')) {
+          pipeFile = { name: f.name, data };
+          args = [posix.join('/dev/pipes', f.name)];
+        } else args = [data];
       } else {
-        args = [args[0] + c.files.map((x) => '\n' + x.data + x.name).join('')];
+        args = [(args[0] as string) + c.files.map((x) => '\n' + x.data + x.name).join('')];
       }
     }
     const argv = c.prependShell ? withShell(st.img, args) : [...args];
@@ -806,16 +831,49 @@ class Engine {
     const network = c.network === 'none' ? 'none' : c.network === 'host' ? 'host' : this.req.network;
     const mounts = c.mounts.map((m) => parseMountSpec(m, (msg) => this.fail(c, 'DOCKERFILE_INSTRUCTION', msg)));
     const history = 'RUN ' + runCommandString(argv, st.buildArgs, (k) => getEnv(env, k));
+    // BuildKit passes the predefined proxy build args to RUN without a declaration (never into history)
+    const runEnv = [...env];
+    for (const [k, v] of this.req.buildArgs) {
+      if (PROXY_ARGS.includes(k.toUpperCase()) && getEnv(runEnv, k) === undefined) {
+        runEnv.push(`${k}=${v}`);
+        this.usedBuildArgs.add(k);
+      }
+    }
+    // what bind mounts read is part of the step's identity
+    const bindSources: string[] = [];
+    for (const m of mounts) {
+      if (m.type !== 'bind') continue;
+      const ref = m.from === '' ? undefined : this.stageRef(m.from, st.stage.index);
+      if (ref) bindSources.push((await this.runStage(ref)).state);
+      else if (m.from === '') {
+        const req: CopyRequest = {
+          kind: 'COPY',
+          sources: [m.source || '.'],
+          contents: [],
+          dest: '/',
+          chown: '',
+          chmod: '',
+          link: false,
+          parents: false,
+          exclude: [],
+          workdir: '/',
+          location: this.where(c),
+        };
+        bindSources.push(await this.deps.copier.checksum(req, { kind: 'context', dir: this.deps.contextDir }));
+      } else bindSources.push('image:' + m.from);
+    }
     const key = cacheKey({
       parent: st.state,
       op: 'RUN',
       argv,
-      env,
+      env: runEnv,
       user,
       cwd,
       network,
       security: c.security,
       mounts,
+      bindSources,
+      pipeFile,
     });
     const display = prefix + upperKeyword(c.original);
     const releases: (() => Promise<void>)[] = [];
@@ -865,12 +923,32 @@ class Engine {
             throw this.fail(c, 'UNSUPPORTED', `RUN --mount=type=${m.type} is not supported`);
           }
         }
-        const envWithSecrets = env;
+        if (pipeFile) {
+          const pdir = await mkdtemp(join(this.deps.tmpDir, 'pipe-'));
+          const file = join(pdir, 'script');
+          await writeFile(file, pipeFile.data, { mode: 0o755 });
+          // BuildKit mounts it under /dev/pipes; the sandbox's own /dev tmpfs hides mount points there, so the
+          // script is mounted at PIPES_MOUNT (a stub the sandbox removes) and only history shows /dev/pipes.
+          runMounts.push({
+            type: 'bind',
+            source: file,
+            target: posix.join(PIPES_MOUNT, pipeFile.name),
+            readonly: true,
+          });
+        }
+        const execArgv = pipeFile
+          ? argv.map((a) =>
+              a === posix.join('/dev/pipes', (pipeFile as { name: string }).name)
+                ? posix.join(PIPES_MOUNT, (pipeFile as { name: string }).name)
+                : a,
+            )
+          : argv;
+        const envWithSecrets = runEnv;
         let result;
         try {
           const spec: ProcessSpec = {
             rootfs: snap.root,
-            argv,
+            argv: execArgv,
             env: envWithSecrets,
             cwd,
             user,

@@ -6,7 +6,8 @@ import { join, resolve } from 'node:path';
 import { envFromSlice, processWord, processWords } from '../../src/dockerfile/shell.js';
 import { isKilnError } from '../../src/errors.js';
 
-const dir = resolve(process.cwd(), '..', 'shared', 'conformance', 'buildkit-shell');
+// the repository root's sibling: /work/main -> /work/shared
+const dir = resolve(import.meta.dirname, '..', '..', '..', 'shared', 'conformance', 'buildkit-shell');
 const present = existsSync(join(dir, 'envVarTest')) && existsSync(join(dir, 'wordsTest'));
 const skip = present ? false : `conformance data not found at ${dir}`;
 

@@ -211,6 +211,8 @@ test('check directive: skip, error, and per-instruction overrides', () => {
   assert.deepEqual(rules('FROM a\n# check=skip=MaintainerDeprecated\nMAINTAINER me\nFROM b\nMAINTAINER you\n'), [
     'MaintainerDeprecated:5',
   ]);
+  // File-level rules ignore instruction comments (BuildKit runs them with the global linter).
+  assert.deepEqual(rules('FROM a AS x\n# check=skip=DuplicateStageName\nFROM b AS x\n'), ['DuplicateStageName:3']);
   assert.throws(
     () => lintDockerfile('# check=bogus=1\nFROM a\n'),
     (e: unknown) =>

@@ -5,7 +5,7 @@
  * look like `docker build --check`: `WARN: RuleName - message (line N)`.
  */
 import { DockerfileError } from './errors.js';
-import { DirectiveError, findDirective, parseCheckOptions, type CheckOptions } from './directives.js';
+import { DirectiveError, DirectiveParser, findDirective, parseCheckOptions, type CheckOptions } from './directives.js';
 import { parseDockerfile, type ParsedDockerfile } from './convert.js';
 import { suggest } from './suggest.js';
 import { goQuote } from './dump.js';
@@ -283,11 +283,12 @@ export function lintDockerfile(text: string, opts: LintOptions = {}): LintResult
 
 function mergeComments(base: CheckOptions, comments: readonly string[]): CheckOptions {
   for (const c of comments) {
-    const m = /^([a-zA-Z][a-zA-Z0-9]*)[\t\n\f\r ]*=[\t\n\f\r ]*([^\n]+?)[\t\n\f\r ]*$/.exec(c);
-    if (!m || m[1]!.toLowerCase() !== 'check') continue;
+    // BuildKit: a DirectiveParser with an empty comment prefix over each comment; the first `check` one counts.
+    const d = new DirectiveParser('').parseLine(c);
+    if (!d || d.name !== 'check') continue;
     let o: CheckOptions;
     try {
-      o = parseCheckOptions(m[2]!.split(' ')[0]!);
+      o = parseCheckOptions(d.value.split(' ')[0]!);
     } catch (e) {
       if (e instanceof DirectiveError) return base;
       throw e;
@@ -305,8 +306,16 @@ function mergeComments(base: CheckOptions, comments: readonly string[]): CheckOp
 
 function collectWarnings(parsed: ParsedDockerfile, opts: LintOptions): RawWarning[] {
   const out: RawWarning[] = [];
+  // Rules BuildKit runs with the file-level linter only (no per-instruction `# check=` comments).
+  const fileLevel = new Set<RuleName>([
+    'NoEmptyContinuation',
+    'ConsistentInstructionCasing',
+    'DuplicateStageName',
+    'ReservedStageName',
+    'InvalidDefaultArgInFrom',
+  ]);
   const add = (r: RuleName, message: string, at: Instruction | { range: SourceRange; comments: string[] }): void => {
-    out.push({ rule: r, message, range: at.range, comments: at.comments });
+    out.push({ rule: r, message, range: at.range, comments: fileLevel.has(r) ? [] : at.comments });
   };
   const esc = parsed.escapeToken;
 

@@ -255,7 +255,8 @@ export function resolveGlobalArgs(metaArgs: readonly ArgInstruction[], o: Global
 /** Is `name` a build arg BuildKit/Docker use without an ARG (so it never counts as unused)? */
 export function isBuiltinBuildArg(name: string): boolean {
   return (
-    PROXY_ARGS.includes(name) ||
+    // BuildKit takes proxy args case-insensitively (proxyEnvFromBuildArgs uses EqualFold)
+    PROXY_ARGS.includes(name.toLowerCase()) ||
     PLATFORM_ARGS.includes(name) ||
     name === 'SOURCE_DATE_EPOCH' ||
     name.startsWith('BUILDKIT_')

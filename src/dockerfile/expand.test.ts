@@ -278,6 +278,7 @@ test('--build-arg parsing and the unused build-arg warning', () => {
       ['HTTP_PROXY', 'p'],
       ['TARGETARCH', 'x'],
       ['BUILDKIT_INLINE_CACHE', '1'],
+      ['Https_Proxy', 'p'],
       ['Y', ''],
     ]),
     new Set(['A']),

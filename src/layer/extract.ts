@@ -16,10 +16,22 @@
  * naming the layer and the entry.
  */
 import { randomBytes, createHash } from 'node:crypto';
-import { constants as fsc } from 'node:fs';
+import {
+  closeSync,
+  constants as fsc,
+  fchmodSync,
+  futimesSync,
+  lchownSync,
+  lstatSync,
+  lutimesSync,
+  mkdirSync,
+  openSync,
+  symlinkSync,
+  unlinkSync,
+  writeSync,
+} from 'node:fs';
 import {
   chmod,
-  lchown,
   link,
   lstat,
   lutimes,
@@ -29,8 +41,6 @@ import {
   readlink,
   rename,
   rm,
-  symlink,
-  unlink,
 } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { Readable, Transform } from 'node:stream';
@@ -68,6 +78,8 @@ export interface ExtractResult {
 }
 
 const MAX_SYMLINK_HOPS = 255;
+/** Files up to this size are written with synchronous calls after buffering their body. */
+const SMALL_FILE = 1 << 20;
 
 function short(d: string | undefined): string {
   if (!d) return 'layer';
@@ -210,16 +222,11 @@ export async function extractLayer(
   }
 
   async function removeExisting(abs: string, keepDir: boolean): Promise<boolean> {
-    let st;
-    try {
-      st = await lstat(abs);
-    } catch (e) {
-      if (errCode(e) === 'ENOENT') return false;
-      throw e;
-    }
+    const st = lstatSync(abs, { throwIfNoEntry: false });
+    if (!st) return false;
     if (keepDir && st.isDirectory()) return true;
     if (st.isDirectory()) await rm(abs, { recursive: true, force: true });
-    else await unlink(abs);
+    else unlinkSync(abs);
     // A removed directory or symlink may be cached as (part of) a resolved parent path.
     if (st.isDirectory() || st.isSymbolicLink()) dirCache.clear();
     return false;
@@ -270,15 +277,23 @@ export async function extractLayer(
     await link(whiteoutTemplate, abs);
   }
 
-  async function applyOwner(abs: string, h: TarHeader, entry: string): Promise<void> {
+  const euid = process.geteuid?.() ?? -1;
+  const egid = process.getegid?.() ?? -1;
+
+  /** lchown to the entry's (or the override) owner; skipped for fresh entries that already have it. */
+  function applyOwner(abs: string, h: TarHeader, entry: string, fresh: boolean): void {
     if (!doChown) return;
+    const uid = opts.owner?.uid ?? h.uid;
+    const gid = opts.owner?.gid ?? h.gid;
+    // Directories are created 0700 and get their modes at the end, so nothing inherits a setgid group meanwhile.
+    if (fresh && uid === euid && gid === egid) return;
     try {
-      await lchown(abs, opts.owner?.uid ?? h.uid, opts.owner?.gid ?? h.gid);
+      lchownSync(abs, uid, gid);
     } catch (e) {
       if (errCode(e) === 'EINVAL' || errCode(e) === 'EPERM') {
         throw new KilnError(
           'LAYER_EXTRACT_FAILED',
-          `${what}: entry "${entry}": cannot set owner ${h.uid}:${h.gid} (${errCode(e)})`,
+          `${what}: entry "${entry}": cannot set owner ${uid}:${gid} (${errCode(e)})`,
           {
             hint: 'the id is not mapped in this user namespace: give the user 65536 subordinate ids in /etc/subuid and /etc/subgid',
             cause: e,
@@ -314,44 +329,64 @@ export async function extractLayer(
     }
     const abs = join(parentAbs, base);
     if (whiteoutTemplate && abs === whiteoutTemplate) throw fail(entry, 'uses a reserved name');
+    // In overlay mode the target dir starts empty: a path not written before cannot exist, skip the lstat.
+    const mayExist = mode !== 'overlay' || written.has(rel);
     written.add(rel);
     const mtime = h.mtime;
 
     switch (h.type) {
       case 'dir': {
-        const isDir = await removeExisting(abs, true);
-        if (!isDir) await mkdir(abs, { mode: 0o700 });
-        await applyOwner(abs, h, entry);
+        const isDir = mayExist && (await removeExisting(abs, true));
+        if (!isDir) mkdirSync(abs, { mode: 0o700 });
+        applyOwner(abs, h, entry, !isDir);
         pending.dirMeta.push({ abs, mode: h.mode, mtime });
         collectXattrs(abs, h);
         return;
       }
       case 'file': {
-        await removeExisting(abs, false);
-        const fh = await open(abs, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
-        try {
-          for await (const chunk of body) {
+        if (mayExist) await removeExisting(abs, false);
+        const flags = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW;
+        if (h.size <= SMALL_FILE) {
+          // Small files: gather the body, then a handful of synchronous syscalls (much cheaper than the threadpool).
+          const chunks: Buffer[] = [];
+          for await (const chunk of body) chunks.push(chunk);
+          const data = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
+          const fd = openSync(abs, flags, 0o600);
+          try {
             let off = 0;
-            while (off < chunk.length) {
-              const { bytesWritten } = await fh.write(chunk, off, chunk.length - off);
-              off += bytesWritten;
-            }
+            while (off < data.length) off += writeSync(fd, data, off, data.length - off);
+            applyOwner(abs, h, entry, true);
+            fchmodSync(fd, h.mode);
+            futimesSync(fd, mtime, mtime);
+          } finally {
+            closeSync(fd);
           }
-        } finally {
-          await fh.close();
+        } else {
+          const fh = await open(abs, flags, 0o600);
+          try {
+            for await (const chunk of body) {
+              let off = 0;
+              while (off < chunk.length) {
+                const { bytesWritten } = await fh.write(chunk, off, chunk.length - off);
+                off += bytesWritten;
+              }
+            }
+            applyOwner(abs, h, entry, true);
+            await fh.chmod(h.mode);
+            await fh.utimes(mtime, mtime);
+          } finally {
+            await fh.close();
+          }
         }
-        await applyOwner(abs, h, entry);
-        await chmod(abs, h.mode);
-        await lutimes(abs, mtime, mtime);
         collectXattrs(abs, h);
         return;
       }
       case 'symlink': {
-        await removeExisting(abs, false);
-        await symlink(h.linkname, abs);
+        if (mayExist) await removeExisting(abs, false);
+        symlinkSync(h.linkname, abs);
         dirCache.clear();
-        await applyOwner(abs, h, entry);
-        await lutimes(abs, mtime, mtime);
+        applyOwner(abs, h, entry, true);
+        lutimesSync(abs, mtime, mtime);
         return;
       }
       case 'link': {
@@ -373,7 +408,7 @@ export async function extractLayer(
         if (!target || !tst) throw fail(entry, `links to "${h.linkname}" which is not in this layer`);
         if (tst.isDirectory()) throw fail(entry, `is a hard link to directory "${h.linkname}"`);
         if (target === abs) return;
-        await removeExisting(abs, false);
+        if (mayExist) await removeExisting(abs, false);
         await link(target, abs);
         return;
       }
@@ -388,7 +423,7 @@ export async function extractLayer(
           written.delete(rel);
           return;
         }
-        await removeExisting(abs, false);
+        if (mayExist) await removeExisting(abs, false);
         await mknodBatch([
           {
             path: abs,
@@ -397,7 +432,7 @@ export async function extractLayer(
             minor: h.devminor,
           },
         ]);
-        await applyOwner(abs, h, entry);
+        applyOwner(abs, h, entry, false);
         await chmod(abs, h.mode);
         await lutimes(abs, mtime, mtime);
         return;

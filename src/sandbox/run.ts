@@ -35,6 +35,23 @@ import { runTool } from './mount.js';
 export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 export const DEFAULT_HOSTNAME = 'buildkitsandbox';
 
+/** containerd's default masked paths (oci.defaultUnixMaskedPaths / populateDefaultUnixSpec). */
+export const MASKED_PATHS = [
+  '/proc/acpi',
+  '/proc/asound',
+  '/proc/kcore',
+  '/proc/keys',
+  '/proc/latency_stats',
+  '/proc/timer_list',
+  '/proc/timer_stats',
+  '/proc/sched_debug',
+  '/proc/scsi',
+  '/sys/firmware',
+  '/sys/devices/virtual/powercap',
+];
+/** containerd's default read-only paths. */
+export const READONLY_PATHS = ['/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger'];
+
 /** A `RUN --mount`: the engine's RunMount plus the options only the sandbox interprets. */
 export interface SandboxMount extends Omit<RunMount, 'type'> {
   type: RunMount['type'] | 'ssh';
@@ -382,6 +399,21 @@ export async function runProcess(opts: RunProcessOptions): Promise<RunProcessRes
       `ln -s /proc/self/fd/0 ${q(devDir + '/stdin')}; ln -s /proc/self/fd/1 ${q(devDir + '/stdout')}; ln -s /proc/self/fd/2 ${q(devDir + '/stderr')}`,
       `mount --no-canonicalize -t sysfs -o ro,nosuid,nodev,noexec sysfs ${q(sysDir)} 2>/dev/null || { mount --no-canonicalize --rbind /sys ${q(sysDir)} && robind ${q(sysDir)}; } || die "cannot mount /sys"`,
     );
+    // containerd's default masked and read-only paths (what BuildKit's RUN gets), so that even a root step
+    // without a user namespace cannot reach host kernel knobs through /proc and /sys.
+    for (const p of READONLY_PATHS) {
+      const t = q(root + p);
+      lines.push(
+        `if [ -e ${t} ]; then mount --no-canonicalize --bind ${t} ${t} && robind ${t} || die "cannot make ${p} read-only"; fi`,
+      );
+    }
+    for (const p of MASKED_PATHS) {
+      const t = q(root + p);
+      lines.push(
+        `if [ -d ${t} ]; then mount --no-canonicalize -t tmpfs -o ro,nosuid,nodev,noexec,size=0 tmpfs ${t} || die "cannot mask ${p}"; ` +
+          `elif [ -e ${t} ]; then mount --no-canonicalize --bind /dev/null ${t} || die "cannot mask ${p}"; fi`,
+      );
+    }
     for (const f of ['hosts', 'resolv.conf', 'hostname']) {
       const t = await ensureTarget(root, `/etc/${f}`, 'file', stubs);
       lines.push(

@@ -42,6 +42,10 @@ const MAIN_SCRIPT = [
   'echo "secret=$(cat /run/secrets/tok)"',
   'echo "secretmode=$(stat -c %a /run/secrets/tok)"',
   'echo "devnull=$(stat -c %t,%T /dev/null)"',
+  'echo "keys=$(stat -c %t,%T /proc/keys)"',
+  'echo "firmware=$(stat -f -c %T /sys/firmware)"',
+  `echo "procsys=$(awk '$5=="/proc/sys"{print substr($6,1,3)}' /proc/self/mountinfo)"`,
+  'echo "caps=$(grep CapBnd /proc/self/status)"',
   'echo created > /created.txt',
   'rm /etc/deleteme',
   'rm -rf /data && mkdir /data && echo fresh > /data/new.txt',
@@ -83,6 +87,12 @@ function checkMain(rep: ScenarioReport, mode: Mode): void {
   assert.match(out, /^secret=s3cr3t-value$/m);
   assert.match(out, /^secretmode=400$/m);
   assert.match(out, /^devnull=1,3$/m);
+  assert.match(out, /^keys=1,3$/m, '/proc/keys is masked (a /dev/null bind)');
+  assert.match(out, /^firmware=tmpfs$/m, '/sys/firmware is masked (an empty read-only tmpfs)');
+  assert.match(out, /^procsys=ro,$/m, '/proc/sys is read-only');
+  // Docker's default capability set: chown dac_override fowner fsetid kill setgid setuid setpcap
+  // net_bind_service net_raw sys_chroot mknod audit_write setfcap.
+  assert.match(out, /^caps=CapBnd:\s+00000000a80425fb$/m);
   const up = rep.upper;
   assert.equal(entry(up, '/created.txt')?.content, 'created\n', 'a created file lands in the upper dir');
   assert.equal(entry(up, '/etc/deleteme')?.type, 'whiteout', 'a deleted lower file becomes a whiteout');

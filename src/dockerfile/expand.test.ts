@@ -295,3 +295,15 @@ test('EnvList, withDefaultPath, csv round trip', () => {
   assert.deepEqual(withDefaultPath(['PATH=/x']), ['PATH=/x']);
   for (const f of [['a=1', 'b=x,y', 'c="q"', ' d'], ['ro']]) assert.deepEqual(csvFields(joinCsv(f)), f);
 });
+
+test('UndefinedVar candidates follow BuildKit: not for EXPOSE, yes for mounts and raw heredoc sources', () => {
+  const { steps } = run(
+    'FROM scratch\nEXPOSE $NOPORT 80\nRUN --mount=type=cache,target=$NOTARGET true\nCOPY <<EOF /x\n$NOHEREDOC\nEOF\n',
+  );
+  assert.deepEqual(
+    steps.map((s) => s.warnings.map((w) => w.name)),
+    [[], ['NOTARGET'], ['NOHEREDOC']],
+  );
+  const expose = steps[0]!.instruction;
+  if (expose.kind === 'EXPOSE') assert.deepEqual(expose.ports, ['80']);
+});

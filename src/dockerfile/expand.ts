@@ -268,11 +268,10 @@ export class StageScope {
         break;
       }
       case 'EXPOSE': {
+        // BuildKit's dispatchExpose: ProcessWords (expand, then split); no UndefinedVar reporting.
         const ports: string[] = [];
         for (const p of c.ports) {
           try {
-            const r = processWordWithMatches(p, this.envList, this.lex);
-            for (const u of r.unmatched) unmatched.add(u);
             ports.push(...processWords(p, this.envList, this.lex));
           } catch (e) {
             throw this.fail(line, e);

@@ -1,5 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import fc from 'fast-check';
 import { createRequire } from 'node:module';
 import {
   cleanPath,
@@ -339,4 +340,25 @@ test('@balena/dockerignore is not compatible with patternmatcher (so we do not u
   assert.ok(disagreements.includes('[]a] ]'), disagreements.join('; '));
   assert.equal(ignore().add(['README.md']).ignores('readme.md'), true);
   assert.equal(newMatcher(['README.md']).matches('readme.md'), false);
+});
+
+test('property: without exceptions, walk-style matching equals "path or a parent matches"', () => {
+  const seg = fc.constantFrom('a', 'b', 'ab', '.x', 'a.go', '*', '?', '**', '*.go', 'a*', '[ab]');
+  const pattern = fc.array(seg, { minLength: 1, maxLength: 3 }).map((s) => s.join('/'));
+  const name = fc.constantFrom('a', 'b', 'ab', '.x', 'a.go', 'c');
+  const path = fc.array(name, { minLength: 1, maxLength: 4 }).map((s) => s.join('/'));
+  fc.assert(
+    fc.property(fc.array(pattern, { minLength: 1, maxLength: 3 }), path, (patterns, p) => {
+      const compiled = compilePatterns(patterns);
+      const walk = newMatcher(patterns).matches(p);
+      assert.equal(walk, matchesOrParentMatches(compiled, p), `${patterns.join(' | ')} on ${p}`);
+      // and "or parent" really means: the path or one of its ancestors matches some pattern
+      const prefixes = p.split('/').map((_, i, a) => a.slice(0, i + 1).join('/'));
+      assert.equal(
+        walk,
+        prefixes.some((x) => compiled.some((c) => c.match(x))),
+      );
+    }),
+    { numRuns: 400 },
+  );
 });

@@ -4,6 +4,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
+import { createServer } from 'node:http';
 import { after, test } from 'node:test';
 import { hashContextPaths, isGitContext, loadContext, parseGitFragment, statCacheStats } from './context.js';
 
@@ -135,4 +136,30 @@ test('hashContextPaths: content-sensitive, ignore-aware, stat cache persisted', 
   writeFileSync(join(d, 'app.txt'), 'APP');
   assert.notEqual(await hashContextPaths(ctx, ['.']), h1);
   assert.notEqual(await hashContextPaths(ctx, ['.'], ['app.txt']), await hashContextPaths(ctx, ['.']));
+});
+
+test('remote contexts: a tarball URL or a Dockerfile URL', async () => {
+  const d = sampleDir();
+  const tarBuf = execFileSync('tar', ['-C', d, '-cjf', '-', '.']);
+  const server = createServer((rq, rs) => {
+    if (rq.url === '/ctx.tar.bz2') rs.end(tarBuf);
+    else if (rq.url === '/Dockerfile') rs.end('FROM scratch\nLABEL remote=1\n');
+    else rs.writeHead(404).end();
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  try {
+    const a = server.address();
+    const base = `http://127.0.0.1:${typeof a === 'object' && a ? a.port : 0}`;
+    const t = await loadContext(`${base}/ctx.tar.bz2`);
+    assert.equal(t.kind, 'tar');
+    assert.equal(readFileSync(join(t.root, 'app.txt'), 'utf8'), 'app');
+    await t.cleanup();
+    const f = await loadContext(`${base}/Dockerfile`);
+    assert.equal(f.dockerfile.text, 'FROM scratch\nLABEL remote=1\n');
+    assert.deepEqual(readdirSync(f.root), []);
+    await f.cleanup();
+    await assert.rejects(loadContext(`${base}/missing`), { code: 'CONTEXT_DOWNLOAD' });
+  } finally {
+    await new Promise<void>((r) => server.close(() => r()));
+  }
 });

@@ -3,6 +3,7 @@
  * - a directory (the Dockerfile is `-f PATH` relative to the working directory, default `CONTEXT/Dockerfile`);
  * - a tarball, plain or compressed with gzip, bzip2, xz or zstd (`-f` is a path inside the archive);
  * - `-`: a tar on stdin (as above), or a Dockerfile alone on stdin (then the context is empty);
+ * - an http(s) URL of a tarball, or of a Dockerfile alone (then the context is empty);
  * - a git repository: `https://host/repo.git#ref:subdir`, `git@host:repo.git#ref`, `ssh://…`, `git://…`,
  *   `file:///path/repo` or a local path ending in `.git`. It is cloned with the git CLI into a temp dir
  *   (`--depth 1` when the ref allows), submodules included, without the `.git` directory (BuildKit's default).
@@ -200,6 +201,21 @@ async function readDockerfileAt(path: string, where: string): Promise<string> {
   }
 }
 
+async function download(url: string): Promise<Readable> {
+  let res: Response;
+  try {
+    res = await fetch(url, { redirect: 'follow' });
+  } catch (e) {
+    throw new KilnError('CONTEXT_DOWNLOAD', `unable to prepare context: downloading ${url}: ${errorMessage(e)}`, {
+      cause: e,
+    });
+  }
+  if (!res.ok || !res.body) {
+    throw new KilnError('CONTEXT_DOWNLOAD', `unable to prepare context: downloading ${url}: HTTP ${res.status}`);
+  }
+  return Readable.fromWeb(res.body as import('node:stream/web').ReadableStream);
+}
+
 /** Path of `p` inside `root` (no escaping). */
 function insideRoot(root: string, p: string): string {
   const abs = resolve(root, p.replace(/^\/+/, ''));
@@ -263,6 +279,21 @@ export async function loadContext(spec: string, opts: LoadContextOptions = {}): 
       const tmp = await newTemp('kiln-git-');
       const root = await cloneGit(spec, join(tmp, 'repo'));
       return finishArchive(root, 'git');
+    }
+
+    // A remote tarball (or a remote Dockerfile alone), like `docker build https://host/ctx.tar.gz`.
+    if (/^https?:\/\//.test(spec)) {
+      const body = await download(spec);
+      const { isTar, stream } = await sniffTar(body);
+      const root = await newTemp('kiln-ctx-');
+      if (!isTar) {
+        const chunks: Buffer[] = [];
+        for await (const c of stream) chunks.push(Buffer.from(c as Buffer));
+        const text = Buffer.concat(chunks).toString('utf8');
+        return make(root, 'stdin-dockerfile', { path: '-', text }, newMatcher([]));
+      }
+      await extractContextTar(stream, root, opts.onWarning);
+      return finishArchive(root, 'tar');
     }
 
     const abs = resolve(spec);

@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { KilnError } from '../errors.js';
 import type { Command } from '../dockerfile/instructions.js';
 import { parseDockerfile, type ParsedDockerfile } from '../dockerfile/convert.js';
+import { formatLintWarning, lintDockerfile, type LintOptions } from '../dockerfile/lint.js';
 import { imageFromParts } from '../oci/image.js';
 import { MediaType } from '../oci/mediatypes.js';
 import type { Image } from '../oci/types.js';
@@ -44,6 +45,31 @@ export interface BuildOutcome {
   engine: EngineResult;
   image: Image;
   exported: ExportResult;
+}
+
+/** BuildKit's build checks: warnings are printed; with `# check=error=true` they fail the build. */
+function lint(text: string, file: string, opts: BuildOptions, svc: BuildServices): void {
+  const lo: LintOptions = {
+    filename: file,
+    buildArgs: Object.fromEntries(opts.buildArgs),
+    platform: opts.platform,
+  };
+  if (opts.target) lo.target = opts.target;
+  let res;
+  try {
+    res = lintDockerfile(text, lo);
+  } catch {
+    return; // parse errors surface from parseDockerfile with their location
+  }
+  for (const w of res.warnings) svc.progress.warn(formatLintWarning(w).replace(/^WARN: /, ''));
+  if (res.failed) {
+    const first = res.warnings[0];
+    throw new KilnError(
+      'DOCKERFILE_LINT',
+      `${file}${first && first.line > 0 ? `:${first.line}` : ''}: lint violations found for build (${res.warnings.length})`,
+      { hint: 'fix the warnings above, or drop error=true from the # check= directive' },
+    );
+  }
 }
 
 /** Parse an ONBUILD trigger expression into the command it stands for. */
@@ -81,7 +107,7 @@ export function effectiveOutputs(opts: BuildOptions): BuildOptions['outputs'] {
 export async function build(opts: BuildOptions, svc: BuildServices): Promise<BuildOutcome> {
   const { text, file } = svc.dockerfile;
   const parsed: ParsedDockerfile = parseDockerfile(text, { filename: file });
-  for (const w of parsed.warnings) svc.progress.warn(`${file}:${w.range.startLine}: ${w.message}`);
+  lint(text, file, opts, svc);
   const tmp = await svc.tempDir('build-');
   try {
     const engineReq: Parameters<typeof runEngine>[0] = {

@@ -1,6 +1,6 @@
 /**
  * `kiln dockerfile`: inspect a Dockerfile without building it.
- *   dump FILE               BuildKit's parse-tree dump (one S-expression per instruction)
+ *   dump FILE [--json]      BuildKit's parse-tree dump (one S-expression per instruction), or typed JSON
  *   lint FILE               lint warnings like `docker build --check`; non-zero exit on check=error=true or bad file
  *   stages FILE [--target]  the stage graph: bases, dependencies, what a build of the target needs
  * FILE may be `-` for standard input.
@@ -13,7 +13,7 @@ import { parseAst } from '../dockerfile/parser.js';
 import { dumpAst } from '../dockerfile/dump.js';
 import { parseDockerfile } from '../dockerfile/convert.js';
 import { formatLintWarning, lintDockerfile } from '../dockerfile/lint.js';
-import { parseDockerignore } from '../dockerfile/dockerignore.js';
+import { loadDockerignore } from '../dockerfile/dockerignore.js';
 import { buildStageGraph, formatStageGraph } from '../dockerfile/stages.js';
 
 function readDockerfile(file: string): { text: string; name: string } {
@@ -26,21 +26,6 @@ function readDockerfile(file: string): { text: string; name: string } {
       cause: e,
     });
   }
-}
-
-function readIgnore(contextDir: string, dockerfile: string): string[] | undefined {
-  const candidates = dockerfile === '-' ? [] : [dockerfile + '.dockerignore'];
-  candidates.push(join(contextDir, '.dockerignore'));
-  for (const c of candidates) {
-    let text: string;
-    try {
-      text = readFileSync(c, 'utf8');
-    } catch {
-      continue;
-    }
-    return parseDockerignore(text);
-  }
-  return undefined;
 }
 
 function parseBuildArgFlags(list: string[]): Record<string, string> {
@@ -63,8 +48,15 @@ export function register(program: Command): void {
   df.command('dump')
     .description("print BuildKit's parse tree of a Dockerfile")
     .argument('<file>', 'Dockerfile path, or - for stdin')
-    .action((file: string) => {
+    .option('--json', 'print the typed instructions (stages, global ARGs, directives) as JSON instead')
+    .action((file: string, o: { json?: boolean }) => {
       const { text, name } = readDockerfile(file);
+      if (o.json) {
+        const p = parseDockerfile(text, { filename: name });
+        const out = { directives: p.directives, globalArgs: p.globalArgs, stages: p.stages, warnings: p.warnings };
+        process.stdout.write(JSON.stringify(out, null, 2) + '\n');
+        return;
+      }
       process.stdout.write(dumpAst(parseAst(text, { filename: name }).ast));
     });
 
@@ -79,12 +71,12 @@ export function register(program: Command): void {
       const { text, name } = readDockerfile(file);
       const ctx = resolve(o.context ?? (file === '-' ? '.' : dirname(file)));
       const buildArgs = parseBuildArgFlags(o.buildArg);
-      const ignorePatterns = readIgnore(ctx, file);
+      const ignorePatterns = loadDockerignore(ctx, file === '-' ? undefined : file).patterns;
       const res = lintDockerfile(text, {
         filename: name,
         buildArgs,
         ...(o.target !== undefined ? { target: o.target } : {}),
-        ...(ignorePatterns ? { ignorePatterns } : {}),
+        ignorePatterns,
       });
       if (o.format === 'json') {
         process.stdout.write(JSON.stringify({ warnings: res.warnings, failed: res.failed }, null, 2) + '\n');

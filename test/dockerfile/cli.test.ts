@@ -62,6 +62,22 @@ test('dump prints the BuildKit parse tree', async () => {
   assert.equal(out, '(from "alpine" "AS" "b")\n(copy ["--from=b"] "a" "b")\n(onbuild (run "echo hi"))\n');
 });
 
+test('dump --json prints the typed instructions', async () => {
+  const f = write('json.Dockerfile', 'ARG V=1\nFROM alpine:$V AS b\nRUN --network=none echo hi\n');
+  const { out, err } = await run('dump', '--json', f);
+  assert.equal(err, undefined);
+  const p = JSON.parse(out) as {
+    globalArgs: unknown[];
+    stages: { name: string; commands: { kind: string; network: string }[] }[];
+  };
+  assert.equal(p.globalArgs.length, 1);
+  assert.equal(p.stages[0]!.name, 'b');
+  assert.deepEqual(
+    p.stages[0]!.commands.map((c) => [c.kind, c.network]),
+    [['RUN', 'none']],
+  );
+});
+
 test('dump rejects invalid files with a DockerfileError naming the file and line', async () => {
   const f = write('bad.Dockerfile', 'FROM a\nCMD ["x", 1]\n');
   const { out, err } = await run('dump', f);

@@ -11,7 +11,7 @@ import {
   unusedBuildArgs,
   unusedBuildArgsWarning,
 } from './args.js';
-import { DEFAULT_PATH_ENV, StageScope, joinCsv, withDefaultPath, type ExpandedStep } from './expand.js';
+import { DEFAULT_PATH_ENV, StageScope, expandStage, joinCsv, withDefaultPath, type ExpandedStep } from './expand.js';
 import { csvFields } from './convert.js';
 import { isKilnError } from '../errors.js';
 
@@ -306,4 +306,19 @@ test('UndefinedVar candidates follow BuildKit: not for EXPOSE, yes for mounts an
   );
   const expose = steps[0]!.instruction;
   if (expose.kind === 'EXPOSE') assert.deepEqual(expose.ports, ['80']);
+});
+
+test('expandStage: whole stages, parent scopes and ONBUILD triggers first', () => {
+  const df = parseDockerfile('FROM scratch AS a\nARG X=1\nFROM a\nENV Y=$X\n');
+  const buildArgs = new Map<string, string>();
+  const globals = resolveGlobalArgs(df.globalArgs, { targetPlatform: linux, buildArgs });
+  const a = expandStage(df.stages[0]!, { globals, buildArgs, baseEnv: ['PATH=/bin'] });
+  const trigger = parseDockerfile('FROM scratch\nENV T=$X\n').stages[0]!.commands;
+  const b = expandStage(df.stages[1]!, { globals, buildArgs, parent: a.scope, triggers: trigger });
+  assert.deepEqual(
+    b.steps.map((s) => s.createdBy),
+    ['ENV T=1', 'ENV Y=1'],
+  );
+  assert.deepEqual(b.scope.configEnv, ['PATH=/bin', 'T=1', 'Y=1']);
+  assert.deepEqual(a.scope.configEnv, ['PATH=/bin'], 'the parent scope is not modified');
 });

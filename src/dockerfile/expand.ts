@@ -382,3 +382,29 @@ export class StageScope {
 export function expandSourceContents(scope: StageScope, list: readonly SourceContent[], line: number): SourceContent[] {
   return list.map((c) => (c.expand ? { ...c, data: scope.expandWord(c.data, line, true).value } : { ...c }));
 }
+
+export interface ExpandStageContext extends StageScopeOptions {
+  /** Config Env of the base image (FROM image; `[]` for scratch). Ignored when `parent` is given. */
+  baseEnv?: readonly string[];
+  /** Scope of the base stage after its last instruction (FROM <stage>). */
+  parent?: StageScope;
+  /** ONBUILD triggers inherited from the base, already parsed: they run first. */
+  triggers?: readonly Command[];
+}
+
+/**
+ * Expand a whole stage in one go (when the base image's Env is already known): the triggers, then the stage's
+ * commands, each with the scope as it is at that step. Returns the steps and the final scope (for stages built
+ * FROM this one).
+ */
+export function expandStage(
+  stage: { commands: readonly Command[] },
+  ctx: ExpandStageContext,
+): { steps: ExpandedStep[]; scope: StageScope } {
+  const opts: StageScopeOptions = { globals: ctx.globals, buildArgs: ctx.buildArgs };
+  if (ctx.escape !== undefined) opts.escape = ctx.escape;
+  if (ctx.file !== undefined) opts.file = ctx.file;
+  const scope = ctx.parent ? StageScope.forStage(opts, ctx.parent) : StageScope.forImage(opts, ctx.baseEnv ?? []);
+  const steps = [...(ctx.triggers ?? []), ...stage.commands].map((c) => scope.expand(c));
+  return { steps, scope };
+}

@@ -6,7 +6,7 @@
  * FILE may be `-` for standard input.
  */
 import { readFileSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, resolve } from 'node:path';
 import type { Command } from 'commander';
 import { KilnError } from '../errors.js';
 import { parseAst } from '../dockerfile/parser.js';

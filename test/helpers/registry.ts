@@ -9,13 +9,13 @@
  * memory (`log()`) so tests can observe requests (e.g. a cross-repository mount).
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, type AddressInfo } from 'node:net';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
+import { createServer as createHttpServer, request as httpRequest, type IncomingHttpHeaders } from 'node:http';
+import type { Transform } from 'node:stream';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { request } from 'undici';
-import { Agent } from 'undici';
-import { readFileSync } from 'node:fs';
+import { Agent, request } from 'undici';
 import { makeServerCerts, type ServerCerts } from './certs.js';
 import { startTokenServer, type TokenServer, type TokenServerOptions } from './token-server.js';
 
@@ -154,4 +154,154 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Te
     for (const c of cleanups.reverse()) await c();
     throw e;
   }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Fault-injecting proxies in front of a test registry (they pass the Host header through, so the registry's
+// upload Locations point back at the proxy).
+
+export interface ProxiedRequest {
+  method: string;
+  url: string;
+  status: number;
+}
+
+export interface HttpProxyHooks {
+  /** Answer a request directly (fault injection); `n` counts requests with the same method+path so far (1-based). */
+  intercept?: (
+    req: { method: string; url: string; headers: IncomingHttpHeaders },
+    n: number,
+  ) => { status: number; headers?: Record<string, string>; body?: string } | undefined;
+  /** Transform an upstream response body (same length!), e.g. flip a byte. */
+  transform?: (req: { method: string; url: string }, status: number) => Transform | undefined;
+}
+
+export interface TestProxy {
+  host: string;
+  requests: ProxiedRequest[];
+  /** Number of connections the TCP proxy cut. */
+  cuts: number;
+  stop(): Promise<void>;
+}
+
+/** An HTTP reverse proxy to `target` (host:port, plain HTTP) with fault-injection hooks. */
+export async function startHttpProxy(target: string, hooks: HttpProxyHooks = {}): Promise<TestProxy> {
+  const [thost, tport] = [target.slice(0, target.lastIndexOf(':')), Number(target.slice(target.lastIndexOf(':') + 1))];
+  const counts = new Map<string, number>();
+  const requests: ProxiedRequest[] = [];
+  const server = createHttpServer((req, res) => {
+    const method = req.method ?? 'GET';
+    const url = req.url ?? '/';
+    const key = `${method} ${url.split('?')[0]}`;
+    const n = (counts.get(key) ?? 0) + 1;
+    counts.set(key, n);
+    const fake = hooks.intercept?.({ method, url, headers: req.headers }, n);
+    if (fake) {
+      requests.push({ method, url, status: fake.status });
+      req.resume();
+      res.writeHead(fake.status, fake.headers ?? {});
+      res.end(fake.body ?? '');
+      return;
+    }
+    const up = httpRequest({ host: thost, port: tport, method, path: url, headers: req.headers }, (ures) => {
+      requests.push({ method, url, status: ures.statusCode ?? 0 });
+      res.writeHead(ures.statusCode ?? 502, ures.headers);
+      const t = hooks.transform?.({ method, url }, ures.statusCode ?? 0);
+      if (t) ures.pipe(t).pipe(res);
+      else ures.pipe(res);
+    });
+    up.on('error', () => res.destroy());
+    req.pipe(up);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as AddressInfo).port;
+  return {
+    host: `127.0.0.1:${port}`,
+    requests,
+    cuts: 0,
+    stop: async () => {
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
+
+export interface TcpProxyOptions {
+  /** Cut the connection during the `nth` PATCH request (1-based)… */
+  cutPatch?: number;
+  /** …after forwarding its headers and this many body bytes (0 = headers only). */
+  bodyBytes?: number;
+}
+
+/** A TCP proxy to `target` that can cut a connection in the middle of a PATCH upload. */
+export async function startTcpProxy(target: string, o: TcpProxyOptions = {}): Promise<TestProxy> {
+  const [thost, tport] = [target.slice(0, target.lastIndexOf(':')), Number(target.slice(target.lastIndexOf(':') + 1))];
+  let patches = 0;
+  const sockets = new Set<Socket>();
+  const proxy: TestProxy = { host: '', requests: [], cuts: 0, stop: async () => undefined };
+  const server = createServer((client) => {
+    const upstream = connect(tport, thost);
+    sockets.add(client);
+    sockets.add(upstream);
+    client.on('close', () => sockets.delete(client));
+    upstream.on('close', () => sockets.delete(upstream));
+    client.on('error', () => upstream.destroy());
+    upstream.on('error', () => client.destroy());
+    upstream.pipe(client);
+    let cutting: { remaining: number } | undefined;
+    let pending = Buffer.alloc(0);
+    client.on('data', (chunk: Buffer) => {
+      if (cutting) {
+        const n = Math.min(cutting.remaining, chunk.length);
+        if (n > 0) upstream.write(chunk.subarray(0, n));
+        cutting.remaining -= n;
+        if (cutting.remaining <= 0) cut();
+        return;
+      }
+      const data = Buffer.concat([pending, chunk]);
+      pending = Buffer.alloc(0);
+      const at = data.indexOf('PATCH /v2/');
+      if (at < 0 || o.cutPatch === undefined) {
+        upstream.write(data);
+        return;
+      }
+      const end = data.indexOf('\r\n\r\n', at);
+      if (end < 0) {
+        // keep the partial headers until they are complete
+        upstream.write(data.subarray(0, at));
+        pending = data.subarray(at);
+        return;
+      }
+      patches++;
+      if (patches !== o.cutPatch) {
+        upstream.write(data);
+        return;
+      }
+      const headersEnd = end + 4;
+      const bodyBytes = o.bodyBytes ?? 0;
+      const take = Math.min(data.length, headersEnd + bodyBytes);
+      upstream.write(data.subarray(0, take));
+      cutting = { remaining: headersEnd + bodyBytes - take };
+      if (cutting.remaining <= 0) cut();
+    });
+    const cut = (): void => {
+      proxy.cuts++;
+      // Give the registry the bytes we wrote, then drop both sides.
+      upstream.end(() => {
+        setImmediate(() => {
+          upstream.destroy();
+          client.destroy();
+        });
+      });
+      client.removeAllListeners('data');
+      client.pause();
+    };
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  proxy.host = `127.0.0.1:${(server.address() as AddressInfo).port}`;
+  proxy.stop = async () => {
+    for (const s of sockets) s.destroy();
+    await new Promise<void>((r) => server.close(() => r()));
+  };
+  return proxy;
 }

@@ -9,9 +9,11 @@
  *       └ exec perl (PERL_INIT, still pid 1: pivot_root, hostname, capability bounding set, user/groups, cwd,
  *         exact env, exec of the argv — so the command itself is pid 1, as in BuildKit)
  *
- * Mount points that did not exist in the rootfs are created as stubs before the step and removed after it (empty
- * dirs / empty files only, parent timestamps restored — BuildKit's MountStubsCleaner), so they never reach the
- * layer. The working dir is created (0755, root) when missing and kept, as BuildKit does.
+ * Mount points that did not exist in the rootfs (/etc/hosts, /etc/resolv.conf, /etc/hostname, RUN --mount
+ * targets and their missing parents) are created as stubs before the step and removed after it (empty dirs /
+ * empty files only, parent mtime restored — BuildKit's MountStubsCleaner, recursive), so they never reach the
+ * layer. Exactly like BuildKit (runc), /proc, /dev and /sys and the working dir are created (0755, root) when
+ * missing and kept.
  *
  * Must run as root in the current user namespace: real root, or inside the build namespace (userns.ts).
  * Aborting kills pid 1 of the step's pid namespace with SIGKILL, which kills every process in it; the mount
@@ -379,9 +381,11 @@ export async function runProcess(opts: RunProcessOptions): Promise<RunProcessRes
       'robind() { mount --no-canonicalize -o remount,bind,ro "$1" 2>/dev/null || mount --no-canonicalize -o remount,bind,ro,nosuid,nodev "$1" 2>/dev/null || mount --no-canonicalize -o remount,bind,ro,nosuid,nodev,noexec "$1" || die "cannot make $1 read-only"; }',
       `mount --no-canonicalize --bind ${q(R)} ${q(R)} || die "cannot bind the rootfs"`,
     ];
-    const procDir = await ensureTarget(root, '/proc', 'dir', stubs);
-    const devDir = await ensureTarget(root, '/dev', 'dir', stubs);
-    const sysDir = await ensureTarget(root, '/sys', 'dir', stubs);
+    // /proc, /dev and /sys are created (0755) when missing and kept, as runc does under BuildKit: BuildKit's
+    // first RUN layer over a base without them contains these three empty dirs.
+    const procDir = await ensureTarget(root, '/proc', 'dir', undefined);
+    const devDir = await ensureTarget(root, '/dev', 'dir', undefined);
+    const sysDir = await ensureTarget(root, '/sys', 'dir', undefined);
     lines.push(
       `mount --no-canonicalize -t proc -o nosuid,nodev,noexec proc ${q(procDir)} || mount --no-canonicalize --rbind /proc ${q(procDir)} || die "cannot mount /proc"`,
       `mount --no-canonicalize -t tmpfs -o nosuid,strictatime,mode=755,size=65536k tmpfs ${q(devDir)} || die "cannot mount /dev"`,

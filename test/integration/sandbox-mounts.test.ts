@@ -16,6 +16,8 @@ const HELPER = join(dirname(fileURLToPath(import.meta.url)), '..', 'helpers', 'r
 
 type Mode = 'root' | 'rootless';
 
+const SYSTEM_DIRS = ['/dev', '/proc', '/sys'].map((path) => ({ path, type: 'dir', opaque: false }));
+
 function inNs<T>(mode: Mode, name: string, args: unknown[]): Promise<T> {
   return runInBuildNamespace<T>(HELPER, name, args, mode === 'rootless' ? { commandPrefix: rootlessPrefix() } : {});
 }
@@ -99,8 +101,9 @@ for (const mode of ['root', 'rootless'] as Mode[]) {
       assert.equal(await readFile(join(ctx, 'a.txt'), 'utf8'), 'hello\n');
       assert.deepEqual((await readdir(ctx)).sort(), ['a.txt', 'sub']);
       assert.equal(await readFile(join(ctx, 'sub', 'b.txt'), 'utf8'), 'b\n');
-      // Nothing from the mounts reaches the layer, not even /etc (copied up for the /etc/hosts stub, then unchanged).
-      assert.deepEqual(rep.upper, []);
+      // Nothing from the mounts reaches the layer, not even /etc (copied up for the /etc/hosts stub, then
+      // unchanged); only the /proc, /dev, /sys dirs the base lacked (kept, as BuildKit does).
+      assert.deepEqual(rep.upper, SYSTEM_DIRS);
       assert.ok(!JSON.stringify(rep.upper).includes('tok-123'));
       assert.deepEqual(rep.leftoverMounts, []);
       assert.deepEqual(rep.leftoverTemp, []);
@@ -121,7 +124,7 @@ for (const mode of ['root', 'rootless'] as Mode[]) {
       ]);
       assert.equal(rep.kind, 'copy');
       assert.equal(rep.steps[0]?.exitCode, 0, rep.steps[0]?.stderr);
-      assert.deepEqual(rep.upper, []);
+      assert.deepEqual(rep.upper, SYSTEM_DIRS);
       assert.deepEqual(rep.leftoverTemp, []);
     });
 

@@ -6,7 +6,10 @@
  * - http(s) URLs are downloaded (mode 0600, mtime from Last-Modified, owner 0:0 or --chown) to `dest/` + the
  *   URL's base name, or to `dest` itself; `--checksum=sha256:…` is verified; remote archives are not unpacked
  *   unless `--unpack=true`;
- * - git URLs are recognised and refused with a clear error (not supported yet).
+ * - git URLs (`https://…/repo.git#ref:subdir`, `git@host:repo.git`, `ssh://`, `git://`) are cloned with the git CLI
+ *   (shallow when possible, submodules included, `.git` removed unless --keep-git-dir) and their content copied
+ *   into the destination, owned by 0:0 (or --chown); the cache key is the checked-out commit, and --checksum must
+ *   match it (full sha or a prefix of at least 7 characters).
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream, rmSync } from 'node:fs';
@@ -21,6 +24,7 @@ import { extractLayer } from '../layer/extract.js';
 import { readTar } from '../layer/tarformat.js';
 import type { CopyRequest } from './ports.js';
 import { copyMatches, mkdirAllIn, rootPath, type CopyOptions } from './copy.js';
+import { cloneGitWithCommit } from './context.js';
 
 /** True for ADD sources BuildKit treats as git repositories (dfgitutil.ParseGitRef). */
 export function isGitSource(s: string): boolean {
@@ -75,9 +79,15 @@ interface Download {
   mtime?: Date;
 }
 
-/** Per-build ADD helper: downloads (cached for the copier's lifetime), archive unpacking. */
+interface Clone {
+  dir: string;
+  commit: string;
+}
+
+/** Per-build ADD helper: downloads and clones (cached for the copier's lifetime), archive unpacking. */
 export class AddSupport {
   private readonly downloads = new Map<string, Promise<Download>>();
+  private readonly clones = new Map<string, Promise<Clone>>();
   private dir: string | undefined;
 
   constructor(private readonly tmpBase?: string) {}
@@ -173,9 +183,61 @@ export class AddSupport {
     return d;
   }
 
+  private clone(url: string, req: CopyRequest): Promise<Clone> {
+    const keep = req.keepGitDir === true;
+    const key = `${keep ? 'keep:' : ''}${url}`;
+    let p = this.clones.get(key);
+    if (!p) {
+      p = (async () => {
+        const dir = join(await this.workDir(), `git-${randomBytes(6).toString('hex')}`);
+        try {
+          return await cloneGitWithCommit(url, dir, keep);
+        } catch (e) {
+          if (e instanceof KilnError) {
+            throw new KilnError('ADD_GIT_FAILED', e.message.replace(/^unable to prepare context: /, 'ADD failed: '), {
+              hint: e.hint,
+              cause: e,
+            });
+          }
+          throw e;
+        }
+      })();
+      this.clones.set(key, p);
+      p.catch(() => this.clones.delete(key));
+    }
+    return p;
+  }
+
+  private async verifiedClone(url: string, req: CopyRequest): Promise<Clone> {
+    const c = await this.clone(url, req);
+    const want = req.checksum;
+    if (want && !(want === c.commit || (want.length >= 7 && /^[0-9a-f]+$/.test(want) && c.commit.startsWith(want)))) {
+      throw new KilnError(
+        'ADD_CHECKSUM_MISMATCH',
+        `ADD failed: checksum mismatch for ${url}: commit ${c.commit}, expected ${want}`,
+        {
+          hint: 'for git sources --checksum is the commit sha (or a prefix of it)',
+        },
+      );
+    }
+    return c;
+  }
+
+  /** ADD <git url> dest: the repository content into dest. */
+  async addGit(url: string, req: CopyRequest, dest: string, destRoot: string, opts: CopyOptions): Promise<void> {
+    const c = await this.verifiedClone(url, req);
+    await copyMatches(
+      [{ rel: '', abs: c.dir, st: await lstat(c.dir) }],
+      dest,
+      destRoot,
+      { ...opts, resetOwner: true },
+      { root: c.dir, ignore: undefined, kind: 'stage' },
+    );
+  }
+
   /** Cache-key contribution of a URL source: the given --checksum, else the content digest (downloads it). */
   async checksumUrl(url: string, req: CopyRequest): Promise<string> {
-    if (isGitSource(url)) return 'git:' + url;
+    if (isGitSource(url)) return `git:${(await this.verifiedClone(url, req)).commit}:${req.keepGitDir === true}`;
     if (req.checksum) {
       if (!/^sha256:[a-f0-9]{64}$/.test(req.checksum)) {
         throw new KilnError('ADD_CHECKSUM_INVALID', `invalid checksum "${req.checksum}"`, {

@@ -102,7 +102,19 @@ function gitError(url: string, what: string, e: unknown): KilnError {
   });
 }
 
-async function cloneGit(spec: string, dest: string): Promise<string> {
+/**
+ * Clone `url#ref:subdir` into `dest` (shallow when possible, submodules included) and return the directory to use
+ * (dest or its subdir) and the checked-out commit. The `.git` directory is removed unless `keepGitDir`.
+ */
+export async function cloneGit(spec: string, dest: string, keepGitDir = false): Promise<string> {
+  return (await cloneGitWithCommit(spec, dest, keepGitDir)).dir;
+}
+
+export async function cloneGitWithCommit(
+  spec: string,
+  dest: string,
+  keepGitDir = false,
+): Promise<{ dir: string; commit: string }> {
   const { url: rawUrl, ref, subdir } = parseGitFragment(spec);
   let url = rawUrl;
   if (/^github\.com\//.test(url)) url = 'https://' + url;
@@ -123,15 +135,20 @@ async function cloneGit(spec: string, dest: string): Promise<string> {
     } catch (e) {
       throw gitError(url, 'fetching', e);
     }
-    try {
-      await run('git', ['checkout', '-q', '--detach', ref ? ref : 'origin/HEAD'], dest);
-    } catch {
+    const candidates = ref ? [ref, `origin/${ref}`] : ['origin/HEAD'];
+    if (!ref) await run('git', ['remote', 'set-head', 'origin', '--auto'], dest).catch(() => undefined);
+    let done = false;
+    let lastErr: unknown;
+    for (const c of candidates) {
       try {
-        await run('git', ['checkout', '-q', '--detach', `origin/${ref}`], dest);
+        await run('git', ['checkout', '-q', '--detach', c], dest);
+        done = true;
+        break;
       } catch (e) {
-        throw gitError(url, `checking out "${ref}" of`, e);
+        lastErr = e;
       }
     }
+    if (!done) throw gitError(url, `checking out "${ref || 'HEAD'}" of`, lastErr);
   }
   try {
     await run('git', ['rev-parse', '-q', '--verify', 'HEAD'], dest);
@@ -147,8 +164,14 @@ async function cloneGit(spec: string, dest: string): Promise<string> {
   } catch (e) {
     throw gitError(url, 'updating submodules of', e);
   }
-  await rm(join(dest, '.git'), { recursive: true, force: true });
-  if (!subdir) return dest;
+  let commit = '';
+  try {
+    commit = (await run('git', ['rev-parse', 'HEAD'], dest)).stdout.trim();
+  } catch (e) {
+    throw gitError(url, 'reading the commit of', e);
+  }
+  if (!keepGitDir) await rm(join(dest, '.git'), { recursive: true, force: true });
+  if (!subdir) return { dir: dest, commit };
   const clean = subdir.replace(/^\/+/, '');
   const sub = resolve(dest, clean);
   if (sub !== dest && !sub.startsWith(dest + '/')) {
@@ -158,7 +181,7 @@ async function cloneGit(spec: string, dest: string): Promise<string> {
   if (!st?.isDirectory()) {
     throw new KilnError('CONTEXT_GIT', `unable to prepare context: subdirectory "${subdir}" not found in ${url}`);
   }
-  return sub;
+  return { dir: sub, commit };
 }
 
 /**

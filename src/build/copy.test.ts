@@ -400,10 +400,65 @@ describe('ADD', () => {
       },
     );
     await assert.rejects(cp.apply(req({ sources: [`${base}/x`], dest: '/' }), ctxSrc(fresh()), root), /URL for COPY/);
-    await assert.rejects(
-      cp.apply(req({ kind: 'ADD', sources: ['https://example.com/repo.git#main'], dest: '/' }), ctxSrc(fresh()), root),
-      { code: 'ADD_GIT_UNSUPPORTED' },
-    );
+  });
+
+  test('git sources: cloned (dumb HTTP here), .git dropped unless --keep-git-dir, commit checksum', async () => {
+    const repo = fresh('gitsrc');
+    const git = (...args: string[]): string =>
+      execFileSync('git', ['-C', repo, '-c', 'user.email=t@e', '-c', 'user.name=t', ...args], { encoding: 'utf8' });
+    git('init', '-q', '-b', 'main');
+    mkdirSync(join(repo, 'sub'));
+    writeFileSync(join(repo, 'sub/file.txt'), 'from git\n');
+    writeFileSync(join(repo, 'top.txt'), 'top\n');
+    git('add', '.');
+    git('commit', '-q', '-m', 'c1');
+    const commit = git('rev-parse', 'HEAD').trim();
+    const bare = join(tmp, `served${n++}`);
+    execFileSync('git', ['clone', '-q', '--bare', repo, join(bare, 'repo.git')]);
+    execFileSync('git', ['-C', join(bare, 'repo.git'), 'update-server-info']);
+    const srv = createServer((rq, rs) => {
+      const p = join(bare, decodeURIComponent((rq.url ?? '/').split('?')[0]!));
+      try {
+        rs.end(readFileSync(p));
+      } catch {
+        rs.writeHead(404).end();
+      }
+    });
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+    try {
+      const a = srv.address();
+      const url = `http://127.0.0.1:${typeof a === 'object' && a ? a.port : 0}/repo.git`;
+      const cp = new LocalFileCopier();
+      const root = fresh('root');
+      const r1 = req({ kind: 'ADD', sources: [`${url}#main`], dest: '/src' });
+      const sum = await cp.checksum(r1, ctxSrc(fresh()));
+      assert.match(sum, /^sha256:/);
+      await cp.apply(r1, ctxSrc(fresh()), root);
+      assert.deepEqual(tree(join(root, 'src')), ['sub/', 'sub/file.txt', 'top.txt']);
+      assert.equal(lstatSync(join(root, 'src/top.txt')).uid, 0);
+      await cp.apply(req({ kind: 'ADD', sources: [`${url}#main:sub`], dest: '/only/' }), ctxSrc(fresh()), root);
+      assert.deepEqual(tree(join(root, 'only')), ['file.txt']);
+      await cp.apply(
+        req({ kind: 'ADD', sources: [url], dest: '/kept/', keepGitDir: true, checksum: commit.slice(0, 12) }),
+        ctxSrc(fresh()),
+        root,
+      );
+      assert.ok(existsSync(join(root, 'kept/.git')));
+      await assert.rejects(
+        cp.apply(
+          req({ kind: 'ADD', sources: [url], dest: '/x/', checksum: 'deadbeefdeadbeef' }),
+          ctxSrc(fresh()),
+          root,
+        ),
+        { code: 'ADD_CHECKSUM_MISMATCH' },
+      );
+      await assert.rejects(
+        cp.apply(req({ kind: 'ADD', sources: [`${url}#nosuchbranch`], dest: '/x/' }), ctxSrc(fresh()), root),
+        { code: 'ADD_GIT_FAILED', message: /^ADD failed: / },
+      );
+    } finally {
+      await new Promise<void>((r) => srv.close(() => r()));
+    }
   });
 });
 

@@ -792,9 +792,8 @@ export class LocalFileCopier implements FileCopier {
     // BuildKit: one copy action per source, in order (local paths, URLs), then heredocs.
     for (const s of req.sources) {
       if (isGitSource(s)) {
-        throw new KilnError('ADD_GIT_UNSUPPORTED', `${req.kind} of a git repository (${s}) is not supported yet`, {
-          hint: 'clone the repository in a RUN step or add it to the build context',
-        });
+        await this.add.addGit(s, req, dest, destRoot, opts);
+        continue;
       }
       if (isUrlSource(s)) {
         await this.add.addUrl(s, req, dest, destRoot, opts);

@@ -164,12 +164,12 @@ export async function cloneGitWithCommit(
   } catch (e) {
     throw gitError(url, 'updating submodules of', e);
   }
-  let commit = '';
-  try {
-    commit = (await run('git', ['rev-parse', 'HEAD'], dest)).stdout.trim();
-  } catch (e) {
-    throw gitError(url, 'reading the commit of', e);
-  }
+  const commit = await run('git', ['rev-parse', 'HEAD'], dest).then(
+    (r) => r.stdout.trim(),
+    (e: unknown) => {
+      throw gitError(url, 'reading the commit of', e);
+    },
+  );
   if (!keepGitDir) await rm(join(dest, '.git'), { recursive: true, force: true });
   if (!subdir) return { dir: dest, commit };
   const clean = subdir.replace(/^\/+/, '');

@@ -318,8 +318,10 @@ export class RepositoryClient {
         else await this.putChunked(start, digest, size, open, o);
         return 'uploaded';
       } catch (e) {
-        if (!(e instanceof UploadBroken) || restart >= maxRestarts) throw unwrapBroken(e, this.label);
-        debugLog(`restarting upload of ${digest} (${restart + 1}/${maxRestarts}): ${e.message}`);
+        // A broken connection, or a registry that lost/invalidated the upload session: start over (bounded).
+        const lost = e instanceof KilnError && (e.code === 'BLOB_UPLOAD_INVALID' || e.code === 'BLOB_UPLOAD_UNKNOWN');
+        if (!(e instanceof UploadBroken || lost) || restart >= maxRestarts) throw unwrapBroken(e, this.label);
+        debugLog(`restarting upload of ${digest} (${restart + 1}/${maxRestarts}): ${(e as Error).message}`);
       }
     }
   }

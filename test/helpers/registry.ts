@@ -40,6 +40,8 @@ export interface TestRegistry {
   tokenServer?: TokenServer;
   /** The registry's combined stdout/stderr so far. */
   log(): string;
+  /** Wait (bounded, 10 s) until the log matches `re` — the registry logs a request after answering it. */
+  waitForLog(re: RegExp): Promise<boolean>;
   stop(): Promise<void>;
 }
 
@@ -140,6 +142,13 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Te
         url,
         dataDir: join(dir, 'data'),
         log: () => output,
+        waitForLog: async (re) => {
+          for (let i = 0; i < 200; i++) {
+            if (re.test(output)) return true;
+            await sleep(50);
+          }
+          return re.test(output);
+        },
         stop,
       };
       if (certs) reg.caFile = certs.caFile;
@@ -286,15 +295,11 @@ export async function startTcpProxy(target: string, o: TcpProxyOptions = {}): Pr
     });
     const cut = (): void => {
       proxy.cuts++;
-      // Give the registry the bytes we wrote, then drop both sides.
-      upstream.end(() => {
-        setImmediate(() => {
-          upstream.destroy();
-          client.destroy();
-        });
-      });
+      // The client never hears back; the registry gets the bytes forwarded so far, then EOF.
+      upstream.unpipe(client);
       client.removeAllListeners('data');
-      client.pause();
+      client.destroy();
+      upstream.end(() => setImmediate(() => upstream.destroy()));
     };
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));

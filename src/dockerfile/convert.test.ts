@@ -118,7 +118,11 @@ test('RUN flags: network, security, device, mounts validated like BuildKit at pa
     'FROM a\nRUN --mount=type=bind,from=$X x',
     /'from' doesn't support variable expansion, define alias stage instead/,
   );
-  fails('FROM a\nRUN --mount=type=bind,src=a\\"b x', /failed to parse csv mounts: bare "/);
+  fails(
+    'FROM a\nRUN --mount=type=bind,src=a\\"b x',
+    /failed to parse csv mounts: parse error on line 1, column 16: bare "/,
+  );
+  fails('FROM a\nRUN --mount= x', /failed to parse csv mounts: EOF/);
   fails('FROM a\nRUN --device=a,b x', /invalid field 'b' must be a key=value pair/);
   const r = only('FROM a\nRUN --network=host --mount=type=cache,target=/c x');
   assert.ok(r.kind === 'RUN');
@@ -192,14 +196,21 @@ test('parseDevice', () => {
   assert.throws(() => parseDevice('name=a,name=b'), /device name already set to a/);
 });
 
-test('csvFields (encoding/csv semantics)', () => {
+test('csvFields (tonistiigi/go-csvvalue semantics)', () => {
   assert.deepEqual(csvFields('a,b,c'), ['a', 'b', 'c']);
   assert.deepEqual(csvFields('"a,b",c'), ['a,b', 'c']);
   assert.deepEqual(csvFields('"say ""hi""",x'), ['say "hi"', 'x']);
   assert.deepEqual(csvFields('a,'), ['a', '']);
-  assert.deepEqual(csvFields(''), []);
-  assert.throws(() => csvFields('a"b'), /bare "/);
-  assert.throws(() => csvFields('"a"b'), /extraneous or missing "/);
+  assert.deepEqual(csvFields(',"",'), ['', '', '']);
+  assert.deepEqual(csvFields('a\n'), ['a']);
+  assert.throws(() => csvFields(''), /^Error: EOF$/);
+  assert.throws(() => csvFields('ab"c'), /^Error: parse error on line 1, column 3: bare " in non-quoted-field$/);
+  assert.throws(() => csvFields('é,x"'), /column 5: bare "/);
+  assert.throws(
+    () => csvFields('"a"b'),
+    /^Error: parse error on line 1, column 3: extraneous or missing " in quoted-field$/,
+  );
+  assert.throws(() => csvFields('x,"abc'), /column 4: extraneous or missing "/);
 });
 
 test('Go durations and sizes', () => {
@@ -215,7 +226,14 @@ test('Go durations and sizes', () => {
   assert.equal(ramInBytes('512k'), 512 * 1024);
   assert.equal(ramInBytes('1.5GiB'), 1.5 * 1024 ** 3);
   assert.equal(ramInBytes('100'), 100);
-  assert.throws(() => ramInBytes('1x'), /invalid size/);
+  assert.throws(() => ramInBytes('1x'), /invalid suffix: 'x'/);
+  assert.throws(() => ramInBytes('x'), /invalid size: 'x'/);
+  assert.throws(() => ramInBytes('-1k'), /invalid size/);
+  assert.throws(() => ramInBytes('1kbb'), /invalid suffix/);
+  assert.throws(() => ramInBytes('1.2.3'), /invalid syntax/);
+  assert.equal(ramInBytes('100 MB'), 100 * 1024 ** 2);
+  assert.equal(ramInBytes('1e3'), 1000);
+  assert.equal(ramInBytes('2KiB'), 2048);
 });
 
 test('HEALTHCHECK options and errors', () => {

@@ -182,15 +182,55 @@ export function parseGoDuration(s: string): number {
   return neg ? -Math.floor(total) : Math.floor(total);
 }
 
-/** docker/go-units RAMInBytes: `64m`, `1g`, `512k`, `1.5GiB` (binary multiples). */
-export function ramInBytes(s: string): number {
-  const m = /^(\d+(\.\d+)*) ?([kKmMgGtTpP])?[iI]?[bB]?$/.exec(s);
-  if (!m) throw new InstructionError(`invalid size: '${s}'`);
-  const n = Number(m[1]);
-  if (!Number.isFinite(n)) throw new InstructionError(`invalid size: '${s}'`);
-  const unit = (m[3] ?? '').toLowerCase();
-  const mult = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4, p: 1024 ** 5 }[unit] ?? 1;
-  return Math.trunc(n * mult);
+/** Go strconv.ParseFloat (decimal and hex forms, inf/nan); undefined when Go would reject the syntax. */
+function parseGoFloat(s: string): number | undefined {
+  if (/^[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)$/.test(s)) return Number(s);
+  if (/^[+-]?(?:inf|infinity)$/i.test(s)) return s.startsWith('-') ? -Infinity : Infinity;
+  if (/^[+-]?nan$/i.test(s)) return NaN;
+  const m = /^([+-]?)0[xX]([0-9a-fA-F]*)(?:\.([0-9a-fA-F]*))?[pP]([+-]?\d+)$/.exec(s);
+  if (m && (m[2] !== '' || (m[3] ?? '') !== '')) {
+    const frac = m[3] ?? '';
+    const mant = parseInt((m[2] || '0') + frac, 16) / 16 ** frac.length;
+    const v = mant * 2 ** Number(m[4]);
+    return m[1] === '-' ? -v : v;
+  }
+  return undefined;
+}
+
+/** docker/go-units v0.5.0 RAMInBytes: `64m`, `1g`, `512k`, `1.5GiB`, `100 MB` (binary multiples). */
+export function ramInBytes(sizeStr: string): number {
+  let sep = -1;
+  for (let i = sizeStr.length - 1; i >= 0; i--) {
+    if ('01234567890. '.includes(sizeStr[i]!)) {
+      sep = i;
+      break;
+    }
+  }
+  if (sep < 0) throw new InstructionError(`invalid size: '${sizeStr}'`);
+  const num = sizeStr[sep] !== ' ' ? sizeStr.slice(0, sep + 1) : sizeStr.slice(0, sep);
+  let sfx = sizeStr.slice(sep + 1);
+  const size = parseGoFloat(num);
+  if (size === undefined) throw new InstructionError(`strconv.ParseFloat: parsing ${goQuote(num)}: invalid syntax`);
+  if (size < 0) throw new InstructionError(`invalid size: '${sizeStr}'`);
+  if (sfx.length === 0) return goInt64(size);
+  const bad = (): never => {
+    throw new InstructionError(`invalid suffix: '${sfx}'`);
+  };
+  if (sfx.length > 3) bad();
+  sfx = sfx.toLowerCase();
+  if (sfx[0] === 'b') {
+    if (sfx.length > 1) bad();
+    return goInt64(size);
+  }
+  const mul = ({ k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4, p: 1024 ** 5 } as Record<string, number>)[sfx[0]!];
+  if (mul === undefined) bad();
+  if ((sfx.length === 2 && sfx[1] !== 'b') || (sfx.length === 3 && sfx.slice(1) !== 'ib')) bad();
+  return goInt64(size * mul!);
+}
+
+/** Go's int64(float64) on amd64: truncation, and the minimum int64 for NaN/out-of-range values. */
+function goInt64(v: number): number {
+  return Number.isFinite(v) && Math.abs(v) < 2 ** 63 ? Math.trunc(v) : -(2 ** 63);
 }
 
 /** strconv.ParseUint(v, base, 32). */

@@ -437,43 +437,58 @@ export function expandInstruction<T extends Instruction>(instr: T, expand: WordE
   return out as T;
 }
 
-/** One CSV record (encoding/csv semantics, as tonistiigi/go-csvvalue). */
-export function csvFields(s: string): string[] {
+/**
+ * One CSV record, exactly as tonistiigi/go-csvvalue's Fields (what BuildKit uses for `--mount`/`--device`): an empty
+ * value is an error (`EOF`), a trailing newline is allowed, and errors are encoding/csv ParseErrors with a byte
+ * column, e.g. `parse error on line 1, column 4: bare " in non-quoted-field`.
+ */
+export function csvFields(input: string): string[] {
+  let line = input;
+  if (line.endsWith('\r\n')) line = line.slice(0, -2);
+  else if (line.endsWith('\n')) line = line.slice(0, -1);
+  if (line === '') throw new Error('EOF');
+  const fail = (idx: number, what: string): never => {
+    const col = Buffer.byteLength(line.slice(0, idx), 'utf8') + 1;
+    throw new Error(`parse error on line 1, column ${col}: ${what}`);
+  };
+  const BARE = 'bare " in non-quoted-field';
+  const QUOTE = 'extraneous or missing " in quoted-field';
   const out: string[] = [];
   let i = 0;
-  if (s === '') return out;
   for (;;) {
-    let field = '';
-    if (s[i] === '"') {
-      i++;
-      for (;;) {
-        if (i >= s.length) throw new Error('extraneous or missing " in quoted-field');
-        const c = s[i]!;
-        if (c === '"') {
-          if (s[i + 1] === '"') {
-            field += '"';
-            i += 2;
-            continue;
-          }
-          i++;
-          break;
-        }
-        field += c;
-        i++;
-      }
-      if (i < s.length && s[i] !== ',') throw new Error('extraneous or missing " in quoted-field');
-    } else {
-      const j = s.indexOf(',', i);
-      field = j < 0 ? s.slice(i) : s.slice(i, j);
-      if (field.includes('"')) throw new Error('bare " in non-quoted-field');
-      i = j < 0 ? s.length : j;
+    if (i >= line.length || line[i] !== '"') {
+      const j = line.indexOf(',', i);
+      const field = j < 0 ? line.slice(i) : line.slice(i, j);
+      const q = field.indexOf('"');
+      if (q >= 0) fail(i + q, BARE);
+      out.push(field);
+      if (j < 0) break;
+      i = j + 1;
+      continue;
     }
-    out.push(field);
-    if (i >= s.length) break;
-    i++; // skip ','
-    if (i >= s.length) {
-      out.push('');
-      break;
+    // quoted field
+    i++;
+    let field = '';
+    for (;;) {
+      const k = line.indexOf('"', i);
+      if (k < 0) fail(i, QUOTE);
+      field += line.slice(i, k);
+      i = k + 1;
+      if (line[i] === '"') {
+        field += '"';
+        i++;
+        continue;
+      }
+      if (line[i] === ',') {
+        out.push(field);
+        i++;
+        break;
+      }
+      if (i >= line.length) {
+        out.push(field);
+        return out;
+      }
+      fail(i - 1, QUOTE);
     }
   }
   return out;

@@ -1,0 +1,433 @@
+/**
+ * `npm run bench`: kiln vs BuildKit (Debian docker.io's dockerd, `DOCKER_BUILDKIT=1 docker build --network host`
+ * + `docker push`) vs buildah (`bud --isolation chroot --layers` + `buildah push`) on the same deterministic inputs,
+ * everything pushed to one local docker-registry, tools alternating within each round (the order rotates per round).
+ *
+ *   W1 cold  — 5,000 small source files + 20 × 5 MiB assets; empty state on every side (fresh KILN_HOME, BuildKit
+ *              cache and images pruned, buildah images removed), pushed to a fresh repository.
+ *   W1 warm  — one source file changed after the cold build, rebuilt and pushed.
+ *   W4       — the cached W1 build pushed to a new repository of the same registry (mount, not upload).
+ *   W2       — `RUN touch /x` on a busybox base vs on a base of 20,000 files / 200 MB (bases already present):
+ *              the RUN must not cost more on the big base. kiln's and BuildKit's own step durations are reported
+ *              too (from their progress output).
+ *   W3       — one RUN creating 50,000 small files (base present), pushed.
+ *
+ * Environment: BENCH_ROUNDS (default 3), BENCH_ONLY=W1,W3 (workloads), BENCH_TOOLS=kiln,buildkit,buildah,
+ * BENCH_SMALL=1 (tiny inputs, to check the harness), BENCH_KEEP=1 (keep the temp dir).
+ * Output: the table on stdout and in bench/results/latest.md (with the machine: nproc, memory, kernel; date).
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { cpus, totalmem, release, tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startRegistry, type TestRegistry } from '../test/helpers/registry.js';
+import { makeBusyboxImage } from '../test/helpers/images.js';
+import { startDockerd, type Dockerd } from '../test/helpers/dockerd.js';
+import { startBuildah, type Buildah } from '../test/helpers/buildah.js';
+import { push } from '../src/registry/push.js';
+import { closeTransports } from '../src/registry/transport.js';
+import { makeBigBase, touchW1Source, w1Dockerfile, w2Dockerfile, w3Dockerfile, writeW1Context } from './inputs.js';
+import { measure, median, type Measured } from './procs.js';
+
+const REPO = join(dirname(fileURLToPath(import.meta.url)), '..');
+const ROUNDS = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3) || 3);
+const ONLY = new Set((process.env.BENCH_ONLY ?? 'W1,W2,W3,W4').split(',').map((s) => s.trim().toUpperCase()));
+const TOOLS = (process.env.BENCH_TOOLS ?? 'kiln,buildkit,buildah').split(',').map((s) => s.trim()) as ToolName[];
+const SMALL = process.env.BENCH_SMALL === '1';
+
+type ToolName = 'kiln' | 'buildkit' | 'buildah';
+
+interface RunResult {
+  ms: number;
+  peakRss?: number;
+  /** Duration of the step whose name matches the workload's step pattern (ms), when the tool reports it. */
+  stepMs?: number;
+}
+
+interface Tool {
+  name: ToolName;
+  /** Empty state (cold). */
+  reset(): Promise<void>;
+  /** Build `ctx` (Dockerfile at ctx/Dockerfile) as `tag` and push it. */
+  buildPush(ctx: string, tag: string, step?: RegExp): Promise<RunResult>;
+  stop(): Promise<void>;
+}
+
+function log(msg: string): void {
+  process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
+}
+
+function fail(what: string, m: Measured | { code: number; stdout: string; stderr: string }): never {
+  throw new Error(`${what} failed (exit ${m.code}):\n${(m.stderr + m.stdout).split('\n').slice(-40).join('\n')}`);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// kiln
+
+/** Compile kiln into a private dir (never touching dist/, which other checkouts' launchers use). */
+function compileKiln(work: string): string {
+  const out = join(REPO, '.tmp', 'bench-dist');
+  log('compiling kiln (tsc -p tsconfig.build.json)');
+  const r = spawnSync(
+    process.execPath,
+    [
+      join(REPO, 'node_modules/typescript/bin/tsc'),
+      '-p',
+      'tsconfig.build.json',
+      '--outDir',
+      out,
+      '--declaration',
+      'false',
+      '--sourceMap',
+      'false',
+    ],
+    {
+      cwd: REPO,
+      encoding: 'utf8',
+    },
+  );
+  if (!existsSync(join(out, 'cli', 'main.js'))) {
+    throw new Error(`kiln did not compile:\n${r.stdout}${r.stderr}`);
+  }
+  if (r.status !== 0)
+    log(`tsc reported errors (using the emitted JS anyway):\n${(r.stdout + r.stderr).slice(0, 2000)}`);
+  return join(work, 'kiln.mjs');
+}
+
+async function kilnTool(reg: TestRegistry, work: string): Promise<Tool> {
+  const launcher = compileKiln(work);
+  const main = join(REPO, '.tmp', 'bench-dist', 'cli', 'main.js');
+  await writeFile(
+    launcher,
+    `const { main } = await import(${JSON.stringify(main)});\nprocess.exitCode = await main(process.argv.slice(2));\n`,
+  );
+  let home = '';
+  let n = 0;
+  return {
+    name: 'kiln',
+    async reset() {
+      if (home) await rm(home, { recursive: true, force: true });
+      home = join(work, `kiln-home-${++n}`);
+    },
+    async buildPush(ctx, tag, step) {
+      const env: NodeJS.ProcessEnv = { ...process.env, KILN_HOME: home };
+      delete env.SOURCE_DATE_EPOCH;
+      const m = await measure(
+        process.execPath,
+        [launcher, 'build', '--push', '-t', tag, '--progress', 'json', '--insecure-registry', reg.host, ctx],
+        { env },
+      );
+      if (m.code !== 0) fail(`kiln build ${tag}`, m);
+      const r: RunResult = { ms: m.ms, peakRss: m.peakRss };
+      if (step) {
+        const starts = new Map<number, { name: string; t: number }>();
+        for (const line of m.stderr.split('\n')) {
+          if (!line.startsWith('{')) continue;
+          let ev: { type?: string; id?: number; name?: string; time?: string };
+          try {
+            ev = JSON.parse(line) as typeof ev;
+          } catch {
+            continue;
+          }
+          if (ev.type === 'start' && ev.id !== undefined)
+            starts.set(ev.id, { name: ev.name ?? '', t: Date.parse(ev.time ?? '') });
+          if (ev.type === 'done' && ev.id !== undefined) {
+            const s = starts.get(ev.id);
+            if (s && step.test(s.name)) r.stepMs = Date.parse(ev.time ?? '') - s.t;
+          }
+        }
+      }
+      return r;
+    },
+    async stop() {
+      if (home) await rm(home, { recursive: true, force: true });
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// BuildKit (docker.io)
+
+async function buildkitTool(reg: TestRegistry): Promise<Tool> {
+  const d: Dockerd = await startDockerd({ insecureRegistries: [reg.host] });
+  return {
+    name: 'buildkit',
+    async reset() {
+      await d.docker(['builder', 'prune', '-af'], { allowFail: true });
+      const ids = (await d.docker(['images', '-aq'], { allowFail: true })).stdout.split('\n').filter(Boolean);
+      if (ids.length) await d.docker(['rmi', '-f', ...new Set(ids)], { allowFail: true });
+      await d.docker(['builder', 'prune', '-af'], { allowFail: true });
+    },
+    async buildPush(ctx, tag, step) {
+      const t0 = performance.now();
+      const b = await d.docker(['build', '--network', 'host', '--progress', 'plain', '-t', tag, ctx], {
+        allowFail: true,
+      });
+      if (b.code !== 0) fail(`docker build ${tag}`, b);
+      const p = await d.docker(['push', tag], { allowFail: true });
+      if (p.code !== 0) fail(`docker push ${tag}`, p);
+      const r: RunResult = { ms: performance.now() - t0 };
+      if (step) {
+        const text = b.stderr + b.stdout;
+        const names = new Map<string, string>();
+        for (const m of text.matchAll(/^#(\d+) (\[.*)$/gm)) names.set(m[1] as string, m[2] as string);
+        for (const m of text.matchAll(/^#(\d+) DONE ([\d.]+)s$/gm)) {
+          const name = names.get(m[1] as string);
+          if (name && step.test(name)) r.stepMs = Number(m[2]) * 1000;
+        }
+      }
+      return r;
+    },
+    stop: () => d.stop(),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// buildah
+
+async function buildahTool(): Promise<Tool> {
+  let b: Buildah = await startBuildah({ storageDriver: 'overlay' });
+  const probe = await b.buildah(['info'], { allowFail: true });
+  if (probe.code !== 0) {
+    log('buildah overlay storage unavailable; using vfs');
+    await b.stop();
+    b = await startBuildah({ storageDriver: 'vfs' });
+  }
+  return {
+    name: 'buildah',
+    reset: () => b.prune(),
+    async buildPush(ctx, tag) {
+      const t0 = performance.now();
+      const r1 = await b.buildah(
+        ['bud', '--isolation', 'chroot', '--format', 'docker', '--layers', '--tls-verify=false', '-t', tag, ctx],
+        { allowFail: true },
+      );
+      if (r1.code !== 0) fail(`buildah bud ${tag}`, r1);
+      const r2 = await b.buildah(['push', '--tls-verify=false', tag, `docker://${tag}`], { allowFail: true });
+      if (r2.code !== 0) fail(`buildah push ${tag}`, r2);
+      return { ms: performance.now() - t0 };
+    },
+    stop: () => b.stop(),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Results
+
+interface Row {
+  workload: string;
+  results: Map<ToolName, RunResult[]>;
+  note?: string;
+}
+
+function add(rows: Row[], workload: string, tool: ToolName, r: RunResult): void {
+  let row = rows.find((x) => x.workload === workload);
+  if (!row) rows.push((row = { workload, results: new Map() }));
+  const l = row.results.get(tool) ?? [];
+  l.push(r);
+  row.results.set(tool, l);
+}
+
+const secs = (ms: number): string => (Number.isFinite(ms) ? (ms / 1000).toFixed(2) : '—');
+
+function cell(rs: RunResult[] | undefined, pick: (r: RunResult) => number | undefined = (r) => r.ms): string {
+  const xs = (rs ?? []).map(pick).filter((x): x is number => x !== undefined);
+  if (xs.length === 0) return '—';
+  return `${secs(median(xs))} (${secs(Math.min(...xs))}–${secs(Math.max(...xs))})`;
+}
+
+function med(rs: RunResult[] | undefined, pick: (r: RunResult) => number | undefined = (r) => r.ms): number {
+  return median((rs ?? []).map(pick).filter((x): x is number => x !== undefined));
+}
+
+function ratio(a: number, b: number): string {
+  return Number.isFinite(a) && Number.isFinite(b) && b > 0 ? (a / b).toFixed(2) : '—';
+}
+
+function table(rows: Row[]): string {
+  const out: string[] = [];
+  out.push(
+    '| workload | kiln s, median (min–max) | BuildKit s | buildah s | kiln/BuildKit | kiln/buildah | kiln/faster | kiln peak RSS |',
+  );
+  out.push('|---|---|---|---|---|---|---|---|');
+  for (const r of rows) {
+    const k = med(r.results.get('kiln'));
+    const bk = med(r.results.get('buildkit'));
+    const bh = med(r.results.get('buildah'));
+    const faster = Math.min(Number.isFinite(bk) ? bk : Infinity, Number.isFinite(bh) ? bh : Infinity);
+    const rss = (r.results.get('kiln') ?? []).map((x) => x.peakRss ?? 0);
+    out.push(
+      `| ${r.workload} | ${cell(r.results.get('kiln'))} | ${cell(r.results.get('buildkit'))} | ${cell(r.results.get('buildah'))} | ` +
+        `${ratio(k, bk)} | ${ratio(k, bh)} | ${ratio(k, faster)} | ${rss.length ? (Math.max(...rss) / 1048576).toFixed(0) + ' MB' : '—'} |`,
+    );
+  }
+  return out.join('\n');
+}
+
+function stepTable(rows: Row[]): string {
+  const small = rows.find((r) => r.workload === 'W2 RUN, busybox base');
+  const big = rows.find((r) => r.workload === 'W2 RUN, 200 MB base');
+  if (!small || !big) return '';
+  const out = ['| W2 `RUN touch /x` | busybox base | 200 MB / 20,000-file base | big/empty |', '|---|---|---|---|'];
+  for (const t of ['kiln', 'buildkit', 'buildah'] as ToolName[]) {
+    const s = small.results.get(t);
+    const b = big.results.get(t);
+    if (!s || !b) continue;
+    out.push(`| ${t} build+push wall | ${cell(s)} | ${cell(b)} | ${ratio(med(b), med(s))} |`);
+    if (s.some((x) => x.stepMs !== undefined)) {
+      const p = (x: RunResult): number | undefined => x.stepMs;
+      out.push(`| ${t} RUN step (own progress) | ${cell(s, p)} | ${cell(b, p)} | ${ratio(med(b, p), med(s, p))} |`);
+    }
+  }
+  return out.join('\n');
+}
+
+function machine(): string {
+  const meminfo = readFileSync('/proc/meminfo', 'utf8');
+  const memTotal = /MemTotal:\s+(\d+)/.exec(meminfo)?.[1];
+  const ver = (cmd: string, args: string[]): string =>
+    (spawnSync(cmd, args, { encoding: 'utf8' }).stdout ?? '').split('\n')[0]?.trim() ?? '?';
+  return [
+    `- date: ${new Date().toISOString()}`,
+    `- machine: ${cpus().length} CPUs (nproc ${ver('nproc', [])}; ${cpus()[0]?.model ?? '?'}), ` +
+      `${((memTotal ? Number(memTotal) * 1024 : totalmem()) / 2 ** 30).toFixed(1)} GiB memory, kernel ${release()}, node ${process.version}`,
+    `- peers: ${ver('/usr/bin/docker', ['--version'])} (BuildKit), ${ver('/usr/bin/buildah', ['--version'])}; registry: Debian docker-registry (filesystem storage, loopback)`,
+    `- rounds: ${ROUNDS}${SMALL ? ' (BENCH_SMALL: reduced inputs)' : ''}; workloads: ${[...ONLY].join(',')}; times are build + push wall clock, seconds`,
+    `- load: ${readFileSync('/proc/loadavg', 'utf8').trim()} (the machine is shared; compare ratios within one run)`,
+  ].join('\n');
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+async function main(): Promise<void> {
+  const work = await mkdtemp(join(tmpdir(), 'kiln-bench-'));
+  const rows: Row[] = [];
+  const tools: Tool[] = [];
+  let reg: TestRegistry | undefined;
+  try {
+    reg = await startRegistry();
+    const host = reg.host;
+    const ropts = { insecureRegistries: [host] };
+    log(`registry ${host}; generating inputs in ${work}`);
+    const small = await makeBusyboxImage({ kind: 'docker' });
+    await push(small, `${host}/bench/busybox:1`, ropts);
+    const smallRef = `${host}/bench/busybox:1`;
+    const bigRef = `${host}/bench/bigbase:1`;
+    if (ONLY.has('W2')) {
+      const big = SMALL ? await makeBigBase(small, 2000, 20 * 1024 * 1024) : await makeBigBase(small);
+      await push(big, bigRef, ropts);
+    }
+    await closeTransports(ropts);
+    const w1 = join(work, 'w1');
+    await mkdir(w1);
+    await writeW1Context(w1, SMALL ? { files: 500, dirs: 10, assets: 4, assetSize: 1 << 20 } : {});
+    await writeFile(join(w1, 'Dockerfile'), w1Dockerfile(smallRef));
+
+    for (const t of TOOLS) {
+      log(`starting ${t}`);
+      if (t === 'kiln') tools.push(await kilnTool(reg, work));
+      else if (t === 'buildkit') tools.push(await buildkitTool(reg));
+      else if (t === 'buildah') tools.push(await buildahTool());
+    }
+    const ctxFor = async (name: string, dockerfile: string): Promise<string> => {
+      const dir = join(work, name);
+      await mkdir(dir, { recursive: true });
+      await writeFile(join(dir, 'Dockerfile'), dockerfile);
+      return dir;
+    };
+
+    for (let round = 1; round <= ROUNDS; round++) {
+      // rotate the order so that no tool always runs first (page cache, CPU boost)
+      const order = tools.map((_, i) => tools[(i + round - 1) % tools.length] as Tool);
+      if (ONLY.has('W1') || ONLY.has('W4')) {
+        for (const t of order) {
+          await t.reset();
+          log(`round ${round}: W1 cold — ${t.name}`);
+          add(rows, 'W1 cold', t.name, await t.buildPush(w1, `${host}/w1-${t.name}-r${round}:1`));
+        }
+        const changed = await touchW1Source(w1, round, SMALL ? 500 : undefined);
+        for (const t of order) {
+          log(`round ${round}: W1 warm (${changed} changed) — ${t.name}`);
+          add(rows, 'W1 warm', t.name, await t.buildPush(w1, `${host}/w1-${t.name}-r${round}:2`));
+        }
+        if (ONLY.has('W4')) {
+          for (const t of order) {
+            log(`round ${round}: W4 push of the cached build to a new repository — ${t.name}`);
+            add(rows, 'W4 cached build → new repo', t.name, await t.buildPush(w1, `${host}/w4-${t.name}-r${round}:1`));
+          }
+        }
+      }
+      if (ONLY.has('W2')) {
+        const step = /RUN touch \/x/;
+        for (const t of order) {
+          if (round === 1) {
+            log(`W2 warm-up (bases pulled, untimed) — ${t.name}`);
+            await t.buildPush(
+              await ctxFor(`w2-${t.name}-warm-s`, w2Dockerfile(smallRef, `warm-${t.name}`)),
+              `${host}/w2s-${t.name}:warm`,
+            );
+            await t.buildPush(
+              await ctxFor(`w2-${t.name}-warm-b`, w2Dockerfile(bigRef, `warm-${t.name}`)),
+              `${host}/w2b-${t.name}:warm`,
+            );
+          }
+          log(`round ${round}: W2 — ${t.name}`);
+          const n = `r${round}-${t.name}`;
+          add(
+            rows,
+            'W2 RUN, busybox base',
+            t.name,
+            await t.buildPush(
+              await ctxFor(`w2s-${n}`, w2Dockerfile(smallRef, n)),
+              `${host}/w2s-${t.name}:${round}`,
+              step,
+            ),
+          );
+          add(
+            rows,
+            'W2 RUN, 200 MB base',
+            t.name,
+            await t.buildPush(
+              await ctxFor(`w2b-${n}`, w2Dockerfile(bigRef, n)),
+              `${host}/w2b-${t.name}:${round}`,
+              step,
+            ),
+          );
+        }
+      }
+      if (ONLY.has('W3')) {
+        for (const t of order) {
+          log(`round ${round}: W3 — ${t.name}`);
+          const n = `r${round}-${t.name}`;
+          const ctx = await ctxFor(`w3-${n}`, w3Dockerfile(smallRef, n, SMALL ? 5000 : 50_000));
+          add(
+            rows,
+            'W3 RUN 50,000 files',
+            t.name,
+            await t.buildPush(ctx, `${host}/w3-${t.name}:${round}`, /RUN mkdir/),
+          );
+          await rm(ctx, { recursive: true, force: true });
+        }
+      }
+    }
+  } finally {
+    for (const t of tools) await t.stop().catch((e: unknown) => log(`stopping ${t.name}: ${String(e)}`));
+    await reg?.stop();
+    if (process.env.BENCH_KEEP !== '1') await rm(work, { recursive: true, force: true });
+    else log(`kept ${work}`);
+  }
+  const md =
+    `# kiln benchmark — latest run\n\n${machine()}\n\n${table(rows)}\n\n${stepTable(rows)}\n\n` +
+    'Targets (issue #5): W1 cold ≤ 0.5× and W1 warm ≤ 0.3× the faster peer; W2 RUN step ≤ 1.2× its empty-base time; ' +
+    'kiln peak RSS (whole process tree) ≤ 300 MB.\n';
+  process.stdout.write(md);
+  await mkdir(join(REPO, 'bench', 'results'), { recursive: true });
+  await writeFile(join(REPO, 'bench', 'results', 'latest.md'), md);
+}
+
+main().catch((e: unknown) => {
+  process.stderr.write(`bench failed: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
+  process.exitCode = 1;
+});

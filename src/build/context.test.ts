@@ -1,21 +1,15 @@
 import { strict as assert } from 'node:assert';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { createServer } from 'node:http';
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import { hashContextPaths, isGitContext, loadContext, parseGitFragment, statCacheStats } from './context.js';
+import { scratch } from '../../test/layer/scratch.js';
 
-const tmp = mkdtempSync(join(tmpdir(), 'kiln-context-'));
-after(() => rmSync(tmp, { recursive: true, force: true }));
+const { root: tmp, fresh } = scratch('context');
 let n = 0;
-function fresh(name = 'd'): string {
-  const d = join(tmp, `${name}${n++}`);
-  mkdirSync(d);
-  return d;
-}
 
 function sampleDir(): string {
   const d = fresh('src');

@@ -224,6 +224,12 @@ async function readDockerfileAt(path: string, where: string): Promise<string> {
   }
 }
 
+async function readAll(input: AsyncIterable<unknown>): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const c of input) chunks.push(Buffer.from(c as Buffer));
+  return Buffer.concat(chunks);
+}
+
 async function download(url: string): Promise<Readable> {
   let res: Response;
   try {
@@ -279,24 +285,21 @@ export async function loadContext(spec: string, opts: LoadContextOptions = {}): 
           "invalid argument: can't use stdin for both build context and dockerfile",
         );
       }
-      const chunks: Buffer[] = [];
-      for await (const c of opts.stdin ?? process.stdin) chunks.push(Buffer.from(c as Buffer));
-      stdinDockerfile = Buffer.concat(chunks).toString('utf8');
+      stdinDockerfile = (await readAll(opts.stdin ?? process.stdin)).toString('utf8');
     }
 
-    // stdin: a tar context or a lone Dockerfile
-    if (spec === '-') {
-      const { isTar, stream } = await sniffTar((opts.stdin ?? process.stdin) as Readable);
+    // A tar context or a lone Dockerfile from a stream (stdin, or a URL like `docker build https://host/ctx.tar.gz`).
+    const fromStream = async (input: Readable): Promise<BuildContext> => {
+      const { isTar, stream } = await sniffTar(input);
       const root = await newTemp('kiln-ctx-');
       if (!isTar) {
-        const chunks: Buffer[] = [];
-        for await (const c of stream) chunks.push(Buffer.from(c as Buffer));
-        const text = Buffer.concat(chunks).toString('utf8');
+        const text = (await readAll(stream)).toString('utf8');
         return make(root, 'stdin-dockerfile', { path: '-', text }, newMatcher([]));
       }
       await extractContextTar(stream, root, opts.onWarning);
       return finishArchive(root, 'tar');
-    }
+    };
+    if (spec === '-') return await fromStream((opts.stdin ?? process.stdin) as Readable);
 
     if (isGitContext(spec)) {
       const tmp = await newTemp('kiln-git-');
@@ -304,20 +307,7 @@ export async function loadContext(spec: string, opts: LoadContextOptions = {}): 
       return finishArchive(root, 'git');
     }
 
-    // A remote tarball (or a remote Dockerfile alone), like `docker build https://host/ctx.tar.gz`.
-    if (/^https?:\/\//.test(spec)) {
-      const body = await download(spec);
-      const { isTar, stream } = await sniffTar(body);
-      const root = await newTemp('kiln-ctx-');
-      if (!isTar) {
-        const chunks: Buffer[] = [];
-        for await (const c of stream) chunks.push(Buffer.from(c as Buffer));
-        const text = Buffer.concat(chunks).toString('utf8');
-        return make(root, 'stdin-dockerfile', { path: '-', text }, newMatcher([]));
-      }
-      await extractContextTar(stream, root, opts.onWarning);
-      return finishArchive(root, 'tar');
-    }
+    if (/^https?:\/\//.test(spec)) return await fromStream(await download(spec));
 
     const abs = resolve(spec);
     const st = await stat(abs).catch((e: unknown) => {

@@ -5,18 +5,15 @@ import {
   linkSync,
   lstatSync,
   mkdirSync,
-  mkdtempSync,
   readFileSync,
   readdirSync,
   readlinkSync,
-  rmSync,
   symlinkSync,
   utimesSync,
   writeFileSync,
 } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { createHash } from 'node:crypto';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { gzipSync } from 'node:zlib';
@@ -24,15 +21,10 @@ import { newMatcher } from '../dockerfile/dockerignore.js';
 import { encodeHeader, padding, trailer } from '../layer/tarformat.js';
 import { LocalFileCopier, destPath, goMatchRegExp, parseChmod } from './copy.js';
 import type { CopyRequest, CopySource } from './ports.js';
+import { scratch } from '../../test/layer/scratch.js';
 
-const tmp = mkdtempSync(join(tmpdir(), 'kiln-copy-'));
-after(() => rmSync(tmp, { recursive: true, force: true }));
+const { root: tmp, fresh } = scratch('copy');
 let n = 0;
-function fresh(name = 'd'): string {
-  const d = join(tmp, `${name}${n++}`);
-  mkdirSync(d);
-  return d;
-}
 
 function req(over: Partial<CopyRequest>): CopyRequest {
   return {

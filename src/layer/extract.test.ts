@@ -1,33 +1,16 @@
 import { strict as assert } from 'node:assert';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import {
-  existsSync,
-  lstatSync,
-  mkdirSync,
-  mkdtempSync,
-  readFileSync,
-  readdirSync,
-  readlinkSync,
-  rmSync,
-  writeFileSync,
-} from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import { ensureLayerDir, extractLayer } from './extract.js';
 import { encodeHeader, padding, trailer, type TarHeader } from './tarformat.js';
 import { writeLayer } from './writer.js';
+import { scratch } from '../../test/layer/scratch.js';
 
-const tmp = mkdtempSync(join(tmpdir(), 'kiln-extract-'));
-after(() => rmSync(tmp, { recursive: true, force: true }));
-let n = 0;
-function fresh(): string {
-  const d = join(tmp, `t${n++}`);
-  mkdirSync(d);
-  return d;
-}
+const { root: tmp, fresh } = scratch('extract');
 
 type E = Partial<TarHeader> & { name: string; data?: string };
 function tarOf(list: E[]): Buffer {

@@ -1,33 +1,15 @@
 import { strict as assert } from 'node:assert';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import {
-  linkSync,
-  mkdirSync,
-  readdirSync,
-  mkdtempSync,
-  readFileSync,
-  rmSync,
-  symlinkSync,
-  utimesSync,
-  writeFileSync,
-} from 'node:fs';
-import { tmpdir } from 'node:os';
+import { linkSync, mkdirSync, readdirSync, readFileSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import { gunzipSync } from 'node:zlib';
 import { readTar, type TarHeader } from './tarformat.js';
 import { writeLayer } from './writer.js';
+import { scratch } from '../../test/layer/scratch.js';
 
-const tmp = mkdtempSync(join(tmpdir(), 'kiln-writer-'));
-after(() => rmSync(tmp, { recursive: true, force: true }));
-
-let n = 0;
-function fresh(): string {
-  const d = join(tmp, `t${n++}`);
-  mkdirSync(d);
-  return d;
-}
+const { root: tmp, fresh } = scratch('writer');
 
 async function entries(tarBuf: Buffer): Promise<TarHeader[]> {
   const out: TarHeader[] = [];

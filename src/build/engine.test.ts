@@ -382,3 +382,33 @@ test('lowerDirs keeps only the topmost occurrence of a repeated layer dir', () =
   ]);
   assert.deepEqual(lowerDirs([]), []);
 });
+
+test('a failing stage stops the stages running concurrently with it', async () => {
+  const h = harness('cancel');
+  let release: (() => void) | undefined;
+  const slowStarted = new Promise<void>((r) => (release = r));
+  const inner = h.deps.executor;
+  h.deps.executor = {
+    async run(spec) {
+      const script = spec.argv.at(-1) ?? '';
+      if (script === 'slow') {
+        release?.();
+        // wait until aborted, like a killed process
+        await new Promise<void>((r) => {
+          if (spec.signal?.aborted) r();
+          spec.signal?.addEventListener('abort', () => r(), { once: true });
+        });
+        return { exitCode: 137, signal: 'SIGKILL' };
+      }
+      if (script === 'fail') await slowStarted;
+      return inner.run(spec);
+    },
+  };
+  const df =
+    'FROM busybox AS a\nRUN slow\nRUN write /never 1\nFROM busybox AS b\nRUN exit 2\nFROM scratch\nCOPY --from=a /x /x\nCOPY --from=b /y /y\n';
+  await assert.rejects(
+    runEngine(request(df.replace('RUN exit 2', 'RUN fail; exit 2')), h.deps),
+    /Dockerfile:5: RUN fail; exit 2: .*exit code: 2/,
+  );
+  assert.ok(!h.runs.some((r) => r.argv.at(-1) === 'write /never 1'), 'stage a stopped after its running step');
+});

@@ -12,7 +12,7 @@
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { createHash } from 'node:crypto';
-import { KilnError, errorMessage } from '../errors.js';
+import { KilnError, errorMessage, isKilnError } from '../errors.js';
 import type { History, Layer, Platform } from '../oci/types.js';
 import type {
   ArgInstruction,
@@ -232,8 +232,19 @@ class Engine {
     }
   }
 
+  /** Aborted when the user interrupts or when a stage fails (the other stages stop at their next step). */
+  private readonly stop = new AbortController();
+  private signalCache: AbortSignal | undefined;
+  private firstError: unknown;
+
+  private get signal(): AbortSignal {
+    this.signalCache ??= this.deps.signal ? AbortSignal.any([this.deps.signal, this.stop.signal]) : this.stop.signal;
+    return this.signalCache;
+  }
+
   private checkAbort(): void {
     if (this.deps.signal?.aborted) throw new KilnError('INTERRUPTED', 'build interrupted');
+    if (this.stop.signal.aborted) throw new KilnError('CANCELLED', 'cancelled: another build stage failed');
   }
 
   /** The target stage. */
@@ -295,6 +306,11 @@ class Engine {
     if (!p) {
       for (const d of this.dependencies(stage)) void this.runStage(d).catch(() => undefined);
       p = this.buildStage(stage);
+      // fail fast like BuildKit: the first real failure of any stage stops all the others
+      p.catch((e: unknown) => {
+        if (this.firstError === undefined && !isKilnError(e, 'CANCELLED')) this.firstError = e;
+        this.stop.abort();
+      });
       this.stageRuns.set(stage.index, p);
     }
     return p;
@@ -302,8 +318,15 @@ class Engine {
 
   async build(): Promise<EngineResult> {
     const target = this.targetStage();
-    const st = await this.runStage(target);
-    // let concurrently started stages settle (their errors surface through the target when needed)
+    let st: StageState;
+    try {
+      st = await this.runStage(target);
+    } catch (e) {
+      // stop the stages still running and wait for them to clean up (snapshots, processes) before failing
+      this.stop.abort();
+      await Promise.allSettled([...this.stageRuns.values()]);
+      throw this.firstError ?? e;
+    }
     await Promise.allSettled([...this.stageRuns.values()]);
     const unused = [...this.req.buildArgs.keys()].filter(
       (k) => !this.usedBuildArgs.has(k) && !defaultArgs(this.req.platform, undefined).some(([d]) => d === k),
@@ -957,7 +980,7 @@ class Engine {
             onStdout: (b) => this.deps.progress.log(id, 'stdout', b),
             onStderr: (b) => this.deps.progress.log(id, 'stderr', b),
           };
-          if (this.deps.signal) spec.signal = this.deps.signal;
+          spec.signal = this.signal;
           result = await this.deps.executor.run(spec);
         } catch (e) {
           if (e instanceof KilnError && e.code === 'INTERRUPTED') throw e;

@@ -73,7 +73,11 @@ before(async () => {
   ctx = join(work, 'ctx');
   await mkdir(ctx, { recursive: true });
   reg = await startRegistry();
-  const base = await makeBusyboxImage({ kind: 'docker' });
+  // like real distro images, the base has the dirs the RUN sandbox mounts over
+  const base = await makeBusyboxImage({
+    kind: 'docker',
+    extraFiles: ['dev', 'proc', 'sys'].map((p) => ({ path: p, type: 'directory' as const, mode: 0o755 })),
+  });
   const opts = { insecureRegistries: [reg.host] };
   await push(base, `${reg.host}/base/busybox:1`, opts);
   await closeTransports(opts);
@@ -239,6 +243,26 @@ describe('kiln build (root, registry)', () => {
     assert.notEqual(skopeo(['inspect', '--tls-verify=false', `docker://${reg.host}/bad:v1`]).code, 0);
     assert.deepEqual(await mountsUnder(home), []);
     assert.deepEqual(await tmpLeftovers(home), []);
+  });
+
+  test('steps that change nothing give empty layers, like BuildKit, and stack fine', async () => {
+    const dir = join(work, 'empty');
+    await mkdir(dir, { recursive: true });
+    await writeFile(
+      join(dir, 'Dockerfile'),
+      `FROM ${reg.host}/base/busybox:1\nRUN true\nRUN true\nWORKDIR /tmp\nRUN echo stacked-ok\n`,
+    );
+    const r = await kiln(
+      ['build', '--progress', 'plain', '--insecure-registry', reg.host, '-t', `${reg.host}/empty:v1`, '--push', dir],
+      { home },
+    );
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /^#\d+ [\d.]+ stacked-ok$/m);
+    const cfg = inspectConfig(`${reg.host}/empty:v1`);
+    const empty = 'sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef';
+    assert.deepEqual(cfg.rootfs.diff_ids.slice(1), [empty, empty, empty, empty]);
+    assert.equal(cfg.history.at(-2)?.created_by, 'WORKDIR /tmp');
+    assert.equal(cfg.history.at(-2)?.empty_layer, undefined);
   });
 
   test('COPY of a missing source names it', async () => {

@@ -78,6 +78,11 @@ export interface RunProcessOptions extends Omit<ProcessSpec, 'mounts' | 'network
   user?: string;
   /** `$KILN_HOME` (cache mounts, temp state); default `defaultKilnHome()`. */
   kilnHome?: string;
+  /**
+   * Keep the mount-point stubs of RUN --mount targets in the rootfs (BuildKit <= 0.9 behaviour, e.g. Debian's
+   * docker.io 20.10). Default false: removed, as current BuildKit (RemoveMountStubsRecursive) does.
+   */
+  keepMountStubs?: boolean;
 }
 
 export interface RunProcessResult extends ProcessResult {
@@ -171,12 +176,18 @@ async function acquireCache(kilnHome: string, m: SandboxMount): Promise<{ dir: s
   };
   try {
     await mkdir(dirname(dir), { recursive: true, mode: 0o700 });
+    let fresh: boolean;
     try {
       await mkdir(dir, { mode: m.mode ?? 0o755 });
-      await chmod(dir, m.mode ?? 0o755);
-      await chown(dir, m.uid ?? 0, m.gid ?? 0);
+      fresh = true;
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      // A dir created (empty) by the caller counts as new: it gets the mount's ownership and mode too.
+      fresh = (await readdir(dir)).length === 0;
+    }
+    if (fresh) {
+      await chmod(dir, m.mode ?? 0o755);
+      await chown(dir, m.uid ?? 0, m.gid ?? 0);
     }
     return { dir, release };
   } catch (e) {
@@ -446,6 +457,7 @@ export async function runProcess(opts: RunProcessOptions): Promise<RunProcessRes
         secretEnv,
         all: userMounts,
         hostOf,
+        keepMountStubs: opts.keepMountStubs === true,
       });
       if (!pm) continue;
       lines.push(...pm.script);
@@ -560,6 +572,7 @@ interface MountContext {
   all: SandboxMount[];
   /** Host path where each earlier mount's content is (for mounts nested inside it). */
   hostOf: Map<SandboxMount, string>;
+  keepMountStubs: boolean;
 }
 
 /** Resolve a mount target: in the rootfs, or inside an earlier tmpfs/cache mount that contains it. */
@@ -578,7 +591,9 @@ async function targetFor(
       if (!parent || ot.length > posix.normalize('/' + parent.target).length) parent = o;
     }
   }
-  if (!parent) return { path: await ensureTarget(ctx.root, target, kind, ctx.stubs), pre: [] };
+  if (!parent) {
+    return { path: await ensureTarget(ctx.root, target, kind, ctx.keepMountStubs ? undefined : ctx.stubs), pre: [] };
+  }
   const ptarget = posix.normalize('/' + parent.target);
   const rel = target.slice(ptarget === '/' ? 1 : ptarget.length + 1);
   if (parent.type === 'cache') {
@@ -713,9 +728,12 @@ async function prepareMount(m: SandboxMount, ctx: MountContext): Promise<Prepare
 
 /** The engine's Executor port backed by runProcess. */
 export class NamespaceExecutor implements Executor {
-  constructor(private readonly opts: { kilnHome?: string } = {}) {}
+  constructor(private readonly opts: { kilnHome?: string; keepMountStubs?: boolean } = {}) {}
 
   run(spec: ProcessSpec): Promise<ProcessResult> {
-    return runProcess({ ...spec, ...(this.opts.kilnHome ? { kilnHome: this.opts.kilnHome } : {}) });
+    const o: RunProcessOptions = { ...spec };
+    if (this.opts.kilnHome) o.kilnHome = this.opts.kilnHome;
+    if (this.opts.keepMountStubs) o.keepMountStubs = true;
+    return runProcess(o);
   }
 }

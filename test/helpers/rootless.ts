@@ -167,6 +167,7 @@ export interface ScenarioStep {
   mounts?: import('../../src/sandbox/run.js').SandboxMount[];
   /** Abort the step as soon as stdout contains this text. */
   abortOn?: string;
+  keepMountStubs?: boolean;
 }
 
 export interface ScenarioRequest {
@@ -178,6 +179,8 @@ export interface ScenarioRequest {
   topFiles?: Record<string, string>;
   /** Files created under kilnHome (inside the namespace, so owned by its root) before the steps. */
   hostFiles?: Record<string, string>;
+  /** Empty dirs created under kilnHome (inside the namespace) before the steps. */
+  hostDirs?: string[];
   steps: ScenarioStep[];
 }
 
@@ -220,6 +223,7 @@ export async function runStepScenario(req: ScenarioRequest): Promise<ScenarioRep
     }
     lowers.push(top);
   }
+  for (const d of req.hostDirs ?? []) await mkdir(join(req.kilnHome, d), { recursive: true });
   for (const [p, content] of Object.entries(req.hostFiles ?? {})) {
     await mkdir(join(req.kilnHome, dirname(p)), { recursive: true });
     await writeFile(join(req.kilnHome, p), content);
@@ -242,6 +246,7 @@ export async function runStepScenario(req: ScenarioRequest): Promise<ScenarioRep
           network: s.network ?? 'host',
           mounts: s.mounts ?? [],
           kilnHome: req.kilnHome,
+          keepMountStubs: s.keepMountStubs === true,
           signal: ac.signal,
           onStdout: (d) => {
             rep.stdout += d.toString();

@@ -128,6 +128,40 @@ for (const mode of ['root', 'rootless'] as Mode[]) {
       assert.deepEqual(rep.leftoverTemp, []);
     });
 
+    test('cache uid/gid/mode on an empty caller-made dir; keepMountStubs keeps mount targets (BuildKit 0.8)', async () => {
+      const pre = join(home, 'engine-cache');
+      const rep = await inNs<ScenarioReport>(mode, 'runStepScenario', [
+        {
+          kilnHome: home,
+          hostDirs: ['engine-cache/sub'],
+          steps: [
+            {
+              argv: ['/bin/sh', '-c', 'ls -ld /c | cut -c1-10; stat -c %u:%g /c'],
+              mounts: [{ type: 'cache', id: 'c-mode', target: '/c', uid: 1000, gid: 1000, mode: 0o700 }],
+            },
+            {
+              argv: ['/bin/sh', '-c', 'stat -c %a:%u:%g /e'],
+              mounts: [
+                { type: 'cache', id: 'c-engine', source: join(pre, 'sub'), target: '/e', uid: 7, gid: 8, mode: 0o750 },
+              ],
+            },
+            { argv: ['true'], mounts: [{ type: 'tmpfs', target: '/keep/me' }], keepMountStubs: true },
+          ],
+        },
+      ]);
+      const [c, e, keep] = rep.steps;
+      assert.equal(c?.stdout, 'drwx------\n1000:1000\n', c?.stderr);
+      assert.equal(e?.stdout, '750:7:8\n', e?.stderr);
+      assert.equal(keep?.exitCode, 0);
+      assert.deepEqual(
+        rep.upper.filter((x) => x.path.startsWith('/keep')),
+        [
+          { path: '/keep', type: 'dir', opaque: false },
+          { path: '/keep/me', type: 'dir', opaque: false },
+        ],
+      );
+    });
+
     test('cache sharing: shared runs concurrently, private gets its own dir, locked waits', async () => {
       type R = { log: string; bOut: string; aExit: number; bExit: number };
       const shared = await inNs<R>(mode, 'runCacheSharingScenario', [home, 'shared']);

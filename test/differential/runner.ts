@@ -195,6 +195,8 @@ export interface SuiteEnv {
   dockerd: Dockerd;
   buildah: Buildah | null;
   kiln: KilnInvoker | null;
+  /** Why kiln is null (printed with every case). */
+  kilnSkipReason?: string;
   /** Hand the prepared build context to this owner (kiln as an ordinary user must read every context file). */
   contextOwner?: { uid: number; gid: number };
   /** Build every case twice with BuildKit and compare the two (validates the cases and compare's strictness). */
@@ -346,7 +348,7 @@ export async function runCase(env: SuiteEnv, c: DiffCase): Promise<CaseReport> {
 
     // ---------------- kiln
     if (!env.kiln) {
-      report.kilnSkipped = 'src/cli/build.ts does not exist yet';
+      report.kilnSkipped = env.kilnSkipReason ?? 'kiln is not configured';
     } else {
       await setFamily('kiln');
       const ref = `${repo}:kiln`;

@@ -72,9 +72,12 @@ describe(
 
       let kiln: SuiteEnv['kiln'] = null;
       let contextOwner: SuiteEnv['contextOwner'];
+      let kilnSkipReason: string | undefined;
       if (mode === 'buildkit-only') {
+        kilnSkipReason = 'KILN_DIFF_MODE=buildkit-only';
         loud('KILN_DIFF_MODE=buildkit-only: kiln is NOT tested; BuildKit is compared with itself and with buildah');
       } else if (!kilnBuildExists) {
+        kilnSkipReason = 'src/cli/build.ts does not exist yet';
         loud('KILN SIDE SKIPPED: src/cli/build.ts does not exist yet — only BuildKit and buildah are exercised');
       } else {
         const home = join(work, 'kiln-home');
@@ -94,6 +97,7 @@ describe(
         buildah,
         kiln,
         buildkitTwice: mode === 'buildkit-only',
+        ...(kilnSkipReason ? { kilnSkipReason } : {}),
         ...(contextOwner ? { contextOwner } : {}),
         work,
       };

@@ -298,6 +298,12 @@ test('RUN --mount values are expanded field by field (a value with a comma stays
   assert.equal(m.readOnly, true);
 });
 
+test('doc comments for stages', () => {
+  const p = parseDockerfile('# build compiles the app\nFROM a AS build\n# other\nFROM b AS final\n');
+  assert.equal(p.stages[0]!.from.docComment, 'compiles the app');
+  assert.equal(p.stages[1]!.from.docComment, '');
+});
+
 test('doc comments for ARG and comments on instructions', () => {
   const p = parseDockerfile('FROM a\n# VERSION the version to build\nARG VERSION=1\n\n# free comment\n\nRUN x\n');
   const arg = p.stages[0]!.commands[0]!;

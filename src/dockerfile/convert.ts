@@ -611,6 +611,7 @@ function parseFrom(req: Req): FromInstruction {
     stageNameAsWritten: stageName === undefined ? undefined : a[2],
     asKeyword: stageName === undefined ? undefined : a[1],
     platform: req.flags.used.has('platform') ? platform.value : undefined,
+    docComment: stageName === undefined ? '' : docComment(req.base.comments, stageName),
   };
 }
 

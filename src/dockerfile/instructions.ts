@@ -110,6 +110,8 @@ export interface FromInstruction extends InstructionBase {
   asKeyword: string | undefined;
   /** `--platform` value, unexpanded, or undefined. */
   platform: string | undefined;
+  /** `# <stage name> description` comment above the FROM (BuildKit Stage.DocComment), '' when none. */
+  docComment: string;
 }
 
 export type NetworkMode = 'default' | 'none' | 'host';

@@ -213,3 +213,13 @@ test('hard links inside the layer are recreated as links', async () => {
   );
   assert.equal(lstatSync(join(d, 'a')).ino, lstatSync(join(d, 'dir/b')).ino);
 });
+
+test('an entry after its own whiteout in the same layer replaces the whiteout', async () => {
+  const d = fresh();
+  await extractLayer(
+    [tarOf([{ name: '.wh.x' }, { name: 'x', data: 'back' }, { name: 'y', data: '1' }, { name: '.wh.y' }])],
+    d,
+  );
+  assert.equal(readFileSync(join(d, 'x'), 'utf8'), 'back');
+  assert.equal(lstatSync(join(d, 'y')).isCharacterDevice(), true);
+});

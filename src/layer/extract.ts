@@ -30,18 +30,7 @@ import {
   unlinkSync,
   writeSync,
 } from 'node:fs';
-import {
-  chmod,
-  link,
-  lstat,
-  lutimes,
-  mkdir,
-  open,
-  readdir,
-  readlink,
-  rename,
-  rm,
-} from 'node:fs/promises';
+import { chmod, link, lstat, lutimes, mkdir, open, readdir, readlink, rename, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { KilnError } from '../errors.js';
@@ -275,6 +264,7 @@ export async function extractLayer(
       }
     }
     await link(whiteoutTemplate, abs);
+    written.add(parentRel ? `${parentRel}/${victim}` : victim); // a later entry of the same name replaces it
   }
 
   const euid = process.geteuid?.() ?? -1;

@@ -192,11 +192,11 @@ export class RepositoryClient {
   }
 
   /** Size of a blob if the repository has it. */
-  async headBlob(digest: string): Promise<number | undefined> {
+  async headBlob(digest: string, scopes: string[] = this.pullScope()): Promise<number | undefined> {
     const res = await this.canonical.request({
       method: 'HEAD',
       path: `/v2/${this.repository}/blobs/${digest}`,
-      scopes: this.pullScope(),
+      scopes,
       expect: [200, 404],
       ctx: this.ctx('blob'),
     });
@@ -302,10 +302,12 @@ export class RepositoryClient {
     open: () => Promise<Readable>,
     o: UploadOptions = {},
   ): Promise<UploadResult> {
-    if ((await this.headBlob(digest)) !== undefined) return 'exists';
+    let mountFrom = o.mountFrom && o.mountFrom !== this.repository ? o.mountFrom : undefined;
+    // Ask for the push (and mount source) scopes right away: one token for the whole upload.
+    const scopes = this.pushScope(mountFrom ? [repositoryScope(mountFrom, ['pull'])] : []);
+    if ((await this.headBlob(digest, scopes)) !== undefined) return 'exists';
     const monolithicMax = o.monolithicMax ?? 16 * 1024 * 1024;
     const maxRestarts = o.maxRestarts ?? 3;
-    let mountFrom = o.mountFrom && o.mountFrom !== this.repository ? o.mountFrom : undefined;
     for (let restart = 0; ; restart++) {
       const start = await this.startUpload(digest, mountFrom);
       if (start === 'mounted') {

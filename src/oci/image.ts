@@ -253,6 +253,11 @@ function imageWith(
   };
 }
 
+/** Is this the media type of an image config (rather than an artifact's config)? */
+export function isImageConfig(mt: string | undefined): boolean {
+  return mt === MediaType.OCIConfig || mt === MediaType.DockerConfig;
+}
+
 function checkManifest(m: Manifest, where: string): Manifest {
   if (m === null || typeof m !== 'object' || m.schemaVersion !== 2 || !m.config || !Array.isArray(m.layers)) {
     throw new KilnError('MANIFEST_INVALID', `${where}: not a schema 2 image manifest`, {
@@ -275,6 +280,10 @@ export function imageFromBlobs(blobs: BlobSource, desc: Descriptor): Image {
   const config = memo(async () => parseJSON<ImageConfig>(await rawConfig(), `${blobs.where}: config`));
   const layers = memo(async () => {
     const m = await manifest();
+    if (!isImageConfig(m.config.mediaType)) {
+      // An artifact (attestation, signature…): its "layers" need not be tars and have no diff_ids.
+      return m.layers.map((d) => layerFromBlob(blobs, d));
+    }
     const diffIDs = (await config()).rootfs?.diff_ids ?? [];
     if (diffIDs.length !== m.layers.length) {
       throw new KilnError(

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
@@ -9,6 +9,7 @@ import { emptyImage, layerFromBytes, layerFromOpener } from './image.js';
 import { appendLayers } from './mutate.js';
 import { MediaType } from './mediatypes.js';
 import { sha256 } from './digest.js';
+import { BlobDir } from './blobs.js';
 import { isKilnError } from '../errors.js';
 import { withTempDir } from '../../test/helpers/images.js';
 
@@ -79,4 +80,54 @@ test('index.json names, lookup by name/digest, single-entry default, errors list
     await assert.rejects(l.index('v1'), (e) => isKilnError(e, 'NOT_AN_INDEX'));
     await writeLayout(join(dir, 'one'), [{ image: good }]);
     assert.equal(await (await (await readLayout(join(dir, 'one'))).image()).digest(), await good.digest());
+  }));
+
+test('indexes with attestation/artifact manifests (no image config) are copied whole', () =>
+  withDir(async (dir) => {
+    const src = join(dir, 'src');
+    await writeLayout(src, [{ image: good, name: 'img' }]);
+    const blobs = new BlobDir(join(src, 'blobs'));
+    const statement = Buffer.from('{"_type":"https://in-toto.io/Statement/v0.1"}');
+    const layerDesc = await blobs.writeBytes(statement, 'application/vnd.in-toto+json');
+    const cfg = await blobs.writeBytes('{}', MediaType.OCIEmptyJSON);
+    const att = Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: MediaType.OCIManifest,
+        config: cfg,
+        layers: [{ ...layerDesc, annotations: { 'in-toto.io/predicate-type': 'https://slsa.dev/provenance/v0.2' } }],
+      }),
+    );
+    const attDesc = await blobs.writeBytes(att, MediaType.OCIManifest);
+    const imgDesc = { mediaType: MediaType.OCIManifest, digest: await good.digest(), size: await good.size() };
+    const ix = Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: MediaType.OCIIndex,
+        manifests: [
+          { ...imgDesc, platform: { os: 'linux', architecture: (await good.config()).architecture } },
+          {
+            ...attDesc,
+            platform: { os: 'unknown', architecture: 'unknown' },
+            annotations: {
+              'vnd.docker.reference.type': 'attestation-manifest',
+              'vnd.docker.reference.digest': imgDesc.digest,
+            },
+          },
+        ],
+      }),
+    );
+    const ixDesc = await blobs.writeBytes(ix, MediaType.OCIIndex);
+    await writeFile(
+      join(src, 'index.json'),
+      JSON.stringify({ schemaVersion: 2, manifests: [{ ...ixDesc, annotations: { [REF_NAME]: 'multi' } }] }),
+    );
+    const index = await (await readLayout(src)).index('multi');
+    const dest = join(dir, 'dest');
+    await writeLayout(dest, [{ image: index, name: 'copy' }]);
+    const out = await readLayout(dest);
+    assert.equal(out.descriptor('copy').digest, ixDesc.digest);
+    const copied = new BlobDir(join(dest, 'blobs'));
+    for (const d of [layerDesc.digest, cfg.digest, attDesc.digest, imgDesc.digest]) assert.ok(await copied.has(d), d);
+    assert.equal(await (await out.image('copy')).digest(), imgDesc.digest, 'platform selection skips the attestation');
   }));

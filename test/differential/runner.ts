@@ -119,7 +119,8 @@ export function loadCases(filter: string[] = []): DiffCase[] {
     cases.push({ id, num: m[1], dir, spec, ...(expect ? { expect } : {}) });
   }
   if (filter.length === 0) return cases;
-  return cases.filter((c) => filter.some((f) => c.num === f || c.num === f.padStart(2, '0') || c.id.includes(f)));
+  // all-digit filters select by case number, anything else by a substring of the name
+  return cases.filter((c) => filter.some((f) => (/^\d+$/.test(f) ? Number(c.num) === Number(f) : c.id.includes(f))));
 }
 
 function readdirSyncSorted(dir: string): string[] {

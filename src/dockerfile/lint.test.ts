@@ -113,8 +113,10 @@ test('UndefinedVar in expanded words only', () => {
   assert.deepEqual(lint('FROM a\nARG X\nARG Y=1\nENV Z=$Y\nWORKDIR /$X/$Y/$Z\nENV P=$PATH\n'), []);
   // Expansion of one ENV happens before any of its pairs is set.
   assert.deepEqual(rules('FROM a\nENV A=1 B=$A\n'), ['UndefinedVar:2']);
-  // Inherited through stages.
+  // Inherited through stages, including declared ARGs without a value.
   assert.deepEqual(lint('FROM a AS base\nENV HOME_DIR=/h\nFROM base\nWORKDIR $HOME_DIR\n'), []);
+  assert.deepEqual(lint('FROM a AS base\nARG V\nFROM base\nWORKDIR /$V\n'), []);
+  assert.deepEqual(rules('FROM a AS base\nARG V\nFROM a\nWORKDIR /$V\n'), ['UndefinedVar:4']);
   // Heredoc sources are checked only when they expand.
   assert.deepEqual(rules('FROM a\nCOPY <<EOF /x\n$NOPE\nEOF\n'), ['UndefinedVar:2']);
   assert.deepEqual(rules("FROM a\nCOPY <<'EOF' /x\n$NOPE\nEOF\n"), []);

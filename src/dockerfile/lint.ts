@@ -234,6 +234,8 @@ interface StageLintState {
   env: Map<string, string>;
   shellSet: boolean;
   workdirSet: boolean;
+  /** ARG names declared in the stage or its base stages (BuildKit buildArgs, inherited). */
+  declared: Set<string>;
 }
 
 interface RawWarning {
@@ -440,6 +442,7 @@ function collectWarnings(parsed: ParsedDockerfile, opts: LintOptions): RawWarnin
           env: new Map(states[base.index]!.env),
           shellSet: states[base.index]!.shellSet,
           workdirSet: states[base.index]!.workdirSet,
+          declared: new Set(states[base.index]!.declared),
         }
       : {
           env: new Map(
@@ -450,6 +453,7 @@ function collectWarnings(parsed: ParsedDockerfile, opts: LintOptions): RawWarnin
           ),
           shellSet: false,
           workdirSet: false,
+          declared: new Set<string>(),
         };
     states[st.index] = state;
     if (needed && !needed(st.index)) continue;
@@ -598,7 +602,7 @@ function dispatchChecks(
   esc: string,
   add: (r: RuleName, m: string, at: Instruction) => void,
 ): void {
-  const declared = new Set<string>();
+  const declared = state.declared;
   const used: Partial<Record<'CMD' | 'ENTRYPOINT' | 'HEALTHCHECK', Command>> = {};
   const ignore = opts.ignorePatterns && opts.ignorePatterns.length > 0 ? opts.ignorePatterns : undefined;
   const compiled = ignore ? compilePatterns(ignore) : undefined;

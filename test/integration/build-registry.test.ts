@@ -265,6 +265,69 @@ describe('kiln build (root, registry)', () => {
     assert.equal(cfg.history.at(-2)?.empty_layer, undefined);
   });
 
+  test('secrets, cache mounts, --network none and WORKDIR owned by USER', async () => {
+    const dir = join(work, 'features');
+    await mkdir(dir, { recursive: true });
+    const secretFile = join(work, 'token.txt');
+    await writeFile(secretFile, 'S3CRET-VALUE');
+    await writeFile(
+      join(dir, 'Dockerfile'),
+      [
+        `FROM ${reg.host}/base/busybox:1`,
+        'RUN --mount=type=secret,id=tok test "$(cut -c1-3 /run/secrets/tok)" = S3C && echo secret-file-ok',
+        'RUN --mount=type=secret,id=tok,env=TOKEN test "${#TOKEN}" = 12 && echo secret-env-ok',
+        'RUN --mount=type=cache,target=/var/cache/x echo run >> /var/cache/x/log && wc -l < /var/cache/x/log',
+        'RUN --network=none sh -c "cat /sys/class/net/*/operstate 2>/dev/null | sort | tr -d \\n; echo; ls /sys/class/net"',
+        'USER app',
+        'WORKDIR /work/deep',
+        '',
+      ].join('\n'),
+    );
+    const r = await kiln(
+      [
+        'build',
+        '--progress',
+        'plain',
+        '--insecure-registry',
+        reg.host,
+        '--secret',
+        `id=tok,src=${secretFile}`,
+        '-t',
+        `${reg.host}/features:v1`,
+        '--push',
+        dir,
+      ],
+      { home },
+    );
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /secret-file-ok/);
+    assert.match(r.stderr, /secret-env-ok/);
+    assert.match(r.stderr, /^#\d+ [\d.]+ lo$/m, 'only loopback with --network=none');
+    const cfg = inspectConfig(`${reg.host}/features:v1`);
+    assert.doesNotMatch(JSON.stringify(cfg), /S3CRET-VALUE/);
+    assert.doesNotMatch(r.stderr, /S3CRET-VALUE/);
+    const layout = join(work, 'features-layout');
+    assert.equal(
+      skopeo(['copy', '--src-tls-verify=false', `docker://${reg.host}/features:v1`, `oci:${layout}:v1`]).code,
+      0,
+    );
+    const bundle = join(work, 'features-bundle');
+    const u = spawnSync('umoci', ['unpack', '--image', `${layout}:v1`, bundle], { encoding: 'utf8' });
+    assert.equal(u.status, 0, u.stderr);
+    const rootfs = join(bundle, 'rootfs');
+    await assert.rejects(stat(join(rootfs, 'run/secrets/tok')), 'no secret file in the image');
+    await assert.rejects(stat(join(rootfs, 'var/cache/x/log')), 'cache mount content is not in the image');
+    const wd = await stat(join(rootfs, 'work/deep'));
+    assert.deepEqual([wd.uid, wd.gid], [1000, 1000]);
+    // the cache mount persists across builds
+    const again = await kiln(
+      ['build', '--progress', 'plain', '--no-cache', '--secret', `id=tok,src=${secretFile}`, dir],
+      { home },
+    );
+    assert.equal(again.code, 0, again.stderr);
+    assert.match(again.stderr, /^#\d+ [\d.]+ 2$/m);
+  });
+
   test('COPY of a missing source names it', async () => {
     const bad = join(work, 'badcopy');
     await mkdir(bad, { recursive: true });

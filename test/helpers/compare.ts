@@ -285,7 +285,7 @@ async function readXattrs(rootfs: string): Promise<Map<string, Record<string, st
 export interface CompareOptions {
   /** Compare `created` timestamps (image and history) — only meaningful with SOURCE_DATE_EPOCH on both sides. */
   compareCreated?: boolean;
-  /** Compare file mtimes (whole seconds). */
+  /** Compare mtimes of non-directory, non-symlink entries (whole seconds). */
   compareMtimes?: boolean;
   /** Difference keys to drop (`*` wildcard), e.g. `config.Labels.io.buildah.version`, `file:/etc/hosts:*`. */
   ignore?: string[];
@@ -367,9 +367,10 @@ export function compareSnapshots(
     const xb = b.xattrs ?? {};
     for (const name of [...new Set([...Object.keys(xa), ...Object.keys(xb)])].sort())
       if (xa[name] !== xb[name]) add(`file:${p}:xattr.${name}`, xa[name], xb[name]);
-    // whole seconds: Docker's layer tars carry no sub-second times, other writers may (PAX)
+    // whole seconds: Docker's layer tars carry no sub-second times, other writers may (PAX). Directories are
+    // skipped: BuildKit gives them the time its context transfer or the COPY ran, never a reproducible one.
     const secs = (e: FileEntry): number => Math.floor(e.mtimeMs / 1000);
-    if (opts.compareMtimes && secs(a) !== secs(b) && a.type !== 'symlink')
+    if (opts.compareMtimes && secs(a) !== secs(b) && a.type !== 'symlink' && a.type !== 'dir')
       add(`file:${p}:mtime`, new Date(a.mtimeMs).toISOString(), new Date(b.mtimeMs).toISOString());
   }
 

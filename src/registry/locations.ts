@@ -7,6 +7,7 @@ import { KilnError } from '../errors.js';
 import { readDockerArchive, writeDockerArchive } from '../oci/docker-archive.js';
 import { isImageIndex } from '../oci/image.js';
 import { readLayout, writeLayout } from '../oci/layout.js';
+import { LocalStore } from '../oci/store.js';
 import type { Image, ImageIndex, Platform } from '../oci/types.js';
 import { getRemote } from './remote.js';
 import { parseReference, type Reference } from './reference.js';
@@ -75,25 +76,28 @@ export function describeLocation(l: Location): string {
   }
 }
 
-/** A local image store, as the CLI needs it (implemented by src/oci/store.ts). */
+/** A local image store, as the CLI needs it (src/oci/store.ts by default). */
 export interface LocalStoreAccess {
   get(name: string): Promise<Image | ImageIndex>;
   put(name: string, x: Image | ImageIndex): Promise<void>;
 }
 
-let storeProvider: (() => Promise<LocalStoreAccess>) | undefined;
+let storeProvider: () => Promise<LocalStoreAccess> = async () => {
+  const store = await LocalStore.open();
+  return {
+    get: (name) => store.get(name),
+    put: async (name, x) => {
+      await store.put(x, [name]);
+    },
+  };
+};
 
-/** Register how to reach the local store (called by the CLI wiring once src/oci/store.ts exists). */
+/** Replace how the local store is reached (tests, the build service). */
 export function setLocalStoreProvider(p: () => Promise<LocalStoreAccess>): void {
   storeProvider = p;
 }
 
 async function localStore(): Promise<LocalStoreAccess> {
-  if (!storeProvider) {
-    throw new KilnError('STORE_UNAVAILABLE', 'the local image store is not available in this build', {
-      hint: 'use oci:DIR, oci-archive:FILE or docker-archive:FILE instead',
-    });
-  }
   return storeProvider();
 }
 

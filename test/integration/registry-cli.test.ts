@@ -1,0 +1,138 @@
+/**
+ * The registry CLI end to end: pull into the local store ($KILN_HOME) and to docker archives, inspect from the
+ * store and from registries, push a store image, copy between two registries (streamed) — checked with skopeo —
+ * and a corrupted pull that leaves nothing in the store.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Transform } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { LocalStore } from '../../src/oci/store.js';
+import { push, type PushOptions } from '../../src/registry/push.js';
+import { closeTransports } from '../../src/registry/transport.js';
+import { makeBusyboxImage } from '../helpers/images.js';
+import { startHttpProxy, startRegistry } from '../helpers/registry.js';
+
+const KILN = fileURLToPath(new URL('../../bin/kiln.js', import.meta.url));
+const run = async (cmd: string, args: string[]): Promise<string> =>
+  (await promisify(execFile)(cmd, args, { encoding: 'utf8' })).stdout;
+
+function kiln(args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(
+      process.execPath,
+      [KILN, ...args],
+      { env: { ...process.env, KILN_FROM_SOURCE: '1', ...env }, encoding: 'utf8' },
+      (err, stdout, stderr) =>
+        resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr }),
+    );
+  });
+}
+
+test('kiln pull/push/copy/inspect through the local store and two registries', async () => {
+  const a = await startRegistry();
+  const b = await startRegistry();
+  const home = mkdtempSync(join(tmpdir(), 'kiln-cli-home-'));
+  const env = { KILN_HOME: join(home, 'kiln'), DOCKER_CONFIG: join(home, 'docker') };
+  const opts: PushOptions = {};
+  try {
+    const img = await makeBusyboxImage({ secondLayer: [{ path: 'hello', content: 'hi\n' }] });
+    const digest = await img.digest();
+    await push(img, `${a.host}/app:v1`, opts);
+
+    const pulled = await kiln(['pull', `${a.host}/app:v1`, '--progress', 'json'], env);
+    assert.equal(pulled.code, 0, pulled.stderr);
+    assert.equal(pulled.stdout.trim(), `${a.host}/app@${digest}`);
+    const store = await LocalStore.open(env.KILN_HOME);
+    const listed = await store.list();
+    assert.deepEqual(
+      listed.map((e) => e.name),
+      [`${a.host}/app:v1`],
+    );
+
+    const archive = join(home, 'app.tar');
+    const toArchive = await kiln(['pull', `${a.host}/app:v1`, '--output', `type=docker,dest=${archive}`], env);
+    assert.equal(toArchive.code, 0, toArchive.stderr);
+    const fromArchive = JSON.parse(await run('skopeo', ['inspect', `docker-archive:${archive}`])) as {
+      Layers: string[];
+    };
+    assert.equal(fromArchive.Layers.length, 2);
+
+    // Push the store image to another repository; copy it (streamed) to the second registry.
+    const pushed = await kiln(['push', `${a.host}/app:v1`, `${a.host}/pushed:v1`, '--progress', 'plain'], env);
+    assert.equal(pushed.code, 0, pushed.stderr);
+    assert.equal(pushed.stdout.trim(), `${a.host}/pushed@${digest}`);
+    const copied = await kiln(['copy', `${a.host}/app:v1`, `${b.host}/mirror/app:v1`, '--progress', 'plain'], env);
+    assert.equal(copied.code, 0, copied.stderr);
+    const info = JSON.parse(
+      await run('skopeo', ['inspect', '--tls-verify=false', `docker://${b.host}/mirror/app:v1`]),
+    ) as {
+      Digest: string;
+    };
+    assert.equal(info.Digest, digest);
+    assert.ok(
+      await b.waitForLog(/"PUT \/v2\/mirror\/app\/blobs\/uploads\/[^"]*digest=sha256[^"]*" 201/),
+      'blobs were uploaded',
+    );
+
+    const remote = await kiln(['inspect', '--raw', `${b.host}/mirror/app:v1`], env);
+    assert.equal(remote.code, 0, remote.stderr);
+    assert.deepEqual(Buffer.from(remote.stdout), await img.rawManifest());
+
+    // Both registries gone: inspect still answers from the store.
+    await a.stop();
+    await b.stop();
+    const local = await kiln(['inspect', `${a.host}/app:v1`], env);
+    assert.equal(local.code, 0, local.stderr);
+    const j = JSON.parse(local.stdout) as { digest: string; config: { config: { Cmd: string[] } } };
+    assert.equal(j.digest, digest);
+    assert.deepEqual(j.config.config.Cmd, ['sh']);
+    const cfg = await kiln(['inspect', '--config', '--raw', `${a.host}/app:v1`], env);
+    assert.deepEqual(Buffer.from(cfg.stdout), await img.rawConfig());
+  } finally {
+    await closeTransports(opts);
+    await a.stop().catch(() => undefined);
+    await b.stop().catch(() => undefined);
+    rmSync(home, { recursive: true, force: true });
+  }
+});
+
+test('a corrupted pull leaves nothing named in the store and no corrupt blob', async () => {
+  const reg = await startRegistry();
+  const img = await makeBusyboxImage();
+  const bad = await (await img.layers())[0]!.digest();
+  const proxy = await startHttpProxy(reg.host, {
+    transform: (req, status) =>
+      status === 200 && req.method === 'GET' && req.url.endsWith(bad)
+        ? new Transform({
+            transform(chunk: Buffer, _e, cb) {
+              const c = Buffer.from(chunk);
+              c[c.length - 1] = c[c.length - 1]! ^ 1;
+              cb(null, c);
+            },
+          })
+        : undefined,
+  });
+  const home = mkdtempSync(join(tmpdir(), 'kiln-cli-home-'));
+  const env = { KILN_HOME: join(home, 'kiln') };
+  const opts: PushOptions = {};
+  try {
+    await push(img, `${reg.host}/app:v1`, opts);
+    const r = await kiln(['pull', `${proxy.host}/app:v1`, '--progress', 'quiet'], env);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr.split('\n')[0]!, /^kiln: pull .*: content digest sha256:[0-9a-f]{64} does not match/);
+    const store = await LocalStore.open(env.KILN_HOME);
+    assert.deepEqual(await store.list(), []);
+    assert.ok(!existsSync(store.blobs.path(bad)));
+  } finally {
+    await closeTransports(opts);
+    await proxy.stop();
+    await reg.stop();
+    rmSync(home, { recursive: true, force: true });
+  }
+});

@@ -15,8 +15,8 @@
  */
 import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { lstat, mkdir, mkdtemp, readFile, readdir, readlink, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { createReadStream, lstatSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import { lstat, mkdir, mkdtemp, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
@@ -416,10 +416,12 @@ async function saveStatCache(c: { file: string | undefined; data: StatCacheFile;
   c.dirty = false;
 }
 
-async function fileDigest(abs: string): Promise<string> {
-  const h = createHash('sha256');
-  for await (const chunk of createReadStream(abs)) h.update(chunk as Buffer);
-  return h.digest('hex');
+/** sha256 (hex) of a file: read at once when small, streamed otherwise. */
+export async function sha256File(abs: string, size: number): Promise<string> {
+  const fh = createHash('sha256');
+  if (size <= 1 << 20) return fh.update(readFileSync(abs)).digest('hex');
+  for await (const c of createReadStream(abs)) fh.update(c as Buffer);
+  return fh.digest('hex');
 }
 
 /** Statistics of the last hashContextPaths call (for tests and --debug). */
@@ -436,8 +438,10 @@ export async function hashContextPaths(ctx: BuildContext, paths: string[], exclu
   const h = createHash('sha256');
   const root = resolve(ctx.root);
   const seen = new Set<string>();
+  let ops = 0;
   const visit = async (abs: string, ctxRel: string, srcRel: string): Promise<void> => {
-    const st = await lstat(abs);
+    if (++ops % 256 === 0) await new Promise((r) => setImmediate(r));
+    const st = lstatSync(abs);
     const isDir = st.isDirectory();
     let included = true;
     if (ctxRel !== '' && ctx.ignore.matches(ctxRel, isDir)) {
@@ -450,7 +454,7 @@ export async function hashContextPaths(ctx: BuildContext, paths: string[], exclu
     }
     const type = isDir ? 'd' : st.isSymbolicLink() ? 'l' : st.isFile() ? 'f' : 'o';
     if (included) h.update(`${srcRel}\0${type}\0${(st.mode & 0o7777).toString(8)}\0`);
-    if (type === 'l') h.update(`${await readlink(abs)}\0`);
+    if (type === 'l') h.update(`${readlinkSync(abs)}\0`);
     else if (type === 'f') {
       const e = cache.data.entries[ctxRel];
       let d: string;
@@ -458,7 +462,7 @@ export async function hashContextPaths(ctx: BuildContext, paths: string[], exclu
         d = e.d;
         statCacheStats.hits++;
       } else {
-        d = await fileDigest(abs);
+        d = await sha256File(abs, st.size);
         statCacheStats.misses++;
         cache.data.entries[ctxRel] = { m: st.mtimeMs, c: st.ctimeMs, s: st.size, i: st.ino, o: st.mode, d };
         cache.dirty = true;
@@ -466,7 +470,7 @@ export async function hashContextPaths(ctx: BuildContext, paths: string[], exclu
       seen.add(ctxRel);
       h.update(`${st.size}\0${d}\0`);
     } else if (isDir) {
-      const names = await readdir(abs);
+      const names = readdirSync(abs);
       names.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
       for (const n of names) {
         await visit(join(abs, n), ctxRel ? `${ctxRel}/${n}` : n, srcRel ? `${srcRel}/${n}` : n);

@@ -22,23 +22,21 @@
  *   it, and nothing is ever written through a symlink out of it.
  */
 import { createHash } from 'node:crypto';
-import { constants as fsc, type Stats } from 'node:fs';
 import {
-  chmod,
-  copyFile,
-  lchown,
-  link,
-  lstat,
-  lutimes,
-  mkdir,
-  readdir,
-  readlink,
-  rm,
-  stat,
-  symlink,
-  unlink,
-  writeFile,
-} from 'node:fs/promises';
+  chmodSync,
+  constants as fsc,
+  copyFileSync,
+  lchownSync,
+  linkSync,
+  lstatSync,
+  lutimesSync,
+  readdirSync,
+  readlinkSync,
+  symlinkSync,
+  unlinkSync,
+  type Stats,
+} from 'node:fs';
+import { chmod, copyFile, lchown, lstat, lutimes, mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join, posix, resolve } from 'node:path';
 import { KilnError } from '../errors.js';
 import { newMatcher, type Matcher } from '../dockerfile/dockerignore.js';
@@ -46,7 +44,7 @@ import { isRealRoot, mknodBatch, readXattrsRecursive, setXattrs, type XattrSet }
 import type { CopyRequest, CopySource, FileCopier } from './ports.js';
 import { secureJoin } from './rootfs.js';
 import { AddSupport, isGitSource, isUrlSource } from './add.js';
-import { hashContextPaths, type BuildContext } from './context.js';
+import { hashContextPaths, sha256File, type BuildContext } from './context.js';
 
 // ---------------------------------------------------------------------------------------------------------------
 // Go filepath.Match
@@ -445,6 +443,7 @@ export class TreeCopier {
   readonly xattrs: XattrSet[] = [];
   private srcXattrs = new Map<string, Map<string, Buffer>>();
   private warnedDevices = false;
+  private ops = 0;
 
   constructor(
     private readonly opts: CopyOptions,
@@ -472,9 +471,9 @@ export class TreeCopier {
 
   private async copyFileInfo(st: Stats, src: string, target: string): Promise<void> {
     const o = this.owner(st);
-    await lchown(target, o.uid, o.gid);
-    if (!st.isSymbolicLink()) await chmod(target, this.mode(st));
-    await lutimes(target, st.atime, st.mtime);
+    lchownSync(target, o.uid, o.gid);
+    if (!st.isSymbolicLink()) chmodSync(target, this.mode(st));
+    lutimesSync(target, st.atime, st.mtime);
     const x = this.srcXattrs.get(src);
     if (x && (st.isFile() || st.isDirectory())) {
       for (const [name, value] of x) this.xattrs.push({ path: target, name, value });
@@ -498,10 +497,12 @@ export class TreeCopier {
         if (!mayInclude) return;
       }
     }
-    const st = await lstat(src);
+    // Synchronous syscalls per entry (much cheaper than threadpool round trips); yield now and then.
+    if (++this.ops % 256 === 0) await new Promise((r) => setImmediate(r));
+    const st = lstatSync(src);
     if (!include && !st.isDirectory()) return;
     if (include) await this.createParentDirs();
-    const targetSt = await lstatOrNull(target);
+    const targetSt = lstatSync(target, { throwIfNoEntry: false }) ?? null;
 
     if (!st.isDirectory()) {
       if (targetSt) {
@@ -511,7 +512,7 @@ export class TreeCopier {
             `cannot replace to directory ${displayPath(this.destRoot, target)} with file`,
           );
         }
-        await unlink(target);
+        unlinkSync(target);
       }
     }
     let copyInfo = include;
@@ -525,7 +526,7 @@ export class TreeCopier {
       }
       this.parents.push(parent);
       try {
-        const names = await readdir(src);
+        const names = readdirSync(src);
         names.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
         for (const n of names) {
           await this.copy(
@@ -546,13 +547,14 @@ export class TreeCopier {
     } else if (st.isFile()) {
       const key = `${st.dev}:${st.ino}`;
       const first = st.nlink > 1 ? this.inodes.get(key) : undefined;
-      if (first) await link(first, target);
+      if (first) linkSync(first, target);
       else {
-        await copyFile(src, target, fsc.COPYFILE_EXCL);
+        if (st.size <= 1 << 20) copyFileSync(src, target, fsc.COPYFILE_EXCL);
+        else await copyFile(src, target, fsc.COPYFILE_EXCL);
         if (st.nlink > 1) this.inodes.set(key, target);
       }
     } else if (st.isSymbolicLink()) {
-      await symlink(await readlink(src), target);
+      symlinkSync(readlinkSync(src), target);
     } else if (st.isSocket()) {
       return;
     } else {
@@ -720,18 +722,14 @@ export async function resolveRequestSources(
 
 /** Hash a file tree for the cache key: paths, types, modes, link targets and content (sha256), in walk order. */
 async function hashTree(abs: string, rel: string, h: ReturnType<typeof createHash>, withOwner: boolean): Promise<void> {
-  const st = await lstat(abs);
+  const st = lstatSync(abs);
   const type = st.isDirectory() ? 'd' : st.isSymbolicLink() ? 'l' : st.isFile() ? 'f' : 'o';
   h.update(`${rel}\0${type}\0${(st.mode & 0o7777).toString(8)}\0`);
   if (withOwner) h.update(`${st.uid}:${st.gid}\0`);
-  if (type === 'l') h.update(`${await readlink(abs)}\0`);
-  else if (type === 'f') {
-    const { createReadStream } = await import('node:fs');
-    const fh = createHash('sha256');
-    for await (const c of createReadStream(abs)) fh.update(c as Buffer);
-    h.update(`${st.size}\0${fh.digest('hex')}\0`);
-  } else if (type === 'd') {
-    const names = await readdir(abs);
+  if (type === 'l') h.update(`${readlinkSync(abs)}\0`);
+  else if (type === 'f') h.update(`${st.size}\0${await sha256File(abs, st.size)}\0`);
+  else if (type === 'd') {
+    const names = readdirSync(abs);
     names.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
     for (const n of names) await hashTree(join(abs, n), rel ? `${rel}/${n}` : n, h, withOwner);
   }

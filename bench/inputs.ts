@@ -51,8 +51,8 @@ export const W1_ASSETS = 20;
 export const W1_ASSET_SIZE = 5 * 1024 * 1024;
 
 /** Relative path of source file `i` of the W1 context. */
-export function w1SourcePath(i: number): string {
-  return `src/dir${String(i % W1_DIRS).padStart(2, '0')}/file${String(i).padStart(4, '0')}.js`;
+export function w1SourcePath(i: number, dirs = W1_DIRS): string {
+  return `src/dir${String(i % dirs).padStart(2, '0')}/file${String(i).padStart(4, '0')}.js`;
 }
 
 export interface W1Options {
@@ -73,7 +73,7 @@ export async function writeW1Context(dir: string, o: W1Options = {}): Promise<vo
   const writes: Promise<void>[] = [];
   for (let i = 0; i < files; i++) {
     const size = 512 + Math.floor(rand() * (8192 - 512));
-    const rel = `src/dir${String(i % dirs).padStart(2, '0')}/file${String(i).padStart(4, '0')}.js`;
+    const rel = w1SourcePath(i, dirs);
     writes.push(writeFile(join(dir, rel), sourceText(rand, size)));
     if (writes.length >= 64) await Promise.all(writes.splice(0));
   }
@@ -88,9 +88,9 @@ export async function writeW1Context(dir: string, o: W1Options = {}): Promise<vo
 }
 
 /** Change one W1 source file (deterministically by `n`): the warm-build edit. */
-export async function touchW1Source(dir: string, n: number, files = W1_SOURCE_FILES): Promise<string> {
-  const i = (n * 7919) % files;
-  const rel = w1SourcePath(i);
+export async function touchW1Source(dir: string, n: number, o: W1Options = {}): Promise<string> {
+  const i = (n * 7919) % (o.files ?? W1_SOURCE_FILES);
+  const rel = w1SourcePath(i, o.dirs ?? W1_DIRS);
   await writeFile(join(dir, rel), `// edit ${n}\n` + sourceText(prng(n + 1), 2000));
   return rel;
 }

@@ -322,7 +322,8 @@ async function main(): Promise<void> {
     await closeTransports(ropts);
     const w1 = join(work, 'w1');
     await mkdir(w1);
-    await writeW1Context(w1, SMALL ? { files: 500, dirs: 10, assets: 4, assetSize: 1 << 20 } : {});
+    const w1Opts = SMALL ? { files: 500, dirs: 10, assets: 4, assetSize: 1 << 20 } : {};
+    await writeW1Context(w1, w1Opts);
     await writeFile(join(w1, 'Dockerfile'), w1Dockerfile(smallRef));
 
     for (const t of TOOLS) {
@@ -347,7 +348,7 @@ async function main(): Promise<void> {
           log(`round ${round}: W1 cold — ${t.name}`);
           add(rows, 'W1 cold', t.name, await t.buildPush(w1, `${host}/w1-${t.name}-r${round}:1`));
         }
-        const changed = await touchW1Source(w1, round, SMALL ? 500 : undefined);
+        const changed = await touchW1Source(w1, round, w1Opts);
         for (const t of order) {
           log(`round ${round}: W1 warm (${changed} changed) — ${t.name}`);
           add(rows, 'W1 warm', t.name, await t.buildPush(w1, `${host}/w1-${t.name}-r${round}:2`));

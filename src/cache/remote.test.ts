@@ -1,0 +1,216 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { isKilnError } from '../errors.js';
+import { BlobDir } from '../oci/blobs.js';
+import { cacheKey } from './cache.js';
+import type { LayerStore } from '../build/ports.js';
+import {
+  CACHE_CONFIG_KEY,
+  RemoteBuildCache,
+  decodeCacheConfig,
+  encodeCacheConfig,
+  explainDifference,
+  fingerprint,
+  parseCacheSpec,
+  recordLayers,
+  type CacheRecord,
+  type StepInfo,
+} from './remote.js';
+
+const D = (c: string): string => 'sha256:' + c.repeat(64);
+
+test('parseCacheSpec: buildx forms, defaults and one-line errors', () => {
+  assert.deepEqual(parseCacheSpec('type=registry,ref=127.0.0.1:5000/app/cache', '--cache-to'), {
+    type: 'registry',
+    ref: '127.0.0.1:5000/app/cache:latest',
+    mode: 'min',
+  });
+  assert.deepEqual(parseCacheSpec('type=registry,ref=reg.example/app:buildcache,mode=max', '--cache-to'), {
+    type: 'registry',
+    ref: 'reg.example/app:buildcache',
+    mode: 'max',
+  });
+  // bare ref shorthand is --cache-from only
+  assert.equal(parseCacheSpec('reg.example/app:c', '--cache-from').ref, 'reg.example/app:c');
+  for (const [v, flag, re] of [
+    ['reg.example/app:c', '--cache-to', /key=value/],
+    ['type=local,dest=/tmp/x', '--cache-to', /not supported/],
+    ['type=registry', '--cache-from', /ref= is required/],
+    ['type=registry,ref=Bad/Name', '--cache-from', /invalid ref/],
+    ['type=registry,ref=r.example/a:b,mode=all', '--cache-to', /mode must be min or max/],
+    ['type=registry,ref=r.example/a:b,colour=red', '--cache-to', /unknown field "colour"/],
+    [`type=registry,ref=r.example/a@${D('a')}`, '--cache-to', /not a digest/],
+  ] as const) {
+    assert.throws(
+      () => parseCacheSpec(v, flag),
+      (e: unknown) => isKilnError(e, 'OPTION_INVALID') && re.test(e.message) && !e.message.includes('\n'),
+      v,
+    );
+  }
+});
+
+function info(parts: Record<string, unknown>, extra: Partial<StepInfo> = {}): StepInfo {
+  return { slot: 'Dockerfile/stage-0/3', name: '[3/4] RUN make', parts, ...extra };
+}
+
+test('fingerprints hash values (no secrets stored) and keep keys and file digests', () => {
+  const fp = fingerprint(
+    info(
+      { parent: D('1'), op: 'RUN', argv: ['sh', '-c', 'make'], env: ['TOKEN=hunter2', 'A=1'] },
+      { files: { 'a.txt': 'x' } },
+    ),
+  );
+  assert.equal(fp.fields.parent, D('1'));
+  assert.match(fp.fields.argv as string, /^[a-f0-9]{16}$/);
+  assert.deepEqual(Object.keys(fp.env ?? {}).sort(), ['A', 'TOKEN']);
+  assert.ok(!JSON.stringify(fp).includes('hunter2'), 'a build-arg value must never be stored');
+  assert.deepEqual(fp.files, { 'a.txt': 'x' });
+});
+
+test('explainDifference names the input that changed', () => {
+  const base = { parent: D('1'), op: 'RUN', argv: ['sh', '-c', 'make'], env: ['A=1', 'B=2'], user: '' };
+  const prev = fingerprint(info(base, { base: D('b') }));
+  assert.equal(
+    explainDifference(fingerprint(info(base, { base: D('b') })), undefined),
+    'no earlier build of this step in the cache',
+  );
+  assert.equal(
+    explainDifference(fingerprint(info({ ...base, argv: ['sh', '-c', 'make all'] }, { base: D('b') })), prev),
+    'command text changed',
+  );
+  assert.equal(
+    explainDifference(fingerprint(info({ ...base, env: ['A=1', 'B=3', 'C=1'] }, { base: D('b') })), prev),
+    'ARG/ENV changed: B, C',
+  );
+  assert.match(
+    explainDifference(fingerprint(info({ ...base, parent: D('2') }, { base: D('c') })), prev),
+    /^base image changed: sha256:bbbbbbbbbbbb → sha256:cccccccccccc$/,
+  );
+  assert.equal(
+    explainDifference(fingerprint(info({ ...base, parent: D('2') }, { base: D('b') })), prev),
+    'an earlier step changed',
+  );
+  assert.equal(explainDifference(fingerprint(info({ ...base, user: 'app' }, { base: D('b') })), prev), 'USER changed');
+  const copy = { parent: D('1'), op: 'COPY', sources: D('5') };
+  const p2 = fingerprint(info(copy, { files: { 'src/a.js': '1', 'src/b.js': '2', 'src/c.js': '3' } }));
+  const c2 = fingerprint(
+    info({ ...copy, sources: D('6') }, { files: { 'src/a.js': '1', 'src/b.js': '9', 'src/d.js': '4' } }),
+  );
+  assert.equal(explainDifference(c2, p2), 'file changed: src/b.js; file added: src/d.js; file removed: src/c.js');
+  // no file lists on one side: still names the input
+  assert.equal(
+    explainDifference(fingerprint(info({ ...copy, sources: D('6') })), fingerprint(info(copy))),
+    'source files changed',
+  );
+});
+
+function rec(key: string, layer: string, diff: string): CacheRecord {
+  return {
+    key: D(key),
+    layer: { diffID: D(diff), digest: D(layer), size: 10, mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip' },
+  };
+}
+
+test('cache config round-trips, is a valid image config, and drops malformed records', () => {
+  const records = [rec('1', 'a', 'd'), rec('2', 'b', 'e'), rec('3', 'a', 'd')];
+  const layers = recordLayers(records);
+  assert.deepEqual(
+    layers.map((l) => l.digest),
+    [D('a'), D('b')],
+  );
+  const raw = encodeCacheConfig(records, layers);
+  const cfg = JSON.parse(raw.toString()) as {
+    rootfs: { type: string; diff_ids: string[] };
+    os: string;
+    architecture: string;
+  };
+  assert.equal(cfg.rootfs.type, 'layers');
+  assert.deepEqual(cfg.rootfs.diff_ids, [D('d'), D('e')]);
+  assert.equal(cfg.os, 'linux');
+  assert.deepEqual(decodeCacheConfig(raw), records);
+  const j = JSON.parse(raw.toString()) as Record<string, { records: unknown[] }>;
+  j[CACHE_CONFIG_KEY]!.records.push({ key: 'nope' }, { key: D('4'), layer: { diffID: 'x' } });
+  assert.deepEqual(decodeCacheConfig(Buffer.from(JSON.stringify(j))), records);
+  assert.throws(
+    () => decodeCacheConfig(Buffer.from('{"architecture":"amd64"}')),
+    (e: unknown) => isKilnError(e, 'CACHE_INVALID'),
+  );
+  assert.throws(
+    () => decodeCacheConfig(Buffer.from('{')),
+    (e: unknown) => isKilnError(e, 'CACHE_INVALID'),
+  );
+});
+
+test('RemoteBuildCache without --cache-from behaves as the local cache and selects min/max records', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'kiln-remote-cache-'));
+  try {
+    const have = new Set<string>();
+    const layers: LayerStore = {
+      unpack: async () => {
+        throw new Error('no unpack expected');
+      },
+      dirOf: async (d) => (have.has(d) ? '/x' : undefined),
+      commit: async () => {
+        throw new Error('no commit expected');
+      },
+      layer: async () => {
+        throw new Error('no layer expected');
+      },
+    };
+    const blobs = new BlobDir(join(dir, 'blobs'));
+    const warnings: string[] = [];
+    const c = new RemoteBuildCache({
+      dir: join(dir, 'cache'),
+      from: [],
+      to: [],
+      registry: {},
+      blobs,
+      layers,
+      warn: (m) => warnings.push(m),
+    });
+    const k1 = cacheKey({ step: 1 });
+    const k2 = cacheKey({ step: 2 });
+    assert.equal(await c.get(k1), undefined);
+    const l1 = await blobs.writeBytes('layer one');
+    const l2 = await blobs.writeBytes('layer two');
+    c.noteStep(k1, info({ parent: D('0'), op: 'RUN', argv: ['a'] }, { slot: 's/1' }));
+    await c.put(k1, { version: 1, layer: { diffID: D('d'), digest: l1.digest, size: l1.size, mediaType: 'm' } });
+    await c.put(k2, { version: 1, layer: { diffID: D('e'), digest: l2.digest, size: l2.size, mediaType: 'm' } });
+    // the layer dir is missing: not a usable hit, the entry is still returned (the engine re-checks)
+    assert.equal(c.stats.localHits, 0);
+    have.add(D('d'));
+    assert.equal((await c.get(k1))?.layer?.digest, l1.digest);
+    assert.equal(c.stats.localHits, 1);
+    assert.deepEqual(
+      c.recordsFor('max', [D('e')]).map((r) => r.key),
+      [k1, k2],
+    );
+    assert.deepEqual(
+      c.recordsFor('min', [D('e')]).map((r) => r.key),
+      [k2],
+    );
+    assert.equal(c.recordsFor('max', [])[0]?.step?.slot, 's/1');
+    // explanations use the previous build of the same slot
+    await c.saveStepHistory();
+    const c2 = new RemoteBuildCache({
+      dir: join(dir, 'cache'),
+      from: [],
+      to: [],
+      registry: {},
+      blobs,
+      layers,
+      warn: () => undefined,
+    });
+    const k3 = cacheKey({ step: 3 });
+    c2.noteStep(k3, info({ parent: D('0'), op: 'RUN', argv: ['b'] }, { slot: 's/1' }));
+    assert.equal(await c2.explainMiss(k3), 'command text changed');
+    assert.equal(await c2.explainMiss(cacheKey({ unknown: 1 })), undefined);
+    assert.ok((await readdir(join(dir, 'cache', 'steps'))).every((n) => n.endsWith('.json')));
+    assert.deepEqual(warnings, []);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});

@@ -1,0 +1,601 @@
+/**
+ * The registry-backed build cache: `--cache-to type=registry,ref=REPO[:TAG][,mode=min|max]` and
+ * `--cache-from type=registry,ref=REPO[:TAG]` (also plain `--cache-from REPO[:TAG]`, as buildx).
+ *
+ * Format — one plain OCI image manifest per cache ref, so registries that accept only image manifests (ECR) work:
+ *   manifest (application/vnd.oci.image.manifest.v1+json, annotation `dev.kiln.cache.version: 1`)
+ *     config: a valid OCI image config whose `rootfs.diff_ids` list the layers below, plus one extra key,
+ *             `dev.kiln.cache.v1`: { records: CacheRecord[] } — step key (content addressed, see cache.ts) → the
+ *             layer the step produced, its history time, and a secret-free fingerprint of the step's inputs;
+ *     layers: every layer a record names — the very blobs the built image uses (cross-repository mounted from the
+ *             image's repository or the imported cache, uploaded only when the registry has no copy).
+ * Keys are the engine's own step keys (parent state + everything that determines the result), so a lookup is one
+ * map access per step: a miss in one stage never stops lookups in another, and steps whose key does not include
+ * the parent (COPY --link) hit on their own.
+ *
+ * Degradation: an unreachable, unauthorised or missing cache ref is one warning line and "no cache", never a
+ * failed build; a record whose blob fails verification (digest mismatch) or does not extract is ignored (the step
+ * runs) and the fresh record replaces it on the next `--cache-to`.
+ *
+ * `RemoteBuildCache` extends the local `BuildCache`, so the engine uses it where it uses the local cache: `get(key)`
+ * answers from $KILN_HOME/cache first, then from the imported records (pulling and extracting the layer so the
+ * hit is complete locally); `put` records what the build produced; `exportTo()` after the push writes the cache
+ * manifest. Miss explanations: `noteStep(key, info)` (called by the engine before `get`) remembers each step's
+ * inputs; `explainMiss(key)` compares them with the previous build of the same step (local or imported).
+ */
+import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { randomBytes, createHash } from 'node:crypto';
+import { KilnError, errorMessage } from '../errors.js';
+import { BuildCache, canonicalJSON, type CacheEntry } from './cache.js';
+import type { BlobDir } from '../oci/blobs.js';
+import { imageFromParts, layerFromBlob } from '../oci/image.js';
+import { MediaType } from '../oci/mediatypes.js';
+import type { ImageConfig, Layer, Manifest } from '../oci/types.js';
+import { hostPlatform } from '../oci/platform.js';
+import { RepositoryClient } from '../registry/client.js';
+import { push, type PushOptions } from '../registry/push.js';
+import { parseReferenceWithDefaultTag, type Reference } from '../registry/reference.js';
+import { closeTransports } from '../registry/transport.js';
+import type { LayerStore } from '../build/ports.js';
+
+// ---------------------------------------------------------------------------------------------------------------
+// Options
+
+export interface CacheSpec {
+  type: 'registry';
+  /** The cache manifest's reference (a tag is added: `latest` when none is given). */
+  ref: string;
+  /** `min` (default): only the layers of the exported image; `max`: every step of every stage. */
+  mode: 'min' | 'max';
+}
+
+/**
+ * Parse a `--cache-from` / `--cache-to` value: `type=registry,ref=REPO[:TAG][,mode=min|max]`, or for
+ * `--cache-from` a bare `REPO[:TAG]`. Other buildx types (local, gha, s3, inline) are refused with a hint.
+ */
+export function parseCacheSpec(value: string, flag: '--cache-from' | '--cache-to'): CacheSpec {
+  const v = value.trim();
+  const bad = (msg: string, hint?: string): KilnError =>
+    new KilnError('OPTION_INVALID', `${flag} ${value}: ${msg}`, {
+      hint: hint ?? `use ${flag} type=registry,ref=REGISTRY/REPO[:TAG]${flag === '--cache-to' ? '[,mode=max]' : ''}`,
+    });
+  if (v === '') throw bad('empty value');
+  const fields = new Map<string, string>();
+  if (!v.includes('=')) {
+    if (flag === '--cache-to') throw bad('expected key=value fields');
+    fields.set('type', 'registry');
+    fields.set('ref', v);
+  } else {
+    for (const part of v.split(',')) {
+      const i = part.indexOf('=');
+      if (i <= 0) throw bad(`invalid field "${part}"`);
+      const k = part.slice(0, i).trim().toLowerCase();
+      fields.set(k, part.slice(i + 1).trim());
+    }
+  }
+  const type = fields.get('type') ?? 'registry';
+  if (type !== 'registry')
+    throw bad(`cache type "${type}" is not supported`, 'kiln stores its cache in a registry: type=registry,ref=...');
+  const ref = fields.get('ref') ?? '';
+  if (ref === '') throw bad('ref= is required');
+  let parsed: Reference;
+  try {
+    parsed = parseReferenceWithDefaultTag(ref);
+  } catch (e) {
+    throw bad(`invalid ref: ${errorMessage(e)}`);
+  }
+  if (parsed.digest !== undefined && flag === '--cache-to') throw bad('ref must be a tag, not a digest');
+  const mode = fields.get('mode') ?? 'min';
+  if (mode !== 'min' && mode !== 'max') throw bad(`mode must be min or max, not "${mode}"`);
+  for (const k of fields.keys()) {
+    if (!['type', 'ref', 'mode', 'image-manifest', 'oci-mediatypes', 'ignore-error', 'compression'].includes(k)) {
+      throw bad(`unknown field "${k}"`);
+    }
+  }
+  return { type: 'registry', ref: parsed.toString(), mode };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Step fingerprints (miss explanations)
+
+/** What the engine knows about a step when it computes its key (passed to `noteStep`). */
+export interface StepInfo {
+  /**
+   * Stable identity of the step's place in the build, independent of its inputs: e.g. `Dockerfile/stage-1/3`
+   * (file, stage name or index, step number). The previous build of the same slot is what a miss is compared with.
+   */
+  slot: string;
+  /** Display name (`[2/4] COPY src/ ./src/`). */
+  name: string;
+  /** Exactly the parts the key was computed from (`cacheKey(parts)`). */
+  parts: Record<string, unknown>;
+  /** Manifest digest of the stage's base image, when the stage starts from an image. */
+  base?: string;
+  /** For COPY/ADD from the context: relative path → content digest of every file read. */
+  files?: Record<string, string>;
+}
+
+/**
+ * The stored, secret-free form of a StepInfo: every key part reduced to a short hash, environment values hashed
+ * per variable (so a changed ARG can be named without storing its value), file digests kept per path.
+ */
+export interface StepFingerprint {
+  slot: string;
+  name: string;
+  base?: string;
+  /** Key part → 16-hex-char hash of its canonical JSON (`parent` and `from` are kept whole: they are keys). */
+  fields: Record<string, string>;
+  /** For `env` parts: variable → short hash of its value. */
+  env?: Record<string, string>;
+  files?: Record<string, string>;
+}
+
+const short = (s: string): string => createHash('sha256').update(s).digest('hex').slice(0, 16);
+
+export function fingerprint(info: StepInfo): StepFingerprint {
+  const fields: Record<string, string> = {};
+  let env: Record<string, string> | undefined;
+  for (const [k, v] of Object.entries(info.parts)) {
+    if (v === undefined) continue;
+    if ((k === 'parent' || k === 'from') && typeof v === 'string') fields[k] = v;
+    else fields[k] = short(canonicalJSON(v));
+    if (k === 'env' && Array.isArray(v)) {
+      env = {};
+      for (const e of v) {
+        if (typeof e !== 'string') continue;
+        const i = e.indexOf('=');
+        const name = i < 0 ? e : e.slice(0, i);
+        env[name] = short(i < 0 ? '' : e.slice(i + 1));
+      }
+    }
+  }
+  const fp: StepFingerprint = { slot: info.slot, name: info.name, fields };
+  if (info.base !== undefined) fp.base = info.base;
+  if (env) fp.env = env;
+  if (info.files) fp.files = { ...info.files };
+  return fp;
+}
+
+const FIELD_WORDS: Record<string, string> = {
+  op: 'instruction changed',
+  argv: 'command text changed',
+  req: 'instruction paths/options changed',
+  sources: 'source files changed',
+  user: 'USER changed',
+  cwd: 'WORKDIR changed',
+  path: 'WORKDIR path changed',
+  network: 'network mode changed',
+  security: 'security mode changed',
+  mounts: 'RUN --mount options changed',
+  bindSources: 'bind-mount sources changed',
+  from: 'the --from stage changed',
+  epoch: 'SOURCE_DATE_EPOCH changed',
+  pipeFile: 'heredoc script changed',
+};
+
+function listChanged(kind: string, names: string[], max = 5): string {
+  const shown = names.slice(0, max).join(', ');
+  return `${kind} ${shown}${names.length > max ? ` (+${names.length - max} more)` : ''}`;
+}
+
+/**
+ * Why `cur` missed, compared with the previous build of the same step (`prev`): the first input that differs,
+ * named (base image digest, command text, which ARG/ENV, which files). Pure; used by `explainMiss`.
+ */
+export function explainDifference(cur: StepFingerprint, prev: StepFingerprint | undefined): string {
+  if (!prev) return 'no earlier build of this step in the cache';
+  const why: string[] = [];
+  if (cur.base !== prev.base && cur.base !== undefined && prev.base !== undefined) {
+    why.push(`base image changed: ${prev.base.slice(0, 19)} → ${cur.base.slice(0, 19)}`);
+  } else if (cur.fields.parent !== prev.fields.parent) {
+    why.push('an earlier step changed');
+  }
+  const keys = new Set([...Object.keys(cur.fields), ...Object.keys(prev.fields)]);
+  keys.delete('parent');
+  for (const k of [...keys].sort()) {
+    if (cur.fields[k] === prev.fields[k]) continue;
+    if (k === 'env' && cur.env && prev.env) {
+      const names = new Set([...Object.keys(cur.env), ...Object.keys(prev.env)]);
+      const changed = [...names].filter((n) => cur.env?.[n] !== prev.env?.[n]).sort();
+      if (changed.length) why.push(listChanged('ARG/ENV changed:', changed));
+      continue;
+    }
+    if (k === 'sources' && cur.files && prev.files) {
+      const names = new Set([...Object.keys(cur.files), ...Object.keys(prev.files)]);
+      const added: string[] = [];
+      const removed: string[] = [];
+      const modified: string[] = [];
+      for (const n of [...names].sort()) {
+        const a = prev.files[n];
+        const b = cur.files[n];
+        if (a === b) continue;
+        if (a === undefined) added.push(n);
+        else if (b === undefined) removed.push(n);
+        else modified.push(n);
+      }
+      if (modified.length) why.push(listChanged('file changed:', modified));
+      if (added.length) why.push(listChanged('file added:', added));
+      if (removed.length) why.push(listChanged('file removed:', removed));
+      if (modified.length + added.length + removed.length > 0) continue;
+    }
+    why.push(FIELD_WORDS[k] ?? `${k} changed`);
+  }
+  if (why.length === 0) return 'same inputs as the cached step, but its layer is not available';
+  return why.join('; ');
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Records and the cache manifest
+
+/** One cached step, as stored in the cache config blob. */
+export interface CacheRecord {
+  key: string;
+  layer: { diffID: string; digest: string; size: number; mediaType: string };
+  created?: string;
+  extra?: Record<string, string>;
+  step?: StepFingerprint;
+}
+
+export const CACHE_CONFIG_KEY = 'dev.kiln.cache.v1';
+export const CACHE_ANNOTATION = 'dev.kiln.cache.version';
+
+const DIGEST_RE = /^sha256:[a-f0-9]{64}$/;
+
+function isRecord(x: unknown): x is CacheRecord {
+  if (typeof x !== 'object' || x === null) return false;
+  const r = x as CacheRecord;
+  const l = r.layer as CacheRecord['layer'] | undefined;
+  return (
+    typeof r.key === 'string' &&
+    DIGEST_RE.test(r.key) &&
+    typeof l === 'object' &&
+    l !== null &&
+    DIGEST_RE.test(l.diffID) &&
+    DIGEST_RE.test(l.digest) &&
+    Number.isSafeInteger(l.size) &&
+    l.size >= 0 &&
+    typeof l.mediaType === 'string'
+  );
+}
+
+/** The image config that carries `records` (valid OCI config: its diff_ids match the manifest's layers). */
+export function encodeCacheConfig(records: CacheRecord[], layers: CacheRecord['layer'][]): Buffer {
+  const p = hostPlatform();
+  const cfg: ImageConfig & { [CACHE_CONFIG_KEY]: { records: CacheRecord[] } } = {
+    architecture: p.architecture,
+    os: p.os,
+    config: { Labels: { [CACHE_ANNOTATION]: '1' } },
+    rootfs: { type: 'layers', diff_ids: layers.map((l) => l.diffID) },
+    [CACHE_CONFIG_KEY]: { records },
+  };
+  return Buffer.from(JSON.stringify(cfg));
+}
+
+/** Records from a cache config blob; malformed records are dropped, a blob without the key yields none. */
+export function decodeCacheConfig(raw: Buffer): CacheRecord[] {
+  let j: unknown;
+  try {
+    j = JSON.parse(raw.toString('utf8'));
+  } catch {
+    throw new KilnError('CACHE_INVALID', 'cache config is not valid JSON');
+  }
+  const body = (j as Record<string, unknown> | null)?.[CACHE_CONFIG_KEY] as { records?: unknown } | undefined;
+  if (!body || !Array.isArray(body.records)) {
+    throw new KilnError('CACHE_INVALID', 'not a kiln cache manifest', {
+      hint: `its config has no "${CACHE_CONFIG_KEY}"`,
+    });
+  }
+  return body.records.filter(isRecord);
+}
+
+/** Unique layers of `records`, in first-use order. */
+export function recordLayers(records: CacheRecord[]): CacheRecord['layer'][] {
+  const seen = new Map<string, CacheRecord['layer']>();
+  for (const r of records) if (!seen.has(r.layer.digest)) seen.set(r.layer.digest, r.layer);
+  return [...seen.values()];
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The cache
+
+export interface RemoteCacheOptions {
+  /** `$KILN_HOME/cache` (the local cache this one extends). */
+  dir: string;
+  from: CacheSpec[];
+  to: CacheSpec[];
+  /** Registry options of the build (TLS, insecure hosts, credentials). */
+  registry: PushOptions;
+  /** The blob store behind the layer store (pulled layer blobs go here). */
+  blobs: BlobDir;
+  layers: LayerStore;
+  /** One-line warnings (the build's progress). */
+  warn: (msg: string) => void;
+  /** Per-request retries against the cache registry (default 1: a dead cache must not stall the build). */
+  maxRetries?: number;
+}
+
+/** A BlobOrigin-carrying Layer for push (enables cross-repository mounts). */
+type OriginLayer = Layer & { origin: { registry: string; repository: string } };
+
+function withOrigin(l: Layer, origin: { registry: string; repository: string }): OriginLayer {
+  return Object.assign(Object.create(null) as object, l, { origin }) as OriginLayer;
+}
+
+export class RemoteBuildCache extends BuildCache {
+  private readonly o: RemoteCacheOptions;
+  private readonly reg: PushOptions;
+  private imported: Promise<Map<string, { rec: CacheRecord; from: Reference }>> | undefined;
+  /** Entries this build used or produced (key → record), for `exportTo`. */
+  private readonly used = new Map<string, CacheRecord>();
+  private readonly steps = new Map<string, StepInfo>();
+  private readonly bad = new Set<string>();
+  private readonly inflight = new Map<string, Promise<CacheEntry | undefined>>();
+  /** Counters for tests and progress. */
+  readonly stats = { localHits: 0, remoteHits: 0, misses: 0, corrupt: 0 };
+
+  constructor(o: RemoteCacheOptions) {
+    super(o.dir);
+    this.o = o;
+    this.reg = { ...o.registry, maxRetries: o.maxRetries ?? 1, maxRetryDelayMs: 2000 };
+  }
+
+  /** The engine tells the cache what a step's key was made of (before `get`), for explanations and export. */
+  noteStep(key: string, info: StepInfo): void {
+    this.steps.set(key, info);
+  }
+
+  /** Import every `--cache-from` (once, concurrently); failures are one warning each. */
+  private load(): Promise<Map<string, { rec: CacheRecord; from: Reference }>> {
+    this.imported ??= (async () => {
+      const out = new Map<string, { rec: CacheRecord; from: Reference }>();
+      const lists = await Promise.all(
+        this.o.from.map(async (spec) => {
+          const ref = parseReferenceWithDefaultTag(spec.ref);
+          try {
+            return { ref, records: await this.fetchRecords(ref) };
+          } catch (e) {
+            this.o.warn(`cache import from ${spec.ref} failed, building without it: ${oneLine(e)}`);
+            return { ref, records: [] as CacheRecord[] };
+          }
+        }),
+      );
+      for (const { ref, records } of lists)
+        for (const rec of records) if (!out.has(rec.key)) out.set(rec.key, { rec, from: ref });
+      return out;
+    })();
+    return this.imported;
+  }
+
+  private async fetchRecords(ref: Reference): Promise<CacheRecord[]> {
+    const client = new RepositoryClient(ref, this.reg, `cache ${ref.toString()}`);
+    const m = await client.getManifest(ref.digest ?? ref.tag ?? 'latest');
+    let manifest: Manifest;
+    try {
+      manifest = JSON.parse(m.raw.toString('utf8')) as Manifest;
+    } catch {
+      throw new KilnError('CACHE_INVALID', 'manifest is not JSON');
+    }
+    if (!manifest.config || !Array.isArray(manifest.layers))
+      throw new KilnError('CACHE_INVALID', 'not an image manifest');
+    const raw = await client.blobBuffer(manifest.config.digest, manifest.config.size);
+    const records = decodeCacheConfig(raw);
+    // a record may only name layers the manifest references (those are the blobs the registry keeps for it)
+    const have = new Set(manifest.layers.map((l) => l.digest));
+    return records.filter((r) => have.has(r.layer.digest));
+  }
+
+  override async get(key: string): Promise<CacheEntry | undefined> {
+    let p = this.inflight.get(key);
+    if (!p) {
+      p = this.lookup(key);
+      this.inflight.set(key, p);
+      void p.finally(() => this.inflight.delete(key));
+    }
+    return p;
+  }
+
+  private async lookup(key: string): Promise<CacheEntry | undefined> {
+    const local = await super.get(key);
+    if (local?.layer && (await this.complete(local.layer))) {
+      this.stats.localHits++;
+      this.remember(key, local);
+      return local;
+    }
+    if (this.o.from.length > 0 && !this.bad.has(key)) {
+      const hit = (await this.load()).get(key);
+      if (hit) {
+        try {
+          await this.materialize(hit.rec, hit.from);
+          const entry: CacheEntry = { version: 1, layer: { ...hit.rec.layer } };
+          if (hit.rec.created !== undefined) entry.created = hit.rec.created;
+          if (hit.rec.extra !== undefined) entry.extra = { ...hit.rec.extra };
+          await super.put(key, entry);
+          this.stats.remoteHits++;
+          this.remember(key, entry, hit.rec.step);
+          return entry;
+        } catch (e) {
+          this.bad.add(key);
+          this.stats.corrupt++;
+          this.o.warn(
+            `cache record ${key.slice(7, 19)} from ${hit.from.toString()} is unusable, rebuilding the step: ${oneLine(e)}`,
+          );
+        }
+      }
+    }
+    this.stats.misses++;
+    if (local) this.remember(key, local);
+    return local;
+  }
+
+  private async complete(l: NonNullable<CacheEntry['layer']>): Promise<boolean> {
+    return (await this.o.layers.dirOf(l.diffID)) !== undefined && (await this.o.blobs.has(l.digest));
+  }
+
+  /** Pull a record's layer blob (verified) into the blob store and extract it into the layer store. */
+  private async materialize(rec: CacheRecord, from: Reference): Promise<void> {
+    const l = rec.layer;
+    if (!(await this.o.blobs.has(l.digest))) {
+      const client = new RepositoryClient(from, this.reg, `cache ${from.toString()}`);
+      await this.o.blobs.write(await client.blob(l.digest, l.size), { digest: l.digest, size: l.size }, l.mediaType);
+    }
+    if ((await this.o.layers.dirOf(l.diffID)) === undefined) {
+      try {
+        await this.o.layers.unpack(
+          layerFromBlob(this.o.blobs, { mediaType: l.mediaType, digest: l.digest, size: l.size }, l.diffID),
+        );
+      } catch (e) {
+        // the blob is intact but is not the layer the record claims: drop it so it is not reused
+        await this.o.blobs.remove(l.digest).catch(() => undefined);
+        throw e;
+      }
+    }
+  }
+
+  override async put(key: string, entry: CacheEntry): Promise<void> {
+    await super.put(key, entry);
+    this.remember(key, entry);
+    this.bad.delete(key);
+  }
+
+  private remember(key: string, entry: CacheEntry, prevStep?: StepFingerprint): void {
+    if (!entry.layer) return;
+    const rec: CacheRecord = { key, layer: { ...entry.layer } };
+    if (entry.created !== undefined) rec.created = entry.created;
+    if (entry.extra !== undefined) rec.extra = { ...entry.extra };
+    const info = this.steps.get(key);
+    const step = info ? fingerprint(info) : prevStep;
+    if (step) rec.step = step;
+    this.used.set(key, rec);
+  }
+
+  // -------------------------------------------------------------------------------------------------------------
+  // Explanations
+
+  private slotIndexDir(): string {
+    return join(this.dir, 'steps');
+  }
+
+  private slotFile(slot: string): string {
+    return join(this.slotIndexDir(), short(slot) + '.json');
+  }
+
+  /**
+   * Why the step with `key` missed (call after `get` returned no usable entry): compares its inputs with the last
+   * build of the same slot, from this machine's history or the imported cache.
+   */
+  async explainMiss(key: string): Promise<string | undefined> {
+    const info = this.steps.get(key);
+    if (!info) return undefined;
+    const cur = fingerprint(info);
+    let prev: StepFingerprint | undefined;
+    try {
+      const j = JSON.parse(await readFile(this.slotFile(info.slot), 'utf8')) as StepFingerprint;
+      if (j.slot === info.slot && typeof j.fields === 'object') prev = j;
+    } catch {
+      /* none */
+    }
+    if (!prev && this.o.from.length > 0) {
+      for (const { rec } of (await this.load()).values()) {
+        if (rec.step?.slot === info.slot) prev = rec.step;
+      }
+    }
+    if (prev && canonicalJSON(prev.fields) === canonicalJSON(cur.fields) && prev.base === cur.base) {
+      return this.bad.has(key)
+        ? 'the cached layer was corrupt'
+        : 'same inputs as the cached step, but its layer is not available';
+    }
+    return explainDifference(cur, prev);
+  }
+
+  /** Record the fingerprints of this build's steps per slot (the "previous build" of the next explanation). */
+  async saveStepHistory(): Promise<void> {
+    await mkdir(this.slotIndexDir(), { recursive: true });
+    for (const info of this.steps.values()) {
+      const file = this.slotFile(info.slot);
+      const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+      try {
+        await writeFile(tmp, JSON.stringify(fingerprint(info)));
+        await rename(tmp, file);
+      } catch {
+        await rm(tmp, { force: true });
+      }
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------------------------
+  // Export
+
+  /** The records `--cache-to` with `mode` would write: max = every step this build used or produced. */
+  recordsFor(mode: 'min' | 'max', finalDiffIDs: string[]): CacheRecord[] {
+    const all = [...this.used.values()];
+    if (mode === 'max') return all;
+    const keep = new Set(finalDiffIDs);
+    return all.filter((r) => keep.has(r.layer.diffID));
+  }
+
+  /**
+   * Write every `--cache-to` after the image was pushed. `pushed` names the repositories the image went to (their
+   * blobs are mounted instead of uploaded). Failures are warnings: the build itself succeeded.
+   */
+  async exportTo(finalDiffIDs: string[], pushed: Reference[] = []): Promise<{ ref: string; digest: string }[]> {
+    const out: { ref: string; digest: string }[] = [];
+    for (const spec of this.o.to) {
+      const ref = parseReferenceWithDefaultTag(spec.ref);
+      try {
+        const records = this.recordsFor(spec.mode, finalDiffIDs);
+        const res = await this.writeManifest(ref, records, finalDiffIDs, pushed);
+        out.push({ ref: ref.toString(), digest: res });
+      } catch (e) {
+        this.o.warn(`cache export to ${spec.ref} failed: ${oneLine(e)}`);
+      }
+    }
+    return out;
+  }
+
+  private async writeManifest(
+    ref: Reference,
+    records: CacheRecord[],
+    finalDiffIDs: string[],
+    pushed: Reference[],
+  ): Promise<string> {
+    const layers = recordLayers(records);
+    const inImage = new Set(finalDiffIDs);
+    const imageRepo = pushed.find((p) => p.registry === ref.registry);
+    const imported = this.imported ? await this.imported : new Map<string, { rec: CacheRecord; from: Reference }>();
+    const importedFrom = new Map<string, Reference>();
+    for (const { rec, from } of imported.values()) importedFrom.set(rec.layer.digest, from);
+    const layerObjs: Layer[] = [];
+    for (const l of layers) {
+      let layer = layerFromBlob(this.o.blobs, { mediaType: l.mediaType, digest: l.digest, size: l.size }, l.diffID);
+      const src = inImage.has(l.diffID) && imageRepo ? imageRepo : importedFrom.get(l.digest);
+      if (src && src.registry === ref.registry && src.repository !== ref.repository) {
+        layer = withOrigin(layer, { registry: src.registry, repository: src.repository });
+      }
+      layerObjs.push(layer);
+    }
+    const raw = encodeCacheConfig(records, layers);
+    const img = imageFromParts({
+      mediaType: async () => MediaType.OCIManifest,
+      configMediaType: async () => MediaType.OCIConfig,
+      rawConfig: async () => raw,
+      layers: async () => layerObjs,
+      annotations: async () => ({ [CACHE_ANNOTATION]: '1' }),
+    });
+    try {
+      const res = await push(img, ref, { ...this.reg, label: `cache export ${ref.toString()}` });
+      return res.digest;
+    } finally {
+      await closeTransports(this.reg);
+    }
+  }
+
+  /** Release registry connections (call once after the build). */
+  async close(): Promise<void> {
+    await closeTransports(this.reg);
+  }
+}
+
+function oneLine(e: unknown): string {
+  return errorMessage(e).split('\n')[0] ?? '';
+}

@@ -251,6 +251,9 @@ async function ensureTarget(
       st = undefined;
     }
     if (st) {
+      if (last && kind === 'dir' && !st.isDirectory()) {
+        throw new KilnError('MOUNT_TARGET_INVALID', `${target} exists and is not a directory`);
+      }
       if (!last && !st.isDirectory()) {
         throw new KilnError(
           'MOUNT_TARGET_INVALID',
@@ -377,7 +380,13 @@ export async function runProcess(opts: RunProcessOptions): Promise<RunProcessRes
   const releases: (() => void | Promise<void>)[] = [];
   try {
     // The working dir: created (root, 0755) when missing and kept in the layer, like BuildKit.
-    await ensureTarget(root, cwd, 'dir', undefined);
+    try {
+      await ensureTarget(root, cwd, 'dir', undefined);
+    } catch (e) {
+      throw new KilnError('WORKDIR_INVALID', `failed to create working directory ${cwd}: ${(e as Error).message}`, {
+        cause: e,
+      });
+    }
 
     const hostResolv = await readFile('/etc/resolv.conf', 'utf8').catch(() => '');
     await writeFile(join(state, 'hosts'), sandboxHosts(hostname), { mode: 0o644 });
@@ -387,6 +396,7 @@ export async function runProcess(opts: RunProcessOptions): Promise<RunProcessRes
     const R = root;
     const lines: string[] = [
       'set -u',
+      'command -v perl >/dev/null 2>&1 || { echo "perl is required for RUN (apt-get install perl-base)" >&3; exit 125; }',
       'die() { echo "$*" >&3; exit 125; }',
       // mount -o remount,bind,ro keeping the flags a user namespace may not clear (nosuid/nodev/noexec).
       'robind() { mount --no-canonicalize -o remount,bind,ro "$1" 2>/dev/null || mount --no-canonicalize -o remount,bind,ro,nosuid,nodev "$1" 2>/dev/null || mount --no-canonicalize -o remount,bind,ro,nosuid,nodev,noexec "$1" || die "cannot make $1 read-only"; }',

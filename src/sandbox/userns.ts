@@ -96,7 +96,8 @@ export async function userNamespaceStatus(): Promise<UserNamespaceStatus> {
   } catch {
     userName = undefined;
   }
-  const inside = process.env[BUILD_NS_ENV] === '1';
+  // The marker only counts where it is true: uid 0 in a namespace (a stray variable must not disable rootless).
+  const inside = process.env[BUILD_NS_ENV] === '1' && uid === 0;
   const [subuidText, subgidText, newuidmap, newgidmap, unshare] = await Promise.all([
     readText('/etc/subuid'),
     readText('/etc/subgid'),

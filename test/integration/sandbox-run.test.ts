@@ -168,9 +168,10 @@ for (const mode of ['root', 'rootless'] as Mode[]) {
           { argv: ['/no/such/binary'] },
           { argv: ['id'], user: 'ghost' },
           { argv: ['/bin/sh', '-c', 'ls /proc/self/fd | wc -l'] },
+          { argv: ['true'], cwd: '/etc/passwd' },
         ],
       });
-      const [u1, numeric, nobody, unknownUid, net, c1, c2, noexec, ghost, fds] = rep.steps;
+      const [u1, numeric, nobody, unknownUid, net, c1, c2, noexec, ghost, fds, badCwd] = rep.steps;
       assert.equal(u1?.stdout.trim(), 'uid=1000(u1) gid=1000(g1) groups=10(wheel),1000(g1),2000(extra)');
       assert.equal(numeric?.stdout.trim(), 'uid=1000(u1) gid=2000(extra) groups=2000(extra)');
       assert.equal(nobody?.stdout.trim(), 'uid=65534(nobody) gid=65534(nogroup) groups=65534(nogroup)');
@@ -186,6 +187,8 @@ for (const mode of ['root', 'rootless'] as Mode[]) {
       assert.equal(ghost?.error?.code, 'USER_UNKNOWN');
       // ls's own dir fd makes 4: 0, 1, 2 and the fd ls reads: nothing inherited from kiln leaks in.
       assert.equal(fds?.stdout.trim(), '4');
+      assert.equal(badCwd?.error?.code, 'WORKDIR_INVALID');
+      assert.match(badCwd?.error?.message ?? '', /working directory \/etc\/passwd/);
       assert.equal(entry(rep.upper, '/cache'), undefined, 'the cache mount point stub is removed');
       assert.deepEqual(rep.leftoverMounts, []);
       assert.deepEqual(rep.leftoverTemp, []);

@@ -414,14 +414,23 @@ export async function extractLayer(
           return;
         }
         if (mayExist) await removeExisting(abs, false);
-        await mknodBatch([
-          {
-            path: abs,
-            kind: h.type === 'char' ? 'c' : h.type === 'block' ? 'b' : 'p',
-            major: h.devmajor,
-            minor: h.devminor,
-          },
-        ]);
+        try {
+          await mknodBatch([
+            {
+              path: abs,
+              kind: h.type === 'char' ? 'c' : h.type === 'block' ? 'b' : 'p',
+              major: h.devmajor,
+              minor: h.devminor,
+            },
+          ]);
+        } catch (e) {
+          // e.g. uid 0 of a user namespace that maps every id: not allowed to create devices after all
+          if (h.type === 'fifo') throw e;
+          if (!warnedDevices) warn(`${what}: device nodes (e.g. "${entry}") skipped: ${(e as Error).message}`);
+          warnedDevices = true;
+          written.delete(rel);
+          return;
+        }
         applyOwner(abs, h, entry, false);
         await chmod(abs, h.mode);
         await lutimes(abs, mtime, mtime);

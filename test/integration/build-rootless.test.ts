@@ -7,6 +7,7 @@ import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { chown, cp, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ensureRootlessUser, rootlessTempDir } from '../helpers/rootless.js';
 import { REPO, kiln, mountsUnder, tmpLeftovers, cachedCount } from './build-helpers.js';
@@ -124,5 +125,36 @@ describe('kiln build (rootless, as kilntest)', () => {
     assert.deepEqual(await mountsUnder(rlHome), []);
     assert.deepEqual(await tmpLeftovers(rlHome), []);
     await writeFile(join(ctx, 'Dockerfile'), DOCKERFILE);
+  });
+
+  test('Ctrl-C (SIGINT to kiln) interrupts a rootless build: exit 130, nothing left behind', async () => {
+    const slow = join(dir, 'slow');
+    await mkdir(slow);
+    await writeFile(join(slow, 'Dockerfile'), 'FROM localhost/busybox:latest\nRUN echo started-sleeping && sleep 60\n');
+    spawnSync('chown', ['-R', 'kilntest', slow]);
+    let sent = false;
+    const r = await kiln(['build', '--progress', 'plain', slow], {
+      home: rlHome,
+      rootless: true,
+      onStderr: (text, child) => {
+        if (sent || !/started-sleeping/.test(text) || child.pid === undefined) return;
+        sent = true;
+        // runuser does not forward signals; a terminal's Ctrl-C reaches kiln through the process group. Signal
+        // the kiln process (runuser -> env -> node) the way the terminal would.
+        let pid = child.pid;
+        for (let i = 0; i < 3; i++) {
+          const kids = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/);
+          if (!kids[0]) break;
+          pid = Number(kids[0]);
+          if (readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'node') break;
+        }
+        process.kill(pid, 'SIGINT');
+      },
+    });
+    assert.ok(sent, r.stderr);
+    assert.equal(r.code, 130, r.stderr);
+    assert.match(r.stderr, /kiln: build interrupted/);
+    assert.deepEqual(await mountsUnder(rlHome), []);
+    assert.deepEqual(await tmpLeftovers(rlHome), []);
   });
 });

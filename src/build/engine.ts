@@ -809,7 +809,14 @@ class Engine {
         throw this.fail(c, e instanceof KilnError ? e.code : 'COPY_FAILED', errorMessage(e), undefined, e);
       }
       const { location: _loc, ...keyReq } = req;
-      const key = cacheKey({ parent: st.state, op: c.kind, req: keyReq, sources: sum, from: src.stateDigest });
+      const key = cacheKey({
+        parent: st.state,
+        op: c.kind,
+        req: keyReq,
+        sources: sum,
+        from: src.stateDigest,
+        epoch: this.req.sourceDateEpoch,
+      });
       let msg = c.kind as string;
       if (c.kind === 'COPY' && c.parents) msg += ' --parents';
       if (c.chown) msg += ' --chown=' + c.chown;
@@ -897,6 +904,8 @@ class Engine {
       mounts,
       bindSources,
       pipeFile,
+      // layer mtimes are clamped to SOURCE_DATE_EPOCH: a layer made without it is not the same layer
+      epoch: this.req.sourceDateEpoch,
     });
     const display = prefix + upperKeyword(c.original);
     const releases: (() => Promise<void>)[] = [];

@@ -74,7 +74,7 @@ async function walk(
 
 /** Paths (relative to `dir`) of directories carrying the opaque xattr. */
 async function opaqueDirs(dir: string): Promise<string[]> {
-  const r = await runTool('getfattr', ['-R', '-h', '--absolute-names', '-m', '^user\\.overlay\\.opaque$', dir]);
+  const r = await runTool('getfattr', ['-R', '-h', '-d', '--absolute-names', '-m', '^user\\.overlay\\.opaque$', dir]);
   if (r.code !== 0 && r.code !== 1) {
     throw new KilnError('COPY_SNAPSHOT_FAILED', `getfattr failed on ${dir}: ${r.stderr.trim()}`, {
       hint: 'apt-get install attr',

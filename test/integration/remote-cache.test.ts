@@ -1,0 +1,269 @@
+/**
+ * The registry-backed build cache end to end, with the real engine, sandbox, layer store and a real registry:
+ * a build exports its cache (`--cache-to ...,mode=max`) as a plain OCI image manifest whose layers are mounted
+ * from the image's repository; a fresh $KILN_HOME importing it (`--cache-from`) rebuilds a W1-like Dockerfile
+ * with only the changed COPY running (progress JSON: CACHED events); an unreachable cache registry is one
+ * warning and a normal build; a corrupt blob (digest mismatch through a proxy) is ignored and the step rebuilt.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Transform } from 'node:stream';
+import { startHttpProxy, startRegistry, type TestRegistry } from '../helpers/registry.js';
+import { makeBusyboxImage } from '../helpers/images.js';
+import { push, type PushOptions } from '../../src/registry/push.js';
+import { closeTransports } from '../../src/registry/transport.js';
+import { parseReference } from '../../src/registry/reference.js';
+import { parseDockerfile } from '../../src/dockerfile/convert.js';
+import { hostPlatform } from '../../src/oci/platform.js';
+import { localServices } from '../../src/build/services.js';
+import { BuildProgress } from '../../src/build/progress.js';
+import { runEngine } from '../../src/build/engine.js';
+import { imageOf } from '../../src/build/build.js';
+import { RemoteBuildCache, parseCacheSpec } from '../../src/cache/remote.js';
+
+let reg: TestRegistry;
+let work: string;
+let ctx: string;
+let base: string;
+
+before(async () => {
+  work = await mkdtemp(join(tmpdir(), 'kiln-remote-cache-it-'));
+  ctx = join(work, 'ctx');
+  reg = await startRegistry();
+  base = `${reg.host}/base/busybox:1`;
+  const opts = { insecureRegistries: [reg.host] };
+  await push(await makeBusyboxImage({ kind: 'docker' }), base, opts);
+  await closeTransports(opts);
+  // a small W1: 40 source files in 4 dirs, 3 incompressible assets
+  for (let d = 0; d < 4; d++) await mkdir(join(ctx, 'src', `d${d}`), { recursive: true });
+  for (let i = 0; i < 40; i++)
+    await writeFile(join(ctx, 'src', `d${i % 4}`, `f${i}.js`), `export const v${i} = ${i};\n`);
+  await mkdir(join(ctx, 'assets'));
+  for (let i = 0; i < 3; i++) {
+    await writeFile(
+      join(ctx, 'assets', `a${i}.bin`),
+      Buffer.from(Array.from({ length: 65536 }, (_, j) => (i * 7 + j * 31) % 251)),
+    );
+  }
+  await writeFile(
+    join(ctx, 'Dockerfile'),
+    `FROM ${base}\nWORKDIR /app\nCOPY assets/ ./assets/\nRUN ls assets | wc -l > /app/asset-count\nCOPY src/ ./src/\n`,
+  );
+});
+
+after(async () => {
+  await reg?.stop();
+  if (work) await rm(work, { recursive: true, force: true });
+});
+
+interface Events {
+  names: Map<number, string>;
+  cached: string[];
+  done: string[];
+  warnings: string[];
+}
+
+interface Built {
+  ev: Events;
+  diffIDs: string[];
+  cache: RemoteBuildCache;
+}
+
+/** One build with a fresh or given $KILN_HOME through the real services; pushes the image to `tag`. */
+async function build(
+  home: string,
+  tag: string,
+  cacheFrom: string[],
+  cacheTo: string[],
+  registryHosts: string[] = [],
+): Promise<Built> {
+  const lines: string[] = [];
+  const progress = new BuildProgress('json', (s) => lines.push(s));
+  const registry: PushOptions = { insecureRegistries: [reg.host, ...registryHosts] };
+  const svc = await localServices({ home, registry, progress, context: ctx });
+  const cache = new RemoteBuildCache({
+    dir: join(home, 'cache'),
+    from: cacheFrom.map((c) => parseCacheSpec(c, '--cache-from')),
+    to: cacheTo.map((c) => parseCacheSpec(c, '--cache-to')),
+    registry,
+    blobs: svc.store.blobs,
+    layers: svc.layers,
+    warn: (m) => progress.warn(m),
+  });
+  try {
+    const parsed = parseDockerfile(svc.dockerfile.text, { filename: 'Dockerfile' });
+    const tmp = await svc.tempDir('rc-');
+    const res = await runEngine(
+      {
+        stages: parsed.stages,
+        metaArgs: parsed.globalArgs,
+        file: 'Dockerfile',
+        buildArgs: new Map(),
+        labels: {},
+        platform: hostPlatform(),
+        noCache: false,
+        pull: false,
+        network: 'host',
+        secrets: [],
+      },
+      {
+        executor: svc.executor,
+        snapshotter: svc.snapshotter,
+        layers: svc.layers,
+        bases: svc.bases,
+        cache,
+        progress,
+        copier: svc.copier,
+        contextDir: svc.contextDir,
+        cacheMountsDir: join(home, 'cache-mounts'),
+        tmpDir: join(tmp, 'engine'),
+      },
+    );
+    await rm(tmp, { recursive: true, force: true });
+    await push(imageOf(res), tag, registry);
+    const diffIDs = res.layers.map((l) => l.diffID);
+    await cache.exportTo(diffIDs, [parseReference(tag)]);
+    const ev: Events = { names: new Map(), cached: [], done: [], warnings: [] };
+    for (const l of lines.join('').split('\n')) {
+      if (!l) continue;
+      const e = JSON.parse(l) as { type: string; id?: number; name?: string; message?: string };
+      if (e.type === 'start') ev.names.set(e.id as number, e.name as string);
+      if (e.type === 'cached') ev.cached.push(ev.names.get(e.id as number) as string);
+      if (e.type === 'done') ev.done.push(ev.names.get(e.id as number) as string);
+      if (e.type === 'warning') ev.warnings.push(e.message as string);
+    }
+    return { ev, diffIDs, cache };
+  } finally {
+    await cache.close();
+    await svc.context.cleanup();
+    await closeTransports(registry);
+  }
+}
+
+const steps = (names: string[]): string[] =>
+  names.filter((n) => /^\[\d\/\d\] (?!FROM)/.test(n)).map((n) => n.replace(/^\[\d\/\d\] /, ''));
+
+function skopeoRaw(ref: string): {
+  mediaType: string;
+  config: { mediaType: string };
+  layers: { digest: string }[];
+  annotations?: Record<string, string>;
+} {
+  const r = spawnSync('skopeo', ['inspect', '--tls-verify=false', '--raw', `docker://${ref}`], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  return JSON.parse(r.stdout) as ReturnType<typeof skopeoRaw>;
+}
+
+test('a fresh $KILN_HOME with --cache-from a warm registry cache runs only the changed step', async () => {
+  const cacheRef = `${reg.host}/cache/app:w1`;
+  const first = await build(
+    join(work, 'home1'),
+    `${reg.host}/app/w1:1`,
+    [],
+    [`type=registry,ref=${cacheRef},mode=max`],
+  );
+  assert.deepEqual(first.ev.cached, [], 'cold build: nothing cached');
+  assert.deepEqual(steps(first.ev.done), [
+    'WORKDIR /app',
+    'COPY assets/ ./assets/',
+    'RUN ls assets | wc -l > /app/asset-count',
+    'COPY src/ ./src/',
+  ]);
+  assert.deepEqual(first.ev.warnings, []);
+  // the cache is a plain OCI image manifest; its layers are the image's own blobs, mounted not re-uploaded
+  const m = skopeoRaw(cacheRef);
+  assert.equal(m.mediaType, 'application/vnd.oci.image.manifest.v1+json');
+  assert.equal(m.config.mediaType, 'application/vnd.oci.image.config.v1+json');
+  assert.equal(m.annotations?.['dev.kiln.cache.version'], '1');
+  const img = skopeoRaw(`${reg.host}/app/w1:1`);
+  assert.deepEqual(
+    new Set(m.layers.map((l) => l.digest)),
+    new Set(img.layers.slice(1).map((l) => l.digest)),
+    'cache layers = the built layers of the image',
+  );
+  assert.ok(
+    await reg.waitForLog(/POST \/v2\/cache\/app\/blobs\/uploads\/\?mount=sha256/),
+    'layers mounted from app/w1',
+  );
+
+  // change one source file; build on a brand-new $KILN_HOME with only the registry cache
+  await writeFile(join(ctx, 'src', 'd1', 'f5.js'), 'export const v5 = "changed";\n');
+  const second = await build(join(work, 'home2'), `${reg.host}/app/w1:2`, [cacheRef], []);
+  assert.deepEqual(steps(second.ev.cached), [
+    'WORKDIR /app',
+    'COPY assets/ ./assets/',
+    'RUN ls assets | wc -l > /app/asset-count',
+  ]);
+  assert.deepEqual(steps(second.ev.done), ['COPY src/ ./src/'], 'only the changed step ran');
+  assert.deepEqual(second.ev.warnings, []);
+  assert.deepEqual(second.diffIDs.slice(0, 4), first.diffIDs.slice(0, 4), 'cached layers are the same layers');
+  assert.notEqual(second.diffIDs[4], first.diffIDs[4]);
+  assert.equal(second.cache.stats.remoteHits, 3);
+});
+
+test('an unreachable cache registry is one warning and a normal build', async () => {
+  const deadHost = '127.0.0.1:9'; // discard port: connection refused
+  const r = await build(
+    join(work, 'home3'),
+    `${reg.host}/app/dead:1`,
+    [`type=registry,ref=${deadHost}/cache/app:x`],
+    [`type=registry,ref=${deadHost}/cache/app:x`],
+    [deadHost],
+  );
+  assert.equal(r.ev.warnings.length, 2, r.ev.warnings.join('\n'));
+  assert.match(
+    r.ev.warnings[0] as string,
+    /^cache import from 127\.0\.0\.1:9\/cache\/app:x failed, building without it: /,
+  );
+  assert.match(r.ev.warnings[1] as string, /^cache export to 127\.0\.0\.1:9\/cache\/app:x failed: /);
+  assert.deepEqual(r.ev.cached, []);
+  assert.equal(steps(r.ev.done).length, 4);
+});
+
+test('a corrupt cached blob is ignored (the step runs) and the fresh export replaces the record', async () => {
+  const cacheRef = `${reg.host}/cache/corrupt:1`;
+  await build(join(work, 'home4'), `${reg.host}/app/corrupt:1`, [], [`type=registry,ref=${cacheRef},mode=max`]);
+  const m = skopeoRaw(cacheRef);
+  const assetsLayer = m.layers[1]?.digest as string;
+  // a proxy flipping one byte of that blob on every GET
+  const proxy = await startHttpProxy(reg.host, {
+    transform: (req, status) => {
+      if (req.method !== 'GET' || status !== 200 || !req.url.endsWith(assetsLayer)) return undefined;
+      let flipped = false;
+      return new Transform({
+        transform(c: Buffer, _e, cb) {
+          if (!flipped && c.length > 0) {
+            c = Buffer.from(c);
+            c[c.length >> 1] = (c[c.length >> 1] as number) ^ 0xff;
+            flipped = true;
+          }
+          cb(null, c);
+        },
+      });
+    },
+  });
+  try {
+    const viaProxy = `${proxy.host}/cache/corrupt:1`;
+    const r = await build(join(work, 'home5'), `${reg.host}/app/corrupt:2`, [viaProxy], [], [proxy.host]);
+    assert.equal(r.ev.warnings.length, 1, r.ev.warnings.join('\n'));
+    assert.match(
+      r.ev.warnings[0] as string,
+      /^cache record [a-f0-9]{12} from .* is unusable, rebuilding the step: .*(digest|DIGEST)/,
+    );
+    // the rebuilt COPY produces the same layer (deterministic), so the steps above it still hit
+    assert.deepEqual(steps(r.ev.done), ['COPY assets/ ./assets/'], 'the corrupt step ran');
+    assert.deepEqual(steps(r.ev.cached), [
+      'WORKDIR /app',
+      'RUN ls assets | wc -l > /app/asset-count',
+      'COPY src/ ./src/',
+    ]);
+    assert.equal(r.cache.stats.corrupt, 1);
+    assert.ok(r.cache.recordsFor('max', []).length >= 4, 'the rebuilt steps are records for the next export');
+  } finally {
+    await proxy.stop();
+  }
+});

@@ -506,14 +506,18 @@ interface Req {
   base: InstructionBase;
 }
 
+/** BuildKit nodeArgs: the argument words, with an ONBUILD trigger flattened in (iteratively). */
 function nodeArgs(node: Node): string[] {
   const result: string[] = [];
-  for (let n = node; n.next !== undefined; n = n.next) {
-    const arg = n.next;
+  const stack: (Node | undefined)[] = [node.next];
+  while (stack.length > 0) {
+    const arg = stack.pop();
+    if (arg === undefined) continue;
+    stack.push(arg.next);
     if (arg.children.length === 0) result.push(arg.value);
     else if (arg.children.length === 1) {
       result.push(arg.children[0]!.value);
-      result.push(...nodeArgs(arg.children[0]!));
+      stack.push(arg.children[0]!.next);
     }
   }
   return result;

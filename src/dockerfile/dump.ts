@@ -68,16 +68,44 @@ export function goQuoteList(list: readonly string[]): string {
   return '[' + list.map(goQuote).join(' ') + ']';
 }
 
-/** Node.Dump(): the S-expression of `node` and everything under it. */
-export function dumpNode(node: Node): string {
-  const parts: string[] = [node.value.toLowerCase()];
-  if (node.flags.length > 0) parts.push(' ' + goQuoteList(node.flags));
-  for (const c of node.children) parts.push('(' + dumpNode(c) + ')\n');
-  for (let n = node.next; n !== undefined; n = n.next) {
-    parts.push(' ');
-    parts.push(n.children.length > 0 ? dumpNode(n) : goQuote(n.value));
+/** The nodes whose own dump is part of `node`'s: its children and the argument nodes that have children. */
+function dumpDeps(node: Node): Node[] {
+  const deps = [...node.children];
+  for (let n = node.next; n !== undefined; n = n.next) if (n.children.length > 0) deps.push(n);
+  return deps;
+}
+
+/**
+ * Node.Dump(): the S-expression of `node` and everything under it. Evaluated bottom-up with an explicit stack
+ * (BuildKit recurses; a long `ONBUILD ONBUILD ...` chain must not overflow ours).
+ */
+export function dumpNode(root: Node): string {
+  const memo = new Map<Node, string>();
+  const stack: Node[] = [root];
+  while (stack.length > 0) {
+    const node = stack[stack.length - 1]!;
+    const missing = dumpDeps(node).filter((d) => !memo.has(d));
+    if (missing.length > 0) {
+      stack.push(...missing);
+      continue;
+    }
+    stack.pop();
+    const parts: string[] = [node.value.toLowerCase()];
+    if (node.flags.length > 0) parts.push(' ' + goQuoteList(node.flags));
+    // Each node has one parent: take its children's dumps out of the memo once used.
+    const take = (n: Node): string => {
+      const v = memo.get(n)!;
+      memo.delete(n);
+      return v;
+    };
+    for (const c of node.children) parts.push('(', take(c), ')\n');
+    for (let n = node.next; n !== undefined; n = n.next) {
+      parts.push(' ');
+      parts.push(n.children.length > 0 ? take(n) : goQuote(n.value));
+    }
+    memo.set(node, trimSpace(parts.join('')));
   }
-  return trimSpace(parts.join(''));
+  return memo.get(root)!;
 }
 
 /** The text `kiln dockerfile dump` prints for a parsed Dockerfile: the root dump plus a final newline. */

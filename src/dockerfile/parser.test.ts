@@ -392,3 +392,18 @@ test('a huge single logical line (many continuations) parses', () => {
   assert.equal(r.ast.children[1]!.endLine, 50_002);
   assert.equal(r.ast.children[1]!.next!.value.length, 'true'.length + '   && true'.length * 50_000);
 });
+
+test('deep ONBUILD chains parse and dump without recursion limits', () => {
+  const r = parseAst('FROM a\n' + 'ONBUILD '.repeat(7000) + 'RUN x\n');
+  const d = dumpAst(r.ast);
+  assert.ok(d.startsWith('(from "a")\n(onbuild (onbuild (onbuild'));
+  assert.ok(d.endsWith('(run "x")' + ')'.repeat(7001) + '\n'));
+});
+
+test('non-ASCII flag values take the byte-wise path, other non-ASCII does not disturb flags', () => {
+  assert.deepEqual(parseAst('COPY --from=ü a b\n').ast.children[0]!.flags, ['--from=\u00c3\u00bc']);
+  assert.deepEqual(parseAst('COPY --a=\\é b c\n').ast.children[0]!.flags, ['--a=\u00c3\u00a9']);
+  const n = parseAst('COPY --link ü b\n').ast.children[0]!;
+  assert.deepEqual(n.flags, ['--link']);
+  assert.equal(n.next?.value, 'ü');
+});

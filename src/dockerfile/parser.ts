@@ -157,7 +157,18 @@ function splitCommand(line: string, d: Directives): { cmd: string; flags: string
  * (so non-ASCII flag values come out exactly as BuildKit's do).
  */
 function extractBuilderFlags(lineIn: string, d: Directives): { rest: string; flags: string[] } {
-  const line = toBytes(lineIn);
+  // Fast path: only the flag words are scanned, so a non-ASCII character there is what needs the byte view.
+  const ascii = scanBuilderFlags(lineIn, d);
+  if (ascii) return ascii;
+  return scanBuilderFlags(toBytes(lineIn), d, true)!;
+}
+
+/**
+ * The flag scanner over `line`. Without `bytes`, gives up (undefined) at the first non-ASCII character it would
+ * consume; with `bytes`, `line` holds one char per UTF-8 byte and the rest is converted back.
+ */
+function scanBuilderFlags(line: string, d: Directives, bytes = false): { rest: string; flags: string[] } | undefined {
+  const rest = (pos: number): string => (bytes ? fromBytes(line.slice(pos)) : line.slice(pos));
   const esc = d.escapeToken;
   const IN_SPACES = 0;
   const IN_WORD = 1;
@@ -170,13 +181,16 @@ function extractBuilderFlags(lineIn: string, d: Directives): { rest: string; fla
   const n = line.length;
   for (let pos = 0; pos <= n; pos++) {
     let ch = pos !== n ? line[pos]! : '';
+    const nonAscii = !bytes && ch.charCodeAt(0) > 0x7f;
     if (phase === IN_SPACES) {
       if (pos === n) break;
+      // A UTF-8 lead byte is neither a space nor '-': the flags end here in both views.
+      if (nonAscii) return { rest: rest(pos), flags: words };
       if (isGoSpaceCode(ch.charCodeAt(0))) continue;
-      if (ch !== '-' || pos + 1 === n || line[pos + 1] !== '-')
-        return { rest: fromBytes(line.slice(pos)), flags: words };
+      if (ch !== '-' || pos + 1 === n || line[pos + 1] !== '-') return { rest: rest(pos), flags: words };
       phase = IN_WORD;
     }
+    if (nonAscii || (!bytes && pos + 1 < n && line.charCodeAt(pos + 1) > 0x7f && ch === esc)) return undefined;
     if ((phase === IN_WORD || phase === IN_QUOTE) && pos === n) {
       if (word !== '--' && (blankOK || word.length > 0)) words.push(word);
       break;
@@ -184,7 +198,7 @@ function extractBuilderFlags(lineIn: string, d: Directives): { rest: string; fla
     if (phase === IN_WORD) {
       if (isGoSpaceCode(ch.charCodeAt(0))) {
         phase = IN_SPACES;
-        if (word === '--') return { rest: fromBytes(line.slice(pos)), flags: words };
+        if (word === '--') return { rest: rest(pos), flags: words };
         if (blankOK || word.length > 0) words.push(word);
         word = '';
         blankOK = false;
@@ -418,14 +432,6 @@ const parseHealthConfig: LineParser = (restIn, d) => {
   return { node, json: r.json };
 };
 
-const parseSubCommand: LineParser = (rest, d) => {
-  if (rest === '') return { node: undefined, json: false };
-  const child = newNodeFromLine(rest, d, []);
-  const node = newNode();
-  node.children = [child];
-  return { node, json: false };
-};
-
 const DISPATCH: Record<string, LineParser> = {
   add: parseMaybeJSONToList,
   arg: parseNameOrNameVal,
@@ -438,7 +444,6 @@ const DISPATCH: Record<string, LineParser> = {
   healthcheck: parseHealthConfig,
   label: parseLabel,
   maintainer: parseString,
-  onbuild: parseSubCommand,
   run: parseMaybeJSON,
   shell: parseMaybeJSON,
   stopsignal: parseString,
@@ -447,19 +452,39 @@ const DISPATCH: Record<string, LineParser> = {
   workdir: parseString,
 };
 
+/**
+ * One instruction line -> node. ONBUILD's argument is parsed as a nested instruction (BuildKit parseSubCommand:
+ * `(onbuild (run ...))`); the chain is built in a loop so that `ONBUILD ONBUILD ...` cannot overflow the stack.
+ */
 function newNodeFromLine(line: string, d: Directives, comments: string[]): Node {
-  const { cmd, flags, args } = splitCommand(line, d);
-  const fn = Object.prototype.hasOwnProperty.call(DISPATCH, cmd.toLowerCase())
-    ? DISPATCH[cmd.toLowerCase()]!
-    : parseIgnore;
-  const r = fn(args, d);
-  const node = newNode(cmd);
-  node.original = line;
-  node.flags = flags;
-  node.next = r.node;
-  if (r.json) node.attributes = { json: true };
-  node.prevComment = comments;
-  return node;
+  let root: Node | undefined;
+  let holder: Node | undefined;
+  let cur = line;
+  let prevComment = comments;
+  for (;;) {
+    const { cmd, flags, args } = splitCommand(cur, d);
+    const lower = cmd.toLowerCase();
+    const node = newNode(cmd);
+    node.original = cur;
+    node.flags = flags;
+    node.prevComment = prevComment;
+    if (holder) holder.children = [node];
+    else root = node;
+    if (lower === 'onbuild') {
+      if (args === '') break;
+      holder = newNode();
+      node.next = holder;
+      cur = args;
+      prevComment = [];
+      continue;
+    }
+    const fn = Object.prototype.hasOwnProperty.call(DISPATCH, lower) ? DISPATCH[lower]! : parseIgnore;
+    const r = fn(args, d);
+    node.next = r.node;
+    if (r.json) node.attributes = { json: true };
+    break;
+  }
+  return root!;
 }
 
 const HEREDOC_DIRECTIVES = new Set(['add', 'copy', 'run']);

@@ -359,7 +359,7 @@ export async function runProcess(opts: RunProcessOptions): Promise<RunProcessRes
   if (opts.argv.length === 0) throw new KilnError('RUN_EMPTY', 'RUN has no command');
   const sys = SYSCALLS[process.arch];
   if (!sys) throw new KilnError('SANDBOX_UNSUPPORTED_ARCH', `RUN is not supported on ${process.arch}`);
-  opts.signal?.throwIfAborted();
+  if (opts.signal?.aborted) throw new KilnError('RUN_ABORTED', 'RUN was aborted', { cause: opts.signal.reason });
   const kilnHome = opts.kilnHome ?? defaultKilnHome();
   const root = opts.rootfs;
   const network = opts.network ?? 'host';

@@ -397,7 +397,7 @@ test('deep ONBUILD chains parse and dump without recursion limits', () => {
   const r = parseAst('FROM a\n' + 'ONBUILD '.repeat(7000) + 'RUN x\n');
   const d = dumpAst(r.ast);
   assert.ok(d.startsWith('(from "a")\n(onbuild (onbuild (onbuild'));
-  assert.ok(d.endsWith('(run "x")' + ')'.repeat(7001) + '\n'));
+  assert.ok(d.endsWith('(run "x"' + ')'.repeat(7001) + '\n'));
 });
 
 test('non-ASCII flag values take the byte-wise path, other non-ASCII does not disturb flags', () => {

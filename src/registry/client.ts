@@ -21,6 +21,9 @@ import {
   type Transport,
 } from './transport.js';
 
+/** PATCH chunk size: one buffer of this size per blob in flight (3 by default), so memory stays bounded. */
+export const DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024;
+
 /** Largest manifest kiln accepts (containerd uses 4 MiB). */
 export const MAX_MANIFEST_SIZE = 4 * 1024 * 1024;
 
@@ -38,7 +41,7 @@ export interface UploadOptions {
   mountFrom?: string;
   /** Blobs up to this size go in one PUT (default 16 MiB). */
   monolithicMax?: number;
-  /** PATCH chunk size for larger blobs (default 16 MiB). */
+  /** PATCH chunk size for larger blobs (default 8 MiB). */
   chunkSize?: number;
   /** Called with the number of bytes confirmed so far. */
   onProgress?: (bytes: number) => void;
@@ -398,7 +401,7 @@ export class RepositoryClient {
     open: () => Promise<Readable>,
     o: UploadOptions,
   ): Promise<void> {
-    const chunkSize = Math.max(1, o.chunkSize ?? 16 * 1024 * 1024);
+    const chunkSize = Math.max(1, o.chunkSize ?? DEFAULT_CHUNK_SIZE);
     let url = startUrl;
     let offset = 0; // bytes the registry has confirmed
     const buf = Buffer.allocUnsafe(chunkSize);

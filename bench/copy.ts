@@ -1,0 +1,141 @@
+/**
+ * `node --import tsx bench/copy.ts`: `kiln copy` vs `skopeo copy` of a ~500 MB multi-layer random image, side by
+ * side, over several rounds (tools alternate first/second per round), reporting median wall time, throughput and
+ * the peak RSS of each tool's process tree (polled from /proc).
+ *
+ *   same-registry  — copy to a new repository of the same registry (kiln mounts every blob: trivial),
+ *   cross-registry — copy to a second registry (every byte streamed: GET piped into the upload, digest-checked).
+ *
+ * Each round copies to a fresh repository name, so nothing is already present at the destination.
+ * Environment: KILN_BENCH_ROUNDS (default 3), KILN_BENCH_COPY_MB (default 500), KILN_BENCH_LAYERS (default 5),
+ * KILN_BENCH_KEEP=1 (leave the registries' data). kiln runs from dist/ when it is fresher than the sources (run
+ * `npm run build` first for representative numbers), else through tsx (whose esbuild helper process then counts
+ * toward kiln's RSS).
+ */
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { push } from '../src/registry/push.js';
+import { closeTransports } from '../src/registry/transport.js';
+import { makeRandomImage } from '../test/helpers/images.js';
+import { startRegistry, type TestRegistry } from '../test/helpers/registry.js';
+import { measure, median, type Measured } from './procs.js';
+
+const REPO = join(dirname(fileURLToPath(import.meta.url)), '..');
+const ROUNDS = Math.max(1, Number(process.env.KILN_BENCH_ROUNDS ?? 3) || 3);
+const TOTAL_MB = Math.max(1, Number(process.env.KILN_BENCH_COPY_MB ?? 500) || 500);
+const LAYERS = Math.max(1, Number(process.env.KILN_BENCH_LAYERS ?? 5) || 5);
+
+type Tool = 'kiln' | 'skopeo';
+type Scenario = 'same-registry' | 'cross-registry';
+
+function log(msg: string): void {
+  process.stderr.write(`[bench copy ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
+}
+
+/** True when dist/ exists and is at least as new as every source file of the registry client and CLI. */
+function distIsFresh(): boolean {
+  const main = join(REPO, 'dist', 'cli', 'main.js');
+  if (!existsSync(main)) return false;
+  const built = statSync(main).mtimeMs;
+  for (const dir of ['src/registry', 'src/cli', 'src/oci']) {
+    for (const f of readdirSync(join(REPO, dir))) {
+      if (f.endsWith('.ts') && statSync(join(REPO, dir, f)).mtimeMs > built) return false;
+    }
+  }
+  return true;
+}
+
+function kilnCommand(): { cmd: string; args: string[]; env: NodeJS.ProcessEnv; how: string } {
+  const bin = join(REPO, 'bin', 'kiln.js');
+  const compiled = distIsFresh();
+  return {
+    cmd: process.execPath,
+    args: [bin],
+    env: { ...process.env, ...(compiled ? {} : { KILN_FROM_SOURCE: '1' }) },
+    how: compiled ? 'dist/' : 'tsx (from source)',
+  };
+}
+
+async function runTool(tool: Tool, src: string, dst: string): Promise<Measured> {
+  if (tool === 'kiln') {
+    const k = kilnCommand();
+    return measure(k.cmd, [...k.args, 'copy', src, dst, '--progress', 'quiet'], { env: k.env });
+  }
+  return measure('skopeo', [
+    'copy',
+    '--quiet',
+    '--src-tls-verify=false',
+    '--dest-tls-verify=false',
+    `docker://${src}`,
+    `docker://${dst}`,
+  ]);
+}
+
+function fmt(n: number, digits = 2): string {
+  return Number.isFinite(n) ? n.toFixed(digits) : '-';
+}
+
+async function main(): Promise<void> {
+  const a = await startRegistry();
+  const b = await startRegistry();
+  const seedOpts = {};
+  try {
+    const layerSize = Math.floor((TOTAL_MB * 1024 * 1024) / LAYERS);
+    log(`seeding ${LAYERS} × ${(layerSize / 1048576).toFixed(0)} MiB random layers into ${a.host}/bench/src:v1`);
+    const img = makeRandomImage({ layers: LAYERS, layerSize, compression: 'none', seed: `bench-${Date.now()}` });
+    const src = `${a.host}/bench/src:v1`;
+    await push(img, src, seedOpts);
+    let bytes = (await img.rawConfig()).length;
+    for (const l of await img.layers()) bytes += await l.size();
+    log(`seeded ${(bytes / 1e6).toFixed(0)} MB; kiln runs via ${kilnCommand().how}`);
+
+    const results = new Map<string, Measured[]>();
+    const tools: Tool[] = ['kiln', 'skopeo'];
+    for (let round = 0; round < ROUNDS; round++) {
+      const order = round % 2 === 0 ? tools : [...tools].reverse();
+      for (const scenario of ['same-registry', 'cross-registry'] as Scenario[]) {
+        for (const tool of order) {
+          const dstReg: TestRegistry = scenario === 'same-registry' ? a : b;
+          const dst = `${dstReg.host}/bench/${tool}-${scenario}-${round}:v1`;
+          const m = await runTool(tool, src, dst);
+          if (m.code !== 0) throw new Error(`${tool} copy failed (${m.code}): ${m.stderr.trim().split('\n').pop()}`);
+          log(
+            `round ${round + 1} ${scenario} ${tool}: ${(m.ms / 1000).toFixed(2)}s, peak RSS ${(m.peakRss / 1048576).toFixed(0)} MiB`,
+          );
+          const key = `${scenario}\t${tool}`;
+          results.set(key, [...(results.get(key) ?? []), m]);
+        }
+      }
+    }
+
+    const rows = [...results.entries()].map(([key, ms]) => {
+      const [scenario, tool] = key.split('\t') as [string, string];
+      const t = median(ms.map((m) => m.ms)) / 1000;
+      const rss = Math.max(...ms.map((m) => m.peakRss)) / 1048576;
+      const rssMed = median(ms.map((m) => m.peakRss)) / 1048576;
+      return [scenario, tool, fmt(t), fmt(bytes / 1e6 / t, 0), fmt(rssMed, 0), fmt(rss, 0)];
+    });
+    const header = ['scenario', 'tool', 'median s', 'MB/s', 'median peak RSS MiB', 'max peak RSS MiB'];
+    const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+    const line = (cells: string[]): string => '| ' + cells.map((c, i) => c.padEnd(widths[i]!)).join(' | ') + ' |';
+    const out = [
+      `kiln copy vs skopeo copy — ${(bytes / 1e6).toFixed(0)} MB in ${LAYERS} layers, ${ROUNDS} round(s), kiln via ${kilnCommand().how}`,
+      line(header),
+      line(widths.map((w) => '-'.repeat(w))),
+      ...rows.map(line),
+    ].join('\n');
+    process.stdout.write(out + '\n');
+  } finally {
+    await closeTransports(seedOpts);
+    if (process.env.KILN_BENCH_KEEP !== '1') {
+      await a.stop();
+      await b.stop();
+    }
+  }
+}
+
+main().catch((e: unknown) => {
+  process.stderr.write(`bench copy: ${e instanceof Error ? e.message : String(e)}\n`);
+  process.exit(1);
+});

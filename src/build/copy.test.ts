@@ -118,6 +118,11 @@ describe('COPY semantics', () => {
       expect: ['p/', 'p/a.txt', 'p/src/', 'p/src/sub/', 'p/src/sub/x.txt'],
     },
     {
+      name: '--parents with ** (patternmatcher: zero or more dirs)',
+      r: { sources: ['src/**/*.txt', 'src/**/*.go'], dest: '/p/', parents: true },
+      expect: ['p/', 'p/src/', 'p/src/main.go', 'p/src/sub/', 'p/src/sub/x.txt'],
+    },
+    {
       name: '--parents with a /./ pivot',
       r: { sources: ['src/./sub/x.txt'], dest: '/p/', parents: true },
       expect: ['p/', 'p/sub/', 'p/sub/x.txt'],
@@ -154,6 +159,27 @@ describe('COPY semantics', () => {
     await new LocalFileCopier().apply(req({ sources: ['src'], dest: '/existing' }), ctxSrc(c), root);
     assert.equal(lstatSync(join(root, 'existing')).mtimeMs, 1400000000000);
     assert.equal(lstatSync(join(root, 'existing')).mode & 0o777, 0o700, 'existing target keeps its mode');
+  });
+
+  test("--parents: parents get the source dirs' metadata; a plain missing path is an error", async () => {
+    const c = makeContext();
+    execFileSync('chmod', ['0700', join(c, 'src/sub')]);
+    utimesSync(join(c, 'src/sub'), 1300000000, 1300000000);
+    const root = fresh('root');
+    const cp = new LocalFileCopier();
+    await cp.apply(req({ sources: ['src/sub/x.txt'], dest: '/p/', parents: true }), ctxSrc(c), root);
+    const sub = lstatSync(join(root, 'p/src/sub'));
+    assert.equal(sub.mode & 0o777, 0o700);
+    // as in fsutil, a parent created for an included child keeps the time the child was written into it
+    assert.notEqual(sub.mtimeMs, 1300000000000);
+    await assert.rejects(cp.apply(req({ sources: ['src/nope.txt'], dest: '/p/', parents: true }), ctxSrc(c), root), {
+      code: 'COPY_SOURCE_NOT_FOUND',
+    });
+    const k1 = await cp.checksum(req({ sources: ['src/**/*.txt'], dest: '/p/', parents: true }), ctxSrc(c));
+    writeFileSync(join(c, 'src/main.go'), 'not included');
+    assert.equal(await cp.checksum(req({ sources: ['src/**/*.txt'], dest: '/p/', parents: true }), ctxSrc(c)), k1);
+    writeFileSync(join(c, 'src/sub/x.txt'), 'included');
+    assert.notEqual(await cp.checksum(req({ sources: ['src/**/*.txt'], dest: '/p/', parents: true }), ctxSrc(c)), k1);
   });
 
   test('stage sources keep ownership and hard links', async () => {

@@ -331,8 +331,11 @@ export interface SourceMatch {
   /** Host path with symlinks followed inside the root. */
   abs: string;
   st: Stats;
-  /** For --parents: the destination-relative path to recreate under dest. */
-  parentsRel?: string;
+  /**
+   * For --parents: the source is the pivot directory (the root, or the part before `/./`) and only paths matching
+   * this pattern (patternmatcher semantics, `**` allowed, relative to the pivot) are copied, with their parents.
+   */
+  include?: Matcher;
 }
 
 interface SourceCtx {
@@ -444,6 +447,8 @@ export class TreeCopier {
   private srcXattrs = new Map<string, Map<string, Buffer>>();
   private warnedDevices = false;
   private ops = 0;
+  /** Include matcher of the source being copied (--parents). */
+  include: Matcher | undefined;
 
   constructor(
     private readonly opts: CopyOptions,
@@ -487,6 +492,8 @@ export class TreeCopier {
   async copy(src: string, comps: string, ctxRel: string, target: string, overwriteMeta: boolean): Promise<void> {
     let include = true;
     if (comps !== '') {
+      // --parents include pattern: non-matching dirs are walked (created only if something inside is copied)
+      if (this.include && !this.include.matches(comps)) include = false;
       const ex = this.opts.exclude;
       const ig = this.ctx.ignore;
       const exM = ex ? ex.matches(comps) : false;
@@ -594,13 +601,6 @@ export class TreeCopier {
     return false;
   }
 
-  /** --parents: make `target` a directory like `srcDir` (metadata copied) unless it already is one. */
-  async ensureDirLike(srcDir: string, target: string): Promise<void> {
-    const st = await stat(srcDir);
-    if (!st.isDirectory()) throw new KilnError('COPY_FAILED', `${srcDir} is not a directory`);
-    if (await this.copyDirectoryOnly(target, st, false)) await this.copyFileInfo(st, srcDir, target);
-  }
-
   private async createParentDirs(): Promise<void> {
     for (const p of this.parents) {
       if (p.copied) continue;
@@ -647,19 +647,6 @@ export async function copyMatches(
   await tc.loadXattrs(matches.map((m) => m.abs));
   for (const m of matches) {
     const ctxRel = m.abs === ctx.root ? '' : m.abs.slice(ctx.root.length + 1);
-    if (m.parentsRel !== undefined) {
-      // --parents: recreate the path below the pivot, parents with the source directories' metadata.
-      const parts = m.parentsRel.split('/').filter(Boolean);
-      const pivotAbs = m.abs.slice(0, m.abs.length - m.parentsRel.length).replace(/\/+$/, '');
-      for (let i = 1; i < parts.length; i++) {
-        const rel = parts.slice(0, i).join('/');
-        const t = await rootPath(destRoot, posix.join(dest, rel), false);
-        await tc.ensureDirLike(join(pivotAbs, rel), t);
-      }
-      const target = await rootPath(destRoot, posix.join(dest, m.parentsRel), false);
-      await tc.copy(m.abs, '', ctxRel, target, false);
-      continue;
-    }
     let target = dstResolved;
     const fiDest = await statOrNull(target);
     const isDir = m.st.isDirectory();
@@ -668,6 +655,7 @@ export async function copyMatches(
     }
     const parentTarget = isDir && dirContents && !fiDest ? target : posix.dirname(target);
     await mkdirAllIn(destRoot, parentTarget, perm, opts.owner);
+    tc.include = m.include;
     await tc.copy(m.abs, '', ctxRel, target, false);
   }
   const problems = await setXattrs(tc.xattrs);
@@ -703,16 +691,16 @@ export async function resolveRequestSources(
   for (const s of req.sources) {
     if (isUrlSource(s) || isGitSource(s)) continue;
     if (req.parents) {
+      // BuildKit: copy the pivot (root, or the part before `/./`) with IncludePatterns=[pattern]; a pattern
+      // without wildcards is a required path.
       const cut = s.indexOf('/./');
       const pivot = cut >= 0 ? cleanRel(s.slice(0, cut)) : '';
-      const pattern = cut >= 0 ? s.slice(cut + 3) : s;
-      const full = pivot ? `${pivot}/${cleanRel(pattern)}` : cleanRel(pattern);
-      const ms = await resolveSource(ctx, full);
-      if (ms.length === 0 && !containsWildcards(full)) throw notFound(ctx, s);
-      for (const m of ms) {
-        m.parentsRel = pivot ? m.rel.slice(pivot.length + 1) : m.rel;
-        out.push(m);
-      }
+      const pattern = cleanRel(cut >= 0 ? s.slice(cut + 3) : s);
+      const full = pivot ? `${pivot}/${pattern}` : pattern;
+      if (!containsWildcards(full)) await resolveSource(ctx, full); // throws "not found"
+      const pivots = await resolveSource(ctx, pivot);
+      const include = newMatcher([pattern]);
+      for (const m of pivots) if (m.st.isDirectory()) out.push({ ...m, include });
       continue;
     }
     out.push(...(await resolveSource(ctx, s)));
@@ -721,9 +709,24 @@ export async function resolveRequestSources(
 }
 
 /** Hash a file tree for the cache key: paths, types, modes, link targets and content (sha256), in walk order. */
-async function hashTree(abs: string, rel: string, h: ReturnType<typeof createHash>, withOwner: boolean): Promise<void> {
+async function hashTree(
+  abs: string,
+  rel: string,
+  h: ReturnType<typeof createHash>,
+  withOwner: boolean,
+  include?: Matcher,
+): Promise<void> {
   const st = lstatSync(abs);
   const type = st.isDirectory() ? 'd' : st.isSymbolicLink() ? 'l' : st.isFile() ? 'f' : 'o';
+  if (include && rel !== '' && !include.matches(rel)) {
+    // --parents: only included paths count; directories are walked for included descendants
+    if (type === 'd') {
+      const names = readdirSync(abs);
+      names.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+      for (const n of names) await hashTree(join(abs, n), `${rel}/${n}`, h, withOwner, include);
+    }
+    return;
+  }
   h.update(`${rel}\0${type}\0${(st.mode & 0o7777).toString(8)}\0`);
   if (withOwner) h.update(`${st.uid}:${st.gid}\0`);
   if (type === 'l') h.update(`${readlinkSync(abs)}\0`);
@@ -731,7 +734,7 @@ async function hashTree(abs: string, rel: string, h: ReturnType<typeof createHas
   else if (type === 'd') {
     const names = readdirSync(abs);
     names.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
-    for (const n of names) await hashTree(join(abs, n), rel ? `${rel}/${n}` : n, h, withOwner);
+    for (const n of names) await hashTree(join(abs, n), rel ? `${rel}/${n}` : n, h, withOwner, include);
   }
   h.update('\n');
 }
@@ -766,9 +769,9 @@ export class LocalFileCopier implements FileCopier {
     const matches = await resolveRequestSources(req, src, this.ignore);
     const ctxPaths: string[] = [];
     for (const m of matches) {
-      h.update(`src:${m.rel}\0${m.parentsRel ?? ''}\n`);
-      if (src.kind === 'context' && this.opts.context) ctxPaths.push(m.abs);
-      else await hashTree(m.abs, '', h, src.kind !== 'context');
+      h.update(`src:${m.rel}\0${m.include ? m.include.patterns.join('\0') : ''}\n`);
+      if (src.kind === 'context' && this.opts.context && !m.include) ctxPaths.push(m.abs);
+      else await hashTree(m.abs, '', h, src.kind !== 'context', m.include);
     }
     if (ctxPaths.length && this.opts.context)
       h.update(await hashContextPaths(this.opts.context, ctxPaths, req.exclude));

@@ -36,6 +36,7 @@ import type {
   LayerStore,
   ProcessSpec,
   ProgressSink,
+  ResolvedBase,
   RunMount,
   Snapshot,
   Snapshotter,
@@ -236,6 +237,7 @@ class Engine {
   private readonly stop = new AbortController();
   private signalCache: AbortSignal | undefined;
   private firstError: unknown;
+  private readonly baseImages = new Map<string, Promise<ResolvedBase>>();
 
   private get signal(): AbortSignal {
     this.signalCache ??= this.deps.signal ? AbortSignal.any([this.deps.signal, this.stop.signal]) : this.stop.signal;
@@ -454,17 +456,25 @@ class Engine {
 
   private async fromImage(stage: Stage, ref: string): Promise<StageState> {
     const from = stage.from;
-    const loadId = ++this.vertex;
-    this.deps.progress.start(loadId, `[internal] load metadata for ${ref}`);
+    let resolving = this.baseImages.get(ref);
+    if (!resolving) {
+      // one resolution per reference, shared by every stage that uses it (one `load metadata` vertex)
+      const loadId = ++this.vertex;
+      this.deps.progress.start(loadId, `[internal] load metadata for ${ref}`);
+      resolving = this.deps.bases.resolve(ref, { pull: this.req.pull, platform: this.req.platform });
+      resolving.then(
+        () => this.deps.progress.done(loadId),
+        (e: unknown) => this.deps.progress.error(loadId, errorMessage(e)),
+      );
+      this.baseImages.set(ref, resolving);
+    }
     let resolved;
     try {
-      resolved = await this.deps.bases.resolve(ref, { pull: this.req.pull, platform: this.req.platform });
+      resolved = await resolving;
     } catch (e) {
-      this.deps.progress.error(loadId, errorMessage(e));
       const hint = e instanceof KilnError ? e.hint : undefined;
       throw this.fail(from, e instanceof KilnError ? e.code : 'BASE_IMAGE', `FROM ${ref}: ${errorMessage(e)}`, hint, e);
     }
-    this.deps.progress.done(loadId);
     const cfg = await resolved.image.config();
     const { image, onBuild } = fromBaseConfig(cfg);
     const state = cacheKey({ image: resolved.digest });

@@ -4,7 +4,9 @@
  * (overlay snapshots + RUN executor), the registry client (base images, pushes) and the COPY/ADD copier. Also
  * the interrupt handling of the CLI: SIGINT/SIGTERM abort the build through an AbortSignal.
  */
-import { mkdir, mkdtemp } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { pipeline } from 'node:stream/promises';
 import { basename, join } from 'node:path';
 import { KilnError } from '../errors.js';
 import { LocalStore, kilnHome } from '../oci/store.js';
@@ -62,6 +64,19 @@ export interface ServiceOptions {
   dockerfile?: string;
 }
 
+/** Write to `dest`, or for `-` to a temp file streamed to stdout (tar outputs to a pipe, like buildx). */
+async function viaFile(dest: string, tmpBase: string, write: (file: string) => Promise<void>): Promise<void> {
+  if (dest !== '-') return write(dest);
+  const dir = await mkdtemp(join(tmpBase, 'out-'));
+  try {
+    const file = join(dir, 'out.tar');
+    await write(file);
+    await pipeline(createReadStream(file), process.stdout, { end: false });
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
 /** The local services for one build. */
 export async function localServices(
   o: ServiceOptions,
@@ -95,7 +110,7 @@ export async function localServices(
         await store.put(image, names);
       },
       writeOCI: async (image, dest, w) => {
-        if (dest === '-') throw new KilnError('OUTPUT_UNSUPPORTED', 'type=oci,dest=- is not supported; give a file');
+        if (dest === '-' && !w.tar) throw new KilnError('OUTPUT_INVALID', 'type=oci,tar=false needs dest=DIR');
         // like BuildKit's oci exporter: ref.name is the tag, io.containerd.image.name the full name
         const entries = w.names.length
           ? w.names.map((n) => {
@@ -107,11 +122,11 @@ export async function localServices(
               };
             })
           : [{ image, annotations: w.annotations }];
-        await writeLayout(dest, entries, { tar: w.tar });
+        await viaFile(dest, tmpBase, (file) => writeLayout(file, entries, { tar: w.tar }).then(() => undefined));
       },
       writeDocker: async (image, dest, names) => {
-        if (dest === '-') throw new KilnError('OUTPUT_UNSUPPORTED', 'type=docker,dest=- is not supported; give a file');
-        await writeDockerArchive(dest, [{ image, tags: names.map((n) => parseReferenceWithDefaultTag(n).toString()) }]);
+        const tags = names.map((n) => parseReferenceWithDefaultTag(n).toString());
+        await viaFile(dest, tmpBase, (file) => writeDockerArchive(file, [{ image, tags }]));
       },
     },
     tempDir: (prefix) => mkdtemp(join(tmpBase, prefix)),

@@ -128,6 +128,7 @@ export function register(program: Command): void {
       }
       const { runBuildCommand } = await import('../build/services.js');
       const res = await runBuildCommand(opts, flags);
-      if (flags.quiet) process.stdout.write(res.exported.configDigest + '\n');
+      const toStdout = opts.outputs.some((o) => o.dest === '-');
+      if (flags.quiet && !toStdout) process.stdout.write(res.exported.configDigest + '\n');
     });
 }

@@ -407,6 +407,14 @@ export async function runCase(env: SuiteEnv, c: DiffCase): Promise<CaseReport> {
     report.failures.push(`case error: ${(e as Error).message}`);
   } finally {
     await removeTree(work);
+    // free dockerd's overlay space: this case's images (built, pulled by docker run, pre-built bases)
+    const repo = `${env.registry}/diff/${c.id}`;
+    const tags = ['buildkit', 'buildkit2', 'buildah', 'kiln'];
+    const refs = [
+      ...tags.map((t) => `${repo}:${t}`),
+      ...(c.spec.preBuild ?? []).flatMap((pb) => tags.map((t) => `${repo}-${pb.name}:${t}`)),
+    ];
+    await env.dockerd.removeImages(refs).catch(() => undefined);
   }
   return report;
 }
@@ -451,7 +459,6 @@ async function runImages(
     if (outputs.buildah !== undefined && outputs.buildah !== ref)
       report.log.push(`docker run: buildah printed ${JSON.stringify(outputs.buildah)} (reported)`);
   }
-  await env.dockerd.removeImages(['buildkit', 'kiln', 'buildah'].map((n) => `${repo}:${n}`));
 }
 
 function wildcard(p: string): RegExp {

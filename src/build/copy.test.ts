@@ -182,6 +182,25 @@ describe('COPY semantics', () => {
     assert.notEqual(await cp.checksum(req({ sources: ['src/**/*.txt'], dest: '/p/', parents: true }), ctxSrc(c)), k1);
   });
 
+  test('--link: copied into an empty root, then laid over the destination like a layer', async () => {
+    const c = makeContext();
+    const root = fresh('root');
+    mkdirSync(join(root, 'elsewhere'));
+    symlinkSync('/elsewhere', join(root, 'app'));
+    mkdirSync(join(root, 'usr'), { mode: 0o700 });
+    const cp = new LocalFileCopier();
+    await cp.apply(req({ sources: ['a.txt'], dest: '/app/', link: true }), ctxSrc(c), root);
+    assert.equal(lstatSync(join(root, 'app')).isDirectory(), true, 'the symlink is replaced by a directory');
+    assert.equal(readFileSync(join(root, 'app/a.txt'), 'utf8'), 'A');
+    assert.deepEqual(readdirSync(join(root, 'elsewhere')), []);
+    await cp.apply(req({ sources: ['b.txt'], dest: '/usr/local/', link: true }), ctxSrc(c), root);
+    assert.equal(lstatSync(join(root, 'usr')).mode & 0o777, 0o755, 'existing parent takes the link layer mode');
+    // with --chmod, dockerfile2llb does not link: the destination symlink is followed
+    symlinkSync('/elsewhere', join(root, 'app2'));
+    await cp.apply(req({ sources: ['c.md'], dest: '/app2/', link: true, chmod: '644' }), ctxSrc(c), root);
+    assert.equal(readFileSync(join(root, 'elsewhere/c.md'), 'utf8'), 'C');
+  });
+
   test('stage sources keep ownership and hard links', async () => {
     const stage = fresh('stage');
     mkdirSync(join(stage, 'opt'));

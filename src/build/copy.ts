@@ -20,6 +20,10 @@
  *   `--parents` keeps the source path (relative to the root or to a `/./` pivot) under the destination.
  * - The destination root is the step's merged rootfs: existing symlinks on the destination path are resolved inside
  *   it, and nothing is ever written through a symlink out of it.
+ * - `--link` (without --chmod): the copy goes into an empty root that is then laid over the destination like a
+ *   layer (no symlink in the destination is followed; directories on the path take the new metadata).
+ *   Deviation: --chown names are still resolved in the destination's /etc/passwd (BuildKit cannot, and fails or
+ *   falls back to root depending on the driver).
  */
 import { createHash } from 'node:crypto';
 import {
@@ -30,6 +34,7 @@ import {
   linkSync,
   lstatSync,
   lutimesSync,
+  mkdirSync,
   readdirSync,
   readlinkSync,
   symlinkSync,
@@ -786,9 +791,26 @@ export class LocalFileCopier implements FileCopier {
     validateSources(req);
     const destRoot = resolve(destRootIn);
     src = { ...src, dir: resolve(src.dir) };
+    // --link (ignored with --chmod, as dockerfile2llb does): copy into an empty root, then lay that tree over the
+    // destination like a layer — its directories replace symlinks and take over the metadata of existing dirs.
+    if (req.link && req.chmod === '') {
+      const scratch = await this.add.scratchDir();
+      try {
+        await this.applyInto(req, src, scratch, destRoot);
+        await mergeTree(scratch, destRoot, this.warn);
+      } finally {
+        await rm(scratch, { recursive: true, force: true });
+      }
+      return;
+    }
+    await this.applyInto(req, src, destRoot, destRoot);
+  }
+
+  /** The copy proper into `destRoot`; `userRoot` holds the /etc/passwd and /etc/group for --chown names. */
+  private async applyInto(req: CopyRequest, src: CopySource, destRoot: string, userRoot: string): Promise<void> {
     const dest = destPath(req.dest, req.workdir);
     const ctx: SourceCtx = { root: src.dir, ignore: src.kind === 'context' ? this.ignore : undefined, kind: src.kind };
-    const opts = await copyOptionsFor(req, src, destRoot, this.ignore, this.warn);
+    const opts = await copyOptionsFor(req, src, userRoot, this.ignore, this.warn);
     await checkMultipleSources(req, dest, destRoot);
     // BuildKit: one copy action per source, in order (local paths, URLs), then heredocs.
     for (const s of req.sources) {
@@ -840,6 +862,71 @@ export class LocalFileCopier implements FileCopier {
       }
     }
   }
+}
+
+/**
+ * Lay the tree `from` over `to` the way a layer is applied: walked top-down without following anything in `to`;
+ * a directory replaces a non-directory and gives an existing directory its mode, owner and times; files, symlinks
+ * and other nodes replace whatever is there. Hard links inside `from` stay links; xattrs are carried over.
+ */
+export async function mergeTree(from: string, to: string, warn: (m: string) => void): Promise<void> {
+  const xattrs = await readXattrsRecursive(from, '^(security\\.capability|user\\..*)$');
+  const sets: XattrSet[] = [];
+  const inodes = new Map<string, string>();
+  const dirs: { target: string; st: Stats }[] = [];
+  const walk = async (rel: string): Promise<void> => {
+    const names = readdirSync(join(from, rel));
+    names.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+    for (const n of names) {
+      const r = rel ? `${rel}/${n}` : n;
+      const srcAbs = join(from, r);
+      const target = join(to, r);
+      const st = lstatSync(srcAbs);
+      const existing = lstatSync(target, { throwIfNoEntry: false });
+      if (existing && !(existing.isDirectory() && st.isDirectory())) {
+        if (existing.isDirectory()) await rm(target, { recursive: true, force: true });
+        else unlinkSync(target);
+      }
+      if (st.isDirectory()) {
+        if (!existing?.isDirectory()) mkdirSync(target);
+        await walk(r);
+        dirs.push({ target, st });
+      } else {
+        const key = `${st.dev}:${st.ino}`;
+        const first = st.nlink > 1 ? inodes.get(key) : undefined;
+        if (first) {
+          linkSync(first, target);
+          continue;
+        }
+        if (st.isFile()) copyFileSync(srcAbs, target, fsc.COPYFILE_EXCL);
+        else if (st.isSymbolicLink()) symlinkSync(readlinkSync(srcAbs), target);
+        else {
+          const rdev = st.rdev;
+          await mknodBatch([
+            {
+              path: target,
+              kind: st.isFIFO() ? 'p' : st.isCharacterDevice() ? 'c' : 'b',
+              major: (rdev >>> 8) & 0xfff,
+              minor: (rdev & 0xff) | ((rdev >>> 12) & 0xfff00),
+            },
+          ]);
+        }
+        if (st.nlink > 1) inodes.set(key, target);
+        lchownSync(target, st.uid, st.gid);
+        if (!st.isSymbolicLink()) chmodSync(target, st.mode & 0o7777);
+        lutimesSync(target, st.atime, st.mtime);
+      }
+      for (const [name, value] of xattrs.get(srcAbs) ?? []) sets.push({ path: target, name, value });
+    }
+  };
+  await walk('');
+  for (const { target, st } of dirs) {
+    lchownSync(target, st.uid, st.gid);
+    chmodSync(target, st.mode & 0o7777);
+    lutimesSync(target, st.atime, st.mtime);
+  }
+  const problems = await setXattrs(sets);
+  if (problems.length) warn(`some extended attributes could not be copied: ${problems[0]}`);
 }
 
 function validateSources(req: CopyRequest): void {

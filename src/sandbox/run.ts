@@ -426,14 +426,15 @@ export async function runProcess(opts: RunProcessOptions): Promise<RunProcessRes
     );
     // containerd's default masked and read-only paths (what BuildKit's RUN gets), so that even a root step
     // without a user namespace cannot reach host kernel knobs through /proc and /sys.
+    const inMounted = (p: string) => (p.startsWith('/proc/') ? procDir + p.slice(5) : sysDir + p.slice(4));
     for (const p of READONLY_PATHS) {
-      const t = q(root + p);
+      const t = q(inMounted(p));
       lines.push(
         `if [ -e ${t} ]; then mount --no-canonicalize --bind ${t} ${t} && robind ${t} || die "cannot make ${p} read-only"; fi`,
       );
     }
     for (const p of MASKED_PATHS) {
-      const t = q(root + p);
+      const t = q(inMounted(p));
       lines.push(
         `if [ -d ${t} ]; then mount --no-canonicalize -t tmpfs -o ro,nosuid,nodev,noexec,size=0 tmpfs ${t} || die "cannot mask ${p}"; ` +
           `elif [ -e ${t} ]; then mount --no-canonicalize --bind /dev/null ${t} || die "cannot mask ${p}"; fi`,
@@ -452,9 +453,8 @@ export async function runProcess(opts: RunProcessOptions): Promise<RunProcessRes
 
     // RUN --mount mounts, parents first (BuildKit sorts by target).
     const secretEnv: [string, string][] = [];
-    const userMounts = [...(opts.mounts ?? [])].sort((a, b) =>
-      posix.normalize(a.target).localeCompare(posix.normalize(b.target)),
-    );
+    const key = (m: SandboxMount) => posix.normalize('/' + m.target);
+    const userMounts = [...(opts.mounts ?? [])].sort((a, b) => (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0));
     let n = 0;
     const hostOf = new Map<SandboxMount, string>();
     for (const m of userMounts) {

@@ -9,8 +9,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Command } from 'commander';
-import { register } from '../../src/cli/dockerfile.js';
+import { runDockerfileCli } from './run-cli.js';
 import { DockerfileError } from '../../src/dockerfile/index.js';
 import { KilnError } from '../../src/errors.js';
 
@@ -30,30 +29,7 @@ function write(name: string, text: string): string {
   return p;
 }
 
-/** Runs `kiln dockerfile ...args` in-process; returns stdout, or the thrown error. */
-async function run(...args: string[]): Promise<{ out: string; err: unknown }> {
-  const program = new Command('kiln').exitOverride();
-  register(program);
-  for (const c of program.commands) {
-    c.exitOverride();
-    for (const s of c.commands) s.exitOverride();
-  }
-  let out = '';
-  const orig = process.stdout.write.bind(process.stdout);
-  process.stdout.write = ((chunk: string | Uint8Array): boolean => {
-    out += typeof chunk === 'string' ? chunk : Buffer.from(chunk).toString();
-    return true;
-  }) as typeof process.stdout.write;
-  let err: unknown;
-  try {
-    await program.parseAsync(['dockerfile', ...args], { from: 'user' });
-  } catch (e) {
-    err = e;
-  } finally {
-    process.stdout.write = orig;
-  }
-  return { out, err };
-}
+const run = runDockerfileCli;
 
 test('dump prints the BuildKit parse tree', async () => {
   const f = write('Dockerfile', 'FROM alpine AS b\nCOPY --from=b ["a", "b"]\nONBUILD RUN echo hi\n');

@@ -8,12 +8,13 @@
  * The archive is written to a temp file and renamed into place.
  *
  * Reading accepts that format and the newer docker 25+ one (layers and config under `blobs/sha256/`, paths given
- * by manifest.json, symlinks followed inside the archive). The tar is indexed in place, never extracted.
+ * by manifest.json, symlinks followed inside the archive), plain or gzip/zstd-compressed (`docker save | gzip`).
+ * The tar is indexed in place, never extracted (a compressed one is first decompressed to an anonymous temp file).
  * Layers are exposed as they are stored — normally uncompressed (`application/vnd.docker.image.rootfs.diff.tar`,
  * digest = diffID, verified while streaming) — in a Docker schema 2 manifest. Pass `{compression: 'gzip'}` (or use
  * `withLayerCompression`) to get lazily gzip-compressed layers for pushing to a registry.
  */
-import { mkdir, mkdtemp, open, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { dirname, join, basename, posix } from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -192,16 +193,13 @@ export async function readDockerArchive(
   if (diffIDs.length !== e.Layers.length) {
     throw invalid(file, `${e.Layers.length} layers in manifest.json but ${diffIDs.length} diff_ids in ${cfgPath}`);
   }
-  const fh = await open(file, 'r');
   const layers: Layer[] = [];
-  try {
+  {
     for (let i = 0; i < e.Layers.length; i++) {
       const p = posix.normalize(e.Layers[i]!);
       const ent = tar.find(p);
       if (!ent) throw invalid(file, `layer ${p} listed in manifest.json is missing`);
-      const head = Buffer.alloc(4);
-      await fh.read(head, 0, Math.min(4, ent.size), ent.offset);
-      const c = ent.size >= 4 ? sniffCompression(head) : 'none';
+      const c = sniffCompression(await tar.readHead(ent, 4));
       const what = `${file}:${p}`;
       const diffID = diffIDs[i]!;
       if (c === 'none') {
@@ -225,8 +223,6 @@ export async function readDockerArchive(
         );
       }
     }
-  } finally {
-    await fh.close();
   }
   let img = imageFromParts({
     mediaType: async () => MediaType.DockerManifest,

@@ -5,12 +5,23 @@
  * hundred small reads and never loaded or extracted: entries are then streamed straight from their byte ranges.
  * It understands ustar (prefix), GNU long names/links and pax `path`/`linkpath`/`size` records, resolves
  * symlinks and hard links inside the archive (never outside it), and reports truncated or garbage archives as one
- * clear KilnError naming the file.
+ * clear KilnError naming the file. A gzip- or zstd-compressed archive is decompressed once into an anonymous
+ * (already unlinked) temp file that lives as long as the index.
  *
  * `TarWriter` writes an archive atomically: a temp file next to the destination, fsynced and renamed into place
  * by `commit()`; `abort()` (or any failure) removes it.
  */
-import { createReadStream, createWriteStream } from 'node:fs';
+import {
+  close as fsClose,
+  closeSync,
+  createReadStream,
+  createWriteStream,
+  fstat,
+  open as fsOpen,
+  read as fsRead,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import { pipeline } from 'node:stream/promises';
 import { open, rename, rm, stat } from 'node:fs/promises';
 import { once } from 'node:events';
 import { basename, dirname, join, posix } from 'node:path';
@@ -20,6 +31,38 @@ import tarStream from 'tar-stream';
 import { KilnError } from '../errors.js';
 import { chain, streamToBuffer, type BlobSource } from './blobs.js';
 import { digestHex, verifyingStream } from './digest.js';
+import { type Compression, decompress, sniffCompression } from './compress.js';
+
+const fdCloser = new FinalizationRegistry<number>((fd) => {
+  try {
+    closeSync(fd);
+  } catch {
+    /* already closed */
+  }
+});
+
+/** A numeric file descriptor with the few async operations the scanner needs. */
+interface Fd {
+  fd: number;
+  read(buf: Buffer, off: number, n: number, pos: number): Promise<{ bytesRead: number }>;
+  stat(): Promise<{ size: number }>;
+  close(): Promise<void>;
+}
+
+async function openFd(path: string): Promise<Fd> {
+  const fd = await new Promise<number>((resolve, reject) => fsOpen(path, 'r', (e, n) => (e ? reject(e) : resolve(n))));
+  return {
+    fd,
+    read: (buf, off, n, pos) =>
+      new Promise((resolve, reject) =>
+        fsRead(fd, buf, off, n, pos, (e, bytesRead) => (e ? reject(e) : resolve({ bytesRead }))),
+      ),
+    stat: () => new Promise((resolve, reject) => fstat(fd, (e, st) => (e ? reject(e) : resolve(st)))),
+    close: () => new Promise((resolve) => fsClose(fd, () => resolve())),
+  };
+}
+/** Streams keep their TarIndex (and so its temp fd) alive. */
+const keepAlive = new WeakMap<Readable, TarIndex>();
 
 export interface TarEntry {
   name: string;
@@ -85,13 +128,23 @@ export class TarIndex {
   /** Scan `file`. Fails with TAR_INVALID (not a tar / corrupt header) or TAR_TRUNCATED. */
   static async open(file: string): Promise<TarIndex> {
     const ix = new TarIndex(file);
-    const fh = await open(file, 'r').catch((e: NodeJS.ErrnoException) => {
+    const fail = (e: NodeJS.ErrnoException): never => {
       throw new KilnError(
         e.code === 'ENOENT' ? 'FILE_NOT_FOUND' : 'FILE_UNREADABLE',
         `${file}: ${e.code === 'ENOENT' ? 'no such file' : e.message}`,
         { cause: e },
       );
-    });
+    };
+    let fh = await openFd(file).catch(fail);
+    const head = Buffer.alloc(4);
+    await fh.read(head, 0, 4, 0);
+    const c = sniffCompression(head);
+    if (c !== 'none') {
+      // `docker save | gzip` and friends: decompress once into an anonymous temp file (unlinked at once, so
+      // nothing can be left behind) and index that; it lives as long as this TarIndex.
+      await fh.close();
+      fh = await ix.decompressToTemp(c);
+    }
     try {
       const total = (await fh.stat()).size;
       const hdr = Buffer.alloc(512);
@@ -117,16 +170,7 @@ export class TarIndex {
         let calc = 0;
         for (let i = 0; i < 512; i++) calc += i >= 148 && i < 156 ? 32 : hdr[i]!;
         if (sum !== calc) {
-          if (!sawEntry) {
-            const magic = hdr.subarray(0, 4);
-            const hint =
-              magic[0] === 0x1f && magic[1] === 0x8b
-                ? 'the file is gzip-compressed; decompress it first (gunzip)'
-                : magic.readUInt32LE(0) === 0xfd2fb528
-                  ? 'the file is zstd-compressed; decompress it first (zstd -d)'
-                  : undefined;
-            throw ix.invalid('not a tar archive (bad header checksum at offset 0)', hint);
-          }
+          if (!sawEntry) throw ix.invalid('not a tar archive (bad header checksum at offset 0)');
           throw ix.invalid(`corrupt tar header at offset ${off}`);
         }
         sawEntry = true;
@@ -182,9 +226,48 @@ export class TarIndex {
       }
       if (!sawEntry) throw ix.invalid('empty tar archive');
     } finally {
-      await fh.close();
+      if (ix.fd === undefined) await fh.close();
     }
     return ix;
+  }
+
+  /** The decompressed copy's descriptor (compressed archives only). */
+  private fd: number | undefined;
+
+  private async decompressToTemp(c: Compression): Promise<Fd> {
+    const tmp = join(tmpdir(), `kiln-archive-${process.pid}-${randomBytes(6).toString('hex')}.tar`);
+    try {
+      await pipeline(decompress(createReadStream(this.file), c, this.file), createWriteStream(tmp, { flags: 'wx' }));
+      const fh = await openFd(tmp);
+      this.fd = fh.fd;
+      fdCloser.register(this, fh.fd, this);
+      return fh;
+    } finally {
+      await rm(tmp, { force: true });
+    }
+  }
+
+  /** Release the temp copy of a compressed archive now (otherwise it goes with garbage collection or exit). */
+  close(): void {
+    if (this.fd === undefined) return;
+    fdCloser.unregister(this);
+    closeSync(this.fd);
+    this.fd = undefined;
+  }
+
+  /** The first `n` bytes of an entry (e.g. to sniff a layer's compression). */
+  async readHead(e: TarEntry, n: number): Promise<Buffer> {
+    const b = Buffer.alloc(Math.min(n, e.size));
+    if (b.length === 0) return b;
+    const s = this.rangeStream(e.offset, e.offset + b.length - 1);
+    return streamToBuffer(s, n, this.file);
+  }
+
+  private rangeStream(start: number, end: number): Readable {
+    if (this.fd === undefined) return createReadStream(this.file, { start, end });
+    const s = createReadStream('', { fd: this.fd, start, end, autoClose: false });
+    keepAlive.set(s, this);
+    return s;
   }
 
   private invalid(why: string, hint?: string): KilnError {
@@ -222,7 +305,7 @@ export class TarIndex {
     const e = this.find(name);
     if (!e) throw new KilnError('FILE_NOT_FOUND', `${this.file}: no "${name}" in the archive`);
     if (e.size === 0) return Readable.from([]);
-    return createReadStream(this.file, { start: e.offset, end: e.offset + e.size - 1 });
+    return this.rangeStream(e.offset, e.offset + e.size - 1);
   }
 
   /** Read a small entry fully. */

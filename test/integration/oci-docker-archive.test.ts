@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { kilnErrorNaming, makeBusyboxImage } from '../helpers/images.js';
 import { dockerArchiveTags, readDockerArchive, writeDockerArchive } from '../../src/oci/docker-archive.js';
-import { writeLayout } from '../../src/oci/layout.js';
+import { readLayout, writeLayout } from '../../src/oci/layout.js';
 import { withManifestMediaType } from '../../src/oci/mutate.js';
 import { digestStream } from '../../src/oci/image.js';
 import { streamToBuffer } from '../../src/oci/blobs.js';
@@ -155,6 +155,30 @@ describe('archives from other writers', () => {
     await w.commit();
     const img = await readDockerArchive(file, 'new:1');
     await sameLayers(img, busybox);
+  });
+});
+
+describe('compressed archives', () => {
+  test('gzip- and zstd-compressed docker and OCI archives are read (docker save | gzip)', async () => {
+    const file = join(dir, 'plain.tar');
+    await writeDockerArchive(file, [{ image: busybox, tags: ['bb:1'] }]);
+    await sh('gzip', ['-k', file]);
+    const img = await readDockerArchive(`${file}.gz`, 'bb:1');
+    await sameLayers(img, busybox);
+    const oci = join(dir, 'oci-plain.tar');
+    await writeLayout(oci, [{ image: busybox, name: 'bb' }], { tar: true });
+    await sh('zstd', ['-q', oci]);
+    const layout = await readLayout(`${oci}.zst`);
+    assert.equal(await (await layout.image('bb')).digest(), await busybox.digest());
+    await sameLayers(await layout.image('bb'), busybox);
+    assert.deepEqual(
+      (await readdir(tmpdir())).filter((n) => n.startsWith(`kiln-archive-${process.pid}-`)),
+      [],
+      'the decompressed copy is anonymous',
+    );
+    const truncated = join(dir, 'truncated.tar.gz');
+    await sh('sh', ['-c', `head -c 20000 ${file}.gz > ${truncated}`]);
+    await assert.rejects(readDockerArchive(truncated), kilnErrorNaming('DECOMPRESS_FAILED', truncated));
   });
 });
 

@@ -231,10 +231,7 @@ describe('corrupt and truncated layouts', () => {
     await assert.rejects(readLayout(junk), kilnErrorNaming('TAR_INVALID', junk));
     const gz = join(dir, 'gz.tar');
     await writeFile(gz, Buffer.from([0x1f, 0x8b, 8, 0, ...Buffer.alloc(1020)]));
-    await assert.rejects(
-      readLayout(gz),
-      (e) => isKilnError(e, 'TAR_INVALID') && /gzip/.test((e as { hint?: string }).hint ?? ''),
-    );
+    await assert.rejects(readLayout(gz), kilnErrorNaming('DECOMPRESS_FAILED', gz));
     const notLayout = join(dir, 'plain.tar');
     await sh('tar', ['-cf', notLayout, '-C', dir, 'junk.tar']);
     await assert.rejects(readLayout(notLayout), kilnErrorNaming('LAYOUT_INVALID', notLayout));

@@ -328,9 +328,9 @@ export interface ParseWarning {
 /**
  * Which words of each instruction BuildKit expands with the stage environment (instructions.Expand / dispatch):
  * field names of the instruction type. RUN mounts are expanded value by value (see parseMount). FROM's image and
- * platform are expanded with the global (meta) ARGs only; COPY --from with an empty environment; EXPOSE ports and
- * heredoc sources (when `expand`) with the stage environment. CMD/ENTRYPOINT/SHELL/RUN commands, HEALTHCHECK,
- * MAINTAINER and ONBUILD are never expanded by the builder.
+ * platform are expanded with the global (meta) ARGs only. EXPOSE ports and heredoc sources (when `expand`) use the
+ * stage environment too. COPY --from is never expanded (a variable there is an error, see stages.ts), and
+ * CMD/ENTRYPOINT/SHELL/RUN command lines, HEALTHCHECK, MAINTAINER and ONBUILD are never expanded by the builder.
  */
 export const EXPANDABLE_FIELDS: { readonly [K in InstructionKind]: readonly string[] } = {
   FROM: ['image', 'platform'],
@@ -341,7 +341,7 @@ export const EXPANDABLE_FIELDS: { readonly [K in InstructionKind]: readonly stri
   EXPOSE: ['ports'],
   ENV: ['env'],
   ADD: ['sources', 'dest', 'chown', 'chmod', 'checksum', 'sourceContents'],
-  COPY: ['sources', 'dest', 'chown', 'chmod', 'from', 'sourceContents'],
+  COPY: ['sources', 'dest', 'chown', 'chmod', 'sourceContents'],
   ENTRYPOINT: [],
   VOLUME: ['volumes'],
   USER: ['user'],
@@ -405,7 +405,6 @@ export function expandInstruction<T extends Instruction>(instr: T, expand: WordE
         ...i,
         chown: expand(i.chown, 'chown'),
         chmod: expand(i.chmod, 'chmod'),
-        from: expand(i.from, 'from'),
         sources: i.sources.map((s) => expand(s, 'sources')),
         dest: expand(i.dest, 'dest'),
         sourceContents: contents(i.sourceContents),

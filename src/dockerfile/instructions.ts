@@ -328,8 +328,9 @@ export interface ParseWarning {
 /**
  * Which words of each instruction BuildKit expands with the stage environment (instructions.Expand / dispatch):
  * field names of the instruction type. RUN mounts are expanded value by value (see parseMount). FROM's image and
- * platform are expanded with the global (meta) ARGs only. EXPOSE ports and heredoc sources (when `expand`) use the
- * stage environment too. COPY --from is never expanded (a variable there is an error, see stages.ts), and
+ * platform are expanded with the global (meta) ARGs only. Heredoc sources (when `expand`) use the stage environment
+ * too. EXPOSE ports are expanded with word splitting in BuildKit (shell processWords: one entry may become several);
+ * expandInstruction passes each entry to the expander whole, so callers that need the split use processWords. COPY --from is never expanded (a variable there is an error, see stages.ts), and
  * CMD/ENTRYPOINT/SHELL/RUN command lines, HEALTHCHECK, MAINTAINER and ONBUILD are never expanded by the builder.
  */
 export const EXPANDABLE_FIELDS: { readonly [K in InstructionKind]: readonly string[] } = {

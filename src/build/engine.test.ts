@@ -412,3 +412,23 @@ test('a failing stage stops the stages running concurrently with it', async () =
   );
   assert.ok(!h.runs.some((r) => r.argv.at(-1) === 'write /never 1'), 'stage a stopped after its running step');
 });
+
+test('a miss-explaining cache gets every step noted and its explanation is shown on a miss', async () => {
+  const h = harness('explain');
+  const noted: { key: string; slot: string; op: unknown }[] = [];
+  const cache = h.deps.cache as BuildCache & {
+    noteStep?: (k: string, n: { slot: string; parts: Record<string, unknown> }) => void;
+    explainMiss?: (k: string) => Promise<string | undefined>;
+  };
+  cache.noteStep = (key, n) => noted.push({ key, slot: n.slot, op: n.parts.op });
+  cache.explainMiss = async () => 'an earlier step changed';
+  await runEngine(request('FROM busybox\nWORKDIR /w\nRUN write /a 1\n'), h.deps);
+  assert.deepEqual(
+    noted.map((n) => [n.slot, n.op]),
+    [
+      ['Dockerfile/stage-0/1', 'WORKDIR'],
+      ['Dockerfile/stage-0/2', 'RUN'],
+    ],
+  );
+  assert.equal(h.log.filter((l) => l.endsWith('cache miss: an earlier step changed')).length, 2);
+});

@@ -26,7 +26,7 @@ import type {
 import { expandInstruction } from '../dockerfile/instructions.js';
 import { parseMount } from '../dockerfile/convert.js';
 import { processWord } from '../dockerfile/shell.js';
-import { BuildCache, cacheKey, type CacheEntry } from '../cache/cache.js';
+import { BuildCache, cacheKey, type CacheEntry, type MissExplainer, type StepNote } from '../cache/cache.js';
 import type {
   BaseResolver,
   CopyRequest,
@@ -644,13 +644,22 @@ class Engine {
   private async layerStep(
     st: StageState,
     name: string,
-    key: string,
+    parts: Record<string, unknown>,
     history: string,
     buildkitSuffix: boolean,
     work: (snap: Snapshot, id: number) => Promise<void>,
   ): Promise<void> {
+    const key = cacheKey(parts);
     const id = ++this.vertex;
     this.deps.progress.start(id, name);
+    const note: StepNote = {
+      slot: `${this.req.file}/${st.stage.name ?? `stage-${st.stage.index}`}/${st.img.history.length}`,
+      name,
+      parts,
+    };
+    if (st.base) note.base = st.base.digest;
+    const explainer = this.deps.cache as BuildCache & Partial<MissExplainer>;
+    explainer.noteStep?.(key, note);
     if (!this.req.noCache) {
       const hit = await this.deps.cache.get(key);
       if (hit?.layer) {
@@ -667,6 +676,11 @@ class Engine {
           return;
         }
       }
+    }
+    if (!this.req.noCache) {
+      const explainer = this.deps.cache as BuildCache & Partial<MissExplainer>;
+      const why = await explainer.explainMiss?.(key).catch(() => undefined);
+      if (why) this.deps.progress.log(id, 'stderr', Buffer.from(`cache miss: ${why}\n`));
     }
     const snap = await this.deps.snapshotter.prepare(lowerDirs(st.layers));
     let entry: CacheEntry;
@@ -729,8 +743,8 @@ class Engine {
       return;
     }
     const user = st.img.config.User ?? '';
-    const key = cacheKey({ parent: st.state, op: 'WORKDIR', path: wd, user, epoch: this.req.sourceDateEpoch });
-    await this.layerStep(st, prefix + upperKeyword(c.original), key, `WORKDIR ${wd}`, false, async (snap) => {
+    const parts = { parent: st.state, op: 'WORKDIR', path: wd, user, epoch: this.req.sourceDateEpoch };
+    await this.layerStep(st, prefix + upperKeyword(c.original), parts, `WORKDIR ${wd}`, false, async (snap) => {
       let uid = 0;
       let gid = 0;
       if (user !== '') {
@@ -819,14 +833,14 @@ class Engine {
         throw this.fail(c, e instanceof KilnError ? e.code : 'COPY_FAILED', errorMessage(e), undefined, e);
       }
       const { location: _loc, ...keyReq } = req;
-      const key = cacheKey({
+      const parts = {
         parent: st.state,
         op: c.kind,
         req: keyReq,
         sources: sum,
         from: src.stateDigest,
         epoch: this.req.sourceDateEpoch,
-      });
+      };
       let msg = c.kind as string;
       if (c.kind === 'COPY' && c.parents) msg += ' --parents';
       if (c.chown) msg += ' --chown=' + c.chown;
@@ -834,7 +848,7 @@ class Engine {
       for (const s of c.sources) msg += ' ' + s;
       for (const s of c.sourceContents) msg += ' <<' + s.path;
       msg += ' ' + c.dest;
-      await this.layerStep(st, prefix + upperKeyword(c.original), key, msg, true, async (snap) => {
+      await this.layerStep(st, prefix + upperKeyword(c.original), parts, msg, true, async (snap) => {
         try {
           await this.deps.copier.apply(req, src, snap.root);
         } catch (e) {
@@ -902,7 +916,7 @@ class Engine {
         bindSources.push(await this.deps.copier.checksum(req, { kind: 'context', dir: this.deps.contextDir }));
       } else bindSources.push('image:' + m.from);
     }
-    const key = cacheKey({
+    const parts = {
       parent: st.state,
       op: 'RUN',
       argv,
@@ -916,11 +930,11 @@ class Engine {
       pipeFile,
       // layer mtimes are clamped to SOURCE_DATE_EPOCH: a layer made without it is not the same layer
       epoch: this.req.sourceDateEpoch,
-    });
+    };
     const display = prefix + upperKeyword(c.original);
     const releases: (() => Promise<void>)[] = [];
     try {
-      await this.layerStep(st, display, key, history, true, async (snap, id) => {
+      await this.layerStep(st, display, parts, history, true, async (snap, id) => {
         const runMounts: RunMount[] = [];
         for (const m of mounts) {
           if (m.type === 'secret') {

@@ -48,6 +48,28 @@ function isEntry(x: unknown): x is CacheEntry {
   return true;
 }
 
+/**
+ * What the engine knows about a step when it computes its key. A cache that explains misses (the remote cache)
+ * implements {@link MissExplainer}; the engine calls `noteStep` before `get` and `explainMiss` after a miss.
+ */
+export interface StepNote {
+  /** Stable place of the step in the build, independent of its inputs: `Dockerfile/<stage>/<position>`. */
+  slot: string;
+  /** Display name (`[2/4] COPY src/ ./src/`). */
+  name: string;
+  /** Exactly the parts the key was computed from (`cacheKey(parts)`). */
+  parts: Record<string, unknown>;
+  /** Manifest digest of the stage's base image, when the stage starts from an image. */
+  base?: string;
+  /** For COPY/ADD from the context: relative path → content digest of every file read. */
+  files?: Record<string, string>;
+}
+
+export interface MissExplainer {
+  noteStep(key: string, note: StepNote): void;
+  explainMiss(key: string): Promise<string | undefined>;
+}
+
 export class BuildCache {
   constructor(readonly dir: string) {}
 

@@ -79,8 +79,9 @@ export interface RunProcessOptions extends Omit<ProcessSpec, 'mounts' | 'network
   /** `$KILN_HOME` (cache mounts, temp state); default `defaultKilnHome()`. */
   kilnHome?: string;
   /**
-   * Keep the mount-point stubs of RUN --mount targets in the rootfs (BuildKit <= 0.9 behaviour, e.g. Debian's
-   * docker.io 20.10). Default false: removed, as current BuildKit (RemoveMountStubsRecursive) does.
+   * Keep the directories created as RUN --mount targets (and as parents of file targets) in the rootfs, removing
+   * only file stubs: BuildKit <= 0.9 behaviour (e.g. Debian's docker.io 20.10, the differential reference).
+   * Default false: all stubs are removed, as current BuildKit (RemoveMountStubsRecursive) does.
    */
   keepMountStubs?: boolean;
 }
@@ -235,6 +236,7 @@ async function ensureTarget(
   target: string,
   kind: 'dir' | 'file',
   stubs: StubTracker | undefined,
+  keepDirs = false,
 ): Promise<string> {
   const parts = posix
     .normalize('/' + target)
@@ -269,7 +271,7 @@ async function ensureTarget(
         : async () => {
             await mkdir(p, { mode: 0o755 });
           };
-    if (stubs) await stubs.create(p, make);
+    if (stubs && !(keepDirs && !(last && kind === 'file'))) await stubs.create(p, make);
     else await make();
   }
   return host;
@@ -602,7 +604,7 @@ async function targetFor(
     }
   }
   if (!parent) {
-    return { path: await ensureTarget(ctx.root, target, kind, ctx.keepMountStubs ? undefined : ctx.stubs), pre: [] };
+    return { path: await ensureTarget(ctx.root, target, kind, ctx.stubs, ctx.keepMountStubs), pre: [] };
   }
   const ptarget = posix.normalize('/' + parent.target);
   const rel = target.slice(ptarget === '/' ? 1 : ptarget.length + 1);

@@ -3,7 +3,7 @@
  * (GET/HEAD, streamed and digest-verified), blob uploads (cross-repository mount, monolithic PUT, chunked PATCH with
  * resume) and tag listing. For docker.io, reads go to the configured mirrors first and fall back to Docker Hub.
  */
-import { Transform, type Readable } from 'node:stream';
+import { Readable, Transform } from 'node:stream';
 import { KilnError } from '../errors.js';
 import { sha256, verifyingStream } from '../oci/digest.js';
 import { MANIFEST_ACCEPT } from '../oci/mediatypes.js';
@@ -21,8 +21,8 @@ import {
   type Transport,
 } from './transport.js';
 
-/** PATCH chunk size: one buffer of this size per blob in flight (3 by default), so memory stays bounded. */
-export const DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024;
+/** PATCH chunk size. Chunks are streamed from the source (never buffered), so this only sets the request count. */
+export const DEFAULT_CHUNK_SIZE = 32 * 1024 * 1024;
 
 /** Largest manifest kiln accepts (containerd uses 4 MiB). */
 export const MAX_MANIFEST_SIZE = 4 * 1024 * 1024;
@@ -41,7 +41,7 @@ export interface UploadOptions {
   mountFrom?: string;
   /** Blobs up to this size go in one PUT (default 16 MiB). */
   monolithicMax?: number;
-  /** PATCH chunk size for larger blobs (default 8 MiB). */
+  /** PATCH chunk size for larger blobs (default 32 MiB, streamed). */
   chunkSize?: number;
   /** Called with the number of bytes confirmed so far. */
   onProgress?: (bytes: number) => void;
@@ -402,27 +402,25 @@ export class RepositoryClient {
     o: UploadOptions,
   ): Promise<void> {
     const chunkSize = Math.max(1, o.chunkSize ?? DEFAULT_CHUNK_SIZE);
+    const what = `${this.label}: blob ${digest}`;
     let url = startUrl;
     let offset = 0; // bytes the registry has confirmed
-    const buf = Buffer.allocUnsafe(chunkSize);
-    const src = await open();
+    let cursor = new BlobCursor(open, what);
     let resumes = 0;
-    const sendChunk = async (chunk: Buffer): Promise<void> => {
-      const chunkStart = offset;
-      let from = 0;
-      for (;;) {
-        const part = chunk.subarray(from);
-        const first = chunkStart + from;
+    try {
+      while (offset < size) {
+        const len = Math.min(chunkSize, size - offset);
         try {
+          await cursor.seek(offset);
           const res = await this.canonical.request({
             method: 'PATCH',
             path: url,
             headers: {
               'content-type': 'application/octet-stream',
-              'content-length': String(part.length),
-              'content-range': `${first}-${first + part.length - 1}`,
+              'content-length': String(len),
+              'content-range': `${offset}-${offset + len - 1}`,
             },
-            body: part,
+            body: cursor.range(len),
             scopes: this.pushScope(),
             expect: [202, 204],
             ctx: this.ctx('upload'),
@@ -430,13 +428,13 @@ export class RepositoryClient {
           });
           await res.body.dump().catch(() => undefined);
           url = this.uploadUrl(getHeader(res.headers, 'location'), url);
-          offset = chunkStart + chunk.length;
+          offset += len;
           o.onProgress?.(offset);
-          return;
         } catch (e) {
+          if (cursor.error !== undefined) throw cursor.error; // the source failed (e.g. DIGEST_MISMATCH)
           if (!isBroken(e) || resumes >= 5) throw isBroken(e) ? new UploadBroken(e) : e;
           resumes++;
-          // Ask the registry how much it has and continue from there.
+          // Ask the registry how much it has and continue from there, re-reading the source from that offset.
           let st: { offset: number; url: string };
           try {
             st = await this.uploadStatus(url);
@@ -444,39 +442,19 @@ export class RepositoryClient {
             debugLog(`upload status failed: ${e2 instanceof Error ? e2.message : String(e2)}`);
             throw new UploadBroken(e);
           }
-          if (st.offset < chunkStart || st.offset > chunkStart + chunk.length) throw new UploadBroken(e);
+          if (st.offset < offset || st.offset > offset + len) throw new UploadBroken(e);
           debugLog(`resuming upload of ${digest} at byte ${st.offset}`);
           url = st.url;
-          from = st.offset - chunkStart;
-          if (from === chunk.length) {
-            offset = st.offset;
-            return;
-          }
+          offset = st.offset;
+          cursor.close();
+          cursor = new BlobCursor(open, what);
         }
       }
-    };
-    try {
-      let fill = 0;
-      for await (const c of src as AsyncIterable<Buffer>) {
-        let p = 0;
-        while (p < c.length) {
-          const n = Math.min(chunkSize - fill, c.length - p);
-          c.copy(buf, fill, p, p + n);
-          fill += n;
-          p += n;
-          if (fill === chunkSize) {
-            await sendChunk(buf.subarray(0, fill));
-            fill = 0;
-          }
-        }
-      }
-      if (fill > 0) await sendChunk(buf.subarray(0, fill));
-    } catch (e) {
-      src.destroy();
-      throw e;
-    }
-    if (offset !== size) {
-      throw new KilnError('SIZE_MISMATCH', `${this.label}: blob ${digest}: sent ${offset} bytes, expected ${size}`);
+      // Read the source to its end so its digest check runs before we commit the blob.
+      await cursor.seek(offset);
+      await cursor.finish();
+    } finally {
+      cursor.close();
     }
     const res = await this.canonical.request({
       method: 'PUT',
@@ -494,6 +472,96 @@ export class RepositoryClient {
   /** Error for a failed response, for callers doing custom requests. */
   async errorFor(res: Response, kind: ErrorContext['kind']): Promise<KilnError> {
     return responseError(res, this.ctx(kind));
+  }
+}
+
+/**
+ * A sequential reader over a (re-openable) blob stream that hands out exact byte ranges as streams, so chunked
+ * uploads stream without buffering a chunk. Errors of the source (including digest verification at its end) are
+ * kept in `error` so callers can tell them from upload failures.
+ */
+class BlobCursor {
+  private src: Readable | undefined;
+  private it: AsyncIterator<Buffer> | undefined;
+  private pending: Buffer | undefined;
+  private pos = 0;
+  error: unknown;
+
+  constructor(
+    private readonly open: () => Promise<Readable>,
+    private readonly what: string,
+  ) {}
+
+  private async next(max: number): Promise<Buffer | undefined> {
+    if (!this.it) {
+      this.src = await this.open();
+      this.it = (this.src as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
+    }
+    let b = this.pending;
+    this.pending = undefined;
+    if (!b) {
+      let r: IteratorResult<Buffer>;
+      try {
+        r = await this.it.next();
+      } catch (e) {
+        this.error = e;
+        throw e;
+      }
+      if (r.done) return undefined;
+      b = r.value;
+    }
+    if (b.length > max) {
+      this.pending = b.subarray(max);
+      b = b.subarray(0, max);
+    }
+    this.pos += b.length;
+    return b;
+  }
+
+  /** Skip forward to `offset` (only forward: open a new cursor to go back). */
+  async seek(offset: number): Promise<void> {
+    while (this.pos < offset) {
+      const b = await this.next(offset - this.pos);
+      if (!b) throw this.short();
+    }
+  }
+
+  private short(): KilnError {
+    this.error = new KilnError('SIZE_MISMATCH', `${this.what}: blob ended early at byte ${this.pos}`);
+    return this.error as KilnError;
+  }
+
+  /** A stream of exactly `len` bytes from the current position. */
+  range(len: number): Readable {
+    const next = (max: number): Promise<Buffer | undefined> => this.next(max);
+    const short = (): KilnError => this.short();
+    return Readable.from(
+      (async function* () {
+        let left = len;
+        while (left > 0) {
+          const b = await next(Math.min(left, 1024 * 1024));
+          if (!b) throw short();
+          left -= b.length;
+          yield b;
+        }
+      })(),
+      { objectMode: false },
+    );
+  }
+
+  /** Consume the end of the source: surfaces its verification error; fails if bytes remain. */
+  async finish(): Promise<void> {
+    const b = await this.next(1);
+    if (b) {
+      this.error = new KilnError('SIZE_MISMATCH', `${this.what}: more bytes than the declared size`);
+      throw this.error;
+    }
+  }
+
+  close(): void {
+    this.src?.destroy();
+    this.src = undefined;
+    this.it = undefined;
   }
 }
 

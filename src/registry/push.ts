@@ -18,7 +18,7 @@ export interface PushOptions extends RegistryOptions {
   parallelism?: number;
   /** Blobs up to this size are uploaded with one PUT (default 16 MiB). */
   monolithicMax?: number;
-  /** Chunk size for chunked uploads (default 8 MiB). */
+  /** Chunk size for chunked uploads (default 32 MiB; streamed, not buffered). */
   chunkSize?: number;
   progress?: Progress;
   /** Label for errors; default `push REF`. */

@@ -12,7 +12,9 @@ import { join } from 'node:path';
 import { Transform } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { isKilnError } from '../../src/errors.js';
-import { push, type PushOptions } from '../../src/registry/push.js';
+import { copy, push, type PushOptions } from '../../src/registry/push.js';
+import { RepositoryClient } from '../../src/registry/client.js';
+import { parseReference } from '../../src/registry/reference.js';
 import { getRemoteImage } from '../../src/registry/remote.js';
 import { closeTransports } from '../../src/registry/transport.js';
 import { writeLocation } from '../../src/registry/locations.js';
@@ -230,3 +232,40 @@ test('--registry-mirror serves docker.io pulls', async () => {
     await reg.stop();
   }
 });
+
+for (const chunked of [false, true]) {
+  test(`copy from a corrupting source fails with DIGEST_MISMATCH and commits nothing (${chunked ? 'chunked' : 'monolithic'})`, async () => {
+    const a = await startRegistry();
+    const b = await startRegistry();
+    const img = await makeBusyboxImage();
+    const layer = await (await img.layers())[0]!.digest();
+    const proxy = await startHttpProxy(a.host, {
+      transform: (req, status) =>
+        status === 200 && req.method === 'GET' && req.url.endsWith(`/blobs/${layer}`)
+          ? new Transform({
+              transform(chunk: Buffer, _e, cb) {
+                const c = Buffer.from(chunk);
+                c[0] = c[0]! ^ 0x55;
+                cb(null, c);
+              },
+            })
+          : undefined,
+    });
+    const opts: PushOptions = chunked ? { monolithicMax: 1024, chunkSize: 128 * 1024 } : {};
+    try {
+      await push(img, `${a.host}/app:v1`, opts);
+      await assert.rejects(copy(`${proxy.host}/app:v1`, `${b.host}/app:v1`, opts), (e: unknown) => {
+        assert.ok(isKilnError(e, 'DIGEST_MISMATCH'), String(e));
+        return true;
+      });
+      const dst = new RepositoryClient(parseReference(`${b.host}/app:v1`), opts, 'check');
+      assert.equal(await dst.headBlob(layer), undefined, 'the corrupt blob was not committed');
+      assert.equal(await dst.headManifest('v1'), undefined, 'no manifest was pushed');
+    } finally {
+      await closeTransports(opts);
+      await proxy.stop();
+      await a.stop();
+      await b.stop();
+    }
+  });
+}

@@ -8,13 +8,14 @@
  *
  * Each round copies to a fresh repository name, so nothing is already present at the destination.
  * Environment: KILN_BENCH_ROUNDS (default 3), KILN_BENCH_COPY_MB (default 500), KILN_BENCH_LAYERS (default 5),
- * KILN_BENCH_KEEP=1 (leave the registries' data). kiln runs from dist/ when it is fresher than the sources (run
- * `npm run build` first for representative numbers), else through tsx (whose esbuild helper process then counts
- * toward kiln's RSS).
+ * KILN_BENCH_KEEP=1 (leave the registries' data), KILN_BENCH_TSX=1 (run kiln through tsx instead of compiling it
+ * to .tmp/bench-dist first; tsx's esbuild helper then counts toward kiln's RSS).
+ * The cross-registry destination is a fresh registry every round.
  */
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { push } from '../src/registry/push.js';
 import { closeTransports } from '../src/registry/transport.js';
 import { makeRandomImage } from '../test/helpers/images.js';
@@ -33,27 +34,43 @@ function log(msg: string): void {
   process.stderr.write(`[bench copy ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
 }
 
-/** True when dist/ exists and is at least as new as every source file of the registry client and CLI. */
-function distIsFresh(): boolean {
-  const main = join(REPO, 'dist', 'cli', 'main.js');
-  if (!existsSync(main)) return false;
-  const built = statSync(main).mtimeMs;
-  for (const dir of ['src/registry', 'src/cli', 'src/oci']) {
-    for (const f of readdirSync(join(REPO, dir))) {
-      if (f.endsWith('.ts') && statSync(join(REPO, dir, f)).mtimeMs > built) return false;
-    }
-  }
-  return true;
+/**
+ * Compile kiln into .tmp/bench-dist (gitignored) so the measurement is of plain node, not tsx + esbuild.
+ * Returns the output directory, or undefined when compilation produced nothing (then tsx is used).
+ */
+function buildForBench(): string | undefined {
+  const out = join(REPO, '.tmp', 'bench-dist');
+  log('compiling kiln for the benchmark (tsc -p tsconfig.build.json)');
+  spawnSync(
+    process.execPath,
+    [join(REPO, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json', '--outDir', out],
+    {
+      cwd: REPO,
+      stdio: 'ignore',
+    },
+  );
+  return existsSync(join(out, 'cli', 'main.js')) ? out : undefined;
 }
 
+let compiled: string | undefined | null = null;
+
 function kilnCommand(): { cmd: string; args: string[]; env: NodeJS.ProcessEnv; how: string } {
-  const bin = join(REPO, 'bin', 'kiln.js');
-  const compiled = distIsFresh();
+  if (compiled === null) compiled = process.env.KILN_BENCH_TSX === '1' ? undefined : buildForBench();
+  if (compiled) {
+    const runner =
+      'const { main } = await import(process.argv[1]); process.exitCode = await main(process.argv.slice(2));';
+    return {
+      cmd: process.execPath,
+      args: ['--input-type=module', '-e', runner, pathToFileURL(join(compiled, 'cli', 'main.js')).href],
+      env: process.env,
+      how: 'compiled JS',
+    };
+  }
   return {
     cmd: process.execPath,
-    args: [bin],
-    env: { ...process.env, ...(compiled ? {} : { KILN_FROM_SOURCE: '1' }) },
-    how: compiled ? 'dist/' : 'tsx (from source)',
+    args: [join(REPO, 'bin', 'kiln.js')],
+    env: { ...process.env, KILN_FROM_SOURCE: '1' },
+    how: 'tsx (from source; its esbuild helper counts toward RSS)',
   };
 }
 
@@ -78,7 +95,7 @@ function fmt(n: number, digits = 2): string {
 
 async function main(): Promise<void> {
   const a = await startRegistry();
-  const b = await startRegistry();
+  let b = await startRegistry();
   const seedOpts = {};
   try {
     const layerSize = Math.floor((TOTAL_MB * 1024 * 1024) / LAYERS);
@@ -88,12 +105,18 @@ async function main(): Promise<void> {
     await push(img, src, seedOpts);
     let bytes = (await img.rawConfig()).length;
     for (const l of await img.layers()) bytes += await l.size();
-    log(`seeded ${(bytes / 1e6).toFixed(0)} MB; kiln runs via ${kilnCommand().how}`);
+    log(`seeded ${(bytes / 1e6).toFixed(0)} MB; kiln runs as ${kilnCommand().how}`);
 
     const results = new Map<string, Measured[]>();
     const tools: Tool[] = ['kiln', 'skopeo'];
     for (let round = 0; round < ROUNDS; round++) {
       const order = round % 2 === 0 ? tools : [...tools].reverse();
+      // A fresh destination registry each round: nothing there yet, and no client-side cache (skopeo's blob info
+      // cache) can turn the copy into mounts.
+      if (round > 0) {
+        await b.stop();
+        b = await startRegistry();
+      }
       for (const scenario of ['same-registry', 'cross-registry'] as Scenario[]) {
         for (const tool of order) {
           const dstReg: TestRegistry = scenario === 'same-registry' ? a : b;
@@ -120,7 +143,7 @@ async function main(): Promise<void> {
     const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
     const line = (cells: string[]): string => '| ' + cells.map((c, i) => c.padEnd(widths[i]!)).join(' | ') + ' |';
     const out = [
-      `kiln copy vs skopeo copy — ${(bytes / 1e6).toFixed(0)} MB in ${LAYERS} layers, ${ROUNDS} round(s), kiln via ${kilnCommand().how}`,
+      `kiln copy vs skopeo copy — ${(bytes / 1e6).toFixed(0)} MB in ${LAYERS} layers, ${ROUNDS} round(s), kiln as ${kilnCommand().how}`,
       line(header),
       line(widths.map((w) => '-'.repeat(w))),
       ...rows.map(line),

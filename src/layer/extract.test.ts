@@ -223,3 +223,36 @@ test('an entry after its own whiteout in the same layer replaces the whiteout', 
   assert.equal(readFileSync(join(d, 'x'), 'utf8'), 'back');
   assert.equal(lstatSync(join(d, 'y')).isCharacterDevice(), true);
 });
+
+test('more hostile shapes: symlink loops, links to escaping symlinks, root entries', async () => {
+  const d = fresh();
+  execFileSync('chmod', ['0755', d]);
+  await assert.rejects(
+    extractLayer(
+      [
+        tarOf([
+          { name: 'a', type: 'symlink', linkname: 'b' },
+          { name: 'b', type: 'symlink', linkname: 'a' },
+          { name: 'a/x', data: 'loop' },
+        ]),
+      ],
+      d,
+    ),
+    { code: 'LAYER_INVALID', message: /entry "a\/x" cannot be created: too many levels of symbolic links/ },
+  );
+  const e = fresh();
+  execFileSync('chmod', ['0755', e]);
+  await extractLayer(
+    [
+      tarOf([
+        { name: './', type: 'dir', mode: 0o777 },
+        { name: 'out', type: 'symlink', linkname: '/etc/shadow' },
+        { name: 'hard', type: 'link', linkname: 'out' },
+      ]),
+    ],
+    e,
+  );
+  assert.equal(lstatSync(e).mode & 0o777, 0o755, 'the root entry does not change the destination');
+  assert.equal(lstatSync(join(e, 'hard')).isSymbolicLink(), true, 'a hard link to a symlink is a link to the symlink');
+  assert.equal(lstatSync(join(e, 'hard')).ino, lstatSync(join(e, 'out')).ino);
+});

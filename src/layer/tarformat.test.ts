@@ -251,3 +251,44 @@ test('headers are byte-identical to Go archive/tar output', () => {
     assert.equal(createHash('sha256').update(tar).digest('hex'), want, label);
   }
 });
+
+test('property: any header we encode parses back to the same header', async () => {
+  const fc = await import('fast-check');
+  const seg = fc.stringMatching(/^[a-zA-Z0-9._ é-]{1,40}$/).filter((s) => s !== '.' && s !== '..');
+  await fc.assert(
+    fc.asyncProperty(
+      fc.array(seg, { minLength: 1, maxLength: 6 }),
+      fc.constantFrom('file', 'dir', 'symlink', 'link'),
+      fc.integer({ min: 0, max: 0o7777 }),
+      fc.integer({ min: 0, max: 5_000_000 }),
+      fc.integer({ min: 0, max: 5_000_000 }),
+      fc.integer({ min: -100, max: 20_000_000_000 }),
+      fc.array(seg, { minLength: 1, maxLength: 8 }),
+      fc.uint8Array({ maxLength: 700 }),
+      async (parts, type, mode, uid, gid, mtime, linkParts, body) => {
+        const t = type as TarHeader['type'];
+        const data = t === 'file' ? Buffer.from(body) : Buffer.alloc(0);
+        const h = hdr({
+          name: parts.join('/') + (t === 'dir' ? '/' : ''),
+          type: t,
+          mode,
+          uid,
+          gid,
+          mtime,
+          size: data.length,
+          linkname: t === 'symlink' || t === 'link' ? linkParts.join('/') : '',
+        });
+        const [e] = await parse(Buffer.concat([encodeHeader(h), data, padding(data.length), trailer()]));
+        assert.equal(e!.header.name, h.name);
+        assert.equal(e!.header.type, h.type);
+        assert.equal(e!.header.mode, h.mode);
+        assert.equal(e!.header.uid, h.uid);
+        assert.equal(e!.header.gid, h.gid);
+        assert.equal(e!.header.mtime, h.mtime);
+        assert.equal(e!.header.linkname, h.linkname);
+        assert.deepEqual(e!.data, data);
+      },
+    ),
+    { numRuns: 300 },
+  );
+});

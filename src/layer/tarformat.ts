@@ -489,9 +489,11 @@ export async function* readTar(
       let type: EntryType;
       switch (flag) {
         case '0':
-        case '\0':
         case '7':
-          type = name.endsWith('/') ? 'dir' : 'file';
+          type = 'file';
+          break;
+        case '\0':
+          type = 'file'; // old V7 type: a directory when the (final) name ends with '/', decided below
           break;
         case '1':
           type = 'link';
@@ -534,6 +536,7 @@ export async function* readTar(
       if (longLink !== undefined) h.linkname = longLink;
       if (globalPax.size) applyPax(h, globalPax);
       if (localPax) applyPax(h, localPax);
+      if (flag === '\0' && h.name.endsWith('/')) h.type = 'dir';
       localPax = undefined;
       longName = undefined;
       longLink = undefined;

@@ -122,6 +122,12 @@ test('hashContextPaths: content-sensitive, ignore-aware, stat cache persisted', 
   const h1 = await hashContextPaths(ctx, ['.']);
   const files = readdirSync(join(home, 'statcache'));
   assert.equal(files.length, 1);
+  const file = join(tmp, `cached${n++}.tar`);
+  execFileSync('tar', ['-C', d, '-cf', file, '.']);
+  const tarCtx = await loadContext(file, { kilnHome: home });
+  await hashContextPaths(tarCtx, ['.']);
+  await tarCtx.cleanup();
+  assert.equal(readdirSync(join(home, 'statcache')).length, 1, 'temp-dir contexts are not persisted');
   const before = statCacheStats.hits;
   assert.equal(await hashContextPaths(ctx, ['.']), h1);
   assert.ok(statCacheStats.hits > before, 'second hash served from the stat cache');

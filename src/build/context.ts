@@ -390,9 +390,11 @@ async function loadStatCache(ctx: BuildContext) {
   const key = ctx.root;
   let c = statCaches.get(key);
   if (c) return c;
-  const file = ctx.kilnHome
-    ? join(ctx.kilnHome, 'statcache', createHash('sha256').update(ctx.root).digest('hex') + '.json')
-    : undefined;
+  // Persisted only for directory contexts: tar/git/stdin contexts live in fresh temp dirs.
+  const file =
+    ctx.kilnHome && ctx.kind === 'dir'
+      ? join(ctx.kilnHome, 'statcache', createHash('sha256').update(ctx.root).digest('hex') + '.json')
+      : undefined;
   let data: StatCacheFile = { version: 1, root: ctx.root, entries: {} };
   if (file) {
     try {
@@ -403,6 +405,7 @@ async function loadStatCache(ctx: BuildContext) {
     }
   }
   c = { file, data, dirty: false };
+  if (statCaches.size >= 16) statCaches.clear(); // a long-running service sees many contexts
   statCaches.set(key, c);
   return c;
 }

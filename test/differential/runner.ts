@@ -14,7 +14,7 @@
  *   secrets/          optional secret files (never part of the context)
  *   everything else   the context
  */
-import { cp, chmod, mkdir, readdir, readFile, stat, utimes, writeFile } from 'node:fs/promises';
+import { cp, chmod, lchown, lstat, mkdir, readdir, readFile, stat, utimes, writeFile } from 'node:fs/promises';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -231,11 +231,7 @@ export async function runCase(env: SuiteEnv, c: DiffCase): Promise<CaseReport> {
   try {
     const ctx = join(work, 'context');
     await prepareContext(c, ctx);
-    if (env.contextOwner) {
-      const { uid, gid } = env.contextOwner;
-      await run('chown', ['-R', '--no-dereference', `${uid}:${gid}`, ctx]);
-      await run('chmod', ['-R', 'u+rwX', ctx]);
-    }
+    if (env.contextOwner) await giveTree(ctx, env.contextOwner.uid, env.contextOwner.gid);
     const templates = await readTemplates(ctx);
     const repo = `${env.registry}/diff/${c.id}`;
     const secrets = Object.fromEntries(
@@ -480,6 +476,18 @@ function lastErrorLine(e: Error): string {
     .filter(Boolean);
   const err = [...lines].reverse().find((l) => /error|failed|kiln:/i.test(l));
   return err ?? lines[lines.length - 1] ?? '(no output)';
+}
+
+/**
+ * lchown a tree to uid:gid keeping every mode bit (chown clears setuid/setgid, which cases compare) and making it
+ * readable by its new owner.
+ */
+async function giveTree(path: string, uid: number, gid: number): Promise<void> {
+  const st = await lstat(path);
+  await lchown(path, uid, gid);
+  if (st.isSymbolicLink()) return;
+  await chmod(path, (st.mode & 0o7777) | (st.isDirectory() ? 0o700 : 0o600));
+  if (st.isDirectory()) for (const n of await readdir(path)) await giveTree(join(path, n), uid, gid);
 }
 
 /** Copy the case directory (minus case metadata and secrets) to `ctx` and run prepare.sh in it. */

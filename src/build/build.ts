@@ -24,6 +24,10 @@ import type { PushOptions } from '../registry/push.js';
 
 export interface BuildServices {
   kilnHome: string;
+  /** The step cache (default: the local cache in $KILN_HOME/cache; the remote cache extends it). */
+  cache?: BuildCache;
+  /** Runs after the outputs were written (e.g. exporting the remote cache); failures are the hook's business. */
+  afterExport?: (engine: EngineResult, exported: ExportResult) => Promise<void>;
   /** The loaded build context directory. */
   contextDir: string;
   /** The Dockerfile text and its display name (`Dockerfile`, or the -f base name). */
@@ -130,7 +134,7 @@ export async function build(opts: BuildOptions, svc: BuildServices): Promise<Bui
       snapshotter: svc.snapshotter,
       layers: svc.layers,
       bases: svc.bases,
-      cache: new BuildCache(join(svc.kilnHome, 'cache')),
+      cache: svc.cache ?? new BuildCache(join(svc.kilnHome, 'cache')),
       progress: svc.progress,
       copier: svc.copier,
       contextDir: svc.contextDir,
@@ -165,6 +169,7 @@ export async function build(opts: BuildOptions, svc: BuildServices): Promise<Bui
     const exported = await exportImage(image, exportOpts);
     if (opts.iidfile) await writeIidFile(opts.iidfile, exported);
     if (opts.metadataFile) await writeMetadataFile(opts.metadataFile, exported);
+    if (svc.afterExport) await svc.afterExport(engine, exported);
     return { engine, image, exported };
   } finally {
     await rm(tmp, { recursive: true, force: true });

@@ -56,6 +56,9 @@ export interface BuildOptions {
   debug: boolean;
   /** SOURCE_DATE_EPOCH in seconds (env or --build-arg). */
   sourceDateEpoch?: number;
+  /** --cache-from / --cache-to values (parsed by src/cache/remote.ts). */
+  cacheFrom?: string[];
+  cacheTo?: string[];
 }
 
 /** The host platform in OCI terms. */

@@ -32,6 +32,8 @@ export interface ExportResult {
   descriptor: { mediaType: string; digest: string; size: number };
   /** Image names written or pushed (`image.name`). */
   names: string[];
+  /** The names that were pushed to registries. */
+  pushed: string[];
 }
 
 /** Writers the build uses for outputs that live in other modules (local store, layout and archive writers). */
@@ -103,6 +105,7 @@ export async function exportImage(image: Image, opts: ExportOptions): Promise<Ex
   const rawConfig = await image.rawConfig();
   const configDigest = sha256(rawConfig);
   const names: string[] = [];
+  const pushed: string[] = [];
   let result: { digest: string; mediaType: string; size: number } | undefined;
   const record = async (img: Image): Promise<void> => {
     if (!result) result = { digest: await img.digest(), mediaType: await img.mediaType(), size: await img.size() };
@@ -125,6 +128,7 @@ export async function exportImage(image: Image, opts: ExportOptions): Promise<Ex
             const ref = parseReferenceWithDefaultTag(n);
             await push(img, ref, opts.registry);
             names.push(ref.toString());
+            pushed.push(ref.toString());
           }
         } else if (opts.writers.saveLocal) {
           await opts.writers.saveLocal(img, oNames);
@@ -176,7 +180,7 @@ export async function exportImage(image: Image, opts: ExportOptions): Promise<Ex
   }
   const r = result as { digest: string; mediaType: string; size: number };
   const descriptor = { mediaType: r.mediaType, digest: r.digest, size: r.size };
-  return { digest: r.digest, configDigest, descriptor, names: [...new Set(names)] };
+  return { digest: r.digest, configDigest, descriptor, names: [...new Set(names)], pushed };
 }
 
 /** `--iidfile`: the image ID (config digest), as docker writes it. */

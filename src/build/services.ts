@@ -62,6 +62,8 @@ export interface ServiceOptions {
   context: string;
   /** -f value. */
   dockerfile?: string;
+  cacheFrom?: string[];
+  cacheTo?: string[];
 }
 
 /** Write to `dest`, or for `-` to a temp file streamed to stdout (tar outputs to a pipe, like buildx). */
@@ -132,6 +134,26 @@ export async function localServices(
     tempDir: (prefix) => mkdtemp(join(tmpBase, prefix)),
   };
   if (o.signal) svc.signal = o.signal;
+  if (o.cacheFrom?.length || o.cacheTo?.length) {
+    const { RemoteBuildCache, parseCacheSpec } = await import('../cache/remote.js');
+    const remote = new RemoteBuildCache({
+      dir: join(home, 'cache'),
+      from: (o.cacheFrom ?? []).map((c) => parseCacheSpec(c, '--cache-from')),
+      to: (o.cacheTo ?? []).map((c) => parseCacheSpec(c, '--cache-to')),
+      registry: o.registry,
+      blobs: store.blobs,
+      layers: svc.layers,
+      warn,
+    });
+    svc.cache = remote;
+    svc.afterExport = async (engine, exported) => {
+      const pushed = exported.pushed.map((n) => parseReferenceWithDefaultTag(n));
+      await remote.exportTo(
+        engine.layers.map((l) => l.diffID),
+        pushed,
+      );
+    };
+  }
   return svc;
 }
 
@@ -156,6 +178,8 @@ export async function runBuildCommand(
   try {
     const so: ServiceOptions = { registry, progress, signal: ac.signal, context: opts.context };
     if (opts.file !== undefined) so.dockerfile = opts.file;
+    if (opts.cacheFrom) so.cacheFrom = opts.cacheFrom;
+    if (opts.cacheTo) so.cacheTo = opts.cacheTo;
     const svc = await localServices(so);
     let res: BuildOutcome;
     try {

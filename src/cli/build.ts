@@ -41,6 +41,8 @@ export interface BuildFlags {
   insecureRegistry?: string[];
   registryCa?: string[];
   registryMirror?: string[];
+  cacheFrom?: string[];
+  cacheTo?: string[];
 }
 
 /** Turn parsed commander flags into BuildOptions (every malformed value is one KilnError). */
@@ -72,6 +74,8 @@ export function buildOptionsFrom(
   if (flags.target) opts.target = flags.target;
   if (flags.iidfile) opts.iidfile = flags.iidfile;
   if (flags.metadataFile) opts.metadataFile = flags.metadataFile;
+  if (flags.cacheFrom?.length) opts.cacheFrom = flags.cacheFrom;
+  if (flags.cacheTo?.length) opts.cacheTo = flags.cacheTo;
   const sde = parseSourceDateEpoch(buildArgs, env);
   if (sde !== undefined) opts.sourceDateEpoch = sde;
   for (const t of opts.tags) {
@@ -107,6 +111,16 @@ export function register(program: Command): void {
     .option(
       '--secret <spec>',
       'id=ID,src=FILE or id=ID,env=VAR: secret for RUN --mount=type=secret (repeatable)',
+      collect,
+    )
+    .option(
+      '--cache-from <spec>',
+      'import build cache: type=registry,ref=REPO[:TAG] or REPO[:TAG] (repeatable)',
+      collect,
+    )
+    .option(
+      '--cache-to <spec>',
+      'export build cache: type=registry,ref=REPO[:TAG][,mode=min|max] (repeatable)',
       collect,
     )
     .option('--iidfile <file>', 'write the image ID (config digest) to this file')

@@ -328,6 +328,27 @@ describe('kiln build (root, registry)', () => {
     assert.match(again.stderr, /^#\d+ [\d.]+ 2$/m);
   });
 
+  test('--cache-to / --cache-from: a fresh KILN_HOME reuses the registry cache', async () => {
+    const cacheRef = `${reg.host}/cache/app:buildcache`;
+    const first = await kiln(buildArgs('cached-app:v1', ['--cache-to', `type=registry,ref=${cacheRef},mode=max`]), {
+      home,
+      env: { SOURCE_DATE_EPOCH: EPOCH },
+    });
+    assert.equal(first.code, 0, first.stderr);
+    assert.equal(skopeo(['inspect', '--tls-verify=false', '--raw', `docker://${cacheRef}`]).code, 0);
+    const fresh = join(work, 'fresh-home');
+    const second = await kiln(buildArgs('cached-app:v2', ['--cache-from', cacheRef]), {
+      home: fresh,
+      env: { SOURCE_DATE_EPOCH: EPOCH },
+    });
+    assert.equal(second.code, 0, second.stderr);
+    assert.equal(cachedCount(second.stderr), 5, second.stderr);
+    assert.doesNotMatch(second.stderr, /^#\d+ [\d.]+ step-ran$/m);
+    const d = (t: string): string =>
+      skopeo(['inspect', '--tls-verify=false', '--format', '{{.Digest}}', `docker://${reg.host}/${t}`]).out.trim();
+    assert.equal(d('cached-app:v2'), d('cached-app:v1'));
+  });
+
   test('COPY of a missing source names it', async () => {
     const bad = join(work, 'badcopy');
     await mkdir(bad, { recursive: true });

@@ -168,6 +168,29 @@ test('overlay upper dir → layer → umoci unpack applies whiteouts and opaque 
   assert.ok(names.includes('var/cache/.wh..wh..opq'), names.join(' '));
   assert.ok(names.indexOf('var/cache/.wh..wh..opq') < names.indexOf('var/cache/new'), 'opaque marker first');
 
+  // Our overlay-format extraction of that layer, stacked on the base in a read-only kernel overlay, must show the
+  // same tree as the merged view the changes were made in.
+  const topDir = await ensureLayerDir(layersDir, top.diffID, async () => createReadStream(top.file), {
+    digest: top.digest,
+  });
+  const view = join(tmp, 'view');
+  mkdirSync(view);
+  const listing = execFileSync(
+    'unshare',
+    [
+      ...(isRoot ? [] : ['--user', '--map-root-user']),
+      '--mount',
+      'sh',
+      '-c',
+      `mount -t overlay overlay -o lowerdir=${topDir}:${lower},userxattr ${view} && cd ${view} && find . | sort`,
+    ],
+    { encoding: 'utf8' },
+  );
+  const seen = listing.trim().split('\n');
+  assert.ok(!seen.includes('./etc/remove'), 'whiteout device hides the base file');
+  assert.ok(!seen.includes('./var/cache/pkg'), 'opaque xattr hides the base directory content');
+  assert.ok(seen.includes('./var/cache/new') && seen.includes('./added') && seen.includes('./etc/keep'));
+
   const layout = join(tmp, 'layout');
   ociLayout(layout, [base, top]);
   const bundle = join(tmp, 'bundle');

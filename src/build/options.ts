@@ -3,8 +3,9 @@
  * (`--build-arg K[=v]`, `--label k=v`, `--output type=...,dest=...`, `--secret id=..,src=..`, `--platform`).
  * Every malformed value is one KilnError naming the option and the value.
  */
-import { KilnError } from '../errors.js';
+import { KilnError, errorMessage } from '../errors.js';
 import type { Platform } from '../oci/types.js';
+import { hostPlatform as ociHostPlatform, normalizePlatform, parsePlatform } from '../oci/platform.js';
 
 export type OutputType = 'registry' | 'image' | 'oci' | 'docker' | 'local' | 'tar';
 
@@ -61,20 +62,9 @@ export interface BuildOptions {
   cacheTo?: string[];
 }
 
-/** The host platform in OCI terms. */
+/** The host platform in OCI terms (normalised like containerd: arm64 has no v8 variant). */
 export function hostPlatform(): Platform {
-  switch (process.arch) {
-    case 'x64':
-      return { os: 'linux', architecture: 'amd64' };
-    case 'arm64':
-      return { os: 'linux', architecture: 'arm64', variant: 'v8' };
-    case 'arm':
-      return { os: 'linux', architecture: 'arm', variant: 'v7' };
-    case 'ia32':
-      return { os: 'linux', architecture: '386' };
-    default:
-      return { os: 'linux', architecture: process.arch };
-  }
+  return ociHostPlatform();
 }
 
 export function formatPlatform(p: Platform): string {
@@ -90,18 +80,14 @@ export function parsePlatformOption(v: string | undefined): Platform {
       hint: `build one platform at a time; this host builds ${formatPlatform(host)}`,
     });
   }
-  const parts = v.toLowerCase().split('/');
-  const os = parts.length === 1 ? 'linux' : parts[0];
-  let arch = parts.length === 1 ? parts[0] : parts[1];
-  let variant = parts.length > 2 ? parts[2] : undefined;
-  if (arch === 'x86_64' || arch === 'x86-64') arch = 'amd64';
-  if (arch === 'aarch64') arch = 'arm64';
-  if (arch === 'arm64' && variant === undefined) variant = host.variant;
-  if (
-    os !== host.os ||
-    arch !== host.architecture ||
-    (variant !== undefined && variant !== (host.variant ?? variant))
-  ) {
+  let want: Platform;
+  try {
+    want = normalizePlatform(parsePlatform(v));
+  } catch (e) {
+    throw new KilnError('PLATFORM_INVALID', `--platform ${v}: ${errorMessage(e)}`, { hint: 'use os/arch[/variant]' });
+  }
+  const have = normalizePlatform(host);
+  if (want.os !== have.os || want.architecture !== have.architecture || (want.variant ?? '') !== (have.variant ?? '')) {
     throw new KilnError('PLATFORM_UNSUPPORTED', `--platform ${v}: cannot build for a foreign platform`, {
       hint: `kiln runs RUN steps natively; this host builds ${formatPlatform(host)}`,
     });

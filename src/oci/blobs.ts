@@ -5,7 +5,7 @@
  * (and size) match — so a reader never sees a half-written or wrong blob.
  */
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, rm, stat, unlink, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable, pipeline as streamPipeline } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -122,8 +122,10 @@ export class BlobDir implements BlobSource {
     await mkdir(dir, { recursive: true });
     const tmp = join(dir, tmpName());
     if (expected && expected.size !== undefined && (await this.has(expected.digest))) {
-      // Already stored (content addressed): no need to read the stream again.
+      // Already stored (content addressed): no need to read the stream again. Refresh its mtime so a concurrent
+      // store GC treats it as in use.
       stream.destroy();
+      await this.touch(expected.digest);
       return { mediaType, digest: expected.digest, size: expected.size };
     }
     const hasher = new DigestingStream();
@@ -162,6 +164,12 @@ export class BlobDir implements BlobSource {
       return [];
     }
     return names.filter((n) => /^[a-f0-9]{64}$/.test(n)).map((n) => 'sha256:' + n);
+  }
+
+  /** Set a blob's mtime to now (GC grace periods count from it). No error if the blob is missing. */
+  async touch(digest: string): Promise<void> {
+    const now = new Date();
+    await utimes(this.path(digest), now, now).catch(() => undefined);
   }
 
   /** Delete a blob (no error if it is already gone). */

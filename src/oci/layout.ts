@@ -209,11 +209,20 @@ export interface BlobSink {
   put(desc: { digest: string; size: number }, open: () => Promise<Readable>): Promise<void>;
 }
 
-export function dirSink(dir: BlobDir): BlobSink {
+/**
+ * Blobs go into a BlobDir. With `touch`, blobs that already exist get their mtime refreshed (the local store's
+ * GC spares recently touched blobs, so an image being stored keeps blobs it shares with a removed one).
+ */
+export function dirSink(dir: BlobDir, opts: { touch?: boolean } = {}): BlobSink {
+  const has = async (d: string): Promise<boolean> => {
+    const yes = await dir.has(d);
+    if (yes && opts.touch) await dir.touch(d);
+    return yes;
+  };
   return {
-    has: (d) => dir.has(d),
+    has,
     put: async (desc, openStream) => {
-      if (await dir.has(desc.digest)) return;
+      if (await has(desc.digest)) return;
       await dir.write(await openStream(), desc);
     },
   };

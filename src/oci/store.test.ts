@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { readdir, readFile, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { LocalStore, kilnHome, normalizeImageName } from './store.js';
@@ -69,6 +69,12 @@ test('put / list / image / resolve by name, digest and short id', () =>
     assert.equal(layout.list().length, 2);
   }));
 
+/** Make every blob look written an hour ago (outside the GC grace period). */
+async function ageBlobs(store: LocalStore): Promise<void> {
+  const old = new Date(Date.now() - 3600_000);
+  for (const d of await store.blobs.list()) await utimes(store.blobs.path(d), old, old);
+}
+
 test('retagging replaces the ref and garbage-collects the old image; remove untags and GCs', () =>
   withHome(async (home) => {
     const store = await LocalStore.open(home);
@@ -77,9 +83,11 @@ test('retagging replaces the ref and garbage-collects the old image; remove unta
     await store.put(a, ['app:v1']);
     await store.put(b, ['app:v2']);
     assert.equal((await store.blobs.list()).length, 6);
+    await ageBlobs(store);
     await store.put(b, ['app:v1']);
     assert.equal(await store.image('app:v1').then((i) => i.digest()), await b.digest());
     assert.equal((await store.blobs.list()).length, 3, 'blobs of the untagged image are collected');
+    await ageBlobs(store);
     const r = await store.remove('app:v1');
     assert.deepEqual(r, { untagged: ['docker.io/library/app:v1'], deletedBlobs: 0 });
     const r2 = await store.remove('app:v2');
@@ -87,6 +95,35 @@ test('retagging replaces the ref and garbage-collects the old image; remove unta
     assert.deepEqual(await store.blobs.list(), []);
     await assert.rejects(store.remove('app:v2'), (e) => isKilnError(e, 'IMAGE_NOT_FOUND'));
     assert.deepEqual(await store.list(), []);
+  }));
+
+test('GC spares recent blobs, blobs re-used by a put, and anything written under a live lease', () =>
+  withHome(async (home) => {
+    const store = await LocalStore.open(home);
+    await store.put(imageWith('fresh'), ['fresh:1']);
+    assert.equal((await store.remove('fresh:1')).deletedBlobs, 0, 'within the grace period');
+    assert.equal(await store.gc({ graceMs: 0 }), 3);
+
+    const shared = imageWith('shared');
+    await store.put(shared, ['x:1']);
+    await ageBlobs(store);
+    await store.put(shared, ['y:1']); // re-uses (touches) the aged blobs
+    await store.remove('y:1');
+    assert.equal((await store.remove('x:1')).deletedBlobs, 0, 'touched by the second put');
+    await ageBlobs(store);
+    assert.equal(await store.gc(), 3);
+
+    const lease = await store.lease();
+    await store.put(imageWith('leased'), ['l:1']);
+    assert.equal((await store.remove('l:1', { graceMs: 0 })).deletedBlobs, 0, 'protected by the lease');
+    await lease.release();
+    assert.equal(await store.gc({ graceMs: 0 }), 3);
+
+    // A lease left behind by a dead process protects nothing and is cleaned up.
+    await writeFile(join(store.root, 'leases', 'dead.json'), JSON.stringify({ pid: 999999999, created: 0 }));
+    await store.put(imageWith('z'), ['z:1']);
+    assert.equal((await store.remove('z:1', { graceMs: 0 })).deletedBlobs, 3);
+    assert.deepEqual(await readdir(join(store.root, 'leases')), []);
   }));
 
 test('indexes are stored whole and resolve to the requested platform', () =>

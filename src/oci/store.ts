@@ -8,8 +8,13 @@
  * owner's pid; a lock whose owner is dead is broken) and index.json is replaced by rename. `put` writes its blobs
  * before taking the lock, then re-checks them under it, so a concurrent `remove`'s GC cannot leave a ref pointing
  * at deleted blobs.
+ *
+ * Garbage collection (after `remove`, or when `put` moves a name) deletes blobs no ref reaches — but never blobs
+ * written or touched within the grace period (GC_GRACE_MS), nor, while a live process holds a `lease()`, any blob
+ * written since that lease began. That protects work in flight in other processes (a build's freshly committed
+ * layers, a pull not yet tagged), which the store cannot see in index.json.
  */
-import { mkdir, open, readFile, stat, unlink } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, stat, unlink } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -56,6 +61,18 @@ export interface StoreEntry {
 }
 
 const LOCK_TIMEOUT_MS = 120_000;
+/** Unreferenced blobs younger than this (by mtime) survive garbage collection. */
+export const GC_GRACE_MS = 15 * 60 * 1000;
+
+export interface GcOptions {
+  /** Override GC_GRACE_MS (0: collect every unreferenced blob not protected by a lease). */
+  graceMs?: number;
+}
+
+/** Protection of in-flight blobs from garbage collection; release it when done (or let the process exit). */
+export interface Lease {
+  release(): Promise<void>;
+}
 const inProcess = new Map<string, Promise<unknown>>();
 
 function alive(pid: number): boolean {
@@ -169,7 +186,7 @@ export class LocalStore {
   /** Store an image or index under `names` (normalised; each name now points at it). Returns its descriptor. */
   async put(image: Image | ImageIndex, names: string[]): Promise<Descriptor> {
     const normalized = [...new Set(names.map(normalizeImageName))];
-    const sink = dirSink(this.blobs);
+    const sink = dirSink(this.blobs, { touch: true });
     await copyBlobs(image, sink);
     return this.locked(async () => {
       // Re-check under the lock: a concurrent GC may have removed blobs that were not referenced yet.
@@ -269,8 +286,40 @@ export class LocalStore {
     return out.sort((a, b) => a.name.localeCompare(b.name));
   }
 
+  /**
+   * Take a GC lease: until it is released (or this process dies), no blob written after now is collected by any
+   * kiln process. Builds and pulls that write blobs before tagging should hold one.
+   */
+  async lease(): Promise<Lease> {
+    const dir = join(this.root, 'leases');
+    await mkdir(dir, { recursive: true });
+    const file = join(dir, `${process.pid}-${Date.now()}-${Math.random().toString(36).slice(2)}.json`);
+    await writeFileAtomic(file, JSON.stringify({ pid: process.pid, created: Date.now() }));
+    return { release: () => unlink(file).catch(() => undefined) };
+  }
+
+  /** Blobs with an mtime at or after this are spared by GC. */
+  private async gcCutoff(graceMs: number): Promise<number> {
+    let cutoff = Date.now() - graceMs;
+    const dir = join(this.root, 'leases');
+    for (const name of await readdir(dir).catch(() => [] as string[])) {
+      if (!name.endsWith('.json')) continue;
+      const p = join(dir, name);
+      const l = await readFile(p, 'utf8')
+        .then((s) => JSON.parse(s) as { pid?: number; created?: number })
+        .catch(() => undefined);
+      if (!l || typeof l.pid !== 'number' || typeof l.created !== 'number') continue;
+      if (l.pid !== process.pid && !alive(l.pid)) {
+        await unlink(p).catch(() => undefined);
+        continue;
+      }
+      cutoff = Math.min(cutoff, l.created - 2000);
+    }
+    return cutoff;
+  }
+
   /** Untag `ref` (a name; or a digest/ID, which removes every name of that image) and garbage-collect. */
-  async remove(ref: string): Promise<{ untagged: string[]; deletedBlobs: number }> {
+  async remove(ref: string, gc: GcOptions = {}): Promise<{ untagged: string[]; deletedBlobs: number }> {
     return this.locked(async () => {
       const d = await this.resolve(ref);
       const ix = await this.readIndex();
@@ -285,23 +334,26 @@ export class LocalStore {
       const gone = ix.manifests.filter((m) => (byName ? m.annotations?.[REF_NAME] === name : m.digest === d.digest));
       if (gone.length === 0) throw new KilnError('IMAGE_NOT_FOUND', `no such image: ${ref}`);
       await this.writeIndex({ ...ix, manifests: ix.manifests.filter((m) => !gone.includes(m)) });
-      const deletedBlobs = await this.gcLocked();
+      const deletedBlobs = await this.gcLocked(gc);
       return { untagged: gone.map((m) => m.annotations?.[REF_NAME] ?? m.digest), deletedBlobs };
     });
   }
 
-  /** Delete blobs no ref reaches. Returns how many were deleted. */
-  async gc(): Promise<number> {
-    return this.locked(() => this.gcLocked());
+  /** Delete blobs no ref reaches (sparing recent and leased ones). Returns how many were deleted. */
+  async gc(opts: GcOptions = {}): Promise<number> {
+    return this.locked(() => this.gcLocked(opts));
   }
 
-  private async gcLocked(): Promise<number> {
+  private async gcLocked(opts: GcOptions = {}): Promise<number> {
+    const cutoff = await this.gcCutoff(opts.graceMs ?? GC_GRACE_MS);
     const ix = await this.readIndex();
     const keep = new Set<string>();
     for (const d of ix.manifests) for (const k of (await this.reachable(d)).keys()) keep.add(k);
     let n = 0;
     for (const b of await this.blobs.list()) {
       if (keep.has(b)) continue;
+      const st = await stat(this.blobs.path(b)).catch(() => undefined);
+      if (!st || st.mtimeMs >= cutoff) continue;
       await this.blobs.remove(b);
       n++;
     }

@@ -6,7 +6,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, stat, utimes } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeBusyboxImage } from '../helpers/images.js';
@@ -79,6 +79,9 @@ test('kiln images / rmi on a store that skopeo and umoci can read', async () => 
   assert.equal(missing.stderr.split('\n')[0], 'kiln: no such image: busybox');
   assert.ok(!missing.stderr.includes('    at '), 'no stack trace');
 
+  // Outside the GC grace period, the now unreferenced blobs go.
+  const old = new Date(Date.now() - 3600_000);
+  for (const b of await store.blobs.list()) await utimes(store.blobs.path(b), old, old);
   const last = await kiln(['rmi', short]);
   assert.equal(last.code, 0, last.stderr);
   assert.match(last.stdout, /Untagged: localhost:5000\/app:v1\nDeleted: 3 blobs\n/);

@@ -9,4 +9,5 @@ for (let i = 0; i < count; i++) {
   const img = await makeBusyboxImage({ extraFiles: [{ path: `etc/${prefix}-${i}`, content: `${prefix} ${i}\n` }] });
   await store.put(img, [`${prefix}:${i}`]);
 }
-for (let i = 0; i < count; i += 2) await store.remove(`${prefix}:${i}`);
+// graceMs 0: collect at once, racing the other process's puts (protected by put's re-check under the lock).
+for (let i = 0; i < count; i += 2) await store.remove(`${prefix}:${i}`, { graceMs: 0 });

@@ -78,8 +78,11 @@ export class RepositoryClient {
     this.registry = ref.registry;
     this.repository = ref.repository;
     this.canonical = transportFor(ref.registry, ref.apiHost(), opts);
+    // Mirrors get their own credentials (looked up by the mirror's host), never Docker Hub's.
     const mirrors =
-      ref.registry === DEFAULT_REGISTRY ? (opts.mirrors ?? []).map((m) => transportFor(ref.registry, m, opts)) : [];
+      ref.registry === DEFAULT_REGISTRY
+        ? (opts.mirrors ?? []).map((m) => transportFor(m.replace(/^[a-z]+:\/\//i, '').replace(/\/.*$/, ''), m, opts))
+        : [];
     this.readEndpoints = [...mirrors, this.canonical];
   }
 

@@ -332,10 +332,12 @@ export class Transport {
   private async doPing(ctx: ErrorContext): Promise<void> {
     const schemes = this.explicitScheme ? [this.explicitScheme] : this.allowInsecure ? ['https', 'http'] : ['https'];
     let lastErr: unknown;
-    for (const scheme of schemes) {
+    for (const [i, scheme] of schemes.entries()) {
       const url = `${scheme}://${this.host}/v2/`;
+      // An HTTPS probe that has a plain-HTTP fallback is not retried: failing fast is the point.
+      const probe = i < schemes.length - 1 && schemes[i + 1] !== scheme;
       try {
-        const res = await this.rawWithRetry('GET', url, {}, undefined, ctx, true);
+        const res = await this.rawWithRetry('GET', url, {}, undefined, ctx, !probe);
         this.base = `${scheme}://${this.host}`;
         this.connectedOnce = true;
         const body = await res.body.text().catch(() => '');
@@ -413,9 +415,12 @@ export class Transport {
     // Relative upload locations are resolved against the endpoint.
     if (url.startsWith('/')) url = base + url;
     let refreshed = false;
+    let scopes = o.scopes;
+    let refreshNow = false;
     for (;;) {
       const headers: Record<string, string> = { 'user-agent': this.opts.userAgent ?? 'kiln/0.1', ...o.headers };
-      const auth = await this.authorization(o.scopes, false);
+      const auth = await this.authorization(scopes, refreshNow);
+      refreshNow = false;
       if (auth) headers['authorization'] = auth;
       const replayable = !(o.body && typeof o.body === 'object' && !Buffer.isBuffer(o.body));
       let res = await this.rawWithRetry(
@@ -446,7 +451,8 @@ export class Transport {
         await res.body.dump().catch(() => undefined);
         refreshed = true;
         const extra = ch?.params['scope'] ? ch.params['scope'].split(' ') : [];
-        await this.authorization(mergeScopes([...o.scopes, ...extra]), true);
+        scopes = mergeScopes([...o.scopes, ...extra]);
+        refreshNow = true;
         if (replayable) continue;
         throw statusError(401, '', o.ctx);
       }

@@ -738,14 +738,17 @@ async function prepareMount(m: SandboxMount, ctx: MountContext): Promise<Prepare
   }
 }
 
-/** The engine's Executor port backed by runProcess. */
+/**
+ * The engine's Executor port backed by runProcess. `keepMountStubs` (default: env `KILN_MOUNT_STUBS=keep`)
+ * selects the BuildKit <= 0.9 mount-stub behaviour (see RunProcessOptions).
+ */
 export class NamespaceExecutor implements Executor {
   constructor(private readonly opts: { kilnHome?: string; keepMountStubs?: boolean } = {}) {}
 
   run(spec: ProcessSpec): Promise<ProcessResult> {
     const o: RunProcessOptions = { ...spec };
     if (this.opts.kilnHome) o.kilnHome = this.opts.kilnHome;
-    if (this.opts.keepMountStubs) o.keepMountStubs = true;
+    if (this.opts.keepMountStubs ?? process.env.KILN_MOUNT_STUBS === 'keep') o.keepMountStubs = true;
     return runProcess(o);
   }
 }

@@ -432,3 +432,15 @@ test('a miss-explaining cache gets every step noted and its explanation is shown
   );
   assert.equal(h.log.filter((l) => l.endsWith('cache miss: an earlier step changed')).length, 2);
 });
+
+test('FROM --platform: $BUILDPLATFORM/$TARGETPLATFORM work, a foreign platform is a clear error', async () => {
+  const h = harness('fromplatform');
+  await runEngine(request('FROM --platform=$BUILDPLATFORM busybox\nRUN write /x 1\n'), h.deps);
+  await runEngine(request('FROM --platform=${TARGETPLATFORM} scratch\nENV A=1\n'), h.deps);
+  const host = hostPlatform();
+  const foreign = host.architecture === 'amd64' ? 'linux/arm64' : 'linux/amd64';
+  await assert.rejects(
+    runEngine(request(`FROM --platform=${foreign} busybox\n`), h.deps),
+    new RegExp(`^KilnError: Dockerfile:1: FROM --platform=${foreign}: cannot build for a foreign platform`),
+  );
+});

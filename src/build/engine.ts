@@ -43,6 +43,7 @@ import type {
 } from './ports.js';
 import type { SecretSpec } from './options.js';
 import { formatPlatform } from './options.js';
+import { normalizePlatform, parsePlatform } from '../oci/platform.js';
 import {
   type BuildImage,
   type ScopedArg,
@@ -375,10 +376,25 @@ class Engine {
     const from = stage.from;
     if (from.platform !== undefined) {
       const plat = this.expandWord(from.platform, this.globalArgs, from);
-      if (plat !== '' && plat !== formatPlatform(this.req.platform) && !plat.startsWith('$')) {
-        const want = plat.split('/');
-        if (want[0] !== this.req.platform.os || (want[1] && want[1] !== this.req.platform.architecture)) {
-          throw this.fail(from, 'PLATFORM_UNSUPPORTED', `FROM --platform=${plat}: cannot build for a foreign platform`);
+      if (plat !== '') {
+        let want: Platform | undefined;
+        try {
+          want = normalizePlatform(parsePlatform(plat));
+        } catch (e) {
+          throw this.fail(from, 'PLATFORM_INVALID', `FROM --platform=${plat}: ${errorMessage(e)}`);
+        }
+        const have = normalizePlatform(this.req.platform);
+        if (
+          want.os !== have.os ||
+          want.architecture !== have.architecture ||
+          (want.variant ?? '') !== (have.variant ?? '')
+        ) {
+          throw this.fail(
+            from,
+            'PLATFORM_UNSUPPORTED',
+            `FROM --platform=${plat}: cannot build for a foreign platform`,
+            `this host builds ${formatPlatform(this.req.platform)}`,
+          );
         }
       }
     }

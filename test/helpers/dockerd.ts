@@ -46,6 +46,10 @@ export interface BuildKitBuildOptions {
 }
 
 export interface Dockerd {
+  /** The temp dir holding data root, exec root, socket and logs (removed by stop()). */
+  dir: string;
+  /** dockerd's process id. */
+  pid: number;
   /** Absolute path of the API socket. */
   socket: string;
   /** `unix://…` address for `docker -H`. */
@@ -166,6 +170,8 @@ export async function startDockerd(opts: DockerdOptions = {}): Promise<Dockerd> 
   }
 
   return {
+    dir,
+    pid: child.pid ?? -1,
     socket,
     host,
     docker,

@@ -32,7 +32,7 @@ import {
   type CaseReport,
   type SuiteEnv,
 } from '../differential/runner.js';
-import { removeTree, run } from '../differential/exec.js';
+import { mountsUnder, removeTree, run } from '../differential/exec.js';
 import { ROOTLESS_USER, ensureRootlessUser } from '../helpers/rootless.js';
 
 const filter = (process.env.KILN_DIFF_CASES ?? '')
@@ -110,6 +110,14 @@ describe(
       await dockerd?.stop().catch(() => undefined);
       await registry?.stop().catch(() => undefined);
       if (work) await removeTree(work);
+      // nothing may outlive the suite: no dockerd, no mounts, no temp dirs
+      if (dockerd) {
+        const d = dockerd;
+        assert.deepEqual(mountsUnder(d.dir), [], 'dockerd left mounts behind');
+        assert.equal(existsSync(d.dir), false, 'dockerd temp dir not removed');
+        assert.throws(() => process.kill(d.pid, 0), 'dockerd still running');
+      }
+      if (buildah) assert.deepEqual(mountsUnder(buildah.root), [], 'buildah left mounts behind');
     });
 
     for (const c of cases) {

@@ -412,6 +412,21 @@ describe('ADD', () => {
     assert.equal(lstatSync(join(root, 'opt/pkg/file')).uid, 7, 'archive ownership kept');
     await cp.apply(req({ kind: 'ADD', sources: ['app.tar.gz'], dest: '/o2/', chown: '5:6' }), ctxSrc(c), root);
     assert.equal(lstatSync(join(root, 'o2/pkg/file')).uid, 5);
+    // bzip2/xz/zstd tarballs are unpacked too; a zip file is not an archive for ADD
+    mkdirSync(join(c, 'tree/inner'), { recursive: true });
+    writeFileSync(join(c, 'tree/inner/f'), 'z');
+    for (const [flag, name] of [
+      ['-j', 'a.tar.bz2'],
+      ['-J', 'a.tar.xz'],
+      ['--zstd', 'a.tar.zst'],
+    ]) {
+      execFileSync('tar', [flag!, '-C', join(c, 'tree'), '-cf', join(c, name!), 'inner']);
+      await cp.apply(req({ kind: 'ADD', sources: [name!], dest: `/${name}/` }), ctxSrc(c), root);
+      assert.equal(readFileSync(join(root, name!, 'inner/f'), 'utf8'), 'z', name);
+    }
+    writeFileSync(join(c, 'x.zip'), Buffer.concat([Buffer.from('PK\x03\x04'), Buffer.alloc(600)]));
+    await cp.apply(req({ kind: 'ADD', sources: ['x.zip'], dest: '/zip/' }), ctxSrc(c), root);
+    assert.equal(lstatSync(join(root, 'zip/x.zip')).isFile(), true);
     // COPY never unpacks
     await cp.apply(req({ sources: ['app.tar.gz'], dest: '/o3/' }), ctxSrc(c), root);
     assert.ok(existsSync(join(root, 'o3/app.tar.gz')));

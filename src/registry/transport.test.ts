@@ -2,7 +2,6 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { isKilnError } from '../errors.js';
 import { isLoopbackHost, Transport } from './transport.js';
 
 async function serve(

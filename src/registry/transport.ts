@@ -419,8 +419,7 @@ export class Transport {
     let refreshNow = false;
     for (;;) {
       const headers: Record<string, string> = { 'user-agent': this.opts.userAgent ?? 'kiln/0.1', ...o.headers };
-      const auth = await this.authorization(scopes, refreshNow);
-      refreshNow = false;
+      const auth = await this.authorization(scopes, refreshed && refreshNow);
       if (auth) headers['authorization'] = auth;
       const replayable = !(o.body && typeof o.body === 'object' && !Buffer.isBuffer(o.body));
       let res = await this.rawWithRetry(
@@ -451,10 +450,10 @@ export class Transport {
         await res.body.dump().catch(() => undefined);
         refreshed = true;
         const extra = ch?.params['scope'] ? ch.params['scope'].split(' ') : [];
+        if (!replayable) throw statusError(401, '', o.ctx);
         scopes = mergeScopes([...o.scopes, ...extra]);
         refreshNow = true;
-        if (replayable) continue;
-        throw statusError(401, '', o.ctx);
+        continue;
       }
       if (o.expect.includes(res.status)) return res;
       if (res.status === 401 && this.challenge && (await this.credentials())) {

@@ -131,3 +131,19 @@ test('indexes with attestation/artifact manifests (no image config) are copied w
     for (const d of [layerDesc.digest, cfg.digest, attDesc.digest, imgDesc.digest]) assert.ok(await copied.has(d), d);
     assert.equal(await (await out.image('copy')).digest(), imgDesc.digest, 'platform selection skips the attestation');
   }));
+
+test('containerd/BuildKit-style names are found by their familiar form', () =>
+  withDir(async (dir) => {
+    await writeLayout(join(dir, 'l'), [
+      { image: good, name: 'v1', annotations: { 'io.containerd.image.name': 'docker.io/library/app:v1' } },
+      { image: good, name: 'localhost:5000/team/tool:2' },
+    ]);
+    const l = await readLayout(join(dir, 'l'));
+    assert.equal(l.descriptor('app:v1').annotations?.[REF_NAME], 'v1');
+    assert.equal(l.descriptor('docker.io/library/app:v1').annotations?.[REF_NAME], 'v1');
+    assert.equal(l.descriptor('localhost:5000/team/tool:2').annotations?.[REF_NAME], 'localhost:5000/team/tool:2');
+    assert.throws(
+      () => l.descriptor('app:v2'),
+      (e) => isKilnError(e, 'IMAGE_NOT_FOUND'),
+    );
+  }));

@@ -13,6 +13,7 @@ import { chmod, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, writeFile, 
 import { basename, dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
 import { KilnError } from '../errors.js';
+import { parseReferenceWithDefaultTag } from '../registry/reference.js';
 import { BlobDir, type BlobSource, parseJSON, readBlob } from './blobs.js';
 import {
   descriptorOf,
@@ -73,10 +74,19 @@ export class Layout {
         hint: names(),
       });
     }
+    const norm = normalizedRef(nameOrDigest);
     const found =
       ms.find((d) => d.annotations?.[REF_NAME] === nameOrDigest) ??
       ms.find((d) => d.annotations?.[CONTAINERD_NAME] === nameOrDigest) ??
-      ms.find((d) => d.digest === nameOrDigest);
+      ms.find((d) => d.digest === nameOrDigest) ??
+      // `busybox` finds `docker.io/library/busybox:latest` (containerd/BuildKit exports name images in full).
+      (norm === undefined
+        ? undefined
+        : ms.find(
+            (d) =>
+              normalizedRef(d.annotations?.[CONTAINERD_NAME]) === norm ||
+              normalizedRef(d.annotations?.[REF_NAME]) === norm,
+          ));
     if (!found) {
       throw new KilnError('IMAGE_NOT_FOUND', `${this.path}: no image "${nameOrDigest}" in the layout`, {
         hint: names(),
@@ -134,6 +144,17 @@ export async function imageFromDescriptor(
     }
   }
   return img;
+}
+
+/** docker-normalised form of an image name (`busybox` → `docker.io/library/busybox:latest`), if it is one. */
+function normalizedRef(s: string | undefined): string | undefined {
+  if (s === undefined) return undefined;
+  try {
+    const r = parseReferenceWithDefaultTag(s);
+    return r.digest === undefined ? r.toString() : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 function layoutError(where: string, why: string, hint?: string): KilnError {

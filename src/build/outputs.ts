@@ -17,6 +17,7 @@ import type { Image } from '../oci/types.js';
 import { sha256 } from '../oci/digest.js';
 import { withManifestMediaType } from '../oci/mutate.js';
 import { extractLayer } from '../layer/extract.js';
+import { isRealRoot } from '../layer/fsops.js';
 import { layerTar } from '../layer/writer.js';
 import { parseReferenceWithDefaultTag } from '../registry/reference.js';
 import { push, type PushOptions } from '../registry/push.js';
@@ -92,11 +93,20 @@ async function toFileOrStdout(dest: string, produce: (w: Writable) => Promise<vo
   }
 }
 
-/** Apply the layers in order onto `dir` (whiteouts delete, opaque dirs reset). */
-export async function materializeRootfs(layers: ExportOptions['layers'], dir: string): Promise<void> {
+/**
+ * Apply the layers in order onto `dir` (whiteouts delete, opaque dirs reset). `chown` applies the image's owners
+ * (default: when running as uid 0, also inside the build user namespace).
+ */
+export async function materializeRootfs(
+  layers: ExportOptions['layers'],
+  dir: string,
+  opts: { chown?: boolean } = {},
+): Promise<void> {
   await mkdir(dir, { recursive: true });
   for (const l of layers) {
-    await extractLayer(await l.uncompressed(), dir, { mode: 'apply', digest: l.digest });
+    const o: { mode: 'apply'; digest: string; chown?: boolean } = { mode: 'apply', digest: l.digest };
+    if (opts.chown !== undefined) o.chown = opts.chown;
+    await extractLayer(await l.uncompressed(), dir, o);
   }
 }
 
@@ -155,7 +165,9 @@ export async function exportImage(image: Image, opts: ExportOptions): Promise<Ex
       }
       case 'local': {
         const dest = o.dest as string;
-        await materializeRootfs(opts.layers, dest);
+        // like buildx: the files belong to whoever runs the build; image owners only for real root (a rootless
+        // build would otherwise leave files owned by subordinate ids the user cannot remove)
+        await materializeRootfs(opts.layers, dest, { chown: isRealRoot() });
         break;
       }
       case 'tar': {

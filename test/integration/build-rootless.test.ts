@@ -68,6 +68,10 @@ describe('kiln build (rootless, as kilntest)', () => {
     );
     assert.equal(r.code, 0, r.stderr);
     assert.equal(await readFile(join(out, 'app', 'greeting.txt'), 'utf8'), 'Hello from kiln!\n');
+    // like buildx, a local output belongs to the user who ran the build (no subordinate ids left to clean up)
+    const { uid } = ensureRootlessUser();
+    assert.equal((await stat(join(out, 'home', 'app'))).uid, uid);
+    assert.equal((await stat(join(out, 'app', 'greeting.txt'))).uid, uid);
     const run = spawnSync('/usr/sbin/chroot', [out, '/app/hello.sh'], { encoding: 'utf8', env: { PATH: '/bin' } });
     assert.equal(run.status, 0, run.stderr);
     assert.match(run.stdout, /^Hello from kiln!\n/);

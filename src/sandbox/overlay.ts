@@ -15,6 +15,7 @@
  */
 import { lstat, mkdir, readdir, rm, rmdir, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { BigIntStats } from 'node:fs';
 import type { Snapshot, Snapshotter } from '../build/ports.js';
 import { KilnError } from '../errors.js';
 import { defaultKilnHome, kilnTempDir } from './paths.js';
@@ -153,9 +154,10 @@ export class OverlaySnapshotter implements SandboxSnapshotter {
 
 /**
  * Remove from an (unmounted) upper dir the directories overlay only copied up: empty, not opaque, and with the
- * same mode/owner/mtime as the directory they shadow in the topmost lower that has the path (e.g. /etc after a
- * mount stub in it was removed and its timestamps restored). Such a dir changes nothing in the merged view, and
- * BuildKit's overlay differ leaves it out of the layer too. Deepest first, so parents emptied by this are pruned.
+ * same mode/owner/mtime as the directory they shadow in the merged lower view (e.g. /etc after a mount stub in it
+ * was removed and its mtime restored). Such a dir changes nothing in the merged view, and BuildKit's overlay
+ * differ leaves it out of the layer too. Deepest first, so parents emptied by this are pruned; nothing at or
+ * below an opaque upper dir is touched.
  */
 export async function pruneUnchangedDirs(upper: string, lowersTopFirst: string[], rel = ''): Promise<boolean> {
   const here = join(upper, rel);
@@ -165,6 +167,7 @@ export async function pruneUnchangedDirs(upper: string, lowersTopFirst: string[]
   } catch {
     return false;
   }
+  if (rel !== '' && (await isOpaque(here))) return false;
   let empty = true;
   for (const name of names) {
     const r = rel ? `${rel}/${name}` : name;
@@ -177,21 +180,53 @@ export async function pruneUnchangedDirs(upper: string, lowersTopFirst: string[]
   }
   if (rel === '' || !empty) return false;
   const st = await lstat(here, { bigint: true });
-  let lower;
-  for (const l of lowersTopFirst) {
-    try {
-      lower = await lstat(join(l, rel), { bigint: true });
-      break;
-    } catch {
-      // not in this layer
-    }
-  }
+  const lower = await visibleInLowers(lowersTopFirst, rel);
   if (!lower?.isDirectory()) return false;
-  if (st.mode !== lower.mode || st.uid !== lower.uid || st.gid !== lower.gid || st.mtimeNs !== lower.mtimeNs) {
-    return false;
+  return st.mode === lower.mode && st.uid === lower.uid && st.gid === lower.gid && st.mtimeNs === lower.mtimeNs;
+}
+
+async function isOpaque(dir: string): Promise<boolean> {
+  const r = await runTool('getfattr', ['-h', '--only-values', '-n', 'user.overlay.opaque', dir]);
+  return r.code === 0 && r.stdout === 'y';
+}
+
+/**
+ * The stat of `rel` as the merged lower layers show it (topmost first): a whiteout or a non-directory at an
+ * ancestor, or an opaque ancestor dir, hides everything in the layers below it.
+ */
+async function visibleInLowers(lowersTopFirst: string[], rel: string): Promise<BigIntStats | undefined> {
+  const parts = rel.split('/');
+  for (const layer of lowersTopFirst) {
+    let hidden = false;
+    for (let i = 1; i <= parts.length; i++) {
+      const p = join(layer, ...parts.slice(0, i));
+      let st: BigIntStats;
+      try {
+        st = await lstat(p, { bigint: true });
+      } catch {
+        break; // not in this layer: look below (unless an ancestor here was opaque, handled above)
+      }
+      if (i === parts.length) {
+        return st.isCharacterDevice() && st.rdev === 0n ? undefined : st;
+      }
+      if (!st.isDirectory()) {
+        hidden = true; // whiteout or file at an ancestor hides the path below
+        break;
+      }
+      if (await isOpaque(p)) {
+        // An opaque ancestor: the path can only come from this layer, and it is not here.
+        const rest = join(layer, ...parts.slice(0, i + 1));
+        try {
+          await lstat(rest);
+        } catch {
+          hidden = true;
+          break;
+        }
+      }
+    }
+    if (hidden) return undefined;
   }
-  const opaque = await runTool('getfattr', ['-h', '--only-values', '-n', 'user.overlay.opaque', here]);
-  return !(opaque.code === 0 && opaque.stdout === 'y');
+  return undefined;
 }
 
 let overlayProbe: Promise<boolean> | undefined;

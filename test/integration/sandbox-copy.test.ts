@@ -23,6 +23,7 @@ import {
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CopySnapshotter } from '../../src/sandbox/copy.js';
+import { pruneUnchangedDirs } from '../../src/sandbox/overlay.js';
 import { listUpper } from '../helpers/rootless.js';
 
 function sh(cmd: string, args: string[]): void {
@@ -109,6 +110,36 @@ test('copy snapshotter: overlay-format lowers in, overlay-format diff out', asyn
       await snap.release();
     }
     assert.deepEqual(await readdir(join(dir, 'home', 'tmp')), []);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('overlay upper pruning: only empty copied-up dirs identical to the visible lower dir go', async () => {
+  assert.equal(process.getuid?.(), 0, 'needs root (whiteout device nodes)');
+  const dir = await mkdtemp(join(tmpdir(), 'kiln-prune-'));
+  try {
+    const l1 = join(dir, 'l1');
+    const l2 = join(dir, 'l2');
+    const up = join(dir, 'upper');
+    for (const p of ['etc', 'gone/sub', 'opq/sub', 'kept']) await mkdir(join(l1, p), { recursive: true });
+    await mkdir(join(l2, 'opq'), { recursive: true });
+    sh('setfattr', ['-n', 'user.overlay.opaque', '-v', 'y', join(l2, 'opq')]);
+    sh('mknod', [join(l2, 'gone'), 'c', '0', '0']);
+    // The upper: copies of lower dirs with the same metadata (cp -a keeps mode/owner/mtime).
+    await mkdir(up);
+    sh('cp', ['-a', join(l1, 'etc'), join(up, 'etc')]);
+    sh('cp', ['-a', join(l1, 'kept'), join(up, 'kept')]);
+    await writeFile(join(up, 'kept', 'file'), 'x');
+    // /gone/sub and /opq/sub exist in l1 only, hidden by l2's whiteout / opaque dir: never "unchanged".
+    await mkdir(join(up, 'gone'));
+    sh('setfattr', ['-n', 'user.overlay.opaque', '-v', 'y', join(up, 'gone')]);
+    sh('cp', ['-a', join(l1, 'gone', 'sub'), join(up, 'gone', 'sub')]);
+    sh('cp', ['-a', join(l1, 'opq'), join(up, 'opq')]);
+    sh('touch', ['-r', join(l2, 'opq'), join(up, 'opq')]);
+    await pruneUnchangedDirs(up, [l2, l1]);
+    const left = (await listUpper(up)).map((e) => e.path);
+    assert.deepEqual(left, ['/gone', '/gone/sub', '/kept', '/kept/file', '/opq', '/opq/sub']);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

@@ -16,6 +16,7 @@ import {
   type ImageSnapshot,
 } from '../helpers/compare.js';
 import { checkExpectations, loadCases } from './runner.js';
+import { run } from './exec.js';
 
 function file(path: string, extra: Partial<FileEntry> = {}): FileEntry {
   return { path, type: 'file', mode: 0o644, uid: 0, gid: 0, size: 2, sha256: 'aa', mtimeMs: 0, ...extra };
@@ -166,7 +167,14 @@ describe('walkRootfs', () => {
       await chmod(join(dir, 'a'), 0o4755);
       await link(join(dir, 'a'), join(dir, 'sticky', 'a-link'));
       await symlink('/does/not/exist', join(dir, 'dangling'));
+      await writeFile(join(dir, 'ü name ☃'), 'x');
+      await run('setfattr', ['-n', 'user.kiln', '-v', 'v1', join(dir, 'ü name ☃')]);
+      await writeFile(join(dir, 'back\\slash\ttab'), 'y');
+      await run('setfattr', ['-n', 'user.k2', '-v', 'v2', join(dir, 'back\\slash\ttab')]);
       const files = await walkRootfs(dir);
+      assert.deepEqual(files.get('/ü name ☃')?.xattrs, { 'user.kiln': '0x7631' });
+      assert.deepEqual(files.get('/back\\slash\ttab')?.xattrs, { 'user.k2': '0x7632' });
+      assert.equal(files.get('/a')?.xattrs, undefined);
       assert.equal(files.get('/sticky')?.mode, 0o1777);
       assert.equal(files.get('/a')?.mode, 0o4755);
       assert.equal(

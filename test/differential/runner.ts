@@ -292,7 +292,7 @@ export async function runCase(env: SuiteEnv, c: DiffCase): Promise<CaseReport> {
         await env.dockerd.build({ ...common, dockerfile, tag: ref2, noCache: true });
         await env.dockerd.push(ref2);
         const again = await snap('buildkit2', ref2);
-        const d = compareSnapshots(reference, again, { ignore, compareMtimes: false }).filter(
+        const d = compareSnapshots(reference, again, { ignore, compareMtimes: c.spec.compareMtimes }).filter(
           (x) => x.severity === 'error',
         );
         if (d.length) {

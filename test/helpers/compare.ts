@@ -263,13 +263,21 @@ async function readXattrs(rootfs: string): Promise<Map<string, Record<string, st
   // getfattr comes from Debian's `attr` package; without it xattrs cannot be compared, which must not pass silently
   const r = await run('getfattr', ['-R', '-P', '-h', '-d', '-m', '-', '-e', 'hex', '--absolute-names', rootfs], {
     allowFail: true,
+    env: { ...process.env, LC_ALL: 'C' },
   });
   if (r.code !== 0 && !r.stdout) throw new Error(`getfattr failed on ${rootfs}: ${r.stderr.trim()}`);
   let current: string | undefined;
   for (const line of r.stdout.split('\n')) {
     if (line.startsWith('# file: ')) {
-      const host = line.slice(8).replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-      const decoded = Buffer.from(host, 'latin1').toString('utf8');
+      // getfattr prints UTF-8 names as they are but escapes control characters and backslashes as \ooo bytes
+      const decoded = line.slice(8).replace(/(?:\\[0-7]{3})+/g, (seq) =>
+        Buffer.from(
+          seq
+            .split('\\')
+            .slice(1)
+            .map((o) => parseInt(o, 8)),
+        ).toString('utf8'),
+      );
       current = decoded === rootfs ? '/' : decoded.slice(rootfs.length);
       continue;
     }

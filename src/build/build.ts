@@ -166,7 +166,20 @@ export async function build(opts: BuildOptions, svc: BuildServices): Promise<Bui
       tmpDir: join(tmp, 'export'),
     };
     if (opts.sourceDateEpoch !== undefined) exportOpts.sourceDateEpoch = opts.sourceDateEpoch;
-    const exported = await exportImage(image, exportOpts);
+    const id = engine.vertices + 1;
+    const what = exportOpts.outputs.some((o) => o.push) ? 'exporting to image and pushing' : 'exporting to image';
+    svc.progress.start(id, what);
+    let exported: ExportResult;
+    try {
+      exported = await exportImage(image, exportOpts);
+    } catch (e) {
+      svc.progress.error(id, e instanceof Error ? e.message : String(e));
+      throw e;
+    }
+    const line = (s: string): void => svc.progress.log(id, 'stdout', Buffer.from(s + '\n'));
+    line(`writing image ${exported.configDigest} done`);
+    for (const n of exported.names) line(`${exported.pushed.includes(n) ? 'pushing' : 'naming to'} ${n} done`);
+    svc.progress.done(id);
     if (opts.iidfile) await writeIidFile(opts.iidfile, exported);
     if (opts.metadataFile) await writeMetadataFile(opts.metadataFile, exported);
     if (svc.afterExport) await svc.afterExport(engine, exported);

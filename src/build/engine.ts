@@ -120,6 +120,8 @@ export interface EngineResult {
   base?: { name: string; digest: string };
   /** Digest of the final state (cache lineage). */
   stateDigest: string;
+  /** Progress vertices used (the next free id is `vertices + 1`). */
+  vertices: number;
 }
 
 interface StageState {
@@ -358,6 +360,7 @@ class Engine {
       rawConfig: serializeConfig(img),
       layers: st.layers,
       stateDigest: st.state,
+      vertices: this.vertex,
     };
     if (st.base) result.base = st.base;
     return result;

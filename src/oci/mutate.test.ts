@@ -144,3 +144,13 @@ test('imageFromRaw keeps manifest bytes and checks the config digest', async () 
     (e) => isKilnError(e, 'MANIFEST_INVALID'),
   );
 });
+
+test('appendLayers describes added layers in the base manifest family', async () => {
+  const docker = appendLayers(emptyImage(undefined, 'docker'), [{ layer: layerA }]);
+  const m = await docker.manifest();
+  assert.equal(m.mediaType, MediaType.DockerManifest);
+  assert.equal(m.layers[0]!.mediaType, MediaType.DockerLayerGzip);
+  assert.equal(m.layers[0]!.digest, await layerA.digest());
+  const oci = appendLayers(emptyImage(), [{ layer: (await docker.layers())[0]! }]);
+  assert.equal((await oci.manifest()).layers[0]!.mediaType, MediaType.OCILayerGzip);
+});

@@ -44,13 +44,23 @@ function derive(base: Image, o: Overrides): Image {
   });
 }
 
+const toDocker: Record<string, string> = {
+  [MediaType.OCILayerGzip]: MediaType.DockerLayerGzip,
+  [MediaType.OCILayer]: DockerLayerTar,
+  [OCIForeignLayerGzip]: MediaType.DockerForeignLayerGzip,
+};
+const toOCI: Record<string, string> = Object.fromEntries(Object.entries(toDocker).map(([a, b]) => [b, a]));
+
 export interface Addendum {
   layer: Layer;
   /** History entry for the layer (default `{}`); `empty_layer` is forced off. */
   history?: History;
 }
 
-/** Append layers (with their history entries and diff_ids) to an image. */
+/**
+ * Append layers (with their history entries and diff_ids) to an image. Added layers take the media type family
+ * of the base manifest (an OCI gzip layer appended to a Docker image is described as a Docker gzip layer).
+ */
 export function appendLayers(base: Image, adds: Addendum[]): Image {
   const rawConfig = memo(async () => {
     const cfg = structuredClone(await base.config());
@@ -66,7 +76,16 @@ export function appendLayers(base: Image, adds: Addendum[]): Image {
   });
   return derive(base, {
     rawConfig,
-    layers: async () => [...(await base.layers()), ...adds.map((a) => a.layer)],
+    layers: async () => {
+      const map = (await base.mediaType()) === MediaType.DockerManifest ? toDocker : toOCI;
+      const added = await Promise.all(
+        adds.map(async ({ layer }) => {
+          const to = map[await layer.mediaType()];
+          return to ? withLayerMediaType(layer, to) : layer;
+        }),
+      );
+      return [...(await base.layers()), ...added];
+    },
   });
 }
 
@@ -86,13 +105,6 @@ export function withConfig(image: Image, fn: (cfg: ImageConfig) => ImageConfig |
   });
   return derive(image, { rawConfig });
 }
-
-const toDocker: Record<string, string> = {
-  [MediaType.OCILayerGzip]: MediaType.DockerLayerGzip,
-  [MediaType.OCILayer]: DockerLayerTar,
-  [OCIForeignLayerGzip]: MediaType.DockerForeignLayerGzip,
-};
-const toOCI: Record<string, string> = Object.fromEntries(Object.entries(toDocker).map(([a, b]) => [b, a]));
 
 /**
  * Convert to OCI or Docker schema 2 media types (manifest, config and layers). Layer bytes and the raw config are

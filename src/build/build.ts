@@ -166,6 +166,7 @@ export async function build(opts: BuildOptions, svc: BuildServices): Promise<Bui
       tmpDir: join(tmp, 'export'),
     };
     if (opts.sourceDateEpoch !== undefined) exportOpts.sourceDateEpoch = opts.sourceDateEpoch;
+    if (svc.signal) exportOpts.signal = svc.signal;
     const id = engine.vertices + 1;
     const what = exportOpts.outputs.some((o) => o.push) ? 'exporting to image and pushing' : 'exporting to image';
     svc.progress.start(id, what);

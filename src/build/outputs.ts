@@ -63,6 +63,8 @@ export interface ExportOptions {
   /** Scratch space for tar outputs. */
   tmpDir: string;
   sourceDateEpoch?: number;
+  /** Interrupts stop the export before the next output / push (nothing half-named). */
+  signal?: AbortSignal;
 }
 
 function boolAttr(v: string | undefined, def: boolean): boolean {
@@ -121,7 +123,11 @@ export async function exportImage(image: Image, opts: ExportOptions): Promise<Ex
     if (!result) result = { digest: await img.digest(), mediaType: await img.mediaType(), size: await img.size() };
   };
   const outputs = opts.outputs;
+  const check = (): void => {
+    if (opts.signal?.aborted) throw new KilnError('INTERRUPTED', 'build interrupted');
+  };
   for (const o of outputs) {
+    check();
     const oNames = o.names.length > 0 ? o.names : opts.tags;
     switch (o.type) {
       case 'registry':
@@ -135,6 +141,7 @@ export async function exportImage(image: Image, opts: ExportOptions): Promise<Ex
             });
           }
           for (const n of oNames) {
+            check();
             const ref = parseReferenceWithDefaultTag(n);
             await push(img, ref, opts.registry);
             names.push(ref.toString());

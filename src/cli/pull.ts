@@ -67,9 +67,10 @@ export function register(program: Command): void {
       if (dest.kind === 'oci' && dest.name === undefined && tagged) dest = { ...dest, name: tagged.tag! };
       if (dest.kind === 'docker-archive' && dest.tag === undefined && tagged)
         dest = { ...dest, tag: tagged.toString() };
+      const getOpts = opts.progress ? { ...opts, pullProgress: opts.progress } : opts;
       const x = flags.allPlatforms
-        ? await getRemote(ref, opts)
-        : await getRemoteImage(ref, { ...opts, platform: platformFrom(flags) ?? hostPlatform() });
+        ? await getRemote(ref, getOpts)
+        : await getRemoteImage(ref, { ...getOpts, platform: platformFrom(flags) ?? hostPlatform() });
       const r = await writeLocation(dest, x, opts);
       opts.progress?.close();
       process.stdout.write(`${ref.name()}@${r.digest}\n`);

@@ -4,7 +4,7 @@
  * and blobs stream through a digest verifier. Layers remember where they came from (`origin`) so a push to the same
  * registry can mount them instead of copying bytes.
  */
-import type { Readable } from 'node:stream';
+import { Transform, type Readable } from 'node:stream';
 import { KilnError } from '../errors.js';
 import { verifyingStream } from '../oci/digest.js';
 import { decompress } from '../oci/compress.js';
@@ -12,6 +12,7 @@ import { isImageManifest, isIndex, layerCompression, MediaType } from '../oci/me
 import { hostPlatform, formatPlatform, selectManifest } from '../oci/platform.js';
 import type { Descriptor, Image, ImageConfig, ImageIndex, Index, Layer, Manifest, Platform } from '../oci/types.js';
 import { memo } from '../util/memo.js';
+import { shortDigest, type Progress } from '../progress.js';
 import { RepositoryClient, type FetchedManifest } from './client.js';
 import { parseReference, type Reference } from './reference.js';
 import type { RegistryOptions } from './transport.js';
@@ -44,7 +45,36 @@ function parseJson<T>(raw: Buffer, where: string): T {
   }
 }
 
-function remoteLayer(client: RepositoryClient, desc: Descriptor, diffID: string | undefined): RemoteLayer {
+/** Report a blob stream's bytes to a progress reporter (start on open, done at its end, error on failure). */
+function reported(s: Readable, p: Progress | undefined, digest: string, size: number): Readable {
+  if (!p || p.mode === 'quiet') return s;
+  const id = digest;
+  p.start(id, `blob ${shortDigest(digest)}`, size);
+  let n = 0;
+  const t = new Transform({
+    transform(chunk: Buffer, _e, cb) {
+      n += chunk.length;
+      p.update(id, n, size);
+      cb(null, chunk);
+    },
+    flush(cb) {
+      p.done(id, 'pulled');
+      cb();
+    },
+  });
+  s.on('error', (e) => {
+    p.error(id, e.message);
+    t.destroy(e);
+  });
+  return s.pipe(t);
+}
+
+function remoteLayer(
+  client: RepositoryClient,
+  desc: Descriptor,
+  diffID: string | undefined,
+  progress?: Progress,
+): RemoteLayer {
   const comp = layerCompression(desc.mediaType);
   const what = `${client.label}: layer ${desc.digest}`;
   return {
@@ -57,7 +87,7 @@ function remoteLayer(client: RepositoryClient, desc: Descriptor, diffID: string 
       if (comp === 'none') return desc.digest;
       throw new KilnError('MANIFEST_INVALID', `${what}: no diff_id in the image config`);
     },
-    compressed: () => client.blob(desc.digest, desc.size),
+    compressed: async () => reported(await client.blob(desc.digest, desc.size), progress, desc.digest, desc.size),
     uncompressed: async () => {
       const s = decompress(await client.blob(desc.digest, desc.size), comp, what);
       if (comp === 'none' || !diffID) return s;
@@ -70,7 +100,11 @@ function remoteLayer(client: RepositoryClient, desc: Descriptor, diffID: string 
 }
 
 /** An image manifest in a registry. */
-export function remoteImage(client: RepositoryClient, fetched: () => Promise<FetchedManifest>): Image & RemoteOrigin {
+export function remoteImage(
+  client: RepositoryClient,
+  fetched: () => Promise<FetchedManifest>,
+  progress?: Progress,
+): Image & RemoteOrigin {
   const f = memo(fetched);
   const manifest = memo(async () => {
     const { raw, digest } = await f();
@@ -100,7 +134,7 @@ export function remoteImage(client: RepositoryClient, fetched: () => Promise<Fet
         `${client.label}: ${m.layers.length} layers but the config lists ${diffIDs.length} diff_ids`,
       );
     }
-    return m.layers.map((d, i) => remoteLayer(client, d, diffIDs[i]));
+    return m.layers.map((d, i) => remoteLayer(client, d, diffIDs[i], progress));
   });
   return {
     origin: { registry: client.registry, repository: client.repository },
@@ -123,6 +157,7 @@ export function remoteImage(client: RepositoryClient, fetched: () => Promise<Fet
 export function remoteIndex(
   client: RepositoryClient,
   fetched: () => Promise<FetchedManifest>,
+  progress?: Progress,
 ): ImageIndex & RemoteOrigin {
   const f = memo(fetched);
   const indexManifest = memo(async () => {
@@ -148,12 +183,12 @@ export function remoteIndex(
     image: async (digest) => {
       const d = await child(digest);
       if (isIndex(d.mediaType)) throw new KilnError('NOT_AN_IMAGE', `${client.label}: ${digest} is an index`);
-      return remoteImage(client, () => client.getManifest(digest, d.mediaType || undefined));
+      return remoteImage(client, () => client.getManifest(digest, d.mediaType || undefined), progress);
     },
     imageIndex: async (digest) => {
       const d = await child(digest);
       if (isImageManifest(d.mediaType)) throw new KilnError('NOT_AN_INDEX', `${client.label}: ${digest} is an image`);
-      return remoteIndex(client, () => client.getManifest(digest));
+      return remoteIndex(client, () => client.getManifest(digest), progress);
     },
   };
 }
@@ -161,6 +196,8 @@ export function remoteIndex(
 export interface GetOptions extends RegistryOptions {
   /** Label for errors; default `pull REF`. */
   label?: string;
+  /** Reports layer downloads (when their streams are read). */
+  pullProgress?: Progress;
 }
 
 /** Fetch the manifest `ref` names and wrap it as an Image or an ImageIndex. */
@@ -171,8 +208,8 @@ export async function getRemote(
   const r = typeof ref === 'string' ? parseReference(ref) : ref;
   const client = new RepositoryClient(r, opts, opts.label ?? `pull ${r.toString()}`);
   const fetched = await client.getManifest(r.identifier());
-  if (isIndex(fetched.mediaType)) return remoteIndex(client, async () => fetched);
-  if (isImageManifest(fetched.mediaType)) return remoteImage(client, async () => fetched);
+  if (isIndex(fetched.mediaType)) return remoteIndex(client, async () => fetched, opts.pullProgress);
+  if (isImageManifest(fetched.mediaType)) return remoteImage(client, async () => fetched, opts.pullProgress);
   throw new KilnError('UNSUPPORTED_MEDIA_TYPE', `${client.label}: unsupported manifest type ${fetched.mediaType}`, {
     hint: 'kiln handles OCI and Docker schema 2 images and indexes',
   });

@@ -48,6 +48,17 @@ test('kiln pull/push/copy/inspect through the local store and two registries', a
     const pulled = await kiln(['pull', `${a.host}/app:v1`, '--progress', 'json'], env);
     assert.equal(pulled.code, 0, pulled.stderr);
     assert.equal(pulled.stdout.trim(), `${a.host}/app@${digest}`);
+    const events = pulled.stderr
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { type: string; id?: string; name?: string });
+    const layerDigests = await Promise.all((await img.layers()).map((l) => l.digest()));
+    for (const d of layerDigests) {
+      assert.ok(
+        events.some((e) => e.type === 'done' && e.id === d && e.name?.startsWith('blob sha256:')),
+        d,
+      );
+    }
     const store = await LocalStore.open(env.KILN_HOME);
     const listed = await store.list();
     assert.deepEqual(

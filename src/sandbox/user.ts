@@ -1,14 +1,14 @@
 /**
- * USER resolution for RUN exactly as BuildKit does it (executor/oci/user.go GetUser → moby/sys/user
- * GetExecUser, then containerd's ensureAdditionalGids):
- * - empty → "0" (and any lookup failure then falls back to 0:0);
- * - "uid:gid" with both numeric (or "root") is taken as is, without reading /etc files;
- * - otherwise the user is looked up in the root's /etc/passwd (a numeric user is always matched as a UID; a
- *   numeric user without an entry is allowed, a name without one is an error), and the group in /etc/group
- *   (numeric → GID; a numeric group without entry is allowed). Supplementary groups are the groups that list the
- *   user by name — only when no group was given explicitly;
- * - the process's additional gids are the primary gid followed by the supplementary ones (the primary gid is not
- *   repeated when a listed group already has it).
+ * USER resolution for RUN as BuildKit does it — verified against the project's reference builder (Debian's
+ * docker.io 20.10, BuildKit v0.8; see test/integration/sandbox-buildkit.test.ts and differential case 17):
+ * - empty (no USER) → 0:0 without supplementary groups;
+ * - "uid:gid" with both numeric (or "root") is taken as is, without reading /etc files, no supplementary groups;
+ * - otherwise the user is looked up in the root's /etc/passwd (moby/sys/user GetExecUser: a numeric user is
+ *   always matched as a UID; a numeric user without an entry is allowed, a name without one is an error), and
+ *   the group in /etc/group (numeric → GID; a numeric group without entry is allowed). Supplementary groups are
+ *   the groups that list the user by name — only when no group was given explicitly;
+ * - the process's groups are exactly those supplementary groups: the primary gid is NOT added (newer
+ *   containerd/BuildKit prepend it; the reference builder does not).
  * HOME is the passwd home of the user (runc sets it when the env has none), "/" when there is no entry.
  */
 import { open } from 'node:fs/promises';
@@ -18,7 +18,7 @@ import { KilnError } from '../errors.js';
 export interface ExecUser {
   uid: number;
   gid: number;
-  /** setgroups() list: primary gid first, then the supplementary groups. */
+  /** setgroups() list: the supplementary groups from /etc/group (the primary gid is not added). */
   additionalGids: number[];
   home: string;
 }
@@ -99,25 +99,19 @@ function parseGroup(text: string): GroupLine[] {
 
 /** Resolve `spec` (`name|uid[:group|gid]`, empty = root) against `root`'s /etc/passwd and /etc/group. */
 export async function resolveExecUser(root: string, spec: string): Promise<ExecUser> {
-  const isDefault = spec === '';
-  const userSpec = isDefault ? '0' : spec;
   const passwdText = await readUserFile(root, '/etc/passwd');
   const homeOf = (uid: number) => (passwdText ? parsePasswd(passwdText).find((u) => u.uid === uid)?.home : undefined);
+  if (spec === '') return { uid: 0, gid: 0, additionalGids: [], home: homeOf(0) || '/' };
   // Fast path: both ids numeric.
-  const colon = userSpec.indexOf(':');
+  const colon = spec.indexOf(':');
   if (colon >= 0) {
-    const uid = parseId(userSpec.slice(0, colon));
-    const gid = parseId(userSpec.slice(colon + 1));
+    const uid = parseId(spec.slice(0, colon));
+    const gid = parseId(spec.slice(colon + 1));
     if (uid !== undefined && gid !== undefined) {
-      return { uid, gid, additionalGids: [gid], home: homeOf(uid) || '/' };
+      return { uid, gid, additionalGids: [], home: homeOf(uid) || '/' };
     }
   }
-  try {
-    return await lookup(root, userSpec, passwdText);
-  } catch (e) {
-    if (isDefault) return { uid: 0, gid: 0, additionalGids: [0], home: homeOf(0) || '/' };
-    throw e;
-  }
+  return lookup(root, spec, passwdText);
 }
 
 async function lookup(root: string, userSpec: string, passwdText: string | undefined): Promise<ExecUser> {
@@ -159,6 +153,5 @@ async function lookup(root: string, userSpec: string, passwdText: string | undef
       sgids = found.map((e) => e.gid);
     }
   }
-  const additionalGids = sgids.includes(gid) ? sgids : [gid, ...sgids];
-  return { uid, gid, additionalGids, home };
+  return { uid, gid, additionalGids: sgids, home };
 }

@@ -4,9 +4,8 @@
  * and the sections that BuildKit defines must be identical: pid, environment, /etc/hosts, hostname,
  * resolv.conf, /dev, the capability sets, umask, cwd, open fds, uid/gid and HOME for USER.
  *
- * Known, intended differences are not compared: supplementary groups (BuildKit v0.8 sets none; current BuildKit
- * and kiln set the /etc/group ones), /etc/hostname (kiln provides it), seccomp and cgroup mounts (kiln has
- * neither), masked-path details.
+ * Known, intended differences are not compared: /etc/hostname (kiln provides it), seccomp and cgroup mounts
+ * (kiln has neither), masked-path details.
  */
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -33,6 +32,8 @@ echo "== umask"; umask
 echo "== cwd"; pwd
 echo "== fds"; ls /proc/self/fd | wc -l
 echo "== ids"; id -u; id -g; echo "$HOME"
+echo "== id"; id
+echo "== groups"; grep '^Groups' /proc/self/status
 `;
 
 function sections(report: string): Map<string, string> {
@@ -59,7 +60,7 @@ describe('RUN environment matches BuildKit', () => {
     if (dir) await rm(dir, { recursive: true, force: true });
   });
 
-  test('same report from BuildKit and from the kiln sandbox (root and USER 1000:2000)', async () => {
+  test('same report from BuildKit and from the kiln sandbox (no USER, USER 1000:2000, USER u1)', async () => {
     const rootfs = join(dir, 'rootfs');
     await writeBusyboxRootfs(rootfs, { 'report.sh': REPORT });
     await mkdir(join(rootfs, 'work'));
@@ -79,11 +80,14 @@ describe('RUN environment matches BuildKit', () => {
         'RUN /bin/sh /report.sh > /report-root 2>&1',
         'USER 1000:2000',
         'RUN /bin/sh /report.sh > /tmp/report-user 2>&1',
+        'USER u1',
+        'RUN /bin/sh /report.sh > /tmp/report-u1 2>&1',
       ].join('\n') + '\n',
     );
     await dockerd.build({ context: ctx, tag: 'kiln-sbx/report:1', noCache: true });
     const bkRoot = await dockerd.runImage('kiln-sbx/report:1', ['cat', '/report-root'], { user: '0' });
     const bkUser = await dockerd.runImage('kiln-sbx/report:1', ['cat', '/tmp/report-user'], { user: '0' });
+    const bkU1 = await dockerd.runImage('kiln-sbx/report:1', ['cat', '/tmp/report-u1'], { user: '0' });
 
     const home = join(dir, 'home');
     const snap = await new OverlaySnapshotter({ kilnHome: home }).prepare([rootfs]);
@@ -105,6 +109,7 @@ describe('RUN environment matches BuildKit', () => {
     try {
       const kRoot = await runReport('');
       const kUser = await runReport('1000:2000');
+      const kU1 = await runReport('u1');
       const names = [
         'pid',
         'env',
@@ -119,10 +124,13 @@ describe('RUN environment matches BuildKit', () => {
         'cwd',
         'fds',
         'ids',
+        'id',
+        'groups',
       ];
       for (const [label, bk, kiln] of [
         ['root', bkRoot, kRoot],
         ['user', bkUser, kUser],
+        ['u1', bkU1, kU1],
       ] as const) {
         const b = sections(bk);
         const k = sections(kiln);

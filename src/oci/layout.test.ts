@@ -147,3 +147,22 @@ test('containerd/BuildKit-style names are found by their familiar form', () =>
       (e) => isKilnError(e, 'IMAGE_NOT_FOUND'),
     );
   }));
+
+test('concurrent writers adding refs to one layout all land', () =>
+  withDir(async (dir) => {
+    const l = join(dir, 'l');
+    await writeLayout(l, [{ image: good, name: 'base' }]);
+    await Promise.all(
+      Array.from({ length: 5 }, (_, i) =>
+        writeLayout(l, [
+          {
+            image: appendLayers(emptyImage(), [{ layer: layerFromBytes(gzipSync(Buffer.from(`w${i}`))) }]),
+            name: `w${i}`,
+          },
+        ]),
+      ),
+    );
+    const names = (await readLayout(l)).list().map((e) => e.name);
+    assert.deepEqual(names.sort(), ['base', 'w0', 'w1', 'w2', 'w3', 'w4']);
+    assert.ok(!(await readdir(l)).includes('index.json.lock'));
+  }));

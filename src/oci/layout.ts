@@ -26,6 +26,7 @@ import {
 import { MediaType, isImageManifest, isIndex } from './mediatypes.js';
 import { formatPlatform, platformMatches } from './platform.js';
 import { TarBlobs, TarIndex, TarWriter } from './tarfile.js';
+import { withFileLock } from './lock.js';
 import type { Descriptor, Image, ImageIndex, Index, Platform } from './types.js';
 
 export const REF_NAME = 'org.opencontainers.image.ref.name';
@@ -367,10 +368,17 @@ async function writeLayoutDir(dest: string, entries: LayoutWriteEntry[]): Promis
   if (st && !st.isDirectory()) throw new KilnError('LAYOUT_INVALID', `${dest}: exists and is not a directory`);
   if (st && (await isLayoutDir(dest))) {
     // Existing layout: add blobs (each atomically), then swap index.json.
-    const existing = await readLayout(dest);
+    await readLayout(dest);
     const added = await entryDescriptors(entries, dirSink(new BlobDir(join(dest, 'blobs'))));
-    const ix = mergeIndex(existing.indexJSON.manifests, added);
-    await writeFileAtomic(join(dest, 'index.json'), JSON.stringify(ix));
+    // Re-read index.json under a lock, so two writers adding refs at once both land.
+    await withFileLock(
+      join(dest, 'index.json.lock'),
+      async () => {
+        const current = await readLayout(dest);
+        await writeFileAtomic(join(dest, 'index.json'), JSON.stringify(mergeIndex(current.indexJSON.manifests, added)));
+      },
+      dest,
+    );
     return added;
   }
   if (st && (await readdir(dest)).length > 0) {

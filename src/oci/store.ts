@@ -14,14 +14,14 @@
  * written since that lease began. That protects work in flight in other processes (a build's freshly committed
  * layers, a pull not yet tagged), which the store cannot see in index.json.
  */
-import { mkdir, open, readdir, readFile, stat, unlink } from 'node:fs/promises';
+import { mkdir, readdir, readFile, stat, unlink } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { KilnError } from '../errors.js';
 import { parseReference, parseReferenceWithDefaultTag } from '../registry/reference.js';
 import { BlobDir, parseJSON, readBlob } from './blobs.js';
 import { imageFromBlobs, indexFromBlobs } from './image.js';
+import { pidAlive, withFileLock } from './lock.js';
 import { REF_NAME, copyBlobs, dirSink, imageFromDescriptor, writeFileAtomic } from './layout.js';
 import { MediaType, isImageManifest, isIndex } from './mediatypes.js';
 import type { Descriptor, Image, ImageConfig, ImageIndex, Index, Manifest, Platform } from './types.js';
@@ -60,7 +60,6 @@ export interface StoreEntry {
   created?: string;
 }
 
-const LOCK_TIMEOUT_MS = 120_000;
 /** Unreferenced blobs younger than this (by mtime) survive garbage collection. */
 export const GC_GRACE_MS = 15 * 60 * 1000;
 
@@ -73,47 +72,6 @@ export interface GcOptions {
 export interface Lease {
   release(): Promise<void>;
 }
-const inProcess = new Map<string, Promise<unknown>>();
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
-async function acquire(lock: string): Promise<void> {
-  const deadline = Date.now() + LOCK_TIMEOUT_MS;
-  for (;;) {
-    try {
-      const fh = await open(lock, 'wx', 0o644);
-      try {
-        await fh.writeFile(`${process.pid}\n`);
-      } finally {
-        await fh.close();
-      }
-      return;
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-    }
-    const pid = parseInt(await readFile(lock, 'utf8').catch(() => ''), 10);
-    const st = await stat(lock).catch(() => undefined);
-    const stale = pid > 0 ? pid !== process.pid && !alive(pid) : st !== undefined && Date.now() - st.mtimeMs > 10_000;
-    if (stale) {
-      await unlink(lock).catch(() => undefined);
-      continue;
-    }
-    if (Date.now() > deadline) {
-      throw new KilnError('STORE_LOCKED', `${lock}: the image store is locked by process ${pid || '?'}`, {
-        hint: 'another kiln is writing to the store; if none is running, remove the lock file',
-      });
-    }
-    await sleep(20 + Math.floor(Math.random() * 30));
-  }
-}
-
 /** The local image store (see the file comment). */
 export class LocalStore {
   readonly home: string;
@@ -149,24 +107,7 @@ export class LocalStore {
 
   /** Run `fn` holding the store lock (serialised within this process too). */
   async locked<T>(fn: () => Promise<T>): Promise<T> {
-    const lock = join(this.root, 'index.lock');
-    const prev = inProcess.get(lock) ?? Promise.resolve();
-    const run = prev
-      .catch(() => undefined)
-      .then(async () => {
-        await acquire(lock);
-        try {
-          return await fn();
-        } finally {
-          await unlink(lock).catch(() => undefined);
-        }
-      });
-    inProcess.set(lock, run);
-    try {
-      return await run;
-    } finally {
-      if (inProcess.get(lock) === run) inProcess.delete(lock);
-    }
+    return withFileLock(join(this.root, 'index.lock'), fn, 'the image store');
   }
 
   /** The current index.json. */
@@ -309,7 +250,7 @@ export class LocalStore {
         .then((s) => JSON.parse(s) as { pid?: number; created?: number })
         .catch(() => undefined);
       if (!l || typeof l.pid !== 'number' || typeof l.created !== 'number') continue;
-      if (l.pid !== process.pid && !alive(l.pid)) {
+      if (l.pid !== process.pid && !pidAlive(l.pid)) {
         await unlink(p).catch(() => undefined);
         continue;
       }

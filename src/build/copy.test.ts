@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import { newMatcher } from '../dockerfile/dockerignore.js';
-import { encodeHeader, padding, trailer } from '../layer/tarformat.js';
+import { encodeHeader, padding, trailer, type TarHeader } from '../layer/tarformat.js';
 import { LocalFileCopier, destPath, goMatchRegExp, parseChmod } from './copy.js';
 import type { CopyRequest, CopySource } from './ports.js';
 import { scratch } from '../../test/layer/scratch.js';
@@ -430,6 +430,50 @@ describe('ADD', () => {
     // COPY never unpacks
     await cp.apply(req({ sources: ['app.tar.gz'], dest: '/o3/' }), ctxSrc(c), root);
     assert.ok(existsSync(join(root, 'o3/app.tar.gz')));
+  });
+
+  test('archives extract through absolute symlinks inside the root (moby/moby#53258)', async () => {
+    const c = fresh('ctx');
+    const e = (over: Partial<TarHeader> & { name: string }): Buffer =>
+      encodeHeader({
+        type: 'dir',
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        size: 0,
+        mtime: 1,
+        linkname: '',
+        devmajor: 0,
+        devminor: 0,
+        ...over,
+      });
+    writeFileSync(
+      join(c, 'rootfs.tar'),
+      Buffer.concat([
+        e({ name: 'run/' }),
+        e({ name: 'var/' }),
+        e({ name: 'var/run', type: 'symlink', linkname: '/run' }),
+        trailer(),
+      ]),
+    );
+    const head = Buffer.from('ref: refs/heads/main\n');
+    writeFileSync(
+      join(c, 'payload.tar'),
+      Buffer.concat([
+        e({ name: 'var/run/act/' }),
+        e({ name: 'var/run/act/.git/' }),
+        e({ name: 'var/run/act/.git/HEAD', type: 'file', mode: 0o644, size: head.length }),
+        head,
+        padding(head.length),
+        trailer(),
+      ]),
+    );
+    const root = fresh('root');
+    const cp = new LocalFileCopier();
+    await cp.apply(req({ kind: 'ADD', sources: ['rootfs.tar'], dest: '/' }), ctxSrc(c), root);
+    await cp.apply(req({ kind: 'ADD', sources: ['payload.tar'], dest: '/' }), ctxSrc(c), root);
+    assert.equal(readFileSync(join(root, 'run/act/.git/HEAD'), 'utf8'), head.toString());
+    assert.equal(lstatSync(join(root, 'var/run')).isSymbolicLink(), true);
   });
 
   test('URLs: name from the path, 0600, Last-Modified, checksum verified', async () => {

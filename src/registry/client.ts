@@ -169,20 +169,57 @@ export class RepositoryClient {
     };
   }
 
-  /** A verifying stream of a blob (fails with DIGEST_MISMATCH/SIZE_MISMATCH at its end if corrupt). */
+  /**
+   * A verifying stream of a blob (fails with DIGEST_MISMATCH/SIZE_MISMATCH at its end if corrupt). A connection
+   * that breaks mid-body is resumed with a `Range: bytes=N-` request (bounded), so a long download is not lost.
+   */
   async blob(digest: string, size?: number): Promise<Readable> {
     return this.read(async (t) => {
+      const path = `/v2/${this.repository}/blobs/${digest}`;
       const res = await t.request({
         method: 'GET',
-        path: `/v2/${this.repository}/blobs/${digest}`,
+        path,
         scopes: this.pullScope(),
         expect: [200],
         ctx: this.ctx('blob'),
       });
-      const v = verifyingStream(digest, `${this.label}: blob ${digest}`, size);
-      const body = res.body;
-      body.on('error', (e) => v.destroy(e));
-      return body.pipe(v);
+      const what = `${this.label}: blob ${digest}`;
+      const v = verifyingStream(digest, what, size);
+      const resumeFrom = async (received: number): Promise<AsyncIterable<Buffer>> => {
+        const r = await t.request({
+          method: 'GET',
+          path,
+          headers: { range: `bytes=${received}-` },
+          scopes: this.pullScope(),
+          expect: [206, 200],
+          ctx: this.ctx('blob'),
+        });
+        if (r.status === 206) return r.body as AsyncIterable<Buffer>;
+        // The registry ignored the range: skip what we already have.
+        return skipBytes(r.body as AsyncIterable<Buffer>, received);
+      };
+      async function* withResume(): AsyncGenerator<Buffer> {
+        let body: AsyncIterable<Buffer> = res.body as AsyncIterable<Buffer>;
+        let received = 0;
+        for (let resumes = 0; ;) {
+          try {
+            for await (const c of body) {
+              received += c.length;
+              yield c;
+            }
+            return;
+          } catch (e) {
+            if (!isBroken(e) || resumes >= 5 || (size !== undefined && received >= size)) throw e;
+            resumes++;
+            debugLog(`resuming download of ${digest} at byte ${received}`);
+            body = await resumeFrom(received);
+          }
+        }
+      }
+      const src = Readable.from(withResume(), { objectMode: false });
+      src.on('error', (e) => v.destroy(e));
+      v.on('close', () => src.destroy());
+      return src.pipe(v);
     });
   }
 
@@ -565,6 +602,18 @@ class BlobCursor {
     this.src?.destroy();
     this.src = undefined;
     this.it = undefined;
+  }
+}
+
+async function* skipBytes(body: AsyncIterable<Buffer>, n: number): AsyncGenerator<Buffer> {
+  let left = n;
+  for await (const c of body) {
+    if (left >= c.length) {
+      left -= c.length;
+      continue;
+    }
+    yield left > 0 ? c.subarray(left) : c;
+    left = 0;
   }
 }
 

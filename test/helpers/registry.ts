@@ -240,12 +240,17 @@ export interface TcpProxyOptions {
   cutPatch?: number;
   /** …after forwarding its headers and this many body bytes (0 = headers only). */
   bodyBytes?: number;
+  /** Cut the first response to a GET whose request line contains this string… */
+  cutGetResponse?: string;
+  /** …after this many response bytes (headers included). */
+  responseBytes?: number;
 }
 
 /** A TCP proxy to `target` that can cut a connection in the middle of a PATCH upload. */
 export async function startTcpProxy(target: string, o: TcpProxyOptions = {}): Promise<TestProxy> {
   const [thost, tport] = [target.slice(0, target.lastIndexOf(':')), Number(target.slice(target.lastIndexOf(':') + 1))];
   let patches = 0;
+  let getCut = false;
   const sockets = new Set<Socket>();
   const proxy: TestProxy = { host: '', requests: [], cuts: 0, stop: async () => undefined };
   const server = createServer((client) => {
@@ -256,7 +261,24 @@ export async function startTcpProxy(target: string, o: TcpProxyOptions = {}): Pr
     upstream.on('close', () => sockets.delete(upstream));
     client.on('error', () => upstream.destroy());
     upstream.on('error', () => client.destroy());
-    upstream.pipe(client);
+    let armedResponse: number | undefined;
+    upstream.on('data', (chunk: Buffer) => {
+      if (armedResponse === undefined) {
+        if (!client.write(chunk)) upstream.pause();
+        return;
+      }
+      const n = Math.min(armedResponse, chunk.length);
+      client.write(chunk.subarray(0, n));
+      armedResponse -= n;
+      if (armedResponse <= 0) {
+        armedResponse = undefined;
+        proxy.cuts++;
+        client.destroy();
+        upstream.destroy();
+      }
+    });
+    client.on('drain', () => upstream.resume());
+    upstream.on('end', () => client.end());
     let cutting: { remaining: number } | undefined;
     let pending = Buffer.alloc(0);
     client.on('data', (chunk: Buffer) => {
@@ -269,6 +291,13 @@ export async function startTcpProxy(target: string, o: TcpProxyOptions = {}): Pr
       }
       const data = Buffer.concat([pending, chunk]);
       pending = Buffer.alloc(0);
+      if (o.cutGetResponse !== undefined && !getCut) {
+        const line = data.subarray(0, Math.min(data.length, 2048)).toString('latin1');
+        if (line.startsWith('GET ') && line.split('\r\n')[0]!.includes(o.cutGetResponse)) {
+          getCut = true;
+          armedResponse = o.responseBytes ?? 0;
+        }
+      }
       const at = data.indexOf('PATCH /v2/');
       if (at < 0 || o.cutPatch === undefined) {
         upstream.write(data);

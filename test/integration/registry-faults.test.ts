@@ -269,3 +269,26 @@ for (const chunked of [false, true]) {
     }
   });
 }
+
+test('a blob download cut mid-body resumes with a Range request and still verifies', async () => {
+  const reg = await startRegistry();
+  const img = await makeBusyboxImage();
+  const layer = (await img.layers())[0]!;
+  const digest = await layer.digest();
+  const proxy = await startTcpProxy(reg.host, { cutGetResponse: `/blobs/${digest}`, responseBytes: 64 * 1024 });
+  const opts: PushOptions = { retryBaseMs: 1 };
+  try {
+    await push(img, `${reg.host}/app:v1`, opts);
+    const pulled = await getRemoteImage(`${proxy.host}/app:v1`, opts);
+    const l = await pulled.layerByDigest(digest);
+    let n = 0;
+    for await (const c of await l.compressed()) n += (c as Buffer).length;
+    assert.equal(n, await layer.size());
+    assert.equal(proxy.cuts, 1, 'the first download was cut');
+    assert.ok(await reg.waitForLog(new RegExp(`"GET /v2/app/blobs/${digest} HTTP/1.1" 206`)), 'resumed with a range');
+  } finally {
+    await closeTransports(opts);
+    await proxy.stop();
+    await reg.stop();
+  }
+});

@@ -194,35 +194,24 @@ export async function readDockerArchive(
     throw invalid(file, `${e.Layers.length} layers in manifest.json but ${diffIDs.length} diff_ids in ${cfgPath}`);
   }
   const layers: Layer[] = [];
-  {
-    for (let i = 0; i < e.Layers.length; i++) {
-      const p = posix.normalize(e.Layers[i]!);
-      const ent = tar.find(p);
-      if (!ent) throw invalid(file, `layer ${p} listed in manifest.json is missing`);
-      const c = sniffCompression(await tar.readHead(ent, 4));
-      const what = `${file}:${p}`;
-      const diffID = diffIDs[i]!;
-      if (c === 'none') {
-        layers.push(
-          layerFromOpener(async () => tar.openEntry(p), {
-            mediaType: DockerLayerTar,
-            digest: diffID,
-            size: ent.size,
-            diffID,
-            what,
-          }),
-        );
-      } else {
-        layers.push(
-          layerFromOpener(async () => tar.openEntry(p), {
-            mediaType: c === 'gzip' ? MediaType.DockerLayerGzip : MediaType.OCILayerZstd,
-            size: ent.size,
-            diffID,
-            what,
-          }),
-        );
-      }
-    }
+  for (let i = 0; i < e.Layers.length; i++) {
+    const p = posix.normalize(e.Layers[i]!);
+    const ent = tar.find(p);
+    if (!ent) throw invalid(file, `layer ${p} listed in manifest.json is missing`);
+    const c = sniffCompression(await tar.readHead(ent, 4));
+    const diffID = diffIDs[i]!;
+    // Uncompressed (the norm): the blob is the tar, so its digest is the diffID, verified while streaming.
+    // Compressed (tolerated by docker load): digest computed lazily by one pass.
+    const mediaType = c === 'none' ? DockerLayerTar : c === 'gzip' ? MediaType.DockerLayerGzip : MediaType.OCILayerZstd;
+    layers.push(
+      layerFromOpener(async () => tar.openEntry(p), {
+        mediaType,
+        ...(c === 'none' ? { digest: diffID } : {}),
+        size: ent.size,
+        diffID,
+        what: `${file}:${p}`,
+      }),
+    );
   }
   let img = imageFromParts({
     mediaType: async () => MediaType.DockerManifest,

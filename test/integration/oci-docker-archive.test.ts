@@ -138,10 +138,11 @@ describe('archives from other writers', () => {
     const paths: string[] = [];
     await w.addDir('blobs');
     await w.addDir('blobs/sha256');
-    for (const l of layers) {
-      const tar = await streamToBuffer(await l.uncompressed(), 1 << 30);
-      await w.addBytes(`blobs/sha256/${sha256(tar).slice(7)}`, tar);
-      paths.push(`blobs/sha256/${sha256(tar).slice(7)}`);
+    for (const [i, l] of layers.entries()) {
+      // The second layer is stored gzip-compressed, which docker load also accepts.
+      const blob = await streamToBuffer(await (i === 0 ? l.uncompressed() : l.compressed()), 1 << 30);
+      await w.addBytes(`blobs/sha256/${sha256(blob).slice(7)}`, blob);
+      paths.push(`blobs/sha256/${sha256(blob).slice(7)}`);
     }
     await w.addBytes(`blobs/sha256/${sha256(cfg).slice(7)}`, cfg);
     await w.addDir('legacy');
@@ -155,6 +156,10 @@ describe('archives from other writers', () => {
     await w.commit();
     const img = await readDockerArchive(file, 'new:1');
     await sameLayers(img, busybox);
+    const [l0, l1] = await img.layers();
+    assert.equal(await l0!.mediaType(), 'application/vnd.docker.image.rootfs.diff.tar');
+    assert.equal(await l1!.mediaType(), MediaType.DockerLayerGzip);
+    assert.equal(await l1!.digest(), (await busybox.manifest()).layers[1]!.digest);
   });
 });
 

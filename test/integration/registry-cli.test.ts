@@ -13,6 +13,9 @@ import { Transform } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { LocalStore } from '../../src/oci/store.js';
+import { writeLayout } from '../../src/oci/layout.js';
+import { writeDockerArchive } from '../../src/oci/docker-archive.js';
+import { copyLocation, loadLocation, parseLocation } from '../../src/registry/locations.js';
 import { push, type PushOptions } from '../../src/registry/push.js';
 import { closeTransports } from '../../src/registry/transport.js';
 import { makeBusyboxImage } from '../helpers/images.js';
@@ -145,5 +148,46 @@ test('a corrupted pull leaves nothing named in the store and no corrupt blob', a
     await proxy.stop();
     await reg.stop();
     rmSync(home, { recursive: true, force: true });
+  }
+});
+
+test('locations: push from oci-archive and docker-archive sources, copy registry → oci layout', async () => {
+  const reg = await startRegistry();
+  const dir = mkdtempSync(join(tmpdir(), 'kiln-locations-'));
+  const opts: PushOptions = {};
+  try {
+    const img = await makeBusyboxImage({ secondLayer: [{ path: 'x', content: 'y' }] });
+    await writeLayout(join(dir, 'img.tar'), [{ image: img, name: 'v1' }], { tar: true });
+    await writeDockerArchive(join(dir, 'docker.tar'), [{ image: img, tags: ['example.com/app:v1'] }]);
+
+    const fromOci = await loadLocation(parseLocation(`oci-archive:${join(dir, 'img.tar')}:v1`));
+    const r1 = await push(fromOci, `${reg.host}/from-oci:v1`, opts);
+    assert.equal(r1.digest, await img.digest(), 'an OCI archive round-trips byte for byte');
+
+    const fromDocker = await loadLocation(
+      parseLocation(`docker-archive:${join(dir, 'docker.tar')}:example.com/app:v1`),
+    );
+    const r2 = await push(fromDocker, `${reg.host}/from-docker:v1`, opts);
+    const info = JSON.parse(
+      await run('skopeo', ['inspect', '--tls-verify=false', `docker://${reg.host}/from-docker:v1`]),
+    ) as {
+      Digest: string;
+      Layers: string[];
+    };
+    assert.equal(info.Digest, r2.digest);
+    assert.equal(info.Layers.length, 2);
+
+    const out = await copyLocation(
+      parseLocation(`${reg.host}/from-oci:v1`),
+      parseLocation(`oci:${join(dir, 'layout')}:copied`),
+      opts,
+    );
+    assert.equal(out.digest, r1.digest);
+    const back = await loadLocation(parseLocation(`oci:${join(dir, 'layout')}:copied`));
+    assert.equal(await back.digest(), r1.digest);
+  } finally {
+    await closeTransports(opts);
+    rmSync(dir, { recursive: true, force: true });
+    await reg.stop();
   }
 });

@@ -180,6 +180,27 @@ describe('skopeo-written layouts are read by kiln', () => {
   });
 });
 
+describe('umoci-written layouts are read by kiln', () => {
+  test('umoci repack adds a layer kiln can read and verify', async () => {
+    const layout = join(dir, 'umoci-layout');
+    await writeLayout(layout, [{ image: busybox, name: 'bb' }]);
+    const bundle = join(dir, 'umoci-bundle');
+    await sh('umoci', ['unpack', '--rootless', '--image', `${layout}:bb`, bundle]);
+    await writeFile(join(bundle, 'rootfs', 'etc', 'added-by-umoci'), 'umoci\n');
+    await sh('umoci', ['repack', '--image', `${layout}:bb2`, bundle]);
+    await sh('umoci', ['config', '--image', `${layout}:bb2`, '--config.env', 'FOO=bar']);
+    const l = await readLayout(layout);
+    const img = await l.image('bb2');
+    const layers = await img.layers();
+    assert.equal(layers.length, 3);
+    for (const layer of layers) {
+      assert.equal((await digestStream(await layer.uncompressed())).digest, await layer.diffID());
+    }
+    assert.ok((await img.config()).config?.Env?.includes('FOO=bar'));
+    assert.deepEqual((await img.config()).rootfs.diff_ids.slice(0, 2), (await busybox.config()).rootfs.diff_ids);
+  });
+});
+
 describe('corrupt and truncated layouts', () => {
   test('missing oci-layout / index.json / blob, bad JSON', async () => {
     const base = join(dir, 'corrupt');

@@ -22,7 +22,7 @@ import {
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { pipeline } from 'node:stream/promises';
-import { open, rename, rm, stat } from 'node:fs/promises';
+import { open, rename, rm } from 'node:fs/promises';
 import { once } from 'node:events';
 import { basename, dirname, join, posix } from 'node:path';
 import { Readable } from 'node:stream';
@@ -454,9 +454,4 @@ export class TarWriter {
     await this.done.catch(() => undefined);
     await rm(this.tmp, { force: true });
   }
-}
-
-/** True when `p` is an existing regular file. */
-export async function isFile(p: string): Promise<boolean> {
-  return (await stat(p).catch(() => undefined))?.isFile() ?? false;
 }

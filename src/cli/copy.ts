@@ -1,7 +1,7 @@
 /** `kiln copy SRC DST` — registry to registry (mounting within one registry), or any location to any other. */
 import type { Command } from 'commander';
 import { copyLocation, describeLocation, parseLocation } from '../registry/locations.js';
-import { closeTransports } from '../registry/transport.js';
+import { closeTransports, withLabel } from '../registry/transport.js';
 import { addProgressOption, addRegistryOptions, registryOptionsFrom, type RegistryFlags } from './options.js';
 
 export function register(program: Command): void {
@@ -17,7 +17,7 @@ export function register(program: Command): void {
     const dst = parseLocation(dstArg);
     const opts = registryOptionsFrom(flags);
     try {
-      const r = await copyLocation(src, dst, { ...opts, label: `copy ${describeLocation(src)}` });
+      const r = await copyLocation(src, dst, withLabel(opts, `copy ${describeLocation(src)}`));
       opts.progress?.close();
       process.stdout.write(`${describeLocation(dst).replace(/[:@][^/:@]*$/, '')}@${r.digest}\n`);
     } finally {

@@ -9,7 +9,7 @@ import { imageForPlatform, isImageIndex } from '../oci/image.js';
 import { hostPlatform } from '../oci/platform.js';
 import type { Image, ImageIndex } from '../oci/types.js';
 import { describeLocation, loadLocation, parseLocation, type Location } from '../registry/locations.js';
-import { closeTransports } from '../registry/transport.js';
+import { closeTransports, withLabel } from '../registry/transport.js';
 import {
   addPlatformOption,
   addRegistryOptions,
@@ -37,7 +37,7 @@ async function load(
       if (!(e instanceof KilnError)) throw e;
     }
   }
-  return { loc, x: await loadLocation(loc, { ...opts, label: `inspect ${describeLocation(loc)}` }) };
+  return { loc, x: await loadLocation(loc, withLabel(opts, `inspect ${describeLocation(loc)}`)) };
 }
 
 export function register(program: Command): void {

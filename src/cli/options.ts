@@ -68,6 +68,8 @@ export function registryOptionsFrom(flags: RegistryFlags, extra: { keychain?: Ke
     mirrors: (flags.registryMirror ?? []).map(checkMirror),
     credentials: kc.source(),
     progress: new Progress(parseProgressMode(flags.progress)),
+    // One connection/token pool for the whole command, shared by every copy of these options.
+    pool: new Map(),
   };
   const env = process.env;
   if (env.KILN_REGISTRY_CHUNK_SIZE) o.chunkSize = Number(env.KILN_REGISTRY_CHUNK_SIZE);

@@ -5,7 +5,7 @@ import { hostPlatform } from '../oci/platform.js';
 import { getRemote, getRemoteImage } from '../registry/remote.js';
 import { parseReference } from '../registry/reference.js';
 import { writeLocation, type Location } from '../registry/locations.js';
-import { closeTransports } from '../registry/transport.js';
+import { closeTransports, withLabel } from '../registry/transport.js';
 import {
   addPlatformOption,
   addProgressOption,
@@ -67,7 +67,9 @@ export function register(program: Command): void {
       if (dest.kind === 'oci' && dest.name === undefined && tagged) dest = { ...dest, name: tagged.tag! };
       if (dest.kind === 'docker-archive' && dest.tag === undefined && tagged)
         dest = { ...dest, tag: tagged.toString() };
-      const getOpts = opts.progress ? { ...opts, pullProgress: opts.progress } : opts;
+      const getOpts = opts.progress
+        ? { ...withLabel(opts, `pull ${ref.toString()}`), pullProgress: opts.progress }
+        : opts;
       const x = flags.allPlatforms
         ? await getRemote(ref, getOpts)
         : await getRemoteImage(ref, { ...getOpts, platform: platformFrom(flags) ?? hostPlatform() });

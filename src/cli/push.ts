@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { loadLocation, parseLocation } from '../registry/locations.js';
 import { push } from '../registry/push.js';
 import { parseReference } from '../registry/reference.js';
-import { closeTransports } from '../registry/transport.js';
+import { closeTransports, withLabel } from '../registry/transport.js';
 import {
   addPlatformOption,
   addProgressOption,
@@ -33,7 +33,7 @@ export function register(program: Command): void {
         const { imageForPlatform } = await import('../oci/image.js');
         x = await imageForPlatform(x, platform);
       }
-      const r = await push(x, ref, { ...opts, label: `push ${ref.toString()}` });
+      const r = await push(x, ref, withLabel(opts, `push ${ref.toString()}`));
       opts.progress?.close();
       process.stdout.write(`${ref.name()}@${r.digest}\n`);
     } finally {

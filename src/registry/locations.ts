@@ -12,6 +12,7 @@ import type { Image, ImageIndex, Platform } from '../oci/types.js';
 import { getRemote } from './remote.js';
 import { parseReference, type Reference } from './reference.js';
 import { copy, push, type PushOptions, type PushResult } from './push.js';
+import { withLabel } from './transport.js';
 
 export type Location =
   | { kind: 'registry'; ref: Reference }
@@ -109,7 +110,7 @@ export interface LoadOptions extends PushOptions {
 export async function loadLocation(l: Location, opts: LoadOptions = {}): Promise<Image | ImageIndex> {
   switch (l.kind) {
     case 'registry':
-      return getRemote(l.ref, { ...opts, label: opts.label ?? `pull ${l.ref.toString()}` });
+      return getRemote(l.ref, withLabel(opts, opts.label ?? `pull ${l.ref.toString()}`));
     case 'oci':
     case 'oci-archive': {
       const layout = await readLayout(l.path);
@@ -130,7 +131,7 @@ export async function writeLocation(
 ): Promise<{ digest: string }> {
   switch (l.kind) {
     case 'registry':
-      return push(x, l.ref, { ...opts, label: opts.label ?? `push ${l.ref.toString()}` });
+      return push(x, l.ref, withLabel(opts, opts.label ?? `push ${l.ref.toString()}`));
     case 'oci':
     case 'oci-archive': {
       const entry = l.name === undefined ? { image: x } : { image: x, name: l.name };

@@ -11,7 +11,7 @@ import { Progress, shortDigest, silentProgress } from '../progress.js';
 import { RepositoryClient, type UploadOptions, type UploadResult } from './client.js';
 import { getRemote, isRemoteIndex, isRemoteLayer, type RemoteOrigin } from './remote.js';
 import { parseReference, type Reference } from './reference.js';
-import type { RegistryOptions } from './transport.js';
+import { withLabel, type RegistryOptions } from './transport.js';
 
 export interface PushOptions extends RegistryOptions {
   /** Blobs uploaded at once (default 3). */
@@ -212,7 +212,7 @@ export async function copy(
 ): Promise<PushResult> {
   const s = typeof src === 'string' ? parseReference(src) : src;
   const d = typeof dst === 'string' ? parseReference(dst) : dst;
-  const x = await getRemote(s, { ...opts, label: opts.label ?? `copy ${s.toString()}` });
+  const x = await getRemote(s, withLabel(opts, opts.label ?? `copy ${s.toString()}`));
   const target = d.tag ?? d.digest ?? s.tag;
   const client = new RepositoryClient(d, opts, opts.label ?? `copy to ${d.toString()}`);
   const p = new Pusher(client, opts);

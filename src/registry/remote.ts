@@ -15,7 +15,7 @@ import { memo } from '../util/memo.js';
 import { shortDigest, type Progress } from '../progress.js';
 import { RepositoryClient, type FetchedManifest } from './client.js';
 import { parseReference, type Reference } from './reference.js';
-import type { RegistryOptions } from './transport.js';
+import { withLabel, type RegistryOptions } from './transport.js';
 
 /** Where a remote blob lives. */
 export interface BlobOrigin {
@@ -226,7 +226,7 @@ export async function getRemoteImage(
 ): Promise<Image & RemoteOrigin> {
   const r = typeof ref === 'string' ? parseReference(ref) : ref;
   const label = opts.label ?? `pull ${r.toString()}`;
-  let x = await getRemote(r, { ...opts, label });
+  let x = await getRemote(r, withLabel(opts, label));
   const want = opts.platform ?? hostPlatform();
   for (let depth = 0; isRemoteIndex(x); depth++) {
     if (depth > 4) throw new KilnError('MANIFEST_INVALID', `${label}: indexes nested too deeply`);

@@ -41,6 +41,8 @@ export interface RegistryOptions {
   /** Upper bound for one backoff / Retry-After wait in ms (default 20000). */
   maxRetryDelayMs?: number;
   userAgent?: string;
+  /** Shared connections/tokens (see transportPool); created on first use. */
+  pool?: TransportPool;
 }
 
 /** What a request is for, to build one-line errors: `pull 127.0.0.1:5000/app:v1: manifest unknown (MANIFEST_UNKNOWN)`. */
@@ -552,15 +554,26 @@ function readCa(file: string): string {
   }
 }
 
-/** Transports are shared per (endpoint, options) so connections, challenges and tokens are reused. */
-const transports = new WeakMap<RegistryOptions, Map<string, Transport>>();
+/** Transports are shared per (endpoint) within one options "session" so connections, challenges and tokens are reused. */
+export type TransportPool = Map<string, Transport>;
+
+/**
+ * The transport pool of an options object, created on first use. It lives on the object itself (`pool`) so copies
+ * made with `{ ...opts, label }` share it — call this before copying, or use `withLabel`.
+ */
+export function transportPool(opts: RegistryOptions): TransportPool {
+  if (!opts.pool) opts.pool = new Map();
+  return opts.pool;
+}
+
+/** A copy of `opts` with another error label, sharing its transport pool. */
+export function withLabel<T extends RegistryOptions>(opts: T, label: string): T & { label: string } {
+  transportPool(opts);
+  return { ...opts, label };
+}
 
 export function transportFor(registry: string, endpoint: string, opts: RegistryOptions): Transport {
-  let m = transports.get(opts);
-  if (!m) {
-    m = new Map();
-    transports.set(opts, m);
-  }
+  const m = transportPool(opts);
   const key = `${registry} ${endpoint}`;
   let t = m.get(key);
   if (!t) {
@@ -570,10 +583,11 @@ export function transportFor(registry: string, endpoint: string, opts: RegistryO
   return t;
 }
 
-/** Close every transport created for these options (lets the process exit promptly). */
+/** Close every transport created for these options (and their copies); lets the process exit promptly. */
 export async function closeTransports(opts: RegistryOptions): Promise<void> {
-  const m = transports.get(opts);
+  const m = opts.pool;
   if (!m) return;
-  transports.delete(opts);
-  await Promise.all([...m.values()].map((t) => t.close()));
+  const all = [...m.values()];
+  m.clear();
+  await Promise.all(all.map((t) => t.close()));
 }

@@ -8,7 +8,8 @@
  * hashed) to write an overlay-format diff into `upper`:
  *  - new or changed entries are copied (with their parent dirs, metadata as in the root);
  *  - removed entries become 0/0 char-device whiteouts (only the topmost removed path);
- *  - a directory that was removed and re-created (new inode) where a directory was becomes opaque.
+ *  - a directory that was removed and re-created (new inode number or generation) where a directory was
+ *    becomes opaque.
  */
 import { lstat, mkdir, readdir, rm, chown, chmod, utimes, rename } from 'node:fs/promises';
 import type { BigIntStats } from 'node:fs';
@@ -29,6 +30,8 @@ export interface StatEntry {
   size: bigint;
   mtimeNs: bigint;
   ctimeNs: bigint;
+  /** Directories: the inode generation (FS_IOC_GETVERSION via lsattr -v), when the filesystem has one. */
+  gen?: string;
   rdev: bigint;
 }
 
@@ -129,13 +132,36 @@ export async function applyLayerDir(root: string, lower: string): Promise<void> 
   for (const rel of opaque) await runTool('setfattr', ['-h', '-x', OPAQUE_XATTR, rel ? join(root, rel) : root]);
 }
 
-/** The stat index of `root`. */
+/**
+ * Inode generations of directories (`lsattr -d -v`, FS_IOC_GETVERSION; ext2/3/4 and others), by relative path.
+ * A filesystem without them gives an empty map (then only inode numbers are compared).
+ */
+export async function dirGenerations(root: string, rels: string[]): Promise<Map<string, string>> {
+  const out = new Map<string, string>();
+  const CHUNK = 500;
+  for (let i = 0; i < rels.length; i += CHUNK) {
+    const args = rels.slice(i, i + CHUNK).map((r) => `./${r}`);
+    const r = await runTool('lsattr', ['-d', '-v', '--', ...args], { cwd: root });
+    for (const line of r.stdout.split('\n')) {
+      const m = /^\s*(\d+)\s+\S+\s+\.\/(.*)$/.exec(line);
+      if (m) out.set(m[2] as string, m[1] as string);
+    }
+  }
+  return out;
+}
+
+/** The stat index of `root` (with directory generations). */
 export async function statIndex(root: string): Promise<Map<string, StatEntry>> {
   const index = new Map<string, StatEntry>();
   await walk(root, (rel, st) => {
     index.set(rel, entryOf(st));
     return true;
   });
+  const dirs = [...index].filter(([, e]) => e.type === 'dir').map(([rel]) => rel);
+  for (const [rel, gen] of await dirGenerations(root, dirs)) {
+    const e = index.get(rel);
+    if (e) e.gen = gen;
+  }
   return index;
 }
 
@@ -166,6 +192,8 @@ export interface DiffPlan {
 
 /** Compare `root` with its index (stats only) and plan the overlay-format diff. */
 export async function planDiff(root: string, index: Map<string, StatEntry>): Promise<DiffPlan> {
+  const indexedDirs = [...index].filter(([, e]) => e.type === 'dir' && e.gen !== undefined).map(([rel]) => rel);
+  const gens = await dirGenerations(root, indexedDirs);
   const seen = new Set<string>();
   const dirs = new Map<string, boolean>();
   const files: string[] = [];
@@ -182,7 +210,12 @@ export async function planDiff(root: string, index: Map<string, StatEntry>): Pro
     seen.add(rel);
     const now = entryOf(st);
     const old = index.get(rel);
-    const isNew = !old || old.type !== now.type || old.ino !== now.ino;
+    // A removed and re-created entry may get the same inode number back (filesystems reuse them at once): for
+    // directories, where it matters (opaque or not), the inode generation tells them apart.
+    const gen = gens.get(rel);
+    const recreated =
+      old !== undefined && now.type === 'dir' && old.gen !== undefined && gen !== undefined && gen !== old.gen;
+    const isNew = !old || old.type !== now.type || old.ino !== now.ino || recreated;
     if (isNew && old) replaced.add(rel);
     if (now.type === 'dir') {
       const opaque = isNew && old !== undefined && old.type === 'dir';

@@ -37,7 +37,7 @@ test('copy snapshotter: overlay-format lowers in, overlay-format diff out', asyn
   try {
     const l1 = join(dir, 'l1');
     const l2 = join(dir, 'l2');
-    for (const p of ['a', 'b/deep', 'c', 'keep']) await mkdir(join(l1, p), { recursive: true });
+    for (const p of ['a', 'b/deep', 'c', 'keep', 'e1', 'e2', 'e3']) await mkdir(join(l1, p), { recursive: true });
     await writeFile(join(l1, 'a/x'), 'x');
     await writeFile(join(l1, 'a/y'), 'y');
     await writeFile(join(l1, 'b/deep/z'), 'z');
@@ -79,6 +79,11 @@ test('copy snapshotter: overlay-format lowers in, overlay-format diff out', asyn
       await writeFile(join(root, 'h1'), 'linked');
       await link(join(root, 'h1'), join(root, 'h2'));
       await chmod(join(root, 'c'), 0o700);
+      // Re-created empty dirs: the filesystem may hand out the same inode numbers again.
+      for (const e of ['e1', 'e2', 'e3']) {
+        await rm(join(root, e), { recursive: true });
+        await mkdir(join(root, e));
+      }
       await rm(join(root, 'keep/sym'));
       await symlink('/elsewhere', join(root, 'keep/sym'));
 
@@ -92,6 +97,9 @@ test('copy snapshotter: overlay-format lowers in, overlay-format diff out', asyn
         '/b/again:file',
         '/c:dir',
         '/c/file:file',
+        '/e1:dir:opaque',
+        '/e2:dir:opaque',
+        '/e3:dir:opaque',
         '/h1:file',
         '/h2:file',
         '/keep:dir',

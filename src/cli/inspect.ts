@@ -4,6 +4,9 @@
  * in the store).
  */
 import type { Command } from 'commander';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { kilnHome } from '../oci/store.js';
 import { KilnError } from '../errors.js';
 import { imageForPlatform, isImageIndex } from '../oci/image.js';
 import { hostPlatform } from '../oci/platform.js';
@@ -28,7 +31,7 @@ async function load(
   opts: ReturnType<typeof registryOptionsFrom>,
 ): Promise<{ loc: Location; x: Image | ImageIndex }> {
   const loc = parseLocation(arg);
-  if (loc.kind === 'registry' && !/^[a-z-]+:/.test(arg)) {
+  if (loc.kind === 'registry' && !/^[a-z-]+:/.test(arg) && existsSync(join(kilnHome(), 'store', 'index.json'))) {
     // A bare name may be a local store image: prefer it when the store has it.
     try {
       const storeLoc: Location = { kind: 'store', name: arg };

@@ -182,10 +182,13 @@ test('unreachable registry, missing manifest, malformed reference: one-line erro
     await closeTransports(opts);
     await reg.stop();
   }
-  // The registry is gone now: its port refuses connections.
-  const r = await kiln(['pull', `${host}/app:v1`, '--output', 'type=oci,dest=/nonexistent/never']);
+  // Port 1 (tcpmux) is privileged and unused: connections are refused (a stopped registry's port could be reused
+  // by a registry of a concurrently running test).
+  const dead = '127.0.0.1:1';
+  const r = await kiln(['pull', `${dead}/app:v1`, '--output', 'type=oci,dest=/nonexistent/never']);
   assert.equal(r.code, 1);
-  assert.equal(r.stderr.split('\n')[0], `kiln: pull ${host}/app:v1: registry ${host} is unreachable (ECONNREFUSED)`);
+  assert.equal(r.stderr.split('\n')[0], `kiln: pull ${dead}/app:v1: registry ${dead} is unreachable (ECONNREFUSED)`);
+  assert.ok(!existsSync('/nonexistent/never'));
   const bad = await kiln(['pull', '127.0.0.1:5000/App:v1']);
   assert.equal(bad.code, 1);
   assert.equal(

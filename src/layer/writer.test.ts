@@ -154,3 +154,39 @@ test('an upper dir using overlay redirects is refused, not silently mis-written'
   execFileSync('setfattr', ['-n', 'user.overlay.redirect', '-v', '/orig', join(d, 'moved')]);
   await assert.rejects(writeLayer(d, { tmpDir: tmp }), { code: 'LAYER_WRITE_FAILED', message: /overlay\.redirect/ });
 });
+
+test('with lowers: unchanged entries are left out, hidden lower content never counts as unchanged', async () => {
+  const l1 = fresh();
+  const l2 = fresh();
+  const up = fresh();
+  const put = (dir: string, rel: string, data: string): void => {
+    mkdirSync(join(dir, rel, '..'), { recursive: true });
+    writeFileSync(join(dir, rel), data);
+    utimesSync(join(dir, rel), 1500000000, 1500000000);
+  };
+  put(l1, 'a/x', 'same');
+  put(l1, 'b/y', 'same');
+  put(l1, 'c', 'same');
+  put(l1, 'd/keep', 'k');
+  put(l2, 'a/z', 'z');
+  execFileSync('setfattr', ['-n', 'user.overlay.opaque', '-v', 'y', join(l2, 'a')]);
+  execFileSync('mknod', [join(l2, 'b'), 'c', '0', '0']);
+  // upper: files identical to ones the lowers hide (a/x under an opaque dir, b/y under a whiteout) and to one they
+  // show (c); a whiteout of something no lower has; a directory with nothing recorded in it
+  put(up, 'a/x', 'same');
+  put(up, 'b/y', 'same');
+  put(up, 'c', 'same');
+  execFileSync('mknod', [join(up, 'ghost'), 'c', '0', '0']);
+  mkdirSync(join(up, 'd'));
+  for (const d of [l1, l2, up])
+    for (const x of ['a', 'b', 'd']) {
+      try {
+        utimesSync(join(d, x), 1500000000, 1500000000);
+      } catch {
+        /* not in this dir */
+      }
+    }
+  const r = await writeLayer(up, { tmpDir: tmp, compression: 'none', lowers: [l1, l2] });
+  const names = (await entries(readFileSync(r.file))).map((h) => h.name);
+  assert.deepEqual(names, ['a/', 'a/x', 'b/', 'b/y']);
+});

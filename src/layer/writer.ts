@@ -13,7 +13,16 @@
  * without an explicit format); an opaque directory gets `.wh..wh..opq` (same header) as its first child.
  */
 import { randomBytes } from 'node:crypto';
-import { closeSync, createWriteStream, lstatSync, openSync, readSync, type Stats } from 'node:fs';
+import {
+  closeSync,
+  createWriteStream,
+  lstatSync,
+  openSync,
+  readSync,
+  readlinkSync,
+  type BigIntStats,
+  type Stats,
+} from 'node:fs';
 import { lstat, open, readdir, readlink, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -36,6 +45,14 @@ export interface TarOptions {
   sourceDateEpoch?: number;
   /** Read xattrs (security.capability, overlay opaque markers) with getfattr. Default true. */
   xattrs?: boolean;
+  /**
+   * The overlay lower dirs of the step (bottom-most first, as mounted), for BuildKit's overlay differ semantics:
+   * whiteouts of paths no lower has are dropped, entries identical to what the lowers already provide (continuity's
+   * sameDirent: type/mode/owner/rdev/capability, size, mtime, and content when both mtimes are whole seconds) are
+   * not recorded — their directories only appear as parents of recorded entries — and an opaque marker is only
+   * written for a directory the lowers have. Inside such an opaque directory everything is recorded.
+   */
+  lowers?: string[];
 }
 
 export interface WriteLayerOptions extends TarOptions {
@@ -139,7 +156,15 @@ export async function* layerTar(dir: string, opts: TarOptions = {}): AsyncGenera
   const epoch = opts.sourceDateEpoch;
   const links = new Map<string, string>();
 
-  async function* walk(absDir: string, relDir: string): AsyncGenerator<Buffer> {
+  const view = overlay && opts.lowers && opts.lowers.length > 0 ? await LowerView.open(opts.lowers) : undefined;
+  /** Directory headers not recorded (unchanged) yet, outermost first: emitted when something inside is. */
+  const pending: { rel: string; header: Buffer }[] = [];
+  function* flush(): Generator<Buffer> {
+    for (const p of pending) yield p.header;
+    pending.length = 0;
+  }
+
+  async function* walk(absDir: string, relDir: string, recordAll = false): AsyncGenerator<Buffer> {
     let names: string[];
     try {
       names = await readdir(absDir);
@@ -153,11 +178,15 @@ export async function* layerTar(dir: string, opts: TarOptions = {}): AsyncGenera
       const st = lstatSync(abs);
       if (st.isSocket()) continue;
       if (overlay && isWhiteoutDevice(st)) {
+        if (view && !recordAll && !view.lookup(rel)) continue; // nothing below to hide
+        yield* flush();
         yield encodeHeader(whiteoutHeader(relDir + WHITEOUT_PREFIX + n));
         continue;
       }
       const x = xattrs.get(abs);
       if (overlay && x) checkNoRedirect(x, rel);
+      const base = view && !recordAll ? view.lookup(rel) : null;
+      const unchanged = base !== null && sameDirent(base, abs, x?.get('security.capability'));
       let mtime = Math.floor(st.mtimeMs / 1000);
       if (epoch !== undefined && mtime > epoch) mtime = epoch;
       const h: TarHeader = {
@@ -196,10 +225,21 @@ export async function* layerTar(dir: string, opts: TarOptions = {}): AsyncGenera
           h.size = 0;
         } else links.set(key, rel);
       }
+      const opaque = overlay && isOpaque(x) && (!view || recordAll || base !== null);
+      if (unchanged && !opaque) {
+        if (h.type !== 'dir') continue;
+        // An unchanged directory is recorded only as the parent of something recorded inside it.
+        pending.push({ rel, header: encodeHeader(h) });
+        const depth = pending.length;
+        yield* walk(abs, rel + '/', recordAll);
+        if (pending.length === depth) pending.pop();
+        continue;
+      }
+      yield* flush();
       yield encodeHeader(h);
       if (h.type === 'dir') {
-        if (overlay && isOpaque(x)) yield encodeHeader(whiteoutHeader(rel + '/' + WHITEOUT_OPAQUE));
-        yield* walk(abs, rel + '/');
+        if (opaque) yield encodeHeader(whiteoutHeader(rel + '/' + WHITEOUT_OPAQUE));
+        yield* walk(abs, rel + '/', recordAll || (opaque && view !== undefined));
       } else if (h.type === 'file' && h.size > 0) {
         if (h.size <= SMALL_FILE) yield smallFileBody(abs, h.size, rel);
         else yield* fileBody(abs, h.size, rel);
@@ -211,6 +251,113 @@ export async function* layerTar(dir: string, opts: TarOptions = {}): AsyncGenera
 
   yield* walk(root, '');
   yield trailer();
+}
+
+/** What a lower stack provides at a path: the host path and its stat (bigint, for nanosecond mtimes). */
+interface LowerEntry {
+  abs: string;
+  st: BigIntStats;
+  cap: Buffer | undefined;
+}
+
+/** Per lower dir (immutable once in the layer store): its opaque dirs and capabilities, read once per process. */
+const lowerMeta = new Map<string, Promise<Map<string, Map<string, Buffer>>>>();
+
+/** The merged view of overlay lower dirs (whiteouts, opaque dirs and non-directories hide what is below). */
+export class LowerView {
+  private constructor(
+    private readonly topFirst: string[],
+    private readonly meta: Map<string, Map<string, Buffer>>[],
+  ) {}
+
+  /** `lowers` bottom-most first. */
+  static async open(lowers: string[]): Promise<LowerView> {
+    const topFirst = [...lowers].reverse().map((l) => resolve(l));
+    const meta = await Promise.all(
+      topFirst.map((l) => {
+        let m = lowerMeta.get(l);
+        if (!m) {
+          m = readXattrsRecursive(l, '^((user|trusted)\\.overlay\\.opaque|security\\.capability)$');
+          lowerMeta.set(l, m);
+          m.catch(() => lowerMeta.delete(l));
+        }
+        return m;
+      }),
+    );
+    return new LowerView(topFirst, meta);
+  }
+
+  private isOpaque(i: number, abs: string): boolean {
+    const v = this.meta[i]!.get(abs);
+    return isOpaque(v);
+  }
+
+  /** The entry the lowers show at `rel`, or null. */
+  lookup(rel: string): LowerEntry | null {
+    const comps = rel.split('/');
+    let active = this.topFirst.map((_, i) => i);
+    let prefix = '';
+    for (let c = 0; c < comps.length; c++) {
+      const last = c === comps.length - 1;
+      prefix = prefix ? `${prefix}/${comps[c]}` : comps[c]!;
+      const next: number[] = [];
+      for (const i of active) {
+        const abs = join(this.topFirst[i]!, prefix);
+        const st = lstatSync(abs, { bigint: true, throwIfNoEntry: false });
+        if (!st) continue;
+        if (st.isCharacterDevice() && st.rdev === 0n) break; // whited out from here down
+        if (last) return { abs, st, cap: this.meta[i]!.get(abs)?.get('security.capability') };
+        if (!st.isDirectory()) break;
+        next.push(i);
+        if (this.isOpaque(i, abs)) break;
+      }
+      if (last || next.length === 0) return null;
+      active = next;
+    }
+    return null;
+  }
+}
+
+/** continuity/BuildKit sameDirent: is the upper entry at `abs` identical to what the lowers provide? */
+function sameDirent(base: LowerEntry, abs: string, cap: Buffer | undefined): boolean {
+  const u = lstatSync(abs, { bigint: true });
+  const b = base.st;
+  if (u.dev === b.dev && u.ino === b.ino) return true;
+  if (u.mode !== b.mode || u.uid !== b.uid || u.gid !== b.gid || u.rdev !== b.rdev) return false;
+  if (!Buffer.from(cap ?? []).equals(Buffer.from(base.cap ?? []))) return false;
+  if (u.isDirectory()) return true;
+  if (u.size !== b.size) return false;
+  const sec = (ns: bigint): bigint => (ns >= 0n ? ns / 1_000_000_000n : (ns - 999_999_999n) / 1_000_000_000n);
+  if (sec(u.mtimeNs) !== sec(b.mtimeNs)) return false;
+  const nu = u.mtimeNs - sec(u.mtimeNs) * 1_000_000_000n;
+  const nb = b.mtimeNs - sec(b.mtimeNs) * 1_000_000_000n;
+  if (nu !== 0n || nb !== 0n) return nu === nb;
+  if (u.isSymbolicLink()) return readlinkSync(abs) === readlinkSync(base.abs);
+  if (u.size === 0n) return true;
+  return sameContent(abs, base.abs);
+}
+
+function sameContent(a: string, b: string): boolean {
+  const fa = openSync(a, 'r');
+  const fb = openSync(b, 'r');
+  try {
+    const ba = Buffer.allocUnsafe(64 * 1024);
+    const bb = Buffer.allocUnsafe(64 * 1024);
+    for (;;) {
+      const na = readSync(fa, ba, 0, ba.length, null);
+      let nb = 0;
+      while (nb < na) {
+        const r = readSync(fb, bb, nb, na - nb, null);
+        if (r === 0) break;
+        nb += r;
+      }
+      if (na !== nb || !ba.subarray(0, na).equals(bb.subarray(0, nb))) return false;
+      if (na === 0) return readSync(fb, bb, 0, 1, null) === 0;
+    }
+  } finally {
+    closeSync(fa);
+    closeSync(fb);
+  }
 }
 
 /** Files up to this size are read with one synchronous call (far cheaper than several threadpool round trips). */

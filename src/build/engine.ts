@@ -46,7 +46,9 @@ import { formatPlatform } from './options.js';
 import { normalizePlatform, parsePlatform } from '../oci/platform.js';
 import {
   type BuildImage,
+  type HistoryStyle,
   type ScopedArg,
+  exposeHistory,
   addEnv,
   cloneImage,
   commitHistory,
@@ -84,6 +86,8 @@ export interface EngineRequest {
   sourceDateEpoch?: number;
   /** Escape token from the `# escape=` directive. */
   escape?: string;
+  /** Which BuildKit's history strings to write (default `buildkit-0.8`, the reference builder here). */
+  historyStyle?: HistoryStyle;
 }
 
 export interface EngineDeps {
@@ -196,6 +200,7 @@ class Engine {
   private readonly globalArgs: string[] = [];
   private readonly usedBuildArgs = new Set<string>();
   private readonly epoch: string | undefined;
+  private readonly style: HistoryStyle;
 
   constructor(
     private readonly req: EngineRequest,
@@ -203,6 +208,7 @@ class Engine {
   ) {
     for (const s of req.stages) if (s.name !== undefined) this.stageByName.set(s.name, s);
     this.epoch = req.sourceDateEpoch === undefined ? undefined : epochTime(req.sourceDateEpoch);
+    this.style = req.historyStyle ?? 'buildkit-0.8';
     // global scope: predefined platform args, then the meta ARGs (build-args override defaults)
     let env: string[] = [];
     for (const [k, v] of defaultArgs(req.platform, req.target)) env = addEnv(env, k, req.buildArgs.get(k) ?? v);
@@ -571,7 +577,7 @@ class Engine {
         }
         img.config.ExposedPorts = { ...(img.config.ExposedPorts ?? {}) };
         for (const p of ports) img.config.ExposedPorts[p] = {};
-        return meta(`EXPOSE ${goList(ports)}`);
+        return meta(exposeHistory(ports, this.style));
       }
       case 'USER':
         img.config.User = c.user;
@@ -617,7 +623,7 @@ class Engine {
           Retries: h.retries,
         };
         img.config.Healthcheck = hc;
-        return meta(healthcheckHistory(hc));
+        return meta(healthcheckHistory(hc, this.style));
       }
       case 'ONBUILD':
         img.config.OnBuild = [...(img.config.OnBuild ?? []), c.expression];
@@ -640,18 +646,21 @@ class Engine {
     const parts: string[] = [];
     for (const a of c.args) {
       const given = this.req.buildArgs.get(a.key);
+      const declared = a.value === undefined ? undefined : this.expandWord(a.value, st.stateEnv, c);
       let value: string | undefined;
       if (given !== undefined) {
         value = given;
         this.usedBuildArgs.add(a.key);
-      } else if (a.value !== undefined) {
-        value = this.expandWord(a.value, st.stateEnv, c);
+      } else if (declared !== undefined) {
+        value = declared;
       } else {
         value = getEnv(this.globalArgs, a.key);
       }
       if (value !== undefined) st.stateEnv = addEnv(st.stateEnv, a.key, value);
       st.buildArgs.push({ key: a.key, value });
-      parts.push(value === undefined ? a.key : `${a.key}=${value}`);
+      // BuildKit v0.8 records the ARG as written (its default); current BuildKit the value in effect
+      const shown = this.style === 'buildkit-0.8' ? declared : value;
+      parts.push(shown === undefined ? a.key : `${a.key}=${shown}`);
     }
     commitHistory(st.img, 'ARG ' + parts.join(' '), { withLayer: false, buildkitSuffix: false });
   }
@@ -861,9 +870,12 @@ class Engine {
         epoch: this.req.sourceDateEpoch,
       };
       let msg = c.kind as string;
-      if (c.kind === 'COPY' && c.parents) msg += ' --parents';
-      if (c.chown) msg += ' --chown=' + c.chown;
-      if (c.chmod) msg += ' --chmod=' + c.chmod;
+      if (this.style === 'buildkit-latest') {
+        // BuildKit v0.8 records neither flag
+        if (c.kind === 'COPY' && c.parents) msg += ' --parents';
+        if (c.chown) msg += ' --chown=' + c.chown;
+        if (c.chmod) msg += ' --chmod=' + c.chmod;
+      }
       for (const s of c.sources) msg += ' ' + s;
       for (const s of c.sourceContents) msg += ' <<' + s.path;
       msg += ' ' + c.dest;
@@ -903,7 +915,7 @@ class Engine {
     const cwd = this.workdir(st);
     const network = c.network === 'none' ? 'none' : c.network === 'host' ? 'host' : this.req.network;
     const mounts = c.mounts.map((m) => parseMountSpec(m, (msg) => this.fail(c, 'DOCKERFILE_INSTRUCTION', msg)));
-    const history = 'RUN ' + runCommandString(argv, st.buildArgs, (k) => getEnv(env, k));
+    const history = 'RUN ' + runCommandString(argv, st.buildArgs, (k) => getEnv(env, k), this.style);
     // BuildKit passes the predefined proxy build args to RUN without a declaration (never into history)
     const runEnv = [...env];
     for (const [k, v] of this.req.buildArgs) {
@@ -984,11 +996,18 @@ class Engine {
             runMounts.push(secret);
           } else if (m.type === 'cache') {
             const cid = m.id || m.target;
+            // the sandbox creates the dir on first use with the mount's mode and owner (BuildKit)
             const dir = join(this.deps.cacheMountsDir, createHash('sha256').update(cid).digest('hex'));
-            await mkdir(dir, { recursive: true });
-            runMounts.push({ type: 'cache', id: cid, source: dir, target: m.target, readonly: m.readonly });
+            const cm: RunMount = { type: 'cache', id: cid, source: dir, target: m.target, readonly: m.readonly };
+            if (m.mode !== undefined) cm.mode = m.mode;
+            if (m.uid !== undefined) cm.uid = m.uid;
+            if (m.gid !== undefined) cm.gid = m.gid;
+            if (m.sharing) cm.sharing = m.sharing;
+            runMounts.push(cm);
           } else if (m.type === 'tmpfs') {
-            runMounts.push({ type: 'tmpfs', target: m.target });
+            const tm: RunMount = { type: 'tmpfs', target: m.target };
+            if (m.size) tm.size = m.size;
+            runMounts.push(tm);
           } else if (m.type === 'bind') {
             const { src, release } = await this.sourceFor(st, m.from, c);
             releases.push(release);
@@ -1095,6 +1114,9 @@ export interface MountSpec {
   mode?: number;
   uid?: number;
   gid?: number;
+  sharing?: 'shared' | 'private' | 'locked';
+  /** tmpfs size in bytes. */
+  size?: number;
 }
 
 /** Parse one (already expanded) `--mount=` value with the Dockerfile parser's BuildKit-compatible parseMount. */
@@ -1119,6 +1141,8 @@ export function parseMountSpec(v: string, fail: (msg: string) => Error): MountSp
   if (m.mode !== undefined) out.mode = m.mode;
   if (m.uid !== undefined) out.uid = m.uid;
   if (m.gid !== undefined) out.gid = m.gid;
+  if (m.cacheSharing) out.sharing = m.cacheSharing;
+  if (m.sizeLimit) out.size = m.sizeLimit;
   if (m.type !== 'secret' && m.type !== 'ssh' && m.target === '') throw fail(`mount ${v}: target is required`);
   return out;
 }

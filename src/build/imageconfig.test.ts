@@ -5,6 +5,8 @@ import {
   goQuote,
   goQuoteList,
   healthcheckHistory,
+  exposeHistory,
+  goQuoteRune,
   normalizeHistory,
   normalizePorts,
   runCommandString,
@@ -30,6 +32,21 @@ test('goQuote / goQuoteList like fmt %q', () => {
   assert.equal(goQuote('tab\there\n'), '"tab\\there\\n"');
   assert.equal(goQuote('ünï'), '"ünï"');
   assert.equal(goQuoteList(['/bin/sh', '-c', 'echo hi']), '["/bin/sh" "-c" "echo hi"]');
+});
+
+test('HEALTHCHECK / EXPOSE history in both BuildKit styles', () => {
+  assert.equal(
+    healthcheckHistory({ Test: ['CMD', '/bin/true'], Interval: 30e9 }, 'buildkit-0.8'),
+    'HEALTHCHECK &{["CMD" "/bin/true"] "30s" "0s" "0s" \'\\x00\'}',
+  );
+  assert.equal(goQuoteRune(4), "'\\x04'");
+  assert.equal(goQuoteRune(65), "'A'");
+  assert.equal(goQuoteRune(10), "'\\n'");
+  assert.equal(
+    exposeHistory(['8080/tcp', '443/udp', '53/tcp', '53/udp', '80/tcp'], 'buildkit-0.8'),
+    'EXPOSE map[443/udp:{} 53/tcp:{} 53/udp:{} 80/tcp:{} 8080/tcp:{}]',
+  );
+  assert.equal(exposeHistory(['80/tcp', '53/udp'], 'buildkit-latest'), 'EXPOSE [80/tcp 53/udp]');
 });
 
 test('HEALTHCHECK history is %+v of the config', () => {
@@ -61,6 +78,20 @@ test('RUN history: |N prefix with build args, env values win over ARG defaults',
         { key: 'A', value: '2' },
       ],
       (k) => env.get(k),
+    ),
+    '|3 A=from-env B= A=from-env /bin/sh -c x',
+    'BuildKit v0.8 lists every declaration',
+  );
+  assert.equal(
+    runCommandString(
+      ['/bin/sh', '-c', 'x'],
+      [
+        { key: 'A', value: '1' },
+        { key: 'B', value: undefined },
+        { key: 'A', value: '2' },
+      ],
+      (k) => env.get(k),
+      'buildkit-latest',
     ),
     '|2 A=from-env B= /bin/sh -c x',
   );

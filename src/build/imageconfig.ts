@@ -8,6 +8,13 @@
 import type { ContainerConfig, HealthConfig, History, ImageConfig, Platform } from '../oci/types.js';
 
 export const HISTORY_COMMENT = 'buildkit.dockerfile.v0';
+
+/**
+ * Which BuildKit's `created_by` strings to reproduce. They differ between versions for COPY/ADD flags, EXPOSE,
+ * HEALTHCHECK, ARG and repeated build args in RUN. `buildkit-0.8` is what the reference builder on this platform
+ * (Debian's docker.io 20.10, BuildKit v0.8) writes; `buildkit-latest` is current moby/buildkit.
+ */
+export type HistoryStyle = 'buildkit-0.8' | 'buildkit-latest';
 export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 export const DEFAULT_SHELL = ['/bin/sh', '-c'];
 
@@ -115,13 +122,14 @@ export function runCommandString(
   args: string[],
   buildArgs: ScopedArg[],
   envValue: (k: string) => string | undefined,
+  style: HistoryStyle = 'buildkit-0.8',
 ): string {
   const vals: string[] = [];
   const idx = new Map<string, number>();
   for (const a of buildArgs) {
     const v = envValue(a.key) ?? a.value ?? '';
     const entry = a.key + '=' + v;
-    const at = idx.get(a.key);
+    const at = style === 'buildkit-latest' ? idx.get(a.key) : undefined;
     if (at !== undefined) vals[at] = entry;
     else {
       idx.set(a.key, vals.length);
@@ -203,8 +211,28 @@ function fmtFrac(v: number, div: number): string {
   return whole + '.' + String(frac).padStart(digits, '0').replace(/0+$/, '');
 }
 
-/** `HEALTHCHECK %+v` of BuildKit's HealthcheckConfig. */
-export function healthcheckHistory(h: HealthConfig): string {
+/** Go's strconv.QuoteRune (what `%q` prints for an integer). */
+export function goQuoteRune(n: number): string {
+  const special: Record<number, string> = { 7: '\\a', 8: '\\b', 9: '\\t', 10: '\\n', 11: '\\v', 12: '\\f', 13: '\\r' };
+  if (special[n] !== undefined) return `'${special[n]}'`;
+  if (n === 0x27) return "'\\''";
+  if (n === 0x5c) return "'\\\\'";
+  if (n < 0x20 || n === 0x7f) return `'\\x${n.toString(16).padStart(2, '0')}'`;
+  if (n < 0x7f) return `'${String.fromCodePoint(n)}'`;
+  if (n < 0xa0) return `'\\u${n.toString(16).padStart(4, '0')}'`;
+  if (n > 0x10ffff) return "'\\ufffd'";
+  return `'${String.fromCodePoint(n)}'`;
+}
+
+/**
+ * The HEALTHCHECK history entry: BuildKit v0.8 writes `%q` of the config pointer
+ * (`&{["CMD" "x"] "30s" "0s" "0s" '\x03'}`), current BuildKit `%+v` of the struct (`{Test:[CMD x] Interval:30s …}`).
+ */
+export function healthcheckHistory(h: HealthConfig, style: HistoryStyle = 'buildkit-latest'): string {
+  if (style === 'buildkit-0.8') {
+    const d = (ns: number | undefined): string => goQuote(goDuration(ns ?? 0));
+    return `HEALTHCHECK &{${goQuoteList(h.Test ?? [])} ${d(h.Interval)} ${d(h.Timeout)} ${d(h.StartPeriod)} ${goQuoteRune(h.Retries ?? 0)}}`;
+  }
   return (
     'HEALTHCHECK {Test:' +
     goList(h.Test ?? []) +
@@ -220,6 +248,15 @@ export function healthcheckHistory(h: HealthConfig): string {
     (h.Retries ?? 0) +
     '}'
   );
+}
+
+/** The EXPOSE history entry: v0.8 prints the port set (a Go map, sorted keys), current BuildKit the list. */
+export function exposeHistory(ports: string[], style: HistoryStyle): string {
+  if (style === 'buildkit-0.8') {
+    const keys = [...new Set(ports)].sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+    return `EXPOSE map[${keys.map((k) => `${k}:{}`).join(' ')}]`;
+  }
+  return `EXPOSE ${goList(ports)}`;
 }
 
 /** EXPOSE port specs normalised as BuildKit/nat.ParsePortSpecs: `80` → `80/tcp`, ranges expanded. */

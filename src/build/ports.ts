@@ -21,6 +21,10 @@ export interface RunMount {
   env?: string;
   /** secret id / cache id (for messages and cache sharing). */
   id?: string;
+  /** cache: shared (default) | private | locked. */
+  sharing?: 'shared' | 'private' | 'locked';
+  /** tmpfs: size limit in bytes. */
+  size?: number;
 }
 
 /** One process to run in a prepared root filesystem. */

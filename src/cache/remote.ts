@@ -337,7 +337,9 @@ export class RemoteBuildCache extends BuildCache {
   constructor(o: RemoteCacheOptions) {
     super(o.dir);
     this.o = o;
-    this.reg = { ...o.registry, maxRetries: o.maxRetries ?? 1, maxRetryDelayMs: 2000 };
+    // a private connection pool: the cache registry's retry policy is its own, and closing it leaves the build's
+    // other registry connections alone
+    this.reg = { ...o.registry, maxRetries: o.maxRetries ?? 1, maxRetryDelayMs: 2000, pool: new Map() };
   }
 
   /** The engine tells the cache what a step's key was made of (before `get`), for explanations and export. */

@@ -267,3 +267,19 @@ test('a corrupt cached blob is ignored (the step runs) and the fresh export repl
     await proxy.stop();
   }
 });
+
+test('an unauthorised cache registry is one warning and a normal build', async () => {
+  const locked = await startRegistry({ auth: 'htpasswd' });
+  try {
+    const ref = `${locked.host}/cache/app:x`;
+    const r = await build(join(work, 'home6'), `${reg.host}/app/unauth:1`, [ref], [], [locked.host]);
+    assert.equal(r.ev.warnings.length, 1, r.ev.warnings.join('\n'));
+    assert.match(
+      r.ev.warnings[0] as string,
+      /^cache import from .* failed, building without it: .*(unauthori[sz]ed|UNAUTHORIZED|401|credentials)/i,
+    );
+    assert.equal(steps(r.ev.done).length + steps(r.ev.cached).length, 4, 'the build completed');
+  } finally {
+    await locked.stop();
+  }
+});

@@ -64,7 +64,14 @@ test('tarball contexts (gz, bz2, xz, plain) are unpacked to a temp dir and clean
   await assert.rejects(loadContext(notTar), { code: 'CONTEXT_INVALID' });
   const file = join(tmp, `esc${n++}.tar`);
   execFileSync('tar', ['-C', d, '-cf', file, '.']);
-  await assert.rejects(loadContext(file, { dockerfile: '../../etc/passwd' }), /within the build context/);
+  const temps = fresh('temps');
+  await assert.rejects(
+    loadContext(file, { dockerfile: '../../etc/passwd', tmpDir: temps }),
+    /within the build context/,
+  );
+  await assert.rejects(loadContext(file, { dockerfile: 'missing', tmpDir: temps }), { code: 'DOCKERFILE_NOT_FOUND' });
+  await assert.rejects(loadContext(notTar, { tmpDir: temps }), { code: 'CONTEXT_INVALID' });
+  assert.deepEqual(readdirSync(temps), [], 'a failed load leaves no temp dir behind');
 });
 
 test('stdin: a tar context or a Dockerfile alone', async () => {

@@ -297,14 +297,14 @@ export async function loadContext(spec: string, opts: LoadContextOptions = {}): 
         return make(root, 'stdin-dockerfile', { path: '-', text }, newMatcher([]));
       }
       await extractContextTar(stream, root, opts.onWarning);
-      return finishArchive(root, 'tar');
+      return await finishArchive(root, 'tar');
     };
     if (spec === '-') return await fromStream((opts.stdin ?? process.stdin) as Readable);
 
     if (isGitContext(spec)) {
       const tmp = await newTemp('kiln-git-');
       const root = await cloneGit(spec, join(tmp, 'repo'));
-      return finishArchive(root, 'git');
+      return await finishArchive(root, 'git');
     }
 
     if (/^https?:\/\//.test(spec)) return await fromStream(await download(spec));
@@ -330,7 +330,7 @@ export async function loadContext(spec: string, opts: LoadContextOptions = {}): 
         );
       }
       await extractContextTar(stream, root, opts.onWarning);
-      return finishArchive(root, 'tar');
+      return await finishArchive(root, 'tar');
     }
     if (!st.isDirectory()) {
       throw new KilnError('CONTEXT_INVALID', `unable to prepare context: ${spec} is not a directory`);

@@ -271,8 +271,10 @@ export class Transport {
   private tokens: TokenAuthenticator | undefined;
   private credential: Credential | undefined;
   private connectedOnce = false;
-  private readonly dispatcher: Agent;
-  private readonly insecureDispatcher: Agent | undefined;
+  private dispatcher: Agent | undefined;
+  private insecureDispatcher: Agent | undefined;
+  private readonly ca: string[];
+  private readonly insecure: boolean;
   private readonly allowInsecure: boolean;
   private useInsecureTls = false;
   private readonly explicitScheme: string | undefined;
@@ -293,23 +295,30 @@ export class Transport {
       (h) => h === this.host || h === hostOnly(this.host) || h === registry,
     );
     this.allowInsecure = insecure || isLoopbackHost(this.host);
-    const ca = [...rootCertificates, ...(opts.caFiles ?? []).map((f) => readCa(f))];
-    this.dispatcher = new Agent({ connect: { ca }, keepAliveTimeout: 4000, pipelining: 1 });
-    this.insecureDispatcher = insecure
-      ? new Agent({ connect: { rejectUnauthorized: false }, keepAliveTimeout: 4000 })
-      : undefined;
+    this.insecure = insecure;
+    this.ca = [...rootCertificates, ...(opts.caFiles ?? []).map((f) => readCa(f))];
   }
 
   readonly host: string;
 
-  /** Close idle connections. */
+  /**
+   * Close the connections (in-flight requests finish first). Safe at any time: a later request opens new
+   * connections, and the challenge and tokens are kept.
+   */
   async close(): Promise<void> {
-    await this.dispatcher.close();
-    await this.insecureDispatcher?.close();
+    const d = [this.dispatcher, this.insecureDispatcher];
+    this.dispatcher = undefined;
+    this.insecureDispatcher = undefined;
+    await Promise.all(d.map((a) => a?.close()));
   }
 
   private agent(): Agent {
-    return this.useInsecureTls && this.insecureDispatcher ? this.insecureDispatcher : this.dispatcher;
+    if (this.useInsecureTls && this.insecure) {
+      this.insecureDispatcher ??= new Agent({ connect: { rejectUnauthorized: false }, keepAliveTimeout: 4000 });
+      return this.insecureDispatcher;
+    }
+    this.dispatcher ??= new Agent({ connect: { ca: this.ca }, keepAliveTimeout: 4000, pipelining: 1 });
+    return this.dispatcher;
   }
 
   private unreachable(ctx: ErrorContext, e: unknown): KilnError {
@@ -355,7 +364,7 @@ export class Transport {
       } catch (e) {
         if (e instanceof KilnError) throw e;
         if (isTlsVerifyError(e)) {
-          if (this.insecureDispatcher && !this.useInsecureTls) {
+          if (this.insecure && !this.useInsecureTls) {
             this.useInsecureTls = true;
             schemes.splice(schemes.indexOf(scheme) + 1, 0, scheme);
             continue;
@@ -562,9 +571,20 @@ export type TransportPool = Map<string, Transport>;
  * made with `{ ...opts, label }` share it — call this before copying, or use `withLabel`.
  */
 export function transportPool(opts: RegistryOptions): TransportPool {
-  if (!opts.pool) opts.pool = new Map();
-  return opts.pool;
+  if (opts.pool) return opts.pool;
+  // Copies made before a pool existed still share the credentials function: pool by it (or globally).
+  const key: object = opts.credentials ?? GLOBAL_POOL_KEY;
+  let p = poolsByKey.get(key);
+  if (!p) {
+    p = new Map();
+    poolsByKey.set(key, p);
+  }
+  opts.pool = p;
+  return p;
 }
+
+const GLOBAL_POOL_KEY = {};
+const poolsByKey = new WeakMap<object, TransportPool>();
 
 /** A copy of `opts` with another error label, sharing its transport pool. */
 export function withLabel<T extends RegistryOptions>(opts: T, label: string): T & { label: string } {
@@ -574,7 +594,16 @@ export function withLabel<T extends RegistryOptions>(opts: T, label: string): T 
 
 export function transportFor(registry: string, endpoint: string, opts: RegistryOptions): Transport {
   const m = transportPool(opts);
-  const key = `${registry} ${endpoint}`;
+  // Pools may be shared by option sets that differ in transport settings: those are part of the key.
+  const settings = [
+    opts.insecureRegistries ?? [],
+    opts.caFiles ?? [],
+    opts.maxRetries,
+    opts.retryBaseMs,
+    opts.maxRetryDelayMs,
+    opts.userAgent,
+  ];
+  const key = `${registry} ${endpoint} ${JSON.stringify(settings)}`;
   let t = m.get(key);
   if (!t) {
     t = new Transport(registry, endpoint, opts);
@@ -585,9 +614,6 @@ export function transportFor(registry: string, endpoint: string, opts: RegistryO
 
 /** Close every transport created for these options (and their copies); lets the process exit promptly. */
 export async function closeTransports(opts: RegistryOptions): Promise<void> {
-  const m = opts.pool;
-  if (!m) return;
-  const all = [...m.values()];
-  m.clear();
+  const all = [...transportPool(opts).values()];
   await Promise.all(all.map((t) => t.close()));
 }

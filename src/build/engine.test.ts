@@ -475,3 +475,16 @@ test('history style buildkit-latest: COPY flags, EXPOSE list, HEALTHCHECK %+v', 
   );
   assert.equal(sha256(v08.config.rootfs.diff_ids.join()), sha256(latest.config.rootfs.diff_ids.join()));
 });
+
+test('COPY heredoc content: variables expanded, quotes kept (BuildKit raw expansion)', async () => {
+  const h = harness('heredoc-copy');
+  const seen: string[] = [];
+  h.deps.copier = {
+    checksum: async (req) => sha256(JSON.stringify(req.contents)),
+    apply: async (req) => {
+      seen.push(...req.contents.map((c) => c.data));
+    },
+  };
+  await runEngine(request('FROM busybox\nENV WHO=world\nCOPY <<EOF /hello\necho "hi $WHO"\nEOF\n'), h.deps);
+  assert.deepEqual(seen, ['echo "hi world"\n']);
+});

@@ -25,7 +25,7 @@ import type {
 } from '../dockerfile/instructions.js';
 import { expandInstruction } from '../dockerfile/instructions.js';
 import { parseMount } from '../dockerfile/convert.js';
-import { processWord } from '../dockerfile/shell.js';
+import { processWord, type LexOptions } from '../dockerfile/shell.js';
 import { BuildCache, cacheKey, type CacheEntry, type MissExplainer, type StepNote } from '../cache/cache.js';
 import type {
   BaseResolver,
@@ -234,9 +234,9 @@ class Engine {
     return new KilnError(code, `${this.where(i)}: ${msg}`, opts);
   }
 
-  private expandWord(word: string, env: string[], i: Instruction): string {
+  private expandWord(word: string, env: string[], i: Instruction, extra: LexOptions = {}): string {
     try {
-      return processWord(word, env, this.req.escape ? { escape: this.req.escape } : {});
+      return processWord(word, env, this.req.escape ? { ...extra, escape: this.req.escape } : extra);
     } catch (e) {
       throw this.fail(i, 'DOCKERFILE_EXPANSION', errorMessage(e));
     }
@@ -537,7 +537,14 @@ class Engine {
     const img = st.img;
     const env = st.stateEnv;
     const isArg = raw.kind === 'ARG';
-    const c = isArg ? raw : expandInstruction(raw, (w) => this.expandWord(w, env, raw));
+    // heredoc sources are expanded raw, quotes kept (BuildKit ExpandRaw with SkipProcessQuotes)
+    const c = isArg
+      ? raw
+      : expandInstruction(raw, (w, field) =>
+          field === 'sourceContents'
+            ? this.expandWord(w, env, raw, { skipProcessQuotes: true })
+            : this.expandWord(w, env, raw),
+        );
     const meta = (msg: string): void => commitHistory(img, msg, { withLayer: false, buildkitSuffix: false });
     switch (c.kind) {
       case 'RUN':

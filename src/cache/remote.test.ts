@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isKilnError } from '../errors.js';
@@ -14,6 +14,7 @@ import {
   encodeCacheConfig,
   explainDifference,
   fingerprint,
+  listContextFiles,
   parseCacheSpec,
   recordLayers,
   type CacheRecord,
@@ -210,6 +211,77 @@ test('RemoteBuildCache without --cache-from behaves as the local cache and selec
     assert.equal(await c2.explainMiss(cacheKey({ unknown: 1 })), undefined);
     assert.ok((await readdir(join(dir, 'cache', 'steps'))).every((n) => n.endsWith('.json')));
     assert.deepEqual(warnings, []);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('listContextFiles lists inside the context only, reuses unchanged hashes, and explains file changes', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'kiln-remote-files-'));
+  try {
+    const ctx = join(dir, 'ctx');
+    await mkdir(join(ctx, 'src', 'sub'), { recursive: true });
+    await writeFile(join(ctx, 'src', 'a.js'), 'a');
+    await writeFile(join(ctx, 'src', 'sub', 'b.js'), 'b');
+    await writeFile(join(ctx, 'src', 'skip.log'), 'x');
+    await writeFile(join(dir, 'outside'), 'secret');
+    await symlink('../../outside', join(ctx, 'src', 'link'));
+    const ignore = (rel: string): boolean => rel.endsWith('.log');
+    const first = listContextFiles(ctx, ['src/', '../outside', '*.js'], {}, ignore) as Record<string, string>;
+    assert.deepEqual(Object.keys(first).sort(), ['src/a.js', 'src/link', 'src/sub/b.js']);
+    assert.match(first['src/a.js'] as string, /^[a-f0-9]{16}:1:\d+:\d+$/);
+    // an unchanged signature reuses the previous hash without reading (proved by a planted fake hash)
+    const planted = {
+      ...first,
+      'src/a.js': 'ffffffffffffffff:' + (first['src/a.js'] as string).split(':').slice(1).join(':'),
+    };
+    assert.equal(listContextFiles(ctx, ['src'], planted, ignore)?.['src/a.js'], planted['src/a.js']);
+    assert.equal(listContextFiles(ctx, ['./src/../src'], {}, ignore)?.['src/a.js'], first['src/a.js']);
+
+    // through the cache: a miss names the changed file
+    const layers: LayerStore = {
+      unpack: async () => '/x',
+      dirOf: async () => undefined,
+      commit: async () => {
+        throw new Error('unused');
+      },
+      layer: async () => {
+        throw new Error('unused');
+      },
+    };
+    const mk = (): RemoteBuildCache =>
+      new RemoteBuildCache({
+        dir: join(dir, 'cache'),
+        from: [],
+        to: [],
+        registry: {},
+        blobs: new BlobDir(join(dir, 'b')),
+        layers,
+        warn: () => undefined,
+      });
+    const c1 = mk();
+    const k1 = cacheKey({ sources: 1 });
+    c1.noteStep(
+      k1,
+      info(
+        { parent: D('0'), op: 'COPY', sources: D('1') },
+        { slot: 'D/0/2', context: { dir: ctx, paths: ['src/'], ignore } },
+      ),
+    );
+    assert.equal(await c1.explainMiss(k1), 'no earlier build of this step in the cache');
+    await c1.saveStepHistory();
+    await writeFile(join(ctx, 'src', 'sub', 'b.js'), 'changed');
+    await writeFile(join(ctx, 'src', 'skip.log'), 'ignored change');
+    const c2 = mk();
+    const k2 = cacheKey({ sources: 2 });
+    c2.noteStep(
+      k2,
+      info(
+        { parent: D('0'), op: 'COPY', sources: D('2') },
+        { slot: 'D/0/2', context: { dir: ctx, paths: ['src/'], ignore } },
+      ),
+    );
+    assert.equal(await c2.explainMiss(k2), 'file changed: src/sub/b.js');
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

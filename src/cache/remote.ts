@@ -23,8 +23,9 @@
  * manifest. Miss explanations: `noteStep(key, info)` (called by the engine before `get`) remembers each step's
  * inputs; `explainMiss(key)` compares them with the previous build of the same step (local or imported).
  */
+import { lstatSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, posix, resolve } from 'node:path';
 import { randomBytes, createHash } from 'node:crypto';
 import { KilnError, errorMessage } from '../errors.js';
 import { BuildCache, canonicalJSON, type CacheEntry } from './cache.js';
@@ -114,6 +115,12 @@ export interface StepInfo {
   base?: string;
   /** For COPY/ADD from the context: relative path → content digest of every file read. */
   files?: Record<string, string>;
+  /**
+   * For COPY/ADD from the context when `files` is not given: the context dir and the source paths (as written;
+   * wildcard sources are skipped) — the cache lists the files itself (`listContextFiles`), lazily, only to explain a
+   * miss or to save the step for the next explanation.
+   */
+  context?: { dir: string; paths: string[]; ignore?: (rel: string, isDir: boolean) => boolean };
 }
 
 /**
@@ -207,8 +214,8 @@ export function explainDifference(cur: StepFingerprint, prev: StepFingerprint | 
       const removed: string[] = [];
       const modified: string[] = [];
       for (const n of [...names].sort()) {
-        const a = prev.files[n];
-        const b = cur.files[n];
+        const a = prev.files[n]?.split(':')[0];
+        const b = cur.files[n]?.split(':')[0];
         if (a === b) continue;
         if (a === undefined) added.push(n);
         else if (b === undefined) removed.push(n);
@@ -223,6 +230,65 @@ export function explainDifference(cur: StepFingerprint, prev: StepFingerprint | 
   }
   if (why.length === 0) return 'same inputs as the cached step, but its layer is not available';
   return why.join('; ');
+}
+
+/** At most this many files are listed per step (beyond it, explanations name the input, not the files). */
+export const MAX_LISTED_FILES = 50_000;
+
+/**
+ * The files under `paths` (relative to `dir`) as `rel → "sha16:size:mtimeMs:ino"`. Content hashes of files whose
+ * size/mtime/inode match `previous` are reused (no read), so a rebuild only hashes what changed. Never leaves `dir`
+ * (paths are normalized inside it; symlinks are listed, not followed). Wildcard paths are skipped; undefined when
+ * the listing would exceed MAX_LISTED_FILES.
+ */
+export function listContextFiles(
+  dir: string,
+  paths: string[],
+  previous: Record<string, string> = {},
+  ignore?: (rel: string, isDir: boolean) => boolean,
+): Record<string, string> | undefined {
+  const root = resolve(dir);
+  const out: Record<string, string> = {};
+  let count = 0;
+  const visit = (rel: string): boolean => {
+    if (rel !== '' && ignore?.(rel, false) === true) return true;
+    const abs = rel === '' ? root : join(root, rel);
+    let st;
+    try {
+      st = lstatSync(abs);
+    } catch {
+      return true;
+    }
+    if (st.isDirectory()) {
+      let names: string[];
+      try {
+        names = readdirSync(abs);
+      } catch {
+        return true;
+      }
+      for (const n of names.sort()) if (!visit(rel === '' ? n : `${rel}/${n}`)) return false;
+      return true;
+    }
+    if (++count > MAX_LISTED_FILES) return false;
+    const sig = `${st.size}:${Math.floor(st.mtimeMs)}:${st.ino}`;
+    const prev = previous[rel];
+    if (prev !== undefined && prev.slice(prev.indexOf(':') + 1) === sig) {
+      out[rel] = prev;
+      return true;
+    }
+    let sum: string;
+    if (st.isSymbolicLink()) sum = short('link:' + readlinkSync(abs));
+    else if (st.isFile()) sum = createHash('sha256').update(readFileSync(abs)).digest('hex').slice(0, 16);
+    else sum = short(`mode:${st.mode}`);
+    out[rel] = `${sum}:${sig}`;
+    return true;
+  };
+  for (const p of paths) {
+    if (/[*?[]/.test(p)) continue;
+    const rel = posix.normalize('/' + p.replace(/\\/g, '/')).replace(/^\/+|\/+$/g, '');
+    if (!visit(rel)) return undefined;
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -468,9 +534,7 @@ export class RemoteBuildCache extends BuildCache {
     const rec: CacheRecord = { key, layer: { ...entry.layer } };
     if (entry.created !== undefined) rec.created = entry.created;
     if (entry.extra !== undefined) rec.extra = { ...entry.extra };
-    const info = this.steps.get(key);
-    const step = info ? fingerprint(info) : prevStep;
-    if (step) rec.step = step;
+    if (prevStep) rec.step = prevStep;
     this.used.set(key, rec);
   }
 
@@ -492,25 +556,39 @@ export class RemoteBuildCache extends BuildCache {
   async explainMiss(key: string): Promise<string | undefined> {
     const info = this.steps.get(key);
     if (!info) return undefined;
-    const cur = fingerprint(info);
-    let prev: StepFingerprint | undefined;
-    try {
-      const j = JSON.parse(await readFile(this.slotFile(info.slot), 'utf8')) as StepFingerprint;
-      if (j.slot === info.slot && typeof j.fields === 'object') prev = j;
-    } catch {
-      /* none */
-    }
-    if (!prev && this.o.from.length > 0) {
-      for (const { rec } of (await this.load()).values()) {
-        if (rec.step?.slot === info.slot) prev = rec.step;
-      }
-    }
+    const prev = await this.previousOf(info.slot);
+    const cur = this.fingerprintOf(info, prev);
     if (prev && canonicalJSON(prev.fields) === canonicalJSON(cur.fields) && prev.base === cur.base) {
       return this.bad.has(key)
         ? 'the cached layer was corrupt'
         : 'same inputs as the cached step, but its layer is not available';
     }
     return explainDifference(cur, prev);
+  }
+
+  /** The last build of `slot`: this machine's step history, else the imported cache. */
+  private async previousOf(slot: string): Promise<StepFingerprint | undefined> {
+    try {
+      const j = JSON.parse(await readFile(this.slotFile(slot), 'utf8')) as StepFingerprint;
+      if (j.slot === slot && typeof j.fields === 'object') return j;
+    } catch {
+      /* none */
+    }
+    if (this.o.from.length === 0) return undefined;
+    let prev: StepFingerprint | undefined;
+    for (const { rec } of (await this.load()).values()) if (rec.step?.slot === slot) prev = rec.step;
+    return prev;
+  }
+
+  /** A step's fingerprint, listing its context files (once; unchanged files reuse `prev`'s hashes). */
+  private fingerprintOf(info: StepInfo, prev?: StepFingerprint): StepFingerprint {
+    if (!info.files && info.context) {
+      const c = info.context;
+      const files = listContextFiles(c.dir, c.paths, prev?.files, c.ignore);
+      if (files) info.files = files;
+      delete info.context;
+    }
+    return fingerprint(info);
   }
 
   /** Record the fingerprints of this build's steps per slot (the "previous build" of the next explanation). */
@@ -520,7 +598,8 @@ export class RemoteBuildCache extends BuildCache {
       const file = this.slotFile(info.slot);
       const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
       try {
-        await writeFile(tmp, JSON.stringify(fingerprint(info)));
+        const fp = this.fingerprintOf(info, info.context ? await this.previousOf(info.slot) : undefined);
+        await writeFile(tmp, JSON.stringify(fp));
         await rename(tmp, file);
       } catch {
         await rm(tmp, { force: true });
@@ -533,7 +612,10 @@ export class RemoteBuildCache extends BuildCache {
 
   /** The records `--cache-to` with `mode` would write: max = every step this build used or produced. */
   recordsFor(mode: 'min' | 'max', finalDiffIDs: string[]): CacheRecord[] {
-    const all = [...this.used.values()];
+    const all = [...this.used.values()].map((r) => {
+      const info = this.steps.get(r.key);
+      return info ? { ...r, step: this.fingerprintOf(info) } : r;
+    });
     if (mode === 'max') return all;
     const keep = new Set(finalDiffIDs);
     return all.filter((r) => keep.has(r.layer.diffID));

@@ -87,7 +87,7 @@ export interface RunProcessOptions extends Omit<ProcessSpec, 'mounts' | 'network
 }
 
 export interface RunProcessResult extends ProcessResult {
-  /** null when killed by a signal (then `signal` is set). */
+  /** -1 when killed by a signal (then `signal` is set, e.g. "SIGKILL"). */
   exitCode: number;
   signal?: string;
 }
@@ -106,7 +106,7 @@ export function sandboxResolvConf(hostText: string, network: 'host' | 'none'): s
     const line = raw.trim();
     if (!line || line.startsWith('#') || line.startsWith(';')) continue;
     const [key, ...rest] = line.split(/\s+/);
-    if (key === 'nameserver' && rest[0]) ns.push(rest[0].replace(/%.*$/, (m) => m));
+    if (key === 'nameserver' && rest[0]) ns.push(rest[0]);
     else if (key === 'search' || key === 'domain') search.splice(0, search.length, ...rest);
     else if (key === 'options') options.push(...rest);
     else other.push(line);
@@ -205,18 +205,27 @@ async function acquireCache(kilnHome: string, m: SandboxMount): Promise<{ dir: s
  */
 class StubTracker {
   readonly paths: string[] = [];
-  readonly parents = new Map<string, { before: bigint; after: bigint }>();
+  readonly parents = new Map<string, { before: bigint; after: bigint; names: string }>();
 
   async create(host: string, make: () => Promise<void>): Promise<void> {
     const parent = dirname(host);
     const known = this.parents.get(parent);
     const isStub = this.paths.includes(parent);
-    const before = known || isStub ? undefined : (await lstat(parent, { bigint: true })).mtimeNs;
+    let before: bigint | undefined;
+    let names: string | undefined;
+    if (!known && !isStub) {
+      before = (await lstat(parent, { bigint: true })).mtimeNs;
+      names = (await readdir(parent)).sort().join('/');
+    }
     await make();
     this.paths.push(host);
     if (isStub) return;
     const after = (await lstat(parent, { bigint: true })).mtimeNs;
-    this.parents.set(parent, { before: known?.before ?? (before as bigint), after });
+    this.parents.set(parent, {
+      before: known?.before ?? (before as bigint),
+      after,
+      names: known?.names ?? (names as string),
+    });
   }
 }
 
@@ -306,10 +315,20 @@ async function removeStubs(root: string, stubs: StubTracker): Promise<void> {
       // best effort
     }
   }
-  for (const [parent, { before, after }] of stubs.parents) {
+  for (const [parent, { before, after, names }] of stubs.parents) {
     const now = current.get(parent);
     if (now === undefined) continue;
-    await setMtimeNs(parent, now === after ? before : now);
+    // Unchanged by the step: same mtime as right after the stubs were made and the same entries as before them
+    // (the entry check guards against a change within the same clock tick as the stub creation).
+    let unchanged = now === after;
+    if (unchanged) {
+      try {
+        unchanged = (await readdir(parent)).sort().join('/') === names;
+      } catch {
+        unchanged = false;
+      }
+    }
+    await setMtimeNs(parent, unchanged ? before : now);
   }
 }
 

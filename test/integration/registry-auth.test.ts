@@ -168,7 +168,11 @@ test('htpasswd: no or wrong credentials are UNAUTHORIZED; CLI login stores 0600 
     assert.equal(p.code, 0, p.stderr);
     assert.equal(p.stdout.trim(), `${reg.host}/app@${await img.digest()}`);
     assert.ok(!p.stderr.includes(reg.password!));
-    const insp = await kiln(['inspect', `${reg.host}/app:v1`], env);
+    const insp = await kiln(['inspect', `${reg.host}/app:v1`], { ...env, KILN_DEBUG: '1' });
+    assert.match(insp.stderr, /kiln: debug: GET http:\/\/127\.0\.0\.1:\d+\/v2\/app\/manifests\/v1 -> 200/);
+    for (const secret of [reg.password!, Buffer.from(`kiln:${reg.password}`).toString('base64')]) {
+      assert.ok(!insp.stderr.includes(secret), 'debug output never shows credentials');
+    }
     assert.equal(insp.code, 0, insp.stderr);
     const j = JSON.parse(insp.stdout) as { digest: string; config: { rootfs: { diff_ids: string[] } } };
     assert.equal(j.digest, await img.digest());

@@ -221,13 +221,14 @@ test('TLS: an untrusted certificate is refused unless the CA is given (or the ho
   }
 });
 
-test('--registry-mirror serves docker.io pulls', async () => {
+test('--registry-mirror serves docker.io pulls, falling back past a dead mirror', async () => {
   const reg = await startRegistry();
   const opts: PushOptions = {};
   try {
     const img = await makeBusyboxImage();
     await push(img, `${reg.host}/library/busybox:latest`, opts);
-    const pulled = await getRemoteImage('busybox', { mirrors: [`http://${reg.host}`] });
+    // The first mirror is down: kiln falls back to the next one.
+    const pulled = await getRemoteImage('busybox', { mirrors: ['http://127.0.0.1:1', `http://${reg.host}`] });
     assert.equal(await pulled.digest(), await img.digest());
     assert.ok(await reg.waitForLog(/GET \/v2\/library\/busybox\/manifests\/latest HTTP\/1\.1" 200/));
   } finally {

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { imageFromParts, layerFromUncompressed } from '../src/oci/image.js';
 import { MediaType } from '../src/oci/mediatypes.js';
+import { encodeHeader } from '../src/layer/tarformat.js';
 import type { Image, ImageConfig } from '../src/oci/types.js';
 
 /** mulberry32: a tiny, fast, seeded PRNG (uniform in [0, 1)). */
@@ -126,24 +127,19 @@ export function w3Dockerfile(base: string, nonce: string, files = 50_000): strin
 
 const EPOCH_SECS = Math.floor(Date.parse('2024-01-01T00:00:00Z') / 1000);
 
-function ustarHeader(name: string, size: number, type: '0' | '5'): Buffer {
-  const h = Buffer.alloc(512);
-  const put = (off: number, len: number, v: string): void => void h.write(v, off, len, 'latin1');
-  const octal = (off: number, len: number, v: number): void =>
-    put(off, len, v.toString(8).padStart(len - 1, '0') + '\0');
-  put(0, 100, name);
-  octal(100, 8, type === '5' ? 0o755 : 0o644);
-  octal(108, 8, 0);
-  octal(116, 8, 0);
-  octal(124, 12, size);
-  octal(136, 12, EPOCH_SECS);
-  put(156, 1, type);
-  put(257, 8, 'ustar\u000000');
-  h.fill(0x20, 148, 156);
-  let sum = 0;
-  for (const b of h) sum += b;
-  put(148, 8, sum.toString(8).padStart(6, '0') + '\0 ');
-  return h;
+function header(name: string, size: number, type: 'file' | 'dir'): Buffer {
+  return encodeHeader({
+    name,
+    type,
+    mode: type === 'dir' ? 0o755 : 0o644,
+    uid: 0,
+    gid: 0,
+    size,
+    mtime: EPOCH_SECS,
+    linkname: '',
+    devmajor: 0,
+    devminor: 0,
+  });
 }
 
 /** A tar of `files` files (`totalBytes` in all) in 100 dirs under /opt/big, generated lazily. */
@@ -152,12 +148,12 @@ function bigTar(files: number, totalBytes: number): Readable {
   function* gen(): Generator<Buffer> {
     const key = createHash('sha256').update('kiln-bench-big-base').digest();
     const cipher = createCipheriv('aes-128-ctr', key.subarray(0, 16), key.subarray(16, 32));
-    yield ustarHeader('opt/', 0, '5');
-    yield ustarHeader('opt/big/', 0, '5');
+    yield header('opt/', 0, 'dir');
+    yield header('opt/big/', 0, 'dir');
     const zero = Buffer.alloc(per);
     for (let i = 0; i < files; i++) {
-      if (i % 200 === 0) yield ustarHeader(`opt/big/d${i / 200}/`, 0, '5');
-      yield ustarHeader(`opt/big/d${Math.floor(i / 200)}/f${i}`, per, '0');
+      if (i % 200 === 0) yield header(`opt/big/d${i / 200}/`, 0, 'dir');
+      yield header(`opt/big/d${Math.floor(i / 200)}/f${i}`, per, 'file');
       yield cipher.update(zero);
       const pad = (512 - (per % 512)) % 512;
       if (pad) yield Buffer.alloc(pad);

@@ -259,28 +259,20 @@ test('listContextFiles lists inside the context only, reuses unchanged hashes, a
         layers,
         warn: () => undefined,
       });
+    const copyStep = (c: RemoteBuildCache, n: string): string => {
+      const k = cacheKey({ sources: n });
+      const i = info({ parent: D('0'), op: 'COPY', sources: D(n) }, { slot: 'D/0/2' });
+      c.noteStep(k, { ...i, context: { dir: ctx, paths: ['src/'], ignore } });
+      return k;
+    };
     const c1 = mk();
-    const k1 = cacheKey({ sources: 1 });
-    c1.noteStep(
-      k1,
-      info(
-        { parent: D('0'), op: 'COPY', sources: D('1') },
-        { slot: 'D/0/2', context: { dir: ctx, paths: ['src/'], ignore } },
-      ),
-    );
+    const k1 = copyStep(c1, '1');
     assert.equal(await c1.explainMiss(k1), 'no earlier build of this step in the cache');
     await c1.saveStepHistory();
     await writeFile(join(ctx, 'src', 'sub', 'b.js'), 'changed');
     await writeFile(join(ctx, 'src', 'skip.log'), 'ignored change');
     const c2 = mk();
-    const k2 = cacheKey({ sources: 2 });
-    c2.noteStep(
-      k2,
-      info(
-        { parent: D('0'), op: 'COPY', sources: D('2') },
-        { slot: 'D/0/2', context: { dir: ctx, paths: ['src/'], ignore } },
-      ),
-    );
+    const k2 = copyStep(c2, '2');
     assert.equal(await c2.explainMiss(k2), 'file changed: src/sub/b.js');
   } finally {
     await rm(dir, { recursive: true, force: true });

@@ -622,20 +622,26 @@ export class RemoteBuildCache extends BuildCache {
   }
 
   /**
-   * Write every `--cache-to` after the image was pushed. `pushed` names the repositories the image went to (their
-   * blobs are mounted instead of uploaded). Failures are warnings: the build itself succeeded.
+   * The end of a build: write every `--cache-to` (after the image was pushed: `pushed` names the repositories the
+   * image went to, whose blobs are mounted instead of uploaded), save the step history for the next build's miss
+   * explanations, and close the cache registry's connections. Failures are warnings: the build itself succeeded.
    */
   async exportTo(finalDiffIDs: string[], pushed: Reference[] = []): Promise<{ ref: string; digest: string }[]> {
     const out: { ref: string; digest: string }[] = [];
-    for (const spec of this.o.to) {
-      const ref = parseReferenceWithDefaultTag(spec.ref);
-      try {
-        const records = this.recordsFor(spec.mode, finalDiffIDs);
-        const res = await this.writeManifest(ref, records, finalDiffIDs, pushed);
-        out.push({ ref: ref.toString(), digest: res });
-      } catch (e) {
-        this.o.warn(`cache export to ${spec.ref} failed: ${oneLine(e)}`);
+    try {
+      for (const spec of this.o.to) {
+        const ref = parseReferenceWithDefaultTag(spec.ref);
+        try {
+          const records = this.recordsFor(spec.mode, finalDiffIDs);
+          const res = await this.writeManifest(ref, records, finalDiffIDs, pushed);
+          out.push({ ref: ref.toString(), digest: res });
+        } catch (e) {
+          this.o.warn(`cache export to ${spec.ref} failed: ${oneLine(e)}`);
+        }
       }
+      await this.saveStepHistory().catch(() => undefined);
+    } finally {
+      await this.close();
     }
     return out;
   }

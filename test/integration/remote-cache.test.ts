@@ -8,7 +8,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Transform } from 'node:stream';
@@ -24,6 +24,7 @@ import { BuildProgress } from '../../src/build/progress.js';
 import { runEngine } from '../../src/build/engine.js';
 import { imageOf } from '../../src/build/build.js';
 import { RemoteBuildCache, parseCacheSpec } from '../../src/cache/remote.js';
+import { kiln } from './build-helpers.js';
 
 let reg: TestRegistry;
 let work: string;
@@ -282,4 +283,46 @@ test('an unauthorised cache registry is one warning and a normal build', async (
   } finally {
     await locked.stop();
   }
+});
+
+test('kiln build --cache-to/--cache-from: a fresh $KILN_HOME rebuilds only the changed step and says why', async () => {
+  const ctx2 = join(work, 'ctx-cli');
+  await cp(ctx, ctx2, { recursive: true });
+  const cacheRef = `${reg.host}/cache/cli:1`;
+  const common = ['--push', '--progress', 'json', '--insecure-registry', reg.host];
+  const r1 = await kiln(
+    ['build', ...common, '-t', `${reg.host}/app/cli:1`, '--cache-to', `type=registry,ref=${cacheRef},mode=max`, ctx2],
+    {
+      home: join(work, 'cli-home1'),
+    },
+  );
+  assert.equal(r1.code, 0, r1.stderr);
+  await writeFile(join(ctx2, 'src', 'd2', 'f6.js'), 'export const v6 = "changed";\n');
+  const r2 = await kiln(['build', ...common, '-t', `${reg.host}/app/cli:2`, '--cache-from', cacheRef, ctx2], {
+    home: join(work, 'cli-home2'),
+  });
+  assert.equal(r2.code, 0, r2.stderr);
+  const names = new Map<number, string>();
+  const cached: string[] = [];
+  const done: string[] = [];
+  const logs: string[] = [];
+  for (const l of r2.stderr.split('\n')) {
+    if (!l.startsWith('{')) continue;
+    const e = JSON.parse(l) as { type: string; id?: number; name?: string; line?: string };
+    if (e.type === 'start') names.set(e.id as number, e.name as string);
+    if (e.type === 'cached') cached.push(names.get(e.id as number) as string);
+    if (e.type === 'done') done.push(names.get(e.id as number) as string);
+    if (e.type === 'log') logs.push(`${names.get(e.id as number)}: ${e.line}`);
+  }
+  assert.deepEqual(steps(cached), [
+    'WORKDIR /app',
+    'COPY assets/ ./assets/',
+    'RUN ls assets | wc -l > /app/asset-count',
+  ]);
+  assert.deepEqual(steps(done), ['COPY src/ ./src/']);
+  assert.ok(
+    logs.some((l) => /COPY src\/ \.\/src\/: cache miss: source files changed/.test(l)),
+    `a miss explanation for the COPY: ${logs.join('\n')}`,
+  );
+  assert.ok(!r2.stderr.includes('"warning"'), r2.stderr);
 });

@@ -498,7 +498,9 @@ class Engine {
       resolved = await resolving;
     } catch (e) {
       const hint = e instanceof KilnError ? e.hint : undefined;
-      throw this.fail(from, e instanceof KilnError ? e.code : 'BASE_IMAGE', `FROM ${ref}: ${errorMessage(e)}`, hint, e);
+      // the registry client's messages start with `pull NAME: `; the FROM line already names the image
+      const why = errorMessage(e).replace(/^pull \S+: /, '');
+      throw this.fail(from, e instanceof KilnError ? e.code : 'BASE_IMAGE', `FROM ${ref}: ${why}`, hint, e);
     }
     const cfg = await resolved.image.config();
     const { image, onBuild } = fromBaseConfig(cfg);

@@ -62,8 +62,12 @@ export function register(program: Command): void {
     const opts = registryOptionsFrom(flags);
     try {
       const tagged = ref.tag !== undefined || ref.digest === undefined ? ref.withTag(ref.tag ?? 'latest') : undefined;
-      let dest: Location = flags.output ? parseOutput(flags.output) : { kind: 'store', name: ref.toString() };
-      if (dest.kind === 'store' && tagged && !ref.digest) dest = { kind: 'store', name: tagged.toString() };
+      if (!flags.output && !tagged) {
+        throw new KilnError('INVALID_REFERENCE', `pull ${ref.toString()}: the local store names images by tag`, {
+          hint: `pull ${ref.name()}:TAG@${ref.digest} to pin the digest under a tag, or use --output`,
+        });
+      }
+      let dest: Location = flags.output ? parseOutput(flags.output) : { kind: 'store', name: tagged!.toString() };
       if (dest.kind === 'oci' && dest.name === undefined && tagged) dest = { ...dest, name: tagged.tag! };
       if (dest.kind === 'docker-archive' && dest.tag === undefined && tagged)
         dest = { ...dest, tag: tagged.toString() };

@@ -69,6 +69,14 @@ test('kiln pull/push/copy/inspect through the local store and two registries', a
       [`${a.host}/app:v1`],
     );
 
+    // Pull by digest, pinned under a tag; a bare digest cannot name a store image.
+    const pinned = await kiln(['pull', `${a.host}/app:pinned@${digest}`, '--progress', 'quiet'], env);
+    assert.equal(pinned.code, 0, pinned.stderr);
+    assert.equal((await store.resolve(`${a.host}/app:pinned`)).digest, digest);
+    const bare = await kiln(['pull', `${a.host}/app@${digest}`], env);
+    assert.equal(bare.code, 1);
+    assert.equal(bare.stderr.split('\n')[0], `kiln: pull ${a.host}/app@${digest}: the local store names images by tag`);
+
     const archive = join(home, 'app.tar');
     const toArchive = await kiln(['pull', `${a.host}/app:v1`, '--output', `type=docker,dest=${archive}`], env);
     assert.equal(toArchive.code, 0, toArchive.stderr);

@@ -175,6 +175,10 @@ export async function runBuildCommand(
   const onSignal = (): void => ac.abort();
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  // progress goes to stderr: if its reader goes away (`kiln build … 2>&1 | head`), keep building and cleaning up
+  // instead of dying on EPIPE with a snapshot still mounted
+  const onStderrError = (): void => undefined;
+  process.stderr.on('error', onStderrError);
   try {
     const so: ServiceOptions = { registry, progress, signal: ac.signal, context: opts.context };
     if (opts.file !== undefined) so.dockerfile = opts.file;
@@ -198,6 +202,7 @@ export async function runBuildCommand(
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
+    process.stderr.off('error', onStderrError);
     await closeTransports(registry);
   }
 }

@@ -81,11 +81,12 @@ async function build(
   cacheFrom: string[],
   cacheTo: string[],
   registryHosts: string[] = [],
+  o: { context?: string; buildArgs?: Record<string, string> } = {},
 ): Promise<Built> {
   const lines: string[] = [];
   const progress = new BuildProgress('json', (s) => lines.push(s));
   const registry: PushOptions = { insecureRegistries: [reg.host, ...registryHosts] };
-  const svc = await localServices({ home, registry, progress, context: ctx });
+  const svc = await localServices({ home, registry, progress, context: o.context ?? ctx });
   const cache = new RemoteBuildCache({
     dir: join(home, 'cache'),
     from: cacheFrom.map((c) => parseCacheSpec(c, '--cache-from')),
@@ -103,7 +104,7 @@ async function build(
         stages: parsed.stages,
         metaArgs: parsed.globalArgs,
         file: 'Dockerfile',
-        buildArgs: new Map(),
+        buildArgs: new Map(Object.entries(o.buildArgs ?? {})),
         labels: {},
         platform: hostPlatform(),
         noCache: false,
@@ -325,4 +326,39 @@ test('kiln build --cache-to/--cache-from: a fresh $KILN_HOME rebuilds only the c
     `a miss explanation for the COPY: ${logs.join('\n')}`,
   );
   assert.ok(!r2.stderr.includes('"warning"'), r2.stderr);
+});
+
+test('a miss in one stage does not stop hits in another', async () => {
+  const ctx3 = join(work, 'ctx-stages');
+  await mkdir(ctx3);
+  await writeFile(
+    join(ctx3, 'Dockerfile'),
+    `FROM ${base} AS a\nARG V=1\nRUN echo "$V" > /a\n\nFROM ${base} AS b\nRUN echo b > /b\n\n` +
+      `FROM ${base}\nCOPY --from=a /a /a\nCOPY --from=b /b /b\n`,
+  );
+  const cacheRef = `${reg.host}/cache/stages:1`;
+  const first = await build(
+    join(work, 'home7'),
+    `${reg.host}/app/stages:1`,
+    [],
+    [`type=registry,ref=${cacheRef},mode=max`],
+    [],
+    {
+      context: ctx3,
+    },
+  );
+  assert.equal(first.ev.cached.length, 0);
+  const second = await build(join(work, 'home8'), `${reg.host}/app/stages:2`, [cacheRef], [], [], {
+    context: ctx3,
+    buildArgs: { V: '2' },
+  });
+  const stepsOf = (names: string[]): string[] =>
+    names.filter((n) => /\] (RUN|COPY)/.test(n)).map((n) => n.replace(/^\[(\S+) .*?\] /, '$1: '));
+  // stage a's RUN misses (its ARG changed); stage b's RUN still hits
+  assert.deepEqual(stepsOf(second.ev.cached), ['b: RUN echo b > /b']);
+  assert.deepEqual(stepsOf(second.ev.done).sort(), [
+    'a: RUN echo "$V" > /a',
+    'stage-2: COPY --from=a /a /a',
+    'stage-2: COPY --from=b /b /b',
+  ]);
 });

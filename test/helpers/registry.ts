@@ -8,7 +8,8 @@
  * `stop()` kills the registry (and token server) and removes every temp dir. The registry's log is kept in
  * memory (`log()`) so tests can observe requests (e.g. a cross-repository mount).
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { createServer as createHttpServer, request as httpRequest, type IncomingHttpHeaders } from 'node:http';
@@ -338,4 +339,31 @@ export async function startTcpProxy(target: string, o: TcpProxyOptions = {}): Pr
     await new Promise<void>((r) => server.close(() => r()));
   };
   return proxy;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Running the kiln CLI (from source) in a child process, for end-to-end registry tests.
+
+const KILN_BIN = fileURLToPath(new URL('../../bin/kiln.js', import.meta.url));
+
+export interface KilnRun {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Run `kiln ARGS` with extra environment and optional stdin; never rejects (inspect `code`). */
+export function runKiln(args: string[], env: NodeJS.ProcessEnv = {}, input?: string): Promise<KilnRun> {
+  return new Promise((resolve) => {
+    const child = execFile(
+      process.execPath,
+      [KILN_BIN, ...args],
+      { env: { ...process.env, KILN_FROM_SOURCE: '1', ...env }, encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 },
+      (err, stdout, stderr) => {
+        const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
+        resolve({ code, stdout, stderr });
+      },
+    );
+    child.stdin?.end(input ?? '');
+  });
 }

@@ -5,39 +5,18 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, statSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { isKilnError } from '../../src/errors.js';
 import { copy, push, type PushOptions } from '../../src/registry/push.js';
 import { getRemoteImage } from '../../src/registry/remote.js';
 import { closeTransports } from '../../src/registry/transport.js';
 import { writeLayout } from '../../src/oci/layout.js';
 import { makeBusyboxImage } from '../helpers/images.js';
-import { startRegistry } from '../helpers/registry.js';
+import { startRegistry, runKiln } from '../helpers/registry.js';
 
-const KILN = fileURLToPath(new URL('../../bin/kiln.js', import.meta.url));
-
-function kiln(
-  args: string[],
-  env: NodeJS.ProcessEnv = {},
-  input?: string,
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = execFile(
-      process.execPath,
-      [KILN, ...args],
-      { env: { ...process.env, KILN_FROM_SOURCE: '1', ...env }, encoding: 'utf8' },
-      (err, stdout, stderr) => {
-        const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
-        resolve({ code, stdout, stderr });
-      },
-    );
-    child.stdin?.end(input ?? '');
-  });
-}
+const kiln = runKiln;
 
 test('token auth: anonymous pull, unauthorized and denied pushes, mount scopes, bad password', async () => {
   const reg = await startRegistry({

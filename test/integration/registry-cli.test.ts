@@ -10,7 +10,6 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Transform } from 'node:stream';
-import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { LocalStore } from '../../src/oci/store.js';
 import { writeLayout } from '../../src/oci/layout.js';
@@ -19,23 +18,12 @@ import { copyLocation, loadLocation, parseLocation } from '../../src/registry/lo
 import { push, type PushOptions } from '../../src/registry/push.js';
 import { closeTransports } from '../../src/registry/transport.js';
 import { makeBusyboxImage } from '../helpers/images.js';
-import { startHttpProxy, startRegistry } from '../helpers/registry.js';
+import { startHttpProxy, startRegistry, runKiln } from '../helpers/registry.js';
 
-const KILN = fileURLToPath(new URL('../../bin/kiln.js', import.meta.url));
 const run = async (cmd: string, args: string[]): Promise<string> =>
   (await promisify(execFile)(cmd, args, { encoding: 'utf8' })).stdout;
 
-function kiln(args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      [KILN, ...args],
-      { env: { ...process.env, KILN_FROM_SOURCE: '1', ...env }, encoding: 'utf8' },
-      (err, stdout, stderr) =>
-        resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr }),
-    );
-  });
-}
+const kiln = runKiln;
 
 test('kiln pull/push/copy/inspect through the local store and two registries', async () => {
   const a = await startRegistry();

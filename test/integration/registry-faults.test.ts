@@ -5,12 +5,10 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Transform } from 'node:stream';
-import { fileURLToPath } from 'node:url';
 import { isKilnError } from '../../src/errors.js';
 import { copy, push, type PushOptions } from '../../src/registry/push.js';
 import { RepositoryClient } from '../../src/registry/client.js';
@@ -19,23 +17,9 @@ import { getRemoteImage } from '../../src/registry/remote.js';
 import { closeTransports } from '../../src/registry/transport.js';
 import { writeLocation } from '../../src/registry/locations.js';
 import { makeBusyboxImage } from '../helpers/images.js';
-import { startHttpProxy, startRegistry, startTcpProxy } from '../helpers/registry.js';
+import { startHttpProxy, startRegistry, startTcpProxy, runKiln } from '../helpers/registry.js';
 
-const KILN = fileURLToPath(new URL('../../bin/kiln.js', import.meta.url));
-
-function kiln(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      [KILN, ...args],
-      { env: { ...process.env, KILN_FROM_SOURCE: '1', ...env }, encoding: 'utf8' },
-      (err, stdout, stderr) => {
-        const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
-        resolve({ code, stdout, stderr });
-      },
-    );
-  });
-}
+const kiln = runKiln;
 
 for (const bodyBytes of [0, 100_000]) {
   test(`chunked upload survives a connection cut mid-PATCH (${bodyBytes ? 'partial body' : 'headers only'})`, async () => {

@@ -488,3 +488,12 @@ test('COPY heredoc content: variables expanded, quotes kept (BuildKit raw expans
   await runEngine(request('FROM busybox\nENV WHO=world\nCOPY <<EOF /hello\necho "hi $WHO"\nEOF\n'), h.deps);
   assert.deepEqual(seen, ['echo "hi world"\n']);
 });
+
+test('RUN --security=insecure is refused with one line', async () => {
+  const h = harness('insecure');
+  await assert.rejects(
+    runEngine(request('FROM busybox\nRUN --security=insecure true\n'), h.deps),
+    /^KilnError: Dockerfile:2: RUN --security=insecure: security.insecure is not allowed/,
+  );
+  assert.equal(h.runs.length, 0);
+});

@@ -917,6 +917,17 @@ class Engine {
         args = [(args[0] as string) + c.files.map((x) => '\n' + x.data + x.name).join('')];
       }
     }
+    if (c.security === 'insecure') {
+      throw this.fail(
+        c,
+        'RUN_INSECURE_DENIED',
+        'RUN --security=insecure: security.insecure is not allowed',
+        'kiln never runs steps with extra privileges',
+      );
+    }
+    if (c.devices.length > 0) {
+      throw this.fail(c, 'UNSUPPORTED', 'RUN --device is not supported');
+    }
     const argv = c.prependShell ? withShell(st.img, args) : [...args];
     if (argv.length === 0) throw this.fail(c, 'DOCKERFILE_INSTRUCTION', 'RUN: empty command');
     const env = [...st.stateEnv];

@@ -6,7 +6,8 @@
  *  2. pivot_root(2)s into the rootfs with the runc trick (pivot_root(".", "."), then detach the old root), so
  *     the host filesystem is unreachable from the step (no chroot escape);
  *  3. sets the hostname, drops the capability bounding set to Docker's default set;
- *  4. setgroups/setresgid/setresuid to the resolved user, chdir to the working dir;
+ *  4. setgroups/setresgid/setresuid to the resolved user (re-arming the parent-death signal), chdir to the
+ *     working dir;
  *  5. replaces the environment with exactly the given one and execs the command (PATH lookup like execvp).
  * Setup failures are written to fd 3 (close-on-exec, so a successful exec closes it) and exit 125.
  * Perl's `syscall` passes strings as pointers and numbers as ints, so every numeric argument is numified.
@@ -75,6 +76,8 @@ my $gl = pack('L*', @groups);
 syscall($SYS_SETGROUPS, scalar(@groups), $gl) == 0 or fail("setgroups: $!");
 syscall($SYS_SETRESGID, $gid, $gid, $gid) == 0 or fail("setresgid($gid): $!");
 syscall($SYS_SETRESUID, $uid, $uid, $uid) == 0 or fail("setresuid($uid): $!");
+# A credential change clears the parent-death signal unshare --kill-child set: set it again.
+syscall($SYS_PRCTL, 1, 9, 0, 0, 0) == 0 or fail("prctl(PR_SET_PDEATHSIG): $!");
 chdir($cwd) or fail("chdir $cwd: $!");
 %ENV = ();
 $ENV{$_} = $newenv{$_} for @order;

@@ -550,10 +550,16 @@ export async function runProcess(opts: RunProcessOptions): Promise<RunProcessRes
 }
 
 async function spawnSandbox(unshareArgs: string[], script: string, opts: RunProcessOptions): Promise<RunProcessResult> {
-  const child = spawn('unshare', [...unshareArgs, '--', '/bin/sh', '-c', script, 'kiln-sandbox'], {
-    stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
-    env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C' },
-  });
+  // setpriv --pdeathsig: if kiln itself dies (even SIGKILL), unshare is killed, and with it (--kill-child) pid 1
+  // of the step and so the whole pid namespace.
+  const child = spawn(
+    'setpriv',
+    ['--pdeathsig', 'SIGKILL', '--', 'unshare', ...unshareArgs, '--', '/bin/sh', '-c', script, 'kiln-sandbox'],
+    {
+      stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
+      env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C' },
+    },
+  );
   child.stdout?.on('data', (d: Buffer) => opts.onStdout?.(d));
   child.stderr?.on('data', (d: Buffer) => opts.onStderr?.(d));
   let setupError = '';

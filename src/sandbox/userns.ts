@@ -16,6 +16,7 @@
  *   resolves to its JSON-serialisable result (a thrown error is re-thrown here as a KilnError).
  */
 import { spawn, type StdioOptions } from 'node:child_process';
+import { Socket } from 'node:net';
 import { access, readFile, constants } from 'node:fs/promises';
 import { userInfo } from 'node:os';
 import { fileURLToPath } from 'node:url';
@@ -213,20 +214,29 @@ export async function enterBuildNamespace(
   opts: EnterOptions = {},
 ): Promise<number | null> {
   const st = await userNamespaceStatus();
-  if (!needsBuildNamespace(st)) return null;
+  if (!needsBuildNamespace(st)) {
+    if (st.insideBuildNamespace) watchParent();
+    return null;
+  }
   assertRootlessSupported(st);
   const passFds = opts.passFds ?? 0;
   const readyFd = 3 + passFds;
   const goFd = readyFd + 1;
   // The shell runs right after unshare(2) (so the namespace exists): it reports its pid's readiness, waits until
   // the parent has written the id maps, closes the sync fds and execs node (now uid 0 with full capabilities).
-  const script = `echo ready >&${readyFd}; read -r ok <&${goFd}; [ "$ok" = go ] || exit 125; exec ${readyFd}>&- ${goFd}<&-; exec "$@"`;
+  // The go fd stays open in the child as its lifeline: EOF on it means this parent died (watchParent()).
+  const script = `echo ready >&${readyFd}; read -r ok <&${goFd}; [ "$ok" = go ] || exit 125; exec ${readyFd}>&-; KILN_NS_PARENT_FD=${goFd} exec "$@"`;
   const stdio: StdioOptions = ['inherit', 'inherit', 'inherit'];
   for (let i = 0; i < passFds; i++) stdio.push(3 + i);
   stdio.push('pipe', 'pipe');
+  // setpriv --pdeathsig: if this parent dies (even SIGKILL), the build inside gets SIGTERM and stops.
   const child = spawn(
-    st.unshare as string,
+    'setpriv',
     [
+      '--pdeathsig',
+      'SIGTERM',
+      '--',
+      st.unshare as string,
       '--user',
       '--mount',
       '--propagation',
@@ -284,8 +294,33 @@ export async function enterBuildNamespace(
       hint: `check the ${which === 'newuidmap' ? '/etc/subuid' : '/etc/subgid'} entry for ${st.userName ?? st.uid} and that ${which} is setuid root (apt-get install uidmap)`,
     });
   }
-  goPipe.end('go\n');
+  // Written, not ended: the open socket is the child's lifeline until this process exits.
+  goPipe.write('go\n');
   return exited;
+}
+
+let watching = false;
+
+/**
+ * Inside the namespace: the parent's end of the lifeline socket (fd KILN_NS_PARENT_FD) closes when the parent
+ * dies, even by SIGKILL; then this process gets SIGTERM (a parent-death signal would not survive the exec into
+ * the namespace, which raises capabilities). Children may inherit the fd; only this parent's end matters.
+ */
+function watchParent(): void {
+  const fd = Number(process.env.KILN_NS_PARENT_FD);
+  delete process.env.KILN_NS_PARENT_FD;
+  if (watching || !Number.isInteger(fd) || fd < 3) return;
+  watching = true;
+  try {
+    const sock = new Socket({ fd, readable: true, writable: false });
+    sock.on('data', () => undefined);
+    const onGone = () => process.kill(process.pid, 'SIGTERM');
+    sock.on('end', onGone);
+    sock.on('error', onGone);
+    sock.unref();
+  } catch {
+    // not a socket: no lifeline
+  }
 }
 
 function osSignalNumber(sig: string): number | undefined {

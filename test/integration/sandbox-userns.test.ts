@@ -6,9 +6,36 @@ import { test, describe, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ensureRootlessUser, spawnAsUser } from '../helpers/rootless.js';
+import { readdirSync, readFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { ensureRootlessUser, rootlessTempDir, spawnAsUser } from '../helpers/rootless.js';
+import { rm } from 'node:fs/promises';
+import { mountsUnder, unmount } from '../../src/sandbox/mount.js';
 
 const HELPER = join(dirname(fileURLToPath(import.meta.url)), '..', 'helpers', 'rootless.ts');
+const ENTRY = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'src', 'sandbox', 'ns-entry.ts');
+
+/** Pids whose command line contains `token`. */
+function pidsWith(token: string): number[] {
+  const out: number[] = [];
+  for (const p of readdirSync('/proc').filter((x) => /^\d+$/.test(x))) {
+    try {
+      if (readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(token)) out.push(Number(p));
+    } catch {
+      // gone
+    }
+  }
+  return out;
+}
+
+/** Wait (bounded: a readiness limit, not an assertion on speed) until `cond()` holds. */
+async function until(cond: () => boolean, what: string, limitMs = 20_000): Promise<void> {
+  const end = Date.now() + limitMs;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`gave up waiting: ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
 
 function probe(user: string, args: string[], onLine?: (line: string, kill: () => void) => void) {
   const child = spawnAsUser(user, [process.execPath, '--import', 'tsx', HELPER, 'ns-probe', ...args]);
@@ -56,6 +83,54 @@ describe('build user namespace (kilntest)', () => {
     assert.ok(sent);
     assert.equal(r.code, 42, r.stderr);
   });
+
+  for (const mode of ['root', 'rootless'] as const) {
+    test(`SIGKILL of kiln itself takes the running RUN step down (${mode})`, async () => {
+      const token = `kiln-orphan-${mode}-${process.pid}`;
+      const home = await rootlessTempDir('kiln-orphan-'); // owned by kilntest: usable in both modes
+      const req = [
+        {
+          kilnHome: home,
+          steps: [{ argv: ['/bin/sh', '-c', `sh -c 'sleep 1000; echo ${token}' & sleep 1000`], user: 'u1' }],
+        },
+      ];
+      // The token is on the command lines of kiln (both processes when rootless) and of the step's processes:
+      // all of them must be gone after kiln is SIGKILLed.
+      const argv = [process.execPath, '--import', 'tsx', ENTRY, HELPER, 'runStepScenario', JSON.stringify(req)];
+      const child =
+        mode === 'rootless'
+          ? spawnAsUser('kilntest', argv)
+          : spawn(argv[0] as string, argv.slice(1), { cwd: join(dirname(HELPER), '..', '..'), stdio: 'pipe' });
+      try {
+        const isStep = (pid: number) => !readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('ns-entry');
+        await until(
+          () =>
+            pidsWith(token).some((p) => {
+              try {
+                return isStep(p);
+              } catch {
+                return false;
+              }
+            }),
+          'the RUN step to start',
+        );
+        child.kill('SIGKILL');
+        await until(() => pidsWith(token).length === 0, 'the RUN step and kiln to be gone');
+      } finally {
+        child.kill('SIGKILL');
+        for (const p of pidsWith(token)) {
+          try {
+            process.kill(p, 'SIGKILL');
+          } catch {
+            // gone
+          }
+        }
+        // As root the step's overlay mount lives in the host mount namespace: a SIGKILLed kiln cannot unmount it.
+        for (const m of (await mountsUnder(home)).reverse()) await unmount(m);
+        await rm(home, { recursive: true, force: true });
+      }
+    });
+  }
 
   test('a user without /etc/subuid entries gets one clear error', async () => {
     const r = await probe('nobody', []);

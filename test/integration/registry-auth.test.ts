@@ -12,6 +12,7 @@ import { isKilnError } from '../../src/errors.js';
 import { copy, push, type PushOptions } from '../../src/registry/push.js';
 import { getRemoteImage } from '../../src/registry/remote.js';
 import { closeTransports } from '../../src/registry/transport.js';
+import { verifyLogin } from '../../src/registry/keychain.js';
 import { writeLayout } from '../../src/oci/layout.js';
 import { makeBusyboxImage } from '../helpers/images.js';
 import { startRegistry, runKiln } from '../helpers/registry.js';
@@ -66,6 +67,14 @@ test('token auth: anonymous pull, unauthorized and denied pushes, mount scopes, 
       assert.ok(isKilnError(e, 'UNAUTHORIZED'), String(e));
       assert.ok(!e.message.includes('WRONG-pw'));
       assert.ok(!e.message.includes('\n'));
+      return true;
+    });
+
+    // login verifies against the token server before anything is stored.
+    await verifyLogin(reg.host, { username: 'reader', password: 'read-pw' });
+    await assert.rejects(verifyLogin(reg.host, { username: 'reader', password: 'nope' }), (e: unknown) => {
+      assert.ok(isKilnError(e, 'UNAUTHORIZED'));
+      assert.equal(e.message, `login ${reg.host}: invalid username or password (UNAUTHORIZED)`);
       return true;
     });
 

@@ -128,3 +128,36 @@ test('Basic auth is sent to the registry, redirects to another host drop Authori
     await blobSrv.close();
   }
 });
+
+test('a registry with an open /v2/ that challenges per repository: the challenge is adopted', async () => {
+  const srv = await serve((req, res, port) => {
+    const url = new URL(req.url ?? '/', 'http://x');
+    if (url.pathname === '/v2/') {
+      res.writeHead(200);
+      res.end('{}');
+    } else if (url.pathname === '/token') {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ access_token: 'repo-token' }));
+    } else if (req.headers.authorization === 'Bearer repo-token') {
+      res.writeHead(200);
+      res.end('ok');
+    } else {
+      res.writeHead(401, { 'www-authenticate': `Bearer realm="http://127.0.0.1:${port}/token",service="s"` });
+      res.end();
+    }
+  });
+  const t = new Transport(srv.host, srv.host, {});
+  try {
+    const r = await t.request({
+      method: 'GET',
+      path: '/v2/private/manifests/v1',
+      scopes: ['repository:private:pull'],
+      expect: [200],
+      ctx: { label: 'pull x', kind: 'manifest' },
+    });
+    assert.equal(await r.body.text(), 'ok');
+  } finally {
+    await t.close();
+    await srv.close();
+  }
+});

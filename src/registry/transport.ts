@@ -426,6 +426,7 @@ export class Transport {
     // Relative upload locations are resolved against the endpoint.
     if (url.startsWith('/')) url = base + url;
     let refreshed = false;
+    let adopted = false;
     let scopes = o.scopes;
     let refreshNow = false;
     for (;;) {
@@ -451,6 +452,18 @@ export class Transport {
         const h = { ...headers };
         if (new URL(next).host !== new URL(res.url).host) delete h['authorization'];
         res = await this.rawWithRetry(o.method, next, h, undefined, o.ctx, true);
+      }
+      if (res.status === 401 && !this.challenge && !adopted && replayable) {
+        // /v2/ was open but this repository wants authentication: adopt its challenge and try again.
+        const hdr = res.headers['www-authenticate'];
+        const all = (Array.isArray(hdr) ? hdr : hdr ? [hdr] : []).flatMap((x) => parseWWWAuthenticate(x));
+        const ch = all.find((c) => c.scheme === 'bearer') ?? all.find((c) => c.scheme === 'basic');
+        if (ch) {
+          await res.body.dump().catch(() => undefined);
+          adopted = true;
+          this.challenge = ch;
+          continue;
+        }
       }
       if (res.status === 401 && !refreshed && this.challenge?.scheme === 'bearer') {
         // Token expired or lacks scope: merge the challenge's scope and fetch a fresh token once.

@@ -12,6 +12,7 @@
  * dir and each lower is named by a short relative symlink (`l/0`, `l/1`, ...), which overlay resolves at mount time.
  *
  * Selection: `KILN_SNAPSHOTTER=overlay|copy`, else overlay when a probe mount succeeds, else copy.
+ * `chooseSnapshotter` also cleans up the temp dirs (and mounts) of kiln processes that died (stale.ts).
  */
 import { lstat, mkdir, readdir, rm, rmdir, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -258,6 +259,9 @@ export function overlaySupported(kilnHome: string = defaultKilnHome()): Promise<
  */
 export async function chooseSnapshotter(opts: SnapshotterOptions = {}): Promise<SandboxSnapshotter> {
   const kilnHome = opts.kilnHome ?? defaultKilnHome();
+  // Once per build: snapshots and RUN state left by a kiln that was killed are unmounted and removed.
+  const { cleanupStaleTempDirs } = await import('./stale.js');
+  await cleanupStaleTempDirs(kilnHome);
   const forced = process.env.KILN_SNAPSHOTTER;
   const { CopySnapshotter } = await import('./copy.js');
   if (forced === 'copy') return new CopySnapshotter({ kilnHome });

@@ -3,7 +3,8 @@
  * holds `layers/`, `cache-mounts/` and `tmp/` (snapshots and per-RUN state). `tmp/` lives on the same filesystem as `layers/` so an upper dir can be renamed into the layer
  * store.
  */
-import { mkdir, mkdtemp } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { kilnHome } from '../oci/store.js';
 
@@ -15,9 +16,28 @@ export function defaultKilnHome(): string {
 /** Env marker set for a process re-executed inside the build user namespace. */
 export const BUILD_NS_ENV = 'KILN_IN_BUILD_NS';
 
-/** A fresh private (0700) temp dir under `$KILN_HOME/tmp`. */
+/** This process's identity for `.owner` files: pid and start time (so a reused pid is not mistaken for it). */
+export function ownerId(pid: number = process.pid): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Field 22 (starttime), counted after the ")" that ends the command name.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return `${pid} ${fields[19]}`;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * A fresh private (0700) temp dir under `$KILN_HOME/tmp`, with an `.owner` file naming this process, so a later
+ * kiln can clean it up (mounts included) when this process died without doing so (see stale.ts).
+ */
 export async function kilnTempDir(home: string, prefix: string): Promise<string> {
   const base = join(home, 'tmp');
   await mkdir(base, { recursive: true, mode: 0o700 });
-  return mkdtemp(join(base, prefix));
+  const dir = await mkdtemp(join(base, prefix));
+  await writeFile(join(dir, OWNER_FILE), ownerId() ?? String(process.pid));
+  return dir;
 }
+
+export const OWNER_FILE = '.owner';

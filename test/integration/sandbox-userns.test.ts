@@ -8,11 +8,13 @@ import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { readdirSync, readFileSync } from 'node:fs';
 import { spawn } from 'node:child_process';
-import { ensureRootlessUser, rootlessTempDir, spawnAsUser } from '../helpers/rootless.js';
-import { rm } from 'node:fs/promises';
+import { ensureRootlessUser, rootlessPrefix, rootlessTempDir, spawnAsUser } from '../helpers/rootless.js';
+import { readdir, rm } from 'node:fs/promises';
+import { runInBuildNamespace } from '../../src/sandbox/userns.js';
 import { mountsUnder, unmount } from '../../src/sandbox/mount.js';
 
 const HELPER = join(dirname(fileURLToPath(import.meta.url)), '..', 'helpers', 'rootless.ts');
+const STALE = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'src', 'sandbox', 'stale.ts');
 const ENTRY = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'src', 'sandbox', 'ns-entry.ts');
 
 /** Pids whose command line contains `token`. */
@@ -85,7 +87,7 @@ describe('build user namespace (kilntest)', () => {
   });
 
   for (const mode of ['root', 'rootless'] as const) {
-    test(`SIGKILL of kiln itself takes the running RUN step down (${mode})`, async () => {
+    test(`SIGKILL of kiln itself takes the running RUN step down; the next kiln cleans up (${mode})`, async () => {
       const token = `kiln-orphan-${mode}-${process.pid}`;
       const home = await rootlessTempDir('kiln-orphan-'); // owned by kilntest: usable in both modes
       const req = [
@@ -116,6 +118,13 @@ describe('build user namespace (kilntest)', () => {
         );
         child.kill('SIGKILL');
         await until(() => pidsWith(token).length === 0, 'the RUN step and kiln to be gone');
+        // The next kiln cleans up what the killed one left: the snapshot dir (as root: with its overlay mount).
+        const removed = await runInBuildNamespace<string[]>(STALE, 'cleanupStaleTempDirs', [home], {
+          ...(mode === 'rootless' ? { commandPrefix: rootlessPrefix() } : {}),
+        });
+        assert.equal(removed.filter((d) => /\/tmp\/snap-/.test(d)).length, 1, JSON.stringify(removed));
+        assert.deepEqual(await mountsUnder(home), []);
+        assert.deepEqual(await readdir(join(home, 'tmp')), []);
       } finally {
         child.kill('SIGKILL');
         for (const p of pidsWith(token)) {

@@ -497,3 +497,16 @@ test('RUN --security=insecure is refused with one line', async () => {
   );
   assert.equal(h.runs.length, 0);
 });
+
+test('LocalLayerStore: a base layer is stored as a blob once and extracted from it', async () => {
+  const dir = join(home, 'layerstore');
+  const blobs = new BlobDir(join(dir, 'blobs'));
+  const store = new LocalLayerStore({ layersDir: join(dir, 'layers'), blobs });
+  const [l] = await base.layers();
+  const layer = l as NonNullable<typeof l>;
+  const d1 = await store.unpack(layer);
+  assert.ok(await blobs.has(await layer.digest()), 'the compressed blob is kept for the outputs');
+  assert.equal(await store.dirOf(await layer.diffID()), d1);
+  assert.equal(await store.unpack(layer), d1);
+  assert.equal((await readFile(join(d1, 'etc', 'passwd'), 'utf8')).split('\n')[0], 'root:x:0:0:root:/root:/bin/sh');
+});

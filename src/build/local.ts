@@ -31,11 +31,30 @@ export interface LocalLayerStoreOptions {
 export class LocalLayerStore implements LayerStore {
   constructor(private readonly opts: LocalLayerStoreOptions) {}
 
+  /**
+   * Extract `layer` once. Its compressed blob is first stored in the blob store (verified), then extracted from
+   * there: the image written at the end (local store, layouts) then finds the base layers locally instead of
+   * downloading them a second time.
+   */
   async unpack(layer: Layer): Promise<string> {
     const diffID = await layer.diffID();
-    const o: { digest?: string; onWarning?: (m: string) => void } = { digest: await layer.digest() };
+    const have = await this.dirOf(diffID);
+    if (have) return have;
+    const digest = await layer.digest();
+    const o: { digest?: string; onWarning?: (m: string) => void } = { digest };
     if (this.opts.onWarning) o.onWarning = this.opts.onWarning;
-    return ensureLayerDir(this.opts.layersDir, diffID, () => layer.uncompressed(), o);
+    const blobs = this.opts.blobs;
+    let local = await blobs.has(digest);
+    if (!local) {
+      try {
+        await blobs.write(await layer.compressed(), { digest, size: await layer.size() }, await layer.mediaType());
+        local = true;
+      } catch (e) {
+        if (e instanceof KilnError && (e.code === 'DIGEST_MISMATCH' || e.code === 'SIZE_MISMATCH')) throw e;
+        local = false; // e.g. a foreign layer: extract straight from the source
+      }
+    }
+    return ensureLayerDir(this.opts.layersDir, diffID, () => (local ? blobs.open(digest) : layer.uncompressed()), o);
   }
 
   async dirOf(diffID: string): Promise<string | undefined> {

@@ -16,12 +16,17 @@ export function defaultKilnHome(): string {
 /** Env marker set for a process re-executed inside the build user namespace. */
 export const BUILD_NS_ENV = 'KILN_IN_BUILD_NS';
 
-/** This process's identity for `.owner` files: pid and start time (so a reused pid is not mistaken for it). */
+/**
+ * A live process's identity for `.owner` files: pid and start time (so a reused pid is not mistaken for it);
+ * undefined when there is no such live process.
+ */
 export function ownerId(pid: number = process.pid): string | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     // Field 22 (starttime), counted after the ")" that ends the command name.
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // A zombie (exited, not yet reaped) or dead task does not own anything any more.
+    if (fields[0] === 'Z' || fields[0] === 'X') return undefined;
     return `${pid} ${fields[19]}`;
   } catch {
     return undefined;

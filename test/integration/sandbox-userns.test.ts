@@ -119,10 +119,15 @@ describe('build user namespace (kilntest)', () => {
         child.kill('SIGKILL');
         await until(() => pidsWith(token).length === 0, 'the RUN step and kiln to be gone');
         // The next kiln cleans up what the killed one left: the snapshot dir (as root: with its overlay mount).
+        const before = await readdir(join(home, 'tmp'));
         const removed = await runInBuildNamespace<string[]>(STALE, 'cleanupStaleTempDirs', [home], {
           ...(mode === 'rootless' ? { commandPrefix: rootlessPrefix() } : {}),
         });
-        assert.equal(removed.filter((d) => /\/tmp\/snap-/.test(d)).length, 1, JSON.stringify(removed));
+        assert.equal(
+          removed.filter((d) => /\/tmp\/snap-/.test(d)).length,
+          1,
+          `removed ${JSON.stringify(removed)} of ${JSON.stringify(before)}`,
+        );
         assert.deepEqual(await mountsUnder(home), []);
         assert.deepEqual(await readdir(join(home, 'tmp')), []);
       } finally {

@@ -46,15 +46,14 @@ export function rootlessPrefix(): string[] {
   return ['runuser', '-u', ROOTLESS_USER, '--'];
 }
 
-/** Run `cmd args` as kilntest; resolves with exit code and output. */
-export function runAsRootless(
+/** Run a command to completion, capturing its output. */
+export function runCapture(
   cmd: string,
   args: string[],
   opts: { env?: NodeJS.ProcessEnv; cwd?: string } = {},
 ): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const prefix = rootlessPrefix();
   return new Promise((resolve, reject) => {
-    const p = spawn(prefix[0] as string, [...prefix.slice(1), cmd, ...args], {
+    const p = spawn(cmd, args, {
       env: { ...process.env, ...opts.env },
       cwd: opts.cwd ?? '/',
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -66,6 +65,16 @@ export function runAsRootless(
     p.on('error', reject);
     p.on('close', (code) => resolve({ code, stdout, stderr }));
   });
+}
+
+/** Run `cmd args` as kilntest; resolves with exit code and output. */
+export function runAsRootless(
+  cmd: string,
+  args: string[],
+  opts: { env?: NodeJS.ProcessEnv; cwd?: string } = {},
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const prefix = rootlessPrefix();
+  return runCapture(prefix[0] as string, [...prefix.slice(1), cmd, ...args], opts);
 }
 
 /** A fresh temp dir owned by kilntest (mode 0700). */

@@ -6,12 +6,11 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ensureRootlessUser, rootlessTempDir } from '../helpers/rootless.js';
+import { ensureRootlessUser, rootlessTempDir, runCapture } from '../helpers/rootless.js';
 
 const REPO = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const KILN = join(REPO, 'bin', 'kiln.js');
@@ -33,19 +32,7 @@ function kiln(
   const [cmd, ...rest] = asUser
     ? ['setpriv', `--reuid=${asUser.uid}`, `--regid=${asUser.gid}`, '--init-groups', '--', ...argv]
     : argv;
-  return new Promise((resolve, reject) => {
-    const p = spawn(cmd as string, rest, {
-      cwd: REPO,
-      env: { ...process.env, ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    p.on('error', reject);
-    p.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
+  return runCapture(cmd as string, rest, { cwd: REPO, env });
 }
 
 test('same image digest as root and rootless, with overlay and copy snapshotters', async () => {

@@ -14,7 +14,8 @@
  *
  * Environment: BENCH_ROUNDS (default 3), BENCH_ONLY=W1,W3 (workloads), BENCH_TOOLS=kiln,buildkit,buildah,
  * BENCH_SMALL=1 (tiny inputs, to check the harness), BENCH_KEEP=1 (keep the temp dir).
- * Output: the table on stdout and in bench/results/latest.md (with the machine: nproc, memory, kernel; date).
+ * Output: the table on stdout and in bench/results/latest.md (with the machine: nproc, memory, kernel; date);
+ * partial runs (BENCH_SMALL, BENCH_ONLY, BENCH_TOOLS) write .tmp/bench-partial.md instead.
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
@@ -44,6 +45,8 @@ interface RunResult {
   peakRss?: number;
   /** Duration of the step whose name matches the workload's step pattern (ms), when the tool reports it. */
   stepMs?: number;
+  /** kiln: every vertex of its progress (name without the `[n/m]` prefix → ms; CACHED vertices are 0). */
+  steps?: Map<string, number>;
 }
 
 interface Tool {
@@ -65,6 +68,16 @@ function fail(what: string, m: Measured | { code: number; stdout: string; stderr
 
 // ---------------------------------------------------------------------------------------------------------------
 // kiln
+
+/** A progress vertex name without its `[n/m]` prefix, nonces and registry host (stable across rounds). */
+function stepLabel(name: string): string {
+  return name
+    .replace(/^\[[^\]]*\] /, '')
+    .replace(/\b(r\d+|warm)-(kiln|buildkit|buildah)\b/g, 'N')
+    .replace(/\d+\.\d+\.\d+\.\d+:\d+\//g, '')
+    .replace(/@sha256:[a-f0-9]{64}/, '')
+    .slice(0, 60);
+}
 
 /** Compile kiln into a private dir (never touching dist/, which other checkouts' launchers use). */
 function compileKiln(work: string): string {
@@ -120,24 +133,27 @@ async function kilnTool(reg: TestRegistry, work: string): Promise<Tool> {
         { env },
       );
       if (m.code !== 0) fail(`kiln build ${tag}`, m);
-      const r: RunResult = { ms: m.ms, peakRss: m.peakRss };
-      if (step) {
-        const starts = new Map<number, { name: string; t: number }>();
-        for (const line of m.stderr.split('\n')) {
-          if (!line.startsWith('{')) continue;
-          let ev: { type?: string; id?: number; name?: string; time?: string };
-          try {
-            ev = JSON.parse(line) as typeof ev;
-          } catch {
-            continue;
-          }
-          if (ev.type === 'start' && ev.id !== undefined)
-            starts.set(ev.id, { name: ev.name ?? '', t: Date.parse(ev.time ?? '') });
-          if (ev.type === 'done' && ev.id !== undefined) {
-            const s = starts.get(ev.id);
-            if (s && step.test(s.name)) r.stepMs = Date.parse(ev.time ?? '') - s.t;
-          }
+      const r: RunResult = { ms: m.ms, peakRss: m.peakRss, steps: new Map() };
+      const starts = new Map<string, { name: string; t: number }>();
+      for (const line of m.stderr.split('\n')) {
+        if (!line.startsWith('{')) continue;
+        // the progress JSON has carried ids as numbers or "#N" strings, times as ISO strings or epoch ms
+        let ev: { type?: string; id?: number | string; name?: string; time?: string | number };
+        try {
+          ev = JSON.parse(line) as typeof ev;
+        } catch {
+          continue;
         }
+        if (ev.id === undefined || typeof ev.type !== 'string') continue;
+        const id = String(ev.id);
+        if (typeof ev.id === 'string' && !id.startsWith('#')) continue; // registry push events (blob digests)
+        const t = typeof ev.time === 'number' ? ev.time : Date.parse(ev.time ?? '');
+        if (ev.type === 'start') starts.set(id, { name: ev.name ?? '', t });
+        const s = starts.get(id);
+        if (!s || (ev.type !== 'done' && ev.type !== 'cached')) continue;
+        const ms = ev.type === 'done' ? t - s.t : 0;
+        if (step?.test(s.name) && ev.type === 'done') r.stepMs = ms;
+        r.steps?.set(stepLabel(s.name), ms);
       }
       return r;
     },
@@ -284,6 +300,20 @@ function stepTable(rows: Row[]): string {
   return out.join('\n');
 }
 
+/** kiln's own vertex times per workload (medians over rounds), to point at hot spots. */
+function breakdown(rows: Row[]): string {
+  const out = ['| workload | kiln vertices, median s (0 = CACHED) |', '|---|---|'];
+  for (const r of rows) {
+    const rs = r.results.get('kiln') ?? [];
+    const names = new Map<string, number[]>();
+    for (const x of rs) for (const [k, v] of x.steps ?? []) names.set(k, [...(names.get(k) ?? []), v]);
+    if (names.size === 0) continue;
+    const cells = [...names].map(([k, v]) => `${k.replace(/\|/g, '\\|')}: ${(median(v) / 1000).toFixed(2)}`);
+    out.push(`| ${r.workload} | ${cells.join(' · ')} |`);
+  }
+  return out.join('\n');
+}
+
 function machine(): string {
   const meminfo = readFileSync('/proc/meminfo', 'utf8');
   const memTotal = /MemTotal:\s+(\d+)/.exec(meminfo)?.[1];
@@ -420,12 +450,16 @@ async function main(): Promise<void> {
     else log(`kept ${work}`);
   }
   const md =
-    `# kiln benchmark — latest run\n\n${machine()}\n\n${table(rows)}\n\n${stepTable(rows)}\n\n` +
+    `# kiln benchmark — latest run\n\n${machine()}\n\n${table(rows)}\n\n${stepTable(rows)}\n\n${breakdown(rows)}\n\n` +
     'Targets (issue #5): W1 cold ≤ 0.5× and W1 warm ≤ 0.3× the faster peer; W2 RUN step ≤ 1.2× its empty-base time; ' +
     'kiln peak RSS (whole process tree) ≤ 300 MB.\n';
   process.stdout.write(md);
-  await mkdir(join(REPO, 'bench', 'results'), { recursive: true });
-  await writeFile(join(REPO, 'bench', 'results', 'latest.md'), md);
+  // reduced-input and partial runs do not replace the published results
+  const partial = SMALL || ONLY.size < 4 || TOOLS.length < 3;
+  const outFile = partial ? join(REPO, '.tmp', 'bench-partial.md') : join(REPO, 'bench', 'results', 'latest.md');
+  await mkdir(dirname(outFile), { recursive: true });
+  await writeFile(outFile, md);
+  log(`wrote ${outFile}`);
 }
 
 main().catch((e: unknown) => {

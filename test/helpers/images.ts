@@ -20,13 +20,20 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
 import { spawnSync } from 'node:child_process';
-import tarStream from 'tar-stream';
 import { DockerLayerTar, imageFromParts, layerFromBytes, layerFromUncompressed } from '../../src/oci/image.js';
 import { MediaType } from '../../src/oci/mediatypes.js';
 import { hostPlatform } from '../../src/oci/platform.js';
 import { sha256 } from '../../src/oci/digest.js';
 import type { Compression } from '../../src/oci/compress.js';
 import { isKilnError } from '../../src/errors.js';
+import {
+  BUSYBOX_CREATED,
+  BUSYBOX_EPOCH,
+  busyboxRootfsEntries,
+  makeTar,
+  type TarEntry,
+} from '../../src/build/busybox.js';
+import { DEFAULT_PATH as DEFAULT_SEARCH_PATH } from '../../src/build/imageconfig.js';
 import type { History, Image, ImageConfig, Layer, Platform } from '../../src/oci/types.js';
 
 export const BUSYBOX_APPLETS = [
@@ -37,8 +44,8 @@ export const BUSYBOX_APPLETS = [
   'sha256sum', 'md5sum', 'diff', 'wget', 'vi', 'su', 'adduser', 'addgroup', 'ps', 'yes', 'umask', 'sync',
 ]; // prettier-ignore
 
-const EPOCH = new Date('2024-01-01T00:00:00Z');
-const DEFAULT_PATH = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+const EPOCH = BUSYBOX_EPOCH;
+const DEFAULT_PATH = 'PATH=' + DEFAULT_SEARCH_PATH;
 
 export interface ExtraFile {
   path: string;
@@ -66,30 +73,10 @@ export interface BusyboxImageOptions {
   created?: string;
 }
 
-type Entry = { header: Partial<tarStream.Header> & { name: string }; body?: Buffer };
-
 /** Build a deterministic tar of `entries` in memory (small test layers only). */
-export async function makeTar(entries: Entry[]): Promise<Buffer> {
-  const pack = tarStream.pack();
-  const chunks: Buffer[] = [];
-  const done = (async () => {
-    for await (const c of pack) chunks.push(c as Buffer);
-  })();
-  for (const e of entries) {
-    await new Promise<void>((resolve, reject) => {
-      pack.entry(
-        { uid: 0, gid: 0, uname: '', gname: '', mtime: EPOCH, ...e.header },
-        e.body ?? Buffer.alloc(0),
-        (err) => (err ? reject(err) : resolve()),
-      );
-    });
-  }
-  pack.finalize();
-  await done;
-  return Buffer.concat(chunks);
-}
+export { makeTar };
 
-function extraEntries(files: ExtraFile[]): Entry[] {
+function extraEntries(files: ExtraFile[]): TarEntry[] {
   return files.map((f) => {
     const type = f.type ?? 'file';
     const body = type === 'file' ? Buffer.from(f.content ?? '') : undefined;
@@ -122,42 +109,14 @@ function layerMediaType(kind: 'oci' | 'docker', c: Compression): string {
   return c === 'gzip' ? MediaType.OCILayerGzip : MediaType.OCILayer;
 }
 
-async function layerOf(entries: Entry[], kind: 'oci' | 'docker', c: Compression): Promise<Layer> {
+async function layerOf(entries: TarEntry[], kind: 'oci' | 'docker', c: Compression): Promise<Layer> {
   const tar = await makeTar(entries);
   return layerFromBytes(compressBytes(tar, c), layerMediaType(kind, c), sha256(tar));
 }
 
 /** The root filesystem entries of the busybox base layer (exported for tests that inspect it). */
-export function busyboxEntries(busyboxPath = '/bin/busybox'): Entry[] {
-  const bb = readFileSync(busyboxPath);
-  const dir = (name: string, mode = 0o755, uid = 0, gid = 0): Entry => ({
-    header: { name: name + '/', type: 'directory', mode, uid, gid },
-  });
-  const file = (name: string, content: string | Buffer, mode = 0o644): Entry => {
-    const body = Buffer.from(content);
-    return { header: { name, type: 'file', mode, size: body.length }, body };
-  };
-  const link = (name: string, target: string): Entry => ({
-    header: { name, type: 'symlink', linkname: target, mode: 0o777 },
-  });
-  return [
-    dir('bin'),
-    file('bin/busybox', bb, 0o755),
-    ...BUSYBOX_APPLETS.map((a) => link(`bin/${a}`, 'busybox')),
-    dir('etc'),
-    file('etc/group', 'root:x:0:\nstaff:x:50:app\napp:x:1000:\nnobody:x:65534:\n'),
-    file(
-      'etc/passwd',
-      'root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n',
-    ),
-    dir('home'),
-    dir('home/app', 0o755, 1000, 1000),
-    dir('root', 0o700),
-    dir('tmp', 0o1777),
-    dir('usr'),
-    dir('usr/bin'),
-    link('usr/bin/env', '../../bin/busybox'),
-  ];
+export function busyboxEntries(busyboxPath = '/bin/busybox'): TarEntry[] {
+  return busyboxRootfsEntries(readFileSync(busyboxPath), BUSYBOX_APPLETS);
 }
 
 /** A small, real, runnable base image made from /bin/busybox (see the file comment). */
@@ -165,7 +124,7 @@ export async function makeBusyboxImage(opts: BusyboxImageOptions = {}): Promise<
   const kind = opts.kind ?? 'oci';
   const c = opts.compression ?? 'gzip';
   const platform = opts.platform ?? hostPlatform();
-  const created = opts.created ?? EPOCH.toISOString().replace('.000Z', 'Z');
+  const created = opts.created ?? BUSYBOX_CREATED;
   const layers: Layer[] = [await layerOf([...busyboxEntries(), ...extraEntries(opts.extraFiles ?? [])], kind, c)];
   const history: History[] = [{ created, created_by: 'kiln test: busybox rootfs' }];
   if (opts.secondLayer) {
@@ -253,7 +212,7 @@ export function makeRandomImage(opts: RandomImageOptions): Image {
   return imageFromParts({
     rawConfig: async () => {
       const cfg: ImageConfig = {
-        created: EPOCH.toISOString().replace('.000Z', 'Z'),
+        created: BUSYBOX_CREATED,
         architecture: platform.architecture,
         os: platform.os,
         config: { Env: [DEFAULT_PATH] },

@@ -1,8 +1,8 @@
 /** `kiln copy SRC DST` — registry to registry (mounting within one registry), or any location to any other. */
 import type { Command } from 'commander';
 import { copyLocation, describeLocation, parseLocation } from '../registry/locations.js';
-import { closeTransports, withLabel } from '../registry/transport.js';
-import { addProgressOption, addRegistryOptions, registryOptionsFrom, type RegistryFlags } from './options.js';
+import { withLabel } from '../registry/transport.js';
+import { addProgressOption, addRegistryOptions, type RegistryFlags, withRegistryOptions } from './options.js';
 
 export function register(program: Command): void {
   const cmd = program
@@ -15,14 +15,10 @@ export function register(program: Command): void {
   cmd.action(async (srcArg: string, dstArg: string, flags: RegistryFlags) => {
     const src = parseLocation(srcArg);
     const dst = parseLocation(dstArg);
-    const opts = registryOptionsFrom(flags);
-    try {
+    await withRegistryOptions(flags, async (opts) => {
       const r = await copyLocation(src, dst, withLabel(opts, `copy ${describeLocation(src)}`));
       opts.progress?.close();
       process.stdout.write(`${describeLocation(dst).replace(/[:@][^/:@]*$/, '')}@${r.digest}\n`);
-    } finally {
-      opts.progress?.close();
-      await closeTransports(opts);
-    }
+    });
   });
 }

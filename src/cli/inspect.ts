@@ -12,12 +12,12 @@ import { imageForPlatform, isImageIndex } from '../oci/image.js';
 import { hostPlatform } from '../oci/platform.js';
 import type { Image, ImageIndex } from '../oci/types.js';
 import { describeLocation, loadLocation, parseLocation, type Location } from '../registry/locations.js';
-import { closeTransports, withLabel } from '../registry/transport.js';
+import { withLabel, type RegistryOptions } from '../registry/transport.js';
 import {
   addPlatformOption,
   addRegistryOptions,
   platformFrom,
-  registryOptionsFrom,
+  withRegistryOptions,
   type RegistryFlags,
 } from './options.js';
 
@@ -26,10 +26,7 @@ interface InspectFlags extends RegistryFlags {
   config?: boolean;
 }
 
-async function load(
-  arg: string,
-  opts: ReturnType<typeof registryOptionsFrom>,
-): Promise<{ loc: Location; x: Image | ImageIndex }> {
+async function load(arg: string, opts: RegistryOptions): Promise<{ loc: Location; x: Image | ImageIndex }> {
   const loc = parseLocation(arg);
   if (loc.kind === 'registry' && !/^[a-z-]+:/.test(arg) && existsSync(join(kilnHome(), 'store', 'index.json'))) {
     // A bare name may be a local store image: prefer it when the store has it.
@@ -53,8 +50,7 @@ export function register(program: Command): void {
   addPlatformOption(cmd, 'platform to pick from an index for --config (default: host)');
   addRegistryOptions(cmd);
   cmd.action(async (arg: string, flags: InspectFlags) => {
-    const opts = registryOptionsFrom({ ...flags, progress: 'quiet' });
-    try {
+    await withRegistryOptions({ ...flags, progress: 'quiet' }, async (opts) => {
       const { loc, x } = await load(arg, opts);
       if (flags.raw && !flags.config) {
         process.stdout.write(await x.rawManifest());
@@ -83,8 +79,6 @@ export function register(program: Command): void {
         out.config = await img.config();
       }
       process.stdout.write(JSON.stringify(out, null, 2) + '\n');
-    } finally {
-      await closeTransports(opts);
-    }
+    });
   });
 }

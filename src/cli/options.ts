@@ -10,6 +10,7 @@ import type { Platform } from '../oci/types.js';
 import { Progress, parseProgressMode } from '../progress.js';
 import { Keychain } from '../registry/keychain.js';
 import type { PushOptions } from '../registry/push.js';
+import { closeTransports } from '../registry/transport.js';
 
 export interface RegistryFlags {
   insecureRegistry?: string[];
@@ -76,4 +77,18 @@ export function registryOptionsFrom(flags: RegistryFlags, extra: { keychain?: Ke
   if (env.KILN_REGISTRY_MONOLITHIC_MAX) o.monolithicMax = Number(env.KILN_REGISTRY_MONOLITHIC_MAX);
   if (env.KILN_REGISTRY_RETRY_BASE_MS) o.retryBaseMs = Number(env.KILN_REGISTRY_RETRY_BASE_MS);
   return o;
+}
+
+/**
+ * Run one registry command: `fn` gets RegistryOptions from `flags` (see registryOptionsFrom); afterwards, whatever
+ * happens, the progress display is closed and the command's registry connections are shut.
+ */
+export async function withRegistryOptions<T>(flags: RegistryFlags, fn: (opts: PushOptions) => Promise<T>): Promise<T> {
+  const opts = registryOptionsFrom(flags);
+  try {
+    return await fn(opts);
+  } finally {
+    opts.progress?.close();
+    await closeTransports(opts);
+  }
 }

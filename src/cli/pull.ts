@@ -5,13 +5,13 @@ import { hostPlatform } from '../oci/platform.js';
 import { getRemote, getRemoteImage } from '../registry/remote.js';
 import { parseReference } from '../registry/reference.js';
 import { writeLocation, type Location } from '../registry/locations.js';
-import { closeTransports, withLabel } from '../registry/transport.js';
+import { withLabel } from '../registry/transport.js';
 import {
   addPlatformOption,
   addProgressOption,
   addRegistryOptions,
   platformFrom,
-  registryOptionsFrom,
+  withRegistryOptions,
   type RegistryFlags,
 } from './options.js';
 
@@ -59,8 +59,7 @@ export function register(program: Command): void {
   addProgressOption(cmd);
   cmd.action(async (refArg: string, flags: PullFlags) => {
     const ref = parseReference(refArg);
-    const opts = registryOptionsFrom(flags);
-    try {
+    await withRegistryOptions(flags, async (opts) => {
       const tagged = ref.tag !== undefined || ref.digest === undefined ? ref.withTag(ref.tag ?? 'latest') : undefined;
       if (!flags.output && !tagged) {
         throw new KilnError('INVALID_REFERENCE', `pull ${ref.toString()}: the local store names images by tag`, {
@@ -80,9 +79,6 @@ export function register(program: Command): void {
       const r = await writeLocation(dest, x, opts);
       opts.progress?.close();
       process.stdout.write(`${ref.name()}@${r.digest}\n`);
-    } finally {
-      opts.progress?.close();
-      await closeTransports(opts);
-    }
+    });
   });
 }

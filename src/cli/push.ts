@@ -3,13 +3,13 @@ import type { Command } from 'commander';
 import { loadLocation, parseLocation } from '../registry/locations.js';
 import { push } from '../registry/push.js';
 import { parseReference } from '../registry/reference.js';
-import { closeTransports, withLabel } from '../registry/transport.js';
+import { withLabel } from '../registry/transport.js';
 import {
   addPlatformOption,
   addProgressOption,
   addRegistryOptions,
   platformFrom,
-  registryOptionsFrom,
+  withRegistryOptions,
   type RegistryFlags,
 } from './options.js';
 
@@ -25,8 +25,7 @@ export function register(program: Command): void {
   cmd.action(async (srcArg: string, refArg: string | undefined, flags: RegistryFlags) => {
     const src = parseLocation(srcArg, 'store');
     const ref = parseReference(refArg ?? srcArg);
-    const opts = registryOptionsFrom(flags);
-    try {
+    await withRegistryOptions(flags, async (opts) => {
       let x = await loadLocation(src, opts);
       const platform = platformFrom(flags);
       if (platform && 'indexManifest' in x) {
@@ -36,9 +35,6 @@ export function register(program: Command): void {
       const r = await push(x, ref, withLabel(opts, `push ${ref.toString()}`));
       opts.progress?.close();
       process.stdout.write(`${ref.name()}@${r.digest}\n`);
-    } finally {
-      opts.progress?.close();
-      await closeTransports(opts);
-    }
+    });
   });
 }

@@ -4,49 +4,22 @@
  * filepath-securejoin), creating directories (WORKDIR) and resolving USER names through the image's
  * /etc/passwd and /etc/group.
  */
-import { lstat, readlink, mkdir, chown, readFile } from 'node:fs/promises';
-import { join, posix } from 'node:path';
+import { lstat, mkdir, chown, readFile } from 'node:fs/promises';
+import { posix } from 'node:path';
 import { KilnError } from '../errors.js';
-
-const MAX_LINKS = 255;
+import { resolveInRoot } from '../util/inroot.js';
 
 /**
  * The host path of container path `p` under `root`, with every symlink resolved inside the root (absolute link
  * targets are relative to the root, `..` never climbs above it). Missing components are kept as named.
  */
 export async function secureJoin(root: string, p: string): Promise<string> {
-  let pending = posix
-    .normalize('/' + p)
-    .split('/')
-    .filter(Boolean);
-  const done: string[] = [];
-  let links = 0;
-  while (pending.length > 0) {
-    const part = pending.shift() as string;
-    if (part === '.') continue;
-    if (part === '..') {
-      done.pop();
-      continue;
-    }
-    const host = join(root, ...done, part);
-    let st;
-    try {
-      st = await lstat(host);
-    } catch {
-      done.push(part);
-      continue;
-    }
-    if (!st.isSymbolicLink()) {
-      done.push(part);
-      continue;
-    }
-    if (++links > MAX_LINKS) throw new KilnError('ROOTFS_SYMLINK_LOOP', `too many symlinks resolving ${p}`);
-    const target = await readlink(host);
-    const targetParts = target.split('/').filter(Boolean);
-    if (target.startsWith('/')) done.length = 0;
-    pending = [...targetParts, ...pending];
-  }
-  return join(root, ...done);
+  const resolved = await resolveInRoot(root, posix.normalize('/' + p), {
+    onLoop: () => {
+      throw new KilnError('ROOTFS_SYMLINK_LOOP', `too many symlinks resolving ${p}`);
+    },
+  });
+  return resolved!;
 }
 
 /** `mkdir -p` of container path `p` under `root`, chowning created dirs to uid/gid. Returns true if it created any. */

@@ -14,9 +14,10 @@
  * We do not use @balena/dockerignore: it models Docker 19.03's matcher and disagrees with patternmatcher on several
  * cases of patternmatcher's own test table (see dockerignore.test.ts).
  */
-import { lstatSync, readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { KilnError } from '../errors.js';
+import { resolveInRootSync } from '../util/inroot.js';
 
 export const DOCKERIGNORE_ERROR = 'DOCKERIGNORE_PATTERN';
 
@@ -458,36 +459,16 @@ export function newMatcher(patterns: readonly string[], file?: string): Matcher 
  * the path does not resolve to an existing regular file.
  */
 export function resolveInRoot(root: string, name: string): string | undefined {
-  const rootAbs = resolve(root);
-  let parts = name.split('/').filter((p) => p !== '' && p !== '.');
-  const cur: string[] = [];
-  let hops = 0;
-  while (parts.length > 0) {
-    const part = parts.shift()!;
-    if (part === '..') {
-      cur.pop();
-      continue;
-    }
-    const p = join(rootAbs, ...cur, part);
-    let st;
-    try {
-      st = lstatSync(p);
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
+  const full = resolveInRootSync(resolve(root), name, {
+    maxLinks: 40,
+    onMissing: (e) => {
+      if (e.code === 'ENOENT' || e.code === 'ENOTDIR') return 'stop';
       throw e;
-    }
-    if (st.isSymbolicLink()) {
-      if (++hops > 40) return undefined;
-      const target = readlinkSync(p);
-      if (target.startsWith('/')) cur.length = 0;
-      parts = [...target.split('/').filter((x) => x !== '' && x !== '.'), ...parts];
-      continue;
-    }
-    if (parts.length > 0 && !st.isDirectory()) return undefined;
-    cur.push(part);
-  }
-  const full = join(rootAbs, ...cur);
+    },
+    onNotDir: (_rel, last) => (last ? 'keep' : 'stop'),
+    onLoop: () => 'stop',
+  });
+  if (full === undefined) return undefined;
   try {
     return statSync(full).isFile() ? full : undefined;
   } catch {

@@ -30,7 +30,7 @@ import {
   unlinkSync,
   writeSync,
 } from 'node:fs';
-import { chmod, link, lstat, lutimes, mkdir, open, readdir, readlink, rename, rm } from 'node:fs/promises';
+import { chmod, link, lstat, lutimes, mkdir, open, readdir, rename, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { KilnError } from '../errors.js';
@@ -38,6 +38,7 @@ import { digestHex } from '../oci/digest.js';
 import { decompressAuto } from './compression.js';
 import { isRealRoot, mknodBatch, setXattrs, type XattrSet } from './fsops.js';
 import { readTar, type TarHeader } from './tarformat.js';
+import { resolveInRoot } from '../util/inroot.js';
 import { WHITEOUT_OPAQUE, WHITEOUT_PREFIX } from './writer.js';
 
 export interface ExtractOptions {
@@ -104,46 +105,20 @@ export async function resolveDirInRoot(
   create: boolean,
   onCreate?: (rel: string) => void,
 ): Promise<string | null> {
-  const todo = [...comps];
-  const cur: string[] = [];
-  let hops = 0;
-  while (todo.length > 0) {
-    const c = todo.shift()!;
-    if (c === '' || c === '.') continue;
-    if (c === '..') {
-      cur.pop();
-      continue;
-    }
-    const abs = join(root, ...cur, c);
-    let st;
-    try {
-      st = await lstat(abs);
-    } catch (e) {
+  const dir = await resolveInRoot(root, comps.join('/'), {
+    maxLinks: MAX_SYMLINK_HOPS,
+    onMissing: (e) => {
       if (errCode(e) !== 'ENOENT') throw e;
-      if (!create) return null;
-      await mkdir(abs, { mode: 0o755 });
-      await chmod(abs, 0o755);
-      cur.push(c);
-      onCreate?.(cur.join('/'));
-      continue;
-    }
-    if (st.isSymbolicLink()) {
-      if (++hops > MAX_SYMLINK_HOPS)
-        throw new Error(`too many levels of symbolic links at "${cur.concat(c).join('/')}"`);
-      const target = await readlink(abs);
-      const tcomps = target.split('/');
-      if (target.startsWith('/')) cur.length = 0;
-      todo.unshift(...tcomps);
-      continue;
-    }
-    if (!st.isDirectory()) {
-      const e = new Error(`"${cur.concat(c).join('/')}" is not a directory`) as NodeJS.ErrnoException;
+      return create ? 'create' : 'stop';
+    },
+    onNotDir: (rel) => {
+      const e = new Error(`"${rel}" is not a directory`) as NodeJS.ErrnoException;
       e.code = 'ENOTDIR';
       throw e;
-    }
-    cur.push(c);
-  }
-  return join(root, ...cur);
+    },
+    onCreate,
+  });
+  return dir ?? null;
 }
 
 /** Drop xattrs a layer must not set: only `security.capability` and `user.*` (minus `user.overlay.*`) pass. */

@@ -335,30 +335,29 @@ export async function loadContext(spec: string, opts: LoadContextOptions = {}): 
     if (!st.isDirectory()) {
       throw new KilnError('CONTEXT_INVALID', `unable to prepare context: ${spec} is not a directory`);
     }
-    // A directory context.
-    let dfPath: string;
-    let text: string;
-    if (stdinDockerfile !== undefined) {
-      dfPath = '-';
-      text = stdinDockerfile;
-    } else {
-      dfPath = df ? resolve(df) : join(abs, 'Dockerfile');
-      text = await readDockerfileAt(dfPath, dfPath);
-    }
-    const ignore = loadDockerignore(abs, dfPath === '-' ? undefined : dfPath);
-    return make(abs, 'dir', { path: dfPath, text }, ignore);
+    // A directory context: -f is relative to the current directory.
+    const dfPath = df ? resolve(df) : join(abs, 'Dockerfile');
+    return await finish(abs, 'dir', dfPath, dfPath);
 
+    /** An extracted tar or a git checkout: -f names a file inside it. */
     async function finishArchive(root: string, kind: 'tar' | 'git'): Promise<BuildContext> {
-      let dfPath: string;
-      let text: string;
-      if (stdinDockerfile !== undefined) {
-        dfPath = '-';
-        text = stdinDockerfile;
-      } else {
-        dfPath = insideRoot(root, df ?? 'Dockerfile');
-        text = await readDockerfileAt(dfPath, df ?? 'Dockerfile');
-      }
-      return make(root, kind, { path: dfPath, text }, loadDockerignore(root, dfPath === '-' ? undefined : dfPath));
+      const name = df ?? 'Dockerfile';
+      return await finish(root, kind, insideRoot(root, name), name);
+    }
+
+    /** The context at `root` with its Dockerfile (stdin's, else read from `dfPath`) and its ignore rules. */
+    async function finish(
+      root: string,
+      kind: 'dir' | 'tar' | 'git',
+      dfPath: string,
+      where: string,
+    ): Promise<BuildContext> {
+      const dockerfile =
+        stdinDockerfile !== undefined
+          ? { path: '-', text: stdinDockerfile }
+          : { path: dfPath, text: await readDockerfileAt(dfPath, where) };
+      const ignore = loadDockerignore(root, dockerfile.path === '-' ? undefined : dockerfile.path);
+      return make(root, kind, dockerfile, ignore);
     }
   } catch (e) {
     await cleanup();

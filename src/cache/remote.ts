@@ -458,7 +458,7 @@ export class RemoteBuildCache extends BuildCache {
     if (!p) {
       p = this.lookup(key);
       this.inflight.set(key, p);
-      void p.finally(() => this.inflight.delete(key));
+      p.finally(() => this.inflight.delete(key)).catch(() => undefined);
     }
     return p;
   }
@@ -510,15 +510,15 @@ export class RemoteBuildCache extends BuildCache {
       s.on('error', () => undefined);
       await this.o.blobs.write(s, { digest: l.digest, size: l.size }, l.mediaType);
     }
+    const layer = layerFromBlob(this.o.blobs, { mediaType: l.mediaType, digest: l.digest, size: l.size }, l.diffID);
     if ((await this.o.layers.dirOf(l.diffID)) === undefined) {
-      try {
-        await this.o.layers.unpack(
-          layerFromBlob(this.o.blobs, { mediaType: l.mediaType, digest: l.digest, size: l.size }, l.diffID),
-        );
-      } catch (e) {
-        // the blob is intact but is not the layer the record claims: drop it so it is not reused
-        await this.o.blobs.remove(l.digest).catch(() => undefined);
-        throw e;
+      await this.o.layers.unpack(layer); // verifies the uncompressed content against the diffID
+    } else {
+      // the dir exists (another layer with that diffID): the record must still prove its blob IS that layer,
+      // or a lying record could make a step reuse an unrelated layer dir
+      const s = await layer.uncompressed();
+      for await (const _ of s) {
+        /* drain: DIGEST_MISMATCH at the end when the blob is not this diffID */
       }
     }
   }

@@ -23,7 +23,16 @@ import { localServices } from '../../src/build/services.js';
 import { BuildProgress } from '../../src/build/progress.js';
 import { runEngine } from '../../src/build/engine.js';
 import { imageOf } from '../../src/build/build.js';
-import { RemoteBuildCache, parseCacheSpec } from '../../src/cache/remote.js';
+import {
+  RemoteBuildCache,
+  decodeCacheConfig,
+  encodeCacheConfig,
+  parseCacheSpec,
+  recordLayers,
+} from '../../src/cache/remote.js';
+import { getRemoteImage } from '../../src/registry/remote.js';
+import { imageFromParts } from '../../src/oci/image.js';
+import { MediaType } from '../../src/oci/mediatypes.js';
 import { kiln } from './build-helpers.js';
 
 let reg: TestRegistry;
@@ -365,4 +374,37 @@ test('a miss in one stage does not stop hits in another', async () => {
     'stage-2: COPY --from=a /a /a',
     'stage-2: COPY --from=b /b /b',
   ]);
+});
+
+test('a record whose layer blob does not match its diffID is ignored (no layer dir is reused for it)', async () => {
+  const cacheRef = `${reg.host}/cache/poison:1`;
+  const built = await build(
+    join(work, 'home9'),
+    `${reg.host}/app/poison:1`,
+    [],
+    [`type=registry,ref=${cacheRef},mode=max`],
+  );
+  // rewrite the cache: the RUN step's record now claims the COPY assets layer's diffID (a lie)
+  const opts = { insecureRegistries: [reg.host] };
+  const raw = await getRemoteImage(cacheRef, opts);
+  const records = decodeCacheConfig(await raw.rawConfig());
+  const run = records.find((r) => r.step?.name.includes('RUN ls assets'));
+  const assets = records.find((r) => r.step?.name.includes('COPY assets'));
+  assert.ok(run && assets, 'records carry their step names');
+  run.layer = { ...run.layer, diffID: assets.layer.diffID };
+  const layers = recordLayers(records);
+  const cfg = encodeCacheConfig(records, layers);
+  const lie = imageFromParts({
+    mediaType: async () => MediaType.OCIManifest,
+    rawConfig: async () => cfg,
+    layers: async () => raw.layers(), // same blobs, same order (recordLayers keeps first-use order)
+  });
+  await push(lie, `${reg.host}/cache/poison:2`, opts);
+  await closeTransports(opts);
+  const r = await build(join(work, 'home10'), `${reg.host}/app/poison:2`, [`${reg.host}/cache/poison:2`], []);
+  assert.deepEqual(steps(r.ev.done), ['RUN ls assets | wc -l > /app/asset-count'], r.ev.warnings.join('\n'));
+  assert.equal(r.ev.warnings.length, 1);
+  assert.match(r.ev.warnings[0] as string, /is unusable, rebuilding the step: .*does not match/);
+  assert.deepEqual(r.diffIDs.slice(0, 3), built.diffIDs.slice(0, 3));
+  assert.notEqual(r.diffIDs[3], assets.layer.diffID, 'the RUN step got its own layer, not the one the record named');
 });

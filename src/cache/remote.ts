@@ -551,12 +551,13 @@ export class RemoteBuildCache extends BuildCache {
 
   /**
    * Why the step with `key` missed (call after `get` returned no usable entry): compares its inputs with the last
-   * build of the same slot, from this machine's history or the imported cache.
+   * build of the same slot, from this machine's history or the imported cache; undefined when there is none.
    */
   async explainMiss(key: string): Promise<string | undefined> {
     const info = this.steps.get(key);
     if (!info) return undefined;
     const prev = await this.previousOf(info.slot);
+    if (!prev) return undefined; // a first build: nothing to compare with, nothing worth printing
     const cur = this.fingerprintOf(info, prev);
     if (prev && canonicalJSON(prev.fields) === canonicalJSON(cur.fields) && prev.base === cur.base) {
       return this.bad.has(key)

@@ -59,7 +59,10 @@ export interface SandboxMount extends Omit<RunMount, 'type'> {
   type: RunMount['type'] | 'ssh';
   /** cache: the cache id (default: the target); secret: the secret id. */
   id?: string;
-  /** cache: shared (default) | private | locked. */
+  /**
+   * cache: shared (default) | private | locked. Locked also holds `<cache dir>.lock` (flock) during the step, so
+   * it is exclusive across kiln processes; private is per process.
+   */
   sharing?: 'shared' | 'private' | 'locked';
   /** tmpfs: size in bytes. */
   size?: number;
@@ -338,6 +341,8 @@ interface PreparedMount {
   /** Lines of the stage-1 script. */
   script: string[];
   release?: () => void | Promise<void>;
+  /** A lock file held (flock) for the whole step: `sharing=locked` across kiln processes. */
+  lock?: string;
 }
 
 function killTree(pid: number | undefined): void {
@@ -478,6 +483,7 @@ export async function runProcess(opts: RunProcessOptions): Promise<RunProcessRes
     const userMounts = [...(opts.mounts ?? [])].sort((a, b) => (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0));
     let n = 0;
     const hostOf = new Map<SandboxMount, string>();
+    const locks: string[] = [];
     for (const m of userMounts) {
       const pm = await prepareMount(m, {
         root,
@@ -493,6 +499,7 @@ export async function runProcess(opts: RunProcessOptions): Promise<RunProcessRes
       if (!pm) continue;
       lines.push(...pm.script);
       if (pm.release) releases.push(pm.release);
+      if (pm.lock && !locks.includes(pm.lock)) locks.push(pm.lock);
     }
 
     // The spec for PERL_INIT.
@@ -541,7 +548,7 @@ export async function runProcess(opts: RunProcessOptions): Promise<RunProcessRes
       '--kill-child=SIGKILL',
     ];
     if (network === 'none') unshareArgs.push('--net');
-    return await spawnSandbox(unshareArgs, lines.join('\n'), opts);
+    return await spawnSandbox(unshareArgs, lines.join('\n'), opts, locks.sort());
   } finally {
     for (const r of releases) await r();
     await removeStubs(root, stubs);
@@ -549,17 +556,21 @@ export async function runProcess(opts: RunProcessOptions): Promise<RunProcessRes
   }
 }
 
-async function spawnSandbox(unshareArgs: string[], script: string, opts: RunProcessOptions): Promise<RunProcessResult> {
+async function spawnSandbox(
+  unshareArgs: string[],
+  script: string,
+  opts: RunProcessOptions,
+  locks: string[],
+): Promise<RunProcessResult> {
   // setpriv --pdeathsig: if kiln itself dies (even SIGKILL), unshare is killed, and with it (--kill-child) pid 1
-  // of the step and so the whole pid namespace.
-  const child = spawn(
-    'setpriv',
-    ['--pdeathsig', 'SIGKILL', '--', 'unshare', ...unshareArgs, '--', '/bin/sh', '-c', script, 'kiln-sandbox'],
-    {
-      stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
-      env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C' },
-    },
-  );
+  // of the step and so the whole pid namespace. Locked cache mounts: `flock` holds each lock file (in sorted
+  // order) around the step, so other kiln processes wait too; each link of the chain dies with its parent.
+  const pdeath = ['setpriv', '--pdeathsig', 'SIGKILL', '--'];
+  const chain = [...locks.flatMap((l) => ['flock', '--exclusive', l, ...pdeath]), 'unshare', ...unshareArgs];
+  const child = spawn('setpriv', [...pdeath.slice(1), ...chain, '--', '/bin/sh', '-c', script, 'kiln-sandbox'], {
+    stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
+    env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C' },
+  });
   child.stdout?.on('data', (d: Buffer) => opts.onStdout?.(d));
   child.stderr?.on('data', (d: Buffer) => opts.onStderr?.(d));
   let setupError = '';
@@ -671,7 +682,7 @@ async function prepareMount(m: SandboxMount, ctx: MountContext): Promise<Prepare
           `mount --no-canonicalize --bind ${q(dir)} ${q(path)} || die "cannot mount cache on ${m.target}"`,
         ];
         if (m.readonly) script.push(`robind ${q(path)}`);
-        return { script, release };
+        return m.sharing === 'locked' ? { script, release, lock: `${dir}.lock` } : { script, release };
       } catch (e) {
         release();
         throw e;

@@ -10,6 +10,7 @@
  *   (types, whiteouts, opaque dirs), leftover mounts and temp dirs.
  */
 import { spawn, spawnSync } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import {
   chmod,
   copyFile,
@@ -353,6 +354,72 @@ export async function runCacheSharingScenario(
   } finally {
     await sa.release();
     await sb.release();
+  }
+}
+
+/**
+ * `sharing=locked` across processes: another process (a `flock` holder standing in for a second kiln) holds the
+ * cache's lock file and appends "other" to the cache log before it lets go; a locked step that was started while
+ * it held the lock appends "step" — only after the holder is done.
+ */
+export async function runLockedAcrossProcessesScenario(kilnHome: string): Promise<{ log: string; exitCode: number }> {
+  const { chooseSnapshotter } = await import('../../src/sandbox/overlay.js');
+  const { runProcess } = await import('../../src/sandbox/run.js');
+  const { createHash } = await import('node:crypto');
+  const base = join(kilnHome, 'layers', 'locked-x');
+  await rm(base, { recursive: true, force: true });
+  await writeBusyboxRootfs(base);
+  const id = 'locked-across';
+  const cacheDir = join(kilnHome, 'cache-mounts', createHash('sha256').update(id).digest('hex'));
+  await mkdir(cacheDir, { recursive: true });
+  const fifo = join(kilnHome, 'locked-fifo');
+  await rm(fifo, { force: true });
+  if (spawnSync('mkfifo', [fifo]).status !== 0) throw new Error('mkfifo failed');
+  // The holder: takes the lock, says so, waits for the fifo, then writes "other" while still holding the lock.
+  const holder = spawn(
+    'flock',
+    ['--exclusive', `${cacheDir}.lock`, 'sh', '-c', `echo held; cat ${fifo} >/dev/null; echo other >> ${cacheDir}/log`],
+    {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    },
+  );
+  await new Promise<void>((resolve, reject) => {
+    holder.stdout.on('data', (d: Buffer) => d.toString().includes('held') && resolve());
+    holder.on('error', reject);
+  });
+  const holderDone = new Promise<void>((resolve) => holder.on('close', () => resolve()));
+  const snap = await (await chooseSnapshotter({ kilnHome })).prepare([base]);
+  try {
+    const step = runProcess({
+      rootfs: snap.root,
+      argv: ['/bin/sh', '-c', 'echo step >> /c/log'],
+      env: [],
+      kilnHome,
+      mounts: [{ type: 'cache', id, target: '/c', sharing: 'locked' }],
+    });
+    // Wait until the step is queued on the lock (its own flock process exists), then let the holder finish (it
+    // writes "other" before releasing the lock). Bounded: a readiness limit, not a speed assertion.
+    const lock = `${cacheDir}.lock`;
+    const waiting = () =>
+      readdirSync('/proc')
+        .filter((x) => /^\d+$/.test(x) && Number(x) !== holder.pid)
+        .some((x) => {
+          try {
+            return readFileSync(`/proc/${x}/cmdline`, 'utf8').split('\0').includes(lock);
+          } catch {
+            return false;
+          }
+        });
+    for (const end = Date.now() + 30_000; !waiting();) {
+      if (Date.now() > end) throw new Error('the locked step never queued on the lock file');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    await writeFile(fifo, 'go\n');
+    await holderDone;
+    const r = await step;
+    return { log: await readFile(join(cacheDir, 'log'), 'utf8'), exitCode: r.exitCode };
+  } finally {
+    await snap.release();
   }
 }
 

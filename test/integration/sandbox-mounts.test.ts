@@ -189,6 +189,12 @@ for (const mode of ['root', 'rootless'] as Mode[]) {
       }
     });
 
+    test('cache sharing=locked also waits for another process holding the cache', async () => {
+      const r = await inNs<{ log: string; exitCode: number }>(mode, 'runLockedAcrossProcessesScenario', [home]);
+      assert.equal(r.exitCode, 0);
+      assert.equal(r.log, 'other\nstep\n');
+    });
+
     test('overlay over 80 layers with long paths (mount options beyond one page)', async () => {
       const r = await inNs<{ out: string; exitCode: number }>(mode, 'runManyLayersScenario', [home, 80]);
       assert.equal(r.exitCode, 0, r.out);

@@ -15,11 +15,12 @@
  */
 import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, lstatSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import { createReadStream, lstatSync, readFileSync, readlinkSync } from 'node:fs';
 import { lstat, mkdir, mkdtemp, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
+import { readdirSortedSync } from '../util/order.js';
 import { KilnError, errorMessage } from '../errors.js';
 import { loadDockerignore, newMatcher, type Matcher } from '../dockerfile/dockerignore.js';
 import { detectCompression, peek } from '../layer/compression.js';
@@ -472,8 +473,7 @@ export async function hashContextPaths(ctx: BuildContext, paths: string[], exclu
       seen.add(ctxRel);
       h.update(`${st.size}\0${d}\0`);
     } else if (isDir) {
-      const names = readdirSync(abs);
-      names.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+      const names = readdirSortedSync(abs);
       for (const n of names) {
         await visit(join(abs, n), ctxRel ? `${ctxRel}/${n}` : n, srcRel ? `${srcRel}/${n}` : n);
       }

@@ -35,7 +35,6 @@ import {
   lstatSync,
   lutimesSync,
   mkdirSync,
-  readdirSync,
   readlinkSync,
   symlinkSync,
   unlinkSync,
@@ -44,6 +43,7 @@ import {
 import { chmod, copyFile, lchown, lstat, lutimes, mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join, posix, resolve } from 'node:path';
 import { KilnError } from '../errors.js';
+import { byteOrder, readdirSortedSync } from '../util/order.js';
 import { newMatcher, type Matcher } from '../dockerfile/dockerignore.js';
 import { isRealRoot, mknodBatch, readXattrsRecursive, setXattrs, type XattrSet } from '../layer/fsops.js';
 import type { CopyRequest, CopySource, FileCopier } from './ports.js';
@@ -364,7 +364,7 @@ async function walkMatch(ctx: SourceCtx, base: string, baseRel: string, re: RegE
     } catch {
       return;
     }
-    names.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+    names.sort(byteOrder);
     for (const n of names) {
       const r = relFromBase ? `${relFromBase}/${n}` : n;
       const abs = join(dirAbs, n);
@@ -538,8 +538,7 @@ export class TreeCopier {
       }
       this.parents.push(parent);
       try {
-        const names = readdirSync(src);
-        names.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+        const names = readdirSortedSync(src);
         for (const n of names) {
           await this.copy(
             join(src, n),
@@ -726,8 +725,7 @@ async function hashTree(
   if (include && rel !== '' && !include.matches(rel)) {
     // --parents: only included paths count; directories are walked for included descendants
     if (type === 'd') {
-      const names = readdirSync(abs);
-      names.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+      const names = readdirSortedSync(abs);
       for (const n of names) await hashTree(join(abs, n), `${rel}/${n}`, h, withOwner, include);
     }
     return;
@@ -737,8 +735,7 @@ async function hashTree(
   if (type === 'l') h.update(`${readlinkSync(abs)}\0`);
   else if (type === 'f') h.update(`${st.size}\0${await sha256File(abs, st.size)}\0`);
   else if (type === 'd') {
-    const names = readdirSync(abs);
-    names.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+    const names = readdirSortedSync(abs);
     for (const n of names) await hashTree(join(abs, n), rel ? `${rel}/${n}` : n, h, withOwner, include);
   }
   h.update('\n');
@@ -875,8 +872,7 @@ export async function mergeTree(from: string, to: string, warn: (m: string) => v
   const inodes = new Map<string, string>();
   const dirs: { target: string; st: Stats }[] = [];
   const walk = async (rel: string): Promise<void> => {
-    const names = readdirSync(join(from, rel));
-    names.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+    const names = readdirSortedSync(join(from, rel));
     for (const n of names) {
       const r = rel ? `${rel}/${n}` : n;
       const srcAbs = join(from, r);

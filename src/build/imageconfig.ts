@@ -5,6 +5,7 @@
  * formatting), created-time normalisation (BuildKit's normalizeLayersAndHistory + SOURCE_DATE_EPOCH clamping) and
  * the exact JSON bytes (Go's encoding: sorted top-level keys, struct field order inside `config`, `<>&` escaped).
  */
+import { byteOrder } from '../util/order.js';
 import type { ContainerConfig, HealthConfig, History, ImageConfig, Platform } from '../oci/types.js';
 
 export const HISTORY_COMMENT = 'buildkit.dockerfile.v0';
@@ -253,7 +254,7 @@ export function healthcheckHistory(h: HealthConfig, style: HistoryStyle = 'build
 /** The EXPOSE history entry: v0.8 prints the port set (a Go map, sorted keys), current BuildKit the list. */
 export function exposeHistory(ports: string[], style: HistoryStyle): string {
   if (style === 'buildkit-0.8') {
-    const keys = [...new Set(ports)].sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+    const keys = [...new Set(ports)].sort(byteOrder);
     return `EXPOSE map[${keys.map((k) => `${k}:{}`).join(' ')}]`;
   }
   return `EXPOSE ${goList(ports)}`;

@@ -45,7 +45,14 @@ import { join, posix, resolve } from 'node:path';
 import { KilnError } from '../errors.js';
 import { byteOrder, readdirSortedSync } from '../util/order.js';
 import { newMatcher, type Matcher } from '../dockerfile/dockerignore.js';
-import { isRealRoot, mknodBatch, readXattrsRecursive, setXattrs, type XattrSet } from '../layer/fsops.js';
+import {
+  isRealRoot,
+  mknodBatch,
+  readXattrsRecursive,
+  setXattrs,
+  type MknodItem,
+  type XattrSet,
+} from '../layer/fsops.js';
 import type { CopyRequest, CopySource, FileCopier } from './ports.js';
 import { secureJoin } from './rootfs.js';
 import { AddSupport, isGitSource, isUrlSource } from './add.js';
@@ -576,15 +583,7 @@ export class TreeCopier {
         this.warnedDevices = true;
         return;
       }
-      const rdev = st.rdev;
-      await mknodBatch([
-        {
-          path: target,
-          kind: st.isFIFO() ? 'p' : st.isCharacterDevice() ? 'c' : 'b',
-          major: (rdev >>> 8) & 0xfff,
-          minor: (rdev & 0xff) | ((rdev >>> 12) & 0xfff00),
-        },
-      ]);
+      await mknodBatch([nodeLike(target, st)]);
     }
     if (copyInfo) await this.copyFileInfo(st, src, target);
     else if (restoreTime && targetSt) await lutimes(target, st.atime, st.mtime);
@@ -897,15 +896,7 @@ export async function mergeTree(from: string, to: string, warn: (m: string) => v
         if (st.isFile()) copyFileSync(srcAbs, target, fsc.COPYFILE_EXCL);
         else if (st.isSymbolicLink()) symlinkSync(readlinkSync(srcAbs), target);
         else {
-          const rdev = st.rdev;
-          await mknodBatch([
-            {
-              path: target,
-              kind: st.isFIFO() ? 'p' : st.isCharacterDevice() ? 'c' : 'b',
-              major: (rdev >>> 8) & 0xfff,
-              minor: (rdev & 0xff) | ((rdev >>> 12) & 0xfff00),
-            },
-          ]);
+          await mknodBatch([nodeLike(target, st)]);
         }
         if (st.nlink > 1) inodes.set(key, target);
         lchownSync(target, st.uid, st.gid);
@@ -923,6 +914,17 @@ export async function mergeTree(from: string, to: string, warn: (m: string) => v
   }
   const problems = await setXattrs(sets);
   if (problems.length) warn(`some extended attributes could not be copied: ${problems[0]}`);
+}
+
+/** The mknod request that recreates the fifo or device node `st` at `path`. */
+function nodeLike(path: string, st: Stats): MknodItem {
+  const rdev = st.rdev;
+  return {
+    path,
+    kind: st.isFIFO() ? 'p' : st.isCharacterDevice() ? 'c' : 'b',
+    major: (rdev >>> 8) & 0xfff,
+    minor: (rdev & 0xff) | ((rdev >>> 12) & 0xfff00),
+  };
 }
 
 function validateSources(req: CopyRequest): void {

@@ -19,7 +19,7 @@ import { after, before, describe, test } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import { newMatcher } from '../dockerfile/dockerignore.js';
 import { encodeHeader, padding, trailer, type TarHeader } from '../layer/tarformat.js';
-import { LocalFileCopier, destPath, goMatchRegExp, parseChmod } from './copy.js';
+import { LocalFileCopier, copyRequest, destPath, goMatchRegExp, parseChmod } from './copy.js';
 import type { CopyRequest, CopySource } from './ports.js';
 import { scratch } from '../../test/layer/scratch.js';
 
@@ -27,20 +27,23 @@ const { root: tmp, fresh } = scratch('copy');
 let n = 0;
 
 function req(over: Partial<CopyRequest>): CopyRequest {
-  return {
-    kind: 'COPY',
-    sources: [],
-    contents: [],
-    dest: '/',
-    chown: '',
-    chmod: '',
-    link: false,
-    parents: false,
-    exclude: [],
-    workdir: '/',
-    location: 'Dockerfile:1',
+  return copyRequest({ location: 'Dockerfile:1', ...over });
+}
+
+/** A tar header: a root-owned 0644 empty file with mtime 1 unless `over` says otherwise. */
+function hdr(over: Partial<TarHeader> & { name: string }): Buffer {
+  return encodeHeader({
+    type: 'file',
+    mode: 0o644,
+    uid: 0,
+    gid: 0,
+    size: 0,
+    mtime: 1,
+    linkname: '',
+    devmajor: 0,
+    devminor: 0,
     ...over,
-  };
+  });
 }
 
 /** A context with a known layout. */
@@ -358,44 +361,11 @@ describe('ADD', () => {
 
   function tarGz(): Buffer {
     const parts = [
-      encodeHeader({
-        name: 'pkg/',
-        type: 'dir',
-        mode: 0o755,
-        uid: 7,
-        gid: 7,
-        size: 0,
-        mtime: 1,
-        linkname: '',
-        devmajor: 0,
-        devminor: 0,
-      }),
-      encodeHeader({
-        name: 'pkg/file',
-        type: 'file',
-        mode: 0o644,
-        uid: 7,
-        gid: 7,
-        size: 2,
-        mtime: 1,
-        linkname: '',
-        devmajor: 0,
-        devminor: 0,
-      }),
+      hdr({ name: 'pkg/', type: 'dir', mode: 0o755, uid: 7, gid: 7 }),
+      hdr({ name: 'pkg/file', uid: 7, gid: 7, size: 2 }),
       Buffer.from('hi'),
       padding(2),
-      encodeHeader({
-        name: 'pkg/.wh.kept',
-        type: 'file',
-        mode: 0o644,
-        uid: 0,
-        gid: 0,
-        size: 0,
-        mtime: 1,
-        linkname: '',
-        devmajor: 0,
-        devminor: 0,
-      }),
+      hdr({ name: 'pkg/.wh.kept' }),
       trailer(),
     ];
     return gzipSync(Buffer.concat(parts));
@@ -434,19 +404,7 @@ describe('ADD', () => {
 
   test('archives extract through absolute symlinks inside the root (moby/moby#53258)', async () => {
     const c = fresh('ctx');
-    const e = (over: Partial<TarHeader> & { name: string }): Buffer =>
-      encodeHeader({
-        type: 'dir',
-        mode: 0o755,
-        uid: 0,
-        gid: 0,
-        size: 0,
-        mtime: 1,
-        linkname: '',
-        devmajor: 0,
-        devminor: 0,
-        ...over,
-      });
+    const e = (over: Partial<TarHeader> & { name: string }): Buffer => hdr({ type: 'dir', mode: 0o755, ...over });
     writeFileSync(
       join(c, 'rootfs.tar'),
       Buffer.concat([

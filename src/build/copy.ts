@@ -916,6 +916,26 @@ export async function mergeTree(from: string, to: string, warn: (m: string) => v
   if (problems.length) warn(`some extended attributes could not be copied: ${problems[0]}`);
 }
 
+/**
+ * A COPY request with the defaults of a plain `COPY src /`: destination and working directory `/`, no --chown,
+ * --chmod, --link, --parents or --exclude, no heredoc contents; `over` sets the rest (at least `location`).
+ */
+export function copyRequest(over: Partial<CopyRequest> & { location: string }): CopyRequest {
+  return {
+    kind: 'COPY',
+    sources: [],
+    contents: [],
+    dest: '/',
+    chown: '',
+    chmod: '',
+    link: false,
+    parents: false,
+    exclude: [],
+    workdir: '/',
+    ...over,
+  };
+}
+
 /** The mknod request that recreates the fifo or device node `st` at `path`. */
 function nodeLike(path: string, st: Stats): MknodItem {
   const rdev = st.rdev;

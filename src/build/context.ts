@@ -22,7 +22,7 @@ import { isAbsolute, join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import { readdirSortedSync } from '../util/order.js';
 import { KilnError, errorMessage } from '../errors.js';
-import { loadDockerignore, newMatcher, type Matcher } from '../dockerfile/dockerignore.js';
+import { loadDockerignore, newMatcher, type Matcher } from '../dockerfile/index.js';
 import { detectCompression, peek } from '../layer/compression.js';
 import { extractLayer } from '../layer/extract.js';
 import { readTar } from '../layer/tarformat.js';

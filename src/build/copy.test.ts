@@ -17,7 +17,7 @@ import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { gzipSync } from 'node:zlib';
-import { newMatcher } from '../dockerfile/dockerignore.js';
+import { newMatcher } from '../dockerfile/index.js';
 import { encodeHeader, padding, trailer, type TarHeader } from '../layer/tarformat.js';
 import { LocalFileCopier, copyRequest, destPath, goMatchRegExp, parseChmod } from './copy.js';
 import type { CopyRequest, CopySource } from './ports.js';

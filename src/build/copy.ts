@@ -44,7 +44,7 @@ import { chmod, copyFile, lchown, lstat, lutimes, mkdir, readdir, rm, stat, writ
 import { join, posix, resolve } from 'node:path';
 import { KilnError } from '../errors.js';
 import { byteOrder, readdirSortedSync } from '../util/order.js';
-import { newMatcher, type Matcher } from '../dockerfile/dockerignore.js';
+import { newMatcher, type Matcher } from '../dockerfile/index.js';
 import {
   isRealRoot,
   mknodBatch,

@@ -69,30 +69,18 @@ test('EXPOSE ports are normalised and ranges expanded', () => {
 
 test('RUN history: |N prefix with build args, env values win over ARG defaults', () => {
   const env = new Map([['A', 'from-env']]);
+  const decls = [
+    { key: 'A', value: '1' },
+    { key: 'B', value: undefined },
+    { key: 'A', value: '2' },
+  ];
   assert.equal(
-    runCommandString(
-      ['/bin/sh', '-c', 'x'],
-      [
-        { key: 'A', value: '1' },
-        { key: 'B', value: undefined },
-        { key: 'A', value: '2' },
-      ],
-      (k) => env.get(k),
-    ),
+    runCommandString(['/bin/sh', '-c', 'x'], decls, (k) => env.get(k)),
     '|3 A=from-env B= A=from-env /bin/sh -c x',
     'BuildKit v0.8 lists every declaration',
   );
   assert.equal(
-    runCommandString(
-      ['/bin/sh', '-c', 'x'],
-      [
-        { key: 'A', value: '1' },
-        { key: 'B', value: undefined },
-        { key: 'A', value: '2' },
-      ],
-      (k) => env.get(k),
-      'buildkit-latest',
-    ),
+    runCommandString(['/bin/sh', '-c', 'x'], decls, (k) => env.get(k), 'buildkit-latest'),
     '|2 A=from-env B= /bin/sh -c x',
   );
   assert.equal(

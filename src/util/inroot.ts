@@ -80,6 +80,24 @@ function* walk(root: string, path: string, o: InRootOptions): Generator<Op, stri
   return join(root, ...cur);
 }
 
+/** The walk's file system operations, asynchronous and synchronous. */
+const ASYNC: Record<Op['op'], (p: string) => Promise<unknown>> = {
+  lstat: (p) => lstat(p),
+  readlink: (p) => readlink(p),
+  mkdir: async (p) => {
+    await mkdir(p, { mode: 0o755 });
+    await chmod(p, 0o755);
+  },
+};
+const SYNC: Record<Op['op'], (p: string) => unknown> = {
+  lstat: (p) => lstatSync(p),
+  readlink: (p) => readlinkSync(p),
+  mkdir: (p) => {
+    mkdirSync(p, { mode: 0o755 });
+    chmodSync(p, 0o755);
+  },
+};
+
 /**
  * The host path of `path` (slash-separated, relative to `root` even when absolute) resolved inside `root` (see the
  * file comment), or undefined when a hook said 'stop'.
@@ -89,19 +107,10 @@ export async function resolveInRoot(root: string, path: string, opts: InRootOpti
   let step = w.next();
   while (!step.done) {
     const { op, path: p } = step.value;
-    let result: unknown;
-    try {
-      if (op === 'lstat') result = await lstat(p);
-      else if (op === 'readlink') result = await readlink(p);
-      else {
-        await mkdir(p, { mode: 0o755 });
-        await chmod(p, 0o755);
-      }
-    } catch (e) {
-      step = w.throw(e);
-      continue;
-    }
-    step = w.next(result);
+    step = await ASYNC[op](p).then(
+      (result) => w.next(result),
+      (e: unknown) => w.throw(e),
+    );
   }
   return step.value;
 }
@@ -114,12 +123,7 @@ export function resolveInRootSync(root: string, path: string, opts: InRootOption
     const { op, path: p } = step.value;
     let result: unknown;
     try {
-      if (op === 'lstat') result = lstatSync(p);
-      else if (op === 'readlink') result = readlinkSync(p);
-      else {
-        mkdirSync(p, { mode: 0o755 });
-        chmodSync(p, 0o755);
-      }
+      result = SYNC[op](p);
     } catch (e) {
       step = w.throw(e);
       continue;

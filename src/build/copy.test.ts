@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import { newMatcher } from '../dockerfile/index.js';
-import { encodeHeader, padding, trailer, type TarHeader } from '../layer/tarformat.js';
+import { encodeHeader, padding, tarHeader, trailer, type TarHeader } from '../layer/tarformat.js';
 import { LocalFileCopier, copyRequest, destPath, goMatchRegExp, parseChmod } from './copy.js';
 import type { CopyRequest, CopySource } from './ports.js';
 import { scratch } from '../../test/layer/scratch.js';
@@ -30,20 +30,9 @@ function req(over: Partial<CopyRequest>): CopyRequest {
   return copyRequest({ location: 'Dockerfile:1', ...over });
 }
 
-/** A tar header: a root-owned 0644 empty file with mtime 1 unless `over` says otherwise. */
+/** An encoded tar header: a root-owned 0644 empty file with mtime 1 unless `over` says otherwise. */
 function hdr(over: Partial<TarHeader> & { name: string }): Buffer {
-  return encodeHeader({
-    type: 'file',
-    mode: 0o644,
-    uid: 0,
-    gid: 0,
-    size: 0,
-    mtime: 1,
-    linkname: '',
-    devmajor: 0,
-    devminor: 0,
-    ...over,
-  });
+  return encodeHeader(tarHeader({ mtime: 1, ...over }));
 }
 
 /** A context with a known layout. */

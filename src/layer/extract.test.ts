@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import { ensureLayerDir, extractLayer } from './extract.js';
-import { encodeHeader, padding, trailer, type TarHeader } from './tarformat.js';
+import { encodeHeader, padding, tarHeader, trailer, type TarHeader } from './tarformat.js';
 import { writeLayer } from './writer.js';
 import { scratch } from '../../test/layer/scratch.js';
 
@@ -17,18 +17,7 @@ function tarOf(list: E[]): Buffer {
   const parts: Buffer[] = [];
   for (const e of list) {
     const data = Buffer.from(e.data ?? '');
-    const h: TarHeader = {
-      type: 'file',
-      mode: 0o644,
-      uid: 0,
-      gid: 0,
-      mtime: 1600000000,
-      linkname: '',
-      devmajor: 0,
-      devminor: 0,
-      ...e,
-      size: e.type && e.type !== 'file' ? 0 : data.length,
-    };
+    const h = tarHeader({ mtime: 1600000000, ...e, size: e.type && e.type !== 'file' ? 0 : data.length });
     parts.push(encodeHeader(h), data, padding(data.length));
   }
   parts.push(trailer());

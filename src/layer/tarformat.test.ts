@@ -5,22 +5,10 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { encodeHeader, padding, readTar, trailer, type TarHeader } from './tarformat.js';
+import { encodeHeader, padding, readTar, tarHeader, trailer, type TarHeader } from './tarformat.js';
 
 function hdr(over: Partial<TarHeader>): TarHeader {
-  return {
-    name: 'f',
-    type: 'file',
-    mode: 0o644,
-    uid: 0,
-    gid: 0,
-    size: 0,
-    mtime: 1700000000,
-    linkname: '',
-    devmajor: 0,
-    devminor: 0,
-    ...over,
-  };
+  return tarHeader({ name: 'f', mtime: 1700000000, ...over });
 }
 
 async function parse(buf: Buffer): Promise<{ header: TarHeader; data: Buffer }[]> {

@@ -42,6 +42,22 @@ export interface TarHeader {
   ctime?: number;
 }
 
+/** A header with `over` set and the rest defaulted: a root-owned empty 0644 file, mtime 0, no link, no device. */
+export function tarHeader(over: Partial<TarHeader> & { name: string }): TarHeader {
+  return {
+    type: 'file',
+    mode: 0o644,
+    uid: 0,
+    gid: 0,
+    size: 0,
+    mtime: 0,
+    linkname: '',
+    devmajor: 0,
+    devminor: 0,
+    ...over,
+  };
+}
+
 const TYPEFLAG: Record<EntryType, string> = {
   file: '0',
   link: '1',

@@ -33,7 +33,7 @@ import { DigestingStream } from '../oci/digest.js';
 import { MediaType } from '../oci/mediatypes.js';
 import { readXattrsRecursive } from './fsops.js';
 import { compressor } from './compression.js';
-import { encodeHeader, padding, trailer, type TarHeader } from './tarformat.js';
+import { encodeHeader, padding, tarHeader, trailer, type TarHeader } from './tarformat.js';
 
 export const WHITEOUT_PREFIX = '.wh.';
 export const WHITEOUT_OPAQUE = '.wh..wh..opq';
@@ -120,18 +120,7 @@ function checkNoRedirect(x: Map<string, Buffer>, rel: string): void {
 }
 
 function whiteoutHeader(name: string): TarHeader {
-  return {
-    name,
-    type: 'file',
-    mode: 0,
-    uid: 0,
-    gid: 0,
-    size: 0,
-    mtime: 0,
-    linkname: '',
-    devmajor: 0,
-    devminor: 0,
-  };
+  return tarHeader({ name, mode: 0 });
 }
 
 /**
@@ -189,18 +178,13 @@ export async function* layerTar(dir: string, opts: TarOptions = {}): AsyncGenera
       const unchanged = base !== null && sameDirent(base, abs, x?.get('security.capability'));
       let mtime = Math.floor(st.mtimeMs / 1000);
       if (epoch !== undefined && mtime > epoch) mtime = epoch;
-      const h: TarHeader = {
+      const h = tarHeader({
         name: st.isDirectory() ? rel + '/' : rel,
-        type: 'file',
         mode: st.mode & 0o7777,
         uid: st.uid,
         gid: st.gid,
-        size: 0,
         mtime,
-        linkname: '',
-        devmajor: 0,
-        devminor: 0,
-      };
+      });
       const cap = x?.get('security.capability');
       if (cap && cap.length > 0) h.xattrs = new Map([['security.capability', cap]]);
       if (st.isDirectory()) h.type = 'dir';

@@ -151,20 +151,12 @@ export class RepositoryClient {
 
   /** HEAD a manifest: its descriptor, or undefined when absent. */
   async headManifest(identifier: string): Promise<{ digest?: string; mediaType?: string; size?: number } | undefined> {
-    const res = await this.canonical.request({
-      method: 'HEAD',
-      path: `/v2/${this.repository}/manifests/${identifier}`,
-      headers: { accept: MANIFEST_ACCEPT },
-      scopes: this.pullScope(),
-      expect: [200, 404],
-      ctx: this.ctx('manifest'),
-    });
-    await res.body.dump().catch(() => undefined);
-    if (res.status === 404) return undefined;
-    const len = getHeader(res.headers, 'content-length');
+    const headers = await this.head('manifest', identifier, this.pullScope(), { accept: MANIFEST_ACCEPT });
+    if (!headers) return undefined;
+    const len = getHeader(headers, 'content-length');
     return {
-      digest: getHeader(res.headers, 'docker-content-digest'),
-      mediaType: getHeader(res.headers, 'content-type'),
+      digest: getHeader(headers, 'docker-content-digest'),
+      mediaType: getHeader(headers, 'content-type'),
       size: len ? Number(len) : undefined,
     };
   }
@@ -236,17 +228,29 @@ export class RepositoryClient {
 
   /** Size of a blob if the repository has it. */
   async headBlob(digest: string, scopes: string[] = this.pullScope()): Promise<number | undefined> {
+    const headers = await this.head('blob', digest, scopes);
+    if (!headers) return undefined;
+    const len = getHeader(headers, 'content-length');
+    return len ? Number(len) : 0;
+  }
+
+  /** HEAD `/v2/<repo>/<kind>s/<identifier>`: the response headers, or undefined when the registry says 404. */
+  private async head(
+    kind: 'manifest' | 'blob',
+    identifier: string,
+    scopes: string[],
+    headers?: Record<string, string>,
+  ): Promise<Response['headers'] | undefined> {
     const res = await this.canonical.request({
       method: 'HEAD',
-      path: `/v2/${this.repository}/blobs/${digest}`,
+      path: `/v2/${this.repository}/${kind}s/${identifier}`,
+      ...(headers ? { headers } : {}),
       scopes,
       expect: [200, 404],
-      ctx: this.ctx('blob'),
+      ctx: this.ctx(kind),
     });
     await res.body.dump().catch(() => undefined);
-    if (res.status === 404) return undefined;
-    const len = getHeader(res.headers, 'content-length');
-    return len ? Number(len) : 0;
+    return res.status === 404 ? undefined : res.headers;
   }
 
   /** PUT a manifest under a tag or digest; returns its digest. */

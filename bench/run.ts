@@ -393,14 +393,15 @@ async function main(): Promise<void> {
       if (ONLY.has('W2')) {
         const step = /RUN touch \/x/;
         for (const t of order) {
-          if (round === 1) {
+          {
+            // every round: the W1 cold reset emptied each tool's state, and W2 measures the RUN, not the pull
             log(`W2 warm-up (bases pulled, untimed) — ${t.name}`);
             await t.buildPush(
-              await ctxFor(`w2-${t.name}-warm-s`, w2Dockerfile(smallRef, `warm-${t.name}`)),
+              await ctxFor(`w2-${t.name}-warm-s`, w2Dockerfile(smallRef, `warm-${round}-${t.name}`)),
               `${host}/w2s-${t.name}:warm`,
             );
             await t.buildPush(
-              await ctxFor(`w2-${t.name}-warm-b`, w2Dockerfile(bigRef, `warm-${t.name}`)),
+              await ctxFor(`w2-${t.name}-warm-b`, w2Dockerfile(bigRef, `warm-${round}-${t.name}`)),
               `${host}/w2b-${t.name}:warm`,
             );
           }

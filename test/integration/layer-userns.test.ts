@@ -10,26 +10,14 @@ import { lstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { encodeHeader, padding, trailer, type TarHeader } from '../../src/layer/tarformat.js';
-import { readTar } from '../../src/layer/tarformat.js';
+import { encodeHeader, padding, readTar, tarHeader, trailer, type TarHeader } from '../../src/layer/tarformat.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'kiln-layer-userns-'));
 after(() => rmSync(tmp, { recursive: true, force: true }));
 const helper = join(import.meta.dirname, '..', 'layer', 'userns-extract.ts');
 
 function h(over: Partial<TarHeader> & { name: string }): TarHeader {
-  return {
-    type: 'file',
-    mode: 0o644,
-    uid: 0,
-    gid: 0,
-    size: 0,
-    mtime: 1600000000,
-    linkname: '',
-    devmajor: 0,
-    devminor: 0,
-    ...over,
-  };
+  return tarHeader({ mtime: 1600000000, ...over });
 }
 
 function runInUserns(

@@ -14,7 +14,7 @@
  * digest = diffID, verified while streaming) — in a Docker schema 2 manifest. Pass `{compression: 'gzip'}` (or use
  * `withLayerCompression`) to get lazily gzip-compressed layers for pushing to a registry.
  */
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { dirname, join, basename, posix } from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -27,6 +27,7 @@ import { DockerLayerTar, imageFromParts, layerFromOpener } from './image.js';
 import { MediaType } from './mediatypes.js';
 import { withLayerCompression, withManifestMediaType } from './mutate.js';
 import { TarIndex, TarWriter } from './tarfile.js';
+import { destinationError, prepareFileDest } from './fsutil.js';
 import type { Image, ImageConfig, Layer } from './types.js';
 
 /** One entry of a docker-save manifest.json. */
@@ -56,9 +57,11 @@ function normalizedTag(t: string): string | undefined {
 
 /** Write images with their tags as a docker-save archive at `file` (atomically). */
 export async function writeDockerArchive(file: string, entries: { image: Image; tags?: string[] }[]): Promise<void> {
-  await mkdir(dirname(file), { recursive: true });
+  await prepareFileDest(file, 'docker archive');
+  const spool = await mkdtemp(join(dirname(file), `.${basename(file)}.kiln-spool-`)).catch((e: unknown) => {
+    throw destinationError(e, file, 'docker archive');
+  });
   const w = new TarWriter(file);
-  const spool = await mkdtemp(join(dirname(file), `.${basename(file)}.kiln-spool-`));
   try {
     const manifest: DockerArchiveManifestEntry[] = [];
     const repositories: Record<string, Record<string, string>> = {};
@@ -97,7 +100,7 @@ export async function writeDockerArchive(file: string, entries: { image: Image; 
     await w.commit();
   } catch (e) {
     await w.abort();
-    throw e;
+    throw destinationError(e, file, 'docker archive');
   } finally {
     await rm(spool, { recursive: true, force: true });
   }

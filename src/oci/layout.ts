@@ -27,6 +27,7 @@ import { MediaType, isImageManifest, isIndex } from './mediatypes.js';
 import { formatPlatform, platformMatches } from './platform.js';
 import { TarBlobs, TarIndex, TarWriter } from './tarfile.js';
 import { withFileLock } from './lock.js';
+import { destinationError, ensureDir, prepareFileDest } from './fsutil.js';
 import type { Descriptor, Image, ImageIndex, Index, Platform } from './types.js';
 
 export const REF_NAME = 'org.opencontainers.image.ref.name';
@@ -386,8 +387,10 @@ async function writeLayoutDir(dest: string, entries: LayoutWriteEntry[]): Promis
       hint: 'choose a new or empty directory',
     });
   }
-  await mkdir(dirname(dest), { recursive: true });
-  const tmp = await mkdtemp(join(dirname(dest), `.${basename(dest)}.kiln-tmp-`));
+  await ensureDir(dirname(dest), dest, 'OCI layout');
+  const tmp = await mkdtemp(join(dirname(dest), `.${basename(dest)}.kiln-tmp-`)).catch((e: unknown) => {
+    throw destinationError(e, dest, 'OCI layout');
+  });
   try {
     await chmod(tmp, 0o755);
     await writeFile(join(tmp, 'oci-layout'), LAYOUT_FILE);
@@ -399,7 +402,7 @@ async function writeLayoutDir(dest: string, entries: LayoutWriteEntry[]): Promis
     return added;
   } catch (e) {
     await rm(tmp, { recursive: true, force: true });
-    throw e;
+    throw destinationError(e, dest, 'OCI layout');
   }
 }
 
@@ -407,7 +410,7 @@ async function writeLayoutTar(dest: string, entries: LayoutWriteEntry[]): Promis
   const st = await stat(dest).catch(() => undefined);
   if (st?.isDirectory()) throw new KilnError('LAYOUT_INVALID', `${dest}: is a directory, expected a tar file path`);
   const previous = st ? await readLayout(dest) : undefined;
-  await mkdir(dirname(dest), { recursive: true });
+  await prepareFileDest(dest, 'OCI archive');
   const w = new TarWriter(dest);
   try {
     await w.addBytes('oci-layout', LAYOUT_FILE);
@@ -431,6 +434,6 @@ async function writeLayoutTar(dest: string, entries: LayoutWriteEntry[]): Promis
     return added;
   } catch (e) {
     await w.abort();
-    throw e;
+    throw destinationError(e, dest, 'OCI archive');
   }
 }

@@ -770,25 +770,77 @@ describe('kiln build: interrupts and outputs', () => {
     const d = await ctxDir('unwritable', { Dockerfile: `FROM ${base}\nRUN echo hi > /hi\n` });
     const afile = join(work, 'a-regular-file');
     await writeFile(afile, 'x');
-    const cases = [
-      `type=oci,dest=${join(afile, 'out.tar')}`,
-      `type=docker,dest=${join(afile, 'img.tar')}`,
-      `type=local,dest=${join(afile, 'rootfs')}`,
-      // an existing directory where a file must go
-      `type=tar,dest=${join(work, 'ctx')}`,
-      `type=docker,dest=${join(work, 'ctx')}`,
+    const ctxParent = join(work, 'ctx');
+    const cases: [string, RegExp][] = [
+      [`type=oci,dest=${join(afile, 'out.tar')}`, /cannot write OCI archive .*: a parent is not a directory/],
+      [`type=oci,dest=${join(work, 'layout-dir')},tar=false`, /^kiln: /],
+      [`type=docker,dest=${join(afile, 'img.tar')}`, /cannot write docker archive .*: a parent is not a directory/],
+      [`type=docker,dest=${ctxParent}`, /cannot write docker archive .*: it is a directory/],
+      [
+        'type=docker,dest=/proc/kiln-qa/img.tar',
+        /cannot write docker archive .*: the parent directory cannot be created/,
+      ],
+      ['type=oci,dest=/proc/kiln-qa/img.tar', /cannot write OCI archive .*: the parent directory cannot be created/],
+      [`type=local,dest=${join(afile, 'rootfs')}`, /^kiln: /],
+      [`type=tar,dest=${ctxParent}`, /^kiln: /],
     ];
-    for (const spec of cases) {
-      const dest = spec.slice(spec.indexOf('dest=') + 5);
+    await mkdir(join(work, 'layout-dir'));
+    await writeFile(join(work, 'layout-dir', 'not-a-layout.txt'), 'x');
+    for (const [spec, re] of cases) {
+      const dest = spec.slice(spec.indexOf('dest=') + 5).split(',')[0]!;
       const r = await kiln(['build', '--progress', 'plain', '-o', spec, d]);
-      const line = oneLineError(r, /^kiln: /, spec);
+      const line = oneLineError(r, re, spec);
       assert.ok(line.includes(dest) || line.includes(dirname(dest)), `"${line}" names ${dest}`);
     }
     assert.equal(await readFile(afile, 'utf8'), 'x');
+    assert.deepEqual(await readdir(join(work, 'layout-dir')), ['not-a-layout.txt']);
     assert.deepEqual(
-      (await readdir(work)).filter((n) => n.includes('kiln-spool') || n.startsWith('.a-regular-file')),
+      (await readdir(work)).filter((n) => n.includes('kiln-spool') || n.includes('kiln-tmp')),
       [],
+      'no temp files next to the destinations',
     );
     await assertClean();
   });
+
+  // Known gaps in src/build + src/cli/build.ts (owned by the build engineer), kept as TODO tests so they show up
+  // in every run until fixed; see the QA report.
+  test(
+    'a --secret whose source file is missing fails before the build, naming the file (like buildx)',
+    { todo: 'src/build: --secret src= is not checked; the RUN fails later with a confusing error' },
+    async () => {
+      const d = await ctxDir('secret-missing', {
+        Dockerfile: `FROM ${base}\nRUN --mount=type=secret,id=x cat /run/secrets/x\n`,
+      });
+      const missing = join(work, 'no-such-secret-file');
+      const r = await kiln(['build', '--progress', 'plain', '--secret', `id=x,src=${missing}`, d]);
+      oneLineError(r, new RegExp(`^kiln: .*${missing}`));
+      assert.doesNotMatch(r.stderr, /\[2\/2\] RUN/, 'no step ran');
+    },
+  );
+
+  test(
+    'an invalid -t is rejected before any step runs',
+    { todo: 'src/cli/build.ts: tags are parsed only when exporting, after every step ran' },
+    async () => {
+      const d = await ctxDir('bad-tag', { Dockerfile: `FROM ${base}\nRUN echo step-ran\n` });
+      const r = await kiln(['build', '--progress', 'plain', '-t', 'Bad:Tag:x', d]);
+      oneLineError(r, /^kiln: invalid reference "Bad:Tag:x"/);
+      assert.doesNotMatch(r.stderr, /step-ran/);
+    },
+  );
+
+  test(
+    '--iidfile / --metadata-file to an unwritable path: one kiln line naming the option, no raw errno',
+    { todo: 'src/build/outputs.ts writeIidFile/writeMetadataFile: raw "ENOTDIR: not a directory, open ..."' },
+    async () => {
+      const d = await ctxDir('iidfile', { Dockerfile: `FROM ${base}\n` });
+      const afile = join(work, 'a-regular-file-2');
+      await writeFile(afile, 'x');
+      for (const opt of ['--iidfile', '--metadata-file']) {
+        const r = await kiln(['build', '--progress', 'plain', opt, join(afile, 'out'), d]);
+        const line = oneLineError(r, new RegExp(`^kiln: .*${afile}`));
+        assert.doesNotMatch(line, /^kiln: E[A-Z]+:/, 'not a bare errno message');
+      }
+    },
+  );
 });

@@ -41,7 +41,7 @@ export class DockerfileError extends KilnError {
     const hint = init.hint ?? (init.source !== undefined ? sourceHint(init.source, startLine) : undefined);
     if (hint !== undefined) opts.hint = hint;
     if (init.cause !== undefined) opts.cause = init.cause;
-    super(code, `${where}: ${reason}`, opts);
+    super(code, `${where}: ${displayable(reason, 500)}`, opts);
     this.name = 'DockerfileError';
     this.file = file;
     this.startLine = startLine;
@@ -65,9 +65,21 @@ function truncate(s: string, n: number): string {
   return s.length > n ? s.slice(0, n) + '...' : s;
 }
 
+/**
+ * `s` safe to print on one terminal line: control characters (C0 but tab, DEL, C1 — a hostile Dockerfile could
+ * carry escape sequences or carriage returns) become `\xNN`, and it is cut at `n` characters.
+ */
+export function displayable(s: string, n: number): string {
+  const escaped = s.replace(
+    /[\x00-\x08\x0a-\x1f\x7f-\x9f]/g,
+    (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`,
+  );
+  return truncate(escaped, n);
+}
+
 function sourceHint(source: string, line: number): string {
-  const first = source.split('\n')[0] ?? '';
-  return line > 0 ? `line ${line}: ${truncate(first.trim(), 120)}` : truncate(first.trim(), 120);
+  const first = displayable((source.split('\n')[0] ?? '').trim(), 120);
+  return line > 0 ? `line ${line}: ${first}` : first;
 }
 
 /** Is `e` a DockerfileError? */

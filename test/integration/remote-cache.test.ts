@@ -354,13 +354,22 @@ test('a miss in one stage does not stop hits in another', async () => {
     join(work, 'home7'),
     `${reg.host}/app/stages:1`,
     [],
-    [`type=registry,ref=${cacheRef},mode=max`],
+    [`type=registry,ref=${cacheRef},mode=max`, `type=registry,ref=${reg.host}/cache/stages:min`],
     [],
     {
       context: ctx3,
     },
   );
   assert.equal(first.ev.cached.length, 0);
+  // mode=max keeps every stage's steps; mode=min (the default) only the exported image's own layers
+  assert.equal(skopeoRaw(cacheRef).layers.length, 4);
+  const minLayers = skopeoRaw(`${reg.host}/cache/stages:min`).layers.map((l) => l.digest);
+  assert.deepEqual(
+    minLayers,
+    skopeoRaw(`${reg.host}/app/stages:1`)
+      .layers.slice(1)
+      .map((l) => l.digest),
+  );
   const second = await build(join(work, 'home8'), `${reg.host}/app/stages:2`, [cacheRef], [], [], {
     context: ctx3,
     buildArgs: { V: '2' },

@@ -460,6 +460,10 @@ async function main(): Promise<void> {
   const outFile = partial ? join(REPO, '.tmp', 'bench-partial.md') : join(REPO, 'bench', 'results', 'latest.md');
   await mkdir(dirname(outFile), { recursive: true });
   await writeFile(outFile, md);
+  // keep the committed table in the repo's markdown style (`npm run format:check`)
+  spawnSync(process.execPath, [join(REPO, 'node_modules/prettier/bin/prettier.cjs'), '--write', outFile], {
+    cwd: REPO,
+  });
   log(`wrote ${outFile}`);
 }
 

@@ -394,6 +394,74 @@ describe('kiln CLI: corrupt layouts and archives', () => {
     await assertClean();
   });
 
+  test('hostile digests and paths in layouts and archives are refused, never resolved on the host', async () => {
+    const lay = join(work, 'layout-traversal');
+    await mkdir(join(lay, 'blobs', 'sha256'), { recursive: true });
+    await writeFile(join(lay, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
+    const evil = {
+      mediaType: 'application/vnd.oci.image.manifest.v1+json',
+      digest: 'sha256:../../../../../../../../etc/passwd',
+      size: 100,
+      annotations: { 'org.opencontainers.image.ref.name': 'v1' },
+    };
+    await writeFile(join(lay, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: [evil] }));
+    const r = await kiln(['inspect', '--raw', `oci:${lay}:v1`]);
+    const line = oneLineError(r, /^kiln: .*index\.json.*invalid descriptor/);
+    assert.ok(!r.stdout.includes('root:x:0:0'), 'no host file printed');
+    assert.ok(line.includes(lay));
+    const arch = join(work, 'archive-traversal.tar');
+    const manifest = JSON.stringify([{ Config: '../../../../etc/passwd', RepoTags: ['x:1'], Layers: ['/etc/shadow'] }]);
+    await writeFile(
+      arch,
+      await makeTar([{ header: { name: 'manifest.json', size: manifest.length }, body: Buffer.from(manifest) }]),
+    );
+    const r2 = await kiln(['inspect', `docker-archive:${arch}`]);
+    const line2 = oneLineError(r2, /^kiln: .*(missing|not found)/);
+    assert.ok(line2.includes(arch));
+    assert.ok(!r2.stdout.includes('root:x:0:0'), 'no host file printed');
+  });
+
+  test('a corrupt local store: a truncated blob and a garbage index.json give one line naming the file', async () => {
+    const h = join(work, 'home-corrupt');
+    const boot = await kiln(['bootstrap', 'busybox'], { home: h });
+    assert.equal(boot.code, 0, boot.stderr);
+    const blobs = join(h, 'store', 'blobs', 'sha256');
+    const sizes = await Promise.all(
+      (await readdir(blobs)).map(async (n) => ({ n, s: (await stat(join(blobs, n))).size })),
+    );
+    const biggest = sizes.sort((a, b) => b.s - a.s)[0]!.n;
+    await truncate(join(blobs, biggest), 1000);
+    const p = await kiln(
+      ['push', '--progress', 'plain', 'localhost/busybox:latest', `${reg.host}/qa/corrupt-store:v1`],
+      {
+        home: h,
+      },
+    );
+    oneLineError(p, new RegExp(`^kiln: .*${biggest}`));
+    assert.deepEqual(await tags(reg, 'qa/corrupt-store'), [], 'nothing pushed');
+    const d = await ctxDir('corrupt-store', { Dockerfile: 'FROM localhost/busybox\nRUN true\n' });
+    const b = await kiln(['build', '--progress', 'plain', d], { home: h });
+    oneLineError(b, new RegExp(`^kiln: Dockerfile:1: .*${biggest}`));
+    await writeFile(join(h, 'store', 'index.json'), '{garbage');
+    const i = await kiln(['images'], { home: h });
+    oneLineError(i, /^kiln: .*store\/index\.json: invalid JSON/);
+    await assertClean(h);
+  });
+
+  test(
+    'a build FROM a local image in a corrupt store names the store file instead of falling back to a registry',
+    { todo: 'src/build/services.ts StoreFirstResolver.resolve swallows every store error (catch {})' },
+    async () => {
+      const h = join(work, 'home-corrupt-index');
+      const boot = await kiln(['bootstrap', 'busybox'], { home: h });
+      assert.equal(boot.code, 0, boot.stderr);
+      await writeFile(join(h, 'store', 'index.json'), '{garbage');
+      const d = await ctxDir('corrupt-index', { Dockerfile: 'FROM localhost/busybox\nRUN true\n' });
+      const b = await kiln(['build', '--progress', 'plain', d], { home: h });
+      oneLineError(b, /^kiln: Dockerfile:1: .*store\/index\.json/);
+    },
+  );
+
   test('docker archives: truncated, not a tar, no manifest.json: one line naming the file, nothing stored', async () => {
     const data = await readFile(archiveSrc);
     const truncated = join(work, 'truncated.tar');
@@ -510,6 +578,11 @@ describe('kiln build: malformed Dockerfiles and failing steps', () => {
     const r2 = await kiln(['build', '-f', join(d2, 'Dockerfile'), d2]);
     const line = oneLineError(r2, /Dockerfile:2: unknown instruction: FROBNICATE/);
     assert.doesNotMatch(line, /did you mean/, 'no suggestion when nothing is close');
+    // a hostile Dockerfile cannot send terminal escape sequences through the error line
+    const d3 = await ctxDir('unknown-instr-3', { Dockerfile: `FROM ${base}\nRUN\x1b]0;pwned\x07\x1b[2J echo\n` });
+    const r3 = await kiln(['build', d3]);
+    oneLineError(r3, /^kiln: Dockerfile:2: unknown instruction: RUN\\x1b\]0;pwned\\x07\\x1b\[2J$/);
+    assert.ok(!r3.stderr.includes('\x1b'), 'no raw ESC on stderr');
   });
 
   test('--debug adds the stack trace; KILN_DEBUG-less runs never show one', async () => {

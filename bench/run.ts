@@ -11,6 +11,9 @@
  *              the RUN must not cost more on the big base. kiln's and BuildKit's own step durations are reported
  *              too (from their progress output).
  *   W3       — one RUN creating 50,000 small files (base present), pushed.
+ *   W5       — a fresh pod: W1 built with a registry cache export (untimed), all local state emptied, one source
+ *              file changed, rebuilt with the registry cache (kiln --cache-from; BuildKit inline cache
+ *              `--cache-from IMAGE`; buildah --cache-from REPO).
  *
  * Environment: BENCH_ROUNDS (default 3), BENCH_ONLY=W1,W3 (workloads), BENCH_TOOLS=kiln,buildkit,buildah,
  * BENCH_SMALL=1 (tiny inputs, to check the harness), BENCH_KEEP=1 (keep the temp dir).
@@ -34,7 +37,8 @@ import { measure, median, type Measured } from './procs.js';
 
 const REPO = join(dirname(fileURLToPath(import.meta.url)), '..');
 const ROUNDS = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3) || 3);
-const ONLY = new Set((process.env.BENCH_ONLY ?? 'W1,W2,W3,W4').split(',').map((s) => s.trim().toUpperCase()));
+const ALL = ['W1', 'W2', 'W3', 'W4', 'W5'];
+const ONLY = new Set((process.env.BENCH_ONLY ?? ALL.join(',')).split(',').map((s) => s.trim().toUpperCase()));
 const TOOLS = (process.env.BENCH_TOOLS ?? 'kiln,buildkit,buildah').split(',').map((s) => s.trim()) as ToolName[];
 const SMALL = process.env.BENCH_SMALL === '1';
 
@@ -49,12 +53,20 @@ interface RunResult {
   steps?: Map<string, number>;
 }
 
+/** W5: export a registry cache (`to`) or build from one (`from`), each tool its own way. */
+interface CacheUse {
+  /** kiln: --cache-to type=registry,ref=REF,mode=max; BuildKit: inline cache in the pushed image; buildah: --cache-to REPO. */
+  to?: string;
+  /** kiln: --cache-from REF; BuildKit: --cache-from IMAGE; buildah: --cache-from REPO. */
+  from?: string;
+}
+
 interface Tool {
   name: ToolName;
   /** Empty state (cold). */
   reset(): Promise<void>;
   /** Build `ctx` (Dockerfile at ctx/Dockerfile) as `tag` and push it. */
-  buildPush(ctx: string, tag: string, step?: RegExp): Promise<RunResult>;
+  buildPush(ctx: string, tag: string, step?: RegExp, cache?: CacheUse): Promise<RunResult>;
   stop(): Promise<void>;
 }
 
@@ -124,12 +136,15 @@ async function kilnTool(reg: TestRegistry, work: string): Promise<Tool> {
       if (home) await rm(home, { recursive: true, force: true });
       home = join(work, `kiln-home-${++n}`);
     },
-    async buildPush(ctx, tag, step) {
+    async buildPush(ctx, tag, step, cache) {
       const env: NodeJS.ProcessEnv = { ...process.env, KILN_HOME: home };
       delete env.SOURCE_DATE_EPOCH;
+      const extra: string[] = [];
+      if (cache?.to) extra.push('--cache-to', `type=registry,ref=${cache.to},mode=max`);
+      if (cache?.from) extra.push('--cache-from', cache.from);
       const m = await measure(
         process.execPath,
-        [launcher, 'build', '--push', '-t', tag, '--progress', 'json', '--insecure-registry', reg.host, ctx],
+        [launcher, 'build', '--push', '-t', tag, '--progress', 'json', '--insecure-registry', reg.host, ...extra, ctx],
         { env },
       );
       if (m.code !== 0) fail(`kiln build ${tag}`, m);
@@ -176,9 +191,12 @@ async function buildkitTool(reg: TestRegistry): Promise<Tool> {
       if (ids.length) await d.docker(['rmi', '-f', ...new Set(ids)], { allowFail: true });
       await d.docker(['builder', 'prune', '-af'], { allowFail: true });
     },
-    async buildPush(ctx, tag, step) {
+    async buildPush(ctx, tag, step, cache) {
       const t0 = performance.now();
-      const b = await d.docker(['build', '--network', 'host', '--progress', 'plain', '-t', tag, ctx], {
+      const extra: string[] = [];
+      if (cache?.to) extra.push('--build-arg', 'BUILDKIT_INLINE_CACHE=1');
+      if (cache?.from) extra.push('--cache-from', cache.from);
+      const b = await d.docker(['build', '--network', 'host', '--progress', 'plain', ...extra, '-t', tag, ctx], {
         allowFail: true,
       });
       if (b.code !== 0) fail(`docker build ${tag}`, b);
@@ -214,10 +232,25 @@ async function buildahTool(): Promise<Tool> {
   return {
     name: 'buildah',
     reset: () => b.prune(),
-    async buildPush(ctx, tag) {
+    async buildPush(ctx, tag, _step, cache) {
       const t0 = performance.now();
+      const extra: string[] = [];
+      if (cache?.to) extra.push('--cache-to', cache.to);
+      if (cache?.from) extra.push('--cache-from', cache.from);
       const r1 = await b.buildah(
-        ['bud', '--isolation', 'chroot', '--format', 'docker', '--layers', '--tls-verify=false', '-t', tag, ctx],
+        [
+          'bud',
+          '--isolation',
+          'chroot',
+          '--format',
+          'docker',
+          '--layers',
+          '--tls-verify=false',
+          ...extra,
+          '-t',
+          tag,
+          ctx,
+        ],
         { allowFail: true },
       );
       if (r1.code !== 0) fail(`buildah bud ${tag}`, r1);
@@ -390,6 +423,26 @@ async function main(): Promise<void> {
           }
         }
       }
+      if (ONLY.has('W5')) {
+        // a fresh pod: empty state, the cache in the registry, one source file changed since it was written
+        for (const t of order) {
+          const image = `${host}/w5-${t.name}-r${round}`;
+          const cacheRef =
+            t.name === 'buildkit' ? `${image}:1` : t.name === 'buildah' ? `${image}-cache` : `${image}-cache:1`;
+          await t.reset();
+          log(`round ${round}: W5 cache export (untimed) — ${t.name}`);
+          await t.buildPush(w1, `${image}:1`, undefined, { to: cacheRef });
+          await t.reset();
+          await touchW1Source(w1, 100 + round * 10 + order.indexOf(t), w1Opts);
+          log(`round ${round}: W5 fresh state + registry cache — ${t.name}`);
+          add(
+            rows,
+            'W5 fresh state, --cache-from registry, 1 file changed',
+            t.name,
+            await t.buildPush(w1, `${image}:2`, undefined, { from: cacheRef }),
+          );
+        }
+      }
       if (ONLY.has('W2')) {
         const step = /RUN touch \/x/;
         for (const t of order) {
@@ -456,7 +509,7 @@ async function main(): Promise<void> {
     'kiln peak RSS (whole process tree) ≤ 300 MB.\n';
   process.stdout.write(md);
   // reduced-input and partial runs do not replace the published results
-  const partial = SMALL || ONLY.size < 4 || TOOLS.length < 3;
+  const partial = SMALL || ONLY.size < ALL.length || TOOLS.length < 3;
   const outFile = partial ? join(REPO, '.tmp', 'bench-partial.md') : join(REPO, 'bench', 'results', 'latest.md');
   await mkdir(dirname(outFile), { recursive: true });
   await writeFile(outFile, md);

@@ -16,12 +16,21 @@ import { formatLintWarning, lintDockerfile } from '../dockerfile/lint.js';
 import { loadDockerignore } from '../dockerfile/dockerignore.js';
 import { buildStageGraph, formatStageGraph } from '../dockerfile/stages.js';
 
+const READ_ERRORS: Record<string, string> = {
+  ENOENT: 'no such file or directory',
+  EISDIR: 'is a directory',
+  EACCES: 'permission denied',
+  ENOTDIR: 'a parent is not a directory',
+};
+
 function readDockerfile(file: string): { text: string; name: string } {
   try {
     if (file === '-') return { text: readFileSync(0, 'utf8'), name: 'Dockerfile' };
     return { text: readFileSync(file, 'utf8'), name: file };
   } catch (e) {
-    throw new KilnError('DOCKERFILE_READ', `cannot read ${file}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`, {
+    const code = (e as NodeJS.ErrnoException).code;
+    const why = code ? (READ_ERRORS[code] ?? code) : String(e);
+    throw new KilnError('DOCKERFILE_READ', `cannot read ${file}: ${why}`, {
       hint: 'pass the path of a Dockerfile, or - for standard input',
       cause: e,
     });

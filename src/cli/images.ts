@@ -70,7 +70,9 @@ export function register(program: Command): void {
     .option('-q, --quiet', 'only print digests')
     .action(async (flags: { format: string; quiet?: boolean }) => {
       if (flags.format !== 'table' && flags.format !== 'json') {
-        throw new KilnError('INVALID_OPTION', `--format "${flags.format}": expected table or json`);
+        throw new KilnError('INVALID_OPTION', `--format "${flags.format}": expected table or json`, {
+          hint: 'kiln images --format json',
+        });
       }
       const store = await LocalStore.open();
       const entries = await store.list();

@@ -251,6 +251,30 @@ describe('kiln CLI: usage', () => {
   });
 });
 
+describe('kiln CLI: dockerfile tools', () => {
+  test('kiln dockerfile dump/lint/stages on a missing file or a directory: one line naming it', async () => {
+    const missing = join(work, 'no-such-Dockerfile');
+    const runs = await Promise.all([
+      kiln(['dockerfile', 'dump', missing]),
+      kiln(['dockerfile', 'lint', work]),
+      kiln(['dockerfile', 'stages', missing]),
+    ]);
+    oneLineError(runs[0]!, new RegExp(`^kiln: cannot read ${missing}: no such file or directory$`));
+    oneLineError(runs[1]!, new RegExp(`^kiln: cannot read ${work}: is a directory$`));
+    oneLineError(runs[2]!, /no such file or directory/);
+    for (const r of runs) assert.match(hintOf(r) ?? '', /Dockerfile/);
+  });
+
+  test('kiln dockerfile lint reports a malformed Dockerfile with FILE:LINE', async () => {
+    const d = await ctxDir('lint-bad', { Dockerfile: `FROM ${base}\nRUNN true\n` });
+    const r = await kiln(['dockerfile', 'lint', join(d, 'Dockerfile')]);
+    oneLineError(
+      r,
+      new RegExp(`^kiln: ${join(d, 'Dockerfile')}:2: unknown instruction: RUNN \\(did you mean RUN\\?\\)$`),
+    );
+  });
+});
+
 describe('kiln CLI: references and registries', () => {
   test('malformed references: one line quoting the reference, with a hint', async () => {
     const refs = ['app/UPPER:tag', 'foo:bar:baz', 'app@sha256:xyz', 'a//b', 'app:' + 'x'.repeat(200), ':tag'];
@@ -607,6 +631,18 @@ describe('kiln build: malformed Dockerfiles and failing steps', () => {
     assert.deepEqual(await tags(reg, 'qa/failing'), []);
     await assertClean();
   });
+
+  test(
+    'COPY --from=<missing image> points at the COPY line',
+    { todo: 'src/build: the implicit stage of COPY --from=IMAGE reports Dockerfile:1 "FROM IMAGE"' },
+    async () => {
+      const d = await ctxDir('copy-from-missing', {
+        Dockerfile: `FROM ${base}\nRUN true\nCOPY --from=${reg.host}/no/such:1 /a /b\n`,
+      });
+      const r = await kiln(['build', '--progress', 'plain', d]);
+      oneLineError(r, new RegExp(`^kiln: Dockerfile:3: .*${reg.host}/no/such:1`));
+    },
+  );
 
   test('COPY of a missing source names it; a missing Dockerfile or context names the path', async () => {
     const d = await ctxDir('missing-src', {

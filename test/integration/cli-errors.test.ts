@@ -875,6 +875,28 @@ describe('kiln build: interrupts and outputs', () => {
     await assertClean();
   });
 
+  test('SIGTERM (a Kubernetes pod stop) during a RUN cleans up like SIGINT', async () => {
+    const marker = `qa-term-${process.pid}`;
+    const d = await ctxDir('sigterm', {
+      Dockerfile: `FROM ${base}\nRUN echo started-sleeping && sh -c 'sleep 30; echo ${marker}' && echo finished-sleeping\n`,
+    });
+    let sent = false;
+    const r = await kiln(['build', '--progress', 'plain', '-t', `${reg.host}/qa/sigterm:v1`, '--push', d], {
+      onStderr: (all, child) => {
+        if (!sent && /^#\d+ \d+\.\d+ started-sleeping$/m.test(all)) {
+          sent = true;
+          child.kill('SIGTERM');
+        }
+      },
+    });
+    assert.ok(sent, r.stderr);
+    assert.ok(r.code !== 0 && r.code !== null, `exit code ${r.code} (signal ${r.signal})`);
+    oneLineError(r, /^kiln: .*interrupted/i);
+    assert.deepEqual(await processesWith(marker), []);
+    assert.deepEqual(await tags(reg, 'qa/sigterm'), []);
+    await assertClean();
+  });
+
   test('--output to an unwritable path: one line naming it, nothing half-written', async () => {
     const d = await ctxDir('unwritable', { Dockerfile: `FROM ${base}\nRUN echo hi > /hi\n` });
     const afile = join(work, 'a-regular-file');

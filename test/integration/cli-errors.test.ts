@@ -842,33 +842,41 @@ async function processesWith(marker: string): Promise<number[]> {
   return pids;
 }
 
+/**
+ * Build `FROM base + extra + a RUN that sleeps 30 s`, tagged REPO:v1 with --push, and send `signal` once the RUN
+ * printed its first line. Asserts the interrupt standard: non-zero exit with one "interrupted" line, the RUN's
+ * processes gone, nothing pushed, no temp dir or mount left.
+ */
+async function interruptedBuild(name: string, signal: NodeJS.Signals, extra = ''): Promise<{ dir: string; run: Run }> {
+  const marker = `qa-${name}-${process.pid}`;
+  const dir = await ctxDir(name, {
+    Dockerfile: `FROM ${base}\n${extra}RUN echo started-sleeping && sh -c 'sleep 30; echo ${marker}' && echo finished-sleeping\n`,
+  });
+  let sent = false;
+  const r = await kiln(['build', '--progress', 'plain', '-t', `${reg.host}/qa/${name}:v1`, '--push', dir], {
+    onStderr: (all, child) => {
+      if (!sent && /^#\d+ \d+\.\d+ started-sleeping$/m.test(all)) {
+        sent = true;
+        child.kill(signal);
+      }
+    },
+  });
+  assert.ok(sent, r.stderr);
+  oneLineError(r, /^kiln: .*interrupted/i);
+  assert.doesNotMatch(r.stderr, /^#\d+ \d+\.\d+ finished-sleeping$/m, 'did not wait for the RUN to end');
+  assert.deepEqual(await processesWith(marker), [], 'the RUN processes are gone');
+  assert.deepEqual(await tags(reg, `qa/${name}`), [], 'nothing pushed');
+  await assertClean();
+  return { dir, run: r };
+}
+
 describe('kiln build: interrupts and outputs', () => {
   test('SIGINT during a long RUN: non-zero exit, no process, mount or temp dir left, nothing pushed, cache usable', async () => {
-    const marker = `qa-sleeper-${process.pid}`;
-    const d = await ctxDir('sigint', {
-      Dockerfile:
-        `FROM ${base}\nRUN echo before > /before\n` +
-        `RUN echo started-sleeping && sh -c 'sleep 30; echo ${marker}' && echo finished-sleeping\n`,
-    });
-    let sent = false;
-    const r = await kiln(['build', '--progress', 'plain', '-t', `${reg.host}/qa/sigint:v1`, '--push', d], {
-      onStderr: (all, child) => {
-        if (!sent && /^#\d+ \d+\.\d+ started-sleeping$/m.test(all)) {
-          sent = true;
-          child.kill('SIGINT');
-        }
-      },
-    });
-    assert.ok(sent, r.stderr);
-    assert.equal(r.code, 130, r.stderr);
-    oneLineError(r, /^kiln: .*interrupted/i);
-    assert.doesNotMatch(r.stderr, /^#\d+ \d+\.\d+ finished-sleeping$/m, 'did not wait for the RUN to end');
-    assert.deepEqual(await processesWith(marker), [], 'the RUN processes are gone');
-    assert.deepEqual(await tags(reg, 'qa/sigint'), [], 'nothing pushed');
-    await assertClean();
+    const { dir, run } = await interruptedBuild('sigint', 'SIGINT', 'RUN echo before > /before\n');
+    assert.equal(run.code, 130, run.stderr);
     // the store and cache still work: the completed step is reused
-    await writeFile(join(d, 'Dockerfile'), `FROM ${base}\nRUN echo before > /before\nRUN echo after > /after\n`);
-    const again = await kiln(['build', '--progress', 'plain', '-t', `${reg.host}/qa/sigint:v1`, '--push', d]);
+    await writeFile(join(dir, 'Dockerfile'), `FROM ${base}\nRUN echo before > /before\nRUN echo after > /after\n`);
+    const again = await kiln(['build', '--progress', 'plain', '-t', `${reg.host}/qa/sigint:v1`, '--push', dir]);
     assert.equal(again.code, 0, again.stderr);
     assert.match(again.stderr, /^#\d+ \[2\/3\] RUN echo before > \/before\n#\d+ CACHED$/m);
     assert.deepEqual(await tags(reg, 'qa/sigint'), ['v1']);
@@ -876,25 +884,8 @@ describe('kiln build: interrupts and outputs', () => {
   });
 
   test('SIGTERM (a Kubernetes pod stop) during a RUN cleans up like SIGINT', async () => {
-    const marker = `qa-term-${process.pid}`;
-    const d = await ctxDir('sigterm', {
-      Dockerfile: `FROM ${base}\nRUN echo started-sleeping && sh -c 'sleep 30; echo ${marker}' && echo finished-sleeping\n`,
-    });
-    let sent = false;
-    const r = await kiln(['build', '--progress', 'plain', '-t', `${reg.host}/qa/sigterm:v1`, '--push', d], {
-      onStderr: (all, child) => {
-        if (!sent && /^#\d+ \d+\.\d+ started-sleeping$/m.test(all)) {
-          sent = true;
-          child.kill('SIGTERM');
-        }
-      },
-    });
-    assert.ok(sent, r.stderr);
-    assert.ok(r.code !== 0 && r.code !== null, `exit code ${r.code} (signal ${r.signal})`);
-    oneLineError(r, /^kiln: .*interrupted/i);
-    assert.deepEqual(await processesWith(marker), []);
-    assert.deepEqual(await tags(reg, 'qa/sigterm'), []);
-    await assertClean();
+    const { run } = await interruptedBuild('sigterm', 'SIGTERM');
+    assert.ok(run.code !== 0 && run.code !== null, `exit code ${run.code} (signal ${run.signal})`);
   });
 
   test('--output to an unwritable path: one line naming it, nothing half-written', async () => {

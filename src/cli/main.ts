@@ -28,10 +28,16 @@ interface CommandModule {
   register(program: Command): void;
 }
 
-async function loadCommands(program: Command): Promise<void> {
+/**
+ * Register command modules. Only the invoked command's module is loaded when argv names one (start-up time matters
+ * for short commands like `kiln copy` in scripts); help and unknown commands load them all.
+ */
+async function loadCommands(program: Command, argv: string[]): Promise<void> {
   const here = dirname(fileURLToPath(import.meta.url));
   const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
-  for (const name of COMMANDS) {
+  const first = argv.find((a) => !a.startsWith('-'));
+  const wanted = COMMANDS.find((c) => c === first);
+  for (const name of wanted ? [wanted] : COMMANDS) {
     const file = join(here, name + ext);
     if (!existsSync(file)) continue;
     const mod = (await import(pathToFileURL(file).href)) as Partial<CommandModule>;
@@ -49,7 +55,7 @@ export async function main(argv: string[]): Promise<number> {
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
   try {
-    await loadCommands(program);
+    await loadCommands(program, argv);
     for (const c of program.commands) c.exitOverride();
     await program.parseAsync(argv, { from: 'user' });
     return typeof process.exitCode === 'number' ? process.exitCode : 0;

@@ -28,7 +28,7 @@ interface InspectFlags extends RegistryFlags {
 
 async function load(arg: string, opts: RegistryOptions): Promise<{ loc: Location; x: Image | ImageIndex }> {
   const loc = parseLocation(arg);
-  if (loc.kind === 'registry' && !/^[a-z-]+:/.test(arg) && existsSync(join(kilnHome(), 'store', 'index.json'))) {
+  if (loc.kind === 'registry' && !arg.startsWith('docker://') && existsSync(join(kilnHome(), 'store', 'index.json'))) {
     // A bare name may be a local store image: prefer it when the store has it.
     try {
       const storeLoc: Location = { kind: 'store', name: arg };

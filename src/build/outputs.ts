@@ -9,12 +9,13 @@
  */
 import { createWriteStream } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile, rename } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { KilnError } from '../errors.js';
 import type { Image } from '../oci/types.js';
 import { sha256 } from '../oci/digest.js';
+import { destinationError, ensureDir, prepareFileDest } from '../oci/fsutil.js';
 import { withManifestMediaType } from '../oci/mutate.js';
 import { extractLayer } from '../layer/extract.js';
 import { isRealRoot } from '../layer/fsops.js';
@@ -83,7 +84,7 @@ async function toFileOrStdout(dest: string, produce: (w: Writable) => Promise<vo
     await produce(process.stdout);
     return;
   }
-  await mkdir(dirname(dest), { recursive: true });
+  await prepareFileDest(dest, 'tar output');
   const tmp = `${dest}.kiln-tmp-${process.pid}`;
   try {
     const ws = createWriteStream(tmp, { flags: 'w', mode: 0o644 });
@@ -91,7 +92,7 @@ async function toFileOrStdout(dest: string, produce: (w: Writable) => Promise<vo
     await rename(tmp, dest);
   } catch (e) {
     await rm(tmp, { force: true });
-    throw e;
+    throw destinationError(e, dest, 'tar output');
   }
 }
 
@@ -104,7 +105,7 @@ export async function materializeRootfs(
   dir: string,
   opts: { chown?: boolean } = {},
 ): Promise<void> {
-  await mkdir(dir, { recursive: true });
+  await ensureDir(dir, dir, 'local output');
   for (const l of layers) {
     const o: { mode: 'apply'; digest: string; chown?: boolean } = { mode: 'apply', digest: l.digest };
     if (opts.chown !== undefined) o.chown = opts.chown;
@@ -204,7 +205,9 @@ export async function exportImage(image: Image, opts: ExportOptions): Promise<Ex
 
 /** `--iidfile`: the image ID (config digest), as docker writes it. */
 export async function writeIidFile(path: string, res: ExportResult): Promise<void> {
-  await writeFile(path, res.configDigest);
+  await writeFile(path, res.configDigest).catch((e: unknown) => {
+    throw destinationError(e, path, '--iidfile');
+  });
 }
 
 /** `--metadata-file`: buildx's exporter response keys. */
@@ -215,5 +218,7 @@ export async function writeMetadataFile(path: string, res: ExportResult): Promis
     'containerimage.digest': res.digest,
   };
   if (res.names.length > 0) md['image.name'] = res.names.join(',');
-  await writeFile(path, JSON.stringify(md, null, 2) + '\n');
+  await writeFile(path, JSON.stringify(md, null, 2) + '\n').catch((e: unknown) => {
+    throw destinationError(e, path, '--metadata-file');
+  });
 }

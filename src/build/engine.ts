@@ -685,6 +685,7 @@ class Engine {
     history: string,
     buildkitSuffix: boolean,
     work: (snap: Snapshot, id: number) => Promise<void>,
+    noteExtra?: Partial<StepNote>,
   ): Promise<void> {
     const key = cacheKey(parts);
     const id = ++this.vertex;
@@ -695,6 +696,7 @@ class Engine {
       parts,
     };
     if (st.base) note.base = st.base.digest;
+    if (noteExtra) Object.assign(note, noteExtra);
     const explainer = this.deps.cache as BuildCache & Partial<MissExplainer>;
     explainer.noteStep?.(key, note);
     if (!this.req.noCache) {
@@ -888,14 +890,22 @@ class Engine {
       for (const s of c.sources) msg += ' ' + s;
       for (const s of c.sourceContents) msg += ' <<' + s.path;
       msg += ' ' + c.dest;
-      await this.layerStep(st, prefix + upperKeyword(c.original), parts, msg, true, async (snap) => {
-        try {
-          await this.deps.copier.apply(req, src, snap.root);
-        } catch (e) {
-          if (e instanceof KilnError && e.message.startsWith(this.req.file + ':')) throw e;
-          throw this.fail(c, e instanceof KilnError ? e.code : 'COPY_FAILED', errorMessage(e), undefined, e);
-        }
-      });
+      await this.layerStep(
+        st,
+        prefix + upperKeyword(c.original),
+        parts,
+        msg,
+        true,
+        async (snap) => {
+          try {
+            await this.deps.copier.apply(req, src, snap.root);
+          } catch (e) {
+            if (e instanceof KilnError && e.message.startsWith(this.req.file + ':')) throw e;
+            throw this.fail(c, e instanceof KilnError ? e.code : 'COPY_FAILED', errorMessage(e), undefined, e);
+          }
+        },
+        src.kind === 'context' ? { context: { dir: src.dir, paths: [...c.sources] } } : undefined,
+      );
     } finally {
       await release();
     }

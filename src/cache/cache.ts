@@ -63,6 +63,11 @@ export interface StepNote {
   base?: string;
   /** For COPY/ADD from the context: relative path → content digest of every file read. */
   files?: Record<string, string>;
+  /**
+   * For COPY/ADD from the context when `files` is not known: the context dir and the source paths; the remote cache
+   * lists the files itself, lazily (only to explain a miss or to save the step for the next explanation).
+   */
+  context?: { dir: string; paths: string[]; ignore?: (rel: string, isDir: boolean) => boolean };
 }
 
 export interface MissExplainer {

@@ -8,7 +8,7 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { createReadStream } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
 import { basename, join } from 'node:path';
-import { KilnError } from '../errors.js';
+import { KilnError, isKilnError } from '../errors.js';
 import { LocalStore, kilnHome } from '../oci/store.js';
 import { writeLayout } from '../oci/layout.js';
 import { writeDockerArchive } from '../oci/docker-archive.js';
@@ -43,7 +43,9 @@ export class StoreFirstResolver implements BaseResolver {
       let local: Image | undefined;
       try {
         local = await this.store.image(name, opts.platform);
-      } catch {
+      } catch (e) {
+        // Only "not in the store" falls back to the registry; a corrupt store must be reported, not masked.
+        if (!isKilnError(e, 'IMAGE_NOT_FOUND') && !isKilnError(e, 'PLATFORM_NOT_FOUND')) throw e;
         local = undefined;
       }
       if (local) return { name, digest: await local.digest(), image: local };

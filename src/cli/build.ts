@@ -4,7 +4,9 @@
  * SIGTERM abort the build cleanly: the running step is killed, mounts and temp dirs are removed, nothing is pushed.
  */
 import type { Command } from 'commander';
-import { KilnError } from '../errors.js';
+import { accessSync, constants } from 'node:fs';
+import { KilnError, errorMessage } from '../errors.js';
+import { parseReferenceWithDefaultTag } from '../registry/reference.js';
 import {
   parseBuildArgs,
   parseLabels,
@@ -83,6 +85,21 @@ export function buildOptionsFrom(
       throw new KilnError('OPTION_INVALID', `invalid tag "${t}": a tag cannot contain a digest`, {
         hint: 'use -t NAME[:TAG]',
       });
+    }
+    // Validate every name before any step runs (a bad -t must not cost a whole build).
+    parseReferenceWithDefaultTag(t);
+  }
+  for (const sec of opts.secrets) {
+    // Like buildx: a secret whose source file cannot be read fails up front, naming the file.
+    if ('src' in sec && sec.src !== undefined) {
+      try {
+        accessSync(sec.src, constants.R_OK);
+      } catch (e) {
+        throw new KilnError('OPTION_INVALID', `--secret id=${sec.id}: cannot read ${sec.src}: ${errorMessage(e)}`, {
+          hint: 'check the src= path of the secret',
+          cause: e,
+        });
+      }
     }
   }
   return opts;

@@ -472,19 +472,15 @@ describe('kiln CLI: corrupt layouts and archives', () => {
     await assertClean(h);
   });
 
-  test(
-    'a build FROM a local image in a corrupt store names the store file instead of falling back to a registry',
-    { todo: 'src/build/services.ts StoreFirstResolver.resolve swallows every store error (catch {})' },
-    async () => {
-      const h = join(work, 'home-corrupt-index');
-      const boot = await kiln(['bootstrap', 'busybox'], { home: h });
-      assert.equal(boot.code, 0, boot.stderr);
-      await writeFile(join(h, 'store', 'index.json'), '{garbage');
-      const d = await ctxDir('corrupt-index', { Dockerfile: 'FROM localhost/busybox\nRUN true\n' });
-      const b = await kiln(['build', '--progress', 'plain', d], { home: h });
-      oneLineError(b, /^kiln: Dockerfile:1: .*store\/index\.json/);
-    },
-  );
+  test('a build FROM a local image in a corrupt store names the store file instead of falling back to a registry', async () => {
+    const h = join(work, 'home-corrupt-index');
+    const boot = await kiln(['bootstrap', 'busybox'], { home: h });
+    assert.equal(boot.code, 0, boot.stderr);
+    await writeFile(join(h, 'store', 'index.json'), '{garbage');
+    const d = await ctxDir('corrupt-index', { Dockerfile: 'FROM localhost/busybox\nRUN true\n' });
+    const b = await kiln(['build', '--progress', 'plain', d], { home: h });
+    oneLineError(b, /^kiln: Dockerfile:1: .*store\/index\.json/);
+  });
 
   test('docker archives: truncated, not a tar, no manifest.json: one line naming the file, nothing stored', async () => {
     const data = await readFile(archiveSrc);
@@ -928,30 +924,22 @@ describe('kiln build: interrupts and outputs', () => {
 
   // Known gaps in src/build + src/cli/build.ts (owned by the build engineer), kept as TODO tests so they show up
   // in every run until fixed; see the QA report.
-  test(
-    'a --secret whose source file is missing fails before the build, naming the file (like buildx)',
-    { todo: 'src/build: --secret src= is not checked; the RUN fails later with a confusing error' },
-    async () => {
-      const d = await ctxDir('secret-missing', {
-        Dockerfile: `FROM ${base}\nRUN --mount=type=secret,id=x cat /run/secrets/x\n`,
-      });
-      const missing = join(work, 'no-such-secret-file');
-      const r = await kiln(['build', '--progress', 'plain', '--secret', `id=x,src=${missing}`, d]);
-      oneLineError(r, new RegExp(`^kiln: .*${missing}`));
-      assert.doesNotMatch(r.stderr, /\[2\/2\] RUN/, 'no step ran');
-    },
-  );
+  test('a --secret whose source file is missing fails before the build, naming the file (like buildx)', async () => {
+    const d = await ctxDir('secret-missing', {
+      Dockerfile: `FROM ${base}\nRUN --mount=type=secret,id=x cat /run/secrets/x\n`,
+    });
+    const missing = join(work, 'no-such-secret-file');
+    const r = await kiln(['build', '--progress', 'plain', '--secret', `id=x,src=${missing}`, d]);
+    oneLineError(r, new RegExp(`^kiln: .*${missing}`));
+    assert.doesNotMatch(r.stderr, /\[2\/2\] RUN/, 'no step ran');
+  });
 
-  test(
-    'an invalid -t is rejected before any step runs',
-    { todo: 'src/cli/build.ts: tags are parsed only when exporting, after every step ran' },
-    async () => {
-      const d = await ctxDir('bad-tag', { Dockerfile: `FROM ${base}\nRUN echo step-ran\n` });
-      const r = await kiln(['build', '--progress', 'plain', '-t', 'Bad:Tag:x', d]);
-      oneLineError(r, /^kiln: invalid reference "Bad:Tag:x"/);
-      assert.doesNotMatch(r.stderr, /step-ran/);
-    },
-  );
+  test('an invalid -t is rejected before any step runs', async () => {
+    const d = await ctxDir('bad-tag', { Dockerfile: `FROM ${base}\nRUN echo step-ran\n` });
+    const r = await kiln(['build', '--progress', 'plain', '-t', 'Bad:Tag:x', d]);
+    oneLineError(r, /^kiln: invalid reference "Bad:Tag:x"/);
+    assert.doesNotMatch(r.stderr, /step-ran/);
+  });
 
   test('--iidfile / --metadata-file to an unwritable path: one kiln line naming the option, no raw errno', async () => {
     const d = await ctxDir('iidfile', { Dockerfile: `FROM ${base}\n` });

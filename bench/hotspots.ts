@@ -47,20 +47,8 @@ import { DigestingStream } from '../src/oci/digest.js';
 import { median } from './procs.js';
 
 /** Coalesce a stream of small buffers into ~`size`-byte chunks. */
-export async function* coalesce(src: AsyncIterable<Buffer>, size = 1 << 16): AsyncGenerator<Buffer> {
-  let parts: Buffer[] = [];
-  let n = 0;
-  for await (const b of src) {
-    parts.push(b);
-    n += b.length;
-    if (n >= size) {
-      yield parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts, n);
-      parts = [];
-      n = 0;
-    }
-  }
-  if (n > 0) yield Buffer.concat(parts, n);
-}
+import { coalesce } from '../src/util/coalesce.js';
+export { coalesce };
 
 /** Proposed layer compressor: 1 MiB gzip members, incompressible blocks stored (see the file comment). */
 export function adaptiveGzip(level = 6, block = 1 << 20): Transform {

@@ -12,6 +12,7 @@
  * with mode 0, owner 0:0 and mtime 0 (containerd also sets atime/ctime, but Go's tar.Writer drops them for a header
  * without an explicit format); an opaque directory gets `.wh..wh..opq` (same header) as its first child.
  */
+import { coalesce } from '../util/coalesce.js';
 import { randomBytes } from 'node:crypto';
 import {
   closeSync,
@@ -398,10 +399,10 @@ export async function writeLayer(dir: string, opts: WriteLayerOptions = {}): Pro
   const blob = new DigestingStream();
   try {
     if (compression === 'none') {
-      await pipeline(Readable.from(layerTar(dir, opts)), diff, createWriteStream(file, { flags: 'wx' }));
+      await pipeline(Readable.from(coalesce(layerTar(dir, opts))), diff, createWriteStream(file, { flags: 'wx' }));
     } else {
       await pipeline(
-        Readable.from(layerTar(dir, opts)),
+        Readable.from(coalesce(layerTar(dir, opts))),
         diff,
         compressor(compression, opts.level),
         blob,

@@ -16,7 +16,7 @@
  */
 import { lstat, mkdir, readdir, rm, rmdir, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { BigIntStats } from 'node:fs';
+import type { BigIntStats, Dirent } from 'node:fs';
 import type { Snapshot, Snapshotter } from '../build/ports.js';
 import { KilnError } from '../errors.js';
 import { defaultKilnHome, kilnTempDir } from './paths.js';
@@ -162,18 +162,18 @@ export class OverlaySnapshotter implements SandboxSnapshotter {
  */
 export async function pruneUnchangedDirs(upper: string, lowersTopFirst: string[], rel = ''): Promise<boolean> {
   const here = join(upper, rel);
-  let names: string[];
+  let entries: Dirent[];
   try {
-    names = await readdir(here);
+    // Entry types come from readdir (d_type): no lstat round trip per file of the upper dir.
+    entries = await readdir(here, { withFileTypes: true });
   } catch {
     return false;
   }
   if (rel !== '' && (await isOpaque(here))) return false;
   let empty = true;
-  for (const name of names) {
-    const r = rel ? `${rel}/${name}` : name;
-    const st = await lstat(join(upper, r));
-    if (st.isDirectory() && (await pruneUnchangedDirs(upper, lowersTopFirst, r))) {
+  for (const entry of entries) {
+    const r = rel ? `${rel}/${entry.name}` : entry.name;
+    if (entry.isDirectory() && (await pruneUnchangedDirs(upper, lowersTopFirst, r))) {
       await rmdir(join(upper, r));
       continue;
     }

@@ -54,6 +54,7 @@ import {
   type XattrSet,
 } from '../layer/fsops.js';
 import type { CopyRequest, CopySource, FileCopier } from './ports.js';
+export { copyRequest } from './ports.js';
 import { secureJoin } from './rootfs.js';
 import { AddSupport, isGitSource, isUrlSource } from './add.js';
 import { hashContextPaths, sha256File, type BuildContext } from './context.js';
@@ -914,26 +915,6 @@ export async function mergeTree(from: string, to: string, warn: (m: string) => v
   }
   const problems = await setXattrs(sets);
   if (problems.length) warn(`some extended attributes could not be copied: ${problems[0]}`);
-}
-
-/**
- * A COPY request with the defaults of a plain `COPY src /`: destination and working directory `/`, no --chown,
- * --chmod, --link, --parents or --exclude, no heredoc contents; `over` sets the rest (at least `location`).
- */
-export function copyRequest(over: Partial<CopyRequest> & { location: string }): CopyRequest {
-  return {
-    kind: 'COPY',
-    sources: [],
-    contents: [],
-    dest: '/',
-    chown: '',
-    chmod: '',
-    link: false,
-    parents: false,
-    exclude: [],
-    workdir: '/',
-    ...over,
-  };
 }
 
 /** The mknod request that recreates the fifo or device node `st` at `path`. */

@@ -41,6 +41,7 @@ import type {
   Snapshot,
   Snapshotter,
 } from './ports.js';
+import { copyRequest } from './ports.js';
 import type { SecretSpec } from './options.js';
 import { formatPlatform } from './options.js';
 import { normalizePlatform, parsePlatform } from '../oci/platform.js';
@@ -961,19 +962,7 @@ class Engine {
       const ref = m.from === '' ? undefined : this.stageRef(m.from, st.stage.index);
       if (ref) bindSources.push((await this.runStage(ref)).state);
       else if (m.from === '') {
-        const req: CopyRequest = {
-          kind: 'COPY',
-          sources: [m.source || '.'],
-          contents: [],
-          dest: '/',
-          chown: '',
-          chmod: '',
-          link: false,
-          parents: false,
-          exclude: [],
-          workdir: '/',
-          location: this.where(c),
-        };
+        const req = copyRequest({ sources: [m.source || '.'], location: this.where(c) });
         bindSources.push(await this.deps.copier.checksum(req, { kind: 'context', dir: this.deps.contextDir }));
       } else bindSources.push('image:' + m.from);
     }

@@ -177,6 +177,26 @@ export interface CopyRequest {
   sourceDateEpoch?: number;
 }
 
+/**
+ * A COPY request with the defaults of a plain `COPY src /`: destination and working directory `/`, no --chown,
+ * --chmod, --link, --parents or --exclude, no heredoc contents; `over` sets the rest (at least `location`).
+ */
+export function copyRequest(over: Partial<CopyRequest> & { location: string }): CopyRequest {
+  return {
+    kind: 'COPY',
+    sources: [],
+    contents: [],
+    dest: '/',
+    chown: '',
+    chmod: '',
+    link: false,
+    parents: false,
+    exclude: [],
+    workdir: '/',
+    ...over,
+  };
+}
+
 /** COPY/ADD semantics (src/build/copy.ts, add.ts). */
 export interface FileCopier {
   /** A digest of everything the request reads from `src` (for the cache key); missing sources fail here. */

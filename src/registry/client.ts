@@ -36,9 +36,20 @@ export interface FetchedManifest {
 /** Where a blob upload ended. */
 export type UploadResult = 'exists' | 'mounted' | 'uploaded';
 
+/** Mount sources tried per blob, at most. */
+export const MAX_MOUNT_SOURCES = 3;
+
 export interface UploadOptions {
-  /** Repository in the same registry to mount the blob from. */
-  mountFrom?: string;
+  /**
+   * Repositories of the same registry to mount the blob from, tried in order (at most MAX_MOUNT_SOURCES). A refused
+   * mount (401/403/404, or 202: the registry opened an upload instead) falls back to the next source, then to an
+   * upload.
+   */
+  mountFrom?: string | readonly string[];
+  /** Called with the repository the blob was mounted from. */
+  onMounted?: (from: string) => void;
+  /** Called with a repository that turned out not to have the blob (the registry answered a mount with 202). */
+  onMountMissed?: (from: string) => void;
   /** Blobs up to this size go in one PUT (default 16 MiB). */
   monolithicMax?: number;
   /** PATCH chunk size for larger blobs (default 32 MiB, streamed). */
@@ -314,9 +325,12 @@ export class RepositoryClient {
   }
 
   /** POST to start an upload (optionally mounting); returns 'mounted' or the upload URL. */
-  private async startUpload(digest: string, mountFrom: string | undefined): Promise<'mounted' | string> {
+  private async startUpload(
+    digest: string,
+    mountFrom: string | undefined,
+    scopes = this.pushScope(mountFrom ? [repositoryScope(mountFrom, ['pull'])] : []),
+  ): Promise<'mounted' | string> {
     let path = `/v2/${this.repository}/blobs/uploads/`;
-    const scopes = this.pushScope(mountFrom ? [repositoryScope(mountFrom, ['pull'])] : []);
     if (mountFrom) path += `?mount=${encodeURIComponent(digest)}&from=${encodeURIComponent(mountFrom)}`;
     const res = await this.canonical.request({
       method: 'POST',
@@ -349,19 +363,30 @@ export class RepositoryClient {
     open: () => Promise<Readable>,
     o: UploadOptions = {},
   ): Promise<UploadResult> {
-    let mountFrom = o.mountFrom && o.mountFrom !== this.repository ? o.mountFrom : undefined;
-    // Ask for the push (and mount source) scopes right away: one token for the whole upload.
-    const scopes = this.pushScope(mountFrom ? [repositoryScope(mountFrom, ['pull'])] : []);
-    if ((await this.headBlob(digest, scopes)) !== undefined) return 'exists';
+    const wanted = typeof o.mountFrom === 'string' ? [o.mountFrom] : (o.mountFrom ?? []);
+    let sources = [...new Set(wanted)].filter((r) => r !== this.repository).slice(0, MAX_MOUNT_SOURCES);
+    // Ask for the push (and mount sources') scopes right away: one token for the HEAD and the mounts.
+    let scopes = this.pushScope(sources.map((r) => repositoryScope(r, ['pull'])));
+    let size0: number | undefined;
+    try {
+      size0 = await this.headBlob(digest, scopes);
+    } catch (e) {
+      // A token server that refuses a mount source's pull scope outright: push without mounting.
+      if (!sources.length || !hasCode(e, 'UNAUTHORIZED', 'DENIED', 'TOKEN_FETCH_FAILED')) throw e;
+      debugLog(`no token for the mount sources of ${digest} (${e.code}); uploading`);
+      sources = [];
+      scopes = this.pushScope();
+      size0 = await this.headBlob(digest, scopes);
+    }
+    if (size0 !== undefined) return 'exists';
+    let session = await this.tryMounts(digest, sources, scopes, o);
+    if (session === 'mounted') return 'mounted';
     const monolithicMax = o.monolithicMax ?? 16 * 1024 * 1024;
     const maxRestarts = o.maxRestarts ?? 3;
     for (let restart = 0; ; restart++) {
-      const start = await this.startUpload(digest, mountFrom);
-      if (start === 'mounted') {
-        debugLog(`mounted ${digest} from ${mountFrom}`);
-        return 'mounted';
-      }
-      mountFrom = undefined; // the registry declined the mount; it started a normal upload instead
+      // the upload the registry opened when it declined the last mount, else a fresh one
+      const start = session ?? (await this.startUpload(digest, undefined));
+      session = undefined;
       try {
         if (size <= monolithicMax) await this.putMonolithic(start, digest, size, open, o);
         else await this.putChunked(start, digest, size, open, o);
@@ -372,6 +397,54 @@ export class RepositoryClient {
         if (!(e instanceof UploadBroken || lost) || restart >= maxRestarts) throw unwrapBroken(e, this.label);
         debugLog(`restarting upload of ${digest} (${restart + 1}/${maxRestarts}): ${(e as Error).message}`);
       }
+    }
+  }
+
+  /**
+   * Try to mount `digest` from each source in turn: 'mounted', else the upload URL the registry opened when it
+   * declined the last source (earlier declined sessions are cancelled), else undefined. Refusals (401/403/404) are
+   * not errors: the blob is uploaded instead.
+   */
+  private async tryMounts(
+    digest: string,
+    sources: string[],
+    scopes: string[],
+    o: UploadOptions,
+  ): Promise<'mounted' | string | undefined> {
+    for (const [i, from] of sources.entries()) {
+      let start: 'mounted' | string;
+      try {
+        start = await this.startUpload(digest, from, scopes);
+      } catch (e) {
+        if (!hasCode(e, ...MOUNT_REFUSALS)) throw e;
+        debugLog(`mount of ${digest} from ${from} refused (${e.code})`);
+        continue;
+      }
+      if (start === 'mounted') {
+        debugLog(`mounted ${digest} from ${from}`);
+        o.onMounted?.(from);
+        return 'mounted';
+      }
+      o.onMountMissed?.(from);
+      if (i === sources.length - 1) return start;
+      await this.cancelUpload(start);
+    }
+    return undefined;
+  }
+
+  /** DELETE an upload session we will not use (best effort: the registry purges stale uploads anyway). */
+  private async cancelUpload(url: string): Promise<void> {
+    try {
+      const res = await this.canonical.request({
+        method: 'DELETE',
+        path: url,
+        scopes: this.pushScope(),
+        expect: [204, 200, 202, 404],
+        ctx: this.ctx('upload'),
+      });
+      await res.body.dump().catch(() => undefined);
+    } catch (e) {
+      debugLog(`cancelling upload ${url} failed: ${e instanceof Error ? e.message : String(e)}`);
     }
   }
 
@@ -619,6 +692,20 @@ async function* skipBytes(body: AsyncIterable<Buffer>, n: number): AsyncGenerato
     yield left > 0 ? c.subarray(left) : c;
     left = 0;
   }
+}
+
+/** Answers to a mount request that mean "not from there" rather than "the push failed". */
+const MOUNT_REFUSALS = [
+  'UNAUTHORIZED',
+  'DENIED',
+  'NAME_UNKNOWN',
+  'NAME_INVALID',
+  'BLOB_UNKNOWN',
+  'BLOB_UPLOAD_UNKNOWN',
+];
+
+function hasCode(e: unknown, ...codes: string[]): e is KilnError {
+  return e instanceof KilnError && codes.includes(e.code);
 }
 
 /** A connection broke mid-upload (the upload may be restarted). */

@@ -1,7 +1,9 @@
 /**
  * Pushing images and indexes to a registry, and registry-to-registry copies. Blobs go first — each one HEADed
- * (skipped when present), mounted from another repository of the same registry when its origin is known, otherwise
- * uploaded streaming (monolithic for small blobs, chunked PATCHes for large ones) — with a bounded number in flight.
+ * (skipped when present), mounted from another repository of the same registry when its origin is known (a remote
+ * layer's repository, then the blob origin index of src/registry/origins.ts), otherwise uploaded streaming
+ * (monolithic for small blobs, chunked PATCHes for large ones) — with a bounded number in flight. Every blob that
+ * ends up in the repository is recorded in the origin index, so a later push to another repository can mount it.
  * Manifests are PUT only after all their blobs are confirmed; an index's children are pushed before the index.
  */
 import { KilnError } from '../errors.js';
@@ -9,7 +11,8 @@ import { isIndex } from '../oci/mediatypes.js';
 import type { Image, ImageIndex, Layer } from '../oci/types.js';
 import { Progress, shortDigest, silentProgress } from '../progress.js';
 import { RepositoryClient, type UploadOptions, type UploadResult } from './client.js';
-import { getRemote, isRemoteIndex, isRemoteLayer, type RemoteOrigin } from './remote.js';
+import { originIndexFor, type OriginIndex } from './origins.js';
+import { getRemote, isRemoteIndex, isRemoteLayer, type BlobOrigin, type RemoteOrigin } from './remote.js';
 import { parseReference, type Reference } from './reference.js';
 import { withLabel, type RegistryOptions } from './transport.js';
 
@@ -61,7 +64,8 @@ interface BlobJob {
   digest: string;
   size: number;
   open: () => Promise<import('node:stream').Readable>;
-  mountFrom?: string;
+  /** Where the blob is known to be (a remote layer's or image's origin), if anywhere. */
+  origin?: BlobOrigin | undefined;
   name: string;
 }
 
@@ -69,20 +73,35 @@ class Pusher {
   readonly blobs = new Map<string, UploadResult>();
   private readonly inflight = new Map<string, Promise<UploadResult>>();
   readonly progress: Progress;
+  private readonly origins: OriginIndex | undefined;
 
   constructor(
     readonly client: RepositoryClient,
     readonly opts: PushOptions,
   ) {
     this.progress = opts.progress ?? silentProgress();
+    this.origins = originIndexFor(opts);
   }
 
-  private uploadOpts(onProgress: (n: number) => void, mountFrom?: string): UploadOptions {
+  private uploadOpts(onProgress: (n: number) => void): UploadOptions {
     const u: UploadOptions = { onProgress };
     if (this.opts.monolithicMax !== undefined) u.monolithicMax = this.opts.monolithicMax;
     if (this.opts.chunkSize !== undefined) u.chunkSize = this.opts.chunkSize;
-    if (mountFrom) u.mountFrom = mountFrom;
     return u;
+  }
+
+  private at(repository: string): BlobOrigin {
+    return { registry: this.client.registry, repository };
+  }
+
+  /** Repositories of this registry to mount `digest` from: its known origin first, then the origin index's. */
+  private async mountSources(digest: string, origin: BlobOrigin | undefined): Promise<string[]> {
+    const { registry, repository } = this.client;
+    const out = origin && origin.registry === registry && origin.repository !== repository ? [origin.repository] : [];
+    for (const r of (await this.origins?.candidates(digest, registry, repository)) ?? []) {
+      if (!out.includes(r)) out.push(r);
+    }
+    return out;
   }
 
   /** Upload one blob (deduplicated across images of one push). */
@@ -93,14 +112,15 @@ class Pusher {
         const id = job.digest;
         this.progress.start(id, job.name, job.size);
         try {
-          const r = await this.client.uploadBlob(
-            job.digest,
-            job.size,
-            job.open,
-            this.uploadOpts((n) => this.progress.update(id, n, job.size), job.mountFrom),
-          );
+          const u = this.uploadOpts((n) => this.progress.update(id, n, job.size));
+          u.mountFrom = await this.mountSources(job.digest, job.origin);
+          let from = '';
+          u.onMounted = (r) => (from = r);
+          u.onMountMissed = (r) => void this.origins?.forget(job.digest, this.at(r));
+          const r = await this.client.uploadBlob(job.digest, job.size, job.open, u);
+          await this.origins?.record(job.digest, this.at(this.client.repository));
           if (r === 'uploaded') this.progress.done(id, 'pushed');
-          else this.progress.cached(id, r === 'exists' ? 'already exists' : 'mounted');
+          else this.progress.cached(id, r === 'exists' ? 'already exists' : `mounted from ${from}`);
           this.blobs.set(job.digest, r);
           return r;
         } catch (e) {
@@ -113,20 +133,15 @@ class Pusher {
     return p;
   }
 
-  private mountSource(origin: { registry: string; repository: string } | undefined): string | undefined {
-    if (!origin) return undefined;
-    if (origin.registry !== this.client.registry || origin.repository === this.client.repository) return undefined;
-    return origin.repository;
-  }
-
-  private async layerJob(l: Layer, imgOrigin: RemoteOrigin['origin'] | undefined): Promise<BlobJob> {
+  private async layerJob(l: Layer, imgOrigin: BlobOrigin | undefined): Promise<BlobJob> {
     const digest = await l.digest();
-    const size = await l.size();
-    const origin = isRemoteLayer(l) ? l.origin : imgOrigin;
-    const job: BlobJob = { digest, size, open: () => l.compressed(), name: `blob ${shortDigest(digest)}` };
-    const m = this.mountSource(origin);
-    if (m) job.mountFrom = m;
-    return job;
+    return {
+      digest,
+      size: await l.size(),
+      open: () => l.compressed(),
+      origin: isRemoteLayer(l) ? l.origin : imgOrigin,
+      name: `blob ${shortDigest(digest)}`,
+    };
   }
 
   /** Push an image's blobs, then its manifest under `tagOrDigest`. */
@@ -143,10 +158,9 @@ class Pusher {
       digest: cfgDigest,
       size: rawConfig.length,
       open: async () => (await import('node:stream')).Readable.from([rawConfig]),
+      origin,
       name: `config ${shortDigest(cfgDigest)}`,
     };
-    const m = this.mountSource(origin);
-    if (m) cfgJob.mountFrom = m;
     jobs.push(cfgJob);
     for (const l of layers) jobs.push(await this.layerJob(l, origin));
     // The manifest must reference exactly these blobs.

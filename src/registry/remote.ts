@@ -14,6 +14,7 @@ import type { Descriptor, Image, ImageConfig, ImageIndex, Index, Layer, Manifest
 import { memo } from '../util/memo.js';
 import { shortDigest, type Progress } from '../progress.js';
 import { RepositoryClient, type FetchedManifest } from './client.js';
+import { originIndexFor } from './origins.js';
 import { parseReference, type Reference } from './reference.js';
 import { withLabel, type RegistryOptions } from './transport.js';
 
@@ -114,6 +115,12 @@ export function remoteImage(
         hint: 'docker schema 1 manifests and non-image artifacts are not supported',
       });
     }
+    // the registry holds every blob a manifest it serves names: remember where, for later cross-repository mounts
+    const origin = { registry: client.registry, repository: client.repository };
+    void originIndexFor(client.opts)?.recordAll(
+      [m.config, ...m.layers].map((d) => (d as Partial<Descriptor> | null)?.digest),
+      origin,
+    );
     return m;
   });
   const rawConfig = memo(async () => {

@@ -20,6 +20,7 @@ import {
   type Challenge,
   type Credential,
 } from './auth.js';
+import type { OriginIndex } from './origins.js';
 
 /** Resolves the credentials for a registry host (e.g. the docker config keychain). */
 export type CredentialSource = (registry: string) => Promise<Credential | undefined>;
@@ -43,6 +44,8 @@ export interface RegistryOptions {
   userAgent?: string;
   /** Shared connections/tokens (see transportPool); created on first use. */
   pool?: TransportPool;
+  /** Where blobs were seen, for cross-repository mounts (src/registry/origins.ts); null: none; default $KILN_HOME. */
+  origins?: OriginIndex | null;
 }
 
 /** What a request is for, to build one-line errors: `pull 127.0.0.1:5000/app:v1: manifest unknown (MANIFEST_UNKNOWN)`. */

@@ -54,6 +54,8 @@ import {
   type XattrSet,
 } from '../layer/fsops.js';
 import type { CopyRequest, CopySource, FileCopier } from './ports.js';
+import type { CopyTrack } from './reuse.js';
+import { sameContent } from '../layer/writer.js';
 export { copyRequest } from './ports.js';
 import { secureJoin } from './rootfs.js';
 import { AddSupport, isGitSource, isUrlSource } from './add.js';
@@ -444,6 +446,8 @@ export interface CopyOptions {
   ignore?: Matcher;
   /** Path of the source root relative to the context root (for ignore matching), when the source is the context. */
   warn: (msg: string) => void;
+  /** The destination was planted with the previous build's result (src/build/reuse.ts): keep identical files. */
+  track?: CopyTrack;
 }
 
 interface ParentDir {
@@ -532,6 +536,10 @@ export class TreeCopier {
             `cannot replace to directory ${displayPath(this.destRoot, target)} with file`,
           );
         }
+        if (include && this.opts.track && this.alreadyThere(st, src, targetSt, target)) {
+          this.opts.track.kept.add(target);
+          return;
+        }
         unlinkSync(target);
       }
     }
@@ -592,7 +600,20 @@ export class TreeCopier {
 
   destRoot = '/';
 
+  /**
+   * Is `target` (planted from the previous build) exactly the file this copy would write: a regular file with the
+   * same size, owner, mode, mtime (the millisecond lutimes keeps) and bytes, and no xattrs or extra names to copy?
+   */
+  private alreadyThere(st: Stats, src: string, t: Stats, target: string): boolean {
+    if (!st.isFile() || !t.isFile() || st.nlink > 1 || this.srcXattrs.has(src) || t.size !== st.size) return false;
+    const o = this.owner(st);
+    if (t.uid !== o.uid || t.gid !== o.gid || (t.mode & 0o7777) !== this.mode(st)) return false;
+    if (Math.abs(t.mtimeMs - st.mtime.getTime()) >= 1) return false;
+    return sameContent(src, target);
+  }
+
   private async copyDirectoryOnly(dst: string, st: Stats, overwriteMeta: boolean): Promise<boolean> {
+    this.opts.track?.visited.add(dst);
     const t = await lstatOrNull(dst);
     if (!t) {
       await mkdir(dst);
@@ -784,7 +805,7 @@ export class LocalFileCopier implements FileCopier {
     return 'sha256:' + h.digest('hex');
   }
 
-  async apply(req: CopyRequest, src: CopySource, destRootIn: string): Promise<void> {
+  async apply(req: CopyRequest, src: CopySource, destRootIn: string, track?: CopyTrack): Promise<void> {
     validateSources(req);
     const destRoot = resolve(destRootIn);
     src = { ...src, dir: resolve(src.dir) };
@@ -800,14 +821,21 @@ export class LocalFileCopier implements FileCopier {
       }
       return;
     }
-    await this.applyInto(req, src, destRoot, destRoot);
+    await this.applyInto(req, src, destRoot, destRoot, track);
   }
 
   /** The copy proper into `destRoot`; `userRoot` holds the /etc/passwd and /etc/group for --chown names. */
-  private async applyInto(req: CopyRequest, src: CopySource, destRoot: string, userRoot: string): Promise<void> {
+  private async applyInto(
+    req: CopyRequest,
+    src: CopySource,
+    destRoot: string,
+    userRoot: string,
+    track?: CopyTrack,
+  ): Promise<void> {
     const dest = destPath(req.dest, req.workdir);
     const ctx: SourceCtx = { root: src.dir, ignore: src.kind === 'context' ? this.ignore : undefined, kind: src.kind };
     const opts = await copyOptionsFor(req, src, userRoot, this.ignore, this.warn);
+    if (track) opts.track = track;
     await checkMultipleSources(req, dest, destRoot);
     // BuildKit: one copy action per source, in order (local paths, URLs), then heredocs.
     for (const s of req.sources) {

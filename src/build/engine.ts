@@ -10,7 +10,8 @@
  * Kubernetes executor or test doubles.
  */
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { join, posix } from 'node:path';
+import { join, posix, resolve } from 'node:path';
+import { PlantedCopy } from './reuse.js';
 import { createHash } from 'node:crypto';
 import { KilnError, errorMessage, isKilnError } from '../errors.js';
 import type { History, Layer, Platform } from '../oci/types.js';
@@ -127,6 +128,16 @@ export interface EngineResult {
   stateDigest: string;
   /** Progress vertices used (the next free id is `vertices + 1`). */
   vertices: number;
+}
+
+/** Extra work around a layer step (incremental COPY, src/build/reuse.ts). */
+interface StepHooks {
+  /** Fill the upper dir before the snapshot is mounted. */
+  plant?: (upper: string) => Promise<boolean>;
+  /** After the work, with the snapshot unmounted, before the layer is written. */
+  afterUnmount?: (snap: Snapshot) => Promise<void>;
+  /** The layer's blob is written and cached (in the background, possibly after the step is reported done). */
+  written?: (diffID: string) => Promise<void>;
 }
 
 interface StageState {
@@ -337,9 +348,11 @@ class Engine {
       // stop the stages still running and wait for them to clean up (snapshots, processes) before failing
       this.stop.abort();
       await Promise.allSettled([...this.stageRuns.values()]);
+      await this.settle().catch(() => undefined);
       throw this.firstError ?? e;
     }
     await Promise.allSettled([...this.stageRuns.values()]);
+    await this.settle();
     const unused = [...this.req.buildArgs.keys()].filter(
       (k) => !this.usedBuildArgs.has(k) && !defaultArgs(this.req.platform, undefined).some(([d]) => d === k),
     );
@@ -687,6 +700,7 @@ class Engine {
     buildkitSuffix: boolean,
     work: (snap: Snapshot, id: number) => Promise<void>,
     noteExtra?: Partial<StepNote>,
+    hooks: StepHooks = {},
   ): Promise<void> {
     const key = cacheKey(parts);
     const id = ++this.vertex;
@@ -722,38 +736,104 @@ class Engine {
       const why = await explainer.explainMiss?.(key).catch(() => undefined);
       if (why) this.deps.progress.log(id, 'stderr', Buffer.from(`cache miss: ${why}\n`));
     }
-    const snap = await this.deps.snapshotter.prepare(lowerDirs(st.layers));
-    let entry: CacheEntry;
+    const snap = await this.deps.snapshotter.prepare(
+      lowerDirs(st.layers),
+      hooks.plant ? { plant: hooks.plant } : undefined,
+    );
+    const store = this.deps.layers;
+    let entry: CacheEntry | undefined;
+    let stepCreated: string | undefined;
+    let handedOff = false;
     try {
       await work(snap, id);
       this.checkAbort();
       if (snap.unmount) await snap.unmount();
-      const committed = await this.deps.layers.commit(snap.upper, this.sdeOpts());
+      if (hooks.afterUnmount) await hooks.afterUnmount(snap);
       const created = this.epoch ?? goTime(new Date());
-      entry = {
-        version: 1,
-        layer: {
+      stepCreated = created;
+      if (store.writeBlob && store.adopt) {
+        // The upper dir is final: later steps can mount it as a lower dir right away, while its tar is written,
+        // compressed and digested on the other cores (BuildKit likewise defers layer blobs to the export).
+        const sl: StageLayer = { diffID: '', dir: snap.upper, layer: undefined as unknown as Layer };
+        st.layers.push(sl);
+        this.writeInBackground(snap, sl, key, created, hooks.written);
+        handedOff = true;
+      } else {
+        const committed = await store.commit(snap.upper, this.sdeOpts());
+        entry = {
+          version: 1,
+          layer: {
+            diffID: committed.diffID,
+            digest: committed.digest,
+            size: committed.size,
+            mediaType: committed.mediaType,
+          },
+          created,
+        };
+        st.layers.push({
           diffID: committed.diffID,
-          digest: committed.digest,
-          size: committed.size,
-          mediaType: committed.mediaType,
-        },
-        created,
-      };
-      st.layers.push({
-        diffID: committed.diffID,
-        dir: committed.dir,
-        layer: await this.deps.layers.layer(committed.digest, committed.diffID, committed.size, committed.mediaType),
-      });
+          dir: committed.dir,
+          layer: await store.layer(committed.digest, committed.diffID, committed.size, committed.mediaType),
+        });
+      }
     } catch (e) {
       this.deps.progress.error(id, e instanceof KilnError ? e.message.replace(/^[^:]+:\d+: /, '') : errorMessage(e));
       throw e;
     } finally {
-      await snap.release();
+      if (!handedOff) await snap.release();
     }
-    await this.deps.cache.put(key, entry);
-    this.record(st, key, history, buildkitSuffix, entry.created);
+    if (entry) {
+      await this.deps.cache.put(key, entry);
+      if (hooks.written) await hooks.written(entry.layer!.diffID);
+    }
+    this.record(st, key, history, buildkitSuffix, stepCreated);
     this.deps.progress.done(id);
+  }
+
+  /** Layer blobs being written in the background (see layerStep), in step order. */
+  private readonly pending: { sl: StageLayer; snap: Snapshot; blob: Promise<void> }[] = [];
+
+  private writeInBackground(
+    snap: Snapshot,
+    sl: StageLayer,
+    key: string,
+    created: string,
+    written?: (diffID: string) => Promise<void>,
+  ): void {
+    const store = this.deps.layers;
+    const blob = (async () => {
+      const w = await (store.writeBlob as NonNullable<LayerStore['writeBlob']>)(snap.upper, this.sdeOpts());
+      sl.diffID = w.diffID;
+      sl.layer = await store.layer(w.digest, w.diffID, w.size, w.mediaType);
+      const layer = { diffID: w.diffID, digest: w.digest, size: w.size, mediaType: w.mediaType };
+      await this.deps.cache.put(key, { version: 1, layer, created });
+      if (written) await written(w.diffID);
+    })();
+    blob.catch(() => undefined); // observed in settle()
+    this.pending.push({ sl, snap, blob });
+  }
+
+  /**
+   * Wait for the background layer writes, then move the dirs of the written ones into the layer store (only now: no
+   * snapshot mounts them any more) — also when the build failed later, so the next build finds those steps cached.
+   * A dir whose blob failed is dropped with its snapshot.
+   */
+  private async settle(): Promise<void> {
+    const all = this.pending.splice(0);
+    const results = await Promise.allSettled(all.map((p) => p.blob));
+    let err: unknown;
+    for (const [i, p] of all.entries()) {
+      const r = results[i] as PromiseSettledResult<void>;
+      if (r.status === 'rejected') err ??= r.reason;
+      try {
+        if (r.status === 'fulfilled')
+          p.sl.dir = await (this.deps.layers.adopt as NonNullable<LayerStore['adopt']>)(p.snap.upper, p.sl.diffID);
+      } catch (e) {
+        err ??= e;
+      }
+      await p.snap.release().catch(() => undefined);
+    }
+    if (err !== undefined) throw err;
   }
 
   private sdeOpts(): { sourceDateEpoch?: number } {
@@ -891,6 +971,7 @@ class Engine {
       for (const s of c.sources) msg += ' ' + s;
       for (const s of c.sourceContents) msg += ' <<' + s.path;
       msg += ' ' + c.dest;
+      const hooks = await this.incrementalCopy(st, c, keyReq, req);
       await this.layerStep(
         st,
         prefix + upperKeyword(c.original),
@@ -899,17 +980,43 @@ class Engine {
         true,
         async (snap) => {
           try {
-            await this.deps.copier.apply(req, src, snap.root);
+            await this.deps.copier.apply(req, src, snap.root, hooks.planted?.track);
           } catch (e) {
             if (e instanceof KilnError && e.message.startsWith(this.req.file + ':')) throw e;
             throw this.fail(c, e instanceof KilnError ? e.code : 'COPY_FAILED', errorMessage(e), undefined, e);
           }
         },
         src.kind === 'context' ? { context: { dir: src.dir, paths: [...c.sources] } } : undefined,
+        hooks,
       );
     } finally {
       await release();
     }
+  }
+
+  /**
+   * A COPY that ran before with the same parent and instruction (only its sources changed) starts from the previous
+   * result: src/build/reuse.ts. Not for ADD (archives, URLs), --link, or --no-cache.
+   */
+  private async incrementalCopy(
+    st: StageState,
+    c: CopyInstruction | AddInstruction,
+    keyReq: Omit<CopyRequest, 'location'>,
+    req: CopyRequest,
+  ): Promise<StepHooks & { planted?: PlantedCopy }> {
+    const store = this.deps.layers;
+    if (c.kind !== 'COPY' || (req.link && req.chmod === '') || !store.previous || !store.remember) return {};
+    const slot = cacheKey({ slot: 'copy/1', parent: st.state, req: keyReq, epoch: this.req.sourceDateEpoch });
+    const hooks: StepHooks & { planted?: PlantedCopy } = {
+      written: (diffID) => (store.remember as NonNullable<LayerStore['remember']>)(slot, diffID),
+    };
+    const prev = this.req.noCache ? undefined : await store.previous(slot);
+    if (prev === undefined) return hooks;
+    const planted = new PlantedCopy(prev);
+    hooks.planted = planted;
+    hooks.plant = (upper) => planted.plant(upper);
+    hooks.afterUnmount = (snap) => planted.prune(snap.upper, resolve(snap.root));
+    return hooks;
   }
 
   private async dispatchRun(st: StageState, c: RunInstruction, prefix: string): Promise<void> {

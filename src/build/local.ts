@@ -3,8 +3,9 @@
  * extracted once, in overlay format) backed by a content-addressed blob directory, and committing a step's upper
  * dir — one streaming pass writes the layer blob, then the upper dir itself is renamed into the layer store.
  */
-import { lstat, mkdir, rename, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { lstat, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import type { Layer } from '../oci/types.js';
 import { BlobDir } from '../oci/blobs.js';
 import { digestHex } from '../oci/digest.js';
@@ -67,6 +68,11 @@ export class LocalLayerStore implements LayerStore {
   }
 
   async commit(upper: string, opts: { sourceDateEpoch?: number }): Promise<CommittedLayer> {
+    const written = await this.writeBlob(upper, opts);
+    return { ...written, dir: await this.adopt(upper, written.diffID) };
+  }
+
+  async writeBlob(upper: string, opts: { sourceDateEpoch?: number }): Promise<Omit<CommittedLayer, 'dir'>> {
     const blobsSha = join(this.opts.blobs.root, 'sha256');
     await mkdir(blobsSha, { recursive: true });
     const w: Parameters<typeof writeLayer>[1] = {
@@ -81,8 +87,12 @@ export class LocalLayerStore implements LayerStore {
       await rm(written.file, { force: true });
       throw e;
     }
+    return { diffID: written.diffID, digest: written.digest, size: written.size, mediaType: written.mediaType };
+  }
+
+  async adopt(upper: string, diffID: string): Promise<string> {
     await mkdir(this.opts.layersDir, { recursive: true });
-    const dir = join(this.opts.layersDir, digestHex(written.diffID));
+    const dir = join(this.opts.layersDir, digestHex(diffID));
     try {
       await rename(upper, dir);
     } catch (e) {
@@ -91,7 +101,27 @@ export class LocalLayerStore implements LayerStore {
       // the same layer was produced before: keep the existing dir
       await rm(upper, { recursive: true, force: true });
     }
-    return { diffID: written.diffID, digest: written.digest, size: written.size, mediaType: written.mediaType, dir };
+    return dir;
+  }
+
+  private slotFile(slot: string): string {
+    return join(this.opts.layersDir, '..', 'slots', digestHex(slot));
+  }
+
+  async previous(slot: string): Promise<string | undefined> {
+    const diffID = await readFile(this.slotFile(slot), 'utf8').catch(() => '');
+    return /^sha256:[a-f0-9]{64}$/.test(diffID) ? this.dirOf(diffID) : undefined;
+  }
+
+  async remember(slot: string, diffID: string): Promise<void> {
+    const file = this.slotFile(slot);
+    await mkdir(dirname(file), { recursive: true });
+    const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}`;
+    await writeFile(tmp, diffID);
+    await rename(tmp, file).catch(async (e: unknown) => {
+      await rm(tmp, { force: true });
+      throw e;
+    });
   }
 
   async layer(digest: string, diffID: string, size: number, mediaType: string): Promise<Layer> {

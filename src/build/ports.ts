@@ -4,6 +4,7 @@
  * tar writing and extraction), src/registry + src/oci (base images, outputs). Other build strategies (S2I,
  * buildpacks) and other executors (a Kubernetes pod executor) plug in here without touching the engine.
  */
+import type { CopyTrack } from './reuse.js';
 import type { Image, Layer, Platform } from '../oci/types.js';
 
 /** A mount made inside a RUN sandbox. Paths in `target` are absolute inside the container. */
@@ -74,9 +75,14 @@ export interface Snapshot {
   release(): Promise<void>;
 }
 
+export interface PrepareOptions {
+  /** Fill the empty upper dir before the overlay is mounted (incremental COPY, src/build/reuse.ts). */
+  plant?: (upper: string) => Promise<boolean>;
+}
+
 export interface Snapshotter {
-  /** `lowers` are layer dirs, bottom-most first. */
-  prepare(lowers: string[]): Promise<Snapshot>;
+  /** `lowers` are layer dirs, bottom-most first. A snapshotter without an upper dir of its own ignores `plant`. */
+  prepare(lowers: string[], opts?: PrepareOptions): Promise<Snapshot>;
 }
 
 /** A layer produced from an upper dir, stored in the blob store and moved into the layer store. */
@@ -97,6 +103,17 @@ export interface LayerStore {
   dirOf(diffID: string): Promise<string | undefined>;
   /** Write `upper` as a layer blob (deterministic, with SOURCE_DATE_EPOCH clamping) and adopt the dir. */
   commit(upper: string, opts: { sourceDateEpoch?: number }): Promise<CommittedLayer>;
+  /**
+   * The first half of commit, so it can run in the background while later steps already use `upper` as a lower
+   * dir: write the blob, leave the dir where it is.
+   */
+  writeBlob?(upper: string, opts: { sourceDateEpoch?: number }): Promise<Omit<CommittedLayer, 'dir'>>;
+  /** The second half: move `upper` (whose blob has `diffID`) into the store once nothing mounts it any more. */
+  adopt?(upper: string, diffID: string): Promise<string>;
+  /** The layer dir last produced for a step `slot` (same step, sources changed: src/build/reuse.ts), if still here. */
+  previous?(slot: string): Promise<string | undefined>;
+  /** Remember `diffID` as the latest result of `slot`. */
+  remember?(slot: string, diffID: string): Promise<void>;
   /** A Layer (for images/outputs) backed by a stored blob. */
   layer(digest: string, diffID: string, size: number, mediaType: string): Promise<Layer>;
 }
@@ -201,6 +218,9 @@ export function copyRequest(over: Partial<CopyRequest> & { location: string }): 
 export interface FileCopier {
   /** A digest of everything the request reads from `src` (for the cache key); missing sources fail here. */
   checksum(req: CopyRequest, src: CopySource): Promise<string>;
-  /** Apply the copy into the merged root `destRoot`. */
-  apply(req: CopyRequest, src: CopySource, destRoot: string): Promise<void>;
+  /**
+   * Apply the copy into the merged root `destRoot`. With `track`, the destination may already hold the previous
+   * build's result (src/build/reuse.ts): identical files are kept and reported.
+   */
+  apply(req: CopyRequest, src: CopySource, destRoot: string, track?: CopyTrack): Promise<void>;
 }

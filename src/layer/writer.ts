@@ -154,7 +154,8 @@ export async function* layerTar(dir: string, opts: TarOptions = {}): AsyncGenera
     pending.length = 0;
   }
 
-  async function* walk(absDir: string, relDir: string, recordAll = false): AsyncGenerator<Buffer> {
+  /** `inLowers`: the lowers show a directory at relDir (else nothing below it can be in them: no lookups). */
+  async function* walk(absDir: string, relDir: string, recordAll = false, inLowers = true): AsyncGenerator<Buffer> {
     let names: string[];
     try {
       names = await readdir(absDir);
@@ -168,14 +169,15 @@ export async function* layerTar(dir: string, opts: TarOptions = {}): AsyncGenera
       const st = lstatSync(abs);
       if (st.isSocket()) continue;
       if (overlay && isWhiteoutDevice(st)) {
-        if (view && !recordAll && !view.lookup(rel)) continue; // nothing below to hide
+        if (view && !recordAll && (!inLowers || !view.lookup(rel))) continue; // nothing below to hide
         yield* flush();
         yield encodeHeader(whiteoutHeader(relDir + WHITEOUT_PREFIX + n));
         continue;
       }
       const x = xattrs.get(abs);
       if (overlay && x) checkNoRedirect(x, rel);
-      const base = view && !recordAll ? view.lookup(rel) : null;
+      const base = view && !recordAll && inLowers ? view.lookup(rel) : null;
+      const childInLowers = base !== null && base.st.isDirectory();
       const unchanged = base !== null && sameDirent(base, abs, x?.get('security.capability'));
       let mtime = Math.floor(st.mtimeMs / 1000);
       if (epoch !== undefined && mtime > epoch) mtime = epoch;
@@ -216,7 +218,7 @@ export async function* layerTar(dir: string, opts: TarOptions = {}): AsyncGenera
         // An unchanged directory is recorded only as the parent of something recorded inside it.
         pending.push({ rel, header: encodeHeader(h) });
         const depth = pending.length;
-        yield* walk(abs, rel + '/', recordAll);
+        yield* walk(abs, rel + '/', recordAll, childInLowers);
         if (pending.length === depth) pending.pop();
         continue;
       }
@@ -224,7 +226,7 @@ export async function* layerTar(dir: string, opts: TarOptions = {}): AsyncGenera
       yield encodeHeader(h);
       if (h.type === 'dir') {
         if (opaque) yield encodeHeader(whiteoutHeader(rel + '/' + WHITEOUT_OPAQUE));
-        yield* walk(abs, rel + '/', recordAll || (opaque && view !== undefined));
+        yield* walk(abs, rel + '/', recordAll || (opaque && view !== undefined), childInLowers);
       } else if (h.type === 'file' && h.size > 0) {
         if (h.size <= SMALL_FILE) yield smallFileBody(abs, h.size, rel);
         else yield* fileBody(abs, h.size, rel);
@@ -322,12 +324,16 @@ function sameDirent(base: LowerEntry, abs: string, cap: Buffer | undefined): boo
   return sameContent(abs, base.abs);
 }
 
-function sameContent(a: string, b: string): boolean {
+/** Do two files have the same bytes? (synchronous: called for a handful of files, or many small ones) */
+let compareBuffers: [Buffer, Buffer] | undefined;
+
+export function sameContent(a: string, b: string): boolean {
   const fa = openSync(a, 'r');
   const fb = openSync(b, 'r');
   try {
-    const ba = Buffer.allocUnsafe(64 * 1024);
-    const bb = Buffer.allocUnsafe(64 * 1024);
+    // synchronous, so one pair of buffers serves every call (no garbage per file)
+    compareBuffers ??= [Buffer.allocUnsafe(64 * 1024), Buffer.allocUnsafe(64 * 1024)];
+    const [ba, bb] = compareBuffers;
     for (;;) {
       const na = readSync(fa, ba, 0, ba.length, null);
       let nb = 0;

@@ -18,7 +18,7 @@ import { lstat, mkdir, readdir, rm, rmdir, symlink, writeFile } from 'node:fs/pr
 import { join, resolve } from 'node:path';
 import { readXattrsRecursive } from '../layer/fsops.js';
 import type { BigIntStats, Dirent } from 'node:fs';
-import type { Snapshot, Snapshotter } from '../build/ports.js';
+import type { PrepareOptions, Snapshot, Snapshotter } from '../build/ports.js';
 import { KilnError } from '../errors.js';
 import { defaultKilnHome, kilnTempDir } from './paths.js';
 import { mount, runTool, unmount } from './mount.js';
@@ -118,7 +118,7 @@ export class OverlaySnapshotter implements SandboxSnapshotter {
     this.kilnHome = opts.kilnHome ?? defaultKilnHome();
   }
 
-  async prepare(lowers: string[]): Promise<SandboxSnapshot> {
+  async prepare(lowers: string[], opts: PrepareOptions = {}): Promise<SandboxSnapshot> {
     const dir = await kilnTempDir(this.kilnHome, 'snap-');
     const upper = join(dir, 'upper');
     const work = join(dir, 'work');
@@ -131,6 +131,7 @@ export class OverlaySnapshotter implements SandboxSnapshotter {
         await mkdir(empty, { mode: 0o755 });
         effective = [empty];
       }
+      if (opts.plant) await opts.plant(upper);
       await mountOverlay(effective, upper, work, root, dir);
     } catch (e) {
       await rm(dir, { recursive: true, force: true });

@@ -19,7 +19,14 @@ import type { BuildOptions } from './options.js';
 import type { BaseResolver, Executor, FileCopier, LayerStore, ProgressSink, Snapshotter } from './ports.js';
 import { BuildCache } from '../cache/cache.js';
 import { runEngine, type EngineResult } from './engine.js';
-import { exportImage, writeIidFile, writeMetadataFile, type ExportResult, type OutputWriters } from './outputs.js';
+import {
+  exportImage,
+  pushSessions,
+  writeIidFile,
+  writeMetadataFile,
+  type ExportResult,
+  type OutputWriters,
+} from './outputs.js';
 import type { PushOptions } from '../registry/push.js';
 
 export interface BuildServices {
@@ -143,7 +150,16 @@ export async function build(opts: BuildOptions, svc: BuildServices): Promise<Bui
     };
     if (svc.signal) deps.signal = svc.signal;
     deps.parseTrigger = parseTrigger;
-    const engine = await runEngine(engineReq, deps);
+    // Pushes start during the build: each layer of the image uploads as soon as it is written.
+    const sessions = pushSessions(effectiveOutputs(opts), opts.tags, svc.registry);
+    if (sessions.size > 0) deps.onLayer = (l) => sessions.forEach((s) => s.prefetch(l));
+    let engine: EngineResult;
+    try {
+      engine = await runEngine(engineReq, deps);
+    } catch (e) {
+      await Promise.all([...sessions.values()].map((s) => s.settle()));
+      throw e;
+    }
     if (svc.signal?.aborted) throw new KilnError('INTERRUPTED', 'build interrupted');
     const image = imageOf(engine);
     const annotations: Record<string, string> = {
@@ -164,6 +180,7 @@ export async function build(opts: BuildOptions, svc: BuildServices): Promise<Bui
       layers: engine.layers.map((l) => ({ uncompressed: () => l.layer.uncompressed(), digest: l.diffID })),
       annotations,
       tmpDir: join(tmp, 'export'),
+      sessions,
     };
     if (opts.sourceDateEpoch !== undefined) exportOpts.sourceDateEpoch = opts.sourceDateEpoch;
     if (svc.signal) exportOpts.signal = svc.signal;

@@ -108,6 +108,8 @@ export interface EngineDeps {
   signal?: AbortSignal;
   /** Parses an ONBUILD trigger expression into a command (the Dockerfile parser). */
   parseTrigger?: (expression: string) => Command;
+  /** Each layer of the target stage as soon as its blob exists (a push can start uploading it). */
+  onLayer?: (layer: Layer) => void;
 }
 
 /** A layer of a stage's filesystem. */
@@ -533,6 +535,7 @@ class Engine {
       const diffIDs = cfg.rootfs?.diff_ids ?? [];
       const dirs = await Promise.all(layers.map((l) => this.deps.layers.unpack(l)));
       st.layers = layers.map((l, i) => ({ diffID: diffIDs[i] as string, dir: dirs[i] as string, layer: l }));
+      for (const l of layers) this.announce(st, l);
     } catch (e) {
       this.deps.progress.error(id, errorMessage(e));
       throw this.fail(from, 'BASE_IMAGE', `FROM ${ref}: ${errorMessage(e)}`, undefined, e);
@@ -725,6 +728,7 @@ class Engine {
             : await this.deps.layers.layer(l.digest, l.diffID, l.size, l.mediaType).catch(() => undefined);
         if (dir !== undefined && layer !== undefined) {
           st.layers.push({ diffID: l.diffID, dir, layer });
+          this.announce(st, layer);
           this.record(st, key, history, buildkitSuffix, hit.created);
           this.deps.progress.cached(id);
           return;
@@ -756,7 +760,7 @@ class Engine {
         // compressed and digested on the other cores (BuildKit likewise defers layer blobs to the export).
         const sl: StageLayer = { diffID: '', dir: snap.upper, layer: undefined as unknown as Layer };
         st.layers.push(sl);
-        this.writeInBackground(snap, sl, key, created, hooks.written);
+        this.writeInBackground(st, snap, sl, key, created, hooks.written);
         handedOff = true;
       } else {
         const committed = await store.commit(snap.upper, this.sdeOpts());
@@ -770,11 +774,9 @@ class Engine {
           },
           created,
         };
-        st.layers.push({
-          diffID: committed.diffID,
-          dir: committed.dir,
-          layer: await store.layer(committed.digest, committed.diffID, committed.size, committed.mediaType),
-        });
+        const layer = await store.layer(committed.digest, committed.diffID, committed.size, committed.mediaType);
+        st.layers.push({ diffID: committed.diffID, dir: committed.dir, layer });
+        this.announce(st, layer);
       }
     } catch (e) {
       this.deps.progress.error(id, e instanceof KilnError ? e.message.replace(/^[^:]+:\d+: /, '') : errorMessage(e));
@@ -793,7 +795,13 @@ class Engine {
   /** Layer blobs being written in the background (see layerStep), in step order. */
   private readonly pending: { sl: StageLayer; snap: Snapshot; blob: Promise<void> }[] = [];
 
+  /** Hand a layer of the target stage to deps.onLayer. */
+  private announce(st: StageState, layer: Layer): void {
+    if (this.deps.onLayer && st.stage === this.targetStage()) this.deps.onLayer(layer);
+  }
+
   private writeInBackground(
+    st: StageState,
     snap: Snapshot,
     sl: StageLayer,
     key: string,
@@ -805,6 +813,7 @@ class Engine {
       const w = await (store.writeBlob as NonNullable<LayerStore['writeBlob']>)(snap.upper, this.sdeOpts());
       sl.diffID = w.diffID;
       sl.layer = await store.layer(w.digest, w.diffID, w.size, w.mediaType);
+      this.announce(st, sl.layer);
       const layer = { diffID: w.diffID, digest: w.digest, size: w.size, mediaType: w.mediaType };
       await this.deps.cache.put(key, { version: 1, layer, created });
       if (written) await written(w.diffID);

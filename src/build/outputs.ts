@@ -21,7 +21,7 @@ import { extractLayer } from '../layer/extract.js';
 import { isRealRoot } from '../layer/fsops.js';
 import { layerTar } from '../layer/writer.js';
 import { parseReferenceWithDefaultTag } from '../registry/reference.js';
-import { push, type PushOptions } from '../registry/push.js';
+import { push, PushSession, type PushOptions } from '../registry/push.js';
 import type { OutputSpec } from './options.js';
 
 /** What the exporters produced, as buildx reports it in --metadata-file. */
@@ -66,6 +66,25 @@ export interface ExportOptions {
   sourceDateEpoch?: number;
   /** Interrupts stop the export before the next output / push (nothing half-named). */
   signal?: AbortSignal;
+  /** Pushes already under way (layers uploaded during the build), by reference. */
+  sessions?: Map<string, PushSession>;
+}
+
+/** One push session per registry name the outputs push to (see PushSession); invalid names are left to export. */
+export function pushSessions(outputs: OutputSpec[], tags: string[], registry: PushOptions): Map<string, PushSession> {
+  const sessions = new Map<string, PushSession>();
+  for (const o of outputs) {
+    if ((o.type !== 'registry' && o.type !== 'image') || !o.push) continue;
+    for (const n of o.names.length > 0 ? o.names : tags) {
+      try {
+        const ref = parseReferenceWithDefaultTag(n);
+        sessions.set(ref.toString(), new PushSession(ref, registry));
+      } catch {
+        /* exportImage reports it */
+      }
+    }
+  }
+  return sessions;
 }
 
 function boolAttr(v: string | undefined, def: boolean): boolean {
@@ -144,7 +163,8 @@ export async function exportImage(image: Image, opts: ExportOptions): Promise<Ex
           for (const n of oNames) {
             check();
             const ref = parseReferenceWithDefaultTag(n);
-            await push(img, ref, opts.registry);
+            const session = opts.sessions?.get(ref.toString());
+            await (session ? session.push(img) : push(img, ref, opts.registry));
             names.push(ref.toString());
             pushed.push(ref.toString());
           }

@@ -24,7 +24,7 @@ import {
   type BigIntStats,
   type Stats,
 } from 'node:fs';
-import { lstat, open, readdir, readlink, rm } from 'node:fs/promises';
+import { lstat, open, readFile, readdir, readlink, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
@@ -250,6 +250,41 @@ interface LowerEntry {
 /** Per lower dir (immutable once in the layer store): its opaque dirs and capabilities, read once per process. */
 const lowerMeta = new Map<string, Promise<Map<string, Map<string, Buffer>>>>();
 
+const LOWER_XATTRS = '^((user|trusted)\\.overlay\\.opaque|security\\.capability)$';
+
+interface LowerXattrsFile {
+  v: 1;
+  root: string;
+  entries: [string, [string, string][]][];
+}
+
+/**
+ * The opaque markers and capabilities of a lower dir. A lower dir never changes, so what one getfattr pass found is
+ * kept next to it (`<dir>.xattrs.json`): a RUN on a base of 20,000 files then costs no walk of the base per build.
+ */
+async function lowerXattrs(dir: string): Promise<Map<string, Map<string, Buffer>>> {
+  const side = `${dir}.xattrs.json`;
+  try {
+    const j = JSON.parse(await readFile(side, 'utf8')) as LowerXattrsFile;
+    if (j.v === 1 && j.root === dir && Array.isArray(j.entries)) {
+      return new Map(j.entries.map(([p, xs]) => [p, new Map(xs.map(([n, v]) => [n, Buffer.from(v, 'base64')]))]));
+    }
+  } catch {
+    /* absent or unreadable: walk */
+  }
+  const m = await readXattrsRecursive(dir, LOWER_XATTRS);
+  const data: LowerXattrsFile = {
+    v: 1,
+    root: dir,
+    entries: [...m].map(([p, xs]) => [p, [...xs].map(([n, v]) => [n, v.toString('base64')])]),
+  };
+  const tmp = `${side}.${process.pid}.${randomBytes(4).toString('hex')}`;
+  await writeFile(tmp, JSON.stringify(data))
+    .then(() => rename(tmp, side))
+    .catch(() => rm(tmp, { force: true }).catch(() => undefined));
+  return m;
+}
+
 /** The merged view of overlay lower dirs (whiteouts, opaque dirs and non-directories hide what is below). */
 export class LowerView {
   private constructor(
@@ -264,7 +299,7 @@ export class LowerView {
       topFirst.map((l) => {
         let m = lowerMeta.get(l);
         if (!m) {
-          m = readXattrsRecursive(l, '^((user|trusted)\\.overlay\\.opaque|security\\.capability)$');
+          m = lowerXattrs(l);
           lowerMeta.set(l, m);
           m.catch(() => lowerMeta.delete(l));
         }

@@ -104,8 +104,25 @@ class Pusher {
     return out;
   }
 
+  /**
+   * Start uploading a layer before its image exists (a build's layers as they are written). A failure is only
+   * forgotten here: image() uploads the blob again and reports the error.
+   */
+  async prefetch(l: Layer): Promise<void> {
+    try {
+      const job = await this.layerJob(l, undefined);
+      if (this.inflight.has(job.digest)) return;
+      const p = this.blob(job, true);
+      await p.catch(() => {
+        if (this.inflight.get(job.digest) === p) this.inflight.delete(job.digest);
+      });
+    } catch {
+      /* reported by the push proper */
+    }
+  }
+
   /** Upload one blob (deduplicated across images of one push). */
-  blob(job: BlobJob): Promise<UploadResult> {
+  blob(job: BlobJob, quiet = false): Promise<UploadResult> {
     let p = this.inflight.get(job.digest);
     if (!p) {
       p = (async () => {
@@ -124,7 +141,7 @@ class Pusher {
           this.blobs.set(job.digest, r);
           return r;
         } catch (e) {
-          this.progress.error(id, e instanceof Error ? e.message : String(e));
+          if (!quiet) this.progress.error(id, e instanceof Error ? e.message : String(e));
           throw e;
         }
       })();
@@ -194,24 +211,55 @@ function isIndexLike(x: Image | ImageIndex): x is ImageIndex {
   return isRemoteIndex(x);
 }
 
+/**
+ * A push to one reference that can start before the image exists: `prefetch` uploads layers while a build is still
+ * running (only blobs, which are invisible without a manifest), `push` then reuses those uploads and writes the
+ * manifest. Why: a build's first layers upload while its last steps run.
+ */
+export class PushSession {
+  private readonly pusher: Pusher;
+  private readonly pending: Promise<void>[] = [];
+
+  constructor(
+    readonly ref: Reference,
+    opts: PushOptions = {},
+  ) {
+    const client = new RepositoryClient(ref, opts, opts.label ?? `push ${ref.toString()}`);
+    this.pusher = new Pusher(client, opts);
+  }
+
+  /** Start uploading `l` (errors are left to `push`). */
+  prefetch(l: Layer): void {
+    this.pending.push(this.pusher.prefetch(l));
+  }
+
+  /** Wait until no prefetch is running (before giving up on a failed build). */
+  async settle(): Promise<void> {
+    await Promise.all(this.pending);
+  }
+
+  /** Push `x` (its tag, else its digest). Returns the pushed manifest's digest. */
+  async push(x: Image | ImageIndex): Promise<PushResult> {
+    const r = this.ref;
+    const target = r.tag ?? r.digest;
+    const res = isIndexLike(x) ? await this.pusher.index(x, target) : await this.pusher.image(x, target);
+    if (r.digest && r.digest !== res.digest) {
+      throw new KilnError(
+        'DIGEST_MISMATCH',
+        `${this.pusher.client.label}: pushed ${res.digest}, but the reference names ${r.digest}`,
+      );
+    }
+    return res;
+  }
+}
+
 /** Push an image or index to `ref` (its tag, else its digest). Returns the pushed manifest's digest. */
 export async function push(
   x: Image | ImageIndex,
   ref: Reference | string,
   opts: PushOptions = {},
 ): Promise<PushResult> {
-  const r = typeof ref === 'string' ? parseReference(ref) : ref;
-  const client = new RepositoryClient(r, opts, opts.label ?? `push ${r.toString()}`);
-  const p = new Pusher(client, opts);
-  const target = r.tag ?? r.digest;
-  const res = isIndexLike(x) ? await p.index(x, target) : await p.image(x, target);
-  if (r.digest && r.digest !== res.digest) {
-    throw new KilnError(
-      'DIGEST_MISMATCH',
-      `${client.label}: pushed ${res.digest}, but the reference names ${r.digest}`,
-    );
-  }
-  return res;
+  return new PushSession(typeof ref === 'string' ? parseReference(ref) : ref, opts).push(x);
 }
 
 /**

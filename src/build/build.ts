@@ -135,6 +135,9 @@ export async function build(opts: BuildOptions, svc: BuildServices): Promise<Bui
     };
     if (opts.target) engineReq.target = opts.target;
     if (opts.sourceDateEpoch !== undefined) engineReq.sourceDateEpoch = opts.sourceDateEpoch;
+    if (opts.compression && opts.compression !== 'gzip') {
+      engineReq.layerFormat = `${opts.compression}:${opts.compressionLevel ?? ''}`;
+    } else if (opts.compressionLevel !== undefined) engineReq.layerFormat = `gzip:${opts.compressionLevel}`;
     if (parsed.escapeToken !== '\\') engineReq.escape = parsed.escapeToken;
     const deps: Parameters<typeof runEngine>[1] = {
       executor: svc.executor,

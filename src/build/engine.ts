@@ -90,6 +90,8 @@ export interface EngineRequest {
   escape?: string;
   /** Which BuildKit's history strings to write (default `buildkit-0.8`, the reference builder here). */
   historyStyle?: HistoryStyle;
+  /** Layer blob format when not gzip (`zstd:3`, `uncompressed`): part of every layer step's cache key. */
+  layerFormat?: string;
 }
 
 export interface EngineDeps {
@@ -705,7 +707,7 @@ class Engine {
     noteExtra?: Partial<StepNote>,
     hooks: StepHooks = {},
   ): Promise<void> {
-    const key = cacheKey(parts);
+    const key = cacheKey(this.req.layerFormat ? { ...parts, layerFormat: this.req.layerFormat } : parts);
     const id = ++this.vertex;
     this.deps.progress.start(id, name);
     const note: StepNote = {

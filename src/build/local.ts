@@ -14,6 +14,7 @@ import { KilnError } from '../errors.js';
 import { writeLayer } from '../layer/writer.js';
 import { ensureLayerDir } from '../layer/extract.js';
 import type { CommittedLayer, LayerStore } from './ports.js';
+import type { LayerCompression } from './options.js';
 
 function errCode(e: unknown): string | undefined {
   return (e as NodeJS.ErrnoException | undefined)?.code;
@@ -26,6 +27,9 @@ export interface LocalLayerStoreOptions {
   blobs: BlobDir;
   /** Layer media types of committed layers. */
   mediaTypes?: 'oci' | 'docker';
+  /** Compression of committed layers (default gzip) and its level. */
+  compression?: LayerCompression;
+  level?: number;
   onWarning?: (msg: string) => void;
 }
 
@@ -75,10 +79,13 @@ export class LocalLayerStore implements LayerStore {
   async writeBlob(upper: string, opts: { sourceDateEpoch?: number }): Promise<Omit<CommittedLayer, 'dir'>> {
     const blobsSha = join(this.opts.blobs.root, 'sha256');
     await mkdir(blobsSha, { recursive: true });
+    const c = this.opts.compression ?? 'gzip';
     const w: Parameters<typeof writeLayer>[1] = {
       tmpDir: blobsSha,
-      mediaTypes: this.opts.mediaTypes ?? 'oci',
+      mediaTypes: c === 'zstd' ? 'oci' : (this.opts.mediaTypes ?? 'oci'),
+      compression: c === 'uncompressed' ? 'none' : c,
     };
+    if (this.opts.level !== undefined) w.level = this.opts.level;
     if (opts.sourceDateEpoch !== undefined) w.sourceDateEpoch = opts.sourceDateEpoch;
     const written = await writeLayer(upper, w);
     try {

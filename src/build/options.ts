@@ -60,6 +60,59 @@ export interface BuildOptions {
   /** --cache-from / --cache-to values (parsed by src/cache/remote.ts). */
   cacheFrom?: string[];
   cacheTo?: string[];
+  /** Compression of the layers this build writes (--compression / output compression=); default gzip. */
+  compression?: LayerCompression;
+  /** --compression-level / output compression-level= (gzip 0–9, zstd 1–22). */
+  compressionLevel?: number;
+}
+
+export type LayerCompression = 'gzip' | 'zstd' | 'uncompressed';
+
+/**
+ * The layer compression of a build: `--compression`/`--compression-level`, or BuildKit's output attributes
+ * `compression=` and `compression-level=` (which must agree across outputs: layers are written once).
+ */
+export function parseCompression(
+  flag: string | undefined,
+  levelFlag: string | undefined,
+  outputs: OutputSpec[],
+): { compression?: LayerCompression; level?: number } {
+  const fail = (msg: string, hint: string): KilnError => new KilnError('OPTION_INVALID', msg, { hint });
+  const seen = new Set<string>();
+  const levels = new Set<string>();
+  if (flag !== undefined) seen.add(flag);
+  if (levelFlag !== undefined) levels.add(levelFlag);
+  for (const o of outputs) {
+    if (o.attrs.compression !== undefined) seen.add(o.attrs.compression);
+    if (o.attrs['compression-level'] !== undefined) levels.add(o.attrs['compression-level']);
+  }
+  if (seen.size > 1 || levels.size > 1) {
+    throw fail(
+      `conflicting layer compression settings: ${[...seen, ...levels].join(', ')}`,
+      'give one --compression (and --compression-level) for the whole build',
+    );
+  }
+  const out: { compression?: LayerCompression; level?: number } = {};
+  const c = [...seen][0];
+  if (c !== undefined) {
+    if (c !== 'gzip' && c !== 'zstd' && c !== 'uncompressed') {
+      throw fail(`unknown compression "${c}"`, 'use gzip, zstd or uncompressed');
+    }
+    out.compression = c;
+  }
+  const l = [...levels][0];
+  if (l !== undefined) {
+    const n = Number(l);
+    const max = out.compression === 'zstd' ? 22 : 9;
+    if (!/^-?\d+$/.test(l) || n < (out.compression === 'zstd' ? 1 : 0) || n > max) {
+      throw fail(
+        `invalid compression level "${l}"`,
+        out.compression === 'zstd' ? 'zstd levels are 1–22' : 'gzip levels are 0–9',
+      );
+    }
+    out.level = n;
+  }
+  return out;
 }
 
 /** The host platform in OCI terms (normalised like containerd: arm64 has no v8 variant). */

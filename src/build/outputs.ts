@@ -17,6 +17,7 @@ import type { Image } from '../oci/types.js';
 import { sha256 } from '../oci/digest.js';
 import { destinationError, ensureDir, prepareFileDest } from '../oci/fsutil.js';
 import { withManifestMediaType } from '../oci/mutate.js';
+import { MediaType } from '../oci/mediatypes.js';
 import { extractLayer } from '../layer/extract.js';
 import { isRealRoot } from '../layer/fsops.js';
 import { layerTar } from '../layer/writer.js';
@@ -92,8 +93,9 @@ function boolAttr(v: string | undefined, def: boolean): boolean {
   return v === '' || v === 'true' || v === '1';
 }
 
-function mediaTypesFor(o: OutputSpec): 'oci' | 'docker' {
-  const def = o.type === 'oci';
+/** Media types of an output: `oci-mediatypes=` if given; else OCI for type=oci and for zstd layers (as BuildKit). */
+function mediaTypesFor(o: OutputSpec, zstd = false): 'oci' | 'docker' {
+  const def = o.type === 'oci' || zstd;
   return boolAttr(o.attrs['oci-mediatypes'], def) ? 'oci' : 'docker';
 }
 
@@ -143,6 +145,7 @@ export async function exportImage(image: Image, opts: ExportOptions): Promise<Ex
     if (!result) result = { digest: await img.digest(), mediaType: await img.mediaType(), size: await img.size() };
   };
   const outputs = opts.outputs;
+  const zstd = (await image.manifest()).layers.some((l) => l.mediaType === MediaType.OCILayerZstd);
   const check = (): void => {
     if (opts.signal?.aborted) throw new KilnError('INTERRUPTED', 'build interrupted');
   };
@@ -152,7 +155,7 @@ export async function exportImage(image: Image, opts: ExportOptions): Promise<Ex
     switch (o.type) {
       case 'registry':
       case 'image': {
-        const img = withManifestMediaType(image, mediaTypesFor(o));
+        const img = withManifestMediaType(image, mediaTypesFor(o, zstd));
         await record(img);
         if (o.push) {
           if (oNames.length === 0) {
@@ -176,7 +179,7 @@ export async function exportImage(image: Image, opts: ExportOptions): Promise<Ex
       }
       case 'oci':
       case 'docker': {
-        const img = withManifestMediaType(image, mediaTypesFor(o));
+        const img = withManifestMediaType(image, mediaTypesFor(o, zstd));
         await record(img);
         const dest = o.dest as string;
         if (o.type === 'oci') {

@@ -26,7 +26,7 @@ import { LocalLayerStore } from './local.js';
 import { LocalFileCopier } from './copy.js';
 import { BuildProgress } from './progress.js';
 import { build, type BuildOutcome, type BuildServices } from './build.js';
-import type { BuildOptions } from './options.js';
+import type { BuildOptions, LayerCompression } from './options.js';
 import type { BaseResolver, ResolvedBase } from './ports.js';
 
 /** FROM resolution: the local store first (unless --pull), then the registry. */
@@ -66,6 +66,9 @@ export interface ServiceOptions {
   dockerfile?: string;
   cacheFrom?: string[];
   cacheTo?: string[];
+  /** Layer compression for written layers. */
+  compression?: LayerCompression;
+  compressionLevel?: number;
 }
 
 /** Write to `dest`, or for `-` to a temp file streamed to stdout (tar outputs to a pipe, like buildx). */
@@ -104,7 +107,13 @@ export async function localServices(
     dockerfile: { text: context.dockerfile.text, file: dfName },
     executor: new NamespaceExecutor({ kilnHome: home }),
     snapshotter,
-    layers: new LocalLayerStore({ layersDir: join(home, 'layers'), blobs: store.blobs, onWarning: warn }),
+    layers: new LocalLayerStore({
+      layersDir: join(home, 'layers'),
+      blobs: store.blobs,
+      onWarning: warn,
+      ...(o.compression ? { compression: o.compression } : {}),
+      ...(o.compressionLevel !== undefined ? { level: o.compressionLevel } : {}),
+    }),
     bases: new StoreFirstResolver(store, o.registry),
     copier: new LocalFileCopier({ context, tmpDir: tmpBase, onWarning: warn }),
     progress: o.progress,
@@ -186,6 +195,8 @@ export async function runBuildCommand(
     if (opts.file !== undefined) so.dockerfile = opts.file;
     if (opts.cacheFrom) so.cacheFrom = opts.cacheFrom;
     if (opts.cacheTo) so.cacheTo = opts.cacheTo;
+    if (opts.compression) so.compression = opts.compression;
+    if (opts.compressionLevel !== undefined) so.compressionLevel = opts.compressionLevel;
     const svc = await localServices(so);
     let res: BuildOutcome;
     try {

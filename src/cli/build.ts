@@ -16,6 +16,7 @@ import {
   parseProgress,
   parseSecret,
   parseSourceDateEpoch,
+  parseCompression,
   type BuildOptions,
 } from '../build/options.js';
 
@@ -45,6 +46,8 @@ export interface BuildFlags {
   registryMirror?: string[];
   cacheFrom?: string[];
   cacheTo?: string[];
+  compression?: string;
+  compressionLevel?: string;
 }
 
 /** Turn parsed commander flags into BuildOptions (every malformed value is one KilnError). */
@@ -78,6 +81,9 @@ export function buildOptionsFrom(
   if (flags.metadataFile) opts.metadataFile = flags.metadataFile;
   if (flags.cacheFrom?.length) opts.cacheFrom = flags.cacheFrom;
   if (flags.cacheTo?.length) opts.cacheTo = flags.cacheTo;
+  const comp = parseCompression(flags.compression, flags.compressionLevel, opts.outputs);
+  if (comp.compression) opts.compression = comp.compression;
+  if (comp.level !== undefined) opts.compressionLevel = comp.level;
   const sde = parseSourceDateEpoch(buildArgs, env);
   if (sde !== undefined) opts.sourceDateEpoch = sde;
   for (const t of opts.tags) {
@@ -140,6 +146,8 @@ export function register(program: Command): void {
       'export build cache: type=registry,ref=REPO[:TAG][,mode=min|max] (repeatable)',
       collect,
     )
+    .option('--compression <type>', 'layer compression: gzip (default), zstd or uncompressed')
+    .option('--compression-level <n>', 'compression level (gzip 0-9, default 1; zstd 1-22, default 3)')
     .option('--iidfile <file>', 'write the image ID (config digest) to this file')
     .option('--metadata-file <file>', 'write build result metadata (JSON) to this file')
     .option('--progress <mode>', 'progress output: auto, tty, plain, json or quiet', 'auto')

@@ -4,6 +4,7 @@
  * pipes, so nothing is ever held in memory.
  */
 import { spawn } from 'node:child_process';
+import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
 import { Duplex, PassThrough, Readable, Transform, type TransformCallback } from 'node:stream';
 import { promisify } from 'node:util';
@@ -112,8 +113,10 @@ export function decompressor(kind: Compression, what: string): Duplex {
   switch (kind) {
     case 'gzip':
       return createGunzip();
-    case 'zstd':
-      return commandTransform('zstd', ['-d', '-c', '-q'], what);
+    case 'zstd': {
+      const z = zstdBinding();
+      return z ? new z.DecompressStream() : commandTransform('zstd', ['-d', '-c', '-q'], what);
+    }
     case 'bzip2':
       return commandTransform('bzip2', ['-d', '-c', '-q'], what);
     case 'xz':
@@ -142,11 +145,38 @@ export function compressor(kind: 'gzip' | 'zstd' | 'none', level?: number): Dupl
   switch (kind) {
     case 'gzip':
       return new BlockGzip({ level: level ?? zc.Z_BEST_SPEED });
-    case 'zstd':
-      return commandTransform('zstd', ['-c', '-q', `-${level ?? 3}`], 'zstd compression');
+    case 'zstd': {
+      const z = zstdBinding();
+      if (!z) return commandTransform('zstd', ['-c', '-q', `-${level ?? 3}`], 'zstd compression');
+      // zstd's own worker threads: one per core (the frame format does not depend on them)
+      return new z.CompressStream({ compressionLevel: level ?? 3, nbWorkers: Math.max(1, availableParallelism()) });
+    }
     default:
       return new PassThrough();
   }
+}
+
+/** The parts of the zstd-napi binding kiln uses (typed here: the package is an optional dependency). */
+interface ZstdBinding {
+  CompressStream: new (p?: { compressionLevel?: number; nbWorkers?: number }) => Duplex;
+  DecompressStream: new () => Duplex;
+}
+
+let zstd: ZstdBinding | null | undefined;
+
+/**
+ * zstd-napi (libzstd through Node-API, an optional dependency built at install): in-process, multi-threaded zstd.
+ * Where it could not be installed, the Debian `zstd` tool is piped instead — same format, one process per layer.
+ */
+export function zstdBinding(): ZstdBinding | null {
+  if (zstd === undefined) {
+    try {
+      zstd = process.env.KILN_ZSTD === 'cli' ? null : (createRequire(import.meta.url)('zstd-napi') as ZstdBinding);
+    } catch {
+      zstd = null;
+    }
+  }
+  return zstd;
 }
 
 const gzipAsync = promisify<Buffer, ZlibOptions, Buffer>(gzip);

@@ -41,7 +41,7 @@ import {
   type Stats,
 } from 'node:fs';
 import { chmod, copyFile, lchown, lstat, lutimes, mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
-import { join, posix, resolve } from 'node:path';
+import { join, posix, relative, resolve } from 'node:path';
 import { KilnError } from '../errors.js';
 import { byteOrder, readdirSortedSync } from '../util/order.js';
 import { newMatcher, type Matcher } from '../dockerfile/index.js';
@@ -54,7 +54,7 @@ import {
   type XattrSet,
 } from '../layer/fsops.js';
 import type { CopyRequest, CopySource, FileCopier } from './ports.js';
-import type { CopyTrack } from './reuse.js';
+import { sourceKey, type CopyTrack } from './reuse.js';
 import { sameContent } from '../layer/writer.js';
 export { copyRequest } from './ports.js';
 import { secureJoin } from './rootfs.js';
@@ -538,6 +538,7 @@ export class TreeCopier {
         }
         if (include && this.opts.track && this.alreadyThere(st, src, targetSt, target)) {
           this.opts.track.kept.add(target);
+          this.opts.track.sources.set(target, sourceKey(st));
           return;
         }
         unlinkSync(target);
@@ -579,6 +580,7 @@ export class TreeCopier {
         if (st.size <= 1 << 20) copyFileSync(src, target, fsc.COPYFILE_EXCL);
         else await copyFile(src, target, fsc.COPYFILE_EXCL);
         if (st.nlink > 1) this.inodes.set(key, target);
+        this.opts.track?.sources.set(target, sourceKey(st));
       }
     } else if (st.isSymbolicLink()) {
       symlinkSync(readlinkSync(src), target);
@@ -609,6 +611,8 @@ export class TreeCopier {
     const o = this.owner(st);
     if (t.uid !== o.uid || t.gid !== o.gid || (t.mode & 0o7777) !== this.mode(st)) return false;
     if (Math.abs(t.mtimeMs - st.mtime.getTime()) >= 1) return false;
+    const before = this.opts.track?.previous?.get(relative(this.destRoot, target));
+    if (before !== undefined && before === sourceKey(st)) return true; // the very source copied there last time
     return sameContent(src, target);
   }
 

@@ -11,7 +11,7 @@
  */
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join, posix, resolve } from 'node:path';
-import { PlantedCopy } from './reuse.js';
+import { PlantedCopy, newCopyTrack, relativeSources, type CopyTrack } from './reuse.js';
 import { createHash } from 'node:crypto';
 import { KilnError, errorMessage, isKilnError } from '../errors.js';
 import type { History, Layer, Platform } from '../oci/types.js';
@@ -991,7 +991,7 @@ class Engine {
         true,
         async (snap) => {
           try {
-            await this.deps.copier.apply(req, src, snap.root, hooks.planted?.track);
+            await this.deps.copier.apply(req, src, snap.root, hooks.track);
           } catch (e) {
             if (e instanceof KilnError && e.message.startsWith(this.req.file + ':')) throw e;
             throw this.fail(c, e instanceof KilnError ? e.code : 'COPY_FAILED', errorMessage(e), undefined, e);
@@ -1014,19 +1014,24 @@ class Engine {
     c: CopyInstruction | AddInstruction,
     keyReq: Omit<CopyRequest, 'location'>,
     req: CopyRequest,
-  ): Promise<StepHooks & { planted?: PlantedCopy }> {
+  ): Promise<StepHooks & { track?: CopyTrack }> {
     const store = this.deps.layers;
     if (c.kind !== 'COPY' || (req.link && req.chmod === '') || !store.previous || !store.remember) return {};
-    const slot = cacheKey({ slot: 'copy/1', parent: st.state, req: keyReq, epoch: this.req.sourceDateEpoch });
-    const hooks: StepHooks & { planted?: PlantedCopy } = {
-      written: (diffID) => (store.remember as NonNullable<LayerStore['remember']>)(slot, diffID),
-    };
+    const slot = cacheKey({ slot: 'copy/2', parent: st.state, req: keyReq, epoch: this.req.sourceDateEpoch });
     const prev = this.req.noCache ? undefined : await store.previous(slot);
-    if (prev === undefined) return hooks;
-    const planted = new PlantedCopy(prev);
-    hooks.planted = planted;
-    hooks.plant = (upper) => planted.plant(upper);
-    hooks.afterUnmount = (snap) => planted.prune(snap.upper, resolve(snap.root));
+    const track = newCopyTrack(prev?.sources);
+    let root = '';
+    const hooks: StepHooks & { track?: CopyTrack } = {
+      track,
+      written: (diffID) =>
+        (store.remember as NonNullable<LayerStore['remember']>)(slot, diffID, relativeSources(track, root)),
+    };
+    const planted = prev === undefined ? undefined : new PlantedCopy(prev.dir, track);
+    if (planted) hooks.plant = (upper) => planted.plant(upper);
+    hooks.afterUnmount = async (snap) => {
+      root = resolve(snap.root);
+      if (planted) await planted.prune(snap.upper, root);
+    };
     return hooks;
   }
 

@@ -115,16 +115,28 @@ export class LocalLayerStore implements LayerStore {
     return join(this.opts.layersDir, '..', 'slots', digestHex(slot));
   }
 
-  async previous(slot: string): Promise<string | undefined> {
-    const diffID = await readFile(this.slotFile(slot), 'utf8').catch(() => '');
-    return /^sha256:[a-f0-9]{64}$/.test(diffID) ? this.dirOf(diffID) : undefined;
+  async previous(slot: string): Promise<{ dir: string; sources?: Record<string, string> } | undefined> {
+    let rec: { diffID?: unknown; sources?: unknown };
+    try {
+      rec = JSON.parse(await readFile(this.slotFile(slot), 'utf8')) as typeof rec;
+    } catch {
+      return undefined; // none yet, or unreadable: a fresh copy
+    }
+    if (typeof rec.diffID !== 'string' || !/^sha256:[a-f0-9]{64}$/.test(rec.diffID)) return undefined;
+    const dir = await this.dirOf(rec.diffID);
+    if (dir === undefined) return undefined;
+    const ok =
+      typeof rec.sources === 'object' &&
+      rec.sources !== null &&
+      Object.values(rec.sources).every((v) => typeof v === 'string');
+    return ok ? { dir, sources: rec.sources as Record<string, string> } : { dir };
   }
 
-  async remember(slot: string, diffID: string): Promise<void> {
+  async remember(slot: string, diffID: string, sources?: Record<string, string>): Promise<void> {
     const file = this.slotFile(slot);
     await mkdir(dirname(file), { recursive: true });
     const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}`;
-    await writeFile(tmp, diffID);
+    await writeFile(tmp, JSON.stringify(sources ? { diffID, sources } : { diffID }));
     await rename(tmp, file).catch(async (e: unknown) => {
       await rm(tmp, { force: true });
       throw e;

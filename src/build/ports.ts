@@ -110,10 +110,13 @@ export interface LayerStore {
   writeBlob?(upper: string, opts: { sourceDateEpoch?: number }): Promise<Omit<CommittedLayer, 'dir'>>;
   /** The second half: move `upper` (whose blob has `diffID`) into the store once nothing mounts it any more. */
   adopt?(upper: string, diffID: string): Promise<string>;
-  /** The layer dir last produced for a step `slot` (same step, sources changed: src/build/reuse.ts), if still here. */
-  previous?(slot: string): Promise<string | undefined>;
-  /** Remember `diffID` as the latest result of `slot`. */
-  remember?(slot: string, diffID: string): Promise<void>;
+  /**
+   * The layer dir last produced for a step `slot` (same step, sources changed: src/build/reuse.ts), if still here,
+   * with what was remembered about its files.
+   */
+  previous?(slot: string): Promise<{ dir: string; sources?: Record<string, string> } | undefined>;
+  /** Remember `diffID` (and the source keys of its files) as the latest result of `slot`. */
+  remember?(slot: string, diffID: string, sources?: Record<string, string>): Promise<void>;
   /** A Layer (for images/outputs) backed by a stored blob. */
   layer(digest: string, diffID: string, size: number, mediaType: string): Promise<Layer>;
 }

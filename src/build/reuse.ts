@@ -29,6 +29,32 @@ export interface CopyTrack {
   kept: Set<string>;
   /** Directories created or visited as copy targets. */
   visited: Set<string>;
+  /** Every regular file written or kept → the `sourceKey` of the file it came from. */
+  sources: Map<string, string>;
+  /** The previous build's `sources`, relative to the root: a planted file whose source still has the same key holds
+   * the same bytes (no need to read both to compare). */
+  previous?: Map<string, string>;
+}
+
+/**
+ * What identifies a source file's content without reading it: device, inode, size, mtime and ctime (which no
+ * user can set: any write or metadata change moves it). Stronger than the context's stat cache key.
+ */
+export function sourceKey(st: { dev: number; ino: number; size: number; mtimeMs: number; ctimeMs: number }): string {
+  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
+}
+
+export function newCopyTrack(previous?: Record<string, string>): CopyTrack {
+  const t: CopyTrack = { kept: new Set(), visited: new Set(), sources: new Map() };
+  if (previous) t.previous = new Map(Object.entries(previous));
+  return t;
+}
+
+/** `track.sources` relative to `root`, to remember with the layer. */
+export function relativeSources(track: CopyTrack, root: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [p, k] of track.sources) out[relative(root, p)] = k;
+  return out;
 }
 
 interface PlantedDir {
@@ -41,9 +67,10 @@ export class PlantedCopy {
   private readonly files = new Map<string, number>();
   /** Planted dirs, parents first. */
   private readonly dirs: PlantedDir[] = [];
-  readonly track: CopyTrack = { kept: new Set(), visited: new Set() };
-
-  constructor(private readonly previous: string) {}
+  constructor(
+    private readonly previous: string,
+    readonly track: CopyTrack,
+  ) {}
 
   /** Number of planted files (0: nothing was reused). */
   get size(): number {

@@ -64,6 +64,7 @@ test('incremental COPY: after edits, deletions, renames, mode/mtime/link changes
 
     // every kind of change
     await put(ctx, 'src/d0/f1.txt', 'edited, same mtime as before\n');
+    await put(ctx, 'src/d0/f0.txt', 'DIR 0 FILE 0\n'); // same size and mtime, other bytes
     await put(ctx, 'src/d0/f2.txt', 'dir 0 file 2\n'.repeat(3), OLD + 1); // same bytes, new mtime
     await rm(join(ctx, 'src/d0/f3.txt'));
     await rename(join(ctx, 'src/d1/f4.txt'), join(ctx, 'src/d1/renamed.txt'));

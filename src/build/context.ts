@@ -15,6 +15,7 @@
  */
 import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
+import { sha256OffThread } from '../layer/worker.js';
 import { createReadStream, lstatSync, readFileSync, readlinkSync } from 'node:fs';
 import { lstat, mkdir, mkdtemp, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -423,9 +424,12 @@ async function saveStatCache(c: { file: string | undefined; data: StatCacheFile;
 export async function sha256File(abs: string, size: number): Promise<string> {
   const fh = createHash('sha256');
   if (size <= 1 << 20) return fh.update(readFileSync(abs)).digest('hex');
-  for await (const c of createReadStream(abs)) fh.update(c as Buffer);
-  return fh.digest('hex');
+  // streamed on the worker thread (src/layer/worker.ts), off the main thread, while the walk goes on
+  return sha256OffThread(abs);
 }
+
+/** Large files hashed at once (on the worker thread: their reads overlap). */
+const HASH_PARALLEL = 2;
 
 /** Statistics of the last hashContextPaths call (for tests and --debug). */
 export const statCacheStats = { hits: 0, misses: 0 };
@@ -438,10 +442,13 @@ export const statCacheStats = { hits: 0, misses: 0 };
 export async function hashContextPaths(ctx: BuildContext, paths: string[], exclude: string[] = []): Promise<string> {
   const cache = await loadStatCache(ctx);
   const ex = exclude.length ? newMatcher(exclude) : undefined;
-  const h = createHash('sha256');
   const root = resolve(ctx.root);
   const seen = new Set<string>();
   let ops = 0;
+  // The digest input in order; large files are hashed concurrently (at most HASH_PARALLEL) while the walk goes on.
+  const parts: (string | Promise<string>)[] = [];
+  const h = { update: (x: string | Promise<string>): void => void parts.push(x) };
+  const running = new Set<Promise<string>>();
   const visit = async (abs: string, ctxRel: string, srcRel: string): Promise<void> => {
     if (++ops % 256 === 0) await new Promise((r) => setImmediate(r));
     const st = lstatSync(abs);
@@ -460,18 +467,24 @@ export async function hashContextPaths(ctx: BuildContext, paths: string[], exclu
     if (type === 'l') h.update(`${readlinkSync(abs)}\0`);
     else if (type === 'f') {
       const e = cache.data.entries[ctxRel];
-      let d: string;
-      if (e && e.m === st.mtimeMs && e.c === st.ctimeMs && e.s === st.size && e.i === st.ino && e.o === st.mode) {
-        d = e.d;
-        statCacheStats.hits++;
-      } else {
-        d = await sha256File(abs, st.size);
-        statCacheStats.misses++;
-        cache.data.entries[ctxRel] = { m: st.mtimeMs, c: st.ctimeMs, s: st.size, i: st.ino, o: st.mode, d };
-        cache.dirty = true;
-      }
       seen.add(ctxRel);
-      h.update(`${st.size}\0${d}\0`);
+      if (e && e.m === st.mtimeMs && e.c === st.ctimeMs && e.s === st.size && e.i === st.ino && e.o === st.mode) {
+        statCacheStats.hits++;
+        h.update(`${st.size}\0${e.d}\0`);
+      } else {
+        statCacheStats.misses++;
+        while (running.size >= HASH_PARALLEL) await Promise.race(running);
+        const p = sha256File(abs, st.size).then((d) => {
+          cache.data.entries[ctxRel] = { m: st.mtimeMs, c: st.ctimeMs, s: st.size, i: st.ino, o: st.mode, d };
+          cache.dirty = true;
+          return `${st.size}\0${d}\0`;
+        });
+        p.catch(() => undefined); // awaited below, in order
+        const tracked = p.finally(() => running.delete(tracked));
+        tracked.catch(() => undefined);
+        running.add(tracked);
+        h.update(p);
+      }
     } else if (isDir) {
       const names = readdirSortedSync(abs);
       for (const n of names) {
@@ -489,6 +502,8 @@ export async function hashContextPaths(ctx: BuildContext, paths: string[], exclu
     h.update(`path:${rel}\n`);
     await visit(abs, rel, '');
   }
+  const digest = createHash('sha256');
+  for (const x of parts) digest.update(typeof x === 'string' ? x : await x);
   await saveStatCache(cache).catch(() => undefined); // the cache is an optimisation only
-  return 'sha256:' + h.digest('hex');
+  return 'sha256:' + digest.digest('hex');
 }

@@ -11,7 +11,8 @@ import { BlobDir } from '../oci/blobs.js';
 import { digestHex } from '../oci/digest.js';
 import { layerFromBlob } from '../oci/image.js';
 import { KilnError } from '../errors.js';
-import { writeLayer } from '../layer/writer.js';
+import type { writeLayer } from '../layer/writer.js';
+import { writeLayerOffThread } from '../layer/worker.js';
 import { ensureLayerDir } from '../layer/extract.js';
 import type { CommittedLayer, LayerStore } from './ports.js';
 import type { LayerCompression } from './options.js';
@@ -87,7 +88,7 @@ export class LocalLayerStore implements LayerStore {
     };
     if (this.opts.level !== undefined) w.level = this.opts.level;
     if (opts.sourceDateEpoch !== undefined) w.sourceDateEpoch = opts.sourceDateEpoch;
-    const written = await writeLayer(upper, w);
+    const written = await writeLayerOffThread(upper, w);
     try {
       await rename(written.file, this.opts.blobs.path(written.digest));
     } catch (e) {

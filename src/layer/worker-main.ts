@@ -1,0 +1,23 @@
+/** The worker thread of ./worker.ts: runs jobs (several at once) and answers each. */
+import { parentPort } from 'node:worker_threads';
+import { KilnError, errorMessage } from '../errors.js';
+import { sha256Stream, type WorkerJob, type WorkerJobResult } from './worker.js';
+import { writeLayer } from './writer.js';
+
+const port = parentPort;
+if (port) {
+  port.on('message', (job: WorkerJob) => {
+    const work = job.kind === 'layer' ? writeLayer(job.dir, job.opts) : sha256Stream(job.file);
+    work.then(
+      (ok) => port.postMessage({ id: job.id, ok } satisfies WorkerJobResult),
+      (e: unknown) => {
+        const error: { code?: string; message: string; hint?: string } = { message: errorMessage(e) };
+        if (e instanceof KilnError) {
+          error.code = e.code;
+          if (e.hint !== undefined) error.hint = e.hint;
+        }
+        port.postMessage({ id: job.id, error } satisfies WorkerJobResult);
+      },
+    );
+  });
+}

@@ -1,0 +1,63 @@
+import { after, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { writeLayer } from './writer.js';
+
+// The worker thread only runs from the compiled CLI (see worker.ts): test that build (scripts/setup.sh and
+// `npm run build` make it; CI always has it).
+const compiled = fileURLToPath(new URL('../../dist/layer/worker.js', import.meta.url));
+assert.ok(existsSync(compiled), `${compiled} is missing: run npm run build first`);
+const { layerWorkerRunning, sha256OffThread, stopLayerWorker, writeLayerOffThread } = (await import(
+  compiled
+)) as typeof import('./worker.js');
+const { KilnError } = (await import(
+  fileURLToPath(new URL('../../dist/errors.js', import.meta.url))
+)) as typeof import('../errors.js');
+
+after(() => stopLayerWorker());
+
+test('writeLayerOffThread: the worker writes the same blob as writeLayer in-process', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'kiln-worker-'));
+  try {
+    await mkdir(join(dir, 'tree', 'a'), { recursive: true });
+    for (let i = 0; i < 50; i++) await writeFile(join(dir, 'tree', 'a', `f${i}`), `file ${i}\n`.repeat(i * 100));
+    const opts = { tmpDir: dir, sourceDateEpoch: 1700000000 };
+    const [a, b] = await Promise.all([
+      writeLayerOffThread(join(dir, 'tree'), opts),
+      writeLayer(join(dir, 'tree'), opts),
+    ]);
+    assert.equal(a.diffID, b.diffID);
+    assert.equal(a.digest, b.digest);
+    assert.equal(a.size, b.size);
+    assert.notEqual(a.file, b.file);
+    assert.equal(layerWorkerRunning(), true, 'the job ran on the worker thread');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('writeLayerOffThread: a failure comes back as the KilnError it was', async () => {
+  await assert.rejects(writeLayerOffThread('/nonexistent/kiln-layer-dir'), (e: unknown) => {
+    assert.ok(e instanceof KilnError);
+    assert.equal(e.code, 'LAYER_WRITE_FAILED');
+    assert.match(e.message, /nonexistent/);
+    return true;
+  });
+});
+
+test('sha256OffThread: the digest of a file, streamed on the worker', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'kiln-worker-'));
+  try {
+    const data = Buffer.alloc(3 * 1024 * 1024 + 7, 'kiln');
+    await writeFile(join(dir, 'f'), data);
+    assert.equal(await sha256OffThread(join(dir, 'f')), createHash('sha256').update(data).digest('hex'));
+    await assert.rejects(sha256OffThread(join(dir, 'missing')), /ENOENT|missing/);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});

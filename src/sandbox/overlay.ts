@@ -14,7 +14,8 @@
  * Selection: `KILN_SNAPSHOTTER=overlay|copy`, else overlay when a probe mount succeeds, else copy.
  * `chooseSnapshotter` also cleans up the temp dirs (and mounts) of kiln processes that died (stale.ts).
  */
-import { lstat, mkdir, readdir, rm, rmdir, symlink, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, readFile, readdir, rm, rmdir, stat, symlink, writeFile } from 'node:fs/promises';
+import { release } from 'node:os';
 import { join, resolve } from 'node:path';
 import { readXattrsRecursive } from '../layer/fsops.js';
 import type { BigIntStats, Dirent } from 'node:fs';
@@ -244,9 +245,19 @@ async function visibleInLowers(lowersTopFirst: string[], rel: string): Promise<B
 
 let overlayProbe: Promise<boolean> | undefined;
 
-/** Whether an overlay mount with userxattr works here (probed once per process, under `kilnHome`). */
+/**
+ * Whether an overlay mount with userxattr works here (probed once per process, under `kilnHome`). A success is
+ * remembered in `$KILN_HOME/overlay-ok` for this kernel, user and file system, so builds skip the probe's
+ * mount and unmount; a failure is probed again next time.
+ */
 export function overlaySupported(kilnHome: string = defaultKilnHome()): Promise<boolean> {
   overlayProbe ??= (async () => {
+    const marker = join(kilnHome, 'overlay-ok');
+    const fsId = await stat(kilnHome)
+      .then((st) => String(st.dev))
+      .catch(() => '?');
+    const id = `${release()} uid=${process.getuid?.() ?? '?'} dev=${fsId}\n`;
+    if ((await readFile(marker, 'utf8').catch(() => '')) === id) return true;
     let dir: string | undefined;
     try {
       dir = await kilnTempDir(kilnHome, 'probe-');
@@ -255,6 +266,7 @@ export function overlaySupported(kilnHome: string = defaultKilnHome()): Promise<
       await writeFile(join(lower, 'f'), 'x');
       const snap = await new OverlaySnapshotter({ kilnHome }).prepare([lower]);
       await snap.release();
+      await writeFile(marker, id).catch(() => undefined);
       return true;
     } catch {
       return false;

@@ -19,6 +19,7 @@ import type { BuildOptions } from './options.js';
 import type { BaseResolver, Executor, FileCopier, LayerStore, ProgressSink, Snapshotter } from './ports.js';
 import { BuildCache } from '../cache/cache.js';
 import { runEngine, type EngineResult } from './engine.js';
+import { warmUpWorker } from '../layer/worker.js';
 import {
   exportImage,
   pushSessions,
@@ -153,6 +154,7 @@ export async function build(opts: BuildOptions, svc: BuildServices): Promise<Bui
     };
     if (svc.signal) deps.signal = svc.signal;
     deps.parseTrigger = parseTrigger;
+    warmUpWorker(); // layer blobs and large context files are digested there
     // Pushes start during the build: each layer of the image uploads as soon as it is written.
     const sessions = pushSessions(effectiveOutputs(opts), opts.tags, svc.registry);
     if (sessions.size > 0) deps.onLayer = (l) => sessions.forEach((s) => s.prefetch(l));

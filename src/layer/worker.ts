@@ -108,6 +108,11 @@ export function sha256OffThread(file: string): Promise<string> {
   return run({ kind: 'sha256', file }, () => sha256Stream(file));
 }
 
+/** Start the worker now (it loads its modules in parallel with whatever the caller does next). */
+export function warmUpWorker(): void {
+  if (process.env.KILN_LAYER_WORKER !== '0') start();
+}
+
 /** Whether jobs go to a worker thread (false: none started yet, or it could not run and jobs run in-process). */
 export function layerWorkerRunning(): boolean {
   return worker !== undefined && !broken;

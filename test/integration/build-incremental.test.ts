@@ -7,7 +7,9 @@ import assert from 'node:assert/strict';
 import { chmod, link, lstat, mkdir, mkdtemp, readFile, rename, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { kiln } from './build-helpers.js';
+import { ensureRootlessUser, rootlessTempDir } from '../helpers/rootless.js';
 
 const EPOCH = Math.floor(Date.now() / 1000);
 const OLD = EPOCH - 1000;
@@ -19,93 +21,105 @@ async function put(ctx: string, rel: string, data: string, mtime = OLD): Promise
   await utimes(p, mtime, mtime);
 }
 
-async function home(): Promise<string> {
-  const h = await mkdtemp(join(tmpdir(), 'kiln-incr-'));
-  const r = await kiln(['bootstrap', 'busybox'], { home: h });
+async function home(rootless = false): Promise<string> {
+  const h = rootless ? await rootlessTempDir('kiln-incr-') : await mkdtemp(join(tmpdir(), 'kiln-incr-'));
+  const r = await kiln(['bootstrap', 'busybox'], { home: h, rootless });
   assert.equal(r.code, 0, r.stderr);
   return h;
 }
 
-async function build(h: string, ctx: string): Promise<{ id: string; diffIDs: string[]; stderr: string }> {
+async function build(
+  h: string,
+  ctx: string,
+  rootless = false,
+): Promise<{ id: string; diffIDs: string[]; stderr: string }> {
+  if (rootless) {
+    const { uid, gid } = ensureRootlessUser();
+    spawnSync('chown', ['-R', `${uid}:${gid}`, ctx]);
+  }
   const iid = join(h, 'iid');
   const r = await kiln(['build', '-t', 'incr:latest', '--iidfile', iid, '--progress', 'plain', ctx], {
     home: h,
+    rootless,
     env: { SOURCE_DATE_EPOCH: String(EPOCH) },
   });
   assert.equal(r.code, 0, r.stderr);
-  const cfg = await kiln(['inspect', 'incr:latest', '--config'], { home: h });
+  const cfg = await kiln(['inspect', 'incr:latest', '--config'], { home: h, rootless });
   assert.equal(cfg.code, 0, cfg.stderr);
   const diffIDs = (JSON.parse(cfg.stdout) as { rootfs: { diff_ids: string[] } }).rootfs.diff_ids;
   return { id: (await readFile(iid, 'utf8')).trim(), diffIDs, stderr: r.stderr };
 }
 
-test('incremental COPY: after edits, deletions, renames, mode/mtime/link changes the image equals a fresh build', async () => {
-  const ctx = await mkdtemp(join(tmpdir(), 'kiln-incr-ctx-'));
-  const reuse = await home();
-  const homes = [reuse];
-  try {
-    await writeFile(
-      join(ctx, 'Dockerfile'),
-      [
-        'FROM localhost/busybox:latest',
-        'WORKDIR /app',
-        'COPY src/ ./src/',
-        'COPY --chown=1:2 --chmod=640 src/ /other/',
-        'COPY src/d1 /etc/',
-        '',
-      ].join('\n'),
-    );
-    for (let d = 0; d < 4; d++) {
-      for (let f = 0; f < 25; f++) await put(ctx, `src/d${d}/f${f}.txt`, `dir ${d} file ${f}\n`.repeat(f + 1));
+for (const rootless of [false, true]) {
+  const who = rootless ? 'rootless' : 'root';
+  test(`incremental COPY (${who}): after edits, deletions, renames, mode/mtime/link changes the image equals a fresh build`, async () => {
+    const ctx = rootless ? await rootlessTempDir('kiln-incr-ctx-') : await mkdtemp(join(tmpdir(), 'kiln-incr-ctx-'));
+    const reuse = await home(rootless);
+    const homes = [reuse];
+    try {
+      await writeFile(
+        join(ctx, 'Dockerfile'),
+        [
+          'FROM localhost/busybox:latest',
+          'WORKDIR /app',
+          'COPY src/ ./src/',
+          'COPY --chown=1:2 --chmod=640 src/ /other/',
+          'COPY src/d1 /etc/',
+          '',
+        ].join('\n'),
+      );
+      for (let d = 0; d < 4; d++) {
+        for (let f = 0; f < 25; f++) await put(ctx, `src/d${d}/f${f}.txt`, `dir ${d} file ${f}\n`.repeat(f + 1));
+      }
+      await put(ctx, 'src/keep.txt', 'kept\n');
+      await utimes(join(ctx, 'src'), OLD, OLD);
+      const first = await build(reuse, ctx, rootless);
+
+      // every kind of change
+      await put(ctx, 'src/d0/f1.txt', 'edited, same mtime as before\n');
+      await put(ctx, 'src/d0/f0.txt', 'DIR 0 FILE 0\n'); // same size and mtime, other bytes
+      await put(ctx, 'src/d0/f2.txt', 'dir 0 file 2\n'.repeat(3), OLD + 1); // same bytes, new mtime
+      await rm(join(ctx, 'src/d0/f3.txt'));
+      await rename(join(ctx, 'src/d1/f4.txt'), join(ctx, 'src/d1/renamed.txt'));
+      await chmod(join(ctx, 'src/d1/f5.txt'), 0o600);
+      await rm(join(ctx, 'src/d2'), { recursive: true });
+      await put(ctx, 'src/new/deep/n.txt', 'new\n');
+      await mkdir(join(ctx, 'src/new/empty'));
+      await link(join(ctx, 'src/d3/f6.txt'), join(ctx, 'src/d3/hard.txt'));
+      await symlink('d3/f7.txt', join(ctx, 'src/sym'));
+      for (const d of ['src/d0', 'src/d1', 'src/d3', 'src/new', 'src/new/deep', 'src/new/empty', 'src']) {
+        await utimes(join(ctx, d), OLD, OLD);
+      }
+      const second = await build(reuse, ctx, rootless);
+      assert.notEqual(second.id, first.id);
+
+      // the reused COPY layers share inodes with the first build's: reuse really happened
+      const last = (second.diffIDs.at(-3) as string).slice('sha256:'.length);
+      const st = await lstat(join(reuse, 'layers', last, 'app/src/d1/f6.txt'));
+      assert.ok(st.nlink > 1, 'unchanged files are hard links to the previous result');
+
+      const fresh = await home(rootless);
+      homes.push(fresh);
+      const ref = await build(fresh, ctx, rootless);
+      assert.deepEqual(second.diffIDs, ref.diffIDs, 'layers of the incremental build equal a fresh build');
+      assert.equal(second.id, ref.id);
+
+      // and back: the next incremental step removes what was added
+      await rm(join(ctx, 'src/new'), { recursive: true });
+      await rm(join(ctx, 'src/sym'));
+      await rm(join(ctx, 'src/d3/hard.txt'));
+      await utimes(join(ctx, 'src/d3'), OLD, OLD);
+      await utimes(join(ctx, 'src'), OLD, OLD);
+      const third = await build(reuse, ctx, rootless);
+      const fresh2 = await home(rootless);
+      homes.push(fresh2);
+      const ref2 = await build(fresh2, ctx, rootless);
+      assert.deepEqual(third.diffIDs, ref2.diffIDs);
+    } finally {
+      for (const h of [ctx, ...homes]) await rm(h, { recursive: true, force: true });
     }
-    await put(ctx, 'src/keep.txt', 'kept\n');
-    await utimes(join(ctx, 'src'), OLD, OLD);
-    const first = await build(reuse, ctx);
-
-    // every kind of change
-    await put(ctx, 'src/d0/f1.txt', 'edited, same mtime as before\n');
-    await put(ctx, 'src/d0/f0.txt', 'DIR 0 FILE 0\n'); // same size and mtime, other bytes
-    await put(ctx, 'src/d0/f2.txt', 'dir 0 file 2\n'.repeat(3), OLD + 1); // same bytes, new mtime
-    await rm(join(ctx, 'src/d0/f3.txt'));
-    await rename(join(ctx, 'src/d1/f4.txt'), join(ctx, 'src/d1/renamed.txt'));
-    await chmod(join(ctx, 'src/d1/f5.txt'), 0o600);
-    await rm(join(ctx, 'src/d2'), { recursive: true });
-    await put(ctx, 'src/new/deep/n.txt', 'new\n');
-    await mkdir(join(ctx, 'src/new/empty'));
-    await link(join(ctx, 'src/d3/f6.txt'), join(ctx, 'src/d3/hard.txt'));
-    await symlink('d3/f7.txt', join(ctx, 'src/sym'));
-    for (const d of ['src/d0', 'src/d1', 'src/d3', 'src/new', 'src/new/deep', 'src/new/empty', 'src']) {
-      await utimes(join(ctx, d), OLD, OLD);
-    }
-    const second = await build(reuse, ctx);
-    assert.notEqual(second.id, first.id);
-
-    // the reused COPY layers share inodes with the first build's: reuse really happened
-    const last = (second.diffIDs.at(-3) as string).slice('sha256:'.length);
-    const st = await lstat(join(reuse, 'layers', last, 'app/src/d1/f6.txt'));
-    assert.ok(st.nlink > 1, 'unchanged files are hard links to the previous result');
-
-    const fresh = await home();
-    homes.push(fresh);
-    const ref = await build(fresh, ctx);
-    assert.deepEqual(second.diffIDs, ref.diffIDs, 'layers of the incremental build equal a fresh build');
-    assert.equal(second.id, ref.id);
-
-    // and back: the next incremental step removes what was added
-    await rm(join(ctx, 'src/new'), { recursive: true });
-    await rm(join(ctx, 'src/sym'));
-    await rm(join(ctx, 'src/d3/hard.txt'));
-    await utimes(join(ctx, 'src/d3'), OLD, OLD);
-    await utimes(join(ctx, 'src'), OLD, OLD);
-    const third = await build(reuse, ctx);
-    const fresh2 = await home();
-    homes.push(fresh2);
-    const ref2 = await build(fresh2, ctx);
-    assert.deepEqual(third.diffIDs, ref2.diffIDs);
-  } finally {
-    for (const h of [ctx, ...homes]) await rm(h, { recursive: true, force: true });
-  }
-});
+  });
+}
 
 test('incremental COPY: --no-cache builds from scratch and gives the same image', async () => {
   const ctx = await mkdtemp(join(tmpdir(), 'kiln-incr-ctx-'));

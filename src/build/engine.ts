@@ -142,6 +142,8 @@ interface StepHooks {
   afterUnmount?: (snap: Snapshot) => Promise<void>;
   /** The layer's blob is written and cached (in the background, possibly after the step is reported done). */
   written?: (diffID: string) => Promise<void>;
+  /** The step's key does not include the parent state (its layer does not depend on what is below: COPY --link). */
+  independent?: boolean;
 }
 
 interface StageState {
@@ -731,7 +733,7 @@ class Engine {
         if (dir !== undefined && layer !== undefined) {
           st.layers.push({ diffID: l.diffID, dir, layer });
           this.announce(st, layer);
-          this.record(st, key, history, buildkitSuffix, hit.created);
+          this.record(st, key, history, buildkitSuffix, hit.created, hooks.independent === true);
           this.deps.progress.cached(id);
           return;
         }
@@ -790,7 +792,7 @@ class Engine {
       await this.deps.cache.put(key, entry);
       if (hooks.written) await hooks.written(entry.layer!.diffID);
     }
-    this.record(st, key, history, buildkitSuffix, stepCreated);
+    this.record(st, key, history, buildkitSuffix, stepCreated, hooks.independent === true);
     this.deps.progress.done(id);
   }
 
@@ -851,8 +853,16 @@ class Engine {
     return this.req.sourceDateEpoch === undefined ? {} : { sourceDateEpoch: this.req.sourceDateEpoch };
   }
 
-  private record(st: StageState, key: string, history: string, buildkitSuffix: boolean, created?: string): void {
-    st.state = key;
+  private record(
+    st: StageState,
+    key: string,
+    history: string,
+    buildkitSuffix: boolean,
+    created?: string,
+    onTop = false,
+  ): void {
+    // a step looked up on its own (COPY --link) says nothing about what is below it: chain the two
+    st.state = onTop ? cacheKey({ parent: st.state, on: key }) : key;
     const opts: { withLayer: boolean; buildkitSuffix: boolean; created?: string } = {
       withLayer: true,
       buildkitSuffix,
@@ -964,8 +974,13 @@ class Engine {
         throw this.fail(c, e instanceof KilnError ? e.code : 'COPY_FAILED', errorMessage(e), undefined, e);
       }
       const { location: _loc, ...keyReq } = req;
+      // COPY --link writes its files into an empty root: the layer does not depend on the layers below, so its
+      // cache entry is found whatever changed under it (BuildKit: merge/diff ops). Not with --chmod (BuildKit then
+      // ignores --link) or --chown by name (resolved in the destination's /etc/passwd).
+      const independent =
+        c.kind === 'COPY' && req.link && req.chmod === '' && (req.chown === '' || /^\d+(:\d+)?$/.test(req.chown));
       const parts = {
-        parent: st.state,
+        parent: independent ? 'link' : st.state,
         op: c.kind,
         req: keyReq,
         sources: sum,
@@ -983,6 +998,7 @@ class Engine {
       for (const s of c.sourceContents) msg += ' <<' + s.path;
       msg += ' ' + c.dest;
       const hooks = await this.incrementalCopy(st, c, keyReq, req);
+      if (independent) hooks.independent = true;
       await this.layerStep(
         st,
         prefix + upperKeyword(c.original),

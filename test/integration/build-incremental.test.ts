@@ -143,3 +143,50 @@ test('incremental COPY: --no-cache builds from scratch and gives the same image'
     await rm(h, { recursive: true, force: true });
   }
 });
+
+test('COPY --link is found in the cache whatever changed below it; --chown by name is not', async () => {
+  const ctx = await mkdtemp(join(tmpdir(), 'kiln-link-ctx-'));
+  const h = await home();
+  try {
+    await put(ctx, 'data/big.txt', 'payload\n'.repeat(10_000));
+    const df = (chown: string): string =>
+      [
+        'FROM localhost/busybox:latest',
+        'ARG X=1',
+        'RUN echo "$X" > /x',
+        `COPY --link${chown} data/ /data/`,
+        'RUN cat /x /data/big.txt | wc -l > /lines',
+        '',
+      ].join('\n');
+    const run = async (x: string): Promise<{ stderr: string; diffIDs: string[] }> => {
+      const r = await kiln(['build', '--progress', 'plain', '--build-arg', `X=${x}`, '-t', 'link:latest', ctx], {
+        home: h,
+      });
+      assert.equal(r.code, 0, r.stderr);
+      const cfg = await kiln(['inspect', 'link:latest', '--config'], { home: h });
+      return {
+        stderr: r.stderr,
+        diffIDs: (JSON.parse(cfg.stdout) as { rootfs: { diff_ids: string[] } }).rootfs.diff_ids,
+      };
+    };
+    const cachedLink = (stderr: string): boolean => /COPY --link[^\n]*\n#\d+ CACHED/.test(stderr);
+    await writeFile(join(ctx, 'Dockerfile'), df(''));
+    const a = await run('1');
+    const b = await run('2'); // the RUN below the COPY --link runs again
+    assert.match(b.stderr, /RUN echo "\$X" > \/x\n#\d+ DONE/);
+    assert.ok(cachedLink(b.stderr), b.stderr);
+    assert.equal(b.diffIDs[2], a.diffIDs[2], 'the --link layer is reused as is');
+    assert.notEqual(b.diffIDs[1], a.diffIDs[1]);
+    assert.notEqual(b.diffIDs[3], a.diffIDs[3], 'the step after it sees the new state below');
+    const c = await run('1'); // back: everything cached
+    assert.deepEqual(c.diffIDs, a.diffIDs);
+
+    await writeFile(join(ctx, 'Dockerfile'), df(' --chown=root'));
+    await run('3');
+    const d = await run('4');
+    assert.ok(!cachedLink(d.stderr), 'a --chown name depends on the /etc/passwd below: not independent');
+  } finally {
+    await rm(ctx, { recursive: true, force: true });
+    await rm(h, { recursive: true, force: true });
+  }
+});

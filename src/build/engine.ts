@@ -499,8 +499,10 @@ class Engine {
     return `[${name}${String(counter.n).padStart(width)}/${counter.total}] ${onbuild ? 'ONBUILD ' : ''}`;
   }
 
-  private async fromImage(stage: Stage, ref: string): Promise<StageState> {
-    const from = stage.from;
+  /** `at`: the instruction that named the image, when it is not the stage's FROM (`COPY --from=IMAGE`). */
+  private async fromImage(stage: Stage, ref: string, at?: Instruction): Promise<StageState> {
+    const from = at ?? stage.from;
+    const what = at ? `${at.kind} --from=${ref}` : `FROM ${ref}`;
     let resolving = this.baseImages.get(ref);
     if (!resolving) {
       // one resolution per reference, shared by every stage that uses it (one `load metadata` vertex)
@@ -520,7 +522,7 @@ class Engine {
       const hint = e instanceof KilnError ? e.hint : undefined;
       // the registry client's messages start with `pull NAME: `; the FROM line already names the image
       const why = errorMessage(e).replace(/^pull \S+: /, '');
-      throw this.fail(from, e instanceof KilnError ? e.code : 'BASE_IMAGE', `FROM ${ref}: ${why}`, hint, e);
+      throw this.fail(from, e instanceof KilnError ? e.code : 'BASE_IMAGE', `${what}: ${why}`, hint, e);
     }
     const cfg = await resolved.image.config();
     const { image, onBuild } = fromBaseConfig(cfg);
@@ -542,7 +544,7 @@ class Engine {
       for (const l of layers) this.announce(st, l);
     } catch (e) {
       this.deps.progress.error(id, errorMessage(e));
-      throw this.fail(from, 'BASE_IMAGE', `FROM ${ref}: ${errorMessage(e)}`, undefined, e);
+      throw this.fail(from, 'BASE_IMAGE', `${what}: ${errorMessage(e)}`, undefined, e);
     }
     this.deps.progress.done(id);
     return st;
@@ -952,7 +954,7 @@ class Engine {
         `cannot copy from stage "${from}", it needs to be defined before current stage "${st.stage.name ?? `stage-${st.stage.index}`}"`,
       );
     } else {
-      other = await this.fromImage({ ...st.stage, from: { ...st.stage.from, image: from }, commands: [] }, from);
+      other = await this.fromImage({ ...st.stage, from: { ...st.stage.from, image: from }, commands: [] }, from, c);
     }
     const snap = await this.deps.snapshotter.prepare(lowerDirs(other.layers));
     return {

@@ -628,17 +628,13 @@ describe('kiln build: malformed Dockerfiles and failing steps', () => {
     await assertClean();
   });
 
-  test(
-    'COPY --from=<missing image> points at the COPY line',
-    { todo: 'src/build: the implicit stage of COPY --from=IMAGE reports Dockerfile:1 "FROM IMAGE"' },
-    async () => {
-      const d = await ctxDir('copy-from-missing', {
-        Dockerfile: `FROM ${base}\nRUN true\nCOPY --from=${reg.host}/no/such:1 /a /b\n`,
-      });
-      const r = await kiln(['build', '--progress', 'plain', d]);
-      oneLineError(r, new RegExp(`^kiln: Dockerfile:3: .*${reg.host}/no/such:1`));
-    },
-  );
+  test('COPY --from=<missing image> points at the COPY line', async () => {
+    const d = await ctxDir('copy-from-missing', {
+      Dockerfile: `FROM ${base}\nRUN true\nCOPY --from=${reg.host}/no/such:1 /a /b\n`,
+    });
+    const r = await kiln(['build', '--progress', 'plain', d]);
+    oneLineError(r, new RegExp(`^kiln: Dockerfile:3: .*${reg.host}/no/such:1`));
+  });
 
   test('COPY of a missing source names it; a missing Dockerfile or context names the path', async () => {
     const d = await ctxDir('missing-src', {

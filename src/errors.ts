@@ -7,12 +7,15 @@
 export class KilnError extends Error {
   readonly code: string;
   readonly hint: string | undefined;
+  /** The process exit code this error means, when not the default (1; 130 for INTERRUPTED). */
+  readonly exitCode: number | undefined;
 
-  constructor(code: string, message: string, opts: { hint?: string; cause?: unknown } = {}) {
+  constructor(code: string, message: string, opts: { hint?: string; cause?: unknown; exitCode?: number } = {}) {
     super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
     this.name = 'KilnError';
     this.code = code;
     this.hint = opts.hint;
+    this.exitCode = opts.exitCode;
   }
 }
 

@@ -183,7 +183,11 @@ export async function runBuildCommand(
     progress: new Progress(progressMode === 'json' ? 'json' : 'quiet'),
   };
   const ac = new AbortController();
-  const onSignal = (): void => ac.abort();
+  let signal: NodeJS.Signals | undefined;
+  const onSignal = (sig: NodeJS.Signals): void => {
+    signal ??= sig;
+    ac.abort();
+  };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
   // progress goes to stderr: if its reader goes away (`kiln build … 2>&1 | head`), keep building and cleaning up
@@ -210,7 +214,13 @@ export async function runBuildCommand(
     }
     return res;
   } catch (e) {
-    if (ac.signal.aborted) throw new KilnError('INTERRUPTED', 'build interrupted; nothing was pushed', { cause: e });
+    if (ac.signal.aborted) {
+      // 128 + the signal's number, as a shell reports a process killed by it (SIGTERM: a pod being stopped)
+      throw new KilnError('INTERRUPTED', 'build interrupted; nothing was pushed', {
+        cause: e,
+        exitCode: signal === 'SIGTERM' ? 143 : 130,
+      });
+    }
     throw e;
   } finally {
     process.off('SIGINT', onSignal);

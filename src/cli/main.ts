@@ -62,6 +62,7 @@ export async function main(argv: string[]): Promise<number> {
   } catch (e) {
     if (e instanceof CommanderError) return e.exitCode;
     printError(e, debug);
+    if (e instanceof KilnError && e.exitCode !== undefined) return e.exitCode;
     return e instanceof KilnError && e.code === 'INTERRUPTED' ? 130 : 1;
   }
 }

@@ -14,10 +14,10 @@
  * `$KILN_HOME/statcache/` (path → mtime/size/inode/mode/ctime → sha256), so unchanged files are not read again.
  */
 import { execFile } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { sha256OffThread } from '../layer/worker.js';
 import { createReadStream, lstatSync, readFileSync, readlinkSync } from 'node:fs';
-import { lstat, mkdir, mkdtemp, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
@@ -27,6 +27,7 @@ import { loadDockerignore, newMatcher, type Matcher } from '../dockerfile/index.
 import { detectCompression, peek } from '../layer/compression.js';
 import { extractLayer } from '../layer/extract.js';
 import { readTar } from '../layer/tarformat.js';
+import { writeFileAtomic } from '../util/atomic.js';
 
 export interface BuildContext {
   /** Host directory holding the context files. */
@@ -414,9 +415,7 @@ async function loadStatCache(ctx: BuildContext) {
 async function saveStatCache(c: { file: string | undefined; data: StatCacheFile; dirty: boolean }): Promise<void> {
   if (!c.file || !c.dirty) return;
   await mkdir(join(c.file, '..'), { recursive: true });
-  const tmp = `${c.file}.${randomBytes(4).toString('hex')}.tmp`;
-  await writeFile(tmp, JSON.stringify(c.data));
-  await rename(tmp, c.file);
+  await writeFileAtomic(c.file, JSON.stringify(c.data));
   c.dirty = false;
 }
 

@@ -3,8 +3,8 @@
  * extracted once, in overlay format) backed by a content-addressed blob directory, and committing a step's upper
  * dir — one streaming pass writes the layer blob, then the upper dir itself is renamed into the layer store.
  */
-import { randomBytes } from 'node:crypto';
-import { lstat, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+
+import { lstat, mkdir, readFile, rename, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Layer } from '../oci/types.js';
 import { BlobDir } from '../oci/blobs.js';
@@ -16,6 +16,7 @@ import { writeLayerOffThread } from '../layer/worker.js';
 import { ensureLayerDir } from '../layer/extract.js';
 import type { CommittedLayer, LayerStore } from './ports.js';
 import type { LayerCompression } from './options.js';
+import { writeFileAtomic } from '../util/atomic.js';
 
 function errCode(e: unknown): string | undefined {
   return (e as NodeJS.ErrnoException | undefined)?.code;
@@ -136,12 +137,7 @@ export class LocalLayerStore implements LayerStore {
   async remember(slot: string, diffID: string, sources?: Record<string, string>): Promise<void> {
     const file = this.slotFile(slot);
     await mkdir(dirname(file), { recursive: true });
-    const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}`;
-    await writeFile(tmp, JSON.stringify(sources ? { diffID, sources } : { diffID }));
-    await rename(tmp, file).catch(async (e: unknown) => {
-      await rm(tmp, { force: true });
-      throw e;
-    });
+    await writeFileAtomic(file, JSON.stringify(sources ? { diffID, sources } : { diffID }));
   }
 
   async layer(digest: string, diffID: string, size: number, mediaType: string): Promise<Layer> {

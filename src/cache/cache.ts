@@ -4,10 +4,11 @@
  * written atomically (temp file + rename), so an interrupted build never leaves a half-written entry; a corrupt
  * or unreadable entry is treated as a miss.
  */
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
+
 import { sha256, isDigest } from '../oci/digest.js';
+import { writeFileAtomic } from '../util/atomic.js';
 
 /** What a cached step produced. */
 export interface CacheEntry {
@@ -53,7 +54,10 @@ function isEntry(x: unknown): x is CacheEntry {
  * implements {@link MissExplainer}; the engine calls `noteStep` before `get` and `explainMiss` after a miss.
  */
 export interface StepNote {
-  /** Stable place of the step in the build, independent of its inputs: `Dockerfile/<stage>/<position>`. */
+  /**
+   * Stable place of the step in the build, independent of its inputs: `Dockerfile/<stage>/<position>`. The previous
+   * build of the same slot is what a miss is compared with.
+   */
   slot: string;
   /** Display name (`[2/4] COPY src/ ./src/`). */
   name: string;
@@ -64,8 +68,9 @@ export interface StepNote {
   /** For COPY/ADD from the context: relative path → content digest of every file read. */
   files?: Record<string, string>;
   /**
-   * For COPY/ADD from the context when `files` is not known: the context dir and the source paths; the remote cache
-   * lists the files itself, lazily (only to explain a miss or to save the step for the next explanation).
+   * For COPY/ADD from the context when `files` is not known: the context dir and the source paths (as written;
+   * wildcard sources are skipped); the remote cache lists the files itself, lazily (only to explain a miss or to save
+   * the step for the next explanation).
    */
   context?: { dir: string; paths: string[]; ignore?: (rel: string, isDir: boolean) => boolean };
 }
@@ -95,15 +100,7 @@ export class BuildCache {
   /** Store an entry atomically. */
   async put(key: string, entry: CacheEntry): Promise<void> {
     await mkdir(this.dir, { recursive: true });
-    const final = this.path(key);
-    const tmp = `${final}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-    try {
-      await writeFile(tmp, JSON.stringify(entry));
-      await rename(tmp, final);
-    } catch (e) {
-      await rm(tmp, { force: true });
-      throw e;
-    }
+    await writeFileAtomic(this.path(key), JSON.stringify(entry));
   }
 
   async delete(key: string): Promise<void> {

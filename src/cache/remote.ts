@@ -24,11 +24,11 @@
  * inputs; `explainMiss(key)` compares them with the previous build of the same step (local or imported).
  */
 import { lstatSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { join, posix, resolve } from 'node:path';
-import { randomBytes, createHash } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { KilnError, errorMessage } from '../errors.js';
-import { BuildCache, canonicalJSON, type CacheEntry } from './cache.js';
+import { BuildCache, canonicalJSON, type CacheEntry, type StepNote } from './cache.js';
 import type { BlobDir } from '../oci/blobs.js';
 import { imageFromParts, layerFromBlob } from '../oci/image.js';
 import { MediaType } from '../oci/mediatypes.js';
@@ -39,6 +39,7 @@ import { push, type PushOptions } from '../registry/push.js';
 import { parseReferenceWithDefaultTag, type Reference } from '../registry/reference.js';
 import { closeTransports } from '../registry/transport.js';
 import type { LayerStore } from '../build/ports.js';
+import { writeFileAtomic } from '../util/atomic.js';
 
 // ---------------------------------------------------------------------------------------------------------------
 // Options
@@ -100,28 +101,8 @@ export function parseCacheSpec(value: string, flag: '--cache-from' | '--cache-to
 // ---------------------------------------------------------------------------------------------------------------
 // Step fingerprints (miss explanations)
 
-/** What the engine knows about a step when it computes its key (passed to `noteStep`). */
-export interface StepInfo {
-  /**
-   * Stable identity of the step's place in the build, independent of its inputs: e.g. `Dockerfile/stage-1/3`
-   * (file, stage name or index, step number). The previous build of the same slot is what a miss is compared with.
-   */
-  slot: string;
-  /** Display name (`[2/4] COPY src/ ./src/`). */
-  name: string;
-  /** Exactly the parts the key was computed from (`cacheKey(parts)`). */
-  parts: Record<string, unknown>;
-  /** Manifest digest of the stage's base image, when the stage starts from an image. */
-  base?: string;
-  /** For COPY/ADD from the context: relative path → content digest of every file read. */
-  files?: Record<string, string>;
-  /**
-   * For COPY/ADD from the context when `files` is not given: the context dir and the source paths (as written;
-   * wildcard sources are skipped) — the cache lists the files itself (`listContextFiles`), lazily, only to explain a
-   * miss or to save the step for the next explanation.
-   */
-  context?: { dir: string; paths: string[]; ignore?: (rel: string, isDir: boolean) => boolean };
-}
+/** What the engine knows about a step when it computes its key (passed to `noteStep`): the cache's StepNote. */
+export type StepInfo = StepNote;
 
 /**
  * The stored, secret-free form of a StepInfo: every key part reduced to a short hash, environment values hashed
@@ -596,14 +577,11 @@ export class RemoteBuildCache extends BuildCache {
   async saveStepHistory(): Promise<void> {
     await mkdir(this.slotIndexDir(), { recursive: true });
     for (const info of this.steps.values()) {
-      const file = this.slotFile(info.slot);
-      const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
       try {
         const fp = this.fingerprintOf(info, info.context ? await this.previousOf(info.slot) : undefined);
-        await writeFile(tmp, JSON.stringify(fp));
-        await rename(tmp, file);
+        await writeFileAtomic(this.slotFile(info.slot), JSON.stringify(fp));
       } catch {
-        await rm(tmp, { force: true });
+        /* only a hint for the next explanation */
       }
     }
   }

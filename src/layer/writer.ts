@@ -24,7 +24,7 @@ import {
   type BigIntStats,
   type Stats,
 } from 'node:fs';
-import { lstat, open, readFile, readdir, readlink, rename, rm, writeFile } from 'node:fs/promises';
+import { lstat, open, readFile, readdir, readlink, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
@@ -35,6 +35,7 @@ import { MediaType } from '../oci/mediatypes.js';
 import { readXattrsRecursive } from './fsops.js';
 import { compressor } from './compression.js';
 import { encodeHeader, padding, tarHeader, trailer, type TarHeader } from './tarformat.js';
+import { writeFileAtomic } from '../util/atomic.js';
 
 export const WHITEOUT_PREFIX = '.wh.';
 export const WHITEOUT_OPAQUE = '.wh..wh..opq';
@@ -278,10 +279,7 @@ async function lowerXattrs(dir: string): Promise<Map<string, Map<string, Buffer>
     root: dir,
     entries: [...m].map(([p, xs]) => [p, [...xs].map(([n, v]) => [n, v.toString('base64')])]),
   };
-  const tmp = `${side}.${process.pid}.${randomBytes(4).toString('hex')}`;
-  await writeFile(tmp, JSON.stringify(data))
-    .then(() => rename(tmp, side))
-    .catch(() => rm(tmp, { force: true }).catch(() => undefined));
+  await writeFileAtomic(side, JSON.stringify(data)).catch(() => undefined); // an optimisation only
   return m;
 }
 

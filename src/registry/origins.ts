@@ -9,11 +9,11 @@
  * reads as "no origins", and a failed write is ignored. Only `registry` (host[:port]) and `repository` are stored,
  * both checked against strict patterns, so no credential can end up in it.
  */
-import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { kilnHome } from '../oci/store.js';
 import type { BlobOrigin } from './remote.js';
+import { writeFileAtomic } from '../util/atomic.js';
 
 /** Origins kept per blob. */
 export const MAX_ORIGINS = 8;
@@ -101,14 +101,7 @@ export class OriginIndex {
       const rest = old.filter((o) => !same(o, origin));
       const list = how === 'record' ? [{ registry: origin.registry, repository: origin.repository }, ...rest] : rest;
       await mkdir(dirname(f), { recursive: true });
-      const tmp = `${f}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`;
-      try {
-        await writeFile(tmp, JSON.stringify(list.slice(0, MAX_ORIGINS)) + '\n', { mode: 0o644 });
-        await rename(tmp, f);
-      } catch (e) {
-        await unlink(tmp).catch(() => undefined);
-        throw e;
-      }
+      await writeFileAtomic(f, JSON.stringify(list.slice(0, MAX_ORIGINS)) + '\n', { mode: 0o644 });
     } catch {
       /* only a hint: a failed write loses one update */
     }

@@ -27,7 +27,7 @@ import type {
 import { expandInstruction } from '../dockerfile/instructions.js';
 import { parseMount } from '../dockerfile/convert.js';
 import { processWord, type LexOptions } from '../dockerfile/shell.js';
-import { BuildCache, cacheKey, type CacheEntry, type MissExplainer, type StepNote } from '../cache/cache.js';
+import { BuildCache, cacheKey, type MissExplainer, type StepNote } from '../cache/cache.js';
 import type {
   BaseResolver,
   CopyRequest,
@@ -750,51 +750,23 @@ class Engine {
       lowerDirs(st.layers),
       hooks.plant ? { plant: hooks.plant } : undefined,
     );
-    const store = this.deps.layers;
-    let entry: CacheEntry | undefined;
-    let stepCreated: string | undefined;
-    let handedOff = false;
     try {
       await work(snap, id);
       this.checkAbort();
       if (snap.unmount) await snap.unmount();
       if (hooks.afterUnmount) await hooks.afterUnmount(snap);
-      const created = this.epoch ?? goTime(new Date());
-      stepCreated = created;
-      if (store.writeBlob && store.adopt) {
-        // The upper dir is final: later steps can mount it as a lower dir right away, while its tar is written,
-        // compressed and digested on the other cores (BuildKit likewise defers layer blobs to the export).
-        const sl: StageLayer = { diffID: '', dir: snap.upper, layer: undefined as unknown as Layer };
-        st.layers.push(sl);
-        this.writeInBackground(st, snap, sl, key, created, hooks.written);
-        handedOff = true;
-      } else {
-        const committed = await store.commit(snap.upper, this.sdeOpts());
-        entry = {
-          version: 1,
-          layer: {
-            diffID: committed.diffID,
-            digest: committed.digest,
-            size: committed.size,
-            mediaType: committed.mediaType,
-          },
-          created,
-        };
-        const layer = await store.layer(committed.digest, committed.diffID, committed.size, committed.mediaType);
-        st.layers.push({ diffID: committed.diffID, dir: committed.dir, layer });
-        this.announce(st, layer);
-      }
     } catch (e) {
       this.deps.progress.error(id, e instanceof KilnError ? e.message.replace(/^[^:]+:\d+: /, '') : errorMessage(e));
+      await snap.release();
       throw e;
-    } finally {
-      if (!handedOff) await snap.release();
     }
-    if (entry) {
-      await this.deps.cache.put(key, entry);
-      if (hooks.written) await hooks.written(entry.layer!.diffID);
-    }
-    this.record(st, key, history, buildkitSuffix, stepCreated, hooks.independent === true);
+    const created = this.epoch ?? goTime(new Date());
+    // The upper dir is final: later steps can mount it as a lower dir right away, while its tar is written,
+    // compressed and digested on the other cores (BuildKit likewise defers layer blobs to the export).
+    const sl: StageLayer = { diffID: '', dir: snap.upper, layer: undefined as unknown as Layer };
+    st.layers.push(sl);
+    this.writeInBackground(st, snap, sl, key, created, hooks.written);
+    this.record(st, key, history, buildkitSuffix, created, hooks.independent === true);
     this.deps.progress.done(id);
   }
 
@@ -816,7 +788,7 @@ class Engine {
   ): void {
     const store = this.deps.layers;
     const blob = (async () => {
-      const w = await (store.writeBlob as NonNullable<LayerStore['writeBlob']>)(snap.upper, this.sdeOpts());
+      const w = await store.writeBlob(snap.upper, this.sdeOpts());
       sl.diffID = w.diffID;
       sl.layer = await store.layer(w.digest, w.diffID, w.size, w.mediaType);
       this.announce(st, sl.layer);
@@ -841,8 +813,7 @@ class Engine {
       const r = results[i] as PromiseSettledResult<void>;
       if (r.status === 'rejected') err ??= r.reason;
       try {
-        if (r.status === 'fulfilled')
-          p.sl.dir = await (this.deps.layers.adopt as NonNullable<LayerStore['adopt']>)(p.snap.upper, p.sl.diffID);
+        if (r.status === 'fulfilled') p.sl.dir = await this.deps.layers.adopt(p.snap.upper, p.sl.diffID);
       } catch (e) {
         err ??= e;
       }

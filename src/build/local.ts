@@ -14,7 +14,7 @@ import { KilnError } from '../errors.js';
 import type { writeLayer } from '../layer/writer.js';
 import { writeLayerOffThread } from '../layer/worker.js';
 import { ensureLayerDir } from '../layer/extract.js';
-import type { CommittedLayer, LayerStore } from './ports.js';
+import type { LayerStore, WrittenBlob } from './ports.js';
 import type { LayerCompression } from './options.js';
 import { writeFileAtomic } from '../util/atomic.js';
 
@@ -73,12 +73,7 @@ export class LocalLayerStore implements LayerStore {
     }
   }
 
-  async commit(upper: string, opts: { sourceDateEpoch?: number }): Promise<CommittedLayer> {
-    const written = await this.writeBlob(upper, opts);
-    return { ...written, dir: await this.adopt(upper, written.diffID) };
-  }
-
-  async writeBlob(upper: string, opts: { sourceDateEpoch?: number }): Promise<Omit<CommittedLayer, 'dir'>> {
+  async writeBlob(upper: string, opts: { sourceDateEpoch?: number }): Promise<WrittenBlob> {
     const blobsSha = join(this.opts.blobs.root, 'sha256');
     await mkdir(blobsSha, { recursive: true });
     const c = this.opts.compression ?? 'gzip';

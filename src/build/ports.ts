@@ -68,10 +68,10 @@ export interface Snapshot {
   readonly upper: string;
   /**
    * Finish the step's writes so `upper` is a complete overlay-format diff (unmount the overlay, or compute the
-   * diff for a copying snapshotter). Called before LayerStore.commit; idempotent.
+   * diff for a copying snapshotter). Called before LayerStore.writeBlob; idempotent.
    */
   unmount?(): Promise<void>;
-  /** Unmount and remove the work dir (and the upper dir unless it was taken by LayerStore.commit). */
+  /** Unmount and remove the work dir (and the upper dir unless it was taken by LayerStore.adopt). */
   release(): Promise<void>;
 }
 
@@ -85,14 +85,12 @@ export interface Snapshotter {
   prepare(lowers: string[], opts?: PrepareOptions): Promise<Snapshot>;
 }
 
-/** A layer produced from an upper dir, stored in the blob store and moved into the layer store. */
-export interface CommittedLayer {
+/** A layer blob written from an upper dir into the blob store. */
+export interface WrittenBlob {
   diffID: string;
   digest: string;
   size: number;
   mediaType: string;
-  /** The layer dir in the layer store (a lower dir for the next steps). */
-  dir: string;
 }
 
 /** Content-addressed extracted layers ($KILN_HOME/layers/<diffID hex>) plus the blob store behind them. */
@@ -101,15 +99,13 @@ export interface LayerStore {
   unpack(layer: Layer): Promise<string>;
   /** The dir of an already extracted/committed layer, or undefined. */
   dirOf(diffID: string): Promise<string | undefined>;
-  /** Write `upper` as a layer blob (deterministic, with SOURCE_DATE_EPOCH clamping) and adopt the dir. */
-  commit(upper: string, opts: { sourceDateEpoch?: number }): Promise<CommittedLayer>;
   /**
-   * The first half of commit, so it can run in the background while later steps already use `upper` as a lower
-   * dir: write the blob, leave the dir where it is.
+   * Write `upper` as a layer blob (deterministic, with SOURCE_DATE_EPOCH clamping) and leave the dir where it is:
+   * this runs in the background while later steps already use `upper` as a lower dir.
    */
-  writeBlob?(upper: string, opts: { sourceDateEpoch?: number }): Promise<Omit<CommittedLayer, 'dir'>>;
-  /** The second half: move `upper` (whose blob has `diffID`) into the store once nothing mounts it any more. */
-  adopt?(upper: string, diffID: string): Promise<string>;
+  writeBlob(upper: string, opts: { sourceDateEpoch?: number }): Promise<WrittenBlob>;
+  /** Move `upper` (whose blob has `diffID`) into the store once nothing mounts it any more; returns its dir. */
+  adopt(upper: string, diffID: string): Promise<string>;
   /**
    * The layer dir last produced for a step `slot` (same step, sources changed: src/build/reuse.ts), if still here,
    * with what was remembered about its files.

@@ -154,8 +154,11 @@ test('RemoteBuildCache without --cache-from behaves as the local cache and selec
         throw new Error('no unpack expected');
       },
       dirOf: async (d) => (have.has(d) ? '/x' : undefined),
-      commit: async () => {
-        throw new Error('no commit expected');
+      writeBlob: async () => {
+        throw new Error('no layer writing expected');
+      },
+      adopt: async () => {
+        throw new Error('no layer writing expected');
       },
       layer: async () => {
         throw new Error('no layer expected');
@@ -242,7 +245,10 @@ test('listContextFiles lists inside the context only, reuses unchanged hashes, a
     const layers: LayerStore = {
       unpack: async () => '/x',
       dirOf: async () => undefined,
-      commit: async () => {
+      writeBlob: async () => {
+        throw new Error('unused');
+      },
+      adopt: async () => {
         throw new Error('unused');
       },
       layer: async () => {

@@ -421,8 +421,7 @@ async function saveStatCache(c: { file: string | undefined; data: StatCacheFile;
 
 /** sha256 (hex) of a file: read at once when small, streamed otherwise. */
 export async function sha256File(abs: string, size: number): Promise<string> {
-  const fh = createHash('sha256');
-  if (size <= 1 << 20) return fh.update(readFileSync(abs)).digest('hex');
+  if (size <= 1 << 20) return createHash('sha256').update(readFileSync(abs)).digest('hex');
   // streamed on the worker thread (src/layer/worker.ts), off the main thread, while the walk goes on
   return sha256OffThread(abs);
 }

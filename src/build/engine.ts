@@ -970,7 +970,7 @@ class Engine {
       for (const s of c.sources) msg += ' ' + s;
       for (const s of c.sourceContents) msg += ' <<' + s.path;
       msg += ' ' + c.dest;
-      const hooks = await this.incrementalCopy(st, c, keyReq, req);
+      const hooks = this.incrementalCopy(st, c, keyReq, req);
       if (independent) hooks.independent = true;
       await this.layerStep(
         st,
@@ -998,29 +998,37 @@ class Engine {
    * A COPY that ran before with the same parent and instruction (only its sources changed) starts from the previous
    * result: src/build/reuse.ts. Not for ADD (archives, URLs), --link, or --no-cache.
    */
-  private async incrementalCopy(
+  private incrementalCopy(
     st: StageState,
     c: CopyInstruction | AddInstruction,
     keyReq: Omit<CopyRequest, 'location'>,
     req: CopyRequest,
-  ): Promise<StepHooks & { track?: CopyTrack }> {
+  ): StepHooks & { track?: CopyTrack } {
     const store = this.deps.layers;
-    if (c.kind !== 'COPY' || (req.link && req.chmod === '') || !store.previous || !store.remember) return {};
+    const { previous, remember } = store;
+    if (c.kind !== 'COPY' || (req.link && req.chmod === '') || !previous || !remember) return {};
     const slot = cacheKey({ slot: 'copy/2', parent: st.state, req: keyReq, epoch: this.req.sourceDateEpoch });
-    const prev = this.req.noCache ? undefined : await store.previous(slot);
-    const track = newCopyTrack(prev?.sources);
+    const track = newCopyTrack();
     let root = '';
+    let planted: PlantedCopy | undefined;
     const hooks: StepHooks & { track?: CopyTrack } = {
       track,
-      written: (diffID) =>
-        (store.remember as NonNullable<LayerStore['remember']>)(slot, diffID, relativeSources(track, root)),
+      written: (diffID) => remember.call(store, slot, diffID, relativeSources(track, root)),
+      afterUnmount: async (snap) => {
+        root = resolve(snap.root);
+        if (planted) await planted.prune(snap.upper, root);
+      },
     };
-    const planted = prev === undefined ? undefined : new PlantedCopy(prev.dir, track);
-    if (planted) hooks.plant = (upper) => planted.plant(upper);
-    hooks.afterUnmount = async (snap) => {
-      root = resolve(snap.root);
-      if (planted) await planted.prune(snap.upper, root);
-    };
+    // the previous result is looked up only when the step runs (a cache hit never reads it)
+    if (!this.req.noCache) {
+      hooks.plant = async (upper) => {
+        const prev = await previous.call(store, slot);
+        if (!prev) return false;
+        if (prev.sources) track.previous = new Map(Object.entries(prev.sources));
+        planted = new PlantedCopy(prev.dir, track);
+        return planted.plant(upper);
+      };
+    }
     return hooks;
   }
 

@@ -44,10 +44,8 @@ export function sourceKey(st: { dev: number; ino: number; size: number; mtimeMs:
   return `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
 }
 
-export function newCopyTrack(previous?: Record<string, string>): CopyTrack {
-  const t: CopyTrack = { kept: new Set(), visited: new Set(), sources: new Map() };
-  if (previous) t.previous = new Map(Object.entries(previous));
-  return t;
+export function newCopyTrack(): CopyTrack {
+  return { kept: new Set(), visited: new Set(), sources: new Map() };
 }
 
 /** `track.sources` relative to `root`, to remember with the layer. */

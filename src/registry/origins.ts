@@ -92,7 +92,19 @@ export class OriginIndex {
     await Promise.all(valid.map((d) => this.record(d, origin)));
   }
 
-  private async update(digest: string, origin: BlobOrigin, how: 'record' | 'forget'): Promise<void> {
+  /** Updates of one digest's entry in this process, chained: each reads what the previous one wrote. */
+  private readonly queues = new Map<string, Promise<void>>();
+
+  private update(digest: string, origin: BlobOrigin, how: 'record' | 'forget'): Promise<void> {
+    const next = (this.queues.get(digest) ?? Promise.resolve()).then(() => this.apply(digest, origin, how));
+    this.queues.set(digest, next);
+    void next.then(() => {
+      if (this.queues.get(digest) === next) this.queues.delete(digest);
+    });
+    return next;
+  }
+
+  private async apply(digest: string, origin: BlobOrigin, how: 'record' | 'forget'): Promise<void> {
     const f = this.file(digest);
     if (!f || !validOrigin(origin)) return;
     try {

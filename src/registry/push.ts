@@ -133,13 +133,9 @@ class Pusher {
           u.mountFrom = await this.mountSources(job.digest, job.origin);
           let from = '';
           u.onMounted = (r) => (from = r);
-          // forgetting and recording rewrite the same index entry: one after the other, record last
-          let forgets: Promise<void> = Promise.resolve();
-          u.onMountMissed = (r) => {
-            forgets = forgets.then(() => this.origins?.forget(job.digest, this.at(r))).catch(() => undefined);
-          };
+          // the index applies one digest's updates in call order: the record below lands after these
+          u.onMountMissed = (r) => void this.origins?.forget(job.digest, this.at(r));
           const r = await this.client.uploadBlob(job.digest, job.size, job.open, u);
-          await forgets;
           await this.origins?.record(job.digest, this.at(this.client.repository));
           if (r === 'uploaded') this.progress.done(id, 'pushed');
           else this.progress.cached(id, r === 'exists' ? 'already exists' : `mounted from ${from}`);

@@ -8,7 +8,7 @@
  *   2. src/sandbox/overlay.ts pruneUnchangedDirs: one awaited fs/promises lstat per entry of the upper dir (a
  *      threadpool round trip per file); proposed: readdir({ withFileTypes: true }) and lstat only directories.
  *   4. gzip of incompressible data (W1's 100 MiB of assets): zlib runs at the same slow speed at every level on
- *      random bytes (~15–50 MB/s per core). Proposed: `adaptiveGzip` — the stream is cut into 1 MiB blocks, each a
+ *      random bytes (~15–50 MB/s per core). Landed as `BlockGzip` (src/layer/compression.ts) — the stream is cut into 1 MiB blocks, each a
  *      gzip member (multi-member gzip is valid RFC 1952; Go's gzip reader, hence containerd/skopeo/umoci, reads it
  *      by default); a block whose 64 KiB sample does not shrink at level 1 is stored (level 0, memcpy speed).
  *      Deterministic (same bytes ⇒ same blob), and the blocks can go to worker threads for multi-core. Checked:
@@ -38,8 +38,9 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { createGzip, deflateRawSync, gunzipSync, gzipSync } from 'node:zlib';
-import { Transform, type TransformCallback } from 'node:stream';
+import { createGzip, gunzipSync } from 'node:zlib';
+import type { Transform } from 'node:stream';
+import { BlockGzip } from '../src/layer/compression.js';
 import { randomBytesFor } from './inputs.js';
 import { layerTar, writeLayer } from '../src/layer/writer.js';
 import { pruneUnchangedDirs } from '../src/sandbox/overlay.js';
@@ -49,38 +50,6 @@ import { median } from './procs.js';
 /** Coalesce a stream of small buffers into ~`size`-byte chunks. */
 import { coalesce } from '../src/util/coalesce.js';
 export { coalesce };
-
-/** Proposed layer compressor: 1 MiB gzip members, incompressible blocks stored (see the file comment). */
-export function adaptiveGzip(level = 6, block = 1 << 20): Transform {
-  let parts: Buffer[] = [];
-  let n = 0;
-  const member = (b: Buffer): Buffer => {
-    const sample = b.subarray(0, 1 << 16);
-    const stored = deflateRawSync(sample, { level: 1 }).length > sample.length * 0.97;
-    return gzipSync(b, { level: stored ? 0 : level });
-  };
-  return new Transform({
-    transform(chunk: Buffer, _e: BufferEncoding, cb: TransformCallback) {
-      let off = 0;
-      while (off < chunk.length) {
-        const take = Math.min(block - n, chunk.length - off);
-        parts.push(chunk.subarray(off, off + take));
-        n += take;
-        off += take;
-        if (n === block) {
-          this.push(member(parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts, n)));
-          parts = [];
-          n = 0;
-        }
-      }
-      cb();
-    },
-    flush(cb: TransformCallback) {
-      if (n > 0 || parts.length === 0) this.push(member(Buffer.concat(parts, n)));
-      cb();
-    },
-  });
-}
 
 async function gzipBench(work: string, rounds: number): Promise<void> {
   const data = randomBytesFor('hotspots', 64 << 20);
@@ -99,11 +68,11 @@ async function gzipBench(work: string, rounds: number): Promise<void> {
   await time('  zlib level 1', rounds, () => sink(createGzip({ level: 1 })));
   let blob: Buffer = Buffer.alloc(0);
   await time(
-    '  adaptiveGzip (1 MiB members, stored when incompressible)',
+    '  BlockGzip, landed (1 MiB members on the thread pool, stored when incompressible)',
     rounds,
-    async () => (blob = await sink(adaptiveGzip())),
+    async () => (blob = await sink(new BlockGzip({ level: 1 }))),
   );
-  if (!gunzipSync(blob).equals(data)) throw new Error('adaptiveGzip output does not round-trip');
+  if (!gunzipSync(blob).equals(data)) throw new Error('BlockGzip output does not round-trip');
   const g = spawnSync('gzip', ['-dc'], { input: blob, maxBuffer: 1 << 28 });
   process.stdout.write(
     `  round-trips through zlib and gzip(1): ${g.status === 0 && g.stdout.equals(data)}; size +${((blob.length / data.length - 1) * 100).toFixed(3)}%\n`,

@@ -17,6 +17,7 @@ import { ensureLayerDir } from '../layer/extract.js';
 import type { LayerStore, WrittenBlob } from './ports.js';
 import type { LayerCompression } from './options.js';
 import { writeFileAtomic } from '../util/atomic.js';
+import { ensureSpreadDir } from '../util/spread.js';
 
 function errCode(e: unknown): string | undefined {
   return (e as NodeJS.ErrnoException | undefined)?.code;
@@ -95,7 +96,7 @@ export class LocalLayerStore implements LayerStore {
   }
 
   async adopt(upper: string, diffID: string): Promise<string> {
-    await mkdir(this.opts.layersDir, { recursive: true });
+    await ensureSpreadDir(this.opts.layersDir);
     const dir = join(this.opts.layersDir, digestHex(diffID));
     try {
       await rename(upper, dir);

@@ -39,6 +39,7 @@ import { decompressAuto } from './compression.js';
 import { isRealRoot, mknodBatch, setXattrs, type XattrSet } from './fsops.js';
 import { readTar, type TarHeader } from './tarformat.js';
 import { resolveInRoot } from '../util/inroot.js';
+import { ensureSpreadDir } from '../util/spread.js';
 import { WHITEOUT_OPAQUE, WHITEOUT_PREFIX } from './writer.js';
 
 export interface ExtractOptions {
@@ -484,7 +485,7 @@ export async function ensureLayerDir(
   } catch {
     /* not there yet */
   }
-  await mkdir(layersDir, { recursive: true });
+  await ensureSpreadDir(layersDir);
   const tmp = join(layersDir, `.tmp-${digestHex(diffID).slice(0, 12)}-${randomBytes(6).toString('hex')}`);
   await mkdir(tmp, { mode: 0o755 });
   try {

@@ -4,9 +4,10 @@
  * store.
  */
 import { readFileSync } from 'node:fs';
-import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdtemp, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { kilnHome } from '../oci/store.js';
+import { ensureSpreadDir } from '../util/spread.js';
 
 /** `$KILN_HOME`, resolved exactly as the rest of kiln does (src/oci/store.ts). */
 export function defaultKilnHome(): string {
@@ -39,7 +40,7 @@ export function ownerId(pid: number = process.pid): string | undefined {
  */
 export async function kilnTempDir(home: string, prefix: string): Promise<string> {
   const base = join(home, 'tmp');
-  await mkdir(base, { recursive: true, mode: 0o700 });
+  await ensureSpreadDir(base, 0o700);
   const dir = await mkdtemp(join(base, prefix));
   await writeFile(join(dir, OWNER_FILE), ownerId() ?? String(process.pid));
   return dir;

@@ -386,9 +386,17 @@ interface StatCacheFile {
   entries: Record<string, StatEntry>;
 }
 
-const statCaches = new Map<string, { file: string | undefined; data: StatCacheFile; dirty: boolean }>();
+interface StatCache {
+  file: string | undefined;
+  data: StatCacheFile;
+  dirty: boolean;
+  /** Files being hashed now, by context-relative path: a second walk (prefetch, then the step) waits for these. */
+  inflight: Map<string, { key: string; digest: Promise<string> }>;
+}
 
-async function loadStatCache(ctx: BuildContext) {
+const statCaches = new Map<string, StatCache>();
+
+async function loadStatCache(ctx: BuildContext): Promise<StatCache> {
   const key = ctx.root;
   let c = statCaches.get(key);
   if (c) return c;
@@ -406,13 +414,13 @@ async function loadStatCache(ctx: BuildContext) {
       /* missing or corrupt: start fresh */
     }
   }
-  c = { file, data, dirty: false };
+  c = { file, data, dirty: false, inflight: new Map() };
   if (statCaches.size >= 16) statCaches.clear(); // a long-running service sees many contexts
   statCaches.set(key, c);
   return c;
 }
 
-async function saveStatCache(c: { file: string | undefined; data: StatCacheFile; dirty: boolean }): Promise<void> {
+async function saveStatCache(c: StatCache): Promise<void> {
   if (!c.file || !c.dirty) return;
   await mkdir(join(c.file, '..'), { recursive: true });
   await writeFileAtomic(c.file, JSON.stringify(c.data));
@@ -437,7 +445,12 @@ export const statCacheStats = { hits: 0, misses: 0 };
  * (honouring .dockerignore and the COPY --exclude patterns, relative to each path) by path, type, permission bits,
  * symlink target and content. Unchanged files are not re-read (stat cache, persisted under $KILN_HOME/statcache).
  */
-export async function hashContextPaths(ctx: BuildContext, paths: string[], exclude: string[] = []): Promise<string> {
+export async function hashContextPaths(
+  ctx: BuildContext,
+  paths: string[],
+  exclude: string[] = [],
+  signal?: AbortSignal,
+): Promise<string> {
   const cache = await loadStatCache(ctx);
   const ex = exclude.length ? newMatcher(exclude) : undefined;
   const root = resolve(ctx.root);
@@ -449,6 +462,7 @@ export async function hashContextPaths(ctx: BuildContext, paths: string[], exclu
   const running = new Set<Promise<string>>();
   const visit = async (abs: string, ctxRel: string, srcRel: string): Promise<void> => {
     if (++ops % 256 === 0) await new Promise((r) => setImmediate(r));
+    if (signal?.aborted) throw new KilnError('CANCELLED', 'context hashing stopped');
     const st = lstatSync(abs);
     const isDir = st.isDirectory();
     let included = true;
@@ -471,17 +485,33 @@ export async function hashContextPaths(ctx: BuildContext, paths: string[], exclu
         h.update(`${st.size}\0${e.d}\0`);
       } else {
         statCacheStats.misses++;
-        while (running.size >= HASH_PARALLEL) await Promise.race(running);
-        const p = sha256File(abs, st.size).then((d) => {
-          cache.data.entries[ctxRel] = { m: st.mtimeMs, c: st.ctimeMs, s: st.size, i: st.ino, o: st.mode, d };
-          cache.dirty = true;
-          return `${st.size}\0${d}\0`;
-        });
-        p.catch(() => undefined); // awaited below, in order
-        const tracked = p.finally(() => running.delete(tracked));
-        tracked.catch(() => undefined);
-        running.add(tracked);
-        h.update(p);
+        const key = `${st.mtimeMs}:${st.ctimeMs}:${st.size}:${st.ino}:${st.mode}`;
+        const other = cache.inflight.get(ctxRel);
+        if (other?.key === key) {
+          h.update(other.digest.then((d) => `${st.size}\0${d}\0`));
+        } else {
+          while (running.size >= HASH_PARALLEL) await Promise.race(running);
+          const digest = sha256File(abs, st.size);
+          const entry = { key, digest };
+          cache.inflight.set(ctxRel, entry);
+          const p = digest.then(
+            (d) => {
+              cache.data.entries[ctxRel] = { m: st.mtimeMs, c: st.ctimeMs, s: st.size, i: st.ino, o: st.mode, d };
+              cache.dirty = true;
+              if (cache.inflight.get(ctxRel) === entry) cache.inflight.delete(ctxRel);
+              return `${st.size}\0${d}\0`;
+            },
+            (e: unknown) => {
+              if (cache.inflight.get(ctxRel) === entry) cache.inflight.delete(ctxRel);
+              throw e;
+            },
+          );
+          p.catch(() => undefined); // awaited below, in order
+          const tracked = p.finally(() => running.delete(tracked));
+          tracked.catch(() => undefined);
+          running.add(tracked);
+          h.update(p);
+        }
       }
     } else if (isDir) {
       const names = readdirSortedSync(abs);
@@ -504,4 +534,44 @@ export async function hashContextPaths(ctx: BuildContext, paths: string[], exclu
   for (const x of parts) digest.update(typeof x === 'string' ? x : await x);
   await saveStatCache(cache).catch(() => undefined); // the cache is an optimisation only
   return 'sha256:' + digest.digest('hex');
+}
+
+/**
+ * Start digesting context paths in the background (a hint: the COPY steps that read them later find their files
+ * in the stat cache, or wait for the digests in flight, instead of reading them on the critical path). Paths are
+ * walked one after the other, in the order given; missing ones and paths outside the context are skipped. The
+ * returned function stops the walk and resolves when it has stopped (digests already started finish).
+ */
+export function prefetchContextHashes(ctx: BuildContext, paths: string[]): () => Promise<void> {
+  const stop = new AbortController();
+  const root = resolve(ctx.root);
+  const done = (async () => {
+    for (const p of paths) {
+      const abs = resolve(root, p);
+      if (stop.signal.aborted) return;
+      if (abs !== root && !abs.startsWith(root + '/')) continue;
+      if (!(await plainPath(root, abs))) continue;
+      await hashContextPaths(ctx, [abs], [], stop.signal).catch(() => undefined);
+    }
+  })();
+  return async () => {
+    stop.abort();
+    await done;
+  };
+}
+
+/**
+ * Does `abs` (inside `root`) exist with only real directories above it? A path through a symlink is resolved by
+ * the COPY itself, inside the root; a prefetch never follows one (it could lead out of the context).
+ */
+async function plainPath(root: string, abs: string): Promise<boolean> {
+  let cur = root;
+  const comps = abs === root ? [] : abs.slice(root.length + 1).split('/');
+  for (const [i, c] of comps.entries()) {
+    cur = join(cur, c);
+    const st = await lstat(cur).catch(() => undefined);
+    if (!st) return false;
+    if (i < comps.length - 1 && !st.isDirectory()) return false;
+  }
+  return true;
 }

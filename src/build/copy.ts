@@ -59,7 +59,7 @@ import { sameContent } from '../layer/writer.js';
 export { copyRequest } from './ports.js';
 import { secureJoin } from './rootfs.js';
 import { AddSupport, isGitSource, isUrlSource } from './add.js';
-import { hashContextPaths, sha256File, type BuildContext } from './context.js';
+import { hashContextPaths, prefetchContextHashes, sha256File, type BuildContext } from './context.js';
 
 // ---------------------------------------------------------------------------------------------------------------
 // Go filepath.Match
@@ -807,6 +807,13 @@ export class LocalFileCopier implements FileCopier {
     }
     for (const c of req.contents) h.update(`heredoc:${c.path}\0${createHash('sha256').update(c.data).digest('hex')}\n`);
     return 'sha256:' + h.digest('hex');
+  }
+
+  prefetch(paths: string[]): () => Promise<void> {
+    const plain = paths.filter((p) => !/[*?[\\]/.test(p) && !isUrlSource(p) && !isGitSource(p));
+    return this.opts.context && plain.length
+      ? prefetchContextHashes(this.opts.context, plain)
+      : async () => undefined;
   }
 
   async apply(req: CopyRequest, src: CopySource, destRootIn: string, track?: CopyTrack): Promise<void> {

@@ -329,6 +329,43 @@ class Engine {
     return out;
   }
 
+  /** The stages this build runs: the target and, transitively, what it depends on (in Dockerfile order). */
+  neededStages(): Stage[] {
+    const seen = new Set<number>();
+    const visit = (s: Stage): void => {
+      if (seen.has(s.index)) return;
+      seen.add(s.index);
+      for (const d of this.dependencies(s)) visit(d);
+    };
+    visit(this.targetStage());
+    return this.req.stages.filter((s) => seen.has(s.index));
+  }
+
+  /**
+   * Hash the literal build-context sources of the COPY/ADD steps this build runs in the background from the start
+   * (while the base is pulled and earlier steps run), so a cold build finds its COPY keys ready. Sources with
+   * variables are left to the step; the copier skips what it cannot read as plain paths (globs, URLs, git).
+   */
+  private prefetchContext(): () => Promise<void> {
+    const none = async (): Promise<void> => undefined;
+    if (!this.deps.copier.prefetch) return none;
+    const paths: string[] = [];
+    try {
+      for (const stage of this.neededStages()) {
+        for (const c of stage.commands) {
+          if (!((c.kind === 'COPY' && c.from === '') || c.kind === 'ADD')) continue;
+          for (const s of c.sources) {
+            if (s.includes('$') || paths.includes(s)) continue; // not expanded yet: left to the step
+            paths.push(s);
+          }
+        }
+      }
+    } catch {
+      return none; // a stage reference that does not resolve fails where the build reaches it
+    }
+    return paths.length ? this.deps.copier.prefetch(paths) : none;
+  }
+
   /** Start (once) the build of a stage; all its dependencies are started too, so they run concurrently. */
   private runStage(stage: Stage): Promise<StageState> {
     let p = this.stageRuns.get(stage.index);
@@ -347,6 +384,7 @@ class Engine {
 
   async build(): Promise<EngineResult> {
     const target = this.targetStage();
+    const stopPrefetch = this.prefetchContext();
     let st: StageState;
     try {
       st = await this.runStage(target);
@@ -354,10 +392,12 @@ class Engine {
       // stop the stages still running and wait for them to clean up (snapshots, processes) before failing
       this.stop.abort();
       await Promise.allSettled([...this.stageRuns.values()]);
+      await stopPrefetch();
       await this.settle().catch(() => undefined);
       throw this.firstError ?? e;
     }
     await Promise.allSettled([...this.stageRuns.values()]);
+    await stopPrefetch();
     await this.settle();
     const unused = [...this.req.buildArgs.keys()].filter(
       (k) => !this.usedBuildArgs.has(k) && !defaultArgs(this.req.platform, undefined).some(([d]) => d === k),
@@ -1298,13 +1338,5 @@ export async function runEngine(req: EngineRequest, deps: EngineDeps): Promise<E
 
 /** Exposed for unit tests of the stage graph. */
 export function neededStages(req: EngineRequest): number[] {
-  const e = new Engine(req, {} as EngineDeps);
-  const seen = new Set<number>();
-  const visit = (s: Stage): void => {
-    if (seen.has(s.index)) return;
-    seen.add(s.index);
-    for (const d of (e as unknown as { dependencies(s: Stage): Stage[] }).dependencies(s)) visit(d);
-  };
-  visit(e.targetStage());
-  return [...seen].sort((a, b) => a - b);
+  return new Engine(req, {} as EngineDeps).neededStages().map((s) => s.index);
 }

@@ -222,4 +222,9 @@ export interface FileCopier {
    * build's result (src/build/reuse.ts): identical files are kept and reported.
    */
   apply(req: CopyRequest, src: CopySource, destRoot: string, track?: CopyTrack): Promise<void>;
+  /**
+   * A hint at build start: these build-context paths (literal COPY/ADD sources, relative to the context) will be
+   * checksummed; start reading them in the background. Returns a function that stops that work and waits for it.
+   */
+  prefetch?(paths: string[]): () => Promise<void>;
 }

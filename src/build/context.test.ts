@@ -1,11 +1,18 @@
 import { strict as assert } from 'node:assert';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { createServer } from 'node:http';
 import { test } from 'node:test';
-import { hashContextPaths, isGitContext, loadContext, parseGitFragment, statCacheStats } from './context.js';
+import {
+  hashContextPaths,
+  isGitContext,
+  loadContext,
+  parseGitFragment,
+  prefetchContextHashes,
+  statCacheStats,
+} from './context.js';
 import { scratch } from '../../test/layer/scratch.js';
 
 const { root: tmp, fresh } = scratch('context');
@@ -169,4 +176,36 @@ test('remote contexts: a tarball URL or a Dockerfile URL', async () => {
   } finally {
     await new Promise<void>((r) => server.close(() => r()));
   }
+});
+
+test('prefetchContextHashes: same digests as a cold walk, files read once, never through a symlink', async () => {
+  const tree = (): string => {
+    const d = sampleDir();
+    mkdirSync(join(d, 'big'));
+    writeFileSync(join(d, 'big/blob.bin'), Buffer.alloc(3 << 20, 7)); // hashed on the worker path
+    for (let i = 0; i < 300; i++) writeFileSync(join(d, 'big', `f${i}`), `file ${i}`);
+    symlinkSync('/etc', join(d, 'outside'));
+    return d;
+  };
+  // reference digests from an identical tree elsewhere (the in-memory stat cache is per context root)
+  const r = tree();
+  const ref = await loadContext(r);
+  const want = await hashContextPaths(ref, [join(r, 'big')]);
+  const wantEx = await hashContextPaths(ref, [join(r, 'big')], ['f1']);
+  const wantApp = await hashContextPaths(ref, [join(r, 'app.txt')]);
+
+  const d = tree();
+  const ctx = await loadContext(d, { kilnHome: fresh('home') });
+  const misses = statCacheStats.misses;
+  const stop = prefetchContextHashes(ctx, ['big/', 'app.txt', 'outside/passwd', '../escape', 'missing']);
+  // the step's own walks, racing the prefetch: they wait for the digests in flight instead of reading again
+  assert.equal(await hashContextPaths(ctx, [join(d, 'big')], ['f1']), wantEx);
+  assert.equal(await hashContextPaths(ctx, [join(d, 'big')]), want);
+  assert.equal(await hashContextPaths(ctx, [join(d, 'app.txt')]), wantApp);
+  await stop();
+  // 301 files under big/ and app.txt: each read once; nothing under outside/ (a symlink to /etc) was read
+  assert.equal(statCacheStats.misses - misses, 302);
+  // a change after the build's prefetch is seen by the next build
+  writeFileSync(join(d, 'big/f7'), 'changed');
+  assert.notEqual(await hashContextPaths(ctx, [join(d, 'big')]), want);
 });

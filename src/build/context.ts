@@ -394,27 +394,30 @@ interface StatCache {
   inflight: Map<string, { key: string; digest: Promise<string> }>;
 }
 
-const statCaches = new Map<string, StatCache>();
+const statCaches = new Map<string, Promise<StatCache>>();
 
-async function loadStatCache(ctx: BuildContext): Promise<StatCache> {
+/** The stat cache of a context root, loaded once (memoized as a promise: concurrent walks share one object). */
+function loadStatCache(ctx: BuildContext): Promise<StatCache> {
   const key = ctx.root;
   let c = statCaches.get(key);
   if (c) return c;
-  // Persisted only for directory contexts: tar/git/stdin contexts live in fresh temp dirs.
-  const file =
-    ctx.kilnHome && ctx.kind === 'dir'
-      ? join(ctx.kilnHome, 'statcache', createHash('sha256').update(ctx.root).digest('hex') + '.json')
-      : undefined;
-  let data: StatCacheFile = { version: 1, root: ctx.root, entries: {} };
-  if (file) {
-    try {
-      const parsed = JSON.parse(await readFile(file, 'utf8')) as StatCacheFile;
-      if (parsed.version === 1 && parsed.root === ctx.root && parsed.entries) data = parsed;
-    } catch {
-      /* missing or corrupt: start fresh */
+  c = (async (): Promise<StatCache> => {
+    // Persisted only for directory contexts: tar/git/stdin contexts live in fresh temp dirs.
+    const file =
+      ctx.kilnHome && ctx.kind === 'dir'
+        ? join(ctx.kilnHome, 'statcache', createHash('sha256').update(ctx.root).digest('hex') + '.json')
+        : undefined;
+    let data: StatCacheFile = { version: 1, root: ctx.root, entries: {} };
+    if (file) {
+      try {
+        const parsed = JSON.parse(await readFile(file, 'utf8')) as StatCacheFile;
+        if (parsed.version === 1 && parsed.root === ctx.root && parsed.entries) data = parsed;
+      } catch {
+        /* missing or corrupt: start fresh */
+      }
     }
-  }
-  c = { file, data, dirty: false, inflight: new Map() };
+    return { file, data, dirty: false, inflight: new Map() };
+  })();
   if (statCaches.size >= 16) statCaches.clear(); // a long-running service sees many contexts
   statCaches.set(key, c);
   return c;
@@ -437,8 +440,8 @@ export async function sha256File(abs: string, size: number): Promise<string> {
 /** Large files hashed at once (on the worker thread: their reads overlap). */
 const HASH_PARALLEL = 2;
 
-/** Statistics of the last hashContextPaths call (for tests and --debug). */
-export const statCacheStats = { hits: 0, misses: 0 };
+/** Files served from the stat cache, read and digested, or joined while another walk digested them (for tests). */
+export const statCacheStats = { hits: 0, misses: 0, shared: 0 };
 
 /**
  * Digest of context paths (relative to ctx.root, or absolute inside it) for cache keys: every file under them
@@ -451,6 +454,14 @@ export async function hashContextPaths(
   exclude: string[] = [],
   signal?: AbortSignal,
 ): Promise<string> {
+  if (!signal && exclude.length === 0 && paths.length === 1) {
+    // the walk this build's prefetch started for the very same path: its result, unless it was stopped
+    const walk = prefetchedWalks.get(ctx)?.get(resolve(ctx.root, paths[0] as string));
+    if (walk) {
+      const d = await walk.catch(() => undefined);
+      if (d !== undefined) return d;
+    }
+  }
   const cache = await loadStatCache(ctx);
   const ex = exclude.length ? newMatcher(exclude) : undefined;
   const root = resolve(ctx.root);
@@ -478,19 +489,21 @@ export async function hashContextPaths(
     if (included) h.update(`${srcRel}\0${type}\0${(st.mode & 0o7777).toString(8)}\0`);
     if (type === 'l') h.update(`${readlinkSync(abs)}\0`);
     else if (type === 'f') {
+      // wait for a hashing slot before looking: another walk may digest this file meanwhile
+      while (running.size >= HASH_PARALLEL) await Promise.race(running);
       const e = cache.data.entries[ctxRel];
       seen.add(ctxRel);
       if (e && e.m === st.mtimeMs && e.c === st.ctimeMs && e.s === st.size && e.i === st.ino && e.o === st.mode) {
         statCacheStats.hits++;
         h.update(`${st.size}\0${e.d}\0`);
       } else {
-        statCacheStats.misses++;
         const key = `${st.mtimeMs}:${st.ctimeMs}:${st.size}:${st.ino}:${st.mode}`;
         const other = cache.inflight.get(ctxRel);
         if (other?.key === key) {
+          statCacheStats.shared++;
           h.update(other.digest.then((d) => `${st.size}\0${d}\0`));
         } else {
-          while (running.size >= HASH_PARALLEL) await Promise.race(running);
+          statCacheStats.misses++;
           const digest = sha256File(abs, st.size);
           const entry = { key, digest };
           cache.inflight.set(ctxRel, entry);
@@ -545,20 +558,31 @@ export async function hashContextPaths(
 export function prefetchContextHashes(ctx: BuildContext, paths: string[]): () => Promise<void> {
   const stop = new AbortController();
   const root = resolve(ctx.root);
+  const walks = new Map<string, Promise<string>>();
+  prefetchedWalks.set(ctx, walks);
   const done = (async () => {
     for (const p of paths) {
       const abs = resolve(root, p);
       if (stop.signal.aborted) return;
       if (abs !== root && !abs.startsWith(root + '/')) continue;
       if (!(await plainPath(root, abs))) continue;
-      await hashContextPaths(ctx, [abs], [], stop.signal).catch(() => undefined);
+      const walk = hashContextPaths(ctx, [abs], [], stop.signal);
+      walks.set(abs, walk);
+      await walk.catch(() => undefined);
     }
   })();
   return async () => {
     stop.abort();
     await done;
+    if (prefetchedWalks.get(ctx) === walks) prefetchedWalks.delete(ctx);
   };
 }
+
+/**
+ * Whole-path digests a prefetch computed, per build context object (so per build): a COPY of exactly that path
+ * without --exclude uses the result instead of walking the tree a second time.
+ */
+const prefetchedWalks = new WeakMap<BuildContext, Map<string, Promise<string>>>();
 
 /**
  * Does `abs` (inside `root`) exist with only real directories above it? A path through a symlink is resolved by

@@ -811,9 +811,7 @@ export class LocalFileCopier implements FileCopier {
 
   prefetch(paths: string[]): () => Promise<void> {
     const plain = paths.filter((p) => !/[*?[\\]/.test(p) && !isUrlSource(p) && !isGitSource(p));
-    return this.opts.context && plain.length
-      ? prefetchContextHashes(this.opts.context, plain)
-      : async () => undefined;
+    return this.opts.context && plain.length ? prefetchContextHashes(this.opts.context, plain) : async () => undefined;
   }
 
   async apply(req: CopyRequest, src: CopySource, destRootIn: string, track?: CopyTrack): Promise<void> {

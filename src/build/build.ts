@@ -157,7 +157,12 @@ export async function build(opts: BuildOptions, svc: BuildServices): Promise<Bui
     warmUpWorker(); // layer blobs and large context files are digested there
     // Pushes start during the build: each layer of the image uploads as soon as it is written.
     const sessions = pushSessions(effectiveOutputs(opts), opts.tags, svc.registry);
-    if (sessions.size > 0) deps.onLayer = (l) => sessions.forEach((s) => s.prefetch(l));
+    if (sessions.size > 0) {
+      deps.onLayer = (l) => sessions.forEach((s) => s.prefetch(l));
+      // stream each layer while it is written, once per repository (tags of one repository share blobs)
+      const streams = [...new Map([...sessions.values()].map((s) => [s.repository, s])).values()];
+      if (process.env.KILN_STREAM_PUSH !== '0') deps.onLayerFile = (g) => streams.forEach((s) => s.stream(g));
+    }
     let engine: EngineResult;
     try {
       engine = await runEngine(engineReq, deps);

@@ -14,7 +14,7 @@ import { join, posix, resolve } from 'node:path';
 import { PlantedCopy, newCopyTrack, relativeSources, type CopyTrack } from './reuse.js';
 import { createHash } from 'node:crypto';
 import { KilnError, errorMessage, isKilnError } from '../errors.js';
-import type { History, Layer, Platform } from '../oci/types.js';
+import type { GrowingBlob, History, Layer, Platform } from '../oci/types.js';
 import type {
   ArgInstruction,
   Command,
@@ -41,6 +41,7 @@ import type {
   RunMount,
   Snapshot,
   Snapshotter,
+  WriteBlobOptions,
 } from './ports.js';
 import { copyRequest } from './ports.js';
 import type { SecretSpec } from './options.js';
@@ -112,6 +113,8 @@ export interface EngineDeps {
   parseTrigger?: (expression: string) => Command;
   /** Each layer of the target stage as soon as its blob exists (a push can start uploading it). */
   onLayer?: (layer: Layer) => void;
+  /** A target-stage layer blob as it starts being written (push sessions stream it; onLayer still follows). */
+  onLayerFile?: (blob: GrowingBlob) => void;
 }
 
 /** A layer of a stage's filesystem. */
@@ -828,7 +831,10 @@ class Engine {
   ): void {
     const store = this.deps.layers;
     const blob = (async () => {
-      const w = await store.writeBlob(snap.upper, this.sdeOpts());
+      const opts: WriteBlobOptions = this.sdeOpts();
+      const stream = this.deps.onLayerFile;
+      if (stream && st.stage === this.targetStage()) opts.onFile = stream;
+      const w = await store.writeBlob(snap.upper, opts);
       sl.diffID = w.diffID;
       sl.layer = await store.layer(w.digest, w.diffID, w.size, w.mediaType);
       this.announce(st, sl.layer);

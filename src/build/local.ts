@@ -4,6 +4,7 @@
  * dir — one streaming pass writes the layer blob, then the upper dir itself is renamed into the layer store.
  */
 
+import { randomBytes } from 'node:crypto';
 import { lstat, mkdir, readFile, rename, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Layer } from '../oci/types.js';
@@ -14,7 +15,7 @@ import { KilnError } from '../errors.js';
 import type { writeLayer } from '../layer/writer.js';
 import { writeLayerOffThread } from '../layer/worker.js';
 import { ensureLayerDir } from '../layer/extract.js';
-import type { LayerStore, WrittenBlob } from './ports.js';
+import type { LayerStore, WriteBlobOptions, WrittenBlob } from './ports.js';
 import type { LayerCompression } from './options.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { ensureSpreadDir } from '../util/spread.js';
@@ -74,18 +75,25 @@ export class LocalLayerStore implements LayerStore {
     }
   }
 
-  async writeBlob(upper: string, opts: { sourceDateEpoch?: number }): Promise<WrittenBlob> {
+  async writeBlob(upper: string, opts: WriteBlobOptions): Promise<WrittenBlob> {
     const blobsSha = join(this.opts.blobs.root, 'sha256');
     await mkdir(blobsSha, { recursive: true });
     const c = this.opts.compression ?? 'gzip';
     const w: Parameters<typeof writeLayer>[1] = {
       tmpDir: blobsSha,
+      file: join(blobsSha, `.kiln-layer-${randomBytes(8).toString('hex')}.tmp`),
       mediaTypes: c === 'zstd' ? 'oci' : (this.opts.mediaTypes ?? 'oci'),
       compression: c === 'uncompressed' ? 'none' : c,
     };
     if (this.opts.level !== undefined) w.level = this.opts.level;
     if (opts.sourceDateEpoch !== undefined) w.sourceDateEpoch = opts.sourceDateEpoch;
-    const written = await writeLayerOffThread(upper, w);
+    const writing = writeLayerOffThread(upper, w);
+    if (opts.onFile) {
+      const done = writing.then((x) => ({ digest: x.digest, size: x.size }));
+      done.catch(() => undefined); // the writer's own failure is reported below
+      opts.onFile({ path: w.file as string, written: done });
+    }
+    const written = await writing;
     try {
       await rename(written.file, this.opts.blobs.path(written.digest));
     } catch (e) {

@@ -5,7 +5,7 @@
  * buildpacks) and other executors (a Kubernetes pod executor) plug in here without touching the engine.
  */
 import type { CopyTrack } from './reuse.js';
-import type { Image, Layer, Platform } from '../oci/types.js';
+import type { GrowingBlob, Image, Layer, Platform } from '../oci/types.js';
 
 /** A mount made inside a RUN sandbox. Paths in `target` are absolute inside the container. */
 export interface RunMount {
@@ -75,6 +75,12 @@ export interface Snapshot {
   release(): Promise<void>;
 }
 
+export interface WriteBlobOptions {
+  sourceDateEpoch?: number;
+  /** Called once the blob's file is chosen, before it is written (to stream it while it grows). */
+  onFile?: (blob: GrowingBlob) => void;
+}
+
 export interface PrepareOptions {
   /** Fill the empty upper dir before the overlay is mounted (incremental COPY, src/build/reuse.ts). */
   plant?: (upper: string) => Promise<boolean>;
@@ -103,7 +109,7 @@ export interface LayerStore {
    * Write `upper` as a layer blob (deterministic, with SOURCE_DATE_EPOCH clamping) and leave the dir where it is:
    * this runs in the background while later steps already use `upper` as a lower dir.
    */
-  writeBlob(upper: string, opts: { sourceDateEpoch?: number }): Promise<WrittenBlob>;
+  writeBlob(upper: string, opts: WriteBlobOptions): Promise<WrittenBlob>;
   /** Move `upper` (whose blob has `diffID`) into the store once nothing mounts it any more; returns its dir. */
   adopt(upper: string, diffID: string): Promise<string>;
   /**

@@ -66,6 +66,8 @@ export interface WriteLayerOptions extends TarOptions {
   mediaTypes?: 'oci' | 'docker';
   /** Directory for the output blob file (ideally on the blob store's file system so a rename can move it). */
   tmpDir?: string;
+  /** The output blob file itself (must not exist; default: a fresh name in tmpDir). */
+  file?: string;
 }
 
 export interface WrittenLayer {
@@ -433,7 +435,7 @@ function mediaTypeFor(compression: 'gzip' | 'zstd' | 'none', family: 'oci' | 'do
  */
 export async function writeLayer(dir: string, opts: WriteLayerOptions = {}): Promise<WrittenLayer> {
   const compression = opts.compression ?? 'gzip';
-  const file = join(opts.tmpDir ?? tmpdir(), `.kiln-layer-${randomBytes(8).toString('hex')}.tmp`);
+  const file = opts.file ?? join(opts.tmpDir ?? tmpdir(), `.kiln-layer-${randomBytes(8).toString('hex')}.tmp`);
   const diff = new DigestingStream();
   const blob = new DigestingStream();
   try {

@@ -114,6 +114,15 @@ export interface Layer {
   descriptor?(): Promise<Descriptor>;
 }
 
+/**
+ * A blob still being written: the file it is appended to until `written` settles, and what it turned out to be.
+ * Why: a push can stream a layer to the registry while it is being compressed (src/registry/push.ts).
+ */
+export interface GrowingBlob {
+  path: string;
+  written: Promise<{ digest: string; size: number }>;
+}
+
 /** A single-platform image. */
 export interface Image {
   mediaType(): Promise<string>;

@@ -586,6 +586,62 @@ export class RepositoryClient {
     await res.body.dump().catch(() => undefined);
   }
 
+  /**
+   * Upload a blob whose bytes are still being produced (a layer being written): one upload session, one PATCH
+   * streaming `body` as it grows (chunked transfer encoding, no length up front), then the closing PUT with the
+   * digest `final` resolves to once the producer is done. The registry checks the digest, so bytes the producer
+   * did not mean cannot end up under it. No HEAD or mount first (the digest is not known yet) and no retries: a
+   * failure rejects (after cancelling the session) and the caller uploads the finished blob the usual way.
+   */
+  async uploadStreaming(
+    body: AsyncIterable<Buffer>,
+    final: () => Promise<{ digest: string; size: number }>,
+  ): Promise<string> {
+    const url = await this.startUpload('', undefined, this.pushScope());
+    if (url === 'mounted') throw new KilnError('REGISTRY_ERROR', `${this.label}: registry mounted an unnamed blob`);
+    let sent = 0;
+    const counted = async function* (): AsyncGenerator<Buffer> {
+      for await (const c of body) {
+        sent += c.length;
+        yield c;
+      }
+    };
+    let next = url;
+    try {
+      const res = await this.canonical.request({
+        method: 'PATCH',
+        path: url,
+        headers: { 'content-type': 'application/octet-stream' },
+        body: Readable.from(counted(), { objectMode: false }),
+        scopes: this.pushScope(),
+        expect: [202, 204],
+        ctx: this.ctx('upload'),
+        noRetry: true,
+      });
+      await res.body.dump().catch(() => undefined);
+      next = this.uploadUrl(getHeader(res.headers, 'location'), url);
+      const { digest, size } = await final();
+      if (sent !== size) {
+        throw new KilnError('SIZE_MISMATCH', `${this.label}: streamed ${sent} bytes of blob ${digest} (${size} bytes)`);
+      }
+      const put = await this.canonical.request({
+        method: 'PUT',
+        path: this.withDigest(next, digest),
+        headers: { 'content-length': '0' },
+        body: '',
+        scopes: this.pushScope(),
+        expect: [201, 204],
+        ctx: this.ctx('upload'),
+        noRetry: true,
+      });
+      await put.body.dump().catch(() => undefined);
+      return digest;
+    } catch (e) {
+      await this.cancelUpload(next);
+      throw e;
+    }
+  }
+
   /** Error for a failed response, for callers doing custom requests. */
   async errorFor(res: Response, kind: ErrorContext['kind']): Promise<KilnError> {
     return responseError(res, this.ctx(kind));

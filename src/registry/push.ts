@@ -8,13 +8,14 @@
  */
 import { KilnError } from '../errors.js';
 import { isIndex } from '../oci/mediatypes.js';
-import type { Image, ImageIndex, Layer } from '../oci/types.js';
+import type { GrowingBlob, Image, ImageIndex, Layer } from '../oci/types.js';
 import { Progress, shortDigest, silentProgress } from '../progress.js';
 import { RepositoryClient, type UploadOptions, type UploadResult } from './client.js';
 import { originIndexFor, type OriginIndex } from './origins.js';
 import { getRemote, isRemoteIndex, isRemoteLayer, type BlobOrigin, type RemoteOrigin } from './remote.js';
 import { parseReference, type Reference } from './reference.js';
-import { withLabel, type RegistryOptions } from './transport.js';
+import { debugLog, withLabel, type RegistryOptions } from './transport.js';
+import { tailFile } from '../util/tail.js';
 
 export interface PushOptions extends RegistryOptions {
   /** Blobs uploaded at once (default 3). */
@@ -72,6 +73,8 @@ interface BlobJob {
 class Pusher {
   readonly blobs = new Map<string, UploadResult>();
   private readonly inflight = new Map<string, Promise<UploadResult>>();
+  /** Blobs streamed while they were written, by digest: whether that upload succeeded. */
+  private readonly streamed = new Map<string, Promise<boolean>>();
   readonly progress: Progress;
   private readonly origins: OriginIndex | undefined;
 
@@ -121,6 +124,31 @@ class Pusher {
     }
   }
 
+  /**
+   * Upload a blob while it is being written (see GrowingBlob). As soon as its digest is known, uploads of that
+   * digest wait for this one; if it fails they upload the finished blob as usual. Resolves when it is over.
+   */
+  async stream(g: GrowingBlob): Promise<void> {
+    const up = this.client.uploadStreaming(tailFile(g.path, g.written), () => g.written);
+    up.catch(() => undefined); // observed below
+    let w: { digest: string; size: number };
+    try {
+      w = await g.written;
+    } catch {
+      await up.catch(() => undefined); // the writer failed: the upload was cancelled
+      return;
+    }
+    const ok = up.then(
+      () => true,
+      (e: unknown) => {
+        debugLog(`streaming ${w.digest} failed, uploading it again: ${e instanceof Error ? e.message : String(e)}`);
+        return false;
+      },
+    );
+    this.streamed.set(w.digest, ok);
+    await ok;
+  }
+
   /** Upload one blob (deduplicated across images of one push). */
   blob(job: BlobJob, quiet = false): Promise<UploadResult> {
     let p = this.inflight.get(job.digest);
@@ -128,6 +156,13 @@ class Pusher {
       p = (async () => {
         const id = job.digest;
         this.progress.start(id, job.name, job.size);
+        const streamed = this.streamed.get(job.digest);
+        if (streamed && (await streamed)) {
+          await this.origins?.record(job.digest, this.at(this.client.repository));
+          this.progress.done(id, 'pushed');
+          this.blobs.set(job.digest, 'uploaded');
+          return 'uploaded';
+        }
         try {
           const u = this.uploadOpts((n) => this.progress.update(id, n, job.size));
           u.mountFrom = await this.mountSources(job.digest, job.origin);
@@ -232,6 +267,16 @@ export class PushSession {
   /** Start uploading `l` (errors are left to `push`). */
   prefetch(l: Layer): void {
     this.pending.push(this.pusher.prefetch(l));
+  }
+
+  /** Start uploading a blob that is still being written (a failure is retried by `prefetch`/`push`). */
+  stream(g: GrowingBlob): void {
+    this.pending.push(this.pusher.stream(g));
+  }
+
+  /** The repository this session pushes to (`registry/repository`). */
+  get repository(): string {
+    return `${this.ref.registry}/${this.ref.repository}`;
   }
 
   /** Wait until no prefetch is running (before giving up on a failed build). */

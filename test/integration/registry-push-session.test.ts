@@ -5,13 +5,15 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { appendFile, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { OriginIndex } from '../../src/registry/origins.js';
 import { PushSession, type PushOptions } from '../../src/registry/push.js';
 import { parseReference } from '../../src/registry/reference.js';
 import { closeTransports } from '../../src/registry/transport.js';
+import type { Layer } from '../../src/oci/types.js';
 import { makeBusyboxImage } from '../helpers/images.js';
 import { startHttpProxy, startRegistry, type ProxiedRequest } from '../helpers/registry.js';
 
@@ -71,6 +73,98 @@ test('PushSession: a failed prefetch is forgotten; push uploads the blob and suc
     for (const l of await img.layers()) s.prefetch(l);
     await s.settle(); // never throws
     refuse = false;
+    const res = await s.push(img);
+    assert.equal(res.digest, await img.digest());
+    assert.deepEqual([...res.blobs.values()].sort(), ['uploaded', 'uploaded', 'uploaded']);
+  } finally {
+    await closeTransports(opts);
+    await proxy.stop();
+    await reg.stop();
+    await rm(work, { recursive: true, force: true });
+  }
+});
+
+/** Write `data` to `file` in pieces, like the layer writer does; resolves to its digest and size (or fails). */
+async function slowWriter(file: string, data: Buffer, fail = false): Promise<{ digest: string; size: number }> {
+  const step = Math.ceil(data.length / 7);
+  for (let off = 0; off < data.length; off += step) {
+    await appendFile(file, data.subarray(off, off + step));
+    await new Promise((r) => setTimeout(r, 10));
+    if (fail && off > 0) throw new Error('layer writer failed');
+  }
+  return { digest: 'sha256:' + createHash('sha256').update(data).digest('hex'), size: data.length };
+}
+
+async function blobBytes(l: Layer): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for await (const c of await l.compressed()) parts.push(c as Buffer);
+  return Buffer.concat(parts);
+}
+
+test('PushSession.stream: a layer is uploaded while it is written, once, and push reuses it', async () => {
+  const reg = await startRegistry();
+  const proxy = await startHttpProxy(reg.host);
+  const work = await mkdtemp(join(tmpdir(), 'kiln-session-'));
+  const opts: PushOptions = { origins: null };
+  try {
+    const img = await makeBusyboxImage({ secondLayer: [{ path: 'etc/streamed', content: 'x'.repeat(300_000) }] });
+    const layers = await img.layers();
+    const s = new PushSession(parseReference(`${proxy.host}/team/app:3`), opts);
+    for (const [i, l] of layers.entries()) {
+      const path = join(work, `layer${i}.tmp`);
+      const written = slowWriter(path, await blobBytes(l));
+      s.stream({ path, written });
+      await written;
+      s.prefetch(l); // what the engine does once the blob is in the store: waits for the stream
+    }
+    await s.settle();
+    const res = await s.push(img);
+    assert.equal(res.digest, await img.digest());
+    const patches = proxy.requests.filter((r) => r.method === 'PATCH');
+    assert.equal(patches.length, layers.length, 'one streamed PATCH per layer');
+    assert.equal(uploadsOf(proxy.requests).length, layers.length + 1, 'layers streamed once, then only the config');
+    for (const l of layers) {
+      const got = await fetch(`http://${reg.host}/v2/team/app/blobs/${await l.digest()}`);
+      assert.equal(Buffer.from(await got.arrayBuffer()).equals(await blobBytes(l)), true);
+    }
+  } finally {
+    await closeTransports(opts);
+    await proxy.stop();
+    await reg.stop();
+    await rm(work, { recursive: true, force: true });
+  }
+});
+
+test('PushSession.stream: a refused stream or a failed writer leaves no blob; push uploads the finished one', async () => {
+  const reg = await startRegistry();
+  const proxy = await startHttpProxy(reg.host, {
+    intercept: (r, n) => (r.method === 'PATCH' && n === 1 ? { status: 500 } : undefined),
+  });
+  const work = await mkdtemp(join(tmpdir(), 'kiln-session-'));
+  const opts: PushOptions = { origins: null };
+  try {
+    const img = await makeBusyboxImage({ secondLayer: [{ path: 'etc/refused', content: 'y'.repeat(200_000) }] });
+    const [base, top] = (await img.layers()) as [Layer, Layer];
+    const s = new PushSession(parseReference(`${proxy.host}/team/app:4`), opts);
+    // the registry answers the streamed PATCH with 500
+    const p1 = join(work, 'base.tmp');
+    const w1 = slowWriter(p1, await blobBytes(base));
+    s.stream({ path: p1, written: w1 });
+    await w1;
+    // the writer of the other layer fails half-way: its upload session is cancelled
+    const p2 = join(work, 'top.tmp');
+    const w2 = slowWriter(p2, await blobBytes(top), true);
+    w2.catch(() => undefined);
+    s.stream({ path: p2, written: w2 });
+    await s.settle();
+    for (const l of [base, top]) {
+      const h = await fetch(`http://${reg.host}/v2/team/app/blobs/${await l.digest()}`, { method: 'HEAD' });
+      assert.equal(h.status, 404, 'no blob from a failed stream');
+    }
+    assert.ok(
+      proxy.requests.some((r) => r.method === 'DELETE' && r.url.includes('/blobs/uploads/')),
+      'the broken upload session is cancelled',
+    );
     const res = await s.push(img);
     assert.equal(res.digest, await img.digest());
     assert.deepEqual([...res.blobs.values()].sort(), ['uploaded', 'uploaded', 'uploaded']);

@@ -573,6 +573,11 @@ export class RepositoryClient {
     } finally {
       cursor.close();
     }
+    await this.closeUpload(url, digest);
+  }
+
+  /** The closing PUT of an upload whose bytes were all PATCHed: the registry checks them against `digest`. */
+  private async closeUpload(url: string, digest: string): Promise<void> {
     const res = await this.canonical.request({
       method: 'PUT',
       path: this.withDigest(url, digest),
@@ -624,17 +629,7 @@ export class RepositoryClient {
       if (sent !== size) {
         throw new KilnError('SIZE_MISMATCH', `${this.label}: streamed ${sent} bytes of blob ${digest} (${size} bytes)`);
       }
-      const put = await this.canonical.request({
-        method: 'PUT',
-        path: this.withDigest(next, digest),
-        headers: { 'content-length': '0' },
-        body: '',
-        scopes: this.pushScope(),
-        expect: [201, 204],
-        ctx: this.ctx('upload'),
-        noRetry: true,
-      });
-      await put.body.dump().catch(() => undefined);
+      await this.closeUpload(next, digest);
       return digest;
     } catch (e) {
       await this.cancelUpload(next);

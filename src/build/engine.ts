@@ -147,6 +147,8 @@ interface StepHooks {
   written?: (diffID: string) => Promise<void>;
   /** The step's key does not include the parent state (its layer does not depend on what is below: COPY --link). */
   independent?: boolean;
+  /** The previous layer dir the upper dir was planted from (its blob's members may be reused). */
+  reuseFrom?: () => string | undefined;
 }
 
 interface StageState {
@@ -808,7 +810,7 @@ class Engine {
     // compressed and digested on the other cores (BuildKit likewise defers layer blobs to the export).
     const sl: StageLayer = { diffID: '', dir: snap.upper, layer: undefined as unknown as Layer };
     st.layers.push(sl);
-    this.writeInBackground(st, snap, sl, key, created, hooks.written);
+    this.writeInBackground(st, snap, sl, key, created, hooks.written, hooks.reuseFrom?.());
     this.record(st, key, history, buildkitSuffix, created, hooks.independent === true);
     this.deps.progress.done(id);
   }
@@ -828,10 +830,12 @@ class Engine {
     key: string,
     created: string,
     written?: (diffID: string) => Promise<void>,
+    reuseFrom?: string,
   ): void {
     const store = this.deps.layers;
     const blob = (async () => {
       const opts: WriteBlobOptions = this.sdeOpts();
+      if (reuseFrom !== undefined) opts.reuseFrom = reuseFrom;
       const stream = this.deps.onLayerFile;
       if (stream && st.stage === this.targetStage()) opts.onFile = stream;
       const w = await store.writeBlob(snap.upper, opts);
@@ -1060,6 +1064,7 @@ class Engine {
     const hooks: StepHooks & { track?: CopyTrack } = {
       track,
       written: (diffID) => remember.call(store, slot, diffID, relativeSources(track, root)),
+      reuseFrom: () => (planted && planted.size > 0 ? planted.dir : undefined),
       afterUnmount: async (snap) => {
         root = resolve(snap.root);
         if (planted) await planted.prune(snap.upper, root);

@@ -19,6 +19,8 @@ import type { LayerStore, WriteBlobOptions, WrittenBlob } from './ports.js';
 import type { LayerCompression } from './options.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { ensureSpreadDir } from '../util/spread.js';
+import { debugLog } from '../registry/transport.js';
+import { memberIndexFile, type MemberIndex } from '../layer/segments.js';
 
 function errCode(e: unknown): string | undefined {
   return (e as NodeJS.ErrnoException | undefined)?.code;
@@ -38,6 +40,9 @@ export interface LocalLayerStoreOptions {
 }
 
 export class LocalLayerStore implements LayerStore {
+  /** Member indexes of blobs written from upper dirs not yet adopted. */
+  private readonly memberIndexes = new Map<string, MemberIndex>();
+
   constructor(private readonly opts: LocalLayerStoreOptions) {}
 
   /**
@@ -87,6 +92,8 @@ export class LocalLayerStore implements LayerStore {
     };
     if (this.opts.level !== undefined) w.level = this.opts.level;
     if (opts.sourceDateEpoch !== undefined) w.sourceDateEpoch = opts.sourceDateEpoch;
+    if (opts.reuseFrom !== undefined) w.reuseFrom = { dir: opts.reuseFrom, blobsDir: this.opts.blobs.root };
+    const t0 = performance.now();
     const writing = writeLayerOffThread(upper, w);
     if (opts.onFile) {
       const done = writing.then((x) => ({ digest: x.digest, size: x.size }));
@@ -100,20 +107,33 @@ export class LocalLayerStore implements LayerStore {
       await rm(written.file, { force: true });
       throw e;
     }
+    if (written.members) this.memberIndexes.set(upper, written.members);
+    debugLog(
+      `layer ${written.digest}: ${written.size} bytes in ${(performance.now() - t0).toFixed(0)} ms` +
+        (written.members ? `, ${written.reused ?? 0}/${written.members.members.length} parts reused` : ''),
+    );
     return { diffID: written.diffID, digest: written.digest, size: written.size, mediaType: written.mediaType };
   }
 
   async adopt(upper: string, diffID: string): Promise<string> {
     await ensureSpreadDir(this.opts.layersDir);
     const dir = join(this.opts.layersDir, digestHex(diffID));
+    const members = this.memberIndexes.get(upper);
+    this.memberIndexes.delete(upper);
+    // an index always names the inodes of the dir beside it: none while the dir changes hands
+    const side = memberIndexFile(dir);
     try {
+      await rm(side, { force: true });
       await rename(upper, dir);
     } catch (e) {
       const c = errCode(e);
       if (c !== 'ENOTEMPTY' && c !== 'EEXIST') throw e;
-      // the same layer was produced before: keep the existing dir
+      // the same layer was produced before: keep the existing dir (and its own member index, if any)
       await rm(upper, { recursive: true, force: true });
+      return dir;
     }
+    // the blob's member index describes these very files (inodes): the next write of the step may reuse it
+    if (members) await writeFileAtomic(side, JSON.stringify(members)).catch(() => undefined);
     return dir;
   }
 

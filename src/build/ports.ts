@@ -79,6 +79,8 @@ export interface WriteBlobOptions {
   sourceDateEpoch?: number;
   /** Called once the blob's file is chosen, before it is written (to stream it while it grows). */
   onFile?: (blob: GrowingBlob) => void;
+  /** The previous layer dir of the same step (the upper dir holds hard links into it): reuse its blob's parts. */
+  reuseFrom?: string;
 }
 
 export interface PrepareOptions {

@@ -70,6 +70,11 @@ export class PlantedCopy {
     readonly track: CopyTrack,
   ) {}
 
+  /** The previous layer dir the files were planted from. */
+  get dir(): string {
+    return this.previous;
+  }
+
   /** Number of planted files (0: nothing was reused). */
   get size(): number {
     return this.files.size;

@@ -194,6 +194,22 @@ export function memberBound(n: number): number {
   return n + (n >> 6) + 1024;
 }
 
+/**
+ * One gzip member of a multi-member layer blob, on the thread pool: at `level`, or stored when a 64 KiB sample does
+ * not shrink at level 1 (incompressible data). A function of (bytes, level, zlib version) alone, so a member can be
+ * reused from an earlier blob (src/layer/segments.ts) and match what compressing it again would give.
+ */
+export async function gzipMember(b: Buffer, level: number): Promise<Buffer> {
+  if (level > 0 && b.length > SAMPLE) {
+    const sample = b.subarray(0, SAMPLE);
+    const out = await deflateRawAsync(sample, { level: 1 });
+    if (out.length > sample.length * STORE_RATIO) level = 0;
+  }
+  // An output buffer larger than any member: zlib's stored-block sizes depend on the output space available, so
+  // this keeps the bytes a function of the input alone.
+  return gzipAsync(b, { level, memLevel: 9, chunkSize: memberBound(b.length) });
+}
+
 export interface BlockGzipOptions {
   /** zlib level for compressible blocks (0–9). */
   level: number;
@@ -229,20 +245,8 @@ export class BlockGzip extends Transform {
     this.parallel = opts.parallel ?? Math.max(2, availableParallelism() + 1);
   }
 
-  private async member(b: Buffer): Promise<Buffer> {
-    let level = this.level;
-    if (level > 0 && b.length > SAMPLE) {
-      const sample = b.subarray(0, SAMPLE);
-      const out = await deflateRawAsync(sample, { level: 1 });
-      if (out.length > sample.length * STORE_RATIO) level = 0;
-    }
-    // An output buffer larger than any member: zlib's stored-block sizes depend on the output space available, so
-    // this keeps the bytes a function of the input alone.
-    return gzipAsync(b, { level, memLevel: 9, chunkSize: memberBound(b.length) });
-  }
-
   private submit(b: Buffer): void {
-    const p = this.member(b);
+    const p = gzipMember(b, this.level);
     p.catch(() => undefined); // observed when dequeued
     this.queue.push(p);
     this.members++;

@@ -40,6 +40,7 @@ import { isRealRoot, mknodBatch, setXattrs, type XattrSet } from './fsops.js';
 import { readTar, type TarHeader } from './tarformat.js';
 import { resolveInRoot } from '../util/inroot.js';
 import { ensureSpreadDir } from '../util/spread.js';
+import { memberIndexFile } from './segments.js';
 import { WHITEOUT_OPAQUE, WHITEOUT_PREFIX } from './writer.js';
 
 export interface ExtractOptions {
@@ -491,6 +492,8 @@ export async function ensureLayerDir(
   try {
     await extractLayer(await open(), tmp, { ...opts, mode: 'overlay', diffID });
     await chmod(tmp, 0o755);
+    // a member index left from an earlier dir of this layer names that dir's inodes (src/layer/segments.ts)
+    await rm(memberIndexFile(final), { force: true });
     try {
       await rename(tmp, final);
     } catch (e) {

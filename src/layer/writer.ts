@@ -35,6 +35,7 @@ import { MediaType } from '../oci/mediatypes.js';
 import { readXattrsRecursive } from './fsops.js';
 import { compressor } from './compression.js';
 import { encodeHeader, padding, tarHeader, trailer, type TarHeader } from './tarformat.js';
+import { writeSegmented, type MemberIndex, type ReuseFrom, type SegmentedResult } from './segments.js';
 import { writeFileAtomic } from '../util/atomic.js';
 
 export const WHITEOUT_PREFIX = '.wh.';
@@ -68,6 +69,8 @@ export interface WriteLayerOptions extends TarOptions {
   tmpDir?: string;
   /** The output blob file itself (must not exist; default: a fresh name in tmpDir). */
   file?: string;
+  /** gzip: the previous layer dir of the same step, whose blob's members may be reused (src/layer/segments.ts). */
+  reuseFrom?: ReuseFrom;
 }
 
 export interface WrittenLayer {
@@ -82,6 +85,10 @@ export interface WrittenLayer {
   mediaType: string;
   /** Path of the blob file (the caller moves it into the blob store or deletes it). */
   file: string;
+  /** gzip: the blob's member index (to keep next to the layer dir, for the next write of the same step). */
+  members?: MemberIndex;
+  /** gzip: members copied from `reuseFrom`'s blob. */
+  reused?: number;
 }
 
 function byteCompare(a: string, b: string): number {
@@ -127,10 +134,43 @@ function whiteoutHeader(name: string): TarHeader {
   return tarHeader({ name, mode: 0 });
 }
 
+/** A regular file's content in the tar, read when (and if) its bytes are needed. */
+export interface TarBody {
+  abs: string;
+  rel: string;
+  size: number;
+  dev: number;
+  ino: number;
+}
+
+/** The end of one tar entry (after its padding): `end` is its path, where gzip members may be cut. */
+export interface TarEntryEnd {
+  end: string;
+}
+
+/** The layer tar as header/padding bytes, file contents not yet read, and entry ends. */
+export type TarItem = Buffer | TarBody | TarEntryEnd;
+
+export const isTarBody = (x: TarItem): x is TarBody => !Buffer.isBuffer(x) && 'abs' in x;
+
+/** Read a tar body (small files in one synchronous call). */
+export async function* readTarBody(b: TarBody): AsyncGenerator<Buffer> {
+  if (b.size <= SMALL_FILE) yield smallFileBody(b.abs, b.size, b.rel);
+  else yield* fileBody(b.abs, b.size, b.rel);
+}
+
 /**
  * The uncompressed layer tar of `dir` as a stream of buffers (what the diffID is computed over).
  */
 export async function* layerTar(dir: string, opts: TarOptions = {}): AsyncGenerator<Buffer> {
+  for await (const it of tarItems(dir, opts)) {
+    if (Buffer.isBuffer(it)) yield it;
+    else if (isTarBody(it)) yield* readTarBody(it);
+  }
+}
+
+/** The items of `dir`'s layer tar (see layerTar), file contents unread. */
+export async function* tarItems(dir: string, opts: TarOptions = {}): AsyncGenerator<TarItem> {
   const root = resolve(dir);
   const overlay = (opts.whiteouts ?? 'overlay') === 'overlay';
   const st = await lstat(root).catch((e: unknown) => {
@@ -152,13 +192,13 @@ export async function* layerTar(dir: string, opts: TarOptions = {}): AsyncGenera
   const view = overlay && opts.lowers && opts.lowers.length > 0 ? await LowerView.open(opts.lowers) : undefined;
   /** Directory headers not recorded (unchanged) yet, outermost first: emitted when something inside is. */
   const pending: { rel: string; header: Buffer }[] = [];
-  function* flush(): Generator<Buffer> {
+  function* flush(): Generator<TarItem> {
     for (const p of pending) yield p.header;
     pending.length = 0;
   }
 
   /** `inLowers`: the lowers show a directory at relDir (else nothing below it can be in them: no lookups). */
-  async function* walk(absDir: string, relDir: string, recordAll = false, inLowers = true): AsyncGenerator<Buffer> {
+  async function* walk(absDir: string, relDir: string, recordAll = false, inLowers = true): AsyncGenerator<TarItem> {
     let names: string[];
     try {
       names = await readdir(absDir);
@@ -175,6 +215,7 @@ export async function* layerTar(dir: string, opts: TarOptions = {}): AsyncGenera
         if (view && !recordAll && (!inLowers || !view.lookup(rel))) continue; // nothing below to hide
         yield* flush();
         yield encodeHeader(whiteoutHeader(relDir + WHITEOUT_PREFIX + n));
+        yield { end: rel };
         continue;
       }
       const x = xattrs.get(abs);
@@ -229,12 +270,15 @@ export async function* layerTar(dir: string, opts: TarOptions = {}): AsyncGenera
       yield encodeHeader(h);
       if (h.type === 'dir') {
         if (opaque) yield encodeHeader(whiteoutHeader(rel + '/' + WHITEOUT_OPAQUE));
+        yield { end: rel };
         yield* walk(abs, rel + '/', recordAll || (opaque && view !== undefined), childInLowers);
-      } else if (h.type === 'file' && h.size > 0) {
-        if (h.size <= SMALL_FILE) yield smallFileBody(abs, h.size, rel);
-        else yield* fileBody(abs, h.size, rel);
-        const pad = padding(h.size);
-        if (pad.length) yield pad;
+      } else {
+        if (h.type === 'file' && h.size > 0) {
+          yield { abs, rel, size: h.size, dev: st.dev, ino: st.ino };
+          const pad = padding(h.size);
+          if (pad.length) yield pad;
+        }
+        yield { end: rel };
       }
     }
   }
@@ -436,6 +480,31 @@ function mediaTypeFor(compression: 'gzip' | 'zstd' | 'none', family: 'oci' | 'do
 export async function writeLayer(dir: string, opts: WriteLayerOptions = {}): Promise<WrittenLayer> {
   const compression = opts.compression ?? 'gzip';
   const file = opts.file ?? join(opts.tmpDir ?? tmpdir(), `.kiln-layer-${randomBytes(8).toString('hex')}.tmp`);
+  if (compression === 'gzip') {
+    const level = opts.level ?? 1;
+    let r: SegmentedResult;
+    try {
+      const fh = await open(file, 'wx');
+      try {
+        r = await writeSegmented(tarItems(dir, opts), fh, { level, reuseFrom: opts.reuseFrom });
+      } finally {
+        await fh.close();
+      }
+    } catch (e) {
+      await rm(file, { force: true });
+      throw e;
+    }
+    return {
+      diffID: r.diffID,
+      digest: r.digest,
+      size: r.size,
+      diffSize: r.diffSize,
+      mediaType: mediaTypeFor('gzip', opts.mediaTypes ?? 'oci'),
+      file,
+      members: { v: 1, zlib: process.versions.zlib, level, blob: r.digest, members: r.members },
+      reused: r.reused,
+    };
+  }
   const diff = new DigestingStream();
   const blob = new DigestingStream();
   try {

@@ -836,6 +836,8 @@ class Engine {
     const blob = (async () => {
       const opts: WriteBlobOptions = this.sdeOpts();
       if (reuseFrom !== undefined) opts.reuseFrom = reuseFrom;
+      const xattrs = snap.upperXattrs?.();
+      if (xattrs) opts.upperXattrs = xattrs;
       const stream = this.deps.onLayerFile;
       if (stream && st.stage === this.targetStage()) opts.onFile = stream;
       const w = await store.writeBlob(snap.upper, opts);

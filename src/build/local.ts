@@ -93,6 +93,7 @@ export class LocalLayerStore implements LayerStore {
     if (this.opts.level !== undefined) w.level = this.opts.level;
     if (opts.sourceDateEpoch !== undefined) w.sourceDateEpoch = opts.sourceDateEpoch;
     if (opts.reuseFrom !== undefined) w.reuseFrom = { dir: opts.reuseFrom, blobsDir: this.opts.blobs.root };
+    if (opts.upperXattrs) w.upperXattrs = opts.upperXattrs;
     const t0 = performance.now();
     const writing = writeLayerOffThread(upper, w);
     if (opts.onFile) {

@@ -71,6 +71,8 @@ export interface Snapshot {
    * diff for a copying snapshotter). Called before LayerStore.writeBlob; idempotent.
    */
   unmount?(): Promise<void>;
+  /** After unmount: the upper dir's layer xattrs (UPPER_XATTRS) by absolute path, if the snapshotter read them. */
+  upperXattrs?(): ReadonlyMap<string, ReadonlyMap<string, Uint8Array>> | undefined;
   /** Unmount and remove the work dir (and the upper dir unless it was taken by LayerStore.adopt). */
   release(): Promise<void>;
 }
@@ -81,6 +83,8 @@ export interface WriteBlobOptions {
   onFile?: (blob: GrowingBlob) => void;
   /** The previous layer dir of the same step (the upper dir holds hard links into it): reuse its blob's parts. */
   reuseFrom?: string;
+  /** The upper dir's xattrs as the snapshot read them (Snapshot.upperXattrs). */
+  upperXattrs?: ReadonlyMap<string, ReadonlyMap<string, Uint8Array>>;
 }
 
 export interface PrepareOptions {

@@ -56,6 +56,22 @@ export interface TarOptions {
    * written for a directory the lowers have. Inside such an opaque directory everything is recorded.
    */
   lowers?: string[];
+  /** overlay: the upper dir's UPPER_XATTRS by absolute path, already read (by the snapshotter) — not read again. */
+  upperXattrs?: ReadonlyMap<string, ReadonlyMap<string, Uint8Array>>;
+}
+
+/** The xattrs of an overlay upper dir that go into (or shape) its layer. */
+export const UPPER_XATTRS = '^(security\\.capability|(user|trusted)\\.overlay\\.(opaque|redirect|metacopy))$';
+
+/** xattrs passed between threads arrive as Uint8Arrays. */
+function asBuffers(m: ReadonlyMap<string, ReadonlyMap<string, Uint8Array>>): Map<string, Map<string, Buffer>> {
+  const out = new Map<string, Map<string, Buffer>>();
+  for (const [p, x] of m) {
+    const y = new Map<string, Buffer>();
+    for (const [k, v] of x) y.set(k, Buffer.isBuffer(v) ? v : Buffer.from(v.buffer, v.byteOffset, v.byteLength));
+    out.set(p, y);
+  }
+  return out;
 }
 
 export interface WriteLayerOptions extends TarOptions {
@@ -180,12 +196,9 @@ export async function* tarItems(dir: string, opts: TarOptions = {}): AsyncGenera
   const xattrs =
     opts.xattrs === false
       ? new Map<string, Map<string, Buffer>>()
-      : await readXattrsRecursive(
-          root,
-          overlay
-            ? '^(security\\.capability|(user|trusted)\\.overlay\\.(opaque|redirect|metacopy))$'
-            : '^security\\.capability$',
-        );
+      : overlay && opts.upperXattrs
+        ? asBuffers(opts.upperXattrs)
+        : await readXattrsRecursive(root, overlay ? UPPER_XATTRS : '^security\\.capability$');
   const epoch = opts.sourceDateEpoch;
   const links = new Map<string, string>();
 

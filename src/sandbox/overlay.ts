@@ -18,6 +18,7 @@ import { lstat, mkdir, readFile, readdir, rm, rmdir, stat, symlink, writeFile } 
 import { release } from 'node:os';
 import { join, resolve } from 'node:path';
 import { readXattrsRecursive } from '../layer/fsops.js';
+import { UPPER_XATTRS } from '../layer/writer.js';
 import type { BigIntStats, Dirent } from 'node:fs';
 import type { PrepareOptions, Snapshot, Snapshotter } from '../build/ports.js';
 import { KilnError } from '../errors.js';
@@ -140,11 +141,12 @@ export class OverlaySnapshotter implements SandboxSnapshotter {
     }
     let mounted = true;
     let released = false;
+    let xattrs: Map<string, Map<string, Buffer>> | undefined;
     const doUnmount = async () => {
       if (!mounted) return;
       await unmount(root);
       mounted = false;
-      await pruneUnchangedDirs(upper, [...effective].reverse());
+      xattrs = await pruneUnchangedDirs(upper, [...effective].reverse());
     };
     const release = async () => {
       if (released) return;
@@ -152,7 +154,16 @@ export class OverlaySnapshotter implements SandboxSnapshotter {
       await rm(dir, { recursive: true, force: true });
       released = true;
     };
-    return { kind: 'overlay', root, upper, upperDir: upper, unmount: doUnmount, release, cleanup: release };
+    return {
+      kind: 'overlay',
+      root,
+      upper,
+      upperDir: upper,
+      unmount: doUnmount,
+      upperXattrs: () => xattrs,
+      release,
+      cleanup: release,
+    };
   }
 }
 
@@ -163,14 +174,20 @@ export class OverlaySnapshotter implements SandboxSnapshotter {
  * differ leaves it out of the layer too. Deepest first, so parents emptied by this are pruned; nothing at or
  * below an opaque upper dir is touched.
  */
-export async function pruneUnchangedDirs(upperDir: string, lowersTopFirst: string[]): Promise<void> {
+export async function pruneUnchangedDirs(
+  upperDir: string,
+  lowersTopFirst: string[],
+): Promise<Map<string, Map<string, Buffer>>> {
   const upper = resolve(upperDir);
-  // One getfattr for the whole upper dir instead of one process per directory.
+  // One getfattr for the whole upper dir instead of one process per directory; the layer writer uses it too.
+  const xattrs = await readXattrsRecursive(upper, UPPER_XATTRS);
   const opaque = new Set<string>();
-  for (const [path, x] of await readXattrsRecursive(upper, '^(user|trusted)\\.overlay\\.opaque$')) {
-    for (const v of x.values()) if (v.toString('latin1') === 'y') opaque.add(path);
+  for (const [path, x] of xattrs) {
+    for (const [k, v] of x)
+      if (/^(user|trusted)\.overlay\.opaque$/.test(k) && v.toString('latin1') === 'y') opaque.add(path);
   }
   await pruneDir(upper, lowersTopFirst, '', opaque);
+  return xattrs;
 }
 
 async function pruneDir(upper: string, lowersTopFirst: string[], rel: string, opaque: Set<string>): Promise<boolean> {

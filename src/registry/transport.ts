@@ -9,7 +9,7 @@
 import { readFileSync } from 'node:fs';
 import { rootCertificates } from 'node:tls';
 import type { Readable } from 'node:stream';
-import { Agent, request, type Dispatcher } from 'undici';
+import { Agent, request, type Dispatcher } from './http.js';
 import { KilnError } from '../errors.js';
 import {
   basicAuthorization,

@@ -611,7 +611,9 @@ export class TreeCopier {
     const o = this.owner(st);
     if (t.uid !== o.uid || t.gid !== o.gid || (t.mode & 0o7777) !== this.mode(st)) return false;
     if (Math.abs(t.mtimeMs - st.mtime.getTime()) >= 1) return false;
-    const before = this.opts.track?.previous?.get(relative(this.destRoot, target));
+    const prev = this.opts.track?.previous;
+    const root = this.destRoot.endsWith('/') ? this.destRoot : this.destRoot + '/';
+    const before = prev?.get(target.startsWith(root) ? target.slice(root.length) : relative(this.destRoot, target));
     if (before !== undefined && before === sourceKey(st)) return true; // the very source copied there last time
     return sameContent(src, target);
   }

@@ -425,8 +425,9 @@ class PatternSetMatcher implements Matcher {
   }
 
   matches(relPath: string, _isDir?: boolean): boolean {
+    if (this.compiled.length === 0) return false; // no .dockerignore: the common case, on every file of a walk
     const p = normalizeRel(relPath);
-    if (p === '.' || this.compiled.length === 0) return false;
+    if (p === '.') return false;
     return this.eval(p).matched;
   }
 

@@ -165,6 +165,8 @@ interface StageState {
   base?: { name: string; digest: string };
   /** ONBUILD instructions of this stage (triggers for stages built FROM it). */
   ownOnBuild: string[];
+  /** The step being dispatched is the stage's last layer step. */
+  lastStep?: boolean;
 }
 
 /** BuildKit's predefined platform ARGs. */
@@ -517,8 +519,10 @@ class Engine {
     const counter = { n: fromImage ? 1 : 0, total };
     for (const { cmd, onbuild } of commands) {
       this.checkAbort();
+      st.lastStep = isLayerStep(cmd) && counter.n + 1 === counter.total;
       await this.dispatch(st, cmd, counter, onbuild);
     }
+    st.lastStep = false;
     return st;
   }
 
@@ -838,6 +842,10 @@ class Engine {
       if (reuseFrom !== undefined) opts.reuseFrom = reuseFrom;
       const xattrs = snap.upperXattrs?.();
       if (xattrs) opts.upperXattrs = xattrs;
+      // the target's last layer: nothing else runs on this thread until it is written
+      if (st.lastStep && st.stage === this.targetStage() && process.env.KILN_LAST_LAYER_IN_PROCESS !== '0') {
+        opts.inProcess = true;
+      }
       const stream = this.deps.onLayerFile;
       if (stream && st.stage === this.targetStage()) opts.onFile = stream;
       const w = await store.writeBlob(snap.upper, opts);

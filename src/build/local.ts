@@ -12,7 +12,7 @@ import { BlobDir } from '../oci/blobs.js';
 import { digestHex } from '../oci/digest.js';
 import { layerFromBlob } from '../oci/image.js';
 import { KilnError } from '../errors.js';
-import type { writeLayer } from '../layer/writer.js';
+import { writeLayer } from '../layer/writer.js';
 import { writeLayerOffThread } from '../layer/worker.js';
 import { ensureLayerDir } from '../layer/extract.js';
 import type { LayerStore, WriteBlobOptions, WrittenBlob } from './ports.js';
@@ -95,7 +95,7 @@ export class LocalLayerStore implements LayerStore {
     if (opts.reuseFrom !== undefined) w.reuseFrom = { dir: opts.reuseFrom, blobsDir: this.opts.blobs.root };
     if (opts.upperXattrs) w.upperXattrs = opts.upperXattrs;
     const t0 = performance.now();
-    const writing = writeLayerOffThread(upper, w);
+    const writing = opts.inProcess ? writeLayer(upper, w) : writeLayerOffThread(upper, w);
     if (opts.onFile) {
       const done = writing.then((x) => ({ digest: x.digest, size: x.size }));
       done.catch(() => undefined); // the writer's own failure is reported below

@@ -83,6 +83,8 @@ export interface WriteBlobOptions {
   onFile?: (blob: GrowingBlob) => void;
   /** The previous layer dir of the same step (the upper dir holds hard links into it): reuse its blob's parts. */
   reuseFrom?: string;
+  /** Write on the calling thread, not the layer worker (nothing else is left to run meanwhile). */
+  inProcess?: boolean;
   /** The upper dir's xattrs as the snapshot read them (Snapshot.upperXattrs). */
   upperXattrs?: ReadonlyMap<string, ReadonlyMap<string, Uint8Array>>;
 }

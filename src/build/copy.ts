@@ -526,6 +526,18 @@ export class TreeCopier {
     const st = lstatSync(src);
     if (!include && !st.isDirectory()) return;
     if (include) await this.createParentDirs();
+    const track = this.opts.track;
+    if (include && track?.planted && st.isFile() && st.nlink === 1 && !this.srcXattrs.has(src)) {
+      // Planted from the previous build and copied there from this very source (same key), by the same instruction
+      // on the same parent: the file is what this copy would write — no need to look at it.
+      const rel = this.relTarget(target);
+      const key = sourceKey(st);
+      if (track.planted.has(rel) && track.previous?.get(rel) === key) {
+        track.kept.add(target);
+        track.sources.set(target, key);
+        return;
+      }
+    }
     const targetSt = lstatSync(target, { throwIfNoEntry: false }) ?? null;
 
     if (!st.isDirectory()) {
@@ -536,12 +548,13 @@ export class TreeCopier {
             `cannot replace to directory ${displayPath(this.destRoot, target)} with file`,
           );
         }
-        if (include && this.opts.track && this.alreadyThere(st, src, targetSt, target)) {
-          this.opts.track.kept.add(target);
-          this.opts.track.sources.set(target, sourceKey(st));
+        if (include && track && this.alreadyThere(st, src, targetSt, target)) {
+          track.kept.add(target);
+          track.sources.set(target, sourceKey(st));
           return;
         }
         unlinkSync(target);
+        track?.planted?.delete(this.relTarget(target)); // not the planted file any more
       }
     }
     let copyInfo = include;
@@ -602,6 +615,12 @@ export class TreeCopier {
 
   destRoot = '/';
 
+  /** `target` relative to destRoot (how CopyTrack's previous/planted name files). */
+  private relTarget(target: string): string {
+    const root = this.destRoot.endsWith('/') ? this.destRoot : this.destRoot + '/';
+    return target.startsWith(root) ? target.slice(root.length) : relative(this.destRoot, target);
+  }
+
   /**
    * Is `target` (planted from the previous build) exactly the file this copy would write: a regular file with the
    * same size, owner, mode, mtime (the millisecond lutimes keeps) and bytes, and no xattrs or extra names to copy?
@@ -611,10 +630,11 @@ export class TreeCopier {
     const o = this.owner(st);
     if (t.uid !== o.uid || t.gid !== o.gid || (t.mode & 0o7777) !== this.mode(st)) return false;
     if (Math.abs(t.mtimeMs - st.mtime.getTime()) >= 1) return false;
-    const prev = this.opts.track?.previous;
-    const root = this.destRoot.endsWith('/') ? this.destRoot : this.destRoot + '/';
-    const before = prev?.get(target.startsWith(root) ? target.slice(root.length) : relative(this.destRoot, target));
-    if (before !== undefined && before === sourceKey(st)) return true; // the very source copied there last time
+    const rel = this.relTarget(target);
+    const before = this.opts.track?.previous?.get(rel);
+    // the very source copied there last time — if the file is still the planted one (an earlier source of this
+    // copy may have replaced it: `COPY a/ b/ /dst/` with the same names in both)
+    if (before !== undefined && before === sourceKey(st) && this.opts.track?.planted?.has(rel)) return true;
     return sameContent(src, target);
   }
 

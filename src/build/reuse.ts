@@ -34,6 +34,8 @@ export interface CopyTrack {
   /** The previous build's `sources`, relative to the root: a planted file whose source still has the same key holds
    * the same bytes (no need to read both to compare). */
   previous?: Map<string, string>;
+  /** Files planted from the previous layer and not replaced since, relative to the root. */
+  planted?: Set<string>;
 }
 
 /**
@@ -93,6 +95,7 @@ export class PlantedCopy {
         }
       }
       this.walk(upper, '', skip, new Map());
+      this.track.planted = new Set(this.files.keys());
       // directory metadata last (creating children changed the mtimes), deepest first
       for (const d of [...this.dirs].reverse()) {
         const p = join(upper, d.rel);

@@ -121,6 +121,26 @@ for (const rootless of [false, true]) {
   });
 }
 
+test('incremental COPY: overlapping sources (a later source replaces a file an earlier one wrote)', async () => {
+  const ctx = await mkdtemp(join(tmpdir(), 'kiln-incr-ctx-'));
+  const h = await home();
+  const fresh = await home();
+  try {
+    await writeFile(join(ctx, 'Dockerfile'), 'FROM localhost/busybox:latest\nCOPY a/ b/ /merged/\n');
+    for (let f = 0; f < 10; f++) {
+      await put(ctx, `a/f${f}`, `from a ${f}\n`);
+      await put(ctx, `b/f${f}`, `from b ${f}\n`); // same size: only the bytes tell them apart
+    }
+    await build(h, ctx);
+    await put(ctx, 'a/f3', 'from A 3\n'); // a changed: the step runs again from the planted result
+    const incr = await build(h, ctx);
+    const ref = await build(fresh, ctx);
+    assert.deepEqual(incr.diffIDs, ref.diffIDs, 'b still wins everywhere');
+  } finally {
+    for (const d of [ctx, h, fresh]) await rm(d, { recursive: true, force: true });
+  }
+});
+
 test('incremental COPY: --no-cache builds from scratch and gives the same image', async () => {
   const ctx = await mkdtemp(join(tmpdir(), 'kiln-incr-ctx-'));
   const h = await home();

@@ -21,6 +21,7 @@ import {
   type Credential,
 } from './auth.js';
 import type { OriginIndex } from './origins.js';
+import { rememberHttp, rememberedHttp } from './schemes.js';
 
 /** Resolves the credentials for a registry host (e.g. the docker config keychain). */
 export type CredentialSource = (registry: string) => Promise<Credential | undefined>;
@@ -345,24 +346,27 @@ export class Transport {
 
   private async doPing(ctx: ErrorContext): Promise<void> {
     const schemes = this.explicitScheme ? [this.explicitScheme] : this.allowInsecure ? ['https', 'http'] : ['https'];
+    const probing = schemes.length > 1;
+    if (probing && rememberedHttp(this.host)) {
+      // plain HTTP last time (src/registry/schemes.ts): try that first, else probe as usual
+      try {
+        await this.pingAt('http', ctx, true);
+        return;
+      } catch (e) {
+        debugLog(`ping http://${this.host}/v2/ (remembered) failed: ${netErrorCode(e) ?? String(e)}`);
+        this.base = undefined;
+        this.challenge = undefined;
+        await rememberHttp(this.host, false);
+      }
+    }
     let lastErr: unknown;
     for (const [i, scheme] of schemes.entries()) {
       const url = `${scheme}://${this.host}/v2/`;
       // An HTTPS probe that has a plain-HTTP fallback is not retried: failing fast is the point.
       const probe = i < schemes.length - 1 && schemes[i + 1] !== scheme;
       try {
-        const res = await this.rawWithRetry('GET', url, {}, undefined, ctx, !probe);
-        this.base = `${scheme}://${this.host}`;
-        this.connectedOnce = true;
-        const body = await res.body.text().catch(() => '');
-        if (res.status === 401) {
-          const hdr = res.headers['www-authenticate'];
-          const all = (Array.isArray(hdr) ? hdr : hdr ? [hdr] : []).flatMap((h) => parseWWWAuthenticate(h));
-          this.challenge = all.find((c) => c.scheme === 'bearer') ?? all.find((c) => c.scheme === 'basic');
-        } else if (res.status !== 200) {
-          throw statusError(res.status, body, { ...ctx, kind: 'other' });
-        }
-        debugLog(`ping ${url}: ${res.status} ${this.challenge?.scheme ?? 'no auth'}`);
+        await this.pingAt(scheme, ctx, probe);
+        if (probing) await rememberHttp(this.host, scheme === 'http');
         return;
       } catch (e) {
         if (e instanceof KilnError) throw e;
@@ -383,6 +387,23 @@ export class Transport {
       }
     }
     throw this.unreachable(ctx, lastErr);
+  }
+
+  /** GET `/v2/` over `scheme`: on an answer (200, or 401 with its challenge) that scheme is the registry's. */
+  private async pingAt(scheme: string, ctx: ErrorContext, probe: boolean): Promise<void> {
+    const url = `${scheme}://${this.host}/v2/`;
+    const res = await this.rawWithRetry('GET', url, {}, undefined, ctx, !probe);
+    this.base = `${scheme}://${this.host}`;
+    this.connectedOnce = true;
+    const body = await res.body.text().catch(() => '');
+    if (res.status === 401) {
+      const hdr = res.headers['www-authenticate'];
+      const all = (Array.isArray(hdr) ? hdr : hdr ? [hdr] : []).flatMap((h) => parseWWWAuthenticate(h));
+      this.challenge = all.find((c) => c.scheme === 'bearer') ?? all.find((c) => c.scheme === 'basic');
+    } else if (res.status !== 200) {
+      throw statusError(res.status, body, { ...ctx, kind: 'other' });
+    }
+    debugLog(`ping ${url}: ${res.status} ${this.challenge?.scheme ?? 'no auth'}`);
   }
 
   private async credentials(): Promise<Credential | undefined> {

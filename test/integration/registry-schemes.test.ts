@@ -1,0 +1,67 @@
+/**
+ * The plain-HTTP memo of insecure registries (src/registry/schemes.ts): the first contact probes HTTPS then HTTP
+ * and remembers HTTP; later contacts go straight to HTTP; a remembered registry that now speaks TLS is found by
+ * the full probe again (and forgotten). Real registries, a fresh $KILN_HOME.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { closeTransports, transportFor, type RegistryOptions } from '../../src/registry/transport.js';
+import { startRegistry } from '../helpers/registry.js';
+
+/** Ping `host` with fresh transports (a new pool: like a new kiln process) and return the debug lines it logged. */
+async function ping(host: string, o: RegistryOptions): Promise<string[]> {
+  const opts: RegistryOptions = { ...o, pool: new Map() };
+  const lines: string[] = [];
+  const write = process.stderr.write.bind(process.stderr);
+  process.env.KILN_DEBUG = '1';
+  process.stderr.write = ((s: string | Uint8Array): boolean => {
+    lines.push(String(s));
+    return true;
+  }) as typeof process.stderr.write;
+  try {
+    await transportFor(host, host, opts).ping({ label: 'test', kind: 'other' });
+  } finally {
+    process.stderr.write = write;
+    delete process.env.KILN_DEBUG;
+    await closeTransports(opts);
+  }
+  return lines;
+}
+
+test('insecure registries answering plain HTTP are remembered; a registry that moved to TLS is probed again', async () => {
+  const home = await mkdtemp(join(tmpdir(), 'kiln-schemes-'));
+  const saved = process.env.KILN_HOME;
+  process.env.KILN_HOME = home;
+  const plain = await startRegistry();
+  const tls = await startRegistry({ auth: 'tls' });
+  try {
+    const memo = join(home, 'registry-schemes.json');
+    const first = await ping(plain.host, { insecureRegistries: [plain.host] });
+    assert.ok(
+      first.some((l) => l.includes(`https://${plain.host}/v2/`)),
+      'first contact tries HTTPS',
+    );
+    assert.deepEqual(JSON.parse(await readFile(memo, 'utf8')), { [plain.host]: 'http' });
+    const second = await ping(plain.host, { insecureRegistries: [plain.host] });
+    assert.ok(!second.some((l) => l.includes('https://')), `then straight to HTTP: ${second.join('')}`);
+    assert.ok(second.some((l) => l.includes(`ping http://${plain.host}/v2/: 200`)));
+
+    // a host remembered as plain HTTP that now serves TLS: the full probe finds HTTPS, the memo forgets it
+    await writeFile(memo, JSON.stringify({ [plain.host]: 'http', [tls.host]: 'http' }));
+    const moved = await ping(tls.host, { insecureRegistries: [tls.host], caFiles: [tls.caFile as string] });
+    assert.ok(
+      moved.some((l) => l.includes(`ping https://${tls.host}/v2/: 200`)),
+      moved.join(''),
+    );
+    assert.deepEqual(JSON.parse(await readFile(memo, 'utf8')), { [plain.host]: 'http' });
+  } finally {
+    if (saved === undefined) delete process.env.KILN_HOME;
+    else process.env.KILN_HOME = saved;
+    await plain.stop();
+    await tls.stop();
+    await rm(home, { recursive: true, force: true });
+  }
+});

@@ -36,6 +36,7 @@ import {
   lutimesSync,
   mkdirSync,
   readlinkSync,
+  statSync,
   symlinkSync,
   unlinkSync,
   type Stats,
@@ -638,24 +639,25 @@ export class TreeCopier {
     return sameContent(src, target);
   }
 
+  // Synchronous like the file copies: a directory is a couple of cheap syscalls, not worth thread-pool round trips.
   private async copyDirectoryOnly(dst: string, st: Stats, overwriteMeta: boolean): Promise<boolean> {
     this.opts.track?.visited.add(dst);
-    const t = await lstatOrNull(dst);
+    const t = lstatSync(dst, { throwIfNoEntry: false });
     if (!t) {
-      await mkdir(dst);
+      mkdirSync(dst);
       return true;
     }
     if (!t.isDirectory()) {
       throw new KilnError('COPY_FAILED', `cannot copy to non-directory: ${displayPath(this.destRoot, dst)}`);
     }
-    if (overwriteMeta) await chmod(dst, this.mode(st));
+    if (overwriteMeta) chmodSync(dst, this.mode(st));
     return false;
   }
 
   private async createParentDirs(): Promise<void> {
     for (const p of this.parents) {
       if (p.copied) continue;
-      const st = await stat(p.src);
+      const st = statSync(p.src);
       const created = await this.copyDirectoryOnly(p.dst, st, true);
       if (created) await this.copyFileInfo(st, p.src, p.dst);
       p.copied = true;

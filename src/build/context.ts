@@ -454,14 +454,6 @@ export async function hashContextPaths(
   exclude: string[] = [],
   signal?: AbortSignal,
 ): Promise<string> {
-  if (!signal && exclude.length === 0 && paths.length === 1) {
-    // the walk this build's prefetch started for the very same path: its result, unless it was stopped
-    const walk = prefetchedWalks.get(ctx)?.get(resolve(ctx.root, paths[0] as string));
-    if (walk) {
-      const d = await walk.catch(() => undefined);
-      if (d !== undefined) return d;
-    }
-  }
   const cache = await loadStatCache(ctx);
   const ex = exclude.length ? newMatcher(exclude) : undefined;
   const root = resolve(ctx.root);
@@ -489,11 +481,21 @@ export async function hashContextPaths(
     if (included) h.update(`${srcRel}\0${type}\0${(st.mode & 0o7777).toString(8)}\0`);
     if (type === 'l') h.update(`${readlinkSync(abs)}\0`);
     else if (type === 'f') {
-      // wait for a hashing slot before looking: another walk may digest this file meanwhile
-      while (running.size >= HASH_PARALLEL) await Promise.race(running);
-      const e = cache.data.entries[ctxRel];
+      let e = cache.data.entries[ctxRel];
+      const fresh = (x: StatEntry | undefined): boolean =>
+        x !== undefined &&
+        x.m === st.mtimeMs &&
+        x.c === st.ctimeMs &&
+        x.s === st.size &&
+        x.i === st.ino &&
+        x.o === st.mode;
+      if (!fresh(e) && running.size >= HASH_PARALLEL) {
+        // a miss: wait for a hashing slot, then look again (another walk may have digested it meanwhile)
+        while (running.size >= HASH_PARALLEL) await Promise.race(running);
+        e = cache.data.entries[ctxRel];
+      }
       seen.add(ctxRel);
-      if (e && e.m === st.mtimeMs && e.c === st.ctimeMs && e.s === st.size && e.i === st.ino && e.o === st.mode) {
+      if (e !== undefined && fresh(e)) {
         statCacheStats.hits++;
         h.update(`${st.size}\0${e.d}\0`);
       } else {
@@ -558,31 +560,21 @@ export async function hashContextPaths(
 export function prefetchContextHashes(ctx: BuildContext, paths: string[]): () => Promise<void> {
   const stop = new AbortController();
   const root = resolve(ctx.root);
-  const walks = new Map<string, Promise<string>>();
-  prefetchedWalks.set(ctx, walks);
   const done = (async () => {
     for (const p of paths) {
       const abs = resolve(root, p);
       if (stop.signal.aborted) return;
       if (abs !== root && !abs.startsWith(root + '/')) continue;
       if (!(await plainPath(root, abs))) continue;
-      const walk = hashContextPaths(ctx, [abs], [], stop.signal);
-      walks.set(abs, walk);
-      await walk.catch(() => undefined);
+      // (the step walks again — lstat only, every file a stat-cache hit — so its key is what is there when it runs)
+      await hashContextPaths(ctx, [abs], [], stop.signal).catch(() => undefined);
     }
   })();
   return async () => {
     stop.abort();
     await done;
-    if (prefetchedWalks.get(ctx) === walks) prefetchedWalks.delete(ctx);
   };
 }
-
-/**
- * Whole-path digests a prefetch computed, per build context object (so per build): a COPY of exactly that path
- * without --exclude uses the result instead of walking the tree a second time.
- */
-const prefetchedWalks = new WeakMap<BuildContext, Map<string, Promise<string>>>();
 
 /**
  * Does `abs` (inside `root`) exist with only real directories above it? A path through a symlink is resolved by

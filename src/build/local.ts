@@ -123,13 +123,22 @@ export class LocalLayerStore implements LayerStore {
     this.memberIndexes.delete(upper);
     // an index always names the inodes of the dir beside it: none while the dir changes hands
     const side = memberIndexFile(dir);
+    const exists = await lstat(dir).then(
+      () => true,
+      () => false,
+    );
     try {
+      if (exists) {
+        // the same layer was produced before: keep that dir and its index
+        await rm(upper, { recursive: true, force: true });
+        return dir;
+      }
       await rm(side, { force: true });
       await rename(upper, dir);
     } catch (e) {
       const c = errCode(e);
       if (c !== 'ENOTEMPTY' && c !== 'EEXIST') throw e;
-      // the same layer was produced before: keep the existing dir (and its own member index, if any)
+      // another process adopted the same layer meanwhile: keep its dir (its index may be gone: only reuse is lost)
       await rm(upper, { recursive: true, force: true });
       return dir;
     }

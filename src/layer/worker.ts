@@ -9,6 +9,7 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import { Worker } from 'node:worker_threads';
 import { KilnError } from '../errors.js';
 import { writeLayer, type WriteLayerOptions, type WrittenLayer } from './writer.js';
@@ -93,7 +94,11 @@ function run<T>(job: JobBody, inProcess: () => Promise<T>): Promise<T> {
 
 /** writeLayer (./writer.ts) on the worker thread; in-process when `KILN_LAYER_WORKER=0` or no worker can run. */
 export function writeLayerOffThread(dir: string, opts: WriteLayerOptions = {}): Promise<WrittenLayer> {
-  return run({ kind: 'layer', dir, opts }, () => writeLayer(dir, opts));
+  return run({ kind: 'layer', dir, opts }, async () => {
+    // a worker that died mid-write leaves this job's partial output behind
+    if (opts.file !== undefined) await rm(opts.file, { force: true });
+    return writeLayer(dir, opts);
+  });
 }
 
 /** sha256 (hex) of a file, streamed. */

@@ -15,7 +15,7 @@ import { originIndexFor, type OriginIndex } from './origins.js';
 import { getRemote, isRemoteIndex, isRemoteLayer, type BlobOrigin, type RemoteOrigin } from './remote.js';
 import { parseReference, type Reference } from './reference.js';
 import { debugLog, withLabel, type RegistryOptions } from './transport.js';
-import { tailFile } from '../util/tail.js';
+import { followFile } from '../util/tail.js';
 
 export interface PushOptions extends RegistryOptions {
   /** Blobs uploaded at once (default 3). */
@@ -129,7 +129,10 @@ class Pusher {
    * digest wait for this one; if it fails they upload the finished blob as usual. Resolves when it is over.
    */
   async stream(g: GrowingBlob): Promise<void> {
-    const up = this.client.uploadStreaming(tailFile(g.path, g.written), () => g.written);
+    // Opened before the upload session: a blob written (and moved into the store) meanwhile is not streamed.
+    const body = await followFile(g.path, g.written).catch(() => undefined);
+    if (!body) return; // already written, or failed: the usual upload (or none) follows
+    const up = this.client.uploadStreaming(body, () => g.written).finally(() => body.close());
     up.catch(() => undefined); // observed below
     let w: { digest: string; size: number };
     try {

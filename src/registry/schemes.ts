@@ -4,14 +4,18 @@
  * Why: for an `--insecure-registry` (or loopback) host kiln does what docker does — try HTTPS, then HTTP — and the
  * failed TLS attempt costs ~25 ms of every kiln run against a plain-HTTP registry (the common in-cluster case). A
  * host remembered here is pinged over HTTP first; if that fails in any way, the full HTTPS-then-HTTP probe runs as
- * before (a registry that moved to TLS answers plain HTTP with an error), so the memo can cost a request, never
- * change where kiln connects. Only hosts already allowed to be insecure are remembered.
+ * before (a registry that moved to TLS answers plain HTTP with an error). Only hosts already allowed to be
+ * insecure are remembered, and only when the HTTPS attempt met a server speaking plain HTTP on that very port (a
+ * timed-out or reset TLS attempt is not evidence: a host with HTTPS on :443 and HTTP on :80 stays HTTPS-first).
+ * At most MAX_HOSTS are kept.
  */
 import { readFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { kilnHome } from '../oci/store.js';
 import { writeFileAtomic } from '../util/atomic.js';
+
+const MAX_HOSTS = 64;
 
 /** The memo file's contents (read each time: once per registry per process, and other processes write it too). */
 function memo(): { file: string; hosts: Record<string, 'http'> } {
@@ -35,8 +39,11 @@ export function rememberedHttp(host: string): boolean {
 export async function rememberHttp(host: string, http: boolean): Promise<void> {
   const m = memo();
   if ((m.hosts[host] === 'http') === http) return;
-  if (http) m.hosts[host] = 'http';
-  else delete m.hosts[host];
+  if (http) {
+    const all = Object.keys(m.hosts);
+    for (const h of all.slice(0, Math.max(0, all.length - MAX_HOSTS + 1))) delete m.hosts[h]; // oldest first
+    m.hosts[host] = 'http';
+  } else delete m.hosts[host];
   try {
     await mkdir(dirname(m.file), { recursive: true });
     await writeFileAtomic(m.file, JSON.stringify(m.hosts));

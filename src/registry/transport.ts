@@ -360,15 +360,18 @@ export class Transport {
       }
     }
     let lastErr: unknown;
+    // the HTTPS probe hit a server speaking plain HTTP on that port (not a timeout or a reset)
+    let plainOnPort = false;
     for (const [i, scheme] of schemes.entries()) {
       const url = `${scheme}://${this.host}/v2/`;
       // An HTTPS probe that has a plain-HTTP fallback is not retried: failing fast is the point.
       const probe = i < schemes.length - 1 && schemes[i + 1] !== scheme;
       try {
         await this.pingAt(scheme, ctx, probe);
-        if (probing) await rememberHttp(this.host, scheme === 'http');
+        if (probing) await rememberHttp(this.host, scheme === 'http' && plainOnPort);
         return;
       } catch (e) {
+        if (scheme === 'https' && netErrorCode(e) === 'ERR_SSL_WRONG_VERSION_NUMBER') plainOnPort = true;
         if (e instanceof KilnError) throw e;
         if (isTlsVerifyError(e)) {
           if (this.insecure && !this.useInsecureTls) {

@@ -1,20 +1,22 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { appendFileSync, mkdtempSync, renameSync, rmSync } from 'node:fs';
+import { appendFileSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { tailFile } from './tail.js';
+import { followFile } from './tail.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-async function collect(it: AsyncIterable<Buffer>): Promise<Buffer> {
+async function collect(it: Promise<AsyncIterable<Buffer> | undefined>): Promise<Buffer | undefined> {
+  const f = await it;
+  if (!f) return undefined;
   const parts: Buffer[] = [];
-  for await (const c of it) parts.push(c);
+  for await (const c of f) parts.push(c);
   return Buffer.concat(parts);
 }
 
-test('tailFile: follows a file from before it exists until its writer is done (renamed meanwhile)', async () => {
+test('followFile: follows a file from before it exists until its writer is done (renamed meanwhile)', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'kiln-tail-'));
   try {
     const file = join(dir, 'blob.tmp');
@@ -27,14 +29,14 @@ test('tailFile: follows a file from before it exists until its writer is done (r
       }
       renameSync(file, join(dir, 'blob')); // the store takes the finished file: the open handle still reads it
     })();
-    const got = await collect(tailFile(file, writer));
-    assert.equal(got.equals(Buffer.concat(pieces)), true);
+    const got = await collect(followFile(file, writer));
+    assert.equal(got?.equals(Buffer.concat(pieces)), true);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
 });
 
-test('tailFile: a failed writer fails the reader with its error', async () => {
+test('followFile: a failed writer fails the reader; a file already finished (or never made) is not followed', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'kiln-tail-'));
   try {
     const file = join(dir, 'blob.tmp');
@@ -44,10 +46,19 @@ test('tailFile: a failed writer fails the reader with its error', async () => {
       throw new Error('writer broke');
     })();
     writer.catch(() => undefined);
-    await assert.rejects(collect(tailFile(file, writer)), /writer broke/);
+    await assert.rejects(collect(followFile(file, writer)), /writer broke/);
     const never = Promise.reject(new Error('no file'));
     never.catch(() => undefined);
-    await assert.rejects(collect(tailFile(join(dir, 'missing'), never)), /no file/);
+    assert.equal(await followFile(join(dir, 'missing'), never), undefined);
+    // written and moved away before it could be opened: nothing to follow (the caller uploads the finished blob)
+    assert.equal(await followFile(join(dir, 'moved'), Promise.resolve()), undefined);
+    // opened but never read (the upload failed before it pulled the body): close() lets go of the file
+    const open = join(dir, 'open');
+    writeFileSync(open, 'x');
+    const f = await followFile(open, new Promise(() => undefined));
+    assert.ok(f);
+    await f.close();
+    await f.close();
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -6,13 +6,20 @@ const POLL_MS = 4;
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** A file being followed: its bytes as they are appended (see followFile), and a way to let go of it early. */
+export interface FollowedFile extends AsyncIterable<Buffer> {
+  /** Close the file (also done when iteration ends); idempotent. */
+  close(): Promise<void>;
+}
+
 /**
- * The bytes of `path` as a writer appends them, until `done` settles: resolved — the rest of the file, then the
- * end; rejected — that error. Why: a layer blob can be uploaded while it is being written (the writer only
- * appends, so every byte below the current size is final). The file may not exist yet when this starts; the
- * handle is opened once, so a rename of the finished file does not disturb the reader.
+ * Follow `path` while a writer appends to it, until `done` settles: resolved — the rest of the file, then the end;
+ * rejected — that error. Why: a layer blob can be uploaded while it is being written (the writer only appends, so
+ * every byte below the current size is final). Waits for the file to appear and opens it right away, so a rename
+ * of the finished file does not disturb the reader; resolves to undefined when the writer finished (or failed)
+ * before the file could be opened — there is nothing left to follow then.
  */
-export async function* tailFile(path: string, done: Promise<unknown>): AsyncGenerator<Buffer> {
+export async function followFile(path: string, done: Promise<unknown>): Promise<FollowedFile | undefined> {
   let finished = false;
   let failed = false;
   let failure: unknown;
@@ -29,28 +36,40 @@ export async function* tailFile(path: string, done: Promise<unknown>): AsyncGene
     try {
       fh = await open(path, 'r');
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT' || finished) throw failed ? failure : e;
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT' || finished) return undefined;
       await sleep(POLL_MS);
     }
   }
-  try {
-    let pos = 0;
-    for (;;) {
-      // Whether the writer had finished *before* this read: then a short read is the end of the file.
-      const wasDone = finished;
-      if (failed) throw failure;
-      const buf = Buffer.allocUnsafe(CHUNK);
-      const { bytesRead } = await fh.read(buf, 0, CHUNK, pos);
-      if (bytesRead > 0) {
-        pos += bytesRead;
-        yield buf.subarray(0, bytesRead);
-      } else if (wasDone) {
-        return;
-      } else {
-        await Promise.race([done.catch(() => undefined), sleep(POLL_MS)]);
+  const handle = fh;
+  let closed: Promise<void> | undefined;
+  const close = (): Promise<void> => (closed ??= handle.close().catch(() => undefined));
+  async function* read(): AsyncGenerator<Buffer> {
+    try {
+      let pos = 0;
+      let buf = Buffer.allocUnsafe(CHUNK);
+      for (;;) {
+        // Whether the writer had finished *before* this read: then a short read is the end of the file.
+        const wasDone = finished;
+        if (failed) throw failure;
+        const { bytesRead } = await handle.read(buf, 0, CHUNK, pos);
+        if (bytesRead > 0) {
+          pos += bytesRead;
+          if (bytesRead < CHUNK / 4) {
+            yield Buffer.from(buf.subarray(0, bytesRead)); // a small read: copy it, keep the buffer
+          } else {
+            const out = buf.subarray(0, bytesRead);
+            buf = Buffer.allocUnsafe(CHUNK);
+            yield out;
+          }
+        } else if (wasDone) {
+          return;
+        } else {
+          await Promise.race([done.catch(() => undefined), sleep(POLL_MS)]);
+        }
       }
+    } finally {
+      await close();
     }
-  } finally {
-    await fh.close();
   }
+  return { [Symbol.asyncIterator]: read, close };
 }

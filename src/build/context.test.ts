@@ -205,6 +205,12 @@ test('prefetchContextHashes: same digests as a cold walk, files read once, never
   await stop();
   // 301 files under big/ and app.txt: each read once; nothing under outside/ (a symlink to /etc) was read
   assert.equal(statCacheStats.misses - misses, 302);
+  // a context already in the stat cache is not walked ahead of the steps (they stat it anyway)
+  const before = statCacheStats.hits + statCacheStats.misses;
+  const stop2 = prefetchContextHashes(ctx, ['big/']);
+  await new Promise((r) => setTimeout(r, 50));
+  await stop2();
+  assert.equal(statCacheStats.hits + statCacheStats.misses, before);
   // a change after the build's prefetch is seen by the next build
   writeFileSync(join(d, 'big/f7'), 'changed');
   assert.notEqual(await hashContextPaths(ctx, [join(d, 'big')]), want);

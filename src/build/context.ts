@@ -552,8 +552,9 @@ export async function hashContextPaths(
 }
 
 /**
- * Start digesting context paths in the background (a hint: the COPY steps that read them later find their files
- * in the stat cache, or wait for the digests in flight, instead of reading them on the critical path). Paths are
+ * Start digesting context paths in the background when nothing of the context is in the stat cache yet (a hint:
+ * the COPY steps that read them later find their files in the stat cache, or wait for the digests in flight,
+ * instead of reading them on the critical path). Paths are
  * walked one after the other, in the order given; missing ones and paths outside the context are skipped. The
  * returned function stops the walk and resolves when it has stopped (digests already started finish).
  */
@@ -561,6 +562,10 @@ export function prefetchContextHashes(ctx: BuildContext, paths: string[]): () =>
   const stop = new AbortController();
   const root = resolve(ctx.root);
   const done = (async () => {
+    // A context hashed before (a persisted stat cache): the steps' own walks only stat the files, and a prefetch
+    // would just walk them twice. Worth it when files must be read: a first build, a fresh machine or pod.
+    const cache = await loadStatCache(ctx);
+    for (const _ in cache.data.entries) return;
     for (const p of paths) {
       const abs = resolve(root, p);
       if (stop.signal.aborted) return;

@@ -16,7 +16,7 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { sha256OffThread } from '../layer/worker.js';
-import { createReadStream, lstatSync, readFileSync, readlinkSync } from 'node:fs';
+import { createReadStream, lstatSync, readFileSync, readlinkSync, type Stats } from 'node:fs';
 import { lstat, mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
@@ -437,6 +437,13 @@ export async function sha256File(abs: string, size: number): Promise<string> {
   return sha256OffThread(abs);
 }
 
+/** Does the stat cache entry still describe the file (same mtime, ctime, size, inode and mode)? */
+function fresh(e: StatEntry | undefined, st: Stats): e is StatEntry {
+  return (
+    e !== undefined && e.m === st.mtimeMs && e.c === st.ctimeMs && e.s === st.size && e.i === st.ino && e.o === st.mode
+  );
+}
+
 /** Large files hashed at once (on the worker thread: their reads overlap). */
 const HASH_PARALLEL = 2;
 
@@ -482,20 +489,13 @@ export async function hashContextPaths(
     if (type === 'l') h.update(`${readlinkSync(abs)}\0`);
     else if (type === 'f') {
       let e = cache.data.entries[ctxRel];
-      const fresh = (x: StatEntry | undefined): boolean =>
-        x !== undefined &&
-        x.m === st.mtimeMs &&
-        x.c === st.ctimeMs &&
-        x.s === st.size &&
-        x.i === st.ino &&
-        x.o === st.mode;
-      if (!fresh(e) && running.size >= HASH_PARALLEL) {
+      if (!fresh(e, st) && running.size >= HASH_PARALLEL) {
         // a miss: wait for a hashing slot, then look again (another walk may have digested it meanwhile)
         while (running.size >= HASH_PARALLEL) await Promise.race(running);
         e = cache.data.entries[ctxRel];
       }
       seen.add(ctxRel);
-      if (e !== undefined && fresh(e)) {
+      if (fresh(e, st)) {
         statCacheStats.hits++;
         h.update(`${st.size}\0${e.d}\0`);
       } else {

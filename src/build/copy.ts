@@ -631,11 +631,7 @@ export class TreeCopier {
     const o = this.owner(st);
     if (t.uid !== o.uid || t.gid !== o.gid || (t.mode & 0o7777) !== this.mode(st)) return false;
     if (Math.abs(t.mtimeMs - st.mtime.getTime()) >= 1) return false;
-    const rel = this.relTarget(target);
-    const before = this.opts.track?.previous?.get(rel);
-    // the very source copied there last time — if the file is still the planted one (an earlier source of this
-    // copy may have replaced it: `COPY a/ b/ /dst/` with the same names in both)
-    if (before !== undefined && before === sourceKey(st) && this.opts.track?.planted?.has(rel)) return true;
+    // (a planted file copied from this very source last time never gets here: copy() keeps it without a look)
     return sameContent(src, target);
   }
 

@@ -111,7 +111,8 @@ interface Member {
 
 const isSlice = (x: Buffer | TarBody | Slice): x is Slice => !Buffer.isBuffer(x) && 'body' in x;
 
-function readRange(b: TarBody, offset: number, length: number): Buffer {
+/** `length` bytes of a tar body's file from `offset`, read synchronously (one open, no thread-pool round trips). */
+export function readRange(b: Pick<TarBody, 'abs' | 'rel'>, offset: number, length: number): Buffer {
   const fd = openSync(b.abs, 'r');
   try {
     const buf = Buffer.allocUnsafe(length);

@@ -35,7 +35,7 @@ import { MediaType } from '../oci/mediatypes.js';
 import { readXattrsRecursive } from './fsops.js';
 import { compressor } from './compression.js';
 import { encodeHeader, padding, tarHeader, trailer, type TarHeader } from './tarformat.js';
-import { writeSegmented, type MemberIndex, type ReuseFrom, type SegmentedResult } from './segments.js';
+import { readRange, writeSegmented, type MemberIndex, type ReuseFrom, type SegmentedResult } from './segments.js';
 import { writeFileAtomic } from '../util/atomic.js';
 
 export const WHITEOUT_PREFIX = '.wh.';
@@ -123,7 +123,8 @@ function isWhiteoutDevice(st: Stats): boolean {
   return st.isCharacterDevice() && st.rdev === 0;
 }
 
-function isOpaque(x: Map<string, Buffer> | undefined): boolean {
+/** Is this the xattr set of an overlay opaque directory (`user.` or `trusted.overlay.opaque` = y)? */
+export function isOpaque(x: Map<string, Buffer> | undefined): boolean {
   if (!x) return false;
   for (const k of ['user.overlay.opaque', 'trusted.overlay.opaque']) {
     const v = x.get(k);
@@ -171,7 +172,7 @@ export const isTarBody = (x: TarItem): x is TarBody => !Buffer.isBuffer(x) && 'a
 
 /** Read a tar body (small files in one synchronous call). */
 export async function* readTarBody(b: TarBody): AsyncGenerator<Buffer> {
-  if (b.size <= SMALL_FILE) yield smallFileBody(b.abs, b.size, b.rel);
+  if (b.size <= SMALL_FILE) yield readRange(b, 0, b.size);
   else yield* fileBody(b.abs, b.size, b.rel);
 }
 
@@ -445,22 +446,6 @@ export function sameContent(a: string, b: string): boolean {
 
 /** Files up to this size are read with one synchronous call (far cheaper than several threadpool round trips). */
 const SMALL_FILE = 256 * 1024;
-
-function smallFileBody(abs: string, size: number, rel: string): Buffer {
-  const fd = openSync(abs, 'r');
-  try {
-    const buf = Buffer.allocUnsafe(size);
-    let off = 0;
-    while (off < size) {
-      const n = readSync(fd, buf, off, size - off, null);
-      if (n === 0) throw new KilnError('LAYER_WRITE_FAILED', `file "${rel}" shrank while the layer was being written`);
-      off += n;
-    }
-    return buf;
-  } finally {
-    closeSync(fd);
-  }
-}
 
 async function* fileBody(abs: string, size: number, rel: string): AsyncGenerator<Buffer> {
   const fh = await open(abs, 'r');

@@ -18,7 +18,7 @@ import { lstat, mkdir, readFile, readdir, rm, rmdir, stat, symlink, writeFile } 
 import { release } from 'node:os';
 import { join, resolve } from 'node:path';
 import { readXattrsRecursive } from '../layer/fsops.js';
-import { UPPER_XATTRS } from '../layer/writer.js';
+import { UPPER_XATTRS, isOpaque as opaqueMarked } from '../layer/writer.js';
 import type { BigIntStats, Dirent } from 'node:fs';
 import type { PrepareOptions, Snapshot, Snapshotter } from '../build/ports.js';
 import { KilnError } from '../errors.js';
@@ -182,10 +182,7 @@ export async function pruneUnchangedDirs(
   // One getfattr for the whole upper dir instead of one process per directory; the layer writer uses it too.
   const xattrs = await readXattrsRecursive(upper, UPPER_XATTRS);
   const opaque = new Set<string>();
-  for (const [path, x] of xattrs) {
-    for (const [k, v] of x)
-      if (/^(user|trusted)\.overlay\.opaque$/.test(k) && v.toString('latin1') === 'y') opaque.add(path);
-  }
+  for (const [path, x] of xattrs) if (opaqueMarked(x)) opaque.add(path);
   await pruneDir(upper, lowersTopFirst, '', opaque);
   return xattrs;
 }

@@ -15,17 +15,50 @@ import { parseReference } from '../../src/registry/reference.js';
 import { closeTransports } from '../../src/registry/transport.js';
 import type { Layer } from '../../src/oci/types.js';
 import { makeBusyboxImage } from '../helpers/images.js';
-import { startHttpProxy, startRegistry, type ProxiedRequest } from '../helpers/registry.js';
+import {
+  startHttpProxy,
+  startRegistry,
+  type HttpProxyHooks,
+  type ProxiedRequest,
+  type TestProxy,
+  type TestRegistry,
+} from '../helpers/registry.js';
 
 const uploadsOf = (reqs: ProxiedRequest[]): ProxiedRequest[] =>
   reqs.filter((r) => r.method === 'POST' && r.url.includes('/blobs/uploads/') && !r.url.includes('mount='));
 
-test('PushSession: prefetched layers are uploaded once, no manifest until push, then a complete image', async () => {
+interface Fixture {
+  reg: TestRegistry;
+  proxy: TestProxy;
+  work: string;
+  opts: PushOptions;
+}
+
+/** A real registry behind a recording (fault-injecting) proxy, a scratch dir and push options; all torn down. */
+async function withRegistry(
+  hooks: HttpProxyHooks,
+  opts: (work: string) => PushOptions,
+  fn: (f: Fixture) => Promise<void>,
+): Promise<void> {
   const reg = await startRegistry();
-  const proxy = await startHttpProxy(reg.host);
+  const proxy = await startHttpProxy(reg.host, hooks);
   const work = await mkdtemp(join(tmpdir(), 'kiln-session-'));
-  const opts: PushOptions = { origins: new OriginIndex(join(work, 'origins')) };
+  const o = opts(work);
   try {
+    await fn({ reg, proxy, work, opts: o });
+  } finally {
+    await closeTransports(o);
+    await proxy.stop();
+    await reg.stop();
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+const noOrigins = (): PushOptions => ({ origins: null });
+
+test('PushSession: prefetched layers are uploaded once, no manifest until push, then a complete image', async () => {
+  const origins = (work: string): PushOptions => ({ origins: new OriginIndex(join(work, 'origins')) });
+  await withRegistry({}, origins, async ({ reg, proxy, opts }) => {
     const img = await makeBusyboxImage({ secondLayer: [{ path: 'etc/session', content: 'prefetched\n' }] });
     const layers = await img.layers();
     const s = new PushSession(parseReference(`${proxy.host}/team/app:1`), opts);
@@ -50,24 +83,16 @@ test('PushSession: prefetched layers are uploaded once, no manifest until push, 
     });
     assert.equal(got.status, 200);
     assert.equal(Buffer.from(await got.arrayBuffer()).equals(await img.rawManifest()), true);
-  } finally {
-    await closeTransports(opts);
-    await proxy.stop();
-    await reg.stop();
-    await rm(work, { recursive: true, force: true });
-  }
+  });
 });
 
 test('PushSession: a failed prefetch is forgotten; push uploads the blob and succeeds', async () => {
-  const reg = await startRegistry();
   let refuse = true;
-  const proxy = await startHttpProxy(reg.host, {
+  const hooks: HttpProxyHooks = {
     intercept: (r) =>
       refuse && r.method === 'POST' && r.url.includes('/blobs/uploads/') ? { status: 400 } : undefined,
-  });
-  const work = await mkdtemp(join(tmpdir(), 'kiln-session-'));
-  const opts: PushOptions = { origins: null };
-  try {
+  };
+  await withRegistry(hooks, noOrigins, async ({ proxy, opts }) => {
     const img = await makeBusyboxImage({ secondLayer: [{ path: 'etc/session', content: 'retry\n' }] });
     const s = new PushSession(parseReference(`${proxy.host}/team/app:2`), opts);
     for (const l of await img.layers()) s.prefetch(l);
@@ -76,12 +101,7 @@ test('PushSession: a failed prefetch is forgotten; push uploads the blob and suc
     const res = await s.push(img);
     assert.equal(res.digest, await img.digest());
     assert.deepEqual([...res.blobs.values()].sort(), ['uploaded', 'uploaded', 'uploaded']);
-  } finally {
-    await closeTransports(opts);
-    await proxy.stop();
-    await reg.stop();
-    await rm(work, { recursive: true, force: true });
-  }
+  });
 });
 
 /** Write `data` to `file` in pieces, like the layer writer does; resolves to its digest and size (or fails). */
@@ -102,11 +122,7 @@ async function blobBytes(l: Layer): Promise<Buffer> {
 }
 
 test('PushSession.stream: a layer is uploaded while it is written, once, and push reuses it', async () => {
-  const reg = await startRegistry();
-  const proxy = await startHttpProxy(reg.host);
-  const work = await mkdtemp(join(tmpdir(), 'kiln-session-'));
-  const opts: PushOptions = { origins: null };
-  try {
+  await withRegistry({}, noOrigins, async ({ reg, proxy, work, opts }) => {
     const img = await makeBusyboxImage({ secondLayer: [{ path: 'etc/streamed', content: 'x'.repeat(300_000) }] });
     const layers = await img.layers();
     const s = new PushSession(parseReference(`${proxy.host}/team/app:3`), opts);
@@ -127,22 +143,14 @@ test('PushSession.stream: a layer is uploaded while it is written, once, and pus
       const got = await fetch(`http://${reg.host}/v2/team/app/blobs/${await l.digest()}`);
       assert.equal(Buffer.from(await got.arrayBuffer()).equals(await blobBytes(l)), true);
     }
-  } finally {
-    await closeTransports(opts);
-    await proxy.stop();
-    await reg.stop();
-    await rm(work, { recursive: true, force: true });
-  }
+  });
 });
 
 test('PushSession.stream: a refused stream or a failed writer leaves no blob; push uploads the finished one', async () => {
-  const reg = await startRegistry();
-  const proxy = await startHttpProxy(reg.host, {
+  const hooks: HttpProxyHooks = {
     intercept: (r, n) => (r.method === 'PATCH' && n === 1 ? { status: 500 } : undefined),
-  });
-  const work = await mkdtemp(join(tmpdir(), 'kiln-session-'));
-  const opts: PushOptions = { origins: null };
-  try {
+  };
+  await withRegistry(hooks, noOrigins, async ({ reg, proxy, work, opts }) => {
     const img = await makeBusyboxImage({ secondLayer: [{ path: 'etc/refused', content: 'y'.repeat(200_000) }] });
     const [base, top] = (await img.layers()) as [Layer, Layer];
     const s = new PushSession(parseReference(`${proxy.host}/team/app:4`), opts);
@@ -168,10 +176,5 @@ test('PushSession.stream: a refused stream or a failed writer leaves no blob; pu
     const res = await s.push(img);
     assert.equal(res.digest, await img.digest());
     assert.deepEqual([...res.blobs.values()].sort(), ['uploaded', 'uploaded', 'uploaded']);
-  } finally {
-    await closeTransports(opts);
-    await proxy.stop();
-    await reg.stop();
-    await rm(work, { recursive: true, force: true });
-  }
+  });
 });

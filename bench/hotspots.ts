@@ -13,7 +13,7 @@
  *      by default); a block whose 64 KiB sample does not shrink at level 1 is stored (level 0, memcpy speed).
  *      Deterministic (same bytes ⇒ same blob), and the blocks can go to worker threads for multi-core. Checked:
  *      `umoci unpack` and `skopeo inspect` accept such a layer in an OCI layout.
- *   3. COPY of W1's 5,000 source files (src/build/copy.ts: copyFileSync + lchown + chmod + lutimes per file) into
+ *   3. COPY of W1's 5,000 source files (src/engine/copy.ts: copyFileSync + lchown + chmod + lutimes per file) into
  *      the overlay merged dir (today) vs straight into the snapshot's upper dir. Measured: 1.0–1.6× (busy vs
  *      quiet machine) — overlay costs something, but the per-file syscalls dominate, so the lever for warm builds
  *      is copying less (reuse the unchanged files of the previous build of the same step). As root only.

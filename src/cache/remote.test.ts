@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { isKilnError } from '../errors.js';
 import { BlobDir } from '../oci/blobs.js';
 import { cacheKey } from './cache.js';
-import type { LayerStore } from '../build/ports.js';
+import type { LayerStore } from '../engine/ports.js';
 import {
   CACHE_CONFIG_KEY,
   RemoteBuildCache,

@@ -38,7 +38,7 @@ import { RepositoryClient } from '../registry/client.js';
 import { push, type PushOptions } from '../registry/push.js';
 import { parseReferenceWithDefaultTag, type Reference } from '../registry/reference.js';
 import { closeTransports } from '../registry/transport.js';
-import type { LayerStore } from '../build/ports.js';
+import type { LayerStore } from '../engine/ports.js';
 import { writeFileAtomic } from '../util/atomic.js';
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 /** `kiln bootstrap busybox [--name NAME] [--busybox PATH]`: a local busybox base image for first builds. */
 import type { Command } from 'commander';
-import { BOOTSTRAP_BUSYBOX_NAME, busyboxImage } from '../build/bootstrap.js';
+import { BOOTSTRAP_BUSYBOX_NAME, busyboxImage } from '../engine/bootstrap.js';
 import { KilnError } from '../errors.js';
 import { LocalStore, normalizeImageName } from '../oci/store.js';
 

@@ -1,6 +1,6 @@
 /**
- * `kiln build [options] CONTEXT` — docker-build compatible. Parses the options (see src/build/options.ts), enters
- * the build user namespace when not root (the whole build runs inside it), and runs src/build/build.ts. SIGINT /
+ * `kiln build [options] CONTEXT` — docker-build compatible. Parses the options (see src/engine/options.ts), enters
+ * the build user namespace when not root (the whole build runs inside it), and runs src/engine/build.ts. SIGINT /
  * SIGTERM abort the build cleanly: the running step is killed, mounts and temp dirs are removed, nothing is pushed.
  */
 import type { Command } from 'commander';
@@ -18,7 +18,7 @@ import {
   parseSourceDateEpoch,
   parseCompression,
   type BuildOptions,
-} from '../build/options.js';
+} from '../engine/options.js';
 
 function collect(v: string, prev: string[] | undefined): string[] {
   return [...(prev ?? []), v];
@@ -165,7 +165,7 @@ export function register(program: Command): void {
         process.exitCode = code;
         return;
       }
-      const { runBuildCommand } = await import('../build/services.js');
+      const { runBuildCommand } = await import('../engine/services.js');
       const res = await runBuildCommand(opts, flags);
       const toStdout = opts.outputs.some((o) => o.dest === '-');
       if (flags.quiet && !toStdout) process.stdout.write(res.exported.configDigest + '\n');

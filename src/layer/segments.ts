@@ -2,7 +2,7 @@
  * gzip layer blobs cut into members at content-defined tar entry boundaries, so that writing a layer again after a
  * small change copies most members from the previous blob instead of reading and compressing their files again.
  *
- * Why: an incremental COPY (src/build/reuse.ts) leaves the previous build's files in the new layer as hard links;
+ * Why: an incremental COPY (src/engine/reuse.ts) leaves the previous build's files in the new layer as hard links;
  * with 5,000 source files and one edit, reading and compressing the other 4,999 was most of a warm build.
  *
  * Members: a member ends after a tar entry (header, body, padding) of B bytes with probability B / TARGET, decided

@@ -6,7 +6,7 @@
  *   IS the diff in overlay format (whiteouts are 0/0 char devices).
  * - `CopySnapshotter` (copy.ts): the fallback when overlay is unavailable.
  *
- * `prepare(lowers)` takes the layer dirs **bottom-most first** (image layer order, as src/build/ports.ts);
+ * `prepare(lowers)` takes the layer dirs **bottom-most first** (image layer order, as src/engine/ports.ts);
  * overlay's own `lowerdir=` wants topmost first, which `overlayMountOptions` takes care of. The kernel limits the
  * mount option string to one page: when the absolute paths do not fit, the mount runs with its cwd in the snapshot
  * dir and each lower is named by a short relative symlink (`l/0`, `l/1`, ...), which overlay resolves at mount time.
@@ -20,7 +20,7 @@ import { join, resolve } from 'node:path';
 import { readXattrsRecursive } from '../layer/fsops.js';
 import { UPPER_XATTRS, isOpaque as opaqueMarked } from '../layer/writer.js';
 import type { BigIntStats, Dirent } from 'node:fs';
-import type { PrepareOptions, Snapshot, Snapshotter } from '../build/ports.js';
+import type { PrepareOptions, Snapshot, Snapshotter } from '../engine/ports.js';
 import { KilnError } from '../errors.js';
 import { defaultKilnHome, kilnTempDir } from './paths.js';
 import { mount, runTool, unmount } from './mount.js';

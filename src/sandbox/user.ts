@@ -12,7 +12,7 @@
  * HOME is the passwd home of the user (runc sets it when the env has none), "/" when there is no entry.
  */
 import { open } from 'node:fs/promises';
-import { secureJoin } from '../build/rootfs.js';
+import { secureJoin } from '../engine/rootfs.js';
 import { KilnError } from '../errors.js';
 
 export interface ExecUser {

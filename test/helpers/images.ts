@@ -32,8 +32,8 @@ import {
   busyboxRootfsEntries,
   makeTar,
   type TarEntry,
-} from '../../src/build/busybox.js';
-import { DEFAULT_PATH as DEFAULT_SEARCH_PATH } from '../../src/build/imageconfig.js';
+} from '../../src/engine/busybox.js';
+import { DEFAULT_PATH as DEFAULT_SEARCH_PATH } from '../../src/engine/imageconfig.js';
 import type { History, Image, ImageConfig, Layer, Platform } from '../../src/oci/types.js';
 
 export const BUSYBOX_APPLETS = [

@@ -1,5 +1,5 @@
 /**
- * Incremental COPY (src/build/reuse.ts): a COPY whose sources changed starts from the previous build's result
+ * Incremental COPY (src/engine/reuse.ts): a COPY whose sources changed starts from the previous build's result
  * (hard links) — and must still produce exactly what a fresh build produces. Real CLI, real overlay, as root.
  */
 import { test } from 'node:test';

@@ -918,7 +918,7 @@ describe('kiln build: interrupts and outputs', () => {
     await assertClean();
   });
 
-  // Known gaps in src/build + src/cli/build.ts (owned by the build engineer), kept as TODO tests so they show up
+  // Known gaps in src/engine + src/cli/build.ts (owned by the build engineer), kept as TODO tests so they show up
   // in every run until fixed; see the QA report.
   test('a --secret whose source file is missing fails before the build, naming the file (like buildx)', async () => {
     const d = await ctxDir('secret-missing', {

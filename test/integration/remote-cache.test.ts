@@ -19,10 +19,10 @@ import { closeTransports } from '../../src/registry/transport.js';
 import { parseReference } from '../../src/registry/reference.js';
 import { parseDockerfile } from '../../src/dockerfile/convert.js';
 import { hostPlatform } from '../../src/oci/platform.js';
-import { localServices } from '../../src/build/services.js';
-import { BuildProgress } from '../../src/build/progress.js';
-import { runEngine } from '../../src/build/engine.js';
-import { imageOf } from '../../src/build/build.js';
+import { localServices } from '../../src/engine/services.js';
+import { BuildProgress } from '../../src/engine/progress.js';
+import { runEngine } from '../../src/engine/engine.js';
+import { imageOf } from '../../src/engine/build.js';
 import {
   RemoteBuildCache,
   decodeCacheConfig,

@@ -1,5 +1,5 @@
 /**
- * The seams of the build engine. The engine (src/build/engine.ts) is written against these narrow interfaces only;
+ * The seams of the build engine. The engine (src/engine/engine.ts) is written against these narrow interfaces only;
  * concrete implementations live in src/sandbox (namespaces, overlay snapshots, RUN processes), src/layer (layer
  * tar writing and extraction), src/registry + src/oci (base images, outputs). Other build strategies (S2I,
  * buildpacks) and other executors (a Kubernetes pod executor) plug in here without touching the engine.
@@ -90,7 +90,7 @@ export interface WriteBlobOptions {
 }
 
 export interface PrepareOptions {
-  /** Fill the empty upper dir before the overlay is mounted (incremental COPY, src/build/reuse.ts). */
+  /** Fill the empty upper dir before the overlay is mounted (incremental COPY, src/engine/reuse.ts). */
   plant?: (upper: string) => Promise<boolean>;
 }
 
@@ -121,7 +121,7 @@ export interface LayerStore {
   /** Move `upper` (whose blob has `diffID`) into the store once nothing mounts it any more; returns its dir. */
   adopt(upper: string, diffID: string): Promise<string>;
   /**
-   * The layer dir last produced for a step `slot` (same step, sources changed: src/build/reuse.ts), if still here,
+   * The layer dir last produced for a step `slot` (same step, sources changed: src/engine/reuse.ts), if still here,
    * with what was remembered about its files.
    */
   previous?(slot: string): Promise<{ dir: string; sources?: Record<string, string> } | undefined>;
@@ -162,7 +162,7 @@ export interface PublishResult {
   names: string[];
 }
 
-/** Progress events the engine emits; src/build/progress.ts renders them (plain, tty, json). */
+/** Progress events the engine emits; src/engine/progress.ts renders them (plain, tty, json). */
 export interface ProgressSink {
   /** A vertex (step) starts: `#id name`. */
   start(id: number, name: string): void;
@@ -227,13 +227,13 @@ export function copyRequest(over: Partial<CopyRequest> & { location: string }): 
   };
 }
 
-/** COPY/ADD semantics (src/build/copy.ts, add.ts). */
+/** COPY/ADD semantics (src/engine/copy.ts, add.ts). */
 export interface FileCopier {
   /** A digest of everything the request reads from `src` (for the cache key); missing sources fail here. */
   checksum(req: CopyRequest, src: CopySource): Promise<string>;
   /**
    * Apply the copy into the merged root `destRoot`. With `track`, the destination may already hold the previous
-   * build's result (src/build/reuse.ts): identical files are kept and reported.
+   * build's result (src/engine/reuse.ts): identical files are kept and reported.
    */
   apply(req: CopyRequest, src: CopySource, destRoot: string, track?: CopyTrack): Promise<void>;
   /**

@@ -447,7 +447,7 @@ export interface CopyOptions {
   ignore?: Matcher;
   /** Path of the source root relative to the context root (for ignore matching), when the source is the context. */
   warn: (msg: string) => void;
-  /** The destination was planted with the previous build's result (src/build/reuse.ts): keep identical files. */
+  /** The destination was planted with the previous build's result (src/engine/reuse.ts): keep identical files. */
   track?: CopyTrack;
 }
 

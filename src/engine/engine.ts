@@ -137,7 +137,7 @@ export interface EngineResult {
   vertices: number;
 }
 
-/** Extra work around a layer step (incremental COPY, src/build/reuse.ts). */
+/** Extra work around a layer step (incremental COPY, src/engine/reuse.ts). */
 interface StepHooks {
   /** Fill the upper dir before the snapshot is mounted. */
   plant?: (upper: string) => Promise<boolean>;
@@ -1056,7 +1056,7 @@ class Engine {
 
   /**
    * A COPY that ran before with the same parent and instruction (only its sources changed) starts from the previous
-   * result: src/build/reuse.ts. Not for ADD (archives, URLs), --link, or --no-cache.
+   * result: src/engine/reuse.ts. Not for ADD (archives, URLs), --link, or --no-cache.
    */
   private incrementalCopy(
     st: StageState,

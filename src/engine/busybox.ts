@@ -1,5 +1,5 @@
 /**
- * The pieces of a busybox base image shared by `kiln bootstrap busybox` (src/build/bootstrap.ts) and the test
+ * The pieces of a busybox base image shared by `kiln bootstrap busybox` (src/engine/bootstrap.ts) and the test
  * images (test/helpers/images.ts): an in-memory deterministic tar writer and the root filesystem entries.
  *
  * Root filesystem: /bin/busybox plus a symlink per applet, /etc/passwd (root, app 1000, nobody), /etc/group

@@ -4,7 +4,7 @@
  * work without any registry. The image is deterministic for a given busybox binary: fixed mtimes (2024-01-01),
  * owners and entry order, Docker media types and a BuildKit-like config.
  *
- * Root filesystem (src/build/busybox.ts): /bin/busybox plus a symlink per applet (`busybox --list`), /etc/passwd
+ * Root filesystem (src/engine/busybox.ts): /bin/busybox plus a symlink per applet (`busybox --list`), /etc/passwd
  * (root, app 1000, nobody), /etc/group, /root 0700, /home/app (1000:1000), /tmp 1777, /usr/bin/env.
  */
 import { readFileSync } from 'node:fs';

@@ -1,0 +1,183 @@
+/**
+ * The build service's data model, shared by its rooms (config, store, queue, git, runner, api, cli). Kept in one
+ * file so every room speaks the same shapes: a project declared in YAML, the builds it gets (one per image per
+ * trigger), their phases and stages. Shapes follow OpenShift Builds / Shipwright where they have an equivalent
+ * (phase names, runPolicy), and the issue's API contract where it names fields (`id`, `project`, `image`, `ref`,
+ * `commit`, `phase`, `reason`, `trigger`, `tags`, `digest`, `createdAt`, `startedAt`, `finishedAt`).
+ */
+
+/** Where a credential comes from. Only the reference is ever stored; the value is read when it is used. */
+export interface SecretRef {
+  /** Name of an environment variable of the service process. */
+  env?: string;
+  /** Path of a file readable by the service (its content, trailing newline trimmed). */
+  file?: string;
+}
+
+/** Git credentials of a project: basic auth (https/http) or an ssh key with known_hosts. */
+export interface GitCredentials {
+  username?: string;
+  passwordEnv?: string;
+  passwordFile?: string;
+  sshKeyFile?: string;
+  knownHostsFile?: string;
+}
+
+/** Registry credentials of a project (else the service's docker config.json keychain is used). */
+export interface RegistryCredentials {
+  username?: string;
+  passwordEnv?: string;
+  passwordFile?: string;
+}
+
+export type Strategy = 'dockerfile' | 's2i' | 'buildpacks' | 'node';
+export type Backend = 'kiln' | 'buildah' | 'docker' | 'kaniko';
+
+/** One image of a project: built from the project's repository, pushed as `<project.registry>/<name>`. */
+export interface ImageSpec {
+  /** One path component ([a-z0-9]+ separated by . _ - __). */
+  name: string;
+  /** Context dir, relative to the repository root (default `.`). */
+  context: string;
+  /** Dockerfile path, relative to the repository root (default `<context>/Dockerfile`). */
+  dockerfile: string;
+  target?: string;
+  buildArgs: Record<string, string>;
+  /** Build secrets for `RUN --mount=type=secret,id=…`: id → reference. */
+  secrets: Record<string, SecretRef>;
+  strategy: Strategy;
+  backend: Backend;
+  /** Globs of repository paths that concern this image (empty: every change). */
+  paths: string[];
+  /** Tag templates (`{{branch}}`, `{{tag}}`, `{{sha}}`, `{{shortSha}}`, `{{buildNumber}}`, `latest`, …). */
+  tags: string[];
+  /** Build timeout in seconds (default: the project's, else the service's). */
+  timeoutSeconds?: number;
+}
+
+export type RunPolicy = 'Serial' | 'SerialLatestOnly' | 'Parallel';
+
+export interface RetentionPolicy {
+  /** Successful builds kept per project (newest first). */
+  successfulCount: number;
+  failedCount: number;
+  /** Builds older than this many days are removed (0: no age limit). */
+  maxAgeDays: number;
+}
+
+export interface WebhookSecrets {
+  github?: { secretEnv?: string; secretFile?: string };
+  gitlab?: { tokenEnv?: string; tokenFile?: string };
+  gitea?: { secretEnv?: string; secretFile?: string };
+  forgejo?: { secretEnv?: string; secretFile?: string };
+  bitbucket?: { secretEnv?: string; secretFile?: string };
+  generic?: { secretEnv?: string; secretFile?: string };
+}
+
+/** A project as declared in YAML (after defaults were applied). */
+export interface Project {
+  name: string;
+  repository: string;
+  gitCredentials?: GitCredentials;
+  /** Registry prefix every image of the project is pushed under (`host[:port]/path`). */
+  registry: string;
+  registryCredentials?: RegistryCredentials;
+  /** Plain HTTP / unverified TLS to the registry (like `kiln build --insecure-registry`). */
+  insecureRegistry: boolean;
+  /** Branch filters for automatic triggers (globs or /regex/); empty: none. */
+  branches: string[];
+  tags: string[];
+  /** The default branch (where `latest` applies); default `main`. */
+  defaultBranch: string;
+  webhooks?: WebhookSecrets;
+  images: ImageSpec[];
+  /** Clone options. */
+  submodules: boolean;
+  /** Fetch depth (0: full history). */
+  depth: number;
+  lfs: boolean;
+  runPolicy: RunPolicy;
+  /** Builds of this project running at once. */
+  concurrency: number;
+  timeoutSeconds?: number;
+  retention: RetentionPolicy;
+}
+
+/** The whole config file: service settings and projects. */
+export interface ServiceConfig {
+  /** Admin switch for `file://` repositories (tests, single-machine use). */
+  allowFileRepositories: boolean;
+  /** Builds running at once in the whole service. */
+  concurrency: number;
+  /** Default build timeout, seconds. */
+  timeoutSeconds: number;
+  /** Grace period on SIGTERM before running builds are cancelled, seconds. */
+  shutdownGraceSeconds: number;
+  /** Rerun builds that a crash of the service interrupted (once). */
+  retryInterrupted: boolean;
+  /** Registries reached over plain HTTP / unverified TLS. */
+  insecureRegistries: string[];
+  projects: Project[];
+}
+
+export const PHASES = ['queued', 'fetching', 'building', 'pushing', 'succeeded', 'failed', 'cancelled', 'timed-out'] as const;
+export type Phase = (typeof PHASES)[number];
+export const FINAL_PHASES: readonly Phase[] = ['succeeded', 'failed', 'cancelled', 'timed-out'];
+export const ACTIVE_PHASES: readonly Phase[] = ['fetching', 'building', 'pushing'];
+
+export type TriggerType = 'manual' | 'webhook' | 'base-change' | 'rerun' | 'retry' | 'poll';
+
+/** What caused a build. `by` names the token's user for manual builds; webhook fields come with the triggers issue. */
+export interface Trigger {
+  type: TriggerType;
+  by?: string;
+  /** Webhook: forge and delivery id. */
+  forge?: string;
+  delivery?: string;
+  /** Rerun / retry: the build it repeats. */
+  of?: string;
+  /** Base change: the base image and its new digest. */
+  base?: string;
+  baseDigest?: string;
+}
+
+/** A stage of a build with its duration (fetch, each engine step, push). */
+export interface BuildStage {
+  name: string;
+  /** `fetch`, `step`, `push`. */
+  kind: string;
+  status: 'running' | 'done' | 'cached' | 'error';
+  startedAt: string;
+  durationMs?: number;
+}
+
+/** A build record: one image of one project at one commit. */
+export interface Build {
+  id: string;
+  project: string;
+  image: string;
+  /** Build number per project (1, 2, …). */
+  number: number;
+  /** Id shared by the builds one trigger made. */
+  group: string;
+  /** `refs/heads/main`-style full ref, or `` when built by commit. */
+  ref: string;
+  commit: string | null;
+  phase: Phase;
+  reason: string | null;
+  trigger: Trigger;
+  /** Full image references pushed (`registry/prefix/name:tag`). */
+  tags: string[];
+  /** Manifest digest of the pushed image. */
+  digest: string | null;
+  stages: BuildStage[];
+  createdAt: string;
+  startedAt: string | null;
+  finishedAt: string | null;
+  /** Paths changed by the trigger (for path filters), when known. */
+  changedPaths?: string[];
+  /** Set when the build was cancelled by a user (the runner stops it). */
+  cancelRequested?: boolean;
+}
+
+export type Role = 'admin' | 'viewer';

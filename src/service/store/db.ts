@@ -1,0 +1,177 @@
+/**
+ * Opening the service's SQLite database: the connection settings every process must agree on (the service and a
+ * `kiln serve token create --data-dir D` run against the same file at once) and the numbered schema migrations.
+ *
+ * Durability: the database runs in WAL mode with `synchronous = NORMAL`. A transaction is committed once its pages
+ * are appended to the `-wal` file with `write(2)`; the kernel then owns them, so a crash or `kill -9` of the
+ * process never loses a committed transaction nor corrupts the file (SQLite replays or ignores the WAL tail on the
+ * next open). Only a power loss or kernel crash can lose the last transactions committed before the next WAL
+ * checkpoint's fsync — the file still opens consistent, just slightly older. For builds that is acceptable: a
+ * build lost that way looks like one interrupted by the crash. `synchronous = FULL` would fsync every commit
+ * (several ms each on slow disks) to close that window too.
+ */
+import { closeSync, mkdirSync, openSync } from 'node:fs';
+import { dirname } from 'node:path';
+import Database from 'better-sqlite3';
+import { KilnError, errorMessage } from '../../errors.js';
+import { FINAL_PHASES, PHASES } from '../model.js';
+
+/** The connection type used by the store (better-sqlite3). */
+export type Db = Database.Database;
+
+const phaseList = PHASES.map((p) => `'${p}'`).join(', ');
+/** `'succeeded', 'failed', …` — for `phase IN (…)` in SQL written here (constants only, never user input). */
+export const FINAL_PHASES_SQL = FINAL_PHASES.map((p) => `'${p}'`).join(', ');
+
+/**
+ * Schema migrations: entry `i` brings the database from `user_version` i to i + 1. Append only — a released
+ * migration is never edited, because databases in the field have already run it. Each runs in one transaction
+ * together with its `user_version` bump, so a crash leaves the schema at a whole version.
+ *
+ * `builds.seq` is the rowid (AUTOINCREMENT: never reused, even after the newest rows are deleted): the queue order
+ * and the listing order (newest first) in one integer that every index carries for free. Timestamps are ISO-8601
+ * UTC strings from `Date.toISOString()` (they sort as text). JSON columns hold the model's shapes as they are.
+ */
+export const MIGRATIONS: readonly string[] = [
+  `
+  CREATE TABLE projects (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    next_build_number INTEGER NOT NULL DEFAULT 1
+  ) STRICT;
+
+  CREATE TABLE builds (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    project TEXT NOT NULL REFERENCES projects(name) ON DELETE CASCADE,
+    image TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    group_id TEXT NOT NULL,
+    ref TEXT NOT NULL,
+    commit_sha TEXT,
+    phase TEXT NOT NULL CHECK (phase IN (${phaseList})),
+    reason TEXT,
+    trigger_json TEXT NOT NULL,
+    tags TEXT NOT NULL DEFAULT '[]',
+    digest TEXT,
+    stages TEXT NOT NULL DEFAULT '[]',
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT,
+    changed_paths TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (project, number)
+  ) STRICT;
+  CREATE INDEX builds_project ON builds (project, seq);
+  CREATE INDEX builds_phase ON builds (phase, seq);
+  CREATE INDEX builds_project_phase ON builds (project, phase, seq);
+  CREATE INDEX builds_project_image_ref ON builds (project, image, ref, phase);
+  CREATE INDEX builds_group ON builds (group_id);
+
+  CREATE TABLE build_stats (
+    project TEXT NOT NULL REFERENCES projects(name) ON DELETE CASCADE,
+    phase TEXT NOT NULL,
+    finished INTEGER NOT NULL DEFAULT 0,
+    timed INTEGER NOT NULL DEFAULT 0,
+    duration_sum REAL NOT NULL DEFAULT 0,
+    buckets TEXT NOT NULL,
+    PRIMARY KEY (project, phase)
+  ) STRICT;
+
+  CREATE TABLE tokens (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('admin', 'viewer')),
+    hash TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    last_used_at TEXT,
+    expires_at TEXT,
+    revoked INTEGER NOT NULL DEFAULT 0
+  ) STRICT;
+
+  CREATE TABLE deliveries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    project TEXT NOT NULL REFERENCES projects(name) ON DELETE CASCADE,
+    forge TEXT NOT NULL,
+    delivery_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    ref TEXT,
+    commit_sha TEXT,
+    outcome TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    build_group TEXT,
+    UNIQUE (forge, delivery_id, project)
+  ) STRICT;
+  CREATE INDEX deliveries_project ON deliveries (project, id);
+  `,
+];
+
+/** The schema version this kiln writes (the number of migrations). */
+export const SCHEMA_VERSION = MIGRATIONS.length;
+
+/**
+ * Open (creating when missing, with its directories) the database at `file`, set the connection pragmas and bring
+ * the schema up to date. A new file is created mode 0600 (it holds token hashes); SQLite gives its `-wal` and
+ * `-shm` files the same mode. Throws `STORE_TOO_NEW` for a database a newer kiln migrated, `STORE_OPEN_FAILED`
+ * when the file cannot be opened as a database.
+ */
+export function openDatabase(file: string): Db {
+  let db: Db;
+  try {
+    mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
+    closeSync(openSync(file, 'a', 0o600));
+    db = new Database(file, { timeout: 5000 });
+  } catch (e) {
+    throw new KilnError('STORE_OPEN_FAILED', `cannot open the service database ${file}: ${errorMessage(e)}`, {
+      hint: 'check that the data dir is writable by the service user',
+      cause: e,
+    });
+  }
+  try {
+    db.pragma('busy_timeout = 5000');
+    db.pragma('journal_mode = WAL');
+    db.pragma('synchronous = NORMAL');
+    db.pragma('foreign_keys = ON');
+    migrate(db, file);
+    return db;
+  } catch (e) {
+    db.close();
+    if (e instanceof KilnError) throw e;
+    throw new KilnError('STORE_OPEN_FAILED', `cannot open the service database ${file}: ${errorMessage(e)}`, {
+      hint: 'the file may not be a kiln database; move it away to start with an empty one',
+      cause: e,
+    });
+  }
+}
+
+function userVersion(db: Db): number {
+  return db.pragma('user_version', { simple: true }) as number;
+}
+
+/**
+ * Apply the pending migrations, one immediate transaction each. The version is read again inside the transaction:
+ * two processes opening a fresh file at once both see version 0, the second waits on the write lock and then
+ * finds the first one's work done.
+ */
+function migrate(db: Db, file: string): void {
+  const tooNew = (v: number): KilnError =>
+    new KilnError(
+      'STORE_TOO_NEW',
+      `the service database ${file} has schema version ${v}; this kiln knows up to ${SCHEMA_VERSION}`,
+      { hint: 'a newer kiln wrote it: run that version, or restore a backup made before the upgrade' },
+    );
+  const start = userVersion(db);
+  if (start > SCHEMA_VERSION) throw tooNew(start);
+  for (let v = start; v < SCHEMA_VERSION; v++) {
+    db.transaction(() => {
+      const now = userVersion(db);
+      if (now > SCHEMA_VERSION) throw tooNew(now);
+      if (now > v) return;
+      db.exec(MIGRATIONS[v] ?? '');
+      db.pragma(`user_version = ${v + 1}`);
+    }).immediate();
+  }
+}

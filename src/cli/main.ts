@@ -22,6 +22,8 @@ const COMMANDS = [
   'logout',
   'dockerfile',
   'bootstrap',
+  'serve',
+  'serve-worker',
 ] as const;
 
 interface CommandModule {

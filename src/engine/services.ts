@@ -19,6 +19,7 @@ import { getRemoteImage } from '../registry/remote.js';
 import { parseReferenceWithDefaultTag } from '../registry/reference.js';
 import { closeTransports } from '../registry/transport.js';
 import type { PushOptions } from '../registry/push.js';
+import type { CredentialSource } from '../registry/transport.js';
 import { loadContext, type BuildContext, type LoadContextOptions } from './context.js';
 import { chooseSnapshotter } from '../sandbox/overlay.js';
 import { NamespaceExecutor } from '../sandbox/run.js';
@@ -168,18 +169,32 @@ export async function localServices(
   return svc;
 }
 
+/**
+ * What an embedding front end (the build service's worker) brings to a CLI-shaped build: its own progress sink
+ * (the build log), credentials tried before the docker keychain (a project's registry credentials, which never
+ * touch disk or argv), and its own abort signal (cancel, timeout).
+ */
+export interface EmbeddedBuild {
+  progress?: BuildProgress;
+  credentials?: CredentialSource;
+  signal?: AbortSignal;
+}
+
 /** The CLI's build: services from flags, interrupt handling, progress, cleanup. */
 export async function runBuildCommand(
   opts: BuildOptions,
   flags: { insecureRegistry?: string[]; registryCa?: string[]; registryMirror?: string[] },
+  embed: EmbeddedBuild = {},
 ): Promise<BuildOutcome> {
   const progressMode = opts.progress === 'auto' || opts.progress === 'tty' ? 'plain' : opts.progress;
-  const progress = new BuildProgress(progressMode);
+  const progress = embed.progress ?? new BuildProgress(progressMode);
+  const keychain = new Keychain().source();
+  const first = embed.credentials;
   const registry: PushOptions = {
     insecureRegistries: opts.insecureRegistries.map((h) => h.replace(/^[a-z]+:\/\//i, '').replace(/\/.*$/, '')),
     caFiles: flags.registryCa ?? [],
     mirrors: opts.registryMirrors.map((u) => u.replace(/\/+$/, '')),
-    credentials: new Keychain().source(),
+    credentials: first ? async (r) => (await first(r)) ?? keychain(r) : keychain,
     progress: new Progress(progressMode === 'json' ? 'json' : 'quiet'),
   };
   const ac = new AbortController();
@@ -190,6 +205,8 @@ export async function runBuildCommand(
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  const onEmbedAbort = (): void => onSignal('SIGTERM');
+  embed.signal?.addEventListener('abort', onEmbedAbort);
   // progress goes to stderr: if its reader goes away (`kiln build … 2>&1 | head`), keep building and cleaning up
   // instead of dying on EPIPE with a snapshot still mounted
   const onStderrError = (): void => undefined;
@@ -208,7 +225,7 @@ export async function runBuildCommand(
     } finally {
       await svc.context.cleanup();
     }
-    if (opts.progress !== 'quiet') {
+    if (opts.progress !== 'quiet' && !embed.progress) {
       const names = res.exported.names.length ? ` (${res.exported.names.join(', ')})` : '';
       process.stderr.write(`\nbuilt ${res.exported.configDigest}${names}\n`);
     }
@@ -225,6 +242,7 @@ export async function runBuildCommand(
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
+    embed.signal?.removeEventListener('abort', onEmbedAbort);
     process.stderr.off('error', onStderrError);
     await closeTransports(registry);
   }

@@ -120,7 +120,16 @@ export interface ServiceConfig {
   projects: Project[];
 }
 
-export const PHASES = ['queued', 'fetching', 'building', 'pushing', 'succeeded', 'failed', 'cancelled', 'timed-out'] as const;
+export const PHASES = [
+  'queued',
+  'fetching',
+  'building',
+  'pushing',
+  'succeeded',
+  'failed',
+  'cancelled',
+  'timed-out',
+] as const;
 export type Phase = (typeof PHASES)[number];
 export const FINAL_PHASES: readonly Phase[] = ['succeeded', 'failed', 'cancelled', 'timed-out'];
 export const ACTIVE_PHASES: readonly Phase[] = ['fetching', 'building', 'pushing'];

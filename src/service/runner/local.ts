@@ -1,0 +1,184 @@
+/**
+ * The local build runner: builds run in warm worker processes on this machine (src/service/runner/worker.ts).
+ * `BuildRunner` is the port the service schedules onto; the Kubernetes runner (build pods) implements the same
+ * port later, so the queue, store and API never know where a build runs.
+ *
+ * Why a pool of single-use workers: see worker.ts — each build gets a fresh process in a fresh user namespace,
+ * but one that was started and loaded before the build was asked for. Workers are started under
+ * `setpriv --pdeathsig SIGTERM` and hold a socket to the service: if the service dies (even `kill -9`), they
+ * abort their build and clean up; no orphan keeps building or pushing.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import type { Socket } from 'node:net';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { KilnError } from '../../errors.js';
+import type { BuildStage } from '../model.js';
+import { lineDecoder, type FromWorker, type ToWorker, type WorkerJob } from './protocol.js';
+
+export interface RunHooks {
+  /** The worker process took the job (its pid, for the store: a restarted service kills leftovers). */
+  onStart?(pid: number): void;
+  onPhase?(phase: 'building' | 'pushing'): void;
+  onStage?(stage: BuildStage, index: number): void;
+}
+
+export type RunOutcome =
+  | { ok: true; digest: string; configDigest: string; pushed: string[] }
+  | { ok: false; code: string; message: string; reason: string };
+
+/** Where builds run. */
+export interface BuildRunner {
+  /**
+   * Run one build to its end. Aborting `signal` (reason `cancelled` or `timed-out`) stops it cleanly; the promise
+   * then resolves with the outcome the worker reported (an INTERRUPTED error).
+   */
+  run(job: WorkerJob, hooks: RunHooks, signal: AbortSignal): Promise<RunOutcome>;
+  /** Stop idle workers (running builds are the caller's to cancel first). */
+  close(): Promise<void>;
+}
+
+export interface LocalRunnerOptions {
+  /** Idle workers kept ready (default 1). */
+  warm?: number;
+  /** Extra environment for workers (KILN_HOME, …). */
+  env?: NodeJS.ProcessEnv;
+  /** After a cancel, how long a worker may take to clean up before it is killed (ms, default 30 s). */
+  killAfterMs?: number;
+}
+
+interface Worker {
+  proc: ChildProcess;
+  chan: Socket;
+  ready: Promise<number>;
+  messages: ((m: FromWorker) => void)[];
+  exited: Promise<number>;
+}
+
+/** bin/kiln.js of this checkout or package (the same launcher users run). */
+function kilnBin(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 5; i++) {
+    const p = join(dir, 'bin', 'kiln.js');
+    if (existsSync(p)) return p;
+    dir = dirname(dir);
+  }
+  throw new KilnError('INTERNAL', 'cannot find bin/kiln.js for the build workers');
+}
+
+export class LocalBuildRunner implements BuildRunner {
+  private readonly idle: Worker[] = [];
+  private readonly all = new Set<Worker>();
+  private closed = false;
+  private readonly warm: number;
+
+  constructor(private readonly opts: LocalRunnerOptions = {}) {
+    this.warm = opts.warm ?? 1;
+    this.fill();
+  }
+
+  private fill(): void {
+    while (!this.closed && this.idle.length < this.warm) this.idle.push(this.spawnWorker());
+  }
+
+  private spawnWorker(): Worker {
+    const proc = spawn('setpriv', ['--pdeathsig', 'SIGTERM', '--', process.execPath, kilnBin(), 'serve-worker'], {
+      stdio: ['ignore', 'inherit', 'inherit', 'pipe'],
+      env: { ...process.env, ...this.opts.env },
+    });
+    const chan = proc.stdio[3] as Socket;
+    const w: Worker = {
+      proc,
+      chan,
+      messages: [],
+      ready: Promise.resolve(0),
+      exited: new Promise<number>((resolve) => {
+        proc.on('error', () => resolve(127));
+        proc.on('close', (code, sig) => resolve(code ?? (sig ? 128 + 15 : 1)));
+      }),
+    };
+    w.ready = new Promise<number>((resolve, reject) => {
+      chan.on(
+        'data',
+        lineDecoder<FromWorker>((m) => {
+          if (m.type === 'ready') resolve(m.pid);
+          for (const l of w.messages) l(m);
+        }),
+      );
+      chan.on('error', () => undefined);
+      void w.exited.then((code) =>
+        reject(new KilnError('WORKER_FAILED', `build worker exited with ${code} before it was ready`)),
+      );
+    });
+    w.ready.catch(() => undefined);
+    this.all.add(w);
+    void w.exited.then(() => {
+      this.all.delete(w);
+      const i = this.idle.indexOf(w);
+      if (i >= 0) this.idle.splice(i, 1);
+    });
+    return w;
+  }
+
+  /** A ready worker: an idle one, else a new one (a slow start is still correct, only slower). */
+  private async take(): Promise<{ w: Worker; pid: number }> {
+    for (;;) {
+      const w = this.idle.shift() ?? this.spawnWorker();
+      this.fill();
+      try {
+        return { w, pid: await w.ready };
+      } catch (e) {
+        if (this.closed) throw e;
+        // a worker that died while idle (e.g. killed by an admin): take the next one, once
+        const again = this.spawnWorker();
+        return { w: again, pid: await again.ready };
+      }
+    }
+  }
+
+  async run(job: WorkerJob, hooks: RunHooks, signal: AbortSignal): Promise<RunOutcome> {
+    if (this.closed) throw new KilnError('SERVICE_CLOSING', 'the service is shutting down');
+    const { w, pid } = await this.take();
+    hooks.onStart?.(pid);
+    let outcome: RunOutcome | undefined;
+    w.messages.push((m) => {
+      if (m.type === 'phase') hooks.onPhase?.(m.phase);
+      else if (m.type === 'stage') hooks.onStage?.(m.stage, m.index);
+      else if (m.type === 'result')
+        outcome = { ok: true, digest: m.digest, configDigest: m.configDigest, pushed: m.pushed };
+      else if (m.type === 'error') outcome = { ok: false, code: m.code, message: m.message, reason: m.reason };
+    });
+    const send = (m: ToWorker): void => {
+      if (!w.chan.destroyed) w.chan.write(JSON.stringify(m) + '\n');
+    };
+    let killer: NodeJS.Timeout | undefined;
+    const onAbort = (): void => {
+      const reason = signal.reason === 'timed-out' ? 'timed-out' : 'cancelled';
+      send({ type: 'cancel', reason });
+      killer = setTimeout(() => w.proc.kill('SIGKILL'), this.opts.killAfterMs ?? 30_000);
+    };
+    if (signal.aborted) onAbort();
+    else signal.addEventListener('abort', onAbort, { once: true });
+    send({ type: 'job', job });
+    const code = await w.exited;
+    signal.removeEventListener('abort', onAbort);
+    if (killer) clearTimeout(killer);
+    if (outcome) return outcome;
+    if (signal.aborted) return { ok: false, code: 'INTERRUPTED', message: 'build interrupted', reason: 'interrupted' };
+    const message = `build worker died (exit ${code})`;
+    return { ok: false, code: 'WORKER_FAILED', message, reason: message };
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    const idle = this.idle.splice(0);
+    for (const w of idle) w.chan.end();
+    await Promise.all(idle.map((w) => w.exited));
+  }
+
+  /** Workers alive (idle and busy): for metrics and tests. */
+  get workers(): number {
+    return this.all.size;
+  }
+}

@@ -1,0 +1,75 @@
+/**
+ * The wire between the service and a build worker process: newline-delimited JSON over one unix socket (the
+ * worker's fd 3). One socket for both directions keeps the worker's stdout/stderr free for whatever the engine
+ * prints, and its end-of-file doubles as the worker's lifeline: when the service dies, even by SIGKILL, the socket
+ * closes and the worker cancels its build and cleans up.
+ *
+ * Secrets (build secrets, registry passwords) cross only this socket — never argv, env, a file outside the
+ * worker's private temp dir, or the log.
+ */
+import type { BuildStage } from '../model.js';
+
+/** One build for a worker: everything already resolved (checkout on disk, tags rendered, secrets read). */
+export interface WorkerJob {
+  buildId: string;
+  /** Absolute context dir (inside the checkout). */
+  contextDir: string;
+  /** Absolute Dockerfile path (inside the checkout). */
+  dockerfile: string;
+  target?: string;
+  buildArgs: Record<string, string>;
+  labels: Record<string, string>;
+  /** Build secrets by id (values). */
+  secrets: Record<string, string>;
+  /** Full image references to push (`host/prefix/name:tag`). */
+  tags: string[];
+  insecureRegistries: string[];
+  /** Registry credentials for the project's registry host, if configured. */
+  registryAuth?: { registry: string; username: string; password: string };
+  /** The build log: the worker appends its plain progress to it. */
+  logFile: string;
+  noCache?: boolean;
+}
+
+/** Service → worker. */
+export type ToWorker = { type: 'job'; job: WorkerJob } | { type: 'cancel'; reason: 'cancelled' | 'timed-out' };
+
+/** Worker → service. */
+export type FromWorker =
+  | { type: 'ready'; pid: number }
+  | { type: 'phase'; phase: 'building' | 'pushing' }
+  | { type: 'stage'; stage: BuildStage; index: number }
+  | { type: 'result'; digest: string; configDigest: string; pushed: string[] }
+  | { type: 'error'; code: string; message: string; reason: string };
+
+/** Split a byte stream into JSON messages (one per line). */
+export function lineDecoder<T>(onMessage: (m: T) => void): (chunk: Buffer) => void {
+  let buf = '';
+  return (chunk) => {
+    buf += chunk.toString('utf8');
+    let i: number;
+    while ((i = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, i);
+      buf = buf.slice(i + 1);
+      if (line.trim() === '') continue;
+      try {
+        onMessage(JSON.parse(line) as T);
+      } catch {
+        // not a message: ignore (a worker never writes anything else here)
+      }
+    }
+  };
+}
+
+/**
+ * The one-line `reason` of a failed build, as a user reads it in a list: `Dockerfile:12: RUN exited 2` for a
+ * failed RUN, else the first line of the error (at most 300 characters).
+ */
+export function reasonOf(code: string, message: string): string {
+  const first = (message.split('\n')[0] ?? '').trim();
+  if (code === 'RUN_FAILED') {
+    const m = /^(\S+:\d+):.*?(?:exit code: (\d+)|signal: (\w+))/.exec(first);
+    if (m) return m[2] !== undefined ? `${m[1]}: RUN exited ${m[2]}` : `${m[1]}: RUN killed by ${m[3]}`;
+  }
+  return first.length > 300 ? first.slice(0, 297) + '...' : first;
+}

@@ -1,0 +1,208 @@
+/**
+ * The build worker process (`kiln serve-worker`, started by the service's LocalBuildRunner). Why a separate,
+ * pre-started process per build: a build must run in its own rootless user namespace exactly like `kiln build`
+ * (a user namespace cannot be entered by a multi-threaded process such as Node, so each needs a new process), yet
+ * Node's start-up and the engine's module loading (~0.2 s) should not be paid while the user waits. So the
+ * service keeps workers started, namespaced and loaded ahead of time; each takes one job, builds, reports and
+ * exits. A crash fails only its build.
+ *
+ * Lifecycle: enter the namespace (rootless) → load the engine → `ready` → one `job` → `phase`/`stage` events →
+ * `result` or `error` → exit. The socket's end (service gone) or a `cancel` aborts the build through the same
+ * AbortSignal path as `kiln build`'s SIGTERM: the RUN process is killed, mounts and temp dirs removed, no
+ * manifest pushed.
+ */
+import { Socket } from 'node:net';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { closeSync, openSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { errorMessage, isKilnError } from '../../errors.js';
+import type { BuildStage } from '../model.js';
+import { lineDecoder, reasonOf, type FromWorker, type ToWorker, type WorkerJob } from './protocol.js';
+import type { BuildOptions } from '../../engine/options.js';
+import type { BuildProgress } from '../../engine/progress.js';
+
+/** The plain-progress log, appended in chunks (a RUN printing MB/s must not cost a syscall per line). */
+class LogWriter {
+  private readonly fd: number;
+  private buf: string[] = [];
+  private size = 0;
+  private timer: NodeJS.Timeout | undefined;
+
+  /** Secret values masked as `***` wherever they would appear (a RUN that prints one), like CI systems do. */
+  constructor(
+    file: string,
+    private readonly masked: string[],
+  ) {
+    this.fd = openSync(file, 'a', 0o640);
+  }
+
+  write(text: string): void {
+    let s = text;
+    for (const m of this.masked) if (s.includes(m)) s = s.split(m).join('***');
+    this.buf.push(s);
+    this.size += s.length;
+    if (this.size >= 64 * 1024) this.flush();
+    else this.timer ??= setTimeout(() => this.flush(), 50);
+  }
+
+  flush(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    if (this.buf.length === 0) return;
+    const data = this.buf.join('');
+    this.buf = [];
+    this.size = 0;
+    writeSync(this.fd, data);
+  }
+
+  close(): void {
+    this.flush();
+    closeSync(this.fd);
+  }
+}
+
+async function progressClass(): Promise<typeof BuildProgress> {
+  return (await import('../../engine/progress.js')).BuildProgress;
+}
+
+/** Run the worker; resolves to the process exit code. */
+export async function workerMain(): Promise<number> {
+  const { enterBuildNamespace } = await import('../../sandbox/userns.js');
+  const code = await enterBuildNamespace(undefined, { passFds: 1 });
+  if (code !== null) return code;
+
+  const chan = new Socket({ fd: 3, readable: true, writable: true });
+  const send = (m: FromWorker): void => {
+    if (!chan.destroyed) chan.write(JSON.stringify(m) + '\n');
+  };
+  const ac = new AbortController();
+  let gotJob!: (j: WorkerJob | undefined) => void;
+  const jobArrived = new Promise<WorkerJob | undefined>((r) => (gotJob = r));
+  chan.on(
+    'data',
+    lineDecoder<ToWorker>((m) => {
+      if (m.type === 'job') gotJob(m.job);
+      else if (m.type === 'cancel') ac.abort(m.reason);
+    }),
+  );
+  const gone = (): void => {
+    gotJob(undefined);
+    ac.abort('service gone');
+  };
+  chan.on('end', gone);
+  chan.on('error', gone);
+  process.on('SIGTERM', () => ac.abort('SIGTERM'));
+  process.on('SIGINT', () => ac.abort('SIGINT'));
+
+  // Warm: load what a build needs before announcing readiness.
+  const [{ runBuildCommand }, BuildProgressClass, { parsePlatformOption }] = await Promise.all([
+    import('../../engine/services.js'),
+    progressClass(),
+    import('../../engine/options.js'),
+  ]);
+  send({ type: 'ready', pid: process.pid });
+  const job = await jobArrived;
+  if (!job) return 0;
+
+  const masked = [...Object.values(job.secrets), job.registryAuth?.password ?? '']
+    .filter((v) => v.length >= 4)
+    .flatMap((v) => [v, ...v.split('\n').filter((l) => l.trim().length >= 4)]);
+  const log = new LogWriter(job.logFile, masked);
+  const started = new Map<number, { stage: BuildStage; t0: number; index: number }>();
+  let nextIndex = 0;
+  class ServiceProgress extends BuildProgressClass {
+    override start(id: number, name: string): void {
+      super.start(id, name);
+      const stage: BuildStage = { name, kind: 'step', status: 'running', startedAt: new Date().toISOString() };
+      if (name.startsWith('exporting to image')) {
+        stage.kind = 'push';
+        send({ type: 'phase', phase: 'pushing' });
+      }
+      const rec = { stage, t0: performance.now(), index: nextIndex++ };
+      started.set(id, rec);
+      send({ type: 'stage', stage, index: rec.index });
+    }
+    private end(id: number, status: BuildStage['status']): void {
+      const rec = started.get(id);
+      if (!rec) return;
+      rec.stage = { ...rec.stage, status, durationMs: Math.round(performance.now() - rec.t0) };
+      send({ type: 'stage', stage: rec.stage, index: rec.index });
+    }
+    override done(id: number): void {
+      super.done(id);
+      this.end(id, 'done');
+    }
+    override cached(id: number): void {
+      super.cached(id);
+      this.end(id, 'cached');
+    }
+    override error(id: number, message: string): void {
+      super.error(id, message);
+      this.end(id, 'error');
+    }
+  }
+  const progress = new ServiceProgress('plain', (s) => log.write(s));
+
+  const { kilnHome } = await import('../../oci/store.js');
+  let secretDir: string | undefined;
+  try {
+    await mkdir(join(kilnHome(), 'tmp'), { recursive: true, mode: 0o700 });
+    secretDir = await mkdtemp(join(kilnHome(), 'tmp', 'svc-secrets-'));
+    const secrets: BuildOptions['secrets'] = [];
+    for (const [id, value] of Object.entries(job.secrets)) {
+      const file = join(secretDir, String(secrets.length));
+      await writeFile(file, value, { mode: 0o400 });
+      secrets.push({ id, src: file });
+    }
+    const opts: BuildOptions = {
+      context: job.contextDir,
+      file: job.dockerfile,
+      tags: job.tags,
+      buildArgs: new Map(Object.entries(job.buildArgs)),
+      labels: job.labels,
+      platform: parsePlatformOption(undefined),
+      noCache: job.noCache === true,
+      pull: false,
+      push: true,
+      outputs: [],
+      network: 'host',
+      secrets,
+      progress: 'plain',
+      insecureRegistries: job.insecureRegistries,
+      registryMirrors: [],
+      debug: false,
+    };
+    if (job.target) opts.target = job.target;
+    const auth = job.registryAuth;
+    send({ type: 'phase', phase: 'building' });
+    const res = await runBuildCommand(
+      opts,
+      {},
+      {
+        progress,
+        signal: ac.signal,
+        credentials: async (host) =>
+          auth && auth.registry === host ? { username: auth.username, password: auth.password } : undefined,
+      },
+    );
+    log.write(`\nbuilt ${res.exported.digest} (${res.exported.pushed.join(', ')})\n`);
+    send({
+      type: 'result',
+      digest: res.exported.digest,
+      configDigest: res.exported.configDigest,
+      pushed: res.exported.pushed,
+    });
+    return 0;
+  } catch (e) {
+    const code = isKilnError(e) ? e.code : 'INTERNAL';
+    const message = errorMessage(e);
+    log.write(`\nERROR: ${message}\n`);
+    if (isKilnError(e) && e.hint) log.write(`hint: ${e.hint}\n`);
+    send({ type: 'error', code, message, reason: reasonOf(code, message) });
+    return 1;
+  } finally {
+    log.close();
+    if (secretDir) await rm(secretDir, { recursive: true, force: true });
+    await new Promise<void>((r) => chan.end(r));
+  }
+}

@@ -1,32 +1,16 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
+import { build as fixture } from '../../../test/helpers/fake-core.js';
 import type { Build, Project, RunPolicy, TriggerType } from '../model.js';
 import type { NewBuild } from '../store/store.js';
 import { coalesceOnEnqueue, pickNext, serialKey, timeoutFor, type QueueLimits } from './policy.js';
 
 let counter = 0;
+/** A queued webhook build of project `a` with a fresh id. */
 function build(over: Partial<Build> = {}): Build {
   counter++;
-  return {
-    id: `b${counter}`,
-    project: 'a',
-    image: 'app',
-    number: counter,
-    group: `g${counter}`,
-    ref: 'refs/heads/main',
-    commit: null,
-    phase: 'queued',
-    reason: null,
-    trigger: { type: 'webhook' },
-    tags: [],
-    digest: null,
-    stages: [],
-    createdAt: new Date(1_700_000_000_000 + counter * 1000).toISOString(),
-    startedAt: null,
-    finishedAt: null,
-    ...over,
-  };
+  return fixture(`b${counter}`, { project: 'a', commit: null, trigger: { type: 'webhook' }, ...over });
 }
 
 function incoming(over: Partial<NewBuild> = {}): NewBuild {

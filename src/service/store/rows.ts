@@ -27,7 +27,8 @@ export interface BuildRow {
   created_at: string;
   started_at: string | null;
   finished_at: string | null;
-  changed_paths: string | null;
+  /** Absent in listings (see {@link LIST_COLUMNS}). */
+  changed_paths?: string | null;
   cancel_requested: number;
   attempt: number;
 }
@@ -53,7 +54,7 @@ export function toBuild(r: BuildRow): Build {
     finishedAt: r.finished_at,
     cancelRequested: r.cancel_requested !== 0,
   };
-  if (r.changed_paths !== null) b.changedPaths = JSON.parse(r.changed_paths) as string[];
+  if (typeof r.changed_paths === 'string') b.changedPaths = JSON.parse(r.changed_paths) as string[];
   return b;
 }
 
@@ -106,6 +107,14 @@ export const DEFAULT_PAGE = 50;
 export const MAX_PAGE = 500;
 
 /**
+ * The columns a listing reads: all but `changed_paths`, which can hold thousands of paths for one push and matters
+ * only to whoever looks at one build (`getBuild`). Listed builds therefore come without `changedPaths`.
+ */
+export const LIST_COLUMNS =
+  'seq, id, project, image, number, group_id, ref, commit_sha, phase, reason, trigger_json, tags, digest, stages, ' +
+  'created_at, started_at, finished_at, cancel_requested, attempt';
+
+/**
  * The SELECT behind `Store.listBuilds` (newest first, keyset-paged by `seq`, one row more than the page to know
  * whether a next page exists). Each filter combination has an index whose last column is `seq`, so SQLite walks
  * the index backwards from the cursor and stops after `limit + 1` rows — no sort, no scan of older history.
@@ -132,7 +141,8 @@ export function listBuildsSql(q: BuildQuery): { sql: string; params: (string | n
   }
   const limit = Math.min(MAX_PAGE, Math.max(1, Math.floor(q.limit ?? DEFAULT_PAGE) || DEFAULT_PAGE));
   const sql =
-    `SELECT * FROM builds${where.length ? ` WHERE ${where.join(' AND ')}` : ''}` + ` ORDER BY seq DESC LIMIT ?`;
+    `SELECT ${LIST_COLUMNS} FROM builds${where.length ? ` WHERE ${where.join(' AND ')}` : ''}` +
+    ` ORDER BY seq DESC LIMIT ?`;
   params.push(limit + 1);
   return { sql, params, limit };
 }

@@ -360,7 +360,8 @@ export class Store {
   /**
    * A page of builds, newest first, filtered by project / phase / image. `next` is an opaque cursor for the older
    * page: builds created after the first page was read never shift later pages. `limit` is clamped to 1–500
-   * (default 50); a malformed cursor throws `CURSOR_INVALID`.
+   * (default 50); a malformed cursor throws `CURSOR_INVALID`. Listed builds leave out `changedPaths` (possibly
+   * thousands of paths each); `getBuild` has them. The cost is an index walk of `limit` rows whatever the history.
    */
   listBuilds(q: BuildQuery = {}): BuildPage {
     const { sql, params, limit } = listBuildsSql(q);

@@ -1,0 +1,153 @@
+/**
+ * `kiln serve` — the build service: REST API, durable queue in SQLite, builds in warm local workers.
+ * `kiln serve token create --role admin|viewer` — a new API token (printed once, alone on the last line); works
+ * while the service runs (the database is shared through SQLite's WAL).
+ *
+ * SIGTERM/SIGINT: stop taking work, let running builds finish up to the grace period, then cancel them cleanly.
+ */
+import type { Command } from 'commander';
+import { join } from 'node:path';
+import { KilnError } from '../errors.js';
+
+interface ServeFlags {
+  listen: string;
+  dataDir?: string;
+  config?: string;
+  logRequests?: boolean;
+}
+
+async function defaultDataDir(flag: string | undefined): Promise<string> {
+  if (flag) return flag;
+  const { kilnHome } = await import('../oci/store.js');
+  return join(kilnHome(), 'server');
+}
+
+function parseListen(v: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(v) ?? /^()()(\d{1,5})$/.exec(v);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || !(port >= 0 && port < 65536)) {
+    throw new KilnError('OPTION_INVALID', `--listen ${v}: expected HOST:PORT`, {
+      hint: 'e.g. --listen 127.0.0.1:8080',
+    });
+  }
+  return { host: m[1] ?? (m[2] || '127.0.0.1'), port };
+}
+
+async function serve(flags: ServeFlags): Promise<void> {
+  const { host, port } = parseListen(flags.listen);
+  const dataDir = await defaultDataDir(flags.dataDir);
+  const { loadConfigFile, parseConfigDocument } = await import('../service/config/parse.js');
+  const config = flags.config ? loadConfigFile(flags.config) : parseConfigDocument({}, 'defaults');
+  const { BuildService } = await import('../service/service.js');
+  const { LocalBuildRunner } = await import('../service/runner/local.js');
+  const { createApi } = await import('../service/api/server.js');
+  const runner = new LocalBuildRunner({ warm: config.concurrency });
+  const svc = await BuildService.start({ dataDir, config, runner });
+  const app = createApi(svc, { logger: flags.logRequests === true });
+  try {
+    await app.listen({ host, port });
+  } catch (e) {
+    await svc.stop(0);
+    throw new KilnError('LISTEN_FAILED', `cannot listen on ${flags.listen}: ${(e as Error).message}`, {
+      hint: 'pick another --listen address',
+      cause: e,
+    });
+  }
+  const addr = app.server.address();
+  const where = typeof addr === 'object' && addr ? `${addr.address}:${addr.port}` : flags.listen;
+  process.stderr.write(`kiln serve: listening on http://${where} (data ${dataDir})\n`);
+  await new Promise<void>((resolve) => {
+    let stopping = false;
+    const stop = (sig: NodeJS.Signals): void => {
+      if (stopping) return;
+      stopping = true;
+      process.stderr.write(`kiln serve: ${sig}: stopping (grace ${config.shutdownGraceSeconds}s)\n`);
+      void svc
+        .stop(config.shutdownGraceSeconds * 1000)
+        .then(() => app.close())
+        .finally(resolve);
+    };
+    process.on('SIGTERM', stop);
+    process.on('SIGINT', stop);
+  });
+  process.stderr.write('kiln serve: stopped\n');
+}
+
+async function tokenCreate(flags: { role: string; name?: string; dataDir?: string; expires?: string }): Promise<void> {
+  if (flags.role !== 'admin' && flags.role !== 'viewer') {
+    throw new KilnError('OPTION_INVALID', `--role ${flags.role}: expected admin or viewer`);
+  }
+  let expires: Date | undefined;
+  if (flags.expires) {
+    const m = /^(\d+)([hd])$/.exec(flags.expires);
+    if (!m) throw new KilnError('OPTION_INVALID', `--expires ${flags.expires}: expected e.g. 24h or 30d`);
+    expires = new Date(Date.now() + Number(m[1]) * (m[2] === 'h' ? 3600_000 : 86_400_000));
+  }
+  const dataDir = await defaultDataDir(flags.dataDir);
+  const { Store } = await import('../service/store/store.js');
+  const store = Store.open(join(dataDir, 'kiln.db'));
+  try {
+    const name = flags.name ?? `${flags.role}-${new Date().toISOString().slice(0, 19)}`;
+    const t = store.createToken(name, flags.role, expires);
+    process.stderr.write(`created ${flags.role} token ${t.id} (${name}); it is shown once:\n`);
+    process.stdout.write(t.token + '\n');
+  } finally {
+    store.close();
+  }
+}
+
+export function register(program: Command): void {
+  const serveCmd = program
+    .command('serve')
+    .description('run the build service (REST API, queue, builds in local workers)')
+    .option('--listen <host:port>', 'address of the API', '127.0.0.1:8080')
+    .option('--data-dir <dir>', 'database, logs, git mirrors (default $KILN_HOME/server)')
+    .option('--config <file>', 'server config YAML (settings and projects)')
+    .option('--log-requests', 'log every API request (JSON lines on stdout)')
+    .action(async (flags: ServeFlags) => {
+      await serve(flags);
+    });
+  // commander gives `--data-dir` after `serve token create` to `serve` (it defines the same option)
+  const dataDirOf = (flags: { dataDir?: string }): string | undefined =>
+    flags.dataDir ?? (serveCmd.opts() as { dataDir?: string }).dataDir;
+  const token = serveCmd.command('token').description('API tokens');
+  token
+    .command('create')
+    .description('create an API token (printed once, alone on the last line)')
+    .requiredOption('--role <role>', 'admin or viewer')
+    .option('--name <name>', 'who or what the token is for')
+    .option('--expires <duration>', 'e.g. 24h or 30d (default: never)')
+    .option('--data-dir <dir>', 'the service data dir (default $KILN_HOME/server)')
+    .action(async (flags: { role: string; name?: string; dataDir?: string; expires?: string }) => {
+      await tokenCreate({ ...flags, dataDir: dataDirOf(flags) });
+    });
+  token
+    .command('ls')
+    .description('list API tokens (never their values)')
+    .option('--data-dir <dir>', 'the service data dir')
+    .action(async (flags: { dataDir?: string }) => {
+      const { Store } = await import('../service/store/store.js');
+      const store = Store.open(join(await defaultDataDir(dataDirOf(flags)), 'kiln.db'));
+      try {
+        for (const t of store.listTokens()) {
+          process.stdout.write(`${t.id}\t${t.role}\t${t.name}\t${t.revoked ? 'revoked' : (t.expiresAt ?? '-')}\n`);
+        }
+      } finally {
+        store.close();
+      }
+    });
+  token
+    .command('revoke')
+    .argument('<id>')
+    .description('revoke an API token')
+    .option('--data-dir <dir>', 'the service data dir')
+    .action(async (id: string, flags: { dataDir?: string }) => {
+      const { Store } = await import('../service/store/store.js');
+      const store = Store.open(join(await defaultDataDir(dataDirOf(flags)), 'kiln.db'));
+      try {
+        if (!store.revokeToken(id)) throw new KilnError('NOT_FOUND', `token ${id} not found`);
+      } finally {
+        store.close();
+      }
+    });
+}

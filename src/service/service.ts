@@ -1,0 +1,553 @@
+/**
+ * The build service's core (`ServiceCore`): projects, the durable queue, and the life of each build — resolve the
+ * commit, check it out, render tags, hand the build to a runner, record phases, stages, digest and reason, apply
+ * retention. The store (SQLite) is the single source of truth: every transition is committed before anything
+ * acts on it, so a `kill -9` at any moment leaves a consistent database; start-up turns builds that were running
+ * into `failed: interrupted` and queues their rerun once.
+ *
+ * Data flow: trigger (API, webhook, base change) → `enqueue` (filters, coalescing) → store → `schedule` (queue
+ * policy: limits, fair share) → `execute` (git → runner) → store. Nothing here knows HTTP or SQL.
+ */
+import { mkdir, rm, readdir, realpath, stat, appendFile } from 'node:fs/promises';
+import { join, relative, sep, isAbsolute } from 'node:path';
+import { KilnError, errorMessage, isKilnError } from '../errors.js';
+import type { ApplyResult, BuildPage, BuildQuery, Principal, ServiceCore, StartRequest } from './core.js';
+import type { Build, BuildStage, ImageSpec, Project, ServiceConfig, Trigger } from './model.js';
+import { FINAL_PHASES } from './model.js';
+import { Store, type NewBuild } from './store/store.js';
+import { coalesceOnEnqueue, pickNext, timeoutFor } from './queue/policy.js';
+import { checkProjectSet, parseProjectDocument, parseProjectsDocument } from './config/parse.js';
+import { matchesFilter, pathsConcern } from './config/filters.js';
+import { renderTags } from './config/tags.js';
+import { GitMirrors, redactUrl } from './git/mirror.js';
+import type { BuildRunner } from './runner/local.js';
+import type { WorkerJob } from './runner/protocol.js';
+import { renderMetrics } from './metrics.js';
+
+export interface BuildServiceOptions {
+  /** `--data-dir`: database, logs, git mirrors, checkouts. */
+  dataDir: string;
+  config: ServiceConfig;
+  runner: BuildRunner;
+  /** Called with one line for the service's own log (stderr). */
+  log?: (line: string) => void;
+}
+
+interface Running {
+  build: Build;
+  ac: AbortController;
+  done: Promise<void>;
+}
+
+const short = (sha: string | null): string => (sha ?? '').slice(0, 7);
+
+/** A path inside `root` (relative, normalised), or undefined when it would leave it. */
+function inside(root: string, rel: string): string | undefined {
+  if (isAbsolute(rel) || rel.includes('\0')) return undefined;
+  const p = join(root, rel);
+  const r = relative(root, p);
+  if (r === '..' || r.startsWith('..' + sep)) return undefined;
+  return p;
+}
+
+export class BuildService implements ServiceCore {
+  readonly store: Store;
+  readonly mirrors: GitMirrors;
+  private readonly running = new Map<string, Running>();
+  private readonly lastStarted = new Map<string, number>();
+  private stopping = false;
+  private resolveClosing!: () => void;
+  readonly closing: Promise<void> = new Promise((r) => (this.resolveClosing = r));
+  private scheduling = false;
+  private readonly logsDir: string;
+  private readonly workDir: string;
+  private readonly say: (line: string) => void;
+
+  private constructor(private readonly opts: BuildServiceOptions) {
+    this.store = Store.open(join(opts.dataDir, 'kiln.db'));
+    this.mirrors = new GitMirrors({ dir: join(opts.dataDir, 'git'), allowFile: opts.config.allowFileRepositories });
+    this.logsDir = join(opts.dataDir, 'logs');
+    this.workDir = join(opts.dataDir, 'work');
+    this.say = opts.log ?? ((l) => process.stderr.write(l + '\n'));
+  }
+
+  /**
+   * Open the data dir and recover: builds a previous process left running are failed (`interrupted`) and queued
+   * again once (`retryInterrupted`), leftover checkouts are removed, the config file's projects are applied, and
+   * the queue starts.
+   */
+  static async start(opts: BuildServiceOptions): Promise<BuildService> {
+    await mkdir(opts.dataDir, { recursive: true, mode: 0o700 });
+    const svc = new BuildService(opts);
+    await mkdir(svc.logsDir, { recursive: true });
+    await rm(svc.workDir, { recursive: true, force: true });
+    await mkdir(svc.workDir, { recursive: true, mode: 0o700 });
+    if (opts.config.projects.length) {
+      const all = new Map(svc.store.listProjects().map((p) => [p.name, p]));
+      for (const p of opts.config.projects) all.set(p.name, p);
+      checkProjectSet([...all.values()], 'config');
+      for (const p of opts.config.projects) svc.store.upsertProject(p);
+    }
+    const interrupted = svc.store.failInterrupted('interrupted');
+    for (const b of interrupted) {
+      await appendFile(svc.logPath(b.id), '\nERROR: interrupted (the service stopped while this build ran)\n').catch(
+        () => undefined,
+      );
+      if (!opts.config.retryInterrupted || b.trigger.type === 'retry' || !svc.store.getProject(b.project)) continue;
+      svc.store.enqueue([
+        {
+          project: b.project,
+          image: b.image,
+          ref: b.ref,
+          commit: b.commit,
+          trigger: { type: 'retry', of: b.id },
+          attempt: 1,
+          ...(b.changedPaths ? { changedPaths: b.changedPaths } : {}),
+        },
+      ]);
+    }
+    if (interrupted.length) svc.say(`kiln serve: ${interrupted.length} interrupted build(s) marked failed`);
+    svc.schedule();
+    return svc;
+  }
+
+  // ---- projects ----
+
+  listProjects(): Project[] {
+    return this.store.listProjects();
+  }
+
+  getProject(name: string): Project | undefined {
+    return this.store.getProject(name);
+  }
+
+  private applyParsed(projects: Project[], source: string): ApplyResult {
+    const all = new Map(this.store.listProjects().map((p) => [p.name, p]));
+    for (const p of projects) all.set(p.name, p);
+    checkProjectSet([...all.values()], source);
+    const res: ApplyResult = { created: [], updated: [], unchanged: [] };
+    this.store.transaction(() => {
+      for (const p of projects) res[this.store.upsertProject(p)].push(p.name);
+    });
+    return res;
+  }
+
+  applyProjects(doc: unknown): ApplyResult {
+    const projects = parseProjectsDocument(doc, 'request', { allowFile: this.opts.config.allowFileRepositories });
+    return this.applyParsed(projects, 'request');
+  }
+
+  putProject(name: string, doc: unknown): ApplyResult {
+    const withName = doc && typeof doc === 'object' && !Array.isArray(doc) && !('name' in doc) ? { ...doc, name } : doc;
+    const p = parseProjectDocument(withName, 'request', { allowFile: this.opts.config.allowFileRepositories });
+    if (p.name !== name) {
+      throw new KilnError('CONFIG_INVALID', `name: "${p.name}" does not match the URL's project "${name}"`, {
+        hint: 'PUT /api/v1/projects/NAME with the same name in the body (or none)',
+      });
+    }
+    return this.applyParsed([p], 'request');
+  }
+
+  async deleteProject(name: string): Promise<boolean> {
+    if (!this.store.getProject(name)) return false;
+    const mine = [...this.running.values()].filter((r) => r.build.project === name);
+    for (const r of mine) r.ac.abort('cancelled');
+    await Promise.all(mine.map((r) => r.done));
+    const ids = this.store.deleteProject(name) ?? [];
+    await Promise.all(ids.map((id) => rm(this.logPath(id), { force: true })));
+    return true;
+  }
+
+  // ---- builds ----
+
+  listBuilds(q: BuildQuery): BuildPage {
+    return this.store.listBuilds(q);
+  }
+
+  getBuild(id: string): Build | undefined {
+    return this.store.getBuild(id);
+  }
+
+  logPath(id: string): string {
+    if (!/^[A-Za-z0-9_-]+$/.test(id)) throw new KilnError('NOT_FOUND', `build '${id}' not found`);
+    return join(this.logsDir, `${id}.log`);
+  }
+
+  private projectOrThrow(name: string): Project {
+    const p = this.store.getProject(name);
+    if (!p) throw new KilnError('NOT_FOUND', `project '${name}' not found`, { hint: 'kiln project ls' });
+    return p;
+  }
+
+  private imagesOf(p: Project, names: string[] | undefined): ImageSpec[] {
+    if (!names?.length) return p.images;
+    return names.map((n) => {
+      const img = p.images.find((i) => i.name === n);
+      if (!img) {
+        throw new KilnError('INVALID_IMAGE', `images: project '${p.name}' has no image '${n}'`, {
+          hint: `images of ${p.name}: ${p.images.map((i) => i.name).join(', ')}`,
+        });
+      }
+      return img;
+    });
+  }
+
+  /** Manual builds: any existing ref or commit, whatever the filters say. */
+  async startBuilds(project: string, req: StartRequest, trigger: Trigger): Promise<Build[]> {
+    if (this.stopping) throw new KilnError('SERVICE_CLOSING', 'the service is shutting down');
+    const p = this.projectOrThrow(project);
+    const images = this.imagesOf(p, req.images);
+    if (!req.ref && !req.commit) {
+      throw new KilnError('INVALID_REQUEST', 'ref or commit is required', { hint: '{"ref": "main"}' });
+    }
+    const spec: { ref?: string; commit?: string } = {};
+    if (req.ref) spec.ref = req.ref;
+    if (req.commit) spec.commit = req.commit;
+    const resolved = await this.mirrors.resolve(p, spec);
+    const { builds } = this.store.enqueue(
+      images.map((i) => ({ project: p.name, image: i.name, ref: resolved.ref, commit: resolved.commit, trigger })),
+    );
+    this.schedule();
+    return builds;
+  }
+
+  /**
+   * Automatic builds (webhooks, polling, base changes): the project's branch/tag filters and each image's path
+   * filters decide which images build; under SerialLatestOnly a newer build replaces queued ones of the same
+   * image and ref (coalescing). Returns the builds created (none when nothing concerns the change).
+   */
+  enqueueAutomatic(
+    project: string,
+    change: { ref: string; commit: string; changedPaths?: string[] },
+    trigger: Trigger,
+  ): Build[] {
+    if (this.stopping) return [];
+    const p = this.projectOrThrow(project);
+    const branch = change.ref.startsWith('refs/heads/') ? change.ref.slice('refs/heads/'.length) : undefined;
+    const tag = change.ref.startsWith('refs/tags/') ? change.ref.slice('refs/tags/'.length) : undefined;
+    if (branch !== undefined && !matchesFilter(p.branches, branch)) return [];
+    if (tag !== undefined && !matchesFilter(p.tags, tag)) return [];
+    const images = p.images.filter((i) => pathsConcern(i.paths, change.changedPaths));
+    const items: NewBuild[] = images.map((i) => ({
+      project: p.name,
+      image: i.name,
+      ref: change.ref,
+      commit: change.commit,
+      trigger,
+      ...(change.changedPaths ? { changedPaths: change.changedPaths } : {}),
+    }));
+    const { builds, superseded } = this.store.enqueue(
+      items,
+      (queued, incoming) => coalesceOnEnqueue(queued, incoming, p.runPolicy).supersede,
+    );
+    for (const s of superseded) void appendFile(this.logPath(s.id), `${s.reason ?? 'superseded'}\n`).catch(() => 0);
+    this.schedule();
+    return builds;
+  }
+
+  async cancelBuild(id: string, by: string): Promise<Build> {
+    const b = this.store.requestCancel(id, `cancelled by ${by}`);
+    const r = this.running.get(id);
+    if (r) {
+      r.ac.abort('cancelled');
+      await r.done;
+      return this.store.getBuild(id) ?? b;
+    }
+    return b;
+  }
+
+  async rerunBuild(id: string, by: string): Promise<Build> {
+    const b = this.store.getBuild(id);
+    if (!b) throw new KilnError('NOT_FOUND', `build '${id}' not found`);
+    this.projectOrThrow(b.project);
+    const { builds } = this.store.enqueue([
+      { project: b.project, image: b.image, ref: b.ref, commit: b.commit, trigger: { type: 'rerun', of: id, by } },
+    ]);
+    this.schedule();
+    return builds[0] as Build;
+  }
+
+  metrics(): string {
+    return renderMetrics({
+      phases: this.store.countByPhase(),
+      stats: this.store.buildStats(),
+      running: this.running.size,
+    });
+  }
+
+  verifyToken(token: string): Principal | undefined {
+    const t = this.store.verifyToken(token);
+    return t ? { name: t.name, role: t.role } : undefined;
+  }
+
+  // ---- the queue ----
+
+  /** Start every build the queue policy allows now. */
+  schedule(): void {
+    if (this.scheduling || this.stopping) return;
+    this.scheduling = true;
+    try {
+      for (;;) {
+        const queued = this.store.queued();
+        if (queued.length === 0) return;
+        const running = [...this.running.values()].map((r) => r.build);
+        const projects = new Map<string, Project | undefined>();
+        const proj = (n: string): Project | undefined => {
+          if (!projects.has(n)) projects.set(n, this.store.getProject(n));
+          return projects.get(n);
+        };
+        const next = pickNext(queued, running, {
+          global: this.opts.config.concurrency,
+          perProject: (n) => proj(n)?.concurrency ?? 1,
+          runPolicy: (n) => proj(n)?.runPolicy ?? 'SerialLatestOnly',
+          lastStartedAt: (n) => this.lastStarted.get(n),
+        });
+        if (!next) return;
+        const p = proj(next.project);
+        if (!p) {
+          this.store.updateBuild(next.id, { phase: 'failed', reason: `project '${next.project}' was deleted` });
+          continue;
+        }
+        let build: Build;
+        try {
+          build = this.store.updateBuild(next.id, { phase: 'fetching' });
+        } catch (e) {
+          if (isKilnError(e, 'BUILD_CONFLICT')) continue; // cancelled meanwhile
+          throw e;
+        }
+        this.lastStarted.set(p.name, Date.now());
+        const ac = new AbortController();
+        const r: Running = { build, ac, done: Promise.resolve() };
+        this.running.set(build.id, r);
+        r.done = this.execute(build, p, ac).finally(() => {
+          this.running.delete(build.id);
+          this.schedule();
+        });
+      }
+    } finally {
+      this.scheduling = false;
+    }
+  }
+
+  /** One build from fetch to its final phase. Never throws: every failure ends as the build's phase and reason. */
+  private async execute(build: Build, p: Project, ac: AbortController): Promise<void> {
+    const log = this.logPath(build.id);
+    const line = (s: string): Promise<void> => appendFile(log, s + '\n').catch(() => undefined);
+    const stages: BuildStage[] = [];
+    const img = p.images.find((i) => i.name === build.image);
+    const timeoutS = timeoutFor(build, p, this.opts.config.timeoutSeconds);
+    const timer = setTimeout(() => ac.abort('timed-out'), timeoutS * 1000);
+    const checkout = join(this.workDir, build.id);
+    let current = build;
+    const update = (patch: Parameters<Store['updateBuild']>[1]): void => {
+      current = this.store.updateBuild(build.id, patch);
+      const r = this.running.get(build.id);
+      if (r) r.build = current;
+    };
+    try {
+      if (!img) throw new KilnError('INVALID_IMAGE', `project '${p.name}' has no image '${build.image}' any more`);
+      // fetch
+      const fetchStage: BuildStage = {
+        name: 'fetch',
+        kind: 'fetch',
+        status: 'running',
+        startedAt: new Date().toISOString(),
+      };
+      stages.push(fetchStage);
+      this.store.setStages(build.id, stages);
+      const t0 = performance.now();
+      const what = build.ref || build.commit || '';
+      await line(`#0 [internal] fetch ${redactUrl(p.repository)} ${what}`);
+      const spec: { ref?: string } = {};
+      if (build.ref) spec.ref = build.ref;
+      const commit: string = build.commit ?? (await this.mirrors.resolve(p, spec, ac.signal)).commit;
+      await mkdir(checkout, { recursive: true, mode: 0o700 });
+      await this.mirrors.checkout(p, commit, checkout, ac.signal);
+      stages[0] = { ...fetchStage, status: 'done', durationMs: Math.round(performance.now() - t0) };
+      await line(`#0 checked out ${commit}`);
+      await line(`#0 DONE ${((performance.now() - t0) / 1000).toFixed(1)}s`);
+      this.store.setStages(build.id, stages);
+      if (ac.signal.aborted) throw new KilnError('INTERRUPTED', 'build interrupted');
+
+      // the checkout's paths: never outside the repository, also through symlinks
+      const root = await realpath(checkout);
+      const ctxRel = inside(root, img.context);
+      const dfRel = inside(root, img.dockerfile);
+      if (!ctxRel || !dfRel) throw new KilnError('PATH_OUTSIDE', `${img.dockerfile}: path leaves the repository`);
+      let ctx: string;
+      let df: string;
+      try {
+        ctx = await realpath(ctxRel);
+        df = await realpath(dfRel);
+      } catch {
+        throw new KilnError(
+          'DOCKERFILE_NOT_FOUND',
+          `${img.dockerfile} not found at ${short(commit)} (context ${img.context})`,
+          { hint: `check images[].dockerfile of project ${p.name}` },
+        );
+      }
+      for (const [what, path] of [
+        ['context', ctx],
+        ['dockerfile', df],
+      ] as const) {
+        const r = relative(root, path);
+        if (r === '..' || r.startsWith('..' + sep) || isAbsolute(r)) {
+          throw new KilnError('PATH_OUTSIDE', `${what} ${img[what]} leaves the repository (through a symlink)`);
+        }
+      }
+      if (!(await stat(df)).isFile()) throw new KilnError('DOCKERFILE_NOT_FOUND', `${img.dockerfile} is not a file`);
+
+      const branch = build.ref.startsWith('refs/heads/') ? build.ref.slice(11) : undefined;
+      const tag = build.ref.startsWith('refs/tags/') ? build.ref.slice(10) : undefined;
+      const rendered = renderTags(img.tags, {
+        ...(branch !== undefined ? { branch } : {}),
+        ...(tag !== undefined ? { tag } : {}),
+        ref: build.ref,
+        sha: commit,
+        buildNumber: build.number,
+        isDefaultBranch: branch !== undefined && branch === p.defaultBranch,
+        now: new Date(),
+      });
+      const repo = `${p.registry}/${img.name}`;
+      const tags = rendered.map((t) => `${repo}:${t}`);
+      update({ phase: 'building', commit, tags });
+
+      const host = p.registry.split('/')[0] as string;
+      const job: WorkerJob = {
+        buildId: build.id,
+        contextDir: ctx,
+        dockerfile: df,
+        buildArgs: img.buildArgs,
+        labels: {
+          'org.opencontainers.image.source': redactUrl(p.repository),
+          'org.opencontainers.image.revision': commit,
+        },
+        secrets: Object.fromEntries(Object.entries(img.secrets).map(([id, ref]) => [id, readRef(ref, `secret ${id}`)])),
+        tags,
+        insecureRegistries: [...this.opts.config.insecureRegistries, ...(p.insecureRegistry ? [host] : [])],
+        logFile: log,
+      };
+      if (img.target) job.target = img.target;
+      const rc = p.registryCredentials;
+      if (rc?.username) {
+        job.registryAuth = {
+          registry: host,
+          username: rc.username,
+          password: readRef({ env: rc.passwordEnv, file: rc.passwordFile }, 'registry password'),
+        };
+      }
+      const outcome = await this.opts.runner.run(
+        job,
+        {
+          onPhase: (ph) => {
+            if (ph === 'pushing' && current.phase === 'building') update({ phase: 'pushing' });
+          },
+          onStage: (s, i) => {
+            stages[i + 1] = s;
+            this.store.setStages(build.id, stages);
+          },
+        },
+        ac.signal,
+      );
+      if (outcome.ok) {
+        update({ phase: 'succeeded', digest: outcome.digest, reason: null });
+      } else {
+        throw new KilnError(outcome.code, outcome.message, { cause: outcome.reason });
+      }
+    } catch (e) {
+      const why = ac.signal.aborted ? String(ac.signal.reason) : undefined;
+      const msg = errorMessage(e);
+      if (why === 'timed-out') {
+        await line(`\nERROR: timed out after ${timeoutS}s`);
+        update({ phase: 'timed-out', reason: `timed out after ${timeoutS}s` });
+      } else if (why === 'cancelled') {
+        await line(`\nCANCELLED`);
+        const stored = this.store.getBuild(build.id);
+        update({ phase: 'cancelled', reason: stored?.reason ?? 'cancelled' });
+      } else if (why === 'stopping') {
+        await line(`\nERROR: the service stopped`);
+        update({ phase: 'failed', reason: 'interrupted: the service stopped' });
+      } else {
+        const reason =
+          isKilnError(e) && typeof (e as Error).cause === 'string' ? String((e as Error).cause) : msg.split('\n')[0];
+        if (!(isKilnError(e) && typeof (e as Error).cause === 'string')) await line(`\nERROR: ${msg}`);
+        try {
+          update({ phase: 'failed', reason: reason ?? 'failed' });
+        } catch (e2) {
+          this.say(`kiln serve: build ${build.id}: ${errorMessage(e2)}`);
+        }
+      }
+    } finally {
+      clearTimeout(timer);
+      await this.mirrors.removeCheckout(checkout).catch(() => rm(checkout, { recursive: true, force: true }));
+      try {
+        const gone = this.store.applyRetention(p.name, p.retention);
+        await Promise.all(gone.map((id) => rm(this.logPath(id), { force: true })));
+      } catch (e) {
+        this.say(`kiln serve: retention for ${p.name}: ${errorMessage(e)}`);
+      }
+    }
+  }
+
+  /**
+   * Graceful stop: take no new builds, let running ones finish up to `graceMs`, then cancel them cleanly (each
+   * becomes `failed: interrupted: the service stopped`; queued builds stay queued for the next start).
+   */
+  async stop(graceMs: number): Promise<void> {
+    this.stopping = true;
+    this.resolveClosing();
+    const all = [...this.running.values()];
+    const finished = Promise.all(all.map((r) => r.done));
+    let t: NodeJS.Timeout | undefined;
+    const expired = new Promise<'expired'>((r) => (t = setTimeout(() => r('expired'), graceMs)));
+    if ((await Promise.race([finished, expired])) === 'expired') {
+      for (const r of this.running.values()) r.ac.abort('stopping');
+      await finished;
+    }
+    clearTimeout(t);
+    await this.opts.runner.close();
+    this.store.close();
+  }
+
+  /** Ids of the builds running now (tests, metrics). */
+  runningIds(): string[] {
+    return [...this.running.keys()];
+  }
+
+  /** Log files of builds that no longer exist (a crash between delete and unlink): removed at start. */
+  async pruneOrphanLogs(): Promise<void> {
+    for (const f of await readdir(this.logsDir).catch(() => [] as string[])) {
+      const id = f.replace(/\.log$/, '');
+      if (!this.store.getBuild(id)) await rm(join(this.logsDir, f), { force: true });
+    }
+  }
+}
+
+/** A secret's value from its reference (env var or file): read when used, never stored. */
+function readRef(ref: { env?: string | undefined; file?: string | undefined }, what: string): string {
+  if (ref.env) {
+    const v = process.env[ref.env];
+    if (v === undefined) {
+      throw new KilnError('SECRET_MISSING', `${what}: environment variable ${ref.env} is not set in the service`, {
+        hint: `start kiln serve with ${ref.env} set`,
+      });
+    }
+    return v;
+  }
+  if (ref.file) {
+    try {
+      // synchronous on purpose: a small file, read once per build
+      return readFileSyncTrim(ref.file);
+    } catch (e) {
+      throw new KilnError('SECRET_MISSING', `${what}: cannot read ${ref.file}`, { cause: e });
+    }
+  }
+  throw new KilnError('SECRET_MISSING', `${what}: no env or file reference`);
+}
+
+import { readFileSync } from 'node:fs';
+function readFileSyncTrim(file: string): string {
+  return readFileSync(file, 'utf8').replace(/\r?\n$/, '');
+}
+
+export { FINAL_PHASES };

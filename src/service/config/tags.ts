@@ -15,11 +15,11 @@
  *
  * Spaces inside the braces are allowed (`{{ branch }}`). A template whose placeholder has no value for this build
  * (`{{branch}}` while building a git tag, `{{tag}}` while building a branch, `{{branch}}`/`{{tag}}`/`{{ref}}` while
- * building a bare commit) is skipped, not an error: one image lists the templates for every kind of trigger. The tag
- * `latest` is only ever produced on the project's default branch (also when a branch named `latest` renders it).
- * Results that are not valid docker tags (`[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`) are skipped; the rest are deduplicated
- * in template order. When nothing is left, the build is tagged with `{{shortSha}}` alone, so that every pushed image
- * is reachable by a tag.
+ * building a bare commit, a name of which sanitising leaves nothing) is skipped, not an error: one image lists the
+ * templates for every kind of trigger. The tag `latest` is only ever produced on the project's default branch (also
+ * when a branch named `latest` renders it). Results that are not valid docker tags
+ * (`[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`) are skipped; the rest are deduplicated in template order. When nothing is
+ * left, the build is tagged with `{{shortSha}}` alone, so that every pushed image is reachable by a tag.
  */
 
 /** Every placeholder a template may use. */
@@ -113,16 +113,22 @@ function pad(n: number, width = 2): string {
   return String(n).padStart(width, '0');
 }
 
+/** A name made tag-safe; undefined when there is none or nothing of it is left. */
+function safe(name: string | undefined): string | undefined {
+  const s = name === undefined ? '' : sanitizeTag(name);
+  return s === '' ? undefined : s;
+}
+
 function placeholderValue(name: TagPlaceholder, vars: TagVars): string | undefined {
   const d = vars.now;
   const date = `${pad(d.getUTCFullYear(), 4)}${pad(d.getUTCMonth() + 1)}${pad(d.getUTCDate())}`;
   switch (name) {
     case 'branch':
-      return vars.branch === undefined || vars.branch === '' ? undefined : sanitizeTag(vars.branch);
+      return safe(vars.branch);
     case 'tag':
-      return vars.tag === undefined || vars.tag === '' ? undefined : sanitizeTag(vars.tag);
+      return safe(vars.tag);
     case 'ref':
-      return vars.ref === '' ? undefined : sanitizeTag(vars.ref);
+      return safe(vars.ref);
     case 'sha':
       return vars.sha === '' ? undefined : vars.sha;
     case 'shortSha':

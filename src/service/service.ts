@@ -184,7 +184,7 @@ export class BuildService implements ServiceCore {
     return names.map((n) => {
       const img = p.images.find((i) => i.name === n);
       if (!img) {
-        throw new KilnError('INVALID_IMAGE', `images: project '${p.name}' has no image '${n}'`, {
+        throw new KilnError('IMAGE_INVALID', `images: project '${p.name}' has no image '${n}'`, {
           hint: `images of ${p.name}: ${p.images.map((i) => i.name).join(', ')}`,
         });
       }
@@ -198,7 +198,7 @@ export class BuildService implements ServiceCore {
     const p = this.projectOrThrow(project);
     const images = this.imagesOf(p, req.images);
     if (!req.ref && !req.commit) {
-      throw new KilnError('INVALID_REQUEST', 'ref or commit is required', { hint: '{"ref": "main"}' });
+      throw new KilnError('REQUEST_INVALID', 'ref or commit is required', { hint: '{"ref": "main"}' });
     }
     const spec: { ref?: string; commit?: string } = {};
     if (req.ref) spec.ref = req.ref;
@@ -345,7 +345,7 @@ export class BuildService implements ServiceCore {
       if (r) r.build = current;
     };
     try {
-      if (!img) throw new KilnError('INVALID_IMAGE', `project '${p.name}' has no image '${build.image}' any more`);
+      if (!img) throw new KilnError('IMAGE_INVALID', `project '${p.name}' has no image '${build.image}' any more`);
       // fetch
       const fetchStage: BuildStage = {
         name: 'fetch',

@@ -5,7 +5,7 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import Database from 'better-sqlite3';
 import { isKilnError } from '../../errors.js';
 import { project } from '../../../test/helpers/fake-core.js';
@@ -464,6 +464,32 @@ test('two Store instances on one file: a token made by one verifies in the other
   cli.close();
   assert.equal(service.listBuilds().builds.length, 2);
   service.close();
+});
+
+test('processes opening a fresh file at once: one migrates, the others wait and find it done', async () => {
+  const file = dbFile();
+  // Each child loads the store, says so, and opens the file when the parent releases them all at once.
+  const script =
+    `import(${JSON.stringify(pathToFileURL(join(here, 'store.ts')).href)}).then((m) => {` +
+    `process.stdout.write('ready\\n'); process.stdin.once('data', () => {` +
+    `const s = m.Store.open(process.argv[1]); s.createToken('t', 'admin'); s.close(); process.exit(0); }); })`;
+  const children = Array.from({ length: 4 }, () => {
+    const child = spawn(process.execPath, ['--import', 'tsx', '-e', script, file], {
+      cwd: resolve(here, '../../..'),
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    let err = '';
+    child.stderr.on('data', (c: Buffer) => (err += c.toString()));
+    const ready = new Promise<void>((res) => child.stdout.once('data', () => res()));
+    const done = new Promise<string>((res) => child.on('exit', (c) => res(c === 0 ? 'ok' : err)));
+    return { child, ready, done };
+  });
+  await Promise.all(children.map((c) => c.ready));
+  for (const c of children) c.child.stdin.write('go\n');
+  assert.deepEqual(await Promise.all(children.map((c) => c.done)), ['ok', 'ok', 'ok', 'ok']);
+  const s = Store.open(file);
+  assert.equal(s.listTokens().length, 4);
+  s.close();
 });
 
 test('deliveries: record once per (forge, delivery, project), outcome, list newest first, prune', () => {

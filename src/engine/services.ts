@@ -198,6 +198,7 @@ export async function runBuildCommand(
     progress: new Progress(progressMode === 'json' ? 'json' : 'quiet'),
   };
   const ac = new AbortController();
+  registry.signal = ac.signal;
   let signal: NodeJS.Signals | undefined;
   const onSignal = (sig: NodeJS.Signals): void => {
     signal ??= sig;

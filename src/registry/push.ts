@@ -27,6 +27,11 @@ export interface PushOptions extends RegistryOptions {
   progress?: Progress;
   /** Label for errors; default `push REF`. */
   label?: string;
+  /**
+   * Checked before a manifest is written: an interrupted build (SIGTERM, a cancel, the build service going away)
+   * may leave uploaded blobs — invisible without a manifest — but never a tag.
+   */
+  signal?: AbortSignal;
 }
 
 export interface PushResult {
@@ -200,6 +205,10 @@ class Pusher {
     };
   }
 
+  private checkAbort(): void {
+    if (this.opts.signal?.aborted) throw new KilnError('INTERRUPTED', 'interrupted before the manifest was pushed');
+  }
+
   /** Push an image's blobs, then its manifest under `tagOrDigest`. */
   async image(img: Image, tagOrDigest: string | undefined): Promise<PushResult> {
     const origin = (img as Partial<RemoteOrigin>).origin;
@@ -227,6 +236,7 @@ class Pusher {
     }
     await mapLimit(jobs, this.opts.parallelism ?? 3, (j) => this.blob(j));
     const digest = await img.digest();
+    this.checkAbort();
     await this.client.putManifest(tagOrDigest ?? digest, raw, mediaType);
     return { digest, mediaType, size: raw.length, blobs: this.blobs };
   }
@@ -241,6 +251,7 @@ class Pusher {
     const raw = await ix.rawManifest();
     const mediaType = await ix.mediaType();
     const digest = await ix.digest();
+    this.checkAbort();
     await this.client.putManifest(tagOrDigest ?? digest, raw, mediaType);
     return { digest, mediaType, size: raw.length, blobs: this.blobs };
   }

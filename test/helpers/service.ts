@@ -77,7 +77,7 @@ export async function startService(o: StartServiceOptions): Promise<ServiceProce
   const dataDir = o.dataDir ?? (await mkdtemp(join(tmpdir(), 'kiln-svc-data-')));
   const cfg = join(dataDir, '..', `${dataDir.split('/').pop()}.yaml`);
   await writeFile(cfg, o.config);
-  const env = { ...process.env, KILN_HOME: o.kilnHome, ...o.env };
+  const env: NodeJS.ProcessEnv = { ...process.env, KILN_HOME: o.kilnHome, ...o.env };
   delete env.KILN_FROM_SOURCE;
   const tokens = o.tokens ?? {
     admin: await createToken(dataDir, o.kilnHome, 'admin'),

@@ -16,7 +16,17 @@
 import { readFileSync } from 'node:fs';
 import { posix } from 'node:path';
 import { Ajv, type ErrorObject } from 'ajv';
-import { isAlias, isMap, isScalar, isSeq, LineCounter, parseDocument, type Document, type YAMLError } from 'yaml';
+import {
+  isAlias,
+  isMap,
+  isScalar,
+  isSeq,
+  LineCounter,
+  parseDocument,
+  visit,
+  type Document,
+  type YAMLError,
+} from 'yaml';
 import { errorMessage, isKilnError, KilnError } from '../../errors.js';
 import { levenshtein } from '../../dockerfile/suggest.js';
 import { isValidRegistryHost, isValidRepositoryPath, NAME_TOTAL_LENGTH_MAX } from '../../registry/reference.js';
@@ -208,8 +218,17 @@ function loadYaml(text: string, source: string): { data: unknown; locate: Locate
   try {
     data = doc.toJS({ maxAliasCount: 100 });
   } catch (e) {
-    // Unresolved alias or an alias bomb: no position is known.
-    throw syntaxError(source, errorMessage(e), undefined);
+    // An unresolved alias (placed at the alias) or an alias bomb (no one place to blame).
+    let pos: Position | undefined;
+    visit(doc, {
+      Alias(_, node) {
+        if (node.resolve(doc) !== undefined || !node.range) return undefined;
+        const p = lineCounter.linePos(node.range[0]);
+        pos = { line: p.line, column: p.col };
+        return visit.BREAK;
+      },
+    });
+    throw syntaxError(source, errorMessage(e), pos);
   }
   return { data, locate: yamlLocator(doc, lineCounter) };
 }
@@ -414,56 +433,65 @@ const SCHEME_RE = /^([A-Za-z][A-Za-z0-9+.-]*):\/\//;
 /** git's `<transport>::<address>` remote-helper syntax (`ext::sh -c …` runs commands). */
 const HELPER_RE = /^[A-Za-z][A-Za-z0-9+.-]*::/;
 /** git's scp-like syntax: `[user@]host:path`, a colon before any slash. */
-const SCP_RE = /^(?:([^@/]+)@)?(\[[^\]/]+\]|[^@/:[\]]+):(.+)$/;
+const SCP_RE = /^(?:([^@/]+)@)?(\[[^\]/]+\]|[^@/:[\]]+):(.*)$/;
+/** A host name or a bracketed IPv6 address. */
+const HOST_RE = /^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])$/;
+/** An ssh login name. */
+const USER_RE = /^[A-Za-z0-9._~-]+$/;
 
 type RepoKind = 'http' | 'ssh' | 'file';
 
-/** Checks a repository URL; returns its kind, or undefined after reporting why it cannot be used. */
+/**
+ * Checks a repository URL; returns its kind, or undefined after reporting why it cannot be used. The URL ends up as
+ * an argument of `git fetch`, so the rules are those of the service's git room (src/service/git/url.ts): https,
+ * http, ssh and scp-like URLs without secrets in them; `file://` URLs and absolute paths only with `allowFile`; never
+ * remote helpers (`ext::` runs commands), a leading `-` (an option to git), queries or fragments.
+ */
 function checkRepository(url: string, at: Segment[], issues: Issues, allowFile: boolean): RepoKind | undefined {
   const fail = (message: string, hint?: string): undefined => {
     issues.add(at, message, hint === undefined ? {} : { hint });
     return undefined;
   };
-  if (/[\s\u0000-\u001f\u007f]/.test(url)) return fail('must not contain spaces or control characters');
+  const usage = 'use https://host/path, http://host/path, ssh://[user@]host[:port]/path or user@host:path';
+  if (/[\s\u0000-\u001f\u007f\\]/.test(url)) return fail('must not contain spaces, control characters or backslashes');
   if (url.startsWith('-')) return fail('must not start with "-"');
-  if (HELPER_RE.test(url)) return fail('git remote-helper URLs (transport::address) are not allowed');
+  if (HELPER_RE.test(url)) return fail('git remote-helper URLs (transport::address) are not allowed', usage);
   const scheme = SCHEME_RE.exec(url)?.[1]?.toLowerCase();
   if (scheme !== undefined) {
     let u: URL;
     try {
       u = new URL(url);
     } catch {
-      return fail('is not a valid URL');
+      return fail('is not a valid URL', usage);
     }
-    switch (scheme) {
-      case 'https':
-      case 'http':
-        if (u.username !== '' || u.password !== '') return fail('must not contain credentials', CREDENTIALS_HINT);
-        if (u.hostname === '') return fail('has no host');
-        return 'http';
-      case 'ssh':
-      case 'git+ssh':
-      case 'ssh+git':
-        if (u.password !== '') return fail('must not contain a password', 'use gitCredentials.sshKeyFile');
-        if (u.hostname === '') return fail('has no host');
-        return 'ssh';
-      case 'file':
-        if (!allowFile) return fail('file:// repositories are not allowed on this service', FILE_HINT);
-        if (u.host !== '' || u.pathname === '/') return fail('must be file:///absolute/path');
-        return 'file';
-      default:
-        return fail(`scheme ${scheme}:// is not allowed (use https://, http://, ssh:// or user@host:path)`);
+    if (scheme === 'file') {
+      if (!allowFile) return fail('file:// repositories are not allowed on this service', FILE_HINT);
+      if ((u.host !== '' && u.host !== 'localhost') || u.pathname === '/') return fail('must be file:///absolute/path');
+      return 'file';
     }
+    if (scheme !== 'https' && scheme !== 'http' && scheme !== 'ssh') {
+      return fail(`scheme ${scheme}:// is not allowed`, usage);
+    }
+    if (u.password !== '' || (u.username !== '' && scheme !== 'ssh')) {
+      return fail('must not contain credentials', CREDENTIALS_HINT);
+    }
+    if (u.hostname === '' || !HOST_RE.test(u.hostname)) return fail('has no valid host name');
+    if (u.username !== '' && !USER_RE.test(decodeURIComponent(u.username))) return fail('has an invalid user name');
+    if (u.search !== '' || u.hash !== '') return fail('must not have a query or a fragment');
+    return scheme === 'ssh' ? 'ssh' : 'http';
   }
-  if (url.startsWith('/') || url.startsWith('.')) {
-    return fail('local paths are not allowed; write file:///absolute/path', FILE_HINT);
-  }
+  if (url.startsWith('/'))
+    return allowFile ? 'file' : fail('local repositories are not allowed on this service', FILE_HINT);
   const scp = SCP_RE.exec(url);
   if (scp !== null) {
-    if (scp[1]?.includes(':')) return fail('must not contain a password', 'use gitCredentials.sshKeyFile');
+    const [, user, host = '', path = ''] = scp;
+    if (user?.includes(':')) return fail('must not contain credentials', 'use gitCredentials.sshKeyFile');
+    if (user !== undefined && !USER_RE.test(user)) return fail('has an invalid user name');
+    if (!HOST_RE.test(host)) return fail('has no valid host name');
+    if (path === '' || path.startsWith('-')) return fail('has no valid repository path');
     return 'ssh';
   }
-  return fail('is not a repository URL (https://host/path, ssh://host/path or user@host:path)');
+  return fail('is not a repository URL (relative paths and bare names are not)', usage);
 }
 
 function checkGitCredentials(

@@ -6,12 +6,13 @@
  */
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { KilnError } from '../../errors.js';
-import type { ImageSpec, Project, SecretRef, WebhookSecrets } from '../model.js';
+import type { GitCredentials, ImageSpec, Project, RegistryCredentials, SecretRef, WebhookSecrets } from '../model.js';
 
-/** Any reference shape of the model: `{env|file}`, `{passwordEnv|passwordFile}` (credentials), webhook secrets. */
+/** Any reference shape of the model: `{env|file}`, git or registry credentials (their password), webhook secrets. */
 export type SecretReference =
   | SecretRef
-  | { passwordEnv?: string; passwordFile?: string }
+  | GitCredentials
+  | RegistryCredentials
   | { secretEnv?: string; secretFile?: string }
   | { tokenEnv?: string; tokenFile?: string };
 

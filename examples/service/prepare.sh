@@ -8,6 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DEMO=${DEMO:-/tmp/kiln-demo}
+bash scripts/setup.sh
 mkdir -p "$DEMO"
 kiln() { node bin/kiln.js "$@"; }
 git_() { git -c user.name=demo -c user.email=demo@example.com -c init.defaultBranch=main "$@"; }

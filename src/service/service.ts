@@ -13,12 +13,12 @@ import { join, relative, sep, isAbsolute } from 'node:path';
 import { KilnError, errorMessage, isKilnError } from '../errors.js';
 import type { ApplyResult, BuildPage, BuildQuery, Principal, ServiceCore, StartRequest } from './core.js';
 import type { Build, BuildStage, ImageSpec, Project, ServiceConfig, Trigger } from './model.js';
-import { FINAL_PHASES } from './model.js';
 import { Store, type NewBuild } from './store/store.js';
 import { coalesceOnEnqueue, pickNext, timeoutFor } from './queue/policy.js';
 import { checkProjectSet, parseProjectDocument, parseProjectsDocument } from './config/parse.js';
 import { matchesFilter, pathsConcern } from './config/filters.js';
 import { renderTags } from './config/tags.js';
+import { readSecretRef, redactProject } from './config/secrets.js';
 import { GitMirrors, redactUrl } from './git/mirror.js';
 import type { BuildRunner } from './runner/local.js';
 import type { WorkerJob } from './runner/protocol.js';
@@ -114,11 +114,12 @@ export class BuildService implements ServiceCore {
   // ---- projects ----
 
   listProjects(): Project[] {
-    return this.store.listProjects();
+    return this.store.listProjects().map(redactProject);
   }
 
   getProject(name: string): Project | undefined {
-    return this.store.getProject(name);
+    const p = this.store.getProject(name);
+    return p && redactProject(p);
   }
 
   private applyParsed(projects: Project[], source: string): ApplyResult {
@@ -422,7 +423,9 @@ export class BuildService implements ServiceCore {
           'org.opencontainers.image.source': redactUrl(p.repository),
           'org.opencontainers.image.revision': commit,
         },
-        secrets: Object.fromEntries(Object.entries(img.secrets).map(([id, ref]) => [id, readRef(ref, `secret ${id}`)])),
+        secrets: Object.fromEntries(
+          Object.entries(img.secrets).map(([id, ref]) => [id, readSecretRef(ref, `secret ${id}`)]),
+        ),
         tags,
         insecureRegistries: [...this.opts.config.insecureRegistries, ...(p.insecureRegistry ? [host] : [])],
         logFile: log,
@@ -433,7 +436,7 @@ export class BuildService implements ServiceCore {
         job.registryAuth = {
           registry: host,
           username: rc.username,
-          password: readRef({ env: rc.passwordEnv, file: rc.passwordFile }, 'registry password'),
+          password: readSecretRef(rc, 'registry password'),
         };
       }
       const outcome = await this.opts.runner.run(
@@ -522,32 +525,3 @@ export class BuildService implements ServiceCore {
     }
   }
 }
-
-/** A secret's value from its reference (env var or file): read when used, never stored. */
-function readRef(ref: { env?: string | undefined; file?: string | undefined }, what: string): string {
-  if (ref.env) {
-    const v = process.env[ref.env];
-    if (v === undefined) {
-      throw new KilnError('SECRET_MISSING', `${what}: environment variable ${ref.env} is not set in the service`, {
-        hint: `start kiln serve with ${ref.env} set`,
-      });
-    }
-    return v;
-  }
-  if (ref.file) {
-    try {
-      // synchronous on purpose: a small file, read once per build
-      return readFileSyncTrim(ref.file);
-    } catch (e) {
-      throw new KilnError('SECRET_MISSING', `${what}: cannot read ${ref.file}`, { cause: e });
-    }
-  }
-  throw new KilnError('SECRET_MISSING', `${what}: no env or file reference`);
-}
-
-import { readFileSync } from 'node:fs';
-function readFileSyncTrim(file: string): string {
-  return readFileSync(file, 'utf8').replace(/\r?\n$/, '');
-}
-
-export { FINAL_PHASES };

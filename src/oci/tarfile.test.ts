@@ -86,3 +86,24 @@ test('TarWriter commits atomically and abort leaves nothing', () =>
     await w2.abort();
     assert.deepEqual(await readdir(dir), ['out.tar']);
   }));
+
+test('TarWriter: an abort before the temp file was even opened leaves no temp file (issue 17: flaky layout test)', () =>
+  withTempDir('kiln-tarw-', async (dir) => {
+    // 20 writers whose first entry fails at once (a broken blob stream destroys the pack with an error, which
+    // rejects the writer before its write stream has opened the temp file), then aborted
+    const broken = (): Readable =>
+      new Readable({
+        read() {
+          this.destroy(new Error('connection reset'));
+        },
+      });
+    await Promise.all(
+      Array.from({ length: 20 }, async (_, i) => {
+        const w = new TarWriter(join(dir, `t${i}.tar`));
+        await assert.rejects(w.addStream('blob', 10, broken()), /connection reset/);
+        await w.abort();
+      }),
+    );
+    await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(await readdir(dir), []);
+  }));

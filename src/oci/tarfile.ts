@@ -349,12 +349,17 @@ export class TarWriter {
   readonly tmp: string;
   private readonly pack = tarStream.pack();
   private readonly done: Promise<void>;
+  /** Resolves when the temp file's descriptor is closed (opened or not): only then can abort() remove the file. */
+  private readonly closed: Promise<void>;
+  private readonly ws: ReturnType<typeof createWriteStream>;
   private failed: Error | undefined;
 
   constructor(dest: string) {
     this.dest = dest;
     this.tmp = join(dirname(dest), `.${basename(dest)}.kiln-tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
     const ws = createWriteStream(this.tmp, { flags: 'wx', mode: 0o644 });
+    this.ws = ws;
+    this.closed = new Promise<void>((resolve) => ws.on('close', () => resolve()));
     this.pack.on('error', () => undefined);
     const src = Readable.from(this.pack);
     src.pipe(ws);
@@ -448,10 +453,16 @@ export class TarWriter {
     }
   }
 
-  /** Discard the temp file. */
+  /**
+   * Discard the temp file. The write stream opens its file asynchronously, so a failure early in the write can
+   * come before the file exists: destroy the stream and wait until its descriptor is closed, then remove the file —
+   * else the open could create it after the removal (a `.NAME.kiln-tmp-*` left behind under load).
+   */
   async abort(): Promise<void> {
     this.pack.destroy();
+    this.ws.destroy();
     await this.done.catch(() => undefined);
+    await this.closed;
     await rm(this.tmp, { force: true });
   }
 }

@@ -1,0 +1,652 @@
+/**
+ * Git sources of the build service: one persistent bare mirror per repository under `<data-dir>/git`, fetched
+ * before each resolve (so a second build of a repository transfers only new objects), refs and commits resolved
+ * against it, and commits materialised into build contexts.
+ *
+ * Checkouts are written with `read-tree` into a throwaway index plus `checkout-index` straight from the mirror:
+ * no clone, no worktree registration in the mirror to prune, and **no `.git` in the checkout at all** — like
+ * BuildKit's git contexts by default, so a Dockerfile can neither `COPY` a pointer to a host path nor the mirror's
+ * refs. Submodules are fetched into mirrors of their own (cached across builds like any repository, same URL rules,
+ * credentials only for the project's own host) and checked out the same way.
+ *
+ * Concurrency: calls for one mirror run one after another in this process (a promise chain, which also lets a
+ * burst of resolves share one fetch) and hold an `flock` on `<mirror>.lock` so two service processes never fetch
+ * into one mirror at once. Checkouts read the mirror without the lock: a fetch only adds objects and moves refs.
+ */
+import { randomBytes } from 'node:crypto';
+import { access, chmod, mkdir, mkdtemp, readdir, realpath, rename, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, relative, sep } from 'node:path';
+import { KilnError, isKilnError } from '../../errors.js';
+import type { Project } from '../model.js';
+import {
+  ASKPASS_SCRIPT,
+  baseEnv,
+  configArgs,
+  gitAuth,
+  interrupted,
+  lastLine,
+  lockFile,
+  runGit,
+  type GitAuth,
+  type GitRun,
+} from './exec.js';
+import { mirrorDirName, parseRepositoryUrl, redactText, resolveSubmoduleUrl, type RepoUrl } from './url.js';
+
+export { redactUrl, parseRepositoryUrl } from './url.js';
+
+/** The parts of a project the git room reads. */
+export type GitProject = Pick<Project, 'name' | 'repository' | 'gitCredentials' | 'depth' | 'lfs' | 'submodules'>;
+
+export interface GitMirrorsOptions {
+  /** Where mirrors live: `<data-dir>/git`. Created when missing. */
+  dir: string;
+  /** `file://` URLs and absolute paths as repositories (`allowFileRepositories` of the server config). */
+  allowFile: boolean;
+  /** Notes worth a line in the service log (e.g. LFS skipped); checkout also returns them. */
+  log?: (line: string) => void;
+  /** Parent of the private 0700 dir (askpass script, temporary indexes); default the OS temp dir. */
+  tmpDir?: string;
+}
+
+/** What to build: a branch, tag or full ref, and/or a commit (full or abbreviated hex). */
+export interface RefRequest {
+  ref?: string;
+  commit?: string;
+}
+
+export interface ResolvedRef {
+  /** Full commit id. */
+  commit: string;
+  /** Full ref (`refs/heads/main`, `refs/tags/v1`), `` when only a commit was given. */
+  ref: string;
+}
+
+export interface CheckoutResult {
+  commit: string;
+  dir: string;
+  /** Things the build log should mention (LFS not installed, …). */
+  notes: string[];
+}
+
+/** A repository as this room handles it: project settings, parsed URL, mirror path, the host credentials are for. */
+interface Source {
+  project: GitProject;
+  repo: RepoUrl;
+  path: string;
+  /** The top-level project's host: submodules elsewhere get no credentials. */
+  credHost: string;
+}
+
+/** One checkout in progress (of the project's repository or one of its submodules). */
+interface CheckoutJob {
+  commit: string;
+  dest: string;
+  /** Submodule nesting level (0: the project's repository). */
+  level: number;
+  notes: string[];
+  signal: AbortSignal | undefined;
+}
+
+/** Per-mirror state of this process: the promise chain and which fetches finished after which request. */
+interface MirrorState {
+  chain: Promise<void>;
+  seq: number;
+  /** Credentials+depth key → sequence number of the latest successful fetch's start. */
+  fresh: Map<string, number>;
+}
+
+/** What a callback running under a mirror's lock can do. */
+interface MirrorCtx {
+  path: string;
+  git(args: string[], input?: string): Promise<GitRun>;
+  /** Fetches one commit by id (for commits no branch or tag reaches; servers with protocol v2 allow it). */
+  fetchObject(sha: string): Promise<boolean>;
+}
+
+const HEX = /^[0-9a-f]{4,64}$/;
+const FULL_HEX = /^(?:[0-9a-f]{40}|[0-9a-f]{64})$/;
+const REFSPECS = ['+refs/heads/*:refs/heads/*', '+refs/tags/*:refs/tags/*'];
+const MAX_SUBMODULE_DEPTH = 8;
+const REF_HINT = 'give a branch (main), a tag (v1.2), a full ref (refs/heads/main or refs/tags/v1.2) or a commit';
+
+function q(s: string): string {
+  return JSON.stringify(s);
+}
+
+/** Git's ref-name rules (git-check-ref-format), checked before the name reaches git. */
+function checkRefName(ref: string): void {
+  const bad =
+    ref === '' ||
+    ref === '@' ||
+    ref.length > 255 ||
+    /[\x00-\x20\x7f~^:?*[\\]/.test(ref) ||
+    ref.startsWith('-') ||
+    ref.startsWith('/') ||
+    ref.endsWith('/') ||
+    ref.endsWith('.') ||
+    ref.includes('..') ||
+    ref.includes('//') ||
+    ref.includes('@{') ||
+    ref.split('/').some((c) => c.startsWith('.') || c.endsWith('.lock'));
+  if (bad) throw new KilnError('GIT_REF_INVALID', `ref ${q(ref)} is not a valid git ref name`, { hint: REF_HINT });
+}
+
+function checkHex(commit: string): string {
+  const c = commit.toLowerCase();
+  if (!HEX.test(c)) {
+    throw new KilnError('GIT_COMMIT_INVALID', `commit ${q(commit)} is not a commit id`, {
+      hint: 'give 4 to 64 hexadecimal digits of the commit id',
+    });
+  }
+  return c;
+}
+
+function fetchHint(stderr: string): string {
+  if (/authentication failed|could not read (username|password)|terminal prompts disabled|\b40[13]\b/i.test(stderr)) {
+    return "check the project's gitCredentials (username, passwordEnv or passwordFile) and that this account may read the repository";
+  }
+  if (/host key verification failed/i.test(stderr)) {
+    return "add the server's host key to the file named by gitCredentials.knownHostsFile";
+  }
+  if (/permission denied \(publickey/i.test(stderr)) {
+    return 'check gitCredentials.sshKeyFile and that its public key has access to the repository';
+  }
+  if (/could not resolve host|connection refused|failed to connect|timed out|network is unreachable/i.test(stderr)) {
+    return 'check the repository URL and that the service can reach its host';
+  }
+  if (/not found|does not appear to be a git repository|repository .* does not exist/i.test(stderr)) {
+    return 'check the repository URL';
+  }
+  return 'check the repository URL and gitCredentials; `git ls-remote URL` on the service host shows the same error';
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await access(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function commitNotFound(src: Source, hex: string): KilnError {
+  return new KilnError('GIT_COMMIT_NOT_FOUND', `commit ${q(hex)} not found in ${src.repo.url}`, {
+    hint:
+      src.project.depth > 0
+        ? `the mirror keeps only ${src.project.depth} commit(s) per branch (depth): an older commit is not there; raise depth or set it to 0`
+        : 'check the commit id; only commits of branches and tags are fetched unless the full 40-digit id is given',
+  });
+}
+
+/** Empties `dir` (keeping it): a failed checkout leaves nothing half-written behind. */
+async function emptyDir(dir: string): Promise<void> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch {
+    return;
+  }
+  for (const n of names) await rm(join(dir, n), { recursive: true, force: true });
+}
+
+/** Persistent bare mirrors of the service's repositories; see the module comment. */
+export class GitMirrors {
+  private readonly states = new Map<string, MirrorState>();
+  private privateDir: Promise<{ dir: string; askpass: string }> | undefined;
+  private lfs: Promise<boolean> | undefined;
+  private readonly log: (line: string) => void;
+
+  constructor(private readonly opts: GitMirrorsOptions) {
+    this.log = opts.log ?? (() => undefined);
+  }
+
+  /** Path of the mirror a project's repository is kept in (for tests and the admin's curiosity). */
+  mirrorPath(project: Pick<Project, 'repository' | 'depth'>): string {
+    const repo = parseRepositoryUrl(project.repository, { allowFile: this.opts.allowFile });
+    return join(this.opts.dir, mirrorDirName(repo, project.depth));
+  }
+
+  /**
+   * Fetches the project's mirror and resolves `req`: a short name is a branch, else a tag; `refs/…` is taken as
+   * given (only `refs/heads/*` and `refs/tags/*` are mirrored); a commit must exist after fetching and, with a ref,
+   * be reachable from it. A full commit id that no branch or tag reaches (or older than a shallow mirror) is
+   * fetched by id. Errors: `GIT_URL_*`, `GIT_FETCH_FAILED`, `GIT_REF_INVALID`, `GIT_REF_NOT_FOUND`,
+   * `GIT_COMMIT_INVALID`, `GIT_COMMIT_NOT_FOUND`, `GIT_COMMIT_AMBIGUOUS`, `GIT_COMMIT_NOT_REACHABLE`,
+   * `GIT_CREDENTIALS_MISSING`, `GIT_LOCK_FAILED`, `INTERRUPTED`.
+   */
+  async resolve(project: GitProject, req: RefRequest, signal?: AbortSignal): Promise<ResolvedRef> {
+    const src = this.source(project);
+    const ref = req.ref === undefined || req.ref === '' ? undefined : req.ref;
+    const hex = req.commit === undefined || req.commit === '' ? undefined : checkHex(req.commit);
+    if (ref === undefined && hex === undefined) {
+      throw new KilnError('GIT_REF_INVALID', 'neither a ref nor a commit was given', { hint: REF_HINT });
+    }
+    if (ref !== undefined) checkRefName(ref);
+    return this.withMirror(src, signal, async (m) => {
+      let full = '';
+      let refCommit: string | undefined;
+      if (ref !== undefined) {
+        [full, refCommit] = await this.findRef(m, src.repo, ref);
+        if (hex === undefined) return { commit: refCommit, ref: full };
+      }
+      const commit = await this.findCommit(m, hex as string, ref === undefined);
+      if (commit === undefined) throw commitNotFound(src, hex as string);
+      if (refCommit !== undefined && commit !== refCommit) {
+        const r = await m.git(['merge-base', '--is-ancestor', commit, refCommit]);
+        if (r.code !== 0) {
+          throw new KilnError(
+            'GIT_COMMIT_NOT_REACHABLE',
+            `commit ${commit.slice(0, 12)} is not reachable from ${full} in ${src.repo.url}`,
+            {
+              hint:
+                project.depth > 0
+                  ? `the mirror keeps only ${project.depth} commit(s) per branch (depth); raise depth or set it to 0`
+                  : 'give the branch or tag that contains the commit, or only the commit',
+            },
+          );
+        }
+      }
+      return { commit, ref: full };
+    });
+  }
+
+  /**
+   * Writes the tree of `commit` (a full id, as `resolve` returned it; the mirror must hold it) into `dest`, an
+   * empty or missing directory, with submodules when `project.submodules` and LFS files when `project.lfs` and
+   * git-lfs is installed. No `.git` is written. On failure `dest` is left empty.
+   */
+  async checkout(project: GitProject, commit: string, dest: string, signal?: AbortSignal): Promise<CheckoutResult> {
+    const src = this.source(project);
+    const c = checkHex(commit);
+    if (!FULL_HEX.test(c)) {
+      throw new KilnError('GIT_COMMIT_INVALID', `checkout needs a full commit id, not ${q(commit)}`, {
+        hint: 'pass the commit resolve() returned',
+      });
+    }
+    await mkdir(dest, { recursive: true });
+    if ((await readdir(dest)).length > 0) {
+      throw new KilnError('GIT_CHECKOUT_FAILED', `checkout directory ${dest} is not empty`);
+    }
+    const notes: string[] = [];
+    try {
+      await this.materialize(src, { commit: c, dest, level: 0, notes, signal });
+    } catch (e) {
+      await emptyDir(dest);
+      throw e;
+    }
+    return { commit: c, dir: dest, notes };
+  }
+
+  /** Removes a checkout (there is no worktree registration to prune: checkouts never touch the mirror). */
+  async removeCheckout(dir: string): Promise<void> {
+    await rm(dir, { recursive: true, force: true });
+  }
+
+  /**
+   * Paths that differ between commits `from` and `to` (renames as a deletion plus an addition, so path filters see
+   * both names), from the mirror as it is (no fetch). `undefined` when either commit is unknown to the mirror —
+   * e.g. the all-zero `before` of a new branch, or history older than a shallow mirror — meaning "unknown".
+   */
+  async changedPaths(project: GitProject, from: string, to: string): Promise<string[] | undefined> {
+    const { path } = this.source(project);
+    const a = from.toLowerCase();
+    const b = to.toLowerCase();
+    if (!HEX.test(a) || !HEX.test(b) || /^0+$/.test(a) || !(await exists(join(path, 'HEAD')))) return undefined;
+    const env = baseEnv();
+    const git = (args: string[], input?: string): Promise<GitRun> =>
+      runGit([`--git-dir=${path}`, ...args], { env, input });
+    const m: MirrorCtx = { path, git, fetchObject: async () => false };
+    const ca = await this.findCommit(m, a, false);
+    const cb = await this.findCommit(m, b, false);
+    if (ca === undefined || cb === undefined) return undefined;
+    const r = await git(['diff', '--name-only', '--no-renames', '--no-ext-diff', '-z', ca, cb]);
+    if (r.code !== 0) return undefined;
+    return r.stdout
+      .toString('utf8')
+      .split('\0')
+      .filter((p) => p !== '');
+  }
+
+  /** Removes this instance's private temp dir (askpass script, temporary indexes). */
+  async close(): Promise<void> {
+    const p = this.privateDir;
+    this.privateDir = undefined;
+    if (p !== undefined) await rm((await p).dir, { recursive: true, force: true });
+  }
+
+  private source(project: GitProject, credHost?: string): Source {
+    const repo = parseRepositoryUrl(project.repository, { allowFile: this.opts.allowFile });
+    const path = join(this.opts.dir, mirrorDirName(repo, project.depth));
+    return { project, repo, path, credHost: credHost ?? repo.host };
+  }
+
+  /** A 0700 temp dir for the askpass script and temporary index files, made once per instance. */
+  private private(): Promise<{ dir: string; askpass: string }> {
+    this.privateDir ??= (async () => {
+      const dir = await mkdtemp(join(this.opts.tmpDir ?? tmpdir(), 'kiln-git-'));
+      await chmod(dir, 0o700);
+      const askpass = join(dir, 'askpass.sh');
+      await writeFile(askpass, ASKPASS_SCRIPT, { mode: 0o700 });
+      return { dir, askpass };
+    })();
+    return this.privateDir;
+  }
+
+  /** Credentials (askpass or ssh environment) for fetching `src`. */
+  private async auth(src: Source): Promise<GitAuth> {
+    const priv = await this.private();
+    return gitAuth(src.repo, src.project.gitCredentials, {
+      project: src.project.name,
+      sameHost: src.repo.host === src.credHost,
+      privateDir: priv.dir,
+      askpass: priv.askpass,
+    });
+  }
+
+  private state(path: string): MirrorState {
+    let st = this.states.get(path);
+    if (st === undefined) {
+      st = { chain: Promise.resolve(), seq: 0, fresh: new Map() };
+      this.states.set(path, st);
+    }
+    return st;
+  }
+
+  /**
+   * Runs `fn` under the mirror's in-process chain and file lock, after making sure the mirror exists and was
+   * fetched after this call began (a fetch that another caller started later, with the same credentials and depth,
+   * counts — a burst of webhooks for one repository costs one fetch per wave, not one each).
+   */
+  private async withMirror<T>(
+    src: Source,
+    signal: AbortSignal | undefined,
+    fn: (m: MirrorCtx) => Promise<T>,
+  ): Promise<T> {
+    const { project, repo, path } = src;
+    const st = this.state(path);
+    const ticket = ++st.seq;
+    const freshKey = JSON.stringify([project.depth, project.gitCredentials ?? null, src.credHost]);
+    const run = st.chain.then(async () => {
+      if (signal?.aborted) throw interrupted(signal);
+      await mkdir(this.opts.dir, { recursive: true });
+      const release = await lockFile(`${path}.lock`, signal);
+      const auth = await this.auth(src).catch(async (e: unknown) => {
+        await release();
+        throw e;
+      });
+      try {
+        const env = { ...baseEnv(), ...auth.env };
+        const base = [...configArgs(this.opts.allowFile), `--git-dir=${path}`];
+        const git = (args: string[], input?: string): Promise<GitRun> =>
+          runGit([...base, ...args], { env, signal, input });
+        const depth = project.depth > 0 ? [`--depth=${project.depth}`] : [];
+        const fetch = async (what: string[]): Promise<GitRun> =>
+          git(['fetch', '--quiet', '--no-tags', '--no-write-fetch-head', '--no-recurse-submodules', ...depth, ...what]);
+        await this.ensureMirror(path, signal);
+        if ((st.fresh.get(freshKey) ?? 0) <= ticket) {
+          const started = ++st.seq;
+          const r = await fetch(['--prune', '--', repo.url, ...REFSPECS]);
+          if (r.code !== 0) {
+            throw new KilnError(
+              'GIT_FETCH_FAILED',
+              `cannot fetch ${repo.url}: ${redactText(lastLine(r.stderr), auth.secrets)}`,
+              {
+                hint: fetchHint(r.stderr),
+                cause: new Error(redactText(r.stderr, auth.secrets).slice(-4000)),
+              },
+            );
+          }
+          st.fresh.set(freshKey, Math.max(st.fresh.get(freshKey) ?? 0, started));
+        }
+        const fetchObject = async (sha: string): Promise<boolean> => (await fetch(['--', repo.url, sha])).code === 0;
+        return await fn({ path, git, fetchObject });
+      } finally {
+        await auth.cleanup();
+        await release();
+      }
+    });
+    st.chain = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    if (signal === undefined) return run;
+    // A caller that gives up while waiting for its turn hears so at once; its turn then passes without work.
+    return new Promise<T>((resolve, reject) => {
+      const onAbort = (): void => reject(interrupted(signal));
+      signal.addEventListener('abort', onAbort, { once: true });
+      run.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+    });
+  }
+
+  /** Creates the bare mirror when missing (in a side dir renamed into place, so a crash leaves no half repo). */
+  private async ensureMirror(path: string, signal: AbortSignal | undefined): Promise<void> {
+    if (await exists(join(path, 'HEAD'))) return;
+    const tmp = `${path}.init`;
+    await rm(tmp, { recursive: true, force: true });
+    await rm(path, { recursive: true, force: true });
+    const r = await runGit(['init', '--quiet', '--bare', '--template=', tmp], { env: baseEnv(), signal });
+    if (r.code !== 0) {
+      await rm(tmp, { recursive: true, force: true });
+      throw new KilnError('GIT_MIRROR_FAILED', `cannot create git mirror ${path}: ${lastLine(r.stderr)}`, {
+        hint: 'check that the data dir is writable',
+      });
+    }
+    await rename(tmp, path);
+  }
+
+  /** A ref name → [full ref, commit]; branches before tags for short names. */
+  private async findRef(m: MirrorCtx, repo: RepoUrl, ref: string): Promise<[string, string]> {
+    const candidates = ref.startsWith('refs/') ? [ref] : [`refs/heads/${ref}`, `refs/tags/${ref}`];
+    const r = await m.git(['for-each-ref', '--format=%(refname)%00%(objectname)', ...candidates]);
+    const found = new Map<string, string>();
+    for (const line of r.stdout.toString('utf8').split('\n')) {
+      const [name, oid] = line.split('\0');
+      if (name !== undefined && oid !== undefined) found.set(name, oid);
+    }
+    for (const c of candidates) {
+      const oid = found.get(c);
+      if (oid === undefined) continue;
+      const peeled = await m.git(['rev-parse', '--verify', '--quiet', `${oid}^{commit}`]);
+      if (peeled.code !== 0) {
+        throw new KilnError('GIT_REF_NOT_FOUND', `ref ${q(ref)} in ${repo.url} does not point to a commit`, {
+          hint: REF_HINT,
+        });
+      }
+      return [c, peeled.stdout.toString('utf8').trim()];
+    }
+    throw new KilnError('GIT_REF_NOT_FOUND', `ref ${q(ref)} not found in ${repo.url}`, {
+      hint: ref.startsWith('refs/')
+        ? 'only branches (refs/heads/*) and tags (refs/tags/*) are fetched; check the name'
+        : `no branch or tag of that name; check the name (git ls-remote ${repo.url})`,
+    });
+  }
+
+  /**
+   * A commit by full or abbreviated id, or undefined. Abbreviations are looked up as object ids only (never as a
+   * ref that happens to look like hex); a full id the mirror lacks is fetched by id when `fetchMissing`.
+   */
+  private async findCommit(m: MirrorCtx, hex: string, fetchMissing: boolean): Promise<string | undefined> {
+    if (FULL_HEX.test(hex)) {
+      const ok = async (): Promise<boolean> => (await m.git(['cat-file', '-e', `${hex}^{commit}`])).code === 0;
+      if (await ok()) return hex;
+      if (fetchMissing && (await m.fetchObject(hex)) && (await ok())) return hex;
+      return undefined;
+    }
+    const cands = await m.git(['rev-parse', `--disambiguate=${hex}`]);
+    const ids = cands.stdout
+      .toString('utf8')
+      .split('\n')
+      .filter((l) => l !== '');
+    if (ids.length === 0) return undefined;
+    const types = await m.git(['cat-file', '--batch-check=%(objectname) %(objecttype)'], `${ids.join('\n')}\n`);
+    const commits = types.stdout
+      .toString('utf8')
+      .split('\n')
+      .map((l) => l.split(' '))
+      .filter(([id, type]) => type === 'commit' && id !== undefined)
+      .map(([id]) => id as string);
+    if (commits.length > 1) {
+      throw new KilnError(
+        'GIT_COMMIT_AMBIGUOUS',
+        `commit ${q(hex)} is ambiguous (${commits.length} commits start with it)`,
+        {
+          hint: 'give more digits of the commit id',
+        },
+      );
+    }
+    return commits[0];
+  }
+
+  /** Checks out one repository's commit into `job.dest`, then its submodules (recursively). */
+  private async materialize(src: Source, job: CheckoutJob): Promise<void> {
+    const { project, repo, path } = src;
+    const { commit, dest } = job;
+    const priv = await this.private();
+    const index = join(priv.dir, `index-${randomBytes(8).toString('hex')}`);
+    const env = { ...baseEnv(), GIT_INDEX_FILE: index };
+    const wt = [...configArgs(this.opts.allowFile), `--git-dir=${path}`, `--work-tree=${dest}`];
+    const git = (args: string[], extraEnv: Record<string, string> = {}): Promise<GitRun> =>
+      runGit([...wt, ...args], { env: { ...env, ...extraEnv }, signal: job.signal, cwd: dest });
+    const fail = (what: string, r: GitRun): KilnError =>
+      new KilnError('GIT_CHECKOUT_FAILED', `${what} ${commit.slice(0, 12)} of ${repo.url}: ${lastLine(r.stderr)}`, {
+        hint: 'check free space in the build directory',
+      });
+    try {
+      if (!(await exists(join(path, 'HEAD'))) || (await git(['cat-file', '-e', `${commit}^{commit}`])).code !== 0) {
+        throw new KilnError(
+          'GIT_COMMIT_NOT_FOUND',
+          `commit ${commit.slice(0, 12)} is not in the mirror of ${repo.url}`,
+          {
+            hint: 'resolve the ref first (resolve() fetches the mirror)',
+          },
+        );
+      }
+      let r = await git(['read-tree', commit]);
+      if (r.code !== 0) throw fail('cannot read the tree of', r);
+      r = await git(['checkout-index', '--all', '--force']);
+      if (r.code !== 0) throw fail('cannot check out', r);
+      if (project.lfs) await this.lfsCheckout(src, job, git);
+    } finally {
+      await rm(index, { force: true });
+      await rm(`${index}.lock`, { force: true });
+    }
+    if (project.submodules) await this.submodules(src, job);
+  }
+
+  /** Replaces LFS pointer files by their content (objects cached in the mirror's lfs/ dir), when git-lfs exists. */
+  private async lfsCheckout(
+    src: Source,
+    job: CheckoutJob,
+    git: (args: string[], extraEnv?: Record<string, string>) => Promise<GitRun>,
+  ): Promise<void> {
+    const { repo } = src;
+    this.lfs ??= runGit(['lfs', 'version'], { env: baseEnv() }).then(
+      (r) => r.code === 0,
+      () => false,
+    );
+    if (!(await this.lfs)) {
+      const note = `git-lfs is not installed: LFS files of ${repo.url} are left as pointer files`;
+      job.notes.push(note);
+      this.log(note);
+      return;
+    }
+    const auth = await this.auth(src);
+    try {
+      // git-lfs reads the `-c` options (GIT_CONFIG_PARAMETERS), the temporary index and the askpass environment.
+      for (const args of [
+        ['lfs', 'fetch', 'origin', job.commit],
+        ['lfs', 'checkout'],
+      ]) {
+        const r = await git(['-c', `remote.origin.url=${repo.url}`, ...args], auth.env);
+        if (r.code !== 0) {
+          throw new KilnError(
+            'GIT_LFS_FAILED',
+            `git lfs of ${repo.url}: ${redactText(lastLine(r.stderr), auth.secrets)}`,
+            {
+              hint: fetchHint(r.stderr),
+            },
+          );
+        }
+      }
+    } finally {
+      await auth.cleanup();
+    }
+  }
+
+  /** Gitlinks of the job's commit with their `.gitmodules` URLs, each fetched into its own mirror and checked out. */
+  private async submodules(src: Source, job: CheckoutJob): Promise<void> {
+    const { repo, path } = src;
+    const { commit, dest, level, signal } = job;
+    const env = baseEnv();
+    const git = (args: string[]): Promise<GitRun> => runGit([`--git-dir=${path}`, ...args], { env, signal });
+    if ((await git(['cat-file', '-e', `${commit}:.gitmodules`])).code !== 0) return;
+    const cfg = await git([
+      'config',
+      '-z',
+      `--blob=${commit}:.gitmodules`,
+      '--get-regexp',
+      '^submodule\\..*\\.(path|url)$',
+    ]);
+    const byName = new Map<string, { path?: string; url?: string }>();
+    for (const entry of cfg.stdout.toString('utf8').split('\0')) {
+      const nl = entry.indexOf('\n');
+      const m = /^submodule\.(.+)\.(path|url)$/.exec(nl < 0 ? entry : entry.slice(0, nl));
+      if (m === null || nl < 0) continue;
+      const [, name = '', key] = m;
+      const rec = byName.get(name) ?? {};
+      if (key === 'path') rec.path = entry.slice(nl + 1);
+      else rec.url = entry.slice(nl + 1);
+      byName.set(name, rec);
+    }
+    const tree = await git(['ls-tree', '-r', '-z', '--full-tree', commit]);
+    const links: [string, string][] = [];
+    for (const entry of tree.stdout.toString('utf8').split('\0')) {
+      const m = /^160000 commit ([0-9a-f]+)\t(.+)$/s.exec(entry);
+      if (m !== null) links.push([m[2] as string, m[1] as string]);
+    }
+    if (links.length === 0) return;
+    if (level >= MAX_SUBMODULE_DEPTH) {
+      throw new KilnError(
+        'GIT_SUBMODULE_FAILED',
+        `submodules of ${repo.url} nest deeper than ${MAX_SUBMODULE_DEPTH} levels`,
+      );
+    }
+    const realDest = await realpath(dest);
+    for (const [subPath, sha] of links) {
+      const mod = [...byName.values()].find((r) => r.path === subPath);
+      if (mod?.url === undefined) {
+        throw new KilnError(
+          'GIT_SUBMODULE_FAILED',
+          `submodule ${q(subPath)} of ${repo.url} has no URL in .gitmodules`,
+          {
+            hint: 'fix .gitmodules in the repository, or set submodules: false',
+          },
+        );
+      }
+      const target = join(dest, subPath);
+      await mkdir(target, { recursive: true });
+      const rel = relative(realDest, await realpath(target));
+      if (rel === '' || rel === '..' || rel.startsWith(`..${sep}`)) {
+        throw new KilnError('GIT_SUBMODULE_FAILED', `submodule path ${q(subPath)} leaves the checkout`);
+      }
+      let sub: Source;
+      try {
+        sub = this.source({ ...src.project, repository: resolveSubmoduleUrl(repo.url, mod.url) }, src.credHost);
+      } catch (e) {
+        if (!isKilnError(e)) throw e;
+        throw new KilnError(e.code, `submodule ${q(subPath)}: ${e.message}`, { hint: e.hint, cause: e });
+      }
+      await this.withMirror(sub, signal, async (m) => {
+        if ((await this.findCommit(m, sha, true)) === undefined) {
+          throw new KilnError(
+            'GIT_SUBMODULE_FAILED',
+            `submodule ${q(subPath)}: commit ${sha.slice(0, 12)} not found in ${sub.repo.url}`,
+            { hint: 'push the submodule commit to a branch or tag of the submodule repository' },
+          );
+        }
+      });
+      await this.materialize(sub, { ...job, commit: sha, dest: target, level: level + 1 });
+    }
+  }
+}

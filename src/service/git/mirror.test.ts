@@ -445,6 +445,28 @@ test('no temp files outlive a checkout; close removes the private dir', async ()
   assert.deepEqual(logs, []);
   await mirrors.close();
   assert.deepEqual(await readdir(priv), []);
+  // The default private dir lives in the data dir, and goes at exit even without close().
+  const child = spawn(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      '--input-type=module',
+      '-e',
+      `import { GitMirrors } from ${JSON.stringify(new URL('./mirror.ts', import.meta.url).href)};
+       const m = new GitMirrors({ dir: process.argv[1], allowFile: true });
+       await m.checkout({ name: 'x', repository: process.argv[2], depth: 0, lfs: false, submodules: false },
+         '0'.repeat(40), process.argv[1] + '/co').catch((e) => console.log(e.code));`,
+      join(tmp, 'git-exit'),
+      server.repoPath('app'),
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  let childOut = '';
+  child.stdout.on('data', (c: Buffer) => (childOut += c.toString()));
+  await new Promise((r) => child.on('close', r));
+  assert.equal(childOut.trim(), 'GIT_COMMIT_NOT_FOUND', 'the child made its private dir and failed as expected');
+  assert.deepEqual(await readdir(join(tmp, 'git-exit')), ['co'], 'no .private-* dir left after exit');
   // The instance still works after close (it makes a new private dir) — and LFS without git-lfs is a note.
   const p = project('app', { lfs: true });
   const head = (await mirrors.resolve(p, { ref: 'main' })).commit;

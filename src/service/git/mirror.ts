@@ -14,8 +14,8 @@
  * into one mirror at once. Checkouts read the mirror without the lock: a fetch only adds objects and moves refs.
  */
 import { randomBytes } from 'node:crypto';
+import { rmSync } from 'node:fs';
 import { access, chmod, mkdir, mkdtemp, readdir, realpath, rename, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join, relative, sep } from 'node:path';
 import { KilnError, isKilnError } from '../../errors.js';
 import type { Project } from '../model.js';
@@ -45,7 +45,10 @@ export interface GitMirrorsOptions {
   allowFile: boolean;
   /** Notes worth a line in the service log (e.g. LFS skipped); checkout also returns them. */
   log?: (line: string) => void;
-  /** Parent of the private 0700 dir (askpass script, temporary indexes); default the OS temp dir. */
+  /**
+   * Parent of the private 0700 dir (askpass script, temporary indexes); default `dir` itself (a `.private-*`
+   * entry no mirror name can take), so whatever a killed process leaves goes with the data dir.
+   */
   tmpDir?: string;
 }
 
@@ -176,6 +179,19 @@ function commitNotFound(src: Source, hex: string): KilnError {
       src.project.depth > 0
         ? `the mirror keeps only ${src.project.depth} commit(s) per branch (depth): an older commit is not there; raise depth or set it to 0`
         : 'check the commit id; only commits of branches and tags are fetched unless the full 40-digit id is given',
+  });
+}
+
+/** Private dirs of live instances, removed at process exit when nobody called `close()`. */
+const liveDirs = new Set<string>();
+let exitHook = false;
+
+function trackDir(dir: string): void {
+  liveDirs.add(dir);
+  if (exitHook) return;
+  exitHook = true;
+  process.once('exit', () => {
+    for (const d of liveDirs) rmSync(d, { recursive: true, force: true });
   });
 }
 
@@ -312,7 +328,10 @@ export class GitMirrors {
   async close(): Promise<void> {
     const p = this.privateDir;
     this.privateDir = undefined;
-    if (p !== undefined) await rm((await p).dir, { recursive: true, force: true });
+    if (p === undefined) return;
+    const { dir } = await p;
+    await rm(dir, { recursive: true, force: true });
+    liveDirs.delete(dir);
   }
 
   private source(project: GitProject, credHost?: string): Source {
@@ -324,7 +343,10 @@ export class GitMirrors {
   /** A 0700 temp dir for the askpass script and temporary index files, made once per instance. */
   private private(): Promise<{ dir: string; askpass: string }> {
     this.privateDir ??= (async () => {
-      const dir = await mkdtemp(join(this.opts.tmpDir ?? tmpdir(), 'kiln-git-'));
+      const parent = this.opts.tmpDir ?? this.opts.dir;
+      await mkdir(parent, { recursive: true });
+      const dir = await mkdtemp(join(parent, '.private-'));
+      trackDir(dir);
       await chmod(dir, 0o700);
       const askpass = join(dir, 'askpass.sh');
       await writeFile(askpass, ASKPASS_SCRIPT, { mode: 0o700 });

@@ -8,6 +8,7 @@
  * Data flow: trigger (API, webhook, base change) → `enqueue` (filters, coalescing) → store → `schedule` (queue
  * policy: limits, fair share) → `execute` (git → runner) → store. Nothing here knows HTTP or SQL.
  */
+import { EventEmitter } from 'node:events';
 import { mkdir, rm, readdir, realpath, stat, appendFile } from 'node:fs/promises';
 import { join, relative, sep, isAbsolute } from 'node:path';
 import { KilnError, errorMessage, isKilnError } from '../errors.js';
@@ -33,6 +34,15 @@ export interface BuildServiceOptions {
   log?: (line: string) => void;
 }
 
+/**
+ * What the service announces, for the rooms that act on builds without being the queue: delivery (redeploy,
+ * outgoing webhooks, commit statuses), base-image tracking, the web UI's live view. `build` fires after every
+ * committed change of a build record (so a listener always sees what the store has).
+ */
+export interface ServiceEvents {
+  build: [Build];
+}
+
 interface Running {
   build: Build;
   ac: AbortController;
@@ -53,6 +63,8 @@ function inside(root: string, rel: string): string | undefined {
 export class BuildService implements ServiceCore {
   readonly store: Store;
   readonly mirrors: GitMirrors;
+  /** `build` after every committed change of a build (see ServiceEvents). Listener errors are logged, never thrown. */
+  readonly events = new EventEmitter<ServiceEvents>();
   private readonly running = new Map<string, Running>();
   private readonly lastStarted = new Map<string, number>();
   private stopping = false;
@@ -109,6 +121,17 @@ export class BuildService implements ServiceCore {
     if (interrupted.length) svc.say(`kiln serve: ${interrupted.length} interrupted build(s) marked failed`);
     svc.schedule();
     return svc;
+  }
+
+  /** Tell listeners about committed build changes; a failing listener never breaks the queue. */
+  private announce(...builds: Build[]): void {
+    for (const b of builds) {
+      try {
+        this.events.emit('build', b);
+      } catch (e) {
+        this.say(`kiln serve: build listener: ${errorMessage(e)}`);
+      }
+    }
   }
 
   // ---- projects ----
@@ -208,6 +231,7 @@ export class BuildService implements ServiceCore {
     const { builds } = this.store.enqueue(
       images.map((i) => ({ project: p.name, image: i.name, ref: resolved.ref, commit: resolved.commit, trigger })),
     );
+    this.announce(...builds);
     this.schedule();
     return builds;
   }
@@ -242,12 +266,14 @@ export class BuildService implements ServiceCore {
       (queued, incoming) => coalesceOnEnqueue(queued, incoming, p.runPolicy).supersede,
     );
     for (const s of superseded) void appendFile(this.logPath(s.id), `${s.reason ?? 'superseded'}\n`).catch(() => 0);
+    this.announce(...superseded, ...builds);
     this.schedule();
     return builds;
   }
 
   async cancelBuild(id: string, by: string): Promise<Build> {
     const b = this.store.requestCancel(id, `cancelled by ${by}`);
+    this.announce(b);
     const r = this.running.get(id);
     if (r) {
       r.ac.abort('cancelled');
@@ -264,6 +290,7 @@ export class BuildService implements ServiceCore {
     const { builds } = this.store.enqueue([
       { project: b.project, image: b.image, ref: b.ref, commit: b.commit, trigger: { type: 'rerun', of: id, by } },
     ]);
+    this.announce(...builds);
     this.schedule();
     return builds[0] as Build;
   }
@@ -306,12 +333,15 @@ export class BuildService implements ServiceCore {
         if (!next) return;
         const p = proj(next.project);
         if (!p) {
-          this.store.updateBuild(next.id, { phase: 'failed', reason: `project '${next.project}' was deleted` });
+          this.announce(
+            this.store.updateBuild(next.id, { phase: 'failed', reason: `project '${next.project}' was deleted` }),
+          );
           continue;
         }
         let build: Build;
         try {
           build = this.store.updateBuild(next.id, { phase: 'fetching' });
+          this.announce(build);
         } catch (e) {
           if (isKilnError(e, 'BUILD_CONFLICT')) continue; // cancelled meanwhile
           throw e;
@@ -342,6 +372,7 @@ export class BuildService implements ServiceCore {
     let current = build;
     const update = (patch: Parameters<Store['updateBuild']>[1]): void => {
       current = this.store.updateBuild(build.id, patch);
+      this.announce(current);
       const r = this.running.get(build.id);
       if (r) r.build = current;
     };
@@ -509,6 +540,7 @@ export class BuildService implements ServiceCore {
     }
     clearTimeout(t);
     await this.opts.runner.close();
+    await this.mirrors.close();
     this.store.close();
   }
 

@@ -31,6 +31,8 @@ export interface GitServerStats {
   bytesReceived: number;
   /** Requests answered 401. */
   unauthorized: number;
+  /** Requests whose body came gzip-encoded (git compresses large fetch negotiations). */
+  gzipRequests: number;
 }
 
 /** A file for `createRepo`/`commit`: contents, an executable file, a symlink, or `null` to delete the path. */
@@ -110,7 +112,7 @@ function parseCgiHead(buf: Buffer): { status: number; headers: [string, string][
 export async function startGitServer(opts: GitServerOptions = {}): Promise<GitServer> {
   const root = await mkdtemp(join(tmpdir(), 'kiln-git-server-'));
   const work = await mkdtemp(join(tmpdir(), 'kiln-git-work-'));
-  const stats: GitServerStats = { requests: 0, bytesSent: 0, bytesReceived: 0, unauthorized: 0 };
+  const stats: GitServerStats = { requests: 0, bytesSent: 0, bytesReceived: 0, unauthorized: 0, gzipRequests: 0 };
   const log: string[] = [];
   const auth =
     opts.username !== undefined && opts.password !== undefined
@@ -154,7 +156,10 @@ export async function startGitServer(opts: GitServerOptions = {}): Promise<GitSe
     if (h['content-type'] !== undefined) env.CONTENT_TYPE = h['content-type'];
     if (h['content-length'] !== undefined) env.CONTENT_LENGTH = h['content-length'];
     // http-backend inflates a gzip request body itself when told the encoding.
-    if (typeof h['content-encoding'] === 'string') env.HTTP_CONTENT_ENCODING = h['content-encoding'];
+    if (typeof h['content-encoding'] === 'string') {
+      env.HTTP_CONTENT_ENCODING = h['content-encoding'];
+      if (/gzip/i.test(h['content-encoding'])) stats.gzipRequests++;
+    }
     if (typeof h['git-protocol'] === 'string') env.GIT_PROTOCOL = h['git-protocol'];
 
     const child = spawn('git', ['http-backend'], { env, stdio: ['pipe', 'pipe', 'pipe'] });
@@ -248,7 +253,7 @@ export async function startGitServer(opts: GitServerOptions = {}): Promise<GitSe
     stats,
     onRequest: undefined,
     resetStats() {
-      stats.requests = stats.bytesSent = stats.bytesReceived = stats.unauthorized = 0;
+      stats.requests = stats.bytesSent = stats.bytesReceived = stats.unauthorized = stats.gzipRequests = 0;
     },
     repoUrl: (name, host = '127.0.0.1') => `http://${host}:${port}/${name}.git`,
     repoPath: bare,

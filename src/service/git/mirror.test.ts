@@ -191,6 +191,23 @@ test('a second resolve after one new commit transfers only the new objects', asy
   assert.ok(server.stats.bytesSent < firstBytes / 50, `second fetch sent ${server.stats.bytesSent} bytes`);
 });
 
+test('many refs: the gzip-encoded negotiation reaches http-backend and every branch is mirrored', async () => {
+  await server.createRepo('refs', { a: 'a' });
+  for (let i = 0; i < 40; i++) await server.git('refs', ['commit', '-q', '--allow-empty', '-m', `c${i}`]);
+  const branches = Array.from({ length: 40 }, (_, i) => `HEAD~${i}:refs/heads/b${i}`);
+  await server.git('refs', ['push', '-q', 'origin', ...branches]);
+  const sha = async (rev: string): Promise<string> => (await server.git('refs', ['rev-parse', rev])).trim();
+  const p = project('refs');
+  server.resetStats();
+  assert.deepEqual(await mirrors.resolve(p, { ref: 'b39' }), { commit: await sha('HEAD~39'), ref: 'refs/heads/b39' });
+  assert.ok(server.stats.gzipRequests > 0, 'git sent a gzip-encoded request body');
+  assert.equal((await mirrors.resolve(p, { ref: 'b0' })).commit, await sha('HEAD'));
+  assert.equal((await mirrors.resolve(p, { ref: 'b17' })).commit, await sha('HEAD~17'));
+  // A deleted branch is pruned from the mirror.
+  await server.git('refs', ['push', '-q', 'origin', ':refs/heads/b0']);
+  await rejectsWith(mirrors.resolve(p, { ref: 'b0' }), 'GIT_REF_NOT_FOUND');
+});
+
 test('checkout writes the exact tree of the commit and no .git', async () => {
   const c1 = await server.createRepo('tree', {
     'a.txt': 'alpha\n',

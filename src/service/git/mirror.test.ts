@@ -329,6 +329,17 @@ test('concurrent resolves of one repository all succeed and share one fetch', as
   assert.equal((await mirrors.resolve(p, { ref: 'main' })).commit, later);
 });
 
+test('lock files a killed git left in the mirror do not block later fetches', async () => {
+  const p = project('app');
+  const mirror = mirrors.mirrorPath(p);
+  await mirrors.resolve(p, { ref: 'main' });
+  await writeFile(join(mirror, 'refs/heads/main.lock'), '');
+  await writeFile(join(mirror, 'packed-refs.lock'), '');
+  const head = await server.commit('app', { 'after-crash.txt': 'x' }, 'after crash');
+  assert.deepEqual(await mirrors.resolve(p, { ref: 'main' }), { commit: head, ref: 'refs/heads/main' });
+  assert.equal(existsSync(join(mirror, 'packed-refs.lock')), false);
+});
+
 test('another process holding the mirror lock makes resolve wait', async () => {
   const p = project('app');
   const lock = `${mirrors.mirrorPath(p)}.lock`;

@@ -182,6 +182,14 @@ function commitNotFound(src: Source, hex: string): KilnError {
   });
 }
 
+const STALE_LOCK = /Unable to create '[^']*\.lock': File exists/;
+
+/** Removes every `*.lock` file in a mirror (only called while holding the mirror's lock). */
+async function removeLockFiles(path: string): Promise<void> {
+  const names = await readdir(path, { recursive: true });
+  for (const n of names) if (n.endsWith('.lock')) await rm(join(path, n), { force: true });
+}
+
 /** Private dirs of live instances, removed at process exit when nobody called `close()`. */
 const liveDirs = new Set<string>();
 let exitHook = false;
@@ -408,7 +416,12 @@ export class GitMirrors {
         await this.ensureMirror(path, signal);
         if ((st.fresh.get(freshKey) ?? 0) <= ticket) {
           const started = ++st.seq;
-          const r = await fetch(['--prune', '--', repo.url, ...REFSPECS]);
+          let r = await fetch(['--prune', '--', repo.url, ...REFSPECS]);
+          if (r.code !== 0 && STALE_LOCK.test(r.stderr)) {
+            // A git killed mid-fetch (service crash) left its lock files; we hold the mirror's lock, so any is stale.
+            await removeLockFiles(path);
+            r = await fetch(['--prune', '--', repo.url, ...REFSPECS]);
+          }
           if (r.code !== 0) {
             throw new KilnError(
               'GIT_FETCH_FAILED',

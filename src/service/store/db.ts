@@ -107,6 +107,42 @@ export const MIGRATIONS: readonly string[] = [
   ) STRICT;
   CREATE INDEX deliveries_project ON deliveries (project, id);
   `,
+  // 2: triggers (issue 11). `deliveries.detail`: JSON of what a redelivery re-runs (refs, commits, changed paths, the
+  // skip flag; never the body) and the builds started. `rejected_deliveries`: deliveries refused before they were
+  // authenticated (bad or missing signature, unknown project, body too large) — kept apart so that an unsigned
+  // request can never take the (forge, delivery id) slot of the genuine delivery; `project` is the URL's name,
+  // sanitised, and may name no project. `poll_refs` / `poll_state`: the polling fallback's last-seen refs
+  // (`baseline_at` set once the first poll recorded them) and its error streak.
+  `
+  ALTER TABLE deliveries ADD COLUMN detail TEXT;
+
+  CREATE TABLE rejected_deliveries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    project TEXT NOT NULL,
+    forge TEXT NOT NULL,
+    delivery_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    received_at TEXT NOT NULL
+  ) STRICT;
+  CREATE INDEX rejected_deliveries_project ON rejected_deliveries (project, id);
+
+  CREATE TABLE poll_state (
+    project TEXT PRIMARY KEY REFERENCES projects(name) ON DELETE CASCADE,
+    baseline_at TEXT,
+    polled_at TEXT,
+    failures INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+  ) STRICT;
+
+  CREATE TABLE poll_refs (
+    project TEXT NOT NULL REFERENCES projects(name) ON DELETE CASCADE,
+    ref TEXT NOT NULL,
+    commit_sha TEXT NOT NULL,
+    PRIMARY KEY (project, ref)
+  ) STRICT, WITHOUT ROWID;
+  `,
 ];
 
 /** The schema version this kiln writes (the number of migrations). */

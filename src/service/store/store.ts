@@ -691,6 +691,220 @@ export class Store {
       Math.max(0, keep),
     );
   }
+
+  // ---- triggers: delivery details, rejected deliveries, polling state ----
+
+  /** A recorded delivery with its detail (the JSON a redelivery re-runs), or undefined. */
+  getDelivery(id: number): StoredDelivery | undefined {
+    const row = this.get<DeliveryRow & { detail: string | null }>('SELECT * FROM deliveries WHERE id = ?', id);
+    return row && { ...toDelivery(row), detail: row.detail };
+  }
+
+  /** The delivery recorded for (forge, delivery id, project), or undefined. */
+  findDelivery(forge: string, deliveryId: string, project: string): StoredDelivery | undefined {
+    const row = this.get<{ id: number }>(
+      'SELECT id FROM deliveries WHERE forge = ? AND delivery_id = ? AND project = ?',
+      forge,
+      deliveryId,
+      project,
+    );
+    return row && this.getDelivery(row.id);
+  }
+
+  /** Store what a redelivery of `id` needs (JSON; never the request body). */
+  setDeliveryDetail(id: number, detail: string | null): void {
+    if (this.run('UPDATE deliveries SET detail = ? WHERE id = ?', detail, id) === 0) throw notFound(`delivery ${id}`);
+  }
+
+  /**
+   * Take a delivery whose handling failed (`error: …`) for another attempt: sets its outcome to `received` and
+   * returns true, atomically, so of two copies arriving at once only one retries. False for any other outcome.
+   */
+  claimFailedDelivery(id: number): boolean {
+    return this.run(`UPDATE deliveries SET outcome = 'received' WHERE id = ? AND outcome LIKE 'error:%'`, id) > 0;
+  }
+
+  /** The most recent deliveries of all projects, newest first. */
+  listAllDeliveries(limit = 50): Delivery[] {
+    const n = Math.min(MAX_DELIVERIES_PAGE, Math.max(1, Math.floor(limit) || 50));
+    return this.all<DeliveryRow>('SELECT * FROM deliveries ORDER BY id DESC LIMIT ?', n).map(toDelivery);
+  }
+
+  /**
+   * Record a delivery refused before it was authenticated (bad signature, unknown project, …). Only the newest
+   * {@link MAX_REJECTED} are kept, whatever project name they give (an unsigned flood cannot grow the file).
+   */
+  recordRejectedDelivery(d: NewRejectedDelivery): RejectedDelivery {
+    return this.transaction(() => {
+      const row = this.get<RejectedRow>(
+        `INSERT INTO rejected_deliveries (project, forge, delivery_id, event, status, outcome, received_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *`,
+        d.project,
+        d.forge,
+        d.deliveryId,
+        d.event,
+        d.status,
+        d.outcome,
+        nowIso(),
+      ) as RejectedRow;
+      this.run('DELETE FROM rejected_deliveries WHERE id <= ?', row.id - MAX_REJECTED);
+      return toRejected(row);
+    });
+  }
+
+  /** Rejected deliveries, newest first: those naming `project`, or all. */
+  listRejectedDeliveries(project: string | undefined, limit = 50): RejectedDelivery[] {
+    const n = Math.min(MAX_DELIVERIES_PAGE, Math.max(1, Math.floor(limit) || 50));
+    const rows =
+      project === undefined
+        ? this.all<RejectedRow>('SELECT * FROM rejected_deliveries ORDER BY id DESC LIMIT ?', n)
+        : this.all<RejectedRow>(
+            'SELECT * FROM rejected_deliveries WHERE project = ? ORDER BY id DESC LIMIT ?',
+            project,
+            n,
+          );
+    return rows.map(toRejected);
+  }
+
+  /** The polling fallback's last-seen refs of a project (ref → commit); undefined until a baseline was saved. */
+  pollRefs(project: string): Map<string, string> | undefined {
+    const st = this.get<{ baseline_at: string | null }>(
+      'SELECT baseline_at FROM poll_state WHERE project = ?',
+      project,
+    );
+    if (!st?.baseline_at) return undefined;
+    const rows = this.all<{ ref: string; commit_sha: string }>(
+      'SELECT ref, commit_sha FROM poll_refs WHERE project = ? ORDER BY ref',
+      project,
+    );
+    return new Map(rows.map((r) => [r.ref, r.commit_sha]));
+  }
+
+  /**
+   * Save refs as seen (a null commit forgets the ref). With `baseline`, the given refs replace all and mark the
+   * baseline taken; without, nothing is saved before a baseline exists (a webhook of a project that polls must not
+   * make one ref look like the whole repository). A project deleted meanwhile is ignored.
+   */
+  savePollRefs(project: string, refs: Iterable<readonly [string, string | null]>, baseline = false): void {
+    this.transaction(() => {
+      if (!this.get('SELECT 1 FROM projects WHERE name = ?', project)) return;
+      if (baseline) {
+        this.run('DELETE FROM poll_refs WHERE project = ?', project);
+        this.run(
+          `INSERT INTO poll_state (project, baseline_at) VALUES (?, ?)
+           ON CONFLICT (project) DO UPDATE SET baseline_at = excluded.baseline_at`,
+          project,
+          nowIso(),
+        );
+      } else if (!this.get('SELECT 1 FROM poll_state WHERE project = ? AND baseline_at IS NOT NULL', project)) {
+        return;
+      }
+      for (const [ref, commit] of refs) {
+        if (commit === null) {
+          this.run('DELETE FROM poll_refs WHERE project = ? AND ref = ?', project, ref);
+        } else {
+          this.run(
+            `INSERT INTO poll_refs (project, ref, commit_sha) VALUES (?, ?, ?)
+             ON CONFLICT (project, ref) DO UPDATE SET commit_sha = excluded.commit_sha`,
+            project,
+            ref,
+            commit,
+          );
+        }
+      }
+    });
+  }
+
+  /**
+   * Record the outcome of one poll of a project: `error` null resets the error streak, else counts one more failure
+   * and keeps the message. Returns the streak (0 after a success). A project deleted meanwhile counts nothing.
+   */
+  recordPoll(project: string, error: string | null): number {
+    return this.transaction(() => {
+      if (!this.get('SELECT 1 FROM projects WHERE name = ?', project)) return 0;
+      const row = this.get<{ failures: number }>(
+        `INSERT INTO poll_state (project, polled_at, failures, last_error) VALUES (?, ?, ?, ?)
+         ON CONFLICT (project) DO UPDATE SET polled_at = excluded.polled_at,
+           failures = CASE WHEN excluded.last_error IS NULL THEN 0 ELSE poll_state.failures + 1 END,
+           last_error = excluded.last_error
+         RETURNING failures`,
+        project,
+        nowIso(),
+        error === null ? 0 : 1,
+        error,
+      );
+      return row?.failures ?? 0;
+    });
+  }
+
+  /** The polling state of a project (undefined when it was never polled). */
+  pollStatus(project: string): PollStatus | undefined {
+    const row = this.get<{
+      baseline_at: string | null;
+      polled_at: string | null;
+      failures: number;
+      last_error: string | null;
+    }>('SELECT * FROM poll_state WHERE project = ?', project);
+    return (
+      row && {
+        baselineAt: row.baseline_at,
+        polledAt: row.polled_at,
+        failures: row.failures,
+        lastError: row.last_error,
+      }
+    );
+  }
+}
+
+/** A delivery with the JSON a redelivery re-runs (`null`: nothing to re-run, e.g. a ping). */
+export interface StoredDelivery extends Delivery {
+  detail: string | null;
+}
+
+export interface NewRejectedDelivery {
+  /** The project name the URL gave, sanitised (it may name no project). */
+  project: string;
+  forge: string;
+  deliveryId: string;
+  event: string;
+  /** The HTTP status answered. */
+  status: number;
+  /** `rejected: bad signature`, `rejected: unknown project`, … */
+  outcome: string;
+}
+
+export interface RejectedDelivery extends NewRejectedDelivery {
+  id: number;
+  receivedAt: string;
+}
+
+/** Polling fallback state of one project. */
+export interface PollStatus {
+  /** When the first poll recorded the refs (nothing is built for refs seen then). */
+  baselineAt: string | null;
+  polledAt: string | null;
+  /** Polls failed in a row (0: the last one worked). */
+  failures: number;
+  lastError: string | null;
+}
+
+interface RejectedRow {
+  id: number;
+  project: string;
+  forge: string;
+  delivery_id: string;
+  event: string;
+  status: number;
+  outcome: string;
+  received_at: string;
+}
+
+/** Rejected deliveries kept (all projects together). */
+const MAX_REJECTED = 5000;
+
+function toRejected(r: RejectedRow): RejectedDelivery {
+  const { delivery_id: deliveryId, received_at: receivedAt, ...same } = r;
+  return { ...same, deliveryId, receivedAt };
 }
 
 const MAX_DELIVERIES_PAGE = 1000;

@@ -178,6 +178,11 @@ export interface EmbeddedBuild {
   progress?: BuildProgress;
   credentials?: CredentialSource;
   signal?: AbortSignal;
+  /**
+   * Wraps the FROM resolver: the build service resolves registry bases from the registry every time (a base that
+   * moved must be seen) and records what each FROM resolved to (to rebuild when a base changes).
+   */
+  bases?: (inner: BaseResolver) => BaseResolver;
 }
 
 /** The CLI's build: services from flags, interrupt handling, progress, cleanup. */
@@ -220,6 +225,7 @@ export async function runBuildCommand(
     if (opts.compression) so.compression = opts.compression;
     if (opts.compressionLevel !== undefined) so.compressionLevel = opts.compressionLevel;
     const svc = await localServices(so);
+    if (embed.bases) svc.bases = embed.bases(svc.bases);
     let res: BuildOutcome;
     try {
       res = await build(opts, svc);

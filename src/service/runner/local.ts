@@ -15,7 +15,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { KilnError } from '../../errors.js';
 import type { BuildStage } from '../model.js';
-import { lineDecoder, type FromWorker, type ToWorker, type WorkerJob } from './protocol.js';
+import { lineDecoder, type BaseRecord, type FromWorker, type ToWorker, type WorkerJob } from './protocol.js';
 
 export interface RunHooks {
   /** The worker process took the job (its pid, for the store: a restarted service kills leftovers). */
@@ -25,7 +25,7 @@ export interface RunHooks {
 }
 
 export type RunOutcome =
-  | { ok: true; digest: string; configDigest: string; pushed: string[] }
+  | { ok: true; digest: string; configDigest: string; pushed: string[]; bases: BaseRecord[] }
   | { ok: false; code: string; message: string; reason: string };
 
 /** Where builds run. */
@@ -146,7 +146,7 @@ export class LocalBuildRunner implements BuildRunner {
       if (m.type === 'phase') hooks.onPhase?.(m.phase);
       else if (m.type === 'stage') hooks.onStage?.(m.stage, m.index);
       else if (m.type === 'result')
-        outcome = { ok: true, digest: m.digest, configDigest: m.configDigest, pushed: m.pushed };
+        outcome = { ok: true, digest: m.digest, configDigest: m.configDigest, pushed: m.pushed, bases: m.bases };
       else if (m.type === 'error') outcome = { ok: false, code: m.code, message: m.message, reason: m.reason };
     });
     const send = (m: ToWorker): void => {

@@ -9,6 +9,12 @@
  */
 import type { BuildStage } from '../model.js';
 
+/** A FROM of the build as resolved: the normalized reference and the manifest digest it had. */
+export interface BaseRecord {
+  name: string;
+  digest: string;
+}
+
 /** One build for a worker: everything already resolved (checkout on disk, tags rendered, secrets read). */
 export interface WorkerJob {
   buildId: string;
@@ -39,7 +45,7 @@ export type FromWorker =
   | { type: 'ready'; pid: number }
   | { type: 'phase'; phase: 'building' | 'pushing' }
   | { type: 'stage'; stage: BuildStage; index: number }
-  | { type: 'result'; digest: string; configDigest: string; pushed: string[] }
+  | { type: 'result'; digest: string; configDigest: string; pushed: string[]; bases: BaseRecord[] }
   | { type: 'error'; code: string; message: string; reason: string };
 
 /** Split a byte stream into JSON messages (one per line). */

@@ -175,10 +175,28 @@ export async function workerMain(): Promise<number> {
     if (job.target) opts.target = job.target;
     const auth = job.registryAuth;
     send({ type: 'phase', phase: 'building' });
+    const bases = new Map<string, string>();
     const res = await runBuildCommand(
       opts,
       {},
       {
+        bases: (inner) => ({
+          // a base in a registry is looked up there every time (a moved tag must be seen); `localhost/…` images
+          // (kiln bootstrap) exist only in the local store
+          // (the store is the fallback when the registry cannot answer, e.g. an offline mirror of docker.io)
+          resolve: async (ref, o) => {
+            let r;
+            if (!o.pull && !ref.startsWith('localhost/')) {
+              try {
+                r = await inner.resolve(ref, { ...o, pull: true });
+              } catch (e) {
+                r = await inner.resolve(ref, o).catch(() => Promise.reject(e));
+              }
+            } else r = await inner.resolve(ref, o);
+            bases.set(r.name, r.digest);
+            return r;
+          },
+        }),
         progress,
         signal: ac.signal,
         credentials: async (host) =>
@@ -191,6 +209,7 @@ export async function workerMain(): Promise<number> {
       digest: res.exported.digest,
       configDigest: res.exported.configDigest,
       pushed: res.exported.pushed,
+      bases: [...bases].map(([name, digest]) => ({ name, digest })),
     });
     return 0;
   } catch (e) {

@@ -24,6 +24,8 @@ const COMMANDS = [
   'bootstrap',
   'serve',
   'serve-worker',
+  'builds',
+  'project',
 ] as const;
 
 interface CommandModule {

@@ -13,7 +13,7 @@
  * Contract with the runner: the log file is complete when the build's phase turns final (the phase is read before
  * the last read of the file).
  */
-import type { ServerResponse } from 'node:http';
+import type { Writable } from 'node:stream';
 import { open, type FileHandle } from 'node:fs/promises';
 import { FINAL_PHASES, type Build } from '../model.js';
 import type { ServiceCore } from '../core.js';
@@ -38,7 +38,7 @@ export interface FollowOptions {
 type CoreView = Pick<ServiceCore, 'getBuild' | 'logPath'>;
 
 /** Resolves when `res` can take more, or is gone. */
-function drained(res: ServerResponse): Promise<void> {
+function drained(res: Writable): Promise<void> {
   return new Promise((resolve) => {
     const done = (): void => {
       res.off('drain', done);
@@ -56,7 +56,7 @@ class Follower {
   offset = 0;
   closed = false;
   catchingUp = false;
-  constructor(readonly res: ServerResponse) {}
+  constructor(readonly res: Writable) {}
 
   /** End the response (idempotent). */
   finish(last: string): void {
@@ -299,7 +299,7 @@ export class LogFollowers {
   }
 
   /** Streams build `id`'s log to `res` (headers already sent) until the build ends, the client leaves or shutdown. */
-  follow(id: string, res: ServerResponse): void {
+  follow(id: string, res: Writable): void {
     let tail = this.tails.get(id);
     if (!tail) {
       tail = new Tail(this.core, id, this.opts, (t) => {

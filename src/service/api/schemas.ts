@@ -29,6 +29,8 @@ const PROJECT_FIELDS = [
   'concurrency',
   'timeoutSeconds',
   'retention',
+  'notifications',
+  'commitStatus',
 ] as const satisfies readonly (keyof Project)[];
 type MissingField = Exclude<keyof Project, (typeof PROJECT_FIELDS)[number]>;
 const allFields: [MissingField] extends [never] ? true : MissingField = true;
@@ -87,5 +89,5 @@ export const buildsQuery = {
 export const logQuery = {
   type: 'object',
   additionalProperties: false,
-  properties: { follow: { type: 'boolean' } },
+  properties: { follow: { type: 'string', enum: ['0', '1', 'false', 'true'] } },
 } as const;

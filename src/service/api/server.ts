@@ -16,6 +16,7 @@ import type { BuildQuery, Principal, ServiceCore, StartRequest } from '../core.j
 import type { Phase } from '../model.js';
 import { toApiError } from './errors.js';
 import { LogFollowers, type FollowOptions } from './log-follow.js';
+import { notificationRoutes, type NotificationLog } from './notifications.js';
 import { applyBody, buildsQuery, idParams, logQuery, nameParams, projectBody, startBody } from './schemas.js';
 
 export interface ApiOptions {
@@ -25,6 +26,8 @@ export interface ApiOptions {
   bodyLimit?: number;
   /** Log streaming knobs (tests poll faster). */
   follow?: FollowOptions;
+  /** Delivery records for `GET /builds/{id}/notifications` (none: every build has none). */
+  notifications?: NotificationLog;
 }
 
 /** Content types read as YAML (project documents); JSON is Fastify's own parser. */
@@ -113,11 +116,11 @@ function authHook(app: FastifyInstance, core: ServiceCore): void {
   });
 }
 
-function errorHandlers(app: FastifyInstance): void {
+function errorHandlers(app: FastifyInstance, logging: boolean): void {
   app.setErrorHandler((err, req, reply) => {
     const { status, body, internal } = toApiError(err);
     if (internal) {
-      if (app.log.level !== 'silent') req.log.error({ err }, 'request failed');
+      if (logging) req.log.error({ err }, 'request failed');
       else process.stderr.write(`kiln serve: ${req.method} ${pathOf(req)} failed: ${String(err)}\n`);
     }
     if (status === 401) reply.header('www-authenticate', 'Bearer realm="kiln"');
@@ -210,18 +213,20 @@ function routes(api: FastifyInstance, core: ServiceCore, followers: LogFollowers
     return b;
   });
 
-  api.get<{ Params: { id: string }; Querystring: { follow?: boolean } }>(
+  api.get<{ Params: { id: string }; Querystring: { follow?: '0' | '1' | 'false' | 'true' } }>(
     '/api/v1/builds/:id/log',
     { schema: { params: idParams, querystring: logQuery } },
     async (req, reply) => {
       const { id } = req.params;
       if (!core.getBuild(id)) throw notFound('build', id);
-      if (!req.query.follow) return sendLog(core, id, reply);
+      if (req.query.follow !== '1' && req.query.follow !== 'true') return sendLog(core, id, reply);
       reply.hijack();
       reply.raw.writeHead(200, {
         'content-type': 'text/event-stream; charset=utf-8',
         'cache-control': 'no-cache',
         'x-accel-buffering': 'no',
+        // The socket goes with the stream: a kept-alive idle socket would hold up the server's close.
+        connection: 'close',
       });
       reply.raw.flushHeaders();
       followers.follow(id, reply.raw);
@@ -262,7 +267,7 @@ export function createApi(core: ServiceCore, opts: ApiOptions = {}): FastifyInst
   });
   validators(app);
   yamlParser(app);
-  errorHandlers(app);
+  errorHandlers(app, opts.logger === true);
   authHook(app, core);
   const followers = new LogFollowers(core, {
     log: (e) => app.log.error({ err: e }, 'log stream failed'),
@@ -275,5 +280,6 @@ export function createApi(core: ServiceCore, opts: ApiOptions = {}): FastifyInst
   });
   // A plugin, so routes register at ready(): hooks added before then (an onRoute collector in tests) see them.
   void app.register(async (api) => routes(api, core, followers));
+  void app.register(notificationRoutes(core, opts.notifications));
   return app;
 }

@@ -332,6 +332,41 @@ export class GitMirrors {
       .filter((p) => p !== '');
   }
 
+  /**
+   * The branches and tags of the project's repository as its server has them now (`git ls-remote`), without
+   * touching the mirror: full ref → commit, annotated tags peeled to their commit. Same URL rules and credentials
+   * as a fetch. For the polling fallback, which asks often and fetches only when something moved. Errors:
+   * `GIT_URL_*`, `GIT_CREDENTIALS_MISSING`, `GIT_LS_REMOTE_FAILED`, `INTERRUPTED`.
+   */
+  async lsRemote(project: GitProject, signal?: AbortSignal): Promise<Map<string, string>> {
+    const src = this.source(project);
+    const auth = await this.auth(src);
+    try {
+      const r = await runGit(
+        [...configArgs(this.opts.allowFile), 'ls-remote', '--heads', '--tags', '--', src.repo.url],
+        { env: { ...baseEnv(), ...auth.env }, signal },
+      );
+      if (r.code !== 0) {
+        throw new KilnError(
+          'GIT_LS_REMOTE_FAILED',
+          `cannot list the refs of ${src.repo.url}: ${redactText(lastLine(r.stderr), auth.secrets)}`,
+          { hint: fetchHint(r.stderr) },
+        );
+      }
+      const refs = new Map<string, string>();
+      const peeled = new Map<string, string>();
+      for (const line of r.stdout.toString('utf8').split('\n')) {
+        const m = /^([0-9a-f]{40}|[0-9a-f]{64})\t(refs\/(?:heads|tags)\/[^\t]+?)(\^\{\})?$/.exec(line);
+        if (m === null) continue;
+        (m[3] === undefined ? refs : peeled).set(m[2] as string, m[1] as string);
+      }
+      for (const [ref, commit] of peeled) refs.set(ref, commit);
+      return refs;
+    } finally {
+      await auth.cleanup();
+    }
+  }
+
   /** Removes this instance's private temp dir (askpass script, temporary indexes). */
   async close(): Promise<void> {
     const p = this.privateDir;

@@ -213,6 +213,7 @@ export async function runBuildCommand(
   process.on('SIGTERM', onSignal);
   const onEmbedAbort = (): void => onSignal('SIGTERM');
   embed.signal?.addEventListener('abort', onEmbedAbort);
+  if (embed.signal?.aborted) onEmbedAbort(); // cancelled before the build even started
   // progress goes to stderr: if its reader goes away (`kiln build … 2>&1 | head`), keep building and cleaning up
   // instead of dying on EPIPE with a snapshot still mounted
   const onStderrError = (): void => undefined;

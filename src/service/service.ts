@@ -250,6 +250,8 @@ export class BuildService implements ServiceCore {
     const p = this.projectOrThrow(project);
     const branch = change.ref.startsWith('refs/heads/') ? change.ref.slice('refs/heads/'.length) : undefined;
     const tag = change.ref.startsWith('refs/tags/') ? change.ref.slice('refs/tags/'.length) : undefined;
+    // only branches and tags build automatically (not refs/pull/…, refs/notes/…)
+    if (branch === undefined && tag === undefined) return [];
     if (branch !== undefined && !matchesFilter(p.branches, branch)) return [];
     if (tag !== undefined && !matchesFilter(p.tags, tag)) return [];
     const images = p.images.filter((i) => pathsConcern(i.paths, change.changedPaths));
@@ -392,7 +394,9 @@ export class BuildService implements ServiceCore {
       await line(`#0 [internal] fetch ${redactUrl(p.repository)} ${what}`);
       const spec: { ref?: string } = {};
       if (build.ref) spec.ref = build.ref;
-      const commit: string = build.commit ?? (await this.mirrors.resolve(p, spec, ac.signal)).commit;
+      // by commit too: an automatic build names a commit the mirror may not have fetched yet
+      const commit: string = (await this.mirrors.resolve(p, build.commit ? { commit: build.commit } : spec, ac.signal))
+        .commit;
       await mkdir(checkout, { recursive: true, mode: 0o700 });
       await this.mirrors.checkout(p, commit, checkout, ac.signal);
       stages[0] = { ...fetchStage, status: 'done', durationMs: Math.round(performance.now() - t0) };

@@ -15,7 +15,7 @@ import { Socket } from 'node:net';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { closeSync, openSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { errorMessage, isKilnError } from '../../errors.js';
+import { KilnError, errorMessage, isKilnError } from '../../errors.js';
 import type { BuildStage } from '../model.js';
 import { lineDecoder, reasonOf, type FromWorker, type ToWorker, type WorkerJob } from './protocol.js';
 import type { BuildOptions } from '../../engine/options.js';
@@ -174,6 +174,7 @@ export async function workerMain(): Promise<number> {
     };
     if (job.target) opts.target = job.target;
     const auth = job.registryAuth;
+    if (ac.signal.aborted) throw new KilnError('INTERRUPTED', 'build cancelled before it started');
     send({ type: 'phase', phase: 'building' });
     const bases = new Map<string, string>();
     const res = await runBuildCommand(

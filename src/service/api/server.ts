@@ -219,7 +219,8 @@ function routes(api: FastifyInstance, core: ServiceCore, followers: LogFollowers
     async (req, reply) => {
       const { id } = req.params;
       if (!core.getBuild(id)) throw notFound('build', id);
-      if (req.query.follow !== '1' && req.query.follow !== 'true') return sendLog(core, id, reply);
+      const follow = req.query.follow === '1' || req.query.follow === 'true';
+      if (!follow || req.method !== 'GET') return sendLog(core, id, reply);
       reply.hijack();
       reply.raw.writeHead(200, {
         'content-type': 'text/event-stream; charset=utf-8',
@@ -273,7 +274,8 @@ export function createApi(core: ServiceCore, opts: ApiOptions = {}): FastifyInst
     log: (e) => app.log.error({ err: e }, 'log stream failed'),
     ...opts.follow,
   });
-  void core.closing.then(() => followers.closeAll());
+  const endStreams = (): void => followers.closeAll();
+  core.closing.then(endStreams, endStreams);
   app.addHook('preClose', (done) => {
     followers.closeAll();
     done();

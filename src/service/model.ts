@@ -74,6 +74,15 @@ export interface WebhookSecrets {
   generic?: { secretEnv?: string; secretFile?: string };
 }
 
+/**
+ * The polling fallback of a project (src/service/triggers/poll.ts): its repository's branches and tags are listed
+ * every `intervalSeconds` (jittered, backing off on errors) and refs that moved build like a push. For forges that
+ * cannot reach the service; off unless set.
+ */
+export interface PollSpec {
+  intervalSeconds: number;
+}
+
 /** A project as declared in YAML (after defaults were applied). */
 export interface Project {
   name: string;
@@ -101,6 +110,8 @@ export interface Project {
   concurrency: number;
   timeoutSeconds?: number;
   retention: RetentionPolicy;
+  /** Polling fallback for automatic triggers (off when absent). */
+  poll?: PollSpec;
 }
 
 /** The whole config file: service settings and projects. */

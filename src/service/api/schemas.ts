@@ -31,6 +31,7 @@ const PROJECT_FIELDS = [
   'retention',
   'notifications',
   'commitStatus',
+  'poll',
 ] as const satisfies readonly (keyof Project)[];
 type MissingField = Exclude<keyof Project, (typeof PROJECT_FIELDS)[number]>;
 const allFields: [MissingField] extends [never] ? true : MissingField = true;

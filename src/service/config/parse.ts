@@ -731,6 +731,7 @@ function toProject(p: ProjectInput): Project {
     concurrency: p.concurrency ?? d.concurrency,
     ...(p.timeoutSeconds === undefined ? {} : { timeoutSeconds: p.timeoutSeconds }),
     retention: { ...d.retention, ...p.retention },
+    ...(p.poll === undefined ? {} : { poll: { intervalSeconds: p.poll.intervalSeconds } }),
   };
 }
 

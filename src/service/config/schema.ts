@@ -14,6 +14,7 @@ import type {
   Backend,
   GitCredentials,
   ImageSpec,
+  PollSpec,
   Project,
   RegistryCredentials,
   RetentionPolicy,
@@ -131,6 +132,7 @@ export interface ProjectInput {
   concurrency?: number;
   timeoutSeconds?: number;
   retention?: Partial<RetentionPolicy>;
+  poll?: PollSpec;
   images: ImageInput[];
 }
 
@@ -295,6 +297,13 @@ export const projectSchema: JsonSchema = {
         failedCount: { ...COUNT, default: PROJECT_DEFAULTS.retention.failedCount },
         maxAgeDays: { ...COUNT, default: PROJECT_DEFAULTS.retention.maxAgeDays, description: '0: no age limit.' },
       },
+    },
+    poll: {
+      type: 'object',
+      required: ['intervalSeconds'],
+      additionalProperties: false,
+      description: 'Polling fallback: list the refs every intervalSeconds (forges that cannot reach the service).',
+      properties: { intervalSeconds: { type: 'integer', minimum: 1, maximum: 86400 } },
     },
     images: { type: 'array', minItems: 1, items: imageSchema },
   },

@@ -188,5 +188,6 @@ export function redactProject(p: Project): Project {
       failedCount: p.retention.failedCount,
       maxAgeDays: p.retention.maxAgeDays,
     },
+    ...(p.poll === undefined ? {} : { poll: { intervalSeconds: p.poll.intervalSeconds } }),
   };
 }

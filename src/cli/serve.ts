@@ -43,11 +43,16 @@ async function serve(flags: ServeFlags): Promise<void> {
   const { createApi } = await import('../service/api/server.js');
   const runner = new LocalBuildRunner({ warm: config.concurrency });
   const svc = await BuildService.start({ dataDir, config, runner });
-  const app = createApi(svc, { logger: flags.logRequests === true });
+  const { Deliveries } = await import('../service/delivery/deliveries.js');
+  const deliveries = Deliveries.start(svc, { database: join(dataDir, 'kiln.db'), publicUrl: config.publicUrl });
+  const app = createApi(svc, { logger: flags.logRequests === true, notifications: deliveries });
+  const { registryHookRoutes } = await import('../service/triggers/registry-hook.js');
+  registryHookRoutes(app, svc);
   try {
     await app.listen({ host, port });
   } catch (e) {
     await svc.stop(0);
+    await deliveries.stop(0);
     throw new KilnError('LISTEN_FAILED', `cannot listen on ${flags.listen}: ${(e as Error).message}`, {
       hint: 'pick another --listen address',
       cause: e,
@@ -64,6 +69,7 @@ async function serve(flags: ServeFlags): Promise<void> {
       process.stderr.write(`kiln serve: ${sig}: stopping (grace ${config.shutdownGraceSeconds}s)\n`);
       void svc
         .stop(config.shutdownGraceSeconds * 1000)
+        .then(() => deliveries.stop())
         .then(() => app.close())
         .finally(resolve);
     };

@@ -75,6 +75,49 @@ export interface WebhookSecrets {
 }
 
 /**
+ * An outgoing webhook of a project: a CloudEvents 1.0 JSON event POSTed when one of its builds reaches one of
+ * `events` (src/service/delivery). The secret is a reference; with one, the body is signed (`X-Kiln-Signature-256`).
+ */
+export interface NotificationSpec {
+  /** http(s) URL the event is POSTed to (no user-info: sign with a secret instead). */
+  url: string;
+  /** HMAC-SHA256 key of the signature: an environment variable or a file of the service. */
+  secretEnv?: string;
+  secretFile?: string;
+  /** Final phases that send an event (default `succeeded`, `failed`). */
+  events: Phase[];
+  /** Attempts before giving up (default 6: waits of 1, 2, 4, 8, 16 s in between, or what `Retry-After` asks). */
+  maxAttempts: number;
+}
+
+/** Commit statuses on GitHub (`POST /repos/{repo}/statuses/{sha}`); the token is a reference. */
+export interface GitHubStatusSpec {
+  /** `owner/name`. */
+  repo: string;
+  /** REST API root (default `https://api.github.com`; GitHub Enterprise: `https://HOST/api/v3`). */
+  apiUrl: string;
+  tokenEnv?: string;
+  tokenFile?: string;
+}
+
+/** Commit statuses on GitLab (`POST /projects/:id/statuses/:sha`): the project by numeric id or by path. */
+export interface GitLabStatusSpec {
+  /** API root including `/api/v4` (default `https://gitlab.com/api/v4`). */
+  apiUrl: string;
+  projectId?: number;
+  /** `group/subgroup/name`. */
+  path?: string;
+  tokenEnv?: string;
+  tokenFile?: string;
+}
+
+/** Where a project's builds report their state as commit statuses (one status context per image). */
+export interface CommitStatusSpec {
+  github?: GitHubStatusSpec;
+  gitlab?: GitLabStatusSpec;
+}
+
+/**
  * The polling fallback of a project (src/service/triggers/poll.ts): its repository's branches and tags are listed
  * every `intervalSeconds` (jittered, backing off on errors) and refs that moved build like a push. For forges that
  * cannot reach the service; off unless set.
@@ -112,6 +155,10 @@ export interface Project {
   retention: RetentionPolicy;
   /** Polling fallback for automatic triggers (off when absent). */
   poll?: PollSpec;
+  /** Outgoing webhooks (CloudEvents) on final phases. */
+  notifications?: NotificationSpec[];
+  /** Commit statuses back to the forge. */
+  commitStatus?: CommitStatusSpec;
 }
 
 /** The whole config file: service settings and projects. */
@@ -128,6 +175,15 @@ export interface ServiceConfig {
   retryInterrupted: boolean;
   /** Registries reached over plain HTTP / unverified TLS. */
   insecureRegistries: string[];
+  /** Base URL users reach the service at (`https://kiln.example.com`): links in notifications and statuses. */
+  publicUrl?: string;
+  /**
+   * Base-image change trigger: bases are looked up every `intervalSeconds` (0: only registry notifications), and at
+   * most `concurrency` rebuilds caused by base changes run at once (a mass rebuild never starves the cluster).
+   */
+  baseWatch: { intervalSeconds: number; concurrency: number };
+  /** `POST /hooks/registry`: the Authorization header the registry's notification endpoint must send. */
+  registryHook?: { tokenEnv?: string; tokenFile?: string };
   projects: Project[];
 }
 
@@ -159,6 +215,14 @@ export interface Trigger {
   /** Base change: the base image and its new digest. */
   base?: string;
   baseDigest?: string;
+  /** Base change: `base NAME sha256:… → sha256:…`. */
+  reason?: string;
+}
+
+/** A FROM of a build as resolved: the normalized reference and the manifest digest it had (for the platform). */
+export interface BaseRecord {
+  name: string;
+  digest: string;
 }
 
 /** A stage of a build with its duration (fetch, each engine step, push). */
@@ -198,6 +262,8 @@ export interface Build {
   changedPaths?: string[];
   /** Set when the build was cancelled by a user (the runner stops it). */
   cancelRequested?: boolean;
+  /** What each FROM resolved to (succeeded builds; the base-image trigger watches these). */
+  bases?: BaseRecord[];
 }
 
 export type Role = 'admin' | 'viewer';

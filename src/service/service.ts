@@ -22,6 +22,10 @@ import { renderTags } from './config/tags.js';
 import { readSecretRef, redactProject } from './config/secrets.js';
 import { GitMirrors, redactUrl } from './git/mirror.js';
 import type { BuildRunner } from './runner/local.js';
+import { BaseWatcher, baseChangeReason, type Dependent } from './triggers/bases.js';
+import { getRemoteImage } from '../registry/remote.js';
+import { Keychain } from '../registry/keychain.js';
+import { closeTransports, type RegistryOptions } from '../registry/transport.js';
 import type { WorkerJob } from './runner/protocol.js';
 import { renderMetrics } from './metrics.js';
 
@@ -65,6 +69,10 @@ export class BuildService implements ServiceCore {
   readonly mirrors: GitMirrors;
   /** `build` after every committed change of a build (see ServiceEvents). Listener errors are logged, never thrown. */
   readonly events = new EventEmitter<ServiceEvents>();
+  /** The base-image change trigger (polling and registry notifications). */
+  readonly bases: BaseWatcher;
+  /** Registry access of the service process itself (base lookups). */
+  private readonly registry: RegistryOptions;
   private readonly running = new Map<string, Running>();
   private readonly lastStarted = new Map<string, number>();
   private stopping = false;
@@ -81,6 +89,71 @@ export class BuildService implements ServiceCore {
     this.logsDir = join(opts.dataDir, 'logs');
     this.workDir = join(opts.dataDir, 'work');
     this.say = opts.log ?? ((l) => process.stderr.write(l + '\n'));
+    this.registry = {
+      insecureRegistries: this.insecureHosts(),
+      credentials: new Keychain().source(),
+      maxRetries: 2,
+    };
+    this.bases = new BaseWatcher(
+      {
+        dependents: () => this.dependents(),
+        newest: (project, image, ref) => this.store.newestOf(project, image, ref),
+        enqueueBaseChange: (dep, base, from, to) => this.enqueueBaseChange(dep, base, from, to),
+      },
+      {
+        intervalMs: opts.config.baseWatch.intervalSeconds * 1000,
+        lookup: async (name) => {
+          this.registry.insecureRegistries = this.insecureHosts(); // projects change through the API
+          return (await getRemoteImage(name, { ...this.registry, label: `base ${name}` })).digest();
+        },
+        log: this.say,
+      },
+    );
+  }
+
+  /** The server config the service runs with. */
+  get config(): ServiceConfig {
+    return this.opts.config;
+  }
+
+  /** Registries reached over plain HTTP: the service's list and the hosts of projects that say so. */
+  private insecureHosts(): string[] {
+    const hosts = new Set(this.opts.config.insecureRegistries);
+    for (const p of this.store.listProjects()) if (p.insecureRegistry) hosts.add(p.registry.split('/')[0] as string);
+    return [...hosts];
+  }
+
+  private dependents(): Dependent[] {
+    const out: Dependent[] = [];
+    for (const b of this.store.baseDependents()) {
+      if (!b.commit || !b.bases?.length) continue;
+      out.push({ buildId: b.id, project: b.project, image: b.image, ref: b.ref, commit: b.commit, bases: b.bases });
+    }
+    return out;
+  }
+
+  /**
+   * A base of `dep` moved: rebuild it at the commit it was last built from, pushing the tags that build pushed.
+   * Queued like any build (fair share); at most `baseWatch.concurrency` such rebuilds run at once.
+   */
+  enqueueBaseChange(dep: Dependent, base: string, from: string, to: string): Build | undefined {
+    if (this.stopping) return undefined;
+    const p = this.store.getProject(dep.project);
+    if (!p?.images.some((i) => i.name === dep.image)) return undefined;
+    const reason = baseChangeReason(base, from, to);
+    const { builds } = this.store.enqueue([
+      {
+        project: dep.project,
+        image: dep.image,
+        ref: dep.ref,
+        commit: dep.commit,
+        trigger: { type: 'base-change', base, baseDigest: to, of: dep.buildId, reason },
+      },
+    ]);
+    this.say(`kiln serve: ${dep.project}/${dep.image} (${dep.ref || dep.commit.slice(0, 7)}): ${reason}`);
+    this.announce(...builds);
+    this.schedule();
+    return builds[0];
   }
 
   /**
@@ -120,6 +193,7 @@ export class BuildService implements ServiceCore {
     }
     if (interrupted.length) svc.say(`kiln serve: ${interrupted.length} interrupted build(s) marked failed`);
     svc.schedule();
+    svc.bases.start();
     return svc;
   }
 
@@ -318,9 +392,12 @@ export class BuildService implements ServiceCore {
     this.scheduling = true;
     try {
       for (;;) {
-        const queued = this.store.queued();
-        if (queued.length === 0) return;
         const running = [...this.running.values()].map((r) => r.build);
+        // rebuilds for base changes share a cap, so a base used by hundreds of images cannot take every slot
+        const baseCap =
+          running.filter((b) => b.trigger.type === 'base-change').length >= this.opts.config.baseWatch.concurrency;
+        const queued = this.store.queued().filter((b) => !baseCap || b.trigger.type !== 'base-change');
+        if (queued.length === 0) return;
         const projects = new Map<string, Project | undefined>();
         const proj = (n: string): Project | undefined => {
           if (!projects.has(n)) projects.set(n, this.store.getProject(n));
@@ -445,7 +522,11 @@ export class BuildService implements ServiceCore {
         now: new Date(),
       });
       const repo = `${p.registry}/${img.name}`;
-      const tags = rendered.map((t) => `${repo}:${t}`);
+      let tags = rendered.map((t) => `${repo}:${t}`);
+      // a rebuild for a new base pushes exactly the tags the build it repeats pushed (not a new {{buildNumber}})
+      const original =
+        build.trigger.type === 'base-change' && build.trigger.of ? this.store.getBuild(build.trigger.of) : undefined;
+      if (original?.tags.length && original.tags.every((t) => t.startsWith(repo + ':'))) tags = original.tags;
       update({ phase: 'building', commit, tags });
 
       const host = p.registry.split('/')[0] as string;
@@ -488,6 +569,7 @@ export class BuildService implements ServiceCore {
         ac.signal,
       );
       if (outcome.ok) {
+        this.store.setBases(build.id, outcome.bases);
         update({ phase: 'succeeded', digest: outcome.digest, reason: null });
       } else {
         throw new KilnError(outcome.code, outcome.message, { cause: outcome.reason });
@@ -534,6 +616,7 @@ export class BuildService implements ServiceCore {
   async stop(graceMs: number): Promise<void> {
     this.stopping = true;
     this.resolveClosing();
+    await this.bases.stop();
     const all = [...this.running.values()];
     const finished = Promise.all(all.map((r) => r.done));
     let t: NodeJS.Timeout | undefined;
@@ -545,6 +628,7 @@ export class BuildService implements ServiceCore {
     clearTimeout(t);
     await this.opts.runner.close();
     await this.mirrors.close();
+    await closeTransports(this.registry);
     this.store.close();
   }
 

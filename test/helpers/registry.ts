@@ -27,6 +27,8 @@ export interface StartRegistryOptions {
   password?: string;
   /** token mode: token server options (default: user `kiln` may push/pull everything, anonymous pull). */
   token?: TokenServerOptions;
+  /** A notifications endpoint (distribution's `notifications:`): events POSTed to `url` with `headers`. */
+  notifications?: { url: string; headers?: Record<string, string> };
 }
 
 export interface TestRegistry {
@@ -58,6 +60,18 @@ async function freePort(): Promise<number> {
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+function notificationsYaml(n: StartRegistryOptions['notifications']): string {
+  if (!n) return '';
+  const headers = Object.entries(n.headers ?? {})
+    .map(([k, v]) => `        ${k}: [${JSON.stringify(v)}]\n`)
+    .join('');
+  return (
+    `notifications:\n  endpoints:\n    - name: kiln\n      url: ${n.url}\n      timeout: 2s\n      threshold: 5\n` +
+    `      backoff: 1s\n` +
+    (headers ? `      headers:\n${headers}` : '')
+  );
+}
 
 export async function startRegistry(opts: StartRegistryOptions = {}): Promise<TestRegistry> {
   const mode = opts.auth ?? 'none';
@@ -99,7 +113,8 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Te
         `storage:\n  filesystem:\n    rootdirectory: ${join(dir, 'data')}\n  delete:\n    enabled: true\n` +
         `  maintenance:\n    uploadpurging:\n      enabled: false\n` +
         `http:\n  addr: ${host}\n  secret: kiln-test-secret-${port}\n${tlsYaml}` +
-        authYaml;
+        authYaml +
+        notificationsYaml(opts.notifications);
       writeFileSync(join(dir, 'config.yml'), config);
       let output = '';
       const child: ChildProcess = spawn('/usr/bin/docker-registry', ['serve', join(dir, 'config.yml')], {

@@ -69,6 +69,8 @@ export interface StartServiceOptions {
   /** Reuse a data dir (restart after a crash). */
   dataDir?: string;
   env?: NodeJS.ProcessEnv;
+  /** `--listen` (default 127.0.0.1:0). */
+  listen?: string;
   /** Reuse tokens of an earlier start on the same data dir. */
   tokens?: { admin: string; viewer: string };
 }
@@ -85,7 +87,7 @@ export async function startService(o: StartServiceOptions): Promise<ServiceProce
   };
   const proc = spawn(
     process.execPath,
-    [KILN_BIN, 'serve', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--config', cfg],
+    [KILN_BIN, 'serve', '--listen', o.listen ?? '127.0.0.1:0', '--data-dir', dataDir, '--config', cfg],
     { env, stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let err = '';

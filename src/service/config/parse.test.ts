@@ -145,6 +145,7 @@ test('the example config parses into the expected ServiceConfig', () => {
     shutdownGraceSeconds: 30,
     retryInterrupted: true,
     insecureRegistries: ['127.0.0.1:5000'],
+    baseWatch: { intervalSeconds: 60, concurrency: 2 },
     projects: [EXAMPLE_PROJECT],
   });
 });
@@ -165,6 +166,7 @@ test('defaults: an empty file is the default service config', () => {
     shutdownGraceSeconds: 30,
     retryInterrupted: true,
     insecureRegistries: [],
+    baseWatch: { intervalSeconds: 60, concurrency: 2 },
     projects: [],
   };
   assert.deepEqual(parseConfigText('', 'kiln.yaml'), want);

@@ -46,6 +46,7 @@ import {
   type ProjectInput,
 } from './schema.js';
 import { checkTagTemplate } from './tags.js';
+import { deliveryDefaults, deliveryIssues, normalizePublicUrl, publicUrlProblem } from '../delivery/config.js';
 
 /** One problem of a config document. */
 export interface ConfigIssue {
@@ -651,6 +652,8 @@ function checkProject(p: Loose<ProjectInput>, at: Segment[], issues: Issues, all
     if (prev !== undefined) issues.add([...iat, 'name'], `duplicate image name "${img.name}" (also images[${prev}])`);
     else names.set(img.name, i);
   });
+  for (const d of deliveryIssues(p))
+    issues.add([...at, ...d.path], d.message, d.hint === undefined ? {} : { hint: d.hint });
 }
 
 /** A project of a list with where it is; `project` is only set when the project is valid on its own. */
@@ -732,6 +735,7 @@ function toProject(p: ProjectInput): Project {
     ...(p.timeoutSeconds === undefined ? {} : { timeoutSeconds: p.timeoutSeconds }),
     retention: { ...d.retention, ...p.retention },
     ...(p.poll === undefined ? {} : { poll: { intervalSeconds: p.poll.intervalSeconds } }),
+    ...deliveryDefaults(p),
   };
 }
 
@@ -782,6 +786,9 @@ function configFrom(raw: unknown, source: string, locate: Locate | undefined): S
       }
     });
   }
+  const publicUrl = settings['publicUrl'];
+  const urlWhy = typeof publicUrl === 'string' ? publicUrlProblem(publicUrl) : undefined;
+  if (urlWhy !== undefined) issues.add(['publicUrl'], urlWhy);
   const projects = projectList(settings['projects'], issues, allowFile);
   if (!valid || issues.count > 0) throw issues.error(source);
   const s = SERVICE_DEFAULTS;
@@ -792,6 +799,12 @@ function configFrom(raw: unknown, source: string, locate: Locate | undefined): S
     shutdownGraceSeconds: doc.shutdownGraceSeconds ?? s.shutdownGraceSeconds,
     retryInterrupted: doc.retryInterrupted ?? s.retryInterrupted,
     insecureRegistries: [...(doc.insecureRegistries ?? [])],
+    ...(doc.publicUrl === undefined ? {} : { publicUrl: normalizePublicUrl(doc.publicUrl) }),
+    baseWatch: {
+      intervalSeconds: doc.baseWatch?.intervalSeconds ?? 60,
+      concurrency: doc.baseWatch?.concurrency ?? 2,
+    },
+    ...(doc.registryHook ? { registryHook: { ...doc.registryHook } } : {}),
     projects,
   };
 }

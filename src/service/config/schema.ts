@@ -10,8 +10,10 @@
  * below (ajv's `useDefaults` would write into the caller's document, and the Dockerfile default depends on the
  * context).
  */
+import { FINAL_PHASES } from '../model.js';
 import type {
   Backend,
+  CommitStatusSpec,
   GitCredentials,
   ImageSpec,
   PollSpec,
@@ -21,6 +23,7 @@ import type {
   RunPolicy,
   SecretRef,
   ServiceConfig,
+  Phase,
   Strategy,
   WebhookSecrets,
 } from '../model.js';
@@ -98,6 +101,32 @@ export const IMAGE_DEFAULTS = {
   tags: DEFAULT_TAG_TEMPLATES,
 } as const satisfies { [K in keyof ImageSpec]?: unknown } & { strategy: Strategy; backend: Backend };
 
+/**
+ * Delivery settings when a project leaves them out: notifications on the two outcomes people act on, six attempts
+ * (about half a minute of retries), the public forge APIs.
+ */
+export const DELIVERY_DEFAULTS = {
+  events: ['succeeded', 'failed'],
+  maxAttempts: 6,
+  githubApiUrl: 'https://api.github.com',
+  gitlabApiUrl: 'https://gitlab.com/api/v4',
+} as const satisfies { events: readonly Phase[]; maxAttempts: number; githubApiUrl: string; gitlabApiUrl: string };
+
+/** An outgoing webhook as written (before defaults). */
+export interface NotificationInput {
+  url: string;
+  secretEnv?: string;
+  secretFile?: string;
+  events?: Phase[];
+  maxAttempts?: number;
+}
+
+/** Commit status settings as written (`apiUrl` may be left out). */
+export interface CommitStatusInput {
+  github?: Omit<NonNullable<CommitStatusSpec['github']>, 'apiUrl'> & { apiUrl?: string };
+  gitlab?: Omit<NonNullable<CommitStatusSpec['gitlab']>, 'apiUrl'> & { apiUrl?: string };
+}
+
 /** An image as written in the document (before defaults). */
 export interface ImageInput {
   name: string;
@@ -133,6 +162,8 @@ export interface ProjectInput {
   timeoutSeconds?: number;
   retention?: Partial<RetentionPolicy>;
   poll?: PollSpec;
+  notifications?: NotificationInput[];
+  commitStatus?: CommitStatusInput;
   images: ImageInput[];
 }
 
@@ -144,6 +175,9 @@ export interface ConfigInput {
   shutdownGraceSeconds?: number;
   retryInterrupted?: boolean;
   insecureRegistries?: string[];
+  publicUrl?: string;
+  baseWatch?: { intervalSeconds?: number; concurrency?: number };
+  registryHook?: { tokenEnv?: string; tokenFile?: string };
   projects?: unknown[];
 }
 
@@ -191,6 +225,68 @@ function webhookSecret(word: 'secret' | 'token'): JsonSchema {
     },
   };
 }
+
+/** An http(s) URL (the rest — user-info, fragments — is checked in parse.ts, with messages that never echo it). */
+const HTTP_URL: JsonSchema = {
+  type: 'string',
+  pattern: '^[Hh][Tt][Tt][Pp][Ss]?://[^\\s]+$',
+  maxLength: 2048,
+  errorMessage: { pattern: 'must be an http:// or https:// URL' },
+};
+
+/** One outgoing webhook (CloudEvents on final phases); the secret reference is checked in parse.ts (one of two). */
+const notificationSchema: JsonSchema = {
+  type: 'object',
+  required: ['url'],
+  additionalProperties: false,
+  properties: {
+    url: HTTP_URL,
+    secretEnv: ENV_NAME,
+    secretFile: ABSOLUTE_FILE,
+    events: { type: 'array', minItems: 1, items: { type: 'string', enum: FINAL_PHASES } },
+    maxAttempts: { type: 'integer', minimum: 1, maximum: 20, default: DELIVERY_DEFAULTS.maxAttempts },
+  },
+};
+
+/** Commit statuses on GitHub and/or GitLab; token references and the GitLab project are checked in parse.ts. */
+const commitStatusSchema: JsonSchema = {
+  type: 'object',
+  additionalProperties: false,
+  minProperties: 1,
+  errorMessage: { minProperties: 'needs github or gitlab' },
+  properties: {
+    github: {
+      type: 'object',
+      required: ['repo'],
+      additionalProperties: false,
+      properties: {
+        repo: {
+          type: 'string',
+          pattern: '^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$',
+          errorMessage: { pattern: 'must be OWNER/NAME' },
+        },
+        apiUrl: { ...HTTP_URL, default: DELIVERY_DEFAULTS.githubApiUrl },
+        tokenEnv: ENV_NAME,
+        tokenFile: ABSOLUTE_FILE,
+      },
+    },
+    gitlab: {
+      type: 'object',
+      additionalProperties: false,
+      properties: {
+        apiUrl: { ...HTTP_URL, default: DELIVERY_DEFAULTS.gitlabApiUrl },
+        projectId: POSITIVE_INT,
+        path: {
+          type: 'string',
+          pattern: '^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+$',
+          errorMessage: { pattern: 'must be GROUP/NAME (subgroups allowed)' },
+        },
+        tokenEnv: ENV_NAME,
+        tokenFile: ABSOLUTE_FILE,
+      },
+    },
+  },
+};
 
 /** One image of a project. */
 export const imageSchema: JsonSchema = {
@@ -305,6 +401,8 @@ export const projectSchema: JsonSchema = {
       description: 'Polling fallback: list the refs every intervalSeconds (forges that cannot reach the service).',
       properties: { intervalSeconds: { type: 'integer', minimum: 1, maximum: 86400 } },
     },
+    notifications: { type: 'array', items: notificationSchema },
+    commitStatus: commitStatusSchema,
     images: { type: 'array', minItems: 1, items: imageSchema },
   },
 };
@@ -317,6 +415,19 @@ const serviceProperties: Record<string, JsonSchema> = {
   shutdownGraceSeconds: { ...COUNT, default: SERVICE_DEFAULTS.shutdownGraceSeconds },
   retryInterrupted: { type: 'boolean', default: SERVICE_DEFAULTS.retryInterrupted },
   insecureRegistries: { type: 'array', items: NON_EMPTY, default: [] },
+  publicUrl: { ...HTTP_URL, description: 'Base URL users reach the service at (links in notifications, statuses).' },
+  baseWatch: {
+    type: 'object',
+    additionalProperties: false,
+    description: 'Base-image change trigger: poll interval (0: notifications only) and cap on rebuilds at once.',
+    properties: { intervalSeconds: COUNT, concurrency: POSITIVE_INT },
+  },
+  registryHook: {
+    type: 'object',
+    additionalProperties: false,
+    description: 'POST /hooks/registry (registry notifications): the Authorization header value it must carry.',
+    properties: { tokenEnv: ENV_NAME, tokenFile: ABSOLUTE_FILE },
+  },
 };
 
 /** Keys of the config file that are service settings (not allowed in a projects document). */

@@ -7,13 +7,9 @@
  * Secrets (build secrets, registry passwords) cross only this socket — never argv, env, a file outside the
  * worker's private temp dir, or the log.
  */
-import type { BuildStage } from '../model.js';
+import type { BaseRecord, BuildStage } from '../model.js';
 
-/** A FROM of the build as resolved: the normalized reference and the manifest digest it had. */
-export interface BaseRecord {
-  name: string;
-  digest: string;
-}
+export type { BaseRecord };
 
 /** One build for a worker: everything already resolved (checkout on disk, tags rendered, secrets read). */
 export interface WorkerJob {

@@ -143,6 +143,60 @@ export const MIGRATIONS: readonly string[] = [
     PRIMARY KEY (project, ref)
   ) STRICT, WITHOUT ROWID;
   `,
+  // 3: outgoing delivery (src/service/delivery/store.ts): the durable queue of notifications, commit statuses and
+  // redeploys (`request` holds what is sent, secrets only as references), every attempt made (URL redacted), and
+  // the builds watched for them. No foreign key to builds: a build that retention removes right after it finished
+  // still gets its notifications; finished rows of removed builds are pruned by the delivery room.
+  `
+  CREATE TABLE notifications (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    build_id TEXT NOT NULL,
+    project TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('webhook', 'status', 'redeploy')),
+    target TEXT NOT NULL,
+    key TEXT NOT NULL,
+    dedupe TEXT NOT NULL UNIQUE,
+    event TEXT NOT NULL,
+    url TEXT NOT NULL,
+    request TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed', 'superseded')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    next_at INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+  ) STRICT;
+  CREATE INDEX notifications_due ON notifications (state, next_at);
+  CREATE INDEX notifications_build ON notifications (build_id, seq);
+  CREATE INDEX notifications_key ON notifications (key, seq);
+
+  CREATE TABLE notification_attempts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    notification_id TEXT NOT NULL REFERENCES notifications(id) ON DELETE CASCADE,
+    build_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    url TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    status INTEGER,
+    error TEXT,
+    detail TEXT,
+    at TEXT NOT NULL,
+    duration_ms INTEGER NOT NULL
+  ) STRICT;
+  CREATE INDEX notification_attempts_notification ON notification_attempts (notification_id, attempt);
+
+  CREATE TABLE notification_watch (
+    build_id TEXT PRIMARY KEY,
+    phase TEXT NOT NULL
+  ) STRICT, WITHOUT ROWID;
+  `,
+  // 4: base images (src/service/triggers/bases.ts): what each FROM of a succeeded build resolved to (JSON
+  // BaseRecord[]), so the base watcher knows which bases to look up and which builds depend on them.
+  `
+  ALTER TABLE builds ADD COLUMN bases TEXT;
+  CREATE INDEX builds_succeeded_bases ON builds (project, image, ref, seq) WHERE phase = 'succeeded' AND bases IS NOT NULL;
+  `,
 ];
 
 /** The schema version this kiln writes (the number of migrations). */

@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { KilnError } from '../../errors.js';
 import type { BuildQuery } from '../core.js';
-import type { Build, BuildStage, Phase, Trigger } from '../model.js';
+import type { Build, BuildStage, Phase, Trigger, BaseRecord } from '../model.js';
 
 /** A `builds` row as better-sqlite3 returns it. */
 export interface BuildRow {
@@ -31,6 +31,8 @@ export interface BuildRow {
   changed_paths?: string | null;
   cancel_requested: number;
   attempt: number;
+  /** JSON BaseRecord[] (migration 4); absent in listings. */
+  bases?: string | null;
 }
 
 /** The model's Build of a row (JSON columns parsed; `changedPaths` only when recorded). */
@@ -55,6 +57,7 @@ export function toBuild(r: BuildRow): Build {
     cancelRequested: r.cancel_requested !== 0,
   };
   if (typeof r.changed_paths === 'string') b.changedPaths = JSON.parse(r.changed_paths) as string[];
+  if (typeof r.bases === 'string') b.bases = JSON.parse(r.bases) as BaseRecord[];
   return b;
 }
 

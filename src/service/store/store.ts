@@ -21,6 +21,7 @@ import {
   type Role,
   type Trigger,
 } from '../model.js';
+import type { BaseRecord } from '../model.js';
 import { FINAL_PHASES_SQL, openDatabase, type Db } from './db.js';
 import {
   DURATION_BUCKETS,
@@ -442,6 +443,36 @@ export class Store {
       if (row.phase === 'queued') return this.write(row, { phase: 'cancelled', reason }, true);
       return this.write(row, row.cancel_requested ? {} : { reason }, true);
     });
+  }
+
+  /** Record what the FROMs of a build resolved to (the base-image trigger watches succeeded builds' bases). */
+  setBases(id: string, bases: readonly BaseRecord[]): void {
+    if (this.run('UPDATE builds SET bases = ? WHERE id = ?', JSON.stringify(bases), id) === 0) {
+      throw notFound(`build '${id}'`);
+    }
+  }
+
+  /**
+   * The latest succeeded build of every (project, image, ref) that has recorded bases: the images a base change
+   * concerns, and the commit each was last built from.
+   */
+  baseDependents(): Build[] {
+    return this.all<BuildRow>(
+      `SELECT * FROM builds WHERE seq IN (
+         SELECT max(seq) FROM builds WHERE phase = 'succeeded' AND bases IS NOT NULL GROUP BY project, image, ref)
+       ORDER BY seq`,
+    ).map(toBuild);
+  }
+
+  /** The newest build of a (project, image, ref), whatever its phase. */
+  newestOf(project: string, image: string, ref: string): Build | undefined {
+    const row = this.get<BuildRow>(
+      'SELECT * FROM builds WHERE project = ? AND image = ? AND ref = ? ORDER BY seq DESC LIMIT 1',
+      project,
+      image,
+      ref,
+    );
+    return row && toBuild(row);
   }
 
   /** Builds waiting to run, in queue order. */

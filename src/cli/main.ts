@@ -26,6 +26,7 @@ const COMMANDS = [
   'serve-worker',
   'builds',
   'project',
+  'bases',
 ] as const;
 
 interface CommandModule {

@@ -13,6 +13,7 @@ import { readFileSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import type { Command } from 'commander';
+import type { WatchedBase } from './triggers/bases.js';
 import { KilnError } from '../errors.js';
 import { Agent, request, type Dispatcher } from '../registry/http.js';
 import type { ApplyResult, BuildPage, BuildQuery, StartRequest } from './core.js';
@@ -202,6 +203,11 @@ export class ServiceClient {
     } catch (e) {
       throw new KilnError('SERVICE_ERROR', `${method} ${path}: the answer is not JSON`, { cause: e });
     }
+  }
+
+  /** Watched base images, their digests and dependents (`GET /api/v1/bases`). */
+  listBases(): Promise<WatchedBase[]> {
+    return this.json<{ bases: WatchedBase[] }>('GET', '/api/v1/bases').then((r) => r.bases);
   }
 
   listProjects(): Promise<Project[]> {

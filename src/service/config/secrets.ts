@@ -7,6 +7,7 @@
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { KilnError } from '../../errors.js';
 import type { GitCredentials, ImageSpec, Project, RegistryCredentials, SecretRef, WebhookSecrets } from '../model.js';
+import { redactDelivery } from '../delivery/config.js';
 
 /** Any reference shape of the model: `{env|file}`, git or registry credentials (their password), webhook secrets. */
 export type SecretReference =
@@ -189,5 +190,6 @@ export function redactProject(p: Project): Project {
       maxAgeDays: p.retention.maxAgeDays,
     },
     ...(p.poll === undefined ? {} : { poll: { intervalSeconds: p.poll.intervalSeconds } }),
+    ...redactDelivery(p),
   };
 }

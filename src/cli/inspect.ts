@@ -6,7 +6,7 @@
 import type { Command } from 'commander';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { kilnHome } from '../oci/store.js';
+import { kilnHome } from '../util/paths.js';
 import { KilnError } from '../errors.js';
 import { imageForPlatform, isImageIndex } from '../oci/image.js';
 import { hostPlatform } from '../oci/platform.js';

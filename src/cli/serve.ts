@@ -18,7 +18,7 @@ interface ServeFlags {
 
 async function defaultDataDir(flag: string | undefined): Promise<string> {
   if (flag) return flag;
-  const { kilnHome } = await import('../oci/store.js');
+  const { kilnHome } = await import('../util/paths.js');
   return join(kilnHome(), 'server');
 }
 
@@ -46,6 +46,10 @@ async function serve(flags: ServeFlags): Promise<void> {
   const { Deliveries } = await import('../service/delivery/deliveries.js');
   const deliveries = Deliveries.start(svc, { database: join(dataDir, 'kiln.db'), publicUrl: config.publicUrl });
   const app = createApi(svc, { logger: flags.logRequests === true, notifications: deliveries });
+  const { registerHooks } = await import('../service/hooks/index.js');
+  registerHooks(app, svc);
+  const { startPolling } = await import('../service/triggers/poll.js');
+  startPolling(svc);
   const { registryHookRoutes } = await import('../service/triggers/registry-hook.js');
   registryHookRoutes(app, svc);
   try {

@@ -19,7 +19,7 @@ import { createReadStream, createWriteStream } from 'node:fs';
 import { dirname, join, basename, posix } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { KilnError } from '../errors.js';
-import { parseReferenceWithDefaultTag } from '../registry/reference.js';
+import { parseReferenceWithDefaultTag } from '../ref/reference.js';
 import { parseJSON } from './blobs.js';
 import { type Compression, sniffCompression } from './compress.js';
 import { DigestingStream, digestHex, sha256, verifyingStream } from './digest.js';

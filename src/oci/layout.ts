@@ -13,7 +13,7 @@ import { chmod, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, writeFile, 
 import { basename, dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
 import { KilnError } from '../errors.js';
-import { parseReferenceWithDefaultTag } from '../registry/reference.js';
+import { parseReferenceWithDefaultTag } from '../ref/reference.js';
 import { BlobDir, type BlobSource, parseJSON, readBlob } from './blobs.js';
 import {
   descriptorOf,

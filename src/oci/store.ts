@@ -15,10 +15,10 @@
  * layers, a pull not yet tagged), which the store cannot see in index.json.
  */
 import { mkdir, readdir, readFile, stat, unlink } from 'node:fs/promises';
-import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { KilnError } from '../errors.js';
-import { parseReference, parseReferenceWithDefaultTag } from '../registry/reference.js';
+import { kilnHome } from '../util/paths.js';
+import { parseReference, parseReferenceWithDefaultTag } from '../ref/reference.js';
 import { BlobDir, parseJSON, readBlob } from './blobs.js';
 import { imageFromBlobs, indexFromBlobs } from './image.js';
 import { pidAlive, withFileLock } from './lock.js';
@@ -26,12 +26,8 @@ import { REF_NAME, copyBlobs, dirSink, imageFromDescriptor, writeFileAtomic } fr
 import { MediaType, isImageManifest, isIndex } from './mediatypes.js';
 import type { Descriptor, Image, ImageConfig, ImageIndex, Index, Manifest, Platform } from './types.js';
 
-/** kiln's data directory: $KILN_HOME, else $XDG_DATA_HOME/kiln, else ~/.local/share/kiln. */
-export function kilnHome(env: NodeJS.ProcessEnv = process.env): string {
-  if (env.KILN_HOME) return env.KILN_HOME;
-  if (env.XDG_DATA_HOME) return join(env.XDG_DATA_HOME, 'kiln');
-  return join(env.HOME || homedir(), '.local', 'share', 'kiln');
-}
+/** kiln's data directory (moved to src/util/paths.ts; re-exported for existing imports). */
+export { kilnHome };
 
 /**
  * Normalise an image name for the store: docker's rules (`alpine` → `docker.io/library/alpine:latest`). A digest

@@ -11,7 +11,7 @@
  */
 import { mkdir, readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { kilnHome } from '../oci/store.js';
+import { kilnHome } from '../util/paths.js';
 import type { BlobOrigin } from './remote.js';
 import { writeFileAtomic } from '../util/atomic.js';
 

@@ -12,7 +12,7 @@
 import { readFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { kilnHome } from '../oci/store.js';
+import { kilnHome } from '../util/paths.js';
 import { writeFileAtomic } from '../util/atomic.js';
 
 const MAX_HOSTS = 64;

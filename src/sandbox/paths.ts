@@ -6,10 +6,10 @@
 import { readFileSync } from 'node:fs';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { kilnHome } from '../oci/store.js';
+import { kilnHome } from '../util/paths.js';
 import { ensureSpreadDir } from '../util/spread.js';
 
-/** `$KILN_HOME`, resolved exactly as the rest of kiln does (src/oci/store.ts). */
+/** `$KILN_HOME`, resolved exactly as the rest of kiln does (src/util/paths.ts). */
 export function defaultKilnHome(): string {
   return kilnHome();
 }

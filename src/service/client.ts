@@ -10,7 +10,7 @@
  * must not be readable by other users (mode 0600), like an ssh key.
  */
 import { readFileSync, statSync } from 'node:fs';
-import { homedir } from 'node:os';
+import { kilnConfigDir } from '../util/paths.js';
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import type { WatchedBase } from './triggers/bases.js';
@@ -36,8 +36,7 @@ export interface ClientConfig {
 
 /** Path of the client config file for `env`. */
 export function configFile(env: NodeJS.ProcessEnv = process.env): string {
-  const dir = env.KILN_CONFIG_DIR || join(env.XDG_CONFIG_HOME || join(homedir(), '.config'), 'kiln');
-  return join(dir, 'service.json');
+  return join(kilnConfigDir(env), 'service.json');
 }
 
 function normalizeServer(url: string, from: string): string {

@@ -143,7 +143,7 @@ export async function workerMain(): Promise<number> {
   }
   const progress = new ServiceProgress('plain', (s) => log.write(s));
 
-  const { kilnHome } = await import('../../oci/store.js');
+  const { kilnHome } = await import('../../util/paths.js');
   let secretDir: string | undefined;
   try {
     await mkdir(join(kilnHome(), 'tmp'), { recursive: true, mode: 0o700 });

@@ -10,6 +10,8 @@ import { createApi } from './server.js';
 import { buildsQuery, projectBody, startBody } from './schemas.js';
 import { FakeCore, build, project } from '../../../test/helpers/fake-core.js';
 import { assertSchema, loadOpenApi } from '../../../test/helpers/openapi.js';
+import { fakeHookHost } from '../../../test/helpers/hook-host.js';
+import { registerHooks } from '../hooks/index.js';
 
 const METHODS = ['get', 'put', 'post', 'delete', 'patch', 'head', 'options'];
 
@@ -25,6 +27,8 @@ function openapiPath(url: string): string {
 
 test('openapi.yaml documents exactly the routes the server registers', async () => {
   const app = createApi(new FakeCore(tmpdir()));
+  const hooks = fakeHookHost();
+  registerHooks(app, hooks);
   const registered = new Set<string>();
   app.addHook('onRoute', (r) => {
     for (const m of [r.method].flat()) {
@@ -34,6 +38,7 @@ test('openapi.yaml documents exactly the routes the server registers', async () 
   });
   await app.ready();
   await app.close();
+  hooks.dispose();
   const doc = loadOpenApi();
   const documented = new Set<string>();
   for (const [path, item] of Object.entries(doc.paths as Json)) {

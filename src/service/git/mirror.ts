@@ -333,6 +333,20 @@ export class GitMirrors {
   }
 
   /**
+   * The message of `commit` (a full id) in the project's mirror as it is (no fetch), or undefined when the mirror
+   * lacks it. For skip markers (`[skip ci]`) of commits found by polling, whose forge sent no message.
+   */
+  async commitMessage(project: GitProject, commit: string): Promise<string | undefined> {
+    const { path } = this.source(project);
+    const c = commit.toLowerCase();
+    if (!FULL_HEX.test(c) || !(await exists(join(path, 'HEAD')))) return undefined;
+    const r = await runGit([`--git-dir=${path}`, 'show', '-s', '--format=%B', `${c}^{commit}`, '--'], {
+      env: baseEnv(),
+    });
+    return r.code === 0 ? r.stdout.toString('utf8') : undefined;
+  }
+
+  /**
    * The branches and tags of the project's repository as its server has them now (`git ls-remote`), without
    * touching the mirror: full ref → commit, annotated tags peeled to their commit. Same URL rules and credentials
    * as a fetch. For the polling fallback, which asks often and fetches only when something moved. Errors:

@@ -1,7 +1,16 @@
 /**
- * `npm run bench`: kiln vs BuildKit (Debian docker.io's dockerd, `DOCKER_BUILDKIT=1 docker build --network host`
- * + `docker push`) vs buildah (`bud --isolation chroot --layers` + `buildah push`) on the same deterministic inputs,
- * everything pushed to one local docker-registry, tools alternating within each round (the order rotates per round).
+ * `npm run bench`: kiln vs its peers on the same deterministic inputs, everything pushed to one local
+ * docker-registry, tools alternating within each round (the order rotates per round):
+ *
+ *   buildctl — current BuildKit (buildkitd + buildctl at the version pinned in scripts/go-tools.sh, built once per
+ *              machine; OCI worker on Debian's runc; `buildctl build --frontend dockerfile.v0 --output
+ *              type=image,push=true`), test/helpers/buildkit.ts
+ *   docker   — Debian docker.io's BuildKit v0.8 (`DOCKER_BUILDKIT=1 docker build --network host` + `docker push`)
+ *   buildah  — `bud --isolation chroot --layers` + `buildah push`
+ *   kaniko   — the executor of github.com/chainguard-dev/kaniko (the maintained fork; pinned in go-tools.sh), run
+ *              the way kaniko runs: inside a container (`docker run` on Debian's dockerd) of an image holding only
+ *              the static executor (built with kiln from scratch), `--cache=true` with a registry cache repository
+ *              (empty for cold builds), the context bind-mounted; the container start is part of its time
  *
  *   W1 cold  — 5,000 small source files + 20 × 5 MiB assets; empty state on every side (fresh KILN_HOME, BuildKit
  *              cache and images pruned, buildah images removed), pushed to a fresh repository.
@@ -15,14 +24,15 @@
  *              file changed, rebuilt with the registry cache (kiln --cache-from; BuildKit inline cache
  *              `--cache-from IMAGE`; buildah --cache-from REPO).
  *
- * Environment: BENCH_ROUNDS (default 3), BENCH_ONLY=W1,W3 (workloads), BENCH_TOOLS=kiln,buildkit,buildah,
+ * Environment: BENCH_ROUNDS (default 3), BENCH_ONLY=W1,W3 (workloads), BENCH_TOOLS=kiln,buildctl,docker,buildah,kaniko
+ * (`buildkit` is accepted for `docker`),
  * BENCH_SMALL=1 (tiny inputs, to check the harness), BENCH_KEEP=1 (keep the temp dir).
  * Output: the table on stdout and in bench/results/latest.md (with the machine: nproc, memory, kernel; date);
  * partial runs (BENCH_SMALL, BENCH_ONLY, BENCH_TOOLS) write .tmp/bench-partial.md instead.
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { cpus, totalmem, release, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -30,6 +40,8 @@ import { startRegistry, type TestRegistry } from '../test/helpers/registry.js';
 import { makeBusyboxImage } from '../test/helpers/images.js';
 import { startDockerd, type Dockerd } from '../test/helpers/dockerd.js';
 import { startBuildah, type Buildah } from '../test/helpers/buildah.js';
+import { startBuildKit, type BuildKit } from '../test/helpers/buildkit.js';
+import { goTools } from '../test/helpers/go-tools.js';
 import { push } from '../src/registry/push.js';
 import { closeTransports } from '../src/registry/transport.js';
 import { makeBigBase, touchW1Source, w1Dockerfile, w2Dockerfile, w3Dockerfile, writeW1Context } from './inputs.js';
@@ -39,10 +51,25 @@ const REPO = join(dirname(fileURLToPath(import.meta.url)), '..');
 const ROUNDS = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3) || 3);
 const ALL = ['W1', 'W2', 'W3', 'W4', 'W5'];
 const ONLY = new Set((process.env.BENCH_ONLY ?? ALL.join(',')).split(',').map((s) => s.trim().toUpperCase()));
-const TOOLS = (process.env.BENCH_TOOLS ?? 'kiln,buildkit,buildah').split(',').map((s) => s.trim()) as ToolName[];
+const ALL_TOOLS: ToolName[] = ['kiln', 'buildctl', 'docker', 'buildah', 'kaniko'];
+const TOOLS = (process.env.BENCH_TOOLS ?? ALL_TOOLS.join(','))
+  .split(',')
+  .map((s) => s.trim())
+  .map((s) => (s === 'buildkit' ? 'docker' : s)) as ToolName[];
+for (const t of TOOLS)
+  if (!ALL_TOOLS.includes(t)) throw new Error(`BENCH_TOOLS: unknown tool ${t} (${ALL_TOOLS.join(', ')})`);
 const SMALL = process.env.BENCH_SMALL === '1';
 
-type ToolName = 'kiln' | 'buildkit' | 'buildah';
+type ToolName = 'kiln' | 'buildctl' | 'docker' | 'buildah' | 'kaniko';
+
+/** Column titles of the peers. */
+const TITLE: Record<ToolName, string> = {
+  kiln: 'kiln',
+  buildctl: 'BuildKit (buildctl)',
+  docker: 'docker 20.10 BuildKit',
+  buildah: 'buildah',
+  kaniko: 'kaniko',
+};
 
 interface RunResult {
   ms: number;
@@ -85,7 +112,7 @@ function fail(what: string, m: Measured | { code: number; stdout: string; stderr
 function stepLabel(name: string): string {
   return name
     .replace(/^\[[^\]]*\] /, '')
-    .replace(/\b(r\d+|warm)-(kiln|buildkit|buildah)\b/g, 'N')
+    .replace(/\b(r\d+|warm)-(kiln|buildctl|docker|buildah|kaniko)\b/g, 'N')
     .replace(/\d+\.\d+\.\d+\.\d+:\d+\//g, '')
     .replace(/@sha256:[a-f0-9]{64}/, '')
     .slice(0, 60);
@@ -178,13 +205,49 @@ async function kilnTool(reg: TestRegistry, work: string): Promise<Tool> {
   };
 }
 
-// ---------------------------------------------------------------------------------------------------------------
-// BuildKit (docker.io)
+/** The duration of the step matching `step` in a BuildKit plain progress log (`#N [..] RUN …` … `#N DONE 0.1s`). */
+function plainStepMs(text: string, step: RegExp): number | undefined {
+  const names = new Map<string, string>();
+  let ms: number | undefined;
+  for (const m of text.matchAll(/^#(\d+) (\[.*)$/gm)) names.set(m[1] as string, m[2] as string);
+  for (const m of text.matchAll(/^#(\d+) DONE ([\d.]+)s$/gm)) {
+    const name = names.get(m[1] as string);
+    if (name && step.test(name)) ms = Number(m[2]) * 1000;
+  }
+  return ms;
+}
 
-async function buildkitTool(reg: TestRegistry): Promise<Tool> {
-  const d: Dockerd = await startDockerd({ insecureRegistries: [reg.host] });
+// ---------------------------------------------------------------------------------------------------------------
+// current BuildKit (buildkitd + buildctl)
+
+async function buildctlTool(reg: TestRegistry): Promise<Tool> {
+  const bk: BuildKit = await startBuildKit({ insecureRegistries: [reg.host] });
+  log(`buildctl: BuildKit ${bk.version}`);
   return {
-    name: 'buildkit',
+    name: 'buildctl',
+    reset: () => bk.prune(),
+    async buildPush(ctx, tag, step, cache) {
+      const t0 = performance.now();
+      const out = await bk.build({
+        context: ctx,
+        tag,
+        ...(cache?.to ? { exportCache: `type=registry,ref=${cache.to},mode=max` } : {}),
+        ...(cache?.from ? { importCache: `type=registry,ref=${cache.from}` } : {}),
+      });
+      const r: RunResult = { ms: performance.now() - t0 };
+      if (step) r.stepMs = plainStepMs(out, step);
+      return r;
+    },
+    stop: () => bk.stop(),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Debian docker.io's BuildKit v0.8
+
+async function dockerTool(d: Dockerd): Promise<Tool> {
+  return {
+    name: 'docker',
     async reset() {
       await d.docker(['builder', 'prune', '-af'], { allowFail: true });
       const ids = (await d.docker(['images', '-aq'], { allowFail: true })).stdout.split('\n').filter(Boolean);
@@ -203,18 +266,88 @@ async function buildkitTool(reg: TestRegistry): Promise<Tool> {
       const p = await d.docker(['push', tag], { allowFail: true });
       if (p.code !== 0) fail(`docker push ${tag}`, p);
       const r: RunResult = { ms: performance.now() - t0 };
-      if (step) {
-        const text = b.stderr + b.stdout;
-        const names = new Map<string, string>();
-        for (const m of text.matchAll(/^#(\d+) (\[.*)$/gm)) names.set(m[1] as string, m[2] as string);
-        for (const m of text.matchAll(/^#(\d+) DONE ([\d.]+)s$/gm)) {
-          const name = names.get(m[1] as string);
-          if (name && step.test(name)) r.stepMs = Number(m[2]) * 1000;
-        }
-      }
+      if (step) r.stepMs = plainStepMs(b.stderr + b.stdout, step);
       return r;
     },
-    stop: () => d.stop(),
+    // the shared dockerd is stopped by main()
+    stop: async () => undefined,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// kaniko (executor in a container on Debian's dockerd)
+
+/**
+ * Build kaniko's executor image with kiln (scratch + the static executor from scripts/go-tools.sh, kaniko's own
+ * environment) and push it to the bench registry; dockerd pulls it once, untimed.
+ */
+async function kanikoTool(reg: TestRegistry, d: Dockerd, work: string): Promise<Tool> {
+  const tools = goTools('kaniko');
+  const executor = tools['kaniko-executor'] as string;
+  const ctx = join(work, 'kaniko-image');
+  await mkdir(ctx, { recursive: true });
+  await copyFile(executor, join(ctx, 'executor'));
+  await writeFile(
+    join(ctx, 'Dockerfile'),
+    [
+      'FROM scratch',
+      'COPY --chmod=0755 executor /kaniko/executor',
+      'ENV HOME=/root USER=root PATH=/usr/local/bin:/kaniko DOCKER_CONFIG=/kaniko/.docker/ SSL_CERT_DIR=/kaniko/ssl/certs',
+      'WORKDIR /workspace',
+      'ENTRYPOINT ["/kaniko/executor"]',
+      '',
+    ].join('\n'),
+  );
+  const image = `${reg.host}/bench/kaniko:${tools['kaniko-version'] ?? 'pinned'}`;
+  const b = await measure(
+    process.execPath,
+    [join(REPO, 'bin', 'kiln.js'), 'build', '--push', '-t', image, '--insecure-registry', reg.host, ctx],
+    { env: { ...process.env, KILN_HOME: join(work, 'kiln-home-kaniko-image') }, rss: false },
+  );
+  if (b.code !== 0) fail('kiln build of the kaniko executor image', b);
+  await d.docker(['pull', image]);
+  log(`kaniko ${tools['kaniko-version']}: executor image ${image}`);
+  let cacheRepo = '';
+  let n = 0;
+  return {
+    name: 'kaniko',
+    async reset() {
+      // an empty registry cache: kaniko keeps no other state between pods
+      cacheRepo = `${reg.host}/kaniko-cache/c${++n}-${Date.now()}`;
+    },
+    async buildPush(ctxDir, tag, _step, cache) {
+      const repo = cache?.to ?? cache?.from ?? cacheRepo;
+      const t0 = performance.now();
+      const r = await d.docker(
+        [
+          'run',
+          '--rm',
+          '--network',
+          'host',
+          '-v',
+          `${ctxDir}:/workspace:ro`,
+          image,
+          '--context',
+          'dir:///workspace',
+          '--dockerfile',
+          '/workspace/Dockerfile',
+          '--destination',
+          tag,
+          '--insecure',
+          '--insecure-pull',
+          '--skip-tls-verify',
+          '--cache=true',
+          '--cache-repo',
+          repo,
+        ],
+        { allowFail: true },
+      );
+      if (r.code !== 0) fail(`kaniko ${tag}`, r);
+      // kaniko reports no per-step durations (only debug logs carry timestamps): wall time only
+      const res: RunResult = { ms: performance.now() - t0 };
+      return res;
+    },
+    stop: async () => undefined,
   };
 }
 
@@ -295,22 +428,43 @@ function ratio(a: number, b: number): string {
   return Number.isFinite(a) && Number.isFinite(b) && b > 0 ? (a / b).toFixed(2) : '—';
 }
 
+/** The fastest peer (not kiln) of a row by median: [name, median ms]. */
+function fastestPeer(r: Row): [ToolName, number] | undefined {
+  let best: [ToolName, number] | undefined;
+  for (const t of TOOLS) {
+    if (t === 'kiln') continue;
+    const m = med(r.results.get(t));
+    if (Number.isFinite(m) && (!best || m < best[1])) best = [t, m];
+  }
+  return best;
+}
+
 function table(rows: Row[]): string {
   const out: string[] = [];
+  const peers = TOOLS.filter((t) => t !== 'kiln');
   out.push(
-    '| workload | kiln s, median (min–max) | BuildKit s | buildah s | kiln/BuildKit | kiln/buildah | kiln/faster | kiln peak RSS |',
+    `| workload | kiln s, median (min–max) | ${peers.map((t) => `${TITLE[t]} s`).join(' | ')} | fastest peer | kiln/fastest | kiln peak RSS |`,
   );
-  out.push('|---|---|---|---|---|---|---|---|');
+  out.push(`|---|---|${peers.map(() => '---|').join('')}---|---|---|`);
   for (const r of rows) {
     const k = med(r.results.get('kiln'));
-    const bk = med(r.results.get('buildkit'));
-    const bh = med(r.results.get('buildah'));
-    const faster = Math.min(Number.isFinite(bk) ? bk : Infinity, Number.isFinite(bh) ? bh : Infinity);
+    const best = fastestPeer(r);
     const rss = (r.results.get('kiln') ?? []).map((x) => x.peakRss ?? 0);
     out.push(
-      `| ${r.workload} | ${cell(r.results.get('kiln'))} | ${cell(r.results.get('buildkit'))} | ${cell(r.results.get('buildah'))} | ` +
-        `${ratio(k, bk)} | ${ratio(k, bh)} | ${ratio(k, faster)} | ${rss.length ? (Math.max(...rss) / 1048576).toFixed(0) + ' MB' : '—'} |`,
+      `| ${r.workload} | ${cell(r.results.get('kiln'))} | ${peers.map((t) => cell(r.results.get(t))).join(' | ')} | ` +
+        `${best ? TITLE[best[0]] : '—'} | ${best ? ratio(k, best[1]) : '—'} | ${rss.length ? (Math.max(...rss) / 1048576).toFixed(0) + ' MB' : '—'} |`,
     );
+  }
+  return out.join('\n');
+}
+
+/** Every tool's median relative to the fastest tool of the row (1.00 = fastest). */
+function ratioTable(rows: Row[]): string {
+  const out = [`| workload | ${TOOLS.map((t) => TITLE[t]).join(' | ')} |`, `|---|${TOOLS.map(() => '---|').join('')}`];
+  for (const r of rows) {
+    const meds = TOOLS.map((t) => med(r.results.get(t)));
+    const best = Math.min(...meds.filter((x) => Number.isFinite(x)));
+    out.push(`| ${r.workload} | ${meds.map((m) => ratio(m, best)).join(' | ')} |`);
   }
   return out.join('\n');
 }
@@ -320,7 +474,7 @@ function stepTable(rows: Row[]): string {
   const big = rows.find((r) => r.workload === 'W2 RUN, 200 MB base');
   if (!small || !big) return '';
   const out = ['| W2 `RUN touch /x` | busybox base | 200 MB / 20,000-file base | big/empty |', '|---|---|---|---|'];
-  for (const t of ['kiln', 'buildkit', 'buildah'] as ToolName[]) {
+  for (const t of TOOLS) {
     const s = small.results.get(t);
     const b = big.results.get(t);
     if (!s || !b) continue;
@@ -347,6 +501,21 @@ function breakdown(rows: Row[]): string {
   return out.join('\n');
 }
 
+function peerVersions(): string {
+  const ver = (cmd: string, args: string[]): string =>
+    (spawnSync(cmd, args, { encoding: 'utf8' }).stdout ?? '').split('\n')[0]?.trim() ?? '?';
+  const parts: string[] = [];
+  for (const t of TOOLS) {
+    if (t === 'buildctl')
+      parts.push(`BuildKit ${goTools('buildkit')['buildkit-version']} (buildkitd + buildctl, OCI worker, runc)`);
+    if (t === 'docker') parts.push(`${ver('/usr/bin/docker', ['--version'])} (BuildKit v0.8)`);
+    if (t === 'buildah') parts.push(ver('/usr/bin/buildah', ['--version']));
+    if (t === 'kaniko')
+      parts.push(`kaniko ${goTools('kaniko')['kaniko-version']} (chainguard-dev fork, in docker run)`);
+  }
+  return parts.join(', ');
+}
+
 function machine(): string {
   const meminfo = readFileSync('/proc/meminfo', 'utf8');
   const memTotal = /MemTotal:\s+(\d+)/.exec(meminfo)?.[1];
@@ -356,7 +525,7 @@ function machine(): string {
     `- date: ${new Date().toISOString()}`,
     `- machine: ${cpus().length} CPUs (nproc ${ver('nproc', [])}; ${cpus()[0]?.model ?? '?'}), ` +
       `${((memTotal ? Number(memTotal) * 1024 : totalmem()) / 2 ** 30).toFixed(1)} GiB memory, kernel ${release()}, node ${process.version}`,
-    `- peers: ${ver('/usr/bin/docker', ['--version'])} (BuildKit), ${ver('/usr/bin/buildah', ['--version'])}; registry: Debian docker-registry (filesystem storage, loopback)`,
+    `- peers: ${peerVersions()}; registry: Debian docker-registry (filesystem storage, loopback)`,
     `- rounds: ${ROUNDS}${SMALL ? ' (BENCH_SMALL: reduced inputs)' : ''}; workloads: ${[...ONLY].join(',')}; times are build + push wall clock, seconds`,
     `- load: ${readFileSync('/proc/loadavg', 'utf8').trim()} (the machine is shared; compare ratios within one run)`,
   ].join('\n');
@@ -369,6 +538,7 @@ async function main(): Promise<void> {
   const rows: Row[] = [];
   const tools: Tool[] = [];
   let reg: TestRegistry | undefined;
+  let dockerd: Dockerd | undefined;
   try {
     reg = await startRegistry();
     const host = reg.host;
@@ -389,11 +559,16 @@ async function main(): Promise<void> {
     await writeW1Context(w1, w1Opts);
     await writeFile(join(w1, 'Dockerfile'), w1Dockerfile(smallRef));
 
+    // dockerd serves two peers: its own BuildKit (docker) and kaniko's containers
+    if (TOOLS.includes('docker') || TOOLS.includes('kaniko'))
+      dockerd = await startDockerd({ insecureRegistries: [reg.host] });
     for (const t of TOOLS) {
       log(`starting ${t}`);
       if (t === 'kiln') tools.push(await kilnTool(reg, work));
-      else if (t === 'buildkit') tools.push(await buildkitTool(reg));
+      else if (t === 'buildctl') tools.push(await buildctlTool(reg));
+      else if (t === 'docker') tools.push(await dockerTool(dockerd as Dockerd));
       else if (t === 'buildah') tools.push(await buildahTool());
+      else if (t === 'kaniko') tools.push(await kanikoTool(reg, dockerd as Dockerd, work));
     }
     const ctxFor = async (name: string, dockerfile: string): Promise<string> => {
       const dir = join(work, name);
@@ -428,7 +603,11 @@ async function main(): Promise<void> {
         for (const t of order) {
           const image = `${host}/w5-${t.name}-r${round}`;
           const cacheRef =
-            t.name === 'buildkit' ? `${image}:1` : t.name === 'buildah' ? `${image}-cache` : `${image}-cache:1`;
+            t.name === 'docker'
+              ? `${image}:1`
+              : t.name === 'buildah' || t.name === 'kaniko'
+                ? `${image}-cache`
+                : `${image}-cache:1`;
           await t.reset();
           log(`round ${round}: W5 cache export (untimed) — ${t.name}`);
           await t.buildPush(w1, `${image}:1`, undefined, { to: cacheRef });
@@ -499,17 +678,18 @@ async function main(): Promise<void> {
     }
   } finally {
     for (const t of tools) await t.stop().catch((e: unknown) => log(`stopping ${t.name}: ${String(e)}`));
+    await dockerd?.stop().catch((e: unknown) => log(`stopping dockerd: ${String(e)}`));
     await reg?.stop();
     if (process.env.BENCH_KEEP !== '1') await rm(work, { recursive: true, force: true });
     else log(`kept ${work}`);
   }
   const md =
-    `# kiln benchmark — latest run\n\n${machine()}\n\n${table(rows)}\n\n${stepTable(rows)}\n\n${breakdown(rows)}\n\n` +
-    'Targets (issue #5): W1 cold ≤ 0.5× and W1 warm ≤ 0.3× the faster peer; W2 RUN step ≤ 1.2× its empty-base time; ' +
+    `# kiln benchmark — latest run\n\n${machine()}\n\n${table(rows)}\n\nEvery tool relative to the fastest of its row (1.00 = fastest):\n\n${ratioTable(rows)}\n\n${stepTable(rows)}\n\n${breakdown(rows)}\n\n` +
+    'Targets (issues #5, #17): W1 cold ≤ 0.5× and W1 warm ≤ 0.3× the fastest peer; W2 RUN step ≤ 1.2× its empty-base time; ' +
     'kiln peak RSS (whole process tree) ≤ 300 MB.\n';
   process.stdout.write(md);
   // reduced-input and partial runs do not replace the published results
-  const partial = SMALL || ONLY.size < ALL.length || TOOLS.length < 3;
+  const partial = SMALL || ONLY.size < ALL.length || TOOLS.length < ALL_TOOLS.length;
   const outFile = partial ? join(REPO, '.tmp', 'bench-partial.md') : join(REPO, 'bench', 'results', 'latest.md');
   await mkdir(dirname(outFile), { recursive: true });
   await writeFile(outFile, md);

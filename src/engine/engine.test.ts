@@ -148,7 +148,7 @@ describe('engine', () => {
         ['WORKDIR /app', false, 'buildkit.dockerfile.v0'],
         ['RUN /bin/sh -c write /app/out hello # buildkit', false, 'buildkit.dockerfile.v0'],
         ['LABEL x=1', true, 'buildkit.dockerfile.v0'],
-        ['EXPOSE map[53/udp:{} 80/tcp:{}]', true, 'buildkit.dockerfile.v0'],
+        ['EXPOSE 53/udp 80/tcp', true, 'buildkit.dockerfile.v0'],
         ['USER 1000:1000', true, 'buildkit.dockerfile.v0'],
         ['CMD ["run" "x"]', true, 'buildkit.dockerfile.v0'],
       ],
@@ -205,19 +205,19 @@ describe('engine', () => {
   test('build args: RUN history gets the |N prefix, --build-arg overrides, global args expand FROM', async () => {
     const h = harness('args');
     const df = 'ARG IMG=busybox\nFROM ${IMG}\nARG V=1\nARG W\nRUN write /v $V\n';
-    const res = await runEngine(request(df, { buildArgs: new Map([['V', '2']]) }), h.deps);
+    const res = await runEngine(
+      request(df, { buildArgs: new Map([['V', '2']]), historyStyle: 'buildkit-0.8' }),
+      h.deps,
+    );
     const runH = res.config.history.at(-1);
     assert.equal(runH?.created_by, 'RUN |2 V=2 W= /bin/sh -c write /v $V # buildkit');
     assert.ok(h.runs[0]?.env.includes('V=2'));
-    // BuildKit v0.8 (the reference here) records the ARG as declared; current BuildKit the value in effect
+    // BuildKit v0.8 records the ARG as declared; current BuildKit (the default) the value in effect
     assert.deepEqual(
       res.config.history.slice(-3, -1).map((x) => x.created_by),
       ['ARG V=1', 'ARG W'],
     );
-    const latest = await runEngine(
-      request(df, { buildArgs: new Map([['V', '2']]), historyStyle: 'buildkit-latest' }),
-      harness('args-latest').deps,
-    );
+    const latest = await runEngine(request(df, { buildArgs: new Map([['V', '2']]) }), harness('args-latest').deps);
     assert.deepEqual(
       latest.config.history.slice(-3, -1).map((x) => x.created_by),
       ['ARG V=2', 'ARG W'],
@@ -454,13 +454,13 @@ test('FROM --platform: $BUILDPLATFORM/$TARGETPLATFORM work, a foreign platform i
   );
 });
 
-test('history style buildkit-latest: COPY flags, EXPOSE list, HEALTHCHECK %+v', async () => {
+test('history style: buildkit-latest (default) writes COPY flags, EXPOSE list, HEALTHCHECK %+v; buildkit-0.8 not', async () => {
   const h = harness('latest-style');
   await mkdir(h.deps.contextDir, { recursive: true });
   await writeFile(join(h.deps.contextDir, 'f'), 'x');
   const df = 'FROM busybox\nCOPY --chown=1:2 --chmod=600 f /f\nEXPOSE 80\nHEALTHCHECK --retries=3 CMD true\n';
-  const v08 = await runEngine(request(df), h.deps);
-  const latest = await runEngine(request(df, { historyStyle: 'buildkit-latest' }), h.deps);
+  const v08 = await runEngine(request(df, { historyStyle: 'buildkit-0.8' }), h.deps);
+  const latest = await runEngine(request(df), h.deps);
   assert.deepEqual(
     v08.config.history.slice(-3).map((x) => x.created_by),
     ['COPY f /f # buildkit', 'EXPOSE map[80/tcp:{}]', 'HEALTHCHECK &{["CMD-SHELL" "true"] "0s" "0s" "0s" \'\\x03\'}'],
@@ -469,7 +469,7 @@ test('history style buildkit-latest: COPY flags, EXPOSE list, HEALTHCHECK %+v', 
     latest.config.history.slice(-3).map((x) => x.created_by),
     [
       'COPY --chown=1:2 --chmod=600 f /f # buildkit',
-      'EXPOSE [80/tcp]',
+      'EXPOSE 80/tcp',
       'HEALTHCHECK {Test:[CMD-SHELL true] Interval:0s Timeout:0s StartPeriod:0s StartInterval:0s Retries:3}',
     ],
   );

@@ -89,7 +89,7 @@ export interface EngineRequest {
   sourceDateEpoch?: number;
   /** Escape token from the `# escape=` directive. */
   escape?: string;
-  /** Which BuildKit's history strings to write (default `buildkit-0.8`, the reference builder here). */
+  /** Which BuildKit's history strings to write (default `buildkit-latest`: current moby/buildkit, the reference). */
   historyStyle?: HistoryStyle;
   /** Layer blob format when not gzip (`zstd:3`, `uncompressed`): part of every layer step's cache key. */
   layerFormat?: string;
@@ -233,7 +233,7 @@ class Engine {
   ) {
     for (const s of req.stages) if (s.name !== undefined) this.stageByName.set(s.name, s);
     this.epoch = req.sourceDateEpoch === undefined ? undefined : epochTime(req.sourceDateEpoch);
-    this.style = req.historyStyle ?? 'buildkit-0.8';
+    this.style = req.historyStyle ?? 'buildkit-latest';
     // global scope: predefined platform args, then the meta ARGs (build-args override defaults)
     let env: string[] = [];
     for (const [k, v] of defaultArgs(req.platform, req.target)) env = addEnv(env, k, req.buildArgs.get(k) ?? v);

@@ -46,7 +46,7 @@ test('HEALTHCHECK / EXPOSE history in both BuildKit styles', () => {
     exposeHistory(['8080/tcp', '443/udp', '53/tcp', '53/udp', '80/tcp'], 'buildkit-0.8'),
     'EXPOSE map[443/udp:{} 53/tcp:{} 53/udp:{} 80/tcp:{} 8080/tcp:{}]',
   );
-  assert.equal(exposeHistory(['80/tcp', '53/udp'], 'buildkit-latest'), 'EXPOSE [80/tcp 53/udp]');
+  assert.equal(exposeHistory(['80/tcp', '53/udp'], 'buildkit-latest'), 'EXPOSE 80/tcp 53/udp');
 });
 
 test('HEALTHCHECK history is %+v of the config', () => {

@@ -251,13 +251,16 @@ export function healthcheckHistory(h: HealthConfig, style: HistoryStyle = 'build
   );
 }
 
-/** The EXPOSE history entry: v0.8 prints the port set (a Go map, sorted keys), current BuildKit the list. */
+/**
+ * The EXPOSE history entry: v0.8 prints the port set (a Go map, sorted keys), current BuildKit (v0.35) the ports
+ * joined by spaces (`EXPOSE 80/tcp 53/udp`; releases in between printed the Go list `EXPOSE [80/tcp 53/udp]`).
+ */
 export function exposeHistory(ports: string[], style: HistoryStyle): string {
   if (style === 'buildkit-0.8') {
     const keys = [...new Set(ports)].sort(byteOrder);
     return `EXPOSE map[${keys.map((k) => `${k}:{}`).join(' ')}]`;
   }
-  return `EXPOSE ${goList(ports)}`;
+  return `EXPOSE ${ports.join(' ')}`;
 }
 
 /** EXPOSE port specs normalised as BuildKit/nat.ParsePortSpecs: `80` → `80/tcp`, ranges expanded. */

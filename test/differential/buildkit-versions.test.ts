@@ -30,6 +30,9 @@ test('EXPOSE: Go map rendering vs list with the same ports', () => {
     ),
   );
   assert.ok(eq('EXPOSE map[8080/tcp:{}]', 'EXPOSE [8080/tcp]'));
+  assert.ok(eq('EXPOSE map[443/udp:{} 80/tcp:{}]', 'EXPOSE 80/tcp 443/udp'), 'v0.35: ports joined by spaces');
+  assert.ok(!eq('EXPOSE map[443/udp:{} 80/tcp:{}]', 'EXPOSE 80/tcp'));
+  assert.ok(!eq('EXPOSE map[80/tcp:{}]', 'EXPOSE map[80/tcp:{}]'), 'the same old rendering is no newer one');
   assert.ok(!eq('EXPOSE map[8080/tcp:{}]', 'EXPOSE [8080/udp]'));
   assert.ok(!eq('EXPOSE map[80/tcp:{} 81/tcp:{}]', 'EXPOSE [80/tcp]'));
 });

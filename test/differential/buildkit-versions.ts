@@ -1,17 +1,20 @@
 /**
  * History `created_by` strings that differ only because Debian's BuildKit (v0.8, dockerfile 1.2 frontend) is older
- * than the BuildKit kiln targets. Newer dockerfile frontends changed how some instructions are recorded:
+ * than current BuildKit (the differential reference). Newer dockerfile frontends changed how some instructions are
+ * recorded:
  *
- *   COPY/ADD     v0.8: `COPY src dst # buildkit`        newer: `COPY --chown=u:g --chmod=0755 src dst # buildkit`
- *                (newer BuildKit writes --parents, --chown and --chmod into the history; v0.8 writes no flags)
- *   ARG          v0.8: `ARG NAME`                        newer: `ARG NAME=value` (the value in effect)
- *   EXPOSE       v0.8: `EXPOSE map[443/udp:{} 80/tcp:{}]` (Go map)   newer: `EXPOSE [80/tcp 443/udp]` (list)
+ *   COPY/ADD     v0.8: `COPY src dst # buildkit`        current: `COPY --chown=u:g --chmod=0755 src dst # buildkit`
+ *                (current BuildKit writes --parents, --chown and --chmod into the history; v0.8 writes no flags)
+ *   ARG          v0.8: `ARG NAME`                        current: `ARG NAME=value` (the value in effect)
+ *   EXPOSE       v0.8: `EXPOSE map[443/udp:{} 80/tcp:{}]` (Go map)   current: `EXPOSE 80/tcp 443/udp` (releases
+ *                between printed the Go list `EXPOSE [80/tcp 443/udp]`; both are accepted)
  *   HEALTHCHECK  v0.8: `HEALTHCHECK &{["CMD" "x"] "5s" "0s" "0s" '\x03'}`
- *                newer: `HEALTHCHECK {Test:[CMD x] Interval:5s Timeout:0s StartPeriod:0s StartInterval:0s Retries:3}`
+ *                current: `HEALTHCHECK {Test:[CMD x] Interval:5s Timeout:0s StartPeriod:0s StartInterval:0s Retries:3}`
  *
- * `newerBuildKitEquivalent(reference, candidate)` is true when the candidate is exactly the newer rendering of the
- * same instruction (same sources and destination, same ARG names, same ports, same healthcheck values). Anything
- * else — a different path, port, flag order, value — is not excused.
+ * `newerBuildKitEquivalent(v08, current)` is true when `current` is exactly the newer rendering of the same
+ * instruction (same sources and destination, same ARG names, same ports, same healthcheck values). Anything else —
+ * a different path, port, flag order, value — is not. The differential runner uses it to tell v0.8's older
+ * renderings apart from real differences when it reports v0.8 as a second opinion.
  */
 
 const COPY_FLAG = /^--(chown|chmod)=\S+$|^--parents$/;
@@ -39,7 +42,7 @@ function argEquivalent(ref: string, cand: string): boolean {
 
 function exposeEquivalent(ref: string, cand: string): boolean {
   const r = /^EXPOSE map\[(.*)\]$/.exec(ref);
-  const c = /^EXPOSE \[(.*)\]$/.exec(cand);
+  const c = /^EXPOSE \[(.*)\]$/.exec(cand) ?? /^EXPOSE ((?!map\[)[^[\]]*)$/.exec(cand);
   if (!r || !c) return false;
   const rp = r[1]
     .split(' ')
@@ -79,7 +82,7 @@ function healthcheckEquivalent(ref: string, cand: string): boolean {
   return r[2] === c[2] && r[3] === c[3] && r[4] === c[4] && c[5] === '0s' && parseInt(r[5], 16) === Number(c[6]);
 }
 
-/** True when `candidate` is the newer-BuildKit rendering of the instruction BuildKit v0.8 recorded as `reference`. */
+/** True when `candidate` is the current-BuildKit rendering of the instruction BuildKit v0.8 recorded as `reference`. */
 export function newerBuildKitEquivalent(reference: string, candidate: string): boolean {
   const strip = (s: string): string => s.replace(/ # buildkit$/, '');
   const r = strip(reference);

@@ -7,8 +7,13 @@
  * whiteout cases delete, `docker import`ed with `ENV PATH` and `CMD ["sh"]` (like Docker Hub's busybox) and pushed.
  * So the reference inputs of the comparison never depend on kiln's own code.
  */
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { chmod, chown, copyFile, mkdir, symlink, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { run } from './exec.js';
 import type { Dockerd } from '../helpers/dockerd.js';
 import { startRegistry } from '../helpers/registry.js';
@@ -106,4 +111,71 @@ export async function pushBaseImage(dockerd: Dockerd, registry: string, workDir:
   ]);
   await dockerd.push(ref);
   return ref;
+}
+
+/** The cases' Dockerfiles that need the Debian base (`FROM @REGISTRY@/debian`). */
+export function casesNeedDebian(dockerfiles: string[]): boolean {
+  return dockerfiles.some((text) => text.includes('@REGISTRY@/debian'));
+}
+
+/**
+ * Import the cached debootstrap root (scripts/debian-rootfs.sh: made once per machine, minbase bookworm from the
+ * Debian mirror) into dockerd and push it as REGISTRY/debian:bookworm and :latest. Returns the reference.
+ */
+export async function pushDebianImage(dockerd: Dockerd, registry: string): Promise<string> {
+  const script = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'scripts', 'debian-rootfs.sh');
+  const r = await run('bash', [script], { allowFail: true });
+  if (r.code !== 0) throw new Error(`scripts/debian-rootfs.sh failed:\n${r.stderr.trim()}`);
+  const tar = r.stdout.trim();
+  const ref = `${registry}/debian:latest`;
+  await dockerd.docker([
+    'import',
+    '--change',
+    'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+    '--change',
+    'CMD ["bash"]',
+    tar,
+    ref,
+  ]);
+  await dockerd.push(ref);
+  return ref;
+}
+
+export interface FileServer {
+  /** host:port */
+  host: string;
+  stop(): Promise<void>;
+}
+
+/**
+ * A plain HTTP server on 127.0.0.1 for `ADD http://@HTTP@/CASE/FILE` cases: serves CASES_DIR/CASE/http/FILE with a
+ * fixed Last-Modified (2021-02-03 04:05:06 UTC, which BuildKit turns into the file's mtime) and an ETag, 404
+ * otherwise. Only GET and HEAD; no directory listings; no path may leave a case's http/ folder.
+ */
+export async function startFileServer(casesDir: string): Promise<FileServer> {
+  const lastModified = new Date(Date.UTC(2021, 1, 3, 4, 5, 6)).toUTCString();
+  const server = createServer((req, res) => {
+    const url = new URL(req.url ?? '/', 'http://x');
+    const parts = decodeURIComponent(url.pathname).split('/').filter(Boolean);
+    const bad = parts.length < 2 || parts.some((p) => p === '..' || p === '.' || p.includes('\0'));
+    const file = bad ? '' : join(casesDir, parts[0] as string, 'http', ...parts.slice(1));
+    if (bad || (req.method !== 'GET' && req.method !== 'HEAD') || !existsSync(file) || !statSync(file).isFile()) {
+      res.writeHead(404).end();
+      return;
+    }
+    const body = readFileSync(file);
+    res.writeHead(200, {
+      'content-type': 'application/octet-stream',
+      'content-length': body.length,
+      'last-modified': lastModified,
+      etag: `"${createHash('sha256').update(body).digest('hex').slice(0, 16)}"`,
+    });
+    res.end(req.method === 'HEAD' ? undefined : body);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as AddressInfo).port;
+  return {
+    host: `127.0.0.1:${port}`,
+    stop: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
 }

@@ -1,17 +1,19 @@
 /**
  * The differential runner: for one case directory under test/differential/cases, prepare the build context, build
- * it with BuildKit (the reference), buildah and kiln, push every result to the test registry and compare the images
+ * it with current BuildKit (the reference: buildkitd + buildctl, test/helpers/buildkit.ts), Debian's BuildKit v0.8
+ * (dockerd) and buildah (second opinions), and kiln, push every result to the test registry and compare the images
  * (rootfs file by file, config field by field; see test/helpers/compare.ts), check the case's expect.json, and run
  * the images where the case asks for it.
  *
  * Case directory layout (see README.md next to this file):
- *   Dockerfile        the build (placeholders: @REGISTRY@ = test registry host, @BUILDER@ = buildkit|buildah|kiln,
+ *   Dockerfile        the build (placeholders: @REGISTRY@ = test registry host, @BUILDER@ = the builder's name,
  *                     @CASE@ = this case's repository, e.g. `FROM @REGISTRY@/busybox`)
  *   case.json         optional CaseSpec
  *   expect.json       optional Expectations, checked on every image built
  *   prepare.sh        optional, run with `sh` inside the copied context (special files, archives, big/many files),
  *                     then removed from it
  *   secrets/          optional secret files (never part of the context)
+ *   http/             optional files served at http://@HTTP@/CASE-ID/… (ADD from a URL; never part of the context)
  *   everything else   the context
  */
 import { cp, chmod, lchown, lstat, mkdir, readdir, readFile, stat, utimes, writeFile } from 'node:fs/promises';
@@ -21,6 +23,7 @@ import { fileURLToPath } from 'node:url';
 import { CommandError, removeTree, run, tail } from './exec.js';
 import { newerBuildKitEquivalent } from './buildkit-versions.js';
 import type { Dockerd } from '../helpers/dockerd.js';
+import type { BuildKit } from '../helpers/buildkit.js';
 import type { Buildah } from '../helpers/buildah.js';
 import {
   canonical,
@@ -36,7 +39,8 @@ const here = dirname(fileURLToPath(import.meta.url));
 export const CASES_DIR = join(here, 'cases');
 export const REPO_ROOT = join(here, '..', '..');
 
-export type BuilderName = 'buildkit' | 'buildah' | 'kiln';
+/** `buildkit`: current BuildKit (the reference); `buildkit08`: Debian's docker.io BuildKit v0.8 (second opinion). */
+export type BuilderName = 'buildkit' | 'buildkit08' | 'buildah' | 'kiln';
 
 export interface ExpectedDifference {
   /** Difference key pattern (`*` wildcard), as printed by formatDifferences. */
@@ -56,8 +60,8 @@ export interface CaseSpec {
   preBuild?: Array<{ name: string; dockerfile: string }>;
   /** Reason buildah is not run for this case. */
   skipBuildah?: string;
-  /** Reason Debian's BuildKit cannot build this case; only expect.json is checked then. */
-  buildkitUnsupported?: string;
+  /** Reason Debian's BuildKit v0.8 cannot build this case (it is then not asked for a second opinion). */
+  buildkit08Unsupported?: string;
   /** `docker run` the images and compare stdout (true: the image's own CMD/ENTRYPOINT). */
   run?: true | { cmd?: string[]; user?: string; entrypoint?: string };
   /** Keys ignored in every comparison of this case (legitimate, documented differences). */
@@ -141,16 +145,20 @@ function readJson<T>(path: string): T | undefined {
   }
 }
 
+/** One build as the runner asks every builder for it. */
+export interface BuildRequest {
+  context: string;
+  dockerfile: string;
+  tag: string;
+  buildArgs?: Record<string, string>;
+  target?: string;
+  /** id -> file path */
+  secrets?: Record<string, string>;
+}
+
 export interface KilnInvoker {
   /** Build and push; throws CommandError on failure. */
-  build(opts: {
-    context: string;
-    dockerfile: string;
-    tag: string;
-    buildArgs?: Record<string, string>;
-    target?: string;
-    secrets?: Record<string, string>;
-  }): Promise<string>;
+  build(opts: BuildRequest): Promise<string>;
   describe: string;
 }
 
@@ -192,16 +200,29 @@ export function kilnInvoker(opts: { home: string; asUser?: string; insecureRegis
   };
 }
 
+/** What the runner needs of a second-opinion builder (Debian's dockerd, buildah). */
+interface SecondOpinion {
+  build(opts: BuildRequest): Promise<string>;
+  push(ref: string): Promise<void>;
+}
+
 export interface SuiteEnv {
   registry: string;
+  /** host:port of the plain HTTP file server (`@HTTP@`: each case's http/ folder under /CASE/). */
+  http: string;
+  /** Current BuildKit: the reference every case is compared against. */
+  buildkit: BuildKit;
+  /** Debian's dockerd: runs the images (`run` cases) and, with `buildkit08`, builds the v0.8 second opinion. */
   dockerd: Dockerd;
+  /** Ask Debian's BuildKit v0.8 for a second opinion (reported, never a failure). */
+  buildkit08: boolean;
   buildah: Buildah | null;
   kiln: KilnInvoker | null;
   /** Why kiln is null (printed with every case). */
   kilnSkipReason?: string;
   /** Hand the prepared build context to this owner (kiln as an ordinary user must read every context file). */
   contextOwner?: { uid: number; gid: number };
-  /** Build every case twice with BuildKit and compare the two (validates the cases and compare's strictness). */
+  /** Build every case twice with current BuildKit and compare the two (validates the cases and compare's strictness). */
   buildkitTwice: boolean;
   work: string;
 }
@@ -214,6 +235,9 @@ export interface CaseReport {
   failures: string[];
   buildahDifferences: Difference[];
   buildahError?: string;
+  /** Debian's BuildKit v0.8 vs current BuildKit (reported). */
+  buildkit08Differences: Difference[];
+  buildkit08Error?: string;
   kilnDifferences: Difference[];
   kilnSkipped?: string;
 }
@@ -222,7 +246,14 @@ const PLACEHOLDER_FILES = /(^|\/)(Dockerfile|[^/]*\.Dockerfile|[^/]*\.dockerfile
 
 /** Run one case end to end. Never throws for build/compare problems: they become report.failures. */
 export async function runCase(env: SuiteEnv, c: DiffCase): Promise<CaseReport> {
-  const report: CaseReport = { id: c.id, log: [], failures: [], buildahDifferences: [], kilnDifferences: [] };
+  const report: CaseReport = {
+    id: c.id,
+    log: [],
+    failures: [],
+    buildahDifferences: [],
+    buildkit08Differences: [],
+    kilnDifferences: [],
+  };
   const log = (s: string): void => {
     report.log.push(s);
   };
@@ -247,7 +278,7 @@ export async function runCase(env: SuiteEnv, c: DiffCase): Promise<CaseReport> {
       secrets,
     };
     const setFamily = (family: BuilderName): Promise<void> =>
-      writeTemplates(templates, { REGISTRY: env.registry, BUILDER: family, CASE: `diff/${c.id}` });
+      writeTemplates(templates, { REGISTRY: env.registry, BUILDER: family, CASE: `diff/${c.id}`, HTTP: env.http });
 
     const expectFailure = c.spec.expectFailure;
     const snapshots: Partial<Record<string, ImageSnapshot>> = {};
@@ -258,40 +289,42 @@ export async function runCase(env: SuiteEnv, c: DiffCase): Promise<CaseReport> {
     };
     const ignore = (c.spec.ignore ?? []).map((x) => x.key);
 
-    // ---------------- BuildKit (reference)
+    // ---------------- current BuildKit (reference)
     let reference: ImageSnapshot | undefined;
-    if (c.spec.buildkitUnsupported) {
-      log(`buildkit: not built (${c.spec.buildkitUnsupported}); checking expect.json only`);
-      if (!c.expect) report.failures.push('buildkitUnsupported case without expect.json asserts nothing');
-    } else {
+    {
       await setFamily('buildkit');
       for (const pb of c.spec.preBuild ?? []) {
-        const ref = `${repo}-${pb.name}:buildkit`;
-        await env.dockerd.build({ ...common, dockerfile: join(ctx, pb.dockerfile), tag: ref });
-        await env.dockerd.push(ref);
+        await env.buildkit.build({
+          ...common,
+          dockerfile: join(ctx, pb.dockerfile),
+          tag: `${repo}-${pb.name}:buildkit`,
+        });
       }
       const ref = `${repo}:buildkit`;
       const t0 = Date.now();
-      const built = await env.dockerd
+      const built = await env.buildkit
         .build({ ...common, dockerfile, tag: ref })
         .then(() => undefined)
         .catch((e: Error) => e);
       if (expectFailure) {
         if (!built) report.failures.push('buildkit: build succeeded but the case expects a failure');
-        else log(`buildkit: failed as expected: ${lastErrorLine(built)}`);
+        else log(`buildkit ${env.buildkit.version}: failed as expected: ${lastErrorLine(built)}`);
       } else {
         if (built)
-          throw new Error(`BuildKit build failed (the reference must build):\n${built.message}`, { cause: built });
-        await env.dockerd.push(ref);
+          throw new Error(
+            `BuildKit ${env.buildkit.version} build failed (the reference must build):\n${built.message}`,
+            {
+              cause: built,
+            },
+          );
         reference = await snap('buildkit', ref);
-        log(`buildkit: built and pushed ${ref} (${Date.now() - t0} ms)`);
+        log(`buildkit ${env.buildkit.version}: built and pushed ${ref} (${Date.now() - t0} ms)`);
         report.failures.push(...checkExpectations(reference, c.expect).map((m) => `expect.json vs BuildKit: ${m}`));
       }
 
       if (env.buildkitTwice && reference) {
         const ref2 = `${repo}:buildkit2`;
-        await env.dockerd.build({ ...common, dockerfile, tag: ref2, noCache: true });
-        await env.dockerd.push(ref2);
+        await env.buildkit.build({ ...common, dockerfile, tag: ref2, noCache: true });
         const again = await snap('buildkit2', ref2);
         const d = compareSnapshots(reference, again, { ignore, compareMtimes: c.spec.compareMtimes }).filter(
           (x) => x.severity === 'error',
@@ -304,45 +337,70 @@ export async function runCase(env: SuiteEnv, c: DiffCase): Promise<CaseReport> {
       }
     }
 
-    // ---------------- buildah (reported, not failures — except crashes)
-    if (env.buildah && !c.spec.skipBuildah) {
-      await setFamily('buildah');
-      const ref = `${repo}:buildah`;
+    // ---------------- second opinions: Debian's BuildKit v0.8 and buildah (reported, not failures — except crashes)
+    const opinions: Array<{ family: 'buildkit08' | 'buildah'; who: string; builder: SecondOpinion; skip?: string }> =
+      [];
+    if (env.buildkit08)
+      opinions.push({
+        family: 'buildkit08',
+        who: 'buildkit v0.8',
+        builder: env.dockerd,
+        ...(c.spec.buildkit08Unsupported ? { skip: c.spec.buildkit08Unsupported } : {}),
+      });
+    if (env.buildah)
+      opinions.push({
+        family: 'buildah',
+        who: 'buildah',
+        builder: env.buildah,
+        ...(c.spec.skipBuildah ? { skip: c.spec.skipBuildah } : {}),
+      });
+    for (const o of opinions) {
+      if (o.skip) {
+        log(`${o.who}: not built (${o.skip})`);
+        continue;
+      }
+      await setFamily(o.family);
+      const ref = `${repo}:${o.family}`;
       try {
         for (const pb of c.spec.preBuild ?? []) {
-          const pref = `${repo}-${pb.name}:buildah`;
-          await env.buildah.build({ ...common, dockerfile: join(ctx, pb.dockerfile), tag: pref });
-          await env.buildah.push(pref);
+          const pref = `${repo}-${pb.name}:${o.family}`;
+          await o.builder.build({ ...common, dockerfile: join(ctx, pb.dockerfile), tag: pref });
+          await o.builder.push(pref);
         }
-        const built = await env.buildah
+        const built = await o.builder
           .build({ ...common, dockerfile, tag: ref })
           .then(() => undefined)
           .catch((e: Error) => e);
         if (expectFailure) {
-          log(built ? `buildah: failed as expected` : 'buildah: build SUCCEEDED where BuildKit fails');
+          log(built ? `${o.who}: failed as expected` : `${o.who}: build SUCCEEDED where current BuildKit fails`);
         } else if (built) {
-          report.buildahError = lastErrorLine(built);
-          log(`buildah: build failed: ${report.buildahError}`);
+          const line = lastErrorLine(built);
+          if (o.family === 'buildah') report.buildahError = line;
+          else report.buildkit08Error = line;
+          log(`${o.who}: build failed: ${line}`);
           if (!(built instanceof CommandError)) throw built;
         } else {
-          await env.buildah.push(ref);
-          const s = await snap('buildah', ref);
+          await o.builder.push(ref);
+          const s = await snap(o.family, ref);
           if (reference) {
-            report.buildahDifferences = compareSnapshots(reference, s, {
-              ignore,
-              compareMtimes: c.spec.compareMtimes,
-            });
-            log(
-              `buildah vs buildkit (reported, not failures):\n${formatDifferences(report.buildahDifferences, ['buildkit', 'buildah'])}`,
-            );
+            const diffs = compareSnapshots(reference, s, { ignore, compareMtimes: c.spec.compareMtimes });
+            if (o.family === 'buildah') {
+              report.buildahDifferences = diffs;
+              log(
+                `buildah vs buildkit (reported, not failures):\n${formatDifferences(diffs, ['buildkit', 'buildah'])}`,
+              );
+            } else {
+              report.buildkit08Differences = diffs;
+              log(describeV08(diffs));
+            }
           }
           const ex = checkExpectations(s, c.expect);
-          if (ex.length) log(`buildah vs expect.json (reported):\n  ${ex.join('\n  ')}`);
+          if (ex.length) log(`${o.who} vs expect.json (reported):\n  ${ex.join('\n  ')}`);
         }
       } catch (e) {
-        report.failures.push(`buildah crashed: ${(e as Error).message}`);
+        report.failures.push(`${o.who} crashed: ${(e as Error).message}`);
       }
-    } else if (c.spec.skipBuildah) log(`buildah: skipped (${c.spec.skipBuildah})`);
+    }
 
     // ---------------- kiln
     if (!env.kiln) {
@@ -382,27 +440,13 @@ export async function runCase(env: SuiteEnv, c: DiffCase): Promise<CaseReport> {
           const all = compareSnapshots(reference, s, { ignore, compareMtimes: c.spec.compareMtimes });
           report.kilnDifferences = all;
           const allowed = (c.spec.expectedDifferences?.kiln ?? []).map((x) => ({ ...x, re: wildcard(x.key) }));
-          // history entries that only differ by the newer BuildKit's rendering (see buildkit-versions.ts)
-          const versionSkew = all.filter(
-            (d) =>
-              d.severity === 'error' &&
-              /^history\[\d+\]\.created_by$/.test(d.key) &&
-              typeof d.expected === 'string' &&
-              typeof d.actual === 'string' &&
-              newerBuildKitEquivalent(d.expected, d.actual) &&
-              process.env.KILN_DIFF_STRICT_HISTORY !== '1',
-          );
-          const unexpected = all.filter(
-            (d) => d.severity === 'error' && !versionSkew.includes(d) && !allowed.some((a) => a.re.test(d.key)),
-          );
-          if (versionSkew.length)
-            log(
-              `kiln: history written like newer BuildKit (accepted; KILN_DIFF_STRICT_HISTORY=1 to fail):\n${formatDifferences(versionSkew, ['buildkit-v0.8', 'kiln'])}`,
-            );
+          const unexpected = all.filter((d) => d.severity === 'error' && !allowed.some((a) => a.re.test(d.key)));
           const known = all.filter((d) => d.severity === 'error' && allowed.some((a) => a.re.test(d.key)));
           const info = all.filter((d) => d.severity === 'info');
           if (unexpected.length)
-            report.failures.push(`kiln differs from BuildKit:\n${formatDifferences(unexpected, ['buildkit', 'kiln'])}`);
+            report.failures.push(
+              `kiln differs from BuildKit ${env.buildkit.version}:\n${formatDifferences(unexpected, ['buildkit', 'kiln'])}`,
+            );
           if (known.length)
             log(
               `kiln: known differences (case.json expectedDifferences):\n${formatDifferences(known, ['buildkit', 'kiln'])}`,
@@ -422,7 +466,7 @@ export async function runCase(env: SuiteEnv, c: DiffCase): Promise<CaseReport> {
     await removeTree(work);
     // free dockerd's overlay space: this case's images (built, pulled by docker run, pre-built bases)
     const repo = `${env.registry}/diff/${c.id}`;
-    const tags = ['buildkit', 'buildkit2', 'buildah', 'kiln'];
+    const tags = ['buildkit', 'buildkit2', 'buildkit08', 'buildah', 'kiln'];
     const refs = [
       ...tags.map((t) => `${repo}:${t}`),
       ...(c.spec.preBuild ?? []).flatMap((pb) => tags.map((t) => `${repo}-${pb.name}:${t}`)),
@@ -443,7 +487,7 @@ async function runImages(
   const expectRun = c.expect?.run;
   if (!spec && !expectRun) return;
   const outputs: Partial<Record<string, string>> = {};
-  for (const name of ['buildkit', 'kiln', 'buildah'] as const) {
+  for (const name of ['buildkit', 'kiln', 'buildkit08', 'buildah'] as const) {
     if (!snapshots[name]) continue;
     const ref = `${repo}:${name}`;
     const cmd = expectRun?.cmd ?? spec?.cmd ?? [];
@@ -454,13 +498,13 @@ async function runImages(
       });
     } catch (e) {
       const msg = `docker run ${ref} failed: ${lastErrorLine(e as Error)}`;
-      if (name === 'buildah') report.log.push(msg);
+      if (name === 'buildah' || name === 'buildkit08') report.log.push(msg);
       else report.failures.push(msg);
       continue;
     }
     if (expectRun && outputs[name] !== expectRun.stdout) {
       const msg = `docker run ${name}: stdout ${JSON.stringify(outputs[name])}, expect.json wants ${JSON.stringify(expectRun.stdout)}`;
-      if (name === 'buildah') report.log.push(msg);
+      if (name === 'buildah' || name === 'buildkit08') report.log.push(msg);
       else report.failures.push(msg);
     }
   }
@@ -469,9 +513,40 @@ async function runImages(
     report.log.push(`docker run buildkit: ${JSON.stringify(ref)}`);
     if (outputs.kiln !== undefined && outputs.kiln !== ref)
       report.failures.push(`docker run: kiln printed ${JSON.stringify(outputs.kiln)}, BuildKit ${JSON.stringify(ref)}`);
-    if (outputs.buildah !== undefined && outputs.buildah !== ref)
-      report.log.push(`docker run: buildah printed ${JSON.stringify(outputs.buildah)} (reported)`);
+    for (const other of ['buildkit08', 'buildah'] as const)
+      if (outputs[other] !== undefined && outputs[other] !== ref)
+        report.log.push(`docker run: ${other} printed ${JSON.stringify(outputs[other])} (reported)`);
   }
+}
+
+/**
+ * The log block for Debian's BuildKit v0.8 vs current BuildKit: history strings that are exactly v0.8's rendering of
+ * the same instruction (buildkit-versions.ts) are listed apart from real differences.
+ */
+export function describeV08(all: Difference[]): string {
+  const errors = all.filter((d) => d.severity === 'error');
+  const rendering = errors.filter((d) => isV08Rendering(d));
+  const other = errors.filter((d) => !rendering.includes(d));
+  const names: [string, string] = ['buildkit', 'buildkit-v0.8'];
+  if (!errors.length) return 'buildkit v0.8 vs current BuildKit: no differences';
+  const parts: string[] = [];
+  if (other.length)
+    parts.push(`buildkit v0.8 vs current BuildKit (reported, not failures):\n${formatDifferences(other, names)}`);
+  if (rendering.length)
+    parts.push(
+      `buildkit v0.8: older history renderings of the same instructions:\n${formatDifferences(rendering, names)}`,
+    );
+  return parts.join('\n');
+}
+
+/** A history difference where v0.8 (candidate) wrote the older rendering of what current BuildKit (reference) wrote. */
+export function isV08Rendering(d: Difference): boolean {
+  return (
+    /^history\[\d+\]\.created_by$/.test(d.key) &&
+    typeof d.expected === 'string' &&
+    typeof d.actual === 'string' &&
+    newerBuildKitEquivalent(d.actual, d.expected)
+  );
 }
 
 function wildcard(p: string): RegExp {
@@ -509,7 +584,7 @@ async function giveTree(path: string, uid: number, gid: number): Promise<void> {
 
 /** Copy the case directory (minus case metadata and secrets) to `ctx` and run prepare.sh in it. */
 async function prepareContext(c: DiffCase, ctx: string): Promise<void> {
-  const skip = new Set(['case.json', 'expect.json', 'prepare.sh', 'secrets']);
+  const skip = new Set(['case.json', 'expect.json', 'prepare.sh', 'secrets', 'http']);
   await cp(c.dir, ctx, {
     recursive: true,
     preserveTimestamps: true,
@@ -550,7 +625,7 @@ async function writeTemplates(templates: Map<string, Template>, vars: Record<str
   for (const [p, t] of templates) {
     await writeFile(
       p,
-      t.text.replace(/@(REGISTRY|BUILDER|CASE)@/g, (_, k: string) => vars[k] ?? ''),
+      t.text.replace(/@(REGISTRY|BUILDER|CASE|HTTP)@/g, (_, k: string) => vars[k] ?? ''),
     );
     await utimes(p, t.mtime, t.mtime);
   }
@@ -622,17 +697,28 @@ function norm(v: unknown): unknown {
   return v;
 }
 
-/** Markdown summary of buildah's differences from BuildKit across cases (for BUILDAH-DIFFERENCES.md). */
-export function buildahMarkdown(reports: CaseReport[]): string {
-  const lines = ['# buildah vs BuildKit — observed differences (generated)', ''];
+/**
+ * Markdown summary of the second opinions' differences from current BuildKit across cases (KILN_DIFF_REPORT):
+ * Debian's BuildKit v0.8 (older history renderings listed apart) and buildah.
+ */
+export function secondOpinionsMarkdown(reports: CaseReport[], buildkitVersion: string): string {
+  const lines = [`# Second opinions vs BuildKit ${buildkitVersion} — observed differences (generated)`, ''];
+  const section = (who: string, error: string | undefined, diffs: Difference[]): void => {
+    if (error) lines.push(`${who} failed: \`${error}\``, '');
+    const errs = diffs.filter((d) => d.severity === 'error');
+    if (!errs.length && !error) lines.push(`${who}: no differences`, '');
+    for (const d of errs) {
+      const note = who === 'BuildKit v0.8' && isV08Rendering(d) ? ' (older rendering)' : '';
+      lines.push(
+        `- ${who} \`${d.key}\`: BuildKit \`${JSON.stringify(d.expected)}\`, ${who} \`${JSON.stringify(d.actual)}\`${note}`,
+      );
+    }
+    if (errs.length) lines.push('');
+  };
   for (const r of reports) {
     lines.push(`## ${r.id}`, '');
-    if (r.buildahError) lines.push(`buildah failed: \`${r.buildahError}\``, '');
-    const errs = r.buildahDifferences.filter((d) => d.severity === 'error');
-    if (!errs.length && !r.buildahError) lines.push('no differences', '');
-    for (const d of errs)
-      lines.push(`- \`${d.key}\`: BuildKit \`${JSON.stringify(d.expected)}\`, buildah \`${JSON.stringify(d.actual)}\``);
-    if (errs.length) lines.push('');
+    section('BuildKit v0.8', r.buildkit08Error, r.buildkit08Differences);
+    section('buildah', r.buildahError, r.buildahDifferences);
   }
   return lines.join('\n');
 }

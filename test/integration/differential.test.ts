@@ -1,31 +1,45 @@
 /**
- * Differential test suite: every case under test/differential/cases is built by BuildKit (Debian's dockerd, the
- * reference), by buildah (differences reported, not failures) and by kiln (`node bin/kiln.js build --push`), pushed
- * to one local registry, and compared file by file and config field by field (test/helpers/compare.ts).
+ * Differential test suite: every case under test/differential/cases is built by current BuildKit (buildkitd +
+ * buildctl at the version pinned in scripts/go-tools.sh, built once per machine: the reference), by Debian's
+ * docker.io BuildKit v0.8 and by buildah (second opinions: differences reported, not failures) and by kiln
+ * (`node bin/kiln.js build --push`), pushed to one local registry, and compared file by file and config field by
+ * field (test/helpers/compare.ts).
  *
  * Environment:
  *   KILN_DIFF_CASES=01,07,onbuild   run a subset (case numbers or name substrings)
- *   KILN_DIFF_MODE=buildkit-only    no kiln; build each case twice with BuildKit and require the two to compare
- *                                   equal (validates the cases and the comparison), plus buildah
+ *   KILN_DIFF_MODE=buildkit-only    no kiln; build each case twice with current BuildKit and require the two to
+ *                                   compare equal (validates the cases and the comparison), plus the second opinions
  *   KILN_DIFF_AS_USER=kilntest      run kiln as that ordinary user (needs /etc/subuid entries, see
  *                                   scripts/rootless-user.sh)
  *   KILN_DIFF_SKIP_BUILDAH=1        do not run buildah
- *   KILN_DIFF_REPORT=FILE           write buildah's differences from BuildKit as Markdown to FILE
+ *   KILN_DIFF_SKIP_BUILDKIT08=1     do not ask Debian's BuildKit v0.8 (dockerd still runs the `run` cases' images)
+ *   KILN_DIFF_REPORT=FILE           write the second opinions' differences from current BuildKit as Markdown
  *   KILN_DIFF_USE_DIST=1            run kiln from dist/ instead of the TypeScript sources
- * Needs root (dockerd); one dockerd, one registry and one buildah store serve the whole file; cases run in sequence.
+ * Needs root (buildkitd, dockerd); one buildkitd, one dockerd, one registry and one buildah store serve the whole
+ * file; cases run in sequence. A missing Go toolchain or module proxy fails the suite with what to install.
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { chmod, chown, mkdir, mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startDockerd, type Dockerd } from '../helpers/dockerd.js';
+import { startBuildKit, type BuildKit } from '../helpers/buildkit.js';
 import { startBuildah, type Buildah } from '../helpers/buildah.js';
-import { pushBaseImage, startTestRegistry, type DiffRegistry } from '../differential/env.js';
 import {
+  casesNeedDebian,
+  pushBaseImage,
+  pushDebianImage,
+  startFileServer,
+  startTestRegistry,
+  type DiffRegistry,
+  type FileServer,
+} from '../differential/env.js';
+import {
+  CASES_DIR,
   REPO_ROOT,
-  buildahMarkdown,
+  secondOpinionsMarkdown,
   kilnInvoker,
   loadCases,
   runCase,
@@ -51,11 +65,13 @@ function loud(msg: string): void {
 }
 
 describe(
-  'differential: kiln vs BuildKit (reference) vs buildah',
-  { skip: isRoot ? false : 'needs root (dockerd)' },
+  'differential: kiln vs current BuildKit (reference) vs BuildKit v0.8 and buildah',
+  { skip: isRoot ? false : 'needs root (buildkitd, dockerd)' },
   () => {
     let registry: DiffRegistry | undefined;
     let dockerd: Dockerd | undefined;
+    let buildkit: BuildKit | undefined;
+    let files: FileServer | undefined;
     let buildah: Buildah | null = null;
     let work = '';
     let env: SuiteEnv | undefined;
@@ -66,8 +82,16 @@ describe(
       work = await mkdtemp(join(tmpdir(), 'kiln-diff-'));
       await chmod(work, 0o755);
       registry = await startTestRegistry();
+      buildkit = await startBuildKit({ insecureRegistries: [registry.host] });
       dockerd = await startDockerd({ insecureRegistries: [registry.host] });
       await pushBaseImage(dockerd, registry.host, await mkdtemp(join(work, 'base-')));
+      const dockerfiles = cases.flatMap((c) =>
+        [c.spec.dockerfile ?? 'Dockerfile', ...(c.spec.preBuild ?? []).map((p) => p.dockerfile)].map((f) =>
+          readFileSync(join(c.dir, f), 'utf8'),
+        ),
+      );
+      if (casesNeedDebian(dockerfiles)) await pushDebianImage(dockerd, registry.host);
+      files = await startFileServer(CASES_DIR);
       if (process.env.KILN_DIFF_SKIP_BUILDAH !== '1') buildah = await startBuildah();
 
       let kiln: SuiteEnv['kiln'] = null;
@@ -93,7 +117,10 @@ describe(
       }
       env = {
         registry: registry.host,
+        http: files.host,
+        buildkit,
         dockerd,
+        buildkit08: process.env.KILN_DIFF_SKIP_BUILDKIT08 !== '1',
         buildah,
         kiln,
         buildkitTwice: mode === 'buildkit-only',
@@ -105,10 +132,15 @@ describe(
 
     after(async () => {
       if (process.env.KILN_DIFF_REPORT && reports.length)
-        await writeFile(process.env.KILN_DIFF_REPORT, buildahMarkdown(reports)).catch(() => undefined);
+        await writeFile(
+          process.env.KILN_DIFF_REPORT,
+          secondOpinionsMarkdown(reports, buildkit?.version ?? 'current'),
+        ).catch(() => undefined);
       await buildah?.stop().catch(() => undefined);
       await dockerd?.stop().catch(() => undefined);
+      await buildkit?.stop().catch(() => undefined);
       await registry?.stop().catch(() => undefined);
+      await files?.stop().catch(() => undefined);
       if (work) await removeTree(work);
       // nothing may outlive the suite: no dockerd, no mounts, no temp dirs
       if (dockerd) {
@@ -116,6 +148,12 @@ describe(
         assert.deepEqual(mountsUnder(d.dir), [], 'dockerd left mounts behind');
         assert.equal(existsSync(d.dir), false, 'dockerd temp dir not removed');
         assert.throws(() => process.kill(d.pid, 0), 'dockerd still running');
+      }
+      if (buildkit) {
+        const b = buildkit;
+        assert.deepEqual(mountsUnder(b.dir), [], 'buildkitd left mounts behind');
+        assert.equal(existsSync(b.dir), false, 'buildkitd temp dir not removed');
+        assert.throws(() => process.kill(b.pid, 0), 'buildkitd still running');
       }
       if (buildah) assert.deepEqual(mountsUnder(buildah.root), [], 'buildah left mounts behind');
     });

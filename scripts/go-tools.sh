@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# Builds the Go tools kiln's differential tests and benchmarks measure against, once per machine, from their Go
+# modules through the Go module proxy (never a release-page download, never into the repository):
+#
+#   buildkit  buildkitd + buildctl   github.com/moby/buildkit            (the differential reference builder)
+#   crane     crane                  github.com/google/go-containerregistry  (a `kiln copy` benchmark peer)
+#   kaniko    executor (static)      github.com/chainguard-dev/kaniko     (a benchmark peer; the maintained fork of
+#                                    GoogleContainerTools/kaniko, archived in 2025)
+#
+# Each tool lands in $KILN_TOOLS_DIR (default ${XDG_CACHE_HOME:-~/.cache}/kiln-tools)/NAME-VERSION/bin/ and is
+# built only when that directory lacks its `.complete` marker: idempotent, version-pinned, safe to run from several
+# processes at once (one flock per tool). A new pin builds a new directory; old ones stay until removed by hand.
+#
+# Usage: scripts/go-tools.sh [buildkit|crane|kaniko|all]...   (default: all)
+#   stdout: one `NAME=ABSOLUTE_PATH` line per binary (buildkitd, buildctl, crane, kaniko-executor)
+#   stderr: progress; on failure one line saying what is missing and what to install.
+# Environment: KILN_TOOLS_DIR, GOPROXY (default proxy.golang.org), KILN_GO (the go binary; default: go on PATH or
+# /usr/local/go/bin/go).
+set -euo pipefail
+
+BUILDKIT_MODULE=github.com/moby/buildkit
+BUILDKIT_VERSION=v0.35.0
+CRANE_MODULE=github.com/google/go-containerregistry
+CRANE_VERSION=v0.22.1
+KANIKO_MODULE=github.com/chainguard-dev/kaniko
+# (v1.25.18, the newest tag, is listed by the proxy but its source zip is not served: 403)
+KANIKO_VERSION=v1.25.16
+# the oldest Go the pinned modules accept (buildkit v0.35.0's go.mod says `go 1.26.8`)
+GO_MIN=1.26
+
+TOOLS_DIR="${KILN_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kiln-tools}"
+
+die() {
+  echo "go-tools: $*" >&2
+  exit 1
+}
+say() { echo "go-tools: $*" >&2; }
+
+find_go() {
+  if [ -n "${KILN_GO:-}" ]; then
+    echo "$KILN_GO"
+  elif command -v go >/dev/null 2>&1; then
+    command -v go
+  elif [ -x /usr/local/go/bin/go ]; then
+    echo /usr/local/go/bin/go
+  else
+    return 1
+  fi
+}
+
+GO=$(find_go) || die "no Go toolchain found: install Go >= $GO_MIN (https://go.dev/dl, unpacked to /usr/local/go) or set KILN_GO"
+go_version=$("$GO" env GOVERSION 2>/dev/null | sed 's/^go//') || die "$GO does not run"
+if [ "$(printf '%s\n%s\n' "$GO_MIN" "$go_version" | sort -V | head -1)" != "$GO_MIN" ]; then
+  die "Go $go_version is too old: the pinned tools need Go >= $GO_MIN (install it from https://go.dev/dl)"
+fi
+export GOPROXY="${GOPROXY:-https://proxy.golang.org,direct}"
+export GOFLAGS="${GOFLAGS:-} -trimpath"
+export CGO_ENABLED=0
+# go downloads new toolchains on demand when a go.mod asks for one; the pins above are checked against GO_MIN instead
+export GOTOOLCHAIN=local
+
+mkdir -p "$TOOLS_DIR"
+
+# build_tool NAME VERSION BUILD_FUNCTION: runs BUILD_FUNCTION OUT_BIN_DIR unless NAME-VERSION is complete
+build_tool() {
+  local name=$1 version=$2 fn=$3
+  local dir="$TOOLS_DIR/$name-$version"
+  if [ -f "$dir/.complete" ]; then return 0; fi
+  exec 9>"$TOOLS_DIR/.lock-$name-$version"
+  flock 9
+  if [ -f "$dir/.complete" ]; then
+    exec 9>&-
+    return 0
+  fi
+  local tmp="$TOOLS_DIR/.tmp-$name-$version-$$"
+  rm -rf "$tmp" "$dir"
+  mkdir -p "$tmp/bin"
+  say "building $name $version with $GO ($go_version) into $dir (once per machine; takes minutes on 2 cores)"
+  local t0=$SECONDS
+  if ! "$fn" "$tmp/bin" >"$tmp/build.log" 2>&1; then
+    local logtail
+    logtail=$(tail -n 25 "$tmp/build.log")
+    rm -rf "$tmp"
+    if grep -qiE 'proxy\.golang\.org|dial tcp|no such host|i/o timeout|TLS handshake|403 Forbidden|404 Not Found' <<<"$logtail"; then
+      die "building $name $version failed: the Go module proxy ($GOPROXY) is unreachable or lacks the module — allow HTTPS to it or set GOPROXY to a reachable proxy:
+$logtail"
+    fi
+    die "building $name $version failed:
+$logtail"
+  fi
+  printf 'go %s\nbuilt %s in %ss\n' "$go_version" "$(date -u +%FT%TZ)" "$((SECONDS - t0))" >"$tmp/.complete"
+  mv "$tmp" "$dir"
+  say "built $name $version in $((SECONDS - t0)) s"
+  exec 9>&-
+}
+
+# build_module MODULE VERSION BIN_DIR LDFLAGS PKG...: `go build` inside a writable copy of the module source the proxy
+# serves (`go mod download`), with the module's own go.mod and go.sum — as in a checkout of the tag. `go install
+# module/cmd/x@version` would be shorter, but it refuses modules whose go.mod has replace or exclude directives
+# (buildkit's and kaniko's both do).
+build_module() {
+  local module=$1 version=$2 bin=$3 ldflags=$4
+  shift 4
+  local json src
+  json=$(cd / && "$GO" mod download -json "$module@$version" 2>&1) || true
+  src=$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p' <<<"$json")
+  if [ -z "$src" ] || [ ! -d "$src" ]; then
+    echo "go mod download $module@$version gave no source directory:"
+    sed -n 's/^[[:space:]]*"Error": //p' <<<"$json"
+    return 1
+  fi
+  local work
+  work=$(dirname "$bin")/src
+  cp -r "$src" "$work"
+  chmod -R u+w "$work"
+  local pkg
+  for pkg in "$@"; do
+    (cd "$work" && "$GO" build -mod=readonly -ldflags "$ldflags" -o "$bin/$(basename "$pkg")" "$pkg") || return 1
+  done
+  rm -rf "$work"
+}
+
+build_buildkit() {
+  build_module "$BUILDKIT_MODULE" "$BUILDKIT_VERSION" "$1" \
+    "-s -w -X $BUILDKIT_MODULE/version.Version=$BUILDKIT_VERSION -X $BUILDKIT_MODULE/version.Package=$BUILDKIT_MODULE" \
+    ./cmd/buildctl ./cmd/buildkitd
+}
+
+build_crane() {
+  build_module "$CRANE_MODULE" "$CRANE_VERSION" "$1" "-s -w" ./cmd/crane
+}
+
+build_kaniko() {
+  build_module "$KANIKO_MODULE" "$KANIKO_VERSION" "$1" "-s -w" ./cmd/executor
+}
+
+print_paths() {
+  case $1 in
+    buildkit)
+      echo "buildkitd=$TOOLS_DIR/buildkit-$BUILDKIT_VERSION/bin/buildkitd"
+      echo "buildctl=$TOOLS_DIR/buildkit-$BUILDKIT_VERSION/bin/buildctl"
+      echo "buildkit-version=$BUILDKIT_VERSION"
+      ;;
+    crane)
+      echo "crane=$TOOLS_DIR/crane-$CRANE_VERSION/bin/crane"
+      echo "crane-version=$CRANE_VERSION"
+      ;;
+    kaniko)
+      echo "kaniko-executor=$TOOLS_DIR/kaniko-$KANIKO_VERSION/bin/executor"
+      echo "kaniko-version=$KANIKO_VERSION"
+      ;;
+  esac
+}
+
+want=("$@")
+[ "${#want[@]}" -eq 0 ] && want=(all)
+tools=()
+for w in "${want[@]}"; do
+  case $w in
+    all) tools+=(buildkit crane kaniko) ;;
+    buildkit | crane | kaniko) tools+=("$w") ;;
+    *) die "unknown tool '$w' (want buildkit, crane, kaniko or all)" ;;
+  esac
+done
+
+command -v flock >/dev/null 2>&1 || die "flock is missing: apt-get install util-linux"
+for t in "${tools[@]}"; do
+  case $t in
+    buildkit) build_tool buildkit "$BUILDKIT_VERSION" build_buildkit ;;
+    crane) build_tool crane "$CRANE_VERSION" build_crane ;;
+    kaniko) build_tool kaniko "$KANIKO_VERSION" build_kaniko ;;
+  esac
+  print_paths "$t"
+done

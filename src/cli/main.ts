@@ -27,6 +27,7 @@ const COMMANDS = [
   'builds',
   'project',
   'bases',
+  'deliveries',
 ] as const;
 
 interface CommandModule {

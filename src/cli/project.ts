@@ -11,6 +11,7 @@ import type { ApplyResult } from '../service/core.js';
 import type { Project } from '../service/model.js';
 import { addServiceOptions, withClient } from '../service/client.js';
 import { table } from './builds.js';
+import { formatTriggerResult } from './deliveries.js';
 
 async function readInput(file: string): Promise<string> {
   if (file !== '-') {
@@ -114,6 +115,26 @@ export function register(program: Command): void {
       withClient(cmd, async (c) => {
         await c.deleteProject(name);
         process.stdout.write(`project/${name} removed\n`);
+      }),
+    );
+
+  addTrigger(project);
+}
+
+/**
+ * `kiln project trigger PROJECT --ref R`: act as if R had just been pushed — the service fetches and resolves it
+ * and handles it like a webhook push (filters and coalescing apply, recorded as a delivery of forge `kiln`;
+ * every image whose filters pass builds). `kiln builds start` builds whatever the filters say.
+ */
+function addTrigger(project: Command): void {
+  project
+    .command('trigger')
+    .description('build a ref as if it had just been pushed (branch/tag filters apply; admin)')
+    .argument('<name>', 'project name')
+    .requiredOption('--ref <ref>', 'branch, tag or full ref (main, v1.2, refs/heads/main)')
+    .action(async (name: string, flags: { ref: string }, cmd: Command) =>
+      withClient(cmd, async (c) => {
+        process.stdout.write(formatTriggerResult(await c.triggerProject(name, flags.ref)));
       }),
     );
 }

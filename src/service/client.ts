@@ -19,6 +19,8 @@ import { Agent, request, type Dispatcher } from '../registry/http.js';
 import type { ApplyResult, BuildPage, BuildQuery, StartRequest } from './core.js';
 import type { Build, Project } from './model.js';
 import { LogEventDecoder, type LogEnd } from './api/sse.js';
+import type { DeliveryList } from './hooks/api.js';
+import type { TriggerBody } from './hooks/pipeline.js';
 
 export const DEFAULT_SERVER = 'http://127.0.0.1:8080';
 
@@ -295,6 +297,27 @@ export class ServiceClient {
     }
     throw new KilnError('LOG_STREAM_BROKEN', `the log stream of build ${id} ended before the build did`, {
       hint: `follow it again: kiln builds logs -f ${id}`,
+    });
+  }
+
+  /** Recorded deliveries, newest first (`GET /api/v1/deliveries`). */
+  listDeliveries(q: { project?: string; limit?: number } = {}): Promise<DeliveryList> {
+    const params = new URLSearchParams();
+    if (q.project !== undefined) params.set('project', q.project);
+    if (q.limit !== undefined) params.set('limit', String(q.limit));
+    const qs = params.toString();
+    return this.json('GET', `/api/v1/deliveries${qs ? `?${qs}` : ''}`);
+  }
+
+  /** Run a recorded delivery again (`POST /api/v1/deliveries/{id}/redeliver`). */
+  redeliver(id: number): Promise<TriggerBody> {
+    return this.json('POST', `/api/v1/deliveries/${id}/redeliver`);
+  }
+
+  /** Act as if `ref` had just been pushed (`POST /api/v1/projects/{name}/trigger`). */
+  triggerProject(project: string, ref: string): Promise<TriggerBody> {
+    return this.json('POST', `/api/v1/projects/${encodeURIComponent(project)}/trigger`, {
+      body: JSON.stringify({ ref }),
     });
   }
 

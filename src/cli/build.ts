@@ -8,6 +8,13 @@ import { accessSync, constants } from 'node:fs';
 import { KilnError, errorMessage } from '../errors.js';
 import { parseReferenceWithDefaultTag } from '../registry/reference.js';
 import {
+  addStrategyOptions,
+  chosenStrategy,
+  runStrategyCommand,
+  s2iOptionsFrom,
+  type StrategyFlags,
+} from './strategy.js';
+import {
   parseBuildArgs,
   parseLabels,
   parseNetwork,
@@ -112,7 +119,7 @@ export function buildOptionsFrom(
 }
 
 export function register(program: Command): void {
-  program
+  const build = program
     .command('build')
     .description('build an image from a Dockerfile (docker build compatible)')
     .argument('<context>', 'build context directory')
@@ -154,10 +161,26 @@ export function register(program: Command): void {
     .option('-q, --quiet', 'no progress output; print the image ID')
     .option('--insecure-registry <host>', 'allow plain HTTP / unverified TLS for this registry (repeatable)', collect)
     .option('--registry-ca <file>', 'trust this extra CA certificate (PEM) for registries (repeatable)', collect)
-    .option('--registry-mirror <url>', 'pull docker.io images through this mirror first (repeatable)', collect)
-    .action(async (context: string, flags: BuildFlags, cmd: Command) => {
+    .option('--registry-mirror <url>', 'pull docker.io images through this mirror first (repeatable)', collect);
+  addStrategyOptions(build) // --strategy, --backend, S2I's flags (src/cli/strategy.ts)
+    .action(async (context: string, flags: BuildFlags & StrategyFlags, cmd: Command) => {
       const debug = (cmd.parent?.opts() as { debug?: boolean } | undefined)?.debug === true;
       const opts = buildOptionsFrom(context, flags, debug);
+      const choice = chosenStrategy(flags);
+      if (choice) {
+        if (choice.strategy === 's2i') s2iOptionsFrom(flags, flags.builderImage); // bad flags fail before any work
+        if (choice.backend === 'kiln') {
+          const { enterBuildNamespace } = await import('../sandbox/userns.js');
+          const code = await enterBuildNamespace();
+          if (code !== null) {
+            process.exitCode = code;
+            return;
+          }
+        }
+        const id = await runStrategyCommand(context, choice, flags, opts);
+        if (flags.quiet) process.stdout.write(id + '\n');
+        return;
+      }
       // Rootless: re-run this very command inside the build user namespace (no-op as root or when inside).
       const { enterBuildNamespace } = await import('../sandbox/userns.js');
       const code = await enterBuildNamespace();

@@ -12,6 +12,8 @@ import { KilnError } from '../errors.js';
 /** Command modules in help order. Each file exports `register(program: Command)`. */
 const COMMANDS = [
   'build',
+  'strategy',
+  'rebase',
   'pull',
   'push',
   'copy',

@@ -17,6 +17,7 @@ import { MediaType } from '../oci/mediatypes.js';
 import type { Image } from '../oci/types.js';
 import type { BuildOptions } from './options.js';
 import type { BaseResolver, Executor, FileCopier, LayerStore, ProgressSink, Snapshotter } from './ports.js';
+import type { Frontend, FrontendPlan } from './frontend.js';
 import { BuildCache } from '../cache/cache.js';
 import { runEngine, type EngineResult } from './engine.js';
 import { warmUpWorker } from '../layer/worker.js';
@@ -51,6 +52,8 @@ export interface BuildServices {
   /** A fresh private temp dir (removed by the build). */
   tempDir(prefix: string): Promise<string>;
   signal?: AbortSignal;
+  /** How the steps are decided (default: the Dockerfile frontend on `dockerfile`). */
+  frontend?: Frontend;
 }
 
 export interface BuildOutcome {
@@ -60,7 +63,7 @@ export interface BuildOutcome {
 }
 
 /** BuildKit's build checks: warnings are printed; with `# check=error=true` they fail the build. */
-function lint(text: string, file: string, opts: BuildOptions, svc: BuildServices): void {
+function lint(text: string, file: string, opts: BuildOptions, progress: ProgressSink): void {
   const lo: LintOptions = {
     filename: file,
     buildArgs: Object.fromEntries(opts.buildArgs),
@@ -73,7 +76,7 @@ function lint(text: string, file: string, opts: BuildOptions, svc: BuildServices
   } catch {
     return; // parse errors surface from parseDockerfile with their location
   }
-  for (const w of res.warnings) svc.progress.warn(formatLintWarning(w).replace(/^WARN: /, ''));
+  for (const w of res.warnings) progress.warn(formatLintWarning(w).replace(/^WARN: /, ''));
   if (res.failed) {
     const first = res.warnings[0];
     throw new KilnError(
@@ -83,6 +86,20 @@ function lint(text: string, file: string, opts: BuildOptions, svc: BuildServices
     );
   }
 }
+
+/** The Dockerfile frontend: BuildKit's parser, lint (warnings; `# check=error=true` fails), typed instructions. */
+export const dockerfileFrontend: Frontend = {
+  name: 'dockerfile',
+  plan({ options, dockerfile, progress }): Promise<FrontendPlan> {
+    const { text, file } = dockerfile;
+    const parsed: ParsedDockerfile = parseDockerfile(text, { filename: file });
+    lint(text, file, options, progress);
+    const plan: FrontendPlan = { stages: parsed.stages, metaArgs: parsed.globalArgs, file };
+    if (options.target) plan.target = options.target;
+    if (parsed.escapeToken !== '\\') plan.escape = parsed.escapeToken;
+    return Promise.resolve(plan);
+  },
+};
 
 /** Parse an ONBUILD trigger expression into the command it stands for. */
 export function parseTrigger(expression: string): Command {
@@ -117,15 +134,20 @@ export function effectiveOutputs(opts: BuildOptions): BuildOptions['outputs'] {
 }
 
 export async function build(opts: BuildOptions, svc: BuildServices): Promise<BuildOutcome> {
-  const { text, file } = svc.dockerfile;
-  const parsed: ParsedDockerfile = parseDockerfile(text, { filename: file });
-  lint(text, file, opts, svc);
+  const frontend = svc.frontend ?? dockerfileFrontend;
+  const plan = await frontend.plan({
+    options: opts,
+    dockerfile: svc.dockerfile,
+    contextDir: svc.contextDir,
+    progress: svc.progress,
+    bases: svc.bases,
+  });
   const tmp = await svc.tempDir('build-');
   try {
     const engineReq: Parameters<typeof runEngine>[0] = {
-      stages: parsed.stages,
-      metaArgs: parsed.globalArgs,
-      file,
+      stages: plan.stages,
+      metaArgs: plan.metaArgs,
+      file: plan.file,
       buildArgs: opts.buildArgs,
       labels: opts.labels,
       platform: opts.platform,
@@ -134,12 +156,12 @@ export async function build(opts: BuildOptions, svc: BuildServices): Promise<Bui
       network: opts.network,
       secrets: opts.secrets,
     };
-    if (opts.target) engineReq.target = opts.target;
+    if (plan.target) engineReq.target = plan.target;
     if (opts.sourceDateEpoch !== undefined) engineReq.sourceDateEpoch = opts.sourceDateEpoch;
     if (opts.compression && opts.compression !== 'gzip') {
       engineReq.layerFormat = `${opts.compression}:${opts.compressionLevel ?? ''}`;
     } else if (opts.compressionLevel !== undefined) engineReq.layerFormat = `gzip:${opts.compressionLevel}`;
-    if (parsed.escapeToken !== '\\') engineReq.escape = parsed.escapeToken;
+    if (plan.escape !== undefined) engineReq.escape = plan.escape;
     const deps: Parameters<typeof runEngine>[1] = {
       executor: svc.executor,
       snapshotter: svc.snapshotter,
@@ -171,6 +193,21 @@ export async function build(opts: BuildOptions, svc: BuildServices): Promise<Bui
       throw e;
     }
     if (svc.signal?.aborted) throw new KilnError('INTERRUPTED', 'build interrupted');
+    if (plan.afterEngine) {
+      const tools: Parameters<NonNullable<FrontendPlan['afterEngine']>>[1] = {
+        snapshotter: svc.snapshotter,
+        executor: svc.executor,
+        progress: svc.progress,
+        tmpDir: join(tmp, 'frontend'),
+      };
+      if (svc.signal) tools.signal = svc.signal;
+      try {
+        await plan.afterEngine(engine, tools);
+      } catch (e) {
+        await Promise.all([...sessions.values()].map((s) => s.settle()));
+        throw e;
+      }
+    }
     const image = imageOf(engine);
     const annotations: Record<string, string> = {
       'org.opencontainers.image.created':

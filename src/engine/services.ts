@@ -30,6 +30,7 @@ import { BuildProgress } from './progress.js';
 import { build, type BuildOutcome, type BuildServices } from './build.js';
 import type { BuildOptions, LayerCompression } from './options.js';
 import type { BaseResolver, ResolvedBase } from './ports.js';
+import type { Frontend } from './frontend.js';
 
 /** FROM resolution: the local store first (unless --pull), then the registry. */
 export class StoreFirstResolver implements BaseResolver {
@@ -184,6 +185,8 @@ export interface EmbeddedBuild {
    * moved must be seen) and records what each FROM resolved to (to rebuild when a base changes).
    */
   bases?: (inner: BaseResolver) => BaseResolver;
+  /** How the steps are decided (default: the Dockerfile frontend; S2I passes its own). */
+  frontend?: Frontend;
 }
 
 /** The CLI's build: services from flags, interrupt handling, progress, cleanup. */
@@ -228,6 +231,7 @@ export async function runBuildCommand(
     if (opts.compressionLevel !== undefined) so.compressionLevel = opts.compressionLevel;
     const svc = await localServices(so);
     if (embed.bases) svc.bases = embed.bases(svc.bases);
+    if (embed.frontend) svc.frontend = embed.frontend;
     let res: BuildOutcome;
     try {
       res = await build(opts, svc);

@@ -1,0 +1,339 @@
+/**
+ * The S2I frontend: decides the steps of a Source-to-Image build from the builder image's labels and the prepared
+ * source (src/s2i/prepare.ts), writes them as the Dockerfile `s2i build --as-dockerfile` writes
+ * (src/s2i/dockerfile.ts) and hands the engine that text's typed instructions — one engine, no second copy.
+ * After the engine ran, an incremental build runs `save-artifacts` in the finished image and keeps its tar for the
+ * next build of that image name (kiln's artifacts cache: the next build needs no pull of the previous image).
+ *
+ * `runS2IBuild` is the whole build for the CLI (`kiln build --strategy s2i`, `kiln s2i build`) and the service.
+ */
+import { createHash } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { copyFile, mkdir, mkdtemp, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { finished } from 'node:stream/promises';
+import { dirname, join } from 'node:path';
+import { KilnError, errorMessage, isKilnError } from '../errors.js';
+import { parseDockerfile } from '../dockerfile/convert.js';
+import type { Frontend, FrontendInput, FrontendPlan, FrontendTools } from '../engine/frontend.js';
+import type { EngineResult } from '../engine/engine.js';
+import { lowerDirs } from '../engine/engine.js';
+import type { BuildOptions } from '../engine/options.js';
+import type { BuildOutcome } from '../engine/build.js';
+import type { EmbeddedBuild } from '../engine/services.js';
+import type { ImageConfig } from '../oci/types.js';
+import { parseReferenceWithDefaultTag } from '../ref/reference.js';
+import { homeDirs, kilnHome } from '../util/paths.js';
+import { s2iDockerfile, type EnvEntry, type RuntimeArtifact, type S2IDockerfilePlan } from './dockerfile.js';
+import {
+  DEFAULT_DESTINATION,
+  DEFAULT_SCRIPTS_URL,
+  LABEL,
+  checkAllowedUser,
+  parseRuntimeArtifact,
+  prepareSource,
+  sourceLabels,
+  type PreparedSource,
+  type UidRange,
+} from './prepare.js';
+
+/** The S2I settings of one build (CLI flags or the service's image config). */
+export interface S2IOptions {
+  builderImage: string;
+  runtimeImage?: string;
+  /** `--runtime-artifact` (else the runtime image's assemble-input-files label). */
+  runtimeArtifacts?: RuntimeArtifact[];
+  incremental?: boolean;
+  env?: EnvEntry[];
+  scriptsUrl?: string;
+  assembleUser?: string;
+  /** `--destination` (else the builder's io.openshift.s2i.destination, else /tmp). */
+  destination?: string;
+  allowedUids?: UidRange[];
+  /** `--cache-dir`: persistent cache mounts for assemble. */
+  cacheDirs?: string[];
+  /** Whose cache dirs these are (a project; default: the first tag's repository). */
+  cacheScope?: string;
+  /** Also write the generated Dockerfile here (s2i's `--as-dockerfile`). */
+  asDockerfile?: string;
+  /** Keep `.git` in the source of a git URL (s2i keeps it). */
+  keepGitDir?: boolean;
+}
+
+/** What the frontend decided (for tests, metadata and `--as-dockerfile`). */
+export interface S2IDecision {
+  dockerfile: string;
+  plan: S2IDockerfilePlan;
+  /** Where save-artifacts is in the image, when the build saves artifacts. */
+  saveArtifacts?: string;
+}
+
+const scriptsDirOf = (url: string | undefined): string | undefined =>
+  url?.startsWith('image://') ? url.slice('image://'.length) : undefined;
+
+function labelsOf(cfg: ImageConfig): Record<string, string> {
+  return cfg.config?.Labels ?? {};
+}
+
+/** The artifacts cache file of an image name. */
+export function artifactsCacheFile(home: string, tag: string): string {
+  const name = parseReferenceWithDefaultTag(tag).toString();
+  return join(homeDirs(home).s2iArtifacts, createHash('sha256').update(name).digest('hex') + '.tar');
+}
+
+export interface S2IFrontendState {
+  source: PreparedSource;
+  /** The tag the image is built as (display-name label, incremental lookup), as written. */
+  tag?: string;
+  /** `upload/artifacts.tar` is in place (from kiln's artifacts cache). */
+  cachedArtifacts: boolean;
+  /** Where to keep the artifacts tar after the build (incremental builds). */
+  saveTo?: string;
+  onDecision?: (d: S2IDecision) => void;
+}
+
+/** The S2I frontend for one prepared source. */
+export function s2iFrontend(o: S2IOptions, st: S2IFrontendState): Frontend {
+  return {
+    name: 's2i',
+    async plan(input: FrontendInput): Promise<FrontendPlan> {
+      const { options, bases, progress } = input;
+      const resolve = async (ref: string, what: string): Promise<ImageConfig> => {
+        try {
+          const b = await bases.resolve(ref, { pull: options.pull, platform: options.platform });
+          return await b.image.config();
+        } catch (e) {
+          throw new KilnError('S2I_IMAGE', `${what} ${ref}: ${errorMessage(e)}`, {
+            hint: `check the ${what} name (kiln images, or the registry)`,
+            cause: e,
+          });
+        }
+      };
+      if (o.incremental && o.runtimeImage) {
+        throw new KilnError('OPTION_INVALID', 'incremental builds are not supported together with a runtime image', {
+          hint: 'drop --incremental or --runtime-image (s2i refuses the combination too)',
+        });
+      }
+      const builder = await resolve(o.builderImage, 'builder image');
+      const bl = labelsOf(builder);
+      const imageScriptsDir =
+        scriptsDirOf(o.scriptsUrl) ??
+        scriptsDirOf(bl[LABEL.scriptsUrl] ?? bl[LABEL.deprecatedScriptsUrl]) ??
+        (scriptsDirOf(DEFAULT_SCRIPTS_URL) as string);
+      const provided = scriptsDirOf(o.scriptsUrl) !== undefined ? new Set<string>() : st.source.provided;
+      const destination = o.destination ?? bl[LABEL.destination] ?? DEFAULT_DESTINATION;
+      const assembleUser = o.assembleUser ?? bl[LABEL.assembleUser] ?? (builder.config?.User || '0');
+      checkAllowedUser(assembleUser, o.allowedUids ?? [], 'assemble user');
+      const labels: Record<string, string> = {};
+      if (st.tag) labels['io.k8s.display-name'] = st.tag;
+      labels['io.openshift.s2i.build.image'] = o.builderImage;
+      Object.assign(labels, sourceLabels(st.source.info, st.source.location));
+      if (o.scriptsUrl) labels[LABEL.scriptsUrl] = o.scriptsUrl;
+      if (o.destination !== undefined || bl[LABEL.destination] !== undefined) labels[LABEL.destination] = destination;
+      const plan: S2IDockerfilePlan = {
+        builderImage: o.builderImage,
+        assembleUser,
+        destination,
+        imageScriptsDir,
+        providedScripts: provided,
+        labels,
+        env: [...st.source.env, ...(o.env ?? [])],
+      };
+      if (o.incremental) {
+        if (st.cachedArtifacts) plan.incremental = { kind: 'cached' };
+        else if (st.tag) {
+          const prev = await bases
+            .resolve(st.tag, { pull: false, platform: options.platform })
+            .then(() => true)
+            .catch(() => false);
+          if (prev) plan.incremental = { kind: 'previous', image: st.tag };
+          else progress.warn(`incremental build: no previous image ${st.tag} and no cached artifacts; building clean`);
+        }
+      }
+      if (o.cacheDirs?.length) {
+        const uid = /^\d+(:\d+)?$/.test(assembleUser) ? Number(assembleUser.split(':')[0]) : undefined;
+        const scope = o.cacheScope ?? (st.tag ? parseReferenceWithDefaultTag(st.tag).repository : 'default');
+        plan.cacheDirs = o.cacheDirs.map((target) => {
+          const c: { target: string; id: string; uid?: number } = {
+            target,
+            id: 's2i-' + createHash('sha256').update(`${scope}\0${target}`).digest('hex').slice(0, 24),
+          };
+          if (uid !== undefined) c.uid = uid;
+          return c;
+        });
+      }
+      if (o.runtimeImage) {
+        const rt = await resolve(o.runtimeImage, 'runtime image');
+        const rl = labelsOf(rt);
+        const user = rl[LABEL.assembleRuntimeUser] ?? (rt.config?.User || '0');
+        checkAllowedUser(user, o.allowedUids ?? [], 'assemble-runtime user');
+        let artifacts = o.runtimeArtifacts ?? [];
+        if (artifacts.length === 0) {
+          artifacts = (rl[LABEL.assembleInputFiles] ?? '')
+            .split(';')
+            .filter((s) => s.trim() !== '')
+            .map((s) => parseRuntimeArtifact(s.trim()));
+        }
+        if (artifacts.length === 0) {
+          throw new KilnError('S2I_RUNTIME', `runtime image ${o.runtimeImage}: no runtime artifacts to copy`, {
+            hint: `give --runtime-artifact /path/in/builder[:dest] or set the ${LABEL.assembleInputFiles} label`,
+          });
+        }
+        const rtProvided = new Set([...provided].filter((s) => s === 'assemble-runtime' || s === 'run'));
+        plan.runtime = {
+          image: o.runtimeImage,
+          user,
+          workdir: rt.config?.WorkingDir || '/',
+          scriptsDir:
+            scriptsDirOf(o.scriptsUrl) ??
+            scriptsDirOf(rl[LABEL.scriptsUrl] ?? rl[LABEL.deprecatedScriptsUrl]) ??
+            (scriptsDirOf(DEFAULT_SCRIPTS_URL) as string),
+          providedScripts: rtProvided,
+          artifacts,
+        };
+      }
+      const dockerfile = s2iDockerfile(plan);
+      await writeFile(join(st.source.workDir, 'Dockerfile'), dockerfile);
+      if (o.asDockerfile) {
+        await mkdir(dirname(o.asDockerfile), { recursive: true });
+        await writeFile(o.asDockerfile, dockerfile);
+      }
+      const decision: S2IDecision = { dockerfile, plan };
+      const parsed = parseDockerfile(dockerfile, { filename: 'Dockerfile' });
+      const out: FrontendPlan = { stages: parsed.stages, metaArgs: parsed.globalArgs, file: 'Dockerfile' };
+      if (o.incremental && st.saveTo && !plan.runtime) {
+        const script = provided.has('save-artifacts')
+          ? `${destination.replace(/\/+$/, '')}/scripts/save-artifacts`
+          : `${imageScriptsDir.replace(/\/+$/, '')}/save-artifacts`;
+        decision.saveArtifacts = script;
+        const saveTo = st.saveTo;
+        out.afterEngine = (res, tools) =>
+          saveArtifacts(res, tools, { script, user: assembleUser, dest: saveTo, network: options.network });
+      }
+      st.onDecision?.(decision);
+      return out;
+    },
+  };
+}
+
+/**
+ * Run `save-artifacts` in the finished image (a throwaway snapshot over its layers, never part of the image) and
+ * keep its stdout as the artifacts tar of this image name. An empty output removes the cached tar.
+ */
+async function saveArtifacts(
+  res: EngineResult,
+  tools: FrontendTools,
+  o: { script: string; user: string; dest: string; network: 'host' | 'none' },
+): Promise<void> {
+  await mkdir(tools.tmpDir, { recursive: true });
+  await mkdir(dirname(o.dest), { recursive: true });
+  const tmpFile = `${o.dest}.${process.pid}.tmp`;
+  const out = createWriteStream(tmpFile, { mode: 0o600 });
+  const snap = await tools.snapshotter.prepare(lowerDirs(res.layers));
+  let code: number;
+  let stderr = '';
+  try {
+    const spec: Parameters<FrontendTools['executor']['run']>[0] = {
+      rootfs: snap.root,
+      argv: ['/bin/sh', '-c', `if [ -s ${o.script} ]; then exec ${o.script}; fi`],
+      env: res.config.config.Env ?? [],
+      cwd: res.config.config.WorkingDir || '/',
+      user: o.user,
+      network: o.network,
+      mounts: [],
+      onStdout: (b) => out.write(b),
+      onStderr: (b) => {
+        stderr = (stderr + b.toString()).slice(-2000);
+      },
+    };
+    if (tools.signal) spec.signal = tools.signal;
+    code = (await tools.executor.run(spec)).exitCode;
+  } finally {
+    out.end();
+    await finished(out).catch(() => undefined);
+    await snap.release();
+  }
+  if (code !== 0) {
+    await rm(tmpFile, { force: true });
+    tools.progress.warn(`save-artifacts exited ${code}; no artifacts kept for the next build: ${stderr.trim()}`);
+    return;
+  }
+  if ((await stat(tmpFile)).size === 0) {
+    await rm(tmpFile, { force: true });
+    await rm(o.dest, { force: true });
+    return;
+  }
+  await rename(tmpFile, o.dest);
+}
+
+export interface S2IBuildRequest {
+  /** A directory or a git URL (`#ref`). */
+  source: string;
+  s2i: S2IOptions;
+  /** The build's options; `context` and `file` are set here. */
+  build: BuildOptions;
+  flags: { insecureRegistry?: string[]; registryCa?: string[]; registryMirror?: string[] };
+  embed?: EmbeddedBuild;
+  home?: string;
+  onDecision?: (d: S2IDecision) => void;
+}
+
+/** A whole S2I build: prepare the source, then the engine through `runBuildCommand` with the S2I frontend. */
+export async function runS2IBuild(req: S2IBuildRequest): Promise<BuildOutcome & { decision?: S2IDecision }> {
+  if (!req.s2i.builderImage) {
+    throw new KilnError('OPTION_INVALID', 'the s2i strategy needs a builder image', {
+      hint: 'give --builder-image IMAGE (kiln s2i build SOURCE BUILDER TAG)',
+    });
+  }
+  const home = req.home ?? kilnHome();
+  const tmpBase = homeDirs(home).tmp;
+  await mkdir(tmpBase, { recursive: true, mode: 0o700 });
+  const workDir = await mkdtemp(join(tmpBase, 's2i-'));
+  let decision: S2IDecision | undefined;
+  try {
+    const po: { scriptsUrl?: string; keepGitDir?: boolean } = {};
+    if (req.s2i.scriptsUrl) po.scriptsUrl = req.s2i.scriptsUrl;
+    if (req.s2i.keepGitDir) po.keepGitDir = true;
+    const source = await prepareSource(req.source, workDir, po);
+    const tag = req.build.tags[0];
+    const st: S2IFrontendState = { source, cachedArtifacts: false, onDecision: (d) => (decision = d) };
+    if (tag) st.tag = tag;
+    if (req.s2i.incremental && tag) {
+      st.saveTo = artifactsCacheFile(home, tag);
+      if (!req.build.noCache) {
+        try {
+          await copyFile(st.saveTo, join(workDir, 'upload', 'artifacts.tar'));
+          st.cachedArtifacts = true;
+        } catch {
+          // no cached artifacts: the previous image's save-artifacts (s2i's way)
+        }
+      }
+    }
+    // the context loader wants a Dockerfile; the frontend writes the real one when it has seen the builder image
+    await writeFile(join(workDir, 'Dockerfile'), '# generated by the S2I frontend\n');
+    const opts: BuildOptions = { ...req.build, context: workDir, file: join(workDir, 'Dockerfile') };
+    const { runBuildCommand } = await import('../engine/services.js');
+    const embed: EmbeddedBuild = { ...req.embed, frontend: s2iFrontend(req.s2i, st) };
+    let res: BuildOutcome;
+    try {
+      res = await runBuildCommand(opts, req.flags, embed);
+    } catch (e) {
+      throw explainFailure(e, decision);
+    }
+    if (req.onDecision && decision) req.onDecision(decision);
+    return decision ? { ...res, decision } : res;
+  } finally {
+    await rm(workDir, { recursive: true, force: true });
+  }
+}
+
+/** A RUN of a script the builder image does not have (exit 127) is the builder's fault: say so. */
+function explainFailure(e: unknown, d: S2IDecision | undefined): unknown {
+  if (!d || !isKilnError(e, 'RUN_FAILED') || !/exit code: 12[67]\b/.test(e.message)) return e;
+  const m = /RUN (?:--mount=\S+ )*(\/\S+\/(assemble|assemble-runtime))\b/.exec(e.message);
+  if (!m) return e;
+  const image = m[2] === 'assemble-runtime' ? d.plan.runtime?.image : d.plan.builderImage;
+  return new KilnError('S2I_SCRIPTS', `${image}: no ${m[2]} script at ${m[1]} (exit 127)`, {
+    hint: 'the builder image needs assemble and run scripts there (io.openshift.s2i.scripts-url), or give them in .s2i/bin or --scripts-url',
+    cause: e,
+  });
+}

@@ -1,0 +1,369 @@
+/**
+ * S2I's working directory, laid out as s2i lays it for `--as-dockerfile` (its build context): `upload/src` (the
+ * source: a directory copied, or a git URL cloned at `#ref`, then `.s2iignore` applied), `upload/scripts` (scripts
+ * from `--scripts-url file://…`, else moved out of the source's `.s2i/bin`), plus the parsing rules of the s2i
+ * contract: `.s2i/environment`, `--allowed-uids` ranges, `--runtime-artifact` mappings, git source info.
+ */
+import { execFile } from 'node:child_process';
+import { chmod, copyFile, cp, lstat, mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { join, posix, resolve } from 'node:path';
+import { KilnError, errorMessage } from '../errors.js';
+import { cloneGitWithCommit, isGitContext } from '../engine/context.js';
+import type { EnvEntry, RuntimeArtifact } from './dockerfile.js';
+
+/** The scripts s2i installs into `upload/scripts` (required, optional and the runtime one). */
+export const S2I_SCRIPTS = ['assemble', 'run', 'save-artifacts', 'assemble-runtime'] as const;
+
+export const LABEL = {
+  scriptsUrl: 'io.openshift.s2i.scripts-url',
+  deprecatedScriptsUrl: 'io.s2i.scripts-url',
+  destination: 'io.openshift.s2i.destination',
+  assembleUser: 'io.openshift.s2i.assemble-user',
+  assembleInputFiles: 'io.openshift.s2i.assemble-input-files',
+  assembleRuntimeUser: 'io.openshift.s2i.assemble-runtime-user',
+} as const;
+
+export const DEFAULT_SCRIPTS_URL = 'image:///usr/libexec/s2i';
+export const DEFAULT_DESTINATION = '/tmp';
+
+/** Git facts of a source, as s2i reads them (`git config/rev-parse/show` in the checkout). */
+export interface SourceInfo {
+  location: string;
+  ref: string;
+  commitId: string;
+  authorName: string;
+  authorEmail: string;
+  date: string;
+  message: string;
+}
+
+function git(cwd: string, args: string[]): Promise<string> {
+  return new Promise((res) => {
+    execFile('git', args, { cwd, env: { ...process.env, GIT_TERMINAL_PROMPT: '0' } }, (err, stdout) =>
+      res(err ? '' : stdout.trim()),
+    );
+  });
+}
+
+/** s2i's GetInfo: empty strings where git has no answer. */
+export async function gitSourceInfo(dir: string): Promise<SourceInfo | undefined> {
+  const commitId = await git(dir, ['rev-parse', '--verify', 'HEAD']);
+  if (!commitId) return undefined;
+  const [location, ref, authorName, authorEmail, date, message] = await Promise.all([
+    git(dir, ['config', '--get', 'remote.origin.url']),
+    git(dir, ['rev-parse', '--abbrev-ref', 'HEAD']),
+    git(dir, ['--no-pager', 'show', '-s', '--format=%an', 'HEAD']),
+    git(dir, ['--no-pager', 'show', '-s', '--format=%ae', 'HEAD']),
+    git(dir, ['--no-pager', 'show', '-s', '--format=%ad', 'HEAD']),
+    git(dir, ['--no-pager', 'show', '-s', '--format=%<(80,trunc)%s', 'HEAD']),
+  ]);
+  return { location, ref, commitId, authorName, authorEmail, date, message };
+}
+
+/** s2i's output labels from the source (GenerateLabelsFromSourceInfo), empty values left out. */
+export function sourceLabels(info: SourceInfo | undefined, fallbackLocation: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  const add = (k: string, v: string): void => {
+    if (v) out[`io.openshift.s2i.build.${k}`] = v;
+  };
+  if (!info) {
+    add('source-location', fallbackLocation);
+    return out;
+  }
+  if (info.authorName) add('commit.author', `${info.authorName} <${info.authorEmail}>`);
+  add('commit.date', info.date);
+  add('commit.id', info.commitId);
+  add('commit.ref', info.ref);
+  add('commit.message', info.message);
+  add('source-location', info.location || fallbackLocation);
+  return out;
+}
+
+/** Go's filepath.Match for one path (`*`, `?`, `[...]`, `\` escapes; `*` never crosses `/`). */
+function globToRegExp(glob: string): RegExp {
+  let re = '';
+  for (let i = 0; i < glob.length; i++) {
+    const c = glob[i] as string;
+    if (c === '*') re += '[^/]*';
+    else if (c === '?') re += '[^/]';
+    else if (c === '[') {
+      const j = glob.indexOf(']', i + 1);
+      if (j < 0) return /$^/;
+      let cls = glob.slice(i + 1, j);
+      if (cls.startsWith('^')) cls = '^' + cls.slice(1);
+      re += '[' + cls.replace(/\\/g, '\\\\') + ']';
+      i = j;
+    } else if (c === '\\' && i + 1 < glob.length) re += '\\' + glob[++i];
+    else re += c.replace(/[.+^${}()|\\/]/g, '\\$&');
+  }
+  return new RegExp('^' + re + '$');
+}
+
+/** Expand one glob relative to `root` like Go's filepath.Glob (component by component, hidden files included). */
+async function glob(root: string, pattern: string): Promise<string[]> {
+  const parts = posix
+    .normalize(pattern)
+    .split('/')
+    .filter((p) => p !== '' && p !== '.');
+  let current = [''];
+  for (const part of parts) {
+    const next: string[] = [];
+    const magic = /[*?[\\]/.test(part);
+    for (const rel of current) {
+      if (!magic) {
+        const cand = rel ? `${rel}/${part}` : part;
+        if (await lstat(join(root, cand)).catch(() => undefined)) next.push(cand);
+        continue;
+      }
+      const re = globToRegExp(part);
+      const names = await readdir(join(root, rel)).catch(() => [] as string[]);
+      for (const n of names.sort()) if (re.test(n)) next.push(rel ? `${rel}/${n}` : n);
+    }
+    current = next;
+  }
+  return current.filter((c) => c !== '');
+}
+
+/**
+ * s2i's `.s2iignore` (pkg/ignore): each line a filepath.Glob relative to the source root (not recursive), `#`
+ * comments, `!spec` keeps what an earlier line matched. Returns the paths removed (relative).
+ */
+export async function applyS2iIgnore(srcDir: string): Promise<string[]> {
+  let text: string;
+  try {
+    text = await readFile(join(srcDir, '.s2iignore'), 'utf8');
+  } catch {
+    return [];
+  }
+  const del = new Set<string>();
+  for (const raw of text.split('\n')) {
+    const spec = raw.replace(/^ +| +$/g, '');
+    if (!spec || spec.startsWith('#')) continue;
+    if (spec.startsWith('!')) {
+      const re = globToRegExp(posix.normalize(spec.slice(1)));
+      for (const d of [...del]) if (re.test(d)) del.delete(d);
+      continue;
+    }
+    for (const m of await glob(srcDir, spec)) del.add(m);
+  }
+  for (const d of del) {
+    // never leave the source dir, whatever the pattern says
+    if (d.split('/').includes('..')) continue;
+    await rm(join(srcDir, d), { recursive: true, force: true });
+  }
+  return [...del].sort();
+}
+
+/** s2i's `.s2i/environment`: `NAME=VALUE` lines (trimmed), `#` comments; lines that do not parse are skipped. */
+export function parseEnvironmentFile(text: string): EnvEntry[] {
+  const out: EnvEntry[] = [];
+  for (const line of text.split('\n')) {
+    const s = line.replace(/\r$/, '');
+    if (s.startsWith('#')) continue;
+    const i = s.indexOf('=');
+    if (i <= 0) continue;
+    out.push({ name: s.slice(0, i).trim(), value: s.slice(i + 1).trim() });
+  }
+  return out;
+}
+
+/** `--env NAME=VALUE` (s2i's EnvironmentList.Set). */
+export function parseEnvFlag(v: string): EnvEntry {
+  const i = v.indexOf('=');
+  if (i <= 0) {
+    throw new KilnError('OPTION_INVALID', `--env ${v}: invalid environment format, must be NAME=VALUE`, {
+      hint: 'e.g. --env NODE_ENV=production',
+    });
+  }
+  return { name: v.slice(0, i).trim(), value: v.slice(i + 1).trim() };
+}
+
+/** One `--allowed-uids` range: [from, to] with either end open. */
+export interface UidRange {
+  from?: number;
+  to?: number;
+}
+
+/** s2i's user.ParseRangeList: `1-`, `-999`, `1000`, `1000-2000`, comma separated. */
+export function parseUidRanges(v: string): UidRange[] {
+  if (v === '') return [];
+  return v.split(',').map((p) => {
+    const s = p.trim();
+    const bad = (): never => {
+      throw new KilnError('OPTION_INVALID', `--allowed-uids ${v}: invalid range "${s}"`, {
+        hint: 'ranges look like 1-, -999, 1000 or 1000-2000 (comma separated)',
+      });
+    };
+    if (s === '') return {};
+    const parts = s.split('-');
+    const num = (x: string): number => (/^\d+$/.test(x) ? Number(x) : bad());
+    if (parts.length === 1) return { from: num(s), to: num(s) };
+    if (parts.length !== 2) return bad();
+    const r: UidRange = {};
+    if (parts[0]) r.from = num(parts[0]);
+    if (parts[1]) r.to = num(parts[1]);
+    if (r.from !== undefined && r.to !== undefined && r.to < r.from) bad();
+    return r;
+  });
+}
+
+export function formatUidRanges(rs: UidRange[]): string {
+  return rs
+    .map((r) =>
+      r.from === undefined
+        ? `-${r.to ?? ''}`
+        : r.to === undefined
+          ? `${r.from}-`
+          : r.from === r.to
+            ? `${r.from}`
+            : `${r.from}-${r.to}`,
+    )
+    .join(',');
+}
+
+/**
+ * s2i's IsUserAllowed: with no (non-empty) range everything is allowed; otherwise the user must be numeric (the
+ * part before `:`) and in a range. Throws the refusal OpenShift gives.
+ */
+export function checkAllowedUser(user: string, ranges: UidRange[], what: string): void {
+  const real = ranges.filter((r) => r.from !== undefined || r.to !== undefined);
+  if (real.length === 0) return;
+  const uidPart = user.split(':')[0] ?? '';
+  const uid = /^\d+$/.test(uidPart) ? Number(uidPart) : undefined;
+  const ok =
+    uid !== undefined &&
+    real.some((r) => (r.from === undefined || uid >= r.from) && (r.to === undefined || uid <= r.to));
+  if (ok) return;
+  throw new KilnError(
+    'S2I_USER_NOT_ALLOWED',
+    `${what} "${user || 'root'}" is not allowed: --allowed-uids ${formatUidRanges(real)}` +
+      (uid === undefined ? ' (the user must be numeric)' : ''),
+    { hint: 'set a numeric non-root USER or io.openshift.s2i.assemble-user in the builder image, or --assemble-user' },
+  );
+}
+
+/** `--runtime-artifact SRC[:DEST]` / the runtime image's assemble-input-files (`;`-separated). */
+export function parseRuntimeArtifact(v: string): RuntimeArtifact {
+  const i = v.indexOf(':');
+  const source = i < 0 ? v : v.slice(0, i);
+  const destination = i < 0 ? '' : v.slice(i + 1);
+  const fail = (why: string): never => {
+    throw new KilnError('OPTION_INVALID', `runtime artifact "${v}": ${why}`, {
+      hint: 'use /absolute/source[:relative/destination]',
+    });
+  };
+  if (!source.startsWith('/')) fail('the source must be an absolute path');
+  if (/[*?[]/.test(source)) fail('wildcards are not supported');
+  if (destination.startsWith('/')) fail('the destination must be a relative path');
+  if (destination.split('/').includes('..')) fail('the destination must not contain ..');
+  return { source: posix.normalize(source).replace(/(.)\/$/, '$1'), destination: destination || '.' };
+}
+
+/** The prepared working dir. */
+export interface PreparedSource {
+  /** The build context (holds `upload/`). */
+  workDir: string;
+  /** Scripts found in `upload/scripts`. */
+  provided: Set<string>;
+  /** `.s2i/environment` of the source. */
+  env: EnvEntry[];
+  info: SourceInfo | undefined;
+  /** The source location as given (for the source-location label when git has none). */
+  location: string;
+}
+
+async function exists(p: string): Promise<boolean> {
+  return (await stat(p).catch(() => undefined)) !== undefined;
+}
+
+/** s2i's `file://` script download (and a plain path), into upload/scripts. */
+async function installFromUrl(url: string, dest: string, found: Set<string>, names: readonly string[]): Promise<void> {
+  const base = url.startsWith('file://') ? url.slice('file://'.length) : url;
+  for (const n of names) {
+    const src = join(base, n);
+    if (!(await exists(src))) continue;
+    await copyFile(src, join(dest, n));
+    await chmod(join(dest, n), 0o755);
+    found.add(n);
+  }
+}
+
+/**
+ * Lay out `workDir` for `source` (a directory, or a git URL with `#ref`): the source in `upload/src`, scripts from
+ * `scriptsUrl` (`file://`; `image://` means they are in the image) and then the source's `.s2i/bin` (moved, as
+ * s2i moves them) in `upload/scripts`, `.s2iignore` applied.
+ */
+export async function prepareSource(
+  source: string,
+  workDir: string,
+  opts: { scriptsUrl?: string; keepGitDir?: boolean } = {},
+): Promise<PreparedSource> {
+  const src = join(workDir, 'upload', 'src');
+  const scripts = join(workDir, 'upload', 'scripts');
+  await mkdir(scripts, { recursive: true });
+  let info: SourceInfo | undefined;
+  let location = source;
+  if (isGitContext(source) || /^https?:\/\//.test(source)) {
+    const tmp = join(workDir, 'upload', 'tmp');
+    const { dir } = await cloneGitWithCommit(source, tmp, true);
+    info = await gitSourceInfo(dir);
+    if (info && !info.location) info.location = source.split('#')[0] as string;
+    await rename(dir, src);
+    if (!opts.keepGitDir) await rm(join(src, '.git'), { recursive: true, force: true });
+    await rm(tmp, { recursive: true, force: true });
+  } else {
+    const abs = resolve(source);
+    const st = await stat(abs).catch(() => undefined);
+    if (!st?.isDirectory()) {
+      throw new KilnError('S2I_SOURCE', `source "${source}" is not a directory or a git URL`, {
+        hint: 'give a directory or a git URL (https://…/repo.git#ref)',
+      });
+    }
+    if (resolve(workDir).startsWith(abs + '/')) {
+      throw new KilnError('S2I_SOURCE', `recursive copy requested: source "${source}" contains the working dir`);
+    }
+    location = abs;
+    await cp(abs, src, { recursive: true, verbatimSymlinks: true, preserveTimestamps: true });
+    info = await gitSourceInfo(abs);
+  }
+  const provided = new Set<string>();
+  if (opts.scriptsUrl && !opts.scriptsUrl.startsWith('image://')) {
+    if (!/^(file:\/\/)?\//.test(opts.scriptsUrl)) {
+      throw new KilnError(
+        'OPTION_INVALID',
+        `--scripts-url ${opts.scriptsUrl}: only image:// and file:// are supported`,
+        {
+          hint: 'kiln fetches nothing over http; use image:///path/in/builder or file:///host/dir',
+        },
+      );
+    }
+    await installFromUrl(opts.scriptsUrl, scripts, provided, S2I_SCRIPTS);
+    if (provided.size === 0) {
+      throw new KilnError('S2I_SCRIPTS', `could not download any scripts from URL ${opts.scriptsUrl}`, {
+        hint: 'the directory should hold assemble, run and optionally save-artifacts',
+      });
+    }
+  }
+  for (const n of S2I_SCRIPTS) {
+    if (provided.has(n)) continue;
+    for (const dir of ['.s2i/bin', '.sti/bin']) {
+      const p = join(src, dir, n);
+      if (await exists(p)) {
+        await rename(p, join(scripts, n));
+        await chmod(join(scripts, n), 0o755);
+        provided.add(n);
+        break;
+      }
+    }
+  }
+  await applyS2iIgnore(src);
+  let env: EnvEntry[] = [];
+  try {
+    env = parseEnvironmentFile(await readFile(join(src, '.s2i', 'environment'), 'utf8'));
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') {
+      throw new KilnError('S2I_SOURCE', `cannot read .s2i/environment: ${errorMessage(e)}`, { cause: e });
+    }
+  }
+  return { workDir, provided, env, info, location };
+}

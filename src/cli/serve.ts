@@ -45,7 +45,12 @@ async function serve(flags: ServeFlags): Promise<void> {
   const svc = await BuildService.start({ dataDir, config, runner });
   const { Deliveries } = await import('../service/delivery/deliveries.js');
   const deliveries = Deliveries.start(svc, { database: join(dataDir, 'kiln.db'), publicUrl: config.publicUrl });
-  const app = createApi(svc, { logger: flags.logRequests === true, notifications: deliveries });
+  // The web UI: its session cookie authenticates API calls too, so the API gets the same sessions.
+  const { UiSessions } = await import('../service/ui/sessions.js');
+  const sessions = UiSessions.open(join(dataDir, 'kiln.db'));
+  const app = createApi(svc, { logger: flags.logRequests === true, notifications: deliveries, sessions });
+  const { uiRoutes } = await import('../service/ui/index.js');
+  await app.register(uiRoutes({ core: svc, sessions, events: svc.events, publicUrl: config.publicUrl }));
   const { registerHooks } = await import('../service/hooks/index.js');
   registerHooks(app, svc);
   const { startPolling } = await import('../service/triggers/poll.js');
@@ -75,7 +80,10 @@ async function serve(flags: ServeFlags): Promise<void> {
         .stop(config.shutdownGraceSeconds * 1000)
         .then(() => deliveries.stop())
         .then(() => app.close())
-        .finally(resolve);
+        .finally(() => {
+          sessions.close();
+          resolve();
+        });
     };
     process.on('SIGTERM', stop);
     process.on('SIGINT', stop);

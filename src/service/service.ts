@@ -166,6 +166,8 @@ export class BuildService implements ServiceCore {
     const svc = new BuildService(opts);
     await mkdir(svc.logsDir, { recursive: true });
     await rm(svc.workDir, { recursive: true, force: true });
+    // what workers of a previous process left (it was killed): snapshots, mounts, temp dirs with .owner files
+    await opts.runner.cleanupAfter?.();
     await mkdir(svc.workDir, { recursive: true, mode: 0o700 });
     if (opts.config.projects.length) {
       const all = new Map(svc.store.listProjects().map((p) => [p.name, p]));
@@ -478,6 +480,9 @@ export class BuildService implements ServiceCore {
       await this.mirrors.checkout(p, commit, checkout, ac.signal);
       stages[0] = { ...fetchStage, status: 'done', durationMs: Math.round(performance.now() - t0) };
       await line(`#0 checked out ${commit}`);
+      // The commit's subject, so the log says what is being built (as text: the UI renders log lines as text).
+      const subject = (await this.mirrors.commitMessage(p, commit).catch(() => undefined))?.split('\n')[0]?.trim();
+      if (subject) await line(`#0 commit: ${subject.slice(0, 200)}`);
       await line(`#0 DONE ${((performance.now() - t0) / 1000).toFixed(1)}s`);
       this.store.setStages(build.id, stages);
       if (ac.signal.aborted) throw new KilnError('INTERRUPTED', 'build interrupted');

@@ -4,9 +4,14 @@
  * bodies and errors are documented in openapi.yaml (a test keeps the two in step).
  *
  * Auth: `Authorization: Bearer <token>` on every route except `/healthz`, `/hooks/…` (webhook receivers check
- * their forge's signature) and `/ui/…` (the web UI's own sign-in); viewers may read, admins may also write.
- * Tokens are never echoed or logged.
+ * their forge's signature) and the web UI's public parts (`/`, the sign-in page, `/ui/login`, `/ui/assets/…`);
+ * viewers may read, admins may also write. Tokens are never echoed or logged. With `sessions` (the web UI, see
+ * src/service/ui/sessions.ts) a valid session cookie stands for its token when no Authorization header is sent;
+ * a mutation made with the cookie must also send `X-Kiln-CSRF` (SameSite=Strict keeps the cookie off cross-site
+ * requests, the header is a second, independent guard). UI pages (route config `uiPage`) answer a missing or
+ * expired session with a redirect to the sign-in page instead of 401.
  */
+import { createHash, timingSafeEqual } from 'node:crypto';
 import { open, type FileHandle } from 'node:fs/promises';
 import { Ajv, type SchemaObject } from 'ajv';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
@@ -28,7 +33,25 @@ export interface ApiOptions {
   follow?: FollowOptions;
   /** Delivery records for `GET /builds/{id}/notifications` (none: every build has none). */
   notifications?: NotificationLog;
+  /** Web UI sessions: a session cookie authenticates like its token (none: only bearer tokens). */
+  sessions?: SessionAuth;
 }
+
+/** Looks up the web UI's session cookie (src/service/ui/sessions.ts). */
+export interface SessionAuth {
+  /** The session a `Cookie` header names, if valid now; `csrf` is what cookie mutations must send. */
+  fromCookie(cookie: string | undefined): { principal: Principal; csrf: string } | undefined;
+}
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** A web UI page: without a valid session it redirects to the sign-in page (never under `/api/`). */
+    uiPage?: boolean;
+  }
+}
+
+/** Header of the CSRF value on cookie-authenticated mutations. */
+const CSRF_HEADER = 'x-kiln-csrf';
 
 /** Content types read as YAML (project documents); JSON is Fastify's own parser. */
 const YAML_TYPES = ['application/yaml', 'text/yaml', 'application/x-yaml'];
@@ -45,7 +68,19 @@ export function principalOf(req: FastifyRequest): Principal | undefined {
 
 /** Public routes, by their route pattern (never the raw URL, so `/hooks/../api` cannot pass as public). */
 function isPublic(route: string): boolean {
-  return route === '/healthz' || route.startsWith('/hooks/') || route.startsWith('/ui/') || route === '/ui';
+  return (
+    route === '/healthz' ||
+    route.startsWith('/hooks/') ||
+    route === '/' ||
+    route === '/ui/login' ||
+    route === '/ui/logout' ||
+    route.startsWith('/ui/assets/')
+  );
+}
+
+/** Equal strings in constant time (hashed first, so lengths may differ). */
+function sameSecret(a: string, b: string): boolean {
+  return timingSafeEqual(createHash('sha256').update(a).digest(), createHash('sha256').update(b).digest());
 }
 
 /** The token of an `Authorization: Bearer …` header, if there is one. */
@@ -96,12 +131,30 @@ function yamlParser(app: FastifyInstance): void {
 }
 
 /** 401/403 before any handler (and before the body is read). */
-function authHook(app: FastifyInstance, core: ServiceCore): void {
-  app.addHook('onRequest', async (req) => {
+function authHook(app: FastifyInstance, core: ServiceCore, sessions: SessionAuth | undefined): void {
+  app.addHook('onRequest', async (req, reply) => {
     const route = req.routeOptions.url;
     if (route !== undefined && isPublic(route)) return;
     const token = bearerToken(req.headers.authorization);
-    const principal = token === undefined ? undefined : core.verifyToken(token);
+    let principal = token === undefined ? undefined : core.verifyToken(token);
+    if (token === undefined && sessions) {
+      const session = sessions.fromCookie(req.headers.cookie);
+      if (session && !READ_METHODS.has(req.method)) {
+        const sent = req.headers[CSRF_HEADER];
+        if (typeof sent !== 'string' || !sameSecret(sent, session.csrf)) {
+          throw new KilnError('FORBIDDEN', `${req.method} ${pathOf(req)}: missing or wrong X-Kiln-CSRF header`, {
+            hint: 'cookie-authenticated changes must send the CSRF value of GET /ui/session',
+          });
+        }
+      }
+      principal = session?.principal;
+      if (!principal && req.routeOptions.config.uiPage === true && route !== undefined && !route.startsWith('/api/')) {
+        return reply
+          .code(303)
+          .header('location', `/?next=${encodeURIComponent(req.url)}`)
+          .send();
+      }
+    }
     if (!principal) {
       throw new KilnError('UNAUTHENTICATED', token === undefined ? 'no token' : 'invalid token', {
         hint: 'send "Authorization: Bearer <token>" (kiln CLI: set KILN_TOKEN)',
@@ -269,7 +322,7 @@ export function createApi(core: ServiceCore, opts: ApiOptions = {}): FastifyInst
   validators(app);
   yamlParser(app);
   errorHandlers(app, opts.logger === true);
-  authHook(app, core);
+  authHook(app, core, opts.sessions);
   const followers = new LogFollowers(core, {
     log: (e) => app.log.error({ err: e }, 'log stream failed'),
     ...opts.follow,

@@ -15,6 +15,7 @@
 import { isUtf8 } from 'node:buffer';
 import { StringDecoder } from 'node:string_decoder';
 import type { Phase } from '../model.js';
+import { parseEventBlock } from './sse-block.js';
 
 const LF = 0x0a;
 const CR = 0x0d;
@@ -115,17 +116,7 @@ export class LogEventDecoder {
       if (stop === -1) break;
       const block = this.buffered.slice(at, stop);
       at = stop + 2;
-      let event = 'message';
-      let data: string | null = null;
-      for (const line of block.split('\n')) {
-        if (line === '' || line.startsWith(':')) continue;
-        const colon = line.indexOf(':');
-        const field = colon === -1 ? line : line.slice(0, colon);
-        let value = colon === -1 ? '' : line.slice(colon + 1);
-        if (value.startsWith(' ')) value = value.slice(1);
-        if (field === 'event') event = value;
-        else if (field === 'data') data = data === null ? value : data + '\n' + value;
-      }
+      const { event, data } = parseEventBlock(block);
       if (data === null) continue;
       if (event === 'log') {
         lines += data + '\n';

@@ -197,6 +197,17 @@ export const MIGRATIONS: readonly string[] = [
   ALTER TABLE builds ADD COLUMN bases TEXT;
   CREATE INDEX builds_succeeded_bases ON builds (project, image, ref, seq) WHERE phase = 'succeeded' AND bases IS NOT NULL;
   `,
+  // 5: web UI sign-in sessions (src/service/ui/sessions.ts): the SHA-256 of the session cookie (never the cookie
+  // nor the token), the token it stands for (revoking or removing the token ends its sessions), and its expiry.
+  `
+  CREATE TABLE ui_sessions (
+    hash TEXT PRIMARY KEY,
+    token_id TEXT NOT NULL REFERENCES tokens(id) ON DELETE CASCADE,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL
+  ) STRICT, WITHOUT ROWID;
+  CREATE INDEX ui_sessions_expiry ON ui_sessions (expires_at);
+  `,
 ];
 
 /** The schema version this kiln writes (the number of migrations). */

@@ -1,0 +1,2 @@
+/** Style sheets are imported for esbuild, which bundles them into the CSS asset. */
+declare module '*.css';

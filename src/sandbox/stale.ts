@@ -1,6 +1,6 @@
 /**
  * Clean-up after a kiln that died without cleaning up (SIGKILL, OOM, power loss): its snapshot and RUN state
- * dirs under `$KILN_HOME/tmp` (`snap-*`, `run-*`, `probe-*`) carry an `.owner` file (pid + start time); when that
+ * dirs under `$KILN_HOME/tmp` (`snap-*`, `run-*`, `probe-*`, `build-*`, `svc-*`) carry an `.owner` file (pid + start time); when that
  * process no longer exists, the mounts below the dir are detached and the dir removed. Dirs of live processes
  * (concurrent builds sharing the home) and dirs without an owner file are left alone.
  */
@@ -9,7 +9,8 @@ import { join } from 'node:path';
 import { mountsUnder, unmount } from './mount.js';
 import { OWNER_FILE, ownerId } from './paths.js';
 
-const PREFIXES = ['snap-', 'run-', 'probe-'];
+/** snapshot, RUN and probe dirs; a build's temp dir (`build-`); a service worker's secrets (`svc-`). */
+const PREFIXES = ['snap-', 'run-', 'probe-', 'build-', 'svc-'];
 
 function alive(owner: string): boolean {
   const [pid] = owner.trim().split(' ');

@@ -37,6 +37,8 @@ export interface BuildRunner {
   run(job: WorkerJob, hooks: RunHooks, signal: AbortSignal): Promise<RunOutcome>;
   /** Stop idle workers (running builds are the caller's to cancel first). */
   close(): Promise<void>;
+  /** Remove what killed builds left behind on this machine (optional: remote runners have nothing local). */
+  cleanupAfter?(): Promise<void>;
 }
 
 export interface LocalRunnerOptions {
@@ -164,10 +166,23 @@ export class LocalBuildRunner implements BuildRunner {
     const code = await w.exited;
     signal.removeEventListener('abort', onAbort);
     if (killer) clearTimeout(killer);
+    // a worker that was killed could not clean up: its snapshots, mounts and temp dirs carry .owner files
+    if (code !== 0) await this.cleanupAfter();
     if (outcome) return outcome;
     if (signal.aborted) return { ok: false, code: 'INTERRUPTED', message: 'build interrupted', reason: 'interrupted' };
     const message = `build worker died (exit ${code})`;
     return { ok: false, code: 'WORKER_FAILED', message, reason: message };
+  }
+
+  /** Remove what dead workers left under `$KILN_HOME/tmp` (mounts detached first). Never throws. */
+  async cleanupAfter(): Promise<void> {
+    try {
+      const { cleanupStaleTempDirs } = await import('../../sandbox/stale.js');
+      const { kilnHome } = await import('../../util/paths.js');
+      await cleanupStaleTempDirs(kilnHome({ ...process.env, ...this.opts.env }));
+    } catch {
+      // best effort: the next build's snapshotter runs the same clean-up
+    }
   }
 
   async close(): Promise<void> {

@@ -12,7 +12,8 @@
  * manifest pushed.
  */
 import { Socket } from 'node:net';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { rm, writeFile } from 'node:fs/promises';
+import { kilnTempDir } from '../../sandbox/paths.js';
 import { closeSync, openSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { KilnError, errorMessage, isKilnError } from '../../errors.js';
@@ -146,8 +147,8 @@ export async function workerMain(): Promise<number> {
   const { kilnHome } = await import('../../util/paths.js');
   let secretDir: string | undefined;
   try {
-    await mkdir(join(kilnHome(), 'tmp'), { recursive: true, mode: 0o700 });
-    secretDir = await mkdtemp(join(kilnHome(), 'tmp', 'svc-secrets-'));
+    // owned by this process (.owner): removed by the next kiln if this worker is killed
+    secretDir = await kilnTempDir(kilnHome(), 'svc-secrets-');
     const secrets: BuildOptions['secrets'] = [];
     for (const [id, value] of Object.entries(job.secrets)) {
       const file = join(secretDir, String(secrets.length));

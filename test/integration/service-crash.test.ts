@@ -231,4 +231,68 @@ projects:
     await svc.stop('SIGTERM');
     await assertClean(svc);
   });
+
+  test('a crashed worker fails only its build; the service and the next build carry on', async () => {
+    const svc = await startService({ config: config(), kilnHome: home });
+    started.push(svc);
+    const r = await svc.api<{ builds: Build[] }>('POST', '/api/v1/projects/crash/builds', { ref: 'main' });
+    const id = (r.body.builds[0] as Build).id;
+    await until('RUN to start', 60_000, () => pgrep('sleep 301'));
+    // the worker process: `kiln serve-worker` with this KILN_HOME
+    const workers: number[] = [];
+    for (const pid of await processesOf(home)) {
+      const cmd = await readFile(`/proc/${pid}/cmdline`, 'latin1').catch(() => '');
+      if (cmd.includes('serve-worker') && !cmd.startsWith('setpriv')) workers.push(pid);
+    }
+    assert.ok(workers.length > 0, 'a worker is running');
+    // kill every worker (the busy one and the idle warm one)
+    for (const pid of workers) process.kill(pid, 'SIGKILL');
+    const b = await svc.waitBuild(id, undefined, 60_000);
+    assert.equal(b.phase, 'failed');
+    assert.match(b.reason ?? '', /worker/);
+    await until('RUN to die', 30_000, async () => !(await pgrep('sleep 301')));
+    // the service still works: another build runs
+    const next = await svc.api<{ builds: Build[] }>('POST', '/api/v1/projects/push/builds', {
+      ref: 'main',
+      images: ['later'],
+    });
+    assert.equal(next.status, 201, next.text);
+    const done = await svc.waitBuild((next.body.builds[0] as Build).id, undefined, 120_000);
+    assert.equal(done.phase, 'succeeded', done.reason ?? '');
+    await svc.stop('SIGTERM');
+    await assertClean(svc);
+  });
+
+  test('SIGTERM: running builds get the grace period, then stop cleanly; queued builds wait for the next start', async () => {
+    const graceful = config().replace('concurrency: 1\n', 'concurrency: 1\nshutdownGraceSeconds: 2\n');
+    let svc = await startService({ config: graceful, kilnHome: home });
+    started.push(svc);
+    const r = await svc.api<{ builds: Build[] }>('POST', '/api/v1/projects/crash/builds', { ref: 'main' });
+    const id = (r.body.builds[0] as Build).id;
+    const q = await svc.api<{ builds: Build[] }>('POST', '/api/v1/projects/push/builds', {
+      ref: 'main',
+      images: ['later'],
+    });
+    const queuedId = (q.body.builds[0] as Build).id;
+    await until('RUN to start', 60_000, () => pgrep('sleep 301'));
+    const t0 = Date.now();
+    const code = await svc.stop('SIGTERM');
+    assert.equal(code, 0, 'a graceful stop exits 0');
+    assert.ok(Date.now() - t0 >= 2000, 'the running build had its grace period');
+    assert.equal(await pgrep('sleep 301'), false);
+    await assertClean(svc);
+    svc = await startService({
+      config: graceful,
+      kilnHome: home,
+      dataDir: svc.dataDir,
+      tokens: { admin: svc.admin, viewer: svc.viewer },
+    });
+    started.push(svc);
+    const stopped = await svc.api<Build>('GET', `/api/v1/builds/${id}`);
+    assert.equal(stopped.body.phase, 'failed');
+    assert.equal(stopped.body.reason, 'interrupted: the service stopped');
+    const later = await svc.waitBuild(queuedId, undefined, 120_000);
+    assert.equal(later.phase, 'succeeded', 'the queued build ran after the restart');
+    await svc.stop('SIGTERM');
+  });
 });

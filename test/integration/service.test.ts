@@ -172,6 +172,10 @@ ${project(
     const list = await svc.api<{ builds: Build[] }>('GET', '/api/v1/builds?limit=1', undefined, svc.viewer);
     const id = (list.body.builds[0] as Build).id;
     assert.equal((await svc.api('POST', `/api/v1/builds/${id}/cancel`, {}, svc.viewer)).status, 403);
+    // a token created while the service runs works at once; a revoked one does not
+    const { createToken } = await import('../helpers/service.js');
+    const fresh = await createToken(svc.dataDir, home, 'viewer');
+    assert.equal((await svc.api('GET', '/api/v1/builds', undefined, fresh)).status, 200);
     const metrics = await svc.api('GET', '/metrics', undefined, svc.viewer);
     assert.equal(metrics.status, 200);
     assert.match(metrics.text, /^kiln_queue_length \d+$/m);

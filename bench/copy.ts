@@ -1,6 +1,7 @@
 /**
- * `node --import tsx bench/copy.ts`: `kiln copy` vs `skopeo copy` of a ~500 MB multi-layer random image, side by
- * side, over several rounds (tools alternate first/second per round), reporting median wall time, throughput and
+ * `node --import tsx bench/copy.ts`: `kiln copy` vs `skopeo copy` (Debian) vs `crane copy` (go-containerregistry,
+ * built once per machine by scripts/go-tools.sh) of a ~500 MB multi-layer random image, side by side, over several
+ * rounds (the order rotates per round), reporting median wall time, throughput, the ratio to the fastest tool and
  * the peak RSS of each tool's process tree (polled from /proc).
  *
  *   same-registry  — copy to a new repository of the same registry (kiln mounts every blob: trivial),
@@ -20,6 +21,7 @@ import { push } from '../src/registry/push.js';
 import { closeTransports } from '../src/registry/transport.js';
 import { makeRandomImage } from '../test/helpers/images.js';
 import { startRegistry, type TestRegistry } from '../test/helpers/registry.js';
+import { goTools } from '../test/helpers/go-tools.js';
 import { measure, median, type Measured } from './procs.js';
 
 const REPO = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -27,7 +29,7 @@ const ROUNDS = Math.max(1, Number(process.env.KILN_BENCH_ROUNDS ?? 3) || 3);
 const TOTAL_MB = Math.max(1, Number(process.env.KILN_BENCH_COPY_MB ?? 500) || 500);
 const LAYERS = Math.max(1, Number(process.env.KILN_BENCH_LAYERS ?? 5) || 5);
 
-type Tool = 'kiln' | 'skopeo';
+type Tool = 'kiln' | 'skopeo' | 'crane';
 type Scenario = 'same-registry' | 'cross-registry';
 
 function log(msg: string): void {
@@ -79,6 +81,11 @@ async function runTool(tool: Tool, src: string, dst: string): Promise<Measured> 
     const k = kilnCommand();
     return measure(k.cmd, [...k.args, 'copy', src, dst, '--progress', 'quiet'], { env: k.env });
   }
+  if (tool === 'crane') {
+    // crane copies every platform of an index and mounts blobs within one registry, like the others
+    const crane = goTools('crane').crane as string;
+    return measure(crane, ['copy', '--insecure', src, dst]);
+  }
   return measure('skopeo', [
     'copy',
     '--quiet',
@@ -108,9 +115,10 @@ async function main(): Promise<void> {
     log(`seeded ${(bytes / 1e6).toFixed(0)} MB; kiln runs as ${kilnCommand().how}`);
 
     const results = new Map<string, Measured[]>();
-    const tools: Tool[] = ['kiln', 'skopeo'];
+    const tools: Tool[] = ['kiln', 'skopeo', 'crane'];
+    log(`crane ${goTools('crane')['crane-version']}`);
     for (let round = 0; round < ROUNDS; round++) {
-      const order = round % 2 === 0 ? tools : [...tools].reverse();
+      const order = tools.map((_, i) => tools[(i + round) % tools.length] as Tool);
       // A fresh destination registry each round: nothing there yet, and no client-side cache (skopeo's blob info
       // cache) can turn the copy into mounts.
       if (round > 0) {
@@ -132,18 +140,25 @@ async function main(): Promise<void> {
       }
     }
 
+    const fastest = new Map<string, number>();
+    for (const [key, ms] of results) {
+      const scenario = key.split('\t')[0] as string;
+      const t = median(ms.map((m) => m.ms));
+      fastest.set(scenario, Math.min(fastest.get(scenario) ?? Infinity, t));
+    }
     const rows = [...results.entries()].map(([key, ms]) => {
       const [scenario, tool] = key.split('\t') as [string, string];
       const t = median(ms.map((m) => m.ms)) / 1000;
       const rss = Math.max(...ms.map((m) => m.peakRss)) / 1048576;
       const rssMed = median(ms.map((m) => m.peakRss)) / 1048576;
-      return [scenario, tool, fmt(t), fmt(bytes / 1e6 / t, 0), fmt(rssMed, 0), fmt(rss, 0)];
+      const vsFastest = (t * 1000) / (fastest.get(scenario) ?? NaN);
+      return [scenario, tool, fmt(t), fmt(bytes / 1e6 / t, 0), fmt(vsFastest), fmt(rssMed, 0), fmt(rss, 0)];
     });
-    const header = ['scenario', 'tool', 'median s', 'MB/s', 'median peak RSS MiB', 'max peak RSS MiB'];
+    const header = ['scenario', 'tool', 'median s', 'MB/s', '× fastest', 'median peak RSS MiB', 'max peak RSS MiB'];
     const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
     const line = (cells: string[]): string => '| ' + cells.map((c, i) => c.padEnd(widths[i]!)).join(' | ') + ' |';
     const out = [
-      `kiln copy vs skopeo copy — ${(bytes / 1e6).toFixed(0)} MB in ${LAYERS} layers, ${ROUNDS} round(s), kiln as ${kilnCommand().how}`,
+      `kiln copy vs skopeo copy vs crane copy — ${(bytes / 1e6).toFixed(0)} MB in ${LAYERS} layers, ${ROUNDS} round(s), kiln as ${kilnCommand().how}`,
       line(header),
       line(widths.map((w) => '-'.repeat(w))),
       ...rows.map(line),

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a Debian bookworm machine with Node 20: installs the Debian tools kiln's tests use,
-# the npm dependencies, compiles the TypeScript, and prepares an ordinary user with subordinate ids for the
-# rootless tests. Safe to run again: it only installs what is missing.
+# the npm dependencies, compiles the TypeScript, prepares an ordinary user with subordinate ids for the
+# rootless tests, and builds current BuildKit (scripts/go-tools.sh) and the Debian base root
+# (scripts/debian-rootfs.sh) once per machine. Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,5 +29,13 @@ npm run --silent build
 # An ordinary user with subordinate ids, for the rootless tests (root only; harmless when it exists).
 if [ "$(id -u)" -eq 0 ] && [ -x scripts/rootless-user.sh ]; then
   bash scripts/rootless-user.sh >/dev/null
+fi
+# Current BuildKit (the differential reference) from its Go module into ${XDG_CACHE_HOME:-~/.cache}/kiln-tools
+# (~5-13 min on 2 cores, once per machine; a missing Go or proxy fails here with what to install), and the
+# debootstrap root of the Debian differential cases (root only). `npm run bench` builds crane and kaniko the same
+# way on first use (scripts/go-tools.sh crane kaniko).
+bash scripts/go-tools.sh buildkit >/dev/null
+if [ "$(id -u)" -eq 0 ]; then
+  bash scripts/debian-rootfs.sh >/dev/null
 fi
 echo "setup: ok" >&2

@@ -454,6 +454,17 @@ test('FROM --platform: $BUILDPLATFORM/$TARGETPLATFORM work, a foreign platform i
   );
 });
 
+test('WORKDIR: an absolute path is kept as written in config and history, a relative one is joined and cleaned', async () => {
+  const h = harness('workdir-raw');
+  const df = 'FROM scratch\nWORKDIR /a/b/../c\nWORKDIR /t/s/\nWORKDIR rel/./x/../y/\n';
+  const res = await runEngine(request(df), h.deps);
+  assert.equal(res.config.config.WorkingDir, '/t/s/rel/y');
+  assert.deepEqual(
+    res.config.history.map((x) => x.created_by),
+    ['WORKDIR /a/b/../c', 'WORKDIR /t/s/', 'WORKDIR /t/s/rel/y'],
+  );
+});
+
 test('history style: buildkit-latest (default) writes COPY flags, EXPOSE list, HEALTHCHECK %+v; buildkit-0.8 not', async () => {
   const h = harness('latest-style');
   await mkdir(h.deps.contextDir, { recursive: true });

@@ -123,6 +123,8 @@ export interface StageLayer {
   /** Extracted dir in the layer store. */
   dir: string;
   layer: Layer;
+  /** Made by a step whose result does not depend on the layers below (COPY --link): rebasable. */
+  independent?: boolean;
 }
 
 export interface EngineResult {
@@ -782,7 +784,7 @@ class Engine {
             ? undefined
             : await this.deps.layers.layer(l.digest, l.diffID, l.size, l.mediaType).catch(() => undefined);
         if (dir !== undefined && layer !== undefined) {
-          st.layers.push({ diffID: l.diffID, dir, layer });
+          st.layers.push({ diffID: l.diffID, dir, layer, ...(hooks.independent ? { independent: true } : {}) });
           this.announce(st, layer);
           this.record(st, key, history, buildkitSuffix, hit.created, hooks.independent === true);
           this.deps.progress.cached(id);
@@ -813,6 +815,7 @@ class Engine {
     // The upper dir is final: later steps can mount it as a lower dir right away, while its tar is written,
     // compressed and digested on the other cores (BuildKit likewise defers layer blobs to the export).
     const sl: StageLayer = { diffID: '', dir: snap.upper, layer: undefined as unknown as Layer };
+    if (hooks.independent) sl.independent = true;
     st.layers.push(sl);
     this.writeInBackground(st, snap, sl, key, created, hooks.written, hooks.reuseFrom?.());
     this.record(st, key, history, buildkitSuffix, created, hooks.independent === true);
@@ -910,7 +913,10 @@ class Engine {
 
   private async dispatchWorkdir(st: StageState, path: string, c: Instruction, prefix: string): Promise<void> {
     const cur = this.workdir(st);
-    const wd = posix.normalize(posix.isAbsolute(path) ? path : posix.join(cur, path)).replace(/(.)\/+$/, '$1');
+    // BuildKit (system.NormalizeWorkdir): an absolute path is kept as written (`/a/b/../c`, `/t/s/`) in the config
+    // and the history, a relative one is joined to the current dir and cleaned (Go path.Join); the directory made
+    // is the cleaned path
+    const wd = posix.isAbsolute(path) ? path : posix.normalize(posix.join(cur, path)).replace(/(.)\/+$/, '$1');
     st.img.config.WorkingDir = wd;
     if (wd === '/') {
       commitHistory(st.img, `WORKDIR ${wd}`, { withLayer: false, buildkitSuffix: false });

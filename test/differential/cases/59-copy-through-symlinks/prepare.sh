@@ -1,0 +1,1 @@
+mkdir -p real/sub && echo x > real/sub/file && ln -s real link

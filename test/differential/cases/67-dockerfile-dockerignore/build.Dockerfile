@@ -1,0 +1,2 @@
+FROM @REGISTRY@/busybox
+COPY . /ctx/

@@ -27,7 +27,6 @@ export class LogView {
   private readonly spacer: HTMLDivElement;
   private readonly rows: HTMLDivElement;
   private lines: string[] = [];
-  private plain: (string | undefined)[] = [];
   /** Lines dropped from the front (memory bound): line `i` of `lines` is line `dropped + i + 1` of the log. */
   dropped = 0;
   private chars = 0;
@@ -36,6 +35,8 @@ export class LogView {
   private programmatic = false;
   following = true;
   private query = '';
+  /** The query as a case-insensitive pattern (a RegExp test is far cheaper than lower-casing every line). */
+  private pattern: RegExp | undefined;
   /** Absolute line indexes (0-based) that match the query. */
   matches: number[] = [];
   current = -1;
@@ -103,12 +104,11 @@ export class LogView {
 
   append(lines: readonly string[]): void {
     if (lines.length === 0) return;
-    const q = this.query;
+    const re = this.pattern;
     for (const l of lines) {
       this.lines.push(l);
-      this.plain.push(undefined);
       this.chars += l.length;
-      if (q && this.plainAt(this.lines.length - 1).includes(q)) this.matches.push(this.dropped + this.lines.length - 1);
+      if (re && re.test(stripAnsi(l))) this.matches.push(this.dropped + this.lines.length - 1);
     }
     if (this.lines.length > MAX_LINES || this.chars > MAX_CHARS) this.trim();
     this.dirty = true;
@@ -120,7 +120,6 @@ export class LogView {
     const n = Math.ceil(this.lines.length / 5);
     for (let i = 0; i < n; i++) this.chars -= (this.lines[i] as string).length;
     this.lines = this.lines.slice(n);
-    this.plain = this.plain.slice(n);
     this.dropped += n;
     const firstHeld = this.dropped;
     const before = this.matches.length;
@@ -128,23 +127,17 @@ export class LogView {
     if (this.current !== -1) this.current = Math.max(-1, this.current - (before - this.matches.length));
   }
 
-  private plainAt(i: number): string {
-    let p = this.plain[i];
-    if (p === undefined) {
-      p = stripAnsi(this.lines[i] as string).toLowerCase();
-      this.plain[i] = p;
-    }
-    return p;
-  }
-
   /** Search (case-insensitive); returns the number of matching lines and goes to the first after the view. */
   search(query: string): number {
     this.query = query.toLowerCase();
+    this.pattern = query ? new RegExp(query.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'), 'i') : undefined;
     this.matches = [];
     this.current = -1;
-    if (this.query) {
-      for (let i = 0; i < this.lines.length; i++)
-        if (this.plainAt(i).includes(this.query)) this.matches.push(this.dropped + i);
+    const re = this.pattern;
+    if (re) {
+      const lines = this.lines;
+      for (let i = 0; i < lines.length; i++)
+        if (re.test(stripAnsi(lines[i] as string))) this.matches.push(this.dropped + i);
       if (this.matches.length) this.step(1);
     }
     this.dirty = true;
@@ -258,7 +251,7 @@ export class LogView {
     let cls = 'log-line';
     if (abs === this.failing) cls += ' fail';
     if (abs === this.picked) cls += ' picked';
-    const isMatch = this.query !== '' && this.plain[abs - this.dropped]?.includes(this.query);
+    const isMatch = this.pattern !== undefined && this.pattern.test(stripAnsi(line));
     if (isMatch) cls += abs === this.matches[this.current] ? ' match current' : ' match';
     div.className = cls;
     div.id = `L${abs + 1}`;

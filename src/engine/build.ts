@@ -30,6 +30,7 @@ import {
   type OutputWriters,
 } from './outputs.js';
 import type { PushOptions } from '../registry/push.js';
+import { REBASABLE_LAYERS, rebasableAnnotation, rebaseVerdict, type RebaseVerdict } from '../rebase/verdict.js';
 
 export interface BuildServices {
   kilnHome: string;
@@ -60,6 +61,11 @@ export interface BuildOutcome {
   engine: EngineResult;
   image: Image;
   exported: ExportResult;
+  /**
+   * Whether `kiln rebase` may swap this image's base (every layer above the base is independent of it): the
+   * service's base-change trigger can rebase instead of rebuilding. Absent for images without a base.
+   */
+  rebase?: RebaseVerdict & { baseLayers: number };
 }
 
 /** BuildKit's build checks: warnings are printed; with `# check=error=true` they fail the build. */
@@ -122,6 +128,17 @@ export function imageOf(res: EngineResult): Image {
   });
 }
 
+/** Remembers the images FROM resolved to (by manifest digest), to know how many layers the base has. */
+function recordingBases(inner: BaseResolver, seen: Map<string, Image>): BaseResolver {
+  return {
+    resolve: async (ref, o) => {
+      const r = await inner.resolve(ref, o);
+      seen.set(r.digest, r.image);
+      return r;
+    },
+  };
+}
+
 /** Default outputs: `--output`s, else `--push` (registry) or the local store, under the -t names. */
 export function effectiveOutputs(opts: BuildOptions): BuildOptions['outputs'] {
   if (opts.outputs.length > 0) {
@@ -143,6 +160,7 @@ export async function build(opts: BuildOptions, svc: BuildServices): Promise<Bui
     bases: svc.bases,
   });
   const tmp = await svc.tempDir('build-');
+  const resolved = new Map<string, Image>();
   try {
     const engineReq: Parameters<typeof runEngine>[0] = {
       stages: plan.stages,
@@ -166,7 +184,7 @@ export async function build(opts: BuildOptions, svc: BuildServices): Promise<Bui
       executor: svc.executor,
       snapshotter: svc.snapshotter,
       layers: svc.layers,
-      bases: svc.bases,
+      bases: recordingBases(svc.bases, resolved),
       cache: svc.cache ?? new BuildCache(join(svc.kilnHome, 'cache')),
       progress: svc.progress,
       copier: svc.copier,
@@ -215,9 +233,18 @@ export async function build(opts: BuildOptions, svc: BuildServices): Promise<Bui
           ? new Date(opts.sourceDateEpoch * 1000).toISOString().replace(/\.000Z$/, 'Z')
           : new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
     };
+    let rebase: BuildOutcome['rebase'];
     if (engine.base) {
       annotations['org.opencontainers.image.base.name'] = engine.base.name;
       annotations['org.opencontainers.image.base.digest'] = engine.base.digest;
+      // which layers do not depend on what is below them (kiln rebase decides from the image alone)
+      annotations[REBASABLE_LAYERS] = rebasableAnnotation(engine.layers);
+      const baseImage = resolved.get(engine.base.digest);
+      if (baseImage) {
+        const baseLayers = (await baseImage.config()).rootfs.diff_ids.length;
+        const independent = new Set(engine.layers.flatMap((l, i) => (l.independent ? [i] : [])));
+        rebase = { ...rebaseVerdict(engine.config, baseLayers, independent), baseLayers };
+      }
     }
     const exportOpts: Parameters<typeof exportImage>[1] = {
       outputs: effectiveOutputs(opts),
@@ -248,7 +275,7 @@ export async function build(opts: BuildOptions, svc: BuildServices): Promise<Bui
     if (opts.iidfile) await writeIidFile(opts.iidfile, exported);
     if (opts.metadataFile) await writeMetadataFile(opts.metadataFile, exported);
     if (svc.afterExport) await svc.afterExport(engine, exported);
-    return { engine, image, exported };
+    return rebase ? { engine, image, exported, rebase } : { engine, image, exported };
   } finally {
     await rm(tmp, { recursive: true, force: true });
   }

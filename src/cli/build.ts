@@ -26,6 +26,7 @@ import {
   parseCompression,
   type BuildOptions,
 } from '../engine/options.js';
+import { parseIsolation } from '../sandbox/isolation.js';
 
 function collect(v: string, prev: string[] | undefined): string[] {
   return [...(prev ?? []), v];
@@ -55,6 +56,7 @@ export interface BuildFlags {
   cacheTo?: string[];
   compression?: string;
   compressionLevel?: string;
+  isolation?: string;
 }
 
 /** Turn parsed commander flags into BuildOptions (every malformed value is one KilnError). */
@@ -91,6 +93,7 @@ export function buildOptionsFrom(
   const comp = parseCompression(flags.compression, flags.compressionLevel, opts.outputs);
   if (comp.compression) opts.compression = comp.compression;
   if (comp.level !== undefined) opts.compressionLevel = comp.level;
+  opts.isolation = parseIsolation(flags.isolation ?? env.KILN_ISOLATION);
   const sde = parseSourceDateEpoch(buildArgs, env);
   if (sde !== undefined) opts.sourceDateEpoch = sde;
   for (const t of opts.tags) {
@@ -116,6 +119,21 @@ export function buildOptionsFrom(
     }
   }
   return opts;
+}
+
+/** Add the isolation level to the --metadata-file the build wrote (`kiln.isolation`). */
+async function recordIsolation(file: string, level: string): Promise<void> {
+  if (file === '-') return;
+  const { readFile } = await import('node:fs/promises');
+  const { writeFileAtomic } = await import('../util/atomic.js');
+  let md: Record<string, unknown>;
+  try {
+    md = JSON.parse(await readFile(file, 'utf8')) as Record<string, unknown>;
+  } catch {
+    return; // not written (or not JSON): nothing to add to
+  }
+  md['kiln.isolation'] = level;
+  await writeFileAtomic(file, JSON.stringify(md, null, 2) + '\n');
 }
 
 export function register(program: Command): void {
@@ -155,6 +173,10 @@ export function register(program: Command): void {
     )
     .option('--compression <type>', 'layer compression: gzip (default), zstd or uncompressed')
     .option('--compression-level <n>', 'compression level (gzip 0-9, default 1; zstd 1-22, default 3)')
+    .option(
+      '--isolation <level>',
+      'how RUN steps are isolated: userns (default; user namespace), restricted (no privileges: PSS restricted pods) or vm',
+    )
     .option('--iidfile <file>', 'write the image ID (config digest) to this file')
     .option('--metadata-file <file>', 'write build result metadata (JSON) to this file')
     .option('--progress <mode>', 'progress output: auto, tty, plain, json or quiet', 'auto')
@@ -181,15 +203,18 @@ export function register(program: Command): void {
         if (flags.quiet) process.stdout.write(id + '\n');
         return;
       }
-      // Rootless: re-run this very command inside the build user namespace (no-op as root or when inside).
-      const { enterBuildNamespace } = await import('../sandbox/userns.js');
-      const code = await enterBuildNamespace();
+      // Re-run this very command inside what the isolation level needs for the whole build: the build user
+      // namespace (userns, vm; a no-op as root or when inside) or the restricted helper.
+      const { enterIsolation } = await import('../sandbox/isolation.js');
+      const { kilnHome } = await import('../oci/store.js');
+      const code = await enterIsolation(opts.isolation ?? 'userns', kilnHome());
       if (code !== null) {
         process.exitCode = code;
         return;
       }
       const { runBuildCommand } = await import('../engine/services.js');
       const res = await runBuildCommand(opts, flags);
+      if (opts.metadataFile) await recordIsolation(opts.metadataFile, opts.isolation ?? 'userns');
       const toStdout = opts.outputs.some((o) => o.dest === '-');
       if (flags.quiet && !toStdout) process.stdout.write(res.exported.configDigest + '\n');
     });

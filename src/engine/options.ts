@@ -64,6 +64,8 @@ export interface BuildOptions {
   compression?: LayerCompression;
   /** --compression-level / output compression-level= (gzip 0–9, zstd 1–22). */
   compressionLevel?: number;
+  /** --isolation: how RUN steps are isolated (src/sandbox/isolation.ts); default userns. */
+  isolation?: 'userns' | 'restricted' | 'vm';
 }
 
 export type LayerCompression = 'gzip' | 'zstd' | 'uncompressed';

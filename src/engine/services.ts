@@ -26,9 +26,8 @@ import {
   type BuildContext,
   type LoadContextOptions,
 } from "./context.js";
-import { chooseSnapshotter } from "../sandbox/overlay.js";
+import { isolationServices } from "../sandbox/isolation.js";
 import { kilnTempDir } from "../sandbox/paths.js";
-import { NamespaceExecutor } from "../sandbox/run.js";
 import { LocalLayerStore } from "./local.js";
 import { LocalFileCopier } from "./copy.js";
 import { BuildProgress } from "./progress.js";
@@ -88,6 +87,8 @@ export interface ServiceOptions {
   /** Layer compression for written layers. */
   compression?: LayerCompression;
   compressionLevel?: number;
+  /** How RUN steps are isolated (default userns). */
+  isolation?: BuildOptions["isolation"];
 }
 
 /** Write to `dest`, or for `-` to a temp file streamed to stdout (tar outputs to a pipe, like buildx). */
@@ -114,7 +115,10 @@ export async function localServices(
   const home = o.home ?? kilnHome();
   await mkdir(home, { recursive: true });
   const store = await LocalStore.open(home);
-  const snapshotter = await chooseSnapshotter({ kilnHome: home });
+  const { executor, snapshotter, layersDir } = await isolationServices(
+    o.isolation ?? "userns",
+    home,
+  );
   const tmpBase = join(home, "tmp");
   await mkdir(tmpBase, { recursive: true, mode: 0o700 });
   const warn = (m: string): void => o.progress.warn(m);
@@ -135,10 +139,10 @@ export async function localServices(
     kilnHome: home,
     contextDir: context.root,
     dockerfile: { text: context.dockerfile.text, file: dfName },
-    executor: new NamespaceExecutor({ kilnHome: home }),
+    executor,
     snapshotter,
     layers: new LocalLayerStore({
-      layersDir: join(home, "layers"),
+      layersDir,
       blobs: store.blobs,
       onWarning: warn,
       ...(o.compression ? { compression: o.compression } : {}),
@@ -292,6 +296,7 @@ export async function runBuildCommand(
     if (opts.compression) so.compression = opts.compression;
     if (opts.compressionLevel !== undefined)
       so.compressionLevel = opts.compressionLevel;
+    if (opts.isolation) so.isolation = opts.isolation;
     const svc = await localServices(so);
     if (embed.bases) svc.bases = embed.bases(svc.bases);
     if (embed.frontend) svc.frontend = embed.frontend;

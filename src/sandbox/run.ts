@@ -155,7 +155,7 @@ function cacheKey(id: string): string {
  * (`<dir>-1`, `<dir>-2`, ... also persistent); locked = wait until no other step of this process uses it.
  * uid/gid/mode apply when the dir is created.
  */
-async function acquireCache(kilnHome: string, m: SandboxMount): Promise<{ dir: string; release: () => void }> {
+export async function acquireCache(kilnHome: string, m: SandboxMount): Promise<{ dir: string; release: () => void }> {
   const base = m.source ?? join(kilnHome, 'cache-mounts', cacheKey(m.id || m.target));
   const sharing = m.sharing ?? 'shared';
   let dir = base;
@@ -206,7 +206,7 @@ async function acquireCache(kilnHome: string, m: SandboxMount): Promise<{ dir: s
  * The mount-point stubs a step created in its rootfs, and the mtimes of the existing dirs they were created in
  * (before the first stub and after the last), so removing them leaves the rootfs as it was.
  */
-class StubTracker {
+export class StubTracker {
   readonly paths: string[] = [];
   readonly parents = new Map<string, { before: bigint; after: bigint; names: string }>();
 
@@ -243,7 +243,7 @@ async function setMtimeNs(path: string, ns: bigint): Promise<void> {
  * Make sure container path `target` exists in `root` (resolved without leaving it) as a dir or a file; records
  * each created component. Returns the resolved host path.
  */
-async function ensureTarget(
+export async function ensureTarget(
   root: string,
   target: string,
   kind: 'dir' | 'file',

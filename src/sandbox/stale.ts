@@ -10,7 +10,7 @@ import { mountsUnder, unmount } from './mount.js';
 import { OWNER_FILE, ownerId } from './paths.js';
 
 /** snapshot, RUN and probe dirs; a build's temp dir (`build-`); a service worker's secrets (`svc-`). */
-const PREFIXES = ['snap-', 'run-', 'probe-', 'build-', 'svc-'];
+const PREFIXES = ['snap-', 'run-', 'probe-', 'build-', 'svc-', 'rtree-', 'rsnap-', 'rrun-'];
 
 function alive(owner: string): boolean {
   const [pid] = owner.trim().split(' ');

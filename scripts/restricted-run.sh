@@ -1,0 +1,42 @@
+#!/bin/sh
+# Run a command the way a Pod Security Standards "restricted" container runs it: as a non-root uid/gid with no
+# supplementary groups, no capabilities (empty bounding, inheritable and ambient sets), no_new_privs (setuid and
+# file capabilities have no effect: newuidmap cannot raise privileges) and containerd's RuntimeDefault seccomp
+# profile (scripts/restricted/runtime-default.json, loaded by scripts/restricted/seccomp-exec.py with libseccomp).
+#
+#   sudo scripts/restricted-run.sh [--user NAME|UID] [--gid GID] [--env-keep] -- COMMAND [ARG...]
+#
+# Must start as root (to switch to the user); default user: kilntest (scripts/rootless-user.sh). The environment
+# is reset to HOME/USER/PATH/LANG of that user unless --env-keep. Needs util-linux (setpriv) and python3-seccomp.
+# Not emulated: the container's own mount/pid/network namespaces, read-only /proc/sys, cgroup limits, the AppArmor
+# profile (runtime/default) and mount options such as a noexec /dev/shm.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+user=kilntest
+gid=
+keep=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --user) user=$2; shift 2 ;;
+    --gid) gid=$2; shift 2 ;;
+    --env-keep) keep=1; shift ;;
+    --) shift; break ;;
+    *) echo "restricted-run.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+[ $# -gt 0 ] || { echo "usage: restricted-run.sh [--user U] [--gid G] [--env-keep] -- COMMAND [ARG...]" >&2; exit 2; }
+[ "$(id -u)" = 0 ] || { echo "restricted-run.sh: must start as root (to switch to $user)" >&2; exit 2; }
+uid=$(id -u "$user")
+[ -n "$gid" ] || gid=$(id -g "$user")
+home=$(getent passwd "$uid" | cut -d: -f6)
+[ -n "$home" ] || home=/
+name=$(getent passwd "$uid" | cut -d: -f1)
+python=/usr/bin/python3
+"$python" -c 'import seccomp' 2>/dev/null || { echo "restricted-run.sh: apt-get install python3-seccomp" >&2; exit 2; }
+set -- setpriv --reuid "$uid" --regid "$gid" --clear-groups --inh-caps=-all --ambient-caps=-all \
+  --bounding-set=-all --no-new-privs -- "$python" "$here/restricted/seccomp-exec.py" -- "$@"
+if [ "$keep" = 1 ]; then
+  exec env HOME="$home" USER="${name:-$uid}" "$@"
+fi
+exec env -i HOME="$home" USER="${name:-$uid}" LOGNAME="${name:-$uid}" LANG=C.UTF-8 \
+  PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"

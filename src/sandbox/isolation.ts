@@ -1,0 +1,89 @@
+/**
+ * Isolation levels: how RUN steps (and the file system work around them) are isolated, chosen per build with
+ * `kiln build --isolation userns|restricted|vm` and recorded in the build's metadata (`kiln.isolation`).
+ *
+ * - `userns` (default): today's sandbox — one user namespace with the caller's subordinate ids for the whole build,
+ *   overlay snapshots, RUN steps in their own mount/pid/ipc/uts namespaces (userns.ts, overlay.ts, run.ts). Needs
+ *   unshare(CLONE_NEWUSER), mount, and the setuid newuidmap: machines, and `baseline` pods with a Localhost seccomp
+ *   profile that allows them.
+ * - `restricted`: works with no capabilities, no_new_privs, a non-root uid and the RuntimeDefault seccomp profile
+ *   (Pod Security Standards `restricted`): kiln runs under kiln-restricted (seccomp user notification: ownership,
+ *   modes, devices and identities are emulated and recorded), RUN steps under proot, snapshots are hard-linked
+ *   trees with change lists (restricted/).
+ * - `vm`: for a sandboxed runtime class (Kata, gVisor): only the pod settings differ; inside the sandbox's own
+ *   kernel kiln runs the userns sandbox.
+ */
+import { join } from 'node:path';
+import type { Executor, Snapshotter } from '../engine/ports.js';
+import { KilnError } from '../errors.js';
+
+export const ISOLATION_LEVELS = ['userns', 'restricted', 'vm'] as const;
+export type IsolationLevel = (typeof ISOLATION_LEVELS)[number];
+
+/** Parse `--isolation` (default userns). */
+export function parseIsolation(v: string | undefined): IsolationLevel {
+  if (v === undefined || v === '') return 'userns';
+  if ((ISOLATION_LEVELS as readonly string[]).includes(v)) return v as IsolationLevel;
+  throw new KilnError('OPTION_INVALID', `--isolation ${v}: unknown isolation level`, {
+    hint: `use one of ${ISOLATION_LEVELS.join(', ')}`,
+  });
+}
+
+/**
+ * Enter what the level needs for the whole build (the CLI re-executes itself): the build user namespace for
+ * userns and vm, the restricted helper for restricted. Resolves to null when the caller carries on in-process,
+ * else to the exit code of the re-executed build.
+ */
+export async function enterIsolation(level: IsolationLevel, kilnHome: string): Promise<number | null> {
+  if (level === 'restricted') {
+    const { enterRestricted } = await import('./restricted/enter.js');
+    return enterRestricted(kilnHome);
+  }
+  const { enterBuildNamespace } = await import('./userns.js');
+  return enterBuildNamespace();
+}
+
+export interface IsolationServices {
+  executor: Executor;
+  snapshotter: Snapshotter;
+  /** Where extracted and committed layer dirs live for this level (the restricted level's carry its metadata in
+   * extended attributes, so they are kept apart from the userns level's). */
+  layersDir: string;
+}
+
+/** The Executor + Snapshotter pair (and layer dir) of a level, for a build inside what enterIsolation set up. */
+export async function isolationServices(level: IsolationLevel, kilnHome: string): Promise<IsolationServices> {
+  if (level === 'restricted') {
+    const { RestrictedClient } = await import('./restricted/client.js');
+    const { RestrictedSnapshotter } = await import('./restricted/snapshotter.js');
+    const { RestrictedExecutor } = await import('./restricted/executor.js');
+    const { ensureHelper } = await import('./restricted/helper.js');
+    const { findTool } = await import('./userns.js');
+    const { cleanupStaleTempDirs } = await import('./stale.js');
+    const client = RestrictedClient.require();
+    await cleanupStaleTempDirs(kilnHome);
+    const helper = await ensureHelper(kilnHome);
+    const proot = await findTool('proot');
+    if (!proot) {
+      throw new KilnError(
+        'ISOLATION_UNAVAILABLE',
+        'isolation restricted is not available here: proot is not installed',
+        {
+          hint: 'apt-get install proot',
+        },
+      );
+    }
+    return {
+      executor: new RestrictedExecutor({ kilnHome, client, helper, proot }),
+      snapshotter: new RestrictedSnapshotter({ kilnHome, client }),
+      layersDir: join(kilnHome, 'restricted', 'layers'),
+    };
+  }
+  const { chooseSnapshotter } = await import('./overlay.js');
+  const { NamespaceExecutor } = await import('./run.js');
+  return {
+    executor: new NamespaceExecutor({ kilnHome }),
+    snapshotter: await chooseSnapshotter({ kilnHome }),
+    layersDir: join(kilnHome, 'layers'),
+  };
+}

@@ -1,0 +1,64 @@
+/**
+ * Entering the restricted isolation level: like `enterBuildNamespace` for userns, the CLI re-executes itself once,
+ * for the whole build, this time under `kiln-restricted supervise` (the helper's seccomp filter answers the
+ * process's file-ownership and identity system calls; see kiln-restricted.c). Inside, kiln sees itself as root
+ * (getuid() = 0), so layer extraction, COPY --chown and the layer writer run unchanged; RUN steps go through
+ * RestrictedExecutor and snapshots through RestrictedSnapshotter.
+ */
+import { spawn } from 'node:child_process';
+import { KilnError } from '../../errors.js';
+import { captureRestrictedFd } from './client.js';
+import { restrictedStatus } from './helper.js';
+
+const RELAYED: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+const SIGNALS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGKILL: 9, SIGTERM: 15 };
+
+/** Throw one clear ISOLATION_UNAVAILABLE line when the restricted level cannot work here; else the helper path. */
+export async function assertRestrictedAvailable(kilnHome: string): Promise<string> {
+  const st = await restrictedStatus(kilnHome);
+  if (st.problems.length > 0 || !st.helper) {
+    throw new KilnError(
+      'ISOLATION_UNAVAILABLE',
+      `isolation restricted is not available here: ${st.problems.join('; ')}`,
+      {
+        hint: [...new Set(st.hints)].join('; ') || 'see src/sandbox/restricted/README.md',
+      },
+    );
+  }
+  return st.helper;
+}
+
+/**
+ * Re-execute `node <argv>` under the helper. Resolves to null when already inside (carry on in-process), else to
+ * the child's exit code.
+ */
+export async function enterRestricted(
+  kilnHome: string,
+  argv: string[] = [...process.execArgv, ...process.argv.slice(1)],
+): Promise<number | null> {
+  if (captureRestrictedFd() !== undefined) return null;
+  const helper = await assertRestrictedAvailable(kilnHome);
+  // --pdeathsig: if this parent dies, the helper goes too (and with it, by PR_SET_PDEATHSIG, the build)
+  const child = spawn(
+    'setpriv',
+    ['--pdeathsig', 'SIGTERM', '--', helper, 'supervise', '--', process.execPath, ...argv],
+    {
+      stdio: 'inherit',
+      env: process.env,
+    },
+  );
+  const relay = (sig: NodeJS.Signals) => () => {
+    child.kill(sig);
+  };
+  const handlers = RELAYED.map((s) => [s, relay(s)] as const);
+  for (const [s, h] of handlers) process.on(s, h);
+  return new Promise<number>((resolve, reject) => {
+    child.on('error', (e) =>
+      reject(new KilnError('ISOLATION_UNAVAILABLE', `isolation restricted: cannot start the helper: ${e.message}`)),
+    );
+    child.on('close', (code, signal) => {
+      for (const [s, h] of handlers) process.off(s, h);
+      resolve(code ?? 128 + (signal ? (SIGNALS[signal] ?? 1) : 1));
+    });
+  });
+}

@@ -1,0 +1,154 @@
+/**
+ * Locating (or building) `kiln-restricted`, the static helper of the restricted isolation level, and checking that
+ * this environment can run it.
+ *
+ * The helper is `KILN_RESTRICTED_HELPER` when set (a pre-built binary, e.g. baked into a builder image), else
+ * `$KILN_HOME/bin/kiln-restricted-<sha of its source>`, compiled once from `src/sandbox/restricted/kiln-restricted.c`
+ * with the host's C compiler (`cc -O2 -static`: the same binary also runs inside the build's root file system as
+ * the RUN steps' shim, where no C library can be assumed). `scripts/build-restricted-helper.sh` does the same.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { access, constants, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { release } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { KilnError } from '../../errors.js';
+import { runTool } from '../mount.js';
+import { findTool } from '../userns.js';
+
+export const HELPER_ENV = 'KILN_RESTRICTED_HELPER';
+
+/** The helper's C source in this checkout (src/ and dist/ are at the same depth below the repository). */
+export function helperSource(): string {
+  const here = dirname(fileURLToPath(import.meta.url));
+  return join(here, '..', '..', '..', 'src', 'sandbox', 'restricted', 'kiln-restricted.c');
+}
+
+async function executable(p: string): Promise<boolean> {
+  try {
+    await access(p, constants.X_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The helper binary: `KILN_RESTRICTED_HELPER`, else the compiled copy in `$KILN_HOME/bin` (built now when missing).
+ * Throws ISOLATION_UNAVAILABLE naming what is missing.
+ */
+export async function ensureHelper(kilnHome: string): Promise<string> {
+  const given = process.env[HELPER_ENV];
+  if (given) {
+    if (await executable(given)) return given;
+    throw new KilnError('ISOLATION_UNAVAILABLE', `isolation restricted: ${HELPER_ENV}=${given} is not executable`, {
+      hint: 'point it at a kiln-restricted binary (scripts/build-restricted-helper.sh builds one)',
+    });
+  }
+  const src = helperSource();
+  let code: Buffer;
+  try {
+    code = await readFile(src);
+  } catch {
+    throw new KilnError('ISOLATION_UNAVAILABLE', 'isolation restricted: the kiln-restricted helper is missing', {
+      hint: `set ${HELPER_ENV} to a kiln-restricted binary (built by scripts/build-restricted-helper.sh)`,
+    });
+  }
+  const tag = createHash('sha256').update(code).update(process.arch).digest('hex').slice(0, 12);
+  const bin = join(kilnHome, 'bin', `kiln-restricted-${tag}`);
+  if (await executable(bin)) return bin;
+  const cc = (await findTool('cc')) ?? (await findTool('gcc'));
+  if (!cc) {
+    throw new KilnError(
+      'ISOLATION_UNAVAILABLE',
+      'isolation restricted: the kiln-restricted helper is not built and no C compiler is available',
+      {
+        hint: `build it where a compiler is (scripts/build-restricted-helper.sh) and set ${HELPER_ENV}`,
+      },
+    );
+  }
+  await mkdir(dirname(bin), { recursive: true, mode: 0o755 });
+  const tmp = `${bin}.${randomBytes(4).toString('hex')}.tmp`;
+  const r = await runTool(cc, ['-O2', '-static', '-o', tmp, src]);
+  if (r.code !== 0) {
+    await rm(tmp, { force: true });
+    const why = r.stderr.trim().split('\n').slice(-3).join(' ');
+    throw new KilnError(
+      'ISOLATION_UNAVAILABLE',
+      `isolation restricted: building the kiln-restricted helper failed: ${why}`,
+      {
+        hint: "a static build needs the C library's static archive (Debian: libc6-dev)",
+      },
+    );
+  }
+  await rename(tmp, bin);
+  return bin;
+}
+
+export interface RestrictedStatus {
+  helper: string | undefined;
+  proot: string | undefined;
+  /** What is missing, one phrase each (empty: restricted works here). */
+  problems: string[];
+  hints: string[];
+}
+
+/**
+ * Check the restricted level's requirements: the helper (built when needed), proot, seccomp user notification
+ * with memory access to the supervised processes (probed by the helper; remembered per kernel in
+ * `$KILN_HOME/restricted/probe-ok`), ptrace (proot runs `true`) and user extended attributes on `$KILN_HOME`.
+ */
+export async function restrictedStatus(kilnHome: string): Promise<RestrictedStatus> {
+  const st: RestrictedStatus = { helper: undefined, proot: undefined, problems: [], hints: [] };
+  if (process.arch !== 'x64' && process.arch !== 'arm64') {
+    st.problems.push(`the ${process.arch} architecture is not supported`);
+    return st;
+  }
+  try {
+    st.helper = await ensureHelper(kilnHome);
+  } catch (e) {
+    st.problems.push((e as Error).message.replace(/^isolation restricted: /, ''));
+    if (e instanceof KilnError && e.hint) st.hints.push(e.hint);
+    return st;
+  }
+  st.proot = await findTool('proot');
+  if (!st.proot) {
+    st.problems.push('proot is not installed');
+    st.hints.push('apt-get install proot');
+  }
+  const marker = join(kilnHome, 'restricted', 'probe-ok');
+  const id = `${release()} ${st.helper} uid=${process.getuid?.() ?? '?'}\n`;
+  if ((await readFile(marker, 'utf8').catch(() => '')) !== id) {
+    const p = await runTool(st.helper, ['probe']);
+    if (p.code !== 0) {
+      st.problems.push(p.stdout.trim().replace(/^missing:? ?/, '') || `the helper's probe failed: ${p.stderr.trim()}`);
+      st.hints.push(
+        'needs Linux >= 5.14 with seccomp user notification, and process_vm_writev allowed by the seccomp profile',
+      );
+    } else {
+      const probeDir = join(kilnHome, 'restricted');
+      await mkdir(probeDir, { recursive: true });
+      const f = join(probeDir, `xattr-probe-${process.pid}`);
+      await writeFile(f, '');
+      const x = await runTool('setfattr', ['-n', 'user.kiln.probe', '-v', '1', f]);
+      await rm(f, { force: true });
+      if (x.code !== 0) {
+        st.problems.push(`the file system of ${kilnHome} has no user extended attributes (${x.stderr.trim()})`);
+        st.hints.push('put KILN_HOME on ext4, xfs, btrfs or tmpfs (Linux >= 6.6)');
+      } else if (st.proot) {
+        const t = await runTool(st.proot, ['-r', '/', '-w', '/', 'true']);
+        if (t.code !== 0) {
+          st.problems.push(
+            `proot cannot trace processes here (ptrace refused: ${t.stderr.trim().split('\n')[0] ?? ''})`,
+          );
+          st.hints.push(
+            'the seccomp profile must allow ptrace (containerd and Docker RuntimeDefault do on Linux >= 4.8; CRI-O needs CAP_SYS_PTRACE or a Localhost profile)',
+          );
+        } else {
+          await writeFile(marker, id).catch(() => undefined);
+        }
+      }
+    }
+  }
+  return st;
+}

@@ -20,7 +20,7 @@
  *               and a few listings (its workers apart). Target ≤ 150 MB.
  *
  * Environment: BENCH_ROUNDS (default 3), BENCH_ONLY=S1,S4 (parts), BENCH_SMALL=1 (tiny inputs, to check the
- * harness), BENCH_KEEP=1 (keep the temp dir). Output: the tables on stdout and in bench/results/service.md (with
+ * harness), BENCH_REV=HEAD (measure a committed revision, not the working tree), BENCH_KEEP=1 (keep the temp dir). Output: the tables on stdout and in bench/results/service.md (with
  * the machine); partial runs (BENCH_SMALL, BENCH_ONLY) write .tmp/bench-service-partial.md instead.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -29,7 +29,7 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { cpus, release, tmpdir, totalmem } from 'node:os';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import * as prettier from 'prettier';
 import { Agent, Pool, request } from 'undici';
 import { startRegistry, type TestRegistry } from '../test/helpers/registry.js';
@@ -37,7 +37,7 @@ import { startGitServer, type GitServer } from '../test/helpers/git-server.js';
 import { makeBusyboxImage } from '../test/helpers/images.js';
 import { push } from '../src/registry/push.js';
 import { closeTransports } from '../src/registry/transport.js';
-import { Store } from '../src/service/store/store.js';
+import type { Store as StoreClass } from '../src/service/store/store.js';
 import { FINAL_PHASES, type Build, type BuildStage } from '../src/service/model.js';
 import { touchW1Source, w1Dockerfile, writeW1Context } from './inputs.js';
 import { measure, median, treeRss } from './procs.js';
@@ -47,6 +47,9 @@ const ROUNDS = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3) || 3);
 const ALL = ['S1', 'S2', 'S3', 'S4', 'S5', 'S6'];
 const ONLY = new Set((process.env.BENCH_ONLY ?? ALL.join(',')).split(',').map((s) => s.trim().toUpperCase()));
 const SMALL = process.env.BENCH_SMALL === '1';
+const LOAD_AT_START = readFileSync('/proc/loadavg', 'utf8').trim();
+/** Benchmark a committed revision (e.g. HEAD) instead of the working tree. */
+const REV = process.env.BENCH_REV || undefined;
 
 /** Sizes: the full run, or tiny ones that check the harness in a minute. */
 const N = SMALL
@@ -71,22 +74,45 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 // kiln, compiled once for the whole run
 
 /**
- * Compile kiln into `.tmp/bench-service/dist` (never dist/, which other checkouts' launchers use) with a
- * `bin/kiln.js` beside it: the service's runner looks for `bin/kiln.js` above its own module, so its workers run
- * the same compiled code as the service and as the builds made by hand. Returns that launcher.
+ * Compile kiln (never into dist/, which other checkouts' launchers use): the working tree into
+ * `.tmp/bench-service/dist`, or with BENCH_REV a committed revision, extracted with `git archive` into
+ * `.tmp/bench-service/tree` and compiled there (a shared checkout's half-done edits then cannot break the run).
+ * A `bin/kiln.js` goes beside `dist/`: the service's runner looks for `bin/kiln.js` above its own module, so its
+ * workers run the same compiled code as the service and as the builds made by hand. Returns that launcher.
  */
 async function compileKiln(): Promise<string> {
   const root = join(REPO, '.tmp', 'bench-service');
-  const out = join(root, 'dist');
-  await rm(out, { recursive: true, force: true });
-  log('compiling kiln into .tmp/bench-service (tsc -p tsconfig.build.json)');
+  const tree = REV ? join(root, 'tree') : REPO;
+  const out = REV ? join(tree, 'dist') : join(root, 'dist');
+  await rm(REV ? tree : out, { recursive: true, force: true });
+  if (REV) {
+    await mkdir(tree, { recursive: true });
+    const tar = join(root, 'tree.tar');
+    const a = spawnSync('git', ['archive', '--format=tar', '-o', tar, REV], { cwd: REPO, encoding: 'utf8' });
+    const x = a.status === 0 ? spawnSync('tar', ['-xf', tar, '-C', tree], { encoding: 'utf8' }) : a;
+    if (x.status !== 0) throw new Error(`git archive ${REV}: ${a.stderr}${x.stderr}`);
+    await rm(tar, { force: true });
+  }
+  log(`compiling kiln (${REV ?? 'working tree'}) into ${out}`);
   const tsc = join(REPO, 'node_modules/typescript/bin/tsc');
   const args = ['-p', 'tsconfig.build.json', '--outDir', out, '--declaration', 'false', '--sourceMap', 'false'];
-  const r = spawnSync(process.execPath, [tsc, ...args], { cwd: REPO, encoding: 'utf8' });
+  const r = spawnSync(process.execPath, [tsc, ...args], { cwd: tree, encoding: 'utf8' });
   if (!existsSync(join(out, 'cli', 'main.js'))) throw new Error(`kiln did not compile:\n${r.stdout}${r.stderr}`);
   if (r.status !== 0)
     log(`tsc reported errors (using the emitted JS anyway):\n${(r.stdout + r.stderr).slice(0, 2000)}`);
-  const bin = join(root, 'bin', 'kiln.js');
+  // the web UI's bundle, where the sources have one (what `npm run build` does after tsc)
+  const bundler = join(out, 'service', 'ui', 'bundle.js');
+  if (existsSync(bundler)) {
+    const ui = (await import(pathToFileURL(bundler).href)) as {
+      bundleUi(clientDir: string): Promise<unknown[]>;
+      writeBundle(dir: string, files: unknown[]): Promise<void>;
+    };
+    await ui.writeBundle(join(out, 'service', 'ui', 'assets'), await ui.bundleUi(join(tree, 'src/service/ui/client')));
+  }
+  Store = (
+    (await import(pathToFileURL(join(out, 'service', 'store', 'store.js')).href)) as { Store: typeof StoreClass }
+  ).Store;
+  const bin = join(dirname(out), 'bin', 'kiln.js');
   await mkdir(dirname(bin), { recursive: true });
   await writeFile(
     bin,
@@ -95,7 +121,17 @@ async function compileKiln(): Promise<string> {
   return bin;
 }
 
+/** What was measured: the revision's commit, or HEAD plus whether the working tree had changes. */
+function measuredCode(): string {
+  const git = (args: string[]): string => spawnSync('git', args, { cwd: REPO, encoding: 'utf8' }).stdout.trim();
+  if (REV) return `${REV} = ${git(['rev-parse', '--short', REV])}`;
+  const dirty = git(['status', '--porcelain', '--', 'src']) !== '';
+  return `working tree at ${git(['rev-parse', '--short', 'HEAD'])}${dirty ? ' with uncommitted changes in src/' : ''}`;
+}
+
 let KILN = '';
+/** The compiled service's own Store (its schema version is the one the service expects). */
+let Store: typeof StoreClass;
 
 function kilnEnv(home: string): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = { ...process.env, KILN_HOME: home };
@@ -505,10 +541,11 @@ function machine(): string {
     `- date: ${new Date().toISOString()}`,
     `- machine: ${cpus().length} CPUs (${cpus()[0]?.model ?? '?'}), ${((memKb * 1024 || totalmem()) / 2 ** 30).toFixed(1)} GiB ` +
       `memory, kernel ${release()}, node ${process.version}`,
-    `- kiln serve compiled (tsc, like bench/run.ts), config concurrency 2 (2 warm workers); ${gitVersion} through ` +
+    `- kiln: ${measuredCode()}, compiled (tsc, like bench/run.ts); kiln serve with config concurrency 2 (2 warm workers); ${gitVersion} through ` +
       '`git http-backend` on loopback; registry: Debian docker-registry (loopback); clients run in the benchmark process',
     `- rounds: ${ROUNDS}${SMALL ? ' (BENCH_SMALL: reduced inputs)' : ''}; parts: ${[...ONLY].join(',')}`,
-    `- load: ${readFileSync('/proc/loadavg', 'utf8').trim()} (the machine is shared; compare ratios within one run)`,
+    `- load: ${LOAD_AT_START} at the start, ${readFileSync('/proc/loadavg', 'utf8').trim()} at the end (the machine is ` +
+      'shared; compare ratios within one run)',
   ].join('\n');
 }
 

@@ -4,11 +4,11 @@
  *
  * 1. a deleted ref, a branch or tag the project's filters exclude, or a head commit with a skip marker builds
  *    nothing (decided before any git traffic);
- * 2. the commit is fetched into the project's mirror — from the project's configured repository, never from a URL
- *    of the payload — which also proves that it exists there;
- * 3. the changed paths are the payload's when it listed them all, else `git diff before..commit` in the mirror,
- *    else unknown (every image is concerned);
- * 4. `BuildService.enqueueAutomatic` applies the images' path filters and coalescing and queues the builds.
+ * 2. the changed paths are the payload's when it listed them all; else the commit is fetched into the project's
+ *    mirror — from the project's configured repository, never from a URL of the payload, which also proves that
+ *    the commit exists there (else 422) — and they are `git diff before..commit`; for a new ref they are unknown
+ *    (every image is concerned). A commit whose paths the payload gave is fetched by its build only;
+ * 3. `BuildService.enqueueAutomatic` applies the images' path filters and coalescing and queues the builds.
  *
  * Every trigger is a delivery record (forge, id, event, ref, commit, outcome, builds) with a `detail` that holds
  * what a redelivery needs — refs, commits, paths, the skip flag — and never the request body.
@@ -125,13 +125,20 @@ async function decidePush(
   if (tag !== undefined && !matchesFilter(p.tags, tag)) return { reason: 'tag filter' };
   if (branch === undefined && tag === undefined) return { reason: 'not a branch or tag' };
   if (change.skip === true) return { reason: 'skip marker' };
-  const { commit } = await host.mirrors.resolve(p, { commit: change.commit });
-  // A poll has no commit message from a forge: read it from the mirror.
-  if (change.skip === undefined && hasSkipMarker(await host.mirrors.commitMessage(p, commit))) {
-    return { reason: 'skip marker', commit };
-  }
+  let commit = change.commit;
   let paths = change.paths;
-  if (paths === undefined && change.before !== null) paths = await host.mirrors.changedPaths(p, change.before, commit);
+  // Git is asked only when the payload leaves something open (the changed paths, the head message); else the
+  // build's own fetch (by commit, from the configured repository) is the only git traffic, and the build starts
+  // within milliseconds of the delivery.
+  const diff = paths === undefined && change.before !== null;
+  if (diff || change.skip === undefined) {
+    commit = (await host.mirrors.resolve(p, { commit })).commit;
+    // A poll has no commit message from a forge: read it from the mirror.
+    if (change.skip === undefined && hasSkipMarker(await host.mirrors.commitMessage(p, commit))) {
+      return { reason: 'skip marker', commit };
+    }
+    if (diff && change.before !== null) paths = await host.mirrors.changedPaths(p, change.before, commit);
+  }
   const builds = host.enqueueAutomatic(
     p.name,
     { ref: change.ref, commit, ...(paths === undefined ? {} : { changedPaths: paths }) },

@@ -119,7 +119,7 @@ test('a signed push builds the images its paths concern, from the configured rep
     [{ ref: 'refs/heads/main', commit: B, changedPaths: ['web/index.html'] }],
   );
   assert.deepEqual(host.enqueued[0]?.trigger, { type: 'webhook', forge: 'github', delivery: 'd-1' });
-  assert.deepEqual(host.resolved, [{ commit: B }], 'only the commit is resolved, in the project mirror');
+  assert.deepEqual(host.resolved, [], 'the payload listed the paths: no git before the build (which fetches)');
   const list = await deliveries('?project=shop');
   assert.equal(list.deliveries.length, 1);
   const d = list.deliveries[0];
@@ -146,16 +146,18 @@ test('replays are acknowledged and ignored; a delivery whose handling failed run
   assert.equal(again.status, 200);
   assert.equal(again.body.duplicate, true);
   assert.equal(host.enqueued.length, 1, 'nothing new queued');
-  // a failing fetch: 502, recorded as error; the same delivery id again runs once the git server is back
+  // a failing fetch (a forced push: its paths come from git): 502, recorded as error; the same delivery id again
+  // runs once the git server is back
   host.gitError = new KilnError('GIT_FETCH_FAILED', 'cannot fetch http://git/x.git: connection refused');
-  const failed = await github(body, { 'x-github-delivery': 'd-2' });
+  const forced = githubPush({ forced: true });
+  const failed = await github(forced, { 'x-github-delivery': 'd-2' });
   assert.equal(failed.status, 502);
   assert.match(failed.body.outcome, /^error: cannot fetch/);
   host.gitError = undefined;
-  const retried = await github(body, { 'x-github-delivery': 'd-2' });
+  const retried = await github(forced, { 'x-github-delivery': 'd-2' });
   assert.equal(retried.status, 202, JSON.stringify(retried.body));
   assert.equal(retried.body.delivery, failed.body.delivery, 'the same record');
-  assert.equal((await github(body, { 'x-github-delivery': 'd-2' })).body.duplicate, true);
+  assert.equal((await github(forced, { 'x-github-delivery': 'd-2' })).body.duplicate, true);
   assert.equal(host.enqueued.length, 2);
 });
 
@@ -274,9 +276,9 @@ test('what a push builds: branch and tag filters, skip markers, deleted refs, pa
   // the tag push: new ref, paths unknown → both images
   const tagBuilds = host.enqueued.at(-1);
   assert.deepEqual(tagBuilds?.change, { ref: 'refs/tags/v1.2.3', commit: B });
-  // nothing was fetched for the pushes decided without git
-  assert.equal(host.resolved.length, 2);
-  // truncated list: the mirror's diff decides (worker only)
+  // nothing was fetched: the pushes were decided by the payload (filters, skip, paths) or are new refs
+  assert.equal(host.resolved.length, 0);
+  // truncated list: the commit is fetched (by id, in the project's mirror) and the mirror's diff decides
   host.diffs.set(`${A}..${C}`, ['worker/main.go']);
   const many = Array.from({ length: 20 }, () => ({ id: C, message: 'm', added: ['web/x'], removed: [], modified: [] }));
   const r = await github(githubPush({ after: C, head_commit: { id: C, message: 'm' }, commits: many }), {
@@ -285,12 +287,14 @@ test('what a push builds: branch and tag filters, skip markers, deleted refs, pa
   assert.equal(r.status, 202);
   assert.deepEqual(host.enqueued.at(-1)?.change.changedPaths, ['worker/main.go']);
   assert.equal(host.store.getBuild(r.body.builds[0] ?? '')?.image, 'worker');
-  // a commit the repository does not have: 422, nothing built
+  assert.deepEqual(host.resolved, [{ commit: C }]);
+  // a fetched commit the repository does not have: 422, nothing built
   const ghost = 'd'.repeat(40);
-  const g = await github(githubPush({ after: ghost, head_commit: { id: ghost, message: 'm' } }), {
+  const g = await github(githubPush({ after: ghost, head_commit: { id: ghost, message: 'm' }, commits: many }), {
     'x-github-delivery': 'p-ghost',
   });
   assert.equal(g.status, 422);
+  assert.equal(g.body.outcome.startsWith('error: '), true);
 });
 
 test('GitLab, Gitea, Forgejo, Bitbucket and generic: each signature scheme and delivery header', async () => {

@@ -13,10 +13,8 @@
  *
  * Environment: BENCH_ROUNDS (default 5), BENCH_BURSTS (default 80: 400,000 lines, ~40 MB).
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { chromium, type Page } from 'playwright-core';
+import type { Page } from 'playwright-core';
+import { launchChromium } from '../test/helpers/chromium.js';
 import { startRegistry } from '../test/helpers/registry.js';
 import { startGitServer } from '../test/helpers/git-server.js';
 import { makeBusyboxImage } from '../test/helpers/images.js';
@@ -70,22 +68,8 @@ async function main(): Promise<void> {
     config: `insecureRegistries: ["${reg.host}"]\nprojects:\n${project('stream')}${project('small')}`,
     kilnHome: home,
   });
-  const profile = await mkdtemp(join(tmpdir(), 'kiln-bench-ui-'));
-  const ctx = await chromium.launchPersistentContext(profile, {
-    executablePath: '/usr/bin/chromium',
-    headless: true,
-    args: [
-      '--no-sandbox',
-      '--headless',
-      '--disable-gpu',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--no-first-run',
-      '--disable-sync',
-      '--enable-precise-memory-info',
-    ],
-    viewport: { width: 1280, height: 900 },
-  });
+  const browser = await launchChromium(['--enable-precise-memory-info']);
+  const ctx = browser.ctx;
   const out: string[] = [];
   try {
     const small = await svc.api<{ builds: Build[] }>('POST', '/api/v1/projects/small/builds', { ref: 'main' });
@@ -196,13 +180,12 @@ async function main(): Promise<void> {
       `U3 finished log reopened: all lines in after ${loadS.toFixed(1)} s; search over the kept lines ${search.toFixed(0)} ms to the first match shown; jump to the middle ${jump.toFixed(0)} ms to paint`,
     );
   } finally {
-    await ctx.close();
+    await browser.close();
     await svc.stop('SIGTERM');
     await git.stop();
     await reg.stop();
     await closeTransports(registryOpts);
     await cleanup(svc.dataDir, home);
-    await rm(profile, { recursive: true, force: true });
   }
   process.stdout.write(out.join('\n') + '\n');
 }

@@ -8,11 +8,11 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
 import { execFile } from 'node:child_process';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium, type BrowserContext, type Page } from 'playwright-core';
+import type { BrowserContext, Page } from 'playwright-core';
+import { launchChromium, type Chromium } from '../helpers/chromium.js';
 import { request } from 'undici';
 import { startRegistry, type TestRegistry } from '../helpers/registry.js';
 import { startGitServer, type GitServer } from '../helpers/git-server.js';
@@ -22,7 +22,6 @@ import { push } from '../../src/registry/push.js';
 import { closeTransports } from '../../src/registry/transport.js';
 import type { Build } from '../../src/service/model.js';
 
-const CHROMIUM = '/usr/bin/chromium';
 const SHOTS = fileURLToPath(new URL('../../.tmp/ui-screenshots/', import.meta.url));
 const HOOK_SECRET = 'ui-hook-secret-4f8Q';
 const XSS_BRANCH = 'x<svg/onload=alert(1)>';
@@ -54,23 +53,10 @@ function kiln(args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number; s
 }
 
 /** A browser of its own (fresh profile dir), with every dialog recorded: an XSS payload that ran would open one. */
-async function browser(dirs: string[]): Promise<{ ctx: BrowserContext; dialogs: string[] }> {
-  const dir = await mkdtemp(join(tmpdir(), 'kiln-ui-chromium-'));
-  dirs.push(dir);
-  const ctx = await chromium.launchPersistentContext(dir, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [
-      '--no-sandbox',
-      '--headless',
-      '--disable-gpu',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--no-first-run',
-      '--disable-sync',
-    ],
-    viewport: { width: 1280, height: 900 },
-  });
+async function browser(all: Chromium[]): Promise<{ ctx: BrowserContext; dialogs: string[] }> {
+  const b = await launchChromium();
+  all.push(b);
+  const { ctx } = b;
   const dialogs: string[] = [];
   const watch = (p: Page): void => {
     p.on('dialog', (d) => {
@@ -109,7 +95,7 @@ describe('web UI (chromium, kiln serve, git http-backend, docker-registry)', () 
   let git: GitServer;
   let home: string;
   let svc: ServiceProcess;
-  const dirs: string[] = [];
+  const browsers: Chromium[] = [];
   let admin: { ctx: BrowserContext; dialogs: string[] };
   let viewer: { ctx: BrowserContext; dialogs: string[] };
   let config = '';
@@ -167,20 +153,18 @@ baseWatch: {intervalSeconds: 3600, concurrency: 1}
 projects:
 ${projectYaml('live', '    webhooks: {github: {secretEnv: UI_HOOK_SECRET}}\n')}${projectYaml('broken')}${projectYaml('xss')}`;
     svc = await startService({ config, kilnHome: home, env: { UI_HOOK_SECRET: HOOK_SECRET } });
-    admin = await browser(dirs);
-    viewer = await browser(dirs);
+    admin = await browser(browsers);
+    viewer = await browser(browsers);
   });
 
   after(async () => {
-    await admin?.ctx.close();
-    await viewer?.ctx.close();
     await svc?.stop('SIGTERM');
     await git?.stop();
     await reg?.stop();
     await closeTransports(registryOpts);
     if (svc) await cleanup(svc.dataDir);
     if (home) await cleanup(home);
-    for (const d of dirs) await rm(d, { recursive: true, force: true });
+    for (const b of browsers) await b.close();
   });
 
   test('sign-in: the token form submits on Enter, sets an HttpOnly SameSite=Strict cookie, lands on projects', async () => {
@@ -213,7 +197,7 @@ ${projectYaml('live', '    webhooks: {github: {secretEnv: UI_HOOK_SECRET}}\n')}$
   });
 
   test('a wrong token and an ended session lead to the sign-in page', async () => {
-    const { ctx } = await browser(dirs);
+    const { ctx } = await browser(browsers);
     try {
       const p = await page(ctx);
       await p.goto(svc.url + '/builds');

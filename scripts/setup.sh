@@ -35,6 +35,8 @@ fi
 # debootstrap root of the Debian differential cases (root only). `npm run bench` builds crane and kaniko the same
 # way on first use (scripts/go-tools.sh crane kaniko).
 bash scripts/go-tools.sh buildkit >/dev/null
+# openshift/source-to-image's s2i (the reference of the S2I tests: its --as-dockerfile output), the same way (~3 min)
+bash scripts/s2i-tool.sh >/dev/null
 if [ "$(id -u)" -eq 0 ]; then
   bash scripts/debian-rootfs.sh >/dev/null
 fi

@@ -268,7 +268,7 @@ export interface PreparedSource {
   /** `.s2i/environment` of the source. */
   env: EnvEntry[];
   info: SourceInfo | undefined;
-  /** The source location as given (for the source-location label when git has none). */
+  /** The source location as given — s2i labels a directory source with the path as written. */
   location: string;
 }
 
@@ -302,7 +302,7 @@ export async function prepareSource(
   const scripts = join(workDir, 'upload', 'scripts');
   await mkdir(scripts, { recursive: true });
   let info: SourceInfo | undefined;
-  let location = source;
+  const location = source;
   if (isGitContext(source) || /^https?:\/\//.test(source)) {
     const tmp = join(workDir, 'upload', 'tmp');
     const { dir } = await cloneGitWithCommit(source, tmp, true);
@@ -322,7 +322,6 @@ export async function prepareSource(
     if (resolve(workDir).startsWith(abs + '/')) {
       throw new KilnError('S2I_SOURCE', `recursive copy requested: source "${source}" contains the working dir`);
     }
-    location = abs;
     await cp(abs, src, { recursive: true, verbatimSymlinks: true, preserveTimestamps: true });
     info = await gitSourceInfo(abs);
   }

@@ -406,6 +406,19 @@ ${project('polled', '    poll: {intervalSeconds: 1}\n')}
   });
 
   test('Gitea, Forgejo, Bitbucket and generic (Standard Webhooks): a good signature builds', async () => {
+    // Gitea's documented payload (Forgejo sends the same), rewritten for a push of `commit` changing web/
+    const giteaPush = (before: string, commit: string): string => {
+      const p = fixture('gitea-push.json');
+      const c = {
+        ...((p.commits as Json[])[0] as Json),
+        id: commit,
+        added: [],
+        modified: ['web/index.html'],
+        removed: [],
+      };
+      const push = { ref: 'refs/heads/main', before, after: commit, commits: [c], head_commit: c, total_commits: 1 };
+      return JSON.stringify({ ...p, ...push });
+    };
     const cases: {
       forge: string;
       body: (before: string, commit: string) => string;
@@ -413,48 +426,12 @@ ${project('polled', '    poll: {intervalSeconds: 1}\n')}
     }[] = [
       {
         forge: 'gitea',
-        body: (before, commit) => {
-          const p = fixture('gitea-push.json');
-          const c = {
-            ...((p.commits as Json[])[0] as Json),
-            id: commit,
-            added: [],
-            modified: ['web/index.html'],
-            removed: [],
-          };
-          return JSON.stringify({
-            ...p,
-            ref: 'refs/heads/main',
-            before,
-            after: commit,
-            commits: [c],
-            head_commit: c,
-            total_commits: 1,
-          });
-        },
+        body: giteaPush,
         headers: (b) => ({ 'x-gitea-event': 'push', 'x-gitea-delivery': 'gt-1', 'x-gitea-signature': hmacHex(b) }),
       },
       {
         forge: 'forgejo',
-        body: (before, commit) => {
-          const p = fixture('gitea-push.json');
-          const c = {
-            ...((p.commits as Json[])[0] as Json),
-            id: commit,
-            added: [],
-            modified: ['web/index.html'],
-            removed: [],
-          };
-          return JSON.stringify({
-            ...p,
-            ref: 'refs/heads/main',
-            before,
-            after: commit,
-            commits: [c],
-            head_commit: c,
-            total_commits: 1,
-          });
-        },
+        body: giteaPush,
         headers: (b) => ({
           'x-forgejo-event': 'push',
           'x-forgejo-delivery': 'fj-1',

@@ -303,7 +303,7 @@ test('every error is reported: three errors, three lines, in document order', ()
   assert.deepEqual(lines, [
     'projects[0].timeoutSeconds: must be at least 1 (kiln.yaml:5)',
     'projects[0].images[0].dockerfile: path leaves the repository (kiln.yaml:8)',
-    'projects[0].images[0].tags[0]: unknown placeholder {{branh}} (known: {{branch}}, {{tag}}, {{ref}}, {{sha}}, {{shortSha}}, {{buildNumber}}, {{date}}, {{timestamp}}) (kiln.yaml:9)',
+    'projects[0].images[0].tags[0]: unknown placeholder {{branh}} (known: {{branch}}, {{tag}}, {{ref}}, {{sha}}, {{shortSha}}, {{buildNumber}}, {{date}}, {{timestamp}}, {{version}}, {{versionMinor}}, {{versionMajor}}) (kiln.yaml:9)',
   ]);
   const e = configError(() => parseConfigText(text, 'kiln.yaml'));
   assert.deepEqual(
@@ -583,7 +583,7 @@ test('filter patterns: a /regex/ must compile, globs must be well-formed', () =>
 
 test('tag templates: unknown placeholders and impossible tags', () => {
   assert.deepEqual(errorLines(withImage('name: web\ntags: ["{{branch}}", "{{commit}}", "v:{{tag}}"]')), [
-    'projects[0].images[0].tags[1]: unknown placeholder {{commit}} (known: {{branch}}, {{tag}}, {{ref}}, {{sha}}, {{shortSha}}, {{buildNumber}}, {{date}}, {{timestamp}}) (kiln.yaml:7)',
+    'projects[0].images[0].tags[1]: unknown placeholder {{commit}} (known: {{branch}}, {{tag}}, {{ref}}, {{sha}}, {{shortSha}}, {{buildNumber}}, {{date}}, {{timestamp}}, {{version}}, {{versionMinor}}, {{versionMajor}}) (kiln.yaml:7)',
     'projects[0].images[0].tags[2]: cannot render a valid tag: tags are [A-Za-z0-9_][A-Za-z0-9_.-]*, at most 128 characters (kiln.yaml:7)',
   ]);
 });

@@ -118,3 +118,18 @@ test('checkTagTemplate: unknown placeholders are named; impossible tags and stra
   assert.match(checkTagTemplate('v:{{tag}}') ?? '', /cannot render a valid tag/);
   assert.match(checkTagTemplate('.{{tag}}') ?? '', /cannot render a valid tag/);
 });
+
+test('release tags: v1.2.3 → 1.2.3, 1.2, 1; a pre-release moves no minor or major tag; branches skip them', () => {
+  const base = {
+    ref: 'refs/tags/v1.2.3',
+    sha: 'a'.repeat(40),
+    buildNumber: 7,
+    isDefaultBranch: false,
+    now: new Date(0),
+  };
+  const t = ['{{tag}}', '{{version}}', '{{versionMinor}}', '{{versionMajor}}'];
+  assert.deepEqual(renderTags(t, { ...base, tag: 'v1.2.3' }), ['v1.2.3', '1.2.3', '1.2', '1']);
+  assert.deepEqual(renderTags(t, { ...base, tag: 'v2.0.0-rc.1' }), ['v2.0.0-rc.1', '2.0.0-rc.1']);
+  assert.deepEqual(renderTags(t, { ...base, tag: 'nightly' }), ['nightly']);
+  assert.deepEqual(renderTags(['{{versionMajor}}'], { ...base, ref: 'refs/heads/main', branch: 'main' }), ['aaaaaaa']);
+});

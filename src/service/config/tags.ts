@@ -12,6 +12,7 @@
  * | `{{buildNumber}}` | the project's build number |
  * | `{{date}}` | the build's start date, UTC, `YYYYMMDD` |
  * | `{{timestamp}}` | the build's start time, UTC, `YYYYMMDDhhmmss` |
+ * | `{{version}}` / `{{versionMinor}}` / `{{versionMajor}}` | a release tag `v1.2.3` as `1.2.3` / `1.2` / `1` (pre-releases: only `{{version}}`) |
  *
  * Spaces inside the braces are allowed (`{{ branch }}`). A template whose placeholder has no value for this build
  * (`{{branch}}` while building a git tag, `{{tag}}` while building a branch, `{{branch}}`/`{{tag}}`/`{{ref}}` while
@@ -32,6 +33,9 @@ export const TAG_PLACEHOLDERS = [
   'buildNumber',
   'date',
   'timestamp',
+  'version',
+  'versionMinor',
+  'versionMajor',
 ] as const;
 export type TagPlaceholder = (typeof TAG_PLACEHOLDERS)[number];
 
@@ -139,7 +143,29 @@ function placeholderValue(name: TagPlaceholder, vars: TagVars): string | undefin
       return date;
     case 'timestamp':
       return `${date}${pad(d.getUTCHours())}${pad(d.getUTCMinutes())}${pad(d.getUTCSeconds())}`;
+    case 'version':
+    case 'versionMinor':
+    case 'versionMajor': {
+      const v = semver(vars.tag);
+      if (!v) return undefined;
+      if (name === 'versionMajor') return v.major || undefined;
+      if (name === 'versionMinor') return v.major ? `${v.major}.${v.minor}` : undefined;
+      return v.full;
+    }
   }
+}
+
+/**
+ * A git tag that is a release version (`v1.2.3`, `1.2.3`, `v1.2.3-rc.1`): `{{version}}` is it without the `v`,
+ * `{{versionMinor}}` `1.2`, `{{versionMajor}}` `1` — the `:1.2`/`:1` tags image users expect from a release. A
+ * pre-release (`-rc.1`) has only `{{version}}`: a release candidate must not move `:1.2`.
+ */
+function semver(tag: string | undefined): { full: string; major: string; minor: string } | undefined {
+  const m = tag === undefined ? null : /^v?(\d+)\.(\d+)\.(\d+)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$/.exec(tag);
+  if (!m) return undefined;
+  const full = `${m[1]}.${m[2]}.${m[3]}${m[4] ?? ''}`;
+  if (m[4]) return { full, major: '', minor: '' };
+  return { full, major: m[1] as string, minor: m[2] as string };
 }
 
 /** One template rendered, or undefined when it is skipped (no value for a placeholder, unknown placeholder). */

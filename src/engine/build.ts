@@ -13,6 +13,7 @@ import type { Command } from '../dockerfile/instructions.js';
 import { parseDockerfile, type ParsedDockerfile } from '../dockerfile/convert.js';
 import { formatLintWarning, lintDockerfile, type LintOptions } from '../dockerfile/lint.js';
 import { imageFromParts } from '../oci/image.js';
+import { withAnnotations } from '../oci/mutate.js';
 import { MediaType } from '../oci/mediatypes.js';
 import type { Image } from '../oci/types.js';
 import type { BuildOptions } from './options.js';
@@ -226,7 +227,7 @@ export async function build(opts: BuildOptions, svc: BuildServices): Promise<Bui
         throw e;
       }
     }
-    const image = imageOf(engine);
+    let image = imageOf(engine);
     const annotations: Record<string, string> = {
       'org.opencontainers.image.created':
         opts.sourceDateEpoch !== undefined
@@ -239,6 +240,12 @@ export async function build(opts: BuildOptions, svc: BuildServices): Promise<Bui
       annotations['org.opencontainers.image.base.digest'] = engine.base.digest;
       // which layers do not depend on what is below them (kiln rebase decides from the image alone)
       annotations[REBASABLE_LAYERS] = rebasableAnnotation(engine.layers);
+      // the base and the rebasable layers are also manifest annotations of the image itself (pushed, stored)
+      image = withAnnotations(image, {
+        'org.opencontainers.image.base.name': engine.base.name,
+        'org.opencontainers.image.base.digest': engine.base.digest,
+        [REBASABLE_LAYERS]: annotations[REBASABLE_LAYERS],
+      });
       const baseImage = resolved.get(engine.base.digest);
       if (baseImage) {
         const baseLayers = (await baseImage.config()).rootfs.diff_ids.length;

@@ -159,8 +159,21 @@ export async function runStrategyCommand(
     return res.exported.configDigest;
   }
   const { builderFor } = await import('../backends/index.js');
+  const { Keychain } = await import('../registry/keychain.js');
   const builder = builderFor(choice.backend);
-  const res = await builder.build({ options: opts, registry: reg, log: (s) => process.stderr.write(s) });
+  const res = await builder.build({
+    options: opts,
+    registry: reg,
+    // docker config.json and credential helpers, handed to the tool in a private file (never argv)
+    credentials: new Keychain().source(),
+    log: (s) => {
+      if (opts.progress !== 'quiet') process.stderr.write(s);
+    },
+  });
+  if (opts.progress !== 'quiet') {
+    for (const st of res.steps) process.stderr.write(`${(st.durationMs / 1000).toFixed(1)}s ${st.name}\n`);
+    if (res.digest) process.stderr.write(`pushed ${res.pushed.join(', ')} ${res.digest}\n`);
+  }
   return res.digest ?? res.imageId ?? '';
 }
 

@@ -186,6 +186,22 @@ export function idMapArgs(ownId: number, range: IdRange): string[] {
 
 const RELAYED: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
 
+const RESTRICTED_HINT =
+  'build with --isolation restricted (no user namespace, no setuid helper needed); for userns the pod needs a seccomp profile that allows unshare and mount, and allowPrivilegeEscalation for newuidmap';
+
+/**
+ * Why user namespaces are refused when this process is locked down like a Pod Security Standards `restricted`
+ * container (no_new_privs and a seccomp filter); undefined when it is not.
+ */
+async function lockedDown(): Promise<string | undefined> {
+  const status = (await readText('/proc/self/status')) ?? '';
+  const nnp = /^NoNewPrivs:\s*1$/m.test(status);
+  const seccomp = /^Seccomp:\s*2$/m.test(status);
+  if (nnp && seccomp) return 'this process runs with no_new_privs under a seccomp filter, as in a restricted pod';
+  if (nnp) return 'this process runs with no_new_privs';
+  return undefined;
+}
+
 /** Like spawnSync but async, with output captured; for the id-map helpers. */
 function runHelper(cmd: string, args: string[]): Promise<{ code: number; stderr: string }> {
   return new Promise((resolve) => {
@@ -278,6 +294,14 @@ export async function enterBuildNamespace(
   if (!ready) {
     goPipe.end();
     const code = await exited;
+    const locked = await lockedDown();
+    if (locked) {
+      throw new KilnError(
+        'ROOTLESS_UNAVAILABLE',
+        `isolation userns is not available here: could not create a user namespace (unshare exited with ${code}; ${locked})`,
+        { hint: RESTRICTED_HINT },
+      );
+    }
     throw new KilnError('ROOTLESS_UNAVAILABLE', `could not create a user namespace (unshare exited with ${code})`, {
       hint: 'enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1)',
     });
@@ -290,6 +314,14 @@ export async function enterBuildNamespace(
     goPipe.end();
     await exited;
     const which = u.code !== 0 ? 'newuidmap' : 'newgidmap';
+    const locked = await lockedDown();
+    if (locked) {
+      throw new KilnError(
+        'ROOTLESS_UNAVAILABLE',
+        `isolation userns is not available here: ${which} failed (${locked}, so the setuid ${which} cannot map ids)`,
+        { hint: RESTRICTED_HINT },
+      );
+    }
     throw new KilnError('ROOTLESS_UNAVAILABLE', `${which} failed: ${(u.code !== 0 ? u : g).stderr.trim()}`, {
       hint: `check the ${which === 'newuidmap' ? '/etc/subuid' : '/etc/subgid'} entry for ${st.userName ?? st.uid} and that ${which} is setuid root (apt-get install uidmap)`,
     });

@@ -195,6 +195,8 @@ export class RestrictedClient {
 export const CHANGED = 1;
 export const REMOVED = 2;
 export const REPLACED = 4;
+/** A directory was renamed to this path. */
+export const MOVED_DIR = 8;
 
 /** Parse a change list file's text into rel path → flags. */
 export function parseChanges(text: string): Map<string, number> {

@@ -102,7 +102,11 @@ export class RestrictedExecutor implements Executor {
       await mkdir(join(dev, 'shm'), { recursive: true, mode: 0o755 });
       await mkdir(join(dev, 'pts'), { mode: 0o755 });
       for (const d of DEVICES) await writeFile(join(dev, d), '');
-      await symlink('pts/ptmx', join(dev, 'ptmx'));
+      // a pty for apt and friends: the host's /dev/ptmx when it is the device (a container's devpts with
+      // ptmxmode=000 makes pts/ptmx unusable), else the usual link
+      const ptmx = await stat('/dev/ptmx').catch(() => undefined);
+      if (ptmx?.isCharacterDevice()) await writeFile(join(dev, 'ptmx'), '');
+      else await symlink('pts/ptmx', join(dev, 'ptmx'));
       await symlink('/proc/self/fd', join(dev, 'fd'));
       for (const [i, n] of ['stdin', 'stdout', 'stderr'].entries()) await symlink(`/proc/self/fd/${i}`, join(dev, n));
       const hostResolv = await readFile('/etc/resolv.conf', 'utf8').catch(() => '');
@@ -118,6 +122,7 @@ export class RestrictedExecutor implements Executor {
         ...DEVICES.map((d): [string, string] => [`/dev/${d}`, `/dev/${d}`]),
         ['/dev/pts', '/dev/pts'],
       ];
+      if (ptmx?.isCharacterDevice()) binds.push(['/dev/ptmx', '/dev/ptmx']);
       const ro: string[] = [];
       for (const [f, text] of Object.entries(etc)) {
         const p = join(state, f);

@@ -446,8 +446,18 @@ static int fstore_fake(int fd, const struct stat *st, const struct fake *f) {
 }
 
 static int is_frozen(const char *abs) {
-  char v[4];
+  char v[24];
   return lgetxattr(abs, XA_FRZ, v, sizeof(v)) > 0;
+}
+
+/* A frozen file's link count as its layer has it (the trees' and uppers' links to it are not the image's). */
+static nlink_t frozen_nlink(const char *abs, int follow, nlink_t real) {
+  char v[24];
+  ssize_t n = follow ? getxattr(abs, XA_FRZ, v, sizeof(v) - 1) : lgetxattr(abs, XA_FRZ, v, sizeof(v) - 1);
+  if (n <= 0) return real;
+  v[n] = 0;
+  unsigned long k = strtoul(v, NULL, 10);
+  return k > 0 && k < real ? (nlink_t)k : real;
 }
 
 /* Copy the user.kiln.* / user.overlay.* xattrs (except frz and sl records) of `src` to fd `dst`. */
@@ -665,6 +675,7 @@ static void creds_of(pid_t tid, struct creds *out, mode_t *umask_, pid_t *tgid_o
 #define F_CHANGED 1
 #define F_REMOVED 2
 #define F_REPLACED 4
+#define F_MOVED_DIR 8 /* a directory renamed to this path */
 
 struct entry {
   char *rel;
@@ -930,6 +941,7 @@ static struct reply h_stat(struct ctx *c, int nr) {
   st.st_gid = f.gid;
   st.st_mode = f.mode;
   st.st_rdev = f.rdev;
+  if (S_ISREG(st.st_mode) && st.st_nlink > 1) st.st_nlink = frozen_nlink(abs, follow, st.st_nlink);
   if (!id_valid(c)) return ERR(ESRCH);
   if (mem_write(PID(c), buf, &st, sizeof(st)) != 0) return ERR(EFAULT);
   return VAL(0);
@@ -957,6 +969,7 @@ static struct reply h_statx(struct ctx *c, int nr) {
   sx.stx_mode = (uint16_t)f.mode;
   sx.stx_rdev_major = major(f.rdev);
   sx.stx_rdev_minor = minor(f.rdev);
+  if (S_ISREG(sx.stx_mode) && sx.stx_nlink > 1) sx.stx_nlink = (uint32_t)frozen_nlink(abs, follow, sx.stx_nlink);
   if (!id_valid(c)) return ERR(ESRCH);
   if (mem_write(PID(c), A(c, 4), &sx, sizeof(sx)) != 0) return ERR(EFAULT);
   return VAL(0);
@@ -1001,6 +1014,38 @@ static int in_groups(const struct creds *cr, gid_t g) {
   for (int i = 0; i < cr->ngroups; i++)
     if (cr->groups[i] == g) return 1;
   return 0;
+}
+
+/* Write permission (plus search, for directories) of non-root credentials on `abs` by its fake metadata: the host
+ * user owns everything, so without this a step running as USER app could write where it may not. Missing paths
+ * pass (the kernel reports them). */
+static int may_write(const struct creds *cr, const char *abs) {
+  if (cr->fsuid == 0) return 1;
+  struct stat st;
+  if (stat(abs, &st) != 0) return 1;
+  struct fake f;
+  fake_of(abs, 1, &st, &f);
+  mode_t need = S_ISDIR(f.mode) ? 03 : 02;
+  mode_t bits = f.uid == cr->fsuid ? (f.mode >> 6) & 7 : in_groups(cr, f.gid) ? (f.mode >> 3) & 7 : f.mode & 7;
+  return (bits & need) == need;
+}
+
+/* May the caller create or remove entries in the parent of `abs` (and, in a sticky directory, remove this one)?
+ * 0, or the errno the kernel would give. */
+static int entry_denied(struct ctx *c, const char *abs, int removing) {
+  struct creds cr;
+  creds_of(PID(c), &cr, NULL, NULL);
+  if (cr.fsuid == 0) return 0;
+  char parent[PATH_MAX], name[PATH_MAX];
+  split_parent(abs, parent, name);
+  if (!may_write(&cr, parent)) return EACCES;
+  if (!removing) return 0;
+  struct stat pst, st;
+  if (stat(parent, &pst) != 0 || lstat(abs, &st) != 0) return 0;
+  struct fake pf, f;
+  fake_of(parent, 1, &pst, &pf);
+  fake_of(abs, 0, &st, &f);
+  return (pf.mode & S_ISVTX) && f.uid != cr.fsuid && pf.uid != cr.fsuid ? EPERM : 0;
 }
 
 static struct reply h_chown(struct ctx *c, int nr) {
@@ -1161,6 +1206,11 @@ static struct reply h_open(struct ctx *c, int nr) {
   }
   if (exists) {
     if ((flags & O_CREAT) && (flags & O_EXCL)) return ERR(EEXIST);
+    if (wr && nonroot) {
+      struct creds cr;
+      creds_of(PID(c), &cr, NULL, NULL);
+      if (!may_write(&cr, abs)) return ERR(EACCES);
+    }
     if (wr && S_ISREG(st.st_mode)) {
       int e = cow(abs);
       if (e) return ERR(-e);
@@ -1169,6 +1219,8 @@ static struct reply h_open(struct ctx *c, int nr) {
     return CONT;
   }
   if (!(flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE) return CONT;
+  int denied = entry_denied(c, abs, 0);
+  if (denied) return ERR(denied);
   struct owner o = new_owner(c, abs, 0);
   mode_t want = (mode & 07777) & ~o.um;
   record(abs, F_CHANGED);
@@ -1201,6 +1253,8 @@ static struct reply h_mkdir(struct ctx *c, int nr) {
   if (r < 0) return ERR(-r);
   mode_t mode = (mode_t)A(c, base + 1);
   if (under_ro(c->step, abs)) return ERR(EROFS);
+  int denied = entry_denied(c, abs, 0);
+  if (denied) return ERR(denied);
   struct owner o = new_owner(c, abs, 1);
   mode_t want = (mode & 01777) & ~o.um;
   if (o.dir_sgid) want |= S_ISGID;
@@ -1228,6 +1282,8 @@ static struct reply h_mknod(struct ctx *c, int nr) {
   if (under_ro(c->step, abs)) return ERR(EROFS);
   mode_t type = mode & S_IFMT;
   if (type == 0) type = S_IFREG;
+  int denied = entry_denied(c, abs, 0);
+  if (denied) return ERR(denied);
   struct owner o = new_owner(c, abs, 0);
   mode_t want = (mode & 07777) & ~o.um;
   struct creds cr;
@@ -1269,6 +1325,8 @@ static struct reply h_symlink(struct ctx *c, int nr) {
   r = nr == __NR_symlinkat ? path_arg(c, 1, 2, abs, 0, NULL) : path_arg(c, -1, 1, abs, 0, NULL);
   if (r < 0) return ERR(-r);
   if (under_ro(c->step, abs)) return ERR(EROFS);
+  int denied = entry_denied(c, abs, 0);
+  if (denied) return ERR(denied);
   struct owner o = new_owner(c, abs, 0);
   if (symlink(target, abs) != 0) return ERR(errno);
   set_sl(abs, o.u, o.g);
@@ -1292,6 +1350,8 @@ static struct reply h_link(struct ctx *c, int nr) {
   }
   if (r < 0) return ERR(-r);
   if (under_ro(c->step, to)) return ERR(EROFS);
+  int denied = entry_denied(c, to, 0);
+  if (denied) return ERR(denied);
   struct stat st;
   int sl = lstat(from, &st) == 0 && parent_rec(st.st_mode) && !(S_ISLNK(st.st_mode) && (flags & AT_SYMLINK_FOLLOW));
   uid_t u = 0;
@@ -1321,6 +1381,8 @@ static struct reply h_unlink(struct ctx *c, int nr) {
   }
   if (r < 0) return ERR(-r);
   if (under_ro(c->step, abs)) return ERR(EROFS);
+  int denied = entry_denied(c, abs, 1);
+  if (denied) return ERR(denied);
   struct stat st;
   int sl = lstat(abs, &st) == 0 && parent_rec(st.st_mode);
   if (unlinkat(AT_FDCWD, abs, flags) != 0) return ERR(errno);
@@ -1343,6 +1405,9 @@ static struct reply h_rename(struct ctx *c, int nr) {
   }
   if (r < 0) return ERR(-r);
   if (under_ro(c->step, from) || under_ro(c->step, to)) return ERR(EROFS);
+  int denied = entry_denied(c, from, 1);
+  if (!denied) denied = entry_denied(c, to, 1);
+  if (denied) return ERR(denied);
   struct stat sf, stt;
   int from_sl = lstat(from, &sf) == 0 && parent_rec(sf.st_mode);
   int to_exists = lstat(to, &stt) == 0;
@@ -1368,7 +1433,7 @@ static struct reply h_rename(struct ctx *c, int nr) {
       if (fhas) set_sl(to, fu, fg);
     }
     record(from, F_REMOVED);
-    record(to, F_CHANGED | (to_exists ? F_REPLACED : 0));
+    record(to, F_CHANGED | (to_exists ? F_REPLACED : 0) | (S_ISDIR(sf.st_mode) ? F_MOVED_DIR : 0));
   }
   return VAL(0);
 }
@@ -1672,9 +1737,12 @@ static void copy_dir_meta(const char *src, const char *dst) {
   if (n > 0) lsetxattr(dst, XA_CAP, v, (size_t)n, 0);
 }
 
-static int freeze(const char *abs) {
+/* Mark a file as shared (layer content): its value is the link count it has now, which stat reports later. */
+static int freeze(const char *abs, const struct stat *st) {
   if (is_frozen(abs)) return 0;
-  return lsetxattr(abs, XA_FRZ, "1", 1, 0) == 0 ? 0 : -errno;
+  char v[24];
+  snprintf(v, sizeof(v), "%lu", (unsigned long)st->st_nlink);
+  return lsetxattr(abs, XA_FRZ, v, strlen(v), 0) == 0 ? 0 : -errno;
 }
 
 /* Copy the symlink `src` to `dst` (target, times, owner record). */
@@ -1700,7 +1768,7 @@ static int copy_symlink(const char *src, const char *dst) {
  * fifos/sockets as copies. */
 static int place(const char *src, const char *dst, const struct stat *st) {
   if (S_ISREG(st->st_mode)) {
-    int e = freeze(src);
+    int e = freeze(src, st);
     if (e) return e;
     return link(src, dst) == 0 ? 0 : -errno;
   }

@@ -14,7 +14,7 @@
  * else (another stage, `COPY --from`, a step after cache hits) materialises a new tree. Trees are removed once
  * every snapshot of theirs has been released.
  */
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { PrepareOptions, Snapshot, Snapshotter } from '../../engine/ports.js';
 import { kilnTempDir } from '../paths.js';
@@ -29,6 +29,8 @@ interface Tree {
   open: boolean;
   refs: number;
 }
+
+let traced = 0;
 
 function sameList(a: string[] | undefined, b: string[]): boolean {
   return a !== undefined && a.length === b.length && a.every((x, i) => x === b[i]);
@@ -100,6 +102,13 @@ export class RestrictedSnapshotter implements Snapshotter {
         const planFile = join(snapDir, 'plan');
         await writeFile(planFile, planText(plan));
         await client.apply(t.root, upper, planFile);
+        const trace = process.env.KILN_RESTRICTED_TRACE;
+        if (trace) {
+          // debugging aid: keep each step's change list and plan
+          const n = String(++traced).padStart(3, '0');
+          await copyFile(list, join(trace, `${n}.changes`)).catch(() => undefined);
+          await copyFile(planFile, join(trace, `${n}.plan`)).catch(() => undefined);
+        }
         t.state = [...stepLowers, upper];
       } catch (e) {
         t.state = undefined;

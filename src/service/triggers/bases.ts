@@ -124,35 +124,48 @@ export class BaseWatcher {
       ? names.filter((n) => watched.has(n))
       : [...watched.keys()].filter((n) => (this.state.get(n)?.nextAt ?? 0) <= now);
     const queued: Build[] = [];
-    for (const name of todo) {
-      const st = this.state.get(name) ?? { digest: null, checkedAt: null, warning: null, errors: 0, nextAt: 0 };
-      this.state.set(name, st);
-      let digest: string;
-      try {
-        digest = await this.opts.lookup(name);
-      } catch (e) {
-        st.errors++;
-        st.warning = errorMessage(e).split('\n')[0] ?? 'lookup failed';
-        // back off: 2, 4, 8 … intervals, at most 32
-        st.nextAt = Date.now() + this.opts.intervalMs * Math.min(32, 2 ** st.errors);
-        this.opts.log?.(
-          `kiln serve: base ${name}: ${st.warning} (next check in ${Math.round((st.nextAt - Date.now()) / 1000)}s)`,
-        );
-        continue;
+    // lookups run 8 at a time (one request per distinct base); rebuilds are queued as each answer arrives
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < todo.length) {
+        const name = todo[next++] as string;
+        queued.push(...(await this.checkOne(name, watched.get(name) ?? [])));
       }
-      st.digest = digest;
-      st.checkedAt = new Date().toISOString();
-      st.warning = null;
-      st.errors = 0;
-      st.nextAt = 0;
-      for (const dep of watched.get(name) ?? []) {
-        const had = dep.bases.find((b) => b.name === name)?.digest;
-        if (!had || had === digest) continue;
-        const newest = this.host.newest(dep.project, dep.image, dep.ref);
-        if (newest && newest.trigger.type === 'base-change' && newest.trigger.baseDigest === digest) continue;
-        const b = this.host.enqueueBaseChange(dep, name, had, digest);
-        if (b) queued.push(b);
-      }
+    };
+    await Promise.all(Array.from({ length: Math.min(8, todo.length) }, worker));
+    return queued;
+  }
+
+  /** Look one base up; queue the rebuilds of the dependents it moved under. */
+  private async checkOne(name: string, deps: Dependent[]): Promise<Build[]> {
+    const st = this.state.get(name) ?? { digest: null, checkedAt: null, warning: null, errors: 0, nextAt: 0 };
+    this.state.set(name, st);
+    let digest: string;
+    try {
+      digest = await this.opts.lookup(name);
+    } catch (e) {
+      st.errors++;
+      st.warning = errorMessage(e).split('\n')[0] ?? 'lookup failed';
+      // back off: 2, 4, 8 … intervals, at most 32
+      st.nextAt = Date.now() + this.opts.intervalMs * Math.min(32, 2 ** st.errors);
+      this.opts.log?.(
+        `kiln serve: base ${name}: ${st.warning} (next check in ${Math.round((st.nextAt - Date.now()) / 1000)}s)`,
+      );
+      return [];
+    }
+    st.digest = digest;
+    st.checkedAt = new Date().toISOString();
+    st.warning = null;
+    st.errors = 0;
+    st.nextAt = 0;
+    const queued: Build[] = [];
+    for (const dep of deps) {
+      const had = dep.bases.find((b) => b.name === name)?.digest;
+      if (!had || had === digest) continue;
+      const newest = this.host.newest(dep.project, dep.image, dep.ref);
+      if (newest && newest.trigger.type === 'base-change' && newest.trigger.baseDigest === digest) continue;
+      const b = this.host.enqueueBaseChange(dep, name, had, digest);
+      if (b) queued.push(b);
     }
     return queued;
   }

@@ -31,6 +31,24 @@ export interface RegistryCredentials {
 }
 
 export type Strategy = 'dockerfile' | 's2i' | 'buildpacks' | 'node';
+
+/** Source-to-Image settings of an image built with `strategy: s2i` (src/s2i; the flags of `kiln s2i build`). */
+export interface S2ISpec {
+  builderImage: string;
+  runtimeImage?: string;
+  /** `SRC[:DEST]` paths of the assembled image copied into the runtime image. */
+  runtimeArtifacts?: string[];
+  incremental?: boolean;
+  /** Environment for assemble and the image (after `.s2i/environment`). */
+  env?: Record<string, string>;
+  /** `image:///DIR` (or `file:///DIR` on the service's host). */
+  scriptsUrl?: string;
+  assembleUser?: string;
+  /** e.g. `1-`: assemble users outside are refused. */
+  allowedUids?: string;
+  /** Persistent dependency caches mounted into assemble (absolute paths in the image). */
+  cacheDirs?: string[];
+}
 export type Backend = 'kiln' | 'buildah' | 'docker' | 'kaniko';
 
 /** One image of a project: built from the project's repository, pushed as `<project.registry>/<name>`. */
@@ -47,6 +65,8 @@ export interface ImageSpec {
   secrets: Record<string, SecretRef>;
   strategy: Strategy;
   backend: Backend;
+  /** With `strategy: s2i`: the builder image and S2I settings (the source is `context`). */
+  s2i?: S2ISpec;
   /** Globs of repository paths that concern this image (empty: every change). */
   paths: string[];
   /** Tag templates (`{{branch}}`, `{{tag}}`, `{{sha}}`, `{{shortSha}}`, `{{buildNumber}}`, `latest`, …). */

@@ -496,7 +496,7 @@ export class BuildService implements ServiceCore {
       let df: string;
       try {
         ctx = await realpath(ctxRel);
-        df = await realpath(dfRel);
+        df = img.strategy === 's2i' ? ctx : await realpath(dfRel); // S2I decides its steps itself: no Dockerfile
       } catch {
         throw new KilnError(
           'DOCKERFILE_NOT_FOUND',
@@ -513,7 +513,8 @@ export class BuildService implements ServiceCore {
           throw new KilnError('PATH_OUTSIDE', `${what} ${img[what]} leaves the repository (through a symlink)`);
         }
       }
-      if (!(await stat(df)).isFile()) throw new KilnError('DOCKERFILE_NOT_FOUND', `${img.dockerfile} is not a file`);
+      if (img.strategy !== 's2i' && !(await stat(df)).isFile())
+        throw new KilnError('DOCKERFILE_NOT_FOUND', `${img.dockerfile} is not a file`);
 
       const branch = build.ref.startsWith('refs/heads/') ? build.ref.slice(11) : undefined;
       const tag = build.ref.startsWith('refs/tags/') ? build.ref.slice(10) : undefined;
@@ -552,6 +553,9 @@ export class BuildService implements ServiceCore {
         logFile: log,
       };
       if (img.target) job.target = img.target;
+      if (img.strategy !== 'dockerfile' || img.backend !== 'kiln')
+        Object.assign(job, { strategy: img.strategy, backend: img.backend });
+      if (img.s2i) Object.assign(job, { s2i: img.s2i, project: p.name });
       const rc = p.registryCredentials;
       if (rc?.username) {
         job.registryAuth = {

@@ -707,6 +707,7 @@ function toImage(img: ImageInput): ImageSpec {
     secrets: Object.fromEntries(Object.entries(img.secrets ?? {}).map(([id, ref]) => [id, { ...ref }])),
     strategy: img.strategy ?? IMAGE_DEFAULTS.strategy,
     backend: img.backend ?? IMAGE_DEFAULTS.backend,
+    ...(img.s2i === undefined ? {} : { s2i: structuredClone(img.s2i) }),
     paths: [...(img.paths ?? IMAGE_DEFAULTS.paths)],
     tags: [...(img.tags ?? IMAGE_DEFAULTS.tags)],
     ...(img.timeoutSeconds === undefined ? {} : { timeoutSeconds: img.timeoutSeconds }),

@@ -21,6 +21,7 @@ import type {
   RegistryCredentials,
   RetentionPolicy,
   RunPolicy,
+  S2ISpec,
   SecretRef,
   ServiceConfig,
   Phase,
@@ -137,6 +138,7 @@ export interface ImageInput {
   secrets?: Record<string, SecretRef>;
   strategy?: Strategy;
   backend?: Backend;
+  s2i?: S2ISpec;
   paths?: string[];
   tags?: string[];
   timeoutSeconds?: number;
@@ -325,6 +327,33 @@ export const imageSchema: JsonSchema = {
     },
     strategy: { type: 'string', enum: STRATEGIES, default: IMAGE_DEFAULTS.strategy },
     backend: { type: 'string', enum: BACKENDS, default: IMAGE_DEFAULTS.backend },
+    s2i: {
+      type: 'object',
+      required: ['builderImage'],
+      additionalProperties: false,
+      properties: {
+        builderImage: NON_EMPTY,
+        runtimeImage: NON_EMPTY,
+        runtimeArtifacts: { type: 'array', items: NON_EMPTY },
+        incremental: { type: 'boolean' },
+        env: { type: 'object', additionalProperties: { type: 'string' } },
+        scriptsUrl: {
+          type: 'string',
+          pattern: '^(image|file)://',
+          errorMessage: { pattern: 'must be image:// or file://' },
+        },
+        assembleUser: NON_EMPTY,
+        allowedUids: {
+          type: 'string',
+          pattern: '^[0-9,-]*$',
+          errorMessage: { pattern: 'ranges like 1- or 1000-2000' },
+        },
+        cacheDirs: {
+          type: 'array',
+          items: { type: 'string', pattern: '^/', errorMessage: { pattern: 'must be absolute' } },
+        },
+      },
+    },
     paths: { ...FILTERS, default: [] },
     tags: { type: 'array', items: NON_EMPTY, default: DEFAULT_TAG_TEMPLATES },
     timeoutSeconds: POSITIVE_INT,

@@ -7,7 +7,7 @@
  * Secrets (build secrets, registry passwords) cross only this socket — never argv, env, a file outside the
  * worker's private temp dir, or the log.
  */
-import type { BaseRecord, BuildStage } from '../model.js';
+import type { Backend, BaseRecord, BuildStage, S2ISpec, Strategy } from '../model.js';
 
 export type { BaseRecord };
 
@@ -31,6 +31,12 @@ export interface WorkerJob {
   /** The build log: the worker appends its plain progress to it. */
   logFile: string;
   noCache?: boolean;
+  /** The image's `strategy:` and `backend:` (default dockerfile on kiln) and S2I settings (src/backends/service.ts). */
+  strategy?: Strategy;
+  backend?: Backend;
+  s2i?: S2ISpec;
+  /** The project (S2I cache dirs are per project). */
+  project?: string;
 }
 
 /** Service → worker. */

@@ -96,8 +96,8 @@ export async function workerMain(): Promise<number> {
   process.on('SIGINT', () => ac.abort('SIGINT'));
 
   // Warm: load what a build needs before announcing readiness.
-  const [{ runBuildCommand }, BuildProgressClass, { parsePlatformOption }] = await Promise.all([
-    import('../../engine/services.js'),
+  const [{ runStrategyBuild }, BuildProgressClass, { parsePlatformOption }] = await Promise.all([
+    import('../../backends/service.js'), // the engine, or the image's strategy/backend
     progressClass(),
     import('../../engine/options.js'),
   ]);
@@ -178,33 +178,29 @@ export async function workerMain(): Promise<number> {
     if (ac.signal.aborted) throw new KilnError('INTERRUPTED', 'build cancelled before it started');
     send({ type: 'phase', phase: 'building' });
     const bases = new Map<string, string>();
-    const res = await runBuildCommand(
-      opts,
-      {},
-      {
-        bases: (inner) => ({
-          // a base in a registry is looked up there every time (a moved tag must be seen); `localhost/…` images
-          // (kiln bootstrap) exist only in the local store
-          // (the store is the fallback when the registry cannot answer, e.g. an offline mirror of docker.io)
-          resolve: async (ref, o) => {
-            let r;
-            if (!o.pull && !ref.startsWith('localhost/')) {
-              try {
-                r = await inner.resolve(ref, { ...o, pull: true });
-              } catch (e) {
-                r = await inner.resolve(ref, o).catch(() => Promise.reject(e));
-              }
-            } else r = await inner.resolve(ref, o);
-            bases.set(r.name, r.digest);
-            return r;
-          },
-        }),
-        progress,
-        signal: ac.signal,
-        credentials: async (host) =>
-          auth && auth.registry === host ? { username: auth.username, password: auth.password } : undefined,
-      },
-    );
+    const res = await runStrategyBuild(job, opts, (s) => log.write(s), {
+      bases: (inner) => ({
+        // a base in a registry is looked up there every time (a moved tag must be seen); `localhost/…` images
+        // (kiln bootstrap) exist only in the local store
+        // (the store is the fallback when the registry cannot answer, e.g. an offline mirror of docker.io)
+        resolve: async (ref, o) => {
+          let r;
+          if (!o.pull && !ref.startsWith('localhost/')) {
+            try {
+              r = await inner.resolve(ref, { ...o, pull: true });
+            } catch (e) {
+              r = await inner.resolve(ref, o).catch(() => Promise.reject(e));
+            }
+          } else r = await inner.resolve(ref, o);
+          bases.set(r.name, r.digest);
+          return r;
+        },
+      }),
+      progress,
+      signal: ac.signal,
+      credentials: async (host) =>
+        auth && auth.registry === host ? { username: auth.username, password: auth.password } : undefined,
+    });
     log.write(`\nbuilt ${res.exported.digest} (${res.exported.pushed.join(', ')})\n`);
     send({
       type: 'result',

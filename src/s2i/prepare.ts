@@ -105,6 +105,7 @@ async function glob(root: string, pattern: string): Promise<string[]> {
     .normalize(pattern)
     .split('/')
     .filter((p) => p !== '' && p !== '.');
+  if (parts.includes('..')) return []; // never outside the source dir
   let current = [''];
   for (const part of parts) {
     const next: string[] = [];
@@ -147,8 +148,6 @@ export async function applyS2iIgnore(srcDir: string): Promise<string[]> {
     for (const m of await glob(srcDir, spec)) del.add(m);
   }
   for (const d of del) {
-    // never leave the source dir, whatever the pattern says
-    if (d.split('/').includes('..')) continue;
     await rm(join(srcDir, d), { recursive: true, force: true });
   }
   return [...del].sort();

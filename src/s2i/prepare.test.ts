@@ -1,0 +1,106 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { isKilnError } from '../errors.js';
+import {
+  applyS2iIgnore,
+  checkAllowedUser,
+  parseEnvFlag,
+  parseEnvironmentFile,
+  parseRuntimeArtifact,
+  parseUidRanges,
+  prepareSource,
+} from './prepare.js';
+
+test('.s2i/environment: NAME=VALUE trimmed, comments and bad lines skipped, = in values kept', () => {
+  assert.deepEqual(parseEnvironmentFile('# c\nA=1\n B = two words \nnot a line\n=x\nC=a=b\r\n'), [
+    { name: 'A', value: '1' },
+    { name: 'B', value: 'two words' },
+    { name: 'C', value: 'a=b' },
+  ]);
+  assert.deepEqual(parseEnvFlag('K= v '), { name: 'K', value: 'v' });
+  assert.throws(
+    () => parseEnvFlag('novalue'),
+    (e) => isKilnError(e, 'OPTION_INVALID'),
+  );
+});
+
+test('--allowed-uids: ranges as s2i parses them; refusals name the user and the range', () => {
+  assert.deepEqual(parseUidRanges('1-,-999,1000,5-7'), [
+    { from: 1 },
+    { to: 999 },
+    { from: 1000, to: 1000 },
+    { from: 5, to: 7 },
+  ]);
+  assert.throws(
+    () => parseUidRanges('7-5'),
+    (e) => isKilnError(e, 'OPTION_INVALID'),
+  );
+  assert.throws(
+    () => parseUidRanges('a-b'),
+    (e) => isKilnError(e, 'OPTION_INVALID'),
+  );
+  checkAllowedUser('1001', parseUidRanges('1-'), 'assemble user');
+  checkAllowedUser('0', [], 'assemble user'); // no ranges: anything goes
+  checkAllowedUser('1001:0', parseUidRanges('1000-2000'), 'assemble user');
+  assert.throws(
+    () => checkAllowedUser('0', parseUidRanges('1-'), 'assemble user'),
+    (e) =>
+      isKilnError(e, 'S2I_USER_NOT_ALLOWED') && e.message === 'assemble user "0" is not allowed: --allowed-uids 1-',
+  );
+  assert.throws(
+    () => checkAllowedUser('app', parseUidRanges('1-'), 'assemble user'),
+    (e) => isKilnError(e) && /must be numeric/.test(e.message),
+  );
+});
+
+test('runtime artifacts: absolute source, relative destination, no wildcards', () => {
+  assert.deepEqual(parseRuntimeArtifact('/tmp/app.war'), { source: '/tmp/app.war', destination: '.' });
+  assert.deepEqual(parseRuntimeArtifact('/opt/data/:app/dist'), { source: '/opt/data', destination: 'app/dist' });
+  for (const bad of ['tmp/x', '/opt/*.jar', '/x:/abs', '/x:../up']) {
+    assert.throws(
+      () => parseRuntimeArtifact(bad),
+      (e) => isKilnError(e, 'OPTION_INVALID'),
+      bad,
+    );
+  }
+});
+
+test('.s2iignore: globs per line (not recursive), ! keeps an earlier match, never leaves the dir', async () => {
+  const d = await mkdtemp(join(tmpdir(), 'kiln-s2iignore-'));
+  try {
+    await mkdir(join(d, 'sub'));
+    for (const f of ['a.log', 'b.log', 'keep.log', 'sub/c.log', 'x.txt']) await writeFile(join(d, f), f);
+    await writeFile(join(d, '.s2iignore'), '# comment\n*.log\n!keep.log\n../*\n');
+    const removed = await applyS2iIgnore(d);
+    assert.deepEqual(removed, ['a.log', 'b.log']);
+    assert.deepEqual((await readdir(d)).sort(), ['.s2iignore', 'keep.log', 'sub', 'x.txt']);
+    assert.deepEqual(await readdir(join(d, 'sub')), ['c.log']);
+  } finally {
+    await rm(d, { recursive: true, force: true });
+  }
+});
+
+test('prepareSource: source copied, .s2i/bin scripts moved to upload/scripts, environment read', async () => {
+  const d = await mkdtemp(join(tmpdir(), 'kiln-s2iprep-'));
+  try {
+    const src = join(d, 'src');
+    await mkdir(join(src, '.s2i', 'bin'), { recursive: true });
+    await writeFile(join(src, '.s2i', 'bin', 'assemble'), '#!/bin/sh\n');
+    await writeFile(join(src, '.s2i', 'environment'), 'X=1\n');
+    await writeFile(join(src, 'app.txt'), 'app');
+    const p = await prepareSource(src, join(d, 'work'));
+    assert.deepEqual([...p.provided], ['assemble']);
+    assert.deepEqual(p.env, [{ name: 'X', value: '1' }]);
+    assert.deepEqual(await readdir(join(d, 'work', 'upload', 'scripts')), ['assemble']);
+    assert.deepEqual((await readdir(join(d, 'work', 'upload', 'src', '.s2i', 'bin'))).length, 0);
+    await assert.rejects(prepareSource(join(d, 'missing'), join(d, 'w2')), (e) => isKilnError(e, 'S2I_SOURCE'));
+    await assert.rejects(prepareSource(src, join(d, 'w3'), { scriptsUrl: 'http://example.com/s2i' }), (e) =>
+      isKilnError(e, 'OPTION_INVALID'),
+    );
+  } finally {
+    await rm(d, { recursive: true, force: true });
+  }
+});

@@ -37,7 +37,7 @@ mkdir -p "$HOME/app" 2>/dev/null || true
 cp -Rf /DEST/src/. /opt/app/
 if [ -f /DEST/artifacts/counter ]; then cp /DEST/artifacts/counter /opt/app/counter; fi
 c=$(cat /opt/app/counter 2>/dev/null || echo 0); echo $((c+1)) > /opt/app/counter
-ls -la /DEST/src > /opt/app/listing
+cd /DEST/src && find . | sort | xargs stat -c '%n %a %u %g' > /opt/app/listing
 `;
 const RUN = `#!/bin/sh
 echo "run mode=$APP_MODE counter=$(cat /opt/app/counter) $(cat /opt/app/hello.txt)"
@@ -80,10 +80,17 @@ async function appSource(dir: string): Promise<void> {
 
 /** LABEL continuation lines sorted: s2i writes labels in Go's random map order, kiln sorted. */
 function sortLabels(dockerfile: string): string {
-  return dockerfile.replace(/^LABEL ([^\n]*(?:\\\n[^\n]*)*)\n/m, (_m, body: string) => {
-    const items = body.split(/ \\\n\s+/).sort();
-    return 'LABEL ' + items.join(' \\\n      ') + '\n';
-  });
+  const lines = dockerfile.split('\n');
+  const start = lines.findIndex((l) => l.startsWith('LABEL '));
+  if (start < 0) return dockerfile;
+  let end = start;
+  while (lines[end]?.endsWith(' \\')) end++;
+  const items = lines
+    .slice(start, end + 1)
+    .map((l, i) => (i === 0 ? l.slice('LABEL '.length) : l.trim()).replace(/ \\$/, ''))
+    .sort();
+  const label = ['LABEL ' + items.join(' \\\n      ')];
+  return [...lines.slice(0, start), ...label, ...lines.slice(end + 1)].join('\n');
 }
 
 describe(
@@ -131,6 +138,23 @@ describe(
       );
       await dockerd.build({ context: work, dockerfile: join(work, 'empty.Dockerfile'), tag: `${R()}/builder-empty:1` });
       await dockerd.push(`${R()}/builder-empty:1`);
+      // a runtime image (s2i docs/runtime_image.md): its own scripts, input files label, a numeric USER
+      const rt = join(work, 'runtime');
+      await mkdir(join(rt, 's2i'), { recursive: true });
+      await writeFile(
+        join(rt, 's2i', 'assemble-runtime'),
+        '#!/bin/sh\necho "runtime assembled as $(id -u)" > /srv/app/runtime-note\n',
+      );
+      await writeFile(join(rt, 's2i', 'run'), '#!/bin/sh\ncat /srv/app/hello.txt /srv/app/runtime-note\n');
+      for (const f of ['assemble-runtime', 'run']) await chmod(join(rt, 's2i', f), 0o755);
+      await writeFile(
+        join(rt, 'Dockerfile'),
+        `FROM ${base}\nRUN mkdir -p /srv/app && chown 1002:0 /srv/app\nCOPY s2i/ /usr/libexec/s2i/\n` +
+          'LABEL io.openshift.s2i.scripts-url=image:///usr/libexec/s2i io.openshift.s2i.assemble-input-files=/opt/app/hello.txt:app\n' +
+          'WORKDIR /srv\nUSER 1002\n',
+      );
+      await dockerd.build({ context: rt, tag: `${R()}/runtime:1` });
+      await dockerd.push(`${R()}/runtime:1`);
     });
 
     after(async () => {
@@ -206,6 +230,34 @@ describe(
         assert.match(listing, /keep\.log/, '! in .s2iignore keeps a file');
       });
     }
+
+    test('runtime image: the input files of the assembled image, assemble-runtime as the runtime user', async () => {
+      const src = join(work, 'app-rt');
+      await appSource(src);
+      await rm(join(src, '.s2i', 'bin'), { recursive: true });
+      const tag = `${R()}/app-rt:1`;
+      const r = await kiln([
+        's2i',
+        'build',
+        src,
+        `${R()}/builder-num:1`,
+        tag,
+        '--push',
+        '--runtime-image',
+        `${R()}/runtime:1`,
+      ]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(await runNow(tag), 'hello from the source\nruntime assembled as 1002\n');
+      const ls = await runNow(tag, ['sh', '-c', 'ls -ln /srv/app/hello.txt; ls /opt/s2i 2>&1 || true']);
+      assert.match(ls, /^-rw-r--r-- +1 1002 +0 .*\/srv\/app\/hello.txt$/m, 'copied with the runtime user as owner');
+      assert.match(ls, /No such file or directory/, 'nothing of the builder image');
+      const cfg = JSON.parse(
+        (await run('skopeo', ['inspect', '--tls-verify=false', '--config', `docker://${tag}`])).stdout,
+      ) as { config: { User: string; Cmd: string[]; Env: string[] } };
+      assert.equal(cfg.config.User, '1002');
+      assert.deepEqual(cfg.config.Cmd, ['/bin/sh', '-c', '/usr/libexec/s2i/run']);
+      assert.ok(cfg.config.Env.includes('APP_MODE=prod'), 'the build environment is in the runtime image too');
+    });
 
     test('a root assemble user is refused under --allowed-uids; nothing is pushed', async () => {
       const src = join(work, 'app-root');

@@ -48,16 +48,22 @@ find_go() {
   fi
 }
 
-GO=$(find_go) || die "no Go toolchain found: install Go >= $GO_MIN (https://go.dev/dl, unpacked to /usr/local/go) or set KILN_GO"
-go_version=$("$GO" env GOVERSION 2>/dev/null | sed 's/^go//') || die "$GO does not run"
-if [ "$(printf '%s\n%s\n' "$GO_MIN" "$go_version" | sort -V | head -1)" != "$GO_MIN" ]; then
-  die "Go $go_version is too old: the pinned tools need Go >= $GO_MIN (install it from https://go.dev/dl)"
-fi
-export GOPROXY="${GOPROXY:-https://proxy.golang.org,direct}"
-export GOFLAGS="${GOFLAGS:-} -trimpath"
-export CGO_ENABLED=0
-# go downloads new toolchains on demand when a go.mod asks for one; the pins above are checked against GO_MIN instead
-export GOTOOLCHAIN=local
+# Go is needed only when something must be built (a machine with the pinned tools cached needs none)
+GO=""
+go_version=""
+need_go() {
+  [ -n "$GO" ] && return 0
+  GO=$(find_go) || die "no Go toolchain found: install Go >= $GO_MIN (https://go.dev/dl, unpacked to /usr/local/go) or set KILN_GO"
+  go_version=$("$GO" env GOVERSION 2>/dev/null | sed 's/^go//') || die "$GO does not run: install Go >= $GO_MIN (https://go.dev/dl) or point KILN_GO at one"
+  if [ "$(printf '%s\n%s\n' "$GO_MIN" "$go_version" | sort -V | head -1)" != "$GO_MIN" ]; then
+    die "Go $go_version is too old: the pinned tools need Go >= $GO_MIN (install it from https://go.dev/dl)"
+  fi
+  export GOPROXY="${GOPROXY:-https://proxy.golang.org,direct}"
+  export GOFLAGS="${GOFLAGS:-} -trimpath"
+  export CGO_ENABLED=0
+  # go downloads new toolchains on demand when a go.mod asks for one; the pins above are checked against GO_MIN
+  export GOTOOLCHAIN=local
+}
 
 mkdir -p "$TOOLS_DIR"
 
@@ -72,6 +78,7 @@ build_tool() {
     exec 9>&-
     return 0
   fi
+  need_go
   local tmp="$TOOLS_DIR/.tmp-$name-$version-$$"
   rm -rf "$tmp" "$dir"
   mkdir -p "$tmp/bin"

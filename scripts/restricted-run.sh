@@ -4,8 +4,10 @@
 # file capabilities have no effect: newuidmap cannot raise privileges) and containerd's RuntimeDefault seccomp
 # profile (scripts/restricted/runtime-default.json, loaded by scripts/restricted/seccomp-exec.py with libseccomp).
 #
-#   sudo scripts/restricted-run.sh [--user NAME|UID] [--gid GID] [--env-keep] -- COMMAND [ARG...]
+#   sudo scripts/restricted-run.sh [--user NAME|UID] [--gid GID] [--env-keep] [--profile FILE] -- COMMAND [ARG...]
 #
+# --profile: another Docker/OCI seccomp profile instead (e.g. scripts/restricted/kiln-userns.json, the Localhost
+# profile kiln's userns level needs in a pod).
 # Must start as root (to switch to the user); default user: kilntest (scripts/rootless-user.sh). The environment
 # is reset to HOME/USER/PATH/LANG of that user unless --env-keep. Needs util-linux (setpriv) and python3-seccomp.
 # Not emulated: the container's own mount/pid/network namespaces, read-only /proc/sys, cgroup limits, the AppArmor
@@ -15,11 +17,13 @@ here=$(cd "$(dirname "$0")" && pwd)
 user=kilntest
 gid=
 keep=0
+profile=
 while [ $# -gt 0 ]; do
   case "$1" in
     --user) user=$2; shift 2 ;;
     --gid) gid=$2; shift 2 ;;
     --env-keep) keep=1; shift ;;
+    --profile) profile=$2; shift 2 ;;
     --) shift; break ;;
     *) echo "restricted-run.sh: unknown option $1" >&2; exit 2 ;;
   esac
@@ -34,7 +38,7 @@ name=$(getent passwd "$uid" | cut -d: -f1)
 python=/usr/bin/python3
 "$python" -c 'import seccomp' 2>/dev/null || { echo "restricted-run.sh: apt-get install python3-seccomp" >&2; exit 2; }
 set -- setpriv --reuid "$uid" --regid "$gid" --clear-groups --inh-caps=-all --ambient-caps=-all \
-  --bounding-set=-all --no-new-privs -- "$python" "$here/restricted/seccomp-exec.py" -- "$@"
+  --bounding-set=-all --no-new-privs -- "$python" "$here/restricted/seccomp-exec.py" ${profile:+--profile "$profile"} -- "$@"
 if [ "$keep" = 1 ]; then
   exec env HOME="$home" USER="${name:-$uid}" "$@"
 fi

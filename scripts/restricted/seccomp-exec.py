@@ -1,18 +1,19 @@
 #!/usr/bin/python3
-"""Load containerd's RuntimeDefault seccomp profile (runtime-default.json, beside this file) and exec a command.
+"""Load a seccomp profile in the Docker/OCI JSON format (default: runtime-default.json beside this file,
+containerd's RuntimeDefault profile) and exec a command.
 
     seccomp-exec.py [--profile FILE] [--check] -- COMMAND [ARG...]
 
-The filter is built with libseccomp (Debian's python3-seccomp) exactly as runc builds it from an OCI seccomp spec:
-default action ERRNO(EPERM), every listed syscall allowed, the argument rules as separate rules (socket families,
-personality values, clone without namespace flags), clone3 answered with ENOSYS, the other architectures of the
-machine (x86 and x32 on x86_64, arm on aarch64) in the same filter. Syscalls this libseccomp does not know are
-skipped, as runc skips them. ptrace, process_vm_readv and process_vm_writev are allowed on kernels >= 4.8, as
-containerd does (CRI-O's default profile allows them only with CAP_SYS_PTRACE).
+The filter is built with libseccomp (Debian's python3-seccomp) as runc builds it from a profile: the default
+action (ERRNO with defaultErrnoRet), every listed syscall with its action, argument conditions as separate rules
+(socket families, personality values, clone without namespace flags), the profile's sub-architectures of this
+machine (x86 and x32 on x86_64, arm on aarch64) in the same filter, `includes.minKernel` and `includes.arches`
+honoured (ptrace, process_vm_readv/writev from Linux 4.8, as containerd; CRI-O's default profile allows them only
+with CAP_SYS_PTRACE). Syscalls this libseccomp does not know are skipped, as runc skips them.
 
-Loading a filter without CAP_SYS_ADMIN needs no_new_privs: run this under
-`setpriv ... --no-new-privs` (see scripts/restricted-run.sh), as the container runtime would.
-With --check, print how many rules were loaded to stderr before exec'ing.
+Loading a filter without CAP_SYS_ADMIN needs no_new_privs: run this under `setpriv ... --no-new-privs`
+(see scripts/restricted-run.sh), as the container runtime would. With --check, print how many rules were loaded
+to stderr before exec'ing.
 """
 import errno
 import json
@@ -23,28 +24,33 @@ import sys
 import seccomp
 
 OPS = {
-    "EQ": seccomp.EQ,
-    "NE": seccomp.NE,
-    "LT": seccomp.LT,
-    "LE": seccomp.LE,
-    "GT": seccomp.GT,
-    "GE": seccomp.GE,
-    "MASKED_EQ": seccomp.MASKED_EQ,
+    "SCMP_CMP_EQ": seccomp.EQ,
+    "SCMP_CMP_NE": seccomp.NE,
+    "SCMP_CMP_LT": seccomp.LT,
+    "SCMP_CMP_LE": seccomp.LE,
+    "SCMP_CMP_GT": seccomp.GT,
+    "SCMP_CMP_GE": seccomp.GE,
+    "SCMP_CMP_MASKED_EQ": seccomp.MASKED_EQ,
 }
 
 ARCHES = {
-    "x86_64": seccomp.Arch.X86_64,
-    "x86": seccomp.Arch.X86,
-    "x32": seccomp.Arch.X32,
-    "aarch64": seccomp.Arch.AARCH64,
-    "arm": seccomp.Arch.ARM,
+    "SCMP_ARCH_X86_64": seccomp.Arch.X86_64,
+    "SCMP_ARCH_X86": seccomp.Arch.X86,
+    "SCMP_ARCH_X32": seccomp.Arch.X32,
+    "SCMP_ARCH_AARCH64": seccomp.Arch.AARCH64,
+    "SCMP_ARCH_ARM": seccomp.Arch.ARM,
 }
 
+# Go's GOARCH names (Docker's includes.arches) for this machine
+GOARCH = {"x86_64": ["amd64", "x32", "386"], "aarch64": ["arm64", "arm"]}
+NATIVE = {"x86_64": "SCMP_ARCH_X86_64", "aarch64": "SCMP_ARCH_AARCH64"}
 
-def kernel_at_least(major, minor):
+
+def kernel_at_least(version):
+    want = tuple(int(x) for x in version.split(".")[:2])
     parts = platform.release().split(".")
     try:
-        return (int(parts[0]), int(parts[1].split("-")[0])) >= (major, minor)
+        return (int(parts[0]), int(parts[1].split("-")[0])) >= want
     except (ValueError, IndexError):
         return False
 
@@ -57,37 +63,49 @@ def known(name):
         return False
 
 
-def action(rule):
-    if rule["action"] == "allow":
+def action(entry):
+    act = entry["action"]
+    if act == "SCMP_ACT_ALLOW":
         return seccomp.ALLOW
-    if rule["action"] == "errno":
-        return seccomp.ERRNO(getattr(errno, rule.get("errno", "EPERM")))
-    raise SystemExit("seccomp-exec: unknown action %r" % rule["action"])
+    if act == "SCMP_ACT_ERRNO":
+        return seccomp.ERRNO(entry.get("errnoRet", errno.EPERM))
+    raise SystemExit("seccomp-exec: unsupported action %r" % act)
+
+
+def applies(entry):
+    inc = entry.get("includes", {})
+    if "minKernel" in inc and not kernel_at_least(inc["minKernel"]):
+        return False
+    if "arches" in inc and not set(inc["arches"]) & set(GOARCH.get(platform.machine(), [])):
+        return False
+    if entry.get("excludes"):
+        return False  # exclusions by capability: a restricted container has none to exclude for
+    return True
 
 
 def build(profile):
     machine = platform.machine()
-    f = seccomp.SyscallFilter(defaction=seccomp.ERRNO(getattr(errno, profile.get("defaultErrno", "EPERM"))))
-    for arch in profile["architectures"].get(machine, [])[1:]:
-        f.add_arch(ARCHES[arch])
-    names = list(profile["allow"])
-    if kernel_at_least(4, 8):
-        names += profile.get("allowKernel48", [])
-    names += profile.get("allowArch", {}).get(machine, [])
+    default = profile.get("defaultAction", "SCMP_ACT_ERRNO")
+    if default != "SCMP_ACT_ERRNO":
+        raise SystemExit("seccomp-exec: unsupported defaultAction %r" % default)
+    f = seccomp.SyscallFilter(defaction=seccomp.ERRNO(profile.get("defaultErrnoRet", errno.EPERM)))
+    for m in profile.get("archMap", []):
+        if m["architecture"] == NATIVE.get(machine):
+            for sub in m.get("subArchitectures", []):
+                f.add_arch(ARCHES[sub])
     n = 0
-    for name in names:
-        if known(name):
-            f.add_rule(seccomp.ALLOW, name)
-            n += 1
-    for rule in profile.get("rules", []):
-        args = [
-            seccomp.Arg(a["index"], OPS[a["op"]], a["value"], a.get("valueTwo", 0)) if a["op"] == "MASKED_EQ"
-            else seccomp.Arg(a["index"], OPS[a["op"]], a["value"])
-            for a in rule.get("args", [])
-        ]
-        for name in rule["names"]:
+    for entry in profile.get("syscalls", []):
+        if not applies(entry):
+            continue
+        args = []
+        for a in entry.get("args") or []:
+            if a["op"] == "SCMP_CMP_MASKED_EQ":
+                args.append(seccomp.Arg(a["index"], OPS[a["op"]], a["value"], a.get("valueTwo", 0)))
+            else:
+                args.append(seccomp.Arg(a["index"], OPS[a["op"]], a["value"]))
+        for name in entry["names"]:
             if known(name):
-                f.add_rule(action(rule), name, *args)
+                f.add_rule(action(entry), name, *args)
                 n += 1
     return f, n
 

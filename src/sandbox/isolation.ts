@@ -87,3 +87,79 @@ export async function isolationServices(level: IsolationLevel, kilnHome: string)
     layersDir: join(kilnHome, 'layers'),
   };
 }
+
+/** Pod and container settings a Kubernetes executor gives a build pod of each level (issue 16, item 4). */
+export interface IsolationPodSettings {
+  /** The Pod Security Standards level such a pod passes. */
+  podSecurity: 'restricted' | 'baseline';
+  /** Pod-level fields. */
+  pod: { runtimeClassName?: string; hostUsers?: boolean };
+  /** The kiln container's securityContext. */
+  securityContext: Record<string, unknown>;
+  /** The kiln container's environment (selects the level). */
+  env: Record<string, string>;
+  /** What else the node or the image must provide. */
+  requires: string[];
+}
+
+export interface PodSettingsOptions {
+  /** The non-root uid/gid kiln runs as (default 1000). */
+  uid?: number;
+  gid?: number;
+  /** vm: the sandboxed runtime class (default kata). */
+  runtimeClassName?: string;
+  /** userns: the node's Localhost seccomp profile (scripts/restricted/kiln-userns.json installed there). */
+  seccompProfile?: string;
+}
+
+export function isolationPodSettings(level: IsolationLevel, o: PodSettingsOptions = {}): IsolationPodSettings {
+  const uid = o.uid ?? 1000;
+  const gid = o.gid ?? uid;
+  if (level === 'restricted') {
+    return {
+      podSecurity: 'restricted',
+      pod: {},
+      securityContext: {
+        runAsNonRoot: true,
+        runAsUser: uid,
+        runAsGroup: gid,
+        allowPrivilegeEscalation: false,
+        privileged: false,
+        capabilities: { drop: ['ALL'] },
+        seccompProfile: { type: 'RuntimeDefault' },
+      },
+      env: { KILN_ISOLATION: 'restricted' },
+      requires: [
+        'Linux >= 5.14 (seccomp user notification with ADDFD)',
+        'a runtime whose RuntimeDefault profile allows ptrace and process_vm_readv/writev (containerd, Docker on Linux >= 4.8; CRI-O only with CAP_SYS_PTRACE or a Localhost profile)',
+        'KILN_HOME on a file system with user extended attributes (an emptyDir on ext4/xfs/btrfs, or tmpfs on Linux >= 6.6)',
+        'proot and the static kiln-restricted helper in the image (KILN_RESTRICTED_HELPER)',
+      ],
+    };
+  }
+  const userns: IsolationPodSettings = {
+    podSecurity: 'baseline',
+    pod: {},
+    securityContext: {
+      runAsUser: uid,
+      runAsGroup: gid,
+      // newuidmap/newgidmap are setuid root and need CAP_SETUID/CAP_SETGID in the bounding set
+      allowPrivilegeEscalation: true,
+      capabilities: { drop: ['ALL'], add: ['SETUID', 'SETGID'] },
+      seccompProfile: { type: 'Localhost', localhostProfile: o.seccompProfile ?? 'kiln-userns.json' },
+    },
+    env: { KILN_ISOLATION: level },
+    requires: [
+      'scripts/restricted/kiln-userns.json installed as a Localhost seccomp profile on the node',
+      'an AppArmor profile that allows mount (a Localhost one: baseline forbids unconfined), where AppArmor is on',
+      'unprivileged user namespaces enabled on the node, /etc/subuid and /etc/subgid for the user in the image',
+    ],
+  };
+  if (level === 'vm') {
+    userns.pod.runtimeClassName = o.runtimeClassName ?? 'kata';
+    userns.requires = [
+      `a RuntimeClass ${userns.pod.runtimeClassName} (Kata, gVisor): the build gets a kernel of its own`,
+    ];
+  }
+  return userns;
+}

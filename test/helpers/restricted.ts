@@ -27,10 +27,19 @@ export interface Ran {
   stderr: string;
 }
 
-/** Run `cmd args` as kilntest inside the emulated restricted container (`env` is passed through). */
-export function restrictedRun(cmd: string, args: string[], env: Record<string, string> = {}): Promise<Ran> {
+/**
+ * Run `cmd args` as kilntest inside the emulated restricted container (`env` is passed through; `profile`: another
+ * seccomp profile than RuntimeDefault).
+ */
+export function restrictedRun(
+  cmd: string,
+  args: string[],
+  env: Record<string, string> = {},
+  profile?: string,
+): Promise<Ran> {
   const envArgs = Object.entries({ PATH, ...env }).map(([k, v]) => `${k}=${v}`);
-  return runCapture(RESTRICTED_RUN, ['--user', ROOTLESS_USER, '--', 'env', ...envArgs, cmd, ...args], { cwd: REPO });
+  const opts = ['--user', ROOTLESS_USER, ...(profile ? ['--profile', profile] : []), '--'];
+  return runCapture(RESTRICTED_RUN, [...opts, 'env', ...envArgs, cmd, ...args], { cwd: REPO });
 }
 
 /** `kiln ARGS` (from source) as kilntest in the emulated restricted container, with KILN_HOME=home. */

@@ -138,6 +138,21 @@ describe('the emulated restricted container', () => {
     assert.match(r.stderr, /Operation not permitted/);
   });
 
+  test('the shipped Localhost profile for the userns level allows what RuntimeDefault refuses', async () => {
+    const script = 'unshare --user --map-root-user --mount sh -c "mount -t tmpfs none /mnt && echo mounted"';
+    const denied = await restrictedRun('sh', ['-c', script]);
+    assert.notEqual(denied.code, 0);
+    const profile = join(REPO, 'scripts', 'restricted', 'kiln-userns.json');
+    const allowed = await restrictedRun('sh', ['-c', script], {}, profile);
+    assert.equal(allowed.code, 0, allowed.stderr);
+    assert.equal(allowed.stdout.trim(), 'mounted');
+    // the rest is RuntimeDefault's: still no keyctl, bpf or 32-bit unshare for instance
+    const p = await restrictedRun('perl', ['-e', PROBE], {}, profile);
+    const got = parseProbe(p.stdout);
+    assert.equal(got.keyctl, '1', p.stdout + p.stderr);
+    assert.equal(got.bpf, '1', p.stdout);
+  });
+
   test('kiln build with the userns level fails there with one clear line', async () => {
     const ctx = join(dir, 'ctx-userns');
     const home = join(dir, 'home-userns');

@@ -75,6 +75,8 @@ export class BuildService implements ServiceCore {
   private readonly registry: RegistryOptions;
   private readonly running = new Map<string, Running>();
   private readonly lastStarted = new Map<string, number>();
+  /** Workspaces (`project/image`) a running build uses. */
+  private readonly busyWorkspaces = new Set<string>();
   private stopping = false;
   private resolveClosing!: () => void;
   readonly closing: Promise<void> = new Promise((r) => (this.resolveClosing = r));
@@ -165,7 +167,10 @@ export class BuildService implements ServiceCore {
     await mkdir(opts.dataDir, { recursive: true, mode: 0o700 });
     const svc = new BuildService(opts);
     await mkdir(svc.logsDir, { recursive: true });
-    await rm(svc.workDir, { recursive: true, force: true });
+    // per-build checkouts of the previous process go; workspaces (work/ws) stay: they make the next build warm
+    for (const e of await readdir(svc.workDir).catch(() => [] as string[])) {
+      if (e !== 'ws') await rm(join(svc.workDir, e), { recursive: true, force: true });
+    }
     // what workers of a previous process left (it was killed): snapshots, mounts, temp dirs with .owner files
     await opts.runner.cleanupAfter?.();
     await mkdir(svc.workDir, { recursive: true, mode: 0o700 });
@@ -255,6 +260,7 @@ export class BuildService implements ServiceCore {
     await Promise.all(mine.map((r) => r.done));
     const ids = this.store.deleteProject(name) ?? [];
     await Promise.all(ids.map((id) => rm(this.logPath(id), { force: true })));
+    await rm(join(this.workDir, 'ws', name), { recursive: true, force: true });
     return true;
   }
 
@@ -449,7 +455,13 @@ export class BuildService implements ServiceCore {
     const img = p.images.find((i) => i.name === build.image);
     const timeoutS = timeoutFor(build, p, this.opts.config.timeoutSeconds);
     const timer = setTimeout(() => ac.abort('timed-out'), timeoutS * 1000);
-    const checkout = join(this.workDir, build.id);
+    // a persistent workspace per (project, image), updated in place to the commit (kiln's stat cache and
+    // incremental COPY then see unchanged files as unchanged); a second concurrent build of it gets its own dir
+    const wsKey = `${p.name}/${build.image}`;
+    const useWs = !this.busyWorkspaces.has(wsKey);
+    if (useWs) this.busyWorkspaces.add(wsKey);
+    const wsRoot = join(this.workDir, 'ws', p.name);
+    const checkout = useWs ? join(wsRoot, build.image) : join(this.workDir, build.id);
     let current = build;
     const update = (patch: Parameters<Store['updateBuild']>[1]): void => {
       current = this.store.updateBuild(build.id, patch);
@@ -476,8 +488,10 @@ export class BuildService implements ServiceCore {
       // by commit too: an automatic build names a commit the mirror may not have fetched yet
       const commit: string = (await this.mirrors.resolve(p, build.commit ? { commit: build.commit } : spec, ac.signal))
         .commit;
-      await mkdir(checkout, { recursive: true, mode: 0o700 });
-      await this.mirrors.checkout(p, commit, checkout, ac.signal);
+      await mkdir(useWs ? wsRoot : checkout, { recursive: true, mode: 0o700 });
+      if (useWs)
+        await this.mirrors.updateWorkspace(p, commit, checkout, join(wsRoot, `.${build.image}.index`), ac.signal);
+      else await this.mirrors.checkout(p, commit, checkout, ac.signal);
       stages[0] = { ...fetchStage, status: 'done', durationMs: Math.round(performance.now() - t0) };
       await line(`#0 checked out ${commit}`);
       // The commit's subject, so the log says what is being built (as text: the UI renders log lines as text).
@@ -608,7 +622,8 @@ export class BuildService implements ServiceCore {
       }
     } finally {
       clearTimeout(timer);
-      await this.mirrors.removeCheckout(checkout).catch(() => rm(checkout, { recursive: true, force: true }));
+      if (useWs) this.busyWorkspaces.delete(wsKey);
+      else await this.mirrors.removeCheckout(checkout).catch(() => rm(checkout, { recursive: true, force: true }));
       try {
         const gone = this.store.applyRetention(p.name, p.retention);
         await Promise.all(gone.map((id) => rm(this.logPath(id), { force: true })));

@@ -18,6 +18,8 @@ import { mountsUnder, tmpLeftovers } from './build-helpers.js';
 import type { Build } from '../../src/service/model.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+/** A sleep only this run's RUN step does (pgrep must not see another test run's). */
+const SLEEP = `sleep ${3000 + Math.floor(Math.random() * 6000)}`;
 
 /** Pids of processes whose environment has KILN_HOME=home (the service's workers and everything they run). */
 async function processesOf(home: string): Promise<number[]> {
@@ -101,7 +103,7 @@ describe('kiln serve survives kill -9', () => {
     git = await startGitServer();
     home = await makeKilnHome();
     await git.createRepo('crash', {
-      'run/Dockerfile': 'FROM localhost/busybox:latest\nRUN echo begin && sleep 301 && echo end\n',
+      'run/Dockerfile': `FROM localhost/busybox:latest\nRUN echo begin && ${SLEEP} && echo end\n`,
       'push/Dockerfile':
         'FROM localhost/busybox:latest\nRUN head -c 24000000 /dev/urandom > /blob && echo wrote\nRUN echo small > /s\n',
       'later/Dockerfile': 'FROM localhost/busybox:latest\nRUN echo later > /later\n',
@@ -153,9 +155,9 @@ projects:
     const r = await svc.api<{ builds: Build[] }>('POST', '/api/v1/projects/crash/builds', { ref: 'main' });
     assert.equal(r.status, 201, r.text);
     const id = (r.body.builds[0] as Build).id;
-    await until('RUN to start', 60_000, () => pgrep('sleep 301'));
+    await until('RUN to start', 60_000, () => pgrep(SLEEP));
     await svc.stop('SIGKILL');
-    await until('RUN to die', 30_000, async () => !(await pgrep('sleep 301')));
+    await until('RUN to die', 30_000, async () => !(await pgrep(SLEEP)));
     await assertClean(svc);
 
     const tokens = { admin: svc.admin, viewer: svc.viewer };
@@ -175,7 +177,7 @@ projects:
     assert.equal(retry.commit, old.body.commit);
     assert.equal(list.body.builds.filter((b) => b.trigger.type === 'retry').length, 1);
     await svc.waitBuild(retry.id, (b) => b.phase === 'building', 60_000);
-    await until('retry RUN', 60_000, () => pgrep('sleep 301'));
+    await until('retry RUN', 60_000, () => pgrep(SLEEP));
     // killed again: the retry is not retried a second time
     await svc.stop('SIGKILL');
     await assertClean(svc);
@@ -237,7 +239,7 @@ projects:
     started.push(svc);
     const r = await svc.api<{ builds: Build[] }>('POST', '/api/v1/projects/crash/builds', { ref: 'main' });
     const id = (r.body.builds[0] as Build).id;
-    await until('RUN to start', 60_000, () => pgrep('sleep 301'));
+    await until('RUN to start', 60_000, () => pgrep(SLEEP));
     // the worker process: `kiln serve-worker` with this KILN_HOME
     const workers: number[] = [];
     for (const pid of await processesOf(home)) {
@@ -250,7 +252,7 @@ projects:
     const b = await svc.waitBuild(id, undefined, 60_000);
     assert.equal(b.phase, 'failed');
     assert.match(b.reason ?? '', /worker/);
-    await until('RUN to die', 30_000, async () => !(await pgrep('sleep 301')));
+    await until('RUN to die', 30_000, async () => !(await pgrep(SLEEP)));
     // the service still works: another build runs
     const next = await svc.api<{ builds: Build[] }>('POST', '/api/v1/projects/push/builds', {
       ref: 'main',
@@ -274,12 +276,12 @@ projects:
       images: ['later'],
     });
     const queuedId = (q.body.builds[0] as Build).id;
-    await until('RUN to start', 60_000, () => pgrep('sleep 301'));
+    await until('RUN to start', 60_000, () => pgrep(SLEEP));
     const t0 = Date.now();
     const code = await svc.stop('SIGTERM');
     assert.equal(code, 0, 'a graceful stop exits 0');
     assert.ok(Date.now() - t0 >= 2000, 'the running build had its grace period');
-    assert.equal(await pgrep('sleep 301'), false);
+    assert.equal(await pgrep(SLEEP), false);
     await assertClean(svc);
     svc = await startService({
       config: graceful,

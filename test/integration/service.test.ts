@@ -17,6 +17,8 @@ import { LogEventDecoder } from '../../src/service/api/sse.js';
 
 const GIT_PASSWORD = 'git-pw-Xq93kd';
 const BUILD_SECRET = 'build-secret-7Hn2pQ';
+/** A sleep only this run's RUN step does (pgrep must not see another test run's). */
+const SLEEP = `sleep ${3000 + Math.floor(Math.random() * 6000)}`;
 
 function skopeo(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
@@ -66,7 +68,7 @@ ${images}`;
         base +
         'RUN --mount=type=secret,id=tok cat /run/secrets/tok; for i in 1 2 3 4 5 6; do echo tick-$i; sleep 0.4; done\n',
     });
-    await git.createRepo('sleepy', { 'ci/Dockerfile': base + 'RUN echo started-sleeping && sleep 300\n' });
+    await git.createRepo('sleepy', { 'ci/Dockerfile': base + `RUN echo started-sleeping && ${SLEEP}\n` });
     const config = `allowFileRepositories: false
 concurrency: 2
 insecureRegistries: ["${reg.host}"]
@@ -253,7 +255,7 @@ ${project(
     await svc.waitBuild(id, (b) => b.phase === 'building' && b.stages.some((s) => s.name.includes('RUN')), 60_000);
     // the RUN process is running
     const until = Date.now() + 30_000;
-    while (!(await pgrep('sleep 300'))) {
+    while (!(await pgrep(SLEEP))) {
       assert.ok(Date.now() < until, 'RUN never started');
       await sleep(100);
     }
@@ -262,7 +264,7 @@ ${project(
     const b = await svc.waitBuild(id, undefined, 60_000);
     assert.equal(b.phase, 'cancelled');
     assert.equal(b.reason, 'cancelled by test-admin');
-    assert.equal(await pgrep('sleep 300'), false, 'the RUN process is gone');
+    assert.equal(await pgrep(SLEEP), false, 'the RUN process is gone');
     assert.equal(await remoteDigest(`${reg.host}/sleepy/app:main`), undefined, 'nothing pushed');
     // cancelling again: conflict
     assert.equal((await svc.api('POST', `/api/v1/builds/${id}/cancel`, {})).status, 409);
@@ -275,8 +277,13 @@ ${project(
     assert.equal(c2.status, 200);
     assert.equal((await svc.waitBuild(rr.body.id)).phase, 'cancelled');
     // no temp dir or checkout left behind
+    // no per-build checkout left behind (only the persistent workspaces)
     const left = await readdir(join(svc.dataDir, 'work'));
-    assert.deepEqual(left, [], `left: ${left.join(' ')} (builds ${id}, ${rr.body.id})`);
+    assert.deepEqual(
+      left.filter((e) => e !== 'ws'),
+      [],
+      `left: ${left.join(' ')} (builds ${id}, ${rr.body.id})`,
+    );
   });
 
   test('bad input: one clear error, the service keeps running, nothing half-written', async () => {

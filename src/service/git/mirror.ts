@@ -89,6 +89,8 @@ interface CheckoutJob {
   level: number;
   notes: string[];
   signal: AbortSignal | undefined;
+  /** A persistent index to write (a workspace's), instead of a throwaway one. */
+  index?: string;
 }
 
 /** Per-mirror state of this process: the promise chain and which fetches finished after which request. */
@@ -280,7 +282,13 @@ export class GitMirrors {
    * empty or missing directory, with submodules when `project.submodules` and LFS files when `project.lfs` and
    * git-lfs is installed. No `.git` is written. On failure `dest` is left empty.
    */
-  async checkout(project: GitProject, commit: string, dest: string, signal?: AbortSignal): Promise<CheckoutResult> {
+  async checkout(
+    project: GitProject,
+    commit: string,
+    dest: string,
+    signal?: AbortSignal,
+    index?: string,
+  ): Promise<CheckoutResult> {
     const src = this.source(project);
     const c = checkHex(commit);
     if (!FULL_HEX.test(c)) {
@@ -294,12 +302,68 @@ export class GitMirrors {
     }
     const notes: string[] = [];
     try {
-      await this.materialize(src, { commit: c, dest, level: 0, notes, signal });
+      await this.materialize(src, { commit: c, dest, level: 0, notes, signal, ...(index ? { index } : {}) });
     } catch (e) {
       await emptyDir(dest);
       throw e;
     }
     return { commit: c, dir: dest, notes };
+  }
+
+  /**
+   * Bring a persistent workspace `dest` to exactly the tree of `commit`, touching only what differs from the last
+   * commit checked out there (`index` is the workspace's own git index, kept outside it: no `.git` in the build
+   * context). Why: kiln's stat cache and incremental COPY key files by path, inode and mtime — a fresh checkout per
+   * build would make every build re-read and re-copy every file. Tracked files are reset to the commit (local
+   * changes discarded), files the commit does not have are removed. A workspace without its index, or a project
+   * with submodules or LFS, gets a fresh checkout. On failure the workspace is emptied (the next build starts over).
+   */
+  async updateWorkspace(
+    project: GitProject,
+    commit: string,
+    dest: string,
+    index: string,
+    signal?: AbortSignal,
+  ): Promise<CheckoutResult> {
+    const c = checkHex(commit);
+    if (!FULL_HEX.test(c)) {
+      throw new KilnError('GIT_COMMIT_INVALID', `checkout needs a full commit id, not ${q(commit)}`);
+    }
+    await mkdir(dest, { recursive: true });
+    const fresh = project.submodules || project.lfs || !(await exists(index));
+    if (fresh) {
+      await emptyDir(dest);
+      await rm(index, { force: true });
+      return this.checkout(project, c, dest, signal, project.submodules || project.lfs ? undefined : index);
+    }
+    const { repo, path } = this.source(project);
+    const env = { ...baseEnv(), GIT_INDEX_FILE: index };
+    const wt = [...configArgs(this.opts.allowFile), `--git-dir=${path}`, `--work-tree=${dest}`];
+    const git = (args: string[]): Promise<GitRun> => runGit([...wt, ...args], { env, signal, cwd: dest });
+    try {
+      let r = await git(['read-tree', '--reset', '-u', c]);
+      if (r.code !== 0)
+        throw new KilnError(
+          'GIT_CHECKOUT_FAILED',
+          `cannot update to ${c.slice(0, 12)} of ${repo.url}: ${lastLine(r.stderr)}`,
+        );
+      r = await git(['ls-files', '--others', '-z', '--directory']);
+      if (r.code !== 0)
+        throw new KilnError('GIT_CHECKOUT_FAILED', `cannot list files of ${repo.url}: ${lastLine(r.stderr)}`);
+      for (const extra of r.stdout
+        .toString('utf8')
+        .split('\0')
+        .filter((x) => x !== '')) {
+        const target = join(dest, extra);
+        if (!target.startsWith(dest + '/')) continue;
+        await rm(target, { recursive: true, force: true });
+      }
+    } catch (e) {
+      await emptyDir(dest);
+      await rm(index, { force: true });
+      throw e;
+    }
+    return { commit: c, dir: dest, notes: [] };
   }
 
   /** Removes a checkout (there is no worktree registration to prune: checkouts never touch the mirror). */
@@ -587,7 +651,7 @@ export class GitMirrors {
     const { project, repo, path } = src;
     const { commit, dest } = job;
     const priv = await this.private();
-    const index = join(priv.dir, `index-${randomBytes(8).toString('hex')}`);
+    const index = job.index ?? join(priv.dir, `index-${randomBytes(8).toString('hex')}`);
     const env = { ...baseEnv(), GIT_INDEX_FILE: index };
     const wt = [...configArgs(this.opts.allowFile), `--git-dir=${path}`, `--work-tree=${dest}`];
     const git = (args: string[], extraEnv: Record<string, string> = {}): Promise<GitRun> =>
@@ -612,7 +676,7 @@ export class GitMirrors {
       if (r.code !== 0) throw fail('cannot check out', r);
       if (project.lfs) await this.lfsCheckout(src, job, git);
     } finally {
-      await rm(index, { force: true });
+      if (!job.index) await rm(index, { force: true });
       await rm(`${index}.lock`, { force: true });
     }
     if (project.submodules) await this.submodules(src, job);

@@ -129,13 +129,25 @@ export function imageOf(res: EngineResult): Image {
   });
 }
 
-/** Remembers the images FROM resolved to (by manifest digest), to know how many layers the base has. */
+/**
+ * One answer per reference in a build (the frontend and the engine may both look at an image, as S2I's builder),
+ * remembering the images FROM resolved to (by manifest digest), to know how many layers the base has.
+ */
 function recordingBases(inner: BaseResolver, seen: Map<string, Image>): BaseResolver {
+  const once = new Map<string, ReturnType<BaseResolver['resolve']>>();
   return {
-    resolve: async (ref, o) => {
-      const r = await inner.resolve(ref, o);
-      seen.set(r.digest, r.image);
-      return r;
+    resolve: (ref, o) => {
+      const key = JSON.stringify([ref, o.pull, o.platform]);
+      let p = once.get(key);
+      if (!p) {
+        p = inner.resolve(ref, o).then((r) => {
+          seen.set(r.digest, r.image);
+          return r;
+        });
+        p.catch(() => once.delete(key));
+        once.set(key, p);
+      }
+      return p;
     },
   };
 }
@@ -153,15 +165,16 @@ export function effectiveOutputs(opts: BuildOptions): BuildOptions['outputs'] {
 
 export async function build(opts: BuildOptions, svc: BuildServices): Promise<BuildOutcome> {
   const frontend = svc.frontend ?? dockerfileFrontend;
+  const resolved = new Map<string, Image>();
+  const bases = recordingBases(svc.bases, resolved);
   const plan = await frontend.plan({
     options: opts,
     dockerfile: svc.dockerfile,
     contextDir: svc.contextDir,
     progress: svc.progress,
-    bases: svc.bases,
+    bases,
   });
   const tmp = await svc.tempDir('build-');
-  const resolved = new Map<string, Image>();
   try {
     const engineReq: Parameters<typeof runEngine>[0] = {
       stages: plan.stages,
@@ -185,7 +198,7 @@ export async function build(opts: BuildOptions, svc: BuildServices): Promise<Bui
       executor: svc.executor,
       snapshotter: svc.snapshotter,
       layers: svc.layers,
-      bases: recordingBases(svc.bases, resolved),
+      bases,
       cache: svc.cache ?? new BuildCache(join(svc.kilnHome, 'cache')),
       progress: svc.progress,
       copier: svc.copier,

@@ -271,6 +271,16 @@ export interface PreparedSource {
   location: string;
 }
 
+/** Copy a directory tree as it is (modes, times, symlinks as links): coreutils `cp -a`, else Node's copy. */
+async function copyTree(from: string, to: string): Promise<void> {
+  const ok = await new Promise<boolean>((res) =>
+    execFile('cp', ['-a', '--reflink=auto', '--no-target-directory', from, to], (err) => res(!err)),
+  );
+  if (ok) return;
+  await rm(to, { recursive: true, force: true });
+  await cp(from, to, { recursive: true, verbatimSymlinks: true, preserveTimestamps: true });
+}
+
 async function exists(p: string): Promise<boolean> {
   return (await stat(p).catch(() => undefined)) !== undefined;
 }
@@ -321,7 +331,7 @@ export async function prepareSource(
     if (resolve(workDir).startsWith(abs + '/')) {
       throw new KilnError('S2I_SOURCE', `recursive copy requested: source "${source}" contains the working dir`);
     }
-    await cp(abs, src, { recursive: true, verbatimSymlinks: true, preserveTimestamps: true });
+    await copyTree(abs, src);
     info = await gitSourceInfo(abs);
   }
   const provided = new Set<string>();

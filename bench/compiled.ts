@@ -1,0 +1,30 @@
+/** Shared by bench/rebase.ts and bench/s2i.ts: run kiln's CLI compiled, as users run it. */
+import { execFile, spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+const REPO = dirname(dirname(fileURLToPath(import.meta.url)));
+
+/** kiln compiled into .tmp/NAME (gitignored): a command is measured as plain node, not tsx. */
+export function compiledCli(name: string): string {
+  const out = join(REPO, '.tmp', name);
+  const tsc = join(REPO, 'node_modules', 'typescript', 'bin', 'tsc');
+  spawnSync(process.execPath, [tsc, '-p', 'tsconfig.build.json', '--outDir', out], { cwd: REPO, stdio: 'ignore' });
+  const main = join(out, 'cli', 'main.js');
+  if (!existsSync(main)) throw new Error(`tsc produced no .tmp/${name}/cli/main.js`);
+  return main;
+}
+
+export function runCompiled(main: string, args: string[], env: NodeJS.ProcessEnv): Promise<string> {
+  const runner =
+    'const { main } = await import(process.argv[1]); process.exitCode = await main(process.argv.slice(2));';
+  return new Promise((res, rej) =>
+    execFile(
+      process.execPath,
+      ['--input-type=module', '-e', runner, pathToFileURL(main).href, ...args],
+      { env: { ...process.env, ...env } },
+      (err, stdout, stderr) => (err ? rej(new Error(stderr)) : res(stdout)),
+    ),
+  );
+}

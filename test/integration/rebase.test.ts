@@ -164,6 +164,43 @@ describe('kiln rebase', { skip: isRoot ? false : 'needs root (dockerd)' }, () =>
     assert.notEqual(gone.code, 0, 'nothing pushed');
   });
 
+  test('a multi-platform index: each platform rebased onto the matching platform of the new base', async () => {
+    const { getRemote } = await import('../../src/registry/remote.js');
+    const { newIndex, isImageIndex } = await import('../../src/oci/image.js');
+    const { push } = await import('../../src/registry/push.js');
+    const { closeTransports } = await import('../../src/registry/transport.js');
+    const opts = { insecureRegistries: [R()] };
+    try {
+      // indexes of the app and of the new base (one platform each: kiln builds the host's)
+      for (const [from, to] of [
+        [`${R()}/app:1`, `${R()}/app-ix:1`],
+        [`${R()}/base:v2`, `${R()}/base-ix:v2`],
+      ] as const) {
+        const img = await getRemote(from, opts);
+        assert.ok(!isImageIndex(img));
+        await push(newIndex([{ image: img }]), to, opts);
+      }
+    } finally {
+      await closeTransports(opts);
+    }
+    const r = await kiln([
+      'rebase',
+      `${R()}/app-ix:1`,
+      '--base',
+      `${R()}/base-ix:v2`,
+      '-t',
+      `${R()}/app-ix:2`,
+      '--push',
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    const raw = await run('skopeo', ['inspect', '--tls-verify=false', '--raw', `docker://${R()}/app-ix:2`]);
+    const ix = JSON.parse(raw.stdout) as { manifests: { digest: string; platform?: { os: string } }[] };
+    assert.equal(ix.manifests.length, 1);
+    assert.equal(ix.manifests[0]?.platform?.os, 'linux');
+    const out = await run('docker', ['-H', dockerd.host, 'run', '--rm', `${R()}/app-ix:2`]);
+    assert.equal(out.stdout.trim(), 'app on base v2 BASE=2 APP=1 KEEP=app');
+  });
+
   test('an old base that is not a prefix of the image is refused', async () => {
     const r = await kiln([
       'rebase',

@@ -293,7 +293,9 @@ export async function build(opts: BuildOptions, svc: BuildServices): Promise<Bui
     for (const n of exported.names) line(`${exported.pushed.includes(n) ? 'pushing' : 'naming to'} ${n} done`);
     svc.progress.done(id);
     if (opts.iidfile) await writeIidFile(opts.iidfile, exported);
-    if (opts.metadataFile) await writeMetadataFile(opts.metadataFile, exported);
+    // kiln's own key: may `kiln rebase` swap this image's base (the base-change trigger can rebase, not rebuild)
+    if (opts.metadataFile)
+      await writeMetadataFile(opts.metadataFile, exported, rebase ? { 'kiln.rebase': rebase } : {});
     if (svc.afterExport) await svc.afterExport(engine, exported);
     return rebase ? { engine, image, exported, rebase } : { engine, image, exported };
   } finally {

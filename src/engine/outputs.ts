@@ -234,11 +234,16 @@ export async function writeIidFile(path: string, res: ExportResult): Promise<voi
 }
 
 /** `--metadata-file`: buildx's exporter response keys. */
-export async function writeMetadataFile(path: string, res: ExportResult): Promise<void> {
+export async function writeMetadataFile(
+  path: string,
+  res: ExportResult,
+  extra: Record<string, unknown> = {},
+): Promise<void> {
   const md: Record<string, unknown> = {
     'containerimage.config.digest': res.configDigest,
     'containerimage.descriptor': res.descriptor,
     'containerimage.digest': res.digest,
+    ...extra,
   };
   if (res.names.length > 0) md['image.name'] = res.names.join(',');
   await writeFile(path, JSON.stringify(md, null, 2) + '\n').catch((e: unknown) => {

@@ -7,7 +7,7 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startRegistry, runKiln, type TestRegistry } from '../helpers/registry.js';
@@ -57,9 +57,12 @@ describe('kiln rebase', { skip: isRoot ? false : 'needs root (dockerd)' }, () =>
       await writeFile(join(dir, f), text);
       await chmod(join(dir, f), 0o755);
     }
-    const r = await kiln(['build', '--progress', 'plain', '--push', '-t', name, dir]);
+    const md = join(dir, 'metadata.json');
+    const r = await kiln(['build', '--progress', 'plain', '--push', '--metadata-file', md, '-t', name, dir]);
     assert.equal(r.code, 0, r.stderr);
+    metadata.set(name, JSON.parse(await readFile(md, 'utf8')) as Record<string, unknown>);
   }
+  const metadata = new Map<string, Record<string, unknown>>();
 
   before(async () => {
     work = await mkdtemp(join(tmpdir(), 'kiln-rebase-'));
@@ -96,6 +99,13 @@ describe('kiln rebase', { skip: isRoot ? false : 'needs root (dockerd)' }, () =>
     const v2 = await inspect(`${R()}/base:v2`);
     assert.equal(app.manifest.annotations?.['org.opencontainers.image.base.name'], `${R()}/base:v1`);
     assert.equal(app.manifest.annotations?.['dev.kiln.rebasable-layers'], String(v1.manifest.layers.length));
+    // the build recorded it too (--metadata-file), for the service's base-change trigger
+    assert.deepEqual(metadata.get(`${R()}/app:1`)?.['kiln.rebase'], { rebasable: true, baseLayers: 2 });
+    assert.deepEqual(metadata.get(`${R()}/app-run:1`)?.['kiln.rebase'], {
+      rebasable: false,
+      blocker: { layer: 3, instruction: 'RUN /bin/sh -c echo built > /built' },
+      baseLayers: 2,
+    });
     assert.equal(
       (await run('docker', ['-H', dockerd.host, 'run', '--rm', `${R()}/app:1`])).stdout.trim(),
       'app on base v1 BASE=1 APP=1 KEEP=app',

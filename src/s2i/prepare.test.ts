@@ -97,6 +97,15 @@ test('prepareSource: source copied, .s2i/bin scripts moved to upload/scripts, en
     assert.deepEqual(await readdir(join(d, 'work', 'upload', 'scripts')), ['assemble']);
     assert.deepEqual((await readdir(join(d, 'work', 'upload', 'src', '.s2i', 'bin'))).length, 0);
     await assert.rejects(prepareSource(join(d, 'missing'), join(d, 'w2')), (e) => isKilnError(e, 'S2I_SOURCE'));
+    // --scripts-url file://DIR: its scripts win over .s2i/bin (lookup order), and a URL with none is an error
+    const url = join(d, 'url');
+    await mkdir(url);
+    await writeFile(join(url, 'run'), '#!/bin/sh\n');
+    const q = await prepareSource(src, join(d, 'w4'), { scriptsUrl: `file://${url}` });
+    assert.deepEqual([...q.provided].sort(), ['assemble', 'run']);
+    await assert.rejects(prepareSource(src, join(d, 'w5'), { scriptsUrl: `file://${join(d, 'none')}` }), (e) =>
+      isKilnError(e, 'S2I_SCRIPTS'),
+    );
     await assert.rejects(prepareSource(src, join(d, 'w3'), { scriptsUrl: 'http://example.com/s2i' }), (e) =>
       isKilnError(e, 'OPTION_INVALID'),
     );

@@ -76,6 +76,7 @@ export function builderFor(name: string): ImageBuilder {
     case 'docker':
       return dockerBuilder();
     case 'kaniko':
+      // its pod spec is src/backends/kaniko.ts (for the Kubernetes runner)
       throw new KilnError('BACKEND_UNSUPPORTED', 'the kaniko backend runs only as a Kubernetes pod', {
         hint: 'use --backend kiln, buildah or docker here',
       });

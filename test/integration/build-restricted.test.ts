@@ -6,8 +6,8 @@
  * whiteouts and opaque directories — for busybox Dockerfiles that chown, chmod, link, delete base files, add a
  * user, run steps as that user (permission checks included), COPY with --chown/--chmod and --from, and use cache,
  * secret, bind and tmpfs mounts; and for a debootstrap Debian base where `apt-get install` fetches a real package
- * from the Debian mirror and `useradd` + `chown` run (time-dependent files' contents aside). What the level cannot
- * provide fails with one line.
+ * from the Debian mirror, `setcap` sets a file capability and `useradd` + `chown` run (time-dependent files'
+ * contents aside). What the level cannot provide fails with one line.
  */
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -197,7 +197,8 @@ describe('a debootstrap Debian base: apt-get install from the Debian mirror, use
     await writeFile(
       join(ctx, 'Dockerfile'),
       'FROM localhost/debian:bookworm\n' +
-        'RUN apt-get update && apt-get install -y --no-install-recommends hello && hello ' +
+        'RUN apt-get update && apt-get install -y --no-install-recommends hello libcap2-bin && hello ' +
+        '&& setcap cap_net_raw+ep /usr/bin/hello && getcap /usr/bin/hello | grep -q cap_net_raw ' +
         '&& useradd -m -u 1234 alice && touch /home/alice/f && chown alice: /home/alice/f\n',
     );
     await own(ctx, join(ctx, 'Dockerfile'));
@@ -207,8 +208,9 @@ describe('a debootstrap Debian base: apt-get install from the Debian mirror, use
       layerDifferences(a, b, (name) => TIME_DEPENDENT.some((re) => re.test(name))),
       [],
     );
-    const step = b.layers[1] as Map<string, { uid: number; gid: number; mode: string }>;
+    const step = b.layers[1] as Map<string, { uid: number; gid: number; mode: string; xattrs?: string }>;
     assert.ok(step.has('usr/bin/hello'), 'the package is installed');
+    assert.match(step.get('usr/bin/hello')?.xattrs ?? '', /^security\.capability=/, 'setcap lands in the layer');
     assert.deepEqual([step.get('home/alice/f')?.uid, step.get('home/alice/f')?.gid], [1234, 1234]);
     assert.equal(step.get('home/alice')?.uid, 1234);
     assert.equal(step.get('var/cache/apt/archives/partial')?.uid, 42, 'apt leaves its partial dir to _apt (42)');

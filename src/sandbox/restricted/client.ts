@@ -171,9 +171,12 @@ export class RestrictedClient {
     await this.request('materialize', tree, ...lowers);
   }
 
-  /** Build the step diff `upper` from `tree` following a plan file (see plan.ts). */
-  async apply(tree: string, upper: string, plan: string): Promise<void> {
-    await this.request('apply', tree, upper, plan);
+  /**
+   * Build the step diff `upper` from `tree` following a plan file (see plan.ts); the upper dir's layer xattrs
+   * (file capabilities, opaque markers) go to `xattrs` as `PATH\tNAME\tHEX` lines.
+   */
+  async apply(tree: string, upper: string, plan: string, xattrs: string): Promise<void> {
+    await this.request('apply', tree, upper, plan, xattrs);
   }
 
   /** rm -rf outside of any filter (fast, never tracked). */
@@ -208,6 +211,19 @@ export function parseChanges(text: string): Map<string, number> {
     const flags = Number(line.slice(0, tab));
     const rel = line.slice(tab + 1).replace(/\\(.)/g, (_m, c: string) => (c === 'n' ? '\n' : c === 't' ? '\t' : c));
     out.set(rel, (out.get(rel) ?? 0) | flags);
+  }
+  return out;
+}
+
+/** Parse the `apply` xattr list into the layer writer's form (absolute path → name → value). */
+export function parseXattrs(text: string): Map<string, Map<string, Uint8Array>> {
+  const out = new Map<string, Map<string, Uint8Array>>();
+  for (const line of text.split('\n')) {
+    const [path, name, hex] = line.split('\t');
+    if (!path || !name || hex === undefined) continue;
+    let m = out.get(path);
+    if (!m) out.set(path, (m = new Map()));
+    m.set(name, Buffer.from(hex, 'hex'));
   }
   return out;
 }

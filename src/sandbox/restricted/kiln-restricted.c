@@ -26,7 +26,8 @@
  *   kiln-restricted probe                 check the kernel features this needs; prints "ok" or what is missing
  *
  * The control protocol (kiln <-> helper) is one request per line, tab separated, fields escaped (\\ \t \n):
- *   ID track DIR | ID changes TRACK FILE | ID untrack TRACK | ID materialize TREE LOWER... | ID apply TREE UPPER PLAN
+ *   ID track DIR | ID changes TRACK FILE | ID untrack TRACK | ID materialize TREE LOWER... |
+ *   ID apply TREE UPPER PLAN [XATTRS]
  *   ID remove DIR | ID spawn SPECFILE | ID kill STEP
  * answered by "ID ok [FIELDS...]" or "ID err MESSAGE"; a finished step is reported as "0 exit STEP CODE SIGNAL".
  */
@@ -73,6 +74,13 @@
 #endif
 #ifndef RENAME_NOREPLACE
 #define RENAME_NOREPLACE (1 << 0)
+#endif
+
+#ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS
+#define SECCOMP_IOCTL_NOTIF_SET_FLAGS SECCOMP_IOW(4, __u64)
+#endif
+#ifndef SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
+#define SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (1UL << 0)
 #endif
 
 #if defined(__x86_64__)
@@ -186,6 +194,14 @@ static int install_filter(int with_uname) {
   int fd = (int)syscall(__NR_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog);
   free(f);
   return fd;
+}
+
+/* Linux >= 6.6: wake the supervisor on the notifying task's CPU and switch to it directly (what gVisor's seccomp
+ * platform asked for): a round trip costs a fraction of a scheduler wake-up. Older kernels: ignored. */
+static void sync_wakeup(int listener) {
+  if (getenv("KILN_RESTRICTED_NO_SYNC_WAKEUP")) return;
+  uint64_t flags = SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP;
+  ioctl(listener, SECCOMP_IOCTL_NOTIF_SET_FLAGS, flags);
 }
 
 static int send_fd(int sock, int fd) {
@@ -644,6 +660,7 @@ static void proc_set(pid_t tgid, const struct creds *c) {
 /* The emulated credentials of task `tid` (root unless it or an ancestor changed them) and its umask. */
 static void creds_of(pid_t tid, struct creds *out, mode_t *umask_, pid_t *tgid_out) {
   memset(out, 0, sizeof(*out));
+  if (nonroot == 0 && !umask_ && !tgid_out) return; /* everybody is root: no /proc read on the hot paths */
   pid_t tgid = tid, ppid = 0;
   mode_t um = 022;
   task_status(tid, &tgid, &ppid, &um);
@@ -818,8 +835,11 @@ static int at_path(struct ctx *c, int dfi, int pi, int flags, char *abs, int mag
 
 static struct reply h_identity(struct ctx *c, int nr) {
   struct creds cr;
-  pid_t tgid;
-  creds_of(PID(c), &cr, NULL, &tgid);
+  pid_t tgid = 0;
+  int setter = nr == __NR_setuid || nr == __NR_setgid || nr == __NR_setreuid || nr == __NR_setregid ||
+               nr == __NR_setresuid || nr == __NR_setresgid || nr == __NR_setfsuid || nr == __NR_setfsgid ||
+               nr == __NR_setgroups;
+  creds_of(PID(c), &cr, NULL, setter ? &tgid : NULL);
   uint32_t ids[3];
   switch (nr) {
   case __NR_getuid: return VAL(cr.ruid);
@@ -1137,15 +1157,31 @@ static int parent_setgid(const char *abs, gid_t *g) {
 struct owner {
   uid_t u;
   gid_t g;
-  mode_t um;
   int dir_sgid;
   int special;
 };
 
+/* Set once a process set a umask that takes bits from the owner (shadow's tools use umask 0777 around their
+ * temporary files): from then on creations read the caller's umask instead of trusting the common case. */
+static int owner_umask;
+
+static struct reply h_umask(struct ctx *c, int nr) {
+  (void)nr;
+  if (A(c, 0) & 0700) owner_umask = 1;
+  return CONT;
+}
+
+static mode_t umask_of(pid_t tid) {
+  mode_t um = 022;
+  task_status(tid, NULL, NULL, &um);
+  return um;
+}
+
+/* (umask: read only when a creation is done here, see umask_of) */
 static struct owner new_owner(struct ctx *c, const char *abs, int is_dir) {
   struct owner o = {0};
   struct creds cr;
-  creds_of(PID(c), &cr, &o.um, NULL);
+  creds_of(PID(c), &cr, NULL, NULL);
   o.u = cr.fsuid;
   o.g = cr.fsgid;
   gid_t pg;
@@ -1222,8 +1258,10 @@ static struct reply h_open(struct ctx *c, int nr) {
   int denied = entry_denied(c, abs, 0);
   if (denied) return ERR(denied);
   struct owner o = new_owner(c, abs, 0);
-  mode_t want = (mode & 07777) & ~o.um;
   record(abs, F_CHANGED);
+  /* the kernel's own result is right unless a umask takes the owner's rw away */
+  if (!o.special && !owner_umask && (mode & 0600) == 0600 && !(mode & 07000)) return CONT;
+  mode_t want = (mode & 07777) & ~umask_of(PID(c));
   if (!o.special && (want & 0600) == 0600 && !(want & 07000)) return CONT;
   int fd = openat(AT_FDCWD, abs, (flags & ~O_CLOEXEC) | O_CREAT | O_EXCL | O_CLOEXEC | O_NOCTTY,
                   real_perm(S_IFREG | want));
@@ -1256,12 +1294,12 @@ static struct reply h_mkdir(struct ctx *c, int nr) {
   int denied = entry_denied(c, abs, 0);
   if (denied) return ERR(denied);
   struct owner o = new_owner(c, abs, 1);
-  mode_t want = (mode & 01777) & ~o.um;
-  if (o.dir_sgid) want |= S_ISGID;
-  if (!o.special && (want & 0700) == 0700 && !(want & 07000)) {
+  if (!o.special && !owner_umask && (mode & 0700) == 0700 && !(mode & 07000)) {
     record(abs, F_CHANGED);
     return CONT;
   }
+  mode_t want = (mode & 01777) & ~umask_of(PID(c));
+  if (o.dir_sgid) want |= S_ISGID;
   if (mkdir(abs, real_perm(S_IFDIR | want)) != 0) return ERR(errno);
   struct stat st;
   if (lstat(abs, &st) == 0) {
@@ -1285,7 +1323,7 @@ static struct reply h_mknod(struct ctx *c, int nr) {
   int denied = entry_denied(c, abs, 0);
   if (denied) return ERR(denied);
   struct owner o = new_owner(c, abs, 0);
-  mode_t want = (mode & 07777) & ~o.um;
+  mode_t want = (mode & 07777) & ~umask_of(PID(c));
   struct creds cr;
   creds_of(PID(c), &cr, NULL, NULL);
   record(abs, F_CHANGED);
@@ -1597,6 +1635,43 @@ static struct reply h_setxattr(struct ctx *c, int nr) {
   return r == 0 ? VAL(0) : ERR(errno);
 }
 
+/* capget/capset: root's processes have (and may set) every capability, others none — so tools that raise one
+ * before acting (setcap raises CAP_SETFCAP) work as they do as root in a container. */
+static struct reply h_caps(struct ctx *c, int nr) {
+  struct {
+    uint32_t version;
+    int pid;
+  } hdr;
+  if (mem_read(PID(c), A(c, 0), &hdr, sizeof(hdr)) != 0) return ERR(EFAULT);
+  if (hdr.pid != 0 && hdr.pid != PID(c)) return CONT;
+  int words = hdr.version == 0x19980330 ? 1 : (hdr.version == 0x20071026 || hdr.version == 0x20080522) ? 2 : 0;
+  if (words == 0) {
+    hdr.version = 0x20080522;
+    mem_write(PID(c), A(c, 0), &hdr, sizeof(hdr.version));
+    return A(c, 1) ? ERR(EINVAL) : VAL(0);
+  }
+  struct creds cr;
+  creds_of(PID(c), &cr, NULL, NULL);
+  if (nr == __NR_capset) return cr.euid == 0 ? VAL(0) : ERR(EPERM);
+  if (!A(c, 1)) return VAL(0);
+  static int last = -1;
+  if (last < 0) {
+    FILE *f = fopen("/proc/sys/kernel/cap_last_cap", "re");
+    if (!f || fscanf(f, "%d", &last) != 1) last = 40;
+    if (f) fclose(f);
+  }
+  uint32_t data[6] = {0};
+  if (cr.euid == 0) {
+    uint64_t all = last >= 63 ? ~0ULL : (1ULL << (last + 1)) - 1;
+    for (int w = 0; w < words; w++) {
+      uint32_t v = (uint32_t)(all >> (32 * w));
+      data[w * 3] = data[w * 3 + 1] = v; /* effective, permitted; inheritable stays empty */
+    }
+  }
+  if (mem_write(PID(c), A(c, 1), data, sizeof(uint32_t) * 3 * (size_t)words) != 0) return ERR(EFAULT);
+  return VAL(0);
+}
+
 static struct reply h_uname(struct ctx *c, int nr) {
   (void)nr;
   struct utsname u;
@@ -1623,7 +1698,8 @@ static const struct trap TRAPS[] = {
     T(utimensat, h_touch), T(setxattr, h_setxattr), T(lsetxattr, h_setxattr), T(fsetxattr, h_setxattr),
     T(removexattr, h_setxattr), T(lremovexattr, h_setxattr), T(fremovexattr, h_setxattr),
     T(getxattr, h_getxattr), T(lgetxattr, h_getxattr), T(fgetxattr, h_getxattr), T(listxattr, h_listxattr),
-    T(llistxattr, h_listxattr), T(flistxattr, h_listxattr),
+    T(llistxattr, h_listxattr), T(flistxattr, h_listxattr), T(capget, h_caps), T(capset, h_caps),
+    T(umask, h_umask),
 #ifdef __NR_stat
     T(stat, h_stat), T(lstat, h_stat), T(chown, h_chown), T(lchown, h_chown), T(chmod, h_chmod),
     {__NR_open, K_OPENFLAGS, 1, h_open}, T(creat, h_open), T(mkdir, h_mkdir), T(mknod, h_mknod),
@@ -1646,9 +1722,14 @@ static struct seccomp_notif_sizes sizes;
 
 /* Handle one pending notification on `listener`. Returns -1 when the listener is dead (no more processes). */
 static int handle(int listener, struct step *s) {
-  struct seccomp_notif *n = calloc(1, sizes.seccomp_notif);
-  struct seccomp_notif_resp *resp = calloc(1, sizes.seccomp_notif_resp);
-  if (!n || !resp) die("out of memory");
+  static struct seccomp_notif *n;
+  static struct seccomp_notif_resp *resp;
+  if (!n) {
+    n = xmalloc(sizes.seccomp_notif);
+    resp = xmalloc(sizes.seccomp_notif_resp);
+  }
+  memset(n, 0, sizes.seccomp_notif);
+  memset(resp, 0, sizes.seccomp_notif_resp);
   int rc = 0;
   if (ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, n) != 0) {
     rc = (errno == EINTR || errno == ENOENT) ? 0 : -1;
@@ -1656,6 +1737,21 @@ static int handle(int listener, struct step *s) {
   }
   struct ctx c = {listener, n, s};
   struct reply r = dispatch(&c);
+  static FILE *trace;
+  static int trace_init;
+  if (!trace_init) {
+    /* KILN_RESTRICTED_LOG=FILE: one line per handled system call (debugging aid) */
+    const char *t = getenv("KILN_RESTRICTED_LOG");
+    trace = t ? fopen(t, "ae") : NULL;
+    trace_init = 1;
+  }
+  if (trace) {
+    fprintf(trace, "%d nr=%d a0=%llx a1=%llx a2=%llx -> %s %lld\n", n->pid, n->data.nr,
+            (unsigned long long)n->data.args[0], (unsigned long long)n->data.args[1],
+            (unsigned long long)n->data.args[2],
+            r.kind == R_VAL ? "val" : r.kind == R_ERR ? "err" : r.kind == R_CONT ? "cont" : "done", (long long)r.val);
+    fflush(trace);
+  }
   if (r.kind == R_DONE) goto out;
   resp->id = n->id;
   if (r.kind == R_CONT) {
@@ -1667,8 +1763,6 @@ static int handle(int listener, struct step *s) {
   }
   ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, resp); /* ENOENT: the task died meanwhile */
 out:
-  free(n);
-  free(resp);
   return rc;
 }
 
@@ -1739,10 +1833,22 @@ static void copy_dir_meta(const char *src, const char *dst) {
 
 /* Mark a file as shared (layer content): its value is the link count it has now, which stat reports later. */
 static int freeze(const char *abs, const struct stat *st) {
-  if (is_frozen(abs)) return 0;
   char v[24];
   snprintf(v, sizeof(v), "%lu", (unsigned long)st->st_nlink);
-  return lsetxattr(abs, XA_FRZ, v, strlen(v), 0) == 0 ? 0 : -errno;
+  if (lsetxattr(abs, XA_FRZ, v, strlen(v), XATTR_CREATE) == 0 || errno == EEXIST) return 0; /* frozen before */
+  return -errno;
+}
+
+/* While a plan is applied: the upper dir's layer xattrs (file capabilities, opaque markers) for the layer writer,
+ * which then needs no getfattr pass over the upper dir ("PATH\tNAME\tHEX" lines). */
+static FILE *xattr_out;
+
+static void note_xattr(const char *path, const char *name, const char *val, size_t len) {
+  if (!xattr_out) return;
+  fputs(path, xattr_out);
+  fprintf(xattr_out, "\t%s\t", name);
+  for (size_t i = 0; i < len; i++) fprintf(xattr_out, "%02x", (unsigned char)val[i]);
+  fputc('\n', xattr_out);
 }
 
 /* Copy the symlink `src` to `dst` (target, times, owner record). */
@@ -1770,7 +1876,13 @@ static int place(const char *src, const char *dst, const struct stat *st) {
   if (S_ISREG(st->st_mode)) {
     int e = freeze(src, st);
     if (e) return e;
-    return link(src, dst) == 0 ? 0 : -errno;
+    if (link(src, dst) != 0) return -errno;
+    if (xattr_out) {
+      char cap[256];
+      ssize_t n = lgetxattr(src, XA_CAP, cap, sizeof(cap));
+      if (n > 0) note_xattr(dst, CAP_NAME, cap, (size_t)n);
+    }
+    return 0;
   }
   if (S_ISLNK(st->st_mode)) return copy_symlink(src, dst);
   if (mknod(dst, (st->st_mode & S_IFMT) | (st->st_mode & 07777), 0) != 0) return -errno;
@@ -1939,7 +2051,10 @@ static int apply_plan(const char *tree, const char *upper, const char *planfile,
           dt_push(&dt, up, &st);
         }
       }
-      if (!r && op && op[0] == '1' && lsetxattr(up, XA_OPAQUE, "y", 1, 0) != 0) r = -errno;
+      if (!r && op && op[0] == '1') {
+        if (lsetxattr(up, XA_OPAQUE, "y", 1, 0) != 0) r = -errno;
+        else note_xattr(up, XA_OPAQUE, "y", 1);
+      }
     } else if (kind[0] == 'F') {
       struct stat st, us;
       if (lstat(tp, &st) != 0) continue;
@@ -2217,9 +2332,16 @@ static void handle_request(char *line) {
     free(dt.v);
     if (rc) reply_err(id, buf);
     else reply_ok(id, NULL);
-  } else if (!strcmp(verb, "apply") && nf == 5) {
+  } else if (!strcmp(verb, "apply") && (nf == 5 || nf == 6)) {
     char err[PATH_MAX + 128];
-    if (apply_plan(fields[2], fields[3], fields[4], err, sizeof(err)) != 0) reply_err(id, err);
+    xattr_out = nf == 6 ? fopen(fields[5], "we") : NULL;
+    int rc = apply_plan(fields[2], fields[3], fields[4], err, sizeof(err));
+    if (xattr_out && fclose(xattr_out) != 0 && rc == 0) {
+      snprintf(err, sizeof(err), "writing %s failed", fields[5]);
+      rc = -1;
+    }
+    xattr_out = NULL;
+    if (rc != 0) reply_err(id, err);
     else reply_ok(id, NULL);
   } else if (!strcmp(verb, "remove") && nf == 3) {
     int rc = rm_rf(fields[2]);
@@ -2293,6 +2415,7 @@ static int supervise(char **cmd) {
   close(hand[1]);
   int kiln_listener = recv_fd(hand[0]);
   close(hand[0]);
+  if (kiln_listener >= 0) sync_wakeup(kiln_listener);
   if (kiln_listener < 0) {
     int st;
     waitpid(kiln_pid, &st, 0);
@@ -2345,6 +2468,7 @@ static int supervise(char **cmd) {
         int lfd = recv_fd(s->sock);
         epoll_ctl(epfd, EPOLL_CTL_DEL, s->sock, NULL);
         if (lfd >= 0) {
+          sync_wakeup(lfd);
           s->listener = lfd;
           ep_add(lfd, TAG(T_STEPLISTEN, idx));
           char ack = 'k';

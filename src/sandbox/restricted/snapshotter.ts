@@ -17,8 +17,9 @@
 import { copyFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { PrepareOptions, Snapshot, Snapshotter } from '../../engine/ports.js';
+import { debugLog } from '../../registry/transport.js';
 import { kilnTempDir } from '../paths.js';
-import { parseChanges, type RestrictedClient } from './client.js';
+import { parseChanges, parseXattrs, type RestrictedClient } from './client.js';
 import { planDiff, planText } from './plan.js';
 
 interface Tree {
@@ -90,18 +91,27 @@ export class RestrictedSnapshotter implements Snapshotter {
     }
     let unmounted = false;
     let released = false;
+    let xattrs: Map<string, Map<string, Uint8Array>> | undefined;
     const stepLowers = [...lowers];
     const finish = async (): Promise<void> => {
       if (unmounted) return;
       unmounted = true;
       try {
         const list = join(snapDir, 'changes');
+        const t0 = performance.now();
         await client.changes(track, list);
         const changes = parseChanges(await readFile(list, 'utf8'));
+        const t1 = performance.now();
         const plan = await planDiff(t.root, stepLowers, changes);
         const planFile = join(snapDir, 'plan');
         await writeFile(planFile, planText(plan));
-        await client.apply(t.root, upper, planFile);
+        const t2 = performance.now();
+        const xattrFile = join(snapDir, 'xattrs');
+        await client.apply(t.root, upper, planFile, xattrFile);
+        xattrs = parseXattrs(await readFile(xattrFile, 'utf8'));
+        debugLog(
+          `restricted diff: ${changes.size} changes read in ${(t1 - t0).toFixed(0)} ms, ${plan.length} entries planned in ${(t2 - t1).toFixed(0)} ms, applied in ${(performance.now() - t2).toFixed(0)} ms`,
+        );
         const trace = process.env.KILN_RESTRICTED_TRACE;
         if (trace) {
           // debugging aid: keep each step's change list and plan
@@ -138,7 +148,8 @@ export class RestrictedSnapshotter implements Snapshotter {
       root: t.root,
       upper,
       unmount: finish,
-      upperXattrs: () => undefined,
+      // what the helper noted while it wrote the upper dir: the layer writer needs no getfattr pass
+      upperXattrs: () => xattrs,
       release,
     };
   }

@@ -9,8 +9,8 @@ import { parseReferenceWithDefaultTag } from '../ref/reference.js';
 import type { BuildOptions } from '../engine/options.js';
 import { runBuildCommand, type EmbeddedBuild } from '../engine/services.js';
 import type { WorkerJob } from '../service/runner/protocol.js';
-import { runS2IBuild, type S2IOptions } from '../s2i/frontend.js';
-import { parseEnvFlag, parseRuntimeArtifact, parseUidRanges } from '../s2i/prepare.js';
+import { runS2IBuild, type S2IOptions } from '../strategies/s2i/frontend.js';
+import { parseEnvFlag, parseRuntimeArtifact, parseUidRanges } from '../strategies/s2i/prepare.js';
 import { builderFor } from './index.js';
 
 /** The part of a build's outcome the worker reports. */

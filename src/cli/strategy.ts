@@ -6,8 +6,8 @@
 import type { Command } from 'commander';
 import { KilnError } from '../errors.js';
 import type { BuildOptions } from '../engine/options.js';
-import type { S2IOptions } from '../s2i/frontend.js';
-import { parseEnvFlag, parseRuntimeArtifact, parseUidRanges } from '../s2i/prepare.js';
+import type { S2IOptions } from '../strategies/s2i/frontend.js';
+import { parseEnvFlag, parseRuntimeArtifact, parseUidRanges } from '../strategies/s2i/prepare.js';
 
 function collect(v: string, prev: string[] | undefined): string[] {
   return [...(prev ?? []), v];
@@ -154,7 +154,7 @@ export async function runStrategyCommand(
     registryMirror: flags.registryMirror ?? [],
   };
   if (choice.strategy === 's2i') {
-    const { runS2IBuild } = await import('../s2i/frontend.js');
+    const { runS2IBuild } = await import('../strategies/s2i/frontend.js');
     const res = await runS2IBuild({ source, s2i: s2iOptionsFrom(flags, flags.builderImage), build: opts, flags: reg });
     return res.exported.configDigest;
   }

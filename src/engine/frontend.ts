@@ -5,7 +5,7 @@
  * optional work around the engine run (S2I saves its artifacts from the finished image). There is one engine: every
  * frontend gets the same sandbox, snapshotter, layer writer, cache and publisher.
  *
- * The Dockerfile frontend is `dockerfileFrontend` (src/engine/build.ts); S2I's is `s2iFrontend` (src/s2i/frontend.ts).
+ * The Dockerfile frontend is `dockerfileFrontend` (src/engine/build.ts); S2I's is `s2iFrontend` (src/strategies/s2i/frontend.ts).
  */
 import type { ArgInstruction, Stage } from '../dockerfile/instructions.js';
 import type { BuildOptions } from './options.js';

@@ -32,7 +32,7 @@ export interface RegistryCredentials {
 
 export type Strategy = 'dockerfile' | 's2i' | 'buildpacks' | 'node';
 
-/** Source-to-Image settings of an image built with `strategy: s2i` (src/s2i; the flags of `kiln s2i build`). */
+/** Source-to-Image settings of an image built with `strategy: s2i` (src/strategies/s2i; the flags of `kiln s2i build`). */
 export interface S2ISpec {
   builderImage: string;
   runtimeImage?: string;

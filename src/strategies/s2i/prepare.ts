@@ -7,8 +7,8 @@
 import { execFile } from 'node:child_process';
 import { chmod, copyFile, cp, lstat, mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join, posix, resolve } from 'node:path';
-import { KilnError, errorMessage } from '../errors.js';
-import { cloneGitWithCommit, isGitContext } from '../engine/context.js';
+import { KilnError, errorMessage } from '../../errors.js';
+import { cloneGitWithCommit, isGitContext } from '../../engine/context.js';
 import type { EnvEntry, RuntimeArtifact } from './dockerfile.js';
 
 /** The scripts s2i installs into `upload/scripts` (required, optional and the runtime one). */

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { envInstruction, goQuote, s2iDockerfile, type S2IDockerfilePlan } from './dockerfile.js';
-import { parseDockerfile } from '../dockerfile/convert.js';
+import { parseDockerfile } from '../../dockerfile/convert.js';
 
 const plan = (over: Partial<S2IDockerfilePlan> = {}): S2IDockerfilePlan => ({
   builderImage: 'registry/builder:1',

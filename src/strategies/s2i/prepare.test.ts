@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { isKilnError } from '../errors.js';
+import { isKilnError } from '../../errors.js';
 import {
   applyS2iIgnore,
   checkAllowedUser,

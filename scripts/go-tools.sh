@@ -6,13 +6,15 @@
 #   crane     crane                  github.com/google/go-containerregistry  (a `kiln copy` benchmark peer)
 #   kaniko    executor (static)      github.com/chainguard-dev/kaniko     (a benchmark peer; the maintained fork of
 #                                    GoogleContainerTools/kaniko, archived in 2025)
+#   kustomize kustomize             sigs.k8s.io/kustomize/kustomize/v5  (renders deploy/ in the deploy tests: the v5
+#                                    dialect users have; Debian's kubectl 1.20 embeds kustomize v2)
 #
 # Each tool lands in $KILN_TOOLS_DIR (default ${XDG_CACHE_HOME:-~/.cache}/kiln-tools)/NAME-VERSION/bin/ and is
 # built only when that directory lacks its `.complete` marker: idempotent, version-pinned, safe to run from several
 # processes at once (one flock per tool). A new pin builds a new directory; old ones stay until removed by hand.
 #
-# Usage: scripts/go-tools.sh [buildkit|crane|kaniko|all]...   (default: all)
-#   stdout: one `NAME=ABSOLUTE_PATH` line per binary (buildkitd, buildctl, crane, kaniko-executor)
+# Usage: scripts/go-tools.sh [buildkit|crane|kaniko|kustomize|all]...   (default: all)
+#   stdout: one `NAME=ABSOLUTE_PATH` line per binary (buildkitd, buildctl, crane, kaniko-executor, kustomize)
 #   stderr: progress; on failure one line saying what is missing and what to install.
 # Environment: KILN_TOOLS_DIR, GOPROXY (default proxy.golang.org), KILN_GO (the go binary; default: go on PATH or
 # /usr/local/go/bin/go).
@@ -25,6 +27,9 @@ CRANE_VERSION=v0.22.1
 KANIKO_MODULE=github.com/chainguard-dev/kaniko
 # (v1.25.18, the newest tag, is listed by the proxy but its source zip is not served: 403)
 KANIKO_VERSION=v1.25.16
+KUSTOMIZE_MODULE=sigs.k8s.io/kustomize/kustomize/v5
+# (v5.8.2+ require kustomize/api v0.21.3, which needs a newer Go than GO_MIN)
+KUSTOMIZE_VERSION=v5.8.1
 # the oldest Go the pinned modules accept (buildkit v0.35.0's go.mod says `go 1.26.8`)
 GO_MIN=1.26
 
@@ -141,6 +146,12 @@ build_kaniko() {
   build_module "$KANIKO_MODULE" "$KANIKO_VERSION" "$1" "-s -w" ./cmd/executor
 }
 
+# kustomize's go.mod has no replace lines: `go install module@version` builds it with the module's own go.sum
+build_kustomize() {
+  (cd / && GOBIN="$1" "$GO" install -ldflags "-s -w -X sigs.k8s.io/kustomize/api/provenance.version=$KUSTOMIZE_VERSION" \
+    "$KUSTOMIZE_MODULE@$KUSTOMIZE_VERSION")
+}
+
 print_paths() {
   case $1 in
     buildkit)
@@ -156,6 +167,10 @@ print_paths() {
       echo "kaniko-executor=$TOOLS_DIR/kaniko-$KANIKO_VERSION/bin/executor"
       echo "kaniko-version=$KANIKO_VERSION"
       ;;
+    kustomize)
+      echo "kustomize=$TOOLS_DIR/kustomize-$KUSTOMIZE_VERSION/bin/kustomize"
+      echo "kustomize-version=$KUSTOMIZE_VERSION"
+      ;;
   esac
 }
 
@@ -165,8 +180,8 @@ tools=()
 for w in "${want[@]}"; do
   case $w in
     all) tools+=(buildkit crane kaniko) ;;
-    buildkit | crane | kaniko) tools+=("$w") ;;
-    *) die "unknown tool '$w' (want buildkit, crane, kaniko or all)" ;;
+    buildkit | crane | kaniko | kustomize) tools+=("$w") ;;
+    *) die "unknown tool '$w' (want buildkit, crane, kaniko, kustomize or all)" ;;
   esac
 done
 
@@ -176,6 +191,7 @@ for t in "${tools[@]}"; do
     buildkit) build_tool buildkit "$BUILDKIT_VERSION" build_buildkit ;;
     crane) build_tool crane "$CRANE_VERSION" build_crane ;;
     kaniko) build_tool kaniko "$KANIKO_VERSION" build_kaniko ;;
+    kustomize) build_tool kustomize "$KUSTOMIZE_VERSION" build_kustomize ;;
   esac
   print_paths "$t"
 done

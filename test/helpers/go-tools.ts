@@ -1,6 +1,6 @@
 /**
  * The Go tools the differential suite and the benchmarks measure against — current BuildKit (buildkitd, buildctl),
- * crane and kaniko's executor — built once per machine from their Go modules by scripts/go-tools.sh (versions are
+ * crane and kaniko's executor, and kustomize v5 for the deploy/ tests — built once per machine from their Go modules by scripts/go-tools.sh (versions are
  * pinned there) into ${XDG_CACHE_HOME:-~/.cache}/kiln-tools. `goTools()` runs the script, which returns at once
  * when the pinned versions are already built, and throws its one-line reason (what to install) when it cannot
  * build them: a missing tool is a failure, never a silent skip.
@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 
 const SCRIPT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'scripts', 'go-tools.sh');
 
-export type GoTool = 'buildkit' | 'crane' | 'kaniko';
+export type GoTool = 'buildkit' | 'crane' | 'kaniko' | 'kustomize';
 
 export interface GoToolPaths {
   buildkitd?: string;
@@ -21,6 +21,8 @@ export interface GoToolPaths {
   'crane-version'?: string;
   'kaniko-executor'?: string;
   'kaniko-version'?: string;
+  kustomize?: string;
+  'kustomize-version'?: string;
 }
 
 const cache = new Map<string, GoToolPaths>();

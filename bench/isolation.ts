@@ -6,7 +6,7 @@
  *   W1 warm — one source file changed, rebuilt
  *   W3      — one RUN creating 50,000 small files (base present)
  *   apt     — `apt-get update && apt-get install -y hello` on a debootstrap Debian base (present), from the mirror
- *   COMPAT  — (BENCH_ONLY=COMPAT) the compatibility cases of the README table, each level, the measured step's own
+ *   COMPAT  — the compatibility cases of the README table, each level, the measured step's own
  *             time and whether it worked: useradd + chown + su, npm ci (the host's node and npm in the Debian
  *             base, packages from the npm registry), pip install (Debian's python3-pip, a local package), a
  *             setuid binary used by a non-root USER (sudo), RUN --mount=type=cache|secret|bind, mknod, and
@@ -14,7 +14,7 @@
  *
  * Both levels run as the ordinary user kilntest: userns as today (subordinate ids), restricted inside the emulated
  * Pod Security Standards restricted container (scripts/restricted-run.sh). The levels alternate within each round
- * (the order flips every round), rounds are BENCH_ROUNDS (default 3), BENCH_ONLY=W1,W3,APT picks workloads,
+ * (the order flips every round), rounds are BENCH_ROUNDS (default 3), BENCH_ONLY=W1,W3,APT,COMPAT picks workloads,
  * BENCH_SMALL=1 shrinks the inputs (harness check). kiln runs compiled (a private tsc output under .tmp/, so the
  * layer worker thread is used as in a release); the restricted helper is compiled once, outside the timings.
  * Output: the table on stdout and in bench/results/isolation.md (partial runs: .tmp/bench-isolation.md).
@@ -35,7 +35,7 @@ import { hostPlatform } from '../src/oci/platform.js';
 
 const REPO = join(dirname(fileURLToPath(import.meta.url)), '..');
 const ROUNDS = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3) || 3);
-const ONLY = new Set((process.env.BENCH_ONLY ?? 'W1,W3,APT').split(',').map((s) => s.trim().toUpperCase()));
+const ONLY = new Set((process.env.BENCH_ONLY ?? 'W1,W3,APT,COMPAT').split(',').map((s) => s.trim().toUpperCase()));
 const SMALL = process.env.BENCH_SMALL === '1';
 const W1: W1Options = SMALL ? { files: 200, dirs: 10, assets: 2, assetSize: 64 * 1024 } : {};
 const W3_FILES = SMALL ? 2000 : 50_000;
@@ -343,7 +343,9 @@ async function main(): Promise<void> {
     const order = round % 2 === 0 ? LEVELS : [...LEVELS].reverse();
     for (const level of order) {
       if (ONLY.has('W1')) {
-        const home = await freshHome(`w1-${level}`);
+        // a new home per build, nothing deleted until the end: ext4 makes file creation right after mass
+        // deletions quadratic (DEVELOPERS.md), which would bias whichever level runs next
+        const home = await freshHome(`w1-${level}-${round}`);
         await ok(level, home, ['bootstrap', 'busybox'], 'bootstrap');
         const cold = await ok(level, home, ['build', '--progress', 'plain', '-t', 'w1:cold', ctxW1], 'W1 cold');
         rows.w1cold.wall[level].push(cold.ms / 1000);

@@ -240,6 +240,23 @@ async function setMtimeNs(path: string, ns: bigint): Promise<void> {
 }
 
 /**
+ * Make sure the working directory `cwd` exists in `root` as runc makes it: component by component as written, so
+ * an unclean WORKDIR such as `/a/b/../c` (kept as written, like BuildKit) creates `/a/b` as well as `/a/c`
+ * (runc's MkdirAllInRoot walks the path literally; differential case 63). Returns the resolved host path.
+ */
+export async function ensureWorkdir(root: string, cwd: string): Promise<string> {
+  const parts = cwd.split('/').filter(Boolean);
+  if (parts.includes('..')) {
+    let partial = '';
+    for (const p of parts.slice(0, -1)) {
+      partial += '/' + p;
+      if (p !== '.' && p !== '..') await ensureTarget(root, partial, 'dir', undefined);
+    }
+  }
+  return ensureTarget(root, cwd, 'dir', undefined);
+}
+
+/**
  * Make sure container path `target` exists in `root` (resolved without leaving it) as a dir or a file; records
  * each created component. Returns the resolved host path.
  */
@@ -407,7 +424,7 @@ export async function runProcess(opts: RunProcessOptions): Promise<RunProcessRes
   try {
     // The working dir: created (root, 0755) when missing and kept in the layer, like BuildKit.
     try {
-      await ensureTarget(root, cwd, 'dir', undefined);
+      await ensureWorkdir(root, cwd);
     } catch (e) {
       throw new KilnError('WORKDIR_INVALID', `failed to create working directory ${cwd}: ${(e as Error).message}`, {
         cause: e,

@@ -27,6 +27,7 @@ import {
   DEFAULT_HOSTNAME,
   acquireCache,
   ensureTarget,
+  ensureWorkdir,
   sandboxEnv,
   sandboxHosts,
   sandboxResolvConf,
@@ -34,6 +35,7 @@ import {
 } from '../run.js';
 import { resolveExecUser } from '../user.js';
 import type { RestrictedClient } from './client.js';
+import { prootIsBlind } from './helper.js';
 
 export interface RestrictedExecutorOptions {
   kilnHome: string;
@@ -85,8 +87,9 @@ export class RestrictedExecutor implements Executor {
     const hostname = spec.hostname ?? DEFAULT_HOSTNAME;
     const user = await resolveExecUser(root, spec.user);
     const env = sandboxEnv(spec.env, user.home);
+    let hostCwd: string;
     try {
-      await ensureTarget(root, cwd, 'dir', undefined);
+      hostCwd = await ensureWorkdir(root, cwd);
     } catch (e) {
       throw new KilnError('WORKDIR_INVALID', `failed to create working directory ${cwd}: ${(e as Error).message}`, {
         cause: e,
@@ -226,12 +229,15 @@ export class RestrictedExecutor implements Executor {
       const ptmp = join(state, 'proot');
       await mkdir(ptmp, { mode: 0o700 });
 
-      const args = ['proot', '-r', root, '-w', '/'];
+      const args = ['proot', '-r', root, '-w', cwd];
       for (const [src, dst] of binds) args.push('-b', `${src}:${dst}`);
       args.push('/dev/.kiln-shim', 'shim', '/dev/.kiln-spec', '/dev/.kiln-shim');
       const lines = [
         `prog\t${esc(this.opts.proot)}`,
         ...args.map((a) => `arg\t${esc(a)}`),
+        // proot stops at every system call and translates paths before the kernel evaluates the step's filter (a
+        // proot in seccomp mode would hand the helper untranslated paths: its trace stop loses to our notification);
+        // Debian's proot 5.1 leaves statx, openat2, faccessat2 and fchmodat2 untranslated: the helper maps those
         'env\tPROOT_NO_SECCOMP=1',
         `env\tPROOT_TMP_DIR=${esc(ptmp)}`,
         'env\tPATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
@@ -239,6 +245,12 @@ export class RestrictedExecutor implements Executor {
         `stderr\t${esc(err)}`,
         `errfd\t${esc(errfd)}`,
         `hostname\t${esc(hostname)}`,
+        // for the calls proot leaves untranslated (statx, openat2, faccessat2, fchmodat2): the helper maps them
+        `root\t${esc(root)}`,
+        `blind\t${prootIsBlind() ? 1 : 0}`,
+        // proot keeps the step's current directory to itself; the kernel's is here (relative paths of blind calls)
+        `cwd\t${esc(hostCwd)}`,
+        ...binds.flatMap(([src, dst]) => [`bind\t${esc(src)}`, `to\t${esc(dst)}`]),
         ...ro.map((p) => `ro\t${esc(p)}`),
       ];
       const stepFile = join(state, 'step');

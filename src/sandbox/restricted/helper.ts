@@ -8,7 +8,7 @@
  * the RUN steps' shim, where no C library can be assumed). `scripts/build-restricted-helper.sh` does the same.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { access, constants, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { access, chmod, constants, copyFile, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { release } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -88,6 +88,8 @@ export async function ensureHelper(kilnHome: string): Promise<string> {
 export interface RestrictedStatus {
   helper: string | undefined;
   proot: string | undefined;
+  /** This proot leaves statx (and openat2, faccessat2, fchmodat2) untranslated: the helper maps them (Debian's 5.1). */
+  prootBlind: boolean;
   /** What is missing, one phrase each (empty: restricted works here). */
   problems: string[];
   hints: string[];
@@ -99,7 +101,7 @@ export interface RestrictedStatus {
  * `$KILN_HOME/restricted/probe-ok`), ptrace (proot runs `true`) and user extended attributes on `$KILN_HOME`.
  */
 export async function restrictedStatus(kilnHome: string): Promise<RestrictedStatus> {
-  const st: RestrictedStatus = { helper: undefined, proot: undefined, problems: [], hints: [] };
+  const st: RestrictedStatus = { helper: undefined, proot: undefined, prootBlind: false, problems: [], hints: [] };
   if (process.arch !== 'x64' && process.arch !== 'arm64') {
     st.problems.push(`the ${process.arch} architecture is not supported`);
     return st;
@@ -117,8 +119,10 @@ export async function restrictedStatus(kilnHome: string): Promise<RestrictedStat
     st.hints.push('apt-get install proot');
   }
   const marker = join(kilnHome, 'restricted', 'probe-ok');
-  const id = `${release()} ${st.helper} uid=${process.getuid?.() ?? '?'}\n`;
-  if ((await readFile(marker, 'utf8').catch(() => '')) !== id) {
+  const id = `${release()} ${st.helper} ${st.proot ?? ''} uid=${process.getuid?.() ?? '?'}\n`;
+  const known = await readFile(marker, 'utf8').catch(() => '');
+  if (known === id || known === id + 'blind\n') st.prootBlind = known !== id;
+  else {
     const p = await runTool(st.helper, ['probe']);
     if (p.code !== 0) {
       st.problems.push(p.stdout.trim().replace(/^missing:? ?/, '') || `the helper's probe failed: ${p.stderr.trim()}`);
@@ -145,10 +149,37 @@ export async function restrictedStatus(kilnHome: string): Promise<RestrictedStat
             'the seccomp profile must allow ptrace (containerd and Docker RuntimeDefault do on Linux >= 4.8; CRI-O needs CAP_SYS_PTRACE or a Localhost profile)',
           );
         } else {
-          await writeFile(marker, id).catch(() => undefined);
+          st.prootBlind = await prootStatxBlind(st.proot, st.helper, kilnHome);
+          await writeFile(marker, id + (st.prootBlind ? 'blind\n' : '')).catch(() => undefined);
         }
       }
     }
   }
   return st;
+}
+
+/**
+ * Whether proot leaves statx untranslated (Debian's proot 5.1 predates it): the static helper, run by proot in a
+ * root holding only itself and a marker, looks the marker up with statx.
+ */
+async function prootStatxBlind(proot: string, helper: string, kilnHome: string): Promise<boolean> {
+  const dir = join(kilnHome, 'restricted', `statx-probe-${process.pid}`);
+  try {
+    await mkdir(dir, { recursive: true });
+    await writeFile(join(dir, 'kiln-statx-probe'), '');
+    await copyFile(helper, join(dir, 'helper'));
+    await chmod(join(dir, 'helper'), 0o755);
+    const r = await runTool(proot, ['-r', dir, '-w', '/', '/helper', 'statx', '/kiln-statx-probe']);
+    return !r.stdout.includes('found');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** Set by enterRestricted for the build it supervises (0/1): the probe runs outside the helper's filter. */
+export const PROOT_BLIND_ENV = 'KILN_RESTRICTED_PROOT_BLIND';
+
+/** Whether the proot of this build leaves statx and friends untranslated (from enterRestricted). */
+export function prootIsBlind(): boolean {
+  return process.env[PROOT_BLIND_ENV] === '1';
 }

@@ -24,6 +24,8 @@
  *   kiln-restricted supervise -- CMD...   run CMD under the filter; CMD gets a control socket as fd 3
  *   kiln-restricted shim SPEC [SELF]      inside proot: install the step filter, hand it over, set ids, exec
  *   kiln-restricted probe                 check the kernel features this needs; prints "ok" or what is missing
+ *   kiln-restricted resolve ROOT PATH [HOST GUEST]...   the guest path translation (tests)
+ *   kiln-restricted statx PATH            whether statx finds PATH (run under proot: does proot translate statx?)
  *
  * The control protocol (kiln <-> helper) is one request per line, tab separated, fields escaped (\\ \t \n):
  *   ID track DIR | ID changes TRACK FILE | ID untrack TRACK | ID materialize TREE LOWER... |
@@ -763,6 +765,11 @@ static void record(const char *abs, int flags) {
 /* ------------------------------------------------------------------------------------------------------------ */
 /* steps (RUN processes under proot)                                                                            */
 
+struct bind {
+  char *host;
+  char *guest;
+};
+
 struct step {
   int id;
   pid_t pid;
@@ -772,6 +779,12 @@ struct step {
   char **ro;    /* read-only host prefixes (writes: EROFS) */
   int nro;
   int exited;
+  /* the step's root and proot's bindings: for the calls proot does not translate (see proot_blind; `blind` set
+   * when this proot is one of those) */
+  int blind;
+  char *root;
+  struct bind *binds;
+  int nbinds;
 };
 
 #define STEPS 64
@@ -804,19 +817,142 @@ struct ctx {
   int listener;
   struct seccomp_notif *n;
   struct step *step; /* NULL for kiln's own tree */
+  int guest_paths;   /* the call's paths are the step's own, untranslated (proot_blind) */
 };
+
+/* System calls Debian's proot (5.1) passes through without translating their paths (it predates them): in a step
+ * their paths are the guest's, and the helper translates and performs them itself. A relative path there is taken
+ * from the step's working directory: proot keeps the current directory to itself (the kernel's stays where the
+ * step started), so after a `cd` inside a step such a path resolves as if the cd had not happened. */
+static int proot_blind(int nr) {
+  return nr == __NR_statx || nr == __NR_openat2 || nr == __NR_fchmodat2 || nr == __NR_faccessat2;
+}
 
 static uint64_t A(struct ctx *c, int i) { return c->n->data.args[i]; }
 static pid_t PID(struct ctx *c) { return (pid_t)c->n->pid; }
 
-/* Read the path argument `i` and resolve it against dirfd argument `dfi` (-1: AT_FDCWD). */
-static int path_arg(struct ctx *c, int dfi, int i, char *abs, int magic_empty, char *raw) {
+static int prefix_of(const char *pre, const char *p) {
+  size_t n = strlen(pre);
+  if (n == 1 && pre[0] == '/') return p[0] == '/';
+  return strncmp(p, pre, n) == 0 && (p[n] == 0 || p[n] == '/');
+}
+
+/* The host path of the normalised guest path `g` (bindings, longest first; /proc/self → /proc/PID). */
+static void guest_map(const struct step *s, pid_t pid, const char *g, char *out) {
+  const struct bind *best = NULL;
+  for (int i = 0; i < s->nbinds; i++) {
+    const struct bind *b = &s->binds[i];
+    if (prefix_of(b->guest, g) && (!best || strlen(b->guest) > strlen(best->guest))) best = b;
+  }
+  if (best) snprintf(out, PATH_MAX, "%s%s", best->host, g + (strcmp(best->guest, "/") ? strlen(best->guest) : 0));
+  else snprintf(out, PATH_MAX, "%s%s", s->root, strcmp(g, "/") ? g : "");
+  if (prefix_of("/proc/self", out) || prefix_of("/proc/thread-self", out)) {
+    char rest[PATH_MAX];
+    int thread = out[6] == 't';
+    snprintf(rest, sizeof(rest), "%s", out + (thread ? 17 : 10));
+    if (thread) snprintf(out, PATH_MAX, "/proc/%d/task/%d%s", pid, pid, rest);
+    else snprintf(out, PATH_MAX, "/proc/%d%s", pid, rest);
+  }
+}
+
+/* The guest path of host path `h` (reverse of guest_map), or -1 when it lies outside the guest. */
+static int host_to_guest(const struct step *s, const char *h, char *g) {
+  const struct bind *best = NULL;
+  for (int i = 0; i < s->nbinds; i++) {
+    const struct bind *b = &s->binds[i];
+    if (prefix_of(b->host, h) && (!best || strlen(b->host) > strlen(best->host))) best = b;
+  }
+  if (best) snprintf(g, PATH_MAX, "%s%s", strcmp(best->guest, "/") ? best->guest : "", h + strlen(best->host));
+  else if (prefix_of(s->root, h)) snprintf(g, PATH_MAX, "%s", h + strlen(s->root));
+  else return -1;
+  if (!g[0]) strcpy(g, "/");
+  return 0;
+}
+
+/* Resolve guest path `gpath` (absolute) to a host path as chroot(2) would: `..` stops at the guest root, symlinks
+ * are followed inside the guest (the last one only when `follow`), /proc is the host's and resolved by the kernel. */
+static int guest_resolve(const struct step *s, pid_t pid, const char *gpath, int follow, char *out) {
+  char todo[2 * PATH_MAX], cur[PATH_MAX] = "";
+  if (strlen(gpath) >= PATH_MAX) return -ENAMETOOLONG;
+  strcpy(todo, gpath);
+  char *p = todo;
+  int hops = 0;
+  for (;;) {
+    while (*p == '/') p++;
+    if (!*p) break;
+    char *end = strchr(p, '/');
+    size_t n = end ? (size_t)(end - p) : strlen(p);
+    if (n > NAME_MAX) return -ENAMETOOLONG;
+    char comp[NAME_MAX + 1];
+    memcpy(comp, p, n);
+    comp[n] = 0;
+    p += n;
+    while (*p == '/') p++;
+    int last = !*p;
+    if (!strcmp(comp, ".")) continue;
+    if (!strcmp(comp, "..")) {
+      char *sl = strrchr(cur, '/');
+      if (sl) *sl = 0;
+      continue;
+    }
+    if (strlen(cur) + 1 + n >= PATH_MAX) return -ENAMETOOLONG;
+    char g[PATH_MAX], h[PATH_MAX];
+    snprintf(g, sizeof(g), "%s/%s", cur, comp);
+    guest_map(s, pid, g, h);
+    if (prefix_of("/proc", h)) {
+      /* the host's /proc: its magic links (fd/N, cwd, exe) are the kernel's business */
+      if (*p) snprintf(out, PATH_MAX, "%s/%s", h, p);
+      else snprintf(out, PATH_MAX, "%s", h);
+      return 0;
+    }
+    if (!last || follow) {
+      char target[PATH_MAX];
+      ssize_t t = readlink(h, target, sizeof(target) - 1);
+      if (t >= 0) {
+        if (++hops > 40) return -ELOOP;
+        target[t] = 0;
+        char rest[2 * PATH_MAX];
+        snprintf(rest, sizeof(rest), "%s%s%s", target, *p ? "/" : "", p);
+        if (strlen(rest) >= PATH_MAX) return -ENAMETOOLONG;
+        strcpy(todo, rest);
+        p = todo;
+        if (target[0] == '/') cur[0] = 0;
+        continue;
+      }
+    }
+    strcpy(cur, g);
+  }
+  guest_map(s, pid, cur[0] ? cur : "/", out);
+  return 0;
+}
+
+/* (dirfd, raw path) as the calling process means it, as a host path: through the guest when the path is the
+ * step's own (a call proot does not translate), else as resolve_at. */
+static int resolve_path(struct ctx *c, int dirfd, const char *raw, char *abs, int magic_empty, int follow) {
+  if (!c->guest_paths || !c->step || !c->step->root || !raw[0]) return resolve_at(PID(c), dirfd, raw, abs, magic_empty);
+  if (raw[0] == '/') return guest_resolve(c->step, PID(c), raw, follow, abs);
+  char base[PATH_MAX], g[PATH_MAX], full[2 * PATH_MAX];
+  int r = resolve_at(PID(c), dirfd, NULL, base, 0);
+  if (r < 0) return r;
+  if (base[0] != '/') return -ENOTDIR;
+  if (host_to_guest(c->step, base, g) != 0) return resolve_at(PID(c), dirfd, raw, abs, magic_empty);
+  snprintf(full, sizeof(full), "%s/%s", strcmp(g, "/") ? g : "", raw);
+  if (strlen(full) >= PATH_MAX) return -ENAMETOOLONG;
+  return guest_resolve(c->step, PID(c), full, follow, abs);
+}
+
+/* Read the path argument `i` and resolve it against dirfd argument `dfi` (-1: AT_FDCWD). `follow` (whether the call
+ * follows a last symlink) matters for the paths proot leaves to us. */
+static int path_argf(struct ctx *c, int dfi, int i, char *abs, int magic_empty, char *raw, int follow) {
   char buf[PATH_MAX];
   char *p = raw ? raw : buf;
   int r = mem_str(PID(c), A(c, i), p, PATH_MAX);
   if (r < 0) return r;
-  int dirfd = dfi < 0 ? AT_FDCWD : (int)A(c, dfi);
-  return resolve_at(PID(c), dirfd, p, abs, magic_empty);
+  return resolve_path(c, dfi < 0 ? AT_FDCWD : (int)A(c, dfi), p, abs, magic_empty, follow);
+}
+
+static int path_arg(struct ctx *c, int dfi, int i, char *abs, int magic_empty, char *raw) {
+  return path_argf(c, dfi, i, abs, magic_empty, raw, 1);
 }
 
 static int id_valid(struct ctx *c) { return ioctl(c->listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &c->n->id) == 0; }
@@ -825,10 +961,11 @@ static int id_valid(struct ctx *c) { return ioctl(c->listener, SECCOMP_IOCTL_NOT
  * always means the fd's own file). */
 static int at_path(struct ctx *c, int dfi, int pi, int flags, char *abs, int magic, int *follow) {
   char raw[PATH_MAX];
-  int r = path_arg(c, dfi, pi, abs, magic, raw);
-  if (r == 0 && !raw[0] && !(flags & AT_EMPTY_PATH)) return -ENOENT;
+  int r = mem_str(PID(c), A(c, pi), raw, PATH_MAX);
+  if (r < 0) return r;
+  if (!raw[0] && !(flags & AT_EMPTY_PATH)) return -ENOENT;
   *follow = !(flags & AT_SYMLINK_NOFOLLOW) || !raw[0];
-  return r;
+  return resolve_path(c, dfi < 0 ? AT_FDCWD : (int)A(c, dfi), raw, abs, magic, *follow);
 }
 
 /* -- identity -- */
@@ -1199,6 +1336,23 @@ static int create_args(struct ctx *c, int at, char *abs, int *base) {
   return path_arg(c, at ? 0 : -1, *base, abs, 0, NULL);
 }
 
+/* Where h_open would let the kernel open the path: a guest path (openat2 in a step, proot_blind) cannot be, so the
+ * file is opened here and handed over. */
+static struct reply cont_open(struct ctx *c, const char *abs, int flags, mode_t mode) {
+  if (!c->guest_paths) return CONT;
+  int fd = open(abs, (flags & ~O_CLOEXEC) | O_CLOEXEC | O_NOCTTY, mode);
+  if (fd < 0) return ERR(errno);
+  struct seccomp_notif_addfd add = {.id = c->n->id,
+                                    .flags = SECCOMP_ADDFD_FLAG_SEND,
+                                    .srcfd = (uint32_t)fd,
+                                    .newfd_flags = (uint32_t)(flags & O_CLOEXEC)};
+  int res = ioctl(c->listener, SECCOMP_IOCTL_NOTIF_ADDFD, &add);
+  int e = errno;
+  close(fd);
+  if (res < 0) return ERR(e == ENOENT ? ESRCH : e);
+  return (struct reply){R_DONE, 0};
+}
+
 static struct reply h_open(struct ctx *c, int nr) {
   char abs[PATH_MAX];
   int flags, r;
@@ -1222,16 +1376,17 @@ static struct reply h_open(struct ctx *c, int nr) {
       uint64_t flags, mode, resolve;
     } how = {0};
     size_t sz = (size_t)A(c, 3);
-    if (sz < 24) return CONT;
+    if (sz < 24) return c->guest_paths ? ERR(EINVAL) : CONT;
     if (mem_read(PID(c), A(c, 2), &how, 24) != 0) return ERR(EFAULT);
     flags = (int)how.flags;
     mode = (mode_t)how.mode;
-    if (!(flags & WRITE_FLAGS)) return CONT;
-    if (how.resolve) return CONT; /* RESOLVE_* restrictions: rare; let the kernel decide */
-    r = path_arg(c, 0, 1, abs, 0, NULL);
+    /* RESOLVE_* restrictions: the kernel's outside a step; in a step (guest paths) they are not enforced */
+    if (!c->guest_paths && (how.resolve || !(flags & WRITE_FLAGS))) return CONT;
+    r = path_argf(c, 0, 1, abs, 0, NULL, !(flags & O_NOFOLLOW) && !((flags & O_CREAT) && (flags & O_EXCL)));
+    if (r == 0 && !(flags & WRITE_FLAGS)) return cont_open(c, abs, flags, 0);
   }
-  if (r < 0) return r == -ENOTDIR ? CONT : ERR(-r);
-  if (abs[0] != '/') return CONT;
+  if (r < 0) return r == -ENOTDIR && !c->guest_paths ? CONT : ERR(-r);
+  if (abs[0] != '/') return cont_open(c, abs, flags, (mode & 07777) & ~umask_of(PID(c)));
   int wr = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
   if ((wr || (flags & O_CREAT)) && under_ro(c->step, abs)) return ERR(EROFS);
   struct stat st;
@@ -1252,20 +1407,22 @@ static struct reply h_open(struct ctx *c, int nr) {
       if (e) return ERR(-e);
       record(abs, F_CHANGED);
     }
-    return CONT;
+    return cont_open(c, abs, flags & ~O_CREAT, 0);
   }
-  if (!(flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE) return CONT;
+  if (!(flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE) {
+    return cont_open(c, abs, flags, (mode & 07777) & ~umask_of(PID(c)));
+  }
   int denied = entry_denied(c, abs, 0);
   if (denied) return ERR(denied);
   struct owner o = new_owner(c, abs, 0);
   record(abs, F_CHANGED);
   /* the kernel's own result is right unless a umask takes the owner's rw away */
-  if (!o.special && !owner_umask && (mode & 0600) == 0600 && !(mode & 07000)) return CONT;
+  if (!o.special && !owner_umask && !c->guest_paths && (mode & 0600) == 0600 && !(mode & 07000)) return CONT;
   mode_t want = (mode & 07777) & ~umask_of(PID(c));
-  if (!o.special && (want & 0600) == 0600 && !(want & 07000)) return CONT;
+  if (!o.special && (want & 0600) == 0600 && !(want & 07000)) return cont_open(c, abs, flags, want);
   int fd = openat(AT_FDCWD, abs, (flags & ~O_CLOEXEC) | O_CREAT | O_EXCL | O_CLOEXEC | O_NOCTTY,
                   real_perm(S_IFREG | want));
-  if (fd < 0) return errno == EEXIST && !(flags & O_EXCL) ? CONT : ERR(errno);
+  if (fd < 0) return errno == EEXIST && !(flags & O_EXCL) ? cont_open(c, abs, flags & ~O_CREAT, 0) : ERR(errno);
   if (fstat(fd, &st) == 0) {
     struct fake f = {o.u, o.g, S_IFREG | want, 0};
     fstore_fake(fd, &st, &f);
@@ -1672,6 +1829,34 @@ static struct reply h_caps(struct ctx *c, int nr) {
   return VAL(0);
 }
 
+/* faccessat2 (proot_blind): in a step, translate and answer from the fake metadata — root may read and write
+ * anything (but not write below a read-only binding) and execute what has an x bit; others by their class. */
+static struct reply h_access(struct ctx *c, int nr) {
+  (void)nr;
+  if (!c->step) return CONT;
+  int flags = (int)A(c, 3), follow;
+  int how = (int)A(c, 2);
+  char abs[PATH_MAX];
+  int r = at_path(c, 0, 1, flags, abs, 1, &follow);
+  if (r < 0) return ERR(-r);
+  struct stat st;
+  if ((follow ? stat(abs, &st) : lstat(abs, &st)) != 0) return ERR(errno);
+  if (how == F_OK) return VAL(0);
+  if ((how & W_OK) && under_ro(c->step, abs)) return ERR(EROFS);
+  struct fake f;
+  fake_of(abs, follow, &st, &f);
+  struct creds cr;
+  creds_of(PID(c), &cr, NULL, NULL);
+  uid_t uid = (flags & AT_EACCESS) ? cr.euid : cr.ruid;
+  gid_t gid = (flags & AT_EACCESS) ? cr.egid : cr.rgid;
+  if (uid == 0) {
+    if ((how & X_OK) && !S_ISDIR(f.mode) && !(f.mode & 0111)) return ERR(EACCES);
+    return VAL(0);
+  }
+  mode_t bits = f.uid == uid ? (f.mode >> 6) & 7 : (f.gid == gid || in_groups(&cr, f.gid)) ? (f.mode >> 3) & 7 : f.mode & 7;
+  return (bits & (mode_t)how) == (mode_t)how ? VAL(0) : ERR(EACCES);
+}
+
 static struct reply h_uname(struct ctx *c, int nr) {
   (void)nr;
   struct utsname u;
@@ -1699,7 +1884,7 @@ static const struct trap TRAPS[] = {
     T(removexattr, h_setxattr), T(lremovexattr, h_setxattr), T(fremovexattr, h_setxattr),
     T(getxattr, h_getxattr), T(lgetxattr, h_getxattr), T(fgetxattr, h_getxattr), T(listxattr, h_listxattr),
     T(llistxattr, h_listxattr), T(flistxattr, h_listxattr), T(capget, h_caps), T(capset, h_caps),
-    T(umask, h_umask),
+    T(umask, h_umask), T(faccessat2, h_access),
 #ifdef __NR_stat
     T(stat, h_stat), T(lstat, h_stat), T(chown, h_chown), T(lchown, h_chown), T(chmod, h_chmod),
     {__NR_open, K_OPENFLAGS, 1, h_open}, T(creat, h_open), T(mkdir, h_mkdir), T(mknod, h_mknod),
@@ -1712,6 +1897,7 @@ static const size_t NTRAPS = sizeof(TRAPS) / sizeof(TRAPS[0]);
 
 static struct reply dispatch(struct ctx *c) {
   int nr = c->n->data.nr;
+  c->guest_paths = c->step != NULL && c->step->blind && proot_blind(nr);
   if (nr == __NR_uname) return h_uname(c, nr);
   for (size_t i = 0; i < NTRAPS; i++)
     if (TRAPS[i].nr == nr) return TRAPS[i].fn(c, nr);
@@ -2168,7 +2354,7 @@ static int spawn_step(const char *specfile, char *err, size_t errlen) {
   }
   memset(s, 0, sizeof(*s));
   s->listener = -1;
-  char *prog = NULL, *out = NULL, *errp = NULL, *errfd = NULL;
+  char *prog = NULL, *out = NULL, *errp = NULL, *errfd = NULL, *cwd = NULL;
   char **argv = xmalloc(sizeof(char *) * 4096), **envp = xmalloc(sizeof(char *) * 4096);
   int argc = 0, envc = 0;
   s->ro = xmalloc(sizeof(char *) * 256);
@@ -2190,6 +2376,23 @@ static int spawn_step(const char *specfile, char *err, size_t errlen) {
     else if (!strcmp(line, "errfd")) errfd = xstrdup(v);
     else if (!strcmp(line, "hostname")) strncpy(s->hostname, v, sizeof(s->hostname) - 1);
     else if (!strcmp(line, "ro") && s->nro < 255) s->ro[s->nro++] = xstrdup(v);
+    else if (!strcmp(line, "blind")) s->blind = atoi(v);
+    else if (!strcmp(line, "cwd")) {
+      free(cwd);
+      cwd = xstrdup(v);
+    } else if (!strcmp(line, "root")) {
+      s->root = xstrdup(v);
+      normalize(s->root);
+    } else if (!strcmp(line, "bind") && s->nbinds < 255) {
+      if (!s->binds) s->binds = xmalloc(sizeof(struct bind) * 256);
+      s->binds[s->nbinds].host = xstrdup(v);
+      s->binds[s->nbinds].guest = xstrdup(v);
+      s->nbinds++;
+    } else if (!strcmp(line, "to") && s->nbinds > 0) {
+      free(s->binds[s->nbinds - 1].guest);
+      s->binds[s->nbinds - 1].guest = xstrdup(v);
+      normalize(s->binds[s->nbinds - 1].guest);
+    }
   }
   free(line);
   fclose(f);
@@ -2225,6 +2428,10 @@ static int spawn_step(const char *specfile, char *err, size_t errlen) {
       if (dup2(hi[i], i) < 0) _exit(125);
     }
     closefrom(5);
+    if (cwd && chdir(cwd) != 0) {
+      write_err_fd(4, "cannot enter the working directory\n");
+      _exit(125);
+    }
     execve(prog, argv, envp);
     char msg[PATH_MAX + 64];
     snprintf(msg, sizeof(msg), "cannot start %s: %s\n", prog, strerror(errno));
@@ -2244,6 +2451,7 @@ static int spawn_step(const char *specfile, char *err, size_t errlen) {
   free(out);
   free(errp);
   free(errfd);
+  free(cwd);
   return s->id;
 }
 
@@ -2252,6 +2460,12 @@ static void step_free(struct step *s) {
   if (s->listener >= 0) close(s->listener);
   for (int i = 0; i < s->nro; i++) free(s->ro[i]);
   free(s->ro);
+  for (int i = 0; i < s->nbinds; i++) {
+    free(s->binds[i].host);
+    free(s->binds[i].guest);
+  }
+  free(s->binds);
+  free(s->root);
   memset(s, 0, sizeof(*s));
 }
 
@@ -2715,6 +2929,26 @@ int main(int argc, char **argv) {
   REAL_GID = getgid();
   SELF = getpid();
   if (argc >= 2 && !strcmp(argv[1], "probe")) return probe();
+  if (argc >= 3 && !strcmp(argv[1], "statx")) {
+    /* statx PATH: whether a statx(2) of PATH finds it (run under proot: does proot translate statx?) */
+    struct statx sx;
+    int r = statx(AT_FDCWD, argv[2], AT_SYMLINK_NOFOLLOW, STATX_TYPE, &sx);
+    printf("%s\n", r == 0 ? "found" : "missing");
+    return 0;
+  }
+  if (argc >= 4 && !strcmp(argv[1], "resolve")) {
+    /* resolve ROOT PATH [HOST GUEST]...: the guest path translation (lstat-like, then stat-like), for tests */
+    struct step st = {0};
+    st.root = argv[2];
+    st.binds = xmalloc(sizeof(struct bind) * (size_t)(argc / 2 + 1));
+    for (int i = 4; i + 1 < argc; i += 2) st.binds[st.nbinds++] = (struct bind){argv[i], argv[i + 1]};
+    char out[PATH_MAX];
+    for (int follow = 0; follow <= 1; follow++) {
+      int r = guest_resolve(&st, getpid(), argv[3], follow, out);
+      printf("%s\n", r < 0 ? strerror(-r) : out);
+    }
+    return 0;
+  }
   if (argc >= 3 && !strcmp(argv[1], "shim")) return shim(argv[2], argc >= 4 ? argv[3] : NULL);
   if (argc >= 4 && !strcmp(argv[1], "supervise") && !strcmp(argv[2], "--")) return supervise(argv + 3);
   fprintf(stderr, "usage: kiln-restricted supervise -- CMD... | shim SPEC | probe\n");

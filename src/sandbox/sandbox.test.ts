@@ -25,15 +25,15 @@ async function withRoot(files: Record<string, string>, fn: (root: string) => Pro
 const PASSWD = 'root:x:0:0:root:/root:/bin/sh\nu1:x:1000:1000:u1:/home/u1:/bin/sh\n42:x:1500:1500::/home/n:/bin/sh\n';
 const GROUP = 'root:x:0:\nwheel:x:10:root,u1\ng1:x:1000:\nextra:x:2000:u1\nself:x:1000:u1\n';
 
-describe('resolveExecUser (BuildKit v0.8 semantics, as the reference builder)', () => {
+describe('resolveExecUser (current BuildKit semantics: the primary gid is always a supplementary group)', () => {
   test('names, numeric ids, groups and HOME', async () => {
     await withRoot({ 'etc/passwd': PASSWD, 'etc/group': GROUP }, async (root) => {
-      // No USER: root without supplementary groups (BuildKit's fast path).
-      assert.deepEqual(await resolveExecUser(root, ''), { uid: 0, gid: 0, additionalGids: [], home: '/root' });
-      // Named or numeric root: the groups that list root.
-      assert.deepEqual(await resolveExecUser(root, 'root'), { uid: 0, gid: 0, additionalGids: [10], home: '/root' });
-      assert.deepEqual(await resolveExecUser(root, '0'), { uid: 0, gid: 0, additionalGids: [10], home: '/root' });
-      // The groups listing the user, in /etc/group order; the primary gid is not added.
+      // No USER: root, its primary group only (BuildKit's fast path reads no /etc/group).
+      assert.deepEqual(await resolveExecUser(root, ''), { uid: 0, gid: 0, additionalGids: [0], home: '/root' });
+      // Named or numeric root: the primary gid first, then the groups that list root.
+      assert.deepEqual(await resolveExecUser(root, 'root'), { uid: 0, gid: 0, additionalGids: [0, 10], home: '/root' });
+      assert.deepEqual(await resolveExecUser(root, '0'), { uid: 0, gid: 0, additionalGids: [0, 10], home: '/root' });
+      // The groups listing the user, in /etc/group order; the primary gid is listed there already (self), so kept.
       assert.deepEqual(await resolveExecUser(root, 'u1'), {
         uid: 1000,
         gid: 1000,
@@ -48,26 +48,31 @@ describe('resolveExecUser (BuildKit v0.8 semantics, as the reference builder)', 
         home: '/home/u1',
       });
       assert.equal((await resolveExecUser(root, '42')).uid, 42);
-      // An explicit group: no supplementary groups.
+      // An explicit group: no groups from /etc/group, just the primary one.
       assert.deepEqual(await resolveExecUser(root, 'u1:extra'), {
         uid: 1000,
         gid: 2000,
-        additionalGids: [],
+        additionalGids: [2000],
         home: '/home/u1',
       });
       // Fast path uid:gid (also "root"), HOME from the passwd entry of the uid.
       assert.deepEqual(await resolveExecUser(root, '1000:5'), {
         uid: 1000,
         gid: 5,
-        additionalGids: [],
+        additionalGids: [5],
         home: '/home/u1',
       });
-      assert.deepEqual(await resolveExecUser(root, 'root:root'), { uid: 0, gid: 0, additionalGids: [], home: '/root' });
-      assert.deepEqual(await resolveExecUser(root, '777'), { uid: 777, gid: 0, additionalGids: [], home: '/' });
+      assert.deepEqual(await resolveExecUser(root, 'root:root'), {
+        uid: 0,
+        gid: 0,
+        additionalGids: [0],
+        home: '/root',
+      });
+      assert.deepEqual(await resolveExecUser(root, '777'), { uid: 777, gid: 0, additionalGids: [0], home: '/' });
       assert.deepEqual(await resolveExecUser(root, 'u1:4321'), {
         uid: 1000,
         gid: 4321,
-        additionalGids: [],
+        additionalGids: [4321],
         home: '/home/u1',
       });
     });
@@ -82,8 +87,8 @@ describe('resolveExecUser (BuildKit v0.8 semantics, as the reference builder)', 
 
   test('no /etc files: numeric works, default is root, names fail', async () => {
     await withRoot({}, async (root) => {
-      assert.deepEqual(await resolveExecUser(root, ''), { uid: 0, gid: 0, additionalGids: [], home: '/' });
-      assert.deepEqual(await resolveExecUser(root, '5'), { uid: 5, gid: 0, additionalGids: [], home: '/' });
+      assert.deepEqual(await resolveExecUser(root, ''), { uid: 0, gid: 0, additionalGids: [0], home: '/' });
+      assert.deepEqual(await resolveExecUser(root, '5'), { uid: 5, gid: 0, additionalGids: [0], home: '/' });
       await assert.rejects(resolveExecUser(root, 'u1'), (e) => isKilnError(e, 'USER_UNKNOWN'));
     });
   });

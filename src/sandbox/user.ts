@@ -1,14 +1,16 @@
 /**
- * USER resolution for RUN as BuildKit does it — verified against the project's reference builder (Debian's
- * docker.io 20.10, BuildKit v0.8; see test/integration/sandbox-buildkit.test.ts and differential case 17):
- * - empty (no USER) → 0:0 without supplementary groups;
- * - "uid:gid" with both numeric (or "root") is taken as is, without reading /etc files, no supplementary groups;
+ * USER resolution for RUN as BuildKit does it — verified against the project's reference builder (current BuildKit
+ * with runc; differential cases 17 and 87):
+ * - empty (no USER) → 0:0 without supplementary groups from /etc/group;
+ * - "uid:gid" with both numeric (or "root") is taken as is, without reading /etc files, no supplementary groups
+ *   from /etc/group;
  * - otherwise the user is looked up in the root's /etc/passwd (moby/sys/user GetExecUser: a numeric user is
  *   always matched as a UID; a numeric user without an entry is allowed, a name without one is an error), and
  *   the group in /etc/group (numeric → GID; a numeric group without entry is allowed). Supplementary groups are
  *   the groups that list the user by name — only when no group was given explicitly;
- * - the process's groups are exactly those supplementary groups: the primary gid is NOT added (newer
- *   containerd/BuildKit prepend it; the reference builder does not).
+ * - the process's groups are those supplementary groups with the primary gid first when they lack it (containerd's
+ *   WithUIDGID → ensureAdditionalGids, which current BuildKit uses; BuildKit v0.8 passed the list alone), so `id`
+ *   in a RUN step lists the primary group as with `docker build` today.
  * HOME is the passwd home of the user (runc sets it when the env has none), "/" when there is no entry.
  */
 import { open } from 'node:fs/promises';
@@ -18,7 +20,7 @@ import { KilnError } from '../errors.js';
 export interface ExecUser {
   uid: number;
   gid: number;
-  /** setgroups() list: the supplementary groups from /etc/group (the primary gid is not added). */
+  /** setgroups() list: the primary gid (unless listed already) and the supplementary groups from /etc/group. */
   additionalGids: number[];
   home: string;
 }
@@ -101,17 +103,23 @@ function parseGroup(text: string): GroupLine[] {
 export async function resolveExecUser(root: string, spec: string): Promise<ExecUser> {
   const passwdText = await readUserFile(root, '/etc/passwd');
   const homeOf = (uid: number) => (passwdText ? parsePasswd(passwdText).find((u) => u.uid === uid)?.home : undefined);
-  if (spec === '') return { uid: 0, gid: 0, additionalGids: [], home: homeOf(0) || '/' };
+  if (spec === '') return withPrimary({ uid: 0, gid: 0, additionalGids: [], home: homeOf(0) || '/' });
   // Fast path: both ids numeric.
   const colon = spec.indexOf(':');
   if (colon >= 0) {
     const uid = parseId(spec.slice(0, colon));
     const gid = parseId(spec.slice(colon + 1));
     if (uid !== undefined && gid !== undefined) {
-      return { uid, gid, additionalGids: [], home: homeOf(uid) || '/' };
+      return withPrimary({ uid, gid, additionalGids: [], home: homeOf(uid) || '/' });
     }
   }
-  return lookup(root, spec, passwdText);
+  return withPrimary(await lookup(root, spec, passwdText));
+}
+
+/** The primary gid first in the supplementary groups unless already there (containerd's ensureAdditionalGids). */
+function withPrimary(u: ExecUser): ExecUser {
+  if (!u.additionalGids.includes(u.gid)) u.additionalGids = [u.gid, ...u.additionalGids];
+  return u;
 }
 
 async function lookup(root: string, userSpec: string, passwdText: string | undefined): Promise<ExecUser> {

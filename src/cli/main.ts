@@ -13,6 +13,7 @@ import { KilnError } from '../errors.js';
 const COMMANDS = [
   'build',
   'strategy',
+  'pack',
   'rebase',
   'pull',
   'push',

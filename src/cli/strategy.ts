@@ -7,16 +7,17 @@ import type { Command } from 'commander';
 import { KilnError } from '../errors.js';
 import type { BuildOptions } from '../engine/options.js';
 import type { S2IOptions } from '../strategies/s2i/frontend.js';
+import { addBuildpacksOptions, buildpacksOptionsFrom, type BuildpacksFlags } from './pack.js';
 import { parseEnvFlag, parseRuntimeArtifact, parseUidRanges } from '../strategies/s2i/prepare.js';
 
 function collect(v: string, prev: string[] | undefined): string[] {
   return [...(prev ?? []), v];
 }
 
-export const STRATEGIES = ['dockerfile', 's2i'] as const;
+export const STRATEGIES = ['dockerfile', 's2i', 'buildpacks'] as const;
 export const BACKENDS = ['kiln', 'buildah', 'docker'] as const;
 
-export interface StrategyFlags {
+export interface StrategyFlags extends BuildpacksFlags {
   strategy?: string;
   backend?: string;
   builderImage?: string;
@@ -70,7 +71,7 @@ export function addStrategyOptions(cmd: Command): Command {
     .option('--strategy <name>', `how the steps are decided: ${STRATEGIES.join(', ')} (default dockerfile)`)
     .option('--backend <name>', `who builds: ${BACKENDS.join(', ')} (default kiln)`)
     .option('--builder-image <image>', 'S2I: the builder image');
-  return addS2IOptions(cmd, false);
+  return addBuildpacksOptions(addS2IOptions(cmd, false));
 }
 
 export function addS2IBuildOptions(cmd: Command): Command {
@@ -135,6 +136,13 @@ export function chosenStrategy(flags: StrategyFlags): { strategy: string; backen
       },
     );
   }
+  if ((flags.builder || flags.buildpack?.length || flags.runImage || flags.clearCache) && strategy !== 'buildpacks') {
+    throw new KilnError(
+      'OPTION_INVALID',
+      '--builder, --buildpack, --run-image and --clear-cache need --strategy buildpacks',
+    );
+  }
+  if (strategy === 'buildpacks') buildpacksOptionsFrom(flags); // bad flags fail before any work
   if (flags.builderImage && strategy !== 's2i') {
     throw new KilnError('OPTION_INVALID', '--builder-image needs --strategy s2i');
   }
@@ -157,6 +165,10 @@ export async function runStrategyCommand(
     const { runS2IBuild } = await import('../strategies/s2i/frontend.js');
     const res = await runS2IBuild({ source, s2i: s2iOptionsFrom(flags, flags.builderImage), build: opts, flags: reg });
     return res.exported.configDigest;
+  }
+  if (choice.strategy === 'buildpacks') {
+    const { runBuildpacksCommand } = await import('./pack.js');
+    return runBuildpacksCommand(source, buildpacksOptionsFrom(flags), opts, reg);
   }
   const { builderFor } = await import('../backends/index.js');
   const { Keychain } = await import('../registry/keychain.js');

@@ -8,7 +8,8 @@ import { KilnError } from '../errors.js';
 import { parseReferenceWithDefaultTag } from '../ref/reference.js';
 import type { BuildOptions } from '../engine/options.js';
 import { runBuildCommand, type EmbeddedBuild } from '../engine/services.js';
-import type { WorkerJob } from '../service/runner/protocol.js';
+import type { BuildOutcome } from '../engine/build.js';
+import type { RebaseRecord, WorkerJob } from '../service/runner/protocol.js';
 import { runS2IBuild, type S2IOptions } from '../strategies/s2i/frontend.js';
 import { parseEnvFlag, parseRuntimeArtifact, parseUidRanges } from '../strategies/s2i/prepare.js';
 import { builderFor } from './index.js';
@@ -16,6 +17,19 @@ import { builderFor } from './index.js';
 /** The part of a build's outcome the worker reports. */
 export interface StrategyOutcome {
   exported: { digest: string; configDigest: string; pushed: string[] };
+  /** kiln's rebase verdict (the service's base-change trigger rebases rebasable images); other backends give none. */
+  rebase?: RebaseRecord;
+}
+
+/** The engine's outcome with its rebase verdict naming the base it is about (the final stage's FROM). */
+function withRebaseBase(o: BuildOutcome): StrategyOutcome {
+  const out: StrategyOutcome = { exported: o.exported };
+  if (o.rebase) {
+    const { rebasable, baseLayers, blocker } = o.rebase;
+    out.rebase = { rebasable, baseLayers, ...(blocker ? { blocker } : {}) };
+    if (o.engine.base) out.rebase.base = o.engine.base.name;
+  }
+  return out;
 }
 
 /** S2I options from the service's image config. */
@@ -47,7 +61,7 @@ export async function runStrategyBuild(
 ): Promise<StrategyOutcome> {
   const strategy = job.strategy ?? 'dockerfile';
   const backend = job.backend ?? 'kiln';
-  if (strategy === 'dockerfile' && backend === 'kiln') return runBuildCommand(opts, {}, embed);
+  if (strategy === 'dockerfile' && backend === 'kiln') return withRebaseBase(await runBuildCommand(opts, {}, embed));
   if (strategy === 's2i' && backend === 'kiln') {
     // an incremental build looks at its own previous image: that is no base to watch (its push would trigger it)
     const own = new Set(job.tags.map((t) => parseReferenceWithDefaultTag(t).name()));
@@ -66,7 +80,9 @@ export async function runStrategyBuild(
           },
         }
       : embed;
-    return runS2IBuild({ source: job.contextDir, s2i: s2iOptionsOf(job), build: opts, flags: {}, embed: e });
+    return withRebaseBase(
+      await runS2IBuild({ source: job.contextDir, s2i: s2iOptionsOf(job), build: opts, flags: {}, embed: e }),
+    );
   }
   if (strategy !== 'dockerfile') {
     throw new KilnError(

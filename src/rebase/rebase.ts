@@ -185,11 +185,18 @@ export interface RebaseResult {
   digest: string;
   configDigest?: string;
   images: RebasedImage[];
+  /** The first reference pushed (`target`, else the first of `targets`). */
   pushed?: string;
 }
 
-/** Rebase `name` (a registry image or index) and push the result to `target` when given. */
-export async function rebase(name: string, o: RebaseOptions & { target?: string }): Promise<RebaseResult> {
+/**
+ * Rebase `name` (a registry image or index) and push the result to `target` and every one of `targets` when given
+ * (the service's base-change trigger pushes the tags the original build pushed).
+ */
+export async function rebase(
+  name: string,
+  o: RebaseOptions & { target?: string; targets?: string[] },
+): Promise<RebaseResult> {
   let src: Image | ImageIndex;
   try {
     src = await getRemote(parseReference(name), { ...o.registry, label: `rebase ${name}` });
@@ -218,10 +225,10 @@ export async function rebase(name: string, o: RebaseOptions & { target?: string 
   const digest = sha256(await result.rawManifest());
   const out: RebaseResult = { digest, images };
   if (!isImageIndex(result)) out.configDigest = sha256(await result.rawConfig());
-  if (o.target) {
-    const ref = parseReferenceWithDefaultTag(o.target);
+  for (const t of [...(o.target ? [o.target] : []), ...(o.targets ?? [])]) {
+    const ref = parseReferenceWithDefaultTag(t);
     await push(result, ref, { ...o.registry, label: `push ${ref.toString()}` });
-    out.pushed = ref.toString();
+    out.pushed ??= ref.toString();
   }
   return out;
 }

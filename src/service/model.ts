@@ -237,6 +237,24 @@ export interface Trigger {
   baseDigest?: string;
   /** Base change: `base NAME sha256:… → sha256:…`. */
   reason?: string;
+  /**
+   * Base change: `rebase` when the build it repeats was recorded rebasable (its layers above the base are swapped
+   * onto the new base, no step runs), else `rebuild`.
+   */
+  action?: 'rebase' | 'rebuild';
+}
+
+/**
+ * Whether a build's image may be rebased onto a new base (the engine's verdict, recorded with the build) so the
+ * base-change trigger can swap the base instead of running every step again. `baseLayers`: how many of the image's
+ * layers came from its base; `blocker`: the first layer above it that depends on the base (1-based, its instruction).
+ */
+export interface RebaseRecord {
+  rebasable: boolean;
+  baseLayers: number;
+  /** The base the verdict is about (the final stage's FROM, normalized): only its change can be a rebase. */
+  base?: string;
+  blocker?: { layer: number; instruction: string };
 }
 
 /** A FROM of a build as resolved: the normalized reference and the manifest digest it had (for the platform). */
@@ -284,6 +302,8 @@ export interface Build {
   cancelRequested?: boolean;
   /** What each FROM resolved to (succeeded builds; the base-image trigger watches these). */
   bases?: BaseRecord[];
+  /** Whether the pushed image may be rebased (succeeded builds on kiln's engine; absent when unknown). */
+  rebase?: RebaseRecord;
 }
 
 export type Role = 'admin' | 'viewer';

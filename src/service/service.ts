@@ -24,6 +24,8 @@ import { GitMirrors, redactUrl } from './git/mirror.js';
 import type { BuildRunner } from './runner/local.js';
 import { BaseWatcher, baseChangeReason, type Dependent } from './triggers/bases.js';
 import { getRemoteImage } from '../registry/remote.js';
+import { rebase } from '../rebase/rebase.js';
+import { parseReferenceWithDefaultTag } from '../ref/reference.js';
 import { Keychain } from '../registry/keychain.js';
 import { closeTransports, type RegistryOptions } from '../registry/transport.js';
 import type { WorkerJob } from './runner/protocol.js';
@@ -54,6 +56,16 @@ interface Running {
 }
 
 const short = (sha: string | null): string => (sha ?? '').slice(0, 7);
+
+/** Whether two image references name the same image (`host/repo:tag`, normalized); false when either is absent. */
+function sameImageName(a: string | undefined, b: string | undefined): boolean {
+  if (!a || !b) return false;
+  try {
+    return parseReferenceWithDefaultTag(a).toString() === parseReferenceWithDefaultTag(b).toString();
+  } catch {
+    return false;
+  }
+}
 
 /** A path inside `root` (relative, normalised), or undefined when it would leave it. */
 function inside(root: string, rel: string): string | undefined {
@@ -135,24 +147,30 @@ export class BuildService implements ServiceCore {
   }
 
   /**
-   * A base of `dep` moved: rebuild it at the commit it was last built from, pushing the tags that build pushed.
-   * Queued like any build (fair share); at most `baseWatch.concurrency` such rebuilds run at once.
+   * A base of `dep` moved: rebuild it at the commit it was last built from, pushing the tags that build pushed —
+   * or rebase it (swap the base's layers, keep the rest by digest; no step runs) when that build was recorded
+   * rebasable on this very base. Queued like any build (fair share); at most `baseWatch.concurrency` such builds
+   * run at once.
    */
   enqueueBaseChange(dep: Dependent, base: string, from: string, to: string): Build | undefined {
     if (this.stopping) return undefined;
     const p = this.store.getProject(dep.project);
     if (!p?.images.some((i) => i.name === dep.image)) return undefined;
     const reason = baseChangeReason(base, from, to);
+    // rebase (no step runs) when the build it repeats was recorded rebasable on exactly this base
+    const orig = this.store.getBuild(dep.buildId);
+    const action =
+      orig?.digest && orig.rebase?.rebasable && sameImageName(orig.rebase.base, base) ? 'rebase' : 'rebuild';
     const { builds } = this.store.enqueue([
       {
         project: dep.project,
         image: dep.image,
         ref: dep.ref,
         commit: dep.commit,
-        trigger: { type: 'base-change', base, baseDigest: to, of: dep.buildId, reason },
+        trigger: { type: 'base-change', base, baseDigest: to, of: dep.buildId, reason, action },
       },
     ]);
-    this.say(`kiln serve: ${dep.project}/${dep.image} (${dep.ref || dep.commit.slice(0, 7)}): ${reason}`);
+    this.say(`kiln serve: ${dep.project}/${dep.image} (${dep.ref || dep.commit.slice(0, 7)}): ${reason} (${action})`);
     this.announce(...builds);
     this.schedule();
     return builds[0];
@@ -471,6 +489,8 @@ export class BuildService implements ServiceCore {
     };
     try {
       if (!img) throw new KilnError('IMAGE_INVALID', `project '${p.name}' has no image '${build.image}' any more`);
+      if (build.trigger.action === 'rebase' && (await this.rebaseBuild(build, p, stages, line, update, ac.signal)))
+        return;
       // fetch
       const fetchStage: BuildStage = {
         name: 'fetch',
@@ -592,7 +612,7 @@ export class BuildService implements ServiceCore {
         ac.signal,
       );
       if (outcome.ok) {
-        this.store.setBases(build.id, outcome.bases);
+        this.store.setBases(build.id, outcome.bases, outcome.rebase);
         update({ phase: 'succeeded', digest: outcome.digest, reason: null });
       } else {
         throw new KilnError(outcome.code, outcome.message, { cause: outcome.reason });
@@ -630,6 +650,86 @@ export class BuildService implements ServiceCore {
       } catch (e) {
         this.say(`kiln serve: retention for ${p.name}: ${errorMessage(e)}`);
       }
+    }
+  }
+
+  /**
+   * A base-change build of a rebasable image: the image the original build pushed is rebased onto the base's
+   * current digest (kiln rebase: base layers swapped, layers above kept by digest — mounted or found, never
+   * uploaded again) and pushed to the original's tags. No checkout, no worker, no step runs. Returns false (after a
+   * log line, nothing pushed) when the image itself refuses (its annotations name another base, or a layer that
+   * depends on it): the caller then rebuilds it in the same build record. Registry failures fail the build.
+   */
+  private async rebaseBuild(
+    build: Build,
+    p: Project,
+    stages: BuildStage[],
+    line: (s: string) => Promise<void>,
+    update: (patch: Parameters<Store['updateBuild']>[1]) => void,
+    signal: AbortSignal,
+  ): Promise<boolean> {
+    const orig = build.trigger.of ? this.store.getBuild(build.trigger.of) : undefined;
+    const base = build.trigger.base;
+    const repo = `${p.registry}/${build.image}`;
+    if (!orig?.digest || !base || !orig.tags.length || !orig.tags.every((t) => t.startsWith(repo + ':'))) {
+      await line('#0 the build to rebase pushed no tags of this image: rebuilding instead');
+      return false;
+    }
+    update({ phase: 'building', commit: orig.commit, tags: orig.tags });
+    const stage: BuildStage = {
+      name: `rebase ${repo}@${orig.digest.slice(0, 19)} onto ${base}`,
+      kind: 'rebase',
+      status: 'running',
+      startedAt: new Date().toISOString(),
+    };
+    stages.push(stage);
+    this.store.setStages(build.id, stages);
+    const t0 = performance.now();
+    await line(`#1 [rebase] ${repo}@${orig.digest} onto ${base} (${build.trigger.reason ?? 'base changed'})`);
+    const host = p.registry.split('/')[0] as string;
+    const rc = p.registryCredentials;
+    const own = rc?.username ? { username: rc.username, password: readSecretRef(rc, 'registry password') } : undefined;
+    const keychain = this.registry.credentials;
+    const registry: RegistryOptions & { signal: AbortSignal } = {
+      insecureRegistries: [...this.insecureHosts(), ...(p.insecureRegistry ? [host] : [])],
+      credentials: async (h) => (own && h === host ? own : keychain?.(h)),
+      maxRetries: 2,
+      signal,
+    };
+    try {
+      let res;
+      try {
+        res = await rebase(`${repo}@${orig.digest}`, { base, registry, targets: orig.tags });
+      } catch (e) {
+        // the image itself says no (refused before anything is pushed): rebuild in this same build record
+        if (!isKilnError(e) || !/^REBASE_(UNSAFE|NOT_PREFIX|NO_BASE)$/.test(e.code)) throw e;
+        await line(`#1 ${errorMessage(e).split('\n')[0]}: rebuilding instead`);
+        stages.length = 0;
+        this.store.setStages(build.id, stages);
+        return false;
+      }
+      const first = res.images[0];
+      for (const r of res.images) {
+        await line(
+          `#1 ${r.replaced.from} base layer(s) → ${r.replaced.to} of ${r.newBase.name}@${r.newBase.digest}, ${r.kept} layer(s) kept`,
+        );
+      }
+      for (const t of orig.tags) await line(`#1 pushing ${t} done`);
+      stages[stages.length - 1] = { ...stage, status: 'done', durationMs: Math.round(performance.now() - t0) };
+      this.store.setStages(build.id, stages);
+      await line(`#1 DONE ${((performance.now() - t0) / 1000).toFixed(1)}s`);
+      await line(`\nrebased ${res.digest} (${orig.tags.join(', ')})`);
+      const baseName = (n: string): boolean => sameImageName(n, base);
+      const bases = (orig.bases ?? []).map((b) =>
+        baseName(b.name) && first ? { name: b.name, digest: first.newBase.digest } : b,
+      );
+      const verdict = orig.rebase && first ? { ...orig.rebase, baseLayers: first.replaced.to } : orig.rebase;
+      this.store.setBases(build.id, bases, verdict);
+      update({ phase: 'pushing' });
+      update({ phase: 'succeeded', digest: res.digest, reason: null });
+      return true;
+    } finally {
+      await closeTransports(registry);
     }
   }
 

@@ -15,7 +15,14 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { KilnError } from '../../errors.js';
 import type { BuildStage } from '../model.js';
-import { lineDecoder, type BaseRecord, type FromWorker, type ToWorker, type WorkerJob } from './protocol.js';
+import {
+  lineDecoder,
+  type BaseRecord,
+  type RebaseRecord,
+  type FromWorker,
+  type ToWorker,
+  type WorkerJob,
+} from './protocol.js';
 
 export interface RunHooks {
   /** The worker process took the job (its pid, for the store: a restarted service kills leftovers). */
@@ -25,7 +32,7 @@ export interface RunHooks {
 }
 
 export type RunOutcome =
-  | { ok: true; digest: string; configDigest: string; pushed: string[]; bases: BaseRecord[] }
+  | { ok: true; digest: string; configDigest: string; pushed: string[]; bases: BaseRecord[]; rebase?: RebaseRecord }
   | { ok: false; code: string; message: string; reason: string };
 
 /** Where builds run. */
@@ -148,7 +155,14 @@ export class LocalBuildRunner implements BuildRunner {
       if (m.type === 'phase') hooks.onPhase?.(m.phase);
       else if (m.type === 'stage') hooks.onStage?.(m.stage, m.index);
       else if (m.type === 'result')
-        outcome = { ok: true, digest: m.digest, configDigest: m.configDigest, pushed: m.pushed, bases: m.bases };
+        outcome = {
+          ok: true,
+          digest: m.digest,
+          configDigest: m.configDigest,
+          pushed: m.pushed,
+          bases: m.bases,
+          ...(m.rebase ? { rebase: m.rebase } : {}),
+        };
       else if (m.type === 'error') outcome = { ok: false, code: m.code, message: m.message, reason: m.reason };
     });
     const send = (m: ToWorker): void => {

@@ -7,9 +7,9 @@
  * Secrets (build secrets, registry passwords) cross only this socket — never argv, env, a file outside the
  * worker's private temp dir, or the log.
  */
-import type { Backend, BaseRecord, BuildStage, S2ISpec, Strategy } from '../model.js';
+import type { Backend, BaseRecord, BuildStage, RebaseRecord, S2ISpec, Strategy } from '../model.js';
 
-export type { BaseRecord };
+export type { BaseRecord, RebaseRecord };
 
 /** One build for a worker: everything already resolved (checkout on disk, tags rendered, secrets read). */
 export interface WorkerJob {
@@ -47,7 +47,15 @@ export type FromWorker =
   | { type: 'ready'; pid: number }
   | { type: 'phase'; phase: 'building' | 'pushing' }
   | { type: 'stage'; stage: BuildStage; index: number }
-  | { type: 'result'; digest: string; configDigest: string; pushed: string[]; bases: BaseRecord[] }
+  | {
+      type: 'result';
+      digest: string;
+      configDigest: string;
+      pushed: string[];
+      bases: BaseRecord[];
+      /** The engine's rebase verdict for the pushed image (absent when the strategy or backend gives none). */
+      rebase?: RebaseRecord;
+    }
   | { type: 'error'; code: string; message: string; reason: string };
 
 /** Split a byte stream into JSON messages (one per line). */

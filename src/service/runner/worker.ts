@@ -208,6 +208,7 @@ export async function workerMain(): Promise<number> {
       configDigest: res.exported.configDigest,
       pushed: res.exported.pushed,
       bases: [...bases].map(([name, digest]) => ({ name, digest })),
+      ...(res.rebase ? { rebase: res.rebase } : {}),
     });
     return 0;
   } catch (e) {

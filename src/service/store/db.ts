@@ -208,6 +208,11 @@ export const MIGRATIONS: readonly string[] = [
   ) STRICT, WITHOUT ROWID;
   CREATE INDEX ui_sessions_expiry ON ui_sessions (expires_at);
   `,
+  // 6: the rebase verdict of a succeeded build (JSON RebaseRecord): the base-image trigger rebases rebasable images
+  // instead of rebuilding them.
+  `
+  ALTER TABLE builds ADD COLUMN rebase TEXT;
+  `,
 ];
 
 /** The schema version this kiln writes (the number of migrations). */

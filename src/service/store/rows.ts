@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { KilnError } from '../../errors.js';
 import type { BuildQuery } from '../core.js';
-import type { Build, BuildStage, Phase, Trigger, BaseRecord } from '../model.js';
+import type { Build, BuildStage, Phase, Trigger, BaseRecord, RebaseRecord } from '../model.js';
 
 /** A `builds` row as better-sqlite3 returns it. */
 export interface BuildRow {
@@ -33,6 +33,8 @@ export interface BuildRow {
   attempt: number;
   /** JSON BaseRecord[] (migration 4); absent in listings. */
   bases?: string | null;
+  /** JSON RebaseRecord (migration 6); absent in listings. */
+  rebase?: string | null;
 }
 
 /** The model's Build of a row (JSON columns parsed; `changedPaths` only when recorded). */
@@ -58,6 +60,7 @@ export function toBuild(r: BuildRow): Build {
   };
   if (typeof r.changed_paths === 'string') b.changedPaths = JSON.parse(r.changed_paths) as string[];
   if (typeof r.bases === 'string') b.bases = JSON.parse(r.bases) as BaseRecord[];
+  if (typeof r.rebase === 'string') b.rebase = JSON.parse(r.rebase) as RebaseRecord;
   return b;
 }
 

@@ -21,7 +21,7 @@ import {
   type Role,
   type Trigger,
 } from '../model.js';
-import type { BaseRecord } from '../model.js';
+import type { BaseRecord, RebaseRecord } from '../model.js';
 import { FINAL_PHASES_SQL, openDatabase, type Db } from './db.js';
 import {
   DURATION_BUCKETS,
@@ -445,9 +445,13 @@ export class Store {
     });
   }
 
-  /** Record what the FROMs of a build resolved to (the base-image trigger watches succeeded builds' bases). */
-  setBases(id: string, bases: readonly BaseRecord[]): void {
-    if (this.run('UPDATE builds SET bases = ? WHERE id = ?', JSON.stringify(bases), id) === 0) {
+  /**
+   * Record what the FROMs of a build resolved to and whether its image may be rebased (the base-image trigger
+   * watches succeeded builds' bases and rebases the rebasable ones).
+   */
+  setBases(id: string, bases: readonly BaseRecord[], rebase?: RebaseRecord): void {
+    const r = rebase ? JSON.stringify(rebase) : null;
+    if (this.run('UPDATE builds SET bases = ?, rebase = ? WHERE id = ?', JSON.stringify(bases), r, id) === 0) {
       throw notFound(`build '${id}'`);
     }
   }

@@ -8,12 +8,14 @@
 #                                    GoogleContainerTools/kaniko, archived in 2025)
 #   kustomize kustomize             sigs.k8s.io/kustomize/kustomize/v5  (renders deploy/ in the deploy tests: the v5
 #                                    dialect users have; Debian's kubectl 1.20 embeds kustomize v2)
+#   kube      kube-apiserver         k8s.io/kubernetes                    (the real API server the Kubernetes tests
+#             kube-controller-manager                                       run against; test/helpers/kube.ts)
 #
 # Each tool lands in $KILN_TOOLS_DIR (default ${XDG_CACHE_HOME:-~/.cache}/kiln-tools)/NAME-VERSION/bin/ and is
 # built only when that directory lacks its `.complete` marker: idempotent, version-pinned, safe to run from several
 # processes at once (one flock per tool). A new pin builds a new directory; old ones stay until removed by hand.
 #
-# Usage: scripts/go-tools.sh [buildkit|crane|kaniko|kustomize|all]...   (default: all)
+# Usage: scripts/go-tools.sh [buildkit|crane|kaniko|kube|kustomize|all]...   (default: all)
 #   stdout: one `NAME=ABSOLUTE_PATH` line per binary (buildkitd, buildctl, crane, kaniko-executor, kustomize)
 #   stderr: progress; on failure one line saying what is missing and what to install.
 # Environment: KILN_TOOLS_DIR, GOPROXY (default proxy.golang.org), KILN_GO (the go binary; default: go on PATH or
@@ -30,6 +32,8 @@ KANIKO_VERSION=v1.25.16
 KUSTOMIZE_MODULE=sigs.k8s.io/kustomize/kustomize/v5
 # (v5.8.2+ require kustomize/api v0.21.3, which needs a newer Go than GO_MIN)
 KUSTOMIZE_VERSION=v5.8.1
+KUBE_MODULE=k8s.io/kubernetes
+KUBE_VERSION=v1.37.2
 # the oldest Go the pinned modules accept (buildkit v0.35.0's go.mod says `go 1.26.8`)
 GO_MIN=1.26
 
@@ -146,6 +150,33 @@ build_kaniko() {
   build_module "$KANIKO_MODULE" "$KANIKO_VERSION" "$1" "-s -w" ./cmd/executor
 }
 
+# k8s.io/kubernetes replaces its staging modules (k8s.io/api, client-go, ...) with ./staging/src/... directories that
+# its module zip lacks, so it is built from a small wrapper module whose replace lines point every staging module at
+# its published v0.MINOR.PATCH twin (the same source, tagged together).
+build_kube() {
+  local bin=$1 work staging gomod
+  work=$(dirname "$bin")/src
+  mkdir -p "$work"
+  gomod=$(cd / && "$GO" mod download -json "$KUBE_MODULE@$KUBE_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')
+  [ -f "$gomod" ] || {
+    echo "go mod download $KUBE_MODULE@$KUBE_VERSION gave no go.mod"
+    return 1
+  }
+  staging=$(sed -n 's|^[[:space:]]*\(k8s.io/[a-z-]*\) => ./staging/src/.*$|\1|p' "$gomod")
+  {
+    printf 'module kiln.test/kube\n\ngo %s\n\nrequire %s %s\n\nreplace (\n' "$go_version" "$KUBE_MODULE" "$KUBE_VERSION"
+    local m
+    for m in $staging; do printf '\t%s => %s v0%s\n' "$m" "$m" "${KUBE_VERSION#v1}"; done
+    printf ')\n'
+  } >"$work/go.mod"
+  printf 'package main\n\nimport (\n\t_ "k8s.io/kubernetes/cmd/kube-apiserver/app"\n\t_ "k8s.io/kubernetes/cmd/kube-controller-manager/app"\n)\n\nfunc main() {}\n' >"$work/tools.go"
+  (cd "$work" && "$GO" mod tidy) || return 1
+  local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(cut -d. -f2 <<<"$KUBE_VERSION")"
+  (cd "$work" && "$GO" build -ldflags "$ldflags" -o "$bin/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver) || return 1
+  (cd "$work" && "$GO" build -ldflags "$ldflags" -o "$bin/kube-controller-manager" k8s.io/kubernetes/cmd/kube-controller-manager) || return 1
+  rm -rf "$work"
+}
+
 # kustomize's go.mod has no replace lines: `go install module@version` builds it with the module's own go.sum
 build_kustomize() {
   (cd / && GOBIN="$1" "$GO" install -ldflags "-s -w -X sigs.k8s.io/kustomize/api/provenance.version=$KUSTOMIZE_VERSION" \
@@ -171,6 +202,11 @@ print_paths() {
       echo "kustomize=$TOOLS_DIR/kustomize-$KUSTOMIZE_VERSION/bin/kustomize"
       echo "kustomize-version=$KUSTOMIZE_VERSION"
       ;;
+    kube)
+      echo "kube-apiserver=$TOOLS_DIR/kube-$KUBE_VERSION/bin/kube-apiserver"
+      echo "kube-controller-manager=$TOOLS_DIR/kube-$KUBE_VERSION/bin/kube-controller-manager"
+      echo "kube-version=$KUBE_VERSION"
+      ;;
   esac
 }
 
@@ -180,8 +216,8 @@ tools=()
 for w in "${want[@]}"; do
   case $w in
     all) tools+=(buildkit crane kaniko) ;;
-    buildkit | crane | kaniko | kustomize) tools+=("$w") ;;
-    *) die "unknown tool '$w' (want buildkit, crane, kaniko, kustomize or all)" ;;
+    buildkit | crane | kaniko | kube | kustomize) tools+=("$w") ;;
+    *) die "unknown tool '$w' (want buildkit, crane, kaniko, kube, kustomize or all)" ;;
   esac
 done
 
@@ -191,6 +227,7 @@ for t in "${tools[@]}"; do
     buildkit) build_tool buildkit "$BUILDKIT_VERSION" build_buildkit ;;
     crane) build_tool crane "$CRANE_VERSION" build_crane ;;
     kaniko) build_tool kaniko "$KANIKO_VERSION" build_kaniko ;;
+    kube) build_tool kube "$KUBE_VERSION" build_kube ;;
     kustomize) build_tool kustomize "$KUSTOMIZE_VERSION" build_kustomize ;;
   esac
   print_paths "$t"

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 need=()
 for pkg in docker-registry skopeo umoci uidmap busybox-static buildah docker.io apache2-utils openssl git zstd \
-  xz-utils bzip2 util-linux iproute2 attr chromium; do
+  xz-utils bzip2 util-linux iproute2 attr chromium etcd-server; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
@@ -35,6 +35,9 @@ fi
 # debootstrap root of the Debian differential cases (root only). `npm run bench` builds crane and kaniko the same
 # way on first use (scripts/go-tools.sh crane kaniko).
 bash scripts/go-tools.sh buildkit >/dev/null
+# kube-apiserver + kube-controller-manager (k8s.io/kubernetes; the real API server of the Kubernetes tests, with
+# Debian's etcd-server), the same way
+bash scripts/go-tools.sh kube >/dev/null
 # openshift/source-to-image's s2i (the reference of the S2I tests: its --as-dockerfile output), the same way (~3 min)
 bash scripts/s2i-tool.sh >/dev/null
 if [ "$(id -u)" -eq 0 ]; then

@@ -1,6 +1,6 @@
 /**
  * The Go tools the differential suite and the benchmarks measure against — current BuildKit (buildkitd, buildctl),
- * crane and kaniko's executor, and kustomize v5 for the deploy/ tests — built once per machine from their Go modules by scripts/go-tools.sh (versions are
+ * crane and kaniko's executor, kustomize v5 for the deploy/ tests, and kube-apiserver for the Kubernetes tests (test/helpers/kube.ts) — built once per machine from their Go modules by scripts/go-tools.sh (versions are
  * pinned there) into ${XDG_CACHE_HOME:-~/.cache}/kiln-tools. `goTools()` runs the script, which returns at once
  * when the pinned versions are already built, and throws its one-line reason (what to install) when it cannot
  * build them: a missing tool is a failure, never a silent skip.
@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 
 const SCRIPT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'scripts', 'go-tools.sh');
 
-export type GoTool = 'buildkit' | 'crane' | 'kaniko' | 'kustomize';
+export type GoTool = 'buildkit' | 'crane' | 'kaniko' | 'kustomize' | 'kube';
 
 export interface GoToolPaths {
   buildkitd?: string;
@@ -23,6 +23,9 @@ export interface GoToolPaths {
   'kaniko-version'?: string;
   kustomize?: string;
   'kustomize-version'?: string;
+  'kube-apiserver'?: string;
+  'kube-controller-manager'?: string;
+  'kube-version'?: string;
 }
 
 const cache = new Map<string, GoToolPaths>();

@@ -1,5 +1,5 @@
 /**
- * The strategy and backend flags of `kiln build` (`--strategy dockerfile|s2i`, `--backend kiln|buildah|docker`, and
+ * The strategy and backend flags of `kiln build` (`--strategy dockerfile|s2i|node`, node's `--base`, `--backend kiln|buildah|docker`, and
  * S2I's flags) and `kiln s2i build SOURCE BUILDER_IMAGE TAG` with s2i's common flags. Kept apart from
  * src/cli/build.ts, which only registers the options here and hands over when a strategy or backend is chosen.
  */
@@ -14,13 +14,15 @@ function collect(v: string, prev: string[] | undefined): string[] {
   return [...(prev ?? []), v];
 }
 
-export const STRATEGIES = ['dockerfile', 's2i', 'buildpacks'] as const;
+export const STRATEGIES = ['dockerfile', 's2i', 'buildpacks', 'node'] as const;
 export const BACKENDS = ['kiln', 'buildah', 'docker'] as const;
 
 export interface StrategyFlags extends BuildpacksFlags {
   strategy?: string;
   backend?: string;
   builderImage?: string;
+  /** --strategy node: the base image (node and npm). */
+  base?: string;
   runtimeImage?: string;
   runtimeArtifact?: string[];
   incremental?: boolean;
@@ -70,7 +72,8 @@ export function addStrategyOptions(cmd: Command): Command {
   cmd
     .option('--strategy <name>', `how the steps are decided: ${STRATEGIES.join(', ')} (default dockerfile)`)
     .option('--backend <name>', `who builds: ${BACKENDS.join(', ')} (default kiln)`)
-    .option('--builder-image <image>', 'S2I: the builder image');
+    .option('--builder-image <image>', 'S2I: the builder image')
+    .option('--base <image>', 'node: the base image with node and npm (default node:20-bookworm-slim)');
   return addBuildpacksOptions(addS2IOptions(cmd, false));
 }
 
@@ -146,6 +149,9 @@ export function chosenStrategy(flags: StrategyFlags): { strategy: string; backen
   if (flags.builderImage && strategy !== 's2i') {
     throw new KilnError('OPTION_INVALID', '--builder-image needs --strategy s2i');
   }
+  if (flags.base && strategy !== 'node') {
+    throw new KilnError('OPTION_INVALID', '--base needs --strategy node');
+  }
   return strategy === 'dockerfile' && backend === 'kiln' ? undefined : { strategy, backend };
 }
 
@@ -164,6 +170,12 @@ export async function runStrategyCommand(
   if (choice.strategy === 's2i') {
     const { runS2IBuild } = await import('../strategies/s2i/frontend.js');
     const res = await runS2IBuild({ source, s2i: s2iOptionsFrom(flags, flags.builderImage), build: opts, flags: reg });
+    return res.exported.configDigest;
+  }
+  if (choice.strategy === 'node') {
+    const { runNodeBuild } = await import('../strategies/node/frontend.js');
+    const node = flags.base ? { base: flags.base } : {};
+    const res = await runNodeBuild({ source, node, build: opts, flags: reg });
     return res.exported.configDigest;
   }
   if (choice.strategy === 'buildpacks') {

@@ -1,0 +1,297 @@
+/**
+ * The Node.js builder (`kiln build --strategy node`): a source tree with package.json and package-lock.json becomes
+ * an image with one layer per production dependency (ko/Jib/FTL's idea: build incrementality becomes deploy
+ * incrementality), no Dockerfile and no RUN written by the user.
+ *
+ * It is a frontend on the one engine (src/engine/frontend.ts). The plan it hands over has two stages:
+ * - an install stage on the base image: `npm ci --omit=dev` as uid 1000 in kiln's sandbox, npm's cache on a kiln
+ *   cache mount, then node_modules split into a directory per layer (src/strategies/node/install.ts). Its inputs are
+ *   only the dependency part of package.json, the lockfile and the layer plan, so the engine's cache skips the
+ *   install whenever those and the base digest are unchanged (an app code change never reinstalls);
+ * - the image: the base, then each dependency dir as `COPY --link --chown=0:0` (a link step's layer depends on its
+ *   files only; files owned by root, mtimes clamped to SOURCE_DATE_EPOCH, default 0, by the deterministic layer
+ *   writer), so the same package at the same place has the same layer digest in every build and every app, and a
+ *   push skips every blob the registry has; then the `.bin` links, then the app (`COPY --link` too), WORKDIR /app,
+ *   NODE_ENV=production, a numeric non-root USER and the start command as CMD.
+ */
+import { cp, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { KilnError, errorMessage, isKilnError } from '../../errors.js';
+import { parseDockerfile } from '../../dockerfile/convert.js';
+import type { Frontend, FrontendInput, FrontendPlan } from '../../engine/frontend.js';
+import type { BuildOptions } from '../../engine/options.js';
+import type { BuildOutcome } from '../../engine/build.js';
+import type { EmbeddedBuild } from '../../engine/services.js';
+import { homeDirs, kilnHome } from '../../util/paths.js';
+import {
+  APP_DIR,
+  EXIT_NO_NPM,
+  EXIT_NO_TOOLCHAIN,
+  EXIT_OUT_OF_SYNC,
+  INSTALL_DIR,
+  INSTALL_SCRIPT,
+  NPM_CACHE,
+} from './install.js';
+import {
+  checkInSync,
+  dependencySlots,
+  hasDependencies,
+  installManifest,
+  missingLockfile,
+  parseLockfile,
+  parsePackageJson,
+  planLayers,
+  productionPackages,
+  startCommand,
+  type DependencyLayer,
+  type InstalledPackage,
+} from './project.js';
+
+/** The Node.js builder's settings (CLI flags or the service's image config). */
+export interface NodeOptions {
+  /** The base image (it brings node and npm). */
+  base?: string;
+}
+
+/** The base image when none is given. */
+export const DEFAULT_NODE_BASE = 'docker.io/library/node:20-bookworm-slim';
+
+/** The user installs run as, and the image's USER unless the base names a non-root one. */
+export const NODE_USER = '1000:1000';
+
+/** What the builder decided (for tests and messages). */
+export interface NodeDecision {
+  base: string;
+  cmd: string[];
+  user: string;
+  packages: InstalledPackage[];
+  layers: DependencyLayer[];
+  dockerfile: string;
+}
+
+/** The project as read from the source dir, validated. */
+export interface NodeProject {
+  cmd: string[];
+  packages: InstalledPackage[];
+  /** false: nothing to install (no dependencies declared). */
+  install: boolean;
+}
+
+const ROOT_USER = /^(|0|root)(:.*)?$/;
+
+/** Read and check package.json and the lockfile of `dir` (every refusal is one KilnError, before any work). */
+export async function readNodeProject(
+  dir: string,
+): Promise<{ project: NodeProject; pkgText: string; lockText?: string }> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch (e) {
+    throw new KilnError('NODE_SOURCE', `${dir}: not a readable directory (${errorMessage(e)})`, {
+      hint: 'give the directory holding package.json',
+    });
+  }
+  if (!names.includes('package.json')) {
+    throw new KilnError('NODE_PACKAGE_JSON', `${join(dir, 'package.json')}: missing`, {
+      hint: '--strategy node builds a directory with package.json and package-lock.json',
+    });
+  }
+  const pkgText = await readFile(join(dir, 'package.json'), 'utf8');
+  const pkg = parsePackageJson(pkgText);
+  const cmd = startCommand(pkg, names.includes('server.js'));
+  const lockName = ['npm-shrinkwrap.json', 'package-lock.json'].find((n) => names.includes(n));
+  if (!lockName) {
+    if (hasDependencies(pkg)) throw missingLockfile(names);
+    return { project: { cmd, packages: [], install: false }, pkgText };
+  }
+  const lockText = await readFile(join(dir, lockName), 'utf8');
+  const lock = parseLockfile(lockText, lockName);
+  checkInSync(pkg, lock, lockName);
+  const packages = productionPackages(lock, lockName);
+  return { project: { cmd, packages, install: packages.length > 0 }, pkgText, lockText };
+}
+
+const depth = (p: string): number => p.split('/node_modules/').length;
+
+/** `layers.txt`: `<layer id> <package path>`, deepest paths first (a nested package leaves before its parent). */
+export function layerList(layers: DependencyLayer[]): string {
+  const rows: { id: string; path: string }[] = [];
+  for (const l of layers) for (const p of l.packages) rows.push({ id: l.id, path: p.path });
+  rows.sort((a, b) => depth(b.path) - depth(a.path) || (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  return rows.map((r) => `${r.id} ${r.path}\n`).join('');
+}
+
+/** The plan as Dockerfile text (parsed by the Dockerfile parser: one engine, one set of semantics). */
+export function nodeDockerfile(o: {
+  base: string;
+  layers: DependencyLayer[];
+  cmd: string[];
+  user?: string;
+  install: boolean;
+}): string {
+  const L: string[] = [];
+  if (o.install) {
+    L.push(
+      `FROM ${o.base} AS kiln-node-install`,
+      `COPY --chown=${NODE_USER} deps/ ${INSTALL_DIR}/`,
+      `COPY --chown=${NODE_USER} <<'KILN_LAYERS' ${INSTALL_DIR}/layers.txt`,
+      layerList(o.layers) + 'KILN_LAYERS',
+      `USER ${NODE_USER}`,
+      `RUN --mount=type=cache,id=kiln-node-npm,target=${NPM_CACHE},uid=1000,gid=1000 ["/bin/sh", "${INSTALL_DIR}/install.sh"]`,
+      '',
+    );
+  }
+  L.push(`FROM ${o.base}`);
+  if (o.install) {
+    for (const l of o.layers) {
+      L.push(`COPY --link --chown=0:0 --from=kiln-node-install ${INSTALL_DIR}/layers/${l.id}/ /`);
+    }
+    L.push(`COPY --link --chown=0:0 --from=kiln-node-install ${INSTALL_DIR}/layers/bin/ /`);
+  }
+  // WORKDIR before the app: its (tiny, always equal) layer stays below, the app layer is the topmost one
+  L.push(`WORKDIR ${APP_DIR}`, `COPY --link --chown=0:0 app/ ${APP_DIR}/`, 'ENV NODE_ENV=production');
+  if (o.cmd[0] === '/bin/sh') L.push(`ENV PATH=${APP_DIR}/node_modules/.bin:$PATH`);
+  if (o.user) L.push(`USER ${o.user}`);
+  L.push(`CMD ${JSON.stringify(o.cmd)}`);
+  return L.join('\n') + '\n';
+}
+
+/** The frontend for one prepared project. */
+export function nodeFrontend(
+  o: { base: string; project: NodeProject },
+  onDecision?: (d: NodeDecision) => void,
+): Frontend {
+  return {
+    name: 'node',
+    async plan(input: FrontendInput): Promise<FrontendPlan> {
+      let base;
+      try {
+        base = await input.bases.resolve(o.base, { pull: input.options.pull, platform: input.options.platform });
+      } catch (e) {
+        throw new KilnError('NODE_BASE', `base image ${o.base}: ${errorMessage(e)}`, {
+          hint: 'give --base IMAGE: an image with node and npm (kiln images, or a registry)',
+          cause: e,
+        });
+      }
+      const baseLayers = (await base.image.layers()).length;
+      const baseUser = (await base.image.config()).config?.User ?? '';
+      const layers = planLayers(o.project.packages, dependencySlots(baseLayers, o.base));
+      const user = ROOT_USER.test(baseUser.trim()) ? NODE_USER : undefined;
+      const dockerfile = nodeDockerfile({
+        base: o.base,
+        layers,
+        cmd: o.project.cmd,
+        install: o.project.install,
+        ...(user ? { user } : {}),
+      });
+      onDecision?.({
+        base: o.base,
+        cmd: o.project.cmd,
+        user: user ?? baseUser,
+        packages: o.project.packages,
+        layers,
+        dockerfile,
+      });
+      const parsed = parseDockerfile(dockerfile, { filename: 'kiln-node' });
+      return { stages: parsed.stages, metaArgs: parsed.globalArgs, file: 'kiln-node' };
+    },
+  };
+}
+
+export interface NodeBuildRequest {
+  /** The source directory. */
+  source: string;
+  node: NodeOptions;
+  /** The build's options; `context`, `file` and (unless given) `sourceDateEpoch` are set here. */
+  build: BuildOptions;
+  flags: { insecureRegistry?: string[]; registryCa?: string[]; registryMirror?: string[] };
+  embed?: EmbeddedBuild;
+  home?: string;
+  onDecision?: (d: NodeDecision) => void;
+}
+
+/** Left out of the app layer: installed dependencies come from the lockfile, VCS data is no app code. */
+const NOT_APP = new Set(['node_modules', '.git']);
+
+/** A whole Node.js build: read and check the project, stage the context, run the engine with the node frontend. */
+export async function runNodeBuild(req: NodeBuildRequest): Promise<BuildOutcome & { decision?: NodeDecision }> {
+  const { project, pkgText, lockText } = await readNodeProject(req.source);
+  const home = req.home ?? kilnHome();
+  const tmpBase = homeDirs(home).tmp;
+  await mkdir(tmpBase, { recursive: true, mode: 0o700 });
+  const workDir = await mkdtemp(join(tmpBase, 'node-'));
+  let decision: NodeDecision | undefined;
+  try {
+    await cp(req.source, join(workDir, 'app'), {
+      recursive: true,
+      verbatimSymlinks: true,
+      filter: (src) => {
+        const rel = src.slice(req.source.length).replace(/^\/+/, '');
+        return !NOT_APP.has(rel.split('/')[0] ?? '');
+      },
+    });
+    if (project.install) {
+      await mkdir(join(workDir, 'deps'));
+      const manifest = installManifest(parsePackageJson(pkgText));
+      await writeFile(join(workDir, 'deps', 'package.json'), JSON.stringify(manifest, null, 2) + '\n');
+      await writeFile(join(workDir, 'deps', 'package-lock.json'), lockText ?? '');
+      await writeFile(join(workDir, 'deps', 'install.sh'), INSTALL_SCRIPT, { mode: 0o755 });
+    }
+    // the context loader wants a Dockerfile; the frontend decides the real steps once it has seen the base
+    await writeFile(join(workDir, 'Dockerfile'), '# generated by the Node.js builder\n');
+    const opts: BuildOptions = {
+      ...req.build,
+      context: workDir,
+      file: join(workDir, 'Dockerfile'),
+      sourceDateEpoch: req.build.sourceDateEpoch ?? 0,
+    };
+    const { runBuildCommand } = await import('../../engine/services.js');
+    const frontend = nodeFrontend({ base: req.node.base ?? DEFAULT_NODE_BASE, project }, (d) => (decision = d));
+    let res: BuildOutcome;
+    try {
+      res = await runBuildCommand(opts, req.flags, { ...req.embed, frontend });
+    } catch (e) {
+      throw explainFailure(e, decision);
+    }
+    if (decision) req.onDecision?.(decision);
+    return decision ? { ...res, decision } : res;
+  } finally {
+    await rm(workDir, { recursive: true, force: true });
+  }
+}
+
+/** The install step's exit codes (src/strategies/node/install.ts) as one clear line each. */
+function explainFailure(e: unknown, d: NodeDecision | undefined): unknown {
+  if (!d || !isKilnError(e, 'RUN_FAILED')) return e;
+  const m = /exit code: (\d+)/.exec(e.message);
+  const code = m ? Number(m[1]) : -1;
+  if (code === EXIT_NO_NPM || code === 127) {
+    return new KilnError('NODE_BASE', `base image ${d.base} has no npm on PATH`, {
+      hint: 'use a base image with node and npm (e.g. node:20-bookworm-slim)',
+      cause: e,
+    });
+  }
+  if (code === EXIT_NO_TOOLCHAIN) {
+    const native = d.packages.filter((p) => p.hasInstallScript).map((p) => `${p.name}@${p.version}`);
+    return new KilnError(
+      'NODE_NATIVE_TOOLCHAIN',
+      `a native addon (node-gyp) failed to build: base image ${d.base} has no C/C++ toolchain (make, g++, python3)` +
+        (native.length ? `; packages with install scripts: ${native.join(', ')}` : ''),
+      { hint: 'use a base image with build-essential and python3, or a dependency with prebuilt binaries', cause: e },
+    );
+  }
+  if (code === EXIT_OUT_OF_SYNC) {
+    return new KilnError('NODE_LOCKFILE_SYNC', 'npm ci: package-lock.json is out of sync with package.json', {
+      hint: 'run `npm install` and commit both package.json and package-lock.json',
+      cause: e,
+    });
+  }
+  return new KilnError(
+    'NODE_INSTALL',
+    `npm ci failed in base image ${d.base} (${m ? `exit code ${code}` : e.message})`,
+    {
+      hint: "npm's output is above; check the lockfile and the registry (npm config in the base image)",
+      cause: e,
+    },
+  );
+}

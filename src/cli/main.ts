@@ -4,10 +4,16 @@
  * with a stack only under --debug.
  */
 import { Command, CommanderError } from 'commander';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { KilnError } from '../errors.js';
+
+/** kiln's version (package.json, two levels up from src/cli and dist/cli): `kiln --version` for images and scripts. */
+function kilnVersion(): string {
+  const pkg = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'package.json');
+  return (JSON.parse(readFileSync(pkg, 'utf8')) as { version: string }).version;
+}
 
 /** Command modules in help order. Each file exports `register(program: Command)`. */
 const COMMANDS = [
@@ -60,6 +66,7 @@ export async function main(argv: string[]): Promise<number> {
   const program = new Command('kiln')
     .description('Daemonless, rootless container image builder')
     .option('--debug', 'print stack traces and debug logs')
+    .version(kilnVersion(), '--version', "print kiln's version")
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });

@@ -133,9 +133,21 @@ interface Buildpack extends BuildpackDescriptor {
   optional: boolean;
 }
 
+/** What the launcher needs of a launch layer, kept in the image metadata for when the layer is reused unread. */
+interface StoredLaunchEnv {
+  bin: boolean;
+  lib: boolean;
+  ops: EnvOp[];
+  processOps: Record<string, EnvOp[]>;
+  profile: string[];
+  processProfile: Record<string, string[]>;
+}
+
 interface PreviousLayer {
   sha: string;
   data: Record<string, unknown>;
+  /** kiln's addition (the lifecycle ignores unknown keys). */
+  kilnLaunchEnv?: StoredLaunchEnv;
   launch: boolean;
   build: boolean;
   cache: boolean;
@@ -402,7 +414,7 @@ export async function runBuildpacksBuild(req: BuildpacksRequest): Promise<Buildp
             entries: r.entries,
           }));
         }
-        said.push(`group ${gi + 1}: no build plan resolves`);
+        if (results.every((r) => r.passed || r.optional)) said.push(`group ${gi + 1}: no build plan resolves`);
       }
       throw new KilnError('BP_DETECT_FAILED', `no buildpack group passed detection: ${said.join('; ')}`, {
         hint: 'check that the app has what one of the buildpacks looks for',
@@ -613,6 +625,20 @@ async function exportImage(x: ExportInput): Promise<BuildpacksResult> {
       if (!t.launch) continue;
       const ld = join(root, 'layers', esc, name);
       const p = `/layers/${esc}/${name}`;
+      if (!(await isDir(ld))) {
+        // reused from the previous image without reading it: its env as recorded then
+        const st = x.prev?.meta.buildpacks?.find((b) => b.key === bp.id)?.layers?.[name]?.kilnLaunchEnv;
+        launchEnv.push({
+          path: p,
+          hasBin: st?.bin ?? false,
+          hasLib: st?.lib ?? false,
+          ops: st?.ops ?? [],
+          processOps: new Map(Object.entries(st?.processOps ?? {})),
+          profile: st?.profile ?? [],
+          processProfile: new Map(Object.entries(st?.processProfile ?? {})),
+        });
+        continue;
+      }
       const processOps = new Map<string, EnvOp[]>();
       for (const pt of (await listDir(join(ld, 'env.launch'))) ?? []) {
         if (await isDir(join(ld, 'env.launch', pt))) {
@@ -715,7 +741,18 @@ async function exportImage(x: ExportInput): Promise<BuildpacksResult> {
           added.push({ layer: prevLayers[i] as Layer, name: `${bp.id}:${name}`, reused: true, diffID: old.sha });
           diffID = old.sha;
         }
+        const le = launchEnv.find((l) => l.path === `/layers/${esc}/${name}`);
         layersMeta[name] = { sha: diffID, data: t.metadata, launch: true, build: t.build, cache: t.cache };
+        if (le) {
+          layersMeta[name].kilnLaunchEnv = {
+            bin: le.hasBin,
+            lib: le.hasLib,
+            ops: le.ops,
+            processOps: Object.fromEntries(le.processOps),
+            profile: le.profile,
+            processProfile: Object.fromEntries(le.processProfile),
+          };
+        }
       } else if (t.cache && present) {
         toCache.push({ from: src, esc, name, toml: t });
       }

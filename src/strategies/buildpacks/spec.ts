@@ -22,7 +22,8 @@ function isTable(v: unknown): v is Table {
 /** Parse TOML text; a syntax error names the file (and smol-toml's line/column). */
 export function parseToml(text: string, file: string): Table {
   try {
-    return parseTomlText(text) as Table;
+    // plain objects (smol-toml's tables have no prototype; dates become their ISO strings)
+    return JSON.parse(JSON.stringify(parseTomlText(text))) as Table;
   } catch (e) {
     const msg = errorMessage(e).split('\n')[0] ?? 'invalid TOML';
     throw new KilnError('BP_TOML_INVALID', `${file}: ${msg}`, {

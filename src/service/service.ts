@@ -288,6 +288,10 @@ export class BuildService implements ServiceCore {
     return this.store.listBuilds(q);
   }
 
+  listMark(): string {
+    return this.store.changeMark();
+  }
+
   getBuild(id: string): Build | undefined {
     return this.store.getBuild(id);
   }
@@ -327,7 +331,14 @@ export class BuildService implements ServiceCore {
     const spec: { ref?: string; commit?: string } = {};
     if (req.ref) spec.ref = req.ref;
     if (req.commit) spec.commit = req.commit;
-    const resolved = await this.mirrors.resolve(p, spec);
+    // No round trip to the forge in the request when it can wait for the build's own fetch: a branch or tag the
+    // mirror knows is queued at once (its commit is resolved, and recorded, by the build's fetch); a commit the
+    // mirror has needs no fetch at all. Anything else (a new ref, a ref with a commit) is fetched and checked here,
+    // so a name that does not exist is still a 4xx of this request.
+    const known = req.ref && !req.commit ? await this.mirrors.mirroredRef(p, req.ref) : undefined;
+    const resolved = known
+      ? { ref: known, commit: null }
+      : await this.mirrors.resolve(p, spec, undefined, { fetch: 'if-missing' });
     const { builds } = this.store.enqueue(
       images.map((i) => ({ project: p.name, image: i.name, ref: resolved.ref, commit: resolved.commit, trigger })),
     );
@@ -506,8 +517,12 @@ export class BuildService implements ServiceCore {
       const spec: { ref?: string } = {};
       if (build.ref) spec.ref = build.ref;
       // by commit too: an automatic build names a commit the mirror may not have fetched yet
-      const commit: string = (await this.mirrors.resolve(p, build.commit ? { commit: build.commit } : spec, ac.signal))
-        .commit;
+      // (a commit resolved when the build was requested is usually mirrored already: then no second fetch)
+      const commit: string = (
+        await this.mirrors.resolve(p, build.commit ? { commit: build.commit } : spec, ac.signal, {
+          fetch: 'if-missing',
+        })
+      ).commit;
       await mkdir(useWs ? wsRoot : checkout, { recursive: true, mode: 0o700 });
       if (useWs)
         await this.mirrors.updateWorkspace(p, commit, checkout, join(wsRoot, `.${build.image}.index`), ac.signal);

@@ -13,6 +13,7 @@ import type { RebaseRecord, WorkerJob } from '../service/runner/protocol.js';
 import { runS2IBuild, type S2IOptions } from '../strategies/s2i/frontend.js';
 import { parseEnvFlag, parseRuntimeArtifact, parseUidRanges } from '../strategies/s2i/prepare.js';
 import { builderFor } from './index.js';
+import type { BuildpacksOptions } from '../strategies/buildpacks/build.js';
 
 /** The part of a build's outcome the worker reports. */
 export interface StrategyOutcome {
@@ -53,6 +54,51 @@ export function s2iOptionsOf(job: WorkerJob): S2IOptions {
   return o;
 }
 
+/** Buildpacks options from the service's image config. */
+export function buildpacksOptionsOf(job: WorkerJob): BuildpacksOptions {
+  const b = job.buildpacks;
+  if (!b?.builder) {
+    throw new KilnError('OPTION_INVALID', 'strategy buildpacks needs buildpacks.builder in the image config', {
+      hint: 'images: [{name: app, strategy: buildpacks, buildpacks: {builder: registry/builder:1}}]',
+    });
+  }
+  const o: BuildpacksOptions = { builder: b.builder };
+  if (b.buildpacks?.length) o.buildpacks = b.buildpacks;
+  if (b.runImage) o.runImage = b.runImage;
+  if (b.env) o.env = Object.entries(b.env);
+  return o;
+}
+
+/** A buildpacks build for the worker: pushed, its run image recorded as the base it can be rebased from. */
+async function runBuildpacks(job: WorkerJob, opts: BuildOptions, embed: EmbeddedBuild): Promise<StrategyOutcome> {
+  const { runBuildpacksBuild } = await import('../strategies/buildpacks/build.js');
+  const { BuildProgress } = await import('../engine/progress.js');
+  const { Keychain } = await import('../registry/keychain.js');
+  const keychain = new Keychain().source();
+  const first = embed.credentials;
+  const res = await runBuildpacksBuild({
+    source: job.contextDir,
+    bp: opts.noCache ? { ...buildpacksOptionsOf(job), clearCache: true } : buildpacksOptionsOf(job),
+    tags: opts.tags,
+    publish: true,
+    registry: {
+      insecureRegistries: opts.insecureRegistries,
+      credentials: first ? async (r) => (await first(r)) ?? keychain(r) : keychain,
+      ...(embed.signal ? { signal: embed.signal } : {}),
+    },
+    progress: embed.progress ?? new BuildProgress('plain'),
+    platform: opts.platform,
+    network: opts.network,
+    pull: true,
+    ...(embed.signal ? { signal: embed.signal } : {}),
+    ...(embed.bases ? { bases: embed.bases } : {}),
+  });
+  return {
+    exported: { digest: res.digest, configDigest: res.configDigest, pushed: opts.tags },
+    rebase: { rebasable: true, baseLayers: res.baseLayers, base: res.runImage.name },
+  };
+}
+
 export async function runStrategyBuild(
   job: WorkerJob,
   opts: BuildOptions,
@@ -84,6 +130,7 @@ export async function runStrategyBuild(
       await runS2IBuild({ source: job.contextDir, s2i: s2iOptionsOf(job), build: opts, flags: {}, embed: e }),
     );
   }
+  if (strategy === 'buildpacks' && backend === 'kiln') return runBuildpacks(job, opts, embed);
   if (strategy !== 'dockerfile') {
     throw new KilnError(
       'STRATEGY_UNSUPPORTED',

@@ -49,6 +49,17 @@ export interface S2ISpec {
   /** Persistent dependency caches mounted into assemble (absolute paths in the image). */
   cacheDirs?: string[];
 }
+
+/** Cloud Native Buildpacks settings of an image built with `strategy: buildpacks` (src/strategies/buildpacks; `kiln pack build`). */
+export interface BuildpacksSpec {
+  builder: string;
+  /** Buildpacks instead of the builder's order: `id[@version]` of the builder, or buildpackage images. */
+  buildpacks?: string[];
+  /** Default: the builder's /cnb/run.toml. */
+  runImage?: string;
+  /** Platform env vars for the buildpacks (`/platform/env`). */
+  env?: Record<string, string>;
+}
 export type Backend = 'kiln' | 'buildah' | 'docker' | 'kaniko';
 
 /** One image of a project: built from the project's repository, pushed as `<project.registry>/<name>`. */
@@ -67,6 +78,8 @@ export interface ImageSpec {
   backend: Backend;
   /** With `strategy: s2i`: the builder image and S2I settings (the source is `context`). */
   s2i?: S2ISpec;
+  /** With `strategy: buildpacks`: the builder and buildpacks settings (the app dir is `context`). */
+  buildpacks?: BuildpacksSpec;
   /** Globs of repository paths that concern this image (empty: every change). */
   paths: string[];
   /** Tag templates (`{{branch}}`, `{{tag}}`, `{{sha}}`, `{{shortSha}}`, `{{buildNumber}}`, `latest`, …). */

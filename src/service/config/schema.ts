@@ -22,6 +22,7 @@ import type {
   RetentionPolicy,
   RunPolicy,
   S2ISpec,
+  BuildpacksSpec,
   SecretRef,
   ServiceConfig,
   Phase,
@@ -139,6 +140,7 @@ export interface ImageInput {
   strategy?: Strategy;
   backend?: Backend;
   s2i?: S2ISpec;
+  buildpacks?: BuildpacksSpec;
   paths?: string[];
   tags?: string[];
   timeoutSeconds?: number;
@@ -352,6 +354,17 @@ export const imageSchema: JsonSchema = {
           type: 'array',
           items: { type: 'string', pattern: '^/', errorMessage: { pattern: 'must be absolute' } },
         },
+      },
+    },
+    buildpacks: {
+      type: 'object',
+      required: ['builder'],
+      additionalProperties: false,
+      properties: {
+        builder: NON_EMPTY,
+        buildpacks: { type: 'array', items: NON_EMPTY },
+        runImage: NON_EMPTY,
+        env: { type: 'object', additionalProperties: { type: 'string' } },
       },
     },
     paths: { ...FILTERS, default: [] },

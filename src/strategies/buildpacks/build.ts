@@ -23,7 +23,7 @@ import { join } from 'node:path';
 import { KilnError, errorMessage, isKilnError } from '../../errors.js';
 import { LocalLayerStore } from '../../engine/local.js';
 import { StoreFirstResolver } from '../../engine/services.js';
-import type { Executor, ProgressSink, ResolvedBase, Snapshot } from '../../engine/ports.js';
+import type { BaseResolver, Executor, ProgressSink, ResolvedBase, Snapshot } from '../../engine/ports.js';
 import { imageFromParts } from '../../oci/image.js';
 import { MediaType } from '../../oci/mediatypes.js';
 import { sha256 } from '../../oci/digest.js';
@@ -102,6 +102,8 @@ export interface BuildpacksRequest {
   isolation?: IsolationLevel;
   home?: string;
   signal?: AbortSignal;
+  /** Wraps the resolver of builder, run and buildpack images (the build service records what they resolved to). */
+  bases?: (inner: BaseResolver) => BaseResolver;
 }
 
 /** One layer of the exported image above the run image. */
@@ -121,6 +123,8 @@ export interface BuildpacksResult {
   group: string[];
   layers: ExportedLayer[];
   runImage: { name: string; digest: string };
+  /** Layers of the run image (the rebasable part starts above them). */
+  baseLayers: number;
   /** Blobs the push uploaded (digest → 'uploaded' | 'exists' | 'mounted'), when published. */
   uploads?: Map<string, string>;
   /** The lifecycle's report.toml. */
@@ -172,7 +176,9 @@ export async function runBuildpacksBuild(req: BuildpacksRequest): Promise<Buildp
   const { executor, snapshotter, layersDir } = await isolationServices(req.isolation ?? 'userns', home);
   const warn = (m: string): void => req.progress.warn(m);
   const unpacker = new LocalLayerStore({ layersDir, blobs: store.blobs, onWarning: warn });
-  const bases = new StoreFirstResolver(store, req.registry);
+  const own = new StoreFirstResolver(store, req.registry);
+  // the previous image of the tag is looked up by `own`: it is no base to watch
+  const bases = req.bases ? req.bases(own) : own;
   let step = 0;
   const phase = async <T>(name: string, fn: (id: number) => Promise<T>): Promise<T> => {
     const id = ++step;
@@ -267,7 +273,7 @@ export async function runBuildpacksBuild(req: BuildpacksRequest): Promise<Buildp
       }
     }
     // analyze: the previous image's metadata (manifest + config only)
-    const previous = tag ? await previousImage(tag, req, bases) : undefined;
+    const previous = tag ? await previousImage(tag, req, own) : undefined;
     const prevMeta = previous?.meta;
     // restore: kiln's cache dir of this image name
     const scope = tag ? parseReferenceWithDefaultTag(tag).repository : 'default';
@@ -873,6 +879,7 @@ async function exportImage(x: ExportInput): Promise<BuildpacksResult> {
     group: x.group.map((b) => `${b.id}@${b.version}`),
     layers: added.map((a) => ({ name: a.name, digest: '', diffID: a.diffID, reused: a.reused })),
     runImage: { name: run.name, digest: run.digest },
+    baseLayers: runIds.length,
     report: '',
   };
   for (const [i, a] of added.entries()) (result.layers[i] as ExportedLayer).digest = await a.layer.digest();

@@ -1,0 +1,160 @@
+/**
+ * kiln's own image (deploy/image/Dockerfile) built BY kiln, as the README documents: the context from
+ * deploy/image/context.sh, the base the cached debootstrap root (scripts/debian-rootfs.sh) put into kiln's local
+ * store as localhost/debian:bookworm, pushed to a real registry; then run by Debian's dockerd (a container runtime
+ * that is not kiln): `kiln --version`, the non-root user, the setuid newuidmap, the package list, and `kiln serve`
+ * answering /healthz from the image (better-sqlite3's addon loads there).
+ */
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { createReadStream, readFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startRegistry, runKiln, type TestRegistry } from '../helpers/registry.js';
+import { startDockerd, type Dockerd } from '../helpers/dockerd.js';
+import { LocalStore } from '../../src/oci/store.js';
+import { imageFromParts, layerFromUncompressed } from '../../src/oci/image.js';
+import { MediaType } from '../../src/oci/mediatypes.js';
+import { hostPlatform } from '../../src/oci/platform.js';
+
+const REPO = join(import.meta.dirname, '..', '..');
+const VERSION = (JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')) as { version: string }).version;
+
+/** The cached debootstrap root as localhost/debian:bookworm in the store of KILN_HOME `home`. */
+async function storeDebian(home: string): Promise<void> {
+  const made = spawnSync('bash', [join(REPO, 'scripts', 'debian-rootfs.sh')], { encoding: 'utf8' });
+  assert.equal(made.status, 0, made.stderr);
+  const tar = made.stdout.trim();
+  const layer = layerFromUncompressed(async () => createReadStream(tar), { compression: 'gzip' });
+  const p = hostPlatform();
+  const cfg = {
+    created: '2024-01-01T00:00:00Z',
+    architecture: p.architecture,
+    os: p.os,
+    config: { Env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'], Cmd: ['bash'] },
+    rootfs: { type: 'layers', diff_ids: [await layer.diffID()] },
+    history: [{ created: '2024-01-01T00:00:00Z', created_by: 'debootstrap --variant=minbase' }],
+  };
+  const raw = Buffer.from(JSON.stringify(cfg));
+  const image = imageFromParts({
+    mediaType: async () => MediaType.OCIManifest,
+    rawConfig: async () => raw,
+    layers: async () => [layer],
+  });
+  const store = await LocalStore.open(home);
+  await store.put(image, ['localhost/debian:bookworm']);
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const a = s.address();
+      s.close(() => resolve(typeof a === 'object' && a ? a.port : 0));
+    });
+  });
+}
+
+describe("kiln's own image, built by kiln", () => {
+  let dir: string;
+  let registry: TestRegistry;
+  let dockerd: Dockerd | undefined;
+  let ref: string;
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'kiln-image-'));
+    registry = await startRegistry();
+    ref = `${registry.host}/kiln:test`;
+    await storeDebian(join(dir, 'home'));
+    const ctx = spawnSync('bash', [join(REPO, 'deploy', 'image', 'context.sh'), join(dir, 'context')], {
+      encoding: 'utf8',
+    });
+    assert.equal(ctx.status, 0, ctx.stderr);
+  });
+
+  after(async () => {
+    await dockerd?.stop();
+    await registry?.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test('kiln build -f deploy/image/Dockerfile: non-root user, entrypoint kiln, package list label', async () => {
+    const meta = join(dir, 'metadata.json');
+    const r = await runKiln(
+      [
+        'build',
+        '-f',
+        join(REPO, 'deploy', 'image', 'Dockerfile'),
+        '--build-arg',
+        'BASE=localhost/debian:bookworm',
+        '-t',
+        ref,
+        '--push',
+        '--insecure-registry',
+        registry.host,
+        '--metadata-file',
+        meta,
+        '--progress',
+        'plain',
+        join(dir, 'context'),
+      ],
+      { KILN_HOME: join(dir, 'home') },
+    );
+    assert.equal(r.code, 0, r.stderr.slice(-4000));
+    const inspect = spawnSync('skopeo', ['inspect', '--config', '--tls-verify=false', `docker://${ref}`], {
+      encoding: 'utf8',
+    });
+    assert.equal(inspect.status, 0, inspect.stderr);
+    const cfg = (JSON.parse(inspect.stdout) as { config: Record<string, unknown> }).config as {
+      User: string;
+      Entrypoint: string[];
+      Env: string[];
+      Labels: Record<string, string>;
+    };
+    assert.equal(cfg.User, '1000:1000');
+    assert.deepEqual(cfg.Entrypoint, ['/usr/local/bin/kiln']);
+    assert.equal(cfg.Labels['dev.kiln.sbom'], '/usr/share/kiln/packages.txt');
+    assert.ok(cfg.Env.includes('KILN_RESTRICTED_HELPER=/usr/local/libexec/kiln/kiln-restricted'));
+  });
+
+  test('runs under dockerd: kiln --version as uid 1000, setuid newuidmap, packages, kiln serve answers', async () => {
+    dockerd = await startDockerd({ insecureRegistries: [registry.host] });
+    const version = await dockerd.runImage(ref, ['--version']);
+    assert.equal(version.trim(), VERSION);
+    const id = await dockerd.runImage(ref, ['-u'], { entrypoint: 'id' });
+    assert.equal(id.trim(), '1000');
+    const mode = await dockerd.runImage(ref, ['-c', '%A %U', '/usr/bin/newuidmap'], { entrypoint: 'stat' });
+    assert.equal(mode.trim(), '-rwsr-xr-x root', 'newuidmap keeps its setuid bit in the layer');
+    const pkgs = await dockerd.runImage(ref, ['/usr/share/kiln/packages.txt'], { entrypoint: 'cat' });
+    for (const p of ['git', 'uidmap', 'proot', 'ca-certificates'])
+      assert.match(pkgs, new RegExp(`^${p} \\S+ \\S+$`, 'm'));
+    // the restricted level's helper is there and executable (runImage throws on a non-zero exit)
+    await dockerd.runImage(ref, ['-x', '/usr/local/libexec/kiln/kiln-restricted'], { entrypoint: 'test' });
+
+    // the service: kiln serve from the image, on the host network, answers /healthz
+    const port = await freePort();
+    const started = await dockerd.docker([
+      'run', '-d', '--rm', '--network', 'host', ref, 'serve', '--listen', `127.0.0.1:${port}`,
+    ]); // prettier-ignore
+    const container = started.stdout.trim();
+    try {
+      let status = 0;
+      for (let i = 0; i < 120 && status !== 200; i++) {
+        status = await fetch(`http://127.0.0.1:${port}/healthz`).then(
+          (res) => res.status,
+          () => 0,
+        );
+        if (status !== 200) await new Promise((res) => setTimeout(res, 250));
+      }
+      const logs = await dockerd.docker(['logs', container], { allowFail: true });
+      assert.equal(status, 200, logs.stderr);
+      assert.match(logs.stderr, /kiln serve: listening on http:\/\/127\.0\.0\.1:/);
+    } finally {
+      await dockerd.docker(['rm', '-f', container], { allowFail: true });
+    }
+  });
+});

@@ -81,6 +81,7 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
  * workers run the same compiled code as the service and as the builds made by hand. Returns that launcher.
  */
 async function compileKiln(): Promise<string> {
+  MEASURED = measuredCode();
   const root = join(REPO, '.tmp', 'bench-service');
   const tree = REV ? join(root, 'tree') : REPO;
   const out = REV ? join(tree, 'dist') : join(root, 'dist');
@@ -93,7 +94,7 @@ async function compileKiln(): Promise<string> {
     if (x.status !== 0) throw new Error(`git archive ${REV}: ${a.stderr}${x.stderr}`);
     await rm(tar, { force: true });
   }
-  log(`compiling kiln (${REV ?? 'working tree'}) into ${out}`);
+  log(`compiling kiln (${REV ?? 'working tree'}: ${MEASURED}) into ${out}`);
   const tsc = join(REPO, 'node_modules/typescript/bin/tsc');
   const args = ['-p', 'tsconfig.build.json', '--outDir', out, '--declaration', 'false', '--sourceMap', 'false'];
   const r = spawnSync(process.execPath, [tsc, ...args], { cwd: tree, encoding: 'utf8' });
@@ -130,6 +131,8 @@ function measuredCode(): string {
 }
 
 let KILN = '';
+/** The code measured, named when it is compiled (HEAD may move while a long run goes on). */
+let MEASURED = '';
 /** The compiled service's own Store (its schema version is the one the service expects). */
 let Store: typeof StoreClass;
 
@@ -541,7 +544,7 @@ function machine(): string {
     `- date: ${new Date().toISOString()}`,
     `- machine: ${cpus().length} CPUs (${cpus()[0]?.model ?? '?'}), ${((memKb * 1024 || totalmem()) / 2 ** 30).toFixed(1)} GiB ` +
       `memory, kernel ${release()}, node ${process.version}`,
-    `- kiln: ${measuredCode()}, compiled (tsc, like bench/run.ts); kiln serve with config concurrency 2 (2 warm workers); ${gitVersion} through ` +
+    `- kiln: ${MEASURED}, compiled (tsc, like bench/run.ts); kiln serve with config concurrency 2 (2 warm workers); ${gitVersion} through ` +
       '`git http-backend` on loopback; registry: Debian docker-registry (loopback); clients run in the benchmark process',
     `- rounds: ${ROUNDS}${SMALL ? ' (BENCH_SMALL: reduced inputs)' : ''}; parts: ${[...ONLY].join(',')}`,
     `- load: ${LOAD_AT_START} at the start, ${readFileSync('/proc/loadavg', 'utf8').trim()} at the end (the machine is ` +

@@ -199,7 +199,11 @@ describe('a debootstrap Debian base: apt-get install from the Debian mirror, use
       'FROM localhost/debian:bookworm\n' +
         'RUN apt-get update && apt-get install -y --no-install-recommends hello libcap2-bin && hello ' +
         '&& setcap cap_net_raw+ep /usr/bin/hello && getcap /usr/bin/hello | grep -q cap_net_raw ' +
-        '&& useradd -m -u 1234 alice && touch /home/alice/f && chown alice: /home/alice/f\n',
+        '&& useradd -m -u 1234 alice && touch /home/alice/f && chown alice: /home/alice/f\n' +
+        // coreutils' stat and ls use statx, which Debian's proot leaves untranslated: the helper must answer it
+        // with the step's paths and the emulated owners (the outputs land in the layer, compared with userns)
+        "RUN stat -c '%u:%g %a %n' /etc/shadow /usr/bin/chage /home/alice/f > /stat.txt && ls -lnA /home/alice | awk 'NR > 1 {print $1, $3, $4, $NF}' > /ls.txt " +
+        '&& cd /home && test -r alice/f && stat -c %u alice/f > /rel.txt\n',
     );
     await own(ctx, join(ctx, 'Dockerfile'));
     const { u, r } = await buildBoth('debian', ctx);
@@ -214,5 +218,7 @@ describe('a debootstrap Debian base: apt-get install from the Debian mirror, use
     assert.deepEqual([step.get('home/alice/f')?.uid, step.get('home/alice/f')?.gid], [1234, 1234]);
     assert.equal(step.get('home/alice')?.uid, 1234);
     assert.equal(step.get('var/cache/apt/archives/partial')?.uid, 42, 'apt leaves its partial dir to _apt (42)');
+    const stats = b.layers[2] as Map<string, { digest?: string }>;
+    assert.ok(stats.has('stat.txt') && stats.has('ls.txt') && stats.has('rel.txt'), 'the statx step ran');
   });
 });

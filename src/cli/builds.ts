@@ -11,6 +11,7 @@ import { KilnError } from '../errors.js';
 import type { LogEnd } from '../service/api/sse.js';
 import { addServiceOptions, withClient, type ServiceClient } from '../service/client.js';
 import { FINAL_PHASES, PHASES, type Build, type Phase } from '../service/model.js';
+import type { ListedBuild } from '../service/core.js';
 
 /** Short duration: `850ms`, `12s`, `3m05s`, `2h04m`, `3d02h`. */
 export function shortDuration(ms: number): string {
@@ -24,7 +25,7 @@ export function shortDuration(ms: number): string {
 }
 
 /** How long a build ran (so far, when it still runs); '-' before it started. */
-export function buildDuration(b: Build, now = Date.now()): string {
+export function buildDuration(b: ListedBuild, now = Date.now()): string {
   if (!b.startedAt) return '-';
   const end = b.finishedAt ? Date.parse(b.finishedAt) : now;
   return shortDuration(end - Date.parse(b.startedAt));
@@ -46,7 +47,7 @@ export function table(rows: string[][]): string {
 }
 
 /** The `kiln builds ls` table. */
-export function formatBuildsTable(builds: Build[], now = Date.now()): string {
+export function formatBuildsTable(builds: readonly ListedBuild[], now = Date.now()): string {
   return table([
     ['ID', 'PROJECT', 'IMAGE', '#', 'REF', 'COMMIT', 'PHASE', 'AGE', 'DURATION'],
     ...builds.map((b) => [

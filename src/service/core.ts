@@ -15,8 +15,15 @@ export interface BuildQuery {
   cursor?: string;
 }
 
+/**
+ * A build as listings show it: without `stages` (twenty-odd entries per build, most of a page's bytes; a list page
+ * is asked for often — dashboards, the CLI, the UI's polling) nor `changedPaths`, `bases` and `rebase`.
+ * `GET /api/v1/builds/{id}` has them all.
+ */
+export type ListedBuild = Omit<Build, 'stages' | 'changedPaths' | 'bases' | 'rebase'>;
+
 export interface BuildPage {
-  builds: Build[];
+  builds: ListedBuild[];
   /** Cursor of the next (older) page, or null when this was the last. */
   next: string | null;
 }
@@ -57,8 +64,17 @@ export interface ServiceCore {
   deleteProject(name: string): Promise<boolean>;
 
   listBuilds(q: BuildQuery): BuildPage;
+  /**
+   * Changes whenever `listBuilds` could answer differently (optional): equal values let a caller serve a listing
+   * it already made (the API caches serialized pages by query under it).
+   */
+  listMark?(): string;
   getBuild(id: string): Build | undefined;
-  /** Manual builds: resolves the ref/commit (fetching the mirror), creates one build per image. */
+  /**
+   * Manual builds: one build per image. A branch or tag the mirror already knows is queued at once with `commit`
+   * null (the build's own fetch resolves and records it); a commit the mirror has needs no fetch; anything else is
+   * fetched and resolved first (an unknown ref is this call's error).
+   */
   startBuilds(project: string, req: StartRequest, trigger: Trigger): Promise<Build[]>;
   /** Throws KilnError `NOT_FOUND`, or `CONFLICT` when the build already ended. */
   cancelBuild(id: string, by: string): Promise<Build>;

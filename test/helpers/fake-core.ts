@@ -147,7 +147,8 @@ export class FakeCore implements ServiceCore {
     list = [...list].reverse();
     const start = q.cursor ? Number(q.cursor) : 0;
     const limit = q.limit ?? 50;
-    const page = list.slice(start, start + limit);
+    // as the store lists them: without stages and changedPaths (core.ts ListedBuild)
+    const page = list.slice(start, start + limit).map(({ stages: _s, changedPaths: _c, ...b }) => b);
     return { builds: page, next: start + limit < list.length ? String(start + limit) : null };
   }
   getBuild(id: string): Build | undefined {

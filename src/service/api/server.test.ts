@@ -282,6 +282,32 @@ describe('builds', () => {
     assert.deepEqual(core.calls[2]!.args, [{ phase: 'failed', image: 'api' }]);
   });
 
+  test('list: served again without asking the core while listMark is unchanged; per query; JSON as before', async () => {
+    const { app, core } = setup();
+    let mark = 'm1';
+    Object.assign(core, { listMark: () => mark });
+    const listings = (): number => core.calls.filter((c) => c.method === 'listBuilds').length;
+    const get = async (url: string): Promise<string> => {
+      const r = await app.inject({ url, headers: VIEWER });
+      assert.equal(r.statusCode, 200);
+      assert.equal(r.headers['content-type'], 'application/json; charset=utf-8');
+      assertSchema('BuildPage', r.json());
+      return r.body;
+    };
+    const first = await get('/api/v1/builds');
+    assert.ok(!first.includes('"stages"'), 'listed builds carry no stages');
+    assert.equal(await get('/api/v1/builds'), first);
+    assert.equal(listings(), 1, 'the second request was answered from the cache');
+    await get('/api/v1/builds?limit=1');
+    assert.equal(listings(), 2, 'another query is another entry');
+    core.builds[2]!.phase = 'succeeded';
+    assert.equal(await get('/api/v1/builds'), first, 'same mark: the stored answer (the core said nothing changed)');
+    mark = 'm2';
+    const after = await get('/api/v1/builds');
+    assert.equal(listings(), 3);
+    assert.match(after, /"id":"b3"[^}]*"phase":"succeeded"/, 'a new mark: a fresh listing');
+  });
+
   test('start: 201 with the builds, trigger manual by the token user; core errors map to statuses', async () => {
     const { app, core } = setup();
     const r = await app.inject({

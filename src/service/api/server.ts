@@ -21,6 +21,7 @@ import type { BuildQuery, Principal, ServiceCore, StartRequest } from '../core.j
 import type { Phase } from '../model.js';
 import { toApiError } from './errors.js';
 import { LogFollowers, type FollowOptions } from './log-follow.js';
+import { PageCache } from './page-cache.js';
 import { notificationRoutes, type NotificationLog } from './notifications.js';
 import { applyBody, buildsQuery, idParams, logQuery, nameParams, projectBody, startBody } from './schemas.js';
 
@@ -204,7 +205,7 @@ async function sendLog(core: ServiceCore, id: string, reply: FastifyReply): Prom
 }
 
 /** The `/api/v1` routes, `/healthz` and `/metrics`. */
-function routes(api: FastifyInstance, core: ServiceCore, followers: LogFollowers): void {
+function routes(api: FastifyInstance, core: ServiceCore, followers: LogFollowers, pages: PageCache): void {
   api.get('/healthz', async () => ({ status: 'ok' }));
 
   api.get('/metrics', async (_req, reply) =>
@@ -250,13 +251,17 @@ function routes(api: FastifyInstance, core: ServiceCore, followers: LogFollowers
   api.get<{ Querystring: { project?: string; phase?: Phase; image?: string; limit?: number; cursor?: string } }>(
     '/api/v1/builds',
     { schema: { querystring: buildsQuery } },
-    async (req) => {
+    async (req, reply) => {
       const q: BuildQuery = {};
       for (const k of ['project', 'phase', 'image', 'limit', 'cursor'] as const) {
         if (req.query[k] !== undefined) Object.assign(q, { [k]: req.query[k] });
       }
-      const page = core.listBuilds(q);
-      return { builds: page.builds, next: page.next };
+      // the mark first: a write after it makes the next request's mark differ, so nothing stale is ever reused
+      const body = pages.get(JSON.stringify(q), core.listMark?.(), () => {
+        const page = core.listBuilds(q);
+        return JSON.stringify({ builds: page.builds, next: page.next });
+      });
+      return reply.type('application/json; charset=utf-8').send(body);
     },
   );
 
@@ -334,7 +339,8 @@ export function createApi(core: ServiceCore, opts: ApiOptions = {}): FastifyInst
     done();
   });
   // A plugin, so routes register at ready(): hooks added before then (an onRoute collector in tests) see them.
-  void app.register(async (api) => routes(api, core, followers));
+  const pages = new PageCache();
+  void app.register(async (api) => routes(api, core, followers, pages));
   void app.register(notificationRoutes(core, opts.notifications));
   return app;
 }

@@ -191,6 +191,41 @@ test('a second resolve after one new commit transfers only the new objects', asy
   assert.ok(server.stats.bytesSent < firstBytes / 50, `second fetch sent ${server.stats.bytesSent} bytes`);
 });
 
+test('no fetch when none is needed: mirroredRef reads the mirror as it is; a mirrored commit resolves locally', async () => {
+  const c1 = await server.createRepo('quick', { 'a.txt': 'a\n' });
+  await server.tag('quick', 'v1', c1);
+  const p = project('quick');
+  assert.equal(await mirrors.mirroredRef(p, 'main'), undefined, 'no mirror yet');
+  await mirrors.resolve(p, { ref: 'main' });
+  const c2 = await server.commit('quick', { 'a.txt': 'b\n' }, 'two');
+  let requests = 0;
+  server.onRequest = () => requests++;
+  try {
+    assert.equal(await mirrors.mirroredRef(p, 'main'), 'refs/heads/main');
+    assert.equal(await mirrors.mirroredRef(p, 'refs/heads/main'), 'refs/heads/main');
+    assert.equal(await mirrors.mirroredRef(p, 'v1'), 'refs/tags/v1');
+    assert.equal(await mirrors.mirroredRef(p, 'nope'), undefined);
+    assert.equal(await mirrors.mirroredRef(p, 'refs/notes/x'), undefined, 'only branches and tags are mirrored');
+    await rejectsWith(mirrors.mirroredRef(p, 'a..b'), 'GIT_REF_INVALID');
+    const local = await mirrors.resolve(p, { commit: c1.slice(0, 8) }, undefined, { fetch: 'if-missing' });
+    assert.deepEqual(local, { commit: c1, ref: '' });
+    assert.equal(requests, 0, 'nothing asked the git server');
+    // a commit the mirror lacks is fetched; a ref always is (it may have moved)
+    assert.deepEqual(await mirrors.resolve(p, { commit: c2 }, undefined, { fetch: 'if-missing' }), {
+      commit: c2,
+      ref: '',
+    });
+    assert.ok(requests > 0, 'the missing commit was fetched');
+    requests = 0;
+    const c3 = await server.commit('quick', { 'a.txt': 'c\n' }, 'three');
+    const byRef = await mirrors.resolve(p, { ref: 'main' }, undefined, { fetch: 'if-missing' });
+    assert.deepEqual(byRef, { commit: c3, ref: 'refs/heads/main' });
+    assert.ok(requests > 0, 'a ref is fetched whatever the option says');
+  } finally {
+    server.onRequest = undefined;
+  }
+});
+
 test('many refs: the gzip-encoded negotiation reaches http-backend and every branch is mirrored', async () => {
   await server.createRepo('refs', { a: 'a' });
   for (let i = 0; i < 40; i++) await server.git('refs', ['commit', '-q', '--allow-empty', '-m', `c${i}`]);

@@ -58,6 +58,16 @@ export interface RefRequest {
   commit?: string;
 }
 
+/** How `resolve` treats the mirror. */
+export interface ResolveOptions {
+  /**
+   * `always` (default): fetch first, so a branch or tag resolves to what the server has now. `if-missing`: a request
+   * naming only a commit the mirror already has resolves without a fetch (a build whose commit was resolved when it
+   * was requested); anything else fetches.
+   */
+  fetch?: 'always' | 'if-missing';
+}
+
 export interface ResolvedRef {
   /** Full commit id. */
   commit: string;
@@ -241,7 +251,12 @@ export class GitMirrors {
    * `GIT_COMMIT_INVALID`, `GIT_COMMIT_NOT_FOUND`, `GIT_COMMIT_AMBIGUOUS`, `GIT_COMMIT_NOT_REACHABLE`,
    * `GIT_CREDENTIALS_MISSING`, `GIT_LOCK_FAILED`, `INTERRUPTED`.
    */
-  async resolve(project: GitProject, req: RefRequest, signal?: AbortSignal): Promise<ResolvedRef> {
+  async resolve(
+    project: GitProject,
+    req: RefRequest,
+    signal?: AbortSignal,
+    opts: ResolveOptions = {},
+  ): Promise<ResolvedRef> {
     const src = this.source(project);
     const ref = req.ref === undefined || req.ref === '' ? undefined : req.ref;
     const hex = req.commit === undefined || req.commit === '' ? undefined : checkHex(req.commit);
@@ -249,6 +264,11 @@ export class GitMirrors {
       throw new KilnError('GIT_REF_INVALID', 'neither a ref nor a commit was given', { hint: REF_HINT });
     }
     if (ref !== undefined) checkRefName(ref);
+    if (opts.fetch === 'if-missing' && ref === undefined && hex !== undefined) {
+      // a commit never changes: when the mirror has it, a fetch would only cost time (a round trip to the forge)
+      const commit = await this.findCommit(this.local(src), hex, false).catch(() => undefined);
+      if (commit !== undefined) return { commit, ref: '' };
+    }
     return this.withMirror(src, signal, async (m) => {
       let full = '';
       let refCommit: string | undefined;
@@ -275,6 +295,34 @@ export class GitMirrors {
       }
       return { commit, ref: full };
     });
+  }
+
+  /**
+   * The full name of the branch or tag `ref` names (short names: branches before tags) if the mirror has it now, else
+   * undefined — no fetch, no lock, so it never waits for a fetch in progress. Why: a manual build of a branch the
+   * mirror knows can be queued at once and resolve its commit in its own fetch (one fetch per build, none in the
+   * request); an unknown name still goes through `resolve`, which fetches and reports it.
+   */
+  async mirroredRef(project: GitProject, ref: string): Promise<string | undefined> {
+    checkRefName(ref);
+    const src = this.source(project);
+    if (!(await exists(join(src.path, 'HEAD')))) return undefined;
+    const candidates = ref.startsWith('refs/') ? [ref] : [`refs/heads/${ref}`, `refs/tags/${ref}`];
+    if (!candidates.every((c) => c.startsWith('refs/heads/') || c.startsWith('refs/tags/'))) return undefined;
+    const r = await this.local(src).git(['for-each-ref', '--format=%(refname)', ...candidates]);
+    if (r.code !== 0) return undefined;
+    const found = new Set(r.stdout.toString('utf8').split('\n'));
+    return candidates.find((c) => found.has(c));
+  }
+
+  /** Read-only access to a mirror as it is (no fetch, no lock: a fetch only adds objects and moves refs). */
+  private local(src: Source): MirrorCtx {
+    const base = [...configArgs(this.opts.allowFile), `--git-dir=${src.path}`];
+    return {
+      path: src.path,
+      git: (args, input) => runGit([...base, ...args], { env: baseEnv(), input }),
+      fetchObject: async () => false,
+    };
   }
 
   /**

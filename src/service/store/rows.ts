@@ -5,7 +5,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { KilnError } from '../../errors.js';
-import type { BuildQuery } from '../core.js';
+import type { BuildQuery, ListedBuild } from '../core.js';
 import type { Build, BuildStage, Phase, Trigger, BaseRecord, RebaseRecord } from '../model.js';
 
 /** A `builds` row as better-sqlite3 returns it. */
@@ -39,25 +39,7 @@ export interface BuildRow {
 
 /** The model's Build of a row (JSON columns parsed; `changedPaths` only when recorded). */
 export function toBuild(r: BuildRow): Build {
-  const b: Build = {
-    id: r.id,
-    project: r.project,
-    image: r.image,
-    number: r.number,
-    group: r.group_id,
-    ref: r.ref,
-    commit: r.commit_sha,
-    phase: r.phase,
-    reason: r.reason,
-    trigger: JSON.parse(r.trigger_json) as Trigger,
-    tags: JSON.parse(r.tags) as string[],
-    digest: r.digest,
-    stages: JSON.parse(r.stages) as BuildStage[],
-    createdAt: r.created_at,
-    startedAt: r.started_at,
-    finishedAt: r.finished_at,
-    cancelRequested: r.cancel_requested !== 0,
-  };
+  const b: Build = { ...toListedBuild(r), stages: JSON.parse(r.stages) as BuildStage[] };
   if (typeof r.changed_paths === 'string') b.changedPaths = JSON.parse(r.changed_paths) as string[];
   if (typeof r.bases === 'string') b.bases = JSON.parse(r.bases) as BaseRecord[];
   if (typeof r.rebase === 'string') b.rebase = JSON.parse(r.rebase) as RebaseRecord;
@@ -113,12 +95,38 @@ export const DEFAULT_PAGE = 50;
 export const MAX_PAGE = 500;
 
 /**
- * The columns a listing reads: all but `changed_paths`, which can hold thousands of paths for one push and matters
- * only to whoever looks at one build (`getBuild`). Listed builds therefore come without `changedPaths`.
+ * The columns a listing reads: not `changed_paths` (thousands of paths for one push), `stages` (~20 per build:
+ * most of a page's bytes and JSON work), `bases` and `rebase`; they matter only to whoever looks at one build
+ * (`getBuild`). See {@link toListedBuild}.
  */
 export const LIST_COLUMNS =
-  'seq, id, project, image, number, group_id, ref, commit_sha, phase, reason, trigger_json, tags, digest, stages, ' +
-  'created_at, started_at, finished_at, cancel_requested, attempt';
+  'seq, id, project, image, number, group_id, ref, commit_sha, phase, reason, trigger_json, tags, digest, ' +
+  'created_at, started_at, finished_at, cancel_requested';
+
+/** A listing's row (the {@link LIST_COLUMNS}). */
+export type ListedRow = Omit<BuildRow, 'stages' | 'changed_paths' | 'attempt' | 'bases' | 'rebase'>;
+
+/** The listing's view of a row read with {@link LIST_COLUMNS}: a Build without stages (see core.ts ListedBuild). */
+export function toListedBuild(r: ListedRow): ListedBuild {
+  return {
+    id: r.id,
+    project: r.project,
+    image: r.image,
+    number: r.number,
+    group: r.group_id,
+    ref: r.ref,
+    commit: r.commit_sha,
+    phase: r.phase,
+    reason: r.reason,
+    trigger: JSON.parse(r.trigger_json) as Trigger,
+    tags: JSON.parse(r.tags) as string[],
+    digest: r.digest,
+    createdAt: r.created_at,
+    startedAt: r.started_at,
+    finishedAt: r.finished_at,
+    cancelRequested: r.cancel_requested !== 0,
+  };
+}
 
 /**
  * The SELECT behind `Store.listBuilds` (newest first, keyset-paged by `seq`, one row more than the page to know

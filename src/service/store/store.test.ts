@@ -45,7 +45,7 @@ function code(c: string): (e: unknown) => boolean {
   return (e) => isKilnError(e, c);
 }
 
-function ids(builds: readonly Build[]): string[] {
+function ids(builds: readonly Pick<Build, 'id'>[]): string[] {
   return builds.map((b) => b.id);
 }
 
@@ -165,6 +165,29 @@ test('createBuilds: one transaction, one group, numbers per project, queued; unk
   s.close();
 });
 
+test('changeMark: the same across reads; changes with a write of this connection and a commit of another', () => {
+  const file = dbFile();
+  const s = open(file, 'app');
+  const cli = Store.open(file); // a second process (kiln serve token create, …)
+  try {
+    const m0 = s.changeMark();
+    s.listBuilds();
+    s.getBuild('nope');
+    assert.equal(s.changeMark(), m0, 'reads change nothing');
+    const { builds } = s.enqueue([nb()]);
+    const m1 = s.changeMark();
+    assert.notEqual(m1, m0, 'an enqueue');
+    s.setStages(builds[0]?.id ?? '', []);
+    const m2 = s.changeMark();
+    assert.notEqual(m2, m1, 'a stage update');
+    cli.enqueue([nb()]);
+    assert.notEqual(s.changeMark(), m2, "another connection's commit");
+  } finally {
+    cli.close();
+    s.close();
+  }
+});
+
 test('listBuilds: newest first, keyset pages stay stable while newer builds arrive; filters; bad cursor', () => {
   const s = open(dbFile(), 'app', 'other');
   const all: Build[] = [];
@@ -195,7 +218,11 @@ test('listBuilds: newest first, keyset pages stay stable while newer builds arri
   assert.deepEqual(s.listBuilds({ project: 'nope' }), { builds: [], next: null });
 
   const page = s.listBuilds({ project: 'app', limit: 1 });
-  assert.equal(page.builds[0]?.changedPaths, undefined);
+  const listed = page.builds[0] as object;
+  const heavyFields = ['changedPaths', 'stages', 'bases', 'rebase'];
+  for (const heavy of heavyFields) assert.ok(!(heavy in listed), heavy);
+  const full = Object.entries(s.getBuild(page.builds[0]?.id ?? '') ?? {});
+  assert.deepEqual(listed, Object.fromEntries(full.filter(([k]) => !heavyFields.includes(k))), 'the rest as getBuild');
   for (const bad of ['', 'xyz', Buffer.from('s01').toString('base64url'), Buffer.from('s1 ').toString('base64url')]) {
     assert.throws(() => s.listBuilds({ cursor: bad }), code('CURSOR_INVALID'), bad);
   }

@@ -32,7 +32,9 @@ import {
   listBuildsSql,
   newId,
   toBuild,
+  toListedBuild,
   type BuildRow,
+  type ListedRow,
 } from './rows.js';
 
 /** What a trigger asks for: one build of one image. The store assigns everything else. */
@@ -190,6 +192,19 @@ export class Store {
    */
   transaction<T>(fn: () => T): T {
     return this.db.transaction(fn).immediate();
+  }
+
+  /**
+   * A value that differs whenever the database may hold something new: rows this connection changed
+   * (`total_changes()`) and commits of other connections (`data_version`). Equal marks mean every read in between
+   * would give the same answer — what lets the API serve a build listing again without a query (many clients
+   * polling one page). Conservative: any write, to any table, changes it. Costs one tiny statement.
+   */
+  changeMark(): string {
+    const r = this.get<{ t: number; d: number }>(
+      'SELECT total_changes() AS t, (SELECT data_version FROM pragma_data_version) AS d',
+    );
+    return `${r?.t ?? 0}.${r?.d ?? 0}`;
   }
 
   private stmt(sql: string): Statement {
@@ -361,16 +376,16 @@ export class Store {
   /**
    * A page of builds, newest first, filtered by project / phase / image. `next` is an opaque cursor for the older
    * page: builds created after the first page was read never shift later pages. `limit` is clamped to 1–500
-   * (default 50); a malformed cursor throws `CURSOR_INVALID`. Listed builds leave out `changedPaths` (possibly
-   * thousands of paths each); `getBuild` has them. The cost is an index walk of `limit` rows whatever the history.
+   * (default 50); a malformed cursor throws `CURSOR_INVALID`. Listed builds leave out `stages`, `changedPaths`,
+   * `bases` and `rebase` (see LIST_COLUMNS); `getBuild` has them. The cost is an index walk of `limit` rows whatever the history.
    */
   listBuilds(q: BuildQuery = {}): BuildPage {
     const { sql, params, limit } = listBuildsSql(q);
-    const rows = this.all<BuildRow>(sql, ...params);
+    const rows = this.all<ListedRow>(sql, ...params);
     const more = rows.length > limit;
     if (more) rows.length = limit;
     const last = rows[rows.length - 1];
-    return { builds: rows.map(toBuild), next: more && last ? encodeCursor(last.seq) : null };
+    return { builds: rows.map(toListedBuild), next: more && last ? encodeCursor(last.seq) : null };
   }
 
   /**

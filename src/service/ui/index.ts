@@ -18,8 +18,7 @@
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { principalOf } from '../api/server.js';
-import type { ServiceCore } from '../core.js';
-import type { Build } from '../model.js';
+import type { ListedBuild, ServiceCore } from '../core.js';
 import { loadAssets, type UiAssets } from './assets.js';
 import { BuildFeed, type BuildEvents } from './events.js';
 import { SECURITY_HEADERS, appShell, loginPage } from './pages.js';
@@ -49,7 +48,7 @@ export interface OverviewProject {
   registry: string;
   images: string[];
   /** Newest build of each (image, ref) among the project's latest {@link OVERVIEW_SCAN} builds. */
-  latest: Build[];
+  latest: ListedBuild[];
 }
 
 /** Where to go after signing in: a page of this UI, never another origin (no `//host`, no backslashes). */
@@ -93,7 +92,7 @@ function html(reply: FastifyReply, status: number, body: string): FastifyReply {
 export function overview(core: Pick<ServiceCore, 'listProjects' | 'listBuilds'>): OverviewProject[] {
   return core.listProjects().map((p) => {
     const seen = new Set<string>();
-    const latest: Build[] = [];
+    const latest: ListedBuild[] = [];
     for (const b of core.listBuilds({ project: p.name, limit: OVERVIEW_SCAN }).builds) {
       const key = `${b.image}\0${b.ref}`;
       if (seen.has(key)) continue;

@@ -1,0 +1,237 @@
+/**
+ * `npm run bench:node` — the Node.js builder's promise: an app with ~50 dependencies, one application file changed,
+ * rebuilt and pushed. `kiln build --strategy node --push` (compiled CLI, a process) against current BuildKit
+ * (`buildctl build --push`, buildkitd warm) building a well-written multi-stage Dockerfile (`COPY package*.json` →
+ * `RUN --mount=type=cache npm ci --omit=dev` → `COPY .`), side by side in one run, medians. Also the bytes kiln
+ * uploaded per round (from the registry log: blob uploads by digest, sizes from the manifest) against the app layer
+ * + config + manifest. Targets: ratio ≤ 0.3×, bytes ≤ app layer + config + manifest.
+ *
+ * The base image is Debian minbase (scripts/debian-rootfs.sh) + this machine's node and npm (and its CA bundle),
+ * built and pushed by kiln. Environment: BENCH_ROUNDS (default 5). Needs root (buildkitd). Output: a table.
+ */
+import { spawnSync } from 'node:child_process';
+import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startRegistry, runKiln } from '../test/helpers/registry.js';
+import { startBuildKit } from '../test/helpers/buildkit.js';
+import { compiledCli, runCompiled } from './compiled.js';
+
+const rounds = Number(process.env.BENCH_ROUNDS ?? 5);
+const REPO = dirname(dirname(fileURLToPath(import.meta.url)));
+
+/** ~50 direct dependencies of a typical service (small and mid-sized, many with trees of their own). */
+const DEPS = [
+  'express',
+  'cors',
+  'helmet',
+  'compression',
+  'morgan',
+  'cookie-parser',
+  'body-parser',
+  'dotenv',
+  'debug',
+  'ms',
+  'uuid',
+  'nanoid',
+  'lodash',
+  'dayjs',
+  'luxon',
+  'semver',
+  'minimist',
+  'commander',
+  'yargs',
+  'chalk',
+  'qs',
+  'mime',
+  'mime-types',
+  'async',
+  'bluebird',
+  'p-limit',
+  'lru-cache',
+  'node-cache',
+  'jsonwebtoken',
+  'bcryptjs',
+  'validator',
+  'joi',
+  'zod',
+  'ajv',
+  'yaml',
+  'js-yaml',
+  'ini',
+  'fs-extra',
+  'graceful-fs',
+  'glob',
+  'winston',
+  'pino',
+  'ws',
+  'eventemitter3',
+  'escape-html',
+  'he',
+  'marked',
+  'classnames',
+  'axios',
+  'tslib',
+];
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)] as number;
+}
+
+function sh(cmd: string, args: string[], cwd?: string): string {
+  const r = spawnSync(cmd, args, { cwd, encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.stderr}`);
+  return r.stdout;
+}
+
+interface Manifest {
+  config: { digest: string; size: number };
+  layers: { digest: string; size: number }[];
+}
+
+async function main(): Promise<void> {
+  const cli = compiledCli('bench-node-dist');
+  const work = await mkdtemp(join(tmpdir(), 'kiln-bench-node-'));
+  const home = join(work, 'home');
+  const registry = await startRegistry();
+  const R = registry.host;
+  const buildkit = await startBuildKit({ insecureRegistries: [R] });
+  const kiln = (args: string[]): Promise<string> =>
+    runCompiled(cli, [...args, '--insecure-registry', R, '--progress', 'quiet'], { KILN_HOME: home });
+  const manifest = (ref: string): Manifest =>
+    JSON.parse(sh('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${ref}`])) as Manifest;
+  try {
+    // the base: Debian minbase + node + npm + this machine's CA bundle
+    const baseCtx = join(work, 'base');
+    await mkdir(baseCtx);
+    await copyFile(sh('bash', [join(REPO, 'scripts', 'debian-rootfs.sh')]).trim(), join(baseCtx, 'debian.tar'));
+    sh('tar', [
+      '--numeric-owner',
+      '-cf',
+      join(baseCtx, 'node.tar'),
+      '-C',
+      '/',
+      'usr/bin/node',
+      'usr/bin/npm',
+      'usr/bin/npx',
+      'usr/lib/node_modules/npm',
+      'etc/ssl/certs/ca-certificates.crt',
+    ]);
+    await writeFile(
+      join(baseCtx, 'Dockerfile'),
+      'FROM scratch\nADD debian.tar /\nADD node.tar /\n' +
+        'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n' +
+        'ENV NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt\nCMD ["node"]\n',
+    );
+    const base = `${R}/node-base:20`;
+    const b = await runKiln(['build', '--push', '-t', base, '--insecure-registry', R, '--progress', 'quiet', baseCtx], {
+      KILN_HOME: home,
+    });
+    if (b.code !== 0) throw new Error(b.stderr);
+
+    // the app: ~50 dependencies resolved by the real npm, a few source files
+    const src = join(work, 'app');
+    await mkdir(join(src, 'lib'), { recursive: true });
+    await writeFile(
+      join(src, 'package.json'),
+      JSON.stringify({ name: 'bench-app', version: '1.0.0', private: true, scripts: { start: 'node server.js' } }),
+    );
+    sh('npm', ['install', '--package-lock-only', '--no-audit', '--no-fund', '--ignore-scripts', ...DEPS], src);
+    sh('rm', ['-rf', join(src, 'node_modules')]);
+    await writeFile(join(src, 'server.js'), "require('express')().get('/', (q, s) => s.send(require('./lib/v')));\n");
+    for (let i = 0; i < 20; i++) await writeFile(join(src, 'lib', `m${i}.js`), `module.exports = ${i};\n`);
+    await writeFile(join(src, '.dockerignore'), 'node_modules\nDockerfile\n');
+    const bkDockerfile = join(work, 'Dockerfile');
+    await writeFile(
+      bkDockerfile,
+      [
+        `FROM ${base} AS deps`,
+        'WORKDIR /app',
+        'COPY package.json package-lock.json ./',
+        'RUN --mount=type=cache,target=/root/.npm npm ci --omit=dev',
+        `FROM ${base}`,
+        'WORKDIR /app',
+        'COPY --from=deps /app/node_modules ./node_modules',
+        'COPY . .',
+        'ENV NODE_ENV=production',
+        'USER 1000:1000',
+        'CMD ["node", "server.js"]',
+        '',
+      ].join('\n'),
+    );
+    const kilnRun = (): Promise<string> =>
+      kiln(['build', '--strategy', 'node', '--base', base, '-t', `${R}/app-kiln:1`, '--push', src]);
+    const bkRun = (): Promise<string> =>
+      buildkit.build({ context: src, dockerfile: bkDockerfile, tag: `${R}/app-bk:1` });
+    // warm both (the first builds install)
+    await kilnRun();
+    await bkRun();
+    const packages = Object.keys(
+      (JSON.parse(sh('cat', [join(src, 'package-lock.json')])) as { packages: Record<string, unknown> }).packages,
+    ).length;
+    const k: number[] = [];
+    const bk: number[] = [];
+    const bytes: { uploaded: number; allowed: number }[] = [];
+    for (let i = 0; i < rounds; i++) {
+      await writeFile(join(src, 'lib', 'v.js'), `module.exports = 'round ${i} ${Date.now()}';\n`);
+      const before = registry.log().length;
+      let t0 = performance.now();
+      await kilnRun();
+      k.push(performance.now() - t0);
+      await registry.waitForLog(/PUT \/v2\/app-kiln\/manifests\/1 /);
+      const log = registry.log().slice(before);
+      const m = manifest(`${R}/app-kiln:1`);
+      const raw = sh('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${R}/app-kiln:1`]);
+      const sizes = new Map([...m.layers, m.config].map((d) => [d.digest, d.size]));
+      const up = [...log.matchAll(/PUT \/v2\/app-kiln\/blobs\/uploads\/\S*digest=sha256%3A([0-9a-f]{64})/g)].map(
+        (x) => sizes.get(`sha256:${x[1]}`) ?? Number.NaN,
+      );
+      const manifestBytes = Buffer.byteLength(raw);
+      bytes.push({
+        uploaded: up.reduce((a, n) => a + n, 0) + manifestBytes,
+        allowed: (m.layers.at(-1)?.size ?? 0) + m.config.size + manifestBytes,
+      });
+      t0 = performance.now();
+      await bkRun();
+      bk.push(performance.now() - t0);
+    }
+    const kLayers = manifest(`${R}/app-kiln:1`).layers.length;
+    const bkLayers = manifest(`${R}/app-bk:1`).layers.length;
+    const row = (a: string, b: string): string => `| ${a} | ${b} |`;
+    const load = sh('cat', ['/proc/loadavg']).split(' ').slice(0, 3).join(' ');
+    console.log(
+      `\nNode app: ${DEPS.length} direct dependencies, ${packages - 1} packages in the lockfile; one app file changed per round (${rounds} rounds; load average ${load})\n`,
+    );
+    console.log('| measure | value |\n| --- | --- |');
+    console.log(
+      row(
+        `kiln build --strategy node --push (process), median (${kLayers} layers)`,
+        `${(median(k) / 1000).toFixed(2)} s`,
+      ),
+    );
+    console.log(
+      row(
+        `BuildKit ${buildkit.version} multi-stage Dockerfile --push, median (${bkLayers} layers)`,
+        `${(median(bk) / 1000).toFixed(2)} s`,
+      ),
+    );
+    console.log(row('ratio kiln / BuildKit', `${(median(k) / median(bk)).toFixed(2)}× (target ≤ 0.3×)`));
+    const worst = bytes.reduce((a, x) => (x.uploaded - x.allowed > a.uploaded - a.allowed ? x : a));
+    console.log(
+      row(
+        'kiln bytes uploaded per round (worst)',
+        `${worst.uploaded} B (app layer + config + manifest: ${worst.allowed} B)`,
+      ),
+    );
+    console.log(row('kiln rounds, s', k.map((x) => (x / 1000).toFixed(2)).join(', ')));
+    console.log(row('BuildKit rounds, s', bk.map((x) => (x / 1000).toFixed(2)).join(', ')));
+  } finally {
+    await buildkit.stop();
+    await registry.stop();
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+await main();

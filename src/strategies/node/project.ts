@@ -226,7 +226,16 @@ export function productionPackages(lock: Lockfile, file = 'package-lock.json'): 
   return out.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
 }
 
-const safeId = (s: string): string => s.replace(/[^a-zA-Z0-9._@-]/g, '_');
+/** A layer dir name: the package path with `+` for each nesting (no npm name has a `+`), scope `/` as `_`. */
+const layerId = (p: InstalledPackage): string =>
+  'p-' +
+  p.path
+    .slice('node_modules/'.length)
+    .split('/node_modules/')
+    .join('+')
+    .replace(/[^a-zA-Z0-9._@+-]/g, '_') +
+  '@' +
+  p.version.replace(/[^a-zA-Z0-9._+-]/g, '_');
 
 /**
  * Decide the dependency layers. While the tree fits (`slots` = layers left after the base, the `.bin` layer, WORKDIR's
@@ -237,7 +246,7 @@ const safeId = (s: string): string => s.replace(/[^a-zA-Z0-9._@-]/g, '_');
  */
 export function planLayers(pkgs: InstalledPackage[], slots: number): DependencyLayer[] {
   if (pkgs.length <= slots) {
-    return pkgs.map((p) => ({ id: safeId(`p-${p.path.replace(/node_modules\//g, '')}@${p.version}`), packages: [p] }));
+    return pkgs.map((p) => ({ id: layerId(p), packages: [p] }));
   }
   const groups = new Map<number, InstalledPackage[]>();
   for (const p of pkgs) {

@@ -10,6 +10,7 @@
  * built and pushed by kiln. Environment: BENCH_ROUNDS (default 5). Needs root (buildkitd). Output: a table.
  */
 import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -93,6 +94,9 @@ interface Manifest {
 
 async function main(): Promise<void> {
   const cli = compiledCli('bench-node-dist');
+  // `kiln --version` reads package.json two levels above cli/main.js: give the compiled copy one
+  const pkgCopy = join(dirname(dirname(dirname(cli))), 'package.json');
+  if (!existsSync(pkgCopy)) await copyFile(join(REPO, 'package.json'), pkgCopy);
   const work = await mkdtemp(join(tmpdir(), 'kiln-bench-node-'));
   const home = join(work, 'home');
   const registry = await startRegistry();

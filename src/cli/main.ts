@@ -37,6 +37,7 @@ const COMMANDS = [
   'project',
   'bases',
   'deliveries',
+  'controller',
 ] as const;
 
 interface CommandModule {

@@ -8,12 +8,15 @@
 import type { Command } from 'commander';
 import { join } from 'node:path';
 import { KilnError } from '../errors.js';
+import type { BuildRunner } from '../service/runner/local.js';
 
 interface ServeFlags {
   listen: string;
   dataDir?: string;
   config?: string;
   logRequests?: boolean;
+  executor?: string;
+  kubeconfig?: string;
 }
 
 async function defaultDataDir(flag: string | undefined): Promise<string> {
@@ -41,7 +44,27 @@ async function serve(flags: ServeFlags): Promise<void> {
   const { BuildService } = await import('../service/service.js');
   const { LocalBuildRunner } = await import('../service/runner/local.js');
   const { createApi } = await import('../service/api/server.js');
-  const runner = new LocalBuildRunner({ warm: config.concurrency });
+  let runner: BuildRunner;
+  if (flags.executor === 'kubernetes') {
+    const { loadKubeConfig, KubeClient } = await import('../k8s/client.js');
+    const { KubernetesBuildRunner } = await import('../k8s/executor.js');
+    const { podSettings } = await import('../k8s/settings.js');
+    const kubeconfig = flags.kubeconfig ?? config.kubernetes?.kubeconfig;
+    const client = new KubeClient(loadKubeConfig(kubeconfig ? { kubeconfig } : {}));
+    const pod = podSettings(config.kubernetes, client);
+    runner = new KubernetesBuildRunner({
+      client,
+      pod,
+      timeoutSeconds: config.timeoutSeconds,
+      ...(config.kubernetes?.podGraceSeconds !== undefined ? { podGraceSeconds: config.kubernetes.podGraceSeconds } : {}),
+      ...(config.publicUrl ? { publicUrl: config.publicUrl } : {}),
+    });
+    process.stderr.write(`kiln serve: builds run as pods in namespace ${pod.namespace} (${client.config.server})\n`);
+  } else if (flags.executor === undefined || flags.executor === 'local') {
+    runner = new LocalBuildRunner({ warm: config.concurrency });
+  } else {
+    throw new KilnError('OPTION_INVALID', `--executor ${flags.executor}: expected local or kubernetes`);
+  }
   const svc = await BuildService.start({ dataDir, config, runner });
   const { Deliveries } = await import('../service/delivery/deliveries.js');
   const deliveries = Deliveries.start(svc, { database: join(dataDir, 'kiln.db'), publicUrl: config.publicUrl });
@@ -122,6 +145,8 @@ export function register(program: Command): void {
     .option('--data-dir <dir>', 'database, logs, git mirrors (default $KILN_HOME/server)')
     .option('--config <file>', 'server config YAML (settings and projects)')
     .option('--log-requests', 'log every API request (JSON lines on stdout)')
+    .option('--executor <kind>', 'where builds run: local (warm worker processes, default) or kubernetes (one pod per build)')
+    .option('--kubeconfig <file>', 'with --executor kubernetes: kubeconfig (default: service account, $KUBECONFIG)')
     .action(async (flags: ServeFlags) => {
       await serve(flags);
     });

@@ -217,7 +217,29 @@ export interface ServiceConfig {
   baseWatch: { intervalSeconds: number; concurrency: number };
   /** `POST /hooks/registry`: the Authorization header the registry's notification endpoint must send. */
   registryHook?: { tokenEnv?: string; tokenFile?: string };
+  /** Build pods of `kiln serve --executor kubernetes` (src/k8s/executor.ts). */
+  kubernetes?: KubernetesSettings;
   projects: Project[];
+}
+
+/** Where and how `--executor kubernetes` runs build pods (every key optional; defaults in src/k8s/settings.ts). */
+export interface KubernetesSettings {
+  /** The build namespace (default $KILN_BUILD_NAMESPACE, else the service account's or kubeconfig's). */
+  namespace?: string;
+  /** kiln's own image, run as `kiln pod-build` (default $KILN_IMAGE). */
+  image?: string;
+  serviceAccount?: string;
+  resources?: { requests?: Record<string, string>; limits?: Record<string, string> };
+  nodeSelector?: Record<string, string>;
+  tolerations?: Record<string, unknown>[];
+  runtimeClassName?: string;
+  hostUsers?: boolean;
+  /** The isolation level of build pods (default restricted: PSS restricted). */
+  isolation?: 'userns' | 'restricted' | 'vm';
+  /** Finished pods are deleted after this many seconds (default 300). */
+  podGraceSeconds?: number;
+  /** A kubeconfig file (default: in-cluster service account, else $KUBECONFIG). */
+  kubeconfig?: string;
 }
 
 export const PHASES = [

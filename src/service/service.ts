@@ -602,6 +602,22 @@ export class BuildService implements ServiceCore {
         logFile: log,
       };
       if (img.target) job.target = img.target;
+      job.source = {
+        repository: redactUrl(p.repository),
+        commit,
+        ...(build.ref ? { ref: build.ref } : {}),
+        context: img.context,
+        dockerfile: img.dockerfile,
+        image: img.name,
+      };
+      job.timeoutSeconds = timeoutS;
+      job.triggeredBy = {
+        type: build.trigger.type,
+        ...('by' in build.trigger && typeof build.trigger.by === 'string' ? { by: build.trigger.by } : {}),
+        ...('reason' in build.trigger && typeof build.trigger.reason === 'string'
+          ? { reason: build.trigger.reason }
+          : {}),
+      };
       if (img.strategy !== 'dockerfile' || img.backend !== 'kiln')
         Object.assign(job, { strategy: img.strategy, backend: img.backend });
       if (img.s2i) Object.assign(job, { s2i: img.s2i, project: p.name });

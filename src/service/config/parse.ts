@@ -807,6 +807,7 @@ function configFrom(raw: unknown, source: string, locate: Locate | undefined): S
       concurrency: doc.baseWatch?.concurrency ?? 2,
     },
     ...(doc.registryHook ? { registryHook: { ...doc.registryHook } } : {}),
+    ...(doc.kubernetes ? { kubernetes: structuredClone(doc.kubernetes) } : {}),
     projects,
   };
 }

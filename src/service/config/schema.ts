@@ -10,7 +10,7 @@
  * below (ajv's `useDefaults` would write into the caller's document, and the Dockerfile default depends on the
  * context).
  */
-import { FINAL_PHASES } from '../model.js';
+import { FINAL_PHASES, type KubernetesSettings } from '../model.js';
 import type {
   Backend,
   CommitStatusSpec,
@@ -182,6 +182,7 @@ export interface ConfigInput {
   publicUrl?: string;
   baseWatch?: { intervalSeconds?: number; concurrency?: number };
   registryHook?: { tokenEnv?: string; tokenFile?: string };
+  kubernetes?: KubernetesSettings;
   projects?: unknown[];
 }
 
@@ -469,6 +470,31 @@ const serviceProperties: Record<string, JsonSchema> = {
     additionalProperties: false,
     description: 'POST /hooks/registry (registry notifications): the Authorization header value it must carry.',
     properties: { tokenEnv: ENV_NAME, tokenFile: ABSOLUTE_FILE },
+  },
+  kubernetes: {
+    type: 'object',
+    additionalProperties: false,
+    description: 'Build pods of kiln serve --executor kubernetes.',
+    properties: {
+      namespace: { type: 'string', pattern: '^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$' },
+      image: NON_EMPTY,
+      serviceAccount: { type: 'string', pattern: '^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$' },
+      resources: {
+        type: 'object',
+        additionalProperties: false,
+        properties: {
+          requests: { type: 'object', additionalProperties: { type: 'string' } },
+          limits: { type: 'object', additionalProperties: { type: 'string' } },
+        },
+      },
+      nodeSelector: { type: 'object', additionalProperties: { type: 'string' } },
+      tolerations: { type: 'array', items: { type: 'object' } },
+      runtimeClassName: NON_EMPTY,
+      hostUsers: { type: 'boolean' },
+      isolation: { enum: ['userns', 'restricted', 'vm'] },
+      podGraceSeconds: COUNT,
+      kubeconfig: ABSOLUTE_FILE,
+    },
   },
 };
 

@@ -38,6 +38,15 @@ export interface WorkerJob {
   buildpacks?: BuildpacksSpec;
   /** The project (S2I cache dirs are per project). */
   project?: string;
+  /**
+   * Where the checkout came from, for runners that fetch the source themselves (the Kubernetes executor's build
+   * pod): the repository URL without credentials, the commit, and context/Dockerfile relative to the repository.
+   */
+  source?: { repository: string; commit: string; ref?: string; context: string; dockerfile: string; image: string };
+  /** The build's timeout (s): a runner that cannot be aborted in time (a pod) gets it as a deadline. */
+  timeoutSeconds?: number;
+  /** What started the build (recorded by runners that mirror builds, e.g. as ImageBuildRuns). */
+  triggeredBy?: { type: string; by?: string; reason?: string };
 }
 
 /** Service → worker. */

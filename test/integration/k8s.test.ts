@@ -1,0 +1,749 @@
+/**
+ * kiln on Kubernetes against a REAL API server (test/helpers/kube.ts: kube-apiserver built from k8s.io/kubernetes
+ * with Debian's etcd-server; RBAC, PodSecurity admission, CRDs, status subresource, watches). No kubelet runs:
+ * pods are admitted and stored but never scheduled, so the tests play the kubelet by writing pod status through
+ * the status subresource — the same writes a kubelet makes (Running, terminated with OOMKilled, a termination
+ * message with the result).
+ *
+ * Covered: the CRDs of deploy/base/crds install and the server's schema refuses bad specs; the controller turns an
+ * ImageBuildRun into the expected pod (owner, finalizer, labels, deadline, secrets mounted), follows pod status
+ * (Running, OOMKilled, success with digest), re-attaches after a restart, cleans up on delete, fails clearly on a
+ * missing Secret; a namespace with `pod-security.kubernetes.io/enforce=restricted` admits kiln's restricted pod
+ * and refuses a privileged one; the executor (the service's BuildRunner port) runs a build as a pod with its
+ * registry credentials only in a dockerconfigjson Secret, mirrors it as an ImageBuildRun, cancels by deleting the
+ * pod, re-attaches to an existing pod, and fails with one line naming the object and permission when RBAC, the
+ * namespace or the API server is missing; redeploy patches a Deployment to the digest and creates its pull Secret.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseAllDocuments } from 'yaml';
+import { startKubeServer, type KubeServer } from '../helpers/kube.js';
+import { CORE, KubeClient, type KubeObject, loadKubeConfig } from '../../src/k8s/client.js';
+import { BuildRunController, podNameOf } from '../../src/k8s/controller.js';
+import { KubernetesBuildRunner, objectsOf } from '../../src/k8s/executor.js';
+import { KubeRedeployer } from '../../src/k8s/redeploy.js';
+import { FINALIZER, RUNS, IMAGEBUILDS, buildPod } from '../../src/k8s/pod.js';
+import type { ImageBuildRun } from '../../src/k8s/runs.js';
+import type { WorkerJob } from '../../src/service/runner/protocol.js';
+import type { RunOutcome } from '../../src/service/runner/local.js';
+import { RedeployDelivery, TRIGGER_ANNOTATION } from '../../src/service/delivery/redeploy.js';
+import { isKilnError } from '../../src/errors.js';
+
+const CRD_DIR = join(import.meta.dirname, '..', '..', 'deploy', 'base', 'crds');
+const NS = 'kiln-builds';
+const IMAGE = 'registry.example.com/kiln/kiln:test';
+const PASSWORD = 'reg-pw-Zq81xK';
+const DIGEST = 'sha256:' + 'ab'.repeat(32);
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+async function until<T>(what: string, f: () => Promise<T | undefined>, ms = 20_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await f().catch(() => undefined);
+    if (v !== undefined && v !== false) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(100);
+  }
+}
+
+describe('kiln on a real Kubernetes API server', { timeout: 600_000 }, () => {
+  let kube: KubeServer;
+  let admin: KubeClient;
+  let tmp: string;
+
+  const podRef = (name: string, ns = NS) => ({ ...CORE, resource: 'pods', namespace: ns, name });
+  const runRef = (name: string, ns = NS) => ({ ...RUNS, namespace: ns, name });
+  /** Play the kubelet: write the pod's status. */
+  async function setPodStatus(name: string, status: Record<string, unknown>, ns = NS): Promise<void> {
+    await admin.patch({ ...podRef(name, ns), sub: 'status' }, { status });
+  }
+  const running = {
+    phase: 'Running',
+    containerStatuses: [
+      {
+        name: 'build',
+        image: IMAGE,
+        imageID: '',
+        ready: true,
+        restartCount: 0,
+        state: { running: { startedAt: new Date().toISOString() } },
+      },
+    ],
+  };
+  const terminated = (t: Record<string, unknown>, phase: string) => ({
+    phase,
+    containerStatuses: [
+      {
+        name: 'build',
+        image: IMAGE,
+        imageID: '',
+        ready: false,
+        restartCount: 0,
+        state: { terminated: { startedAt: new Date().toISOString(), finishedAt: new Date().toISOString(), ...t } },
+      },
+    ],
+  });
+  const success = terminated(
+    {
+      exitCode: 0,
+      reason: 'Completed',
+      message: JSON.stringify({
+        ok: true,
+        digest: DIGEST,
+        configDigest: DIGEST,
+        pushed: ['127.0.0.1:5000/shop/web:main'],
+      }),
+    },
+    'Succeeded',
+  );
+
+  before(async () => {
+    kube = await startKubeServer({ users: { 'kiln-limited': [] } });
+    admin = new KubeClient(loadKubeConfig({ kubeconfig: kube.kubeconfigPath }));
+    tmp = mkdtempSync(join(tmpdir(), 'kiln-k8s-'));
+    // kiln's CRDs, from the files deploy/ ships
+    for (const f of readdirSync(CRD_DIR).filter((n) => n.startsWith('image'))) {
+      for (const doc of parseAllDocuments(readFileSync(join(CRD_DIR, f), 'utf8'))) {
+        await admin.create(
+          { api: '/apis/apiextensions.k8s.io/v1', resource: 'customresourcedefinitions' },
+          doc.toJS() as KubeObject,
+        );
+      }
+    }
+    for (const crd of ['imagebuilds.kiln.dev', 'imagebuildruns.kiln.dev']) {
+      await until(`${crd} established`, async () => {
+        const c = await admin.get<KubeObject & { status?: { conditions?: { type: string; status: string }[] } }>({
+          api: '/apis/apiextensions.k8s.io/v1',
+          resource: 'customresourcedefinitions',
+          name: crd,
+        });
+        return c.status?.conditions?.some((x) => x.type === 'Established' && x.status === 'True') || undefined;
+      });
+    }
+    // the build namespace enforces PSS restricted, as deploy/overlays/kubernetes does
+    await admin.create(
+      { ...CORE, resource: 'namespaces' },
+      {
+        metadata: {
+          name: NS,
+          labels: {
+            'pod-security.kubernetes.io/enforce': 'restricted',
+            'pod-security.kubernetes.io/enforce-version': 'latest',
+          },
+        },
+      },
+    );
+    await admin.create({ ...CORE, resource: 'serviceaccounts', namespace: NS }, { metadata: { name: 'kiln-build' } });
+    // CRDs are served a moment after Established
+    await until('imagebuildruns served', async () => (await admin.list({ ...RUNS, namespace: NS })) && true);
+  });
+
+  after(async () => {
+    await admin?.close();
+    await kube?.stop();
+    if (tmp) rmSync(tmp, { recursive: true, force: true });
+  });
+
+  test('the CRDs install and the server refuses bad specs (schema and CEL rules)', async () => {
+    const ok = await admin.create<ImageBuildRun>(
+      { ...RUNS, namespace: NS },
+      {
+        apiVersion: 'kiln.dev/v1alpha1',
+        kind: 'ImageBuildRun',
+        metadata: { name: 'schema-ok' },
+        spec: {
+          image: 'web',
+          repository: 'https://git.example.com/shop.git',
+          registry: '127.0.0.1:5000/shop',
+          ref: 'refs/heads/main',
+        },
+      },
+    );
+    assert.equal(ok.spec.image, 'web');
+    const bad = async (spec: Record<string, unknown>, why: RegExp): Promise<void> => {
+      await assert.rejects(
+        admin.create(
+          { ...RUNS, namespace: NS },
+          { apiVersion: 'kiln.dev/v1alpha1', kind: 'ImageBuildRun', metadata: { name: 'schema-bad' }, spec },
+        ),
+        (e: unknown) =>
+          isKilnError(e, 'K8S_INVALID') &&
+          why.test(e.message) &&
+          /imagebuildruns "schema-bad"|imagebuildruns in namespace/.test(e.message),
+      );
+    };
+    const base = { repository: 'https://git.example.com/shop.git', registry: '127.0.0.1:5000/shop', ref: 'main' };
+    await bad({ ...base, image: 'Bad_Name' }, /spec\.image/);
+    await bad({ image: 'web', repository: base.repository, registry: base.registry }, /spec needs ref or commit/);
+    await bad(
+      { ...base, image: 'web', repository: 'https://bob:secret@git.example.com/x.git' },
+      /must not carry a password/,
+    );
+    await bad({ ...base, image: 'web', commit: 'not-a-sha' }, /spec\.commit/);
+    await bad({ image: 'web', ref: 'main' }, /spec needs imageBuild, or repository and registry/);
+    // spec is immutable
+    await assert.rejects(
+      admin.patch(runRef('schema-ok'), { spec: { ref: 'other' } }),
+      (e: unknown) => isKilnError(e, 'K8S_INVALID') && /immutable/.test(e.message),
+    );
+    await admin
+      .create(
+        { ...IMAGEBUILDS, namespace: NS },
+        {
+          apiVersion: 'kiln.dev/v1alpha1',
+          kind: 'ImageBuild',
+          metadata: { name: 'badib' },
+          spec: { repository: 'x', registry: 'r.example.com/p', images: [] },
+        },
+      )
+      .then(
+        () => assert.fail('an ImageBuild without images was accepted'),
+        (e: unknown) => assert.ok(isKilnError(e, 'K8S_INVALID') && /spec\.images/.test(e.message), String(e)),
+      );
+    await admin.delete(runRef('schema-ok'));
+  });
+
+  test("PodSecurity enforce=restricted admits kiln's restricted build pod and refuses a privileged one", async () => {
+    const pod = buildPod({
+      name: 'pss-kiln',
+      job: {
+        buildId: 'pss',
+        repository: 'https://git.example.com/x.git',
+        commit: 'a'.repeat(40),
+        context: '.',
+        dockerfile: 'Dockerfile',
+        buildArgs: {},
+        labels: {},
+        tags: ['r.example.com/x:1'],
+        insecureRegistries: [],
+        secretIds: [],
+      },
+      settings: { namespace: NS, image: IMAGE, isolation: 'restricted', serviceAccountName: 'kiln-build' },
+      timeoutSeconds: 60,
+      runName: 'pss',
+      registrySecret: 'some-secret',
+    });
+    await admin.create({ ...CORE, resource: 'pods', namespace: NS }, pod);
+    const privileged: KubeObject = {
+      metadata: { name: 'pss-privileged' },
+      spec: {
+        serviceAccountName: 'kiln-build',
+        containers: [{ name: 'build', image: IMAGE, securityContext: { privileged: true } }],
+      },
+    };
+    await assert.rejects(
+      admin.create({ ...CORE, resource: 'pods', namespace: NS }, privileged),
+      (e: unknown) =>
+        isKilnError(e, 'K8S_FORBIDDEN') &&
+        /violates PodSecurity "restricted:latest"/.test(e.message) &&
+        /privileged/.test(e.message),
+    );
+    // the userns level is a baseline pod: restricted refuses it too (it needs SETUID/SETGID)
+    const userns = buildPod({
+      ...{ name: 'pss-userns', runName: 'pss2', timeoutSeconds: 60 },
+      job: {
+        buildId: 'x',
+        repository: 'r',
+        context: '.',
+        dockerfile: 'Dockerfile',
+        buildArgs: {},
+        labels: {},
+        tags: ['r/x:1'],
+        insecureRegistries: [],
+        secretIds: [],
+        commit: 'a'.repeat(40),
+      },
+      settings: { namespace: NS, image: IMAGE, isolation: 'userns', serviceAccountName: 'kiln-build' },
+    });
+    await assert.rejects(
+      admin.create({ ...CORE, resource: 'pods', namespace: NS }, userns),
+      (e: unknown) => isKilnError(e, 'K8S_FORBIDDEN') && /violates PodSecurity/.test(e.message),
+    );
+    await admin.delete(podRef('pss-kiln'), { gracePeriodSeconds: 0 });
+  });
+
+  test('controller: ImageBuildRun → pod, status from the pod (Running, OOMKilled, success), missing Secret, restart, delete', async () => {
+    await admin.create(
+      { ...CORE, resource: 'secrets', namespace: NS },
+      {
+        metadata: { name: 'regcred' },
+        type: 'kubernetes.io/dockerconfigjson',
+        stringData: {
+          '.dockerconfigjson': JSON.stringify({
+            auths: { '127.0.0.1:5000': { auth: Buffer.from(`u:${PASSWORD}`).toString('base64') } },
+          }),
+        },
+      },
+    );
+    await admin.create(
+      { ...IMAGEBUILDS, namespace: NS },
+      {
+        apiVersion: 'kiln.dev/v1alpha1',
+        kind: 'ImageBuild',
+        metadata: { name: 'shop' },
+        spec: {
+          repository: 'https://git.example.com/shop.git',
+          registry: '127.0.0.1:5000/shop',
+          registrySecret: 'regcred',
+          timeoutSeconds: 900,
+          images: [{ name: 'web', context: 'web', tags: ['main'], buildArgs: { A: '1' } }],
+          pod: { serviceAccountName: 'kiln-build', resources: { limits: { memory: '2Gi' } } },
+        },
+      },
+    );
+    const mkRun = (name: string, extra: Record<string, unknown> = {}) =>
+      admin.create<ImageBuildRun>(
+        { ...RUNS, namespace: NS },
+        {
+          apiVersion: 'kiln.dev/v1alpha1',
+          kind: 'ImageBuildRun',
+          metadata: { name },
+          spec: {
+            imageBuild: 'shop',
+            image: 'web',
+            commit: 'c'.repeat(40),
+            triggeredBy: { type: 'manual', by: 'test' },
+            ...extra,
+          },
+        },
+      );
+    const logs: string[] = [];
+    const start = () => {
+      const c = new BuildRunController({
+        client: admin,
+        namespace: NS,
+        pod: { image: IMAGE },
+        log: (l) => logs.push(l),
+      });
+      c.start();
+      return c;
+    };
+    let ctl = start();
+    await ctl.ready;
+    const run1 = await mkRun('oom');
+    const pod = await until('the pod of run oom', () =>
+      admin.getOrUndefined<KubeObject & { spec: Record<string, unknown> }>(podRef(podNameOf('oom'))),
+    );
+    // the pod kiln asked for
+    assert.deepEqual(pod.metadata.ownerReferences?.[0], {
+      apiVersion: 'kiln.dev/v1alpha1',
+      kind: 'ImageBuildRun',
+      name: 'oom',
+      uid: run1.metadata.uid,
+      controller: true,
+      blockOwnerDeletion: true,
+    });
+    assert.equal(pod.metadata.labels?.['kiln.dev/run'], 'oom');
+    assert.equal(pod.metadata.labels?.['app.kubernetes.io/managed-by'], 'kiln');
+    assert.equal(pod.spec.activeDeadlineSeconds, 900);
+    assert.equal(pod.spec.restartPolicy, 'Never');
+    assert.equal(pod.spec.serviceAccountName, 'kiln-build');
+    assert.equal(pod.spec.automountServiceAccountToken, false);
+    const c0 = (pod.spec.containers as Record<string, unknown>[])[0] as {
+      image: string;
+      args: string[];
+      env: { name: string; value: string }[];
+      securityContext: Record<string, unknown>;
+      volumeMounts: { name: string; readOnly?: boolean; mountPath: string }[];
+      resources: unknown;
+    };
+    assert.equal(c0.image, IMAGE);
+    assert.deepEqual(c0.args, ['pod-build']);
+    assert.deepEqual(c0.resources, { limits: { memory: '2Gi' }, requests: { memory: '2Gi' } });
+    assert.equal(c0.securityContext.runAsNonRoot, true);
+    assert.deepEqual(c0.securityContext.capabilities, { drop: ['ALL'] });
+    const job = JSON.parse(c0.env.find((e) => e.name === 'KILN_POD_JOB')?.value ?? '{}') as {
+      tags: string[];
+      context: string;
+      buildArgs: Record<string, string>;
+      commit: string;
+    };
+    assert.deepEqual(job.tags, ['127.0.0.1:5000/shop/web:main']);
+    assert.equal(job.context, 'web');
+    assert.deepEqual(job.buildArgs, { A: '1' });
+    assert.equal(job.commit, 'c'.repeat(40));
+    const auth = c0.volumeMounts.find((m) => m.name === 'registry-auth');
+    assert.ok(auth?.readOnly, 'registry credentials are mounted read-only');
+    assert.ok(!JSON.stringify(pod).includes(PASSWORD), 'no password in the pod');
+    let r = await admin.get<ImageBuildRun>(runRef('oom'));
+    assert.ok(r.metadata.finalizers?.includes(FINALIZER));
+    await until(
+      'oom Pending',
+      async () => (await admin.get<ImageBuildRun>(runRef('oom'))).status?.phase === 'Pending' || undefined,
+    );
+
+    // kubelet: running, then OOMKilled
+    await setPodStatus(podNameOf('oom'), running);
+    await until(
+      'oom Running',
+      async () => (await admin.get<ImageBuildRun>(runRef('oom'))).status?.phase === 'Running' || undefined,
+    );
+    await setPodStatus(podNameOf('oom'), terminated({ exitCode: 137, reason: 'OOMKilled' }, 'Failed'));
+    r = await until('oom Failed', async () => {
+      const x = await admin.get<ImageBuildRun>(runRef('oom'));
+      return x.status?.phase === 'Failed' ? x : undefined;
+    });
+    assert.equal(r.status?.reason, 'OOMKilled');
+    assert.deepEqual(
+      r.status?.conditions?.map((c) => [c.type, c.status, c.reason]),
+      [['Succeeded', 'False', 'OOMKilled']],
+    );
+
+    // a missing registry Secret: a clear failure naming it, no pod
+    await mkRun('nosecret', {
+      imageBuild: undefined,
+      repository: 'https://git.example.com/shop.git',
+      registry: '127.0.0.1:5000/shop',
+      registrySecret: 'missing-cred',
+    });
+    r = await until('nosecret Failed', async () => {
+      const x = await admin.get<ImageBuildRun>(runRef('nosecret'));
+      return x.status?.phase === 'Failed' ? x : undefined;
+    });
+    assert.match(r.status?.message ?? '', /registry Secret "missing-cred" not found in namespace "kiln-builds"/);
+    assert.equal(r.status?.conditions?.[0]?.reason, 'SecretNotFound');
+    assert.equal(await admin.getOrUndefined(podRef(podNameOf('nosecret'))), undefined);
+
+    // restart: while the controller is down a run is created and another run's pod succeeds
+    await mkRun('ok');
+    await until('the pod of run ok', () => admin.getOrUndefined(podRef(podNameOf('ok'))));
+    await ctl.stop();
+    await mkRun('while-down');
+    await setPodStatus(podNameOf('ok'), success);
+    ctl = start();
+    r = await until('ok Succeeded after restart', async () => {
+      const x = await admin.get<ImageBuildRun>(runRef('ok'));
+      return x.status?.phase === 'Succeeded' ? x : undefined;
+    });
+    assert.equal(r.status?.digest, DIGEST);
+    assert.deepEqual(
+      r.status?.conditions?.map((c) => [c.type, c.status]),
+      [['Succeeded', 'True']],
+    );
+    await until('the pod of while-down', () => admin.getOrUndefined(podRef(podNameOf('while-down'))));
+    assert.equal(
+      (await admin.list({ ...CORE, resource: 'pods', namespace: NS }, { labelSelector: 'kiln.dev/run=while-down' }))
+        .items.length,
+      1,
+      'one pod per run',
+    );
+
+    // delete: the finalizer removes the pod first, then the run goes
+    await admin.delete(runRef('while-down'));
+    await until('while-down gone', async () =>
+      (await admin.getOrUndefined(runRef('while-down'))) === undefined ? true : undefined,
+    );
+    const p = await admin.getOrUndefined(podRef(podNameOf('while-down')));
+    assert.ok(p === undefined || p.metadata.deletionTimestamp, 'the pod was deleted with its run');
+    await ctl.stop();
+    assert.ok(ctl.lags.length >= 1);
+    for (const n of ['oom', 'nosecret', 'ok']) {
+      await admin.patch(runRef(n), { metadata: { finalizers: [] } });
+      await admin.delete(runRef(n));
+      await admin.delete(podRef(podNameOf(n)), { gracePeriodSeconds: 0 });
+    }
+  });
+
+  describe('the Kubernetes executor (BuildRunner port)', () => {
+    const job = (id: string, logFile: string): WorkerJob => ({
+      buildId: id,
+      contextDir: '/nonexistent',
+      dockerfile: '/nonexistent/Dockerfile',
+      buildArgs: { V: '2' },
+      labels: {
+        'org.opencontainers.image.source': 'https://git.example.com/shop.git',
+        'org.opencontainers.image.revision': 'd'.repeat(40),
+      },
+      secrets: { npmrc: 'npm-token-QQ7' },
+      tags: ['127.0.0.1:5000/shop/web:main'],
+      insecureRegistries: ['127.0.0.1:5000'],
+      registryAuth: { registry: '127.0.0.1:5000', username: 'ci', password: PASSWORD },
+      logFile,
+      project: 'shop',
+      source: {
+        repository: 'https://git.example.com/shop.git',
+        commit: 'd'.repeat(40),
+        ref: 'refs/heads/main',
+        context: 'web',
+        dockerfile: 'web/Dockerfile',
+        image: 'web',
+      },
+      timeoutSeconds: 600,
+      triggeredBy: { type: 'manual', by: 'alice' },
+    });
+    const runner = (client: KubeClient, ns = NS) =>
+      new KubernetesBuildRunner({
+        client,
+        pod: { namespace: ns, image: IMAGE, isolation: 'restricted', serviceAccountName: 'kiln-build' },
+        podGraceSeconds: 1,
+        publicUrl: 'https://kiln.example.com',
+        log: () => undefined,
+      });
+
+    test('a build runs as a pod: credentials only in a Secret, mirrored as an ImageBuildRun, outcome from the pod', async () => {
+      const log = join(tmp, 'b1.log');
+      writeFileSync(log, '');
+      const r = runner(admin);
+      const phases: string[] = [];
+      const names = objectsOf('B1');
+      const done = r.run(job('B1', log), { onPhase: (p) => phases.push(p) }, new AbortController().signal);
+      const pod = await until('the build pod', () =>
+        admin.getOrUndefined<
+          KubeObject & {
+            spec: { activeDeadlineSeconds: number; volumes: { name: string; secret?: { secretName: string } }[] };
+          }
+        >(podRef(names.pod)),
+      );
+      assert.equal(pod.spec.activeDeadlineSeconds, 600);
+      assert.ok(
+        !JSON.stringify(pod).includes(PASSWORD) && !JSON.stringify(pod).includes('npm-token-QQ7'),
+        'no secret value in the pod',
+      );
+      assert.deepEqual(
+        pod.spec.volumes
+          .filter((v) => v.secret)
+          .map((v) => v.secret?.secretName)
+          .sort(),
+        [names.buildSecret, names.registrySecret].sort(),
+      );
+      const sec = await admin.get<KubeObject & { type: string; data: Record<string, string> }>({
+        ...CORE,
+        resource: 'secrets',
+        namespace: NS,
+        name: names.registrySecret,
+      });
+      assert.equal(sec.type, 'kubernetes.io/dockerconfigjson');
+      assert.match(Buffer.from(sec.data['.dockerconfigjson'] ?? '', 'base64').toString(), /"127\.0\.0\.1:5000"/);
+      const run = await admin.get<ImageBuildRun>(runRef(names.run));
+      assert.equal(run.spec.buildId, 'B1');
+      assert.deepEqual(run.spec.triggeredBy, { type: 'manual', by: 'alice' });
+      assert.ok(!JSON.stringify(run).includes(PASSWORD));
+      assert.equal(pod.metadata.ownerReferences?.[0]?.uid, run.metadata.uid);
+      await setPodStatus(names.pod, running);
+      await until('building', async () => phases.includes('building') || undefined);
+      await setPodStatus(names.pod, success);
+      const out = await done;
+      assert.deepEqual(out, {
+        ok: true,
+        digest: DIGEST,
+        configDigest: DIGEST,
+        pushed: ['127.0.0.1:5000/shop/web:main'],
+        bases: [],
+      });
+      const after1 = await admin.get<ImageBuildRun>(runRef(names.run));
+      assert.equal(after1.status?.phase, 'Succeeded');
+      assert.equal(after1.status?.logURL, 'https://kiln.example.com/api/v1/builds/B1/log');
+      const text = readFileSync(log, 'utf8');
+      assert.match(text, /\[kubernetes\] build pod kiln-builds\/kiln-b1/);
+      // no kubelet here: the log stream is refused, and says so in one line
+      assert.match(text, /the pod's log cannot be read: /);
+      assert.ok(!text.includes(PASSWORD));
+      // finished pods and their Secrets go after the grace period (1 s here)
+      await until('pod deleted after grace', async () =>
+        (await admin.getOrUndefined(podRef(names.pod))) === undefined ? true : undefined,
+      );
+      assert.equal(
+        await admin.getOrUndefined({ ...CORE, resource: 'secrets', namespace: NS, name: names.registrySecret }),
+        undefined,
+      );
+      await r.close();
+    });
+
+    test('cancel deletes the pod; a restarted service re-attaches to a running pod', async () => {
+      const log = join(tmp, 'b2.log');
+      writeFileSync(log, '');
+      const ac = new AbortController();
+      const c1 = new KubeClient(loadKubeConfig({ kubeconfig: kube.kubeconfigPath }));
+      const r1 = runner(c1);
+      const names = objectsOf('B2');
+      const done = r1.run(job('B2', log), {}, ac.signal);
+      await until('pod B2', () => admin.getOrUndefined(podRef(names.pod)));
+      await setPodStatus(names.pod, running);
+      await sleep(300);
+      ac.abort('cancelled');
+      const out = await done;
+      assert.equal(out.ok, false);
+      assert.equal((out as Extract<RunOutcome, { ok: false }>).code, 'INTERRUPTED');
+      await until('pod B2 gone', async () =>
+        (await admin.getOrUndefined(podRef(names.pod))) === undefined ? true : undefined,
+      );
+      assert.equal((await admin.get<ImageBuildRun>(runRef(names.run))).status?.phase, 'Cancelled');
+      await r1.close();
+
+      // re-attach: the pod of build B3 exists (started by a previous process); a new runner follows it
+      const namesB3 = objectsOf('B3');
+      const first = runner(new KubeClient(loadKubeConfig({ kubeconfig: kube.kubeconfigPath })));
+      const abandoned = first.run(job('B3', join(tmp, 'b3.log')), {}, new AbortController().signal);
+      await until('pod B3', () => admin.getOrUndefined(podRef(namesB3.pod)));
+      const uid = (await admin.get(podRef(namesB3.pod))).metadata.uid;
+      await first.close(); // the service stops: it stops following, nothing is deleted
+      assert.equal((await abandoned).ok, false);
+      assert.ok(await admin.getOrUndefined(podRef(namesB3.pod)), 'the pod keeps running');
+      const second = runner(new KubeClient(loadKubeConfig({ kubeconfig: kube.kubeconfigPath })));
+      assert.deepEqual(await second.runningPods(), ['B3']);
+      const log3 = join(tmp, 'b3b.log');
+      writeFileSync(log3, '');
+      const again = second.run(job('B3', log3), {}, new AbortController().signal);
+      await until(
+        're-attached',
+        async () => /re-attached to the running pod kiln-b3/.test(readFileSync(log3, 'utf8')) || undefined,
+      );
+      assert.equal((await admin.get(podRef(namesB3.pod))).metadata.uid, uid, 'the same pod, not a new one');
+      await setPodStatus(namesB3.pod, success);
+      assert.equal((await again).ok, true);
+      await second.close();
+    });
+
+    test('missing RBAC permission, missing namespace, unreachable API server: one clear line, nothing left behind', async () => {
+      // kiln-limited may manage ImageBuildRuns and Secrets but not create pods
+      await admin.create(
+        { api: '/apis/rbac.authorization.k8s.io/v1', resource: 'roles', namespace: NS },
+        {
+          metadata: { name: 'limited' },
+          rules: [
+            {
+              apiGroups: ['kiln.dev'],
+              resources: ['imagebuildruns', 'imagebuildruns/status'],
+              verbs: ['get', 'create', 'patch'],
+            },
+            { apiGroups: [''], resources: ['secrets'], verbs: ['get', 'create', 'update', 'delete'] },
+            { apiGroups: [''], resources: ['pods'], verbs: ['get', 'list', 'watch', 'delete'] },
+          ],
+        },
+      );
+      await admin.create(
+        { api: '/apis/rbac.authorization.k8s.io/v1', resource: 'rolebindings', namespace: NS },
+        {
+          metadata: { name: 'limited' },
+          roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: 'limited' },
+          subjects: [{ apiGroup: 'rbac.authorization.k8s.io', kind: 'User', name: 'kiln-limited' }],
+        },
+      );
+      const limited = new KubeClient(loadKubeConfig({ kubeconfig: kube.kubeconfigFor('kiln-limited') }));
+      assert.equal(await limited.canI('create', 'pods', { namespace: NS }), false);
+      assert.equal(await limited.canI('create', 'secrets', { namespace: NS }), true);
+      const log = join(tmp, 'b4.log');
+      writeFileSync(log, '');
+      let out = await runner(limited).run(job('B4', log), {}, new AbortController().signal);
+      assert.equal(out.ok, false);
+      let f = out as Extract<RunOutcome, { ok: false }>;
+      assert.equal(f.code, 'K8S_FORBIDDEN');
+      assert.match(
+        f.message,
+        /^cannot create pods in namespace "kiln-builds": pods is forbidden: User "kiln-limited" cannot create resource "pods" in API group "" in the namespace "kiln-builds"/,
+      );
+      assert.match(
+        readFileSync(log, 'utf8'),
+        /hint: grant the permission in a Role bound to the identity \(kubectl auth can-i create pods -n kiln-builds\)/,
+      );
+      assert.equal(
+        await admin.getOrUndefined({
+          ...CORE,
+          resource: 'secrets',
+          namespace: NS,
+          name: objectsOf('B4').registrySecret,
+        }),
+        undefined,
+        'the Secret it created is removed',
+      );
+
+      out = await runner(admin, 'no-such-ns').run(job('B5', log), {}, new AbortController().signal);
+      f = out as Extract<RunOutcome, { ok: false }>;
+      assert.equal(f.code, 'K8S_NAMESPACE_NOT_FOUND');
+      assert.match(f.message, /namespace "no-such-ns"/);
+
+      const down = new KubeClient({ server: 'https://127.0.0.1:1', token: 'x' });
+      out = await runner(down).run(job('B6', log), {}, new AbortController().signal);
+      f = out as Extract<RunOutcome, { ok: false }>;
+      assert.equal(f.code, 'K8S_UNREACHABLE');
+      assert.match(f.message, /^cannot reach the Kubernetes API server at https:\/\/127\.0\.0\.1:1: ECONNREFUSED/);
+      await limited.close();
+    });
+  });
+
+  test('redeploy patches an opted-in Deployment to the digest and creates its pull Secret', async () => {
+    const ns = 'shop-prod';
+    await admin.create({ ...CORE, resource: 'namespaces' }, { metadata: { name: ns } });
+    const dep = (name: string, annotated: boolean): KubeObject => ({
+      apiVersion: 'apps/v1',
+      kind: 'Deployment',
+      metadata: {
+        name,
+        namespace: ns,
+        ...(annotated
+          ? { annotations: { [TRIGGER_ANNOTATION]: JSON.stringify([{ image: 'shop/web', tag: 'main' }]) } }
+          : {}),
+      },
+      spec: {
+        selector: { matchLabels: { app: name } },
+        template: {
+          metadata: { labels: { app: name } },
+          spec: { containers: [{ name: 'web', image: '127.0.0.1:5000/shop/web:main' }] },
+        },
+      },
+    });
+    await admin.create({ api: '/apis/apps/v1', resource: 'deployments', namespace: ns }, dep('web', true));
+    await admin.create({ api: '/apis/apps/v1', resource: 'deployments', namespace: ns }, dep('other', false));
+    const k = new KubeRedeployer(admin);
+    const res = await new RedeployDelivery(k, { namespace: ns }).deliver({
+      name: 'shop/web',
+      repository: '127.0.0.1:5000/shop/web',
+      tags: ['main'],
+      digest: DIGEST,
+      buildId: 'B9',
+    });
+    assert.deepEqual(
+      res.outcomes.map((o) => [o.workload, o.result]),
+      [['Deployment shop-prod/web', 'patched']],
+    );
+    const web = await admin.get<KubeObject & { spec: { template: { spec: { containers: { image: string }[] } } } }>({
+      api: '/apis/apps/v1',
+      resource: 'deployments',
+      namespace: ns,
+      name: 'web',
+    });
+    assert.equal(web.spec.template.spec.containers[0]?.image, `127.0.0.1:5000/shop/web@${DIGEST}`);
+    const other = await admin.get<KubeObject & { spec: { template: { spec: { containers: { image: string }[] } } } }>({
+      api: '/apis/apps/v1',
+      resource: 'deployments',
+      namespace: ns,
+      name: 'other',
+    });
+    assert.equal(
+      other.spec.template.spec.containers[0]?.image,
+      '127.0.0.1:5000/shop/web:main',
+      'not opted in: untouched',
+    );
+    assert.equal(await k.ensurePullSecret(ns, 'kiln-pull', '127.0.0.1:5000', 'puller', PASSWORD), 'created');
+    assert.equal(await k.ensurePullSecret(ns, 'kiln-pull', '127.0.0.1:5000', 'puller', PASSWORD + '2'), 'refreshed');
+    const ps = await admin.get<KubeObject & { type: string; data: Record<string, string> }>({
+      ...CORE,
+      resource: 'secrets',
+      namespace: ns,
+      name: 'kiln-pull',
+    });
+    assert.equal(ps.type, 'kubernetes.io/dockerconfigjson');
+    assert.match(
+      Buffer.from(ps.data['.dockerconfigjson'] ?? '', 'base64').toString(),
+      new RegExp(Buffer.from(`puller:${PASSWORD}2`).toString('base64')),
+    );
+    const wl = (await k.list(ns)).find((w) => w.metadata.name === 'web');
+    assert.ok(wl && (await k.usePullSecret(wl, 'kiln-pull')));
+    const web2 = await admin.get<
+      KubeObject & { spec: { template: { spec: { imagePullSecrets?: { name: string }[] } } } }
+    >({ api: '/apis/apps/v1', resource: 'deployments', namespace: ns, name: 'web' });
+    assert.deepEqual(web2.spec.template.spec.imagePullSecrets, [{ name: 'kiln-pull' }]);
+    // a second delivery of the same digest changes nothing
+    const again = await new RedeployDelivery(k, { namespace: ns }).deliver({
+      name: 'shop/web',
+      repository: '127.0.0.1:5000/shop/web',
+      tags: ['main'],
+      digest: DIGEST,
+      buildId: 'B10',
+    });
+    assert.deepEqual(again.outcomes, []);
+  });
+});

@@ -131,6 +131,11 @@ export async function runStrategyBuild(
     );
   }
   if (strategy === 'buildpacks' && backend === 'kiln') return runBuildpacks(job, opts, embed);
+  if (strategy === 'node' && backend === 'kiln') {
+    const { runNodeBuild } = await import('../strategies/node/frontend.js');
+    const node = job.node?.base ? { base: job.node.base } : {};
+    return withRebaseBase(await runNodeBuild({ source: job.contextDir, node, build: opts, flags: {}, embed }));
+  }
   if (strategy !== 'dockerfile') {
     throw new KilnError(
       'STRATEGY_UNSUPPORTED',

@@ -60,6 +60,11 @@ export interface BuildpacksSpec {
   /** Platform env vars for the buildpacks (`/platform/env`). */
   env?: Record<string, string>;
 }
+/** Node.js builder settings of an image built with `strategy: node` (src/strategies/node; `kiln build --strategy node`). */
+export interface NodeSpec {
+  /** The base image with node and npm (default docker.io/library/node:20-bookworm-slim). */
+  base?: string;
+}
 export type Backend = 'kiln' | 'buildah' | 'docker' | 'kaniko';
 
 /** One image of a project: built from the project's repository, pushed as `<project.registry>/<name>`. */
@@ -80,6 +85,8 @@ export interface ImageSpec {
   s2i?: S2ISpec;
   /** With `strategy: buildpacks`: the builder and buildpacks settings (the app dir is `context`). */
   buildpacks?: BuildpacksSpec;
+  /** With `strategy: node`: the Node.js builder's settings (the app dir, with package.json, is `context`). */
+  node?: NodeSpec;
   /** Globs of repository paths that concern this image (empty: every change). */
   paths: string[];
   /** Tag templates (`{{branch}}`, `{{tag}}`, `{{sha}}`, `{{shortSha}}`, `{{buildNumber}}`, `latest`, …). */

@@ -709,6 +709,7 @@ function toImage(img: ImageInput): ImageSpec {
     backend: img.backend ?? IMAGE_DEFAULTS.backend,
     ...(img.s2i === undefined ? {} : { s2i: structuredClone(img.s2i) }),
     ...(img.buildpacks === undefined ? {} : { buildpacks: structuredClone(img.buildpacks) }),
+    ...(img.node === undefined ? {} : { node: structuredClone(img.node) }),
     paths: [...(img.paths ?? IMAGE_DEFAULTS.paths)],
     tags: [...(img.tags ?? IMAGE_DEFAULTS.tags)],
     ...(img.timeoutSeconds === undefined ? {} : { timeoutSeconds: img.timeoutSeconds }),

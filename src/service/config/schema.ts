@@ -23,6 +23,7 @@ import type {
   RunPolicy,
   S2ISpec,
   BuildpacksSpec,
+  NodeSpec,
   SecretRef,
   ServiceConfig,
   Phase,
@@ -141,6 +142,7 @@ export interface ImageInput {
   backend?: Backend;
   s2i?: S2ISpec;
   buildpacks?: BuildpacksSpec;
+  node?: NodeSpec;
   paths?: string[];
   tags?: string[];
   timeoutSeconds?: number;
@@ -367,6 +369,11 @@ export const imageSchema: JsonSchema = {
         runImage: NON_EMPTY,
         env: { type: 'object', additionalProperties: { type: 'string' } },
       },
+    },
+    node: {
+      type: 'object',
+      additionalProperties: false,
+      properties: { base: NON_EMPTY },
     },
     paths: { ...FILTERS, default: [] },
     tags: { type: 'array', items: NON_EMPTY, default: DEFAULT_TAG_TEMPLATES },

@@ -7,7 +7,16 @@
  * Secrets (build secrets, registry passwords) cross only this socket — never argv, env, a file outside the
  * worker's private temp dir, or the log.
  */
-import type { Backend, BaseRecord, BuildStage, RebaseRecord, S2ISpec, BuildpacksSpec, Strategy } from '../model.js';
+import type {
+  Backend,
+  BaseRecord,
+  BuildStage,
+  RebaseRecord,
+  S2ISpec,
+  BuildpacksSpec,
+  NodeSpec,
+  Strategy,
+} from '../model.js';
 
 export type { BaseRecord, RebaseRecord };
 
@@ -36,6 +45,7 @@ export interface WorkerJob {
   backend?: Backend;
   s2i?: S2ISpec;
   buildpacks?: BuildpacksSpec;
+  node?: NodeSpec;
   /** The project (S2I cache dirs are per project). */
   project?: string;
   /**

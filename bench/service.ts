@@ -20,12 +20,14 @@
  *               and a few listings (its workers apart). Target ≤ 150 MB.
  *
  * Environment: BENCH_ROUNDS (default 3), BENCH_ONLY=S1,S4 (parts), BENCH_SMALL=1 (tiny inputs, to check the
- * harness), BENCH_REV=HEAD (measure a committed revision, not the working tree), BENCH_KEEP=1 (keep the temp dir). Output: the tables on stdout and in bench/results/service.md (with
- * the machine); partial runs (BENCH_SMALL, BENCH_ONLY) write .tmp/bench-service-partial.md instead.
+ * harness), BENCH_REV=HEAD (measure a committed revision, not the working tree), BENCH_KEEP=1 (keep the temp dir),
+ * BENCH_SERVICE_NODE_ARGS='--cpu-prof --cpu-prof-dir=D' (node options of the service process, e.g. to profile
+ * it). Output: the tables on stdout and in bench/results/service.md (with the machine); partial runs (BENCH_SMALL,
+ * BENCH_ONLY) write .tmp/bench-service-partial.md instead.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, statSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { cpus, release, tmpdir, totalmem } from 'node:os';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { dirname, join } from 'node:path';
@@ -48,6 +50,8 @@ const ALL = ['S1', 'S2', 'S3', 'S4', 'S5', 'S6'];
 const ONLY = new Set((process.env.BENCH_ONLY ?? ALL.join(',')).split(',').map((s) => s.trim().toUpperCase()));
 const SMALL = process.env.BENCH_SMALL === '1';
 const LOAD_AT_START = readFileSync('/proc/loadavg', 'utf8').trim();
+/** Node options of the service process only, e.g. `--cpu-prof --cpu-prof-dir=D` to profile it (not its workers). */
+const SERVICE_NODE_ARGS = (process.env.BENCH_SERVICE_NODE_ARGS ?? '').split(' ').filter((a) => a !== '');
 /** Benchmark a committed revision (e.g. HEAD) instead of the working tree. */
 const REV = process.env.BENCH_REV || undefined;
 
@@ -113,6 +117,8 @@ async function compileKiln(): Promise<string> {
   Store = (
     (await import(pathToFileURL(join(out, 'service', 'store', 'store.js')).href)) as { Store: typeof StoreClass }
   ).Store;
+  // kiln reads its version from the package.json above dist/ (a git archive has one; a working-tree build needs it)
+  if (!REV) await copyFile(join(REPO, 'package.json'), join(dirname(out), 'package.json'));
   const bin = join(dirname(out), 'bin', 'kiln.js');
   await mkdir(dirname(bin), { recursive: true });
   await writeFile(
@@ -168,7 +174,7 @@ async function startService(dataDir: string, home: string, config: string): Prom
   store.close();
   const proc = spawn(
     process.execPath,
-    [KILN, 'serve', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--config', cfg],
+    [...SERVICE_NODE_ARGS, KILN, 'serve', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--config', cfg],
     { env: kilnEnv(home), stdio: ['ignore', 'ignore', 'pipe'] },
   );
   let err = '';

@@ -523,14 +523,16 @@ export class BuildService implements ServiceCore {
           fetch: 'if-missing',
         })
       ).commit;
+      // The commit's subject, so the log says what is being built (as text: the UI renders log lines as text);
+      // read from the mirror while the workspace is written.
+      const message = this.mirrors.commitMessage(p, commit).catch(() => undefined);
       await mkdir(useWs ? wsRoot : checkout, { recursive: true, mode: 0o700 });
       if (useWs)
         await this.mirrors.updateWorkspace(p, commit, checkout, join(wsRoot, `.${build.image}.index`), ac.signal);
       else await this.mirrors.checkout(p, commit, checkout, ac.signal);
       stages[0] = { ...fetchStage, status: 'done', durationMs: Math.round(performance.now() - t0) };
       await line(`#0 checked out ${commit}`);
-      // The commit's subject, so the log says what is being built (as text: the UI renders log lines as text).
-      const subject = (await this.mirrors.commitMessage(p, commit).catch(() => undefined))?.split('\n')[0]?.trim();
+      const subject = (await message)?.split('\n')[0]?.trim();
       if (subject) await line(`#0 commit: ${subject.slice(0, 200)}`);
       await line(`#0 DONE ${((performance.now() - t0) / 1000).toFixed(1)}s`);
       this.store.setStages(build.id, stages);
@@ -545,10 +547,7 @@ export class BuildService implements ServiceCore {
       let df: string;
       try {
         ctx = await realpath(ctxRel);
-        df =
-          img.strategy === 's2i' || img.strategy === 'buildpacks' || img.strategy === 'node'
-            ? ctx
-            : await realpath(dfRel); // S2I decides its steps itself: no Dockerfile
+        df = img.strategy === 's2i' || img.strategy === 'buildpacks' ? ctx : await realpath(dfRel); // S2I decides its steps itself: no Dockerfile
       } catch {
         throw new KilnError(
           'DOCKERFILE_NOT_FOUND',
@@ -565,12 +564,7 @@ export class BuildService implements ServiceCore {
           throw new KilnError('PATH_OUTSIDE', `${what} ${img[what]} leaves the repository (through a symlink)`);
         }
       }
-      if (
-        img.strategy !== 's2i' &&
-        img.strategy !== 'buildpacks' &&
-        img.strategy !== 'node' &&
-        !(await stat(df)).isFile()
-      )
+      if (img.strategy !== 's2i' && img.strategy !== 'buildpacks' && !(await stat(df)).isFile())
         throw new KilnError('DOCKERFILE_NOT_FOUND', `${img.dockerfile} is not a file`);
 
       const branch = build.ref.startsWith('refs/heads/') ? build.ref.slice(11) : undefined;
@@ -630,7 +624,6 @@ export class BuildService implements ServiceCore {
         Object.assign(job, { strategy: img.strategy, backend: img.backend });
       if (img.s2i) Object.assign(job, { s2i: img.s2i, project: p.name });
       if (img.buildpacks) Object.assign(job, { buildpacks: img.buildpacks, project: p.name });
-      if (img.node) Object.assign(job, { node: img.node });
       const rc = p.registryCredentials;
       if (rc?.username) {
         job.registryAuth = {

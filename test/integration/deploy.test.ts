@@ -13,6 +13,7 @@ import { parseAllDocuments } from 'yaml';
 import { goTools } from '../helpers/go-tools.js';
 import { checkPodSpec, podSpecs, type KubeObject, type PodSpecLike } from '../helpers/pss.js';
 import { isolationPodSettings } from '../../src/sandbox/isolation.js';
+import { parseConfigText } from '../../src/service/config/parse.js';
 
 const REPO = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const DEPLOY = join(REPO, 'deploy');
@@ -99,6 +100,25 @@ describe('deploy/ rendered with kustomize v5', () => {
     const local = standalone.find((o) => o.kind === 'Deployment');
     const largs = (local?.spec as { template: { spec: { containers: { args: string[] }[] } } }).template.spec.containers[0]?.args ?? []; // prettier-ignore
     assert.ok(!largs.some((a) => a.startsWith('--executor')), 'standalone uses the local executor (the default)');
+  });
+
+  test("each overlay's service config is valid for kiln serve; build pods go where the overlay prepared", () => {
+    const configOf = (objs: KubeObject[]): ReturnType<typeof parseConfigText> => {
+      const cm = objs.find((o) => o.kind === 'ConfigMap' && o.metadata?.name?.startsWith('kiln-config'));
+      const text = (cm?.data as Record<string, string> | undefined)?.['config.yaml'];
+      assert.ok(text, 'the ConfigMap holds config.yaml');
+      return parseConfigText(text, 'config.yaml');
+    };
+    assert.equal(configOf(standalone).kubernetes, undefined);
+    const k = configOf(kubernetes).kubernetes;
+    assert.ok(k, 'the kubernetes overlay configures build pods');
+    assert.equal(k.isolation, 'restricted');
+    const ns = find(kubernetes, 'Namespace', undefined, k.namespace ?? '');
+    assert.equal(ns?.metadata?.labels?.['pod-security.kubernetes.io/enforce'], 'restricted');
+    assert.ok(find(kubernetes, 'ServiceAccount', k.namespace, k.serviceAccount ?? ''), "the build pods' account");
+    const d = find(kubernetes, 'Deployment', 'kiln', 'kiln');
+    const image = (d?.spec as { template: { spec: { containers: { image: string }[] } } }).template.spec.containers[0]?.image; // prettier-ignore
+    assert.equal(k.image, image, 'build pods run the same kiln image as the service');
   });
 
   test('kubernetes overlay: every pod template passes PSS restricted; both namespaces enforce restricted', () => {

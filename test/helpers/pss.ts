@@ -36,6 +36,7 @@ export interface SecurityContextLike {
 
 export interface ContainerLike {
   name?: string;
+  image?: string;
   securityContext?: SecurityContextLike;
   ports?: { hostPort?: number }[];
 }

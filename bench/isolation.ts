@@ -15,7 +15,7 @@
  * Both levels run as the ordinary user kilntest: userns as today (subordinate ids), restricted inside the emulated
  * Pod Security Standards restricted container (scripts/restricted-run.sh). The levels alternate within each round
  * (the order flips every round), rounds are BENCH_ROUNDS (default 3), BENCH_ONLY=W1,W3,APT,COMPAT picks workloads,
- * BENCH_SMALL=1 shrinks the inputs (harness check). kiln runs compiled (a private tsc output under .tmp/, so the
+ * BENCH_COMPAT=npm,sudo picks compatibility cases by name, BENCH_SMALL=1 shrinks the inputs (harness check). kiln runs compiled (a private tsc output under .tmp/, so the
  * layer worker thread is used as in a release); the restricted helper is compiled once, outside the timings.
  * Output: the table on stdout and in bench/results/isolation.md (partial runs: .tmp/bench-isolation.md).
  */
@@ -175,12 +175,15 @@ function compatCases(work: string): CompatCase[] {
       name: 'npm ci (express, from the npm registry)',
       dockerfile: (n) =>
         DEBIAN +
-        'COPY node /usr/local/bin/node\nCOPY npm /usr/local/lib/node_modules/npm\n' +
+        // the host's CA bundle: where the registry is reached through a TLS-inspecting proxy, npm needs its CA
+        'COPY node /usr/local/bin/node\nCOPY npm /usr/local/lib/node_modules/npm\nCOPY ca.crt /etc/kiln-host-ca.crt\n' +
+        'ENV NODE_EXTRA_CA_CERTS=/etc/kiln-host-ca.crt\n' +
         'RUN ln -s ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm\nWORKDIR /app\n' +
         `COPY package.json package-lock.json ./\nRUN echo ${n} && npm ci --no-audit --no-fund\n`,
       step: /npm ci/,
       files: {
         node: { from: process.execPath },
+        'ca.crt': { from: process.env.NODE_EXTRA_CA_CERTS || '/etc/ssl/certs/ca-certificates.crt' },
         npm: { from: '/usr/lib/node_modules/npm' },
         'package.json': { from: join(work, 'npm', 'package.json') },
         'package-lock.json': { from: join(work, 'npm', 'package-lock.json') },
@@ -261,7 +264,9 @@ async function compat(homes: Record<Level, string>): Promise<string[]> {
   });
   if (lock.status !== 0) throw new Error(`npm install --package-lock-only failed: ${lock.stderr}`);
   await writeFile(join(work, 'secret'), 's3cret\n');
-  const cases = compatCases(work);
+  // BENCH_COMPAT=npm,sudo: only the cases whose name contains one of these
+  const pick = (process.env.BENCH_COMPAT ?? '').split(',').filter(Boolean);
+  const cases = compatCases(work).filter((c) => !pick.length || pick.some((p) => c.name.includes(p)));
   const results = new Map<string, Record<Level, { ok: boolean; why: string; s: number[] }>>();
   for (const c of cases) {
     const ctx = join(work, 'compat', c.name.replace(/[^a-z0-9]+/gi, '-'));
@@ -408,7 +413,7 @@ async function main(): Promise<void> {
   if (ONLY.has('COMPAT')) lines.push("Compatibility (the measured step's own time, s):", ...(await compat(homes)));
   const text = lines.join('\n');
   process.stdout.write(text);
-  const partial = SMALL || process.env.BENCH_ONLY !== undefined || ROUNDS < 3;
+  const partial = SMALL || process.env.BENCH_ONLY !== undefined || process.env.BENCH_COMPAT !== undefined || ROUNDS < 3;
   const file = partial ? join(REPO, '.tmp', 'bench-isolation.md') : join(REPO, 'bench', 'results', 'isolation.md');
   await mkdir(dirname(file), { recursive: true });
   await writeFile(file, text);

@@ -40,6 +40,9 @@ const COMMANDS = [
   'controller',
 ] as const;
 
+/** Commands registered by a module of another name (`kiln s2i` lives in strategy.ts). */
+const MODULE_OF: Record<string, (typeof COMMANDS)[number]> = { s2i: 'strategy' };
+
 interface CommandModule {
   register(program: Command): void;
 }
@@ -52,7 +55,7 @@ async function loadCommands(program: Command, argv: string[]): Promise<void> {
   const here = dirname(fileURLToPath(import.meta.url));
   const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
   const first = argv.find((a) => !a.startsWith('-'));
-  const wanted = COMMANDS.find((c) => c === first);
+  const wanted = COMMANDS.find((c) => c === (first !== undefined ? (MODULE_OF[first] ?? first) : first));
   for (const name of wanted ? [wanted] : COMMANDS) {
     const file = join(here, name + ext);
     if (!existsSync(file)) continue;

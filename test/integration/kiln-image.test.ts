@@ -82,7 +82,7 @@ describe("kiln's own image, built by kiln", () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  test('kiln build -f deploy/image/Dockerfile: non-root user, entrypoint kiln, package list label', async () => {
+  test('kiln build -f deploy/image/Dockerfile: non-root user, entrypoint kiln, package list label', async (t) => {
     const meta = join(dir, 'metadata.json');
     const r = await runKiln(
       [
@@ -119,6 +119,12 @@ describe("kiln's own image, built by kiln", () => {
     assert.deepEqual(cfg.Entrypoint, ['/usr/local/bin/kiln']);
     assert.equal(cfg.Labels['dev.kiln.sbom'], '/usr/share/kiln/packages.txt');
     assert.ok(cfg.Env.includes('KILN_RESTRICTED_HELPER=/usr/local/libexec/kiln/kiln-restricted'));
+    const raw = spawnSync('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${ref}`], {
+      encoding: 'utf8',
+    });
+    const layers = (JSON.parse(raw.stdout) as { layers: { size: number }[] }).layers;
+    const mb = (n: number): string => (n / 1e6).toFixed(1);
+    t.diagnostic(`image: ${layers.length} layers, ${mb(layers.reduce((a, l) => a + l.size, 0))} MB compressed (${layers.map((l) => mb(l.size)).join(' + ')})`); // prettier-ignore
   });
 
   test('runs under dockerd: kiln --version as uid 1000, setuid newuidmap, packages, kiln serve answers', async () => {

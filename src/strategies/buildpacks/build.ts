@@ -380,36 +380,53 @@ export async function runBuildpacksBuild(req: BuildpacksRequest): Promise<Buildp
     // detect
     const group = await phase('[detect]', async (id) => {
       const said: string[] = [];
-      const descCache = new Map<string, Buildpack>();
+      // as the lifecycle: a buildpack met again in a later group answers from its first run
+      type Detected = { bp: Buildpack; code: number; plan: DetectResult['plan'] };
+      const memo = new Map<string, Promise<Detected>>();
+      const runDetect = async (bp: Buildpack): Promise<Detected> => {
+        const planRel = `/layers/.kiln-detect/${escapeId(bp.id)}/${escapeId(bp.version)}/plan.toml`;
+        const planHost = join(root, planRel);
+        await mkdir(join(planHost, '..'), { recursive: true });
+        await writeFile(planHost, '');
+        await lchown(planHost, uid, gid);
+        const env = baseEnv(bp);
+        env.set('CNB_BUILD_PLAN_PATH', planRel);
+        const { code, output } = await run(id, bp, 'detect', env);
+        if (code !== 0 && code !== 100) {
+          throw new KilnError(
+            'BP_DETECT_ERROR',
+            `buildpack ${bp.id}@${bp.version}: bin/detect exited ${code}: ${tail(output, 600)}`,
+            { hint: 'exit 0 passes, 100 fails; any other code is an error of the buildpack' },
+          );
+        }
+        const plan = code === 0 ? parseDetectPlan(await readFile(planHost, 'utf8'), `${bp.id}: build plan`) : [];
+        return { bp, code, plan };
+      };
+      const detect = async (e: GroupEntry): Promise<Detected> => {
+        const bp = await findBuildpack(root, e);
+        const key = `${bp.id}@${bp.version}`;
+        let p = memo.get(key);
+        if (!p) {
+          p = runDetect(bp);
+          memo.set(key, p);
+        }
+        return { ...(await p), bp };
+      };
       for (const [gi, g] of order.entries()) {
-        const results: DetectResult[] = [];
-        const bps: Buildpack[] = [];
-        for (const e of g) {
-          const key = `${e.id}@${e.version ?? ''}`;
-          const bp = descCache.get(key) ?? (await findBuildpack(root, e));
-          descCache.set(key, bp);
-          bps.push(bp);
-          const planRel = `/layers/.kiln-detect/${escapeId(bp.id)}/plan.toml`;
-          const planHost = join(root, planRel);
-          await mkdir(join(planHost, '..'), { recursive: true });
-          await writeFile(planHost, '');
-          await lchown(planHost, uid, gid);
-          const env = baseEnv(bp);
-          env.set('CNB_BUILD_PLAN_PATH', planRel);
-          const { code, output } = await run(id, bp, 'detect', env);
-          if (code !== 0 && code !== 100) {
-            throw new KilnError(
-              'BP_DETECT_ERROR',
-              `buildpack ${bp.id}@${bp.version}: bin/detect exited ${code}: ${tail(output, 600)}`,
-              {
-                hint: 'exit 0 passes, 100 fails; any other code is an error of the buildpack',
-              },
-            );
-          }
-          const plan = code === 0 ? parseDetectPlan(await readFile(planHost, 'utf8'), `${bp.id}: build plan`) : [];
-          results.push({ id: bp.id, version: bp.version, optional: e.optional, passed: code === 0, plan });
+        // one at a time: the sandbox prepares its mount points in the shared build root
+        const outs: Detected[] = [];
+        for (const e of g) outs.push(await detect(e));
+        const bps = outs.map((o) => o.bp);
+        const results: DetectResult[] = outs.map((o, i) => ({
+          id: o.bp.id,
+          version: o.bp.version,
+          optional: (g[i] as GroupEntry).optional,
+          passed: o.code === 0,
+          plan: o.plan,
+        }));
+        for (const r of results) {
           said.push(
-            `group ${gi + 1}: ${bp.id}@${bp.version} ${code === 0 ? 'passed' : 'failed'}${e.optional ? ' (optional)' : ''}`,
+            `group ${gi + 1}: ${r.id}@${r.version} ${r.passed ? 'passed' : 'failed'}${r.optional ? ' (optional)' : ''}`,
           );
         }
         const resolved = resolveGroup(results);

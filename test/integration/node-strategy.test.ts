@@ -3,7 +3,7 @@
  * debootstrap root (scripts/debian-rootfs.sh) plus this machine's node and npm, pushed to a real registry; apps
  * whose lockfiles the real npm resolves from the npm registry; real `npm ci` in kiln's sandbox; the image run by
  * Debian's dockerd answering HTTP; a second build after an app change uploading only the app layer (registry log);
- * two apps sharing express's layer digest; skopeo and umoci reading the image; bad input refused with one line and
+ * two apps — the second built rootless by an ordinary user with subordinate ids — sharing express's layer digest; skopeo and umoci reading the image; bad input refused with one line and
  * nothing pushed.
  */
 import { after, before, describe, test } from 'node:test';
@@ -15,6 +15,8 @@ import { fileURLToPath } from 'node:url';
 import { startDockerd, type Dockerd } from '../helpers/dockerd.js';
 import { startRegistry, runKiln, type TestRegistry } from '../helpers/registry.js';
 import { run } from '../differential/exec.js';
+import { ensureRootlessUser, rootlessTempDir } from '../helpers/rootless.js';
+import { kiln as kilnAs } from './build-helpers.js';
 
 const isRoot = process.getuid?.() === 0;
 const here = dirname(fileURLToPath(import.meta.url));
@@ -186,36 +188,37 @@ describe('kiln build --strategy node', { skip: !isRoot && 'needs root (dockerd, 
     );
     assert.match(await answer(`${R()}/hello:2`, 20000 + Math.floor(Math.random() * 2000)), /^hello from kiln v2 /);
 
-    // another app with express@4.19.2 and one more package, another kiln home (no shared cache): same layer digests
-    const other = await makeApp(work, 'hello', async (dir) => {
-      const p = JSON.parse(await readFile(join(dir, 'package.json'), 'utf8')) as {
-        name: string;
-        dependencies: Record<string, string>;
-      };
-      p.name = 'other';
-      p.dependencies['is-number'] = '7.0.0';
-      await writeFile(join(dir, 'package.json'), JSON.stringify(p, null, 2));
-      await writeFile(join(dir, 'version.js'), "module.exports = 'other';\n");
-    });
-    const o = await runKiln(
-      [
-        'build',
-        '--strategy',
-        'node',
-        '--base',
-        base,
-        '-t',
-        `${R()}/other:1`,
-        '--push',
-        '--insecure-registry',
-        R(),
-        '--progress',
-        'plain',
-        other,
-      ],
-      { KILN_HOME: join(work, 'home-other') },
-    );
-    assert.equal(o.code, 0, o.stderr);
+    // another app with express@4.19.2 and one more package, built as an ordinary user (kilntest, subordinate ids)
+    // with its own kiln home (no shared cache): the same dependency layer digests
+    const rdir = await rootlessTempDir('kiln-node-rootless-');
+    try {
+      const other = await makeApp(rdir, 'hello', async (dir) => {
+        const p = JSON.parse(await readFile(join(dir, 'package.json'), 'utf8')) as {
+          name: string;
+          dependencies: Record<string, string>;
+        };
+        p.name = 'other';
+        p.dependencies['is-number'] = '7.0.0';
+        await writeFile(join(dir, 'package.json'), JSON.stringify(p, null, 2));
+        await writeFile(join(dir, 'version.js'), "module.exports = 'other';\n");
+      });
+      const { uid, gid } = ensureRootlessUser();
+      await run('chown', ['-R', `${uid}:${gid}`, rdir]);
+      const o = await kilnAs(
+        ['build', '--strategy', 'node', '--base', base, '-t', `${R()}/other:1`, '--push'].concat([
+          '--insecure-registry',
+          R(),
+          '--progress',
+          'plain',
+          other,
+        ]),
+        { home: join(rdir, 'home'), rootless: true },
+      );
+      assert.equal(o.code, 0, o.stderr);
+      assert.match(o.stderr, /added \d+ packages/, 'npm ci ran in the rootless sandbox');
+    } finally {
+      await rm(rdir, { recursive: true, force: true });
+    }
     const mo = await skopeoManifest(`${R()}/other:1`);
     assert.equal(mo.layers.length, m1.layers.length + 1);
     const shared = m1.layers

@@ -121,32 +121,36 @@ export function layerList(layers: DependencyLayer[]): string {
   return rows.map((r) => `${r.id} ${r.path}\n`).join('');
 }
 
-/** The plan as Dockerfile text (parsed by the Dockerfile parser: one engine, one set of semantics). */
+/**
+ * The plan as Dockerfile text (parsed by the Dockerfile parser: one engine, one set of semantics). Two phases, two
+ * engine runs: `install` is the install stage alone; `image` lays the split dirs out, read from the build context
+ * (`layers/<id>/`, hard links to the install step's layer) — a COPY from another stage would mount that stage once
+ * per dependency layer, a COPY from the context only hashes the files.
+ */
 export function nodeDockerfile(o: {
+  phase: 'install' | 'image';
   base: string;
   layers: DependencyLayer[];
   cmd: string[];
   user?: string;
   install: boolean;
 }): string {
-  const L: string[] = [];
-  if (o.install) {
-    L.push(
-      `FROM ${o.base} AS kiln-node-install`,
-      `COPY --chown=${NODE_USER} deps/ ${INSTALL_DIR}/`,
-      `COPY --chown=${NODE_USER} <<'KILN_LAYERS' ${INSTALL_DIR}/layers.txt`,
-      layerList(o.layers) + 'KILN_LAYERS',
-      `USER ${NODE_USER}`,
-      `RUN --mount=type=cache,id=kiln-node-npm,target=${NPM_CACHE},uid=1000,gid=1000 ["/bin/sh", "${INSTALL_DIR}/install.sh"]`,
-      '',
+  if (o.phase === 'install') {
+    return (
+      [
+        `FROM ${o.base}`,
+        `COPY --chown=${NODE_USER} deps/ ${INSTALL_DIR}/`,
+        `COPY --chown=${NODE_USER} <<'KILN_LAYERS' ${INSTALL_DIR}/layers.txt`,
+        layerList(o.layers) + 'KILN_LAYERS',
+        `USER ${NODE_USER}`,
+        `RUN --mount=type=cache,id=kiln-node-npm,target=${NPM_CACHE},uid=1000,gid=1000 ["/bin/sh", "${INSTALL_DIR}/install.sh"]`,
+      ].join('\n') + '\n'
     );
   }
-  L.push(`FROM ${o.base}`);
+  const L: string[] = [`FROM ${o.base}`];
   if (o.install) {
-    for (const l of o.layers) {
-      L.push(`COPY --link --chown=0:0 --from=kiln-node-install ${INSTALL_DIR}/layers/${l.id}/ /`);
-    }
-    L.push(`COPY --link --chown=0:0 --from=kiln-node-install ${INSTALL_DIR}/layers/bin/ /`);
+    for (const l of o.layers) L.push(`COPY --link --chown=0:0 layers/${l.id}/ /`);
+    L.push('COPY --link --chown=0:0 layers/bin/ /');
   }
   // WORKDIR before the app: its (tiny, always equal) layer stays below, the app layer is the topmost one
   L.push(`WORKDIR ${APP_DIR}`, `COPY --link --chown=0:0 app/ ${APP_DIR}/`, 'ENV NODE_ENV=production');
@@ -158,7 +162,7 @@ export function nodeDockerfile(o: {
 
 /** The frontend for one prepared project. */
 export function nodeFrontend(
-  o: { base: string; project: NodeProject },
+  o: { base: string; project: NodeProject; phase: 'install' | 'image' },
   onDecision?: (d: NodeDecision) => void,
 ): Frontend {
   return {
@@ -178,6 +182,7 @@ export function nodeFrontend(
       const layers = planLayers(o.project.packages, dependencySlots(baseLayers, o.base));
       const user = ROOT_USER.test(baseUser.trim()) ? NODE_USER : undefined;
       const dockerfile = nodeDockerfile({
+        phase: o.phase,
         base: o.base,
         layers,
         cmd: o.project.cmd,
@@ -213,6 +218,26 @@ export interface NodeBuildRequest {
 /** Left out of the app layer: installed dependencies come from the lockfile, VCS data is no app code. */
 const NOT_APP = new Set(['node_modules', '.git']);
 
+/** `cp -al`: the install step's split dirs as hard links in the build context (same file system: KILN_HOME). */
+async function hardLinkTree(from: string, to: string): Promise<void> {
+  const { spawn } = await import('node:child_process');
+  const code = await new Promise<number>((resolve) => {
+    const p = spawn('cp', ['-al', from, to], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    p.stderr.on('data', (b: Buffer) => (err = (err + b.toString()).slice(-500)));
+    p.on('error', () => resolve(-1));
+    p.on('close', (c) => {
+      if (c !== 0) process.stderr.write(err);
+      resolve(c ?? -1);
+    });
+  });
+  if (code !== 0) {
+    throw new KilnError('NODE_INSTALL', `the install step left no dependency layers at ${from}`, {
+      hint: 'build again with --no-cache',
+    });
+  }
+}
+
 /** A whole Node.js build: read and check the project, stage the context, run the engine with the node frontend. */
 export async function runNodeBuild(req: NodeBuildRequest): Promise<BuildOutcome & { decision?: NodeDecision }> {
   const { project, pkgText, lockText } = await readNodeProject(req.source);
@@ -246,7 +271,30 @@ export async function runNodeBuild(req: NodeBuildRequest): Promise<BuildOutcome 
       sourceDateEpoch: req.build.sourceDateEpoch ?? 0,
     };
     const { runBuildCommand } = await import('../../engine/services.js');
-    const frontend = nodeFrontend({ base: req.node.base ?? DEFAULT_NODE_BASE, project }, (d) => (decision = d));
+    const base = req.node.base ?? DEFAULT_NODE_BASE;
+    if (project.install) {
+      // phase 1: the install stage alone, stored nowhere (its layers are the engine's cache)
+      const { BuildProgress } = await import('../../engine/progress.js');
+      const mode = opts.progress === 'auto' || opts.progress === 'tty' ? 'plain' : opts.progress;
+      const installOpts: BuildOptions = { ...opts, tags: [], push: false, outputs: [] };
+      delete installOpts.iidfile;
+      delete installOpts.metadataFile;
+      delete installOpts.cacheTo;
+      let installed: BuildOutcome;
+      try {
+        installed = await runBuildCommand(installOpts, req.flags, {
+          ...req.embed,
+          progress: req.embed?.progress ?? new BuildProgress(mode),
+          frontend: nodeFrontend({ base, project, phase: 'install' }, (d) => (decision = d)),
+        });
+      } catch (e) {
+        throw explainFailure(e, decision);
+      }
+      const split = join(installed.engine.layers.at(-1)?.dir ?? '', INSTALL_DIR, 'layers');
+      await hardLinkTree(split, join(workDir, 'layers'));
+    }
+    // phase 2: the image
+    const frontend = nodeFrontend({ base, project, phase: 'image' }, (d) => (decision = d));
     let res: BuildOutcome;
     try {
       res = await runBuildCommand(opts, req.flags, { ...req.embed, frontend });

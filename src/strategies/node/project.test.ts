@@ -120,7 +120,7 @@ test('layers: one per package while they fit; past the budget, stable name-hash 
   for (const n of ['p1', 'p77', 'p299']) assert.equal(groupOf(bigger, n), groupOf(big, n));
 });
 
-test('layer list puts nested packages before their parents; the Dockerfile has no user-visible secrets', () => {
+test('layer list puts nested packages before their parents; the image phase has no RUN', () => {
   const layers = planLayers(
     productionPackages(
       lock({
@@ -132,18 +132,23 @@ test('layer list puts nested packages before their parents; the Dockerfile has n
     10,
   );
   assert.equal(layerList(layers), 'p-a+c@3.0.0 node_modules/a/node_modules/c\np-a@1.0.0 node_modules/a\n');
-  const df = nodeDockerfile({
-    base: 'r/node:20',
-    layers,
-    cmd: ['node', 'server.js'],
-    user: '1000:1000',
-    install: true,
-  });
-  assert.match(df, /^COPY --link --chown=0:0 --from=kiln-node-install \/kiln\/deps\/layers\/p-a@1\.0\.0\/ \/$/m);
+  const o = { base: 'r/node:20', layers, cmd: ['node', 'server.js'], user: '1000:1000', install: true };
+  const inst = nodeDockerfile({ ...o, phase: 'install' });
+  assert.match(
+    inst,
+    /^RUN --mount=type=cache,id=kiln-node-npm,target=\/kiln\/npm-cache,uid=1000,gid=1000 \["\/bin\/sh", "\/kiln\/deps\/install\.sh"\]\n$/m,
+  );
+  assert.match(inst, /^USER 1000:1000$/m, 'npm runs as uid 1000');
+  const df = nodeDockerfile({ ...o, phase: 'image' });
   assert.match(
     df,
-    /WORKDIR \/app\nCOPY --link --chown=0:0 app\/ \/app\/\nENV NODE_ENV=production\nUSER 1000:1000\nCMD \["node","server\.js"\]\n$/,
+    /^FROM r\/node:20\nCOPY --link --chown=0:0 layers\/p-a@1\.0\.0\/ \/\nCOPY --link --chown=0:0 layers\/p-a\+c@3\.0\.0\/ \/\n/,
   );
+  assert.match(
+    df,
+    /layers\/bin\/ \/\nWORKDIR \/app\nCOPY --link --chown=0:0 app\/ \/app\/\nENV NODE_ENV=production\nUSER 1000:1000\nCMD \["node","server\.js"\]\n$/,
+  );
+  assert.doesNotMatch(df, /RUN/, 'no RUN in the image');
   assert.deepEqual(Object.keys(installManifest({ name: 'x', scripts: { start: 'y' }, dependencies: {}, files: [] })), [
     'name',
     'dependencies',

@@ -21,7 +21,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { createReadStream } from 'node:fs';
-import { chmod, chown, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chmod, chown, copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { cpus, release, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -68,6 +68,8 @@ async function prepare(): Promise<void> {
     { stdio: 'ignore' },
   );
   launcher = join(out, 'launch.mjs');
+  // the CLI reads its version from the package.json above its dist/ directory
+  await copyFile(join(REPO, 'package.json'), join(work, 'package.json'));
   await writeFile(
     launcher,
     `const { main } = await import('./cli/main.js');\nprocess.exitCode = await main(process.argv.slice(2));\n`,

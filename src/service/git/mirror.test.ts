@@ -3,7 +3,7 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { lstat, mkdir, mkdtemp, readFile, readdir, readlink, rm, stat, writeFile } from 'node:fs/promises';
@@ -191,7 +191,7 @@ test('a second resolve after one new commit transfers only the new objects', asy
   assert.ok(server.stats.bytesSent < firstBytes / 50, `second fetch sent ${server.stats.bytesSent} bytes`);
 });
 
-test('no fetch when none is needed: mirroredRef reads the mirror as it is; a mirrored commit resolves locally', async () => {
+test('no fetch when none is needed: mirroredRef reads the mirror (loose and packed refs); a mirrored commit resolves locally', async () => {
   const c1 = await server.createRepo('quick', { 'a.txt': 'a\n' });
   await server.tag('quick', 'v1', c1);
   const p = project('quick');
@@ -207,6 +207,13 @@ test('no fetch when none is needed: mirroredRef reads the mirror as it is; a mir
     assert.equal(await mirrors.mirroredRef(p, 'nope'), undefined);
     assert.equal(await mirrors.mirroredRef(p, 'refs/notes/x'), undefined, 'only branches and tags are mirrored');
     await rejectsWith(mirrors.mirroredRef(p, 'a..b'), 'GIT_REF_INVALID');
+    // refs git packed (gc, pack-refs) are found too
+    const packed = spawnSync('git', [`--git-dir=${mirrors.mirrorPath(p)}`, 'pack-refs', '--all', '--prune']);
+    assert.equal(packed.status, 0, String(packed.stderr));
+    assert.ok(!existsSync(join(mirrors.mirrorPath(p), 'refs/heads/main')), 'main is only in packed-refs now');
+    assert.equal(await mirrors.mirroredRef(p, 'main'), 'refs/heads/main');
+    assert.equal(await mirrors.mirroredRef(p, 'refs/tags/v1'), 'refs/tags/v1');
+    assert.equal(await mirrors.mirroredRef(p, 'mai'), undefined);
     const local = await mirrors.resolve(p, { commit: c1.slice(0, 8) }, undefined, { fetch: 'if-missing' });
     assert.deepEqual(local, { commit: c1, ref: '' });
     assert.equal(requests, 0, 'nothing asked the git server');

@@ -15,7 +15,19 @@
  */
 import { randomBytes } from 'node:crypto';
 import { rmSync } from 'node:fs';
-import { access, chmod, mkdir, mkdtemp, readdir, realpath, rename, rm, writeFile } from 'node:fs/promises';
+import {
+  access,
+  chmod,
+  mkdir,
+  mkdtemp,
+  readFile,
+  readdir,
+  realpath,
+  rename,
+  rm,
+  stat,
+  writeFile,
+} from 'node:fs/promises';
 import { join, relative, sep } from 'node:path';
 import { KilnError, isKilnError } from '../../errors.js';
 import type { Project } from '../model.js';
@@ -227,6 +239,18 @@ async function emptyDir(dir: string): Promise<void> {
 }
 
 /** Persistent bare mirrors of the service's repositories; see the module comment. */
+/** The names in a repository's `packed-refs` file (none when it has none). */
+async function packedRefs(gitDir: string): Promise<Set<string>> {
+  const text = await readFile(join(gitDir, 'packed-refs'), 'utf8').catch(() => '');
+  const names = new Set<string>();
+  for (const line of text.split('\n')) {
+    if (line === '' || line.startsWith('#') || line.startsWith('^')) continue;
+    const name = line.slice(line.indexOf(' ') + 1);
+    if (name) names.add(name);
+  }
+  return names;
+}
+
 export class GitMirrors {
   private readonly states = new Map<string, MirrorState>();
   private privateDir: Promise<{ dir: string; askpass: string }> | undefined;
@@ -299,20 +323,23 @@ export class GitMirrors {
 
   /**
    * The full name of the branch or tag `ref` names (short names: branches before tags) if the mirror has it now, else
-   * undefined — no fetch, no lock, so it never waits for a fetch in progress. Why: a manual build of a branch the
+   * undefined — no fetch, no lock (it never waits for a fetch in progress), no git process. Why: a manual build of a branch the
    * mirror knows can be queued at once and resolve its commit in its own fetch (one fetch per build, none in the
    * request); an unknown name still goes through `resolve`, which fetches and reports it.
    */
   async mirroredRef(project: GitProject, ref: string): Promise<string | undefined> {
     checkRefName(ref);
-    const src = this.source(project);
-    if (!(await exists(join(src.path, 'HEAD')))) return undefined;
+    const { path } = this.source(project);
     const candidates = ref.startsWith('refs/') ? [ref] : [`refs/heads/${ref}`, `refs/tags/${ref}`];
     if (!candidates.every((c) => c.startsWith('refs/heads/') || c.startsWith('refs/tags/'))) return undefined;
-    const r = await this.local(src).git(['for-each-ref', '--format=%(refname)', ...candidates]);
-    if (r.code !== 0) return undefined;
-    const found = new Set(r.stdout.toString('utf8').split('\n'));
-    return candidates.find((c) => found.has(c));
+    // read as git stores them (a loose file, else a line of packed-refs): no git process in the request path
+    let packed: Set<string> | undefined;
+    for (const c of candidates) {
+      if ((await stat(join(path, c)).catch(() => undefined))?.isFile()) return c;
+      packed ??= await packedRefs(path);
+      if (packed.has(c)) return c;
+    }
+    return undefined;
   }
 
   /** Read-only access to a mirror as it is (no fetch, no lock: a fetch only adds objects and moves refs). */

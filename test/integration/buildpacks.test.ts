@@ -185,6 +185,19 @@ describe(
         /no buildpack group passed detection: group 1: test\/never@1\.0\.0 failed; group 2: test\/static@1\.0\.0 failed; group 2: test\/procs@1\.0\.0 passed; group 2: test\/never@1\.0\.0 failed \(optional\)/,
       );
       assert.doesNotMatch(nd.stderr, /\n\s+at /, 'no stack trace');
+      const withBuildpack = (dir: string) =>
+        kiln([
+          'pack',
+          'build',
+          `${R()}/bad:1`,
+          '--builder',
+          `${R()}/builder:1`,
+          '--path',
+          src,
+          '--buildpack',
+          dir,
+          '--publish',
+        ]);
       // bin/build fails: its output and exit code
       const failing = join(work, 'bp-failing');
       await writeBuildpackDir(
@@ -193,18 +206,7 @@ describe(
         '#!/bin/sh\nexit 0\n',
         '#!/bin/sh\necho "compiler said no" >&2\nexit 3\n',
       );
-      const bf = await kiln([
-        'pack',
-        'build',
-        `${R()}/bad:1`,
-        '--builder',
-        `${R()}/builder:1`,
-        '--path',
-        src,
-        '--buildpack',
-        failing,
-        '--publish',
-      ]);
+      const bf = await withBuildpack(failing);
       assert.notEqual(bf.code, 0);
       assert.match(bf.stderr, /buildpack test\/failing@1\.0\.0: bin\/build exited 3: compiler said no/);
       // a malformed layer.toml: file and key
@@ -215,18 +217,7 @@ describe(
         '#!/bin/sh\nexit 0\n',
         '#!/bin/sh\nmkdir -p "$CNB_LAYERS_DIR/x"\nprintf \'[types]\\nlaunch = "yes"\\n\' > "$CNB_LAYERS_DIR/x.toml"\n',
       );
-      const mf = await kiln([
-        'pack',
-        'build',
-        `${R()}/bad:1`,
-        '--builder',
-        `${R()}/builder:1`,
-        '--path',
-        src,
-        '--buildpack',
-        malformed,
-        '--publish',
-      ]);
+      const mf = await withBuildpack(malformed);
       assert.notEqual(mf.code, 0);
       assert.match(mf.stderr, /\/layers\/test_malformed\/x\.toml: key types\.launch must be a boolean/);
       assert.equal(manifestPuts('bad'), 0, 'nothing pushed');

@@ -12,7 +12,9 @@
  * The pod's log is followed into the service's log file as it comes (it outlives the pod); its status decides the
  * outcome (OOMKilled, DeadlineExceeded, Evicted, ImagePullBackOff are reasons of their own). Cancel deletes the
  * pod; a finished pod and its Secrets are deleted after `podGraceSeconds`. A pod that already exists for the
- * build (a restarted service running the same build id) is followed, not created again.
+ * build id is followed, not created again (`close()` stops following and leaves pods running); at service start
+ * `cleanupAfter()` removes pods a previous process left, because the service fails and reruns interrupted builds
+ * under new ids.
  *
  * Any refusal — namespace missing, a permission missing, the API server unreachable — fails that build with one
  * line naming the object and the permission (client.ts); the service keeps running.
@@ -431,6 +433,32 @@ export class KubernetesBuildRunner implements BuildRunner {
     return list.items
       .filter((p) => !p.metadata.deletionTimestamp && ['pending', 'running'].includes(podVerdict(p).state))
       .map((p) => p.metadata.labels?.['kiln.dev/build-id'] ?? '');
+  }
+
+  /**
+   * At service start (BuildService calls it before failing the builds a previous process left running): delete
+   * the build pods and Secrets that process left. The service's rule for interrupted builds is "failed, then rerun
+   * once" — a rerun has a new build id, so an old pod left running would be an orphan pushing the same tags. Never
+   * throws (an unreachable API server is logged; the builds then fail on their own).
+   */
+  async cleanupAfter(): Promise<void> {
+    const sel = { labelSelector: 'app.kubernetes.io/managed-by=kiln,kiln.dev/build-id' };
+    try {
+      const pods = await this.o.client.list<KubeObject>({ ...CORE, resource: 'pods', namespace: this.ns }, sel);
+      for (const p of pods.items) {
+        await this.o.client.delete(
+          { ...CORE, resource: 'pods', namespace: this.ns, name: p.metadata.name },
+          { gracePeriodSeconds: 0 },
+        );
+        const base = p.metadata.name;
+        for (const s of [`${base}-registry`, `${base}-secrets`])
+          await this.o.client.delete({ ...CORE, resource: 'secrets', namespace: this.ns, name: s });
+      }
+      if (pods.items.length)
+        this.say(`kiln serve: removed ${pods.items.length} build pod(s) a previous service process left in ${this.ns}`);
+    } catch (e) {
+      this.say(`kiln serve: cannot clean up build pods in ${this.ns}: ${errorMessage(e).split('\n')[0]}`);
+    }
   }
 
   async close(): Promise<void> {

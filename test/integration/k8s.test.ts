@@ -594,6 +594,26 @@ describe('kiln on a real Kubernetes API server', { timeout: 600_000 }, () => {
       assert.equal((await admin.get(podRef(namesB3.pod))).metadata.uid, uid, 'the same pod, not a new one');
       await setPodStatus(namesB3.pod, success);
       assert.equal((await again).ok, true);
+
+      // service start: pods a previous process left are removed (its builds are failed and rerun under new ids)
+      const third = runner(new KubeClient(loadKubeConfig({ kubeconfig: kube.kubeconfigPath })));
+      const left = third.run(job('B7', join(tmp, 'b7.log')), {}, new AbortController().signal);
+      await until('pod B7', () => admin.getOrUndefined(podRef(objectsOf('B7').pod)));
+      await third.close();
+      await left;
+      const fourth = runner(new KubeClient(loadKubeConfig({ kubeconfig: kube.kubeconfigPath })));
+      await fourth.cleanupAfter();
+      assert.equal(await admin.getOrUndefined(podRef(objectsOf('B7').pod)), undefined);
+      assert.equal(
+        await admin.getOrUndefined({
+          ...CORE,
+          resource: 'secrets',
+          namespace: NS,
+          name: objectsOf('B7').registrySecret,
+        }),
+        undefined,
+      );
+      await fourth.close();
       await second.close();
     });
 

@@ -8,45 +8,17 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { createReadStream, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startRegistry, runKiln, type TestRegistry } from '../helpers/registry.js';
 import { startDockerd, type Dockerd } from '../helpers/dockerd.js';
-import { LocalStore } from '../../src/oci/store.js';
-import { imageFromParts, layerFromUncompressed } from '../../src/oci/image.js';
-import { MediaType } from '../../src/oci/mediatypes.js';
-import { hostPlatform } from '../../src/oci/platform.js';
+import { storeDebianImage } from '../helpers/debian-image.js';
 
 const REPO = join(import.meta.dirname, '..', '..');
 const VERSION = (JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')) as { version: string }).version;
-
-/** The cached debootstrap root as localhost/debian:bookworm in the store of KILN_HOME `home`. */
-async function storeDebian(home: string): Promise<void> {
-  const made = spawnSync('bash', [join(REPO, 'scripts', 'debian-rootfs.sh')], { encoding: 'utf8' });
-  assert.equal(made.status, 0, made.stderr);
-  const tar = made.stdout.trim();
-  const layer = layerFromUncompressed(async () => createReadStream(tar), { compression: 'gzip' });
-  const p = hostPlatform();
-  const cfg = {
-    created: '2024-01-01T00:00:00Z',
-    architecture: p.architecture,
-    os: p.os,
-    config: { Env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'], Cmd: ['bash'] },
-    rootfs: { type: 'layers', diff_ids: [await layer.diffID()] },
-    history: [{ created: '2024-01-01T00:00:00Z', created_by: 'debootstrap --variant=minbase' }],
-  };
-  const raw = Buffer.from(JSON.stringify(cfg));
-  const image = imageFromParts({
-    mediaType: async () => MediaType.OCIManifest,
-    rawConfig: async () => raw,
-    layers: async () => [layer],
-  });
-  const store = await LocalStore.open(home);
-  await store.put(image, ['localhost/debian:bookworm']);
-}
 
 async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -69,7 +41,7 @@ describe("kiln's own image, built by kiln", () => {
     dir = await mkdtemp(join(tmpdir(), 'kiln-image-'));
     registry = await startRegistry();
     ref = `${registry.host}/kiln:test`;
-    await storeDebian(join(dir, 'home'));
+    await storeDebianImage(join(dir, 'home'));
     const ctx = spawnSync('bash', [join(REPO, 'deploy', 'image', 'context.sh'), join(dir, 'context')], {
       encoding: 'utf8',
     });

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 need=()
 for pkg in docker-registry skopeo umoci uidmap busybox-static buildah docker.io apache2-utils openssl git zstd \
-  xz-utils bzip2 util-linux iproute2 attr chromium etcd-server; do
+  xz-utils bzip2 util-linux iproute2 attr chromium etcd-server proot python3-seccomp gcc libc6-dev debootstrap; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then

@@ -233,6 +233,27 @@ test('no fetch when none is needed: mirroredRef reads the mirror (loose and pack
   }
 });
 
+test('a workspace updated to a new commit rewrites only the changed files, already on its first update', async () => {
+  const c1 = await server.createRepo('ws', { 'same.txt': 'same\n', 'sub/kept.txt': 'kept\n', 'changed.txt': '1\n' });
+  const p = project('ws');
+  await mirrors.resolve(p, { ref: 'main' });
+  const ws = join(tmp, 'ws-work', 'app');
+  const index = join(tmp, 'ws-work', '.app.index');
+  await mkdir(join(tmp, 'ws-work'), { recursive: true });
+  await mirrors.updateWorkspace(p, c1, ws, index);
+  const before = await stat(join(ws, 'sub/kept.txt'));
+  const c2 = await server.commit('ws', { 'changed.txt': '2\n', 'new.txt': 'n\n' }, 'two');
+  await mirrors.resolve(p, { ref: 'main' });
+  await writeFile(join(ws, 'stray.txt'), 'not in the commit\n');
+  await mirrors.updateWorkspace(p, c2, ws, index);
+  const after = await stat(join(ws, 'sub/kept.txt'));
+  assert.deepEqual([after.ino, after.mtimeMs], [before.ino, before.mtimeMs], 'an unchanged file is left alone');
+  assert.equal(await readFile(join(ws, 'changed.txt'), 'utf8'), '2\n');
+  assert.equal(await readFile(join(ws, 'new.txt'), 'utf8'), 'n\n');
+  assert.ok(!existsSync(join(ws, 'stray.txt')), 'files the commit lacks are removed');
+  assert.ok(!existsSync(join(ws, '.git')), 'no .git in a workspace');
+});
+
 test('many refs: the gzip-encoded negotiation reaches http-backend and every branch is mirrored', async () => {
   await server.createRepo('refs', { a: 'a' });
   for (let i = 0; i < 40; i++) await server.git('refs', ['commit', '-q', '--allow-empty', '-m', `c${i}`]);

@@ -747,7 +747,10 @@ export class GitMirrors {
       }
       let r = await git(['read-tree', commit]);
       if (r.code !== 0) throw fail('cannot read the tree of', r);
-      r = await git(['checkout-index', '--all', '--force']);
+      // a workspace's index keeps the files' stat data (-u): the next update then rewrites only what changed —
+      // without it every entry looks modified and the first update rewrites the whole tree (new inodes and
+      // mtimes, so kiln's stat cache misses and the build re-reads everything)
+      r = await git(['checkout-index', '--all', '--force', ...(job.index ? ['-u'] : [])]);
       if (r.code !== 0) throw fail('cannot check out', r);
       if (project.lfs) await this.lfsCheckout(src, job, git);
     } finally {

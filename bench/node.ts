@@ -15,8 +15,9 @@ import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { startRegistry, runKiln } from '../test/helpers/registry.js';
+import { startRegistry } from '../test/helpers/registry.js';
 import { startBuildKit } from '../test/helpers/buildkit.js';
+import { pushNodeBase } from '../test/helpers/node-base.js';
 import { compiledCli, runCompiled } from './compiled.js';
 
 const rounds = Number(process.env.BENCH_ROUNDS ?? 5);
@@ -107,33 +108,7 @@ async function main(): Promise<void> {
   const manifest = (ref: string): Manifest =>
     JSON.parse(sh('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${ref}`])) as Manifest;
   try {
-    // the base: Debian minbase + node + npm + this machine's CA bundle
-    const baseCtx = join(work, 'base');
-    await mkdir(baseCtx);
-    await copyFile(sh('bash', [join(REPO, 'scripts', 'debian-rootfs.sh')]).trim(), join(baseCtx, 'debian.tar'));
-    sh('tar', [
-      '--numeric-owner',
-      '-cf',
-      join(baseCtx, 'node.tar'),
-      '-C',
-      '/',
-      'usr/bin/node',
-      'usr/bin/npm',
-      'usr/bin/npx',
-      'usr/lib/node_modules/npm',
-      'etc/ssl/certs/ca-certificates.crt',
-    ]);
-    await writeFile(
-      join(baseCtx, 'Dockerfile'),
-      'FROM scratch\nADD debian.tar /\nADD node.tar /\n' +
-        'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n' +
-        'ENV NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt\nCMD ["node"]\n',
-    );
-    const base = `${R}/node-base:20`;
-    const b = await runKiln(['build', '--push', '-t', base, '--insecure-registry', R, '--progress', 'quiet', baseCtx], {
-      KILN_HOME: home,
-    });
-    if (b.code !== 0) throw new Error(b.stderr);
+    const base = await pushNodeBase(work, R, home);
 
     // the app: ~50 dependencies resolved by the real npm, a few source files
     const src = join(work, 'app');

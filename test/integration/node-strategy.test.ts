@@ -8,12 +8,13 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startDockerd, type Dockerd } from '../helpers/dockerd.js';
 import { startRegistry, runKiln, type TestRegistry } from '../helpers/registry.js';
+import { pushNodeBase } from '../helpers/node-base.js';
 import { run } from '../differential/exec.js';
 import { ensureRootlessUser, rootlessTempDir } from '../helpers/rootless.js';
 import { kiln as kilnAs } from './build-helpers.js';
@@ -25,43 +26,6 @@ const testdata = join(here, '..', '..', 'testdata', 'node');
 interface Manifest {
   config: { digest: string };
   layers: { digest: string; size: number }[];
-}
-
-/** The base image: Debian minbase + the host's node runtime and npm, built and pushed by kiln itself. */
-async function pushNodeBase(work: string, registry: string, home: string): Promise<string> {
-  const script = join(here, '..', '..', 'scripts', 'debian-rootfs.sh');
-  const r = await run('bash', [script], { allowFail: true });
-  if (r.code !== 0) throw new Error(`scripts/debian-rootfs.sh failed:\n${r.stderr.trim()}`);
-  const ctx = join(work, 'base');
-  await mkdir(ctx, { recursive: true });
-  await copyFile(r.stdout.trim(), join(ctx, 'debian.tar'));
-  // node (dynamically linked against libc/libstdc++, both in minbase) and npm, as the nodejs package installs them
-  await run('tar', [
-    '--numeric-owner',
-    '-cf',
-    join(ctx, 'node.tar'),
-    '-C',
-    '/',
-    'usr/bin/node',
-    'usr/bin/npm',
-    'usr/bin/npx',
-    'usr/lib/node_modules/npm',
-    // this machine's CA bundle (its npm registry is reached through a TLS proxy): the base's own trust, as a
-    // company base image would carry it
-    'etc/ssl/certs/ca-certificates.crt',
-  ]);
-  await writeFile(
-    join(ctx, 'Dockerfile'),
-    'FROM scratch\nADD debian.tar /\nADD node.tar /\n' +
-      'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n' +
-      'ENV NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt\nCMD ["node"]\n',
-  );
-  const ref = `${registry}/node-base:20`;
-  const b = await runKiln(['build', '-t', ref, '--push', '--insecure-registry', registry, '--progress', 'quiet', ctx], {
-    KILN_HOME: home,
-  });
-  if (b.code !== 0) throw new Error(`base image build failed:\n${b.stderr}`);
-  return ref;
 }
 
 /** An app from testdata/node/NAME with its lockfile resolved by the real npm from the npm registry. */

@@ -91,6 +91,25 @@ function sameLayerKind(manifestType: string, l: Layer, mt: string): Layer {
   return isRemoteLayer(l) ? Object.assign(w, { origin: l.origin as BlobOrigin }) : w;
 }
 
+/** The Cloud Native Buildpacks label that names the run image of a buildpacks image (src/strategies/buildpacks). */
+export const CNB_LIFECYCLE_METADATA = 'io.buildpacks.lifecycle.metadata';
+
+/**
+ * The lifecycle metadata of a buildpacks image on its new run image: `runImage.topLayer`/`reference` name the new
+ * base, as the CNB rebaser writes them (`pack rebase` and kiln's next build read them). Unparsable JSON stays as is.
+ */
+export function cnbRunImageMoved(json: string, base: ImageConfig, name: string, digest: string): string {
+  let md: { runImage?: Record<string, unknown> };
+  try {
+    md = JSON.parse(json) as { runImage?: Record<string, unknown> };
+  } catch {
+    return json;
+  }
+  const ids = base.rootfs.diff_ids;
+  md.runImage = { ...md.runImage, topLayer: ids[ids.length - 1] ?? '', reference: digest, image: name };
+  return JSON.stringify(md);
+}
+
 /** Rebase one (single-platform) image. */
 export async function rebaseImage(name: string, img: Image, o: RebaseOptions): Promise<RebasedImage> {
   const manifest = await img.manifest();
@@ -147,6 +166,8 @@ export async function rebaseImage(name: string, img: Image, o: RebaseOptions): P
     new Map(Object.entries(oldCfg.config?.Labels ?? {})),
     new Map(Object.entries(newCfg.config?.Labels ?? {})),
   );
+  const cnb = labels.get(CNB_LIFECYCLE_METADATA);
+  if (cnb !== undefined) labels.set(CNB_LIFECYCLE_METADATA, cnbRunImageMoved(cnb, newCfg, newName, newDigest));
   if (labels.size > 0) c.Labels = Object.fromEntries(labels);
   else delete c.Labels;
   out.config = c;

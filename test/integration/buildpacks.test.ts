@@ -156,6 +156,14 @@ describe(
       const ir = inspect(`${R()}/app:rebased`);
       assert.deepEqual(ir.Layers.slice(1), i3.Layers.slice(1));
       assert.notEqual(ir.Layers[0], i3.Layers[0]);
+      const rcfg = JSON.parse(
+        skopeo(['inspect', '--config', '--tls-verify=false', `docker://${R()}/app:rebased`]).stdout,
+      ) as { rootfs: { diff_ids: string[] }; config: { Labels: Record<string, string> } };
+      const rmd = JSON.parse(rcfg.config.Labels['io.buildpacks.lifecycle.metadata'] as string) as {
+        runImage: { topLayer: string; image: string };
+      };
+      assert.equal(rmd.runImage.topLayer, rcfg.rootfs.diff_ids[0], 'the label names the new run image');
+      assert.equal(rmd.runImage.image, `${R()}/run:2`);
       assert.equal(await runNow(`${R()}/app:rebased`, ['cat', '/etc/run-version'], '/cnb/lifecycle/launcher'), '2');
       assert.equal(await runNow(`${R()}/app:rebased`), 'hello from page-2 mode= extra=profiled');
     });

@@ -32,6 +32,7 @@ import type { History, Image, ImageConfig, Layer, Platform } from '../../oci/typ
 import { parseReferenceWithDefaultTag } from '../../registry/reference.js';
 import { push, type PushOptions } from '../../registry/push.js';
 import { BASE_DIGEST, BASE_NAME, REBASABLE_LAYERS } from '../../rebase/verdict.js';
+import { CNB_LIFECYCLE_METADATA } from '../../rebase/rebase.js';
 import { isolationServices, type IsolationLevel } from '../../sandbox/isolation.js';
 import { kilnTempDir } from '../../sandbox/paths.js';
 import { kilnHome } from '../../util/paths.js';
@@ -60,7 +61,7 @@ import {
   type ProcessType,
 } from './spec.js';
 
-export const LIFECYCLE_METADATA = 'io.buildpacks.lifecycle.metadata';
+export const LIFECYCLE_METADATA = CNB_LIFECYCLE_METADATA;
 export const BUILD_METADATA = 'io.buildpacks.build.metadata';
 export const PROJECT_METADATA = 'io.buildpacks.project.metadata';
 const BUILDER_METADATA = 'io.buildpacks.builder.metadata';

@@ -5,10 +5,14 @@
  * side, one source file changed per round. Then an incremental kiln build with a cached artifacts tar: the
  * previous image's manifests and layers read from the registry are counted (target: none). Target: kiln ≤ 0.5×.
  *
- * Environment: BENCH_ROUNDS (default 5), BENCH_FILES (default 200). Needs root (buildkitd). Output: a table.
+ * Environment: BENCH_ROUNDS (default 5), BENCH_FILES (default 200); BENCH_TRACE=1 adds one more kiln round with
+ * `--progress plain` and prints its log with the time of each line (where the warm time goes). Needs root
+ * (buildkitd). Output: a table.
  */
-import { spawnSync } from 'node:child_process';
-import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { execFile, spawnSync } from 'node:child_process';
+import { pathToFileURL } from 'node:url';
+import { existsSync } from 'node:fs';
+import { chmod, copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -33,9 +37,34 @@ function s2iBinary(): string {
   return m[1] as string;
 }
 
+/** One compiled-CLI run with `--progress plain`, its output lines prefixed with the ms since the start. */
+function traced(main: string, args: string[], env: NodeJS.ProcessEnv): Promise<string> {
+  const runner =
+    'const { main } = await import(process.argv[1]); process.exitCode = await main(process.argv.slice(2));';
+  const t0 = performance.now();
+  let out = '';
+  return new Promise((res, rej) => {
+    const p = execFile(
+      process.execPath,
+      ['--input-type=module', '-e', runner, pathToFileURL(main).href, ...args, '--progress', 'plain'],
+      { env: { ...process.env, ...env } },
+      (err) => (err ? rej(new Error(out)) : res(out + `${(performance.now() - t0).toFixed(0).padStart(6)} exit\n`)),
+    );
+    const add = (b: Buffer): void => {
+      const t = (performance.now() - t0).toFixed(0).padStart(6);
+      for (const l of b.toString().split('\n')) if (l.trim()) out += `${t} ${l}\n`;
+    };
+    p.stdout?.on('data', add);
+    p.stderr?.on('data', add);
+  });
+}
+
 async function main(): Promise<void> {
   const s2i = s2iBinary();
   const cli = compiledCli('bench-s2i-dist');
+  // `kiln --version` reads package.json two levels above cli/main.js: give the compiled copy one
+  const pkgCopy = join(dirname(dirname(dirname(cli))), 'package.json');
+  if (!existsSync(pkgCopy)) await copyFile(join(REPO, 'package.json'), pkgCopy);
   const work = await mkdtemp(join(tmpdir(), 'kiln-bench-s2i-'));
   const home = join(work, 'home');
   const registry = await startRegistry();
@@ -66,7 +95,8 @@ async function main(): Promise<void> {
     for (let i = 0; i < files; i++)
       await writeFile(join(src, 'lib', `f${i}.txt`), randomBytes(2560).toString('base64'));
     const builderRef = `${R}/builder:1`;
-    const kilnRun = (): Promise<string> => kiln(['s2i', 'build', src, builderRef, `${R}/app-kiln:1`, '--push']);
+    const kilnArgs = (): string[] => ['s2i', 'build', src, builderRef, `${R}/app-kiln:1`, '--push'];
+    const kilnRun = (): Promise<string> => kiln(kilnArgs());
     const buildkitRun = async (round: number): Promise<number> => {
       const ctx = join(work, `ref-${round}`);
       const g = spawnSync(
@@ -101,6 +131,10 @@ async function main(): Promise<void> {
       await kilnRun();
       k.push(performance.now() - t0);
       bk.push(await buildkitRun(i));
+    }
+    if (process.env.BENCH_TRACE === '1') {
+      await writeFile(join(src, 'lib', 'f0.txt'), `trace ${Date.now()}\n`);
+      process.stderr.write(await traced(cli, [...kilnArgs(), '--insecure-registry', R], { KILN_HOME: home }));
     }
     // incremental: the first build saves the artifacts; the second restores them from kiln's cache
     const inc = (): Promise<string> =>

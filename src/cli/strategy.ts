@@ -53,7 +53,10 @@ function addS2IOptions(cmd: Command, short: boolean): Command {
       'S2I: a path of the assembled image to copy into the runtime image (repeatable)',
       collect,
     )
-    .option(short ? '-s, --scripts-url <url>' : '--scripts-url <url>', 'S2I: scripts from image:///DIR or file:///DIR')
+    .option(
+      short ? '-s, --scripts-url <url>' : '--scripts-url <url>',
+      'S2I: scripts from image:///DIR, file:///DIR or http(s)://URL/DIR',
+    )
     .option('--assemble-user <user>', 'S2I: run assemble as this user')
     .option(
       short ? '-u, --allowed-uids <ranges>' : '--allowed-uids <ranges>',

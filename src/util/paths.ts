@@ -31,6 +31,8 @@ export function homeDirs(home: string = kilnHome()): {
   tmp: string;
   /** S2I: the artifacts tar of the last build of each image name. */
   s2iArtifacts: string;
+  /** S2I: working dirs kept between builds of a source and image name (src/strategies/s2i/workdir.ts). */
+  s2iWork: string;
 } {
   return {
     store: join(home, 'store'),
@@ -39,5 +41,6 @@ export function homeDirs(home: string = kilnHome()): {
     cacheMounts: join(home, 'cache-mounts'),
     tmp: join(home, 'tmp'),
     s2iArtifacts: join(home, 's2i-artifacts'),
+    s2iWork: join(home, 's2i-work'),
   };
 }

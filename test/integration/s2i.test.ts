@@ -361,5 +361,36 @@ describe(
       assert.match(other.stderr, /\[cached /);
       assert.match(await runNow(tag), /counter=3 /);
     });
+
+    test('incremental with a registry cache: a fresh home gets the artifacts tar from --cache-from', async () => {
+      const src = join(work, 'app-rc');
+      await appSource(src);
+      const tag = `${R()}/app-rc:1`;
+      const builder = `${R()}/builder-num:1`;
+      const cache = `type=registry,ref=${R()}/cache/app-rc:s2i`;
+      const inHome = (h: string, extra: string[]) =>
+        runKiln(
+          [
+            ...['build', '--strategy', 's2i', '--builder-image', builder, '-t', tag, '--push', '--incremental'],
+            ...extra,
+          ].concat(['--insecure-registry', R(), src]),
+          { KILN_HOME: join(work, h) },
+        );
+      const first = await inHome('pod-1', ['--cache-to', cache]);
+      assert.equal(first.code, 0, first.stderr);
+      assert.match(await runNow(tag), /counter=1 /);
+      await registry.waitForLog(/PUT \/v2\/cache\/app-rc\/manifests\/s2i-s2i-artifacts /);
+      const before = registry.log().length;
+      // a fresh pod: no local artifacts, no local image; the tar comes from the registry cache
+      const second = await inHome('pod-2', ['--cache-from', cache, '--cache-to', cache]);
+      assert.equal(second.code, 0, second.stderr);
+      assert.doesNotMatch(second.stderr, /building clean|warning/);
+      await registry.waitForLog(/PUT \/v2\/app-rc\/manifests[^\n]*\n[^]*PUT \/v2\/app-rc\/manifests/);
+      const requests = registry.log().slice(before).split('\n');
+      assert.ok(requests.some((l) => /GET \/v2\/cache\/app-rc\/manifests\/s2i-s2i-artifacts /.test(l)));
+      const reads = requests.filter((l) => /"GET \/v2\/app-rc\/(manifests|blobs)\//.test(l));
+      assert.deepEqual(reads, [], 'no manifest or layer of the previous image was read');
+      assert.match(await runNow(tag), /counter=2 /, 'save-artifacts output restored in a fresh home');
+    });
   },
 );

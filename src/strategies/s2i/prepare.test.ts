@@ -106,10 +106,68 @@ test('prepareSource: source copied, .s2i/bin scripts moved to upload/scripts, en
     await assert.rejects(prepareSource(src, join(d, 'w5'), { scriptsUrl: `file://${join(d, 'none')}` }), (e) =>
       isKilnError(e, 'S2I_SCRIPTS'),
     );
-    await assert.rejects(prepareSource(src, join(d, 'w3'), { scriptsUrl: 'http://example.com/s2i' }), (e) =>
+    await assert.rejects(prepareSource(src, join(d, 'w3'), { scriptsUrl: 'ftp://example.com/s2i' }), (e) =>
       isKilnError(e, 'OPTION_INVALID'),
     );
   } finally {
     await rm(d, { recursive: true, force: true });
+  }
+});
+
+test('--scripts-url http://: each script fetched (404 = not provided), size limit, errors and credentials refused', async () => {
+  const { createServer } = await import('node:http');
+  const served: string[] = [];
+  const server = createServer((req, res) => {
+    served.push(req.url ?? '');
+    if (req.url === '/s/assemble') res.end('#!/bin/sh\necho assembled\n');
+    else if (req.url === '/s/run') res.end('#!/bin/sh\necho running\n');
+    else if (req.url?.startsWith('/big/')) {
+      res.writeHead(200, { 'content-length': String(64 * 1024 * 1024) });
+      res.end();
+    } else if (req.url?.startsWith('/broken/')) {
+      res.writeHead(500);
+      res.end('no');
+    } else {
+      res.writeHead(404);
+      res.end();
+    }
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const base = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+  const dir = await mkdtemp(join(tmpdir(), 'kiln-s2i-http-'));
+  try {
+    const src = join(dir, 'src');
+    await mkdir(join(src, '.s2i', 'bin'), { recursive: true });
+    await writeFile(join(src, '.s2i', 'bin', 'save-artifacts'), '#!/bin/sh\n');
+    await writeFile(join(src, '.s2i', 'bin', 'run'), '#!/bin/sh\necho from source\n');
+    const p = await prepareSource(src, join(dir, 'w1'), { scriptsUrl: `${base}/s/` });
+    // the URL's scripts first; what it lacks (save-artifacts) still comes from .s2i/bin
+    assert.deepEqual([...p.provided].sort(), ['assemble', 'run', 'save-artifacts']);
+    const { readFile, stat } = await import('node:fs/promises');
+    assert.equal(await readFile(join(dir, 'w1', 'upload', 'scripts', 'run'), 'utf8'), '#!/bin/sh\necho running\n');
+    assert.equal((await stat(join(dir, 'w1', 'upload', 'scripts', 'assemble'))).mode & 0o777, 0o755);
+    assert.ok(served.includes('/s/save-artifacts'), 'each script name asked for');
+    const fails = async (url: string, re: RegExp, code = 'S2I_SCRIPTS'): Promise<void> => {
+      await assert.rejects(prepareSource(src, join(dir, `w-${served.length}`), { scriptsUrl: url }), (e) => {
+        assert.ok(isKilnError(e, code), String(e));
+        assert.match((e as Error).message, re);
+        return true;
+      });
+    };
+    await fails(`${base}/big`, /big\/assemble: 67108864 bytes, over the 8388608 byte limit/);
+    await fails(`${base}/broken`, /broken\/assemble: HTTP 500/);
+    await fails(`${base}/none`, /could not download any scripts from URL/);
+    const closed = await new Promise<number>((r) => {
+      const s = createServer();
+      s.listen(0, '127.0.0.1', () => {
+        const port = (s.address() as { port: number }).port;
+        s.close(() => r(port));
+      });
+    });
+    await fails(`http://127.0.0.1:${closed}/s`, /\/s\/assemble: .*ECONNREFUSED/);
+    await fails(`http://user:secret@127.0.0.1:1/s`, /credentials in the URL are not accepted/, 'OPTION_INVALID');
+  } finally {
+    server.close();
+    await rm(dir, { recursive: true, force: true });
   }
 });

@@ -5,11 +5,12 @@
  * contract: `.s2i/environment`, `--allowed-uids` ranges, `--runtime-artifact` mappings, git source info.
  */
 import { execFile } from 'node:child_process';
-import { chmod, copyFile, cp, lstat, mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { chmod, copyFile, cp, lstat, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, posix, resolve } from 'node:path';
 import { KilnError, errorMessage } from '../../errors.js';
 import { cloneGitWithCommit, isGitContext } from '../../engine/context.js';
 import type { EnvEntry, RuntimeArtifact } from './dockerfile.js';
+import { syncTree } from './workdir.js';
 
 /** The scripts s2i installs into `upload/scripts` (required, optional and the runtime one). */
 export const S2I_SCRIPTS = ['assemble', 'run', 'save-artifacts', 'assemble-runtime'] as const;
@@ -297,6 +298,68 @@ async function installFromUrl(url: string, dest: string, found: Set<string>, nam
   }
 }
 
+/** Largest script `--scripts-url http(s)://` takes (s2i scripts are small shell scripts or one binary). */
+export const MAX_SCRIPT_BYTES = 8 * 1024 * 1024;
+const SCRIPT_TIMEOUT_MS = 60_000;
+
+/**
+ * s2i's http(s) script download: `URL/assemble`, `URL/run`, … each fetched with TLS verified, redirects followed,
+ * a time limit and a size limit; a 404 means "not provided here" (s2i's rule: the next place is looked at), any
+ * other failure is an error naming the script's URL. A URL with credentials is refused: it would be written
+ * into the image's `io.openshift.s2i.scripts-url` label and the build log.
+ */
+async function downloadScripts(url: string, dest: string, found: Set<string>, names: readonly string[]): Promise<void> {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new KilnError('OPTION_INVALID', `--scripts-url ${url}: not a valid URL`);
+  }
+  if (u.username || u.password) {
+    throw new KilnError('OPTION_INVALID', '--scripts-url: credentials in the URL are not accepted', {
+      hint: 'the URL is recorded in the image label io.openshift.s2i.scripts-url; serve the scripts without credentials',
+    });
+  }
+  const base = url.replace(/\/+$/, '');
+  const fail = (n: string, why: string): KilnError =>
+    new KilnError('S2I_SCRIPTS', `--scripts-url: ${base}/${n}: ${why}`, {
+      hint: 'the URL should name a directory holding assemble, run and optionally save-artifacts',
+    });
+  for (const n of names) {
+    let res: Response;
+    try {
+      res = await fetch(`${base}/${n}`, { redirect: 'follow', signal: AbortSignal.timeout(SCRIPT_TIMEOUT_MS) });
+    } catch (e) {
+      const c = (e as { cause?: unknown }).cause;
+      throw fail(n, errorMessage(c ?? e));
+    }
+    if (res.status === 404) {
+      await res.body?.cancel();
+      continue;
+    }
+    if (!res.ok || !res.body) {
+      await res.body?.cancel();
+      throw fail(n, `HTTP ${res.status} ${res.statusText}`.trim());
+    }
+    const announced = Number(res.headers.get('content-length') ?? NaN);
+    if (announced > MAX_SCRIPT_BYTES) {
+      await res.body.cancel();
+      throw fail(n, `${announced} bytes, over the ${MAX_SCRIPT_BYTES} byte limit`);
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    for await (const c of res.body as AsyncIterable<Uint8Array>) {
+      size += c.length;
+      if (size > MAX_SCRIPT_BYTES) throw fail(n, `over the ${MAX_SCRIPT_BYTES} byte limit`);
+      chunks.push(Buffer.from(c));
+    }
+    if (size === 0) throw fail(n, 'empty response');
+    await writeFile(join(dest, n), Buffer.concat(chunks), { mode: 0o755 });
+    await chmod(join(dest, n), 0o755);
+    found.add(n);
+  }
+}
+
 /**
  * Lay out `workDir` for `source` (a directory, or a git URL with `#ref`): the source in `upload/src`, scripts from
  * `scriptsUrl` (`file://`; `image://` means they are in the image) and then the source's `.s2i/bin` (moved, as
@@ -309,6 +372,10 @@ export async function prepareSource(
 ): Promise<PreparedSource> {
   const src = join(workDir, 'upload', 'src');
   const scripts = join(workDir, 'upload', 'scripts');
+  // a kept working dir (workdir.ts) holds the previous build's layout: scripts are laid out afresh, the source
+  // is synced in place (unchanged files keep their inode and times: the stat cache knows them)
+  await rm(scripts, { recursive: true, force: true });
+  await rm(join(workDir, 'upload', 'tmp'), { recursive: true, force: true });
   await mkdir(scripts, { recursive: true });
   let info: SourceInfo | undefined;
   const location = source;
@@ -317,6 +384,7 @@ export async function prepareSource(
     const { dir } = await cloneGitWithCommit(source, tmp, true);
     info = await gitSourceInfo(dir);
     if (info && !info.location) info.location = source.split('#')[0] as string;
+    await rm(src, { recursive: true, force: true });
     await rename(dir, src);
     if (!opts.keepGitDir) await rm(join(src, '.git'), { recursive: true, force: true });
     await rm(tmp, { recursive: true, force: true });
@@ -331,21 +399,22 @@ export async function prepareSource(
     if (resolve(workDir).startsWith(abs + '/')) {
       throw new KilnError('S2I_SOURCE', `recursive copy requested: source "${source}" contains the working dir`);
     }
-    await copyTree(abs, src);
-    info = await gitSourceInfo(abs);
+    // git's answers (a process) while the tree is copied
+    const gitInfo = gitSourceInfo(abs);
+    if (await exists(src)) await syncTree(abs, src);
+    else await copyTree(abs, src);
+    info = await gitInfo;
   }
   const provided = new Set<string>();
   if (opts.scriptsUrl && !opts.scriptsUrl.startsWith('image://')) {
-    if (!/^(file:\/\/)?\//.test(opts.scriptsUrl)) {
+    if (/^https?:\/\//i.test(opts.scriptsUrl)) await downloadScripts(opts.scriptsUrl, scripts, provided, S2I_SCRIPTS);
+    else if (!/^(file:\/\/)?\//.test(opts.scriptsUrl)) {
       throw new KilnError(
         'OPTION_INVALID',
-        `--scripts-url ${opts.scriptsUrl}: only image:// and file:// are supported`,
-        {
-          hint: 'kiln fetches nothing over http; use image:///path/in/builder or file:///host/dir',
-        },
+        `--scripts-url ${opts.scriptsUrl}: only image://, file://, http:// and https:// are supported`,
+        { hint: 'use image:///path/in/builder, file:///host/dir or https://host/dir' },
       );
-    }
-    await installFromUrl(opts.scriptsUrl, scripts, provided, S2I_SCRIPTS);
+    } else await installFromUrl(opts.scriptsUrl, scripts, provided, S2I_SCRIPTS);
     if (provided.size === 0) {
       throw new KilnError('S2I_SCRIPTS', `could not download any scripts from URL ${opts.scriptsUrl}`, {
         hint: 'the directory should hold assemble, run and optionally save-artifacts',

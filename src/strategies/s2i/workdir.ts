@@ -1,0 +1,164 @@
+/**
+ * S2I's working directory kept between builds of the same source and image name, and a tree sync into it. Why:
+ * the build context is that directory (`upload/src` is the source's copy); a fresh temp dir each build gives every
+ * file a new path root and inode, so kiln's stat cache misses and every source file is read and digested again.
+ * Kept, and updated in place (unchanged files untouched: same inode, times), a warm build digests only what
+ * changed — like `kiln build` on a checkout the service updates in place. A second build of the same pair running
+ * at the same time gets a temp dir of its own (today's behaviour), never a shared one.
+ */
+import { createHash } from 'node:crypto';
+import { constants, type Dirent, type Stats } from 'node:fs';
+import {
+  chmod,
+  copyFile,
+  lstat,
+  lutimes,
+  mkdir,
+  mkdtemp,
+  open,
+  readdir,
+  readFile,
+  readlink,
+  rm,
+  symlink,
+  unlink,
+  utimes,
+} from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { homeDirs } from '../../util/paths.js';
+
+/** A working dir for one build; `release` frees it (a kept dir stays for the next build, a temp dir goes). */
+export interface S2IWorkDir {
+  dir: string;
+  /** True when this is the kept dir of the (source, image name) pair (its `upload/src` may hold an older copy). */
+  kept: boolean;
+  release(): Promise<void>;
+}
+
+const LOCK = '.lock';
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Take the lock file of `dir`: true when taken (a stale lock of a dead process is taken over). */
+async function lock(dir: string): Promise<boolean> {
+  const file = join(dir, LOCK);
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const fh = await open(file, constants.O_CREAT | constants.O_EXCL | constants.O_WRONLY, 0o600);
+      await fh.writeFile(String(process.pid));
+      await fh.close();
+      return true;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') return false;
+      const pid = Number((await readFile(file, 'utf8').catch(() => '')).trim());
+      // a pid we cannot judge (empty, ours from an earlier crash in another namespace) counts as held
+      if (!Number.isInteger(pid) || pid <= 0 || alive(pid)) return false;
+      await unlink(file).catch(() => undefined);
+    }
+  }
+  return false;
+}
+
+/**
+ * The working dir for building `source` (a directory or a git URL) as `tag`: the kept one when free, else a temp
+ * dir under `$KILN_HOME/tmp`.
+ */
+export async function s2iWorkDir(home: string, source: string, tag: string | undefined): Promise<S2IWorkDir> {
+  const key = /^[a-z]+:\/\//.test(source) || source.includes('#') ? source : resolve(source);
+  const id = createHash('sha256')
+    .update(`${key}\0${tag ?? ''}`)
+    .digest('hex')
+    .slice(0, 32);
+  const dir = join(homeDirs(home).s2iWork, id);
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  if (await lock(dir)) {
+    return { dir, kept: true, release: () => rm(join(dir, LOCK), { force: true }) };
+  }
+  const tmpBase = homeDirs(home).tmp;
+  await mkdir(tmpBase, { recursive: true, mode: 0o700 });
+  const tmp = await mkdtemp(join(tmpBase, 's2i-'));
+  return { dir: tmp, kept: false, release: () => rm(tmp, { recursive: true, force: true }) };
+}
+
+/** Copy one file to `to` unless it is already there unchanged (size, mtime, mode); false when `from` is missing. */
+export async function syncFile(from: string, to: string): Promise<boolean> {
+  const fs = await lstat(from).catch(() => undefined);
+  if (!fs?.isFile()) {
+    await rm(to, { force: true });
+    return false;
+  }
+  const ts = await lstat(to).catch(() => undefined);
+  if (ts?.isFile() && same(fs, ts)) return true;
+  if (ts) await rm(to, { recursive: true, force: true });
+  await copyFile(from, to, constants.COPYFILE_FICLONE);
+  await chmod(to, fs.mode & 0o7777);
+  await utimes(to, fs.atime, fs.mtime);
+  return true;
+}
+
+const same = (a: Stats, b: Stats): boolean =>
+  a.size === b.size && Math.trunc(a.mtimeMs) === Math.trunc(b.mtimeMs) && (a.mode & 0o7777) === (b.mode & 0o7777);
+
+/**
+ * Make `to` a copy of the tree `from` (modes, times, symlinks as links), touching only what differs: a file whose
+ * size, mtime and mode match is left as it is (the stat cache then knows it), others are replaced, entries `from`
+ * lacks are removed. Ownership is not copied (S2I's COPY sets it).
+ */
+export async function syncTree(from: string, to: string): Promise<void> {
+  const st = await lstat(from);
+  const cur = await lstat(to).catch(() => undefined);
+  if (!cur?.isDirectory()) {
+    if (cur) await rm(to, { recursive: true, force: true });
+    await mkdir(to, { mode: st.mode & 0o7777 });
+  }
+  const [src, dst] = await Promise.all([
+    readdir(from, { withFileTypes: true }),
+    readdir(to, { withFileTypes: true }).catch(() => [] as Dirent[]),
+  ]);
+  const want = new Set(src.map((e) => e.name));
+  let changed = false;
+  for (const e of dst) {
+    if (!want.has(e.name)) {
+      await rm(join(to, e.name), { recursive: true, force: true });
+      changed = true;
+    }
+  }
+  // both sides' stats at once (a warm sync is nothing but stats)
+  const stats = await Promise.all(
+    src.map((e) => Promise.all([lstat(join(from, e.name)), lstat(join(to, e.name)).catch(() => undefined)])),
+  );
+  for (const [i, e] of src.entries()) {
+    const f = join(from, e.name);
+    const t = join(to, e.name);
+    const [fs, ts] = stats[i] as [Stats, Stats | undefined];
+    if (fs.isDirectory()) {
+      if (!ts) changed = true;
+      await syncTree(f, t);
+    } else if (fs.isSymbolicLink()) {
+      const target = await readlink(f);
+      if (ts?.isSymbolicLink() && (await readlink(t)) === target) continue;
+      if (ts) await rm(t, { recursive: true, force: true });
+      await symlink(target, t);
+      await lutimes(t, fs.atime, fs.mtime).catch(() => undefined);
+      changed = true;
+    } else if (fs.isFile()) {
+      if (ts?.isFile() && same(fs, ts)) continue;
+      if (ts) await rm(t, { recursive: true, force: true });
+      await copyFile(f, t, constants.COPYFILE_FICLONE);
+      await chmod(t, fs.mode & 0o7777);
+      await utimes(t, fs.atime, fs.mtime);
+      changed = true;
+    }
+    // sockets, fifos and devices are not copied (cp -a would; a build context never needs them)
+  }
+  const now = await lstat(to);
+  if ((now.mode & 0o7777) !== (st.mode & 0o7777)) await chmod(to, st.mode & 0o7777);
+  if (changed || Math.trunc(now.mtimeMs) !== Math.trunc(st.mtimeMs)) await utimes(to, st.atime, st.mtime);
+}

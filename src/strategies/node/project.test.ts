@@ -154,3 +154,17 @@ test('layer list puts nested packages before their parents; the image phase has 
     'dependencies',
   ]);
 });
+
+test('the build service reads images[].node (strategy node) and refuses unknown keys there', async () => {
+  const { parseProjectDocument } = await import('../../service/config/parse.js');
+  const doc = (node: unknown): unknown => ({
+    name: 'shop',
+    repository: 'https://h.example/x',
+    registry: 'r.io/x',
+    images: [{ name: 'web', strategy: 'node', node }],
+  });
+  const p = parseProjectDocument(doc({ base: 'r.io/node:20' }), 'p');
+  assert.equal(p.images[0]?.strategy, 'node');
+  assert.deepEqual(p.images[0]?.node, { base: 'r.io/node:20' });
+  assert.throws(() => parseProjectDocument(doc({ image: 'x' }), 'p'), /images\[0\]\.node/);
+});

@@ -9,7 +9,7 @@
 #   kustomize kustomize             sigs.k8s.io/kustomize/kustomize/v5  (renders deploy/ in the deploy tests: the v5
 #                                    dialect users have; Debian's kubectl 1.20 embeds kustomize v2)
 #   kube      kube-apiserver         k8s.io/kubernetes                    (the real API server the Kubernetes tests
-#             kube-controller-manager                                       run against; test/helpers/kube.ts)
+#                                                                           run against; test/helpers/kube.ts)
 #
 # Each tool lands in $KILN_TOOLS_DIR (default ${XDG_CACHE_HOME:-~/.cache}/kiln-tools)/NAME-VERSION/bin/ and is
 # built only when that directory lacks its `.complete` marker: idempotent, version-pinned, safe to run from several
@@ -169,11 +169,12 @@ build_kube() {
     for m in $staging; do printf '\t%s => %s v0%s\n' "$m" "$m" "${KUBE_VERSION#v1}"; done
     printf ')\n'
   } >"$work/go.mod"
-  printf 'package main\n\nimport (\n\t_ "k8s.io/kubernetes/cmd/kube-apiserver/app"\n\t_ "k8s.io/kubernetes/cmd/kube-controller-manager/app"\n)\n\nfunc main() {}\n' >"$work/tools.go"
+  # (kube-controller-manager is left out: it doubled a build that already takes ~20-60 min on 2 cores, and nothing
+  # kiln tests needs its controllers — kiln deletes what it creates itself)
+  printf 'package main\n\nimport _ "k8s.io/kubernetes/cmd/kube-apiserver/app"\n\nfunc main() {}\n' >"$work/tools.go"
   (cd "$work" && "$GO" mod tidy) || return 1
   local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(cut -d. -f2 <<<"$KUBE_VERSION")"
   (cd "$work" && "$GO" build -ldflags "$ldflags" -o "$bin/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver) || return 1
-  (cd "$work" && "$GO" build -ldflags "$ldflags" -o "$bin/kube-controller-manager" k8s.io/kubernetes/cmd/kube-controller-manager) || return 1
   rm -rf "$work"
 }
 
@@ -204,7 +205,6 @@ print_paths() {
       ;;
     kube)
       echo "kube-apiserver=$TOOLS_DIR/kube-$KUBE_VERSION/bin/kube-apiserver"
-      echo "kube-controller-manager=$TOOLS_DIR/kube-$KUBE_VERSION/bin/kube-controller-manager"
       echo "kube-version=$KUBE_VERSION"
       ;;
   esac

@@ -35,7 +35,7 @@ fi
 # debootstrap root of the Debian differential cases (root only). `npm run bench` builds crane and kaniko the same
 # way on first use (scripts/go-tools.sh crane kaniko).
 bash scripts/go-tools.sh buildkit >/dev/null
-# kube-apiserver + kube-controller-manager (k8s.io/kubernetes; the real API server of the Kubernetes tests, with
+# kube-apiserver (k8s.io/kubernetes; the real API server of the Kubernetes tests, with
 # Debian's etcd-server), the same way
 bash scripts/go-tools.sh kube >/dev/null
 # openshift/source-to-image's s2i (the reference of the S2I tests: its --as-dockerfile output), the same way (~3 min)

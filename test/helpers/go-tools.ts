@@ -24,7 +24,6 @@ export interface GoToolPaths {
   kustomize?: string;
   'kustomize-version'?: string;
   'kube-apiserver'?: string;
-  'kube-controller-manager'?: string;
   'kube-version'?: string;
 }
 

@@ -308,7 +308,7 @@ async function compat(homes: Record<Level, string>): Promise<string[]> {
         r.userns.ok && r.restricted.ok && r.userns.s.length && r.restricted.s.length
           ? (median(r.restricted.s) / median(r.userns.s)).toFixed(2)
           : '–';
-      return `| ${name} | ${cell(r.userns)} | ${cell(r.restricted)} | ${ratio} |`;
+      return `| ${name.replace(/\|/g, '\\|')} | ${cell(r.userns)} | ${cell(r.restricted)} | ${ratio} |`;
     }),
     '',
   ];

@@ -547,7 +547,10 @@ export class BuildService implements ServiceCore {
       let df: string;
       try {
         ctx = await realpath(ctxRel);
-        df = img.strategy === 's2i' || img.strategy === 'buildpacks' ? ctx : await realpath(dfRel); // S2I decides its steps itself: no Dockerfile
+        df =
+          img.strategy === 's2i' || img.strategy === 'buildpacks' || img.strategy === 'node'
+            ? ctx
+            : await realpath(dfRel); // S2I decides its steps itself: no Dockerfile
       } catch {
         throw new KilnError(
           'DOCKERFILE_NOT_FOUND',
@@ -564,7 +567,12 @@ export class BuildService implements ServiceCore {
           throw new KilnError('PATH_OUTSIDE', `${what} ${img[what]} leaves the repository (through a symlink)`);
         }
       }
-      if (img.strategy !== 's2i' && img.strategy !== 'buildpacks' && !(await stat(df)).isFile())
+      if (
+        img.strategy !== 's2i' &&
+        img.strategy !== 'buildpacks' &&
+        img.strategy !== 'node' &&
+        !(await stat(df)).isFile()
+      )
         throw new KilnError('DOCKERFILE_NOT_FOUND', `${img.dockerfile} is not a file`);
 
       const branch = build.ref.startsWith('refs/heads/') ? build.ref.slice(11) : undefined;
@@ -624,6 +632,7 @@ export class BuildService implements ServiceCore {
         Object.assign(job, { strategy: img.strategy, backend: img.backend });
       if (img.s2i) Object.assign(job, { s2i: img.s2i, project: p.name });
       if (img.buildpacks) Object.assign(job, { buildpacks: img.buildpacks, project: p.name });
+      if (img.node) Object.assign(job, { node: img.node });
       const rc = p.registryCredentials;
       if (rc?.username) {
         job.registryAuth = {

@@ -129,7 +129,7 @@ export function register(program: Command): void {
     .option('-e, --env <NAME=VALUE>', 'a platform env var for the buildpacks (repeatable)', collect)
     .option('--publish', 'push the image to its registry (else kiln’s local store)')
     .option('--clear-cache', 'do not restore cache layers')
-    .option('--pull-policy <policy>', 'always, if-not-present (default) or never', 'if-not-present')
+    .option('--pull-policy <policy>', 'always or if-not-present (default)', 'if-not-present')
     .option('--network <mode>', 'network of detect and build: host (default) or none', 'host')
     .option('--report <file>', 'write report.toml here')
     .option('--progress <mode>', 'progress output: auto, tty, plain, json or quiet', 'auto')
@@ -151,9 +151,9 @@ export function register(program: Command): void {
       cmd: Command,
     ) => {
       const debug = (cmd.parent?.parent?.opts() as { debug?: boolean } | undefined)?.debug === true;
-      if (!['always', 'if-not-present', 'never'].includes(flags.pullPolicy)) {
+      if (!['always', 'if-not-present'].includes(flags.pullPolicy)) {
         throw new KilnError('OPTION_INVALID', `--pull-policy ${flags.pullPolicy}: unknown policy`, {
-          hint: 'use always, if-not-present or never',
+          hint: 'use always or if-not-present (never is not supported: kiln looks in its store, then the registry)',
         });
       }
       const bp = buildpacksOptionsFrom(flags);

@@ -424,7 +424,7 @@ export async function runProcess(opts: RunProcessOptions): Promise<RunProcessRes
   try {
     // The working dir: created (root, 0755) when missing and kept in the layer, like BuildKit.
     try {
-      await ensureWorkdir(root, cwd);
+      await ensureWorkdir(root, '/' + (opts.cwd ?? '/'));
     } catch (e) {
       throw new KilnError('WORKDIR_INVALID', `failed to create working directory ${cwd}: ${(e as Error).message}`, {
         cause: e,

@@ -89,7 +89,7 @@ export class RestrictedExecutor implements Executor {
     const env = sandboxEnv(spec.env, user.home);
     let hostCwd: string;
     try {
-      hostCwd = await ensureWorkdir(root, cwd);
+      hostCwd = await ensureWorkdir(root, '/' + (spec.cwd || '/'));
     } catch (e) {
       throw new KilnError('WORKDIR_INVALID', `failed to create working directory ${cwd}: ${(e as Error).message}`, {
         cause: e,

@@ -821,9 +821,8 @@ struct ctx {
 };
 
 /* System calls Debian's proot (5.1) passes through without translating their paths (it predates them): in a step
- * their paths are the guest's, and the helper translates and performs them itself. A relative path there is taken
- * from the step's working directory: proot keeps the current directory to itself (the kernel's stays where the
- * step started), so after a `cd` inside a step such a path resolves as if the cd had not happened. */
+ * their paths are the guest's, and the helper translates and performs them itself. A path relative to the current
+ * directory gets ENOSYS (see resolve_path): proot keeps the current directory to itself. */
 static int proot_blind(int nr) {
   return nr == __NR_statx || nr == __NR_openat2 || nr == __NR_fchmodat2 || nr == __NR_faccessat2;
 }
@@ -931,6 +930,11 @@ static int guest_resolve(const struct step *s, pid_t pid, const char *gpath, int
 static int resolve_path(struct ctx *c, int dirfd, const char *raw, char *abs, int magic_empty, int follow) {
   if (!c->guest_paths || !c->step || !c->step->root || !raw[0]) return resolve_at(PID(c), dirfd, raw, abs, magic_empty);
   if (raw[0] == '/') return guest_resolve(c->step, PID(c), raw, follow, abs);
+  /* relative to the current directory: proot keeps a `cd` to itself (the kernel's stays where the step started), so
+   * the directory the step means is unknown here. ENOSYS, as from a kernel without the call, makes the C library
+   * fall back to calls proot translates (glibc: statx → fstatat, faccessat2 → faccessat/fstatat, fchmodat2 → an
+   * O_PATH fchmod; libuv and Rust's std do the same; openat2 has no glibc wrapper and its callers fall back). */
+  if (dirfd == AT_FDCWD) return -ENOSYS;
   char base[PATH_MAX], g[PATH_MAX], full[2 * PATH_MAX];
   int r = resolve_at(PID(c), dirfd, NULL, base, 0);
   if (r < 0) return r;

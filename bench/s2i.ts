@@ -7,14 +7,14 @@
  *
  * Environment: BENCH_ROUNDS (default 5), BENCH_FILES (default 200); BENCH_TRACE=1 adds one more kiln round with
  * `--progress plain` and prints its log with the time of each line (where the warm time goes). Needs root
- * (buildkitd). Output: a table.
+ * (buildkitd). Output: a table, also in bench/results/s2i.md.
  */
 import { execFile, spawnSync } from 'node:child_process';
 import { pathToFileURL } from 'node:url';
 import { existsSync } from 'node:fs';
 import { chmod, copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
-import { tmpdir } from 'node:os';
+import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startRegistry, runKiln } from '../test/helpers/registry.js';
@@ -152,20 +152,30 @@ async function main(): Promise<void> {
       .split('\n')
       .filter((l) => /"GET \/v2\/app-inc\/(manifests|blobs)\//.test(l)).length;
     const row = (a: string, b: string): string => `| ${a} | ${b} |`;
-    console.log(
-      `\nS2I build of a small app (${files} files), warm cache, one file changed per round (${rounds} rounds)\n`,
-    );
-    console.log('| measure | value |\n| --- | --- |');
-    console.log(row('kiln s2i build --push (process), median', `${(median(k) / 1000).toFixed(2)} s`));
-    console.log(
+    const out = [
+      `# S2I benchmark (${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC, ${cpus().length} vCPU, ` +
+        `${(totalmem() / 2 ** 30).toFixed(1)} GiB, Node ${process.version})`,
+      '',
+      `S2I build of a small app (${files} files), warm cache, one file changed per round (${rounds} rounds), ` +
+        'kiln and BuildKit alternating round by round.',
+      '',
+      '| measure | value |',
+      '| --- | --- |',
+      row('kiln s2i build --push (process), median', `${(median(k) / 1000).toFixed(2)} s`),
       row(
         `BuildKit ${buildkit.version} building the --as-dockerfile output, median`,
         `${(median(bk) / 1000).toFixed(2)} s`,
       ),
-    );
-    console.log(row('ratio kiln / BuildKit', `${(median(k) / median(bk)).toFixed(2)}× (target ≤ 0.5×)`));
-    console.log(row('incremental kiln build with the cached artifacts tar', `${(tInc / 1000).toFixed(2)} s`));
-    console.log(row('previous image manifests/layers read from the registry', String(reads)));
+      row('ratio kiln / BuildKit', `${(median(k) / median(bk)).toFixed(2)}× (target ≤ 0.5×)`),
+      row('incremental kiln build with the cached artifacts tar', `${(tInc / 1000).toFixed(2)} s`),
+      row('previous image manifests/layers read from the registry', String(reads)),
+      '',
+      `Load while measuring (1/5/15 min): ${loadavg()
+        .map((l) => l.toFixed(1))
+        .join(' / ')}.`,
+    ].join('\n');
+    console.log('\n' + out);
+    await writeFile(join(REPO, 'bench', 'results', 's2i.md'), out + '\n');
   } finally {
     await buildkit.stop();
     await registry.stop();

@@ -134,7 +134,8 @@ describe('RUN environment matches BuildKit', () => {
         const m = /^Groups:\s*(.*?)\s*$/.exec((groups ?? '').trim());
         if (!m || !gid) return groups;
         const all = new Set([...(m[1] ?? '').split(/\s+/).filter(Boolean), gid]);
-        return `Groups:\t${[...all].sort((a, b) => Number(a) - Number(b)).join(' ')} \n`;
+        const line = `Groups:\t${[...all].sort((a, b) => Number(a) - Number(b)).join(' ')} `;
+        return (groups ?? '').replace(/^Groups:.*$/m, line);
       };
       for (const [label, bk, kiln] of [
         ['root', bkRoot, kRoot],

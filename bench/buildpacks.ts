@@ -8,13 +8,15 @@
  * Environment: BENCH_ROUNDS (default 5), BENCH_FILES (app files, default 200). Needs root or subordinate ids
  * (the buildpacks run in kiln's user namespace sandbox). Output: a table.
  */
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { startRegistry } from '../test/helpers/registry.js';
 import { pushTestImages } from '../test/integration/buildpacks-fixtures.js';
 import { compiledCli, runCompiled } from './compiled.js';
 
+const REPO = dirname(dirname(fileURLToPath(import.meta.url)));
 const rounds = Number(process.env.BENCH_ROUNDS ?? 5);
 const files = Number(process.env.BENCH_FILES ?? 200);
 
@@ -25,6 +27,8 @@ function median(xs: number[]): number {
 
 async function main(): Promise<void> {
   const main = compiledCli('bench-buildpacks');
+  // the compiled CLI reads its version from ../../package.json (.tmp/package.json for a .tmp build)
+  await copyFile(join(REPO, 'package.json'), join(dirname(dirname(dirname(main))), 'package.json'));
   const work = await mkdtemp(join(tmpdir(), 'kiln-bench-bp-'));
   const registry = await startRegistry();
   try {

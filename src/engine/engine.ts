@@ -9,7 +9,8 @@
  * The engine only talks to the ports in ./ports.ts, so the same logic runs with the local namespace sandbox, a
  * Kubernetes executor or test doubles.
  */
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chmod, chown, lstat, mkdir, mkdtemp, rename, rm, utimes, writeFile } from 'node:fs/promises';
+import { rootPath } from './copy.js';
 import { join, posix, resolve } from 'node:path';
 import { PlantedCopy, newCopyTrack, relativeSources, type CopyTrack } from './reuse.js';
 import { createHash } from 'node:crypto';
@@ -1145,7 +1146,8 @@ class Engine {
     // what bind mounts read is part of the step's identity
     const bindSources: string[] = [];
     for (const m of mounts) {
-      if (m.type !== 'bind') continue;
+      // a cache mount with from= starts as a copy of that stage's or image's directory (BuildKit)
+      if (m.type !== 'bind' && !(m.type === 'cache' && m.from !== '')) continue;
       const ref = m.from === '' ? undefined : this.stageRef(m.from, st.stage.index);
       if (ref) bindSources.push((await this.runStage(ref)).state);
       else if (m.from === '') {
@@ -1202,12 +1204,24 @@ class Engine {
             runMounts.push(secret);
           } else if (m.type === 'cache') {
             const cid = m.id || m.target;
+            let seed: Owned | undefined;
+            let key = cid;
+            if (m.from !== '') {
+              const { src, release } = await this.sourceFor(st, m.from, c);
+              releases.push(release);
+              // BuildKit keys a seeded cache by its id and the seed's snapshot: another seed is another cache
+              key += ':' + (src.stateDigest ?? 'image:' + m.from);
+              seed = await this.seedCacheDir(join(this.deps.cacheMountsDir, sha256hex(key)), src, m, c);
+            }
             // the sandbox creates the dir on first use with the mount's mode and owner (BuildKit)
-            const dir = join(this.deps.cacheMountsDir, createHash('sha256').update(cid).digest('hex'));
+            const dir = join(this.deps.cacheMountsDir, sha256hex(key));
             const cm: RunMount = { type: 'cache', id: cid, source: dir, target: m.target, readonly: m.readonly };
-            if (m.mode !== undefined) cm.mode = m.mode;
-            if (m.uid !== undefined) cm.uid = m.uid;
-            if (m.gid !== undefined) cm.gid = m.gid;
+            if (seed) Object.assign(cm, seed);
+            else {
+              if (m.mode !== undefined) cm.mode = m.mode;
+              if (m.uid !== undefined) cm.uid = m.uid;
+              if (m.gid !== undefined) cm.gid = m.gid;
+            }
             if (m.sharing) cm.sharing = m.sharing;
             runMounts.push(cm);
           } else if (m.type === 'tmpfs') {
@@ -1283,6 +1297,58 @@ class Engine {
     } finally {
       for (const r of releases) await r();
     }
+  }
+
+  /**
+   * Seed a new cache dir from `source` of a stage or image (RUN --mount=type=cache,from=…): BuildKit makes a new
+   * cache a child of that snapshot mounted at `source`, so it starts as a copy of that directory with its owners,
+   * modes and times; an existing cache is kept as it is. The copy goes to a temp dir renamed into place, so a
+   * failed or concurrent seed never leaves a half-filled cache. Returns the mode and owner the sandbox must give
+   * the dir when it finds it empty (the source dir's own; with source `/`, mode/uid/gid of the mount apply to an
+   * empty dir, as BuildKit's `/cache` dir made on top of the stage).
+   */
+  private async seedCacheDir(dir: string, src: CopySource, m: MountSpec, c: Instruction): Promise<Owned> {
+    const rel = posix.normalize('/' + (m.source || '/'));
+    if (rel === '/' && (m.mode !== undefined || m.uid !== undefined || m.gid !== undefined)) {
+      return { mode: m.mode ?? 0o755, uid: m.uid ?? 0, gid: m.gid ?? 0 };
+    }
+    const from = await rootPath(src.dir, rel, true);
+    const st = await lstat(from).catch(() => undefined);
+    if (!st?.isDirectory()) {
+      throw this.fail(
+        c,
+        'DOCKERFILE_INSTRUCTION',
+        `cache mount source ${rel} is not a directory in ${m.from}`,
+        'a cache mount with from= is seeded from a directory of that stage or image',
+      );
+    }
+    const owned: Owned = { mode: st.mode & 0o7777, uid: st.uid, gid: st.gid };
+    if (
+      await lstat(dir).then(
+        () => true,
+        () => false,
+      )
+    )
+      return owned;
+    await mkdir(this.deps.cacheMountsDir, { recursive: true, mode: 0o700 });
+    const tmp = await mkdtemp(dir + '.seed-');
+    try {
+      const req = copyRequest({ sources: [rel], location: this.where(c) });
+      await this.deps.copier.apply(req, src, tmp);
+      await chown(tmp, owned.uid, owned.gid);
+      await chmod(tmp, owned.mode);
+      await utimes(tmp, st.atime, st.mtime);
+      await rename(tmp, dir).catch((e: NodeJS.ErrnoException) => {
+        // another build seeded it meanwhile: use theirs
+        if (e.code !== 'EEXIST' && e.code !== 'ENOTEMPTY') throw e;
+      });
+    } catch (e) {
+      if (e instanceof KilnError) throw e;
+      throw this.fail(c, 'RUN_FAILED', `cannot seed cache mount ${m.target} from ${m.from}: ${errorMessage(e)}`);
+    } finally {
+      await rm(tmp, { recursive: true, force: true });
+    }
+    return owned;
   }
 
   private readonly secretFiles = new Map<string, string>();
@@ -1366,4 +1432,15 @@ export async function runEngine(req: EngineRequest, deps: EngineDeps): Promise<E
 /** Exposed for unit tests of the stage graph. */
 export function neededStages(req: EngineRequest): number[] {
   return new Engine(req, {} as EngineDeps).neededStages().map((s) => s.index);
+}
+
+/** Mode and owner the sandbox gives a cache dir it finds empty. */
+interface Owned {
+  mode: number;
+  uid: number;
+  gid: number;
+}
+
+function sha256hex(s: string): string {
+  return createHash('sha256').update(s).digest('hex');
 }

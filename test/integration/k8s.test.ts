@@ -142,7 +142,7 @@ describe('kiln on a real Kubernetes API server', { timeout: 600_000 }, () => {
   });
 
   after(async () => {
-    await admin?.close();
+    await admin?.close().catch(() => undefined); // (a test may have closed it already)
     await kube?.stop();
     if (tmp) rmSync(tmp, { recursive: true, force: true });
   });

@@ -160,6 +160,14 @@ describe('kiln build --strategy node', { skip: !isRoot && 'needs root (dockerd, 
     const digestOf = async (ref: string): Promise<string> =>
       JSON.parse((await run('skopeo', ['inspect', '--tls-verify=false', `docker://${ref}`])).stdout).Digest as string;
     assert.equal(await digestOf(`${R()}/hello:2e`), await digestOf(`${R()}/hello:2`), 'fast path = engine path');
+    // a changed start command is outside the recorded image: the engine builds it (install still cached)
+    const pj = JSON.parse(await readFile(join(app, 'package.json'), 'utf8')) as { scripts: Record<string, string> };
+    pj.scripts.start = 'node ./server.js';
+    await writeFile(join(app, 'package.json'), JSON.stringify(pj, null, 2));
+    const third = await build(app, `${R()}/hello:3`);
+    assert.equal(third.code, 0, third.stderr);
+    assert.doesNotMatch(third.stderr, /dependencies cached|added \d+ packages/);
+    assert.deepEqual((await skopeoConfig(`${R()}/hello:3`)).config.Cmd, ['node', './server.js']);
     assert.match(await answer(`${R()}/hello:2`, 20000 + Math.floor(Math.random() * 2000)), /^hello from kiln v2 /);
 
     // another app with express@4.19.2 and one more package, built as an ordinary user (kilntest, subordinate ids)

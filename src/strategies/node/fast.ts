@@ -26,7 +26,7 @@ import type { Layer } from '../../oci/types.js';
 import { Progress } from '../../progress.js';
 import { Keychain } from '../../registry/keychain.js';
 import type { PushOptions } from '../../registry/push.js';
-import { closeTransports } from '../../registry/transport.js';
+import { closeTransports, debugLog } from '../../registry/transport.js';
 import { homeDirs } from '../../util/paths.js';
 import { writeFileAtomic } from '../../util/atomic.js';
 
@@ -179,6 +179,8 @@ export async function tryFastNodeBuild(o: {
 }): Promise<BuildOutcome | undefined> {
   const { opts, home } = o;
   if (fastPathRefusal(opts)) return undefined;
+  const t0 = performance.now();
+  const mark = (what: string): void => debugLog(`node fast path: ${what} at ${(performance.now() - t0).toFixed(0)} ms`);
   const registry = registryOptions(opts, o.flags, o.embed);
   const tmpBase = homeDirs(home).tmp;
   await mkdir(tmpBase, { recursive: true, mode: 0o700 });
@@ -220,6 +222,7 @@ export async function tryFastNodeBuild(o: {
       `[node] dependencies cached: ${entry.layers.length - 1} layers of ${entry.base.name}@${base.digest.slice(0, 19)} reused`,
     );
     progress.done(1);
+    mark('base resolved, record read, blobs checked');
     progress.start(2, '[node] COPY --link --chown=0:0 app/ /app/');
     work = await mkdtemp(join(tmpBase, 'node-fast-'));
     await mkdir(join(work, 'up'), { mode: 0o755 });
@@ -227,6 +230,7 @@ export async function tryFastNodeBuild(o: {
     const w = await writer.writeBlob(join(work, 'up'), { sourceDateEpoch: opts.sourceDateEpoch ?? 0, inProcess: true });
     const appLayer = await writer.layer(w.digest, w.diffID, w.size, w.mediaType);
     progress.done(2);
+    mark('app layer written');
     const cfg = JSON.parse(entry.rawConfig) as BuildImage;
     cfg.rootfs.diff_ids[cfg.rootfs.diff_ids.length - 1] = w.diffID;
     const rawConfig = Buffer.from(JSON.stringify(cfg));
@@ -267,22 +271,21 @@ export async function tryFastNodeBuild(o: {
     line(`writing image ${exported.configDigest} done`);
     for (const n of exported.names) line(`${exported.pushed.includes(n) ? 'pushing' : 'naming to'} ${n} done`);
     progress.done(3);
+    mark('exported');
     if (opts.iidfile) await writeIidFile(opts.iidfile, exported);
     if (opts.metadataFile)
       await writeMetadataFile(opts.metadataFile, exported, entry.rebase ? { 'kiln.rebase': entry.rebase } : {});
     // the engine's result shape for the callers (they read the base and the layers; nothing here was extracted)
     const stage: StageLayer[] = [];
     for (const l of baseLayerList) stage.push({ diffID: await l.diffID(), dir: '', layer: l });
-    entry.layers
-      .slice(0, -1)
-      .forEach((l, i) =>
-        stage.push({
-          diffID: l.diffID,
-          dir: '',
-          layer: kept[i] as Layer,
-          ...(l.independent ? { independent: true } : {}),
-        }),
-      );
+    entry.layers.slice(0, -1).forEach((l, i) =>
+      stage.push({
+        diffID: l.diffID,
+        dir: '',
+        layer: kept[i] as Layer,
+        ...(l.independent ? { independent: true } : {}),
+      }),
+    );
     stage.push({
       diffID: w.diffID,
       dir: '',

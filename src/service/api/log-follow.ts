@@ -221,7 +221,16 @@ class Tail {
     }
     const last = this.framer.flush() + endEvent(info);
     this.ended = { size, end: info };
-    for (const f of this.live) f.finish(last);
+    for (const f of this.live) {
+      if (this.readOffset >= size) {
+        f.finish(last);
+        continue;
+      }
+      // It finished catching up (at the broadcast's offset) while the size was looked up: this reader did not read
+      // the rest, so it reads it itself.
+      f.offset = this.framed;
+      this.catching.add(f);
+    }
     this.live.clear();
     for (const f of this.catching) this.catchUp(f);
     if (this.followers === 0) this.stop();

@@ -19,6 +19,10 @@ import { goTools } from '../helpers/go-tools.js';
 import { checkPodSpec, podSpecs, type KubeObject, type PodSpecLike, type SecurityContextLike } from '../helpers/pss.js';
 import { isolationPodSettings } from '../../src/sandbox/isolation.js';
 
+// kube-apiserver is built (or waited for: scripts/setup.sh may still be building it in the background) before
+// any test timeout starts.
+goTools('kube');
+
 const REPO = join(import.meta.dirname, '..', '..');
 const SA = 'system:serviceaccount:kiln:kiln';
 

@@ -21,6 +21,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import { startKubeServer, type KubeServer } from '../helpers/kube.js';
+import { goTools } from '../helpers/go-tools.js';
 import { CORE, KubeClient, type KubeObject, loadKubeConfig } from '../../src/k8s/client.js';
 import { BuildRunController, podNameOf } from '../../src/k8s/controller.js';
 import { KubernetesBuildRunner, objectsOf } from '../../src/k8s/executor.js';
@@ -31,6 +32,10 @@ import type { WorkerJob } from '../../src/service/runner/protocol.js';
 import type { RunOutcome } from '../../src/service/runner/local.js';
 import { RedeployDelivery, TRIGGER_ANNOTATION } from '../../src/service/delivery/redeploy.js';
 import { isKilnError } from '../../src/errors.js';
+
+// kube-apiserver is built (or waited for: scripts/setup.sh may still be building it in the background) before
+// any test timeout starts.
+goTools('kube');
 
 const CRD_DIR = join(import.meta.dirname, '..', '..', 'deploy', 'base', 'crds');
 const NS = 'kiln-builds';

@@ -103,8 +103,15 @@ export async function syncFile(from: string, to: string): Promise<boolean> {
   return true;
 }
 
+/**
+ * A copy's mtime is its source's within a millisecond: utimes() takes a Date (milliseconds, through a double), so the
+ * copy of `…204622905` ns may read back as `…203999999` — comparing truncated milliseconds re-copied about half of the
+ * unchanged files of a warm sync (new ctime: kiln's stat cache then re-hashed them).
+ */
+const sameTime = (a: Stats, b: Stats): boolean => Math.abs(a.mtimeMs - b.mtimeMs) < 1;
+
 const same = (a: Stats, b: Stats): boolean =>
-  a.size === b.size && Math.trunc(a.mtimeMs) === Math.trunc(b.mtimeMs) && (a.mode & 0o7777) === (b.mode & 0o7777);
+  a.size === b.size && sameTime(a, b) && (a.mode & 0o7777) === (b.mode & 0o7777);
 
 /**
  * Make `to` a copy of the tree `from` (modes, times, symlinks as links), touching only what differs: a file whose
@@ -160,5 +167,5 @@ export async function syncTree(from: string, to: string): Promise<void> {
   }
   const now = await lstat(to);
   if ((now.mode & 0o7777) !== (st.mode & 0o7777)) await chmod(to, st.mode & 0o7777);
-  if (changed || Math.trunc(now.mtimeMs) !== Math.trunc(st.mtimeMs)) await utimes(to, st.atime, st.mtime);
+  if (changed || !sameTime(now, st)) await utimes(to, st.atime, st.mtime);
 }

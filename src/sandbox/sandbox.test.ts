@@ -37,14 +37,14 @@ describe('resolveExecUser (current BuildKit semantics: the primary gid is always
       assert.deepEqual(await resolveExecUser(root, 'u1'), {
         uid: 1000,
         gid: 1000,
-        additionalGids: [10, 2000, 1000],
+        additionalGids: [10, 1000, 2000],
         home: '/home/u1',
       });
       // A numeric user is always a UID (never the user named "42"); its passwd entry still gives gid and groups.
       assert.deepEqual(await resolveExecUser(root, '1000'), {
         uid: 1000,
         gid: 1000,
-        additionalGids: [10, 2000, 1000],
+        additionalGids: [10, 1000, 2000],
         home: '/home/u1',
       });
       assert.equal((await resolveExecUser(root, '42')).uid, 42);

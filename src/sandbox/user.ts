@@ -8,9 +8,9 @@
  *   always matched as a UID; a numeric user without an entry is allowed, a name without one is an error), and
  *   the group in /etc/group (numeric → GID; a numeric group without entry is allowed). Supplementary groups are
  *   the groups that list the user by name — only when no group was given explicitly;
- * - the process's groups are those supplementary groups with the primary gid first when they lack it (containerd's
- *   WithUIDGID → ensureAdditionalGids, which current BuildKit uses; BuildKit v0.8 passed the list alone), so `id`
- *   in a RUN step lists the primary group as with `docker build` today.
+ * - the process's groups are those supplementary groups plus the primary gid when they lack it (containerd's
+ *   WithUIDGID → ensureAdditionalGids, which current BuildKit uses; BuildKit v0.8 passed the list alone), in
+ *   ascending order as the kernel leaves them under runc, so `id` in a RUN step lists them as `docker build` does.
  * HOME is the passwd home of the user (runc sets it when the env has none), "/" when there is no entry.
  */
 import { open } from 'node:fs/promises';
@@ -20,7 +20,7 @@ import { KilnError } from '../errors.js';
 export interface ExecUser {
   uid: number;
   gid: number;
-  /** setgroups() list: the primary gid (unless listed already) and the supplementary groups from /etc/group. */
+  /** setgroups() list, ascending: the supplementary groups from /etc/group and the primary gid. */
   additionalGids: number[];
   home: string;
 }
@@ -116,9 +116,15 @@ export async function resolveExecUser(root: string, spec: string): Promise<ExecU
   return withPrimary(await lookup(root, spec, passwdText));
 }
 
-/** The primary gid first in the supplementary groups unless already there (containerd's ensureAdditionalGids). */
+/**
+ * The primary gid added to the supplementary groups unless already there (containerd's ensureAdditionalGids), in
+ * ascending order: under runc the kernel's setgroups() sorts the list by kernel gid, which is the gid itself for a
+ * root BuildKit, so `id` in a RUN lists them ascending; kiln's rootless executor must show the same order whatever
+ * its id mapping does.
+ */
 function withPrimary(u: ExecUser): ExecUser {
-  if (!u.additionalGids.includes(u.gid)) u.additionalGids = [u.gid, ...u.additionalGids];
+  const all = u.additionalGids.includes(u.gid) ? u.additionalGids : [u.gid, ...u.additionalGids];
+  u.additionalGids = [...new Set(all)].sort((a, b) => a - b);
   return u;
 }
 

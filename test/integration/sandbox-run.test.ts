@@ -172,10 +172,11 @@ for (const mode of ['root', 'rootless'] as Mode[]) {
         ],
       });
       const [u1, numeric, nobody, unknownUid, net, c1, c2, noexec, ghost, fds, badCwd] = rep.steps;
-      // As the reference BuildKit: groups listing the user only, none for uid:gid or users in no group.
-      assert.equal(u1?.stdout.trim(), 'uid=1000(u1) gid=1000(g1) groups=10(wheel),2000(extra)');
-      assert.equal(numeric?.stdout.trim(), 'uid=1000(u1) gid=2000(extra)');
-      assert.equal(nobody?.stdout.trim(), 'uid=65534(nobody) gid=65534(nogroup)');
+      // As current BuildKit (containerd's ensureAdditionalGids): the groups listing the user plus the primary gid,
+      // ascending; an explicit uid:gid or a user in no group has just its primary gid.
+      assert.equal(u1?.stdout.trim(), 'uid=1000(u1) gid=1000(g1) groups=10(wheel),1000(g1),2000(extra)');
+      assert.equal(numeric?.stdout.trim(), 'uid=1000(u1) gid=2000(extra) groups=2000(extra)');
+      assert.equal(nobody?.stdout.trim(), 'uid=65534(nobody) gid=65534(nogroup) groups=65534(nogroup)');
       assert.equal(unknownUid?.stdout, '/\n4242\n0\n');
       assert.equal(net?.exitCode, 0, net?.stderr);
       const netLines = (net?.stdout ?? '').trim().split('\n');

@@ -8,6 +8,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { KilnError } from '../errors.js';
+import { debugMark } from '../util/debug.js';
 
 /** kiln's version (package.json, two levels up from src/cli and dist/cli): `kiln --version` for images and scripts. */
 function kilnVersion(): string {
@@ -75,7 +76,9 @@ export async function main(argv: string[]): Promise<number> {
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
   try {
+    debugMark('cli loaded');
     await loadCommands(program, argv);
+    debugMark('command module loaded');
     for (const c of program.commands) c.exitOverride();
     await program.parseAsync(argv, { from: 'user' });
     return typeof process.exitCode === 'number' ? process.exitCode : 0;

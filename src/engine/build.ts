@@ -22,6 +22,7 @@ import type { Frontend, FrontendPlan } from './frontend.js';
 import { BuildCache } from '../cache/cache.js';
 import { runEngine, type EngineResult } from './engine.js';
 import { warmUpWorker } from '../layer/worker.js';
+import { debugMark } from '../util/debug.js';
 import {
   exportImage,
   pushSessions,
@@ -224,6 +225,7 @@ export async function build(opts: BuildOptions, svc: BuildServices): Promise<Bui
       await Promise.all([...sessions.values()].map((s) => s.settle()));
       throw e;
     }
+    debugMark('engine done (layers written)');
     if (svc.signal?.aborted) throw new KilnError('INTERRUPTED', 'build interrupted');
     if (plan.afterEngine) {
       const tools: Parameters<NonNullable<FrontendPlan['afterEngine']>>[1] = {
@@ -284,6 +286,7 @@ export async function build(opts: BuildOptions, svc: BuildServices): Promise<Bui
     let exported: ExportResult;
     try {
       exported = await exportImage(image, exportOpts);
+      debugMark('exported');
     } catch (e) {
       svc.progress.error(id, e instanceof Error ? e.message : String(e));
       throw e;

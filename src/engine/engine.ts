@@ -9,6 +9,7 @@
  * The engine only talks to the ports in ./ports.ts, so the same logic runs with the local namespace sandbox, a
  * Kubernetes executor or test doubles.
  */
+import { debugMark } from '../util/debug.js';
 import { chmod, chown, lstat, mkdir, mkdtemp, rename, rm, utimes, writeFile } from 'node:fs/promises';
 import { rootPath } from './copy.js';
 import { join, posix, resolve } from 'node:path';
@@ -802,8 +803,10 @@ class Engine {
       lowerDirs(st.layers),
       hooks.plant ? { plant: hooks.plant } : undefined,
     );
+    debugMark(`#${id} snapshot ready`);
     try {
       await work(snap, id);
+      debugMark(`#${id} step ran`);
       this.checkAbort();
       if (snap.unmount) await snap.unmount();
       if (hooks.afterUnmount) await hooks.afterUnmount(snap);

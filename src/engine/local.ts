@@ -19,7 +19,7 @@ import type { LayerStore, WriteBlobOptions, WrittenBlob } from './ports.js';
 import type { LayerCompression } from './options.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { ensureSpreadDir } from '../util/spread.js';
-import { debugLog } from '../registry/transport.js';
+import { debugMark } from '../util/debug.js';
 import { memberIndexFile, type MemberIndex } from '../layer/segments.js';
 
 function errCode(e: unknown): string | undefined {
@@ -109,7 +109,7 @@ export class LocalLayerStore implements LayerStore {
       throw e;
     }
     if (written.members) this.memberIndexes.set(upper, written.members);
-    debugLog(
+    debugMark(
       `layer ${written.digest}: ${written.size} bytes in ${(performance.now() - t0).toFixed(0)} ms` +
         (written.members ? `, ${written.reused ?? 0}/${written.members.members.length} parts reused` : ''),
     );

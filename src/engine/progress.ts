@@ -8,6 +8,7 @@
 import type { ProgressSink } from './ports.js';
 import type { ProgressMode } from './options.js';
 import type { ProgressEvent } from '../progress.js';
+import { debugMark } from '../util/debug.js';
 
 interface Vertex {
   name: string;
@@ -32,6 +33,7 @@ export class BuildProgress implements ProgressSink {
 
   start(id: number, name: string): void {
     this.vertices.set(id, { name, started: this.now(), partial: { stdout: '', stderr: '' } });
+    debugMark(`#${id} start ${name}`);
     if (this.mode === 'quiet') return;
     if (this.mode === 'json') this.emit({ type: 'start', id, name });
     else this.out(`\n#${id} ${name}\n`);
@@ -64,6 +66,7 @@ export class BuildProgress implements ProgressSink {
 
   cached(id: number): void {
     this.flush(id);
+    debugMark(`#${id} cached`);
     if (this.mode === 'quiet') return;
     if (this.mode === 'json') this.emit({ type: 'cached', id, name: this.vertices.get(id)?.name ?? '' });
     else this.out(`#${id} CACHED\n`);
@@ -71,6 +74,7 @@ export class BuildProgress implements ProgressSink {
 
   done(id: number): void {
     const v = this.flush(id);
+    debugMark(`#${id} done`);
     if (this.mode === 'quiet') return;
     const secs = v ? ((this.now() - v.started) / 1000).toFixed(1) : '0.0';
     if (this.mode === 'json') this.emit({ type: 'done', id, name: v?.name ?? '', duration: Number(secs) });

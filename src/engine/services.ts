@@ -35,6 +35,7 @@ import { build, type BuildOutcome, type BuildServices } from "./build.js";
 import type { BuildOptions, LayerCompression } from "./options.js";
 import type { BaseResolver, ResolvedBase } from "./ports.js";
 import type { Frontend } from "./frontend.js";
+import { debugMark } from "../util/debug.js";
 
 /** FROM resolution: the local store first (unless --pull), then the registry. */
 export class StoreFirstResolver implements BaseResolver {
@@ -297,7 +298,9 @@ export async function runBuildCommand(
     if (opts.compressionLevel !== undefined)
       so.compressionLevel = opts.compressionLevel;
     if (opts.isolation) so.isolation = opts.isolation;
+    debugMark("engine services");
     const svc = await localServices(so);
+    debugMark("engine services ready (context loaded)");
     if (embed.bases) svc.bases = embed.bases(svc.bases);
     if (embed.frontend) svc.frontend = embed.frontend;
     let res: BuildOutcome;

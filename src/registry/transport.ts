@@ -157,7 +157,9 @@ function hostOnly(hostport: string): string {
 }
 
 export function debugLog(msg: string): void {
-  if (process.env.KILN_DEBUG === '1') process.stderr.write(`kiln: debug: ${redact(msg)}\n`);
+  if (process.env.KILN_DEBUG === '1') {
+    process.stderr.write(`kiln: debug: ${redact(msg)} (at ${performance.now().toFixed(0)} ms)\n`);
+  }
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));

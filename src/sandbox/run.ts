@@ -354,8 +354,11 @@ async function removeStubs(root: string, stubs: StubTracker): Promise<void> {
 
 // ---- the runner ----
 
+/** One op of the init's mount stage (fields as PERL_INIT reads them; see init-script.ts). */
+type MountOp = string[];
+
 interface PreparedMount {
-  /** Lines of the stage-1 script. */
+  /** Lines of the shell script the init runs after its own mounts (RUN --mount). */
   script: string[];
   release?: () => void | Promise<void>;
   /** A lock file held (flock) for the whole step: `sharing=locked` across kiln processes. */
@@ -436,60 +439,75 @@ export async function runProcess(opts: RunProcessOptions): Promise<RunProcessRes
     await writeFile(join(state, 'resolv.conf'), sandboxResolvConf(hostResolv, network), { mode: 0o644 });
     await writeFile(join(state, 'hostname'), hostname + '\n', { mode: 0o644 });
 
-    const R = root;
-    const lines: string[] = [
-      'set -u',
-      'command -v perl >/dev/null 2>&1 || { echo "perl is required for RUN (apt-get install perl-base)" >&3; exit 125; }',
-      'die() { echo "$*" >&3; exit 125; }',
-      // mount -o remount,bind,ro keeping the flags a user namespace may not clear (nosuid/nodev/noexec).
-      'robind() { mount --no-canonicalize -o remount,bind,ro "$1" 2>/dev/null || mount --no-canonicalize -o remount,bind,ro,nosuid,nodev "$1" 2>/dev/null || mount --no-canonicalize -o remount,bind,ro,nosuid,nodev,noexec "$1" || die "cannot make $1 read-only"; }',
-      `mount --no-canonicalize --bind ${q(R)} ${q(R)} || die "cannot bind the rootfs"`,
+    // The mounts (PERL_INIT's op list, made with mount(2) by the init itself: no process per mount).
+    const MS = { RDONLY: 1, NOSUID: 2, NODEV: 4, NOEXEC: 8, BIND: 4096, REC: 16384, STRICTATIME: 1 << 24 };
+    const mnt = (src: string, target: string, type: string, flags: number, data = ''): string[] => [
+      src,
+      target,
+      type,
+      String(flags),
+      data,
     ];
+    const must = (label: string, ...alts: string[][]): MountOp => ['m', label, String(alts.length), ...alts.flat()];
+    const ops: MountOp[] = [must('bind the rootfs', mnt(root, root, '', MS.BIND))];
     // /proc, /dev and /sys are created (0755) when missing and kept, as runc does under BuildKit: BuildKit's
     // first RUN layer over a base without them contains these three empty dirs.
     const procDir = await ensureTarget(root, '/proc', 'dir', undefined);
     const devDir = await ensureTarget(root, '/dev', 'dir', undefined);
     const sysDir = await ensureTarget(root, '/sys', 'dir', undefined);
-    lines.push(
-      `mount --no-canonicalize -t proc -o nosuid,nodev,noexec proc ${q(procDir)} || mount --no-canonicalize --rbind /proc ${q(procDir)} || die "cannot mount /proc"`,
-      `mount --no-canonicalize -t tmpfs -o nosuid,strictatime,mode=755,size=65536k tmpfs ${q(devDir)} || die "cannot mount /dev"`,
+    const noExec = MS.NOSUID | MS.NODEV | MS.NOEXEC;
+    ops.push(
+      must('mount /proc', mnt('proc', procDir, 'proc', noExec), mnt('/proc', procDir, '', MS.BIND | MS.REC)),
+      must('mount /dev', mnt('tmpfs', devDir, 'tmpfs', MS.NOSUID | MS.STRICTATIME, 'mode=755,size=65536k')),
     );
     for (const d of ['null', 'zero', 'full', 'random', 'urandom', 'tty']) {
-      const t = q(`${devDir}/${d}`);
-      lines.push(`: > ${t} && mount --no-canonicalize --bind /dev/${d} ${t} || die "cannot bind /dev/${d}"`);
+      ops.push(['t', `${devDir}/${d}`], must(`bind /dev/${d}`, mnt(`/dev/${d}`, `${devDir}/${d}`, '', MS.BIND)));
     }
-    lines.push(
-      `mkdir -m 755 ${q(devDir + '/pts')} ${q(devDir + '/shm')} ${q(devDir + '/mqueue')}`,
-      `mount --no-canonicalize -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5,nosuid,noexec devpts ${q(devDir + '/pts')} || mount --no-canonicalize -t devpts -o newinstance,ptmxmode=0666,mode=0620,nosuid,noexec devpts ${q(devDir + '/pts')} || die "cannot mount /dev/pts"`,
-      `mount --no-canonicalize -t tmpfs -o nosuid,nodev,noexec,mode=1777,size=65536k shm ${q(devDir + '/shm')} || die "cannot mount /dev/shm"`,
-      `mount --no-canonicalize -t mqueue -o nosuid,nodev,noexec mqueue ${q(devDir + '/mqueue')} 2>/dev/null || rmdir ${q(devDir + '/mqueue')}`,
-      `ln -s pts/ptmx ${q(devDir + '/ptmx')}; ln -s /proc/self/fd ${q(devDir + '/fd')}`,
-      `ln -s /proc/self/fd/0 ${q(devDir + '/stdin')}; ln -s /proc/self/fd/1 ${q(devDir + '/stdout')}; ln -s /proc/self/fd/2 ${q(devDir + '/stderr')}`,
-      `mount --no-canonicalize -t sysfs -o ro,nosuid,nodev,noexec sysfs ${q(sysDir)} 2>/dev/null || { mount --no-canonicalize --rbind /sys ${q(sysDir)} && robind ${q(sysDir)}; } || die "cannot mount /sys"`,
+    const devpts = 'newinstance,ptmxmode=0666,mode=0620';
+    ops.push(
+      ['d', `${devDir}/pts`, '755'],
+      ['d', `${devDir}/shm`, '755'],
+      ['d', `${devDir}/mqueue`, '755'],
+      must(
+        'mount /dev/pts',
+        mnt('devpts', `${devDir}/pts`, 'devpts', MS.NOSUID | MS.NOEXEC, `${devpts},gid=5`),
+        mnt('devpts', `${devDir}/pts`, 'devpts', MS.NOSUID | MS.NOEXEC, devpts),
+      ),
+      must('mount /dev/shm', mnt('shm', `${devDir}/shm`, 'tmpfs', noExec, 'mode=1777,size=65536k')),
+      ['o', ...mnt('mqueue', `${devDir}/mqueue`, 'mqueue', noExec), `${devDir}/mqueue`],
+      ['l', 'pts/ptmx', `${devDir}/ptmx`],
+      ['l', '/proc/self/fd', `${devDir}/fd`],
+      ['l', '/proc/self/fd/0', `${devDir}/stdin`],
+      ['l', '/proc/self/fd/1', `${devDir}/stdout`],
+      ['l', '/proc/self/fd/2', `${devDir}/stderr`],
+      // sysfs needs a network namespace of our own: else the host's /sys, bound read-only
+      ['o', ...mnt('sysfs', sysDir, 'sysfs', MS.RDONLY | noExec), ''],
+      ['O', '2'],
+      must('mount /sys', mnt('/sys', sysDir, '', MS.BIND | MS.REC)),
+      ['r', sysDir],
     );
     // containerd's default masked and read-only paths (what BuildKit's RUN gets), so that even a root step
     // without a user namespace cannot reach host kernel knobs through /proc and /sys.
     const inMounted = (p: string) => (p.startsWith('/proc/') ? procDir + p.slice(5) : sysDir + p.slice(4));
     for (const p of READONLY_PATHS) {
-      const t = q(inMounted(p));
-      lines.push(
-        `if [ -e ${t} ]; then mount --no-canonicalize --bind ${t} ${t} && robind ${t} || die "cannot make ${p} read-only"; fi`,
-      );
+      const t = inMounted(p);
+      ops.push(['e', t, '2'], must(`make ${p} read-only`, mnt(t, t, '', MS.BIND)), ['r', t]);
     }
     for (const p of MASKED_PATHS) {
-      const t = q(inMounted(p));
-      lines.push(
-        `if [ -d ${t} ]; then mount --no-canonicalize -t tmpfs -o ro,nosuid,nodev,noexec,size=0 tmpfs ${t} || die "cannot mask ${p}"; ` +
-          `elif [ -e ${t} ]; then mount --no-canonicalize --bind /dev/null ${t} || die "cannot mask ${p}"; fi`,
+      const t = inMounted(p);
+      ops.push(
+        ['D', t, '1'],
+        must(`mask ${p}`, mnt('tmpfs', t, 'tmpfs', MS.RDONLY | noExec, 'size=0')),
+        ['F', t, '1'],
+        must(`mask ${p}`, mnt('/dev/null', t, '', MS.BIND)),
       );
     }
     for (const f of ['hosts', 'resolv.conf', 'hostname']) {
       const t = await ensureTarget(root, `/etc/${f}`, 'file', stubs);
-      lines.push(
-        `mount --no-canonicalize --bind ${q(join(state, f))} ${q(t)} || die "cannot bind /etc/${f}"`,
-        `robind ${q(t)}`,
-      );
+      ops.push(must(`bind /etc/${f}`, mnt(join(state, f), t, '', MS.BIND)), ['r', t]);
     }
+    // what is left runs as a shell script from the init (its die/robind helpers defined there)
+    const lines: string[] = [];
     if (network === 'none') {
       lines.push('ip link set lo up 2>/dev/null || busybox ip link set lo up 2>/dev/null || die "cannot bring up lo"');
     }
@@ -521,7 +539,7 @@ export async function runProcess(opts: RunProcessOptions): Promise<RunProcessRes
 
     // The spec for PERL_INIT.
     const fields = [
-      R,
+      root,
       cwd,
       String(user.uid),
       String(user.gid),
@@ -539,6 +557,13 @@ export async function runProcess(opts: RunProcessOptions): Promise<RunProcessRes
     }
     const specPath = join(state, 'spec');
     await writeFile(specPath, fields.join('\0'), { mode: 0o600 });
+    if (lines.length > 0) ops.push(['s', lines.join('\n')]);
+    const opsText = ops.flat();
+    if (opsText.some((f) => f.includes('\0'))) {
+      throw new KilnError('RUN_BAD_ARG', 'RUN mount paths must not contain NUL bytes');
+    }
+    const opsPath = join(state, 'mounts');
+    await writeFile(opsPath, opsText.join('\0') + '\0', { mode: 0o600 });
     const lastCap = Number((await readFile('/proc/sys/kernel/cap_last_cap', 'utf8').catch(() => '40')).trim()) || 40;
     const perlArgs = [
       specPath,
@@ -551,8 +576,13 @@ export async function runProcess(opts: RunProcessOptions): Promise<RunProcessRes
       sys.prctl,
       DEFAULT_CAPS.join(','),
       lastCap,
+      sys.mount,
+      opsPath,
     ].map((x) => q(String(x)));
-    lines.push(`exec perl -e ${q(PERL_INIT)} ${perlArgs.join(' ')}`);
+    const script = [
+      'command -v perl >/dev/null 2>&1 || { echo "perl is required for RUN (apt-get install perl-base)" >&3; exit 125; }',
+      `exec perl -e ${q(PERL_INIT)} ${perlArgs.join(' ')}`,
+    ].join('\n');
 
     const unshareArgs = [
       '--mount',
@@ -565,7 +595,7 @@ export async function runProcess(opts: RunProcessOptions): Promise<RunProcessRes
       '--kill-child=SIGKILL',
     ];
     if (network === 'none') unshareArgs.push('--net');
-    return await spawnSandbox(unshareArgs, lines.join('\n'), opts, locks.sort());
+    return await spawnSandbox(unshareArgs, script, opts, locks.sort());
   } finally {
     for (const r of releases) await r();
     await removeStubs(root, stubs);

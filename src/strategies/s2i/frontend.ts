@@ -23,6 +23,7 @@ import type { EmbeddedBuild } from '../../engine/services.js';
 import type { ImageConfig } from '../../oci/types.js';
 import { parseReferenceWithDefaultTag } from '../../ref/reference.js';
 import { homeDirs, kilnHome } from '../../util/paths.js';
+import { debugMark } from '../../util/debug.js';
 import { s2iWorkDir, syncFile } from './workdir.js';
 import { pullArtifacts, pushArtifacts } from './artifacts.js';
 import type { CacheSpec } from '../../cache/remote.js';
@@ -120,6 +121,7 @@ export function s2iFrontend(o: S2IOptions, st: S2IFrontendState): Frontend {
         });
       }
       const builder = await resolve(o.builderImage, 'builder image');
+      debugMark('s2i builder image resolved');
       const bl = labelsOf(builder);
       const imageScriptsDir =
         scriptsDirOf(o.scriptsUrl) ??
@@ -216,6 +218,7 @@ export function s2iFrontend(o: S2IOptions, st: S2IFrontendState): Frontend {
           saveArtifacts(res, tools, { script, user: assembleUser, dest: saveTo, network: options.network });
       }
       st.onDecision?.(decision);
+      debugMark('s2i plan ready');
       return out;
     },
   };
@@ -290,6 +293,7 @@ export async function runS2IBuild(req: S2IBuildRequest): Promise<BuildOutcome & 
       hint: 'give --builder-image IMAGE (kiln s2i build SOURCE BUILDER TAG)',
     });
   }
+  debugMark('s2i build');
   const home = req.home ?? kilnHome();
   // kept between builds of this source and image name (the stat cache then sees unchanged files as unchanged)
   const work = await s2iWorkDir(home, req.source, req.build.tags[0]);
@@ -306,6 +310,7 @@ export async function runS2IBuild(req: S2IBuildRequest): Promise<BuildOutcome & 
     if (req.s2i.scriptsUrl) po.scriptsUrl = req.s2i.scriptsUrl;
     if (req.s2i.keepGitDir) po.keepGitDir = true;
     const source = await prepareSource(req.source, workDir, po);
+    debugMark('s2i source synced');
     const tag = req.build.tags[0];
     const st: S2IFrontendState = { source, cachedArtifacts: false, onDecision: (d) => (decision = d) };
     if (tag) st.tag = tag;

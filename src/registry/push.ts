@@ -5,6 +5,13 @@
  * (monolithic for small blobs, chunked PATCHes for large ones) — with a bounded number in flight. Every blob that
  * ends up in the repository is recorded in the origin index, so a later push to another repository can mount it.
  * Manifests are PUT only after all their blobs are confirmed; an index's children are pushed before the index.
+ *
+ * Optimistic push of known blobs: a blob the origin index says is in the target repository (kiln pushed it there,
+ * found it there or pulled it from there) is not HEADed — the manifest PUT confirms it, because a registry checks
+ * every blob a manifest references (distribution answers MANIFEST_BLOB_UNKNOWN otherwise). When the registry refuses
+ * the manifest that way, those entries are forgotten and the blobs pushed the checked way (HEAD, mount or upload),
+ * then the manifest is PUT again: a registry that garbage-collected a blob still ends up with a complete image. Why:
+ * a rebuild that changed one layer of ~90 spent most of its push time asking about blobs it had pushed itself.
  */
 import { KilnError } from '../errors.js';
 import { isIndex } from '../oci/mediatypes.js';
@@ -32,14 +39,29 @@ export interface PushOptions extends RegistryOptions {
    * may leave uploaded blobs — invisible without a manifest — but never a tag.
    */
   signal?: AbortSignal;
+  /**
+   * Skip the HEAD of blobs the origin index records in the target repository, letting the manifest PUT confirm them
+   * (see the module comment). Default: on, unless `KILN_PUSH_TRUST_KNOWN=0` or the origin index is off
+   * (`origins: null`). Off for a registry that stores manifests without checking their blobs.
+   */
+  trustKnownBlobs?: boolean;
 }
+
+/**
+ * Where a blob of a push ended: the client's outcomes, or `known` — not asked about, because the origin index
+ * records it in the target repository (the manifest PUT confirmed it).
+ */
+export type BlobResult = UploadResult | 'known';
+
+/** Codes of a manifest PUT refused because a referenced blob is missing (distribution, and registries that say less). */
+const STALE_BLOB_CODES = ['MANIFEST_BLOB_UNKNOWN', 'BLOB_UNKNOWN', 'MANIFEST_INVALID', 'NAME_UNKNOWN'];
 
 export interface PushResult {
   digest: string;
   mediaType: string;
   size: number;
   /** Per-blob outcome, for reporting and tests. */
-  blobs: Map<string, UploadResult>;
+  blobs: Map<string, BlobResult>;
 }
 
 /** Run `fn` over `items` with at most `limit` in flight; the first failure rejects (others finish quietly). */
@@ -76,8 +98,11 @@ interface BlobJob {
 }
 
 class Pusher {
-  readonly blobs = new Map<string, UploadResult>();
-  private readonly inflight = new Map<string, Promise<UploadResult>>();
+  readonly blobs = new Map<string, BlobResult>();
+  private readonly inflight = new Map<string, Promise<BlobResult>>();
+  /** Blobs taken as present from the origin index (no HEAD): checked after all if the manifest PUT says otherwise. */
+  private readonly trusted = new Set<string>();
+  private readonly trustKnown: boolean;
   /** Blobs streamed while they were written, by digest: whether that upload succeeded. */
   private readonly streamed = new Map<string, Promise<boolean>>();
   readonly progress: Progress;
@@ -89,6 +114,7 @@ class Pusher {
   ) {
     this.progress = opts.progress ?? silentProgress();
     this.origins = originIndexFor(opts);
+    this.trustKnown = this.origins !== undefined && (opts.trustKnownBlobs ?? process.env.KILN_PUSH_TRUST_KNOWN !== '0');
   }
 
   private uploadOpts(onProgress: (n: number) => void): UploadOptions {
@@ -102,14 +128,21 @@ class Pusher {
     return { registry: this.client.registry, repository };
   }
 
-  /** Repositories of this registry to mount `digest` from: its known origin first, then the origin index's. */
-  private async mountSources(digest: string, origin: BlobOrigin | undefined): Promise<string[]> {
+  /**
+   * Repositories of this registry to mount `digest` from (its known origin first, then the origin index's), and
+   * whether the index records it in the target repository itself.
+   */
+  private async whereIs(digest: string, origin: BlobOrigin | undefined): Promise<{ here: boolean; mount: string[] }> {
     const { registry, repository } = this.client;
-    const out = origin && origin.registry === registry && origin.repository !== repository ? [origin.repository] : [];
-    for (const r of (await this.origins?.candidates(digest, registry, repository)) ?? []) {
-      if (!out.includes(r)) out.push(r);
+    const mount = origin && origin.registry === registry && origin.repository !== repository ? [origin.repository] : [];
+    // an image read from this very repository (a rebase, a re-tag) has its blobs here
+    let here = origin !== undefined && origin.registry === registry && origin.repository === repository;
+    for (const o of (await this.origins?.lookup(digest)) ?? []) {
+      if (o.registry !== registry) continue;
+      if (o.repository === repository) here = true;
+      else if (!mount.includes(o.repository)) mount.push(o.repository);
     }
-    return out;
+    return { here, mount };
   }
 
   /**
@@ -157,8 +190,11 @@ class Pusher {
     await ok;
   }
 
-  /** Upload one blob (deduplicated across images of one push). */
-  blob(job: BlobJob, quiet = false): Promise<UploadResult> {
+  /**
+   * Upload one blob (deduplicated across images of one push). `checked`: ask the registry even when the origin index
+   * records the blob in this repository.
+   */
+  blob(job: BlobJob, quiet = false, checked = false): Promise<BlobResult> {
     let p = this.inflight.get(job.digest);
     if (!p) {
       p = (async () => {
@@ -172,8 +208,15 @@ class Pusher {
           return 'uploaded';
         }
         try {
+          const where = await this.whereIs(job.digest, job.origin);
+          if (where.here && this.trustKnown && !checked) {
+            this.trusted.add(job.digest);
+            this.progress.cached(id, 'known to exist');
+            this.blobs.set(job.digest, 'known');
+            return 'known';
+          }
           const u = this.uploadOpts((n) => this.progress.update(id, n, job.size));
-          u.mountFrom = await this.mountSources(job.digest, job.origin);
+          u.mountFrom = where.mount;
           let from = '';
           u.onMounted = (r) => (from = r);
           // the index applies one digest's updates in call order: the record below lands after these
@@ -237,7 +280,23 @@ class Pusher {
     await mapLimit(jobs, this.opts.parallelism ?? 3, (j) => this.blob(j));
     const digest = await img.digest();
     this.checkAbort();
-    await this.client.putManifest(tagOrDigest ?? digest, raw, mediaType);
+    try {
+      await this.client.putManifest(tagOrDigest ?? digest, raw, mediaType);
+    } catch (e) {
+      const trusted = jobs.filter((j) => this.trusted.has(j.digest));
+      if (!trusted.length || !(e instanceof KilnError) || !STALE_BLOB_CODES.includes(e.code)) throw e;
+      // The index was wrong about some of them (garbage-collected, repository deleted): check them all.
+      debugLog(`${e.code} for the manifest: ${trusted.length} blobs taken as known are checked`);
+      const here = this.at(this.client.repository);
+      for (const j of trusted) {
+        this.trusted.delete(j.digest);
+        this.inflight.delete(j.digest);
+        await this.origins?.forget(j.digest, here);
+      }
+      await mapLimit(trusted, this.opts.parallelism ?? 3, (j) => this.blob(j, false, true));
+      this.checkAbort();
+      await this.client.putManifest(tagOrDigest ?? digest, raw, mediaType);
+    }
     return { digest, mediaType, size: raw.length, blobs: this.blobs };
   }
 

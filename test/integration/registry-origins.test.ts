@@ -311,3 +311,62 @@ test('kiln build --push of a cached build to a new repository mounts every blob;
     await skopeoCopyToOci(`${reg.host}/app/c:1`, join(work, 'oci-c'));
   });
 });
+
+test('optimistic push: a second push to the same repository asks nothing about known blobs; a garbage-collected blob is pushed again', async () => {
+  await withProxiedRegistry(async ({ reg, proxy, work, track }) => {
+    const origins = new OriginIndex(join(work, 'origins'));
+    const opts = track({ origins });
+    const base = await makeBusyboxImage({ secondLayer: [{ path: 'etc/optimistic', content: 'v1\n' }] });
+    const first = await push(base, `${proxy.host}/team/app:1`, opts);
+    assert.deepEqual([...first.blobs.values()], ['uploaded', 'uploaded', 'uploaded']);
+
+    // the same image again: every blob is known, no HEAD, only the manifest PUT
+    let seen = proxy.requests.length;
+    const again = await push(base, `${proxy.host}/team/app:1`, opts);
+    let reqs = proxy.requests.slice(seen);
+    assert.deepEqual([...again.blobs.values()], ['known', 'known', 'known']);
+    assert.deepEqual(
+      reqs.filter((r) => r.url.includes('/blobs/')),
+      [],
+      `no blob request: ${JSON.stringify(reqs)}`,
+    );
+    assert.equal(reqs.filter((r) => r.method === 'PUT' && r.url.includes('/manifests/')).length, 1);
+
+    // switched off: the checked push HEADs every blob
+    seen = proxy.requests.length;
+    const checked = await push(base, `${proxy.host}/team/app:1`, track({ origins, trustKnownBlobs: false }));
+    reqs = proxy.requests.slice(seen);
+    assert.deepEqual([...checked.blobs.values()], ['exists', 'exists', 'exists']);
+    assert.equal(reqs.filter((r) => r.method === 'HEAD' && r.url.includes('/blobs/')).length, 3);
+
+    // the registry loses a layer (garbage collection removes the blob's directory); an image sharing it is pushed
+    const [baseLayer, topLayer] = await base.layers();
+    const lost = await topLayer!.digest();
+    await rm(join(reg.dataDir, 'docker/registry/v2/blobs/sha256', lost.slice(7, 9), lost.slice(7)), {
+      recursive: true,
+    });
+    seen = proxy.requests.length;
+    const res = await push(base, `${proxy.host}/team/app:2`, opts);
+    reqs = proxy.requests.slice(seen);
+    const manifestPuts = reqs.filter((r) => r.method === 'PUT' && r.url.includes('/manifests/'));
+    assert.deepEqual(
+      manifestPuts.map((r) => r.status),
+      [400, 201],
+      'refused (MANIFEST_BLOB_UNKNOWN), then stored after the checked push',
+    );
+    assert.equal(res.blobs.get(lost), 'uploaded', 'the lost layer was uploaded again');
+    assert.equal(res.blobs.get(await baseLayer!.digest()), 'exists', 'the others were checked');
+    assert.equal(blobUploads(reqs).length, 1, JSON.stringify(reqs));
+    assert.deepEqual(await origins.lookup(lost), [{ registry: proxy.host, repository: 'team/app' }]);
+    // the image is complete: skopeo reads every blob, by tag, from the registry itself
+    await skopeoCopyToOci(`${reg.host}/team/app:2`, join(work, 'oci-gc'));
+    const info = JSON.parse(
+      await run('skopeo', ['inspect', '--tls-verify=false', `docker://${reg.host}/team/app:2`]),
+    ) as {
+      Digest: string;
+      Layers: string[];
+    };
+    assert.equal(info.Digest, res.digest);
+    assert.ok(info.Layers.includes(lost));
+  });
+});

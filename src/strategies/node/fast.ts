@@ -26,7 +26,8 @@ import type { Layer } from '../../oci/types.js';
 import { Progress } from '../../progress.js';
 import { Keychain } from '../../registry/keychain.js';
 import type { PushOptions } from '../../registry/push.js';
-import { closeTransports, debugLog } from '../../registry/transport.js';
+import { closeTransports } from '../../registry/transport.js';
+import { debugMark } from '../../util/debug.js';
 import { homeDirs } from '../../util/paths.js';
 import { writeFileAtomic } from '../../util/atomic.js';
 
@@ -179,8 +180,8 @@ export async function tryFastNodeBuild(o: {
 }): Promise<BuildOutcome | undefined> {
   const { opts, home } = o;
   if (fastPathRefusal(opts)) return undefined;
-  const t0 = performance.now();
-  const mark = (what: string): void => debugLog(`node fast path: ${what} at ${(performance.now() - t0).toFixed(0)} ms`);
+  const mark = (what: string): void => debugMark(`node fast path: ${what}`);
+  mark('entered');
   const registry = registryOptions(opts, o.flags, o.embed);
   const tmpBase = homeDirs(home).tmp;
   await mkdir(tmpBase, { recursive: true, mode: 0o700 });

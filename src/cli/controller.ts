@@ -18,6 +18,14 @@ interface ControllerFlags {
   workers?: string;
 }
 
+function workers(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1 || n > 256) {
+    throw new KilnError('OPTION_INVALID', `--workers ${v}: expected a whole number from 1 to 256`);
+  }
+  return n;
+}
+
 async function controller(flags: ControllerFlags): Promise<void> {
   const { loadKubeConfig, KubeClient } = await import('../k8s/client.js');
   const { BuildRunController } = await import('../k8s/controller.js');
@@ -38,7 +46,7 @@ async function controller(flags: ControllerFlags): Promise<void> {
       isolation: parseIsolation(flags.isolation ?? 'restricted'),
       ...(flags.serviceAccount ? { serviceAccountName: flags.serviceAccount } : {}),
     },
-    workers: flags.workers ? Number(flags.workers) : 4,
+    ...(flags.workers ? { workers: workers(flags.workers) } : {}),
   });
   c.start();
   process.stderr.write(`kiln controller: watching ImageBuildRuns in ${namespace} (${client.config.server})\n`);
@@ -48,7 +56,7 @@ async function controller(flags: ControllerFlags): Promise<void> {
     process.once('SIGINT', stop);
   });
   await client.close();
-  process.stderr.write('kiln controller: stopped\n');
+  process.stderr.write(`kiln controller: stopped (${client.requests} API requests)\n`);
 }
 
 export function register(program: Command): void {
@@ -63,7 +71,7 @@ export function register(program: Command): void {
     .option('--image <ref>', "kiln's own image for build pods (default $KILN_IMAGE)")
     .option('--isolation <level>', 'isolation level of build pods: restricted (default), userns or vm')
     .option('--service-account <name>', 'service account of build pods')
-    .option('--workers <n>', 'reconciles at once (default 4)')
+    .option('--workers <n>', 'reconciles at once (default 16)')
     .action(async (flags: ControllerFlags) => {
       await controller(flags);
     });

@@ -32,6 +32,7 @@ import {
   LABEL_RUN,
   RUNS,
   buildPod,
+  gitSecretProblem,
   objectName,
   podVerdict,
   type PodJob,
@@ -409,6 +410,20 @@ export class BuildRunController {
           return;
         }
       }
+      const gitSecret = s.gitSecret ?? ib?.gitSecret;
+      if (gitSecret) {
+        const sec = await c.getOrUndefined<KubeObject & { data?: Record<string, string> }>({
+          ...CORE,
+          resource: 'secrets',
+          namespace: ns,
+          name: gitSecret,
+        });
+        const problem = sec ? gitSecretProblem(sec) : 'not found';
+        if (problem) {
+          await this.fail(run, 'SECRET_NOT_FOUND', `git Secret "${gitSecret}" in namespace "${ns}": ${problem}`);
+          return;
+        }
+      }
       // the finalizer first: a pod never exists without the run being able to clean it up
       if (!run.metadata.finalizers?.includes(FINALIZER)) {
         this.runs.put(
@@ -459,6 +474,7 @@ export class BuildRunController {
         },
         labels: { 'kiln.dev/image': s.image.slice(0, 63) },
         ...(registrySecret ? { registrySecret } : {}),
+        ...(gitSecret ? { gitSecret } : {}),
       });
       try {
         this.pods.put(await c.create<KubeObject>({ ...CORE, resource: 'pods', namespace: ns }, pod));

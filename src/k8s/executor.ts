@@ -50,12 +50,27 @@ export interface KubernetesRunnerOptions {
 }
 
 /** Names of a build's objects. */
-export function objectsOf(buildId: string): { run: string; pod: string; registrySecret: string; buildSecret: string } {
+export function objectsOf(buildId: string): {
+  run: string;
+  pod: string;
+  registrySecret: string;
+  buildSecret: string;
+  gitSecret: string;
+} {
   const base = objectName(`kiln-${buildId}`, 50);
-  return { run: base, pod: base, registrySecret: `${base}-registry`, buildSecret: `${base}-secrets` };
+  return secretsOf({ run: base, pod: base });
+}
+
+/** The Secrets of a build pod (named after it). */
+function secretsOf<T extends { pod: string }>(
+  o: T,
+): T & { registrySecret: string; buildSecret: string; gitSecret: string } {
+  return { ...o, registrySecret: `${o.pod}-registry`, buildSecret: `${o.pod}-secrets`, gitSecret: `${o.pod}-git` };
 }
 
 export class KubernetesBuildRunner implements BuildRunner {
+  /** The pod fetches the source: jobs carry the project's git credentials for its git Secret. */
+  readonly fetchesSource = true;
   private closed = false;
   /** Aborted by close(): builds stop being followed, their pods stay for the next process to re-attach. */
   private readonly life = new AbortController();
@@ -107,6 +122,16 @@ export class KubernetesBuildRunner implements BuildRunner {
           owner,
         );
       }
+      let gitSecret: string | undefined;
+      const g = job.gitAuth;
+      if (g && (g.password !== undefined || g.sshKey !== undefined)) {
+        gitSecret = names.gitSecret;
+        const data: Record<string, string> =
+          g.sshKey !== undefined
+            ? { 'ssh-privatekey': g.sshKey, known_hosts: g.knownHosts ?? '' }
+            : { username: g.username ?? 'git', password: g.password ?? '' };
+        await this.ensureSecret(names.gitSecret, 'Opaque', data, owner);
+      }
       const src = job.source;
       const podJob: PodJob = {
         buildId: job.buildId,
@@ -133,6 +158,7 @@ export class KubernetesBuildRunner implements BuildRunner {
         labels: job.project ? { 'kiln.dev/project': objectName(job.project) } : {},
         ...(registrySecret ? { registrySecret } : {}),
         ...(buildSecret ? { buildSecret } : {}),
+        ...(gitSecret ? { gitSecret } : {}),
       });
       try {
         await this.o.client.create({ ...CORE, resource: 'pods', namespace: this.ns }, pod);
@@ -412,7 +438,7 @@ export class KubernetesBuildRunner implements BuildRunner {
   }
 
   private async deleteSecrets(names: ReturnType<typeof objectsOf>): Promise<void> {
-    for (const s of [names.registrySecret, names.buildSecret])
+    for (const s of [names.registrySecret, names.buildSecret, names.gitSecret])
       await this.o.client.delete({ ...CORE, resource: 'secrets', namespace: this.ns, name: s });
   }
 
@@ -451,7 +477,8 @@ export class KubernetesBuildRunner implements BuildRunner {
           { gracePeriodSeconds: 0 },
         );
         const base = p.metadata.name;
-        for (const s of [`${base}-registry`, `${base}-secrets`])
+        const n = secretsOf({ pod: base });
+        for (const s of [n.registrySecret, n.buildSecret, n.gitSecret])
           await this.o.client.delete({ ...CORE, resource: 'secrets', namespace: this.ns, name: s });
       }
       if (pods.items.length)

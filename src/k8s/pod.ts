@@ -27,6 +27,19 @@ export const LABEL_MANAGED = 'app.kubernetes.io/managed-by';
 /** Where the Secret with the docker config.json is mounted (DOCKER_CONFIG). */
 export const DOCKER_CONFIG_DIR = '/kiln/docker';
 export const BUILD_SECRETS_DIR = '/kiln/secrets';
+/**
+ * Where the git credentials Secret is mounted: keys `username` + `password` (a `kubernetes.io/basic-auth` Secret:
+ * https token or password) or `ssh-privatekey` + `known_hosts` (a `kubernetes.io/ssh-auth` Secret with the host
+ * keys added). `kiln pod-build` reads them as files (pod-build.ts), never from env or argv.
+ */
+export const GIT_AUTH_DIR = '/kiln/git';
+/** The Secret keys of git credentials, by kind. */
+export const GIT_SECRET_KEYS = { basic: ['username', 'password'], ssh: ['ssh-privatekey', 'known_hosts'] } as const;
+/**
+ * Mode of mounted secret files: owner root (the kubelet's), group fsGroup 1000 (the pod's), read for both and no
+ * one else — the build user (uid 1000, not root) reads them through the group; nothing can write them.
+ */
+export const SECRET_FILE_MODE = 0o440;
 
 /** What `kiln pod-build` builds: everything but secrets. */
 export interface PodJob {
@@ -75,6 +88,8 @@ export interface BuildPodRequest {
   labels?: Record<string, string>;
   registrySecret?: string;
   buildSecret?: string;
+  /** A Secret with git credentials (GIT_SECRET_KEYS), mounted read-only at GIT_AUTH_DIR. */
+  gitSecret?: string;
 }
 
 /** A label value (≤ 63 characters of [A-Za-z0-9._-], alphanumeric at both ends). */
@@ -116,13 +131,17 @@ export function buildPod(r: BuildPodRequest): KubeObject {
       secret: {
         secretName: r.registrySecret,
         items: [{ key: '.dockerconfigjson', path: 'config.json' }],
-        defaultMode: 0o440,
+        defaultMode: SECRET_FILE_MODE,
       },
     });
   }
   if (r.buildSecret) {
     mounts.push({ name: 'build-secrets', mountPath: BUILD_SECRETS_DIR, readOnly: true });
-    volumes.push({ name: 'build-secrets', secret: { secretName: r.buildSecret, defaultMode: 0o440 } });
+    volumes.push({ name: 'build-secrets', secret: { secretName: r.buildSecret, defaultMode: SECRET_FILE_MODE } });
+  }
+  if (r.gitSecret) {
+    mounts.push({ name: 'git-auth', mountPath: GIT_AUTH_DIR, readOnly: true });
+    volumes.push({ name: 'git-auth', secret: { secretName: r.gitSecret, defaultMode: SECRET_FILE_MODE } });
   }
   const container: Record<string, unknown> = {
     name: 'build',
@@ -176,6 +195,22 @@ export function buildPod(r: BuildPodRequest): KubeObject {
     },
     spec,
   };
+}
+
+/**
+ * Why a Secret cannot serve as git credentials (undefined: it can): it needs `password` (https: a token or a
+ * password; `username` optional) or `ssh-privatekey` together with `known_hosts` — kiln's ssh checks host keys
+ * strictly and never trusts a host on first use.
+ */
+export function gitSecretProblem(sec: { data?: Record<string, string> }): string | undefined {
+  const keys = new Set(Object.keys(sec.data ?? {}));
+  if (keys.has('ssh-privatekey')) {
+    return keys.has('known_hosts')
+      ? undefined
+      : 'has ssh-privatekey but no known_hosts (add the server host keys: ssh-keyscan HOST, then verify them)';
+  }
+  if (keys.has('password')) return undefined;
+  return 'has neither password (https) nor ssh-privatekey + known_hosts';
 }
 
 /** The docker config.json of a `kubernetes.io/dockerconfigjson` Secret for one registry. */

@@ -23,6 +23,14 @@ export interface GitCredentials {
   knownHostsFile?: string;
 }
 
+/** Git credentials as values (read from a GitCredentials' references): https (username, password or token) or ssh. */
+export interface GitSecretValues {
+  username?: string;
+  password?: string;
+  sshKey?: string;
+  knownHosts?: string;
+}
+
 /** Registry credentials of a project (else the service's docker config.json keychain is used). */
 export interface RegistryCredentials {
   username?: string;

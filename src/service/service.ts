@@ -19,7 +19,7 @@ import { coalesceOnEnqueue, pickNext, timeoutFor } from './queue/policy.js';
 import { checkProjectSet, parseProjectDocument, parseProjectsDocument } from './config/parse.js';
 import { matchesFilter, pathsConcern } from './config/filters.js';
 import { renderTags } from './config/tags.js';
-import { readSecretRef, redactProject } from './config/secrets.js';
+import { readGitCredentials, readSecretRef, redactProject } from './config/secrets.js';
 import { GitMirrors, redactUrl } from './git/mirror.js';
 import type { BuildRunner } from './runner/local.js';
 import { BaseWatcher, baseChangeReason, type Dependent } from './triggers/bases.js';
@@ -633,6 +633,9 @@ export class BuildService implements ServiceCore {
       if (img.s2i) Object.assign(job, { s2i: img.s2i, project: p.name });
       if (img.buildpacks) Object.assign(job, { buildpacks: img.buildpacks, project: p.name });
       if (img.node) Object.assign(job, { node: img.node });
+      if (this.opts.runner.fetchesSource && p.gitCredentials) {
+        job.gitAuth = readGitCredentials(p.gitCredentials, `project ${p.name}: gitCredentials`);
+      }
       const rc = p.registryCredentials;
       if (rc?.username) {
         job.registryAuth = {

@@ -42,6 +42,7 @@ const NS = 'kiln-builds';
 const IMAGE = 'registry.example.com/kiln/kiln:test';
 const PASSWORD = 'reg-pw-Zq81xK';
 const DIGEST = 'sha256:' + 'ab'.repeat(32);
+const GIT_TOKEN = 'git-Tok3n-55xR';
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 async function until<T>(what: string, f: () => Promise<T | undefined>, ms = 20_000): Promise<T> {
@@ -284,6 +285,14 @@ describe('kiln on a real Kubernetes API server', { timeout: 600_000 }, () => {
       },
     );
     await admin.create(
+      { ...CORE, resource: 'secrets', namespace: NS },
+      {
+        metadata: { name: 'gitcred' },
+        type: 'kubernetes.io/basic-auth',
+        stringData: { username: 'ci-bot', password: GIT_TOKEN },
+      },
+    );
+    await admin.create(
       { ...IMAGEBUILDS, namespace: NS },
       {
         apiVersion: 'kiln.dev/v1alpha1',
@@ -293,6 +302,7 @@ describe('kiln on a real Kubernetes API server', { timeout: 600_000 }, () => {
           repository: 'https://git.example.com/shop.git',
           registry: '127.0.0.1:5000/shop',
           registrySecret: 'regcred',
+          gitSecret: 'gitcred',
           timeoutSeconds: 900,
           images: [{ name: 'web', context: 'web', tags: ['main'], buildArgs: { A: '1' } }],
           pod: { serviceAccountName: 'kiln-build', resources: { limits: { memory: '2Gi' } } },
@@ -372,6 +382,20 @@ describe('kiln on a real Kubernetes API server', { timeout: 600_000 }, () => {
     assert.equal(job.commit, 'c'.repeat(40));
     const auth = c0.volumeMounts.find((m) => m.name === 'registry-auth');
     assert.ok(auth?.readOnly, 'registry credentials are mounted read-only');
+    assert.deepEqual(
+      c0.volumeMounts.find((m) => m.name === 'git-auth'),
+      {
+        name: 'git-auth',
+        mountPath: '/kiln/git',
+        readOnly: true,
+      },
+    );
+    assert.deepEqual(
+      (pod.spec.volumes as { name: string; secret?: unknown }[]).find((v) => v.name === 'git-auth')?.secret,
+      { secretName: 'gitcred', defaultMode: 0o440 },
+      "the ImageBuild's gitSecret, read-only for owner and group",
+    );
+    assert.ok(!JSON.stringify(pod).includes(GIT_TOKEN), 'no git token in the pod');
     assert.ok(!JSON.stringify(pod).includes(PASSWORD), 'no password in the pod');
     let r = await admin.get<ImageBuildRun>(runRef('oom'));
     assert.ok(r.metadata.finalizers?.includes(FINALIZER));
@@ -466,6 +490,7 @@ describe('kiln on a real Kubernetes API server', { timeout: 600_000 }, () => {
       tags: ['127.0.0.1:5000/shop/web:main'],
       insecureRegistries: ['127.0.0.1:5000'],
       registryAuth: { registry: '127.0.0.1:5000', username: 'ci', password: PASSWORD },
+      gitAuth: { username: 'ci-bot', password: GIT_TOKEN },
       logFile,
       project: 'shop',
       source: {
@@ -504,16 +529,42 @@ describe('kiln on a real Kubernetes API server', { timeout: 600_000 }, () => {
       );
       assert.equal(pod.spec.activeDeadlineSeconds, 600);
       assert.ok(
-        !JSON.stringify(pod).includes(PASSWORD) && !JSON.stringify(pod).includes('npm-token-QQ7'),
-        'no secret value in the pod',
+        !JSON.stringify(pod).includes(PASSWORD) &&
+          !JSON.stringify(pod).includes('npm-token-QQ7') &&
+          !JSON.stringify(pod).includes(GIT_TOKEN),
+        'no secret value in the pod (env, args, anywhere)',
       );
       assert.deepEqual(
         pod.spec.volumes
           .filter((v) => v.secret)
           .map((v) => v.secret?.secretName)
           .sort(),
-        [names.buildSecret, names.registrySecret].sort(),
+        [names.buildSecret, names.gitSecret, names.registrySecret].sort(),
       );
+      // git credentials: a Secret volume read only by owner and group (the pod's fsGroup), mounted read-only
+      // where kiln pod-build reads it — and the namespace's PSS restricted admitted the pod with it
+      const gitVol = pod.spec.volumes.find((v) => v.secret?.secretName === names.gitSecret) as {
+        name: string;
+        secret: { defaultMode?: number; optional?: boolean };
+      };
+      assert.equal(gitVol.secret.defaultMode, 0o440);
+      const build = (pod.spec as unknown as { containers: { volumeMounts: Record<string, unknown>[] }[] })
+        .containers[0];
+      assert.deepEqual(
+        build?.volumeMounts.find((m) => m.name === gitVol.name),
+        { name: gitVol.name, mountPath: '/kiln/git', readOnly: true },
+      );
+      const gitSec = await admin.get<KubeObject & { data: Record<string, string> }>({
+        ...CORE,
+        resource: 'secrets',
+        namespace: NS,
+        name: names.gitSecret,
+      });
+      assert.deepEqual(
+        Object.fromEntries(Object.entries(gitSec.data).map(([k, v]) => [k, Buffer.from(v, 'base64').toString()])),
+        { username: 'ci-bot', password: GIT_TOKEN },
+      );
+      assert.equal(gitSec.metadata.ownerReferences?.[0]?.kind, 'ImageBuildRun');
       const sec = await admin.get<KubeObject & { type: string; data: Record<string, string> }>({
         ...CORE,
         resource: 'secrets',
@@ -549,10 +600,11 @@ describe('kiln on a real Kubernetes API server', { timeout: 600_000 }, () => {
       await until('pod deleted after grace', async () =>
         (await admin.getOrUndefined(podRef(names.pod))) === undefined ? true : undefined,
       );
-      assert.equal(
-        await admin.getOrUndefined({ ...CORE, resource: 'secrets', namespace: NS, name: names.registrySecret }),
-        undefined,
-      );
+      for (const secret of [names.registrySecret, names.gitSecret])
+        assert.equal(
+          await admin.getOrUndefined({ ...CORE, resource: 'secrets', namespace: NS, name: secret }),
+          undefined,
+        );
       await r.close();
     });
 

@@ -6,7 +6,15 @@
  */
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { KilnError } from '../../errors.js';
-import type { GitCredentials, ImageSpec, Project, RegistryCredentials, SecretRef, WebhookSecrets } from '../model.js';
+import type {
+  GitCredentials,
+  GitSecretValues,
+  ImageSpec,
+  Project,
+  RegistryCredentials,
+  SecretRef,
+  WebhookSecrets,
+} from '../model.js';
 import { redactDelivery } from '../delivery/config.js';
 
 /** Any reference shape of the model: `{env|file}`, git or registry credentials (their password), webhook secrets. */
@@ -93,6 +101,20 @@ export function readSecretRef(ref: SecretReference, what: string, env: NodeJS.Pr
   const value = readSecretFile(file!, what).replace(/\r?\n$/, '');
   if (value === '') throw unavailable(`${what}: ${file!} is empty`, 'write the secret into the file');
   return value;
+}
+
+/**
+ * The values of a project's git credentials, for a runner that fetches the source itself (the Kubernetes
+ * executor puts them into the build pod's git Secret): the password from its reference, the ssh key and
+ * known_hosts as their files hold them (a key needs its final newline).
+ */
+export function readGitCredentials(c: GitCredentials, what: string): GitSecretValues {
+  const out: GitSecretValues = {};
+  if (c.username !== undefined) out.username = c.username;
+  if (c.passwordEnv !== undefined || c.passwordFile !== undefined) out.password = readSecretRef(c, `${what} password`);
+  if (c.sshKeyFile !== undefined) out.sshKey = readSecretFile(c.sshKeyFile, `${what} sshKeyFile`);
+  if (c.knownHostsFile !== undefined) out.knownHosts = readSecretFile(c.knownHostsFile, `${what} knownHostsFile`);
+  return out;
 }
 
 /** The listed keys of `o` whose values are strings (references are strings; anything else is dropped). */

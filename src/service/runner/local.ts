@@ -46,6 +46,11 @@ export interface BuildRunner {
   close(): Promise<void>;
   /** Remove what killed builds left behind on this machine (optional: remote runners have nothing local). */
   cleanupAfter?(): Promise<void>;
+  /**
+   * The runner fetches the source itself (a build pod) rather than building the service's checkout: jobs then
+   * carry the project's git credentials (`WorkerJob.gitAuth`).
+   */
+  readonly fetchesSource?: boolean;
 }
 
 export interface LocalRunnerOptions {

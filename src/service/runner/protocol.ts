@@ -16,6 +16,7 @@ import type {
   BuildpacksSpec,
   NodeSpec,
   Strategy,
+  GitSecretValues,
 } from '../model.js';
 
 export type { BaseRecord, RebaseRecord };
@@ -37,6 +38,11 @@ export interface WorkerJob {
   insecureRegistries: string[];
   /** Registry credentials for the project's registry host, if configured. */
   registryAuth?: { registry: string; username: string; password: string };
+  /**
+   * The project's git credentials (values), only for runners that fetch the source themselves
+   * (`BuildRunner.fetchesSource`: the build pod's git Secret).
+   */
+  gitAuth?: GitSecretValues;
   /** The build log: the worker appends its plain progress to it. */
   logFile: string;
   noCache?: boolean;

@@ -100,9 +100,10 @@ function trimPod(p: KubeObject): KubeObject {
   };
 }
 
-/** What the controller keeps of a run: spec, status and the metadata it acts on. */
+/** What the controller keeps of a run: spec, the status fields it compares and the metadata it acts on. */
 function trimRun(r: ImageBuildRun): ImageBuildRun {
   const m = r.metadata;
+  const st = r.status;
   return {
     metadata: {
       name: m.name,
@@ -113,7 +114,15 @@ function trimRun(r: ImageBuildRun): ImageBuildRun {
       ...(m.deletionTimestamp ? { deletionTimestamp: m.deletionTimestamp } : {}),
     },
     spec: r.spec,
-    ...(r.status ? { status: r.status } : {}),
+    ...(st
+      ? {
+          status: {
+            ...(st.phase ? { phase: st.phase } : {}),
+            ...(st.reason !== undefined ? { reason: st.reason } : {}),
+            ...(st.podName ? { podName: st.podName } : {}),
+          },
+        }
+      : {}),
   };
 }
 

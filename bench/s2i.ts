@@ -5,20 +5,29 @@
  * side, one source file changed per round. Then an incremental kiln build with a cached artifacts tar: the
  * previous image's manifests and layers read from the registry are counted (target: none). Target: kiln ≤ 0.5×.
  *
+ * A second kiln column: the build service's warm path (`kiln serve`, compiled, its own KILN_HOME), the same app in a
+ * git repository (smart HTTP, `git http-backend`) and an S2I project: per round the change is committed and pushed
+ * (not timed), then request → pushed digest (POST builds, GET the build every 10 ms until it succeeded) — a warm
+ * worker process, like BuildKit's client talking to a warm daemon, but including the service's git fetch and
+ * checkout, which BuildKit's figure does not have.
+ *
  * Environment: BENCH_ROUNDS (default 5), BENCH_FILES (default 200); BENCH_TRACE=1 adds one more kiln round with
  * `--progress plain` and prints its log with the time of each line (where the warm time goes). Needs root
  * (buildkitd). Output: a table, also in bench/results/s2i.md.
  */
-import { execFile, spawnSync } from 'node:child_process';
+import { execFile, spawn, spawnSync } from 'node:child_process';
 import { pathToFileURL } from 'node:url';
 import { existsSync } from 'node:fs';
-import { chmod, copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { on } from 'node:events';
+import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startRegistry, runKiln } from '../test/helpers/registry.js';
 import { startBuildKit } from '../test/helpers/buildkit.js';
+import { startGitServer } from '../test/helpers/git-server.js';
+import { request } from 'undici';
 import { compiledCli, runCompiled } from './compiled.js';
 
 const rounds = Number(process.env.BENCH_ROUNDS ?? 5);
@@ -59,6 +68,146 @@ function traced(main: string, args: string[], env: NodeJS.ProcessEnv): Promise<s
   });
 }
 
+/** `kiln serve` (the compiled CLI) on a loopback port with `config`, an admin token made first; `stop()` ends it. */
+async function startKilnServe(
+  main: string,
+  dir: string,
+  home: string,
+  config: string,
+): Promise<{
+  api: <T>(method: 'GET' | 'POST', path: string, body?: unknown) => Promise<T>;
+  stop: () => Promise<void>;
+}> {
+  const dataDir = join(dir, 'svc-data');
+  await mkdir(dataDir, { recursive: true, mode: 0o700 });
+  await writeFile(join(dir, 'svc.yaml'), config);
+  const created = await runCompiled(
+    main,
+    ['serve', 'token', 'create', '--role', 'admin', '--name', 'bench', '--data-dir', dataDir],
+    { KILN_HOME: home },
+  );
+  const token = created.trim().split('\n').pop() as string;
+  const runner =
+    'const { main } = await import(process.argv[1]); process.exitCode = await main(process.argv.slice(2));';
+  const args = ['serve', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--config', join(dir, 'svc.yaml')];
+  const proc = spawn(process.execPath, ['--input-type=module', '-e', runner, pathToFileURL(main).href, ...args], {
+    env: { ...process.env, KILN_HOME: home },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  const exited = new Promise<void>((r) => proc.on('close', () => r()));
+  // its address from its first lines (bounded: a service that does not start or exits fails the bench)
+  let err = '';
+  const stop = new AbortController();
+  const deadline = setTimeout(() => stop.abort(), 60_000);
+  void exited.then(() => stop.abort());
+  let url: string | undefined;
+  try {
+    // events.on: leaving the loop removes the listener without destroying the pipe
+    const lines = on(proc.stderr as NodeJS.ReadableStream, 'data', { signal: stop.signal });
+    for await (const [chunk] of lines as AsyncIterable<[Buffer]>) {
+      err = (err + chunk.toString()).slice(-65536);
+      url = /listening on (http:\/\/\S+)/.exec(err)?.[1];
+      if (url) break;
+    }
+  } catch {
+    /* aborted: reported below */
+  }
+  clearTimeout(deadline);
+  if (!url) {
+    proc.kill('SIGKILL');
+    throw new Error(`kiln serve did not start:\n${err}`);
+  }
+  proc.stderr?.resume(); // keep draining it
+  return {
+    api: async <T>(method: 'GET' | 'POST', path: string, body?: unknown): Promise<T> => {
+      const r = await request(url + path, {
+        method,
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+        body: body === undefined ? null : JSON.stringify(body),
+      });
+      const text = await r.body.text();
+      if (r.statusCode >= 300) throw new Error(`${method} ${path}: ${r.statusCode} ${text.slice(0, 500)}`);
+      return JSON.parse(text) as T;
+    },
+    stop: async () => {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
+      const t = setTimeout(() => proc.kill('SIGKILL'), 30_000);
+      await exited;
+      clearTimeout(t);
+    },
+  };
+}
+
+type KilnServe = Awaited<ReturnType<typeof startKilnServe>>;
+
+interface ServiceBuild {
+  id: string;
+  phase: string;
+  digest?: string;
+  reason?: string;
+}
+
+/** One API-triggered build of the service's S2I project: request → succeeded with a digest (polled every 10 ms), ms. */
+async function serviceRound(svc: KilnServe): Promise<number> {
+  const t0 = performance.now();
+  const { builds } = await svc.api<{ builds: ServiceBuild[] }>('POST', '/api/v1/projects/app/builds', { ref: 'main' });
+  const id = (builds[0] as ServiceBuild).id;
+  for (;;) {
+    const b = await svc.api<ServiceBuild>('GET', `/api/v1/builds/${id}`);
+    if (['succeeded', 'failed', 'cancelled', 'timed-out'].includes(b.phase)) {
+      if (b.phase !== 'succeeded' || !b.digest) throw new Error(`service build ${id}: ${b.phase} ${b.reason ?? ''}`);
+      return performance.now() - t0;
+    }
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+const secs = (xs: number[]): string => xs.map((x) => (x / 1000).toFixed(2)).join(' ');
+
+/** A compiled-CLI run with KILN_DEBUG=1: its timeline marks as [at ms, + ms, what], then the process's end. */
+function kilnTimeline(main: string, args: string[], home: string): Promise<[string, string, string][]> {
+  const runner =
+    'const { main } = await import(process.argv[1]); process.exitCode = await main(process.argv.slice(2));';
+  const t0 = performance.now();
+  return new Promise((res, rej) =>
+    execFile(
+      process.execPath,
+      ['--input-type=module', '-e', runner, pathToFileURL(main).href, ...args],
+      { env: { ...process.env, KILN_HOME: home, KILN_DEBUG: '1' } },
+      (err, _stdout, stderr) => {
+        if (err) return rej(new Error(stderr));
+        const marks: [number, string][] = [];
+        for (const l of stderr.split('\n')) {
+          const m = /^kiln: debug: at (\d+) ms: (.*)$/.exec(l);
+          if (m) marks.push([Number(m[1]), (m[2] as string).replace(/(sha256:[0-9a-f]{12})[0-9a-f]{52}/g, '$1…')]);
+        }
+        marks.push([Math.round(performance.now() - t0), 'process exited (as the bench saw it)']);
+        let prev = 0;
+        res(
+          marks.map(([at, what]) => {
+            const d = at - prev;
+            prev = at;
+            return [String(at), String(d), what];
+          }),
+        );
+      },
+    ),
+  );
+}
+
+/** Each vertex of a `buildctl --progress plain` log with its DONE/CACHED time. */
+function buildkitVertices(log: string): [string, string][] {
+  const names = new Map<string, string>();
+  const out: [string, string][] = [];
+  for (const l of log.split('\n')) {
+    const named = /^#(\d+) (\[.*|exporting.*|resolving.*|pushing.*|naming.*|writing.*)$/.exec(l);
+    if (named && !names.has(named[1] as string)) names.set(named[1] as string, named[2] as string);
+    const done = /^#(\d+) (DONE [\d.]+s|CACHED)$/.exec(l);
+    if (done) out.push([names.get(done[1] as string) ?? `#${done[1]}`, (done[2] as string).replace(/^DONE /, '')]);
+  }
+  return out;
+}
+
 async function main(): Promise<void> {
   const s2i = s2iBinary();
   const cli = compiledCli('bench-s2i-dist');
@@ -70,6 +219,7 @@ async function main(): Promise<void> {
   const registry = await startRegistry();
   const R = registry.host;
   const buildkit = await startBuildKit({ insecureRegistries: [R] });
+  const stops: (() => Promise<void>)[] = [];
   const kiln = (args: string[]): Promise<string> =>
     runCompiled(cli, [...args, '--insecure-registry', R, '--progress', 'quiet'], { KILN_HOME: home });
   try {
@@ -95,9 +245,24 @@ async function main(): Promise<void> {
     for (let i = 0; i < files; i++)
       await writeFile(join(src, 'lib', `f${i}.txt`), randomBytes(2560).toString('base64'));
     const builderRef = `${R}/builder:1`;
+    // the service's copy of the app: a git repository, an S2I project, a warm worker (its own KILN_HOME)
+    const git = await startGitServer();
+    stops.push(() => git.stop());
+    const appFiles: Record<string, string> = {};
+    for (let i = 0; i < files; i++) appFiles[`lib/f${i}.txt`] = await readFile(join(src, 'lib', `f${i}.txt`), 'utf8');
+    await git.createRepo('app', appFiles);
+    const svc = await startKilnServe(
+      cli,
+      work,
+      join(work, 'svc-home'),
+      `insecureRegistries: ["${R}"]\nprojects:\n  - name: app\n    repository: ${git.repoUrl('app')}\n` +
+        `    registry: ${R}/svc\n    insecureRegistry: true\n    images:\n      - name: app\n        strategy: s2i\n` +
+        `        s2i: {builderImage: "${builderRef}"}\n        tags: ["1"]\n`,
+    );
+    stops.unshift(() => svc.stop());
     const kilnArgs = (): string[] => ['s2i', 'build', src, builderRef, `${R}/app-kiln:1`, '--push'];
     const kilnRun = (): Promise<string> => kiln(kilnArgs());
-    const buildkitRun = async (round: number): Promise<number> => {
+    const buildkitRun = async (round: number, onLog?: (log: string) => void): Promise<number> => {
       const ctx = join(work, `ref-${round}`);
       const g = spawnSync(
         s2i,
@@ -115,23 +280,33 @@ async function main(): Promise<void> {
       );
       if (g.status !== 0) throw new Error(`s2i --as-dockerfile: ${g.stderr}`);
       const t0 = performance.now();
-      await buildkit.build({ context: ctx, tag: `${R}/app-bk:1` });
+      const log = await buildkit.build({ context: ctx, tag: `${R}/app-bk:1` });
       const t = performance.now() - t0;
+      onLog?.(log);
       await rm(ctx, { recursive: true, force: true });
       return t;
     };
-    // warm both
+    // warm all three
     await kilnRun();
     await buildkitRun(-1);
+    await serviceRound(svc);
     const k: number[] = [];
     const bk: number[] = [];
+    const sv: number[] = [];
+    let bkLog = '';
     for (let i = 0; i < rounds; i++) {
-      await writeFile(join(src, 'lib', 'f0.txt'), `round ${i} ${Date.now()}\n`);
+      const change = `round ${i} ${Date.now()}\n`;
+      await writeFile(join(src, 'lib', 'f0.txt'), change);
       const t0 = performance.now();
       await kilnRun();
       k.push(performance.now() - t0);
-      bk.push(await buildkitRun(i));
+      bk.push(await buildkitRun(i, (log) => (bkLog = log)));
+      await git.commit('app', { 'lib/f0.txt': change }, `round ${i}`);
+      sv.push(await serviceRound(svc));
     }
+    // where the time goes: one more kiln round with KILN_DEBUG=1 (its timeline marks), BuildKit's last log
+    await writeFile(join(src, 'lib', 'f0.txt'), `timeline ${Date.now()}\n`);
+    const timeline = await kilnTimeline(cli, [...kilnArgs(), '--insecure-registry', R, '--progress', 'quiet'], home);
     if (process.env.BENCH_TRACE === '1') {
       await writeFile(join(src, 'lib', 'f0.txt'), `trace ${Date.now()}\n`);
       process.stderr.write(await traced(cli, [...kilnArgs(), '--insecure-registry', R], { KILN_HOME: home }));
@@ -167,16 +342,37 @@ async function main(): Promise<void> {
         `${(median(bk) / 1000).toFixed(2)} s`,
       ),
       row('ratio kiln / BuildKit', `${(median(k) / median(bk)).toFixed(2)}× (target ≤ 0.5×)`),
+      row(
+        'kiln serve, warm worker: API request → pushed (incl. git fetch + checkout), median',
+        `${(median(sv) / 1000).toFixed(2)} s`,
+      ),
+      row('ratio kiln serve / BuildKit', `${(median(sv) / median(bk)).toFixed(2)}×`),
       row('incremental kiln build with the cached artifacts tar', `${(tInc / 1000).toFixed(2)} s`),
       row('previous image manifests/layers read from the registry', String(reads)),
       '',
       `Load while measuring (1/5/15 min): ${loadavg()
         .map((l) => l.toFixed(1))
-        .join(' / ')}.`,
+        .join(' / ')}. Rounds (s): kiln ${secs(k)}; BuildKit ${secs(bk)}; kiln serve ${secs(sv)}.`,
+      '',
+      '## Where the time goes',
+      '',
+      'One more `kiln s2i build --push` with `KILN_DEBUG=1` (the timeline marks: ms since the process started; ' +
+        'layer blobs are written in the background while the next step runs):',
+      '',
+      '| at ms | + ms | mark |',
+      '| ---: | ---: | --- |',
+      ...timeline.map(([at, d, what]) => `| ${at} | ${d} | ${what.replace(/\|/g, '\\|')} |`),
+      '',
+      'BuildKit, the last round (`buildctl --progress plain`, the daemon warm; vertex → seconds):',
+      '',
+      '| vertex | s |',
+      '| --- | ---: |',
+      ...buildkitVertices(bkLog).map(([v, t]) => `| ${v.replace(/\|/g, '\\|')} | ${t} |`),
     ].join('\n');
     console.log('\n' + out);
     await writeFile(join(REPO, 'bench', 'results', 's2i.md'), out + '\n');
   } finally {
+    for (const stop of stops) await stop().catch(() => undefined);
     await buildkit.stop();
     await registry.stop();
     await rm(work, { recursive: true, force: true });

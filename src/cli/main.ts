@@ -81,6 +81,7 @@ export async function main(argv: string[]): Promise<number> {
     debugMark('command module loaded');
     for (const c of program.commands) c.exitOverride();
     await program.parseAsync(argv, { from: 'user' });
+    debugMark('command done');
     return typeof process.exitCode === 'number' ? process.exitCode : 0;
   } catch (e) {
     if (e instanceof CommanderError) return e.exitCode;

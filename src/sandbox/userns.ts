@@ -229,6 +229,11 @@ export async function enterBuildNamespace(
   argv: string[] = [...process.execArgv, ...process.argv.slice(1)],
   opts: EnterOptions = {},
 ): Promise<number | null> {
+  // uid 0 (real root, or already inside): nothing to look up — the status reads /etc/subuid and searches PATH
+  if (process.getuid?.() === 0) {
+    if (process.env[BUILD_NS_ENV] === '1') watchParent();
+    return null;
+  }
   const st = await userNamespaceStatus();
   if (!needsBuildNamespace(st)) {
     if (st.insideBuildNamespace) watchParent();

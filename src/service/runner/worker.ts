@@ -95,12 +95,20 @@ export async function workerMain(): Promise<number> {
   process.on('SIGTERM', () => ac.abort('SIGTERM'));
   process.on('SIGINT', () => ac.abort('SIGINT'));
 
-  // Warm: load what a build needs before announcing readiness.
-  const [{ runStrategyBuild }, BuildProgressClass, { parsePlatformOption }] = await Promise.all([
+  // Warm: load what a build needs before announcing readiness — also what a build would otherwise load on first
+  // use (the engine's services, the sandbox, the registry's HTTP client) and the layer thread, so none of it is
+  // paid while the user waits (an S2I build loaded ~40 modules after the job arrived).
+  const [{ runStrategyBuild }, BuildProgressClass, { parsePlatformOption }, { warmUpWorker }] = await Promise.all([
     import('../../backends/service.js'), // the engine, or the image's strategy/backend
     progressClass(),
     import('../../engine/options.js'),
+    import('../../layer/worker.js'),
+    import('../../engine/services.js'),
+    import('../../sandbox/overlay.js'),
+    import('../../sandbox/run.js'),
+    import('../../registry/http.js'),
   ]);
+  warmUpWorker();
   send({ type: 'ready', pid: process.pid });
   const job = await jobArrived;
   if (!job) return 0;

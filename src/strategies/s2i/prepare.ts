@@ -6,7 +6,7 @@
  */
 import { execFile } from 'node:child_process';
 import { chmod, copyFile, cp, lstat, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { join, posix, resolve } from 'node:path';
+import { dirname, join, posix, resolve } from 'node:path';
 import { KilnError, errorMessage } from '../../errors.js';
 import { cloneGitWithCommit, isGitContext } from '../../engine/context.js';
 import type { EnvEntry, RuntimeArtifact } from './dockerfile.js';
@@ -46,8 +46,21 @@ function git(cwd: string, args: string[]): Promise<string> {
   });
 }
 
+/**
+ * Whether git could see a repository at `dir`: a `.git` there or in a parent (git's own discovery), or `GIT_DIR`.
+ * Why: a plain source dir then costs no `git` process (s2i asks git every time).
+ */
+async function maybeGitRepo(dir: string): Promise<boolean> {
+  if (process.env.GIT_DIR) return true;
+  for (let d = resolve(dir); ; d = dirname(d)) {
+    if (await lstat(join(d, '.git')).catch(() => undefined)) return true;
+    if (dirname(d) === d) return false;
+  }
+}
+
 /** s2i's GetInfo: empty strings where git has no answer. */
 export async function gitSourceInfo(dir: string): Promise<SourceInfo | undefined> {
+  if (!(await maybeGitRepo(dir))) return undefined;
   const commitId = await git(dir, ['rev-parse', '--verify', 'HEAD']);
   if (!commitId) return undefined;
   const [location, ref, authorName, authorEmail, date, message] = await Promise.all([

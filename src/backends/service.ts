@@ -11,7 +11,7 @@ import { runBuildCommand, type EmbeddedBuild } from '../engine/services.js';
 import type { BuildOutcome } from '../engine/build.js';
 import type { RebaseRecord, WorkerJob } from '../service/runner/protocol.js';
 import { runS2IBuild, type S2IOptions } from '../strategies/s2i/frontend.js';
-import { parseEnvFlag, parseRuntimeArtifact, parseUidRanges } from '../strategies/s2i/prepare.js';
+import { parseEnvFlag, parseRuntimeArtifact, parseUidRanges } from '../strategies/s2i/flags.js';
 import { builderFor } from './index.js';
 import type { BuildpacksOptions } from '../strategies/buildpacks/build.js';
 

@@ -9,7 +9,7 @@ import type { Command } from 'commander';
 import { KilnError } from '../errors.js';
 import type { BuildOptions } from '../engine/options.js';
 import type { BuildpacksOptions } from '../strategies/buildpacks/build.js';
-import { parsePlatformEnv } from '../strategies/buildpacks/spec.js';
+import { parsePlatformEnv } from '../strategies/buildpacks/flags.js';
 
 function collect(v: string, prev: string[] | undefined): string[] {
   return [...(prev ?? []), v];

@@ -8,7 +8,7 @@ import { KilnError } from '../errors.js';
 import type { BuildOptions } from '../engine/options.js';
 import type { S2IOptions } from '../strategies/s2i/frontend.js';
 import { addBuildpacksOptions, buildpacksOptionsFrom, type BuildpacksFlags } from './pack.js';
-import { parseEnvFlag, parseRuntimeArtifact, parseUidRanges } from '../strategies/s2i/prepare.js';
+import { parseEnvFlag, parseRuntimeArtifact, parseUidRanges } from '../strategies/s2i/flags.js';
 
 function collect(v: string, prev: string[] | undefined): string[] {
   return [...(prev ?? []), v];

@@ -24,6 +24,7 @@ import { runEngine, type EngineResult } from './engine.js';
 import { warmUpWorker } from '../layer/worker.js';
 import { debugMark } from '../util/debug.js';
 import {
+  effectiveOutputs,
   exportImage,
   pushSessions,
   writeIidFile,
@@ -32,6 +33,8 @@ import {
   type OutputWriters,
 } from './outputs.js';
 import type { PushOptions } from '../registry/push.js';
+
+export { effectiveOutputs };
 import { REBASABLE_LAYERS, rebasableAnnotation, rebaseVerdict, type RebaseVerdict } from '../rebase/verdict.js';
 
 export interface BuildServices {
@@ -151,17 +154,6 @@ function recordingBases(inner: BaseResolver, seen: Map<string, Image>): BaseReso
       return p;
     },
   };
-}
-
-/** Default outputs: `--output`s, else `--push` (registry) or the local store, under the -t names. */
-export function effectiveOutputs(opts: BuildOptions): BuildOptions['outputs'] {
-  if (opts.outputs.length > 0) {
-    if (opts.push) {
-      return opts.outputs.map((o) => (o.type === 'image' ? { ...o, push: true } : o));
-    }
-    return opts.outputs;
-  }
-  return [{ type: opts.push ? 'registry' : 'image', names: [], push: opts.push, tar: false, attrs: {} }];
 }
 
 export async function build(opts: BuildOptions, svc: BuildServices): Promise<BuildOutcome> {

@@ -23,7 +23,18 @@ import { isRealRoot } from '../layer/fsops.js';
 import { layerTar } from '../layer/writer.js';
 import { parseReferenceWithDefaultTag } from '../registry/reference.js';
 import { push, PushSession, type PushOptions } from '../registry/push.js';
-import type { OutputSpec } from './options.js';
+import type { BuildOptions, OutputSpec } from './options.js';
+
+/** Default outputs: `--output`s, else `--push` (registry) or the local store, under the -t names. */
+export function effectiveOutputs(opts: Pick<BuildOptions, 'outputs' | 'push'>): BuildOptions['outputs'] {
+  if (opts.outputs.length > 0) {
+    if (opts.push) {
+      return opts.outputs.map((o) => (o.type === 'image' ? { ...o, push: true } : o));
+    }
+    return opts.outputs;
+  }
+  return [{ type: opts.push ? 'registry' : 'image', names: [], push: opts.push, tar: false, attrs: {} }];
+}
 
 /** What the exporters produced, as buildx reports it in --metadata-file. */
 export interface ExportResult {

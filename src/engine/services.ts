@@ -8,15 +8,13 @@ import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import { createReadStream } from "node:fs";
 import { pipeline } from "node:stream/promises";
 import { basename, join } from "node:path";
-import { KilnError, isKilnError } from "../errors.js";
+import { KilnError } from "../errors.js";
 import { LocalStore } from "../oci/store.js";
 import { kilnHome } from "../util/paths.js";
 import { writeLayout } from "../oci/layout.js";
 import { writeDockerArchive } from "../oci/docker-archive.js";
-import type { Image, Platform } from "../oci/types.js";
 import { Progress } from "../progress.js";
 import { Keychain } from "../registry/keychain.js";
-import { getRemoteImage } from "../registry/remote.js";
 import { parseReferenceWithDefaultTag } from "../registry/reference.js";
 import { closeTransports } from "../registry/transport.js";
 import type { PushOptions } from "../registry/push.js";
@@ -33,46 +31,12 @@ import { LocalFileCopier } from "./copy.js";
 import { BuildProgress } from "./progress.js";
 import { build, type BuildOutcome, type BuildServices } from "./build.js";
 import type { BuildOptions, LayerCompression } from "./options.js";
-import type { BaseResolver, ResolvedBase } from "./ports.js";
+import type { BaseResolver } from "./ports.js";
 import type { Frontend } from "./frontend.js";
 import { debugMark } from "../util/debug.js";
+import { StoreFirstResolver } from "./bases.js";
 
-/** FROM resolution: the local store first (unless --pull), then the registry. */
-export class StoreFirstResolver implements BaseResolver {
-  constructor(
-    private readonly store: LocalStore,
-    private readonly registry: PushOptions,
-  ) {}
-
-  async resolve(
-    ref: string,
-    opts: { pull: boolean; platform: Platform },
-  ): Promise<ResolvedBase> {
-    const r = parseReferenceWithDefaultTag(ref);
-    const name = r.toString();
-    if (!opts.pull) {
-      let local: Image | undefined;
-      try {
-        local = await this.store.image(name, opts.platform);
-      } catch (e) {
-        // Only "not in the store" falls back to the registry; a corrupt store must be reported, not masked.
-        if (
-          !isKilnError(e, "IMAGE_NOT_FOUND") &&
-          !isKilnError(e, "PLATFORM_NOT_FOUND")
-        )
-          throw e;
-        local = undefined;
-      }
-      if (local) return { name, digest: await local.digest(), image: local };
-    }
-    const image = await getRemoteImage(r, {
-      ...this.registry,
-      platform: opts.platform,
-      label: `pull ${name}`,
-    });
-    return { name, digest: await image.digest(), image };
-  }
-}
+export { StoreFirstResolver };
 
 export interface ServiceOptions {
   home?: string;

@@ -105,7 +105,9 @@ describe('kiln build --strategy node', { skip: !isRoot && 'needs root (dockerd, 
   test('layer per dependency, runs, app change uploads only the app layer, apps share dependency layers', async () => {
     const app = await makeApp(work, 'hello');
     const tag = `${R()}/hello:1`;
-    const first = await build(app, tag);
+    // a label whose value changes every build, as the build service's commit label
+    const rev = (n: number): string[] => ['--label', `org.opencontainers.image.revision=r${n}`];
+    const first = await build(app, tag, rev(1));
     assert.equal(first.code, 0, first.stderr);
     assert.match(first.stderr, /npm ci --omit=dev|install\.sh/, 'the install step shows in the progress output');
     const m1 = await skopeoManifest(tag);
@@ -137,7 +139,7 @@ describe('kiln build --strategy node', { skip: !isRoot && 'needs root (dockerd, 
     // an app change: only the app layer (and the config) is uploaded; the install step is not run again
     await writeFile(join(app, 'version.js'), "module.exports = 'v2';\n");
     const before2 = registry.log().length;
-    const second = await build(app, `${R()}/hello:2`);
+    const second = await build(app, `${R()}/hello:2`, rev(2));
     assert.equal(second.code, 0, second.stderr);
     assert.doesNotMatch(second.stderr, /added \d+ packages/, 'npm ci did not run again');
     // the fast path: the engine did not walk the dependency layers (not even as cached steps)
@@ -154,12 +156,14 @@ describe('kiln build --strategy node', { skip: !isRoot && 'needs root (dockerd, 
       'only the app layer and the config were uploaded',
     );
     // the same source through the engine (fast path off): the very same image, byte for byte
-    const engine2 = await build(app, `${R()}/hello:2e`, [], { KILN_NODE_FAST: '0' });
+    const engine2 = await build(app, `${R()}/hello:2e`, rev(2), { KILN_NODE_FAST: '0' });
     assert.equal(engine2.code, 0, engine2.stderr);
     assert.match(engine2.stderr, /COPY --link --chown=0:0 layers\//, 'the engine path ran');
     const digestOf = async (ref: string): Promise<string> =>
       JSON.parse((await run('skopeo', ['inspect', '--tls-verify=false', `docker://${ref}`])).stdout).Digest as string;
     assert.equal(await digestOf(`${R()}/hello:2e`), await digestOf(`${R()}/hello:2`), 'fast path = engine path');
+    const labels2 = (await skopeoConfig(`${R()}/hello:2`)).config.Labels as Record<string, string>;
+    assert.equal(labels2['org.opencontainers.image.revision'], 'r2', 'the new label value');
     // a changed start command is outside the recorded image: the engine builds it (install still cached)
     const pj = JSON.parse(await readFile(join(app, 'package.json'), 'utf8')) as { scripts: Record<string, string> };
     pj.scripts.start = 'node ./server.js';

@@ -7,6 +7,9 @@
  */
 import { parse as parseTomlText } from 'smol-toml';
 import { KilnError, errorMessage } from '../../errors.js';
+import { ENV_NAME } from './flags.js';
+
+export { parsePlatformEnv } from './flags.js';
 
 /** The directory name of a buildpack id, as the lifecycle escapes it (`acme/static` → `acme_static`). */
 export function escapeId(id: string): string {
@@ -400,8 +403,6 @@ export interface EnvOp {
   delim: string;
 }
 
-const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
-
 /**
  * The operations of one env directory from its files (`NAME`, `NAME.override|default|append|prepend`,
  * `NAME.delim`): a file without suffix overrides (Buildpack API 0.5+); append/prepend without a delim file join
@@ -450,14 +451,4 @@ export function envMap(list: string[]): Map<string, string> {
     if (i > 0) m.set(e.slice(0, i), e.slice(i + 1));
   }
   return m;
-}
-
-/** `--env K=V` into a name and a value (one clear line when malformed). */
-export function parsePlatformEnv(v: string): [string, string] {
-  const i = v.indexOf('=');
-  const name = i < 0 ? v : v.slice(0, i);
-  if (!ENV_NAME.test(name)) {
-    throw new KilnError('OPTION_INVALID', `--env ${v}: not NAME=VALUE`, { hint: 'e.g. --env BP_NODE_ENV=production' });
-  }
-  return [name, i < 0 ? (process.env[name] ?? '') : v.slice(i + 1)];
 }

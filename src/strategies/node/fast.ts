@@ -4,18 +4,19 @@
  * all. The previous engine build recorded, per install key, the image it made (config and layer descriptors, the
  * blobs in kiln's blob store); a rebuild writes only the app layer with the deterministic layer writer, swaps it in
  * (the config's last diffID), and exports the image through the engine's own exporter (local store or registry push,
- * which skips every blob the registry has). Walking ~90 cached `COPY --link` steps costs ~0.1 s each; this costs the
+ * which skips every blob the registry has). `--label` values may differ from the recorded build's (names may not).
+ * Walking ~90 cached `COPY --link` steps costs ~0.1 s each; this costs the
  * app layer alone. The image is byte-identical to what the engine path makes (the integration test compares).
  */
 import { createHash } from 'node:crypto';
 import { cp, lchown, mkdir, mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { LocalLayerStore } from '../../engine/local.js';
-import { StoreFirstResolver } from '../../engine/services.js';
-import { effectiveOutputs, type BuildOutcome } from '../../engine/build.js';
+import { StoreFirstResolver } from '../../engine/bases.js';
+import type { BuildOutcome } from '../../engine/build.js';
 import type { BuildImage } from '../../engine/imageconfig.js';
 import type { EngineResult, StageLayer } from '../../engine/engine.js';
-import { exportImage, pushSessions, writeIidFile, writeMetadataFile } from '../../engine/outputs.js';
+import { effectiveOutputs, exportImage, pushSessions, writeIidFile, writeMetadataFile } from '../../engine/outputs.js';
 import type { BuildOptions } from '../../engine/options.js';
 import type { EmbeddedBuild } from '../../engine/services.js';
 import { imageFromParts } from '../../oci/image.js';
@@ -83,7 +84,9 @@ function keyOf(k: NodeFastKey, baseDigest: string, opts: BuildOptions): string {
     k.cmd,
     opts.platform,
     opts.sourceDateEpoch ?? null,
-    Object.entries(opts.labels).sort(),
+    // label names, not values: a new value is set in the recorded config (the build service labels every build
+    // with its commit, which must not miss the fast path)
+    Object.keys(opts.labels).sort(),
     [...opts.buildArgs.entries()],
     opts.compression ?? 'gzip',
     opts.compressionLevel ?? null,
@@ -186,8 +189,32 @@ export async function tryFastNodeBuild(o: {
   const tmpBase = homeDirs(home).tmp;
   await mkdir(tmpBase, { recursive: true, mode: 0o700 });
   let work: string | undefined;
+  let app: Promise<{ w: Awaited<ReturnType<LocalLayerStore['writeBlob']>>; layer: Layer }> | undefined;
   try {
     const store = await LocalStore.open(home);
+    const writer = new LocalLayerStore({
+      layersDir: homeDirs(home).layers,
+      blobs: store.blobs,
+      mediaTypes: 'docker',
+      ...(opts.compression ? { compression: opts.compression } : {}),
+      ...(opts.compressionLevel !== undefined ? { level: opts.compressionLevel } : {}),
+    });
+    // The app layer depends on the source alone: written while the base is resolved (registry round trips). On a
+    // miss the engine path writes this very layer (same diffID) anyway.
+    const workDir = await mkdtemp(join(tmpBase, 'node-fast-'));
+    work = workDir;
+    app = (async () => {
+      await mkdir(join(workDir, 'up'), { mode: 0o755 });
+      await stageApp(o.source, join(workDir, 'up', 'app'), o.skip);
+      const w = await writer.writeBlob(join(workDir, 'up'), {
+        sourceDateEpoch: opts.sourceDateEpoch ?? 0,
+        inProcess: true,
+      });
+      const layer = await writer.layer(w.digest, w.diffID, w.size, w.mediaType);
+      mark('app layer written');
+      return { w, layer };
+    })();
+    app.catch(() => undefined); // awaited below, or settled in finally
     const inner = new StoreFirstResolver(store, registry);
     const bases = o.embed.bases ? o.embed.bases(inner) : inner;
     let base;
@@ -205,18 +232,15 @@ export async function tryFastNodeBuild(o: {
     const baseLayerList = await base.image.layers();
     if (entry.v !== 1 || baseLayerList.length !== entry.baseLayers || entry.layers.length < 1) return undefined;
     const docker = MediaType.DockerManifest;
-    const writer = new LocalLayerStore({
-      layersDir: homeDirs(home).layers,
-      blobs: store.blobs,
-      mediaTypes: 'docker',
-      ...(opts.compression ? { compression: opts.compression } : {}),
-      ...(opts.compressionLevel !== undefined ? { level: opts.compressionLevel } : {}),
-    });
-    const kept: Layer[] = [];
-    for (const l of entry.layers.slice(0, -1)) {
-      if (!(await store.blobs.has(l.digest))) return undefined; // pruned: the engine writes it again
-      kept.push(await writer.layer(l.digest, l.diffID, l.size, l.mediaType));
-    }
+    const found = await Promise.all(
+      entry.layers
+        .slice(0, -1)
+        .map(async (l) =>
+          (await store.blobs.has(l.digest)) ? writer.layer(l.digest, l.diffID, l.size, l.mediaType) : undefined,
+        ),
+    );
+    if (found.some((l) => l === undefined)) return undefined; // pruned: the engine writes it again
+    const kept = found as Layer[];
     const progress = o.progress;
     progress.start(
       1,
@@ -225,15 +249,12 @@ export async function tryFastNodeBuild(o: {
     progress.done(1);
     mark('base resolved, record read, blobs checked');
     progress.start(2, '[node] COPY --link --chown=0:0 app/ /app/');
-    work = await mkdtemp(join(tmpBase, 'node-fast-'));
-    await mkdir(join(work, 'up'), { mode: 0o755 });
-    await stageApp(o.source, join(work, 'up', 'app'), o.skip);
-    const w = await writer.writeBlob(join(work, 'up'), { sourceDateEpoch: opts.sourceDateEpoch ?? 0, inProcess: true });
-    const appLayer = await writer.layer(w.digest, w.diffID, w.size, w.mediaType);
+    const { w, layer: appLayer } = await app;
     progress.done(2);
-    mark('app layer written');
     const cfg = JSON.parse(entry.rawConfig) as BuildImage;
     cfg.rootfs.diff_ids[cfg.rootfs.diff_ids.length - 1] = w.diffID;
+    // the engine applies --label last (`{...Labels, ...labels}`, serialized with sorted keys): same names, new values
+    if (Object.keys(opts.labels).length > 0) cfg.config.Labels = { ...(cfg.config.Labels ?? {}), ...opts.labels };
     const rawConfig = Buffer.from(JSON.stringify(cfg));
     const layers = [...baseLayerList, ...kept, appLayer];
     const image = withAnnotations(
@@ -255,7 +276,7 @@ export async function tryFastNodeBuild(o: {
           .replace(/\.000Z$/, 'Z'),
         ...entry.annotations,
       },
-      tmpDir: join(work, 'export'),
+      tmpDir: join(workDir, 'export'),
       sessions: pushSessions(outputs, opts.tags, registry),
     };
     if (opts.sourceDateEpoch !== undefined) exportOpts.sourceDateEpoch = opts.sourceDateEpoch;
@@ -303,6 +324,7 @@ export async function tryFastNodeBuild(o: {
     };
     return entry.rebase ? { engine, image, exported, rebase: entry.rebase } : { engine, image, exported };
   } finally {
+    await app?.catch(() => undefined); // never remove its dir under it
     if (work) await rm(work, { recursive: true, force: true });
     await closeTransports(registry);
   }

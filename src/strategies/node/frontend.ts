@@ -17,7 +17,6 @@
 import { cp, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { KilnError, errorMessage, isKilnError } from '../../errors.js';
-import { parseDockerfile } from '../../dockerfile/convert.js';
 import type { Frontend, FrontendInput, FrontendPlan } from '../../engine/frontend.js';
 import type { BuildOptions } from '../../engine/options.js';
 import type { BuildOutcome } from '../../engine/build.js';
@@ -198,6 +197,8 @@ export function nodeFrontend(
         layers,
         dockerfile,
       });
+      // loaded here, not at the top: the fast path (most rebuilds) never parses a Dockerfile
+      const { parseDockerfile } = await import('../../dockerfile/convert.js');
       const parsed = parseDockerfile(dockerfile, { filename: 'kiln-node' });
       return { stages: parsed.stages, metaArgs: parsed.globalArgs, file: 'kiln-node' };
     },

@@ -9,8 +9,11 @@ import { chmod, copyFile, cp, lstat, mkdir, readdir, readFile, rename, rm, stat,
 import { dirname, join, posix, resolve } from 'node:path';
 import { KilnError, errorMessage } from '../../errors.js';
 import { cloneGitWithCommit, isGitContext } from '../../engine/context.js';
-import type { EnvEntry, RuntimeArtifact } from './dockerfile.js';
+import type { EnvEntry } from './dockerfile.js';
 import { syncTree } from './workdir.js';
+import { formatUidRanges, type UidRange } from './flags.js';
+
+export { formatUidRanges, parseEnvFlag, parseRuntimeArtifact, parseUidRanges, type UidRange } from './flags.js';
 
 /** The scripts s2i installs into `upload/scripts` (required, optional and the runtime one). */
 export const S2I_SCRIPTS = ['assemble', 'run', 'save-artifacts', 'assemble-runtime'] as const;
@@ -180,60 +183,6 @@ export function parseEnvironmentFile(text: string): EnvEntry[] {
   return out;
 }
 
-/** `--env NAME=VALUE` (s2i's EnvironmentList.Set). */
-export function parseEnvFlag(v: string): EnvEntry {
-  const i = v.indexOf('=');
-  if (i <= 0) {
-    throw new KilnError('OPTION_INVALID', `--env ${v}: invalid environment format, must be NAME=VALUE`, {
-      hint: 'e.g. --env NODE_ENV=production',
-    });
-  }
-  return { name: v.slice(0, i).trim(), value: v.slice(i + 1).trim() };
-}
-
-/** One `--allowed-uids` range: [from, to] with either end open. */
-export interface UidRange {
-  from?: number;
-  to?: number;
-}
-
-/** s2i's user.ParseRangeList: `1-`, `-999`, `1000`, `1000-2000`, comma separated. */
-export function parseUidRanges(v: string): UidRange[] {
-  if (v === '') return [];
-  return v.split(',').map((p) => {
-    const s = p.trim();
-    const bad = (): never => {
-      throw new KilnError('OPTION_INVALID', `--allowed-uids ${v}: invalid range "${s}"`, {
-        hint: 'ranges look like 1-, -999, 1000 or 1000-2000 (comma separated)',
-      });
-    };
-    if (s === '') return {};
-    const parts = s.split('-');
-    const num = (x: string): number => (/^\d+$/.test(x) ? Number(x) : bad());
-    if (parts.length === 1) return { from: num(s), to: num(s) };
-    if (parts.length !== 2) return bad();
-    const r: UidRange = {};
-    if (parts[0]) r.from = num(parts[0]);
-    if (parts[1]) r.to = num(parts[1]);
-    if (r.from !== undefined && r.to !== undefined && r.to < r.from) bad();
-    return r;
-  });
-}
-
-export function formatUidRanges(rs: UidRange[]): string {
-  return rs
-    .map((r) =>
-      r.from === undefined
-        ? `-${r.to ?? ''}`
-        : r.to === undefined
-          ? `${r.from}-`
-          : r.from === r.to
-            ? `${r.from}`
-            : `${r.from}-${r.to}`,
-    )
-    .join(',');
-}
-
 /**
  * s2i's IsUserAllowed: with no (non-empty) range everything is allowed; otherwise the user must be numeric (the
  * part before `:`) and in a range. Throws the refusal OpenShift gives.
@@ -253,23 +202,6 @@ export function checkAllowedUser(user: string, ranges: UidRange[], what: string)
       (uid === undefined ? ' (the user must be numeric)' : ''),
     { hint: 'set a numeric non-root USER or io.openshift.s2i.assemble-user in the builder image, or --assemble-user' },
   );
-}
-
-/** `--runtime-artifact SRC[:DEST]` / the runtime image's assemble-input-files (`;`-separated). */
-export function parseRuntimeArtifact(v: string): RuntimeArtifact {
-  const i = v.indexOf(':');
-  const source = i < 0 ? v : v.slice(0, i);
-  const destination = i < 0 ? '' : v.slice(i + 1);
-  const fail = (why: string): never => {
-    throw new KilnError('OPTION_INVALID', `runtime artifact "${v}": ${why}`, {
-      hint: 'use /absolute/source[:relative/destination]',
-    });
-  };
-  if (!source.startsWith('/')) fail('the source must be an absolute path');
-  if (/[*?[]/.test(source)) fail('wildcards are not supported');
-  if (destination.startsWith('/')) fail('the destination must be a relative path');
-  if (destination.split('/').includes('..')) fail('the destination must not contain ..');
-  return { source: posix.normalize(source).replace(/(.)\/$/, '$1'), destination: destination || '.' };
 }
 
 /** The prepared working dir. */

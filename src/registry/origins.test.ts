@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { MAX_ORIGINS, OriginIndex, originIndexFor } from './origins.js';
+import { MAX_KNOWN_PER_REPOSITORY, MAX_ORIGINS, OriginIndex, originIndexFor } from './origins.js';
 
 const D1 = 'sha256:' + 'a'.repeat(64);
 const D2 = 'sha256:' + 'b'.repeat(64);
@@ -123,4 +123,34 @@ test('originIndexFor: null disables, an index is used as given, default lives un
     if (saved === undefined) delete process.env.KILN_HOME;
     else process.env.KILN_HOME = saved;
   }
+});
+
+test('origins: the blobs a repository is known to have — one file per repository, bounded, junk reads as none', async () => {
+  await withIndex(async (ix, dir) => {
+    const app = at('team/app');
+    assert.deepEqual([...(await ix.known(app))], []);
+    await ix.updateKnown(app, [D1, D2, 'not-a-digest']);
+    assert.deepEqual([...(await ix.known(app))], [D1, D2]);
+    assert.deepEqual([...(await ix.known(at('team/other')))], [], 'per repository');
+    assert.deepEqual([...(await ix.known(at('team/app', 'elsewhere.example')))], [], 'per registry');
+    await ix.updateKnown(app, [], [D1]);
+    assert.deepEqual([...(await ix.known(app))], [D2]);
+    const many = Array.from(
+      { length: MAX_KNOWN_PER_REPOSITORY + 10 },
+      (_, i) => 'sha256:' + i.toString(16).padStart(64, '0'),
+    );
+    await ix.updateKnown(app, many);
+    const known = await ix.known(app);
+    assert.equal(known.size, MAX_KNOWN_PER_REPOSITORY);
+    assert.ok(known.has(many.at(-1) as string) && !known.has(D2), 'the most recent are kept');
+    // a file that names another repository (or is not JSON) reads as nothing known
+    const [file] = await readdir(join(dir, 'repositories'));
+    await writeFile(join(dir, 'repositories', file as string), JSON.stringify({ ...at('team/x'), blobs: [D1] }));
+    assert.deepEqual([...(await ix.known(app))], []);
+    await writeFile(join(dir, 'repositories', file as string), '{torn');
+    assert.deepEqual([...(await ix.known(app))], []);
+    // a credential-like name is never stored
+    await ix.updateKnown(at('team/app', 'user:pw@reg.example'), [D1]);
+    assert.equal((await readdir(join(dir, 'repositories'))).length, 1);
+  });
 });

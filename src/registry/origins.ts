@@ -8,7 +8,12 @@
  * leave a torn file: the worst case is a lost update. The index is only a hint: anything unreadable or malformed
  * reads as "no origins", and a failed write is ignored. Only `registry` (host[:port]) and `repository` are stored,
  * both checked against strict patterns, so no credential can end up in it.
+ *
+ * Beside it, per repository, the blobs kiln knows that repository has (`repositories/<sha256 of registry/name>`):
+ * every blob of each manifest kiln pushed there and the registry accepted (it checks them all). A push reads that
+ * one file instead of one file per blob to tell which blobs it need not even ask about (src/registry/push.ts).
  */
+import { createHash } from 'node:crypto';
 import { mkdir, readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { kilnHome } from '../util/paths.js';
@@ -17,6 +22,9 @@ import { writeFileAtomic } from '../util/atomic.js';
 
 /** Origins kept per blob. */
 export const MAX_ORIGINS = 8;
+
+/** Blobs remembered per repository (the most recently pushed). */
+export const MAX_KNOWN_PER_REPOSITORY = 4096;
 
 const DIGEST = /^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$/;
 /** host, IPv4, [IPv6], optional port: no userinfo, no path. */
@@ -90,6 +98,47 @@ export class OriginIndex {
   async recordAll(digests: Iterable<string | undefined>, origin: BlobOrigin): Promise<void> {
     const valid = [...new Set(digests)].filter((d): d is string => typeof d === 'string');
     await Promise.all(valid.map((d) => this.record(d, origin)));
+  }
+
+  private repositoryFile(at: BlobOrigin): string {
+    const id = createHash('sha256').update(`${at.registry}/${at.repository}`).digest('hex');
+    return join(this.dir, 'repositories', id);
+  }
+
+  /** The blobs `at` is known to have (the manifests kiln pushed there); empty when unknown or unreadable. */
+  async known(at: BlobOrigin): Promise<Set<string>> {
+    if (!validOrigin(at)) return new Set();
+    try {
+      const j = JSON.parse(await readFile(this.repositoryFile(at), 'utf8')) as Partial<BlobOrigin & { blobs: unknown }>;
+      if (j.registry !== at.registry || j.repository !== at.repository || !Array.isArray(j.blobs)) return new Set();
+      return new Set(j.blobs.filter((d): d is string => typeof d === 'string' && DIGEST.test(d)));
+    } catch {
+      return new Set();
+    }
+  }
+
+  /**
+   * Note that `at` has `add` (a manifest referencing them was accepted) and no longer has `remove`. Never throws;
+   * two processes at once may lose one's update (a later push then asks the registry).
+   */
+  async updateKnown(at: BlobOrigin, add: Iterable<string>, remove: Iterable<string> = []): Promise<void> {
+    if (!validOrigin(at)) return;
+    try {
+      const blobs = await this.known(at);
+      for (const d of remove) blobs.delete(d);
+      for (const d of add) {
+        if (!DIGEST.test(d)) continue;
+        blobs.delete(d); // most recent last
+        blobs.add(d);
+      }
+      const list = [...blobs].slice(-MAX_KNOWN_PER_REPOSITORY);
+      const f = this.repositoryFile(at);
+      await mkdir(dirname(f), { recursive: true });
+      const doc = { registry: at.registry, repository: at.repository, blobs: list };
+      await writeFileAtomic(f, JSON.stringify(doc) + '\n', { mode: 0o644 });
+    } catch {
+      /* only a hint */
+    }
   }
 
   /** Updates of one digest's entry in this process, chained: each reads what the previous one wrote. */

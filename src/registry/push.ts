@@ -6,8 +6,8 @@
  * ends up in the repository is recorded in the origin index, so a later push to another repository can mount it.
  * Manifests are PUT only after all their blobs are confirmed; an index's children are pushed before the index.
  *
- * Optimistic push of known blobs: a blob the origin index says is in the target repository (kiln pushed it there,
- * found it there or pulled it from there) is not HEADed — the manifest PUT confirms it, because a registry checks
+ * Optimistic push of known blobs: a blob the origin index says is in the target repository (in a manifest kiln
+ * pushed there — one file per repository, read once — or pushed, found or pulled there) is not HEADed — the manifest PUT confirms it, because a registry checks
  * every blob a manifest references (distribution answers MANIFEST_BLOB_UNKNOWN otherwise). When the registry refuses
  * the manifest that way, those entries are forgotten and the blobs pushed the checked way (HEAD, mount or upload),
  * then the manifest is PUT again: a registry that garbage-collected a blob still ends up with a complete image. Why:
@@ -105,6 +105,8 @@ class Pusher {
   private readonly trustKnown: boolean;
   /** Origin index answers by digest (looked up once per push). */
   private readonly located = new Map<string, Promise<{ here: boolean; mount: string[] }>>();
+  /** The blobs the target repository is known to have (one file for all, read once). */
+  private knownHere: Promise<Set<string>> | undefined;
   /** Blobs streamed while they were written, by digest: whether that upload succeeded. */
   private readonly streamed = new Map<string, Promise<boolean>>();
   readonly progress: Progress;
@@ -145,6 +147,8 @@ class Pusher {
 
   private async lookUp(digest: string, origin: BlobOrigin | undefined): Promise<{ here: boolean; mount: string[] }> {
     const { registry, repository } = this.client;
+    this.knownHere ??= this.origins?.known(this.at(repository)) ?? Promise.resolve(new Set<string>());
+    if ((await this.knownHere).has(digest)) return { here: true, mount: [] };
     const mount = origin && origin.registry === registry && origin.repository !== repository ? [origin.repository] : [];
     // an image read from this very repository (a rebase, a re-tag) has its blobs here
     let here = origin !== undefined && origin.registry === registry && origin.repository === repository;
@@ -294,6 +298,7 @@ class Pusher {
     await mapLimit(jobs, this.opts.parallelism ?? 3, (j) => this.blob(j));
     const digest = await img.digest();
     this.checkAbort();
+    const here = this.at(this.client.repository);
     try {
       await this.client.putManifest(tagOrDigest ?? digest, raw, mediaType);
     } catch (e) {
@@ -301,16 +306,28 @@ class Pusher {
       if (!trusted.length || !(e instanceof KilnError) || !STALE_BLOB_CODES.includes(e.code)) throw e;
       // The index was wrong about some of them (garbage-collected, repository deleted): check them all.
       debugLog(`${e.code} for the manifest: ${trusted.length} blobs taken as known are checked`);
-      const here = this.at(this.client.repository);
+      const known = await this.knownHere;
       for (const j of trusted) {
         this.trusted.delete(j.digest);
         this.inflight.delete(j.digest);
+        this.located.delete(j.digest);
+        known?.delete(j.digest);
         await this.origins?.forget(j.digest, here);
       }
+      await this.origins?.updateKnown(
+        here,
+        [],
+        trusted.map((j) => j.digest),
+      );
       await mapLimit(trusted, this.opts.parallelism ?? 3, (j) => this.blob(j, false, true));
       this.checkAbort();
       await this.client.putManifest(tagOrDigest ?? digest, raw, mediaType);
     }
+    // the registry accepted a manifest referencing all of them: it has them now
+    await this.origins?.updateKnown(
+      here,
+      jobs.map((j) => j.digest),
+    );
     return { digest, mediaType, size: raw.length, blobs: this.blobs };
   }
 

@@ -12,17 +12,19 @@
  * The pod's log is followed into the service's log file as it comes (it outlives the pod); its status decides the
  * outcome (OOMKilled, DeadlineExceeded, Evicted, ImagePullBackOff are reasons of their own). Cancel deletes the
  * pod; a finished pod and its Secrets are deleted after `podGraceSeconds`. A pod that already exists for the
- * build id is followed, not created again (`close()` stops following and leaves pods running); at service start
- * `cleanupAfter()` removes pods a previous process left, because the service fails and reruns interrupted builds
- * under new ids.
+ * build id is followed, not created again. The service stopping (or `close()`) detaches: pods keep running and
+ * their builds stay active in the store, which keeps each build's pod and where its log starts in the build log
+ * (onRunnerState). At the next start `recover()` adopts the pods of those builds and `resume()` follows each on —
+ * log copied on from where the build log ends, no byte twice — to its outcome; pods of no active build are
+ * deleted, and a build whose pod vanished fails saying so.
  *
  * Any refusal — namespace missing, a permission missing, the API server unreachable — fails that build with one
  * line naming the object and the permission (client.ts); the service keeps running.
  */
-import { appendFile } from 'node:fs/promises';
+import { appendFile, open, stat } from 'node:fs/promises';
 import { KilnError, errorMessage } from '../errors.js';
-import type { BuildRunner, RunHooks, RunOutcome } from '../service/runner/local.js';
-import type { WorkerJob } from '../service/runner/protocol.js';
+import type { BuildRunner, LeftBuild, Recovery, RunHooks, RunOutcome } from '../service/runner/local.js';
+import { RUNNER_DETACHED, type WorkerJob } from '../service/runner/protocol.js';
 import { CORE, type KubeClient, type KubeObject } from './client.js';
 import {
   API_VERSION,
@@ -66,6 +68,71 @@ function secretsOf<T extends { pod: string }>(
   o: T,
 ): T & { registrySecret: string; buildSecret: string; gitSecret: string } {
   return { ...o, registrySecret: `${o.pod}-registry`, buildSecret: `${o.pod}-secrets`, gitSecret: `${o.pod}-git` };
+}
+
+/** What the service's store keeps of a running build (BuildRunner onRunnerState): its pod, where its log starts. */
+interface PodState {
+  pod: string;
+  /** Byte offset in the build log where the pod's log begins (set once the copy starts). */
+  logBase?: number;
+}
+
+function parseState(s: string | null): PodState | undefined {
+  if (!s) return undefined;
+  try {
+    const v = JSON.parse(s) as Partial<PodState>;
+    if (typeof v.pod !== 'string' || !v.pod) return undefined;
+    return typeof v.logBase === 'number' && v.logBase >= 0 ? { pod: v.pod, logBase: v.logBase } : { pod: v.pod };
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whether the build container has started (running or terminated): then it has a log to read. */
+function containerStarted(pod: KubeObject): boolean {
+  const st = pod.status as { containerStatuses?: { name: string; state?: Record<string, unknown> }[] } | undefined;
+  const c = st?.containerStatuses?.find((x) => x.name === 'build');
+  return Boolean(c?.state?.running ?? c?.state?.terminated);
+}
+
+/** The last byte of a file of `size` bytes. */
+async function lastByte(file: string, size: number): Promise<number> {
+  const fh = await open(file, 'r');
+  try {
+    const b = Buffer.alloc(1);
+    await fh.read(b, 0, 1, size - 1);
+    return b[0] ?? 10;
+  } finally {
+    await fh.close();
+  }
+}
+
+/** The pod ended (the log copy then reads the rest and stops); `wait` sleeps until then, a timeout or abort. */
+class LogEnd {
+  done = false;
+  private readonly waiters = new Set<() => void>();
+
+  constructor(private readonly signal: AbortSignal) {}
+
+  finish(): void {
+    this.done = true;
+    for (const w of this.waiters) w();
+  }
+
+  wait(ms: number): Promise<void> {
+    if (this.done && ms > 500) ms = 0;
+    return new Promise((resolve) => {
+      const wake = (): void => {
+        clearTimeout(t);
+        this.waiters.delete(wake);
+        this.signal.removeEventListener('abort', wake);
+        resolve();
+      };
+      const t = setTimeout(wake, ms);
+      this.waiters.add(wake);
+      this.signal.addEventListener('abort', wake, { once: true });
+    });
+  }
 }
 
 export class KubernetesBuildRunner implements BuildRunner {
@@ -160,6 +227,8 @@ export class KubernetesBuildRunner implements BuildRunner {
         ...(buildSecret ? { buildSecret } : {}),
         ...(gitSecret ? { gitSecret } : {}),
       });
+      const st: PodState = { pod: names.pod };
+      hooks.onRunnerState?.(JSON.stringify(st));
       try {
         await this.o.client.create({ ...CORE, resource: 'pods', namespace: this.ns }, pod);
       } catch (e) {
@@ -173,7 +242,7 @@ export class KubernetesBuildRunner implements BuildRunner {
         startedAt: new Date().toISOString(),
       });
       hooks.onStart?.(0);
-      const verdict = await this.follow(names.pod, job, hooks, signal);
+      const verdict = await this.follow(st, job.buildId, job.logFile, hooks, signal);
       return await this.finish(names, verdict, signal);
     } catch (e) {
       if (this.life.signal.aborted) return this.detached();
@@ -262,21 +331,36 @@ export class KubernetesBuildRunner implements BuildRunner {
     }
   }
 
-  /** Watch the pod until it reaches a verdict (or the signal aborts: the pod is deleted). Streams its log. */
+  /**
+   * Watch the pod until it reaches a verdict (or the signal aborts, or the runner closes). Copies its log into
+   * the build log from when the container has started (copyLog), and lets that copy finish once the pod ended.
+   */
   private async follow(
-    podName: string,
-    job: WorkerJob,
+    st: PodState,
+    buildId: string,
+    logFile: string,
     hooks: RunHooks,
     signal: AbortSignal,
   ): Promise<PodVerdict | 'aborted' | 'detached'> {
     const c = this.o.client;
+    const podName = st.pod;
     const ref = { ...CORE, resource: 'pods', namespace: this.ns };
     const watchAc = new AbortController();
     const onAbort = (): void => watchAc.abort();
     signal.addEventListener('abort', onAbort, { once: true });
     this.life.signal.addEventListener('abort', onAbort, { once: true });
+    const end = new LogEnd(watchAc.signal);
     let logging: Promise<void> | undefined;
     let lastPhase: string | undefined;
+    let ended = false;
+    const seen = async (pod: KubeObject, v: PodVerdict): Promise<void> => {
+      if (containerStarted(pod)) logging ??= this.copyLog(st, logFile, hooks, watchAc.signal, end);
+      if (v.state === 'running' && lastPhase !== 'Running') {
+        lastPhase = 'Running';
+        hooks.onPhase?.('building');
+        await patchRunStatus(c, this.ns, objectsOf(buildId).run, statusFromVerdict(v) ?? {}).catch(() => undefined);
+      }
+    };
     try {
       let rv: string | undefined;
       for (;;) {
@@ -293,18 +377,11 @@ export class KubernetesBuildRunner implements BuildRunner {
         }
         let verdict = podVerdict(pod);
         rv = pod.metadata.resourceVersion;
-        const seen = async (v: PodVerdict): Promise<void> => {
-          if (v.state === 'running' && lastPhase !== 'Running') {
-            lastPhase = 'Running';
-            hooks.onPhase?.('building');
-            await patchRunStatus(c, this.ns, objectsOf(job.buildId).run, statusFromVerdict(v) ?? {}).catch(
-              () => undefined,
-            );
-            logging ??= this.streamLog(podName, job.logFile, watchAc.signal);
-          }
-        };
-        await seen(verdict);
-        if (verdict.state === 'succeeded' || verdict.state === 'failed') return verdict;
+        await seen(pod, verdict);
+        if (verdict.state === 'succeeded' || verdict.state === 'failed') {
+          ended = true;
+          return verdict;
+        }
         let final: PodVerdict | undefined;
         let deleted = false;
         const wac = new AbortController();
@@ -322,7 +399,7 @@ export class KubernetesBuildRunner implements BuildRunner {
                 return;
               }
               verdict = podVerdict(ev.object);
-              void seen(verdict);
+              void seen(ev.object, verdict);
               if (verdict.state === 'succeeded' || verdict.state === 'failed') {
                 final = verdict;
                 wac.abort();
@@ -336,7 +413,10 @@ export class KubernetesBuildRunner implements BuildRunner {
         } finally {
           watchAc.signal.removeEventListener('abort', stopWatch);
         }
-        if (final) return final;
+        if (final) {
+          ended = true;
+          return final;
+        }
         if (this.life.signal.aborted) return 'detached';
         if (deleted && !signal.aborted) {
           return {
@@ -350,30 +430,95 @@ export class KubernetesBuildRunner implements BuildRunner {
     } finally {
       signal.removeEventListener('abort', onAbort);
       this.life.signal.removeEventListener('abort', onAbort);
-      // let the log stream drain what the container printed last (bounded)
-      if (logging) await Promise.race([logging, new Promise((r) => setTimeout(r, 5000))]);
+      // the pod ended: the log copy reads what is left and stops (bounded); otherwise it stops now
+      if (ended && logging) {
+        end.finish();
+        await Promise.race([logging, new Promise((r) => setTimeout(r, 15_000).unref())]);
+      }
       watchAc.abort();
+      await logging;
     }
   }
 
-  /** Follow the container's log into the build log; a log that cannot be read is one line, never a failure. */
-  private async streamLog(podName: string, logFile: string, signal: AbortSignal): Promise<void> {
-    try {
-      const stream = await this.o.client.logs(this.ns, podName, { follow: true, container: 'build', signal });
-      for await (const chunk of stream) await appendFile(logFile, chunk);
-    } catch (e) {
-      if (signal.aborted) return;
-      await appendFile(
-        logFile,
-        `#1 [kubernetes] the pod's log cannot be read: ${errorMessage(e).split('\n')[0]}\n`,
-      ).catch(() => undefined);
+  /**
+   * Copy the build container's log into the build log, each byte once — also across a restart of the service.
+   * The pod's log begins at byte `st.logBase` of the build log (recorded through onRunnerState before the first
+   * byte), so the bytes already copied are the build log's size minus `logBase`; every read of the pod's log
+   * (the API server proxies the kubelet's file from its start) skips that many bytes. A read that fails or ends
+   * while the pod runs is retried with backoff (the endpoint can fail: kubelet restarts, an unscheduled pod);
+   * once the pod ended (`end`), a last read without follow takes the rest. kiln's own notes in the build log
+   * move `logBase` on by their length. Limit: a kubelet that rotated the container's log (10 MiB by default)
+   * serves only the newest file, so a restart after a rotation misses the rotated part.
+   */
+  private async copyLog(
+    st: PodState,
+    logFile: string,
+    hooks: RunHooks,
+    signal: AbortSignal,
+    end: LogEnd,
+  ): Promise<void> {
+    const size = async (): Promise<number> => (await stat(logFile).catch(() => undefined))?.size ?? 0;
+    const save = (): void => hooks.onRunnerState?.(JSON.stringify(st));
+    if (st.logBase === undefined) {
+      st.logBase = await size();
+      save();
+    }
+    let written = Math.max(0, (await size()) - st.logBase);
+    const note = async (text: string): Promise<void> => {
+      const n = await size();
+      const last = n > 0 ? await lastByte(logFile, n) : 10;
+      const s = `${last === 10 ? '' : '\n'}#1 [kubernetes] ${text}\n`;
+      await appendFile(logFile, s).catch(() => undefined);
+      st.logBase = (st.logBase ?? 0) + Buffer.byteLength(s);
+      save();
+    };
+    let failures = 0;
+    let quiet = 0;
+    let noted = false;
+    while (!signal.aborted) {
+      const final = end.done;
+      let got = 0;
+      try {
+        const stream = await this.o.client.logs(this.ns, st.pod, { follow: !final, container: 'build', signal });
+        let skip = written;
+        for await (const chunk of stream) {
+          let b = chunk;
+          if (skip > 0) {
+            if (b.length <= skip) {
+              skip -= b.length;
+              continue;
+            }
+            b = b.subarray(skip);
+            skip = 0;
+          }
+          await appendFile(logFile, b);
+          written += b.length;
+          got += b.length;
+        }
+        failures = 0;
+        if (final) return;
+      } catch (e) {
+        if (signal.aborted) return;
+        failures++;
+        const why = errorMessage(e).split('\n')[0] ?? 'error';
+        if (final && failures >= 3) {
+          await note(`the rest of the pod's log could not be read: ${why}`);
+          return;
+        }
+        if (!noted && !final) {
+          noted = true;
+          await note(`the pod's log cannot be read (${why}); retrying`);
+        }
+      }
+      quiet = got > 0 ? 0 : quiet + 1;
+      await end.wait(final ? 500 : Math.min(250 * 2 ** Math.min(quiet + failures, 5), 5000));
     }
   }
 
-  /** The runner was closed while the pod runs: the pod stays (a restarted service re-attaches to it). */
+  /** The runner was closed (or the service stops) while the pod runs: the pod stays for the next process. */
   private detached(): RunOutcome {
-    const message = 'the service stopped following the build pod (it keeps running)';
-    return { ok: false, code: 'INTERRUPTED', message, reason: 'interrupted' };
+    const message = 'the service stopped following the build pod (it keeps running; a restarted service re-attaches)';
+    return { ok: false, code: RUNNER_DETACHED, message, reason: 'detached' };
   }
 
   private async finish(
@@ -382,7 +527,7 @@ export class KubernetesBuildRunner implements BuildRunner {
     signal: AbortSignal,
   ): Promise<RunOutcome> {
     const c = this.o.client;
-    if (verdict === 'detached') return this.detached();
+    if (verdict === 'detached' || (verdict === 'aborted' && signal.reason === 'stopping')) return this.detached();
     if (verdict === 'aborted') {
       const why = signal.reason === 'timed-out' ? 'TimedOut' : 'Cancelled';
       // cancel: the pod goes now (its RUN processes die with it), Secrets with it
@@ -437,12 +582,12 @@ export class KubernetesBuildRunner implements BuildRunner {
     this.timers.add(t);
   }
 
-  private async deleteSecrets(names: ReturnType<typeof objectsOf>): Promise<void> {
+  private async deleteSecrets(names: Omit<ReturnType<typeof objectsOf>, 'run'>): Promise<void> {
     for (const s of [names.registrySecret, names.buildSecret, names.gitSecret])
       await this.o.client.delete({ ...CORE, resource: 'secrets', namespace: this.ns, name: s });
   }
 
-  private async cleanup(names: ReturnType<typeof objectsOf>): Promise<void> {
+  private async cleanup(names: Omit<ReturnType<typeof objectsOf>, 'run'>): Promise<void> {
     await this.o.client.delete(
       { ...CORE, resource: 'pods', namespace: this.ns, name: names.pod },
       { gracePeriodSeconds: 0 },
@@ -450,41 +595,77 @@ export class KubernetesBuildRunner implements BuildRunner {
     await this.deleteSecrets(names);
   }
 
-  /** Builds of a previous service process whose pods still exist (labels → build ids), for re-attaching. */
-  async runningPods(): Promise<string[]> {
-    const list = await this.o.client.list<KubeObject>(
-      { ...CORE, resource: 'pods', namespace: this.ns },
-      { labelSelector: 'app.kubernetes.io/managed-by=kiln,kiln.dev/build-id' },
-    );
-    return list.items
-      .filter((p) => !p.metadata.deletionTimestamp && ['pending', 'running'].includes(podVerdict(p).state))
-      .map((p) => p.metadata.labels?.['kiln.dev/build-id'] ?? '');
+  /**
+   * At service start: re-attach to the build pods a previous process left. Build pods are listed by kiln's labels;
+   * an active build whose pod still exists is adopted (`resume` follows it on); an active build whose pod is gone
+   * fails with that reason (its ImageBuildRun too); a pod of no active build (ended, unknown) is deleted with its
+   * Secrets. An unreachable API server adopts nothing (the builds fail saying why) and deletes nothing.
+   */
+  async recover(left: LeftBuild[]): Promise<Map<string, Recovery>> {
+    const out = new Map<string, Recovery>();
+    let pods: KubeObject[];
+    try {
+      pods = (
+        await this.o.client.list<KubeObject>(
+          { ...CORE, resource: 'pods', namespace: this.ns },
+          { labelSelector: 'app.kubernetes.io/managed-by=kiln,kiln.dev/build-id' },
+        )
+      ).items;
+    } catch (e) {
+      const why = `cannot re-attach to its build pod: ${errorMessage(e).split('\n')[0] ?? ''}`;
+      this.say(`kiln serve: ${why}`);
+      for (const b of left) out.set(b.id, { adopt: false, reason: why });
+      return out;
+    }
+    const byName = new Map(pods.map((p) => [p.metadata.name, p]));
+    const claimed = new Set<string>();
+    for (const b of left) {
+      const st = parseState(b.state);
+      const name = st?.pod ?? objectsOf(b.id).pod;
+      const pod = byName.get(name);
+      if (pod && !pod.metadata.deletionTimestamp) {
+        claimed.add(name);
+        out.set(b.id, { adopt: true });
+      } else if (st) {
+        const reason = `the build pod ${this.ns}/${name} is gone (deleted while the service was not running)`;
+        out.set(b.id, { adopt: false, reason });
+        await patchRunStatus(
+          this.o.client,
+          this.ns,
+          objectsOf(b.id).run,
+          phaseStatus('Failed', 'PodDeleted', reason),
+        ).catch(() => undefined);
+      } else {
+        out.set(b.id, { adopt: false });
+      }
+    }
+    let removed = 0;
+    for (const p of pods) {
+      if (claimed.has(p.metadata.name)) continue;
+      await this.cleanup(secretsOf({ pod: p.metadata.name })).catch((e: unknown) =>
+        this.say(`kiln serve: cannot delete the build pod ${p.metadata.name}: ${errorMessage(e)}`),
+      );
+      removed++;
+    }
+    if (removed) this.say(`kiln serve: removed ${removed} build pod(s) of no running build in ${this.ns}`);
+    return out;
   }
 
-  /**
-   * At service start (BuildService calls it before failing the builds a previous process left running): delete
-   * the build pods and Secrets that process left. The service's rule for interrupted builds is "failed, then rerun
-   * once" — a rerun has a new build id, so an old pod left running would be an orphan pushing the same tags. Never
-   * throws (an unreachable API server is logged; the builds then fail on their own).
-   */
-  async cleanupAfter(): Promise<void> {
-    const sel = { labelSelector: 'app.kubernetes.io/managed-by=kiln,kiln.dev/build-id' };
+  /** Follow a build adopted by `recover` to its end: its pod's log from where the build log ends, its outcome. */
+  async resume(left: LeftBuild, hooks: RunHooks, signal: AbortSignal): Promise<RunOutcome> {
+    if (this.closed) throw new KilnError('SERVICE_CLOSING', 'the service is shutting down');
+    const st = parseState(left.state) ?? { pod: objectsOf(left.id).pod };
+    const names = secretsOf({ run: objectsOf(left.id).run, pod: st.pod });
     try {
-      const pods = await this.o.client.list<KubeObject>({ ...CORE, resource: 'pods', namespace: this.ns }, sel);
-      for (const p of pods.items) {
-        await this.o.client.delete(
-          { ...CORE, resource: 'pods', namespace: this.ns, name: p.metadata.name },
-          { gracePeriodSeconds: 0 },
-        );
-        const base = p.metadata.name;
-        const n = secretsOf({ pod: base });
-        for (const s of [n.registrySecret, n.buildSecret, n.gitSecret])
-          await this.o.client.delete({ ...CORE, resource: 'secrets', namespace: this.ns, name: s });
-      }
-      if (pods.items.length)
-        this.say(`kiln serve: removed ${pods.items.length} build pod(s) a previous service process left in ${this.ns}`);
+      this.say(`kiln serve: build ${left.id}: re-attached to its build pod ${this.ns}/${st.pod}`);
+      hooks.onStart?.(0);
+      const verdict = await this.follow(st, left.id, left.logFile, hooks, signal);
+      return await this.finish(names, verdict, signal);
     } catch (e) {
-      this.say(`kiln serve: cannot clean up build pods in ${this.ns}: ${errorMessage(e).split('\n')[0]}`);
+      if (this.life.signal.aborted) return this.detached();
+      const code = e instanceof KilnError ? e.code : 'INTERNAL';
+      const message = errorMessage(e).split('\n')[0] ?? 'failed';
+      return { ok: false, code, message, reason: message };
     }
   }
 

@@ -21,14 +21,14 @@ import { matchesFilter, pathsConcern } from './config/filters.js';
 import { renderTags } from './config/tags.js';
 import { readGitCredentials, readSecretRef, redactProject } from './config/secrets.js';
 import { GitMirrors, redactUrl } from './git/mirror.js';
-import type { BuildRunner } from './runner/local.js';
+import type { BuildRunner, Recovery, RunHooks, RunOutcome } from './runner/local.js';
 import { BaseWatcher, baseChangeReason, type Dependent } from './triggers/bases.js';
 import { getRemoteImage } from '../registry/remote.js';
 import { rebase } from '../rebase/rebase.js';
 import { parseReferenceWithDefaultTag } from '../ref/reference.js';
 import { Keychain } from '../registry/keychain.js';
 import { closeTransports, type RegistryOptions } from '../registry/transport.js';
-import type { WorkerJob } from './runner/protocol.js';
+import { RUNNER_DETACHED, type WorkerJob } from './runner/protocol.js';
 import { renderMetrics } from './metrics.js';
 
 export interface BuildServiceOptions {
@@ -177,8 +177,9 @@ export class BuildService implements ServiceCore {
   }
 
   /**
-   * Open the data dir and recover: builds a previous process left running are failed (`interrupted`) and queued
-   * again once (`retryInterrupted`), leftover checkouts are removed, the config file's projects are applied, and
+   * Open the data dir and recover: builds a previous process left running are re-attached when the runner can
+   * follow them on (a build pod still running: `BuildRunner.recover`), else failed (`interrupted`, or the runner's
+   * reason) and queued again once (`retryInterrupted`), leftover checkouts are removed, the config file's projects are applied, and
    * the queue starts.
    */
   static async start(opts: BuildServiceOptions): Promise<BuildService> {
@@ -198,11 +199,23 @@ export class BuildService implements ServiceCore {
       checkProjectSet([...all.values()], 'config');
       for (const p of opts.config.projects) svc.store.upsertProject(p);
     }
-    const interrupted = svc.store.failInterrupted('interrupted');
+    // builds whose runner can follow them on (their build pods still run) stay active; the others fail
+    const left = svc.store.active();
+    const recovery = opts.runner.recover
+      ? await opts.runner.recover(
+          left.map((b) => ({ id: b.id, logFile: svc.logPath(b.id), state: svc.store.runnerState(b.id) })),
+        )
+      : new Map<string, Recovery>();
+    const keep = new Set<string>();
+    const reasons = new Map<string, string>();
+    for (const [id, r] of recovery) {
+      if (r.adopt) keep.add(id);
+      else if (r.reason) reasons.set(id, r.reason);
+    }
+    const interrupted = svc.store.failInterrupted('interrupted', { keep, reasons });
     for (const b of interrupted) {
-      await appendFile(svc.logPath(b.id), '\nERROR: interrupted (the service stopped while this build ran)\n').catch(
-        () => undefined,
-      );
+      const why = reasons.get(b.id) ?? 'interrupted (the service stopped while this build ran)';
+      await appendFile(svc.logPath(b.id), `\nERROR: ${why}\n`).catch(() => undefined);
       if (!opts.config.retryInterrupted || b.trigger.type === 'retry' || !svc.store.getProject(b.project)) continue;
       svc.store.enqueue([
         {
@@ -217,6 +230,8 @@ export class BuildService implements ServiceCore {
       ]);
     }
     if (interrupted.length) svc.say(`kiln serve: ${interrupted.length} interrupted build(s) marked failed`);
+    for (const b of left) if (keep.has(b.id)) svc.resume(b);
+    if (keep.size) svc.say(`kiln serve: re-attached to ${keep.size} running build(s)`);
     svc.schedule();
     svc.bases.start();
     return svc;
@@ -491,13 +506,7 @@ export class BuildService implements ServiceCore {
     if (useWs) this.busyWorkspaces.add(wsKey);
     const wsRoot = join(this.workDir, 'ws', p.name);
     const checkout = useWs ? join(wsRoot, build.image) : join(this.workDir, build.id);
-    let current = build;
-    const update = (patch: Parameters<Store['updateBuild']>[1]): void => {
-      current = this.store.updateBuild(build.id, patch);
-      this.announce(current);
-      const r = this.running.get(build.id);
-      if (r) r.build = current;
-    };
+    const { update, current } = this.tracker(build);
     try {
       if (!img) throw new KilnError('IMAGE_INVALID', `project '${p.name}' has no image '${build.image}' any more`);
       if (build.trigger.action === 'rebase' && (await this.rebaseBuild(build, p, stages, line, update, ac.signal)))
@@ -644,58 +653,159 @@ export class BuildService implements ServiceCore {
           password: readSecretRef(rc, 'registry password'),
         };
       }
-      const outcome = await this.opts.runner.run(
-        job,
-        {
-          onPhase: (ph) => {
-            if (ph === 'pushing' && current.phase === 'building') update({ phase: 'pushing' });
-          },
-          onStage: (s, i) => {
-            stages[i + 1] = s;
-            this.store.setStages(build.id, stages);
-          },
-        },
-        ac.signal,
-      );
-      if (outcome.ok) {
-        this.store.setBases(build.id, outcome.bases, outcome.rebase);
-        update({ phase: 'succeeded', digest: outcome.digest, reason: null });
-      } else {
-        throw new KilnError(outcome.code, outcome.message, { cause: outcome.reason });
-      }
+      const outcome = await this.opts.runner.run(job, this.hooksFor(build.id, stages, current, update), ac.signal);
+      await this.conclude(build.id, outcome, update);
     } catch (e) {
-      const why = ac.signal.aborted ? String(ac.signal.reason) : undefined;
-      const msg = errorMessage(e);
-      if (why === 'timed-out') {
-        await line(`\nERROR: timed out after ${timeoutS}s`);
-        update({ phase: 'timed-out', reason: `timed out after ${timeoutS}s` });
-      } else if (why === 'cancelled') {
-        await line(`\nCANCELLED`);
-        const stored = this.store.getBuild(build.id);
-        update({ phase: 'cancelled', reason: stored?.reason ?? 'cancelled' });
-      } else if (why === 'stopping') {
-        await line(`\nERROR: the service stopped`);
-        update({ phase: 'failed', reason: 'interrupted: the service stopped' });
-      } else {
-        const reason =
-          isKilnError(e) && typeof (e as Error).cause === 'string' ? String((e as Error).cause) : msg.split('\n')[0];
-        if (!(isKilnError(e) && typeof (e as Error).cause === 'string')) await line(`\nERROR: ${msg}`);
-        try {
-          update({ phase: 'failed', reason: reason ?? 'failed' });
-        } catch (e2) {
-          this.say(`kiln serve: build ${build.id}: ${errorMessage(e2)}`);
-        }
-      }
+      await this.failed(build.id, e, ac, timeoutS, line, update);
     } finally {
       clearTimeout(timer);
       if (useWs) this.busyWorkspaces.delete(wsKey);
       else await this.mirrors.removeCheckout(checkout).catch(() => rm(checkout, { recursive: true, force: true }));
+      await this.retention(p);
+    }
+  }
+
+  /** A running build's record: `update` commits a patch, announces it and keeps the running entry current. */
+  private tracker(build: Build): {
+    update: (patch: Parameters<Store['updateBuild']>[1]) => void;
+    current: () => Build;
+  } {
+    let current = build;
+    return {
+      current: () => current,
+      update: (patch) => {
+        current = this.store.updateBuild(build.id, patch);
+        this.announce(current);
+        const r = this.running.get(build.id);
+        if (r) r.build = current;
+      },
+    };
+  }
+
+  /** The runner's hooks of a build: phases, stages and the runner's state into the store. */
+  private hooksFor(
+    id: string,
+    stages: BuildStage[],
+    current: () => Build,
+    update: (patch: Parameters<Store['updateBuild']>[1]) => void,
+  ): RunHooks {
+    return {
+      onPhase: (ph) => {
+        if (ph === 'pushing' && current().phase === 'building') update({ phase: 'pushing' });
+      },
+      onStage: (s, i) => {
+        stages[i + 1] = s;
+        this.store.setStages(id, stages);
+      },
+      onRunnerState: (state) => {
+        try {
+          this.store.setRunnerState(id, state);
+        } catch (e) {
+          this.say(`kiln serve: build ${id}: ${errorMessage(e)}`);
+        }
+      },
+    };
+  }
+
+  /**
+   * Record a runner's outcome: succeeded with its digest; a detached build (the service stops, the runner keeps
+   * it running: a build pod) stays active for the next process; anything else throws for `failed`.
+   */
+  private async conclude(
+    id: string,
+    outcome: RunOutcome,
+    update: (patch: Parameters<Store['updateBuild']>[1]) => void,
+  ): Promise<void> {
+    if (outcome.ok) {
+      this.store.setBases(id, outcome.bases, outcome.rebase);
+      update({ phase: 'succeeded', digest: outcome.digest, reason: null });
+      return;
+    }
+    if (outcome.code === RUNNER_DETACHED) {
+      this.say(`kiln serve: build ${id}: ${outcome.message}`);
+      return;
+    }
+    throw new KilnError(outcome.code, outcome.message, { cause: outcome.reason });
+  }
+
+  /** A build's failure path: timed out, cancelled, the service stopping, or failed with its reason. */
+  private async failed(
+    id: string,
+    e: unknown,
+    ac: AbortController,
+    timeoutS: number,
+    line: (s: string) => Promise<void>,
+    update: (patch: Parameters<Store['updateBuild']>[1]) => void,
+  ): Promise<void> {
+    const why = ac.signal.aborted ? String(ac.signal.reason) : undefined;
+    const msg = errorMessage(e);
+    if (why === 'timed-out') {
+      await line(`\nERROR: timed out after ${timeoutS}s`);
+      update({ phase: 'timed-out', reason: `timed out after ${timeoutS}s` });
+    } else if (why === 'cancelled') {
+      await line(`\nCANCELLED`);
+      const stored = this.store.getBuild(id);
+      update({ phase: 'cancelled', reason: stored?.reason ?? 'cancelled' });
+    } else if (why === 'stopping') {
+      await line(`\nERROR: the service stopped`);
+      update({ phase: 'failed', reason: 'interrupted: the service stopped' });
+    } else {
+      const reason =
+        isKilnError(e) && typeof (e as Error).cause === 'string' ? String((e as Error).cause) : msg.split('\n')[0];
+      if (!(isKilnError(e) && typeof (e as Error).cause === 'string')) await line(`\nERROR: ${msg}`);
       try {
-        const gone = this.store.applyRetention(p.name, p.retention);
-        await Promise.all(gone.map((id) => rm(this.logPath(id), { force: true })));
-      } catch (e) {
-        this.say(`kiln serve: retention for ${p.name}: ${errorMessage(e)}`);
+        update({ phase: 'failed', reason: reason ?? 'failed' });
+      } catch (e2) {
+        this.say(`kiln serve: build ${id}: ${errorMessage(e2)}`);
       }
+    }
+  }
+
+  /** Apply the project's retention (its removed builds' logs go too); never throws. */
+  private async retention(p: Project): Promise<void> {
+    try {
+      const gone = this.store.applyRetention(p.name, p.retention);
+      await Promise.all(gone.map((id) => rm(this.logPath(id), { force: true })));
+    } catch (e) {
+      this.say(`kiln serve: retention for ${p.name}: ${errorMessage(e)}`);
+    }
+  }
+
+  /**
+   * Follow a build a previous process left running, which the runner adopted at start-up (its build pod still
+   * runs): from where its log ends to its end, recorded as `execute` records a build; its timeout counts from
+   * when it started.
+   */
+  private resume(build: Build): void {
+    const ac = new AbortController();
+    const r: Running = { build, ac, done: Promise.resolve() };
+    this.running.set(build.id, r);
+    r.done = this.resumeBuild(build, ac).finally(() => {
+      this.running.delete(build.id);
+      this.schedule();
+    });
+  }
+
+  private async resumeBuild(build: Build, ac: AbortController): Promise<void> {
+    const logFile = this.logPath(build.id);
+    const line = (s: string): Promise<void> => appendFile(logFile, s + '\n').catch(() => undefined);
+    const p = this.store.getProject(build.project);
+    const timeoutS = p ? timeoutFor(build, p, this.opts.config.timeoutSeconds) : this.opts.config.timeoutSeconds;
+    const elapsed = build.startedAt ? (Date.now() - Date.parse(build.startedAt)) / 1000 : 0;
+    const timer = setTimeout(() => ac.abort('timed-out'), Math.max(1, timeoutS - elapsed) * 1000);
+    const { update, current } = this.tracker(build);
+    if (build.cancelRequested) ac.abort('cancelled');
+    try {
+      const resume = this.opts.runner.resume?.bind(this.opts.runner);
+      if (!resume) throw new KilnError('INTERNAL', 'the runner adopted a build it cannot follow');
+      const left = { id: build.id, logFile, state: this.store.runnerState(build.id) };
+      const outcome = await resume(left, this.hooksFor(build.id, [...build.stages], current, update), ac.signal);
+      await this.conclude(build.id, outcome, update);
+    } catch (e) {
+      await this.failed(build.id, e, ac, timeoutS, line, update);
+    } finally {
+      clearTimeout(timer);
+      if (p) await this.retention(p);
     }
   }
 

@@ -12,7 +12,11 @@
  * and refuses a privileged one; the executor (the service's BuildRunner port) runs a build as a pod with its
  * registry credentials only in a dockerconfigjson Secret, mirrors it as an ImageBuildRun, cancels by deleting the
  * pod, re-attaches to an existing pod, and fails with one line naming the object and permission when RBAC, the
- * namespace or the API server is missing; redeploy patches a Deployment to the digest and creates its pull Secret.
+ * namespace or the API server is missing; a restarted BuildService (real git server, SQLite store) adopts its
+ * running build pods — the test plays the kubelet's log endpoint too: a Node whose kubelet address is an HTTPS
+ * server of the test, so the API server proxies pods/log to it as to a real kubelet — and copies the log on from
+ * where it ended (each byte once, a failing log read retried), fails a build whose pod vanished, deletes pods of
+ * no running build; redeploy patches a Deployment to the digest and creates its pull Secret.
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -32,6 +36,13 @@ import type { WorkerJob } from '../../src/service/runner/protocol.js';
 import type { RunOutcome } from '../../src/service/runner/local.js';
 import { RedeployDelivery, TRIGGER_ANNOTATION } from '../../src/service/delivery/redeploy.js';
 import { isKilnError } from '../../src/errors.js';
+import { createServer as createHttpsServer } from 'node:https';
+import type { ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { makeServerCerts } from '../helpers/certs.js';
+import { startGitServer } from '../helpers/git-server.js';
+import { BuildService } from '../../src/service/service.js';
+import { parseConfigText } from '../../src/service/config/parse.js';
 
 // kube-apiserver is built (or waited for: scripts/setup.sh may still be building it in the background) before
 // any test timeout starts.
@@ -600,10 +611,12 @@ describe('kiln on a real Kubernetes API server', { timeout: 600_000 }, () => {
       await until('pod deleted after grace', async () =>
         (await admin.getOrUndefined(podRef(names.pod))) === undefined ? true : undefined,
       );
-      for (const secret of [names.registrySecret, names.gitSecret])
-        assert.equal(
-          await admin.getOrUndefined({ ...CORE, resource: 'secrets', namespace: NS, name: secret }),
-          undefined,
+      // (the Secrets go right after the pod)
+      for (const secret of [names.registrySecret, names.buildSecret, names.gitSecret])
+        await until(`Secret ${secret} deleted`, async () =>
+          (await admin.getOrUndefined({ ...CORE, resource: 'secrets', namespace: NS, name: secret })) === undefined
+            ? true
+            : undefined,
         );
       await r.close();
     });
@@ -639,7 +652,6 @@ describe('kiln on a real Kubernetes API server', { timeout: 600_000 }, () => {
       assert.equal((await abandoned).ok, false);
       assert.ok(await admin.getOrUndefined(podRef(namesB3.pod)), 'the pod keeps running');
       const second = runner(new KubeClient(loadKubeConfig({ kubeconfig: kube.kubeconfigPath })));
-      assert.deepEqual(await second.runningPods(), ['B3']);
       const log3 = join(tmp, 'b3b.log');
       writeFileSync(log3, '');
       const again = second.run(job('B3', log3), {}, new AbortController().signal);
@@ -651,14 +663,14 @@ describe('kiln on a real Kubernetes API server', { timeout: 600_000 }, () => {
       await setPodStatus(namesB3.pod, success);
       assert.equal((await again).ok, true);
 
-      // service start: pods a previous process left are removed (its builds are failed and rerun under new ids)
+      // service start: pods of no active build are removed (their builds ended, or the store never knew them)
       const third = runner(new KubeClient(loadKubeConfig({ kubeconfig: kube.kubeconfigPath })));
       const left = third.run(job('B7', join(tmp, 'b7.log')), {}, new AbortController().signal);
       await until('pod B7', () => admin.getOrUndefined(podRef(objectsOf('B7').pod)));
       await third.close();
       await left;
       const fourth = runner(new KubeClient(loadKubeConfig({ kubeconfig: kube.kubeconfigPath })));
-      await fourth.cleanupAfter();
+      assert.deepEqual(await fourth.recover([]), new Map());
       assert.equal(await admin.getOrUndefined(podRef(objectsOf('B7').pod)), undefined);
       assert.equal(
         await admin.getOrUndefined({
@@ -671,6 +683,208 @@ describe('kiln on a real Kubernetes API server', { timeout: 600_000 }, () => {
       );
       await fourth.close();
       await second.close();
+    });
+
+    test('a restarted service re-attaches to its build pods: log copied on without a byte twice, outcome from the pod; vanished and stray pods handled', async () => {
+      // Play the kubelet's log endpoint: a Node whose kubelet address is an HTTPS server of this test, so the
+      // API server proxies pods/log of pods bound to it here (as it does to a real kubelet).
+      const certs = makeServerCerts();
+      const logs = new Map<string, { text: string; ended: boolean; failures: number; streams: Set<ServerResponse> }>();
+      const logOf = (pod: string) => {
+        let l = logs.get(pod);
+        if (!l) logs.set(pod, (l = { text: '', ended: false, failures: 0, streams: new Set() }));
+        return l;
+      };
+      const emit = (pod: string, text: string, end = false): void => {
+        const l = logOf(pod);
+        l.text += text;
+        for (const r of l.streams) {
+          r.write(text);
+          if (end) r.end();
+        }
+        if (end) l.ended = true;
+      };
+      const kubelet = createHttpsServer(
+        { cert: readFileSync(certs.certFile), key: readFileSync(certs.keyFile) },
+        (req, res) => {
+          const m = /^\/containerLogs\/[^/]+\/([^/]+)\/build(\?|$)/.exec(req.url ?? '');
+          if (!m?.[1]) {
+            res.writeHead(404).end();
+            return;
+          }
+          const l = logOf(m[1]);
+          if (l.failures > 0) {
+            l.failures--;
+            res.writeHead(500, { 'content-type': 'text/plain' }).end('kubelet: container runtime is down');
+            return;
+          }
+          res.writeHead(200, { 'content-type': 'text/plain' });
+          res.write(l.text);
+          if (l.ended || !/[?&]follow=true/.test(req.url ?? '')) {
+            res.end();
+            return;
+          }
+          l.streams.add(res);
+          res.on('close', () => l.streams.delete(res));
+        },
+      );
+      await new Promise<void>((r) => kubelet.listen(0, '127.0.0.1', () => r()));
+      const git = await startGitServer();
+      const dataDir = mkdtempSync(join(tmpdir(), 'kiln-k8s-adopt-'));
+      const services: BuildService[] = [];
+      try {
+        await admin.create({ ...CORE, resource: 'nodes' }, { metadata: { name: 'kiln-node-1' } });
+        await admin.patch(
+          { ...CORE, resource: 'nodes', name: 'kiln-node-1', sub: 'status' },
+          {
+            status: {
+              addresses: [{ type: 'InternalIP', address: '127.0.0.1' }],
+              daemonEndpoints: { kubeletEndpoint: { Port: (kubelet.address() as AddressInfo).port } },
+            },
+          },
+        );
+        /** The scheduler's part: bind the pod to the node. */
+        const bind = (pod: string) =>
+          admin.create(
+            { ...podRef(pod), sub: 'binding' },
+            { metadata: { name: pod }, target: { apiVersion: 'v1', kind: 'Node', name: 'kiln-node-1' } },
+          );
+        await git.createRepo('adopt', { Dockerfile: 'FROM scratch\n' });
+        const config = parseConfigText(
+          [
+            'concurrency: 4',
+            'retryInterrupted: false',
+            'projects:',
+            ...['a', 'b', 'd'].flatMap((n) => [
+              `  - name: adopt-${n}`,
+              `    repository: ${git.repoUrl('adopt')}`,
+              `    registry: 127.0.0.1:5000/adopt-${n}`,
+              '    images:',
+              `      - {name: ${n}, tags: ["main"]}`,
+            ]),
+            '',
+          ].join('\n'),
+          'adopt.yaml',
+        );
+        const serviceLog: string[] = [];
+        const start = async (): Promise<BuildService> => {
+          const r = new KubernetesBuildRunner({
+            client: new KubeClient(loadKubeConfig({ kubeconfig: kube.kubeconfigPath })),
+            pod: { namespace: NS, image: IMAGE, isolation: 'restricted', serviceAccountName: 'kiln-build' },
+            podGraceSeconds: 300,
+            log: (l) => serviceLog.push(l),
+          });
+          const svc = await BuildService.start({ dataDir, config, runner: r, log: (l) => serviceLog.push(l) });
+          services.push(svc);
+          return svc;
+        };
+        const MANUAL = { type: 'manual', by: 'test' } as const;
+        let svc = await start();
+        const [a] = await svc.startBuilds('adopt-a', { ref: 'main' }, MANUAL);
+        const [b] = await svc.startBuilds('adopt-b', { ref: 'main' }, MANUAL);
+        const [d] = await svc.startBuilds('adopt-d', { ref: 'main' }, MANUAL);
+        assert.ok(a && b && d);
+        const pods = { a: objectsOf(a.id).pod, b: objectsOf(b.id).pod, d: objectsOf(d.id).pod };
+        for (const p of Object.values(pods)) {
+          await until(`pod ${p}`, () => admin.getOrUndefined(podRef(p))).catch((e: unknown) => {
+            throw new Error(
+              `${String(e)}: ${JSON.stringify([a, b, d].map((x) => svc.getBuild(x.id)))} ${serviceLog.join('\n')}`,
+            );
+          });
+          await bind(p);
+          await setPodStatus(p, running);
+        }
+        const logA = svc.logPath(a.id);
+        emit(pods.a, 'step 1\nstep 2\n');
+        await until(
+          'step 2 in the build log',
+          async () => readFileSync(logA, 'utf8').includes('step 2\n') || undefined,
+        );
+        emit(pods.a, 'step 3 part');
+        await until('a partial line', async () => readFileSync(logA, 'utf8').endsWith('step 3 part') || undefined);
+        // d ends while the first service runs: its pod stays for the grace period
+        await setPodStatus(pods.d, success);
+        await until('d succeeded', async () => svc.getBuild(d.id)?.phase === 'succeeded' || undefined);
+        const uidA = (await admin.get(podRef(pods.a))).metadata.uid;
+
+        // the service stops: it stops following, the builds stay active, the pods keep running
+        await svc.stop(0);
+        assert.ok(await admin.getOrUndefined(podRef(pods.a)), 'the pod of a keeps running');
+        // while it is down: a's container prints more, b's pod is deleted, a stray kiln pod appears
+        emit(pods.a, ' continued\nstep 4\n');
+        await admin.delete(podRef(pods.b), { gracePeriodSeconds: 0 });
+        const stray = buildPod({
+          name: 'kiln-stray',
+          job: {
+            buildId: 'no-such-build',
+            repository: 'https://git.example.com/x.git',
+            commit: 'e'.repeat(40),
+            context: '.',
+            dockerfile: 'Dockerfile',
+            buildArgs: {},
+            labels: {},
+            tags: ['127.0.0.1:5000/x:y'],
+            insecureRegistries: [],
+            secretIds: [],
+          },
+          settings: { namespace: NS, image: IMAGE, isolation: 'restricted', serviceAccountName: 'kiln-build' },
+          timeoutSeconds: 60,
+          runName: 'kiln-stray',
+        });
+        await admin.create({ ...CORE, resource: 'pods', namespace: NS }, stray);
+        logOf(pods.a).failures = 1; // the first read after the restart fails (a kubelet restarting)
+
+        svc = await start();
+        assert.equal(svc.getBuild(a.id)?.phase, 'building', 'a is adopted, not failed');
+        const gone = svc.getBuild(b.id);
+        assert.equal(gone?.phase, 'failed');
+        assert.equal(gone?.reason, `the build pod ${NS}/${pods.b} is gone (deleted while the service was not running)`);
+        assert.match(readFileSync(svc.logPath(b.id), 'utf8'), /ERROR: the build pod .* is gone/);
+        assert.equal((await admin.get<ImageBuildRun>(runRef(objectsOf(b.id).run))).status?.phase, 'Failed');
+        for (const p of ['kiln-stray', pods.d]) {
+          const left = await admin.getOrUndefined(podRef(p));
+          assert.ok(left === undefined || left.metadata.deletionTimestamp, `pod ${p} of no running build is deleted`);
+        }
+        assert.equal((await admin.get(podRef(pods.a))).metadata.uid, uidA, 'the same pod, not a new one');
+        assert.ok(serviceLog.some((l) => l.includes('re-attached to 1 running build(s)')));
+
+        await until(
+          'step 4 after the restart',
+          async () => readFileSync(logA, 'utf8').includes('step 4\n') || undefined,
+        );
+        emit(pods.a, 'step 5\n', true);
+        await setPodStatus(pods.a, success);
+        const done = await until('a succeeded', async () => {
+          const x = svc.getBuild(a.id);
+          return x?.phase === 'succeeded' ? x : undefined;
+        });
+        assert.equal(done.digest, DIGEST);
+        const text = readFileSync(logA, 'utf8');
+        // every byte of the container's log exactly once, in order; the failed read is one note of kiln's
+        assert.ok(
+          text.includes(
+            "step 1\nstep 2\nstep 3 part\n#1 [kubernetes] the pod's log cannot be read (" +
+              text.split("#1 [kubernetes] the pod's log cannot be read (")[1]?.split('\n')[0] +
+              '\n continued\nstep 4\nstep 5\n',
+          ),
+          text,
+        );
+        assert.match(
+          text,
+          /the pod's log cannot be read \(cannot get pods "[^"]+" in namespace "kiln-builds": .*\); retrying\n/,
+        );
+        assert.equal(text.split('step 1\n').length, 2, 'no line twice');
+        assert.equal((await admin.get<ImageBuildRun>(runRef(objectsOf(a.id).run))).status?.phase, 'Succeeded');
+      } finally {
+        for (const s of services) await s.stop(0).catch(() => undefined);
+        for (const p of logs.values()) for (const r of p.streams) r.end();
+        kubelet.closeAllConnections();
+        kubelet.close();
+        await git.stop();
+        certs.cleanup();
+        rmSync(dataDir, { recursive: true, force: true });
+        await admin.delete({ ...CORE, resource: 'nodes', name: 'kiln-node-1' }).catch(() => undefined);
+      }
     });
 
     test('missing RBAC permission, missing namespace, unreachable API server: one clear line, nothing left behind', async () => {

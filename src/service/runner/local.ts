@@ -29,7 +29,23 @@ export interface RunHooks {
   onStart?(pid: number): void;
   onPhase?(phase: 'building' | 'pushing'): void;
   onStage?(stage: BuildStage, index: number): void;
+  /**
+   * What the runner needs to find the build again after a restart of the service (opaque; the store keeps it
+   * until the build ends). The Kubernetes executor records its pod and where the pod's log starts in the build log.
+   */
+  onRunnerState?(state: string): void;
 }
+
+/** An active build a previous service process left, as the runner sees it at start-up. */
+export interface LeftBuild {
+  id: string;
+  logFile: string;
+  /** What the runner recorded through `onRunnerState` (null: nothing). */
+  state: string | null;
+}
+
+/** What a runner can do with a build a previous process left: follow it on (adopt), or why not. */
+export type Recovery = { adopt: true } | { adopt: false; reason?: string };
 
 export type RunOutcome =
   | { ok: true; digest: string; configDigest: string; pushed: string[]; bases: BaseRecord[]; rebase?: RebaseRecord }
@@ -46,6 +62,14 @@ export interface BuildRunner {
   close(): Promise<void>;
   /** Remove what killed builds left behind on this machine (optional: remote runners have nothing local). */
   cleanupAfter?(): Promise<void>;
+  /**
+   * At start-up, before the service fails the builds a previous process left active: which of them this runner
+   * can follow on (a build pod still running). Whatever else that process left (pods of ended or unknown builds)
+   * goes. Builds not adopted are failed (with `reason` when given) and rerun by the service's rule.
+   */
+  recover?(left: LeftBuild[]): Promise<Map<string, Recovery>>;
+  /** Follow an adopted build to its end, as `run` would have (same hooks, same outcome, same abort reasons). */
+  resume?(left: LeftBuild, hooks: RunHooks, signal: AbortSignal): Promise<RunOutcome>;
   /**
    * The runner fetches the source itself (a build pod) rather than building the service's checkout: jobs then
    * carry the project's git credentials (`WorkerJob.gitAuth`).

@@ -65,6 +65,12 @@ export interface WorkerJob {
   triggeredBy?: { type: string; by?: string; reason?: string };
 }
 
+/**
+ * The outcome code of a build the runner stopped following without ending it (the service stops, its build pod
+ * keeps running): the service leaves the build active for the next process to re-attach.
+ */
+export const RUNNER_DETACHED = 'RUNNER_DETACHED';
+
 /** Service → worker. */
 export type ToWorker = { type: 'job'; job: WorkerJob } | { type: 'cancel'; reason: 'cancelled' | 'timed-out' };
 

@@ -213,6 +213,12 @@ export const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE builds ADD COLUMN rebase TEXT;
   `,
+  // 7: what the runner needs to find a running build again after a restart of the service (opaque to the store;
+  // the Kubernetes executor keeps its pod's name and where the pod's log starts in the build log), so a restarted
+  // service re-attaches to build pods instead of failing their builds.
+  `
+  ALTER TABLE builds ADD COLUMN runner_state TEXT;
+  `,
 ];
 
 /** The schema version this kiln writes (the number of migrations). */

@@ -35,6 +35,8 @@ export interface BuildRow {
   bases?: string | null;
   /** JSON RebaseRecord (migration 6); absent in listings. */
   rebase?: string | null;
+  /** The runner's state of an active build (migration 7); absent in listings. */
+  runner_state?: string | null;
 }
 
 /** The model's Build of a row (JSON columns parsed; `changedPaths` only when recorded). */

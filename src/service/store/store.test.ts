@@ -361,6 +361,39 @@ test('failInterrupted: active builds fail with the reason; queued and final ones
   s2.close();
 });
 
+test('runner state: kept across a restart for builds a runner re-attaches to, cleared when a build ends', () => {
+  const file = dbFile();
+  const s = open(file, 'app');
+  const [a, b, c] = s.createBuilds([nb(), nb(), nb()]).map((x) => x.id);
+  for (const id of [a, b, c]) {
+    s.updateBuild(id ?? '', { phase: 'fetching' });
+    s.updateBuild(id ?? '', { phase: 'building' });
+  }
+  s.setRunnerState(a ?? '', '{"pod":"kiln-a","logBase":42}');
+  s.setRunnerState(b ?? '', '{"pod":"kiln-b"}');
+  assert.throws(() => s.setRunnerState('nope', 'x'), /not found/i);
+  s.close(); // the "crash"
+  const s2 = Store.open(file);
+  assert.equal(s2.runnerState(a ?? ''), '{"pod":"kiln-a","logBase":42}', 'survives the restart');
+  // a is re-attached (kept running), b's pod vanished (its own reason), c had no pod (the default reason)
+  const failed = s2.failInterrupted('interrupted', {
+    keep: new Set([a ?? '']),
+    reasons: new Map([[b ?? '', 'the build pod kiln-b vanished']]),
+  });
+  assert.deepEqual(
+    failed.map((x) => [x.id, x.phase, x.reason]),
+    [
+      [b, 'failed', 'the build pod kiln-b vanished'],
+      [c, 'failed', 'interrupted'],
+    ],
+  );
+  assert.equal(s2.getBuild(a ?? '')?.phase, 'building');
+  assert.equal(s2.runnerState(b ?? ''), null, 'a failed build keeps no runner state');
+  s2.updateBuild(a ?? '', { phase: 'succeeded', digest: 'sha256:' + '1'.repeat(64) });
+  assert.equal(s2.runnerState(a ?? ''), null, 'an ended build keeps no runner state');
+  s2.close();
+});
+
 test('applyRetention: successful and failed (failed + timed-out + cancelled) kept separately, by count and age', () => {
   const s = open(dbFile(), 'app', 'other');
   const now = new Date('2030-06-01T00:00:00Z');

@@ -434,7 +434,10 @@ export class Store {
       row.seq,
     );
     next.cancelRequested = cancelRequested;
-    if (FINAL_PHASES.includes(to)) this.count(next);
+    if (FINAL_PHASES.includes(to)) {
+      this.count(next);
+      if (row.runner_state != null) this.run('UPDATE builds SET runner_state = NULL WHERE seq = ?', row.seq);
+    }
     return next;
   }
 
@@ -515,15 +518,35 @@ export class Store {
 
   /**
    * On start-up: every build still active was interrupted by the previous process's end. They become `failed`
-   * with `reason` and `finishedAt` now; returned so the caller can enqueue reruns (once: a build whose trigger is
-   * `retry` was already one).
+   * with `reason` (or their own in `reasons`) and `finishedAt` now; returned so the caller can enqueue reruns
+   * (once: a build whose trigger is `retry` was already one). Builds in `keep` stay active: their runner
+   * re-attached to them (a build pod still running).
    */
-  failInterrupted(reason = 'interrupted'): Build[] {
+  failInterrupted(
+    reason = 'interrupted',
+    o: { keep?: ReadonlySet<string>; reasons?: ReadonlyMap<string, string> } = {},
+  ): Build[] {
     return this.transaction(() =>
-      this.all<BuildRow>(`SELECT * FROM builds WHERE phase IN (${ACTIVE_SQL}) ORDER BY seq`).map((row) =>
-        this.write(row, { phase: 'failed', reason }),
-      ),
+      this.all<BuildRow>(`SELECT * FROM builds WHERE phase IN (${ACTIVE_SQL}) ORDER BY seq`)
+        .filter((row) => !o.keep?.has(row.id))
+        .map((row) => {
+          this.run('UPDATE builds SET runner_state = NULL WHERE seq = ?', row.seq);
+          return this.write(row, { phase: 'failed', reason: o.reasons?.get(row.id) ?? reason });
+        }),
     );
+  }
+
+  /**
+   * Record what the runner needs to find an active build again after a restart (opaque text: the Kubernetes
+   * executor's pod and log offset). Cleared when the build ends.
+   */
+  setRunnerState(id: string, state: string | null): void {
+    if (this.run('UPDATE builds SET runner_state = ? WHERE id = ?', state, id) === 0) throw notFound(`build '${id}'`);
+  }
+
+  /** The runner state of a build (null when none was recorded). */
+  runnerState(id: string): string | null {
+    return this.get<{ s: string | null }>('SELECT runner_state AS s FROM builds WHERE id = ?', id)?.s ?? null;
   }
 
   /**

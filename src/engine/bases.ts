@@ -32,6 +32,8 @@ export class StoreFirstResolver implements BaseResolver {
       if (local) return { name, digest: await local.digest(), image: local };
     }
     const image = await getRemoteImage(r, {
+      // the config of a base seen before comes from the store's blob dir (an unchanged base: no config request)
+      configCache: this.store.blobs,
       ...this.registry,
       platform: opts.platform,
       label: `pull ${name}`,

@@ -4,9 +4,10 @@
  * and blobs stream through a digest verifier. Layers remember where they came from (`origin`) so a push to the same
  * registry can mount them instead of copying bytes.
  */
-import { Transform, type Readable } from 'node:stream';
+import { Readable, Transform } from 'node:stream';
 import { KilnError } from '../errors.js';
 import { verifyingStream } from '../oci/digest.js';
+import { readBlob } from '../oci/blobs.js';
 import { decompress } from '../oci/compress.js';
 import { isImageManifest, isIndex, layerCompression, MediaType } from '../oci/mediatypes.js';
 import { hostPlatform, formatPlatform, selectManifest } from '../oci/platform.js';
@@ -125,7 +126,17 @@ export function remoteImage(
   });
   const rawConfig = memo(async () => {
     const c = (await manifest()).config;
-    return client.blobBuffer(c.digest, c.size);
+    const cache = client.opts.configCache;
+    if (cache && (await cache.has(c.digest))) {
+      try {
+        return await readBlob(cache, c.digest, c.size);
+      } catch {
+        await cache.remove(c.digest).catch(() => undefined); // damaged: fetched again below, and stored again
+      }
+    }
+    const raw = await client.blobBuffer(c.digest, c.size);
+    await cache?.write(Readable.from([raw]), { digest: c.digest, size: c.size }).catch(() => undefined);
+    return raw;
   });
   const config = memo(async () => parseJson<ImageConfig>(await rawConfig(), `${client.label}: config`));
   const layers = memo(async () => {

@@ -21,6 +21,7 @@ import {
   type Credential,
 } from './auth.js';
 import type { OriginIndex } from './origins.js';
+import type { BlobDir } from '../oci/blobs.js';
 import { rememberHttp, rememberedHttp } from './schemes.js';
 
 /** Resolves the credentials for a registry host (e.g. the docker config keychain). */
@@ -47,6 +48,12 @@ export interface RegistryOptions {
   pool?: TransportPool;
   /** Where blobs were seen, for cross-repository mounts (src/registry/origins.ts); null: none; default $KILN_HOME. */
   origins?: OriginIndex | null;
+  /**
+   * A content-addressed store for image configs read from registries (e.g. the local store's blob dir): a config
+   * found there (digest-verified) is not fetched again. Why: a warm build resolves its base every time (a moved tag
+   * must be seen), and the config of an unchanged base is one round trip saved.
+   */
+  configCache?: Pick<BlobDir, 'has' | 'open' | 'write' | 'remove' | 'where'>;
 }
 
 /** What a request is for, to build one-line errors: `pull 127.0.0.1:5000/app:v1: manifest unknown (MANIFEST_UNKNOWN)`. */

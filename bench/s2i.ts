@@ -13,7 +13,8 @@
  *
  * Environment: BENCH_ROUNDS (default 5), BENCH_FILES (default 200); BENCH_TRACE=1 adds one more kiln round with
  * `--progress plain` and prints its log with the time of each line (where the warm time goes). Needs root
- * (buildkitd). Output: a table, also in bench/results/s2i.md.
+ * (buildkitd). Output: a table and where the time goes, also in bench/results/s2i.md (its `## Notes` section,
+ * written by hand, is kept).
  */
 import { execFile, spawn, spawnSync } from 'node:child_process';
 import { pathToFileURL } from 'node:url';
@@ -370,7 +371,11 @@ async function main(): Promise<void> {
       ...buildkitVertices(bkLog).map(([v, t]) => `| ${v.replace(/\|/g, '\\|')} | ${t} |`),
     ].join('\n');
     console.log('\n' + out);
-    await writeFile(join(REPO, 'bench', 'results', 's2i.md'), out + '\n');
+    // hand-written notes (a `## Notes` section of the file) are kept below the new figures
+    const resultFile = join(REPO, 'bench', 'results', 's2i.md');
+    const previous = await readFile(resultFile, 'utf8').catch(() => '');
+    const notes = previous.indexOf('\n## Notes');
+    await writeFile(resultFile, out + '\n' + (notes >= 0 ? previous.slice(notes) : ''));
   } finally {
     for (const stop of stops) await stop().catch(() => undefined);
     await buildkit.stop();

@@ -212,6 +212,15 @@ function buildkitVertices(log: string): [string, string][] {
 async function main(): Promise<void> {
   const s2i = s2iBinary();
   const cli = compiledCli('bench-s2i-dist');
+  // `kiln serve` wants the web UI's bundle beside its code (what `npm run build` does after tsc)
+  const ui = (await import(pathToFileURL(join(dirname(dirname(cli)), 'service', 'ui', 'bundle.js')).href)) as {
+    bundleUi(clientDir: string): Promise<unknown[]>;
+    writeBundle(dir: string, files: unknown[]): Promise<void>;
+  };
+  await ui.writeBundle(
+    join(dirname(dirname(cli)), 'service', 'ui', 'assets'),
+    await ui.bundleUi(join(REPO, 'src', 'service', 'ui', 'client')),
+  );
   // `kiln --version` reads package.json two levels above cli/main.js: give the compiled copy one
   const pkgCopy = join(dirname(dirname(dirname(cli))), 'package.json');
   if (!existsSync(pkgCopy)) await copyFile(join(REPO, 'package.json'), pkgCopy);

@@ -182,7 +182,10 @@ function kilnTimeline(main: string, args: string[], home: string): Promise<[stri
           const m = /^kiln: debug: at (\d+) ms: (.*)$/.exec(l);
           if (m) marks.push([Number(m[1]), (m[2] as string).replace(/(sha256:[0-9a-f]{12})[0-9a-f]{52}/g, '$1…')]);
         }
-        marks.push([Math.round(performance.now() - t0), 'process exited (as the bench saw it)']);
+        marks.push([
+          Math.round(performance.now() - t0),
+          'exit seen by the bench (its clock starts before the process: + spawn and exit)',
+        ]);
         let prev = 0;
         res(
           marks.map(([at, what]) => {
@@ -342,7 +345,7 @@ async function main(): Promise<void> {
         `${(totalmem() / 2 ** 30).toFixed(1)} GiB, Node ${process.version})`,
       '',
       `S2I build of a small app (${files} files), warm cache, one file changed per round (${rounds} rounds), ` +
-        'kiln and BuildKit alternating round by round.',
+        'kiln, BuildKit and kiln serve alternating round by round.',
       '',
       '| measure | value |',
       '| --- | --- |',

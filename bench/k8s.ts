@@ -12,7 +12,7 @@
  *          every run shows Succeeded is reported.
  *
  * Output: a table on stdout and in bench/results/k8s.md (with the machine's load average, as the bench runs beside
- * other work).
+ * other work; the file's hand-written `## Notes` section is kept).
  */
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, statSync, writeFileSync, mkdirSync } from 'node:fs';
@@ -295,7 +295,11 @@ async function main(): Promise<void> {
     ].join('\n');
     process.stdout.write(out);
     mkdirSync(join(root, 'bench/results'), { recursive: true });
-    writeFileSync(join(root, process.env.BENCH_RUNS ? '.tmp-bench-k8s.md' : 'bench/results/k8s.md'), out);
+    // hand-written notes (a `## Notes` section of the file) are kept below the new figures
+    const resultFile = join(root, process.env.BENCH_RUNS ? '.tmp-bench-k8s.md' : 'bench/results/k8s.md');
+    const previous = existsSync(resultFile) ? readFileSync(resultFile, 'utf8') : '';
+    const notes = previous.indexOf('\n## Notes');
+    writeFileSync(resultFile, out + (notes >= 0 ? previous.slice(notes) : ''));
   } finally {
     ctl?.kill('SIGTERM');
     await admin.close();

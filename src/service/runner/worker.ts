@@ -107,6 +107,7 @@ export async function workerMain(): Promise<number> {
     import('../../sandbox/overlay.js'),
     import('../../sandbox/run.js'),
     import('../../registry/http.js'),
+    import('../../strategies/node/frontend.js'), // the Node.js builder's fast path starts at once
   ]);
   warmUpWorker();
   send({ type: 'ready', pid: process.pid });

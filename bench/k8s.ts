@@ -11,6 +11,7 @@
  *   then — every pod is marked Succeeded through the status subresource (as a kubelet would) and the time until
  *          every run shows Succeeded is reported.
  *
+ * BENCH_WORKERS sets the controller's --workers (default: its own, 16).
  * Output: a table on stdout and in bench/results/k8s.md (with the machine's load average, as the bench runs beside
  * other work; the file's hand-written `## Notes` section is kept).
  */
@@ -119,6 +120,7 @@ async function main(): Promise<void> {
         NS,
         '--image',
         'kiln:bench',
+        ...(process.env.BENCH_WORKERS ? ['--workers', process.env.BENCH_WORKERS] : []),
       ],
       {
         stdio: ['ignore', 'inherit', 'pipe'],

@@ -118,8 +118,8 @@ describe('deploy/ against a real API server', () => {
       assert.equal(r.warning, '', `${o.kind} ${o.metadata?.name}: no warning`);
     }
     // a Pod from each pod template, in its namespace (PSS restricted enforced there)
-    for (const p of podSpecs(objs)) {
-      const r = await create(pod('from-template', p.spec), p.namespace);
+    for (const [i, p] of podSpecs(objs).entries()) {
+      const r = await create(pod(`from-template-${i}`, p.spec), p.namespace);
       assert.equal(r.status, 201, `${p.where}: ${r.body}`);
       assert.equal(r.warning, '');
     }

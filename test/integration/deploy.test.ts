@@ -94,7 +94,7 @@ describe('deploy/ rendered with kustomize v5', () => {
       assert.equal(np.length, 1, 'a NetworkPolicy for the service');
       assert.deepEqual((np[0]?.spec as { policyTypes: string[] }).policyTypes, ['Ingress', 'Egress']);
     }
-    const sa = kubernetes.find((o) => o.kind === 'Deployment');
+    const sa = find(kubernetes, 'Deployment', 'kiln', 'kiln');
     const args = ((sa?.spec as { template: { spec: { containers: { args: string[] }[] } } }).template.spec.containers[0]?.args ?? []); // prettier-ignore
     assert.ok(args.includes('--executor=kubernetes'), 'the kubernetes overlay runs the Kubernetes executor');
     const local = standalone.find((o) => o.kind === 'Deployment');
@@ -119,6 +119,16 @@ describe('deploy/ rendered with kustomize v5', () => {
     const d = find(kubernetes, 'Deployment', 'kiln', 'kiln');
     const image = (d?.spec as { template: { spec: { containers: { image: string }[] } } }).template.spec.containers[0]?.image; // prettier-ignore
     assert.equal(k.image, image, 'build pods run the same kiln image as the service');
+    // The controller (ImageBuildRuns made outside the service) makes the same pods as the service's executor.
+    const c = find(kubernetes, 'Deployment', 'kiln', 'kiln-controller');
+    const cspec = (c?.spec as { template: { spec: { serviceAccountName: string; containers: { image: string; args: string[] }[] } } }).template.spec; // prettier-ignore
+    assert.equal(cspec.containers[0]?.image, image, "the controller runs kiln's image");
+    assert.equal(cspec.serviceAccountName, 'kiln', "the service's account: no permission the service lacks");
+    const cargs = cspec.containers[0]?.args ?? [];
+    assert.equal(cargs[0], 'controller');
+    for (const a of [`--namespace=${k.namespace}`, `--image=${k.image}`, `--service-account=${k.serviceAccount}`]) {
+      assert.ok(cargs.includes(a), `controller ${a}`);
+    }
   });
 
   test('kubernetes overlay: every pod template passes PSS restricted; both namespaces enforce restricted', () => {
@@ -205,8 +215,8 @@ describe('deploy/ rendered with kustomize v5', () => {
       const pods = podSpecs(objs);
       assert.deepEqual(
         pods.map((p) => p.where),
-        ['Deployment/kiln/kiln'],
-        'the only pod template is the service',
+        objs === kubernetes ? ['Deployment/kiln/kiln', 'Deployment/kiln/kiln-controller'] : ['Deployment/kiln/kiln'],
+        'the only pod templates are the service (and the controller in the kubernetes overlay)',
       );
       for (const p of pods) {
         for (const c of p.spec.containers ?? []) {

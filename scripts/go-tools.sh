@@ -10,12 +10,14 @@
 #                                    dialect users have; Debian's kubectl 1.20 embeds kustomize v2)
 #   kube      kube-apiserver         k8s.io/kubernetes                    (the real API server the Kubernetes tests
 #                                                                           run against; test/helpers/kube.ts)
+#   kubelet   kubelet, kube-scheduler  k8s.io/kubernetes                  (the node the build-pod tests run pods on,
+#                                                                           with Debian's containerd; kube-node.ts)
 #
 # Each tool lands in $KILN_TOOLS_DIR (default ${XDG_CACHE_HOME:-~/.cache}/kiln-tools)/NAME-VERSION/bin/ and is
 # built only when that directory lacks its `.complete` marker: idempotent, version-pinned, safe to run from several
 # processes at once (one flock per tool). A new pin builds a new directory; old ones stay until removed by hand.
 #
-# Usage: scripts/go-tools.sh [buildkit|crane|kaniko|kube|kustomize|all]...   (default: all)
+# Usage: scripts/go-tools.sh [buildkit|crane|kaniko|kube|kubelet|kustomize|all]...   (default: all)
 #   stdout: one `NAME=ABSOLUTE_PATH` line per binary (buildkitd, buildctl, crane, kaniko-executor, kustomize)
 #   stderr: progress; on failure one line saying what is missing and what to install.
 # Environment: KILN_TOOLS_DIR, GOPROXY (default proxy.golang.org), KILN_GO (the go binary; default: go on PATH or
@@ -152,9 +154,11 @@ build_kaniko() {
 
 # k8s.io/kubernetes replaces its staging modules (k8s.io/api, client-go, ...) with ./staging/src/... directories that
 # its module zip lacks, so it is built from a small wrapper module whose replace lines point every staging module at
-# its published v0.MINOR.PATCH twin (the same source, tagged together).
-build_kube() {
-  local bin=$1 work staging gomod
+# its published v0.MINOR.PATCH twin (the same source, tagged together). kube_build BIN_DIR CMD...: one wrapper
+# module whose tools.go imports each cmd's app package (what `go mod tidy` keeps), then `go build` of each cmd.
+kube_build() {
+  local bin=$1 work staging gomod cmd
+  shift
   work=$(dirname "$bin")/src
   mkdir -p "$work"
   gomod=$(cd / && "$GO" mod download -json "$KUBE_MODULE@$KUBE_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')
@@ -169,13 +173,30 @@ build_kube() {
     for m in $staging; do printf '\t%s => %s v0%s\n' "$m" "$m" "${KUBE_VERSION#v1}"; done
     printf ')\n'
   } >"$work/go.mod"
-  # (kube-controller-manager is left out: it doubled a build that already takes ~20-60 min on 2 cores, and nothing
-  # kiln tests needs its controllers — kiln deletes what it creates itself)
-  printf 'package main\n\nimport _ "k8s.io/kubernetes/cmd/kube-apiserver/app"\n\nfunc main() {}\n' >"$work/tools.go"
+  {
+    printf 'package main\n\nimport (\n'
+    for cmd in "$@"; do printf '\t_ "k8s.io/kubernetes/cmd/%s/app"\n' "$cmd"; done
+    printf ')\n\nfunc main() {}\n'
+  } >"$work/tools.go"
   (cd "$work" && "$GO" mod tidy) || return 1
   local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(cut -d. -f2 <<<"$KUBE_VERSION")"
-  (cd "$work" && "$GO" build -ldflags "$ldflags" -o "$bin/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver) || return 1
+  for cmd in "$@"; do
+    (cd "$work" && "$GO" build -ldflags "$ldflags" -o "$bin/$cmd" "k8s.io/kubernetes/cmd/$cmd") || return 1
+  done
   rm -rf "$work"
+}
+
+# (kube-controller-manager is left out: it doubled a build that already takes ~20-60 min on 2 cores, and nothing
+# kiln tests needs its controllers — kiln deletes what it creates itself)
+build_kube() {
+  kube_build "$1" kube-apiserver
+}
+
+# kubelet and kube-scheduler: the node of the build-pod tests (test/helpers/kube-node.ts, with Debian's containerd
+# and runc). A tool of their own, so a machine that has kube-apiserver keeps it; built after it from the same Go
+# build cache, they add ~3-10 min on 2 cores.
+build_kubelet() {
+  kube_build "$1" kubelet kube-scheduler
 }
 
 # kustomize's go.mod has no replace lines: `go install module@version` builds it with the module's own go.sum
@@ -207,6 +228,11 @@ print_paths() {
       echo "kube-apiserver=$TOOLS_DIR/kube-$KUBE_VERSION/bin/kube-apiserver"
       echo "kube-version=$KUBE_VERSION"
       ;;
+    kubelet)
+      echo "kubelet=$TOOLS_DIR/kubelet-$KUBE_VERSION/bin/kubelet"
+      echo "kube-scheduler=$TOOLS_DIR/kubelet-$KUBE_VERSION/bin/kube-scheduler"
+      echo "kube-version=$KUBE_VERSION"
+      ;;
   esac
 }
 
@@ -216,8 +242,8 @@ tools=()
 for w in "${want[@]}"; do
   case $w in
     all) tools+=(buildkit crane kaniko) ;;
-    buildkit | crane | kaniko | kube | kustomize) tools+=("$w") ;;
-    *) die "unknown tool '$w' (want buildkit, crane, kaniko, kube, kustomize or all)" ;;
+    buildkit | crane | kaniko | kube | kubelet | kustomize) tools+=("$w") ;;
+    *) die "unknown tool '$w' (want buildkit, crane, kaniko, kube, kubelet, kustomize or all)" ;;
   esac
 done
 
@@ -228,6 +254,7 @@ for t in "${tools[@]}"; do
     crane) build_tool crane "$CRANE_VERSION" build_crane ;;
     kaniko) build_tool kaniko "$KANIKO_VERSION" build_kaniko ;;
     kube) build_tool kube "$KUBE_VERSION" build_kube ;;
+    kubelet) build_tool kubelet "$KUBE_VERSION" build_kubelet ;;
     kustomize) build_tool kustomize "$KUSTOMIZE_VERSION" build_kustomize ;;
   esac
   print_paths "$t"

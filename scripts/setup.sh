@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 
 need=()
 for pkg in docker-registry skopeo umoci uidmap busybox-static buildah docker.io apache2-utils openssl git zstd \
-  xz-utils bzip2 util-linux iproute2 attr chromium etcd-server proot python3-seccomp gcc libc6-dev debootstrap; do
+  xz-utils bzip2 util-linux iproute2 attr chromium etcd-server proot python3-seccomp gcc libc6-dev debootstrap \
+  containerd runc containernetworking-plugins; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
@@ -35,13 +36,14 @@ fi
 # debootstrap root of the Debian differential cases (root only). `npm run bench` builds crane and kaniko the same
 # way on first use (scripts/go-tools.sh crane kaniko).
 bash scripts/go-tools.sh buildkit >/dev/null
-# kube-apiserver (k8s.io/kubernetes; the real API server of the Kubernetes tests, with Debian's etcd-server), the
-# same way — in the background and niced (~15-40 min on 2 cores, once per machine): only the Kubernetes tests need
-# it, scripts/run-tests.mjs runs them last, and they wait for this build (go-tools.sh holds one flock per tool) or
-# report its failure. Its log: ${XDG_CACHE_HOME:-~/.cache}/kiln-tools/kube-build.log.
+# kube-apiserver (k8s.io/kubernetes; the real API server of the Kubernetes tests, with Debian's etcd-server), then
+# kubelet + kube-scheduler (the node of the build-pod tests, with Debian's containerd) from the same Go build cache,
+# the same way — in the background and niced (~15-40 min, then ~3-10 min, on 2 cores, once per machine): only the
+# Kubernetes tests need them, scripts/run-tests.mjs runs them last, and they wait for this build (go-tools.sh holds
+# one flock per tool) or report its failure. Its log: ${XDG_CACHE_HOME:-~/.cache}/kiln-tools/kube-build.log.
 kube_log="${KILN_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kiln-tools}/kube-build.log"
 mkdir -p "$(dirname "$kube_log")"
-nohup nice -n 10 bash scripts/go-tools.sh kube >"$kube_log" 2>&1 </dev/null &
+nohup nice -n 10 bash scripts/go-tools.sh kube kubelet >"$kube_log" 2>&1 </dev/null &
 # openshift/source-to-image's s2i (the reference of the S2I tests: its --as-dockerfile output), the same way (~3 min)
 bash scripts/s2i-tool.sh >/dev/null
 if [ "$(id -u)" -eq 0 ]; then

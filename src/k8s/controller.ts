@@ -35,6 +35,7 @@ import {
   gitSecretProblem,
   objectName,
   podVerdict,
+  cacheRefOf,
   type PodJob,
   type PodSettings,
 } from './pod.js';
@@ -465,6 +466,9 @@ export class BuildRunController {
       if (target) job.target = target;
       const settings: PodSettings = { ...this.o.pod, ...(ib?.pod ?? {}), namespace: ns };
       if (s.isolation) settings.isolation = s.isolation;
+      // as the executor: the pod's KILN_HOME is empty, the registry cache makes the next run of the image warm
+      const cacheRef = settings.registryCache === false ? undefined : cacheRefOf(tags);
+      if (cacheRef) job.cacheRef = cacheRef;
       const timeoutSeconds =
         s.timeoutSeconds ?? img?.timeoutSeconds ?? ib?.timeoutSeconds ?? this.o.timeoutSeconds ?? 3600;
       const pod = buildPod({

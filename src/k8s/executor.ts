@@ -30,6 +30,7 @@ import {
   API_VERSION,
   RUNS,
   buildPod,
+  cacheRefOf,
   dockerConfigJson,
   objectName,
   podVerdict,
@@ -215,6 +216,9 @@ export class KubernetesBuildRunner implements BuildRunner {
       if (commit) podJob.commit = commit;
       if (job.target) podJob.target = job.target;
       if (job.noCache) podJob.noCache = true;
+      // the pod's KILN_HOME is an emptyDir: without a shared cache every build in a fresh pod would be cold
+      const cacheRef = this.o.pod.registryCache === false ? undefined : cacheRefOf(job.tags);
+      if (cacheRef) podJob.cacheRef = cacheRef;
       const pod = buildPod({
         name: names.pod,
         job: podJob,

@@ -75,6 +75,25 @@ export interface PodSettings {
   tolerations?: Record<string, unknown>[];
   resources?: { requests?: Record<string, string | number>; limits?: Record<string, string | number> };
   imagePullPolicy?: 'Always' | 'IfNotPresent' | 'Never';
+  /** Share a layer cache through the registry (`cacheRef`; default true): pods start with an empty KILN_HOME. */
+  registryCache?: boolean;
+}
+
+/** The tag of the registry cache beside a build's first tag (`registry/repo:kiln-cache`). */
+export const CACHE_TAG = 'kiln-cache';
+
+/**
+ * The registry cache reference of a build pushing `tags`: the first tag's repository with CACHE_TAG. One per
+ * image repository, so every build of a project's image (any branch) imports what the previous one exported.
+ */
+export function cacheRefOf(tags: readonly string[]): string | undefined {
+  const first = tags[0];
+  if (!first) return undefined;
+  const noDigest = first.split('@')[0] ?? first;
+  const slash = noDigest.lastIndexOf('/');
+  const colon = noDigest.lastIndexOf(':');
+  const repo = colon > slash ? noDigest.slice(0, colon) : noDigest;
+  return `${repo}:${CACHE_TAG}`;
 }
 
 export interface BuildPodRequest {

@@ -30,5 +30,6 @@ export function podSettings(
   if (k?.nodeSelector) s.nodeSelector = k.nodeSelector;
   if (k?.tolerations) s.tolerations = k.tolerations;
   if (k?.resources) s.resources = k.resources;
+  if (k?.registryCache !== undefined) s.registryCache = k.registryCache;
   return s;
 }

@@ -131,7 +131,7 @@ export function isolationPodSettings(level: IsolationLevel, o: PodSettingsOption
       env: { KILN_ISOLATION: 'restricted' },
       requires: [
         'Linux >= 5.14 (seccomp user notification with ADDFD)',
-        'a runtime whose RuntimeDefault profile allows ptrace and process_vm_readv/writev (containerd, Docker on Linux >= 4.8; CRI-O only with CAP_SYS_PTRACE or a Localhost profile)',
+        'a runtime whose RuntimeDefault profile allows ptrace (containerd, Docker on Linux >= 4.8; CRI-O only with CAP_SYS_PTRACE or a Localhost profile); process_vm_readv/writev where allowed, else /proc/PID/mem',
         'KILN_HOME on a file system with user extended attributes (an emptyDir on ext4/xfs/btrfs, or tmpfs on Linux >= 6.6)',
         'proot and the static kiln-restricted helper in the image (KILN_RESTRICTED_HELPER)',
       ],

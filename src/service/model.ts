@@ -253,6 +253,11 @@ export interface KubernetesSettings {
   isolation?: 'userns' | 'restricted' | 'vm';
   /** Finished pods are deleted after this many seconds (default 300). */
   podGraceSeconds?: number;
+  /**
+   * Build pods share a layer cache through the registry (default true): `--cache-from`/`--cache-to
+   * type=registry,mode=max` at `<first tag's repository>:kiln-cache`, so a build in a fresh pod is warm.
+   */
+  registryCache?: boolean;
   /** A kubeconfig file (default: in-cluster service account, else $KUBECONFIG). */
   kubeconfig?: string;
 }

@@ -20,6 +20,8 @@ export interface GitServerOptions {
   /** Basic auth: both set → every request must carry these credentials. */
   username?: string;
   password?: string;
+  /** The address to listen on (default 127.0.0.1; a test node's bridge address lets pods fetch). */
+  address?: string;
 }
 
 export interface GitServerStats {
@@ -41,7 +43,7 @@ export type RepoFile =
 export type RepoFiles = Record<string, RepoFile>;
 
 export interface GitServer {
-  /** `http://127.0.0.1:PORT` */
+  /** `http://ADDRESS:PORT` (127.0.0.1 unless `address` was given) */
   url: string;
   port: number;
   /** The dir holding the bare repositories (`<root>/<name>.git`). */
@@ -50,7 +52,7 @@ export interface GitServer {
   resetStats(): void;
   /** Called as each request arrives, before it is answered (e.g. to abort a client mid-request). */
   onRequest: ((method: string, path: string) => void) | undefined;
-  /** `http://127.0.0.1:PORT/<name>.git`; `host` replaces 127.0.0.1 (e.g. `localhost` for a "different host"). */
+  /** `http://ADDRESS:PORT/<name>.git`; `host` replaces the address (e.g. `localhost` for a "different host"). */
   repoUrl(name: string, host?: string): string;
   /** Path of the bare repository (for file:// tests). */
   repoPath(name: string): string;
@@ -110,6 +112,7 @@ function parseCgiHead(buf: Buffer): { status: number; headers: [string, string][
 
 /** Starts the server; see the module comment. */
 export async function startGitServer(opts: GitServerOptions = {}): Promise<GitServer> {
+  const address = opts.address ?? '127.0.0.1';
   const root = await mkdtemp(join(tmpdir(), 'kiln-git-server-'));
   const work = await mkdtemp(join(tmpdir(), 'kiln-git-work-'));
   const stats: GitServerStats = { requests: 0, bytesSent: 0, bytesReceived: 0, unauthorized: 0, gzipRequests: 0 };
@@ -199,10 +202,10 @@ export async function startGitServer(opts: GitServerOptions = {}): Promise<GitSe
   const server = createServer(handle);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve());
+    server.listen(0, address, () => resolve());
   });
   const port = (server.address() as AddressInfo).port;
-  const url = `http://127.0.0.1:${port}`;
+  const url = `http://${address}:${port}`;
 
   const bare = (name: string): string => join(root, `${name}.git`);
   const clone = (name: string): string => join(work, name);
@@ -255,7 +258,7 @@ export async function startGitServer(opts: GitServerOptions = {}): Promise<GitSe
     resetStats() {
       stats.requests = stats.bytesSent = stats.bytesReceived = stats.unauthorized = stats.gzipRequests = 0;
     },
-    repoUrl: (name, host = '127.0.0.1') => `http://${host}:${port}/${name}.git`,
+    repoUrl: (name, host = address) => `http://${host}:${port}/${name}.git`,
     repoPath: bare,
     async createRepo(name, files) {
       await runGit(['init', '-q', '--bare', bare(name)]);

@@ -1,9 +1,11 @@
 /**
  * The Go tools the differential suite and the benchmarks measure against — current BuildKit (buildkitd, buildctl),
- * crane and kaniko's executor, kustomize v5 for the deploy/ tests, and kube-apiserver for the Kubernetes tests (test/helpers/kube.ts) — built once per machine from their Go modules by scripts/go-tools.sh (versions are
- * pinned there) into ${XDG_CACHE_HOME:-~/.cache}/kiln-tools. `goTools()` runs the script, which returns at once
- * when the pinned versions are already built, and throws its one-line reason (what to install) when it cannot
- * build them: a missing tool is a failure, never a silent skip.
+ * crane and kaniko's executor, kustomize v5 for the deploy/ tests, kube-apiserver for the Kubernetes tests
+ * (test/helpers/kube.ts), kubelet + kube-scheduler for the build-pod tests (test/helpers/kube-node.ts) — built once
+ * per machine from their Go modules by scripts/go-tools.sh (versions are pinned there) into
+ * ${XDG_CACHE_HOME:-~/.cache}/kiln-tools. `goTools()` runs the script, which returns at once when the pinned
+ * versions are already built, and throws its one-line reason (what to install) when it cannot build them: a missing
+ * tool is a failure, never a silent skip.
  */
 import { spawnSync } from 'node:child_process';
 import { dirname, join } from 'node:path';
@@ -11,7 +13,7 @@ import { fileURLToPath } from 'node:url';
 
 const SCRIPT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'scripts', 'go-tools.sh');
 
-export type GoTool = 'buildkit' | 'crane' | 'kaniko' | 'kustomize' | 'kube';
+export type GoTool = 'buildkit' | 'crane' | 'kaniko' | 'kustomize' | 'kube' | 'kubelet';
 
 export interface GoToolPaths {
   buildkitd?: string;
@@ -25,6 +27,8 @@ export interface GoToolPaths {
   'kustomize-version'?: string;
   'kube-apiserver'?: string;
   'kube-version'?: string;
+  kubelet?: string;
+  'kube-scheduler'?: string;
 }
 
 const cache = new Map<string, GoToolPaths>();

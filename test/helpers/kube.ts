@@ -3,9 +3,9 @@
  * k8s.io/kubernetes Go module (scripts/go-tools.sh kube, cached per machine), on free loopback ports in a temp dir.
  *
  * What runs: etcd and kube-apiserver only — RBAC authorization, the default admission chain (NamespaceLifecycle,
- * ServiceAccount, PodSecurity, …), CRDs, the status subresource, watches. No scheduler, no kubelet, no
- * kube-controller-manager: pods are stored and admitted but never run; tests play the kubelet by writing pod status
- * through the status subresource. Service accounts a test needs are created by the test (no controller makes
+ * ServiceAccount, PodSecurity, …), CRDs, the status subresource, watches. No scheduler, no kubelet (unless a test
+ * adds a node: test/helpers/kube-node.ts), no kube-controller-manager: pods are stored and admitted but never run;
+ * tests play the kubelet by writing pod status through the status subresource. Service accounts a test needs are created by the test (no controller makes
  * `default`).
  *
  * Authentication is a static token file: `adminToken` (group system:masters) and one token per
@@ -14,12 +14,15 @@
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync, readFileSync, readdirSync, existsSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { parseAllDocuments } from 'yaml';
 import { goTools } from './go-tools.js';
 import { makeServerCerts } from './certs.js';
+import { RUNS } from '../../src/k8s/pod.js';
+import type { KubeClient, KubeObject } from '../../src/k8s/client.js';
 
 export interface KubeServer {
   /** `https://127.0.0.1:PORT` */
@@ -198,6 +201,8 @@ export async function startKubeServer(opts: KubeServerOptions = {}): Promise<Kub
         '--service-account-issuer=https://kubernetes.default.svc',
         '--service-cluster-ip-range=10.96.0.0/16',
         '--endpoint-reconciler-type=none',
+        // a test kubelet (test/helpers/kubelet.ts) registers no resolvable host name: logs and exec go to its IP
+        '--kubelet-preferred-address-types=InternalIP',
         '--enable-priority-and-fairness=false',
         '--profiling=false',
         '--v=0',
@@ -249,5 +254,42 @@ export async function startKubeServer(opts: KubeServerOptions = {}): Promise<Kub
   } catch (e) {
     await stop();
     throw e;
+  }
+}
+
+const CRD_DIR = join(import.meta.dirname, '..', '..', 'deploy', 'base', 'crds');
+
+/** Install kiln's CRDs from the files deploy/base/crds ships and wait until ImageBuildRuns are served in `ns`. */
+export async function installKilnCrds(admin: KubeClient, ns: string): Promise<void> {
+  for (const f of readdirSync(CRD_DIR).filter((n) => n.startsWith('image'))) {
+    for (const doc of parseAllDocuments(readFileSync(join(CRD_DIR, f), 'utf8'))) {
+      await admin.create(
+        { api: '/apis/apiextensions.k8s.io/v1', resource: 'customresourcedefinitions' },
+        doc.toJS() as KubeObject,
+      );
+    }
+  }
+  const until = Date.now() + 30_000;
+  for (const crd of ['imagebuilds.kiln.dev', 'imagebuildruns.kiln.dev']) {
+    for (;;) {
+      const c = await admin.get<KubeObject & { status?: { conditions?: { type: string; status: string }[] } }>({
+        api: '/apis/apiextensions.k8s.io/v1',
+        resource: 'customresourcedefinitions',
+        name: crd,
+      });
+      if (c.status?.conditions?.some((x) => x.type === 'Established' && x.status === 'True')) break;
+      if (Date.now() > until) throw new Error(`${crd} not Established after 30 s`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  // CRDs are served a moment after Established
+  for (;;) {
+    const ok = await admin.list({ ...RUNS, namespace: ns }).then(
+      () => true,
+      () => false,
+    );
+    if (ok) return;
+    if (Date.now() > until) throw new Error('imagebuildruns not served after 30 s');
+    await new Promise((r) => setTimeout(r, 100));
   }
 }

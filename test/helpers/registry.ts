@@ -29,6 +29,8 @@ export interface StartRegistryOptions {
   token?: TokenServerOptions;
   /** A notifications endpoint (distribution's `notifications:`): events POSTed to `url` with `headers`. */
   notifications?: { url: string; headers?: Record<string, string> };
+  /** The address to listen on (default 127.0.0.1; a test node's bridge address lets pods push). */
+  address?: string;
 }
 
 export interface TestRegistry {
@@ -48,11 +50,11 @@ export interface TestRegistry {
   stop(): Promise<void>;
 }
 
-async function freePort(): Promise<number> {
+async function freePort(address = '127.0.0.1'): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = createServer();
     s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
+    s.listen(0, address, () => {
       const port = (s.address() as AddressInfo).port;
       s.close(() => resolve(port));
     });
@@ -106,8 +108,8 @@ export async function startRegistry(opts: StartRegistryOptions = {}): Promise<Te
         `    issuer: ${tokenServer.issuer}\n    rootcertbundle: ${tokenServer.rootCertBundle}\n`;
     }
     for (let attempt = 0; ; attempt++) {
-      const port = await freePort();
-      const host = `127.0.0.1:${port}`;
+      const port = await freePort(opts.address);
+      const host = `${opts.address ?? '127.0.0.1'}:${port}`;
       const config =
         `version: 0.1\nlog:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n` +
         `storage:\n  filesystem:\n    rootdirectory: ${join(dir, 'data')}\n  delete:\n    enabled: true\n` +

@@ -42,14 +42,20 @@ export function restrictedRun(
   return runCapture(RESTRICTED_RUN, [...opts, 'env', ...envArgs, cmd, ...args], { cwd: REPO });
 }
 
-/** `kiln ARGS` (from source) as kilntest in the emulated restricted container, with KILN_HOME=home. */
-export function kilnRestricted(args: string[], o: { home: string; env?: Record<string, string> }): Promise<Ran> {
-  return restrictedRun(process.execPath, [join(REPO, 'bin', 'kiln.js'), ...args], {
-    KILN_HOME: o.home,
-    HOME: o.home,
-    KILN_FROM_SOURCE: '1',
-    ...o.env,
-  });
+/**
+ * `kiln ARGS` (from source) as kilntest in the emulated restricted container, with KILN_HOME=home (`profile`:
+ * another seccomp profile than RuntimeDefault).
+ */
+export function kilnRestricted(
+  args: string[],
+  o: { home: string; env?: Record<string, string>; profile?: string },
+): Promise<Ran> {
+  return restrictedRun(
+    process.execPath,
+    [join(REPO, 'bin', 'kiln.js'), ...args],
+    { KILN_HOME: o.home, HOME: o.home, KILN_FROM_SOURCE: '1', ...o.env },
+    o.profile,
+  );
 }
 
 export interface LayerEntry {

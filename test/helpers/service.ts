@@ -73,6 +73,8 @@ export interface StartServiceOptions {
   listen?: string;
   /** Reuse tokens of an earlier start on the same data dir. */
   tokens?: { admin: string; viewer: string };
+  /** More `kiln serve` arguments (e.g. `--executor kubernetes`). */
+  args?: string[];
 }
 
 export async function startService(o: StartServiceOptions): Promise<ServiceProcess> {
@@ -87,7 +89,17 @@ export async function startService(o: StartServiceOptions): Promise<ServiceProce
   };
   const proc = spawn(
     process.execPath,
-    [KILN_BIN, 'serve', '--listen', o.listen ?? '127.0.0.1:0', '--data-dir', dataDir, '--config', cfg],
+    [
+      KILN_BIN,
+      'serve',
+      '--listen',
+      o.listen ?? '127.0.0.1:0',
+      '--data-dir',
+      dataDir,
+      '--config',
+      cfg,
+      ...(o.args ?? []),
+    ],
     { env, stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let err = '';

@@ -20,11 +20,10 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseAllDocuments } from 'yaml';
-import { startKubeServer, type KubeServer } from '../helpers/kube.js';
+import { installKilnCrds, startKubeServer, type KubeServer } from '../helpers/kube.js';
 import { goTools } from '../helpers/go-tools.js';
 import { CORE, KubeClient, type KubeObject, loadKubeConfig } from '../../src/k8s/client.js';
 import { BuildRunController, podNameOf } from '../../src/k8s/controller.js';
@@ -48,7 +47,6 @@ import { parseConfigText } from '../../src/service/config/parse.js';
 // any test timeout starts.
 goTools('kube');
 
-const CRD_DIR = join(import.meta.dirname, '..', '..', 'deploy', 'base', 'crds');
 const NS = 'kiln-builds';
 const IMAGE = 'registry.example.com/kiln/kiln:test';
 const PASSWORD = 'reg-pw-Zq81xK';
@@ -121,25 +119,6 @@ describe('kiln on a real Kubernetes API server', { timeout: 600_000 }, () => {
     kube = await startKubeServer({ users: { 'kiln-limited': [] } });
     admin = new KubeClient(loadKubeConfig({ kubeconfig: kube.kubeconfigPath }));
     tmp = mkdtempSync(join(tmpdir(), 'kiln-k8s-'));
-    // kiln's CRDs, from the files deploy/ ships
-    for (const f of readdirSync(CRD_DIR).filter((n) => n.startsWith('image'))) {
-      for (const doc of parseAllDocuments(readFileSync(join(CRD_DIR, f), 'utf8'))) {
-        await admin.create(
-          { api: '/apis/apiextensions.k8s.io/v1', resource: 'customresourcedefinitions' },
-          doc.toJS() as KubeObject,
-        );
-      }
-    }
-    for (const crd of ['imagebuilds.kiln.dev', 'imagebuildruns.kiln.dev']) {
-      await until(`${crd} established`, async () => {
-        const c = await admin.get<KubeObject & { status?: { conditions?: { type: string; status: string }[] } }>({
-          api: '/apis/apiextensions.k8s.io/v1',
-          resource: 'customresourcedefinitions',
-          name: crd,
-        });
-        return c.status?.conditions?.some((x) => x.type === 'Established' && x.status === 'True') || undefined;
-      });
-    }
     // the build namespace enforces PSS restricted, as deploy/overlays/kubernetes does
     await admin.create(
       { ...CORE, resource: 'namespaces' },
@@ -154,8 +133,8 @@ describe('kiln on a real Kubernetes API server', { timeout: 600_000 }, () => {
       },
     );
     await admin.create({ ...CORE, resource: 'serviceaccounts', namespace: NS }, { metadata: { name: 'kiln-build' } });
-    // CRDs are served a moment after Established
-    await until('imagebuildruns served', async () => (await admin.list({ ...RUNS, namespace: NS })) && true);
+    // kiln's CRDs, from the files deploy/ ships
+    await installKilnCrds(admin, NS);
   });
 
   after(async () => {

@@ -13,9 +13,9 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startRegistry, runKiln, type TestRegistry } from '../helpers/registry.js';
+import { startRegistry, type TestRegistry } from '../helpers/registry.js';
 import { startDockerd, type Dockerd } from '../helpers/dockerd.js';
-import { storeDebianImage } from '../helpers/debian-image.js';
+import { buildKilnImage } from '../helpers/kiln-image.js';
 
 const REPO = join(import.meta.dirname, '..', '..');
 const VERSION = (JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')) as { version: string }).version;
@@ -41,11 +41,6 @@ describe("kiln's own image, built by kiln", () => {
     dir = await mkdtemp(join(tmpdir(), 'kiln-image-'));
     registry = await startRegistry();
     ref = `${registry.host}/kiln:test`;
-    await storeDebianImage(join(dir, 'home'));
-    const ctx = spawnSync('bash', [join(REPO, 'deploy', 'image', 'context.sh'), join(dir, 'context')], {
-      encoding: 'utf8',
-    });
-    assert.equal(ctx.status, 0, ctx.stderr);
   });
 
   after(async () => {
@@ -56,26 +51,7 @@ describe("kiln's own image, built by kiln", () => {
 
   test('kiln build -f deploy/image/Dockerfile: non-root user, entrypoint kiln, package list label', async (t) => {
     const meta = join(dir, 'metadata.json');
-    const r = await runKiln(
-      [
-        'build',
-        '-f',
-        join(REPO, 'deploy', 'image', 'Dockerfile'),
-        '--build-arg',
-        'BASE=localhost/debian:bookworm',
-        '-t',
-        ref,
-        '--push',
-        '--insecure-registry',
-        registry.host,
-        '--metadata-file',
-        meta,
-        '--progress',
-        'plain',
-        join(dir, 'context'),
-      ],
-      { KILN_HOME: join(dir, 'home') },
-    );
+    const r = await buildKilnImage(dir, ref, ['--metadata-file', meta]);
     assert.equal(r.code, 0, r.stderr.slice(-4000));
     const inspect = spawnSync('skopeo', ['inspect', '--config', '--tls-verify=false', `docker://${ref}`], {
       encoding: 'utf8',

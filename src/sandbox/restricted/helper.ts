@@ -127,7 +127,7 @@ export async function restrictedStatus(kilnHome: string): Promise<RestrictedStat
     if (p.code !== 0) {
       st.problems.push(p.stdout.trim().replace(/^missing:? ?/, '') || `the helper's probe failed: ${p.stderr.trim()}`);
       st.hints.push(
-        'needs Linux >= 5.14 with seccomp user notification, and process_vm_writev allowed by the seccomp profile',
+        'needs Linux >= 5.14 with seccomp user notification, and process_vm_writev or /proc/PID/mem writes allowed',
       );
     } else {
       const probeDir = join(kilnHome, 'restricted');
@@ -136,7 +136,10 @@ export async function restrictedStatus(kilnHome: string): Promise<RestrictedStat
       await writeFile(f, '');
       const x = await runTool('setfattr', ['-n', 'user.kiln.probe', '-v', '1', f]);
       await rm(f, { force: true });
-      if (x.code !== 0) {
+      if (x.code !== 0 && /spawn setfattr ENOENT/.test(x.stderr)) {
+        st.problems.push('setfattr is not installed (it probes user extended attributes on KILN_HOME)');
+        st.hints.push('install the attr package (Debian: apt-get install attr)');
+      } else if (x.code !== 0) {
         st.problems.push(`the file system of ${kilnHome} has no user extended attributes (${x.stderr.trim()})`);
         st.hints.push('put KILN_HOME on ext4, xfs, btrfs or tmpfs (Linux >= 6.6)');
       } else if (st.proot) {

@@ -500,6 +500,7 @@ const serviceProperties: Record<string, JsonSchema> = {
       hostUsers: { type: 'boolean' },
       isolation: { enum: ['userns', 'restricted', 'vm'] },
       podGraceSeconds: COUNT,
+      registryCache: { type: 'boolean' },
       kubeconfig: ABSOLUTE_FILE,
     },
   },

@@ -22,11 +22,11 @@
  * Environment: BENCH_ROUNDS (default 3), BENCH_ONLY=S1,S4 (parts), BENCH_SMALL=1 (tiny inputs, to check the
  * harness), BENCH_REV=HEAD (measure a committed revision, not the working tree), BENCH_KEEP=1 (keep the temp dir),
  * BENCH_SERVICE_NODE_ARGS='--cpu-prof --cpu-prof-dir=D' (node options of the service process, e.g. to profile
- * it). Output: the tables on stdout and in bench/results/service.md (with the machine); partial runs (BENCH_SMALL,
+ * it), BENCH_SERVICE_STDERR=FILE (the services' and workers' stderr, e.g. with KILN_DEBUG=1). Output: the tables on stdout and in bench/results/service.md (with the machine); partial runs (BENCH_SMALL,
  * BENCH_ONLY) write .tmp/bench-service-partial.md instead.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { appendFileSync, existsSync, readFileSync, statSync } from 'node:fs';
 import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { cpus, release, tmpdir, totalmem } from 'node:os';
 import { randomBytes, randomUUID } from 'node:crypto';
@@ -51,6 +51,8 @@ const ONLY = new Set((process.env.BENCH_ONLY ?? ALL.join(',')).split(',').map((s
 const SMALL = process.env.BENCH_SMALL === '1';
 const LOAD_AT_START = readFileSync('/proc/loadavg', 'utf8').trim();
 /** Node options of the service process only, e.g. `--cpu-prof --cpu-prof-dir=D` to profile it (not its workers). */
+/** BENCH_SERVICE_STDERR=FILE: the services' (and their workers') stderr appended there (KILN_DEBUG=1 timelines). */
+const STDERR_FILE = process.env.BENCH_SERVICE_STDERR;
 const SERVICE_NODE_ARGS = (process.env.BENCH_SERVICE_NODE_ARGS ?? '').split(' ').filter((a) => a !== '');
 /** Benchmark a committed revision (e.g. HEAD) instead of the working tree. */
 const REV = process.env.BENCH_REV || undefined;
@@ -182,6 +184,7 @@ async function startService(dataDir: string, home: string, config: string): Prom
   const url = await new Promise<string>((resolve, reject) => {
     const t = setTimeout(() => reject(new Error(`kiln serve did not start:\n${err}`)), 60_000);
     proc.stderr?.on('data', (d: Buffer) => {
+      if (STDERR_FILE) appendFileSync(STDERR_FILE, d);
       err = (err + d.toString()).slice(-65536);
       const m = /listening on (http:\/\/\S+)/.exec(err);
       if (m) {

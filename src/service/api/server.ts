@@ -205,7 +205,7 @@ async function sendLog(core: ServiceCore, id: string, reply: FastifyReply): Prom
 }
 
 /** The `/api/v1` routes, `/healthz` and `/metrics`. */
-function routes(api: FastifyInstance, core: ServiceCore, followers: LogFollowers, pages: PageCache): void {
+function routes(api: FastifyInstance, core: ServiceCore, followers: LogFollowers, pages: PageCache<Buffer>): void {
   api.get('/healthz', async () => ({ status: 'ok' }));
 
   api.get('/metrics', async (_req, reply) =>
@@ -259,7 +259,7 @@ function routes(api: FastifyInstance, core: ServiceCore, followers: LogFollowers
       // the mark first: a write after it makes the next request's mark differ, so nothing stale is ever reused
       const body = pages.get(JSON.stringify(q), core.listMark?.(), () => {
         const page = core.listBuilds(q);
-        return JSON.stringify({ builds: page.builds, next: page.next });
+        return Buffer.from(JSON.stringify({ builds: page.builds, next: page.next }));
       });
       return reply.type('application/json; charset=utf-8').send(body);
     },
@@ -339,7 +339,7 @@ export function createApi(core: ServiceCore, opts: ApiOptions = {}): FastifyInst
     done();
   });
   // A plugin, so routes register at ready(): hooks added before then (an onRoute collector in tests) see them.
-  const pages = new PageCache();
+  const pages = new PageCache<Buffer>();
   void app.register(async (api) => routes(api, core, followers, pages));
   void app.register(notificationRoutes(core, opts.notifications));
   return app;

@@ -661,15 +661,17 @@ export class GitMirrors {
   /** A ref name → [full ref, commit]; branches before tags for short names. */
   private async findRef(m: MirrorCtx, repo: RepoUrl, ref: string): Promise<[string, string]> {
     const candidates = ref.startsWith('refs/') ? [ref] : [`refs/heads/${ref}`, `refs/tags/${ref}`];
-    const r = await m.git(['for-each-ref', '--format=%(refname)%00%(objectname)', ...candidates]);
-    const found = new Map<string, string>();
+    // with the object's type: a branch (a commit) needs no second git process to peel it (one per build's fetch)
+    const r = await m.git(['for-each-ref', '--format=%(refname)%00%(objectname)%00%(objecttype)', ...candidates]);
+    const found = new Map<string, { oid: string; type: string | undefined }>();
     for (const line of r.stdout.toString('utf8').split('\n')) {
-      const [name, oid] = line.split('\0');
-      if (name !== undefined && oid !== undefined) found.set(name, oid);
+      const [name, oid, type] = line.split('\0');
+      if (name !== undefined && oid !== undefined) found.set(name, { oid, type });
     }
     for (const c of candidates) {
-      const oid = found.get(c);
+      const { oid, type } = found.get(c) ?? {};
       if (oid === undefined) continue;
+      if (type === 'commit' && FULL_HEX.test(oid)) return [c, oid];
       const peeled = await m.git(['rev-parse', '--verify', '--quiet', `${oid}^{commit}`]);
       if (peeled.code !== 0) {
         throw new KilnError('GIT_REF_NOT_FOUND', `ref ${q(ref)} in ${repo.url} does not point to a commit`, {

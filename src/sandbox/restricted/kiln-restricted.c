@@ -52,6 +52,7 @@
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -581,6 +582,7 @@ struct proc {
   unsigned long long start;
   struct creds c;
   int used;
+  int pidfd; /* pidfd_open(tgid), -1 if none: readable once the process is gone (its pid may be reused) */
 };
 
 #define PROCS 4096
@@ -629,6 +631,27 @@ static int task_status(pid_t tid, pid_t *tgid, pid_t *ppid, mode_t *umask_) {
   return 0;
 }
 
+/* Open pidfds of the table (bounded: the helper's own descriptors must never run out, see supervise). */
+static int npidfds, max_pidfds = 256;
+
+/* Is the process an entry was made for still alive (so its pid still names it)? A pidfd answers with one poll; the
+ * start time from /proc (a read of /proc/PID/stat) when there is none. */
+static int proc_alive(const struct proc *p) {
+  if (p->pidfd >= 0) {
+    struct pollfd pf = {p->pidfd, POLLIN, 0};
+    return poll(&pf, 1, 0) == 0;
+  }
+  return p->start == start_time(p->tgid);
+}
+
+static void proc_drop_fd(struct proc *p) {
+  if (p->pidfd >= 0) {
+    close(p->pidfd);
+    npidfds--;
+  }
+  p->pidfd = -1;
+}
+
 static struct proc *proc_find(pid_t tgid) {
   unsigned h = (unsigned)tgid % PROCS;
   for (int i = 0; i < PROCS; i++) {
@@ -648,7 +671,11 @@ static void proc_gc(void) {
   memset(procs, 0, sizeof(procs));
   nonroot = 0;
   for (int i = 0; i < PROCS; i++) {
-    if (!keep[i].used || start_time(keep[i].tgid) != keep[i].start) continue;
+    if (!keep[i].used) continue;
+    if (!proc_alive(&keep[i])) {
+      proc_drop_fd(&keep[i]);
+      continue;
+    }
     unsigned h = (unsigned)keep[i].tgid % PROCS;
     for (int j = 0; j < PROCS; j++) {
       struct proc *p = &procs[(h + (unsigned)j) % PROCS];
@@ -678,6 +705,11 @@ static void proc_set(pid_t tgid, const struct creds *c) {
     p->used = 1;
     p->tgid = tgid;
     p->start = start_time(tgid);
+    p->pidfd = -1;
+    if (npidfds < max_pidfds) {
+      p->pidfd = (int)syscall(__NR_pidfd_open, tgid, 0);
+      if (p->pidfd >= 0) npidfds++;
+    }
   } else if (!is_root_creds(&p->c)) {
     nonroot--;
   }
@@ -689,6 +721,15 @@ static void proc_set(pid_t tgid, const struct creds *c) {
 static void creds_of(pid_t tid, struct creds *out, mode_t *umask_, pid_t *tgid_out) {
   memset(out, 0, sizeof(*out));
   if (nonroot == 0 && !umask_ && !tgid_out) return; /* everybody is root: no /proc read on the hot paths */
+  if (!umask_) {
+    /* a live process with an entry: `tid` is its pid (a thread group leader; no other thread can have that id) */
+    struct proc *p = proc_find(tid);
+    if (p && p->pidfd >= 0 && proc_alive(p)) {
+      *out = p->c;
+      if (tgid_out) *tgid_out = tid;
+      return;
+    }
+  }
   pid_t tgid = tid, ppid = 0;
   mode_t um = 022;
   task_status(tid, &tgid, &ppid, &um);
@@ -696,14 +737,14 @@ static void creds_of(pid_t tid, struct creds *out, mode_t *umask_, pid_t *tgid_o
   if (tgid_out) *tgid_out = tgid;
   if (nonroot == 0) return;
   struct proc *p = proc_find(tgid);
-  if (p && p->start == start_time(tgid)) {
+  if (p && proc_alive(p)) {
     *out = p->c;
     return;
   }
   pid_t cur = ppid;
   for (int depth = 0; cur > 1 && cur != SELF && depth < 64; depth++) {
     struct proc *q = proc_find(cur);
-    if (q && q->start == start_time(cur)) {
+    if (q && proc_alive(q)) {
       *out = q->c;
       proc_set(tgid, out);
       return;
@@ -2622,6 +2663,10 @@ static pid_t kiln_pid;
 
 static int supervise(char **cmd) {
   init_sizes();
+  struct rlimit nofile;
+  /* pidfds of the emulated-credentials table: at most a quarter of the descriptors this process may open */
+  if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur != RLIM_INFINITY)
+    max_pidfds = nofile.rlim_cur / 4 < 2048 ? (int)(nofile.rlim_cur / 4) : 2048;
   int ctl[2], hand[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) != 0) die("socketpair: %s", strerror(errno));
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, hand) != 0) die("socketpair: %s", strerror(errno));

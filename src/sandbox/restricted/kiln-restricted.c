@@ -2238,7 +2238,8 @@ static int apply_layer(const char *lower, const char *tree, const char *rel, str
 static int copy_tree(const char *src, const char *dst, struct dirtimes *dt) {
   struct stat st;
   if (lstat(src, &st) != 0) return -errno;
-  if (mkdir(dst, 0700) != 0 && errno != EEXIST) return -errno;
+  int fresh = mkdir(dst, 0700) == 0; /* a new directory: none of its entries can exist yet */
+  if (!fresh && errno != EEXIST) return -errno;
   copy_dir_meta(src, dst);
   dt_push(dt, dst, &st);
   DIR *d = opendir(src);
@@ -2255,7 +2256,7 @@ static int copy_tree(const char *src, const char *dst, struct dirtimes *dt) {
     if (S_ISDIR(cs.st_mode)) rc = copy_tree(sp, dp, dt);
     else {
       struct stat ds;
-      if (lstat(dp, &ds) == 0) continue;
+      if (!fresh && lstat(dp, &ds) == 0) continue;
       rc = place(sp, dp, &cs);
     }
   }

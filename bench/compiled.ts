@@ -1,6 +1,6 @@
-/** Shared by bench/rebase.ts and bench/s2i.ts: run kiln's CLI compiled, as users run it. */
+/** Shared by the benches (rebase, s2i, k8s, k8s-pods): run kiln's CLI compiled, as users run it. */
 import { execFile, spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
@@ -13,6 +13,28 @@ export function compiledCli(name: string): string {
   spawnSync(process.execPath, [tsc, '-p', 'tsconfig.build.json', '--outDir', out], { cwd: REPO, stdio: 'ignore' });
   const main = join(out, 'cli', 'main.js');
   if (!existsSync(main)) throw new Error(`tsc produced no .tmp/${name}/cli/main.js`);
+  return main;
+}
+
+/** dist/cli/main.js, refusing one older than a source file (a bench that measures dist/, or ships it in an image). */
+export function compiledDist(): string {
+  const main = join(REPO, 'dist', 'cli', 'main.js');
+  const newest = (dir: string): number =>
+    readdirSync(dir, { withFileTypes: true }).reduce(
+      (m, e) =>
+        Math.max(
+          m,
+          e.isDirectory()
+            ? newest(join(dir, e.name))
+            : e.name.endsWith('.ts')
+              ? statSync(join(dir, e.name)).mtimeMs
+              : 0,
+        ),
+      0,
+    );
+  if (!existsSync(main) || statSync(main).mtimeMs < newest(join(REPO, 'src'))) {
+    throw new Error('dist/ is missing or older than src/: run `npm run build` first (the bench measures dist/)');
+  }
   return main;
 }
 

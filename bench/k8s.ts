@@ -16,7 +16,7 @@
  * other work; the file's hand-written `## Notes` section is kept).
  */
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync, readdirSync, statSync, writeFileSync, mkdirSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -25,6 +25,7 @@ import { CORE, KubeClient, loadKubeConfig, type KubeObject } from '../src/k8s/cl
 import { RUNS } from '../src/k8s/pod.js';
 import { podNameOf } from '../src/k8s/controller.js';
 import type { ImageBuildRun } from '../src/k8s/runs.js';
+import { compiledDist } from './compiled.js';
 
 const N = Number(process.env.BENCH_RUNS ?? 1000);
 /**
@@ -51,35 +52,13 @@ function cpuSeconds(pid: number): number {
   return (Number(f[11]) + Number(f[12])) / 100;
 }
 
-/** dist/cli/main.js, refusing one older than a source file (the bench measures the compiled controller). */
-function compiledCli(): string {
-  const main = join(root, 'dist', 'cli', 'main.js');
-  const newest = (dir: string): number =>
-    readdirSync(dir, { withFileTypes: true }).reduce(
-      (m, e) =>
-        Math.max(
-          m,
-          e.isDirectory()
-            ? newest(join(dir, e.name))
-            : e.name.endsWith('.ts')
-              ? statSync(join(dir, e.name)).mtimeMs
-              : 0,
-        ),
-      0,
-    );
-  if (!existsSync(main) || statSync(main).mtimeMs < newest(join(root, 'src'))) {
-    throw new Error('dist/ is missing or older than src/: run `npm run build` first (the bench measures dist/)');
-  }
-  return main;
-}
-
 const pct = (xs: number[], p: number): number => {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? NaN;
 };
 
 async function main(): Promise<void> {
-  const cli = compiledCli();
+  const cli = compiledDist();
   const kube = await startKubeServer();
   const admin = new KubeClient(loadKubeConfig({ kubeconfig: kube.kubeconfigPath }));
   let ctl: ReturnType<typeof spawn> | undefined;

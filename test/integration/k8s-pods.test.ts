@@ -14,31 +14,19 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { goTools } from '../helpers/go-tools.js';
-import { installKilnCrds, startKubeServer, type KubeServer } from '../helpers/kube.js';
-import { startKubeNode, type KubeNode } from '../helpers/kube-node.js';
-import { startRegistry, type TestRegistry } from '../helpers/registry.js';
-import { startGitServer, type GitServer } from '../helpers/git-server.js';
-import { buildKilnImage } from '../helpers/kiln-image.js';
-import { makeBusyboxImage } from '../helpers/images.js';
-import { cleanup, makeKilnHome, startService, type ServiceProcess } from '../helpers/service.js';
-import { CORE, KubeClient, loadKubeConfig, type KubeObject } from '../../src/k8s/client.js';
+import { BUILD_NS as NS, startPodCluster, type PodCluster } from '../helpers/kube-pods.js';
+import type { ServiceProcess } from '../helpers/service.js';
+import { CORE, type KubeObject } from '../../src/k8s/client.js';
 import { objectsOf } from '../../src/k8s/executor.js';
 import { CACHE_TAG, RUNS } from '../../src/k8s/pod.js';
 import type { ImageBuildRun } from '../../src/k8s/runs.js';
-import { push } from '../../src/registry/push.js';
-import { closeTransports } from '../../src/registry/transport.js';
 import type { Build } from '../../src/service/model.js';
 
 // kube-apiserver, kubelet and kube-scheduler are built (or waited for: scripts/setup.sh builds them in the
 // background) before any test timeout starts.
 goTools('kube', 'kubelet');
 
-const NS = 'kiln-builds';
-const PASSWORD = 'pod-reg-pw-81Kq';
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 async function until<T>(what: string, f: () => Promise<T | undefined>, ms = 60_000): Promise<T> {
@@ -55,102 +43,41 @@ function skopeoDigest(ref: string, creds: string): string {
   const r = spawnSync(
     'skopeo',
     ['inspect', '--tls-verify=false', '--creds', creds, '--format', '{{.Digest}}', `docker://${ref}`],
-    {
-      encoding: 'utf8',
-    },
+    { encoding: 'utf8' },
   );
   assert.equal(r.status, 0, r.stderr);
   return r.stdout.trim();
 }
 
 describe('build pods on a real node (kubelet, containerd, runc)', { timeout: 1_800_000 }, () => {
-  let kube: KubeServer;
-  let node: KubeNode;
-  let admin: KubeClient;
-  let images: TestRegistry; // kiln's own image, pulled by containerd (plain HTTP, no auth)
-  let reg: TestRegistry; // what builds push to (htpasswd: credentials through the Secret)
-  let git: GitServer;
+  let c: PodCluster;
   let svc: ServiceProcess;
-  let work: string;
-  let home: string;
-  const diag = (): string => `${node?.log() ?? ''}\n== kiln serve\n${svc?.stderr().slice(-3000) ?? ''}`;
+  let PASSWORD: string;
 
   before(async () => {
-    work = await mkdtemp(join(tmpdir(), 'kiln-k8s-pods-'));
-    kube = await startKubeServer();
-    node = await startKubeNode(kube);
-    admin = new KubeClient(loadKubeConfig({ kubeconfig: kube.kubeconfigPath }));
-    images = await startRegistry({ address: node.hostIP });
-    reg = await startRegistry({ auth: 'htpasswd', password: PASSWORD, address: node.hostIP });
-    git = await startGitServer({ address: node.hostIP });
-    node.allowInsecureRegistry(images.host);
-
-    const kilnImage = `${images.host}/kiln/kiln:test`;
-    const built = await buildKilnImage(join(work, 'image'), kilnImage);
-    assert.equal(built.code, 0, built.stderr.slice(-4000));
-    const opts = {
-      insecureRegistries: [reg.host],
-      credentials: async () => ({ username: 'kiln', password: PASSWORD }),
-    };
-    await push(await makeBusyboxImage(), `${reg.host}/base/busybox:1`, opts);
-    await closeTransports(opts);
-    await git.createRepo('shop', {
+    c = await startPodCluster();
+    PASSWORD = c.password;
+    await c.git.createRepo('shop', {
       Dockerfile:
-        `FROM ${reg.host}/base/busybox:1\n` +
+        `FROM ${c.base}\n` +
         'RUN echo "compiling shop in $(cat /proc/1/cgroup | grep -c .) cgroups" && echo built > /built\n' +
         'COPY app.txt /srv/app.txt\n',
       'app.txt': 'v1\n',
     });
-
-    await admin.create(
-      { ...CORE, resource: 'namespaces' },
-      {
-        metadata: {
-          name: NS,
-          labels: {
-            'pod-security.kubernetes.io/enforce': 'restricted',
-            'pod-security.kubernetes.io/enforce-version': 'latest',
-          },
-        },
-      },
-    );
-    await admin.create({ ...CORE, resource: 'serviceaccounts', namespace: NS }, { metadata: { name: 'kiln-build' } });
-    await installKilnCrds(admin, NS);
-
-    home = await makeKilnHome();
-    svc = await startService({
-      kilnHome: home,
-      args: ['--executor', 'kubernetes'],
-      env: { TEST_REG_PASSWORD: PASSWORD },
-      config: `kubernetes:
-  namespace: ${NS}
-  image: ${kilnImage}
-  serviceAccount: kiln-build
-  podGraceSeconds: 1
-  kubeconfig: ${kube.kubeconfigPath}
-projects:
+    svc = await c.serve(`projects:
   - name: shop
-    repository: ${git.repoUrl('shop')}
-    registry: ${reg.host}/shop
+    repository: ${c.git.repoUrl('shop')}
+    registry: ${c.reg.host}/shop
     registryCredentials: {username: kiln, passwordEnv: TEST_REG_PASSWORD}
     insecureRegistry: true
     images:
       - name: app
         tags: ["{{branch}}"]
-`,
-    });
+`);
   });
 
   after(async () => {
-    await svc?.stop();
-    await admin?.close();
-    await node?.stop();
-    await kube?.stop();
-    await git?.stop();
-    await reg?.stop();
-    await images?.stop();
-    if (home) await cleanup(home, svc?.dataDir ?? '');
-    if (work) await rm(work, { recursive: true, force: true });
+    await c?.stop();
   });
 
   async function buildOnce(): Promise<{ build: Build; log: string; pod: string }> {
@@ -159,14 +86,14 @@ projects:
     const id = r.body.builds[0]?.id ?? '';
     const build = await svc.waitBuild(id, undefined, 900_000);
     const log = (await svc.api('GET', `/api/v1/builds/${id}/log`)).text;
-    assert.equal(build.phase, 'succeeded', `${JSON.stringify(build)}\n${log}\n${diag()}`);
+    assert.equal(build.phase, 'succeeded', `${JSON.stringify(build)}\n${log}\n${c.diag()}`);
     return { build, log, pod: objectsOf(id).pod };
   }
 
   test('a build pod fetches, builds and pushes; its log reaches the service; the pod goes afterwards', async () => {
     const { build, log, pod } = await buildOnce();
     // the digest the service recorded is what the registry serves
-    const pushed = `${reg.host}/shop/app:main`;
+    const pushed = `${c.reg.host}/shop/app:main`;
     assert.equal(build.digest, skopeoDigest(pushed, `kiln:${PASSWORD}`));
     // the RUN step's output, printed in the pod, is in the service's log store
     assert.match(log, /compiling shop in \d+ cgroups/, log);
@@ -174,19 +101,22 @@ projects:
     assert.match(log, /\[pod\] fetch /);
     assert.ok(!log.includes(PASSWORD), 'no credential in the log');
     // the registry cache for the next pod
-    assert.match(skopeoDigest(`${reg.host}/shop/app:${CACHE_TAG}`, `kiln:${PASSWORD}`), /^sha256:/);
-    const run = await admin.get<ImageBuildRun>({ ...RUNS, namespace: NS, name: objectsOf(build.id).run });
+    assert.match(skopeoDigest(`${c.reg.host}/shop/app:${CACHE_TAG}`, `kiln:${PASSWORD}`), /^sha256:/);
+    const run = await c.admin.get<ImageBuildRun>({ ...RUNS, namespace: NS, name: objectsOf(build.id).run });
     assert.equal(run.status?.phase, 'Succeeded');
     assert.equal(run.status?.podName, pod);
     // the pod, its Secret and its containers are gone after the grace period (1 s)
     await until('the pod deleted', async () =>
-      (await admin.getOrUndefined<KubeObject>({ ...CORE, resource: 'pods', namespace: NS, name: pod }))
+      (await c.admin.getOrUndefined<KubeObject>({ ...CORE, resource: 'pods', namespace: NS, name: pod }))
         ? undefined
         : true,
     );
-    await until('its containers removed by the kubelet', async () => node.containersOf(pod).length === 0 || undefined);
+    await until(
+      'its containers removed by the kubelet',
+      async () => c.node.containersOf(pod).length === 0 || undefined,
+    );
     assert.equal(
-      await admin.getOrUndefined({
+      await c.admin.getOrUndefined({
         ...CORE,
         resource: 'secrets',
         namespace: NS,
@@ -197,13 +127,13 @@ projects:
   });
 
   test('the next build, in a fresh pod, reuses the registry cache: the RUN step is not run again', async () => {
-    await git.commit('shop', { 'app.txt': 'v2\n' }, 'v2');
+    await c.git.commit('shop', { 'app.txt': 'v2\n' }, 'v2');
     const { build, log, pod } = await buildOnce();
     // the step is listed (with its command) and CACHED; its output is not there
     assert.match(log, /RUN echo "compiling shop in .*\n#\d+ CACHED\n/, log);
     assert.ok(!/compiling shop in \d+ cgroups/.test(log), `the RUN step ran again:\n${log}`);
     assert.match(log, /COPY app\.txt .*\n#\d+ [0-9.]+ cache miss: file changed: app\.txt/);
-    assert.equal(build.digest, skopeoDigest(`${reg.host}/shop/app:main`, `kiln:${PASSWORD}`));
+    assert.equal(build.digest, skopeoDigest(`${c.reg.host}/shop/app:main`, `kiln:${PASSWORD}`));
     assert.ok(pod.length > 0);
   });
 });

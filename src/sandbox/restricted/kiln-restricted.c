@@ -710,8 +710,18 @@ static void proc_set(pid_t tgid, const struct creds *c) {
       p->pidfd = (int)syscall(__NR_pidfd_open, tgid, 0);
       if (p->pidfd >= 0) npidfds++;
     }
-  } else if (!is_root_creds(&p->c)) {
-    nonroot--;
+  } else {
+    if (!is_root_creds(&p->c)) nonroot--;
+    if (!proc_alive(p)) {
+      /* the entry of a process that is gone, whose pid names a new one now: renew it, or every later lookup
+       * takes the slow path */
+      proc_drop_fd(p);
+      p->start = start_time(tgid);
+      if (npidfds < max_pidfds) {
+        p->pidfd = (int)syscall(__NR_pidfd_open, tgid, 0);
+        if (p->pidfd >= 0) npidfds++;
+      }
+    }
   }
   p->c = *c;
   if (!is_root_creds(c)) nonroot++;

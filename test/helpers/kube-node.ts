@@ -20,15 +20,14 @@
  * containerd, unmounts what was mounted under the node's dir (secret tmpfs, sandbox netns, rootfs overlays) and
  * removes the bridge and the dir. Every process runs under `setpriv --pdeathsig SIGKILL`.
  */
-import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { goTools } from './go-tools.js';
 import { makeBusyboxImage } from './images.js';
-import type { KubeServer } from './kube.js';
+import { freePort, startProc as startKubeProc, type KubeServer } from './kube.js';
 import { writeDockerArchive } from '../../src/oci/docker-archive.js';
 import { CORE, KubeClient, loadKubeConfig, type KubeObject } from '../../src/k8s/client.js';
 
@@ -57,17 +56,6 @@ const TOOLS: [string, string][] = [
   ['/usr/lib/cni/loopback', 'containernetworking-plugins'],
 ];
 
-async function freePort(address: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, address, () => {
-      const a = s.address();
-      s.close(() => resolve(typeof a === 'object' && a ? a.port : 0));
-    });
-  });
-}
-
 interface Proc {
   proc: ChildProcess;
   exited: Promise<number>;
@@ -75,22 +63,7 @@ interface Proc {
 }
 
 function startProc(bin: string, args: string[], logFile: string): Proc {
-  const proc = spawn('setpriv', ['--pdeathsig', 'SIGKILL', '--', bin, ...args], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const chunks: Buffer[] = [];
-  const keep = (b: Buffer): void => {
-    chunks.push(b);
-    if (chunks.length > 4000) chunks.splice(0, 1000);
-    writeFileSync(logFile, Buffer.concat(chunks));
-  };
-  proc.stdout?.on('data', keep);
-  proc.stderr?.on('data', keep);
-  const exited = new Promise<number>((resolve) => {
-    proc.on('error', () => resolve(127));
-    proc.on('close', (code) => resolve(code ?? 137));
-  });
-  return { proc, exited, logFile };
+  return { ...startKubeProc(bin, args, logFile), logFile };
 }
 
 async function stopProc(p: Proc): Promise<void> {

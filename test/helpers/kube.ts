@@ -48,11 +48,12 @@ export interface KubeServerOptions {
   users?: Record<string, string[]>;
 }
 
-async function freePort(): Promise<number> {
+/** A free TCP port on `address` (the kernel's pick, released again). Shared with kube-node.ts. */
+export async function freePort(address = '127.0.0.1'): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = createServer();
     s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
+    s.listen(0, address, () => {
       const a = s.address();
       const port = typeof a === 'object' && a ? a.port : 0;
       s.close(() => resolve(port));
@@ -60,7 +61,12 @@ async function freePort(): Promise<number> {
   });
 }
 
-function startProc(bin: string, args: string[], logFile: string): { proc: ChildProcess; exited: Promise<number> } {
+/** A control-plane process that dies with the test (pdeathsig), its output kept in `logFile`. Shared with kube-node.ts. */
+export function startProc(
+  bin: string,
+  args: string[],
+  logFile: string,
+): { proc: ChildProcess; exited: Promise<number> } {
   const proc = spawn('setpriv', ['--pdeathsig', 'SIGKILL', '--', bin, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });

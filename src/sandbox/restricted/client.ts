@@ -179,6 +179,24 @@ export class RestrictedClient {
     await this.request('apply', tree, upper, plan, xattrs);
   }
 
+  /**
+   * Put back into `tree` the subtrees `apply` moved into `upper` (plan entries written with `planText(…, true)`),
+   * as frozen hard links; a subtree the upper no longer has is skipped.
+   */
+  async restore(tree: string, upper: string, rels: string[]): Promise<void> {
+    // a request line holds at most 1,024 fields and 64 KiB
+    for (let i = 0; i < rels.length;) {
+      const batch: string[] = [];
+      let size = tree.length + upper.length;
+      while (i < rels.length && batch.length < 500 && size + (rels[i] as string).length < 32_768) {
+        size += (rels[i] as string).length + 1;
+        batch.push(rels[i++] as string);
+      }
+      if (batch.length === 0) batch.push(rels[i++] as string);
+      await this.request('restore', tree, upper, ...batch);
+    }
+  }
+
   /** rm -rf outside of any filter (fast, never tracked). */
   async remove(dir: string): Promise<void> {
     await this.request('remove', dir);

@@ -2274,6 +2274,59 @@ static int copy_tree(const char *src, const char *dst, struct dirtimes *dt) {
   return rc;
 }
 
+/* Note the file capabilities below dir `dir` (a subtree moved into an upper dir) for the layer writer. */
+static void note_caps(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d) return;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+    char p[PATH_MAX];
+    snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
+    unsigned char t = e->d_type;
+    if (t == DT_UNKNOWN) {
+      struct stat st;
+      if (lstat(p, &st) != 0) continue;
+      t = S_ISDIR(st.st_mode) ? DT_DIR : S_ISREG(st.st_mode) ? DT_REG : DT_UNKNOWN;
+    }
+    if (t == DT_DIR) note_caps(p);
+    else if (t == DT_REG) {
+      char cap[256];
+      ssize_t n = lgetxattr(p, XA_CAP, cap, sizeof(cap));
+      if (n > 0) note_xattr(p, CAP_NAME, cap, (size_t)n);
+    }
+  }
+  closedir(d);
+}
+
+/* `restore TREE UPPER REL...`: put back into the tree the subtrees `apply` moved into the upper dir (plan entries
+ * "D REL OPAQUE 2"), as frozen hard links, and give their parents in the tree the times the upper has for them
+ * (the move changed them; a later diff compares them with the upper). */
+static int restore_moved(const char *tree, const char *upper, const char *rel, char *err, size_t errlen) {
+  char tp[PATH_MAX], up[PATH_MAX];
+  snprintf(tp, sizeof(tp), "%s/%s", tree, rel);
+  snprintf(up, sizeof(up), "%s/%s", upper, rel);
+  struct stat st;
+  if (lstat(up, &st) != 0) return 0; /* pruned from the upper since (incremental COPY): nothing to put back */
+  struct dirtimes dt = {0};
+  int r = copy_tree(up, tp, &dt);
+  dt_apply(&dt);
+  free(dt.v);
+  if (r) {
+    snprintf(err, errlen, "restore %s: %s", rel, strerror(-r));
+    return -1;
+  }
+  char tpar[PATH_MAX], upar[PATH_MAX], name[PATH_MAX];
+  split_parent(tp, tpar, name);
+  split_parent(up, upar, name);
+  struct stat ps;
+  if (lstat(upar, &ps) == 0) {
+    struct timespec ts[2] = {ps.st_atim, ps.st_mtim};
+    utimensat(AT_FDCWD, tpar, ts, AT_SYMLINK_NOFOLLOW);
+  }
+  return 0;
+}
+
 static int make_whiteout(const char *abs) {
   int fd = open(abs, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd < 0) return -errno;
@@ -2311,7 +2364,12 @@ static int apply_plan(const char *tree, const char *upper, const char *planfile,
       char *rec = strtok(NULL, "\t");
       struct stat st;
       if (lstat(tp, &st) != 0) continue;
-      if (rec && rec[0] == '1') r = copy_tree(tp, up, &dt);
+      if (rec && rec[0] == '2') {
+        /* a subtree the lowers do not have: moved, not linked file by file (one rename instead of a link and a
+         * freeze per file); the tree gets it back (`restore`) only if another step uses the tree */
+        if (rename(tp, up) == 0) note_caps(up);
+        else r = copy_tree(tp, up, &dt);
+      } else if (rec && rec[0] == '1') r = copy_tree(tp, up, &dt);
       else {
         if (mkdir(up, 0700) != 0 && errno != EEXIST) r = -errno;
         else {
@@ -2638,6 +2696,12 @@ static void handle_request(char *line) {
     }
     xattr_out = NULL;
     if (rc != 0) reply_err(id, err);
+    else reply_ok(id, NULL);
+  } else if (!strcmp(verb, "restore") && nf >= 4) {
+    char err[PATH_MAX + 128];
+    int rc = 0;
+    for (int i = 4; i < nf && !rc; i++) rc = restore_moved(fields[2], fields[3], fields[i], err, sizeof(err));
+    if (rc) reply_err(id, err);
     else reply_ok(id, NULL);
   } else if (!strcmp(verb, "remove") && nf == 3) {
     int rc = rm_rf(fields[2]);

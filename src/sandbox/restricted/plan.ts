@@ -127,12 +127,19 @@ export async function planDiff(root: string, lowers: string[], changes: Map<stri
   return [...entries.values()].sort((a, b) => byteCompare(a.rel, b.rel));
 }
 
-/** The plan file the helper's `apply` reads. */
-export function planText(plan: PlanEntry[]): string {
+/**
+ * The plan file the helper's `apply` reads. `moveNew`: recursive directories are moved from the tree into the upper
+ * dir instead of linked file by file (`2`); the tree then needs them back (`RestrictedClient.restore`) before its
+ * next use.
+ */
+export function planText(plan: PlanEntry[], moveNew = false): string {
   const esc = (s: string) => s.replace(/\\/g, '\\\\').replace(/\t/g, '\\t').replace(/\n/g, '\\n');
+  const rec = moveNew ? 2 : 1;
   return plan
     .map((e) =>
-      e.kind === 'D' ? `D\t${esc(e.rel)}\t${e.opaque ? 1 : 0}\t${e.recursive ? 1 : 0}\n` : `${e.kind}\t${esc(e.rel)}\n`,
+      e.kind === 'D'
+        ? `D\t${esc(e.rel)}\t${e.opaque ? 1 : 0}\t${e.recursive ? rec : 0}\n`
+        : `${e.kind}\t${esc(e.rel)}\n`,
     )
     .join('');
 }

@@ -41,6 +41,8 @@ interface Tree {
   refs: number;
   /** What an incremental COPY moved into the tree; set until `settle` compared it with the step's pruned upper. */
   planted?: Planted;
+  /** Subtrees the last step's `apply` moved from the tree into its upper dir: `settle` puts them back. */
+  movedOut?: { upper: string; rels: string[] };
   /** Counter for the names of set-aside entries. */
   asides: number;
 }
@@ -120,6 +122,12 @@ export class RestrictedSnapshotter implements Snapshotter {
    * the tree too, and the entries they had replaced come back — the tree then holds `lowers + upper` again.
    */
   private async settle(t: Tree): Promise<void> {
+    const out = t.movedOut;
+    if (out) {
+      // first: the planted paths below them are then compared with what the upper holds after the prune
+      t.movedOut = undefined;
+      await this.opts.client.restore(t.root, out.upper, out.rels);
+    }
     const p = t.planted;
     if (!p) return;
     t.planted = undefined;
@@ -159,7 +167,7 @@ export class RestrictedSnapshotter implements Snapshotter {
   async prepare(lowers: string[], opts?: PrepareOptions): Promise<Snapshot> {
     const client = this.opts.client;
     let tree = this.trees.find((t) => !t.open && sameList(t.state, lowers));
-    if (tree?.planted) {
+    if (tree?.planted || tree?.movedOut) {
       try {
         await this.settle(tree);
       } catch (e) {
@@ -211,7 +219,7 @@ export class RestrictedSnapshotter implements Snapshotter {
         const t1 = performance.now();
         const plan = await planDiff(t.root, stepLowers, changes);
         const planFile = join(snapDir, 'plan');
-        await writeFile(planFile, planText(plan));
+        await writeFile(planFile, planText(plan, true));
         const t2 = performance.now();
         const xattrFile = join(snapDir, 'xattrs');
         await client.apply(t.root, upper, planFile, xattrFile);
@@ -227,6 +235,8 @@ export class RestrictedSnapshotter implements Snapshotter {
           await copyFile(planFile, join(trace, `${n}.plan`)).catch(() => undefined);
         }
         t.state = [...stepLowers, upper];
+        const rels = plan.filter((e) => e.kind === 'D' && e.recursive).map((e) => e.rel);
+        if (rels.length > 0) t.movedOut = { upper, rels };
         if (moved && moved.size > 0) t.planted = { upper, moved };
       } catch (e) {
         t.state = undefined;

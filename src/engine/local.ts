@@ -94,6 +94,7 @@ export class LocalLayerStore implements LayerStore {
     if (opts.sourceDateEpoch !== undefined) w.sourceDateEpoch = opts.sourceDateEpoch;
     if (opts.reuseFrom !== undefined) w.reuseFrom = { dir: opts.reuseFrom, blobsDir: this.opts.blobs.root };
     if (opts.upperXattrs) w.upperXattrs = opts.upperXattrs;
+    if (opts.reroot) w.reroot = opts.reroot;
     const t0 = performance.now();
     const writing = opts.inProcess ? writeLayer(upper, w) : writeLayerOffThread(upper, w);
     if (opts.onFile) {

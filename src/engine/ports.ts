@@ -87,6 +87,8 @@ export interface WriteBlobOptions {
   inProcess?: boolean;
   /** The upper dir's xattrs as the snapshot read them (Snapshot.upperXattrs). */
   upperXattrs?: ReadonlyMap<string, ReadonlyMap<string, Uint8Array>>;
+  /** Write the directory as a subdirectory of the layer, copied and chowned (TarOptions.reroot). */
+  reroot?: { name: string; uid: number; gid: number; mtime: number; skip?: readonly string[] };
 }
 
 export interface PrepareOptions {

@@ -2,6 +2,7 @@ import { strict as assert } from 'node:assert';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { linkSync, mkdirSync, readdirSync, readFileSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { cp, lchown, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { gunzipSync } from 'node:zlib';
@@ -76,6 +77,50 @@ test('walk order, modes, links and normalised headers', async () => {
   const listing = execFileSync('tar', ['-tvf', r.file], { encoding: 'utf8' });
   assert.match(listing, /^hrw-r--r-- 0\/0 +0 .* hard link to a\/b\/file$/m);
   assert.match(listing, /^-rwsr-xr-x 0\/0 +5 .* B$/m);
+});
+
+test('reroot: the tree written as a subdirectory is byte for byte the copied-and-chowned tree', async () => {
+  const src = fresh();
+  populate(src);
+  mkdirSync(join(src, 'node_modules/x'), { recursive: true });
+  writeFileSync(join(src, 'node_modules/x/i.js'), 'skipped');
+  writeFileSync(join(src, 'g'), 'setgid, group-exec');
+  execFileSync('chmod', ['2775', join(src, 'g')]);
+  const uid = process.getuid?.() ?? 0;
+  const gid = process.getgid?.() ?? 0;
+  // the staging copy it replaces: cp to up/app (top-level node_modules left out), every entry chowned
+  const up = fresh();
+  await cp(src, join(up, 'app'), {
+    recursive: true,
+    verbatimSymlinks: true,
+    filter: (p) => p.slice(src.length + 1).split('/')[0] !== 'node_modules',
+  });
+  const chownAll = async (d: string): Promise<void> => {
+    await lchown(d, uid, gid);
+    for (const e of await readdir(d, { withFileTypes: true })) {
+      if (e.isDirectory()) await chownAll(join(d, e.name));
+      else await lchown(join(d, e.name), uid, gid);
+    }
+  };
+  await chownAll(join(up, 'app'));
+  const epoch = 1500000000;
+  const staged = await writeLayer(up, { tmpDir: tmp, sourceDateEpoch: epoch });
+  const direct = await writeLayer(src, {
+    tmpDir: tmp,
+    sourceDateEpoch: epoch,
+    reroot: { name: 'app', uid, gid, mtime: epoch, skip: ['node_modules'] },
+  });
+  assert.equal(direct.diffID, staged.diffID);
+  assert.equal(direct.digest, staged.digest);
+  const hs = await entries(gunzipSync(readFileSync(direct.file)));
+  assert.deepEqual(
+    hs.map((h) => h.name),
+    ['app/', 'app/B', 'app/a/', 'app/a/b/', 'app/a/b/file', 'app/a-c/', 'app/a-c/z', 'app/g', 'app/hard', 'app/link'],
+  );
+  const byName = new Map(hs.map((h) => [h.name, h]));
+  assert.equal(byName.get('app/hard')!.type, 'file', 'a copy has no hard links');
+  assert.equal(byName.get('app/B')!.mode, 0o755, 'chown clears setuid');
+  assert.equal(byName.get('app/g')!.mode, 0o775, 'and setgid with group-exec');
 });
 
 test('SOURCE_DATE_EPOCH clamps later mtimes only', async () => {

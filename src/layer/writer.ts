@@ -58,6 +58,13 @@ export interface TarOptions {
   lowers?: string[];
   /** overlay: the upper dir's UPPER_XATTRS by absolute path, already read (by the snapshotter) — not read again. */
   upperXattrs?: ReadonlyMap<string, ReadonlyMap<string, Uint8Array>>;
+  /**
+   * Write `dir` as the directory `name` of the layer, as if it had been copied there first (`fs.cp`, then every
+   * entry chowned): owner uid/gid, every mtime `mtime`, setuid (and setgid with group-exec) bits of non-directories
+   * cleared as chown(2) clears them, no hardlinks, no xattrs, no whiteouts; top-level names in `skip` left out. The
+   * Node builder's app layer is written this way straight from the source, without the staging copy.
+   */
+  reroot?: { name: string; uid: number; gid: number; mtime: number; skip?: readonly string[] };
 }
 
 /** The xattrs of an overlay upper dir that go into (or shape) its layer. */
@@ -189,13 +196,14 @@ export async function* layerTar(dir: string, opts: TarOptions = {}): AsyncGenera
 /** The items of `dir`'s layer tar (see layerTar), file contents unread. */
 export async function* tarItems(dir: string, opts: TarOptions = {}): AsyncGenerator<TarItem> {
   const root = resolve(dir);
-  const overlay = (opts.whiteouts ?? 'overlay') === 'overlay';
+  const rr = opts.reroot;
+  const overlay = !rr && (opts.whiteouts ?? 'overlay') === 'overlay';
   const st = await lstat(root).catch((e: unknown) => {
     throw new KilnError('LAYER_WRITE_FAILED', `layer directory ${root}: ${(e as Error).message}`, { cause: e });
   });
   if (!st.isDirectory()) throw new KilnError('LAYER_WRITE_FAILED', `layer directory ${root} is not a directory`);
   const xattrs =
-    opts.xattrs === false
+    opts.xattrs === false || rr
       ? new Map<string, Map<string, Buffer>>()
       : overlay && opts.upperXattrs
         ? asBuffers(opts.upperXattrs)
@@ -220,7 +228,9 @@ export async function* tarItems(dir: string, opts: TarOptions = {}): AsyncGenera
       throw new KilnError('LAYER_WRITE_FAILED', `reading ${absDir}: ${(e as Error).message}`, { cause: e });
     }
     names.sort(byteCompare);
+    const skip = rr?.skip && absDir === root ? new Set(rr.skip) : undefined;
     for (const n of names) {
+      if (skip?.has(n)) continue;
       const abs = join(absDir, n);
       const rel = relDir + n;
       const st = lstatSync(abs);
@@ -237,15 +247,7 @@ export async function* tarItems(dir: string, opts: TarOptions = {}): AsyncGenera
       const base = view && !recordAll && inLowers ? view.lookup(rel) : null;
       const childInLowers = base !== null && base.st.isDirectory();
       const unchanged = base !== null && sameDirent(base, abs, x?.get('security.capability'));
-      let mtime = Math.floor(st.mtimeMs / 1000);
-      if (epoch !== undefined && mtime > epoch) mtime = epoch;
-      const h = tarHeader({
-        name: st.isDirectory() ? rel + '/' : rel,
-        mode: st.mode & 0o7777,
-        uid: st.uid,
-        gid: st.gid,
-        mtime,
-      });
+      const h = headerOf(st, rel);
       const cap = x?.get('security.capability');
       if (cap && cap.length > 0) h.xattrs = new Map([['security.capability', cap]]);
       if (st.isDirectory()) h.type = 'dir';
@@ -261,7 +263,7 @@ export async function* tarItems(dir: string, opts: TarOptions = {}): AsyncGenera
         h.type = 'file';
         h.size = st.size;
       }
-      if (!st.isDirectory() && st.nlink > 1) {
+      if (!st.isDirectory() && st.nlink > 1 && !rr) {
         const key = `${st.dev}:${st.ino}`;
         const first = links.get(key);
         if (first !== undefined) {
@@ -297,7 +299,28 @@ export async function* tarItems(dir: string, opts: TarOptions = {}): AsyncGenera
     }
   }
 
-  yield* walk(root, '');
+  /** The header of `st` at `rel` (type fields are set by the caller). */
+  function headerOf(st: Stats, rel: string): TarHeader {
+    let mtime = Math.floor(st.mtimeMs / 1000);
+    if (epoch !== undefined && mtime > epoch) mtime = epoch;
+    let mode = st.mode & 0o7777;
+    if (rr && !st.isDirectory()) mode &= mode & 0o010 ? ~0o6000 : ~0o4000;
+    return tarHeader({
+      name: st.isDirectory() ? rel + '/' : rel,
+      mode,
+      uid: rr ? rr.uid : st.uid,
+      gid: rr ? rr.gid : st.gid,
+      mtime: rr ? rr.mtime : mtime,
+    });
+  }
+
+  if (rr) {
+    const h = headerOf(st, rr.name);
+    h.type = 'dir';
+    yield encodeHeader(h);
+    yield { end: rr.name };
+    yield* walk(root, rr.name + '/');
+  } else yield* walk(root, '');
   yield trailer();
 }
 

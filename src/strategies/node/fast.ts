@@ -9,7 +9,7 @@
  * app layer alone. The image is byte-identical to what the engine path makes (the integration test compares).
  */
 import { createHash } from 'node:crypto';
-import { cp, lchown, mkdir, mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { LocalLayerStore } from '../../engine/local.js';
 import { StoreFirstResolver } from '../../engine/bases.js';
@@ -144,24 +144,6 @@ export async function recordNodeImage(
   await writeFileAtomic(file, JSON.stringify(entry));
 }
 
-/** Copy `src` (without `skip` top-level names) to `dst`, every entry owned by 0:0 (as `COPY --chown=0:0`). */
-async function stageApp(src: string, dst: string, skip: Set<string>): Promise<void> {
-  await cp(src, dst, {
-    recursive: true,
-    verbatimSymlinks: true,
-    filter: (p) => !skip.has(p.slice(src.length).replace(/^\/+/, '').split('/')[0] ?? ''),
-  });
-  const walk = async (d: string): Promise<void> => {
-    await lchown(d, 0, 0);
-    for (const e of await readdir(d, { withFileTypes: true })) {
-      const p = join(d, e.name);
-      if (e.isDirectory()) await walk(p);
-      else await lchown(p, 0, 0);
-    }
-  };
-  await walk(dst);
-}
-
 /**
  * Build the image without the engine when an engine build with the same install key was recorded and its blobs
  * are still in the blob store. Returns undefined (the caller runs the engine) on any miss.
@@ -204,11 +186,12 @@ export async function tryFastNodeBuild(o: {
     const workDir = await mkdtemp(join(tmpBase, 'node-fast-'));
     work = workDir;
     app = (async () => {
-      await mkdir(join(workDir, 'up'), { mode: 0o755 });
-      await stageApp(o.source, join(workDir, 'up', 'app'), o.skip);
-      const w = await writer.writeBlob(join(workDir, 'up'), {
-        sourceDateEpoch: opts.sourceDateEpoch ?? 0,
+      // straight from the source: what `cp` to app/ and a chown to 0:0 of every entry would give (no staging copy)
+      const epoch = opts.sourceDateEpoch ?? 0;
+      const w = await writer.writeBlob(o.source, {
+        sourceDateEpoch: epoch,
         inProcess: true,
+        reroot: { name: 'app', uid: 0, gid: 0, mtime: epoch, skip: [...o.skip] },
       });
       const layer = await writer.layer(w.digest, w.diffID, w.size, w.mediaType);
       mark('app layer written');

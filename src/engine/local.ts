@@ -20,6 +20,7 @@ import type { LayerCompression } from './options.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { ensureSpreadDir } from '../util/spread.js';
 import { debugMark } from '../util/debug.js';
+import { noteMadeBlob } from '../util/made.js';
 import { memberIndexFile, type MemberIndex } from '../layer/segments.js';
 
 function errCode(e: unknown): string | undefined {
@@ -109,6 +110,7 @@ export class LocalLayerStore implements LayerStore {
       await rm(written.file, { force: true });
       throw e;
     }
+    noteMadeBlob(written.digest);
     if (written.members) this.memberIndexes.set(upper, written.members);
     debugMark(
       `layer ${written.digest}: ${written.size} bytes in ${(performance.now() - t0).toFixed(0)} ms` +

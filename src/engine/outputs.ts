@@ -21,6 +21,7 @@ import { MediaType } from '../oci/mediatypes.js';
 import { extractLayer } from '../layer/extract.js';
 import { isRealRoot } from '../layer/fsops.js';
 import { layerTar } from '../layer/writer.js';
+import { noteMadeBlob } from '../util/made.js';
 import { parseReferenceWithDefaultTag } from '../registry/reference.js';
 import { push, PushSession, type PushOptions } from '../registry/push.js';
 import type { BuildOptions, OutputSpec } from './options.js';
@@ -149,6 +150,7 @@ export async function materializeRootfs(
 export async function exportImage(image: Image, opts: ExportOptions): Promise<ExportResult> {
   const rawConfig = await image.rawConfig();
   const configDigest = sha256(rawConfig);
+  noteMadeBlob(configDigest); // pushed without a HEAD first unless the origin index knows it (src/util/made.ts)
   const names: string[] = [];
   const pushed: string[] = [];
   let result: { digest: string; mediaType: string; size: number } | undefined;

@@ -58,6 +58,8 @@ export interface UploadOptions {
   onProgress?: (bytes: number) => void;
   /** How many times to restart an upload after a broken connection (default 3). */
   maxRestarts?: number;
+  /** Upload without asking first whether the repository has the blob (a blob just made; no mount sources). */
+  skipHead?: boolean;
 }
 
 async function readLimited(res: Response, limit: number, what: string): Promise<Buffer> {
@@ -369,7 +371,7 @@ export class RepositoryClient {
     let scopes = this.pushScope(sources.map((r) => repositoryScope(r, ['pull'])));
     let size0: number | undefined;
     try {
-      size0 = await this.headBlob(digest, scopes);
+      if (!(o.skipHead && sources.length === 0)) size0 = await this.headBlob(digest, scopes);
     } catch (e) {
       // A token server that refuses a mount source's pull scope outright: push without mounting.
       if (!sources.length || !hasCode(e, 'UNAUTHORIZED', 'DENIED', 'TOKEN_FETCH_FAILED')) throw e;

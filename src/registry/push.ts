@@ -23,6 +23,7 @@ import { getRemote, isRemoteIndex, isRemoteLayer, type BlobOrigin, type RemoteOr
 import { parseReference, type Reference } from './reference.js';
 import { debugLog, withLabel, type RegistryOptions } from './transport.js';
 import { followFile } from '../util/tail.js';
+import { madeHere } from '../util/made.js';
 
 export interface PushOptions extends RegistryOptions {
   /** Blobs uploaded at once (default 3). */
@@ -232,6 +233,10 @@ class Pusher {
           }
           const u = this.uploadOpts((n) => this.progress.update(id, n, job.size));
           u.mountFrom = where.mount;
+          // a blob this process just made that the index knows nowhere on this registry: upload, no HEAD first
+          if (this.trustKnown && !checked && !where.here && where.mount.length === 0 && madeHere(job.digest)) {
+            u.skipHead = true;
+          }
           let from = '';
           u.onMounted = (r) => (from = r);
           // the index applies one digest's updates in call order: the record below lands after these

@@ -88,11 +88,13 @@ export function artifactsCacheFile(home: string, tag: string): string {
 }
 
 export interface S2IFrontendState {
-  source: PreparedSource;
+  /**
+   * The source laid out in the work dir, and whether `upload/artifacts.tar` is in place (from kiln's artifacts
+   * cache). A promise: the source is still being synced while the engine starts and the builder image is resolved.
+   */
+  prepared: Promise<{ source: PreparedSource; cachedArtifacts: boolean }>;
   /** The tag the image is built as (display-name label, incremental lookup), as written. */
   tag?: string;
-  /** `upload/artifacts.tar` is in place (from kiln's artifacts cache). */
-  cachedArtifacts: boolean;
   /** Where to keep the artifacts tar after the build (incremental builds). */
   saveTo?: string;
   onDecision?: (d: S2IDecision) => void;
@@ -120,21 +122,27 @@ export function s2iFrontend(o: S2IOptions, st: S2IFrontendState): Frontend {
           hint: 'drop --incremental or --runtime-image (s2i refuses the combination too)',
         });
       }
-      const builder = await resolve(o.builderImage, 'builder image');
-      debugMark('s2i builder image resolved');
+      // the builder image's round trips overlap the source sync
+      const [builder, { source, cachedArtifacts }] = await Promise.all([
+        resolve(o.builderImage, 'builder image').then((b) => {
+          debugMark('s2i builder image resolved');
+          return b;
+        }),
+        st.prepared,
+      ]);
       const bl = labelsOf(builder);
       const imageScriptsDir =
         scriptsDirOf(o.scriptsUrl) ??
         scriptsDirOf(bl[LABEL.scriptsUrl] ?? bl[LABEL.deprecatedScriptsUrl]) ??
         (scriptsDirOf(DEFAULT_SCRIPTS_URL) as string);
-      const provided = scriptsDirOf(o.scriptsUrl) !== undefined ? new Set<string>() : st.source.provided;
+      const provided = scriptsDirOf(o.scriptsUrl) !== undefined ? new Set<string>() : source.provided;
       const destination = o.destination ?? bl[LABEL.destination] ?? DEFAULT_DESTINATION;
       const assembleUser = o.assembleUser ?? bl[LABEL.assembleUser] ?? (builder.config?.User || '0');
       checkAllowedUser(assembleUser, o.allowedUids ?? [], 'assemble user');
       const labels: Record<string, string> = {};
       if (st.tag) labels['io.k8s.display-name'] = st.tag;
       labels['io.openshift.s2i.build.image'] = o.builderImage;
-      Object.assign(labels, sourceLabels(st.source.info, st.source.location));
+      Object.assign(labels, sourceLabels(source.info, source.location));
       if (o.scriptsUrl) labels[LABEL.scriptsUrl] = o.scriptsUrl;
       if (o.destination !== undefined || bl[LABEL.destination] !== undefined) labels[LABEL.destination] = destination;
       const plan: S2IDockerfilePlan = {
@@ -144,10 +152,10 @@ export function s2iFrontend(o: S2IOptions, st: S2IFrontendState): Frontend {
         imageScriptsDir,
         providedScripts: provided,
         labels,
-        env: [...st.source.env, ...(o.env ?? [])],
+        env: [...source.env, ...(o.env ?? [])],
       };
       if (o.incremental) {
-        if (st.cachedArtifacts) plan.incremental = { kind: 'cached' };
+        if (cachedArtifacts) plan.incremental = { kind: 'cached' };
         else if (st.tag) {
           const prev = await bases
             .resolve(st.tag, { pull: false, platform: options.platform })
@@ -200,7 +208,7 @@ export function s2iFrontend(o: S2IOptions, st: S2IFrontendState): Frontend {
         };
       }
       const dockerfile = s2iDockerfile(plan);
-      await writeFile(join(st.source.workDir, 'Dockerfile'), dockerfile);
+      await writeFile(join(source.workDir, 'Dockerfile'), dockerfile);
       if (o.asDockerfile) {
         await mkdir(dirname(o.asDockerfile), { recursive: true });
         await writeFile(o.asDockerfile, dockerfile);
@@ -309,30 +317,39 @@ export async function runS2IBuild(req: S2IBuildRequest): Promise<BuildOutcome & 
     if (progress) progress.warn(m);
     else process.stderr.write(`kiln: warning: ${m}\n`);
   };
+  // the context loader wants a Dockerfile; the frontend writes the real one when it has seen the builder image
+  // (written first: the source sync below touches only upload/)
+  let prepared: S2IFrontendState['prepared'] | undefined;
   try {
-    const po: { scriptsUrl?: string; keepGitDir?: boolean } = {};
-    if (req.s2i.scriptsUrl) po.scriptsUrl = req.s2i.scriptsUrl;
-    if (req.s2i.keepGitDir) po.keepGitDir = true;
-    const source = await prepareSource(req.source, workDir, po);
-    debugMark('s2i source synced');
-    const tag = req.build.tags[0];
-    const st: S2IFrontendState = { source, cachedArtifacts: false, onDecision: (d) => (decision = d) };
-    if (tag) st.tag = tag;
-    if (req.s2i.incremental && tag) {
-      st.saveTo = artifactsCacheFile(home, tag);
-      // a fresh pod has no local artifacts: the registry cache (--cache-from) may have them
-      if (!req.build.noCache && cache.from.length && !(await stat(st.saveTo).catch(() => undefined))) {
-        await mkdir(dirname(st.saveTo), { recursive: true });
-        const pulled = await pullArtifacts(cache.from, st.saveTo, cache.registry());
-        pulled.warnings.forEach(warn);
-      }
-      // unchanged since the last build: left as it is (no new inode, no re-digest)
-      // (no cached artifacts: the previous image's save-artifacts, s2i's way)
-      if (!req.build.noCache) st.cachedArtifacts = await syncFile(st.saveTo, join(workDir, 'upload', 'artifacts.tar'));
-    }
-    if (!st.cachedArtifacts) await rm(join(workDir, 'upload', 'artifacts.tar'), { force: true });
-    // the context loader wants a Dockerfile; the frontend writes the real one when it has seen the builder image
     await writeFile(join(workDir, 'Dockerfile'), '# generated by the S2I frontend\n');
+    const tag = req.build.tags[0];
+    const saveTo = req.s2i.incremental && tag ? artifactsCacheFile(home, tag) : undefined;
+    // the source is synced while the engine's services start and the frontend resolves the builder image
+    prepared = (async () => {
+      const po: { scriptsUrl?: string; keepGitDir?: boolean } = {};
+      if (req.s2i.scriptsUrl) po.scriptsUrl = req.s2i.scriptsUrl;
+      if (req.s2i.keepGitDir) po.keepGitDir = true;
+      const source = await prepareSource(req.source, workDir, po);
+      debugMark('s2i source synced');
+      let cachedArtifacts = false;
+      if (saveTo) {
+        // a fresh pod has no local artifacts: the registry cache (--cache-from) may have them
+        if (!req.build.noCache && cache.from.length && !(await stat(saveTo).catch(() => undefined))) {
+          await mkdir(dirname(saveTo), { recursive: true });
+          const pulled = await pullArtifacts(cache.from, saveTo, cache.registry());
+          pulled.warnings.forEach(warn);
+        }
+        // unchanged since the last build: left as it is (no new inode, no re-digest)
+        // (no cached artifacts: the previous image's save-artifacts, s2i's way)
+        if (!req.build.noCache) cachedArtifacts = await syncFile(saveTo, join(workDir, 'upload', 'artifacts.tar'));
+      }
+      if (!cachedArtifacts) await rm(join(workDir, 'upload', 'artifacts.tar'), { force: true });
+      return { source, cachedArtifacts };
+    })();
+    prepared.catch(() => undefined); // awaited by the frontend, and below
+    const st: S2IFrontendState = { prepared, onDecision: (d) => (decision = d) };
+    if (tag) st.tag = tag;
+    if (saveTo) st.saveTo = saveTo;
     const opts: BuildOptions = { ...req.build, context: workDir, file: join(workDir, 'Dockerfile') };
     const { runBuildCommand } = await engine;
     const embed: EmbeddedBuild = { ...req.embed, frontend: s2iFrontend(req.s2i, st) };
@@ -340,6 +357,8 @@ export async function runS2IBuild(req: S2IBuildRequest): Promise<BuildOutcome & 
     try {
       res = await runBuildCommand(opts, req.flags, embed);
     } catch (e) {
+      // a sync that failed is the build's error (the engine may have failed on its own before waiting for it)
+      await prepared;
       throw explainFailure(e, decision);
     }
     if (st.saveTo && cache.to.length && (await stat(st.saveTo).catch(() => undefined))) {
@@ -348,6 +367,7 @@ export async function runS2IBuild(req: S2IBuildRequest): Promise<BuildOutcome & 
     if (req.onDecision && decision) req.onDecision(decision);
     return decision ? { ...res, decision } : res;
   } finally {
+    await prepared?.catch(() => undefined); // never release the work dir under the sync
     await work.release();
     await cache.close();
   }

@@ -8,6 +8,7 @@ import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { sha256, isDigest } from '../oci/digest.js';
+import type { Layer } from '../oci/types.js';
 import { writeFileAtomic } from '../util/atomic.js';
 
 /** What a cached step produced. */
@@ -78,6 +79,26 @@ export interface StepNote {
 export interface MissExplainer {
   noteStep(key: string, note: StepNote): void;
   explainMiss(key: string): Promise<string | undefined>;
+}
+
+/**
+ * A cache hit whose layer is not on this machine yet (a registry cache hit, BuildKit's lazy ref): the image needs
+ * only its descriptor (a push mounts the blob); its files are fetched when a later step that runs needs them.
+ */
+export interface LazyLayer {
+  /** The layer as a registry blob (with its origin: a push to the same registry mounts it). */
+  layer: Layer;
+  /** The paths it holds (src/cache/summary.ts); undefined: unknown, every step on top of it needs it. */
+  summary?: string[];
+  /** Pull, verify and extract it (once); its dir in the layer store. */
+  materialize(): Promise<string>;
+}
+
+/** A cache whose hits may be lazy (the registry cache); the engine asks for the layer of a hit with no local dir. */
+export interface LazyLayers {
+  lazyLayer(key: string): LazyLayer | undefined;
+  /** The build only pushes, to these registries: hits from a cache there may stay lazy. */
+  allowLazy(registries: string[]): void;
 }
 
 export class BuildCache {

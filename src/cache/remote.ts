@@ -18,9 +18,11 @@
  * runs) and the fresh record replaces it on the next `--cache-to`.
  *
  * `RemoteBuildCache` extends the local `BuildCache`, so the engine uses it where it uses the local cache: `get(key)`
- * answers from $KILN_HOME/cache first, then from the imported records (pulling and extracting the layer so the
- * hit is complete locally); `put` records what the build produced; `exportTo()` after the push writes the cache
- * manifest. Miss explanations: `noteStep(key, info)` (called by the engine before `get`) remembers each step's
+ * answers from $KILN_HOME/cache first, then from the imported records; `put` records what the build produced;
+ * `exportTo()` after the push writes the cache manifest. An imported hit is pulled and extracted at once, unless the
+ * build only pushes to the cache's registry (`allowLazy`): then it stays a descriptor (`lazyLayer`, BuildKit's lazy
+ * refs) — the push mounts its blob, and the engine fetches it only for a later step that runs and needs its files
+ * (src/engine/lazy.ts; records carry a path summary of their layer for that, src/cache/summary.ts). Miss explanations: `noteStep(key, info)` (called by the engine before `get`) remembers each step's
  * inputs; `explainMiss(key)` compares them with the previous build of the same step (local or imported).
  */
 import { lstatSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
@@ -28,7 +30,8 @@ import { mkdir, readFile } from 'node:fs/promises';
 import { join, posix, resolve } from 'node:path';
 import { createHash } from 'node:crypto';
 import { KilnError, errorMessage } from '../errors.js';
-import { BuildCache, canonicalJSON, type CacheEntry, type StepNote } from './cache.js';
+import { BuildCache, canonicalJSON, type CacheEntry, type LazyLayer, type StepNote } from './cache.js';
+import { summarizeLayerDir } from './summary.js';
 import type { BlobDir } from '../oci/blobs.js';
 import { imageFromParts, layerFromBlob } from '../oci/image.js';
 import { MediaType } from '../oci/mediatypes.js';
@@ -282,6 +285,8 @@ export interface CacheRecord {
   created?: string;
   extra?: Record<string, string>;
   step?: StepFingerprint;
+  /** The paths the layer holds (src/cache/summary.ts): lets a later step that misses leave the layer unfetched. */
+  summary?: string[];
 }
 
 export const CACHE_CONFIG_KEY = 'dev.kiln.cache.v1';
@@ -302,7 +307,8 @@ function isRecord(x: unknown): x is CacheRecord {
     DIGEST_RE.test(l.digest) &&
     Number.isSafeInteger(l.size) &&
     l.size >= 0 &&
-    typeof l.mediaType === 'string'
+    typeof l.mediaType === 'string' &&
+    (r.summary === undefined || (Array.isArray(r.summary) && r.summary.every((x) => typeof x === 'string')))
   );
 }
 
@@ -378,8 +384,15 @@ export class RemoteBuildCache extends BuildCache {
   private readonly steps = new Map<string, StepInfo>();
   private readonly bad = new Set<string>();
   private readonly inflight = new Map<string, Promise<CacheEntry | undefined>>();
-  /** Counters for tests and progress. */
-  readonly stats = { localHits: 0, remoteHits: 0, misses: 0, corrupt: 0 };
+  /** Registries the build pushes to (and nothing else): hits from a cache there stay lazy (see allowLazy). */
+  private lazyRegistries = new Set<string>();
+  /** Remote hits not fetched yet: key → the record, where it is, and its fetch (once). */
+  private readonly lazy = new Map<
+    string,
+    { rec: CacheRecord; from: Reference; entry: CacheEntry; got?: Promise<string> }
+  >();
+  /** Counters for tests and progress (`fetched`: lazy hits whose layer a later step needed). */
+  readonly stats = { localHits: 0, remoteHits: 0, misses: 0, corrupt: 0, lazy: 0, fetched: 0 };
 
   constructor(o: RemoteCacheOptions) {
     super(o.dir);
@@ -434,6 +447,69 @@ export class RemoteBuildCache extends BuildCache {
     return records.filter((r) => have.has(r.layer.digest));
   }
 
+  /**
+   * The build's only outputs are pushes to `registries`: a hit from a cache in one of them is not fetched (BuildKit's
+   * lazy refs) — the image push mounts its blob from the cache repository, and the engine fetches it only when a
+   * later step that runs needs its files ({@link lazyLayer}). Any other output (local store, OCI layout, rootfs)
+   * needs the bytes anyway: hits are then fetched and extracted at once.
+   */
+  allowLazy(registries: string[]): void {
+    this.lazyRegistries = new Set(registries);
+  }
+
+  /**
+   * The layer of a lazy hit (undefined for a complete one): a registry layer with the cache repository as its origin
+   * (a push to the same registry mounts it), its path summary, and `materialize` — pull, verify, extract (once);
+   * its dir. A record that turns out unusable then is a CACHE_RECORD_UNUSABLE error (the build runs again without
+   * it: src/engine/build.ts).
+   */
+  lazyLayer(key: string): LazyLayer | undefined {
+    const h = this.lazy.get(key);
+    if (!h) return undefined;
+    const l = h.rec.layer;
+    const client = new RepositoryClient(h.from, this.reg, `cache ${h.from.toString()}`);
+    const layer: Layer & { origin: { registry: string; repository: string } } = {
+      origin: { registry: h.from.registry, repository: h.from.repository },
+      digest: async () => l.digest,
+      size: async () => l.size,
+      mediaType: async () => l.mediaType,
+      diffID: async () => l.diffID,
+      compressed: async () => client.blob(l.digest, l.size),
+      uncompressed: async () => (await this.local(l)).uncompressed(),
+    };
+    const out: LazyLayer = { layer, materialize: () => this.fetchLazy(key) };
+    if (h.rec.summary) out.summary = h.rec.summary;
+    return out;
+  }
+
+  private async local(l: CacheRecord['layer']): Promise<Layer> {
+    const h = [...this.lazy.entries()].find(([, v]) => v.rec.layer.digest === l.digest);
+    if (h) await this.fetchLazy(h[0]);
+    return layerFromBlob(this.o.blobs, { mediaType: l.mediaType, digest: l.digest, size: l.size }, l.diffID);
+  }
+
+  private fetchLazy(key: string): Promise<string> {
+    const h = this.lazy.get(key);
+    if (!h) return Promise.reject(new KilnError('CACHE_INVALID', `no lazy cache hit ${key}`));
+    h.got ??= (async () => {
+      try {
+        await this.materialize(h.rec, h.from);
+        await super.put(key, h.entry);
+        this.stats.fetched++;
+        const dir = await this.o.layers.dirOf(h.rec.layer.diffID);
+        if (dir === undefined) throw new KilnError('CACHE_INVALID', 'the extracted layer is gone');
+        return dir;
+      } catch (e) {
+        this.bad.add(key);
+        this.stats.corrupt++;
+        const msg = `cache record ${key.slice(7, 19)} from ${h.from.toString()} is unusable, rebuilding the step: ${oneLine(e)}`;
+        this.o.warn(msg);
+        throw new KilnError('CACHE_RECORD_UNUSABLE', msg, { cause: e });
+      }
+    })();
+    return h.got;
+  }
+
   override async get(key: string): Promise<CacheEntry | undefined> {
     let p = this.inflight.get(key);
     if (!p) {
@@ -453,6 +529,16 @@ export class RemoteBuildCache extends BuildCache {
     }
     if (this.o.from.length > 0 && !this.bad.has(key)) {
       const hit = (await this.load()).get(key);
+      if (hit && this.lazyRegistries.has(hit.from.registry)) {
+        const entry: CacheEntry = { version: 1, layer: { ...hit.rec.layer } };
+        if (hit.rec.created !== undefined) entry.created = hit.rec.created;
+        if (hit.rec.extra !== undefined) entry.extra = { ...hit.rec.extra };
+        if (!this.lazy.has(key)) this.lazy.set(key, { rec: hit.rec, from: hit.from, entry });
+        this.stats.remoteHits++;
+        this.stats.lazy++;
+        this.remember(key, entry, hit.rec.step, hit.rec.summary);
+        return entry;
+      }
       if (hit) {
         try {
           await this.materialize(hit.rec, hit.from);
@@ -461,7 +547,7 @@ export class RemoteBuildCache extends BuildCache {
           if (hit.rec.extra !== undefined) entry.extra = { ...hit.rec.extra };
           await super.put(key, entry);
           this.stats.remoteHits++;
-          this.remember(key, entry, hit.rec.step);
+          this.remember(key, entry, hit.rec.step, hit.rec.summary);
           return entry;
         } catch (e) {
           this.bad.add(key);
@@ -510,13 +596,26 @@ export class RemoteBuildCache extends BuildCache {
     this.bad.delete(key);
   }
 
-  private remember(key: string, entry: CacheEntry, prevStep?: StepFingerprint): void {
+  private remember(key: string, entry: CacheEntry, prevStep?: StepFingerprint, summary?: string[]): void {
     if (!entry.layer) return;
     const rec: CacheRecord = { key, layer: { ...entry.layer } };
     if (entry.created !== undefined) rec.created = entry.created;
     if (entry.extra !== undefined) rec.extra = { ...entry.extra };
     if (prevStep) rec.step = prevStep;
+    if (summary) rec.summary = summary;
     this.used.set(key, rec);
+  }
+
+  /** Records with their layers' path summaries (carried over from the import, else read from the layer dir). */
+  private async withSummaries(records: CacheRecord[]): Promise<CacheRecord[]> {
+    return Promise.all(
+      records.map(async (r) => {
+        if (r.summary) return r;
+        const dir = await this.o.layers.dirOf(r.layer.diffID);
+        const summary = dir === undefined ? undefined : await summarizeLayerDir(dir).catch(() => undefined);
+        return summary ? { ...r, summary } : r;
+      }),
+    );
   }
 
   // -------------------------------------------------------------------------------------------------------------
@@ -611,7 +710,7 @@ export class RemoteBuildCache extends BuildCache {
       for (const spec of this.o.to) {
         const ref = parseReferenceWithDefaultTag(spec.ref);
         try {
-          const records = this.recordsFor(spec.mode, finalDiffIDs);
+          const records = await this.withSummaries(this.recordsFor(spec.mode, finalDiffIDs));
           const res = await this.writeManifest(ref, records, finalDiffIDs, pushed);
           out.push({ ref: ref.toString(), digest: res });
         } catch (e) {
@@ -638,8 +737,15 @@ export class RemoteBuildCache extends BuildCache {
     const importedFrom = new Map<string, Reference>();
     for (const { rec, from } of imported.values()) importedFrom.set(rec.layer.digest, from);
     const layerObjs: Layer[] = [];
+    const lazyByDigest = new Map<string, Layer>();
+    for (const key of this.lazy.keys()) {
+      const ll = this.lazyLayer(key);
+      if (ll && !(await this.o.blobs.has(await ll.layer.digest()))) lazyByDigest.set(await ll.layer.digest(), ll.layer);
+    }
     for (const l of layers) {
-      let layer = layerFromBlob(this.o.blobs, { mediaType: l.mediaType, digest: l.digest, size: l.size }, l.diffID);
+      let layer =
+        lazyByDigest.get(l.digest) ??
+        layerFromBlob(this.o.blobs, { mediaType: l.mediaType, digest: l.digest, size: l.size }, l.diffID);
       const src = inImage.has(l.diffID) && imageRepo ? imageRepo : importedFrom.get(l.digest);
       if (src && src.registry === ref.registry && src.repository !== ref.repository) {
         layer = withOrigin(layer, { registry: src.registry, repository: src.repository });

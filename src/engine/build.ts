@@ -8,7 +8,7 @@
  */
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { KilnError } from '../errors.js';
+import { KilnError, isKilnError } from '../errors.js';
 import type { Command } from '../dockerfile/instructions.js';
 import { parseDockerfile, type ParsedDockerfile } from '../dockerfile/convert.js';
 import { formatLintWarning, lintDockerfile, type LintOptions } from '../dockerfile/lint.js';
@@ -19,7 +19,7 @@ import type { Image } from '../oci/types.js';
 import type { BuildOptions } from './options.js';
 import type { BaseResolver, Executor, FileCopier, LayerStore, ProgressSink, Snapshotter } from './ports.js';
 import type { Frontend, FrontendPlan } from './frontend.js';
-import { BuildCache } from '../cache/cache.js';
+import { BuildCache, type LazyLayers } from '../cache/cache.js';
 import { runEngine, type EngineResult } from './engine.js';
 import { warmUpWorker } from '../layer/worker.js';
 import { debugMark } from '../util/debug.js';
@@ -210,12 +210,32 @@ export async function build(opts: BuildOptions, svc: BuildServices): Promise<Bui
       const streams = [...new Map([...sessions.values()].map((s) => [s.repository, s])).values()];
       if (process.env.KILN_STREAM_PUSH !== '0') deps.onLayerFile = (g) => streams.forEach((s) => s.stream(g));
     }
+    // only pushes, and no frontend work on the layer dirs after the engine: registry cache hits may stay unfetched
+    const lazy = deps.cache as BuildCache & Partial<LazyLayers>;
+    const outs = effectiveOutputs(opts);
+    if (
+      lazy.allowLazy &&
+      !plan.afterEngine &&
+      sessions.size > 0 &&
+      outs.every((o) => o.type === 'registry' || (o.type === 'image' && o.push))
+    ) {
+      lazy.allowLazy([...new Set([...sessions.values()].map((s) => s.ref.registry))]);
+    }
     let engine: EngineResult;
-    try {
-      engine = await runEngine(engineReq, deps);
-    } catch (e) {
-      await Promise.all([...sessions.values()].map((s) => s.settle()));
-      throw e;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        engine = await runEngine(engineReq, deps);
+        break;
+      } catch (e) {
+        // an unfetched cache hit turned out unusable when a later step needed it: the cache has set it aside (the
+        // warning is out), so the build runs again and that step runs; everything done so far is cached locally
+        if (isKilnError(e, 'CACHE_RECORD_UNUSABLE') && attempt < 4 && !svc.signal?.aborted) {
+          deps.firstVertex = (deps.firstVertex ?? 0) + 1000;
+          continue;
+        }
+        await Promise.all([...sessions.values()].map((s) => s.settle()));
+        throw e;
+      }
     }
     debugMark('engine done (layers written)');
     if (svc.signal?.aborted) throw new KilnError('INTERRUPTED', 'build interrupted');

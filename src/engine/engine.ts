@@ -11,12 +11,13 @@
  */
 import { debugMark } from '../util/debug.js';
 import { chmod, chown, lstat, mkdir, mkdtemp, rename, rm, utimes, writeFile } from 'node:fs/promises';
-import { rootPath } from './copy.js';
+import { destPath, rootPath } from './copy.js';
 import { join, posix, resolve } from 'node:path';
 import { PlantedCopy, newCopyTrack, relativeSources, type CopyTrack } from './reuse.js';
 import { createHash } from 'node:crypto';
 import { KilnError, errorMessage, isKilnError } from '../errors.js';
 import type { GrowingBlob, History, Layer, Platform } from '../oci/types.js';
+import type { LazyLayer } from '../cache/cache.js';
 import type {
   ArgInstruction,
   Command,
@@ -29,7 +30,9 @@ import type {
 import { expandInstruction } from '../dockerfile/instructions.js';
 import { parseMount } from '../dockerfile/convert.js';
 import { processWord, type LexOptions } from '../dockerfile/shell.js';
-import { BuildCache, cacheKey, type MissExplainer, type StepNote } from '../cache/cache.js';
+import { BuildCache, cacheKey, type LazyLayers, type MissExplainer, type StepNote } from '../cache/cache.js';
+import { lowersFor, narrowedSafely } from './lazy.js';
+import type { PathNeed } from '../cache/summary.js';
 import type {
   BaseResolver,
   CopyRequest,
@@ -117,14 +120,18 @@ export interface EngineDeps {
   onLayer?: (layer: Layer) => void;
   /** A target-stage layer blob as it starts being written (push sessions stream it; onLayer still follows). */
   onLayerFile?: (blob: GrowingBlob) => void;
+  /** Progress vertex ids start after this one (a build run again after an unusable cache record). */
+  firstVertex?: number;
 }
 
 /** A layer of a stage's filesystem. */
 export interface StageLayer {
   diffID: string;
-  /** Extracted dir in the layer store. */
+  /** Extracted dir in the layer store; '' while `lazy` is not fetched. */
   dir: string;
   layer: Layer;
+  /** A registry cache hit not fetched yet (src/engine/lazy.ts fetches it when a step needs its files). */
+  lazy?: LazyLayer;
   /** Made by a step whose result does not depend on the layers below (COPY --link): rebasable. */
   independent?: boolean;
 }
@@ -153,6 +160,8 @@ interface StepHooks {
   independent?: boolean;
   /** The previous layer dir the upper dir was planted from (its blob's members may be reused). */
   reuseFrom?: () => string | undefined;
+  /** What the step reads of the layers below (COPY: its destination); undefined: everything. */
+  need?: PathNeed;
 }
 
 interface StageState {
@@ -235,6 +244,7 @@ class Engine {
     private readonly req: EngineRequest,
     private readonly deps: EngineDeps,
   ) {
+    this.vertex = deps.firstVertex ?? 0;
     for (const s of req.stages) if (s.name !== undefined) this.stageByName.set(s.name, s);
     this.epoch = req.sourceDateEpoch === undefined ? undefined : epochTime(req.sourceDateEpoch);
     this.style = req.historyStyle ?? 'buildkit-latest';
@@ -792,6 +802,17 @@ class Engine {
           this.deps.progress.cached(id);
           return;
         }
+        // a registry cache hit not fetched: its descriptor now, its files when a later step needs them
+        const lazy = (this.deps.cache as BuildCache & Partial<LazyLayers>).lazyLayer?.(key);
+        if (lazy) {
+          const sl: StageLayer = { diffID: l.diffID, dir: '', layer: lazy.layer, lazy };
+          if (hooks.independent) sl.independent = true;
+          st.layers.push(sl);
+          this.announce(st, lazy.layer);
+          this.record(st, key, history, buildkitSuffix, hit.created, hooks.independent === true);
+          this.deps.progress.cached(id);
+          return;
+        }
       }
     }
     if (!this.req.noCache) {
@@ -799,10 +820,14 @@ class Engine {
       const why = await explainer.explainMiss?.(key).catch(() => undefined);
       if (why) this.deps.progress.log(id, 'stderr', Buffer.from(`cache miss: ${why}\n`));
     }
-    const snap = await this.deps.snapshotter.prepare(
-      lowerDirs(st.layers),
-      hooks.plant ? { plant: hooks.plant } : undefined,
-    );
+    const prepOpts = hooks.plant ? { plant: hooks.plant } : undefined;
+    const below = await lowersFor(st.layers, hooks.need);
+    let snap = await this.deps.snapshotter.prepare(lowerDirs(below.layers), prepOpts);
+    if (below.omitted > 0 && hooks.need && !(await narrowedSafely(snap.root, hooks.need))) {
+      // a symlink on the way: the destination may lead anywhere, so the step sees every layer below
+      await snap.release();
+      snap = await this.deps.snapshotter.prepare(lowerDirs((await lowersFor(st.layers)).layers), prepOpts);
+    } else if (below.omitted > 0) debugMark(`#${id} ${below.omitted} unfetched cache layer(s) not needed`);
     debugMark(`#${id} snapshot ready`);
     try {
       await work(snap, id);
@@ -997,7 +1022,7 @@ class Engine {
     } else {
       other = await this.fromImage({ ...st.stage, from: { ...st.stage.from, image: from }, commands: [] }, from, c);
     }
-    const snap = await this.deps.snapshotter.prepare(lowerDirs(other.layers));
+    const snap = await this.deps.snapshotter.prepare(lowerDirs((await lowersFor(other.layers)).layers));
     return {
       src: { kind: 'stage', dir: snap.root, stateDigest: other.state },
       release: () => snap.release(),
@@ -1042,6 +1067,12 @@ class Engine {
       msg += ' ' + c.dest;
       const hooks = this.incrementalCopy(st, c, keyReq, req);
       if (independent) hooks.independent = true;
+      // a COPY reads the layers below only at its destination (and its parent dirs), and /etc/passwd and
+      // /etc/group for --chown names: unfetched cache layers elsewhere stay unfetched (src/engine/lazy.ts)
+      if (c.kind === 'COPY') {
+        const named = req.chown !== '' && !/^\d*(:\d*)?$/.test(req.chown);
+        hooks.need = { subtrees: [destPath(req.dest, req.workdir), ...(named ? ['/etc/passwd', '/etc/group'] : [])] };
+      }
       await this.layerStep(
         st,
         prefix + upperKeyword(c.original),

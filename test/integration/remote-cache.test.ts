@@ -32,6 +32,7 @@ import {
 } from '../../src/cache/remote.js';
 import { getRemoteImage } from '../../src/registry/remote.js';
 import { imageFromParts } from '../../src/oci/image.js';
+import { withManifestMediaType } from '../../src/oci/mutate.js';
 import { MediaType } from '../../src/oci/mediatypes.js';
 import { kiln } from './build-helpers.js';
 
@@ -113,7 +114,7 @@ async function build(
   cacheFrom: string[],
   cacheTo: string[],
   registryHosts: string[] = [],
-  o: { context?: string; buildArgs?: Record<string, string> } = {},
+  o: { context?: string; buildArgs?: Record<string, string>; lazy?: boolean; epoch?: number } = {},
 ): Promise<Built> {
   const lines: string[] = [];
   const progress = new BuildProgress('json', (s) => lines.push(s));
@@ -128,6 +129,7 @@ async function build(
     layers: svc.layers,
     warn: (m) => progress.warn(m),
   });
+  if (o.lazy) cache.allowLazy([reg.host]);
   try {
     const parsed = parseDockerfile(svc.dockerfile.text, { filename: 'Dockerfile' });
     const tmp = await svc.tempDir('rc-');
@@ -143,6 +145,7 @@ async function build(
         pull: false,
         network: 'host',
         secrets: [],
+        ...(o.epoch === undefined ? {} : { sourceDateEpoch: o.epoch }),
       },
       {
         executor: svc.executor,
@@ -158,7 +161,8 @@ async function build(
       },
     );
     await rm(tmp, { recursive: true, force: true });
-    await push(imageOf(res), tag, registry);
+    // as the build's export does: layer media types follow the manifest's (cache records keep OCI ones)
+    await push(withManifestMediaType(imageOf(res), 'docker'), tag, registry);
     const diffIDs = res.layers.map((l) => l.diffID);
     await cache.exportTo(diffIDs, [parseReference(tag)]);
     const ev = parseEvents(lines.join(''));
@@ -416,4 +420,85 @@ test('a record whose layer blob does not match its diffID is ignored (no layer d
   assert.match(r.ev.warnings[0] as string, /is unusable, rebuilding the step: .*does not match/);
   assert.deepEqual(r.diffIDs.slice(0, 3), built.diffIDs.slice(0, 3));
   assert.notEqual(r.diffIDs[3], assets.layer.diffID, 'the RUN step got its own layer, not the one the record named');
+
+  // pushing to the cache's registry, hits stay unfetched until a step needs them: the changed COPY needs the RUN
+  // layer (the topmost holder of /app), whose fetch finds the lie; the build runs again and the RUN step runs
+  const ctxP = join(work, 'ctx-poison');
+  await cp(ctx, ctxP, { recursive: true });
+  await writeFile(join(ctxP, 'src', 'd0', 'f0.js'), 'export const v0 = "poison";\n');
+  const cli = await kiln(
+    [
+      'build',
+      ...['--push', '--progress', 'json', '--insecure-registry', reg.host],
+      ...['-t', `${reg.host}/app/poison:3`, '--cache-from', `${reg.host}/cache/poison:2`, ctxP],
+    ],
+    { home: join(work, 'home11') },
+  );
+  assert.equal(cli.code, 0, cli.stderr);
+  const ev = parseEvents(cli.stderr);
+  assert.equal(ev.warnings.length, 1, ev.warnings.join('\n'));
+  assert.match(ev.warnings[0] as string, /is unusable, rebuilding the step: .*does not match/);
+  assert.deepEqual(steps(ev.done), ['RUN ls assets | wc -l > /app/asset-count', 'COPY src/ ./src/']);
+  const digests = (ref: string): string[] => skopeoRaw(ref).layers.map((l) => l.digest);
+  assert.deepEqual(
+    digests(`${reg.host}/app/poison:3`).slice(0, 3),
+    digests(`${reg.host}/app/poison:1`).slice(0, 3),
+    'base, WORKDIR and COPY assets came from the cache',
+  );
+});
+
+test('pushing to the cache registry: unneeded hits stay unfetched, mounted into the image, same layers as a full build', async () => {
+  const ctxL = join(work, 'ctx-lazy');
+  await cp(ctx, ctxL, { recursive: true });
+  const cacheRef = `${reg.host}/cache/lazy:1`;
+  const epoch = 1_700_000_000; // clamps the times the COPY sets (its parent dir's mtime): the layers compare exactly
+  await build(join(work, 'lazy-home1'), `${reg.host}/app/lazy:1`, [], [`type=registry,ref=${cacheRef},mode=max`], [], {
+    context: ctxL,
+    epoch,
+  });
+  const records = decodeCacheConfig(
+    await (await getRemoteImage(cacheRef, { insecureRegistries: [reg.host] })).rawConfig(),
+  );
+  const assetsRec = records.find((r) => r.step?.name.includes('COPY assets'));
+  assert.deepEqual(assetsRec?.summary?.slice(0, 2), ['app', 'app/assets'], 'records carry their layer paths');
+  await writeFile(join(ctxL, 'src', 'd3', 'f7.js'), 'export const v7 = "lazy";\n');
+  const lazy = await build(join(work, 'lazy-home2'), `${reg.host}/app/lazy-fresh:2`, [cacheRef], [], [], {
+    context: ctxL,
+    lazy: true,
+    epoch,
+  });
+  assert.deepEqual(steps(lazy.ev.done), ['COPY src/ ./src/']);
+  assert.equal(lazy.cache.stats.lazy, 3);
+  assert.equal(lazy.cache.stats.fetched, 1, 'only the RUN layer (the topmost /app) was fetched');
+  const full = await build(join(work, 'lazy-home3'), `${reg.host}/app/lazy:3`, [cacheRef], [], [], {
+    context: ctxL,
+    epoch,
+  });
+  assert.equal(full.cache.stats.lazy, 0);
+  assert.deepEqual(lazy.diffIDs, full.diffIDs, 'the COPY on fewer lower layers wrote the same layer');
+  // the unfetched blobs were mounted from the cache repository, and the image is complete (skopeo verifies blobs)
+  const assetsDigest = skopeoRaw(cacheRef).layers.find((l) => l.digest === assetsRec?.layer.digest)?.digest;
+  assert.ok(assetsDigest);
+  assert.ok(
+    await reg.waitForLog(
+      new RegExp(
+        `POST /v2/app/lazy-fresh/blobs/uploads/\\?mount=sha256(:|%3A)${assetsDigest.slice(7)}&from=cache(%2F|/)lazy`,
+      ),
+    ),
+    `assets blob mounted from cache/lazy: ${reg
+      .log()
+      .split('\n')
+      .filter((l) => l.includes('lazy-fresh/blobs/uploads'))
+      .map((l) => /"(POST|PUT|PATCH) [^"]*"/.exec(l)?.[0] ?? l.slice(0, 300))
+      .join('\n')}`,
+  );
+  const out = join(work, 'lazy-oci');
+  const r = spawnSync(
+    'skopeo',
+    ['copy', '--src-tls-verify=false', `docker://${reg.host}/app/lazy-fresh:2`, `oci:${out}:x`],
+    {
+      encoding: 'utf8',
+    },
+  );
+  assert.equal(r.status, 0, r.stderr);
 });

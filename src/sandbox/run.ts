@@ -22,7 +22,7 @@
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
-import { chown, lstat, rmdir, mkdir, readFile, readdir, rm, stat, writeFile, chmod } from 'node:fs/promises';
+import { chown, lstat, lutimes, rmdir, mkdir, readFile, readdir, rm, stat, writeFile, chmod } from 'node:fs/promises';
 import { dirname, join, posix } from 'node:path';
 import type { ProcessResult, ProcessSpec, RunMount, Executor } from '../engine/ports.js';
 import { secureJoin } from '../engine/rootfs.js';
@@ -232,8 +232,17 @@ export class StubTracker {
   }
 }
 
-/** Set a path's mtime with nanosecond precision (Node's utimes rounds to microseconds). */
+/**
+ * Set a path's mtime with nanosecond precision (Node's utimes rounds to microseconds, exact only for whole seconds:
+ * those — a base image's dirs, extracted from tar — are set in-process; a process spawned from this one blocks its
+ * main thread until the child execs, which under load costs more than the whole stub cleanup).
+ */
 async function setMtimeNs(path: string, ns: bigint): Promise<void> {
+  if (ns % 1_000_000_000n === 0n && ns >= 0n) {
+    const st = await lstat(path);
+    await lutimes(path, st.atime, Number(ns / 1_000_000_000n));
+    return;
+  }
   const sec = ns / 1_000_000_000n;
   const frac = (ns % 1_000_000_000n).toString().padStart(9, '0');
   await runTool('touch', ['-h', '-m', '-d', `@${sec}.${frac}`, path]);

@@ -6,14 +6,26 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const REPO = dirname(dirname(fileURLToPath(import.meta.url)));
 
-/** kiln compiled into .tmp/NAME (gitignored): a command is measured as plain node, not tsx. */
+/**
+ * kiln compiled into .tmp/NAME (gitignored): a command is measured as plain node, not tsx, and bundled as
+ * `npm run build` bundles it (.tmp/NAME/bundle/kiln.js, what bin/kiln.js runs; BENCH_BUNDLE=0: tsc's cli/main.js).
+ * Both export `main`.
+ */
 export function compiledCli(name: string): string {
   const out = join(REPO, '.tmp', name);
   const tsc = join(REPO, 'node_modules', 'typescript', 'bin', 'tsc');
   spawnSync(process.execPath, [tsc, '-p', 'tsconfig.build.json', '--outDir', out], { cwd: REPO, stdio: 'ignore' });
   const main = join(out, 'cli', 'main.js');
   if (!existsSync(main)) throw new Error(`tsc produced no .tmp/${name}/cli/main.js`);
-  return main;
+  return process.env.BENCH_BUNDLE === '0' ? main : bundleCli(join(out, 'bundle'));
+}
+
+/** scripts/bundle.mjs into `out`: the path of its kiln.js (exports `main`). */
+export function bundleCli(out: string): string {
+  const r = spawnSync(process.execPath, [join(REPO, 'scripts', 'bundle.mjs'), out], { cwd: REPO, encoding: 'utf8' });
+  const entry = join(out, 'kiln.js');
+  if (r.status !== 0 || !existsSync(entry)) throw new Error(`scripts/bundle.mjs failed:\n${r.stderr}`);
+  return entry;
 }
 
 /** dist/cli/main.js, refusing one older than a source file (a bench that measures dist/, or ships it in an image). */

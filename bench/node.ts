@@ -117,7 +117,7 @@ async function startService(cli: string, work: string, home: string, config: str
   await mkdir(dirname(bin), { recursive: true });
   await writeFile(
     bin,
-    "const { main } = await import('../cli/main.js');\nprocess.exitCode = await main(process.argv.slice(2));\n",
+    `const { main } = await import(${JSON.stringify(pathToFileURL(cli).href)});\nprocess.exitCode = await main(process.argv.slice(2));\n`,
   );
   // the web UI's bundle (what `npm run build` adds after tsc): `kiln serve` serves it
   const ui = (await import(pathToFileURL(join(root, 'service', 'ui', 'bundle.js')).href)) as {

@@ -1,11 +1,14 @@
 #!/usr/bin/env node
-// Thin launcher: run the compiled CLI (dist/) when it is up to date with src/, otherwise the TypeScript
-// sources through tsx (development checkouts where `npm run build` has not been re-run).
+// Thin launcher: run the bundled CLI (dist/bundle/kiln.js, scripts/bundle.mjs: fastest start-up) or else tsc's
+// output (dist/cli/main.js) when it is up to date with src/, otherwise the TypeScript sources through tsx
+// (development checkouts where `npm run build` has not been re-run). KILN_BUNDLE=0 skips the bundle,
+// KILN_FROM_SOURCE=1 both compiled forms.
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { dirname, join } from 'node:path';
 
 const root = dirname(dirname(fileURLToPath(import.meta.url)));
+const bundled = join(root, 'dist', 'bundle', 'kiln.js');
 const compiled = join(root, 'dist', 'cli', 'main.js');
 const srcDir = join(root, 'src');
 
@@ -19,14 +22,18 @@ function newestMtime(dir) {
   return newest;
 }
 
-function useCompiled() {
-  if (process.env.KILN_FROM_SOURCE === '1' || !existsSync(compiled)) return false;
+let srcMtime;
+function upToDate(file) {
+  if (!existsSync(file)) return false;
   if (!existsSync(srcDir)) return true;
-  return statSync(compiled).mtimeMs >= newestMtime(srcDir);
+  srcMtime ??= newestMtime(srcDir);
+  return statSync(file).mtimeMs >= srcMtime;
 }
 
 let entry;
-if (useCompiled()) {
+if (process.env.KILN_FROM_SOURCE !== '1' && process.env.KILN_BUNDLE !== '0' && upToDate(bundled)) {
+  entry = bundled;
+} else if (process.env.KILN_FROM_SOURCE !== '1' && upToDate(compiled)) {
   entry = compiled;
 } else {
   const { register } = await import('tsx/esm/api');

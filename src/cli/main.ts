@@ -4,45 +4,51 @@
  * with a stack only under --debug.
  */
 import { Command, CommanderError } from 'commander';
-import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { readFileSync } from 'node:fs';
 import { KilnError } from '../errors.js';
 import { debugMark } from '../util/debug.js';
+import { findUp } from '../util/find-up.js';
 
-/** kiln's version (package.json, two levels up from src/cli and dist/cli): `kiln --version` for images and scripts. */
+/** kiln's version (the package.json above src/cli, dist/cli or dist/bundle): `kiln --version` for images and scripts. */
 function kilnVersion(): string {
-  const pkg = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'package.json');
+  const pkg = findUp('package.json');
+  if (pkg === undefined) throw new KilnError('INTERNAL', "cannot find kiln's package.json");
   return (JSON.parse(readFileSync(pkg, 'utf8')) as { version: string }).version;
 }
 
-/** Command modules in help order. Each file exports `register(program: Command)`. */
-const COMMANDS = [
-  'build',
-  'strategy',
-  'pack',
-  'rebase',
-  'pull',
-  'push',
-  'copy',
-  'inspect',
-  'images',
-  'rmi',
-  'login',
-  'logout',
-  'dockerfile',
-  'bootstrap',
-  'serve',
-  'serve-worker',
-  'builds',
-  'project',
-  'bases',
-  'deliveries',
-  'controller',
-] as const;
+/**
+ * Command modules in help order, each imported only when needed. Literal `import()`s (not paths built at run
+ * time) so that the bundler (scripts/bundle.mjs) makes one chunk per command and `kiln build` never parses the
+ * service's code. Each module exports `register(program: Command)`.
+ */
+const COMMANDS = {
+  build: () => import('./build.js'),
+  strategy: () => import('./strategy.js'),
+  pack: () => import('./pack.js'),
+  rebase: () => import('./rebase.js'),
+  pull: () => import('./pull.js'),
+  push: () => import('./push.js'),
+  copy: () => import('./copy.js'),
+  inspect: () => import('./inspect.js'),
+  images: () => import('./images.js'),
+  rmi: () => import('./rmi.js'),
+  login: () => import('./login.js'),
+  logout: () => import('./logout.js'),
+  dockerfile: () => import('./dockerfile.js'),
+  bootstrap: () => import('./bootstrap.js'),
+  serve: () => import('./serve.js'),
+  'serve-worker': () => import('./serve-worker.js'),
+  builds: () => import('./builds.js'),
+  project: () => import('./project.js'),
+  bases: () => import('./bases.js'),
+  deliveries: () => import('./deliveries.js'),
+  controller: () => import('./controller.js'),
+} satisfies Record<string, () => Promise<CommandModule>>;
+
+type CommandName = keyof typeof COMMANDS;
 
 /** Commands registered by a module of another name (`kiln s2i` lives in strategy.ts). */
-const MODULE_OF: Record<string, (typeof COMMANDS)[number]> = { s2i: 'strategy' };
+const MODULE_OF: Record<string, CommandName> = { s2i: 'strategy' };
 
 interface CommandModule {
   register(program: Command): void;
@@ -50,18 +56,15 @@ interface CommandModule {
 
 /**
  * Register command modules. Only the invoked command's module is loaded when argv names one (start-up time matters
- * for short commands like `kiln copy` in scripts); help and unknown commands load them all.
+ * for short commands like `kiln copy` in scripts); `--version` loads none; help and unknown commands load them all.
  */
 async function loadCommands(program: Command, argv: string[]): Promise<void> {
-  const here = dirname(fileURLToPath(import.meta.url));
-  const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
   const first = argv.find((a) => !a.startsWith('-'));
-  const wanted = COMMANDS.find((c) => c === (first !== undefined ? (MODULE_OF[first] ?? first) : first));
-  for (const name of wanted ? [wanted] : COMMANDS) {
-    const file = join(here, name + ext);
-    if (!existsSync(file)) continue;
-    const mod = (await import(pathToFileURL(file).href)) as Partial<CommandModule>;
-    if (typeof mod.register === 'function') mod.register(program);
+  if (first === undefined && argv.includes('--version')) return;
+  const name = first !== undefined ? (MODULE_OF[first] ?? first) : undefined;
+  const wanted = name !== undefined && Object.hasOwn(COMMANDS, name) ? (name as CommandName) : undefined;
+  for (const n of wanted ? [wanted] : (Object.keys(COMMANDS) as CommandName[])) {
+    (await COMMANDS[n]()).register(program);
   }
 }
 

@@ -5,17 +5,16 @@
  * Same code as the package entry: its `request()` is Dispatcher.prototype.request (the API mixin the entry
  * installs, installed here the same way) called on the given dispatcher with the URL split into origin and path.
  */
-import { createRequire } from 'node:module';
 import type { Agent as UndiciAgent, Dispatcher } from 'undici';
+// CommonJS modules of undici imported by path (types: undici-lib.d.ts); static imports so the bundled CLI
+// (scripts/bundle.mjs) carries them instead of loading them from node_modules file by file
+import AgentClass from 'undici/lib/dispatcher/agent.js';
+import DispatcherClass from 'undici/lib/dispatcher/dispatcher.js';
+import api from 'undici/lib/api/index.js';
 
 export type { Dispatcher };
 
-const load = createRequire(import.meta.url);
-const AgentClass = load('undici/lib/dispatcher/agent.js') as typeof UndiciAgent;
-const DispatcherClass = load('undici/lib/dispatcher/dispatcher.js') as { prototype: object };
-if (!('request' in DispatcherClass.prototype)) {
-  Object.assign(DispatcherClass.prototype, load('undici/lib/api/index.js') as object);
-}
+if (!('request' in DispatcherClass.prototype)) Object.assign(DispatcherClass.prototype, api);
 
 export const Agent = AgentClass;
 export type Agent = UndiciAgent;

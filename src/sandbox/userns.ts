@@ -19,6 +19,7 @@ import { spawn, type StdioOptions } from 'node:child_process';
 import { Socket } from 'node:net';
 import { access, readFile, constants } from 'node:fs/promises';
 import { userInfo } from 'node:os';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { KilnError } from '../errors.js';
 import { BUILD_NS_ENV } from './paths.js';
@@ -381,8 +382,10 @@ export interface RunInNamespaceOptions {
 export type NsEntryResult = { ok: true; value: unknown } | { ok: false; code: string; message: string; hint?: string };
 
 function entryScript(): string {
+  // beside this module in src/ and tsc's dist/; bundled (dist/bundle/), an entry point of the bundle beside its chunks
   const self = fileURLToPath(import.meta.url);
-  return self.replace(/userns\.(ts|js)$/, (_m, ext: string) => `ns-entry.${ext}`);
+  const m = /userns\.(ts|js)$/.exec(self);
+  return m ? self.slice(0, m.index) + `ns-entry.${m[1]}` : join(dirname(self), 'ns-entry.js');
 }
 
 /**

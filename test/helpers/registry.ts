@@ -363,6 +363,12 @@ export async function startTcpProxy(target: string, o: TcpProxyOptions = {}): Pr
 
 const KILN_BIN = fileURLToPath(new URL('../../bin/kiln.js', import.meta.url));
 
+/**
+ * `KILN_FROM_SOURCE` for the CLI tests' child processes: '1' (TypeScript sources, no `npm run build` needed)
+ * unless `KILN_TEST_COMPILED=1`, which runs the same tests against what bin/kiln.js picks (the bundle).
+ */
+export const KILN_FROM_SOURCE = process.env.KILN_TEST_COMPILED === '1' ? '0' : '1';
+
 export interface KilnRun {
   code: number;
   stdout: string;
@@ -375,7 +381,7 @@ export function runKiln(args: string[], env: NodeJS.ProcessEnv = {}, input?: str
     const child = execFile(
       process.execPath,
       [KILN_BIN, ...args],
-      { env: { ...process.env, KILN_FROM_SOURCE: '1', ...env }, encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 },
+      { env: { ...process.env, KILN_FROM_SOURCE, ...env }, encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 },
       (err, stdout, stderr) => {
         const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
         resolve({ code, stdout, stderr });

@@ -6,6 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { readFile, readdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { KILN_FROM_SOURCE } from '../helpers/registry.js';
 import { rootlessPrefix } from '../helpers/rootless.js';
 
 export const REPO = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -29,13 +30,20 @@ export interface KilnOptions {
 
 /** Run `kiln ARGS` to completion. */
 export function kiln(args: string[], o: KilnOptions): Promise<KilnRun> {
-  const env: NodeJS.ProcessEnv = { ...process.env, KILN_HOME: o.home, KILN_FROM_SOURCE: '1', ...o.env };
+  const env: NodeJS.ProcessEnv = { ...process.env, KILN_HOME: o.home, KILN_FROM_SOURCE, ...o.env };
   delete env.SOURCE_DATE_EPOCH;
   if (o.env?.SOURCE_DATE_EPOCH) env.SOURCE_DATE_EPOCH = o.env.SOURCE_DATE_EPOCH;
   const prefix = o.rootless ? rootlessPrefix() : [];
   const cmd = prefix.length ? (prefix[0] as string) : process.execPath;
   const argv = prefix.length
-    ? [...prefix.slice(1), 'env', `KILN_HOME=${o.home}`, 'KILN_FROM_SOURCE=1', `HOME=${o.home}`, process.execPath]
+    ? [
+        ...prefix.slice(1),
+        'env',
+        `KILN_HOME=${o.home}`,
+        `KILN_FROM_SOURCE=${KILN_FROM_SOURCE}`,
+        `HOME=${o.home}`,
+        process.execPath,
+      ]
     : [];
   if (o.rootless && o.env) for (const [k, v] of Object.entries(o.env)) argv.splice(argv.length - 1, 0, `${k}=${v}`);
   return new Promise((resolve, reject) => {

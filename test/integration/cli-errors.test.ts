@@ -17,7 +17,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gunzipSync } from 'node:zlib';
-import { startRegistry, type TestRegistry } from '../helpers/registry.js';
+import { KILN_FROM_SOURCE, startRegistry, type TestRegistry } from '../helpers/registry.js';
 import { makeBusyboxImage, makeTar } from '../helpers/images.js';
 import { writeLayout } from '../../src/oci/layout.js';
 import { writeDockerArchive } from '../../src/oci/docker-archive.js';
@@ -54,7 +54,7 @@ interface RunOptions {
 function kiln(args: string[], o: RunOptions = {}): Promise<Run> {
   const env: NodeJS.ProcessEnv = {
     ...process.env,
-    KILN_FROM_SOURCE: '1',
+    KILN_FROM_SOURCE,
     KILN_HOME: o.home ?? home,
     TMPDIR: tmp,
     DOCKER_CONFIG: join(work, 'docker-config'),

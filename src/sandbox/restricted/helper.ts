@@ -11,17 +11,18 @@ import { createHash, randomBytes } from 'node:crypto';
 import { access, chmod, constants, copyFile, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { release } from 'node:os';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { KilnError } from '../../errors.js';
+import { findUp } from '../../util/find-up.js';
 import { runTool } from '../mount.js';
 import { findTool } from '../userns.js';
 
 export const HELPER_ENV = 'KILN_RESTRICTED_HELPER';
 
-/** The helper's C source in this checkout (src/ and dist/ are at the same depth below the repository). */
+const SOURCE = join('src', 'sandbox', 'restricted', 'kiln-restricted.c');
+
+/** The helper's C source in this checkout (found above src/, dist/ or dist/bundle/; an installed image has none). */
 export function helperSource(): string {
-  const here = dirname(fileURLToPath(import.meta.url));
-  return join(here, '..', '..', '..', 'src', 'sandbox', 'restricted', 'kiln-restricted.c');
+  return findUp(SOURCE) ?? SOURCE;
 }
 
 async function executable(p: string): Promise<boolean> {

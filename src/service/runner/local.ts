@@ -9,11 +9,10 @@
  * abort their build and clean up; no orphan keeps building or pushing.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import type { Socket } from 'node:net';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { KilnError } from '../../errors.js';
+import { findUp } from '../../util/find-up.js';
 import type { BuildStage } from '../model.js';
 import {
   lineDecoder,
@@ -96,12 +95,8 @@ interface Worker {
 
 /** bin/kiln.js of this checkout or package (the same launcher users run). */
 function kilnBin(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 5; i++) {
-    const p = join(dir, 'bin', 'kiln.js');
-    if (existsSync(p)) return p;
-    dir = dirname(dir);
-  }
+  const p = findUp(join('bin', 'kiln.js'));
+  if (p !== undefined) return p;
   throw new KilnError('INTERNAL', 'cannot find bin/kiln.js for the build workers');
 }
 

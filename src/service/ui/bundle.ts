@@ -7,6 +7,7 @@
 import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { findUp } from '../../util/find-up.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 
@@ -18,9 +19,7 @@ export interface BundledFile {
 
 /** The client's source dir: beside this module (sources), or in the checkout's src/ (running from dist/). */
 export function clientSourceDir(): string {
-  return here.split(/[\\/]/).includes('dist')
-    ? join(here, '..', '..', '..', 'src', 'service', 'ui', 'client')
-    : join(here, 'client');
+  return findUp(join('src', 'service', 'ui', 'client'), here) ?? join(here, 'client');
 }
 
 /** Bundle the client (minified, no source maps, no legal comments: the first load stays small). */
@@ -56,7 +55,7 @@ export async function writeBundle(dir: string, files: BundledFile[]): Promise<vo
   await writeFile(join(dir, 'manifest.json'), JSON.stringify(manifest) + '\n');
 }
 
-/** Where prebuilt assets live: beside this module. */
+/** Where prebuilt assets live: beside this module (scripts/bundle.mjs copies them beside the bundled CLI). */
 export const PREBUILT_DIR = join(here, 'assets');
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {

@@ -8,8 +8,8 @@ const REPO = dirname(dirname(fileURLToPath(import.meta.url)));
 
 /**
  * kiln compiled into .tmp/NAME (gitignored): a command is measured as plain node, not tsx, and bundled as
- * `npm run build` bundles it (.tmp/NAME/bundle/kiln.js, what bin/kiln.js runs; BENCH_BUNDLE=0: tsc's cli/main.js).
- * Both export `main`.
+ * `npm run build` bundles it (.tmp/NAME/bundle/kiln.cjs, what bin/kiln.js runs; BENCH_BUNDLE=0: tsc's
+ * cli/main.js). Run either with `runCompiled` or a `launcherSource` script.
  */
 export function compiledCli(name: string): string {
   const out = join(REPO, '.tmp', name);
@@ -20,10 +20,10 @@ export function compiledCli(name: string): string {
   return process.env.BENCH_BUNDLE === '0' ? main : bundleCli(join(out, 'bundle'));
 }
 
-/** scripts/bundle.mjs into `out`: the path of its kiln.js (exports `main`). */
+/** scripts/bundle.mjs into `out`: the path of its kiln.cjs (loaded by bin/load-bundle.js, exports `main`). */
 export function bundleCli(out: string): string {
   const r = spawnSync(process.execPath, [join(REPO, 'scripts', 'bundle.mjs'), out], { cwd: REPO, encoding: 'utf8' });
-  const entry = join(out, 'kiln.js');
+  const entry = join(out, 'kiln.cjs');
   if (r.status !== 0 || !existsSync(entry)) throw new Error(`scripts/bundle.mjs failed:\n${r.stderr}`);
   return entry;
 }
@@ -50,13 +50,19 @@ export function compiledDist(): string {
   return main;
 }
 
+/** An ES module that runs the CLI `main` (a bundle's kiln.cjs as bin/kiln.js loads it, or tsc's cli/main.js). */
+export function launcherSource(main: string): string {
+  const load = main.endsWith('.cjs')
+    ? `(await import(${JSON.stringify(pathToFileURL(join(REPO, 'bin', 'load-bundle.js')).href)})).loadBundle(${JSON.stringify(main)})`
+    : `await import(${JSON.stringify(pathToFileURL(main).href)})`;
+  return `const { main } = ${load};\nprocess.exitCode = await main(process.argv.slice(2));\n`;
+}
+
 export function runCompiled(main: string, args: string[], env: NodeJS.ProcessEnv): Promise<string> {
-  const runner =
-    'const { main } = await import(process.argv[1]); process.exitCode = await main(process.argv.slice(2));';
   return new Promise((res, rej) =>
     execFile(
       process.execPath,
-      ['--input-type=module', '-e', runner, pathToFileURL(main).href, ...args],
+      ['--input-type=module', '-e', launcherSource(main), 'kiln', ...args],
       { env: { ...process.env, ...env } },
       (err, stdout, stderr) => (err ? rej(new Error(stderr)) : res(stdout)),
     ),

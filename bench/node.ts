@@ -25,7 +25,7 @@ import { startGitServer } from '../test/helpers/git-server.js';
 import { startRegistry } from '../test/helpers/registry.js';
 import { startBuildKit } from '../test/helpers/buildkit.js';
 import { pushNodeBase } from '../test/helpers/node-base.js';
-import { compiledCli, runCompiled } from './compiled.js';
+import { compiledCli, launcherSource, runCompiled } from './compiled.js';
 import { FINAL_PHASES, type Build } from '../src/service/model.js';
 
 const rounds = Number(process.env.BENCH_ROUNDS ?? 5);
@@ -115,10 +115,7 @@ async function startService(cli: string, work: string, home: string, config: str
   const root = dirname(dirname(cli));
   const bin = join(root, 'bin', 'kiln.js');
   await mkdir(dirname(bin), { recursive: true });
-  await writeFile(
-    bin,
-    `const { main } = await import(${JSON.stringify(pathToFileURL(cli).href)});\nprocess.exitCode = await main(process.argv.slice(2));\n`,
-  );
+  await writeFile(bin, launcherSource(cli));
   // the web UI's bundle (what `npm run build` adds after tsc): `kiln serve` serves it
   const ui = (await import(pathToFileURL(join(root, 'service', 'ui', 'bundle.js')).href)) as {
     bundleUi(clientDir: string): Promise<unknown[]>;

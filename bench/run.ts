@@ -36,7 +36,7 @@ import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { cpus, totalmem, release, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { bundleCli } from './compiled.js';
+import { bundleCli, launcherSource } from './compiled.js';
 import { startRegistry, type TestRegistry } from '../test/helpers/registry.js';
 import { makeBusyboxImage } from '../test/helpers/images.js';
 import { startDockerd, type Dockerd } from '../test/helpers/dockerd.js';
@@ -153,10 +153,7 @@ async function kilnTool(reg: TestRegistry, work: string): Promise<Tool> {
   const launcher = compileKiln(work);
   const tscMain = join(REPO, '.tmp', 'bench-dist', 'cli', 'main.js');
   const main = process.env.BENCH_BUNDLE === '0' ? tscMain : bundleCli(join(REPO, '.tmp', 'bench-dist', 'bundle'));
-  await writeFile(
-    launcher,
-    `const { main } = await import(${JSON.stringify(main)});\nprocess.exitCode = await main(process.argv.slice(2));\n`,
-  );
+  await writeFile(launcher, launcherSource(main));
   let home = '';
   let n = 0;
   return {

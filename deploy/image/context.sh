@@ -15,7 +15,7 @@ die() {
 [ $# -eq 1 ] || die "usage: bash deploy/image/context.sh OUT"
 out=$1
 [ -f dist/cli/main.js ] || die "dist/ is missing: run npm run build first"
-[ -f dist/bundle/kiln.js ] || echo "context.sh: warning: dist/bundle/ is missing (the image would start kiln from tsc's output, slower: npm run build bundles it)" >&2
+[ -f dist/bundle/kiln.cjs ] || echo "context.sh: warning: dist/bundle/ is missing (the image would start kiln from tsc's output, slower: npm run build bundles it)" >&2
 if [ -n "$(find src -name '*.ts' -newer dist/cli/main.js -print -quit)" ]; then
   echo "context.sh: warning: src/ has changes newer than dist/ (run npm run build for an image of them)" >&2
 fi

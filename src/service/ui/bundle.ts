@@ -58,9 +58,15 @@ export async function writeBundle(dir: string, files: BundledFile[]): Promise<vo
 /** Where prebuilt assets live: beside this module (scripts/bundle.mjs copies them beside the bundled CLI). */
 export const PREBUILT_DIR = join(here, 'assets');
 
+// run as a script (`npm run build`); no top-level await: the bundled CLI may be CommonJS (scripts/bundle.mjs)
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  const files = await bundleUi();
-  await writeBundle(PREBUILT_DIR, files);
-  const total = files.reduce((n, f) => n + f.contents.length, 0);
-  process.stderr.write(`kiln ui: ${files.map((f) => f.name).join(', ')} (${total} bytes) → ${PREBUILT_DIR}\n`);
+  void (async () => {
+    const files = await bundleUi();
+    await writeBundle(PREBUILT_DIR, files);
+    const total = files.reduce((n, f) => n + f.contents.length, 0);
+    process.stderr.write(`kiln ui: ${files.map((f) => f.name).join(', ')} (${total} bytes) → ${PREBUILT_DIR}\n`);
+  })().catch((e: unknown) => {
+    process.stderr.write(`kiln ui: ${e instanceof Error ? e.message : String(e)}\n`);
+    process.exitCode = 1;
+  });
 }

@@ -185,7 +185,7 @@ function sameHeaders(seg: Segment, raw: Buffer): boolean {
  * at once; file bodies are read only for members that are not reused.
  */
 export async function writeSegmented(
-  items: AsyncIterable<TarItem>,
+  batches: AsyncIterable<TarItem[]>,
   out: FileHandle,
   o: { level: number; reuseFrom?: ReuseFrom | undefined; parallel?: number },
 ): Promise<SegmentedResult> {
@@ -241,39 +241,40 @@ export async function writeSegmented(
   let seg = fresh();
   let entryStart = 0; // seg.bytes where the current entry began
   try {
-    for await (const it of items) {
-      if (Buffer.isBuffer(it)) {
-        seg.items.push(it);
-        seg.bytes += it.length;
-        seg.key.update(it);
-      } else if ('abs' in it) {
-        if (it.size > PIECE) {
-          // a large body: the member ends before it, and it is cut into members of its own
-          if (seg.bytes > 0) await submit(seg);
-          entryStart = 0; // the padding and end of this entry start the next member
-          for (let off = 0; off < it.size; off += PIECE) {
-            const piece = fresh();
-            const length = Math.min(PIECE, it.size - off);
-            piece.items.push({ body: it, offset: off, length });
-            piece.bytes = length;
-            piece.key.update(`piece\0${it.dev}:${it.ino}:${it.size}:${off}:${length}\0`);
-            await submit(piece);
-          }
-          seg = fresh();
-        } else {
+    for await (const batch of batches)
+      for (const it of batch) {
+        if (Buffer.isBuffer(it)) {
           seg.items.push(it);
-          seg.bytes += it.size;
-          seg.key.update(`\0body\0${it.dev}:${it.ino}:${it.size}\0`);
+          seg.bytes += it.length;
+          seg.key.update(it);
+        } else if ('abs' in it) {
+          if (it.size > PIECE) {
+            // a large body: the member ends before it, and it is cut into members of its own
+            if (seg.bytes > 0) await submit(seg);
+            entryStart = 0; // the padding and end of this entry start the next member
+            for (let off = 0; off < it.size; off += PIECE) {
+              const piece = fresh();
+              const length = Math.min(PIECE, it.size - off);
+              piece.items.push({ body: it, offset: off, length });
+              piece.bytes = length;
+              piece.key.update(`piece\0${it.dev}:${it.ino}:${it.size}:${off}:${length}\0`);
+              await submit(piece);
+            }
+            seg = fresh();
+          } else {
+            seg.items.push(it);
+            seg.bytes += it.size;
+            seg.key.update(`\0body\0${it.dev}:${it.ino}:${it.size}\0`);
+          }
+        } else {
+          const entryBytes = seg.bytes - entryStart;
+          if (seg.bytes >= MAX_MEMBER || pathHash(it.end) * TARGET < entryBytes) {
+            await submit(seg);
+            seg = fresh();
+          }
+          entryStart = seg.bytes;
         }
-      } else {
-        const entryBytes = seg.bytes - entryStart;
-        if (seg.bytes >= MAX_MEMBER || pathHash(it.end) * TARGET < entryBytes) {
-          await submit(seg);
-          seg = fresh();
-        }
-        entryStart = seg.bytes;
       }
-    }
     if (seg.bytes > 0) await submit(seg);
     while (queue.length > 0) await emit(await (queue.shift() as Promise<Member>));
   } finally {

@@ -152,6 +152,8 @@ export interface EngineResult {
 interface StepHooks {
   /** Fill the upper dir before the snapshot is mounted. */
   plant?: (upper: string) => Promise<boolean>;
+  /** See PrepareOptions.unchanged. */
+  unchanged?: (root: string) => ReadonlySet<string>;
   /** After the work, with the snapshot unmounted, before the layer is written. */
   afterUnmount?: (snap: Snapshot) => Promise<void>;
   /** The layer's blob is written and cached (in the background, possibly after the step is reported done). */
@@ -820,7 +822,9 @@ class Engine {
       const why = await explainer.explainMiss?.(key).catch(() => undefined);
       if (why) this.deps.progress.log(id, 'stderr', Buffer.from(`cache miss: ${why}\n`));
     }
-    const prepOpts = hooks.plant ? { plant: hooks.plant } : undefined;
+    const prepOpts = hooks.plant
+      ? { plant: hooks.plant, ...(hooks.unchanged ? { unchanged: hooks.unchanged } : {}) }
+      : undefined;
     const below = await lowersFor(st.layers, hooks.need);
     let snap = await this.deps.snapshotter.prepare(lowerDirs(below.layers), prepOpts);
     if (below.omitted > 0 && hooks.need && !(await narrowedSafely(snap.root, hooks.need))) {
@@ -1130,6 +1134,7 @@ class Engine {
         planted = new PlantedCopy(prev.dir, track);
         return planted.plant(upper);
       };
+      hooks.unchanged = (root) => planted?.unchanged(resolve(root)) ?? new Set<string>();
     }
     return hooks;
   }

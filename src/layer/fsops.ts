@@ -69,17 +69,19 @@ function quote(s: string): string {
 
 /**
  * Extended attributes under `dir` (recursive, never following symlinks) whose names match `pattern`
- * (a POSIX extended regex as getfattr -m takes). Returns absolute path → (name → value).
+ * (a POSIX extended regex as getfattr -m takes). Returns absolute path → (name → value). `recursive: false` reads
+ * the given paths only (e.g. the few entries of a tree that may have changed).
  */
 export async function readXattrsRecursive(
   dir: string | string[],
   pattern: string,
+  o: { recursive?: boolean } = {},
 ): Promise<Map<string, Map<string, Buffer>>> {
   const dirs = typeof dir === 'string' ? [dir] : dir;
   if (dirs.length === 0) return new Map();
   const r = await run('getfattr', [
     '--absolute-names',
-    '-R',
+    ...(o.recursive === false ? [] : ['-R']),
     '-P',
     '-h',
     '-d',

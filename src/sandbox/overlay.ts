@@ -146,7 +146,7 @@ export class OverlaySnapshotter implements SandboxSnapshotter {
       if (!mounted) return;
       await unmount(root);
       mounted = false;
-      xattrs = await pruneUnchangedDirs(upper, [...effective].reverse());
+      xattrs = await pruneUnchangedDirs(upper, [...effective].reverse(), opts.unchanged?.(root));
     };
     const release = async () => {
       if (released) return;
@@ -172,19 +172,46 @@ export class OverlaySnapshotter implements SandboxSnapshotter {
  * same mode/owner/mtime as the directory they shadow in the merged lower view (e.g. /etc after a mount stub in it
  * was removed and its mtime restored). Such a dir changes nothing in the merged view, and BuildKit's overlay
  * differ leaves it out of the layer too. Deepest first, so parents emptied by this are pruned; nothing at or
- * below an opaque upper dir is touched.
+ * below an opaque upper dir is touched. Returns the upper dir's UPPER_XATTRS, read for every entry but the
+ * `unchanged` files (upper-relative paths known to carry none).
  */
 export async function pruneUnchangedDirs(
   upperDir: string,
   lowersTopFirst: string[],
+  unchanged?: ReadonlySet<string>,
 ): Promise<Map<string, Map<string, Buffer>>> {
   const upper = resolve(upperDir);
   // One getfattr for the whole upper dir instead of one process per directory; the layer writer uses it too.
-  const xattrs = await readXattrsRecursive(upper, UPPER_XATTRS);
+  const xattrs = await upperXattrs(upper, unchanged);
   const opaque = new Set<string>();
   for (const [path, x] of xattrs) if (opaqueMarked(x)) opaque.add(path);
   await pruneDir(upper, lowersTopFirst, '', opaque);
   return xattrs;
+}
+
+/** Explicit paths per getfattr process (an argument list stays far below ARG_MAX). */
+const XATTR_PATHS = 2000;
+
+/** The UPPER_XATTRS of every entry of `upper` but the `unchanged` files. */
+async function upperXattrs(upper: string, unchanged?: ReadonlySet<string>): Promise<Map<string, Map<string, Buffer>>> {
+  if (!unchanged || unchanged.size === 0) return readXattrsRecursive(upper, UPPER_XATTRS);
+  const paths = [upper];
+  const walk = async (rel: string): Promise<void> => {
+    for (const e of await readdir(rel ? join(upper, rel) : upper, { withFileTypes: true })) {
+      const r = rel ? `${rel}/${e.name}` : e.name;
+      if (e.isDirectory()) {
+        paths.push(join(upper, r));
+        await walk(r);
+      } else if (!e.isFile() || !unchanged.has(r)) paths.push(join(upper, r));
+    }
+  };
+  await walk('');
+  const out = new Map<string, Map<string, Buffer>>();
+  for (let i = 0; i < paths.length; i += XATTR_PATHS) {
+    const part = await readXattrsRecursive(paths.slice(i, i + XATTR_PATHS), UPPER_XATTRS, { recursive: false });
+    for (const [k, v] of part) out.set(k, v);
+  }
+  return out;
 }
 
 async function pruneDir(upper: string, lowersTopFirst: string[], rel: string, opaque: Set<string>): Promise<boolean> {

@@ -72,6 +72,12 @@ for (const rootless of [false, true]) {
         for (let f = 0; f < 25; f++) await put(ctx, `src/d${d}/f${f}.txt`, `dir ${d} file ${f}\n`.repeat(f + 1));
       }
       await put(ctx, 'src/keep.txt', 'kept\n');
+      if (!rootless) {
+        // a capability (recorded in the layer): the file is never planted, its xattrs are read after the step
+        const cap = '0x0100000200040000000000000000000000000000'; // v2, cap_net_bind_service permitted
+        const r = spawnSync('setfattr', ['-n', 'security.capability', '-v', cap, join(ctx, 'src/d3/f8.txt')]);
+        assert.equal(r.status, 0, String(r.stderr));
+      }
       await utimes(join(ctx, 'src'), OLD, OLD);
       const first = await build(reuse, ctx, rootless);
 

@@ -167,12 +167,14 @@ export class RestrictedSnapshotter implements Snapshotter {
   async prepare(lowers: string[], opts?: PrepareOptions): Promise<Snapshot> {
     const client = this.opts.client;
     let tree = this.trees.find((t) => !t.open && sameList(t.state, lowers));
+    if (tree) tree.open = true; // claimed before any await: another prepare must not take it while it settles
     if (tree?.planted || tree?.movedOut) {
       try {
         await this.settle(tree);
       } catch (e) {
-        debugLog(`restricted: tree not settled after an incremental COPY (${String(e)}): a new one is made`);
+        debugLog(`restricted: tree not settled after the last step (${String(e)}): a new one is made`);
         tree.state = undefined;
+        tree.open = false;
         tree = undefined;
       }
     }

@@ -25,6 +25,9 @@ import { debugLog, withLabel, type RegistryOptions } from './transport.js';
 import { followFile } from '../util/tail.js';
 import { madeHere } from '../util/made.js';
 
+/** Blobs up to this size that the build just made are uploaded without a HEAD first. */
+const SKIP_HEAD_MAX = 1 << 20;
+
 export interface PushOptions extends RegistryOptions {
   /** Blobs uploaded at once (default 3). */
   parallelism?: number;
@@ -233,10 +236,11 @@ class Pusher {
           }
           const u = this.uploadOpts((n) => this.progress.update(id, n, job.size));
           u.mountFrom = where.mount;
-          // a blob this process just made that the index knows nowhere on this registry: upload, no HEAD first
-          if (this.trustKnown && !checked && !where.here && where.mount.length === 0 && madeHere(job.digest)) {
-            u.skipHead = true;
-          }
+          // a small blob this process just made that the index knows nowhere on this registry: upload, no HEAD
+          // first (a wrong guess re-sends at most SKIP_HEAD_MAX bytes; a large one is worth asking about, since a
+          // fresh home — a build pod — may rebuild a layer the registry has)
+          const fresh = !where.here && where.mount.length === 0 && job.size <= SKIP_HEAD_MAX && madeHere(job.digest);
+          if (this.trustKnown && !checked && fresh) u.skipHead = true;
           let from = '';
           u.onMounted = (r) => (from = r);
           // the index applies one digest's updates in call order: the record below lands after these

@@ -1,8 +1,8 @@
 /**
  * Digests of the blobs this process made: layer blobs it wrote and image configs it exported. No registry is likely
  * to have such a blob unless kiln pushed it there — which the origin index records — so a push may skip the HEAD
- * that asks whether the registry has it (one round trip less per new blob; src/registry/push.ts). A wrong guess
- * costs an upload of bytes the registry already had, never a wrong result.
+ * that asks whether the registry has it (one round trip less per new blob; src/registry/push.ts, blobs ≤ 1 MiB). A
+ * wrong guess costs an upload of bytes the registry already had, never a wrong result.
  */
 const made = new Set<string>();
 

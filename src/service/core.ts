@@ -66,9 +66,10 @@ export interface ServiceCore {
   listBuilds(q: BuildQuery): BuildPage;
   /**
    * Changes whenever `listBuilds` could answer differently (optional): equal values let a caller serve a listing
-   * it already made (the API caches serialized pages by query under it).
+   * it already made (the API caches serialized pages by query under it). `notBefore` (a `performance.now()` time,
+   * when the request came in): state the core read at or after it may be reused (see Store.changeMark).
    */
-  listMark?(): string;
+  listMark?(notBefore?: number): string;
   getBuild(id: string): Build | undefined;
   /**
    * Manual builds: one build per image. A branch or tag the mirror already knows is queued at once with `commit`
@@ -84,7 +85,8 @@ export interface ServiceCore {
 
   /** Prometheus text exposition. */
   metrics(): string;
-  verifyToken(token: string): Principal | undefined;
+  /** The identity of a valid token; `notBefore` as for `listMark`. */
+  verifyToken(token: string, notBefore?: number): Principal | undefined;
   /** Resolves when the service is shutting down (log followers end then). */
   readonly closing: Promise<void>;
 }

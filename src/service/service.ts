@@ -303,8 +303,8 @@ export class BuildService implements ServiceCore {
     return this.store.listBuilds(q);
   }
 
-  listMark(): string {
-    return this.store.changeMark();
+  listMark(notBefore?: number): string {
+    return this.store.changeMark(notBefore);
   }
 
   getBuild(id: string): Build | undefined {
@@ -431,8 +431,8 @@ export class BuildService implements ServiceCore {
     });
   }
 
-  verifyToken(token: string): Principal | undefined {
-    const t = this.store.verifyToken(token);
+  verifyToken(token: string, notBefore?: number): Principal | undefined {
+    const t = this.store.verifyToken(token, new Date(), notBefore);
     return t ? { name: t.name, role: t.role } : undefined;
   }
 

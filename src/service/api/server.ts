@@ -61,6 +61,8 @@ const YAML_TYPES = ['application/yaml', 'text/yaml', 'application/x-yaml'];
 const READ_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
 
 const principals = new WeakMap<FastifyRequest, Principal>();
+/** When each request came in (performance.now()): the core may reuse state it read since (see ServiceCore). */
+const arrivals = new WeakMap<FastifyRequest, number>();
 
 /** The verified identity of an authenticated request (undefined on public routes). */
 export function principalOf(req: FastifyRequest): Principal | undefined {
@@ -136,8 +138,10 @@ function authHook(app: FastifyInstance, core: ServiceCore, sessions: SessionAuth
   app.addHook('onRequest', async (req, reply) => {
     const route = req.routeOptions.url;
     if (route !== undefined && isPublic(route)) return;
+    const arrived = performance.now();
+    arrivals.set(req, arrived);
     const token = bearerToken(req.headers.authorization);
-    let principal = token === undefined ? undefined : core.verifyToken(token);
+    let principal = token === undefined ? undefined : core.verifyToken(token, arrived);
     if (token === undefined && sessions) {
       const session = sessions.fromCookie(req.headers.cookie);
       if (session && !READ_METHODS.has(req.method)) {
@@ -257,7 +261,7 @@ function routes(api: FastifyInstance, core: ServiceCore, followers: LogFollowers
         if (req.query[k] !== undefined) Object.assign(q, { [k]: req.query[k] });
       }
       // the mark first: a write after it makes the next request's mark differ, so nothing stale is ever reused
-      const body = pages.get(JSON.stringify(q), core.listMark?.(), () => {
+      const body = pages.get(JSON.stringify(q), core.listMark?.(arrivals.get(req)), () => {
         const page = core.listBuilds(q);
         return Buffer.from(JSON.stringify({ builds: page.builds, next: page.next }));
       });

@@ -509,6 +509,37 @@ test('tokens: create, verify, list, revoke, expire; only the SHA-256 is stored',
   s.close();
 });
 
+test('a verified token is served from memory until a token write here or any commit elsewhere; notBefore reuses', () => {
+  const file = dbFile();
+  const service = Store.open(file);
+  const cli = Store.open(file);
+  const a = cli.createToken('a', 'viewer');
+  const b = cli.createToken('b', 'admin');
+  assert.equal(service.verifyToken(a.token)?.name, 'a');
+  assert.equal(service.verifyToken(a.token)?.name, 'a', 'again, from memory');
+  // revoked by another process (`kiln serve token revoke`): its commit moves data_version, the next check sees it
+  assert.equal(cli.revokeToken(a.id), true);
+  assert.equal(service.verifyToken(a.token), undefined, 'revoked elsewhere');
+  // revoked through this connection (data_version does not move for its own commits)
+  const c = service.createToken('c', 'viewer');
+  assert.equal(service.verifyToken(c.token)?.name, 'c');
+  assert.equal(service.revokeToken(c.id), true);
+  assert.equal(service.verifyToken(c.token), undefined, 'revoked here');
+  // a request that came in before a commit elsewhere may be answered from what was read after it came in ...
+  const arrived = performance.now();
+  assert.equal(service.verifyToken(b.token, new Date(), arrived)?.name, 'b');
+  const mark = service.changeMark(arrived);
+  assert.equal(cli.revokeToken(b.id), true);
+  assert.equal(service.verifyToken(b.token, new Date(), arrived)?.name, 'b', 'read after it came in');
+  assert.equal(service.changeMark(arrived), mark);
+  // ... a later one is not
+  const next = performance.now();
+  assert.equal(service.verifyToken(b.token, new Date(), next), undefined, 'revoked before the request came in');
+  assert.notEqual(service.changeMark(next), mark);
+  service.close();
+  cli.close();
+});
+
 test('two Store instances on one file: a token made by one verifies in the other at once; writes interleave', () => {
   const file = dbFile();
   const service = open(file, 'app');

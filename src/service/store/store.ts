@@ -128,6 +128,20 @@ interface TokenRow {
   revoked: number;
 }
 
+/** A verification kept by {@link Store.verifyToken}: valid while nothing could have changed the token's row. */
+interface CachedToken {
+  token: VerifiedToken;
+  /** ms since the epoch; Infinity: never. */
+  expiresAt: number;
+  /** `last_used_at` as last written (ms since the epoch, 0: never). */
+  lastUsed: number;
+  dataVersion: number;
+  generation: number;
+}
+
+/** Verified tokens kept at most (a full cache is emptied: only a flood of distinct valid tokens gets there). */
+const VERIFIED_MAX = 1000;
+
 interface DeliveryRow {
   id: number;
   project: string;
@@ -170,6 +184,12 @@ function notFound(what: string): KilnError {
 /** The service database. Open with {@link Store.open}; all methods are synchronous. */
 export class Store {
   private readonly stmts = new Map<string, Statement>();
+  /** The last `data_version` read and when (see changeMark). */
+  private dv = { value: 0, at: -Infinity };
+  /** Bumped by this connection's token writes; with `data_version`, what a cached verification is valid under. */
+  private tokenGeneration = 0;
+  /** Verified tokens (see verifyToken), by token. */
+  private readonly verified = new Map<string, CachedToken>();
 
   private constructor(private readonly db: Db) {}
 
@@ -198,13 +218,27 @@ export class Store {
    * A value that differs whenever the database may hold something new: rows this connection changed
    * (`total_changes()`) and commits of other connections (`data_version`). Equal marks mean every read in between
    * would give the same answer — what lets the API serve a build listing again without a query (many clients
-   * polling one page). Conservative: any write, to any table, changes it. Costs one tiny statement.
+   * polling one page). Conservative: any write, to any table, changes it.
+   *
+   * `notBefore` (a `performance.now()` time, e.g. when a request came in): a `data_version` read at or after it
+   * is reused instead of read again. Why: reading it takes WAL read locks (tens of µs, most of what an API request
+   * cost the database), and the API's auth already read it for the same request; a value read after the request
+   * arrived is as good for answering it as a new one. `total_changes()` (this connection's writes) is always
+   * current and costs no lock.
    */
-  changeMark(): string {
-    const r = this.get<{ t: number; d: number }>(
-      'SELECT total_changes() AS t, (SELECT data_version FROM pragma_data_version) AS d',
-    );
-    return `${r?.t ?? 0}.${r?.d ?? 0}`;
+  changeMark(notBefore?: number): string {
+    const t = this.get<{ t: number }>('SELECT total_changes() AS t')?.t ?? 0;
+    return `${t}.${this.dataVersion(notBefore)}`;
+  }
+
+  /** `PRAGMA data_version` (other connections' commits), reused when read at or after `notBefore`. */
+  private dataVersion(notBefore: number | undefined): number {
+    if (notBefore !== undefined && this.dv.at >= notBefore) return this.dv.value;
+    // the time before the read: the value is at least as fresh as that
+    const at = performance.now();
+    const value = this.get<{ d: number }>('SELECT data_version AS d FROM pragma_data_version')?.d ?? 0;
+    this.dv = { value, at };
+    return value;
   }
 
   private stmt(sql: string): Statement {
@@ -667,20 +701,44 @@ export class Store {
    * The identity of a valid token (known, not revoked, not expired), else undefined. Looked up by its SHA-256
    * (an indexed equality on a hash leaks nothing useful through timing). Records `lastUsedAt`, at most once a
    * minute per token, best effort (a busy database never fails a request over it).
+   *
+   * A verified token is kept (in memory only, keyed by the token: the process holds each request's token anyway)
+   * and served again while `data_version` shows no other connection's commit and this connection wrote no token —
+   * so a revocation, from here or from `kiln serve token revoke`, counts at once, while the hundred requests a
+   * second of polling clients cost no token query and no hashing each. `notBefore`: see {@link changeMark}.
+   * Unknown or refused tokens are never kept (a token created a moment ago is looked up).
    */
-  verifyToken(token: string, now: Date = new Date()): VerifiedToken | undefined {
+  verifyToken(token: string, now: Date = new Date(), notBefore?: number): VerifiedToken | undefined {
     if (!token.startsWith(TOKEN_PREFIX) || token.length > 200) return undefined;
-    const row = this.get<TokenRow>('SELECT * FROM tokens WHERE hash = ?', sha256(token));
-    if (!row || row.revoked) return undefined;
-    if (row.expires_at !== null && Date.parse(row.expires_at) <= now.getTime()) return undefined;
-    if (row.last_used_at === null || now.getTime() - Date.parse(row.last_used_at) >= LAST_USED_RESOLUTION_MS) {
+    const dataVersion = this.dataVersion(notBefore);
+    let hit = this.verified.get(token);
+    if (hit && (hit.dataVersion !== dataVersion || hit.generation !== this.tokenGeneration)) {
+      this.verified.delete(token);
+      hit = undefined;
+    }
+    if (!hit) {
+      const row = this.get<TokenRow>('SELECT * FROM tokens WHERE hash = ?', sha256(token));
+      if (!row || row.revoked) return undefined;
+      hit = {
+        token: { id: row.id, name: row.name, role: row.role },
+        expiresAt: row.expires_at === null ? Infinity : Date.parse(row.expires_at),
+        lastUsed: row.last_used_at === null ? 0 : Date.parse(row.last_used_at),
+        dataVersion,
+        generation: this.tokenGeneration,
+      };
+      if (this.verified.size >= VERIFIED_MAX) this.verified.clear();
+      this.verified.set(token, hit);
+    }
+    if (hit.expiresAt <= now.getTime()) return undefined;
+    if (now.getTime() - hit.lastUsed >= LAST_USED_RESOLUTION_MS) {
+      hit.lastUsed = now.getTime();
       try {
-        this.run('UPDATE tokens SET last_used_at = ? WHERE id = ?', now.toISOString(), row.id);
+        this.run('UPDATE tokens SET last_used_at = ? WHERE id = ?', now.toISOString(), hit.token.id);
       } catch {
         // SQLITE_BUSY after busy_timeout: the next request records it.
       }
     }
-    return { id: row.id, name: row.name, role: row.role };
+    return { ...hit.token };
   }
 
   /** Every token, oldest first, revoked and expired ones included. */
@@ -698,6 +756,7 @@ export class Store {
 
   /** Revoke a token (kept for the audit trail); false when the id is unknown. */
   revokeToken(id: string): boolean {
+    this.tokenGeneration++;
     return this.run('UPDATE tokens SET revoked = 1 WHERE id = ?', id) > 0;
   }
 

@@ -30,6 +30,7 @@ import { Keychain } from '../registry/keychain.js';
 import { closeTransports, type RegistryOptions } from '../registry/transport.js';
 import { RUNNER_DETACHED, type WorkerJob } from './runner/protocol.js';
 import { renderMetrics } from './metrics.js';
+import { debugMark } from '../util/debug.js';
 
 export interface BuildServiceOptions {
   /** `--data-dir`: database, logs, git mirrors, checkouts. */
@@ -521,25 +522,39 @@ export class BuildService implements ServiceCore {
       stages.push(fetchStage);
       this.store.setStages(build.id, stages);
       const t0 = performance.now();
+      debugMark(`service: build ${build.id}: fetch`);
       const what = build.ref || build.commit || '';
       await line(`#0 [internal] fetch ${redactUrl(p.repository)} ${what}`);
       const spec: { ref?: string } = {};
       if (build.ref) spec.ref = build.ref;
+      const wsIndex = join(wsRoot, `.${build.image}.index`);
+      // the workspace's extra files go while the mirror fetches (they do not depend on the commit)
+      const pruned = useWs ? this.mirrors.pruneWorkspace(p, checkout, wsIndex, ac.signal) : Promise.resolve(false);
+      // (a failed prune emptied the workspace: updateWorkspace then checks out afresh)
+      const prunedOk = pruned.catch(() => false);
       // by commit too: an automatic build names a commit the mirror may not have fetched yet
       // (a commit resolved when the build was requested is usually mirrored already: then no second fetch)
-      const commit: string = (
-        await this.mirrors.resolve(p, build.commit ? { commit: build.commit } : spec, ac.signal, {
-          fetch: 'if-missing',
-        })
-      ).commit;
+      let commit: string;
+      try {
+        commit = (
+          await this.mirrors.resolve(p, build.commit ? { commit: build.commit } : spec, ac.signal, {
+            fetch: 'if-missing',
+          })
+        ).commit;
+      } finally {
+        // nothing of this build may still touch the workspace once it ends
+        if (useWs) await prunedOk;
+      }
       // The commit's subject, so the log says what is being built (as text: the UI renders log lines as text);
       // read from the mirror while the workspace is written.
+      debugMark(`service: build ${build.id}: fetched ${commit.slice(0, 12)}`);
       const message = this.mirrors.commitMessage(p, commit).catch(() => undefined);
       await mkdir(useWs ? wsRoot : checkout, { recursive: true, mode: 0o700 });
       if (useWs)
-        await this.mirrors.updateWorkspace(p, commit, checkout, join(wsRoot, `.${build.image}.index`), ac.signal);
+        await this.mirrors.updateWorkspace(p, commit, checkout, wsIndex, ac.signal, { pruned: await prunedOk });
       else await this.mirrors.checkout(p, commit, checkout, ac.signal);
       stages[0] = { ...fetchStage, status: 'done', durationMs: Math.round(performance.now() - t0) };
+      debugMark(`service: build ${build.id}: checked out`);
       await line(`#0 checked out ${commit}`);
       const subject = (await message)?.split('\n')[0]?.trim();
       if (subject) await line(`#0 commit: ${subject.slice(0, 200)}`);
@@ -653,8 +668,11 @@ export class BuildService implements ServiceCore {
           password: readSecretRef(rc, 'registry password'),
         };
       }
+      debugMark(`service: build ${build.id}: to the runner`);
       const outcome = await this.opts.runner.run(job, this.hooksFor(build.id, stages, current, update), ac.signal);
+      debugMark(`service: build ${build.id}: outcome`);
       await this.conclude(build.id, outcome, update);
+      debugMark(`service: build ${build.id}: recorded`);
     } catch (e) {
       await this.failed(build.id, e, ac, timeoutS, line, update);
     } finally {

@@ -254,6 +254,31 @@ test('a workspace updated to a new commit rewrites only the changed files, alrea
   assert.ok(!existsSync(join(ws, '.git')), 'no .git in a workspace');
 });
 
+test('a workspace pruned before the update (while the mirror fetches) ends with the same tree', async () => {
+  const c1 = await server.createRepo('ws-prune', { 'kept.txt': 'kept\n', 'gone.txt': 'g\n' });
+  const p = project('ws-prune');
+  await mirrors.resolve(p, { ref: 'main' });
+  const ws = join(tmp, 'ws-prune-work', 'app');
+  const index = join(tmp, 'ws-prune-work', '.app.index');
+  await mkdir(join(tmp, 'ws-prune-work'), { recursive: true });
+  assert.equal(await mirrors.pruneWorkspace(p, ws, index), false, 'nothing to prune against before a first checkout');
+  await mirrors.updateWorkspace(p, c1, ws, index);
+  const before = await stat(join(ws, 'kept.txt'));
+  // strays: one the next commit also has (its content must be the commit's), one it lacks, a stray directory
+  await writeFile(join(ws, 'new.txt'), 'stray\n');
+  await writeFile(join(ws, 'stray.txt'), 'stray\n');
+  await mkdir(join(ws, 'stray-dir'));
+  await writeFile(join(ws, 'stray-dir', 'x'), 'x\n');
+  const c2 = await server.commit('ws-prune', { 'new.txt': 'n\n', 'gone.txt': null }, 'two');
+  const [pruned] = await Promise.all([mirrors.pruneWorkspace(p, ws, index), mirrors.resolve(p, { ref: 'main' })]);
+  assert.equal(pruned, true);
+  await mirrors.updateWorkspace(p, c2, ws, index, undefined, { pruned: true });
+  assert.deepEqual((await readdir(ws)).sort(), ['kept.txt', 'new.txt']);
+  assert.equal(await readFile(join(ws, 'new.txt'), 'utf8'), 'n\n');
+  const after = await stat(join(ws, 'kept.txt'));
+  assert.deepEqual([after.ino, after.mtimeMs], [before.ino, before.mtimeMs], 'an unchanged file is left alone');
+});
+
 test('many refs: the gzip-encoded negotiation reaches http-backend and every branch is mirrored', async () => {
   await server.createRepo('refs', { a: 'a' });
   for (let i = 0; i < 40; i++) await server.git('refs', ['commit', '-q', '--allow-empty', '-m', `c${i}`]);

@@ -30,6 +30,7 @@ import {
 } from 'node:fs/promises';
 import { join, relative, sep } from 'node:path';
 import { KilnError, isKilnError } from '../../errors.js';
+import { debugMark } from '../../util/debug.js';
 import type { Project } from '../model.js';
 import {
   ASKPASS_SCRIPT,
@@ -399,46 +400,88 @@ export class GitMirrors {
     dest: string,
     index: string,
     signal?: AbortSignal,
+    opts: { pruned?: boolean } = {},
   ): Promise<CheckoutResult> {
     const c = checkHex(commit);
     if (!FULL_HEX.test(c)) {
       throw new KilnError('GIT_COMMIT_INVALID', `checkout needs a full commit id, not ${q(commit)}`);
     }
     await mkdir(dest, { recursive: true });
-    const fresh = project.submodules || project.lfs || !(await exists(index));
-    if (fresh) {
+    if (this.freshWorkspace(project) || !(await exists(index))) {
       await emptyDir(dest);
       await rm(index, { force: true });
       return this.checkout(project, c, dest, signal, project.submodules || project.lfs ? undefined : index);
     }
-    const { repo, path } = this.source(project);
-    const env = { ...baseEnv(), GIT_INDEX_FILE: index };
-    const wt = [...configArgs(this.opts.allowFile), `--git-dir=${path}`, `--work-tree=${dest}`];
-    const git = (args: string[]): Promise<GitRun> => runGit([...wt, ...args], { env, signal, cwd: dest });
+    const { repo } = this.source(project);
+    const git = this.workspaceGit(project, dest, index, signal);
     try {
-      let r = await git(['read-tree', '--reset', '-u', c]);
+      const r = await git(['read-tree', '--reset', '-u', c]);
       if (r.code !== 0)
         throw new KilnError(
           'GIT_CHECKOUT_FAILED',
           `cannot update to ${c.slice(0, 12)} of ${repo.url}: ${lastLine(r.stderr)}`,
         );
-      r = await git(['ls-files', '--others', '-z', '--directory']);
-      if (r.code !== 0)
-        throw new KilnError('GIT_CHECKOUT_FAILED', `cannot list files of ${repo.url}: ${lastLine(r.stderr)}`);
-      for (const extra of r.stdout
-        .toString('utf8')
-        .split('\0')
-        .filter((x) => x !== '')) {
-        const target = join(dest, extra);
-        if (!target.startsWith(dest + '/')) continue;
-        await rm(target, { recursive: true, force: true });
-      }
+      debugMark('git: workspace read-tree done');
+      if (opts.pruned !== true) await this.removeExtras(repo, dest, git);
     } catch (e) {
       await emptyDir(dest);
       await rm(index, { force: true });
       throw e;
     }
     return { commit: c, dir: dest, notes: [] };
+  }
+
+  /**
+   * Removes what a workspace holds beyond the files of its index (what no checkout wrote); true when done, false
+   * when there is nothing to prune against (no index yet, or a project whose workspace is checked out afresh).
+   * Why separate: it needs neither the mirror nor the new commit, so the service runs it while the mirror fetches
+   * and then calls `updateWorkspace(…, { pruned: true })` — removing extras before `read-tree` leaves the same tree
+   * as after it (read-tree writes only the commit's files), one git process less after the fetch. Throws like
+   * `updateWorkspace`; the workspace is then emptied.
+   */
+  async pruneWorkspace(project: GitProject, dest: string, index: string, signal?: AbortSignal): Promise<boolean> {
+    if (this.freshWorkspace(project) || !(await exists(index)) || !(await exists(dest))) return false;
+    try {
+      await this.removeExtras(this.source(project).repo, dest, this.workspaceGit(project, dest, index, signal));
+    } catch (e) {
+      await emptyDir(dest);
+      await rm(index, { force: true });
+      throw e;
+    }
+    return true;
+  }
+
+  /** Projects whose workspace is checked out afresh for every build (submodules, LFS). */
+  private freshWorkspace(project: GitProject): boolean {
+    return project.submodules || project.lfs;
+  }
+
+  /** git on a workspace: the mirror's objects, the workspace's own index (kept outside it). */
+  private workspaceGit(
+    project: GitProject,
+    dest: string,
+    index: string,
+    signal: AbortSignal | undefined,
+  ): (args: string[]) => Promise<GitRun> {
+    const { path } = this.source(project);
+    const env = { ...baseEnv(), GIT_INDEX_FILE: index };
+    const wt = [...configArgs(this.opts.allowFile), `--git-dir=${path}`, `--work-tree=${dest}`];
+    return (args) => runGit([...wt, ...args], { env, signal, cwd: dest });
+  }
+
+  /** Removes the workspace's files and directories its index does not track. */
+  private async removeExtras(repo: RepoUrl, dest: string, git: (args: string[]) => Promise<GitRun>): Promise<void> {
+    const r = await git(['ls-files', '--others', '-z', '--directory']);
+    if (r.code !== 0)
+      throw new KilnError('GIT_CHECKOUT_FAILED', `cannot list files of ${repo.url}: ${lastLine(r.stderr)}`);
+    for (const extra of r.stdout
+      .toString('utf8')
+      .split('\0')
+      .filter((x) => x !== '')) {
+      const target = join(dest, extra);
+      if (!target.startsWith(dest + '/')) continue;
+      await rm(target, { recursive: true, force: true });
+    }
   }
 
   /** Removes a checkout (there is no worktree registration to prune: checkouts never touch the mirror). */
@@ -589,6 +632,7 @@ export class GitMirrors {
       if (signal?.aborted) throw interrupted(signal);
       await mkdir(this.opts.dir, { recursive: true });
       const release = await lockFile(`${path}.lock`, signal);
+      debugMark('git: mirror locked');
       const auth = await this.auth(src).catch(async (e: unknown) => {
         await release();
         throw e;
@@ -621,6 +665,7 @@ export class GitMirrors {
             );
           }
           st.fresh.set(freshKey, Math.max(st.fresh.get(freshKey) ?? 0, started));
+          debugMark('git: fetched');
         }
         const fetchObject = async (sha: string): Promise<boolean> => (await fetch(['--', repo.url, sha])).code === 0;
         return await fn({ path, git, fetchObject });

@@ -12,6 +12,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import type { Socket } from 'node:net';
 import { join } from 'node:path';
 import { KilnError } from '../../errors.js';
+import { debugMark } from '../../util/debug.js';
 import { findUp } from '../../util/find-up.js';
 import type { BuildStage } from '../model.js';
 import {
@@ -178,12 +179,16 @@ export class LocalBuildRunner implements BuildRunner {
   async run(job: WorkerJob, hooks: RunHooks, signal: AbortSignal): Promise<RunOutcome> {
     if (this.closed) throw new KilnError('SERVICE_CLOSING', 'the service is shutting down');
     const { w, pid } = await this.take();
+    debugMark(`runner: build ${job.buildId}: worker ${pid} taken`);
     hooks.onStart?.(pid);
     let outcome: RunOutcome | undefined;
+    let reported!: () => void;
+    const succeeded = new Promise<void>((r) => (reported = r));
     w.messages.push((m) => {
       if (m.type === 'phase') hooks.onPhase?.(m.phase);
       else if (m.type === 'stage') hooks.onStage?.(m.stage, m.index);
-      else if (m.type === 'result')
+      else if (m.type === 'result') {
+        debugMark(`runner: build ${job.buildId}: result`);
         outcome = {
           ok: true,
           digest: m.digest,
@@ -192,7 +197,8 @@ export class LocalBuildRunner implements BuildRunner {
           bases: m.bases,
           ...(m.rebase ? { rebase: m.rebase } : {}),
         };
-      else if (m.type === 'error') outcome = { ok: false, code: m.code, message: m.message, reason: m.reason };
+        reported();
+      } else if (m.type === 'error') outcome = { ok: false, code: m.code, message: m.message, reason: m.reason };
     });
     const send = (m: ToWorker): void => {
       if (!w.chan.destroyed) w.chan.write(JSON.stringify(m) + '\n');
@@ -206,12 +212,19 @@ export class LocalBuildRunner implements BuildRunner {
     if (signal.aborted) onAbort();
     else signal.addEventListener('abort', onAbort, { once: true });
     send({ type: 'job', job });
-    const code = await w.exited;
-    this.fill();
-    signal.removeEventListener('abort', onAbort);
-    if (killer) clearTimeout(killer);
-    // a worker that was killed could not clean up: its snapshots, mounts and temp dirs carry .owner files
-    if (code !== 0) await this.cleanupAfter();
+    const exit = w.exited.then(async (code) => {
+      debugMark(`runner: build ${job.buildId}: worker exited (${code})`);
+      this.fill();
+      signal.removeEventListener('abort', onAbort);
+      if (killer) clearTimeout(killer);
+      // a worker that was killed could not clean up: its snapshots, mounts and temp dirs carry .owner files
+      if (code !== 0) await this.cleanupAfter();
+      return code;
+    });
+    // A success counts when the worker reports it (image pushed, log complete): its exit (closing the layer thread,
+    // removing its secrets dir, ~30–100 ms) and the pool's refill then happen after the build is recorded.
+    if ((await Promise.race([exit, succeeded])) === undefined && outcome) return outcome;
+    const code = await exit;
     if (outcome) return outcome;
     if (signal.aborted) return { ok: false, code: 'INTERRUPTED', message: 'build interrupted', reason: 'interrupted' };
     const message = `build worker died (exit ${code})`;

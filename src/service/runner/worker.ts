@@ -17,6 +17,7 @@ import { kilnTempDir } from '../../sandbox/paths.js';
 import { closeSync, openSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { KilnError, errorMessage, isKilnError } from '../../errors.js';
+import { debugMark } from '../../util/debug.js';
 import type { BuildStage } from '../model.js';
 import { lineDecoder, reasonOf, type FromWorker, type ToWorker, type WorkerJob } from './protocol.js';
 import type { BuildOptions } from '../../engine/options.js';
@@ -113,6 +114,7 @@ export async function workerMain(): Promise<number> {
   send({ type: 'ready', pid: process.pid });
   const job = await jobArrived;
   if (!job) return 0;
+  debugMark(`worker: job ${job.buildId}`);
 
   const masked = [...Object.values(job.secrets), job.registryAuth?.password ?? '']
     .filter((v) => v.length >= 4)
@@ -211,6 +213,8 @@ export async function workerMain(): Promise<number> {
         auth && auth.registry === host ? { username: auth.username, password: auth.password } : undefined,
     });
     log.write(`\nbuilt ${res.exported.digest} (${res.exported.pushed.join(', ')})\n`);
+    // the log is complete before the result: the service ends the build (and its log followers) on it
+    log.flush();
     send({
       type: 'result',
       digest: res.exported.digest,

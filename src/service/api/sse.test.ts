@@ -23,12 +23,13 @@ function roundTrip(chunks: Buffer[], cuts: number[]): { bytes: Buffer; end: unkn
   return { bytes: Buffer.concat(out), end };
 }
 
-test('plain lines are one `event: log` each, without their LF', () => {
+test('a run of plain lines is one `event: log`, a `data:` field per line without its LF', () => {
   const f = new LogFramer();
-  assert.equal(f.push(Buffer.from('one\ntwo\nthr')), 'event: log\ndata: one\n\nevent: log\ndata: two\n\n');
+  assert.equal(f.push(Buffer.from('one\ntwo\nthr')), 'event: log\ndata: one\ndata: two\n\n');
   assert.equal(f.pendingBytes, 3);
   assert.equal(f.push(Buffer.from('ee\n')), 'event: log\ndata: three\n\n');
   assert.equal(f.push(Buffer.from('\n')), 'event: log\ndata: \n\n');
+  assert.equal(f.push(Buffer.from('\n\nx\n')), 'event: log\ndata: \ndata: \ndata: x\n\n', 'empty lines too');
   assert.equal(f.flush(), '');
 });
 

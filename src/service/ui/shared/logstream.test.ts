@@ -48,6 +48,15 @@ test('lines, CR progress lines and invalid UTF-8 arrive as display lines, in any
   );
 });
 
+test('an event of several lines gives each line, split anywhere; other fields go the general way', () => {
+  const text = 'event: log\ndata: a\ndata: \ndata: c\n\nevent: log\nid: 7\ndata: d\ndata: e\n\n';
+  for (let cut = 0; cut <= text.length; cut++) {
+    const d = new LogStreamDecoder();
+    const lines = [...d.push(text.slice(0, cut)).lines, ...d.push(text.slice(cut)).lines];
+    assert.deepEqual(lines, ['a', '', 'c', 'd', 'e'], `cut at ${cut}`);
+  }
+});
+
 test('comments are ignored and nothing is read after the end', () => {
   const d = new LogStreamDecoder();
   const r = d.push(': keep-alive\n\nevent: log\ndata: a\n\nevent: end\ndata: {"phase":"succeeded","reason":null}\n\n');

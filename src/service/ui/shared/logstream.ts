@@ -46,9 +46,9 @@ export class LogStreamDecoder {
     for (;;) {
       const stop = buf.indexOf('\n\n', at);
       if (stop === -1) break;
-      // Fast path: the framer writes `event: log\ndata: <line>` for almost every line.
-      if (buf.startsWith('event: log\ndata: ', at) && buf.indexOf('\n', at + 17) === stop) {
-        out.lines.push(buf.slice(at + 17, stop));
+      // Fast path: the framer writes `event: log` with a `data: <line>` field per line for almost every line.
+      if (buf.startsWith('event: log\ndata: ', at) && this.dataLines(buf, at + 11, stop, out.lines)) {
+        // taken
       } else {
         this.block(buf.slice(at, stop), out);
         if (out.end) {
@@ -63,11 +63,29 @@ export class LogStreamDecoder {
     return out;
   }
 
+  /**
+   * The lines of `data: ` fields from `from` to `stop` (an event's block after its `event:` line), appended to
+   * `lines`; false, with nothing appended, when the block holds any other kind of line (the general rules decide).
+   */
+  private dataLines(buf: string, from: number, stop: number, lines: string[]): boolean {
+    const found: string[] = [];
+    for (let at = from; at < stop;) {
+      if (!buf.startsWith('data: ', at)) return false;
+      const end = buf.indexOf('\n', at);
+      const to = end === -1 || end > stop ? stop : end;
+      found.push(buf.slice(at + 6, to));
+      at = to + 1;
+    }
+    for (const l of found) lines.push(l);
+    return found.length > 0;
+  }
+
   /** One event block by the general SSE rules (sse-block.ts). */
   private block(block: string, out: LogChunk): void {
     const { event, data } = parseEventBlock(block);
     if (data === null) return;
-    if (event === 'log') out.lines.push(data);
+    // an event of several lines: its data is them joined with LF
+    if (event === 'log') out.lines.push(...data.split('\n'));
     else if (event === 'raw') out.lines.push(rawLine(data));
     else if (event === 'end') out.end = JSON.parse(data) as LogStreamEnd;
   }

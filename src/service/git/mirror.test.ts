@@ -270,8 +270,17 @@ test('a workspace pruned before the update (while the mirror fetches) ends with 
   await mkdir(join(ws, 'stray-dir'));
   await writeFile(join(ws, 'stray-dir', 'x'), 'x\n');
   const c2 = await server.commit('ws-prune', { 'new.txt': 'n\n', 'gone.txt': null }, 'two');
-  const [pruned] = await Promise.all([mirrors.pruneWorkspace(p, ws, index), mirrors.resolve(p, { ref: 'main' })]);
+  const [pruned, byRef] = await Promise.all([
+    mirrors.pruneWorkspace(p, ws, index),
+    mirrors.resolve(p, { ref: 'main' }),
+  ]);
   assert.equal(pruned, true);
+  assert.deepEqual(byRef, { commit: c2, ref: 'refs/heads/main' }, 'a branch read from its loose ref');
+  // and from packed-refs (the fetch finds nothing new, so main stays packed)
+  const packed = spawnSync('git', [`--git-dir=${mirrors.mirrorPath(p)}`, 'pack-refs', '--all', '--prune']);
+  assert.equal(packed.status, 0, String(packed.stderr));
+  assert.deepEqual(await mirrors.resolve(p, { ref: 'main' }), { commit: c2, ref: 'refs/heads/main' });
+  assert.ok(!existsSync(join(mirrors.mirrorPath(p), 'refs/heads/main')), 'main was read from packed-refs');
   await mirrors.updateWorkspace(p, c2, ws, index, undefined, { pruned: true });
   assert.deepEqual((await readdir(ws)).sort(), ['kept.txt', 'new.txt']);
   assert.equal(await readFile(join(ws, 'new.txt'), 'utf8'), 'n\n');

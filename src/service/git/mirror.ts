@@ -241,15 +241,32 @@ async function emptyDir(dir: string): Promise<void> {
 
 /** Persistent bare mirrors of the service's repositories; see the module comment. */
 /** The names in a repository's `packed-refs` file (none when it has none). */
-async function packedRefs(gitDir: string): Promise<Set<string>> {
+async function packedRefs(gitDir: string): Promise<Map<string, string>> {
   const text = await readFile(join(gitDir, 'packed-refs'), 'utf8').catch(() => '');
-  const names = new Set<string>();
+  const refs = new Map<string, string>();
   for (const line of text.split('\n')) {
     if (line === '' || line.startsWith('#') || line.startsWith('^')) continue;
-    const name = line.slice(line.indexOf(' ') + 1);
-    if (name) names.add(name);
+    const space = line.indexOf(' ');
+    const name = line.slice(space + 1);
+    if (name) refs.set(name, line.slice(0, space));
   }
-  return names;
+  return refs;
+}
+
+/**
+ * The commit a branch (`refs/heads/…`) points to, read from the git dir's files as git stores it (a loose ref, else
+ * a line of packed-refs), or undefined. A branch always names a commit (git refuses anything else), so no git
+ * process is needed to find or peel it — one process less in every build's fetch.
+ */
+async function branchCommit(gitDir: string, ref: string): Promise<string | undefined> {
+  if (!ref.startsWith('refs/heads/')) return undefined;
+  const loose = await readFile(join(gitDir, ref), 'utf8').catch(() => undefined);
+  if (loose !== undefined) {
+    const oid = loose.trim();
+    return FULL_HEX.test(oid) ? oid : undefined;
+  }
+  const oid = (await packedRefs(gitDir)).get(ref);
+  return oid !== undefined && FULL_HEX.test(oid) ? oid : undefined;
 }
 
 export class GitMirrors {
@@ -334,7 +351,7 @@ export class GitMirrors {
     const candidates = ref.startsWith('refs/') ? [ref] : [`refs/heads/${ref}`, `refs/tags/${ref}`];
     if (!candidates.every((c) => c.startsWith('refs/heads/') || c.startsWith('refs/tags/'))) return undefined;
     // read as git stores them (a loose file, else a line of packed-refs): no git process in the request path
-    let packed: Set<string> | undefined;
+    let packed: Map<string, string> | undefined;
     for (const c of candidates) {
       if ((await stat(join(path, c)).catch(() => undefined))?.isFile()) return c;
       packed ??= await packedRefs(path);
@@ -706,6 +723,10 @@ export class GitMirrors {
   /** A ref name → [full ref, commit]; branches before tags for short names. */
   private async findRef(m: MirrorCtx, repo: RepoUrl, ref: string): Promise<[string, string]> {
     const candidates = ref.startsWith('refs/') ? [ref] : [`refs/heads/${ref}`, `refs/tags/${ref}`];
+    // a branch first (short names: branches before tags), from the mirror's files
+    const first = candidates[0] as string;
+    const branch = await branchCommit(m.path, first);
+    if (branch !== undefined) return [first, branch];
     // with the object's type: a branch (a commit) needs no second git process to peel it (one per build's fetch)
     const r = await m.git(['for-each-ref', '--format=%(refname)%00%(objectname)%00%(objecttype)', ...candidates]);
     const found = new Map<string, { oid: string; type: string | undefined }>();

@@ -5,8 +5,10 @@
  * `npm run build` first), so its RSS and CPU time are its own; the bench creates N ImageBuildRuns (default 1,000; BENCH_RUNS) as fast as the API server takes
  * them and watches their status from a second connection.
  *
- *   lag  — per run: its creation (the API server's answer) → the controller has created its pod and written
- *          `status.phase: Pending` (seen by the bench's watch): p50 / p99 / max. Target ≤ 1 s.
+ *   lag  — per run: its creation (the API server's answer) → the run's first status written by the controller
+ *          (`status.phase`, seen by the bench's watch): p50 / p99 / max. Target ≤ 1 s. Reported beside it: creation
+ *          → its pod created (seen by a watch of the pods). Both watches list and watch again when the API server
+ *          closes them. BENCH_CONTROLLER_CLI runs another checkout's compiled CLI (before/after comparisons).
  *   RSS  — the controller process's VmRSS once every run is reconciled, and VmHWM (its peak). Target ≤ 100 MB.
  *   then — every pod is marked Succeeded through the status subresource (as a kubelet would) and the time until
  *          every run shows Succeeded is reported.
@@ -58,7 +60,8 @@ const pct = (xs: number[], p: number): number => {
 };
 
 async function main(): Promise<void> {
-  const cli = compiledDist();
+  // BENCH_CONTROLLER_CLI: another checkout's compiled CLI (a before/after comparison with the same bench)
+  const cli = process.env.BENCH_CONTROLLER_CLI ?? compiledDist();
   const kube = await startKubeServer();
   const admin = new KubeClient(loadKubeConfig({ kubeconfig: kube.kubeconfigPath }));
   let ctl: ReturnType<typeof spawn> | undefined;
@@ -115,24 +118,54 @@ async function main(): Promise<void> {
 
     const created = new Map<string, number>();
     const pending = new Map<string, number>();
+    const acked = new Map<string, number>();
     const succeeded = new Map<string, number>();
     const ac = new AbortController();
     const watcher = new KubeClient(loadKubeConfig({ kubeconfig: kube.kubeconfigPath }));
     const start = await admin.list({ ...RUNS, namespace: NS });
-    void watcher
-      .watch<ImageBuildRun>(
-        { ...RUNS, namespace: NS },
-        start.metadata.resourceVersion,
-        (ev) => {
-          if (ev.type === 'ERROR') return;
-          const n = ev.object.metadata.name;
-          const ph = ev.object.status?.phase;
-          if (ph === 'Pending' && !pending.has(n)) pending.set(n, performance.now());
-          if (ph === 'Succeeded' && !succeeded.has(n)) succeeded.set(n, performance.now());
-        },
-        ac.signal,
-      )
-      .catch(() => undefined);
+    const observe = (r: ImageBuildRun): void => {
+      const n = r.metadata.name;
+      const ph = r.status?.phase;
+      if (ph && !acked.has(n)) acked.set(n, performance.now());
+      if (ph === 'Succeeded' && !succeeded.has(n)) succeeded.set(n, performance.now());
+    };
+    const observePod = (p: KubeObject): void => {
+      const n = p.metadata.labels?.['kiln.dev/run'];
+      if (n && !pending.has(n)) pending.set(n, performance.now());
+    };
+    // the API server closes the watch of a consumer too slow for it (this process, niced, under load): list (what
+    // the watch missed is timed at the list, later than it happened) and watch again
+    let rewatches = 0;
+    const follow = async <T extends KubeObject>(
+      ref: Parameters<KubeClient['list']>[0],
+      rv: string | undefined,
+      see: (o: T) => void,
+    ): Promise<void> => {
+      while (!ac.signal.aborted) {
+        await watcher
+          .watch<T>(
+            ref,
+            rv,
+            (ev) => {
+              if (ev.type === 'ERROR') return;
+              see(ev.object);
+              rv = ev.object.metadata.resourceVersion ?? rv;
+            },
+            ac.signal,
+          )
+          .catch(() => undefined);
+        if (ac.signal.aborted) break;
+        rewatches++;
+        const l = await watcher.list<T>(ref).catch(() => undefined);
+        if (l) {
+          for (const o of l.items) see(o);
+          rv = l.metadata.resourceVersion;
+        }
+      }
+    };
+    const podsRef = { ...CORE, resource: 'pods', namespace: NS };
+    void follow<ImageBuildRun>({ ...RUNS, namespace: NS }, start.metadata.resourceVersion, observe);
+    void follow<KubeObject>(podsRef, (await admin.list(podsRef)).metadata.resourceVersion, observePod);
 
     const loadStart = loadavg()
       .map((l) => l.toFixed(1))
@@ -188,13 +221,19 @@ async function main(): Promise<void> {
     }
     while (steadyNames.some((n) => !pending.has(n)) && Date.now() < deadline)
       await new Promise((r) => setTimeout(r, 100));
-    const steadyLags = steadyNames.flatMap((n) => {
-      const c = created.get(n);
-      const p = pending.get(n);
-      return c !== undefined && p !== undefined ? [p - c] : [];
-    });
-    const burst = [...created].filter(([n]) => n.startsWith('run-'));
-    const lags = burst.flatMap(([n, t]) => (pending.has(n) ? [(pending.get(n) ?? t) - t] : []));
+    const lagsOf = (names: string[], at: Map<string, number>): number[] =>
+      names.flatMap((n) => {
+        const c = created.get(n);
+        const p = at.get(n);
+        return c !== undefined && p !== undefined ? [p - c] : [];
+      });
+    const steadyLags = lagsOf(steadyNames, pending);
+    const steadyAcks = lagsOf(steadyNames, acked);
+    const burstNames = [...created.keys()].filter((n) => n.startsWith('run-'));
+    const lags = lagsOf(burstNames, pending);
+    const acks = lagsOf(burstNames, acked);
+    const ms = (xs: number[]): string =>
+      `${pct(xs, 50).toFixed(0)} / ${pct(xs, 99).toFixed(0)} / ${Math.max(...xs).toFixed(0)} ms`;
     const burstPending = lags.length;
 
     // every pod succeeds (the kubelet's status write)
@@ -256,11 +295,13 @@ async function main(): Promise<void> {
     const load = loadEnd.map((l) => l.toFixed(1)).join(' ');
     const rows = [
       `| runs | ${N} (created in ${(createdIn / 1000).toFixed(1)} s, 16 clients) |`,
-      `| burst: reconciled (pod created, status Pending) | ${burstPending} of ${N}, all within ${(allPendingIn / 1000).toFixed(1)} s of the first create |`,
-      `| burst: reconcile lag p50 / p99 / max | ${pct(lags, 50).toFixed(0)} / ${pct(lags, 99).toFixed(0)} / ${Math.max(...lags).toFixed(0)} ms (target ≤ 1,000 ms) |`,
-      `| steady: ${STEADY} more runs at ${STEADY_RATE}/s with ${N} runs + pods cached (load ${steadyLoad}): lag p50 / p99 / max | ${pct(steadyLags, 50).toFixed(0)} / ${pct(steadyLags, 99).toFixed(0)} / ${Math.max(...steadyLags).toFixed(0)} ms (${steadyLags.length} of ${STEADY}) |`,
+      `| burst: reconciled (pod created) | ${burstPending} of ${N}, all within ${(allPendingIn / 1000).toFixed(1)} s of the first create |`,
+      `| burst: reconcile lag (created → the run's first status) p50 / p99 / max | ${ms(acks)} (${acks.length} of ${N}; target ≤ 1,000 ms) |`,
+      `| burst: created → pod created p50 / p99 / max | ${ms(lags)} |`,
+      `| steady: ${STEADY} more runs at ${STEADY_RATE}/s with ${N} runs + pods cached (load ${steadyLoad}): acknowledged / pod created p50 / p99 / max | ${ms(steadyAcks)} / ${ms(steadyLags)} (${steadyLags.length} of ${STEADY}) |`,
       `| controller VmRSS after reconcile / peak (VmHWM) | ${mem.rss.toFixed(0)} MB / ${mem.hwm.toFixed(0)} MB (target ≤ 100 MB) |`,
       `| controller API requests (lists, watches, writes) | ${requests} for ${N} runs created → Pending → Succeeded and ${STEADY} created → Pending: ${(requests / (N + STEADY)).toFixed(1)} per run (finalizer, pod, status writes) |`,
+      `| bench watch re-established (the API server closed it: slow consumer) | ${rewatches} times |`,
       `| controller CPU time (start → all reconciled / → all Succeeded) | ${cpu1.toFixed(1)} s / ${cpu2.toFixed(1)} s |`,
       `| pods → Succeeded (status subresource) → all runs Succeeded | ${[...succeeded.keys()].filter((n) => n.startsWith('run-')).length} of ${N} in ${(allSucceededIn / 1000).toFixed(1)} s; VmRSS then ${mem2.rss.toFixed(0)} MB, peak ${mem2.hwm.toFixed(0)} MB |`,
     ];

@@ -17,6 +17,19 @@ interface ServeFlags {
   logRequests?: boolean;
   executor?: string;
   kubeconfig?: string;
+  workerNice?: string;
+}
+
+/** `--worker-nice`: undefined keeps the runner's default; anything but an integer 0–19 is one clear line. */
+function parseWorkerNice(v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || n > 19) {
+    throw new KilnError('OPTION_INVALID', `--worker-nice ${v}: expected an integer from 0 to 19`, {
+      hint: "0 runs builds at the service's own priority; 5 (the default) keeps the API responsive under load",
+    });
+  }
+  return n;
 }
 
 async function defaultDataDir(flag: string | undefined): Promise<string> {
@@ -56,12 +69,14 @@ async function serve(flags: ServeFlags): Promise<void> {
       client,
       pod,
       timeoutSeconds: config.timeoutSeconds,
-      ...(config.kubernetes?.podGraceSeconds !== undefined ? { podGraceSeconds: config.kubernetes.podGraceSeconds } : {}),
+      ...(config.kubernetes?.podGraceSeconds !== undefined
+        ? { podGraceSeconds: config.kubernetes.podGraceSeconds }
+        : {}),
       ...(config.publicUrl ? { publicUrl: config.publicUrl } : {}),
     });
     process.stderr.write(`kiln serve: builds run as pods in namespace ${pod.namespace} (${client.config.server})\n`);
   } else if (flags.executor === undefined || flags.executor === 'local') {
-    runner = new LocalBuildRunner({ warm: config.concurrency });
+    runner = new LocalBuildRunner({ warm: config.concurrency, nice: parseWorkerNice(flags.workerNice) });
   } else {
     throw new KilnError('OPTION_INVALID', `--executor ${flags.executor}: expected local or kubernetes`);
   }
@@ -145,7 +160,14 @@ export function register(program: Command): void {
     .option('--data-dir <dir>', 'database, logs, git mirrors (default $KILN_HOME/server)')
     .option('--config <file>', 'server config YAML (settings and projects)')
     .option('--log-requests', 'log every API request (JSON lines on stdout)')
-    .option('--executor <kind>', 'where builds run: local (warm worker processes, default) or kubernetes (one pod per build)')
+    .option(
+      '--executor <kind>',
+      'where builds run: local (warm worker processes, default) or kubernetes (one pod per build)',
+    )
+    .option(
+      '--worker-nice <n>',
+      'with --executor local: nice value of the build workers, 0–19 (default 5: the API stays responsive while builds use every core)',
+    )
     .option('--kubeconfig <file>', 'with --executor kubernetes: kubeconfig (default: service account, $KUBECONFIG)')
     .action(async (flags: ServeFlags) => {
       await serve(flags);

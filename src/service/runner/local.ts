@@ -84,7 +84,16 @@ export interface LocalRunnerOptions {
   env?: NodeJS.ProcessEnv;
   /** After a cancel, how long a worker may take to clean up before it is killed (ms, default 30 s). */
   killAfterMs?: number;
+  /**
+   * Nice value the workers (and their RUN steps) start with, 0–19 (default 5). Why: builds saturate the CPU; the
+   * service's own API, webhooks and log streams must stay responsive beside them, and the kernel only favours the
+   * service when the workers are the lower-priority work. Idle machines are unaffected (nice only orders contention).
+   */
+  nice?: number;
 }
+
+/** The default {@link LocalRunnerOptions.nice}. */
+export const WORKER_NICE_DEFAULT = 5;
 
 interface Worker {
   proc: ChildProcess;
@@ -117,7 +126,11 @@ export class LocalBuildRunner implements BuildRunner {
   }
 
   private spawnWorker(): Worker {
-    const proc = spawn('setpriv', ['--pdeathsig', 'SIGTERM', '--', process.execPath, kilnBin(), 'serve-worker'], {
+    const nice = this.opts.nice ?? WORKER_NICE_DEFAULT;
+    const cmd = ['setpriv', '--pdeathsig', 'SIGTERM', '--', process.execPath, kilnBin(), 'serve-worker'];
+    // `nice` before exec: every thread of the worker (libuv pool, V8) starts at the lower priority.
+    const argv = nice > 0 ? ['nice', '-n', String(nice), ...cmd] : cmd;
+    const proc = spawn(argv[0] as string, argv.slice(1), {
       stdio: ['ignore', 'inherit', 'inherit', 'pipe'],
       env: { ...process.env, ...this.opts.env },
     });

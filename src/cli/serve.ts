@@ -51,6 +51,13 @@ function parseListen(v: string): { host: string; port: number } {
 
 async function serve(flags: ServeFlags): Promise<void> {
   const { host, port } = parseListen(flags.listen);
+  // A larger young generation before the service allocates: API answers are short-lived garbage, and with V8's
+  // default semi-space a scavenge every few hundred requests put the API's p99 at ~50 ms under 100 concurrent clients.
+  // NODE_OPTIONS' own --max-semi-space-size wins.
+  if (!/--max-semi-space-size/.test(`${process.env.NODE_OPTIONS ?? ''} ${process.execArgv.join(' ')}`)) {
+    const v8 = await import('node:v8');
+    v8.setFlagsFromString('--max-semi-space-size=64');
+  }
   const dataDir = await defaultDataDir(flags.dataDir);
   const { loadConfigFile, parseConfigDocument } = await import('../service/config/parse.js');
   const config = flags.config ? loadConfigFile(flags.config) : parseConfigDocument({}, 'defaults');

@@ -7,6 +7,7 @@
  */
 import type { Command } from 'commander';
 import { join } from 'node:path';
+import { setFlagsFromString } from 'node:v8';
 import { KilnError } from '../errors.js';
 import type { BuildRunner } from '../service/runner/local.js';
 
@@ -55,8 +56,7 @@ async function serve(flags: ServeFlags): Promise<void> {
   // default semi-space a scavenge every few hundred requests put the API's p99 at ~50 ms under 100 concurrent clients.
   // NODE_OPTIONS' own --max-semi-space-size wins.
   if (!/--max-semi-space-size/.test(`${process.env.NODE_OPTIONS ?? ''} ${process.execArgv.join(' ')}`)) {
-    const v8 = await import('node:v8');
-    v8.setFlagsFromString('--max-semi-space-size=64');
+    setFlagsFromString('--max-semi-space-size=64');
   }
   const dataDir = await defaultDataDir(flags.dataDir);
   const { loadConfigFile, parseConfigDocument } = await import('../service/config/parse.js');

@@ -29,7 +29,7 @@ import { startRegistry, runKiln } from '../test/helpers/registry.js';
 import { startBuildKit } from '../test/helpers/buildkit.js';
 import { startGitServer } from '../test/helpers/git-server.js';
 import { request } from 'undici';
-import { compiledCli, runCompiled } from './compiled.js';
+import { compiledCli, launcherSource, runCompiled } from './compiled.js';
 
 const rounds = Number(process.env.BENCH_ROUNDS ?? 5);
 const files = Number(process.env.BENCH_FILES ?? 200);
@@ -49,14 +49,12 @@ function s2iBinary(): string {
 
 /** One compiled-CLI run with `--progress plain`, its output lines prefixed with the ms since the start. */
 function traced(main: string, args: string[], env: NodeJS.ProcessEnv): Promise<string> {
-  const runner =
-    'const { main } = await import(process.argv[1]); process.exitCode = await main(process.argv.slice(2));';
   const t0 = performance.now();
   let out = '';
   return new Promise((res, rej) => {
     const p = execFile(
       process.execPath,
-      ['--input-type=module', '-e', runner, pathToFileURL(main).href, ...args, '--progress', 'plain'],
+      ['--input-type=module', '-e', launcherSource(main), 'kiln', ...args, '--progress', 'plain'],
       { env: { ...process.env, ...env } },
       (err) => (err ? rej(new Error(out)) : res(out + `${(performance.now() - t0).toFixed(0).padStart(6)} exit\n`)),
     );
@@ -88,10 +86,12 @@ async function startKilnServe(
     { KILN_HOME: home },
   );
   const token = created.trim().split('\n').pop() as string;
-  const runner =
-    'const { main } = await import(process.argv[1]); process.exitCode = await main(process.argv.slice(2));';
   const args = ['serve', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--config', join(dir, 'svc.yaml')];
-  const proc = spawn(process.execPath, ['--input-type=module', '-e', runner, pathToFileURL(main).href, ...args], {
+  // as bin/kiln.js runs the bundle (with its code cache); its build workers start from a bin/kiln.js beside it
+  const bin = join(dirname(dirname(main)), 'bin', 'kiln.js');
+  await mkdir(dirname(bin), { recursive: true });
+  await writeFile(bin, launcherSource(main));
+  const proc = spawn(process.execPath, [bin, ...args], {
     env: { ...process.env, KILN_HOME: home },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
@@ -167,13 +167,11 @@ const secs = (xs: number[]): string => xs.map((x) => (x / 1000).toFixed(2)).join
 
 /** A compiled-CLI run with KILN_DEBUG=1: its timeline marks as [at ms, + ms, what], then the process's end. */
 function kilnTimeline(main: string, args: string[], home: string): Promise<[string, string, string][]> {
-  const runner =
-    'const { main } = await import(process.argv[1]); process.exitCode = await main(process.argv.slice(2));';
   const t0 = performance.now();
   return new Promise((res, rej) =>
     execFile(
       process.execPath,
-      ['--input-type=module', '-e', runner, pathToFileURL(main).href, ...args],
+      ['--input-type=module', '-e', launcherSource(main), 'kiln', ...args],
       { env: { ...process.env, KILN_HOME: home, KILN_DEBUG: '1' } },
       (err, _stdout, stderr) => {
         if (err) return rej(new Error(stderr));

@@ -2,12 +2,12 @@
 // Why: Node 20 has no module compile cache (module.enableCompileCache is Node 22), and compiling the ~1 MB that
 // `kiln build` needs costs more than the rest of its start-up; a CommonJS script run through vm.Script can use a
 // code cache. The build writes one of the bundle's top level only (V8 compiles a function when it first runs), so
-// the first successful run of each command rewrites it with every function that run compiled (the engine, the
-// registry client, the strategy…): later runs of that command compile almost nothing (an S2I rebuild: ~130 ms CPU
-// less). A cache V8 rejects (another Node version, other V8 flags) only costs the compile, and is rewritten.
-import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+// the first successful run of each command writes that command's own cache with every function it compiled (the
+// engine, the registry client, the strategy…): later runs of the command compile almost nothing (an S2I rebuild:
+// ~130 ms CPU less). A cache V8 rejects (another Node version, other V8 flags) only costs the compile.
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { dirname } from 'node:path';
+import { dirname, join } from 'node:path';
 import vm from 'node:vm';
 
 function compile(file, cachedData) {
@@ -25,7 +25,7 @@ function run(script, file) {
   return module.exports;
 }
 
-/** At most this many commands are learned into one cache (a bound on rewrites: keys can name source dirs). */
+/** At most this many commands get a cache of their own (a bound on the files: keys can name source dirs). */
 const MAX_LEARNED = 32;
 
 /** What a run is learned as: its first two words (`s2i build`, `serve-worker`) and its `--strategy`. */
@@ -36,29 +36,23 @@ function commandKey(argv) {
     words.push(a);
   }
   const s = argv.indexOf('--strategy');
-  return [...words, s >= 0 ? `strategy=${argv[s + 1]}` : ''].join(' ').trim();
+  const key = [...words, s >= 0 ? `strategy=${argv[s + 1]}` : ''].join(' ').trim() || 'kiln';
+  return key.replace(/[^A-Za-z0-9=.-]+/g, '_').slice(0, 100);
 }
 
 /**
- * Rewrite `cacheFile` with what `script` has compiled so far, once per command (`<cache>.learned` lists them),
- * or whenever V8 rejected it. Written beside the bundle through a rename (concurrent runs never see half a file);
- * a read-only install simply keeps its cache. KILN_CODE_CACHE_LEARN=0 never writes.
+ * Write `learned` (a command's own cache) with what `script` has compiled so far, through a rename (concurrent runs
+ * never see half a file). A read-only install simply keeps the build's cache. KILN_CODE_CACHE_LEARN=0 never writes.
  */
-function learn(script, cacheFile, key, rejected) {
+function learn(script, learned) {
   if (process.env.KILN_CODE_CACHE_LEARN === '0') return;
-  const listFile = `${cacheFile}.learned`;
-  let learned = [];
+  const tmp = `${learned}.${process.pid}.tmp`;
   try {
-    if (!rejected && existsSync(listFile)) learned = readFileSync(listFile, 'utf8').split('\n').filter(Boolean);
-  } catch {
-    return;
-  }
-  if (learned.includes(key) || learned.length >= MAX_LEARNED) return;
-  const tmp = `${cacheFile}.${process.pid}.tmp`;
-  try {
+    const dir = dirname(learned);
+    if (!existsSync(dir)) mkdirSync(dir);
+    else if (readdirSync(dir).length >= MAX_LEARNED) return;
     writeFileSync(tmp, script.createCachedData());
-    renameSync(tmp, cacheFile);
-    writeFileSync(listFile, [...learned, key, ''].join('\n'));
+    renameSync(tmp, learned);
   } catch {
     // never fail the command for its cache (a read-only install, a full disk)
     rmSync(tmp, { force: true });
@@ -66,23 +60,27 @@ function learn(script, cacheFile, key, rejected) {
 }
 
 /**
- * The bundle's exports; `main` resolves to the exit code and, after a successful run of a command not learned yet,
- * rewrites the code cache with the functions that run compiled.
+ * The bundle's exports. The code cache is the command's own (`<file>.cache.d/<command>`, learned from its first
+ * successful run) when there is one, else the build's. `main` resolves to the exit code and, after a successful run
+ * without a learned cache (or with one V8 rejected), learns it: V8 caches only functions already compiled, and V8
+ * may drop the bytecode of functions a long run no longer uses, so one cache per command, not one for all.
  */
-export function loadBundle(file) {
-  const cacheFile = `${file}.cache`;
+export function loadBundle(file, argv = process.argv.slice(2)) {
+  const learned = join(`${file}.cache.d`, commandKey(argv));
+  const own = existsSync(learned);
+  const cacheFile = own ? learned : `${file}.cache`;
   const cachedData = existsSync(cacheFile) ? readFileSync(cacheFile) : undefined;
   const script = compile(file, cachedData);
-  const rejected = cachedData === undefined || script.cachedDataRejected === true;
-  if (cachedData && script.cachedDataRejected && process.env.KILN_DEBUG === '1')
+  const rejected = cachedData !== undefined && script.cachedDataRejected === true;
+  if (rejected && process.env.KILN_DEBUG === '1')
     process.stderr.write(`kiln: debug: code cache ${cacheFile} rejected (made by another Node.js or other flags)\n`);
   const exports = run(script, file);
   const main = exports.main;
   return {
     ...exports,
-    async main(argv) {
-      const code = await main(argv);
-      if (code === 0) learn(script, cacheFile, commandKey(argv), rejected);
+    async main(args) {
+      const code = await main(args);
+      if (code === 0 && (!own || rejected)) learn(script, learned);
       return code;
     },
   };
@@ -93,5 +91,5 @@ export function writeBundleCache(file) {
   const script = compile(file, undefined);
   run(script, file);
   writeFileSync(`${file}.cache`, script.createCachedData());
-  writeFileSync(`${file}.cache.learned`, '');
+  rmSync(`${file}.cache.d`, { recursive: true, force: true }); // made for the previous bundle
 }

@@ -1,8 +1,9 @@
-// bin/load-bundle.js: the bundle's code cache is rewritten with what a successful command compiled, once per
-// command, and replaced when V8 rejects it — with a small stand-in bundle (CommonJS, exports `main`).
+// bin/load-bundle.js: each command's own code cache, learned from its first successful run (rewritten when V8
+// rejects it) — with a small stand-in bundle (CommonJS, exports `main`).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import vm from 'node:vm';
@@ -11,7 +12,7 @@ interface Loaded {
   main(argv: string[]): Promise<number>;
 }
 const { loadBundle, writeBundleCache } = (await import(new URL('../../bin/load-bundle.js', import.meta.url).href)) as {
-  loadBundle(file: string): Loaded;
+  loadBundle(file: string, argv: string[]): Loaded;
   writeBundleCache(file: string): void;
 };
 
@@ -28,55 +29,63 @@ exports.main = async (argv) => {
   return n > 0 ? 0 : 1;
 };`;
 
-/** Whether V8 accepts `file`.cache for `file`, compiled as bin/load-bundle.js compiles it. */
-async function accepted(file: string): Promise<boolean> {
+/** Whether V8 accepts `cache` for `file`, compiled as bin/load-bundle.js compiles it. */
+async function accepted(file: string, cache: string): Promise<boolean> {
   const src = await readFile(file, 'utf8');
   const s = new vm.Script(`(function (exports, require, module, __filename, __dirname) {${src}\n})`, {
     filename: file,
-    cachedData: await readFile(`${file}.cache`),
+    cachedData: await readFile(cache),
   });
   return s.cachedDataRejected !== true;
 }
 
-test('a successful command rewrites the code cache once; a failed one and a learned one do not', async (t) => {
+async function bundle(t: { after(f: () => Promise<void>): void }): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'kiln-bundle-cache-'));
   t.after(() => rm(dir, { recursive: true, force: true }));
   const file = join(dir, 'kiln.cjs');
   await writeFile(file, BUNDLE);
   writeBundleCache(file);
+  return file;
+}
+
+test('the first successful run of a command writes its own code cache; failed runs and later runs do not', async (t) => {
+  const file = await bundle(t);
   const built = (await stat(`${file}.cache`)).size;
-  assert.equal(await readFile(`${file}.cache.learned`, 'utf8'), '');
+  const learned = join(`${file}.cache.d`, 's2i_build');
 
-  assert.equal(await loadBundle(file).main(['fail']), 3);
-  assert.equal((await stat(`${file}.cache`)).size, built, 'a failed run leaves the cache');
+  assert.equal(await loadBundle(file, ['s2i', 'build', 'fail']).main(['fail']), 3);
+  assert.equal(existsSync(learned), false, 'a failed run learns nothing');
 
-  assert.equal(await loadBundle(file).main(['s2i', 'build', '--push', 'x']), 0);
-  const learned = await stat(`${file}.cache`);
-  assert.ok(learned.size > built, `cache after a run ${learned.size} B > the top level's ${built} B`);
-  assert.equal(await readFile(`${file}.cache.learned`, 'utf8'), 's2i build\n');
-  assert.ok(await accepted(file), 'V8 accepts the rewritten cache');
+  const argv = ['s2i', 'build', '--push', 'x'];
+  assert.equal(await loadBundle(file, argv).main(argv), 0);
+  const first = await stat(learned);
+  assert.ok(first.size > built, `cache after a run ${first.size} B > the top level's ${built} B`);
+  assert.ok(await accepted(file, learned), 'V8 accepts the learned cache');
+  assert.equal((await stat(`${file}.cache`)).size, built, "the build's cache is left for other commands");
 
-  assert.equal(await loadBundle(file).main(['s2i', 'build', '-t', 'y']), 0);
-  assert.equal((await stat(`${file}.cache`)).mtimeMs, learned.mtimeMs, 'a learned command does not rewrite it');
-  assert.equal(await loadBundle(file).main(['build', '--strategy', 'node', 'src']), 0);
-  assert.equal(await readFile(`${file}.cache.learned`, 'utf8'), 's2i build\nbuild strategy=node\n');
+  const again = ['s2i', 'build', '-t', 'y'];
+  assert.equal(await loadBundle(file, again).main(again), 0);
+  assert.equal((await stat(learned)).mtimeMs, first.mtimeMs, 'a learned command does not rewrite it');
+  const node = ['build', '--strategy', 'node', 'src'];
+  assert.equal(await loadBundle(file, node).main(node), 0);
+  assert.deepEqual((await readdir(`${file}.cache.d`)).sort(), ['build_strategy=node', 's2i_build']);
+
+  writeBundleCache(file); // a new bundle: the learned caches were made for the old one
+  assert.equal(existsSync(`${file}.cache.d`), false);
 });
 
-test('a rejected cache is replaced by one V8 accepts; KILN_CODE_CACHE_LEARN=0 writes nothing', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'kiln-bundle-cache-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  const file = join(dir, 'kiln.cjs');
-  await writeFile(file, BUNDLE);
-  await writeFile(`${file}.cache`, 'not a code cache');
-  await writeFile(`${file}.cache.learned`, 'build\n');
+test('a rejected learned cache is rewritten; KILN_CODE_CACHE_LEARN=0 writes nothing', async (t) => {
+  const file = await bundle(t);
+  const learned = join(`${file}.cache.d`, 'build');
+  await mkdir(`${file}.cache.d`);
+  await writeFile(learned, 'not a code cache');
   process.env.KILN_CODE_CACHE_LEARN = '0';
   try {
-    assert.equal(await loadBundle(file).main(['build']), 0);
+    assert.equal(await loadBundle(file, ['build']).main(['build']), 0);
   } finally {
     delete process.env.KILN_CODE_CACHE_LEARN;
   }
-  assert.equal(await readFile(`${file}.cache`, 'utf8'), 'not a code cache');
-  assert.equal(await loadBundle(file).main(['build']), 0);
-  assert.ok(await accepted(file));
-  assert.equal(await readFile(`${file}.cache.learned`, 'utf8'), 'build\n');
+  assert.equal(await readFile(learned, 'utf8'), 'not a code cache');
+  assert.equal(await loadBundle(file, ['build']).main(['build']), 0);
+  assert.ok(await accepted(file, learned));
 });

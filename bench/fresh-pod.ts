@@ -3,7 +3,8 @@
  * does (`kiln build --push --cache-from X --cache-to X,mode=max`, nothing local) — against the local warm build of
  * the same change, without a cluster (bench/k8s-pods.ts runs the real pods). KILN_BINS=name=path/to/kiln.js,…
  * compares checkouts alternately (default: this one); ROUNDS (default 3); ISO=restricted|userns sets --isolation;
- * SHOW=1 prints the last fresh build's timeline (KILN_DEBUG). Prints one line per round and the medians.
+ * SHOW=1 prints the last fresh build's timeline (KILN_DEBUG); LOGS=DIR keeps every build's KILN_DEBUG log there.
+ * Prints one line per round and the medians.
  */
 import { mkdir, mkdtemp, rm, writeFile, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -72,6 +73,10 @@ try {
       console.log(
         `round ${r} ${name}: local warm ${(warm.ms / 1000).toFixed(2)} s, fresh home --cache-from/--cache-to ${(f.ms / 1000).toFixed(2)} s, ratio ${(f.ms / warm.ms).toFixed(2)} (load ${await load()})`,
       );
+      if (process.env.LOGS) {
+        await writeFile(join(process.env.LOGS, `warm-${name}-${r}.log`), warm.err);
+        await writeFile(join(process.env.LOGS, `fresh-${name}-${r}.log`), f.err);
+      }
       if (r === rounds - 1 && process.env.SHOW)
         process.stderr.write(
           f.err

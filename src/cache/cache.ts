@@ -99,6 +99,11 @@ export interface LazyLayers {
   lazyLayer(key: string): LazyLayer | undefined;
   /** The build only pushes, to these registries: hits from a cache there may stay lazy. */
   allowLazy(registries: string[]): void;
+  /**
+   * The build's base layers (diffIDs): noted for the export; per layer its path summary when it may stay unfetched
+   * (undefined: extract it now).
+   */
+  baseLayers?(diffIDs: string[]): Promise<(string[] | undefined)[]>;
 }
 
 export class BuildCache {

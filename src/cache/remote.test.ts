@@ -10,6 +10,7 @@ import type { LayerStore } from '../engine/ports.js';
 import {
   CACHE_CONFIG_KEY,
   RemoteBuildCache,
+  decodeCacheBases,
   decodeCacheConfig,
   encodeCacheConfig,
   explainDifference,
@@ -143,6 +144,20 @@ test('cache config round-trips, is a valid image config, and drops malformed rec
     () => decodeCacheConfig(Buffer.from('{')),
     (e: unknown) => isKilnError(e, 'CACHE_INVALID'),
   );
+});
+
+test('base layer summaries travel in the cache config; malformed entries are dropped, older caches have none', () => {
+  const records: CacheRecord[] = [];
+  assert.deepEqual(decodeCacheBases(encodeCacheConfig(records, [])), {});
+  const bases = { [D('b')]: ['bin/', 'etc', 'etc/passwd'] };
+  const raw = encodeCacheConfig(records, [], bases);
+  assert.deepEqual(decodeCacheBases(raw), bases);
+  assert.deepEqual(decodeCacheConfig(raw), records);
+  const j = JSON.parse(raw.toString()) as Record<string, { bases: Record<string, unknown> }>;
+  j[CACHE_CONFIG_KEY]!.bases['sha256:short'] = ['x'];
+  j[CACHE_CONFIG_KEY]!.bases[D('c')] = [1];
+  assert.deepEqual(decodeCacheBases(Buffer.from(JSON.stringify(j))), bases);
+  assert.deepEqual(decodeCacheBases(Buffer.from('{')), {});
 });
 
 test('RemoteBuildCache without --cache-from behaves as the local cache and selects min/max records', async () => {

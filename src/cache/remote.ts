@@ -312,17 +312,47 @@ function isRecord(x: unknown): x is CacheRecord {
   );
 }
 
+/**
+ * Path summaries of base image layers (diffID → summary, src/cache/summary.ts), carried beside the records: a
+ * build in a fresh home leaves a base layer unfetched while no step that runs needs its files (a COPY into `/app`
+ * does not need busybox's `/bin`). The blobs stay in the base image's repository; the cache names no base blob.
+ */
+export type BaseSummaries = Record<string, string[]>;
+
 /** The image config that carries `records` (valid OCI config: its diff_ids match the manifest's layers). */
-export function encodeCacheConfig(records: CacheRecord[], layers: CacheRecord['layer'][]): Buffer {
+export function encodeCacheConfig(
+  records: CacheRecord[],
+  layers: CacheRecord['layer'][],
+  bases: BaseSummaries = {},
+): Buffer {
   const p = hostPlatform();
-  const cfg: ImageConfig & { [CACHE_CONFIG_KEY]: { records: CacheRecord[] } } = {
+  const body: { records: CacheRecord[]; bases?: BaseSummaries } = { records };
+  if (Object.keys(bases).length > 0) body.bases = bases;
+  const cfg: ImageConfig & { [CACHE_CONFIG_KEY]: typeof body } = {
     architecture: p.architecture,
     os: p.os,
     config: { Labels: { [CACHE_ANNOTATION]: '1' } },
     rootfs: { type: 'layers', diff_ids: layers.map((l) => l.diffID) },
-    [CACHE_CONFIG_KEY]: { records },
+    [CACHE_CONFIG_KEY]: body,
   };
   return Buffer.from(JSON.stringify(cfg));
+}
+
+/** The base layer summaries of a cache config blob (malformed entries dropped; none in older caches). */
+export function decodeCacheBases(raw: Buffer): BaseSummaries {
+  let j: unknown;
+  try {
+    j = JSON.parse(raw.toString('utf8'));
+  } catch {
+    return {};
+  }
+  const bases = ((j as Record<string, unknown> | null)?.[CACHE_CONFIG_KEY] as { bases?: unknown } | undefined)?.bases;
+  const out: BaseSummaries = {};
+  if (typeof bases !== 'object' || bases === null || Array.isArray(bases)) return out;
+  for (const [d, v] of Object.entries(bases)) {
+    if (DIGEST_RE.test(d) && Array.isArray(v) && v.every((x) => typeof x === 'string')) out[d] = v as string[];
+  }
+  return out;
 }
 
 /** Records from a cache config blob; malformed records are dropped, a blob without the key yields none. */
@@ -391,6 +421,10 @@ export class RemoteBuildCache extends BuildCache {
     string,
     { rec: CacheRecord; from: Reference; entry: CacheEntry; got?: Promise<string> }
   >();
+  /** Base layer summaries of the imported caches (diffID → summary). */
+  private readonly importedBases = new Map<string, string[]>();
+  /** Base image layers of this build (diffIDs, see baseLayers): their summaries go into the exported cache. */
+  private readonly bases = new Set<string>();
   /** Counters for tests and progress (`fetched`: lazy hits whose layer a later step needed). */
   readonly stats = { localHits: 0, remoteHits: 0, misses: 0, corrupt: 0, lazy: 0, fetched: 0 };
 
@@ -415,7 +449,7 @@ export class RemoteBuildCache extends BuildCache {
         this.o.from.map(async (spec) => {
           const ref = parseReferenceWithDefaultTag(spec.ref);
           try {
-            return { ref, records: await this.fetchRecords(ref) };
+            return { ref, records: await this.fetchRecords(ref, this.importedBases) };
           } catch (e) {
             this.o.warn(`cache import from ${spec.ref} failed, building without it: ${oneLine(e)}`);
             return { ref, records: [] as CacheRecord[] };
@@ -429,7 +463,7 @@ export class RemoteBuildCache extends BuildCache {
     return this.imported;
   }
 
-  private async fetchRecords(ref: Reference): Promise<CacheRecord[]> {
+  private async fetchRecords(ref: Reference, bases?: Map<string, string[]>): Promise<CacheRecord[]> {
     const client = new RepositoryClient(ref, this.reg, `cache ${ref.toString()}`);
     const m = await client.getManifest(ref.digest ?? ref.tag ?? 'latest');
     let manifest: Manifest;
@@ -442,6 +476,7 @@ export class RemoteBuildCache extends BuildCache {
       throw new KilnError('CACHE_INVALID', 'not an image manifest');
     const raw = await client.blobBuffer(manifest.config.digest, manifest.config.size);
     const records = decodeCacheConfig(raw);
+    if (bases) for (const [d, sum] of Object.entries(decodeCacheBases(raw))) if (!bases.has(d)) bases.set(d, sum);
     // a record may only name layers the manifest references (those are the blobs the registry keeps for it)
     const have = new Set(manifest.layers.map((l) => l.digest));
     return records.filter((r) => have.has(r.layer.digest));
@@ -455,6 +490,32 @@ export class RemoteBuildCache extends BuildCache {
    */
   allowLazy(registries: string[]): void {
     this.lazyRegistries = new Set(registries);
+  }
+
+  /**
+   * The build's base image layers (`diffIDs`, bottom-most first): their path summaries are exported with the cache;
+   * for each, the imported summary when the build may leave that layer unfetched (see allowLazy; undefined: fetch
+   * it). The engine then extracts a base layer only for a step that runs and needs its files.
+   */
+  async baseLayers(diffIDs: string[]): Promise<(string[] | undefined)[]> {
+    for (const d of diffIDs) this.bases.add(d);
+    if (this.lazyRegistries.size === 0 || this.o.from.length === 0) return diffIDs.map(() => undefined);
+    await this.load();
+    return diffIDs.map((d) => this.importedBases.get(d));
+  }
+
+  /** The summaries of this build's base layers: imported, else read from the extracted layer. */
+  private async baseSummaries(): Promise<BaseSummaries> {
+    const out: BaseSummaries = {};
+    for (const d of this.bases) {
+      let sum = this.importedBases.get(d);
+      if (!sum) {
+        const dir = await this.o.layers.dirOf(d);
+        sum = dir === undefined ? undefined : await summarizeLayerDir(dir).catch(() => undefined);
+      }
+      if (sum) out[d] = sum;
+    }
+    return out;
   }
 
   /**
@@ -672,11 +733,25 @@ export class RemoteBuildCache extends BuildCache {
     return fingerprint(info);
   }
 
+  /**
+   * A hit's file list from the fingerprint stored with the record it hit (`stored`), instead of reading and hashing
+   * every context file again: the key matched, so the files' contents are those of the stored list (a 100 MiB COPY
+   * that hit in a fresh pod checkout, whose inodes and times are all new, is not read at export). Only when the
+   * stored fingerprint is of the same slot and its key parts are the same.
+   */
+  private adoptFiles(info: StepInfo, stored: StepFingerprint | undefined): void {
+    if (info.files || !info.context || !stored?.files || stored.slot !== info.slot) return;
+    if (canonicalJSON(fingerprint(info).fields) !== canonicalJSON(stored.fields)) return;
+    info.files = { ...stored.files };
+    delete info.context;
+  }
+
   /** Record the fingerprints of this build's steps per slot (the "previous build" of the next explanation). */
   async saveStepHistory(): Promise<void> {
     await mkdir(this.slotIndexDir(), { recursive: true });
-    for (const info of this.steps.values()) {
+    for (const [key, info] of this.steps) {
       try {
+        this.adoptFiles(info, this.used.get(key)?.step);
         const fp = this.fingerprintOf(info, info.context ? await this.previousOf(info.slot) : undefined);
         await writeFileAtomic(this.slotFile(info.slot), JSON.stringify(fp));
       } catch {
@@ -692,6 +767,7 @@ export class RemoteBuildCache extends BuildCache {
   recordsFor(mode: 'min' | 'max', finalDiffIDs: string[]): CacheRecord[] {
     const all = [...this.used.values()].map((r) => {
       const info = this.steps.get(r.key);
+      if (info) this.adoptFiles(info, r.step);
       return info ? { ...r, step: this.fingerprintOf(info) } : r;
     });
     if (mode === 'max') return all;
@@ -706,12 +782,14 @@ export class RemoteBuildCache extends BuildCache {
    */
   async exportTo(finalDiffIDs: string[], pushed: Reference[] = []): Promise<{ ref: string; digest: string }[]> {
     const out: { ref: string; digest: string }[] = [];
+    let bases: Promise<BaseSummaries> | undefined;
     try {
       for (const spec of this.o.to) {
         const ref = parseReferenceWithDefaultTag(spec.ref);
         try {
           const records = await this.withSummaries(this.recordsFor(spec.mode, finalDiffIDs));
-          const res = await this.writeManifest(ref, records, finalDiffIDs, pushed);
+          bases ??= this.baseSummaries();
+          const res = await this.writeManifest(ref, records, finalDiffIDs, pushed, await bases);
           out.push({ ref: ref.toString(), digest: res });
         } catch (e) {
           this.o.warn(`cache export to ${spec.ref} failed: ${oneLine(e)}`);
@@ -729,6 +807,7 @@ export class RemoteBuildCache extends BuildCache {
     records: CacheRecord[],
     finalDiffIDs: string[],
     pushed: Reference[],
+    bases: BaseSummaries,
   ): Promise<string> {
     const layers = recordLayers(records);
     const inImage = new Set(finalDiffIDs);
@@ -752,7 +831,7 @@ export class RemoteBuildCache extends BuildCache {
       }
       layerObjs.push(layer);
     }
-    const raw = encodeCacheConfig(records, layers);
+    const raw = encodeCacheConfig(records, layers, bases);
     const img = imageFromParts({
       mediaType: async () => MediaType.OCIManifest,
       configMediaType: async () => MediaType.OCIConfig,

@@ -604,8 +604,7 @@ class Engine {
     try {
       const layers = await resolved.image.layers();
       const diffIDs = cfg.rootfs?.diff_ids ?? [];
-      const dirs = await Promise.all(layers.map((l) => this.deps.layers.unpack(l)));
-      st.layers = layers.map((l, i) => ({ diffID: diffIDs[i] as string, dir: dirs[i] as string, layer: l }));
+      st.layers = await this.baseLayers(layers, diffIDs);
       for (const l of layers) this.announce(st, l);
     } catch (e) {
       this.deps.progress.error(id, errorMessage(e));
@@ -613,6 +612,35 @@ class Engine {
     }
     this.deps.progress.done(id);
     return st;
+  }
+
+  /** Extractions of base layers left unfetched at FROM (diffID → dir), once per build. */
+  private readonly baseUnpacks = new Map<string, Promise<string>>();
+
+  /**
+   * A base image's layers as stage layers: extracted, or — when the registry cache knows the layer's path summary
+   * and the build only pushes (src/cache/remote.ts baseLayers) — unfetched until a step that runs needs its files,
+   * like a lazy cache hit (src/engine/lazy.ts). A fresh pod whose only missed step is a COPY into `/app` never pulls
+   * the base; the push mounts its blobs.
+   */
+  private async baseLayers(layers: Layer[], diffIDs: string[]): Promise<StageLayer[]> {
+    const cache = this.deps.cache as BuildCache & Partial<LazyLayers>;
+    const summaries = (await cache.baseLayers?.(diffIDs)) ?? [];
+    return Promise.all(
+      layers.map(async (l, i): Promise<StageLayer> => {
+        const diffID = diffIDs[i] as string;
+        const summary = summaries[i];
+        if (summary && (await this.deps.layers.dirOf(diffID)) === undefined) {
+          const materialize = (): Promise<string> => {
+            let p = this.baseUnpacks.get(diffID);
+            if (!p) this.baseUnpacks.set(diffID, (p = this.deps.layers.unpack(l)));
+            return p;
+          };
+          return { diffID, dir: '', layer: l, lazy: { layer: l, summary, materialize } };
+        }
+        return { diffID, dir: await this.deps.layers.unpack(l), layer: l };
+      }),
+    );
   }
 
   // -------------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { cp, mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdtemp, mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Transform } from 'node:stream';
@@ -25,6 +25,7 @@ import { runEngine } from '../../src/engine/engine.js';
 import { imageOf } from '../../src/engine/build.js';
 import {
   RemoteBuildCache,
+  decodeCacheBases,
   decodeCacheConfig,
   encodeCacheConfig,
   parseCacheSpec,
@@ -105,6 +106,8 @@ interface Built {
   ev: Events;
   diffIDs: string[];
   cache: RemoteBuildCache;
+  /** Whether the build's layer store holds an extracted dir for a diffID. */
+  extracted: (diffID: string) => Promise<boolean>;
 }
 
 /** One build with a fresh or given $KILN_HOME through the real services; pushes the image to `tag`. */
@@ -166,7 +169,7 @@ async function build(
     const diffIDs = res.layers.map((l) => l.diffID);
     await cache.exportTo(diffIDs, [parseReference(tag)]);
     const ev = parseEvents(lines.join(''));
-    return { ev, diffIDs, cache };
+    return { ev, diffIDs, cache, extracted: async (d) => (await svc.layers.dirOf(d)) !== undefined };
   } finally {
     await cache.close();
     await svc.context.cleanup();
@@ -461,7 +464,17 @@ test('pushing to the cache registry: unneeded hits stay unfetched, mounted into 
   );
   const assetsRec = records.find((r) => r.step?.name.includes('COPY assets'));
   assert.deepEqual(assetsRec?.summary?.slice(0, 2), ['app', 'app/assets'], 'records carry their layer paths');
+  const baseCfg = await (await getRemoteImage(base, { insecureRegistries: [reg.host] })).config();
+  const baseDiffID = baseCfg.rootfs.diff_ids[0] as string;
+  const bases = decodeCacheBases(
+    await (await getRemoteImage(cacheRef, { insecureRegistries: [reg.host] })).rawConfig(),
+  );
+  assert.deepEqual(Object.keys(bases), [baseDiffID], 'the cache carries the base layer summary');
+  assert.ok(bases[baseDiffID]?.includes('bin/busybox'), bases[baseDiffID]?.slice(0, 5).join(' '));
   await writeFile(join(ctxL, 'src', 'd3', 'f7.js'), 'export const v7 = "lazy";\n');
+  await cp(join(ctxL, 'assets'), join(ctxL, 'assets.new'), { recursive: true });
+  await rm(join(ctxL, 'assets'), { recursive: true });
+  await rename(join(ctxL, 'assets.new'), join(ctxL, 'assets'));
   const lazy = await build(join(work, 'lazy-home2'), `${reg.host}/app/lazy-fresh:2`, [cacheRef], [], [], {
     context: ctxL,
     lazy: true,
@@ -470,6 +483,12 @@ test('pushing to the cache registry: unneeded hits stay unfetched, mounted into 
   assert.deepEqual(steps(lazy.ev.done), ['COPY src/ ./src/']);
   assert.equal(lazy.cache.stats.lazy, 3);
   assert.equal(lazy.cache.stats.fetched, 1, 'only the RUN layer (the topmost /app) was fetched');
+  assert.equal(await lazy.extracted(baseDiffID), false, 'the base layer was not pulled: the COPY does not need it');
+  // the hit's file list is the imported record's (same content, by its key): the assets, on new inodes since, were
+  // not listed and hashed again (a fresh pod's checkout would be read whole)
+  const assetsFiles = lazy.cache.recordsFor('max', []).find((r) => r.step?.name.includes('COPY assets'))?.step?.files;
+  assert.ok(assetsRec?.step?.files?.['assets/a0.bin']);
+  assert.deepEqual(assetsFiles, assetsRec.step.files);
   const full = await build(join(work, 'lazy-home3'), `${reg.host}/app/lazy:3`, [cacheRef], [], [], {
     context: ctxL,
     epoch,
@@ -501,4 +520,38 @@ test('pushing to the cache registry: unneeded hits stay unfetched, mounted into 
     },
   );
   assert.equal(r.status, 0, r.stderr);
+});
+
+test('an unfetched base layer is pulled when a missed RUN needs it: same layers as a build that pulled it first', async () => {
+  const ctxR = join(work, 'ctx-lazy-run');
+  await cp(ctx, ctxR, { recursive: true });
+  await writeFile(
+    join(ctxR, 'Dockerfile'),
+    `FROM ${base}\nWORKDIR /app\nCOPY src/ ./src/\nRUN ls /bin | wc -l > /app/bin-count && cat src/d3/f7.js > /app/v7\n`,
+  );
+  const cacheRef = `${reg.host}/cache/lazy-run:1`;
+  const epoch = 1_700_000_000;
+  const o = { context: ctxR, epoch };
+  await build(
+    join(work, 'lazy-run-home1'),
+    `${reg.host}/app/lazy-run:1`,
+    [],
+    [`type=registry,ref=${cacheRef},mode=max`],
+    [],
+    o,
+  );
+  await writeFile(join(ctxR, 'src', 'd3', 'f7.js'), 'export const v7 = "run";\n');
+  const baseDiffID = (await (await getRemoteImage(base, { insecureRegistries: [reg.host] })).config()).rootfs
+    .diff_ids[0] as string;
+  const lazy = await build(join(work, 'lazy-run-home2'), `${reg.host}/app/lazy-run:2`, [cacheRef], [], [], {
+    ...o,
+    lazy: true,
+  });
+  assert.deepEqual(steps(lazy.ev.done), [
+    'COPY src/ ./src/',
+    'RUN ls /bin | wc -l > /app/bin-count && cat src/d3/f7.js > /app/v7',
+  ]);
+  assert.equal(await lazy.extracted(baseDiffID), true, 'the RUN needed the base: pulled and extracted');
+  const full = await build(join(work, 'lazy-run-home3'), `${reg.host}/app/lazy-run:3`, [cacheRef], [], [], o);
+  assert.deepEqual(lazy.diffIDs, full.diffIDs, 'same layers as the build that extracted the base at FROM');
 });

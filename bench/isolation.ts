@@ -17,6 +17,7 @@
  * (the order flips every round), rounds are BENCH_ROUNDS (default 3), BENCH_ONLY=W1,W3,APT,COMPAT picks workloads,
  * BENCH_COMPAT=npm,sudo picks compatibility cases by name, BENCH_SMALL=1 shrinks the inputs (harness check). kiln runs compiled (a private tsc output under .tmp/, so the
  * layer worker thread is used as in a release); the restricted helper is compiled once, outside the timings.
+ * BENCH_DEBUG=1 runs kiln with KILN_DEBUG=1 and keeps each W1/W3 build's stderr (its timeline) in .tmp/bench-isolation-debug/.
  * Output: the table on stdout and in bench/results/isolation.md (partial runs: .tmp/bench-isolation.md).
  */
 import { spawnSync } from 'node:child_process';
@@ -37,6 +38,8 @@ const REPO = join(dirname(fileURLToPath(import.meta.url)), '..');
 const ROUNDS = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3) || 3);
 const ONLY = new Set((process.env.BENCH_ONLY ?? 'W1,W3,APT,COMPAT').split(',').map((s) => s.trim().toUpperCase()));
 const SMALL = process.env.BENCH_SMALL === '1';
+/** BENCH_DEBUG=1: builds run with KILN_DEBUG=1, each W1/W3 build's stderr kept in .tmp/bench-isolation-debug/. */
+const DEBUG = process.env.BENCH_DEBUG === '1';
 const W1: W1Options = SMALL ? { files: 200, dirs: 10, assets: 2, assetSize: 64 * 1024 } : {};
 const W3_FILES = SMALL ? 2000 : 50_000;
 const PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -94,6 +97,7 @@ function kiln(level: Level, home: string, args: string[]): Promise<Measured> {
     `PATH=${PATH}`,
     `KILN_RESTRICTED_HELPER=${helper}`,
     `KILN_ISOLATION=${level}`,
+    ...(DEBUG ? ['KILN_DEBUG=1'] : []),
   ];
   const cmd = [process.execPath, launcher, ...args];
   if (level === 'userns') return measure('runuser', ['-u', ROOTLESS_USER, '--', 'env', ...env, ...cmd], { cwd: REPO });
@@ -105,6 +109,14 @@ async function ok(level: Level, home: string, args: string[], what: string): Pro
   if (m.code !== 0)
     throw new Error(`${what} (${level}) failed (exit ${m.code}):\n${m.stderr.split('\n').slice(-30).join('\n')}`);
   return m;
+}
+
+/** With BENCH_DEBUG=1, keep a build's stderr (its KILN_DEBUG timeline) as .tmp/bench-isolation-debug/NAME.log. */
+async function keepLog(name: string, m: Measured): Promise<void> {
+  if (!DEBUG) return;
+  const dir = join(REPO, '.tmp', 'bench-isolation-debug');
+  await mkdir(dir, { recursive: true });
+  await writeFile(join(dir, `${name}.log`), m.stderr);
 }
 
 async function freshHome(name: string): Promise<string> {
@@ -360,6 +372,8 @@ async function main(): Promise<void> {
         await own(ctxW1);
         const warm = await ok(level, home, ['build', '--progress', 'plain', '-t', 'w1:warm', ctxW1], 'W1 warm');
         rows.w1warm.wall[level].push(warm.ms / 1000);
+        await keepLog(`w1-cold-${level}-${round}`, cold);
+        await keepLog(`w1-warm-${level}-${round}`, warm);
         log(
           `round ${round + 1} ${level}: W1 cold ${(cold.ms / 1000).toFixed(2)} s, warm ${(warm.ms / 1000).toFixed(2)} s`,
         );
@@ -372,6 +386,7 @@ async function main(): Promise<void> {
         await own(ctxW3);
         const m = await ok(level, homes[level], ['build', '--progress', 'plain', '-t', 'w3:x', ctxW3], 'W3');
         rows.w3.wall[level].push(m.ms / 1000);
+        await keepLog(`w3-${level}-${round}`, m);
         const s = stepSeconds(m.stderr, /RUN mkdir -p \/data/);
         if (s !== undefined) rows.w3.step[level].push(s);
         log(`round ${round + 1} ${level}: W3 ${(m.ms / 1000).toFixed(2)} s (RUN ${s ?? '?'} s)`);

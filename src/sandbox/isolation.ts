@@ -60,8 +60,12 @@ export async function isolationServices(level: IsolationLevel, kilnHome: string)
     const { ensureHelper } = await import('./restricted/helper.js');
     const { findTool } = await import('./userns.js');
     const { cleanupStaleTempDirs } = await import('./stale.js');
+    const { restrictedXattrReader } = await import('./restricted/xattrs.js');
+    const { useXattrReader } = await import('../layer/fsops.js');
     const client = RestrictedClient.require();
     await cleanupStaleTempDirs(kilnHome);
+    // getfattr under the filter costs two notifications per file it walks: the helper reads them itself
+    if (process.env.KILN_RESTRICTED_GETFATTR !== '1') useXattrReader(restrictedXattrReader(client, kilnHome));
     const helper = await ensureHelper(kilnHome);
     const proot = await findTool('proot');
     if (!proot) {

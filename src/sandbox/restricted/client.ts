@@ -197,6 +197,16 @@ export class RestrictedClient {
     }
   }
 
+  /**
+   * The extended attributes supervised processes see on `paths` (and, when `recursive`, everything below them,
+   * never following symlinks), written by the helper to `file` as `PATH\tNAME\tHEX` lines (PATH escaped; see
+   * parseXattrDump): what `getfattr -R` reads, without its process and the two notifications per file it costs
+   * under the filter. At most about 500 paths per call (a request line holds at most 1,024 fields and 64 KiB).
+   */
+  async xattrs(file: string, recursive: boolean, paths: string[]): Promise<void> {
+    await this.request('xattrs', file, recursive ? '1' : '0', ...paths);
+  }
+
   /** rm -rf outside of any filter (fast, never tracked). */
   async remove(dir: string): Promise<void> {
     await this.request('remove', dir);
@@ -244,4 +254,22 @@ export function parseXattrs(text: string): Map<string, Map<string, Uint8Array>> 
     m.set(name, Buffer.from(hex, 'hex'));
   }
   return out;
+}
+
+/** Parse the helper's `xattrs` output (absolute path → name → value), paths unescaped. */
+export function parseXattrDump(
+  text: string,
+  into = new Map<string, Map<string, Buffer>>(),
+): Map<string, Map<string, Buffer>> {
+  for (const line of text.split('\n')) {
+    // the path is escaped (no raw tab), the hex value has none
+    const a = line.indexOf('\t');
+    const b = line.lastIndexOf('\t');
+    if (a <= 0 || b <= a) continue;
+    const path = line.slice(0, a).replace(/\\(.)/g, (_m, c: string) => (c === 'n' ? '\n' : c === 't' ? '\t' : c));
+    let m = into.get(path);
+    if (!m) into.set(path, (m = new Map()));
+    m.set(line.slice(a + 1, b), Buffer.from(line.slice(b + 1), 'hex'));
+  }
+  return into;
 }

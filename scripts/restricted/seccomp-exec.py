@@ -21,7 +21,11 @@ import os
 import platform
 import sys
 
-import seccomp
+try:
+    import seccomp
+except ImportError:
+    sys.stderr.write("restricted-run.sh: apt-get install python3-seccomp\n")
+    sys.exit(2)
 
 OPS = {
     "SCMP_CMP_EQ": seccomp.EQ,

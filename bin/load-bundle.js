@@ -25,6 +25,15 @@ function run(script, file) {
   return module.exports;
 }
 
+function setV8Flags(flags) {
+  createRequire(import.meta.url)('node:v8').setFlagsFromString(flags);
+}
+
+/** Whether the user set V8's bytecode flushing themselves (left alone then, and nothing learned). */
+function userFlushFlag() {
+  return [...process.execArgv, process.env.NODE_OPTIONS ?? ''].some((a) => a.includes('flush-bytecode'));
+}
+
 /** At most this many commands get a cache of their own (a bound on the files: keys can name source dirs). */
 const MAX_LEARNED = 32;
 
@@ -45,7 +54,6 @@ function commandKey(argv) {
  * never see half a file). A read-only install simply keeps the build's cache. KILN_CODE_CACHE_LEARN=0 never writes.
  */
 function learn(script, learned) {
-  if (process.env.KILN_CODE_CACHE_LEARN === '0') return;
   const tmp = `${learned}.${process.pid}.tmp`;
   try {
     const dir = dirname(learned);
@@ -74,13 +82,20 @@ export function loadBundle(file, argv = process.argv.slice(2)) {
   const rejected = cachedData !== undefined && script.cachedDataRejected === true;
   if (rejected && process.env.KILN_DEBUG === '1')
     process.stderr.write(`kiln: debug: code cache ${cacheFile} rejected (made by another Node.js or other flags)\n`);
+  // V8 drops the bytecode of functions that have not run for a while (the bundle's top level after a few full GCs:
+  // a cache made without it costs the whole script's parse, ~250 ms): kept while a run that will learn runs.
+  const willLearn = (!own || rejected) && process.env.KILN_CODE_CACHE_LEARN !== '0' && !userFlushFlag();
+  if (willLearn) setV8Flags('--no-flush-bytecode');
   const exports = run(script, file);
   const main = exports.main;
   return {
     ...exports,
     async main(args) {
       const code = await main(args);
-      if (code === 0 && (!own || rejected)) learn(script, learned);
+      if (willLearn) {
+        setV8Flags('--flush-bytecode'); // the default again: V8 checks a cache's flags against the reader's
+        if (code === 0) learn(script, learned);
+      }
       return code;
     },
   };

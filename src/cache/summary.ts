@@ -77,7 +77,8 @@ export async function summarizeLayerDir(dir: string): Promise<string[] | undefin
   const dirs = [...listedDirs].map((r) => join(dir, r));
   const opaque = new Set<string>();
   if (dirs.length > 0) {
-    for (const [abs, x] of await readXattrsRecursive(dir, '.*overlay\\.opaque')) {
+    // the listed dirs only (a layer of 5,000 files is not walked again for the few dirs a summary names)
+    for (const [abs, x] of await readXattrsRecursive(dirs, '.*overlay\\.opaque', { recursive: false })) {
       for (const v of x.values()) if (v.toString('latin1') === 'y') opaque.add(abs);
     }
   }

@@ -845,11 +845,10 @@ class Engine {
         }
       }
     }
-    if (!this.req.noCache) {
-      const explainer = this.deps.cache as BuildCache & Partial<MissExplainer>;
-      const why = await explainer.explainMiss?.(key).catch(() => undefined);
-      if (why) this.deps.progress.log(id, 'stderr', Buffer.from(`cache miss: ${why}\n`));
-    }
+    // the miss explanation (it may list and hash the step's context files) runs while the layers below are fetched
+    const why = this.req.noCache
+      ? undefined
+      : (this.deps.cache as BuildCache & Partial<MissExplainer>).explainMiss?.(key).catch(() => undefined);
     const prepOpts = hooks.plant
       ? { plant: hooks.plant, ...(hooks.unchanged ? { unchanged: hooks.unchanged } : {}) }
       : undefined;
@@ -860,6 +859,8 @@ class Engine {
       await snap.release();
       snap = await this.deps.snapshotter.prepare(lowerDirs((await lowersFor(st.layers)).layers), prepOpts);
     } else if (below.omitted > 0) debugMark(`#${id} ${below.omitted} unfetched cache layer(s) not needed`);
+    const explained = await why;
+    if (explained) this.deps.progress.log(id, 'stderr', Buffer.from(`cache miss: ${explained}\n`));
     debugMark(`#${id} snapshot ready`);
     try {
       await work(snap, id);

@@ -3,10 +3,11 @@
  * does (`kiln build --push --cache-from X --cache-to X,mode=max`, nothing local) — against the local warm build of
  * the same change, without a cluster (bench/k8s-pods.ts runs the real pods). KILN_BINS=name=path/to/kiln.js,…
  * compares checkouts alternately (default: this one); ROUNDS (default 3); ISO=restricted|userns sets --isolation;
+ * CHECKOUT=1 gives each fresh build a copy of the context (new inodes and times, as the pod's git checkout);
  * SHOW=1 prints the last fresh build's timeline (KILN_DEBUG); LOGS=DIR keeps every build's KILN_DEBUG log there.
  * Prints one line per round and the medians.
  */
-import { mkdir, mkdtemp, rm, writeFile, readFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, rm, writeFile, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -32,11 +33,11 @@ try {
   await mkdir(w1);
   await writeW1Context(w1, {});
   await writeFile(join(w1, 'Dockerfile'), w1Dockerfile(`${host}/bench/busybox:1`));
-  const run = (bin: string, home: string, tag: string, extra: string[]): { ms: number; err: string } => {
+  const run = (bin: string, home: string, tag: string, extra: string[], ctx = w1): { ms: number; err: string } => {
     const t0 = performance.now();
     const r = spawnSync(
       process.execPath,
-      [bin, 'build', '--push', '-t', tag, '--progress', 'plain', '--insecure-registry', host, ...ISO, ...extra, w1],
+      [bin, 'build', '--push', '-t', tag, '--progress', 'plain', '--insecure-registry', host, ...ISO, ...extra, ctx],
       {
         env: { ...process.env, KILN_HOME: home, KILN_DEBUG: '1' },
         encoding: 'utf8',
@@ -61,13 +62,18 @@ try {
       const warm = run(bin, join(work, `home-${name}`), `${host}/w1/${name}:w${r}`, []);
       const fresh = join(work, `fresh-${name}-${r}`);
       const cache = `type=registry,ref=${host}/w1/${name}-cache:1`;
-      const f = run(bin, fresh, `${host}/w1/${name}-pod:w${r}`, [
-        '--cache-from',
-        cache,
-        '--cache-to',
-        `${cache},mode=max`,
-      ]);
+      // CHECKOUT=1: the pod's context is a new checkout (new inodes and times), not the warm build's files
+      const checkout = process.env.CHECKOUT ? join(work, `checkout-${name}-${r}`) : w1;
+      if (checkout !== w1) await cp(w1, checkout, { recursive: true });
+      const f = run(
+        bin,
+        fresh,
+        `${host}/w1/${name}-pod:w${r}`,
+        ['--cache-from', cache, '--cache-to', `${cache},mode=max`],
+        checkout,
+      );
       await rm(fresh, { recursive: true, force: true });
+      if (checkout !== w1) await rm(checkout, { recursive: true, force: true });
       (res[name] ??= { warm: [], fresh: [] }).warm.push(warm.ms);
       res[name].fresh.push(f.ms);
       console.log(

@@ -4,6 +4,7 @@
  * written atomically (temp file + rename), so an interrupted build never leaves a half-written entry; a corrupt
  * or unreadable entry is treated as a miss.
  */
+import type { Stats } from 'node:fs';
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 
@@ -73,7 +74,13 @@ export interface StepNote {
    * wildcard sources are skipped); the remote cache lists the files itself, lazily (only to explain a miss or to save
    * the step for the next explanation).
    */
-  context?: { dir: string; paths: string[]; ignore?: (rel: string, isDir: boolean) => boolean };
+  context?: {
+    dir: string;
+    paths: string[];
+    ignore?: (rel: string, isDir: boolean) => boolean;
+    /** A file's content digest (sha256 hex) when the caller already has it for exactly this file (`st`). */
+    known?: (rel: string, st: Stats) => string | undefined;
+  };
 }
 
 export interface MissExplainer {

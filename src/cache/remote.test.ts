@@ -255,6 +255,11 @@ test('listContextFiles lists inside the context only, reuses unchanged hashes, a
     };
     assert.equal(listContextFiles(ctx, ['src'], planted, ignore)?.['src/a.js'], planted['src/a.js']);
     assert.equal(listContextFiles(ctx, ['./src/../src'], {}, ignore)?.['src/a.js'], first['src/a.js']);
+    // a digest the caller already has is taken without reading the file (a fresh checkout is not read twice)
+    const known = (rel: string): string | undefined => (rel === 'src/sub/b.js' ? 'e'.repeat(64) : undefined);
+    const withKnown = listContextFiles(ctx, ['src'], {}, ignore, known);
+    assert.match(withKnown?.['src/sub/b.js'] ?? '', /^eeeeeeeeeeeeeeee:1:/);
+    assert.equal(withKnown?.['src/a.js'], first['src/a.js']);
 
     // through the cache: a miss names the changed file
     const layers: LayerStore = {

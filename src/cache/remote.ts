@@ -25,7 +25,7 @@
  * (src/engine/lazy.ts; records carry a path summary of their layer for that, src/cache/summary.ts). Miss explanations: `noteStep(key, info)` (called by the engine before `get`) remembers each step's
  * inputs; `explainMiss(key)` compares them with the previous build of the same step (local or imported).
  */
-import { lstatSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import { lstatSync, readFileSync, readdirSync, readlinkSync, type Stats } from 'node:fs';
 import { mkdir, readFile } from 'node:fs/promises';
 import { join, posix, resolve } from 'node:path';
 import { createHash } from 'node:crypto';
@@ -221,7 +221,8 @@ export const MAX_LISTED_FILES = 50_000;
 
 /**
  * The files under `paths` (relative to `dir`) as `rel → "sha16:size:mtimeMs:ino"`. Content hashes of files whose
- * size/mtime/inode match `previous` are reused (no read), so a rebuild only hashes what changed. Never leaves `dir`
+ * size/mtime/inode match `previous` are reused (no read), so a rebuild only hashes what changed; `known` supplies
+ * digests the caller already has (the context's stat cache: a fresh checkout is not read twice). Never leaves `dir`
  * (paths are normalized inside it; symlinks are listed, not followed). Wildcard paths are skipped; undefined when
  * the listing would exceed MAX_LISTED_FILES.
  */
@@ -230,6 +231,7 @@ export function listContextFiles(
   paths: string[],
   previous: Record<string, string> = {},
   ignore?: (rel: string, isDir: boolean) => boolean,
+  known?: (rel: string, st: Stats) => string | undefined,
 ): Record<string, string> | undefined {
   const root = resolve(dir);
   const out: Record<string, string> = {};
@@ -262,7 +264,8 @@ export function listContextFiles(
     }
     let sum: string;
     if (st.isSymbolicLink()) sum = short('link:' + readlinkSync(abs));
-    else if (st.isFile()) sum = createHash('sha256').update(readFileSync(abs)).digest('hex').slice(0, 16);
+    else if (st.isFile())
+      sum = (known?.(rel, st) ?? createHash('sha256').update(readFileSync(abs)).digest('hex')).slice(0, 16);
     else sum = short(`mode:${st.mode}`);
     out[rel] = `${sum}:${sig}`;
     return true;
@@ -726,7 +729,7 @@ export class RemoteBuildCache extends BuildCache {
   private fingerprintOf(info: StepInfo, prev?: StepFingerprint): StepFingerprint {
     if (!info.files && info.context) {
       const c = info.context;
-      const files = listContextFiles(c.dir, c.paths, prev?.files, c.ignore);
+      const files = listContextFiles(c.dir, c.paths, prev?.files, c.ignore, c.known);
       if (files) info.files = files;
       delete info.context;
     }

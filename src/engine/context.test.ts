@@ -1,6 +1,16 @@
 import { strict as assert } from 'node:assert';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  readFileSync,
+  readdirSync,
+  symlinkSync,
+  writeFileSync,
+  type Stats,
+} from 'node:fs';
+import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { createServer } from 'node:http';
@@ -8,6 +18,7 @@ import { test } from 'node:test';
 import {
   hashContextPaths,
   isGitContext,
+  knownContextDigest,
   loadContext,
   parseGitFragment,
   prefetchContextHashes,
@@ -142,6 +153,15 @@ test('hashContextPaths: content-sensitive, ignore-aware, stat cache persisted', 
   await hashContextPaths(tarCtx, ['.']);
   await tarCtx.cleanup();
   assert.equal(readdirSync(join(home, 'statcache')).length, 1, 'temp-dir contexts are not persisted');
+  // the digests behind the key, for the miss explanation: the file's sha256 while it is unchanged
+  const appSt = lstatSync(join(d, 'app.txt'));
+  assert.equal(
+    knownContextDigest(ctx.root, 'app.txt', appSt),
+    createHash('sha256')
+      .update(readFileSync(join(d, 'app.txt')))
+      .digest('hex'),
+  );
+  assert.equal(knownContextDigest(ctx.root, 'app.txt', { ...appSt, mtimeMs: appSt.mtimeMs + 1 } as Stats), undefined);
   const before = statCacheStats.hits;
   assert.equal(await hashContextPaths(ctx, ['.']), h1);
   assert.ok(statCacheStats.hits > before, 'second hash served from the stat cache');

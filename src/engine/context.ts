@@ -395,6 +395,8 @@ interface StatCache {
 }
 
 const statCaches = new Map<string, Promise<StatCache>>();
+/** The same caches once loaded (for synchronous look-ups: knownContextDigest). */
+const loadedStatCaches = new Map<string, StatCache>();
 
 /** The stat cache of a context root, loaded once (memoized as a promise: concurrent walks share one object). */
 function loadStatCache(ctx: BuildContext): Promise<StatCache> {
@@ -416,9 +418,14 @@ function loadStatCache(ctx: BuildContext): Promise<StatCache> {
         /* missing or corrupt: start fresh */
       }
     }
-    return { file, data, dirty: false, inflight: new Map() };
+    const loaded: StatCache = { file, data, dirty: false, inflight: new Map() };
+    loadedStatCaches.set(key, loaded);
+    return loaded;
   })();
-  if (statCaches.size >= 16) statCaches.clear(); // a long-running service sees many contexts
+  if (statCaches.size >= 16) {
+    statCaches.clear(); // a long-running service sees many contexts
+    loadedStatCaches.clear();
+  }
   statCaches.set(key, c);
   return c;
 }
@@ -442,6 +449,16 @@ function fresh(e: StatEntry | undefined, st: Stats): e is StatEntry {
   return (
     e !== undefined && e.m === st.mtimeMs && e.c === st.ctimeMs && e.s === st.size && e.i === st.ino && e.o === st.mode
   );
+}
+
+/**
+ * The content digest (sha256 hex) that the stat cache of the context rooted at `root` holds for `rel` while it still
+ * describes the file `st` — the digest a COPY's key was just computed from — else undefined. A miss explanation
+ * then names changed files without reading a fresh checkout's files a second time.
+ */
+export function knownContextDigest(root: string, rel: string, st: Stats): string | undefined {
+  const e = loadedStatCaches.get(root)?.data.entries[rel];
+  return fresh(e, st) ? e.d : undefined;
 }
 
 /** Large files hashed at once (on the worker thread: their reads overlap). */

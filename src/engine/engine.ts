@@ -11,6 +11,7 @@
  */
 import { debugMark } from '../util/debug.js';
 import { chmod, chown, lstat, mkdir, mkdtemp, rename, rm, utimes, writeFile } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
 import { destPath, rootPath } from './copy.js';
 import { join, posix, resolve } from 'node:path';
 import { PlantedCopy, newCopyTrack, relativeSources, type CopyTrack } from './reuse.js';
@@ -75,6 +76,7 @@ import {
   serializeConfig,
   withShell,
 } from './imageconfig.js';
+import { knownContextDigest } from './context.js';
 import { mkdirAllIn, resolveUser } from './rootfs.js';
 
 export interface EngineRequest {
@@ -1120,7 +1122,15 @@ class Engine {
             throw this.fail(c, e instanceof KilnError ? e.code : 'COPY_FAILED', errorMessage(e), undefined, e);
           }
         },
-        src.kind === 'context' ? { context: { dir: src.dir, paths: [...c.sources] } } : undefined,
+        src.kind === 'context'
+          ? {
+              context: {
+                dir: src.dir,
+                paths: [...c.sources],
+                known: (rel: string, st: Stats) => knownContextDigest(src.dir, rel, st),
+              },
+            }
+          : undefined,
         hooks,
       );
     } finally {

@@ -5,7 +5,17 @@
 // the first successful run of each command writes that command's own cache with every function it compiled (the
 // engine, the registry client, the strategy…): later runs of the command compile almost nothing (an S2I rebuild:
 // ~130 ms CPU less). A cache V8 rejects (another Node version, other V8 flags) only costs the compile.
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  accessSync,
+  constants,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import vm from 'node:vm';
@@ -59,6 +69,7 @@ function learn(script, learned) {
     const dir = dirname(learned);
     if (!existsSync(dir)) mkdirSync(dir);
     else if (readdirSync(dir).length >= MAX_LEARNED) return;
+    accessSync(dir, constants.W_OK); // before the ~40 ms of createCachedData
     writeFileSync(tmp, script.createCachedData());
     renameSync(tmp, learned);
   } catch {

@@ -1,5 +1,5 @@
 /**
- * A small typed Kubernetes REST client on undici (already kiln's HTTP stack). Why not `@kubernetes/client-node`:
+ * A small typed Kubernetes REST client on Node's http/https. Why not `@kubernetes/client-node`:
  * kiln needs a dozen calls (get/list/create/patch/delete, status writes, watch, pod logs); the official client
  * brings a generated API surface of thousands of types and its own HTTP stack for that, and its watch and log
  * helpers hide the resourceVersion handling the controller must control itself (re-attach after a restart).
@@ -16,8 +16,10 @@ import { existsSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, isAbsolute, join } from 'node:path';
 import { createRequire } from 'node:module';
-// undici's Agent and request API without the rest of the package (as the registry transport: ~10 MB less memory)
-import { Agent, request, type Dispatcher } from '../registry/http.js';
+// Node's own http/https, not undici (kiln's registry transport): loading undici's Agent and request costs the
+// controller ~12 MB of RSS, node:https ~4 MB (bench/k8s.ts: the controller's ≤ 100 MB target)
+import * as http from 'node:http';
+import * as https from 'node:https';
 import { KilnError, errorMessage } from '../errors.js';
 
 export interface KubeConfig {
@@ -89,6 +91,19 @@ export interface ResourceRef {
 }
 
 export const CORE: Pick<ResourceRef, 'api'> = { api: '/api/v1' };
+
+/** An answer: status code and the body as a stream. */
+interface Response {
+  statusCode: number;
+  body: http.IncomingMessage;
+}
+
+/** The whole body of an answer as text. */
+async function textOf(body: http.IncomingMessage): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const c of body) chunks.push(c as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
+}
 
 export function pathOf(r: ResourceRef): string {
   let p = r.api;
@@ -191,17 +206,59 @@ export interface RequestOptions {
 
 /** A Kubernetes API client: JSON in, JSON out, one clear KilnError per refusal. */
 export class KubeClient {
-  private readonly dispatcher: Dispatcher;
+  private readonly agent: http.Agent;
+  private readonly tls: boolean;
   /** Requests sent (watches and log streams included), for `kiln controller`'s exit line and the benchmark. */
   requests = 0;
 
   constructor(readonly config: KubeConfig) {
-    const connect: Record<string, unknown> = {};
+    const connect: https.AgentOptions = {};
     if (config.ca) connect.ca = config.ca;
     if (config.cert) connect.cert = config.cert;
     if (config.key) connect.key = config.key;
     if (config.insecureSkipTlsVerify) connect.rejectUnauthorized = false;
-    this.dispatcher = new Agent({ connect, keepAliveTimeout: 30_000, connections: 16 });
+    this.tls = config.server.startsWith('https:');
+    // 32 keep-alive connections: the controller's 24 concurrent writes (its WriteQueue), two watches and reads;
+    // an idle one is closed after 30 s
+    const o = { ...connect, keepAlive: true, maxSockets: 32, timeout: 30_000 };
+    this.agent = this.tls ? new https.Agent(o) : new http.Agent(o);
+  }
+
+  /**
+   * One HTTP request; resolves at the answer's headers. `timeoutMs`: no byte for that long (headers or body)
+   * fails the request; `streaming`: once the headers are in, the body may wait forever (watches, log follows).
+   */
+  private send(
+    method: string,
+    url: string,
+    o: {
+      headers: Record<string, string>;
+      body?: string;
+      signal?: AbortSignal;
+      timeoutMs: number;
+      streaming?: boolean;
+    },
+  ): Promise<Response> {
+    return new Promise((resolve, reject) => {
+      const headers = { ...o.headers };
+      if (o.body !== undefined) headers['content-length'] = String(Buffer.byteLength(o.body));
+      const req = (this.tls ? https : http).request(url, {
+        method,
+        headers,
+        agent: this.agent,
+        timeout: o.timeoutMs,
+        ...(o.signal ? { signal: o.signal } : {}),
+      });
+      req.once('timeout', () =>
+        req.destroy(Object.assign(new Error(`no answer for ${o.timeoutMs} ms`), { code: 'ETIMEDOUT' })),
+      );
+      req.once('error', reject);
+      req.once('response', (res) => {
+        if (o.streaming) req.setTimeout(0);
+        resolve({ statusCode: res.statusCode ?? 0, body: res });
+      });
+      req.end(o.body);
+    });
   }
 
   /** The namespace of the kubeconfig context or service account, else `default`. */
@@ -292,23 +349,21 @@ export class KubeClient {
           string
         >
       )[method] ?? method.toLowerCase();
-    let r: Dispatcher.ResponseData;
+    let r: Response;
+    let text: string;
     this.requests++;
     try {
-      r = await request(this.url(pathOf(ref), o.query), {
-        method: method as Dispatcher.HttpMethod,
+      r = await this.send(method, this.url(pathOf(ref), o.query), {
         headers: this.headers(o.body !== undefined ? (o.contentType ?? 'application/json') : undefined),
-        body: o.body !== undefined ? JSON.stringify(o.body) : null,
-        dispatcher: this.dispatcher,
+        ...(o.body !== undefined ? { body: JSON.stringify(o.body) } : {}),
         ...(o.signal ? { signal: o.signal } : {}),
-        headersTimeout: 30_000,
-        bodyTimeout: 60_000,
+        timeoutMs: 60_000,
       });
+      text = await textOf(r.body);
     } catch (e) {
       if (o.signal?.aborted) throw e;
       throw this.unreachable(e);
     }
-    const text = await r.body.text();
     if (r.statusCode >= 300) throw this.refusal(verb, ref, r.statusCode, text);
     return (text ? JSON.parse(text) : {}) as T;
   }
@@ -382,10 +437,11 @@ export class KubeClient {
     signal: AbortSignal,
     query: Record<string, string | undefined> = {},
   ): Promise<string | undefined> {
-    let r: Dispatcher.ResponseData;
+    let r: Response;
     this.requests++;
     try {
-      r = await request(
+      r = await this.send(
+        'GET',
         this.url(pathOf(ref), {
           ...query,
           watch: 'true',
@@ -393,20 +449,13 @@ export class KubeClient {
           resourceVersion,
           timeoutSeconds: 300,
         }),
-        {
-          method: 'GET',
-          headers: this.headers(),
-          dispatcher: this.dispatcher,
-          signal,
-          bodyTimeout: 0,
-          headersTimeout: 30_000,
-        },
+        { headers: this.headers(), signal, timeoutMs: 30_000, streaming: true },
       );
     } catch (e) {
       if (signal.aborted) return resourceVersion;
       throw this.unreachable(e);
     }
-    if (r.statusCode >= 300) throw this.refusal('watch', ref, r.statusCode, await r.body.text());
+    if (r.statusCode >= 300) throw this.refusal('watch', ref, r.statusCode, await textOf(r.body));
     let rv = resourceVersion;
     let buf = '';
     try {
@@ -445,19 +494,19 @@ export class KubeClient {
     o: { follow?: boolean; container?: string; sinceTime?: string; signal?: AbortSignal } = {},
   ): Promise<AsyncIterable<Buffer>> {
     const ref: ResourceRef = { ...CORE, resource: 'pods', namespace, name: pod, sub: 'log' };
-    let r: Dispatcher.ResponseData;
+    let r: Response;
     try {
-      r = await request(
+      r = await this.send(
+        'GET',
         this.url(pathOf(ref), {
           follow: o.follow ? 'true' : undefined,
           container: o.container,
           sinceTime: o.sinceTime,
         }),
         {
-          method: 'GET',
           headers: { ...this.headers(), accept: '*/*' },
-          dispatcher: this.dispatcher,
-          bodyTimeout: 0,
+          timeoutMs: 300_000,
+          streaming: true,
           ...(o.signal ? { signal: o.signal } : {}),
         },
       );
@@ -465,7 +514,7 @@ export class KubeClient {
       if (o.signal?.aborted) throw e;
       throw this.unreachable(e);
     }
-    if (r.statusCode >= 300) throw this.refusal('get', ref, r.statusCode, await r.body.text());
+    if (r.statusCode >= 300) throw this.refusal('get', ref, r.statusCode, await textOf(r.body));
     return r.body as AsyncIterable<Buffer>;
   }
 
@@ -498,6 +547,6 @@ export class KubeClient {
   }
 
   async close(): Promise<void> {
-    await this.dispatcher.close();
+    this.agent.destroy();
   }
 }

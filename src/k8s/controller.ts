@@ -8,8 +8,15 @@
  *   events those writes cause find nothing left to do and cost no API call;
  * - a work queue of run names: a name queued twice is queued once, a name being reconciled is queued again only
  *   after that reconcile (never two reconciles of one run at once), at most `workers` reconciles at a time;
- * - status writes go through a writer of their own (at most `statusWriters` at once): a run's writes waiting
- *   there merge into one, and a status equal to what the controller last wrote is not written again.
+ * - a new run is acknowledged as soon as its first event arrives, ahead of the work queue: status
+ *   `Pending`/`Accepted` naming the pod it will get (what `kubectl get imagebuildruns` shows);
+ * - every write goes through one WriteQueue (at most `writers` at once), acknowledgements first, then pods, then
+ *   finalizers, then later statuses, with `reserve` slots kept for the lower classes so pods are never starved:
+ *   in a burst the API server's write throughput is what runs wait for (about 4 writes a run: the user's create,
+ *   the acknowledgement, the finalizer, the pod), and a first-in-first-out queue made the 1,000th run wait for
+ *   the 999 runs' finalizers and pods before its one small status write;
+ * - a run's status writes waiting there merge into one, and a status equal to what the controller last wrote is
+ *   not written again.
  * A restart therefore re-attaches to whatever runs and pods exist — no state lives in the process — and a watch
  * that expires (410 Gone) lists again.
  *
@@ -51,8 +58,10 @@ export interface ControllerOptions {
   timeoutSeconds?: number;
   /** Reconciles running at once (default 16). */
   workers?: number;
-  /** Status writes running at once (default 8). */
-  statusWriters?: number;
+  /** API writes running at once (default 24; WriteQueue). */
+  writers?: number;
+  /** Write slots kept for pods, finalizers and later statuses while acknowledgements wait (default 8). */
+  reserve?: number;
   log?: (line: string) => void;
 }
 
@@ -127,63 +136,151 @@ function trimRun(r: ImageBuildRun): ImageBuildRun {
   };
 }
 
+/** Write classes, highest priority first. */
+export const enum WriteClass {
+  /** A new run's first status (`Pending`/`Accepted`): what `kubectl get imagebuildruns` shows at once. */
+  Ack = 0,
+  /** A build pod's creation. */
+  Pod = 1,
+  /** The finalizer, a finalizer's removal, a pod's deletion. */
+  Finalizer = 2,
+  /** Later status writes (Running, Succeeded, Failed …). */
+  Status = 3,
+}
+
+interface WriteJob {
+  cls: WriteClass;
+  run: () => Promise<unknown>;
+  done: { resolve: (r: unknown) => void; reject: (e: unknown) => void }[];
+  taken: boolean;
+}
+
 /**
- * Status writes with limited concurrency; the writes of one run waiting for a slot merge into one (a merge patch
- * of the later fields over the earlier), so a pod that goes Running → Succeeded while the writer is busy costs
- * one write.
+ * Every write of the controller, at most `max` at once, highest class first — but writes below `Ack` keep
+ * `reserve` slots whenever they wait, so a burst of new runs delays pods without starving them. Why: in a burst
+ * the API server's write throughput is the bottleneck (bench/k8s.ts); a first-in-first-out queue makes a new run
+ * wait behind the finalizers and pods of every run before it, while its acknowledgement is one small write.
+ *
+ * Status writes of one run that wait merge into one (a merge patch of the later fields over the earlier; the
+ * merged write keeps the higher class), so a pod that goes Running → Succeeded while the queue is busy costs one
+ * write.
  */
-class StatusWriter {
-  private readonly waiting = new Map<
-    string,
-    { status: RunStatus; done: { resolve: (r: ImageBuildRun | undefined) => void; reject: (e: unknown) => void }[] }
-  >();
+export class WriteQueue {
+  private readonly queues: WriteJob[][] = [[], [], [], []];
+  private readonly statusWaiting = new Map<string, { job: WriteJob; status: RunStatus }>();
   private active = 0;
+  private activeAcks = 0;
+  private idleWaiters: (() => void)[] = [];
 
   constructor(
-    private readonly client: KubeClient,
-    private readonly namespace: string,
     private readonly max: number,
-    private readonly onWritten: (r: ImageBuildRun) => void,
+    private readonly reserve: number,
   ) {}
 
-  write(name: string, status: RunStatus): Promise<ImageBuildRun | undefined> {
-    return new Promise((resolve, reject) => {
-      const w = this.waiting.get(name);
-      if (w) {
-        w.status = { ...w.status, ...status };
-        w.done.push({ resolve, reject });
-      } else {
-        this.waiting.set(name, { status, done: [{ resolve, reject }] });
-      }
-      this.pump();
+  /** Run `fn` when a slot of its class is free. */
+  submit<T>(cls: WriteClass, fn: () => Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.push({ cls, run: fn, done: [{ resolve: resolve as (r: unknown) => void, reject }], taken: false });
     });
   }
 
+  /** A status write of run `name` (merged with one of the same run still waiting). */
+  status(
+    cls: WriteClass,
+    name: string,
+    status: RunStatus,
+    write: (s: RunStatus) => Promise<ImageBuildRun | undefined>,
+  ): Promise<ImageBuildRun | undefined> {
+    return new Promise((resolve, reject) => {
+      const done = { resolve: resolve as (r: unknown) => void, reject };
+      const w = this.statusWaiting.get(name);
+      if (w && !w.job.taken) {
+        w.status = { ...w.status, ...status };
+        w.job.done.push(done);
+        if (cls < w.job.cls) {
+          // promoted: queued again in the higher class (the old entry is skipped once taken)
+          w.job.taken = true;
+          const job: WriteJob = { ...w.job, cls, taken: false };
+          w.job = job;
+          this.push(job);
+        }
+        return;
+      }
+      const entry = { job: undefined as unknown as WriteJob, status };
+      entry.job = {
+        cls,
+        run: () => {
+          if (this.statusWaiting.get(name) === entry) this.statusWaiting.delete(name);
+          return write(entry.status);
+        },
+        done: [done],
+        taken: false,
+      };
+      this.statusWaiting.set(name, entry);
+      this.push(entry.job);
+    });
+  }
+
+  /** Resolves when no write waits or runs. */
+  idle(): Promise<void> {
+    if (this.active === 0 && this.queues.every((q) => q.length === 0)) return Promise.resolve();
+    return new Promise((r) => this.idleWaiters.push(r));
+  }
+
+  private push(job: WriteJob): void {
+    this.queues[job.cls]?.push(job);
+    this.pump();
+  }
+
+  private next(): WriteJob | undefined {
+    for (;;) {
+      const acks = this.queues[WriteClass.Ack] as WriteJob[];
+      const lowQ = this.queues.slice(1).find((q) => q.length > 0);
+      // lower classes take a slot when no acknowledgement waits, or while they hold fewer than `reserve`
+      const q =
+        lowQ && (acks.length === 0 || this.active - this.activeAcks < this.reserve)
+          ? lowQ
+          : acks.length > 0
+            ? acks
+            : undefined;
+      if (!q) return undefined;
+      const job = q.shift() as WriteJob;
+      if (!job.taken) return job;
+    }
+  }
+
   private pump(): void {
-    while (this.active < this.max && this.waiting.size > 0) {
-      const [name, w] = this.waiting.entries().next().value as [
-        string,
-        typeof this.waiting extends Map<string, infer V> ? V : never,
-      ];
-      this.waiting.delete(name);
+    while (this.active < this.max) {
+      const job = this.next();
+      if (!job) break;
+      job.taken = true;
       this.active++;
-      patchRunStatus(this.client, this.namespace, name, w.status)
+      const ack = job.cls === WriteClass.Ack;
+      if (ack) this.activeAcks++;
+      job
+        .run()
         .then(
           (r) => {
-            if (r) this.onWritten(r);
-            for (const d of w.done) d.resolve(r);
+            for (const d of job.done) d.resolve(r);
           },
           (e: unknown) => {
-            for (const d of w.done) d.reject(e);
+            for (const d of job.done) d.reject(e);
           },
         )
         .finally(() => {
           this.active--;
+          if (ack) this.activeAcks--;
           this.pump();
+          if (this.active === 0 && this.queues.every((q) => q.length === 0))
+            for (const w of this.idleWaiters.splice(0)) w();
         });
     }
   }
 }
+
+/** The reason of a run's acknowledgement (its first status, written before its pod exists). */
+export const ACCEPTED = 'Accepted';
+const ACCEPTED_KEY = `Pending\0${ACCEPTED}`;
 
 export class BuildRunController {
   private readonly queue = new Set<string>();
@@ -196,12 +293,14 @@ export class BuildRunController {
   private readonly say: (line: string) => void;
   private readonly runs: Informer<ImageBuildRun>;
   private readonly pods: Informer<KubeObject>;
-  private readonly status: StatusWriter;
+  private readonly writes: WriteQueue;
   /** The phase and reason last written per run (a status equal to it is not written again). */
   private readonly written = new Map<string, string>();
-  /** When each run was first seen (for the reconcile lag; cleared once the run has its pod). */
+  /** Runs whose pod this process created (a pod missing later was deleted: the run is cancelled). */
+  private readonly created = new Set<string>();
+  /** When each run was first seen (for the reconcile lag; cleared once the run is acknowledged). */
   private readonly seen = new Map<string, number>();
-  /** Reconcile lag samples (ms): first event of a run → its pod created and status written. */
+  /** Reconcile lag samples (ms): first event of a run → its acknowledgement (first status) written. */
   readonly lags: number[] = [];
   private idleWaiters: (() => void)[] = [];
   /** Resolves once the first lists are done and the watches started. */
@@ -215,13 +314,17 @@ export class BuildRunController {
       ref: { ...RUNS, namespace: ns },
       trim: trimRun,
       onChange: (r, deleted) => {
+        const name = r.metadata.name;
         if (deleted) {
-          this.written.delete(r.metadata.name);
-          this.seen.delete(r.metadata.name);
-        } else if (!this.seen.has(r.metadata.name) && !r.status?.phase) {
-          this.seen.set(r.metadata.name, performance.now());
+          this.written.delete(name);
+          this.seen.delete(name);
+          this.created.delete(name);
+        } else if (!r.status?.phase && !r.spec.buildId && !r.metadata.deletionTimestamp && !this.written.has(name)) {
+          // a new run: acknowledged at once, ahead of any reconcile (the work queue may hold hundreds)
+          if (!this.seen.has(name)) this.seen.set(name, performance.now());
+          this.acknowledge(r);
         }
-        this.enqueue(r.metadata.name);
+        this.enqueue(name);
       },
       log: this.say,
     });
@@ -236,7 +339,7 @@ export class BuildRunController {
       },
       log: this.say,
     });
-    this.status = new StatusWriter(o.client, ns, o.statusWriters ?? 8, (r) => this.runs.put(r));
+    this.writes = new WriteQueue(o.writers ?? 24, o.reserve ?? 8);
     this.ready = Promise.all([this.runs.ready, this.pods.ready]).then(() => undefined);
   }
 
@@ -278,21 +381,52 @@ export class BuildRunController {
     }
   }
 
-  /** Resolves when nothing is queued or being reconciled (tests, the benchmark). */
-  idle(): Promise<void> {
-    if (this.active === 0 && this.queue.size === 0) return Promise.resolve();
-    return new Promise((r) => this.idleWaiters.push(r));
+  /** Resolves when nothing is queued, being reconciled or being written (tests, the benchmark). */
+  async idle(): Promise<void> {
+    for (;;) {
+      if (!(this.active === 0 && this.queue.size === 0)) await new Promise<void>((r) => this.idleWaiters.push(r));
+      await this.writes.idle();
+      if (this.active === 0 && this.queue.size === 0) return;
+    }
+  }
+
+  /**
+   * A new run's first status: `Pending`/`Accepted` with the name of the pod it will get — written first of all
+   * the controller's writes (WriteClass.Ack), before the finalizer and the pod, so that `kubectl get
+   * imagebuildruns` shows every run taken in hand even while a burst's pods are still being created.
+   */
+  private acknowledge(run: ImageBuildRun): void {
+    const name = run.metadata.name;
+    const podName = podNameOf(name);
+    const st: RunStatus = {
+      ...phaseStatus('Pending', ACCEPTED, `accepted: build pod ${podName} is being created`),
+      podName,
+      podNamespace: this.o.namespace,
+      observedGeneration: run.metadata.generation ?? 1,
+    };
+    this.setStatus(name, st, WriteClass.Ack)
+      .then(() => {
+        const t0 = this.seen.get(name);
+        if (t0 !== undefined) {
+          this.lags.push(performance.now() - t0);
+          this.seen.delete(name);
+        }
+      })
+      .catch((e: unknown) => this.say(`kiln controller: ${this.o.namespace}/${name}: ${errorMessage(e)}`));
   }
 
   /** Write a run's status unless it equals (phase and reason) what the controller last wrote. */
-  private async setStatus(name: string, st: RunStatus, force = false): Promise<void> {
+  private async setStatus(name: string, st: RunStatus, cls = WriteClass.Status): Promise<void> {
     const key = `${st.phase ?? ''}\0${st.reason ?? ''}`;
-    if (!force && this.written.get(name) === key) return;
+    if (this.written.get(name) === key) return;
     this.written.set(name, key);
     try {
-      await this.status.write(name, st);
+      const r = await this.writes.status(cls, name, st, (merged) =>
+        patchRunStatus(this.o.client, this.o.namespace, name, merged),
+      );
+      if (r) this.runs.put(r);
     } catch (e) {
-      this.written.delete(name);
+      if (this.written.get(name) === key) this.written.delete(name);
       throw e;
     }
   }
@@ -320,21 +454,24 @@ export class BuildRunController {
     if (run.spec.buildId) return; // the service's own build: its executor follows it
     if (run.metadata.deletionTimestamp) {
       if (this.pods.get(podName) && !this.pods.get(podName)?.metadata.deletionTimestamp) {
-        await c.delete(podRef, { gracePeriodSeconds: 0 });
+        await this.writes.submit(WriteClass.Finalizer, () => c.delete(podRef, { gracePeriodSeconds: 0 }));
         this.pods.remove(podName);
       }
-      if (run.metadata.finalizers?.includes(FINALIZER)) {
-        const r = await c.patch<ImageBuildRun>(
-          { ...RUNS, namespace: ns, name },
-          [
-            { op: 'test', path: '/metadata/resourceVersion', value: run.metadata.resourceVersion },
-            {
-              op: 'replace',
-              path: '/metadata/finalizers',
-              value: run.metadata.finalizers.filter((f) => f !== FINALIZER),
-            },
-          ],
-          'json',
+      const finalizers = run.metadata.finalizers;
+      if (finalizers?.includes(FINALIZER)) {
+        const r = await this.writes.submit(WriteClass.Finalizer, () =>
+          c.patch<ImageBuildRun>(
+            { ...RUNS, namespace: ns, name },
+            [
+              { op: 'test', path: '/metadata/resourceVersion', value: run.metadata.resourceVersion },
+              {
+                op: 'replace',
+                path: '/metadata/finalizers',
+                value: finalizers.filter((f) => f !== FINALIZER),
+              },
+            ],
+            'json',
+          ),
         );
         this.runs.put(r);
       }
@@ -345,16 +482,25 @@ export class BuildRunController {
     if (phase && FINAL_PHASES.has(phase)) {
       this.seen.delete(name);
       this.written.delete(name);
+      this.created.delete(name);
       return;
     }
     if (!pod) {
-      if ((phase && phase !== 'Pending') || (phase === 'Pending' && run.status?.podName)) {
+      // `Pending`/`Accepted` is written before the pod exists: after it, a missing pod is one still to create —
+      // unless this process created it (a controller restarted in between creates it again: the build goes on)
+      const accepted = phase === 'Pending' && run.status?.reason === ACCEPTED;
+      if (
+        this.created.has(name) ||
+        (phase && phase !== 'Pending') ||
+        (phase === 'Pending' && run.status?.podName && !accepted)
+      ) {
         // the pod is gone while the build ran: deleted by someone (a cancel) or by the node
         await this.setStatus(name, phaseStatus('Cancelled', 'PodDeleted', `the build pod ${podName} was deleted`));
         return;
       }
       // a status written as Failed (missing Secret …) that the cache does not show yet: nothing to do
-      if (this.written.has(name)) return;
+      const w = this.written.get(name);
+      if (w !== undefined && w !== ACCEPTED_KEY) return;
       await this.createPod(run, podName);
       return;
     }
@@ -437,9 +583,11 @@ export class BuildRunController {
       // the finalizer first: a pod never exists without the run being able to clean it up
       if (!run.metadata.finalizers?.includes(FINALIZER)) {
         this.runs.put(
-          await c.patch<ImageBuildRun>(
-            { ...RUNS, namespace: ns, name },
-            { metadata: { finalizers: [...(run.metadata.finalizers ?? []), FINALIZER] } },
+          await this.writes.submit(WriteClass.Finalizer, () =>
+            c.patch<ImageBuildRun>(
+              { ...RUNS, namespace: ns, name },
+              { metadata: { finalizers: [...(run.metadata.finalizers ?? []), FINALIZER] } },
+            ),
           ),
         );
       }
@@ -490,23 +638,17 @@ export class BuildRunController {
         ...(gitSecret ? { gitSecret } : {}),
       });
       try {
-        this.pods.put(await c.create<KubeObject>({ ...CORE, resource: 'pods', namespace: ns }, pod));
+        this.pods.put(
+          await this.writes.submit(WriteClass.Pod, () =>
+            c.create<KubeObject>({ ...CORE, resource: 'pods', namespace: ns }, pod),
+          ),
+        );
+        this.created.add(name);
       } catch (e) {
+        // already there (a restart, or a pod the cache has not seen yet): its watch event follows
         if (!(e instanceof KilnError && e.code === 'K8S_EXISTS')) throw e;
       }
-      const st: RunStatus = {
-        ...phaseStatus('Pending', 'PodCreated', `build pod ${podName} created`),
-        podName,
-        podNamespace: ns,
-        startedAt: new Date().toISOString(),
-        observedGeneration: run.metadata.generation ?? 1,
-      };
-      await this.setStatus(name, st, true);
-      const t0 = this.seen.get(name);
-      if (t0 !== undefined) {
-        this.lags.push(performance.now() - t0);
-        this.seen.delete(name);
-      }
+      // no status write here: the acknowledgement already names the pod; the pod's own phase comes next
     } catch (e) {
       const code = e instanceof KilnError ? e.code : 'INTERNAL';
       await this.fail(run, code, e);

@@ -389,9 +389,17 @@ describe('kiln on a real Kubernetes API server', { timeout: 600_000 }, () => {
     assert.ok(!JSON.stringify(pod).includes(PASSWORD), 'no password in the pod');
     let r = await admin.get<ImageBuildRun>(runRef('oom'));
     assert.ok(r.metadata.finalizers?.includes(FINALIZER));
-    await until(
-      'oom Pending',
-      async () => (await admin.get<ImageBuildRun>(runRef('oom'))).status?.phase === 'Pending' || undefined,
+    // acknowledged: Pending/Accepted, naming its pod (written before the pod; nothing else until the pod moves)
+    r = await until('oom Pending', async () => {
+      const x = await admin.get<ImageBuildRun>(runRef('oom'));
+      return x.status?.phase === 'Pending' ? x : undefined;
+    });
+    assert.equal(r.status?.reason, 'Accepted');
+    assert.equal(r.status?.podName, podNameOf('oom'));
+    assert.equal(r.status?.observedGeneration, 1);
+    assert.deepEqual(
+      r.status?.conditions?.map((c) => [c.type, c.status, c.reason]),
+      [['Succeeded', 'Unknown', 'Accepted']],
     );
 
     // kubelet: running, then OOMKilled
@@ -450,6 +458,17 @@ describe('kiln on a real Kubernetes API server', { timeout: 600_000 }, () => {
       'one pod per run',
     );
 
+    // a pod deleted under a pending run (a cancel): the run is Cancelled, no new pod
+    await mkRun('cancel-me');
+    await until('the pod of cancel-me', () => admin.getOrUndefined(podRef(podNameOf('cancel-me'))));
+    await admin.delete(podRef(podNameOf('cancel-me')), { gracePeriodSeconds: 0 });
+    r = await until('cancel-me Cancelled', async () => {
+      const x = await admin.get<ImageBuildRun>(runRef('cancel-me'));
+      return x.status?.phase === 'Cancelled' ? x : undefined;
+    });
+    assert.equal(r.status?.reason, 'PodDeleted');
+    assert.equal(await admin.getOrUndefined(podRef(podNameOf('cancel-me'))), undefined, 'no pod made again');
+
     // delete: the finalizer removes the pod first, then the run goes
     await admin.delete(runRef('while-down'));
     await until('while-down gone', async () =>
@@ -459,7 +478,7 @@ describe('kiln on a real Kubernetes API server', { timeout: 600_000 }, () => {
     assert.ok(p === undefined || p.metadata.deletionTimestamp, 'the pod was deleted with its run');
     await ctl.stop();
     assert.ok(ctl.lags.length >= 1);
-    for (const n of ['oom', 'nosecret', 'ok']) {
+    for (const n of ['oom', 'nosecret', 'ok', 'cancel-me']) {
       await admin.patch(runRef(n), { metadata: { finalizers: [] } });
       await admin.delete(runRef(n));
       await admin.delete(podRef(podNameOf(n)), { gracePeriodSeconds: 0 });

@@ -21,7 +21,6 @@ import type { BaseResolver, Executor, FileCopier, LayerStore, ProgressSink, Snap
 import type { Frontend, FrontendPlan } from './frontend.js';
 import { BuildCache, type LazyLayers } from '../cache/cache.js';
 import { runEngine, type EngineResult } from './engine.js';
-import { warmUpWorker } from '../layer/worker.js';
 import { debugMark } from '../util/debug.js';
 import {
   effectiveOutputs,
@@ -201,7 +200,6 @@ export async function build(opts: BuildOptions, svc: BuildServices): Promise<Bui
     };
     if (svc.signal) deps.signal = svc.signal;
     deps.parseTrigger = parseTrigger;
-    warmUpWorker(); // layer blobs and large context files are digested there
     // Pushes start during the build: each layer of the image uploads as soon as it is written.
     const sessions = pushSessions(effectiveOutputs(opts), opts.tags, svc.registry);
     if (sessions.size > 0) {

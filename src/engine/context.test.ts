@@ -11,11 +11,12 @@ import {
   type Stats,
 } from 'node:fs';
 import { createHash } from 'node:crypto';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import { createServer } from 'node:http';
 import { test } from 'node:test';
 import {
+  contextWalkStats,
   hashContextPaths,
   isGitContext,
   knownContextDigest,
@@ -169,6 +170,10 @@ test('hashContextPaths: content-sensitive, ignore-aware, stat cache persisted', 
   assert.equal(await hashContextPaths(ctx, ['.']), h1, '.dockerignored files do not count');
   writeFileSync(join(d, 'app.txt'), 'APP');
   assert.notEqual(await hashContextPaths(ctx, ['.']), h1);
+  // the walk's lstats are kept for the COPY that follows (it copies by the stats its key was computed from)
+  const st = contextWalkStats(ctx)?.get(join(resolve(ctx.root), 'app.txt'));
+  assert.equal(st?.size, 3);
+  assert.equal(st?.ino, lstatSync(join(d, 'app.txt')).ino);
   assert.notEqual(await hashContextPaths(ctx, ['.'], ['app.txt']), await hashContextPaths(ctx, ['.']));
 });
 

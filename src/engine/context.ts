@@ -461,6 +461,18 @@ export function knownContextDigest(root: string, rel: string, st: Stats): string
   return fresh(e, st) ? e.d : undefined;
 }
 
+/**
+ * The lstat of every context entry the last hash walk of a context saw, by absolute path. Why: the COPY that
+ * follows walks the same files; with its key computed from these stats, copying by them too (instead of an lstat
+ * of its own per file) keeps key and layer consistent and saves 5,000 system calls in a 5,000-file COPY.
+ */
+const walkStats = new WeakMap<BuildContext, Map<string, Stats>>();
+
+/** The stats of a context's hash walks (see walkStats); empty before any walk. */
+export function contextWalkStats(ctx: BuildContext): ReadonlyMap<string, Stats> | undefined {
+  return walkStats.get(ctx);
+}
+
 /** Large files hashed at once (on the worker thread: their reads overlap). */
 const HASH_PARALLEL = 2;
 
@@ -479,6 +491,8 @@ export async function hashContextPaths(
   signal?: AbortSignal,
 ): Promise<string> {
   const cache = await loadStatCache(ctx);
+  let stats = walkStats.get(ctx);
+  if (!stats) walkStats.set(ctx, (stats = new Map()));
   const ex = exclude.length ? newMatcher(exclude) : undefined;
   const root = resolve(ctx.root);
   const seen = new Set<string>();
@@ -491,6 +505,7 @@ export async function hashContextPaths(
     if (++ops % 256 === 0) await new Promise((r) => setImmediate(r));
     if (signal?.aborted) throw new KilnError('CANCELLED', 'context hashing stopped');
     const st = lstatSync(abs);
+    stats.set(abs, st);
     const isDir = st.isDirectory();
     let included = true;
     if (ctxRel !== '' && ctx.ignore.matches(ctxRel, isDir)) {

@@ -60,7 +60,7 @@ import { sameContent } from '../layer/writer.js';
 export { copyRequest } from './ports.js';
 import { secureJoin } from './rootfs.js';
 import { AddSupport, isGitSource, isUrlSource } from './add.js';
-import { hashContextPaths, prefetchContextHashes, sha256File, type BuildContext } from './context.js';
+import { contextWalkStats, hashContextPaths, prefetchContextHashes, sha256File, type BuildContext } from './context.js';
 
 // ---------------------------------------------------------------------------------------------------------------
 // Go filepath.Match
@@ -358,6 +358,8 @@ interface SourceCtx {
   root: string;
   ignore: Matcher | undefined;
   kind: CopySource['kind'];
+  /** Context sources: the lstats of the hash walk that computed the step's key (contextWalkStats). */
+  stats?: ReadonlyMap<string, Stats> | undefined;
 }
 
 function isIgnored(ctx: SourceCtx, rel: string, isDir: boolean): boolean {
@@ -524,7 +526,7 @@ export class TreeCopier {
     }
     // Synchronous syscalls per entry (much cheaper than threadpool round trips); yield now and then.
     if (++this.ops % 256 === 0) await new Promise((r) => setImmediate(r));
-    const st = lstatSync(src);
+    const st = this.ctx.stats?.get(src) ?? lstatSync(src);
     if (!include && !st.isDirectory()) return;
     if (include) await this.createParentDirs();
     const track = this.opts.track;
@@ -863,6 +865,7 @@ export class LocalFileCopier implements FileCopier {
   ): Promise<void> {
     const dest = destPath(req.dest, req.workdir);
     const ctx: SourceCtx = { root: src.dir, ignore: src.kind === 'context' ? this.ignore : undefined, kind: src.kind };
+    if (src.kind === 'context' && this.opts.context) ctx.stats = contextWalkStats(this.opts.context);
     const opts = await copyOptionsFor(req, src, userRoot, this.ignore, this.warn);
     if (track) opts.track = track;
     await checkMultipleSources(req, dest, destRoot);

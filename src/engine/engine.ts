@@ -10,6 +10,7 @@
  * Kubernetes executor or test doubles.
  */
 import { debugMark } from '../util/debug.js';
+import { warmUpWorker } from '../layer/worker.js';
 import { chmod, chown, lstat, mkdir, mkdtemp, rename, rm, utimes, writeFile } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
 import { destPath, rootPath } from './copy.js';
@@ -164,6 +165,8 @@ interface StepHooks {
   independent?: boolean;
   /** The previous layer dir the upper dir was planted from (its blob's members may be reused). */
   reuseFrom?: () => string | undefined;
+  /** After the step: lstats of upper-relative paths already taken (WriteBlobOptions.knownStats). */
+  knownStats?: () => ReadonlyMap<string, Stats> | undefined;
   /** What the step reads of the layers below (COPY: its destination); undefined: everything. */
   need?: PathNeed;
 }
@@ -847,6 +850,9 @@ class Engine {
         }
       }
     }
+    // the layer worker thread starts with the first step that runs (not when every step is cached, or only the
+    // target's last step runs: that layer is written in-process) — its start-up costs ~100 ms of CPU
+    if (!(st.lastStep && st.stage === this.targetStage())) warmUpWorker();
     // the miss explanation (it may list and hash the step's context files) runs while the layers below are fetched
     const why = this.req.noCache
       ? undefined
@@ -881,7 +887,7 @@ class Engine {
     const sl: StageLayer = { diffID: '', dir: snap.upper, layer: undefined as unknown as Layer };
     if (hooks.independent) sl.independent = true;
     st.layers.push(sl);
-    this.writeInBackground(st, snap, sl, key, created, hooks.written, hooks.reuseFrom?.());
+    this.writeInBackground(st, snap, sl, key, created, hooks.written, hooks.reuseFrom?.(), hooks.knownStats);
     this.record(st, key, history, buildkitSuffix, created, hooks.independent === true);
     this.deps.progress.done(id);
   }
@@ -902,6 +908,7 @@ class Engine {
     created: string,
     written?: (diffID: string) => Promise<void>,
     reuseFrom?: string,
+    knownStats?: () => ReadonlyMap<string, Stats> | undefined,
   ): void {
     const store = this.deps.layers;
     const blob = (async () => {
@@ -912,6 +919,8 @@ class Engine {
       // the target's last layer: nothing else runs on this thread until it is written
       if (st.lastStep && st.stage === this.targetStage() && process.env.KILN_LAST_LAYER_IN_PROCESS !== '0') {
         opts.inProcess = true;
+        const known = knownStats?.();
+        if (known && known.size > 0) opts.knownStats = known;
       }
       const stream = this.deps.onLayerFile;
       if (stream && st.stage === this.targetStage()) opts.onFile = stream;
@@ -1159,6 +1168,7 @@ class Engine {
       track,
       written: (diffID) => remember.call(store, slot, diffID, relativeSources(track, root)),
       reuseFrom: () => (planted && planted.size > 0 ? planted.dir : undefined),
+      knownStats: () => (planted && planted.size > 0 && root ? planted.keptStats(root) : undefined),
       afterUnmount: async (snap) => {
         root = resolve(snap.root);
         if (planted) await planted.prune(snap.upper, root);

@@ -96,6 +96,7 @@ export class LocalLayerStore implements LayerStore {
     if (opts.reuseFrom !== undefined) w.reuseFrom = { dir: opts.reuseFrom, blobsDir: this.opts.blobs.root };
     if (opts.upperXattrs) w.upperXattrs = opts.upperXattrs;
     if (opts.reroot) w.reroot = opts.reroot;
+    if (opts.knownStats && opts.inProcess) w.knownStats = opts.knownStats;
     const t0 = performance.now();
     const writing = opts.inProcess ? writeLayer(upper, w) : writeLayerOffThread(upper, w);
     if (opts.onFile) {

@@ -4,6 +4,7 @@
  * tar writing and extraction), src/registry + src/oci (base images, outputs). Other build strategies (S2I,
  * buildpacks) and other executors (a Kubernetes pod executor) plug in here without touching the engine.
  */
+import type { Stats } from 'node:fs';
 import type { CopyTrack } from './reuse.js';
 import type { GrowingBlob, Image, Layer, Platform } from '../oci/types.js';
 
@@ -85,6 +86,11 @@ export interface WriteBlobOptions {
   reuseFrom?: string;
   /** Write on the calling thread, not the layer worker (nothing else is left to run meanwhile). */
   inProcess?: boolean;
+  /**
+   * Upper-relative paths → their lstat, already taken (incremental COPY: planted files the copy kept): the layer
+   * writer does not lstat them again. In-process writes only (Stats do not cross to the worker thread).
+   */
+  knownStats?: ReadonlyMap<string, Stats>;
   /** The upper dir's xattrs as the snapshot read them (Snapshot.upperXattrs). */
   upperXattrs?: ReadonlyMap<string, ReadonlyMap<string, Uint8Array>>;
   /** Write the directory as a subdirectory of the layer, copied and chowned (TarOptions.reroot). */

@@ -19,7 +19,7 @@
  *    dir, except the mtimes of copied-up ancestor directories, which are the time of the build either way.
  */
 import { linkSync, lstatSync, mkdirSync, readdirSync, rmdirSync, unlinkSync, type Stats } from 'node:fs';
-import { lchown, lutimes, chmod } from 'node:fs/promises';
+import { lchown, lutimes, chmod, rm } from 'node:fs/promises';
 import { dirname, join, relative } from 'node:path';
 import { readXattrsRecursive } from '../layer/fsops.js';
 
@@ -74,6 +74,8 @@ interface PlantedDir {
 export class PlantedCopy {
   /** Planted files: rel → inode. */
   private readonly files = new Map<string, number>();
+  /** Planted files: rel → their lstat in the previous layer dir (taken just before linking). */
+  private readonly stats = new Map<string, Stats>();
   /** Planted dirs, parents first. */
   private readonly dirs: PlantedDir[] = [];
   constructor(
@@ -94,16 +96,29 @@ export class PlantedCopy {
   /** Mirror the previous layer dir into the (empty, not yet mounted) upper dir. Returns false if it was not. */
   async plant(upper: string): Promise<boolean> {
     try {
+      // the xattrs are read by a getfattr process while this thread walks and links (the walk is synchronous)
+      const xattrs = readXattrsRecursive(this.previous, '.');
+      xattrs.catch(() => undefined);
+      this.walk(upper, '', new Map());
       // overlay's own bookkeeping on copied-up entries is harmless; opaque/redirect/metacopy markers are not
-      const skip = new Set<string>();
-      for (const [path, names] of await readXattrsRecursive(this.previous, '.')) {
+      const prefix = this.previous + '/';
+      const found = await xattrs.catch(() => undefined);
+      if (!found) {
+        await this.unplant(upper);
+        return false;
+      }
+      for (const [path, names] of found) {
         for (const n of names.keys()) {
           if (/\.overlay\.(impure|uuid|origin|nlink)$/.test(n)) continue;
-          if (/\.overlay\./.test(n) || lstatSync(path).isDirectory()) return false;
-          skip.add(path); // a file with xattrs: the copier writes it
+          if (/\.overlay\./.test(n) || lstatSync(path).isDirectory()) {
+            await this.unplant(upper);
+            return false;
+          }
+          // a file with xattrs: the copier writes it
+          const rel = path.startsWith(prefix) ? path.slice(prefix.length) : undefined;
+          if (rel !== undefined && this.files.delete(rel)) unlinkSync(join(upper, rel));
         }
       }
-      this.walk(upper, '', skip, new Map());
       this.track.planted = new Set(this.files.keys());
       // directory metadata last (creating children changed the mtimes), deepest first
       for (const d of [...this.dirs].reverse()) {
@@ -119,16 +134,23 @@ export class PlantedCopy {
     }
   }
 
-  private walk(upper: string, rel: string, skip: Set<string>, seen: Map<number, string>): void {
+  /** Undo a plant that must not be used (nothing planted is left in the upper dir). */
+  private async unplant(upper: string): Promise<void> {
+    for (const name of readdirSync(upper)) await rm(join(upper, name), { recursive: true, force: true });
+    this.files.clear();
+    this.stats.clear();
+    this.dirs.length = 0;
+  }
+
+  private walk(upper: string, rel: string, seen: Map<number, string>): void {
     for (const e of readdirSync(join(this.previous, rel), { withFileTypes: true })) {
       const r = rel ? `${rel}/${e.name}` : e.name;
       const abs = join(this.previous, r);
-      if (skip.has(abs)) continue;
       if (e.isDirectory()) {
         const st = lstatSync(abs);
         mkdirSync(join(upper, r));
         this.dirs.push({ rel: r, st });
-        this.walk(upper, r, skip, seen);
+        this.walk(upper, r, seen);
       } else if (e.isFile()) {
         const st = lstatSync(abs);
         const other = seen.get(st.ino);
@@ -140,6 +162,7 @@ export class PlantedCopy {
         seen.set(st.ino, r);
         linkSync(abs, join(upper, r));
         this.files.set(r, st.ino);
+        this.stats.set(r, st);
       }
     }
   }
@@ -150,6 +173,21 @@ export class PlantedCopy {
     for (const p of this.track.kept) {
       const rel = relativeTo(root, p);
       if (this.files.has(rel)) out.add(rel);
+    }
+    return out;
+  }
+
+  /**
+   * The planted files the copy kept (see unchanged), upper-relative, with the lstat the plant took of them: the
+   * layer writer's walk then needs no lstat of its own (WriteBlobOptions.knownStats). The same inode, untouched
+   * since: only nlink (+1, its planted name) and ctime differ, and the tar header uses neither (a planted inode
+   * has no second name in the upper dir: the copier never links to a kept file).
+   */
+  keptStats(root: string): Map<string, Stats> {
+    const out = new Map<string, Stats>();
+    for (const rel of this.unchanged(root)) {
+      const st = this.stats.get(rel);
+      if (st) out.set(rel, st);
     }
     return out;
   }

@@ -83,23 +83,33 @@ function toASCII(s: string): string {
   return out;
 }
 
+/** 8 ** (width - 1) for the widths of a header's numeric fields (a header is encoded per entry: no Math.pow). */
+const OCTAL_LIMIT: readonly number[] = Array.from({ length: 13 }, (_, w) => 8 ** Math.max(0, w - 1));
+
 function fitsOctal(width: number, n: number): boolean {
   // width-1 octal digits (Go's fitsInOctal: octBits = (width-1)*3).
-  return n >= 0 && n < 8 ** (width - 1);
+  return n >= 0 && n < (OCTAL_LIMIT[width] ?? 8 ** (width - 1));
 }
 
 function putString(block: Buffer, off: number, width: number, s: string): void {
+  if (s.length === 0) return;
+  // ASCII (almost every name): written in place, no intermediate Buffer (5,000 headers made a layer's GC pressure)
+  if (isASCII(s)) {
+    block.write(s, off, Math.min(width, s.length), 'latin1');
+    return;
+  }
   const b = Buffer.from(s, 'utf8');
   b.copy(block, off, 0, Math.min(width, b.length));
   // The rest is already NUL.
 }
 
+/** `n` as width-1 zero-padded octal digits (the last byte stays NUL), digit by digit into the block. */
 function putOctal(block: Buffer, off: number, width: number, n: number): void {
-  const v = fitsOctal(width, n) ? n : 0; // Go: "last resort, just write zero" (the PAX record carries the value)
-  const s = Math.trunc(v)
-    .toString(8)
-    .padStart(width - 1, '0');
-  putString(block, off, width, s);
+  let v = fitsOctal(width, n) ? Math.trunc(n) : 0; // Go: "last resort, just write zero" (the PAX record carries it)
+  for (let i = off + width - 2; i >= off; i--) {
+    block[i] = 0x30 + (v % 8);
+    v = Math.floor(v / 8);
+  }
 }
 
 function paxRecord(key: string, value: Buffer): Buffer {
@@ -111,10 +121,10 @@ function paxRecord(key: string, value: Buffer): Buffer {
 }
 
 function checksum(block: Buffer): void {
-  block.fill(0x20, 148, 156);
-  let sum = 0;
-  for (let i = 0; i < BLOCK; i++) sum += block[i]!;
-  block.fill(0, 148, 156);
+  // the checksum field counts as 8 spaces; it is still NUL here (the header block starts zeroed)
+  let sum = 8 * 0x20;
+  for (let i = 0; i < 148; i++) sum += block[i] as number;
+  for (let i = 156; i < BLOCK; i++) sum += block[i] as number;
   putOctal(block, 148, 7, sum);
   block[155] = 0x20;
 }
@@ -176,15 +186,17 @@ export function encodeHeader(h: TarHeader): Buffer {
     pax.set('linkpath', Buffer.from(h.linkname, 'utf8'));
     ustar = false;
   }
-  const num = (key: string, width: number, v: number): void => {
+  // (no closure here: the bundle's keepNames names every closure created, once per header)
+  for (const [key, width, v] of [
+    ['uid', 8, h.uid],
+    ['gid', 8, h.gid],
+    ['size', 12, h.size],
+  ] as const) {
     if (!fitsOctal(width, v)) {
       pax.set(key, Buffer.from(String(v)));
       ustar = false;
     }
-  };
-  num('uid', 8, h.uid);
-  num('gid', 8, h.gid);
-  num('size', 12, h.size);
+  }
   if (!fitsOctal(12, h.mtime) || !Number.isInteger(h.mtime)) {
     pax.set('mtime', Buffer.from(formatPaxTime(h.mtime)));
     ustar = false;

@@ -1,7 +1,16 @@
 import { strict as assert } from 'node:assert';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { linkSync, mkdirSync, readdirSync, readFileSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import {
+  linkSync,
+  lstatSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  symlinkSync,
+  utimesSync,
+  writeFileSync,
+} from 'node:fs';
 import { cp, lchown, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -121,6 +130,24 @@ test('reroot: the tree written as a subdirectory is byte for byte the copied-and
   assert.equal(byName.get('app/hard')!.type, 'file', 'a copy has no hard links');
   assert.equal(byName.get('app/B')!.mode, 0o755, 'chown clears setuid');
   assert.equal(byName.get('app/g')!.mode, 0o775, 'and setgid with group-exec');
+});
+
+test('knownStats: the walk takes the given lstats instead of its own (same tar when they are current)', async () => {
+  const d = fresh();
+  populate(d);
+  const own = await writeLayer(d, { tmpDir: tmp });
+  const known = new Map([['a/b/file', lstatSync(join(d, 'a/b/file'))]]);
+  const given = await writeLayer(d, { tmpDir: tmp, knownStats: known });
+  assert.equal(given.diffID, own.diffID);
+  assert.equal(given.digest, own.digest);
+  // a stat the caller vouches for is used as is (here one from before the file's mtime moved)
+  const stale = new Map([['a-c/z', lstatSync(join(d, 'a-c/z'))]]);
+  utimesSync(join(d, 'a-c/z'), 1700000000, 1700000000);
+  const r = await writeLayer(d, { tmpDir: tmp, compression: 'none', knownStats: stale });
+  const hs = await entries(readFileSync(r.file));
+  assert.equal(hs.find((h) => h.name === 'a-c/z')?.mtime, 1600000000);
+  const fresh2 = await writeLayer(d, { tmpDir: tmp, compression: 'none' });
+  assert.equal((await entries(readFileSync(fresh2.file))).find((h) => h.name === 'a-c/z')?.mtime, 1700000000);
 });
 
 test('SOURCE_DATE_EPOCH clamps later mtimes only', async () => {

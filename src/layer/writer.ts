@@ -67,6 +67,8 @@ export interface TarOptions {
    * Node builder's app layer is written this way straight from the source, without the staging copy.
    */
   reroot?: { name: string; uid: number; gid: number; mtime: number; skip?: readonly string[] };
+  /** Paths relative to the dir → their lstat, already taken by the caller (not taken again; WriteBlobOptions). */
+  knownStats?: ReadonlyMap<string, Stats>;
 }
 
 /** The xattrs of an overlay upper dir that go into (or shape) its layer. */
@@ -220,6 +222,7 @@ export async function* tarItemBatches(dir: string, opts: TarOptions = {}): Async
         : await readXattrsRecursive(root, overlay ? UPPER_XATTRS : '^security\\.capability$');
   const epoch = opts.sourceDateEpoch;
   const links = new Map<string, string>();
+  const known = rr ? undefined : opts.knownStats;
 
   const view = overlay && opts.lowers && opts.lowers.length > 0 ? await LowerView.open(opts.lowers) : undefined;
   /** Directory headers not recorded (unchanged) yet, outermost first: emitted when something inside is. */
@@ -243,7 +246,7 @@ export async function* tarItemBatches(dir: string, opts: TarOptions = {}): Async
       if (skip?.has(n)) continue;
       const abs = join(absDir, n);
       const rel = relDir + n;
-      const st = lstatSync(abs);
+      const st = known?.get(rel) ?? lstatSync(abs);
       if (st.isSocket()) continue;
       if (overlay && isWhiteoutDevice(st)) {
         if (view && !recordAll && (!inLowers || !view.lookup(rel))) continue; // nothing below to hide

@@ -167,6 +167,20 @@ function putTruncated(block: Buffer, off: number, width: number, s: string): voi
   }
 }
 
+/** Zeroed header blocks are cut from slabs: one ArrayBuffer per 128 headers, not per header (GC pressure). */
+const SLAB = 128 * BLOCK;
+let slab = Buffer.alloc(0);
+let slabUsed = 0;
+
+function headerBlock(): Buffer {
+  if (slabUsed + BLOCK > slab.length) {
+    slab = Buffer.alloc(SLAB);
+    slabUsed = 0;
+  }
+  slabUsed += BLOCK;
+  return slab.subarray(slabUsed - BLOCK, slabUsed);
+}
+
 /**
  * Encode a header (and, when needed, its preceding PAX extended header + data) into 512-byte blocks, choosing the
  * format like Go's tar.Writer does for containerd (Format = PAX, which still allows USTAR): a plain USTAR header
@@ -219,7 +233,7 @@ export function encodeHeader(h: TarHeader): Buffer {
   }
 
   const parts: Buffer[] = [];
-  const b = Buffer.alloc(BLOCK);
+  const b = headerBlock();
   if (ustar) {
     const split = splitUSTARPath(name);
     putString(b, 0, 100, split ? split[1] : name);
@@ -264,10 +278,12 @@ export function encodeHeader(h: TarHeader): Buffer {
   return parts.length === 1 ? b : Buffer.concat(parts);
 }
 
-/** Zero padding after a body of `size` bytes. */
+/** Zero padding after a body of `size` bytes (a view of one shared zero block: never write into it). */
 export function padding(size: number): Buffer {
-  return Buffer.alloc(paddingFor(size));
+  return ZERO_BLOCK.subarray(0, paddingFor(size));
 }
+
+const ZERO_BLOCK = Buffer.alloc(BLOCK);
 
 /** The end-of-archive marker Go writes: two zero blocks. */
 export function trailer(): Buffer {

@@ -60,7 +60,14 @@ import { sameContent } from '../layer/writer.js';
 export { copyRequest } from './ports.js';
 import { secureJoin } from './rootfs.js';
 import { AddSupport, isGitSource, isUrlSource } from './add.js';
-import { contextWalkStats, hashContextPaths, prefetchContextHashes, sha256File, type BuildContext } from './context.js';
+import {
+  contextWalkStats,
+  hashContextPaths,
+  prefetchContextHashes,
+  sha256File,
+  statCacheStats,
+  type BuildContext,
+} from './context.js';
 
 // ---------------------------------------------------------------------------------------------------------------
 // Go filepath.Match
@@ -354,12 +361,19 @@ export interface SourceMatch {
   include?: Matcher;
 }
 
+/** The xattrs a copy carries over (TreeCopier.loadXattrs). */
+function readSourceXattrs(paths: string[]): Promise<Map<string, Map<string, Buffer>>> {
+  return readXattrsRecursive(paths, '^(security\\.capability|user\\..*)$');
+}
+
 interface SourceCtx {
   root: string;
   ignore: Matcher | undefined;
   kind: CopySource['kind'];
   /** Context sources: the lstats of the hash walk that computed the step's key (contextWalkStats). */
   stats?: ReadonlyMap<string, Stats> | undefined;
+  /** Context sources: xattr reads started at the checksum, by their paths joined with NUL (taken once). */
+  xattrs?: Map<string, Promise<Map<string, Map<string, Buffer>>>> | undefined;
 }
 
 function isIgnored(ctx: SourceCtx, rel: string, isDir: boolean): boolean {
@@ -477,7 +491,10 @@ export class TreeCopier {
 
   async loadXattrs(paths: string[]): Promise<void> {
     if (paths.length === 0) return;
-    for (const [k, v] of await readXattrsRecursive(paths, '^(security\\.capability|user\\..*)$')) {
+    const key = paths.join('\0');
+    const early = this.ctx.xattrs?.get(key);
+    this.ctx.xattrs?.delete(key);
+    for (const [k, v] of await (early ?? readSourceXattrs(paths))) {
       const kept = new Map([...v].filter(([n]) => !n.startsWith('user.overlay.')));
       if (kept.size) this.srcXattrs.set(k, kept);
     }
@@ -812,6 +829,12 @@ export class LocalFileCopier implements FileCopier {
     return this.opts.context?.ignore ?? this.opts.ignore;
   }
 
+  /**
+   * getfattr of a COPY's context sources, started with its checksum: on a miss the copy needs them, and the read
+   * (a process walking every file) then runs while the step's snapshot is prepared. Keyed like loadXattrs' paths.
+   */
+  private readonly earlyXattrs = new Map<string, Promise<Map<string, Map<string, Buffer>>>>();
+
   async checksum(req: CopyRequest, src: CopySource): Promise<string> {
     validateSources(req);
     const h = createHash('sha256');
@@ -822,8 +845,18 @@ export class LocalFileCopier implements FileCopier {
       if (src.kind === 'context' && this.opts.context && !m.include) ctxPaths.push(m.abs);
       else await hashTree(m.abs, '', h, src.kind !== 'context', m.include);
     }
+    const read = statCacheStats.misses;
     if (ctxPaths.length && this.opts.context)
       h.update(await hashContextPaths(this.opts.context, ctxPaths, req.exclude));
+    // only when the walk read files (the stat cache missed: something changed, the step will likely run)
+    if (ctxPaths.length && statCacheStats.misses > read && req.kind === 'COPY' && req.sources.length === 1) {
+      const key = ctxPaths.join('\0');
+      if (!this.earlyXattrs.has(key)) {
+        const early = readSourceXattrs(ctxPaths);
+        early.catch(() => undefined); // the copy awaits it (and reports its failure) if it runs
+        this.earlyXattrs.set(key, early);
+      }
+    }
     for (const s of req.sources) {
       if (isUrlSource(s) || isGitSource(s)) h.update(`url:${s}\0${await this.add.checksumUrl(s, req)}\n`);
     }
@@ -865,7 +898,10 @@ export class LocalFileCopier implements FileCopier {
   ): Promise<void> {
     const dest = destPath(req.dest, req.workdir);
     const ctx: SourceCtx = { root: src.dir, ignore: src.kind === 'context' ? this.ignore : undefined, kind: src.kind };
-    if (src.kind === 'context' && this.opts.context) ctx.stats = contextWalkStats(this.opts.context);
+    if (src.kind === 'context' && this.opts.context) {
+      ctx.stats = contextWalkStats(this.opts.context);
+      ctx.xattrs = this.earlyXattrs;
+    }
     const opts = await copyOptionsFor(req, src, userRoot, this.ignore, this.warn);
     if (track) opts.track = track;
     await checkMultipleSources(req, dest, destRoot);

@@ -169,13 +169,19 @@ export class PlantedCopy {
 
   /** Planted files the copy kept as they were (relative to the root): untouched since they were planted. */
   unchanged(root: string): Set<string> {
+    // asked twice after the copy (the snapshot's xattr read, the layer writer's stats): computed once
+    const memo = this.unchangedMemo;
+    if (memo?.root === root && memo.kept === this.track.kept.size && memo.files === this.files.size) return memo.set;
     const out = new Set<string>();
     for (const p of this.track.kept) {
       const rel = relativeTo(root, p);
       if (this.files.has(rel)) out.add(rel);
     }
+    this.unchangedMemo = { root, kept: this.track.kept.size, files: this.files.size, set: out };
     return out;
   }
+
+  private unchangedMemo: { root: string; kept: number; files: number; set: Set<string> } | undefined;
 
   /**
    * The planted files the copy kept (see unchanged), upper-relative, with the lstat the plant took of them: the

@@ -578,7 +578,16 @@ export async function hashContextPaths(
     await visit(abs, rel, '');
   }
   const digest = createHash('sha256');
-  for (const x of parts) digest.update(typeof x === 'string' ? x : await x);
+  // consecutive strings go in as one update (three small parts per file: 15,000 calls into the hash otherwise)
+  let run = '';
+  for (const x of parts) {
+    run += typeof x === 'string' ? x : await x;
+    if (run.length >= 1 << 16) {
+      digest.update(run);
+      run = '';
+    }
+  }
+  digest.update(run);
   await saveStatCache(cache).catch(() => undefined); // the cache is an optimisation only
   return 'sha256:' + digest.digest('hex');
 }

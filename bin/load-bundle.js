@@ -2,7 +2,7 @@
 // Why: Node 20 has no module compile cache (module.enableCompileCache is Node 22), and compiling the ~1 MB that
 // `kiln build` needs costs more than the rest of its start-up; a CommonJS script run through vm.Script can use a
 // code cache. The build writes one of the bundle's top level only (V8 compiles a function when it first runs), so
-// the first successful run of each command writes that command's own cache with every function it compiled (the
+// the second successful run of each command writes that command's own cache with every function it compiled (the
 // engine, the registry client, the strategy…): later runs of the command compile almost nothing (an S2I rebuild:
 // ~130 ms CPU less). A cache V8 rejects (another Node version, other V8 flags) only costs the compile.
 import {
@@ -59,6 +59,18 @@ function commandKey(argv) {
   return key.replace(/[^A-Za-z0-9=.-]+/g, '_').slice(0, 100);
 }
 
+/** Note a command's first successful run (its second learns). */
+function markSeen(seen) {
+  try {
+    const dir = dirname(seen);
+    if (!existsSync(dir)) mkdirSync(dir);
+    else if (readdirSync(dir).length >= 2 * MAX_LEARNED) return;
+    writeFileSync(seen, '');
+  } catch {
+    /* a read-only install */
+  }
+}
+
 /**
  * Write `learned` (a command's own cache) with what `script` has compiled so far, through a rename (concurrent runs
  * never see half a file). A read-only install simply keeps the build's cache. KILN_CODE_CACHE_LEARN=0 never writes.
@@ -68,7 +80,7 @@ function learn(script, learned) {
   try {
     const dir = dirname(learned);
     if (!existsSync(dir)) mkdirSync(dir);
-    else if (readdirSync(dir).length >= MAX_LEARNED) return;
+    else if (readdirSync(dir).length >= 2 * MAX_LEARNED) return;
     accessSync(dir, constants.W_OK); // before the ~40 ms of createCachedData
     writeFileSync(tmp, script.createCachedData());
     renameSync(tmp, learned);
@@ -79,13 +91,14 @@ function learn(script, learned) {
 }
 
 /**
- * The bundle's exports. The code cache is the command's own (`<file>.cache.d/<command>`, learned from its first
- * successful run) when there is one, else the build's. `main` resolves to the exit code and, after a successful run
- * without a learned cache (or with one V8 rejected), learns it: V8 caches only functions already compiled, and V8
+ * The bundle's exports. The code cache is the command's own (`<file>.cache.d/<command>`, learned from its second
+ * successful run) when there is one, else the build's. `main` resolves to the exit code and, after that run (or
+ * one whose learned cache V8 rejected), learns it: V8 caches only functions already compiled, and V8
  * may drop the bytecode of functions a long run no longer uses, so one cache per command, not one for all.
  */
 export function loadBundle(file, argv = process.argv.slice(2)) {
   const learned = join(`${file}.cache.d`, commandKey(argv));
+  const seen = `${learned}.seen`;
   const own = existsSync(learned);
   const cacheFile = own ? learned : `${file}.cache`;
   const cachedData = existsSync(cacheFile) ? readFileSync(cacheFile) : undefined;
@@ -93,9 +106,13 @@ export function loadBundle(file, argv = process.argv.slice(2)) {
   const rejected = cachedData !== undefined && script.cachedDataRejected === true;
   if (rejected && process.env.KILN_DEBUG === '1')
     process.stderr.write(`kiln: debug: code cache ${cacheFile} rejected (made by another Node.js or other flags)\n`);
+  const enabled = process.env.KILN_CODE_CACHE_LEARN !== '0' && !userFlushFlag();
+  // Learned from the command's second successful run, not its first: a first run is often the cold one (a Node
+  // build's npm install through the engine) and its cache would carry code later runs never use, which costs its
+  // deserialization on every start (the Node fast path's CPU: no better with it than with the build's cache).
+  const willLearn = enabled && (own ? rejected : existsSync(seen));
   // V8 drops the bytecode of functions that have not run for a while (the bundle's top level after a few full GCs:
   // a cache made without it costs the whole script's parse, ~250 ms): kept while a run that will learn runs.
-  const willLearn = (!own || rejected) && process.env.KILN_CODE_CACHE_LEARN !== '0' && !userFlushFlag();
   if (willLearn) setV8Flags('--no-flush-bytecode');
   const exports = run(script, file);
   const main = exports.main;
@@ -106,7 +123,7 @@ export function loadBundle(file, argv = process.argv.slice(2)) {
       if (willLearn) {
         setV8Flags('--flush-bytecode'); // the default again: V8 checks a cache's flags against the reader's
         if (code === 0) learn(script, learned);
-      }
+      } else if (enabled && !own && code === 0) markSeen(seen);
       return code;
     },
   };

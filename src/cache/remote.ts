@@ -5,8 +5,10 @@
  * Format — one plain OCI image manifest per cache ref, so registries that accept only image manifests (ECR) work:
  *   manifest (application/vnd.oci.image.manifest.v1+json, annotation `dev.kiln.cache.version: 1`)
  *     config: a valid OCI image config whose `rootfs.diff_ids` list the layers below, plus one extra key,
- *             `dev.kiln.cache.v1`: { records: CacheRecord[] } — step key (content addressed, see cache.ts) → the
- *             layer the step produced, its history time, and a secret-free fingerprint of the step's inputs;
+ *             `dev.kiln.cache.v1`: { records: CacheRecord[], bases?: diffID → path summary } — step key (content
+ *             addressed, see cache.ts) → the layer the step produced, its history time, a secret-free fingerprint
+ *             of the step's inputs and its layer's path summary; `bases` summarizes the base image layers (their
+ *             blobs stay in the base's repository) so a fresh home leaves those unfetched too;
  *     layers: every layer a record names — the very blobs the built image uses (cross-repository mounted from the
  *             image's repository or the imported cache, uploaded only when the registry has no copy).
  * Keys are the engine's own step keys (parent state + everything that determines the result), so a lookup is one

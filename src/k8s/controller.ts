@@ -376,17 +376,22 @@ export class BuildRunController {
           this.inFlight.delete(name);
           if (this.again.delete(name)) this.queue.add(name);
           this.pump();
-          if (this.active === 0 && this.queue.size === 0) for (const w of this.idleWaiters.splice(0)) w();
+          if (this.reconcilesIdle()) for (const w of this.idleWaiters.splice(0)) w();
         });
     }
+  }
+
+  /** No reconcile running, and none queued (after stop(), queued ones never start: they do not count). */
+  private reconcilesIdle(): boolean {
+    return this.active === 0 && (this.queue.size === 0 || this.ac.signal.aborted);
   }
 
   /** Resolves when nothing is queued, being reconciled or being written (tests, the benchmark). */
   async idle(): Promise<void> {
     for (;;) {
-      if (!(this.active === 0 && this.queue.size === 0)) await new Promise<void>((r) => this.idleWaiters.push(r));
+      if (!this.reconcilesIdle()) await new Promise<void>((r) => this.idleWaiters.push(r));
       await this.writes.idle();
-      if (this.active === 0 && this.queue.size === 0) return;
+      if (this.reconcilesIdle()) return;
     }
   }
 

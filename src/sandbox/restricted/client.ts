@@ -200,7 +200,7 @@ export class RestrictedClient {
   /**
    * The extended attributes supervised processes see on `paths` (and, when `recursive`, everything below them,
    * never following symlinks), written by the helper to `file` as `PATH\tNAME\tHEX` lines (PATH escaped; see
-   * parseXattrDump): what `getfattr -R` reads, without its process and the two notifications per file it costs
+   * parseXattrs): what `getfattr -R` reads, without its process and the two notifications per file it costs
    * under the filter. At most about 500 paths per call (a request line holds at most 1,024 fields and 64 KiB).
    */
   async xattrs(file: string, recursive: boolean, paths: string[]): Promise<void> {
@@ -237,27 +237,22 @@ export function parseChanges(text: string): Map<string, number> {
     const tab = line.indexOf('\t');
     if (tab < 0) continue;
     const flags = Number(line.slice(0, tab));
-    const rel = line.slice(tab + 1).replace(/\\(.)/g, (_m, c: string) => (c === 'n' ? '\n' : c === 't' ? '\t' : c));
+    const rel = unescapeField(line.slice(tab + 1));
     out.set(rel, (out.get(rel) ?? 0) | flags);
   }
   return out;
 }
 
-/** Parse the `apply` xattr list into the layer writer's form (absolute path → name → value). */
-export function parseXattrs(text: string): Map<string, Map<string, Uint8Array>> {
-  const out = new Map<string, Map<string, Uint8Array>>();
-  for (const line of text.split('\n')) {
-    const [path, name, hex] = line.split('\t');
-    if (!path || !name || hex === undefined) continue;
-    let m = out.get(path);
-    if (!m) out.set(path, (m = new Map()));
-    m.set(name, Buffer.from(hex, 'hex'));
-  }
-  return out;
+/** A field as the helper escapes it (\\ \t \n: put_escaped in kiln-restricted.c), unescaped. */
+function unescapeField(s: string): string {
+  return s.replace(/\\(.)/g, (_m, c: string) => (c === 'n' ? '\n' : c === 't' ? '\t' : c));
 }
 
-/** Parse the helper's `xattrs` output (absolute path → name → value), paths unescaped. */
-export function parseXattrDump(
+/**
+ * Parse the helper's xattr lines — the `xattrs` request's output and the `apply` xattr list, both written by its
+ * put_xattr — into absolute path → name → value, paths unescaped; `into` merges batches.
+ */
+export function parseXattrs(
   text: string,
   into = new Map<string, Map<string, Buffer>>(),
 ): Map<string, Map<string, Buffer>> {
@@ -266,7 +261,7 @@ export function parseXattrDump(
     const a = line.indexOf('\t');
     const b = line.lastIndexOf('\t');
     if (a <= 0 || b <= a) continue;
-    const path = line.slice(0, a).replace(/\\(.)/g, (_m, c: string) => (c === 'n' ? '\n' : c === 't' ? '\t' : c));
+    const path = unescapeField(line.slice(0, a));
     let m = into.get(path);
     if (!m) into.set(path, (m = new Map()));
     m.set(line.slice(a + 1, b), Buffer.from(line.slice(b + 1), 'hex'));

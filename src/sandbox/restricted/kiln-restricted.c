@@ -2171,15 +2171,11 @@ static int freeze(const char *abs, const struct stat *st) {
 }
 
 /* While a plan is applied: the upper dir's layer xattrs (file capabilities, opaque markers) for the layer writer,
- * which then needs no getfattr pass over the upper dir ("PATH\tNAME\tHEX" lines). */
+ * which then needs no getfattr pass over the upper dir (put_xattr's lines, as the `xattrs` request writes them). */
 static FILE *xattr_out;
 
 static void note_xattr(const char *path, const char *name, const char *val, size_t len) {
-  if (!xattr_out) return;
-  fputs(path, xattr_out);
-  fprintf(xattr_out, "\t%s\t", name);
-  for (size_t i = 0; i < len; i++) fprintf(xattr_out, "%02x", (unsigned char)val[i]);
-  fputc('\n', xattr_out);
+  if (xattr_out) put_xattr(xattr_out, path, name, val, (ssize_t)len);
 }
 
 /* Copy the symlink `src` to `dst` (target, times, owner record). */
@@ -2713,12 +2709,7 @@ static void handle_request(char *line) {
       for (size_t i = 0; i < t->cap; i++) {
         if (!t->tab[i].rel) continue;
         fprintf(f, "%d\t", t->tab[i].flags);
-        for (const char *p = t->tab[i].rel; *p; p++) {
-          if (*p == '\\') fputs("\\\\", f);
-          else if (*p == '\n') fputs("\\n", f);
-          else if (*p == '\t') fputs("\\t", f);
-          else fputc(*p, f);
-        }
+        put_escaped(f, t->tab[i].rel);
         fputc('\n', f);
       }
       if (fclose(f) != 0) {

@@ -10,7 +10,7 @@ import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { XattrReader } from '../../layer/fsops.js';
 import { kilnTempDir } from '../paths.js';
-import { parseXattrDump, type RestrictedClient } from './client.js';
+import { parseXattrs, type RestrictedClient } from './client.js';
 
 /** Paths per request (a request line holds at most 1,024 fields and 64 KiB). */
 const BATCH = 500;
@@ -42,7 +42,7 @@ export function restrictedXattrReader(client: RestrictedClient, kilnHome: string
       const file = join(base, `x${++n}`);
       try {
         await client.xattrs(file, recursive, batch);
-        parseXattrDump(await readFile(file, 'utf8'), out);
+        parseXattrs(await readFile(file, 'utf8'), out);
       } finally {
         await rm(file, { force: true });
       }

@@ -72,10 +72,8 @@ interface PlantedDir {
 }
 
 export class PlantedCopy {
-  /** Planted files: rel → inode. */
-  private readonly files = new Map<string, number>();
-  /** Planted files: rel → their lstat in the previous layer dir (taken just before linking). */
-  private readonly stats = new Map<string, Stats>();
+  /** Planted files: rel → their lstat in the previous layer dir, taken just before linking (its inode is theirs). */
+  private readonly files = new Map<string, Stats>();
   /** Planted dirs, parents first. */
   private readonly dirs: PlantedDir[] = [];
   constructor(
@@ -138,7 +136,6 @@ export class PlantedCopy {
   private async unplant(upper: string): Promise<void> {
     for (const name of readdirSync(upper)) await rm(join(upper, name), { recursive: true, force: true });
     this.files.clear();
-    this.stats.clear();
     this.dirs.length = 0;
   }
 
@@ -161,8 +158,7 @@ export class PlantedCopy {
         }
         seen.set(st.ino, r);
         linkSync(abs, join(upper, r));
-        this.files.set(r, st.ino);
-        this.stats.set(r, st);
+        this.files.set(r, st);
       }
     }
   }
@@ -192,7 +188,7 @@ export class PlantedCopy {
   keptStats(root: string): Map<string, Stats> {
     const out = new Map<string, Stats>();
     for (const rel of this.unchanged(root)) {
-      const st = this.stats.get(rel);
+      const st = this.files.get(rel);
       if (st) out.set(rel, st);
     }
     return out;
@@ -209,7 +205,7 @@ export class PlantedCopy {
       const st = lstatSync(join(upper, parent), { throwIfNoEntry: false });
       if (st) touched.set(parent, st);
     };
-    for (const [rel, ino] of this.files) {
+    for (const [rel, { ino }] of this.files) {
       if (kept.has(rel)) continue;
       const st = lstatSync(join(upper, rel), { throwIfNoEntry: false });
       if (st?.ino !== ino) continue; // replaced by the copy (or gone)

@@ -224,6 +224,13 @@ export interface CopyInstruction extends InstructionBase, SourcesAndDest {
   link: boolean;
   parents: boolean;
   exclude: string[];
+  /**
+   * Never parsed from Dockerfile text: a frontend sets it (S2I) to put this COPY's files into the layer of the next
+   * RUN of the stage instead of a layer of their own — copied into that RUN's root before it runs, one diff, one
+   * blob, as `s2i build` commits the sources and assemble's changes as one layer. The COPY keeps its history entry
+   * (`empty_layer`, like `docker build --squash`'s merged entries) and its cache identity (part of the RUN's key).
+   */
+  foldIntoRun?: boolean;
 }
 
 export interface VolumeInstruction extends InstructionBase {

@@ -612,3 +612,45 @@ test('LocalLayerStore: a base layer is stored as a blob once and extracted from 
   assert.equal(await store.unpack(layer), d1);
   assert.equal((await readFile(join(d1, 'etc', 'passwd'), 'utf8')).split('\n')[0], 'root:x:0:0:root:/root:/bin/sh');
 });
+
+test('COPY folded into the next RUN (foldIntoRun): one layer with both, the COPY in history as empty_layer, its sources in the key', async () => {
+  const h = harness('fold');
+  await mkdir(h.deps.contextDir, { recursive: true });
+  await writeFile(join(h.deps.contextDir, 'f'), 'one');
+  const df = 'FROM busybox\nCOPY f /src/f\nUSER 1\nRUN write /out x\nCMD ["x"]\n';
+  const folded = (text: string): EngineRequest => {
+    const r = request(text);
+    for (const c of r.stages[0]?.commands ?? []) if (c.kind === 'COPY') c.foldIntoRun = true;
+    return r;
+  };
+  const baseLayers = (await base.config()).rootfs.diff_ids.length;
+  const res = await runEngine(folded(df), h.deps);
+  assert.equal(res.layers.length, baseLayers + 1);
+  const top = res.layers.at(-1)?.dir as string;
+  assert.equal(await readFile(join(top, 'src', 'f'), 'utf8'), 'one', "the COPY's file is in the RUN's layer");
+  assert.equal(await readFile(join(top, 'out'), 'utf8'), 'x');
+  assert.deepEqual(
+    res.config.history.slice(-4).map((x) => [x.created_by, x.empty_layer ?? false]),
+    [
+      ['COPY f /src/f # buildkit', true],
+      ['USER 1', true],
+      ['RUN /bin/sh -c write /out x # buildkit', false],
+      ['CMD ["x"]', true],
+    ],
+  );
+  assert.ok(h.log.some((l) => /copied into the next RUN step/.test(l)));
+  // the same sources: cached; other sources: the RUN runs again
+  await runEngine(folded(df), h.deps);
+  assert.equal(h.runs.length, 1);
+  await writeFile(join(h.deps.contextDir, 'f'), 'two');
+  const again = await runEngine(folded(df), h.deps);
+  assert.equal(h.runs.length, 2);
+  assert.equal(await readFile(join(again.layers.at(-1)?.dir as string, 'src', 'f'), 'utf8'), 'two');
+  // unfolded, the same Dockerfile is two layers (another cache key: no mix-up with the folded layer)
+  const plain = await runEngine(request(df), h.deps);
+  assert.equal(plain.layers.length, baseLayers + 2);
+  assert.equal(h.runs.length, 3);
+  // a folded COPY with no RUN after it is the frontend's mistake: one line, nothing run
+  await assert.rejects(runEngine(folded('FROM busybox\nCOPY f /g\nCMD ["x"]\n'), h.deps), /no RUN follows it/);
+  await assert.rejects(runEngine(folded('FROM busybox\nCOPY f /g\nWORKDIR /w\nRUN true\n'), h.deps), /no RUN follows/);
+});

@@ -187,6 +187,16 @@ interface StageState {
   ownOnBuild: string[];
   /** The step being dispatched is the stage's last layer step. */
   lastStep?: boolean;
+  /** COPYs folded into the next RUN's layer (`foldIntoRun`), their sources held until it ran. */
+  folded: FoldedCopy[];
+}
+
+/** A COPY whose files go into the next RUN's snapshot (CopyInstruction.foldIntoRun). */
+interface FoldedCopy {
+  c: CopyInstruction;
+  req: CopyRequest;
+  src: CopySource;
+  release: () => Promise<void>;
 }
 
 /** BuildKit's predefined platform ARGs. */
@@ -544,6 +554,7 @@ class Engine {
       await this.dispatch(st, cmd, counter, onbuild);
     }
     st.lastStep = false;
+    if (st.folded.length > 0) this.unfoldable(st);
     return st;
   }
 
@@ -558,6 +569,7 @@ class Engine {
       buildArgs: [],
       cmdSet: false,
       ownOnBuild: [],
+      folded: [],
     };
   }
 
@@ -809,6 +821,7 @@ class Engine {
     noteExtra?: Partial<StepNote>,
     hooks: StepHooks = {},
   ): Promise<void> {
+    if (st.folded.length > 0 && parts.op !== 'RUN') this.unfoldable(st);
     const key = cacheKey(this.req.layerFormat ? { ...parts, layerFormat: this.req.layerFormat } : parts);
     const id = ++this.vertex;
     this.deps.progress.start(id, name);
@@ -1077,6 +1090,7 @@ class Engine {
     const req = this.copyRequest(st, c);
     const from = c.kind === 'COPY' ? c.from : '';
     const { src, release } = await this.sourceFor(st, from, c);
+    let held = false;
     try {
       let sum: string;
       try {
@@ -1109,6 +1123,19 @@ class Engine {
       for (const s of c.sources) msg += ' ' + s;
       for (const s of c.sourceContents) msg += ' <<' + s.path;
       msg += ' ' + c.dest;
+      if (c.kind === 'COPY' && c.foldIntoRun && !independent) {
+        // its files are copied by the next RUN into its snapshot: no snapshot, layer or blob of its own; its
+        // identity goes into the RUN's key through the state (not the key it would have had as a layer of its own)
+        const id = ++this.vertex;
+        this.deps.progress.start(id, prefix + upperKeyword(c.original));
+        st.folded.push({ c, req, src, release });
+        held = true;
+        st.state = cacheKey({ parent: st.state, folded: parts });
+        commitHistory(st.img, msg, { withLayer: false, buildkitSuffix: true });
+        this.deps.progress.log(id, 'stdout', Buffer.from('copied into the next RUN step (one layer)\n'));
+        this.deps.progress.done(id);
+        return;
+      }
       const hooks = this.incrementalCopy(st, c, keyReq, req);
       if (independent) hooks.independent = true;
       // a COPY reads the layers below only at its destination (and its parent dirs), and /etc/passwd and
@@ -1143,8 +1170,14 @@ class Engine {
         hooks,
       );
     } finally {
-      await release();
+      if (!held) await release();
     }
+  }
+
+  /** Folded COPYs with no RUN after them in their stage: a frontend's mistake, never the user's. */
+  private unfoldable(st: StageState): never {
+    const f = st.folded[0] as FoldedCopy;
+    throw this.fail(f.c, 'INTERNAL', `${f.c.original}: folded into a RUN, but no RUN follows it in its stage`);
   }
 
   /**
@@ -1259,9 +1292,19 @@ class Engine {
       epoch: this.req.sourceDateEpoch,
     };
     const display = prefix + upperKeyword(c.original);
-    const releases: (() => Promise<void>)[] = [];
+    const folded = st.folded.splice(0);
+    const releases: (() => Promise<void>)[] = folded.map((f) => f.release);
     try {
       await this.layerStep(st, display, parts, history, true, async (snap, id) => {
+        for (const f of folded) {
+          try {
+            await this.deps.copier.apply(f.req, f.src, snap.root);
+          } catch (e) {
+            if (e instanceof KilnError && e.message.startsWith(this.req.file + ':')) throw e;
+            throw this.fail(f.c, e instanceof KilnError ? e.code : 'COPY_FAILED', errorMessage(e), undefined, e);
+          }
+        }
+        if (folded.length > 0) debugMark(`#${id} folded COPY applied`);
         const runMounts: RunMount[] = [];
         for (const m of mounts) {
           if (m.type === 'secret') {

@@ -110,8 +110,8 @@ describe(
       await dockerd.docker(['pull', ref]);
       return dockerd.runImage(ref, cmd);
     };
-    const kiln = (args: string[]) =>
-      runKiln([...args, '--insecure-registry', R(), '--progress', 'plain'], { KILN_HOME: home });
+    const kiln = (args: string[], env: Record<string, string> = {}) =>
+      runKiln([...args, '--insecure-registry', R(), '--progress', 'plain'], { KILN_HOME: home, ...env });
 
     before(async () => {
       s2i = s2iBinary();
@@ -164,29 +164,24 @@ describe(
       if (work) await rm(work, { recursive: true, force: true });
     });
 
+    // kiln commits the sources and assemble's changes as one layer (as `s2i build` does); KILN_S2I_ONE_LAYER=0
+    // keeps --as-dockerfile's COPY + RUN layers, which must then equal BuildKit's image in every respect
     for (const c of [
-      { builder: 'builder-num', user: '1001', dest: '/opt/s2i' },
-      { builder: 'builder-named', user: 'fakeuser', dest: '/tmp' },
+      { builder: 'builder-num', user: '1001', dest: '/opt/s2i', oneLayer: true },
+      { builder: 'builder-named', user: 'fakeuser', dest: '/tmp', oneLayer: false },
     ]) {
-      test(`${c.builder}: same files, owners, modes and config as BuildKit; both run`, async () => {
+      const layout = c.oneLayer ? 'one layer for sources + assemble' : 'KILN_S2I_ONE_LAYER=0';
+      test(`${c.builder} (${layout}): same files, owners, modes and config as BuildKit; both run`, async () => {
         const src = join(work, `app-${c.builder}`);
         await appSource(src);
         const builder = `${R()}/${c.builder}:1`;
         const kilnTag = `${R()}/app-kiln-${c.builder}:1`;
         const refTag = `${R()}/app-ref-${c.builder}:1`;
         const kilnDockerfile = join(work, `${c.builder}.kiln.Dockerfile`);
-        const k = await kiln([
-          's2i',
-          'build',
-          src,
-          builder,
-          kilnTag,
-          '--push',
-          '--as-dockerfile',
-          kilnDockerfile,
-          '-e',
-          'EXTRA=x y',
-        ]);
+        const k = await kiln(
+          ['s2i', 'build', src, builder, kilnTag, '--push', '--as-dockerfile', kilnDockerfile, '-e', 'EXTRA=x y'],
+          c.oneLayer ? {} : { KILN_S2I_ONE_LAYER: '0' },
+        );
         assert.equal(k.code, 0, k.stderr);
         const kilnText = await readFile(kilnDockerfile, 'utf8');
         assert.match(kilnText, new RegExp(`COPY --chown=${c.user}:0 upload/src ${c.dest}/src`));
@@ -218,9 +213,25 @@ describe(
           await writeFile(join(refDir, 'Dockerfile'), kilnText);
         }
         await buildkit.build({ context: refDir, tag: refTag });
-        const { differences } = await compareImages(refTag, kilnTag, { workDir: join(work, `cmp-${c.builder}`) });
+        const { differences, reference, candidate } = await compareImages(refTag, kilnTag, {
+          workDir: join(work, `cmp-${c.builder}`),
+        });
         const errors = differences.filter((d) => d.severity === 'error');
-        assert.deepEqual(errors, [], formatDifferences(errors, ['BuildKit', 'kiln']));
+        if (c.oneLayer) {
+          // the COPYs of the scripts (.s2i/bin) and the sources are folded into assemble's layer: their history
+          // entries stay, marked empty_layer; the file tree and everything else in the config are BuildKit's
+          const folded = (reference.config.history ?? []).flatMap((h, i) =>
+            /^COPY --chown=\S+ upload\/(src|scripts) /.test(h.created_by ?? '') ? [i] : [],
+          );
+          assert.equal(folded.length, 2, 'the scripts and the sources COPY');
+          assert.equal(candidate.layers.length, reference.layers.length - folded.length);
+          assert.deepEqual(
+            errors.map((d) => d.key).sort(),
+            ['image.layers', 'manifest.layers', ...folded.map((i) => `history[${i}].empty_layer`)].sort(),
+            formatDifferences(errors, ['BuildKit', 'kiln']),
+          );
+          for (const i of folded) assert.equal(candidate.config.history?.[i]?.empty_layer, true);
+        } else assert.deepEqual(errors, [], formatDifferences(errors, ['BuildKit', 'kiln']));
         const outRef = await runNow(refTag);
         const outKiln = await runNow(kilnTag);
         assert.match(outKiln, /override-run mode=prod counter=1 hello from the source/);

@@ -108,3 +108,38 @@ test('goQuote is Go\'s %q; envInstruction escapes $ " \\ like s2i', () => {
     'ENV A="1" \\\n    B="\\$x"\n',
   );
 });
+
+test('foldCopiesIntoRun: the COPYs before the assemble RUN (and an incremental build’s before the extraction RUN) fold; nothing else', async () => {
+  const { foldCopiesIntoRun } = await import('./frontend.js');
+  const folded = (p: S2IDockerfilePlan, stage: number): string[] => {
+    const st = parseDockerfile(s2iDockerfile(p)).stages[stage];
+    assert.ok(st);
+    foldCopiesIntoRun(st);
+    return st.commands.flatMap((c) => (c.kind === 'COPY' && c.foldIntoRun ? [c.original] : []));
+  };
+  assert.deepEqual(folded(plan({ providedScripts: new Set(['assemble']) }), 0), [
+    'COPY --chown=1001:0 upload/scripts /tmp/scripts',
+    'COPY --chown=1001:0 upload/src /tmp/src',
+  ]);
+  assert.deepEqual(folded(plan({ incremental: { kind: 'cached' } }), 1), [
+    'COPY --chown=1001:0 --from=cached /tmp/artifacts.tar /tmp/artifacts.tar',
+    'COPY --chown=1001:0 upload/src /tmp/src',
+  ]);
+  // the runtime stage's COPY --link layers stay layers of their own (rebasable)
+  const rt = plan({
+    runtime: {
+      image: 'registry/rt:1',
+      user: '1002',
+      workdir: '/srv',
+      scriptsDir: '/usr/libexec/s2i',
+      providedScripts: new Set(),
+      artifacts: [{ source: '/opt/app/x', destination: 'app' }],
+    },
+  });
+  assert.deepEqual(folded(rt, 1), []);
+  // a COPY with a LABEL between it and the RUN is not folded
+  const st = parseDockerfile('FROM b\nCOPY a /a\nLABEL x=1\nRUN true\nCOPY c /c\nCMD x\n').stages[0];
+  assert.ok(st);
+  foldCopiesIntoRun(st);
+  assert.ok(st.commands.every((c) => c.kind !== 'COPY' || !c.foldIntoRun));
+});

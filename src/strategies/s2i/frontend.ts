@@ -14,6 +14,7 @@ import { finished } from 'node:stream/promises';
 import { dirname, join } from 'node:path';
 import { KilnError, errorMessage, isKilnError } from '../../errors.js';
 import { parseDockerfile } from '../../dockerfile/convert.js';
+import type { CopyInstruction, Stage } from '../../dockerfile/instructions.js';
 import type { Frontend, FrontendInput, FrontendPlan, FrontendTools } from '../../engine/frontend.js';
 import type { EngineResult } from '../../engine/engine.js';
 import { lowerDirs } from '../../engine/engine.js';
@@ -215,6 +216,11 @@ export function s2iFrontend(o: S2IOptions, st: S2IFrontendState): Frontend {
       }
       const decision: S2IDecision = { dockerfile, plan };
       const parsed = parseDockerfile(dockerfile, { filename: 'Dockerfile' });
+      if (process.env.KILN_S2I_ONE_LAYER !== '0') {
+        // the builder stage follows the `cached` one of an incremental build
+        const builderStage = parsed.stages[plan.incremental ? 1 : 0];
+        if (builderStage) foldCopiesIntoRun(builderStage);
+      }
       const out: FrontendPlan = { stages: parsed.stages, metaArgs: parsed.globalArgs, file: 'Dockerfile' };
       if (o.incremental && st.saveTo && !plan.runtime) {
         const script = provided.has('save-artifacts')
@@ -230,6 +236,24 @@ export function s2iFrontend(o: S2IOptions, st: S2IFrontendState): Frontend {
       return out;
     },
   };
+}
+
+/**
+ * Mark the COPYs right before a RUN (USER lines between them are fine: a COPY does not depend on USER) to be copied
+ * by that RUN into its own snapshot: the sources and assemble's changes become one layer, as `s2i build` commits
+ * them (its container gets the sources, runs assemble and is committed once), instead of `--as-dockerfile`'s COPY
+ * layer + RUN layer — one overlay mount, one upper-dir scan, one layer blob and one upload less per build, and the
+ * same file tree. `KILN_S2I_ONE_LAYER=0` keeps the `--as-dockerfile` layer layout.
+ */
+export function foldCopiesIntoRun(stage: Stage): void {
+  let pending: CopyInstruction[] = [];
+  for (const c of stage.commands) {
+    if (c.kind === 'COPY' && !c.link) pending.push(c);
+    else if (c.kind === 'RUN') {
+      for (const p of pending) p.foldIntoRun = true;
+      pending = [];
+    } else if (c.kind !== 'USER') pending = [];
+  }
 }
 
 /**

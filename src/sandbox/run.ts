@@ -587,6 +587,7 @@ export async function runProcess(opts: RunProcessOptions): Promise<RunProcessRes
       lastCap,
       sys.mount,
       opsPath,
+      sys.close,
     ].map((x) => q(String(x)));
     const script = [
       'command -v perl >/dev/null 2>&1 || { echo "perl is required for RUN (apt-get install perl-base)" >&3; exit 125; }',

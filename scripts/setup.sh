@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 need=()
 for pkg in docker-registry skopeo umoci uidmap busybox-static buildah docker.io apache2-utils openssl git zstd \
   xz-utils bzip2 util-linux iproute2 attr chromium etcd-server proot python3-seccomp gcc libc6-dev debootstrap \
-  containerd runc containernetworking-plugins; do
+  containerd runc containernetworking-plugins make curl libtalloc-dev pkgconf; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
@@ -36,6 +36,9 @@ fi
 # debootstrap root of the Debian differential cases (root only). `npm run bench` builds crane and kaniko the same
 # way on first use (scripts/go-tools.sh crane kaniko).
 bash scripts/go-tools.sh buildkit >/dev/null
+# kiln's proot for the restricted level's RUN steps (Debian's 5.4 source with its seccomp mode and kiln's marker
+# patch; ~10 s, once per machine; as root also /usr/local/bin/kiln-proot). Without it, Debian's proot 5.1 is used.
+bash scripts/build-proot.sh >/dev/null
 # kube-apiserver (k8s.io/kubernetes; the real API server of the Kubernetes tests, with Debian's etcd-server), then
 # kubelet + kube-scheduler (the node of the build-pod tests, with Debian's containerd) from the same Go build cache,
 # the same way — in the background and niced (~15-40 min, then ~3-10 min, on 2 cores, once per machine): only the

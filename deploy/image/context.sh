@@ -3,6 +3,7 @@
 #   OUT/kiln/             package.json, package-lock.json, bin/, dist/ and node_modules without devDependencies
 #   OUT/node              the Node.js binary on PATH (>= 20; the one better-sqlite3's addon was built for)
 #   OUT/kiln-restricted   the `restricted` isolation level's helper, linked statically (needs cc and libc6-dev)
+#   OUT/kiln-proot        kiln's proot for that level's RUN steps (scripts/build-proot.sh, cached per machine)
 # Usage: npm run build && bash deploy/image/context.sh OUT
 # then:  kiln build -f deploy/image/Dockerfile --build-arg BASE=<Debian bookworm image> -t REGISTRY/kiln:TAG OUT
 set -euo pipefail
@@ -34,4 +35,6 @@ cp -a node_modules "$out/kiln/node_modules"
 cp "$(readlink -f "$node")" "$out/node"
 "$cc" -O2 -static -o "$out/kiln-restricted" src/sandbox/restricted/kiln-restricted.c ||
   die "building the static kiln-restricted helper failed (Debian: apt-get install libc6-dev)"
+proot=$(bash scripts/build-proot.sh) || die "building kiln's proot failed (scripts/build-proot.sh)"
+cp "$proot" "$out/kiln-proot"
 echo "$out"

@@ -57,8 +57,7 @@ export async function isolationServices(level: IsolationLevel, kilnHome: string)
     const { RestrictedClient } = await import('./restricted/client.js');
     const { RestrictedSnapshotter } = await import('./restricted/snapshotter.js');
     const { RestrictedExecutor } = await import('./restricted/executor.js');
-    const { ensureHelper } = await import('./restricted/helper.js');
-    const { findTool } = await import('./userns.js');
+    const { ensureHelper, findProot, PROOT_PATH_ENV } = await import('./restricted/helper.js');
     const { cleanupStaleTempDirs } = await import('./stale.js');
     const { restrictedXattrReader } = await import('./restricted/xattrs.js');
     const { useXattrReader } = await import('../layer/fsops.js');
@@ -67,7 +66,7 @@ export async function isolationServices(level: IsolationLevel, kilnHome: string)
     // getfattr under the filter costs two notifications per file it walks: the helper reads them itself
     if (process.env.KILN_RESTRICTED_GETFATTR !== '1') useXattrReader(restrictedXattrReader(client, kilnHome));
     const helper = await ensureHelper(kilnHome);
-    const proot = await findTool('proot');
+    const proot = process.env[PROOT_PATH_ENV] || (await findProot());
     if (!proot) {
       throw new KilnError(
         'ISOLATION_UNAVAILABLE',

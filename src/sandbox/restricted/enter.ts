@@ -8,13 +8,15 @@
 import { spawn } from 'node:child_process';
 import { KilnError } from '../../errors.js';
 import { captureRestrictedFd } from './client.js';
-import { PROOT_BLIND_ENV, restrictedStatus } from './helper.js';
+import { PROOT_BLIND_ENV, PROOT_MARKS_ENV, PROOT_PATH_ENV, restrictedStatus } from './helper.js';
 
 const RELAYED: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
 const SIGNALS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGKILL: 9, SIGTERM: 15 };
 
 /** Throw one clear ISOLATION_UNAVAILABLE line when the restricted level cannot work here; else what it found. */
-export async function assertRestrictedAvailable(kilnHome: string): Promise<{ helper: string; prootBlind: boolean }> {
+export async function assertRestrictedAvailable(
+  kilnHome: string,
+): Promise<{ helper: string; proot: string | undefined; prootBlind: boolean; prootMarks: boolean }> {
   const st = await restrictedStatus(kilnHome);
   if (st.problems.length > 0 || !st.helper) {
     throw new KilnError(
@@ -25,7 +27,7 @@ export async function assertRestrictedAvailable(kilnHome: string): Promise<{ hel
       },
     );
   }
-  return { helper: st.helper, prootBlind: st.prootBlind };
+  return { helper: st.helper, proot: st.proot, prootBlind: st.prootBlind, prootMarks: st.prootMarks };
 }
 
 /**
@@ -37,14 +39,19 @@ export async function enterRestricted(
   argv: string[] = [...process.execArgv, ...process.argv.slice(1)],
 ): Promise<number | null> {
   if (captureRestrictedFd() !== undefined) return null;
-  const { helper, prootBlind } = await assertRestrictedAvailable(kilnHome);
+  const { helper, proot, prootBlind, prootMarks } = await assertRestrictedAvailable(kilnHome);
   // --pdeathsig: if this parent dies, the helper goes too (and with it, by PR_SET_PDEATHSIG, the build)
   const child = spawn(
     'setpriv',
     ['--pdeathsig', 'SIGTERM', '--', helper, 'supervise', '--', process.execPath, ...argv],
     {
       stdio: 'inherit',
-      env: { ...process.env, [PROOT_BLIND_ENV]: prootBlind ? '1' : '0' },
+      env: {
+        ...process.env,
+        [PROOT_BLIND_ENV]: prootBlind ? '1' : '0',
+        [PROOT_MARKS_ENV]: prootMarks ? '1' : '0',
+        ...(proot ? { [PROOT_PATH_ENV]: proot } : {}),
+      },
     },
   );
   const relay = (sig: NodeJS.Signals) => () => {

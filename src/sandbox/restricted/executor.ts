@@ -35,7 +35,7 @@ import {
 } from '../run.js';
 import { resolveExecUser } from '../user.js';
 import type { RestrictedClient } from './client.js';
-import { prootIsBlind } from './helper.js';
+import { prootIsBlind, prootMarks } from './helper.js';
 
 export interface RestrictedExecutorOptions {
   kilnHome: string;
@@ -235,10 +235,11 @@ export class RestrictedExecutor implements Executor {
       const lines = [
         `prog\t${esc(this.opts.proot)}`,
         ...args.map((a) => `arg\t${esc(a)}`),
-        // proot stops at every system call and translates paths before the kernel evaluates the step's filter (a
-        // proot in seccomp mode would hand the helper untranslated paths: its trace stop loses to our notification);
+        // kiln's proot (marks): its seccomp mode, the helper adds PROOT_MARK (kiln-restricted.c, MARK); another proot
+        // stops at every system call and translates paths before the kernel evaluates the step's filter (in its
+        // seccomp mode it would hand the helper untranslated paths: its trace stop loses to our notification);
         // Debian's proot 5.1 leaves statx, openat2, faccessat2 and fchmodat2 untranslated: the helper maps those
-        'env\tPROOT_NO_SECCOMP=1',
+        ...(prootMarks() ? ['mark\t1'] : ['env\tPROOT_NO_SECCOMP=1']),
         `env\tPROOT_TMP_DIR=${esc(ptmp)}`,
         'env\tPATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
         `stdout\t${esc(out)}`,

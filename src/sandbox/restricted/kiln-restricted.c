@@ -52,6 +52,7 @@
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -141,7 +142,18 @@ struct trap {
   int kind;
   int arg; /* K_OPENFLAGS: index of the flags argument */
   handler_fn fn;
+  int proot; /* a path call proot translates (its filter traces it): see MARK */
 };
+
+/* A RUN step's proot marker (PROOT_MARK, 0: none). kiln's own build of proot (scripts/build-proot.sh, patch
+ * scripts/proot/mark.patch) runs in its seccomp mode, where a syscall stops proot through proot's own
+ * SECCOMP_RET_TRACE filter — which our SECCOMP_RET_USER_NOTIF would outrank, handing the helper the step's
+ * untranslated paths. So proot puts MARK into the sixth argument register of each call it has translated (and back
+ * on its exit stop), and the step's filter notifies a path call only when it carries MARK: the kernel runs every
+ * filter again after a trace stop, with the registers the tracer left (seccomp.c, recheck_after_trace), and there
+ * our USER_NOTIF is delivered with proot's paths. Unmarked, the call is allowed, so proot's TRACE wins and the call
+ * comes back marked. */
+static uint64_t MARK;
 
 #define WRITE_FLAGS (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC)
 
@@ -149,13 +161,16 @@ static const struct trap TRAPS[];
 static const size_t NTRAPS;
 
 /* Build the BPF program: other architectures (x86 and x32 on x86_64, arm on aarch64) get ENOSYS for everything,
- * so a 32-bit binary can never bypass the emulation; the trapped syscalls notify; the rest is allowed. */
+ * so a 32-bit binary can never bypass the emulation; the trapped syscalls notify; the rest is allowed. With MARK (a
+ * step under kiln's proot), a path call proot translates notifies only when marked, and `newfstatat`/`statx` with
+ * AT_EMPTY_PATH (fstat: no path to translate) notify at once — proot never sees those. */
 static struct sock_filter *build_filter(int with_uname, unsigned short *len) {
-  size_t max = 8 + (NTRAPS + 1) * 5;
+  size_t max = 8 + (NTRAPS + 1) * 12;
   struct sock_filter *f = xmalloc(max * sizeof(*f));
   size_t n = 0;
 #define EMIT(c, k_, jt_, jf_) (f[n++] = (struct sock_filter)BPF_JUMP(c, k_, jt_, jf_))
 #define STMT(c, k_) (f[n++] = (struct sock_filter)BPF_STMT(c, k_))
+#define ARG_LO(i) (offsetof(struct seccomp_data, args) + 8 * (i))
   STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
   EMIT(BPF_JMP | BPF_JEQ | BPF_K, KILN_AUDIT_ARCH, 1, 0);
   STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS);
@@ -164,14 +179,40 @@ static struct sock_filter *build_filter(int with_uname, unsigned short *len) {
   EMIT(BPF_JMP | BPF_JGE | BPF_K, 0x40000000, 0, 1);
   STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS);
 #endif
+  uint64_t mark = with_uname ? MARK : 0;
   for (size_t i = 0; i < NTRAPS; i++) {
     const struct trap *t = &TRAPS[i];
-    if (t->kind == K_ALWAYS) {
+    if (mark && t->proot) {
+      /* JEQ nr; [AT_EMPTY_PATH → notify]; [open flags without writing → allow]; marker → notify, else allow */
+      int empty = t->nr == __NR_newfstatat ? 3 : t->nr == __NR_statx ? 2 : -1;
+      size_t len = 1 + (empty >= 0 ? 2 : 0) + (t->kind == K_OPENFLAGS ? 2 : 0) + 4 + 2;
+      size_t notif = n + len - 2, allow = n + len - 1;
+      unsigned char to;
+      EMIT(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)t->nr, 0, (unsigned char)(len - 1));
+      if (empty >= 0) {
+        STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(empty));
+        to = (unsigned char)(notif - (n + 1));
+        EMIT(BPF_JMP | BPF_JSET | BPF_K, AT_EMPTY_PATH, to, 0);
+      }
+      if (t->kind == K_OPENFLAGS) {
+        STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(t->arg));
+        to = (unsigned char)(allow - (n + 1));
+        EMIT(BPF_JMP | BPF_JSET | BPF_K, WRITE_FLAGS, 0, to);
+      }
+      STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(5));
+      to = (unsigned char)(allow - (n + 1));
+      EMIT(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)mark, 0, to);
+      STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(5) + 4);
+      to = (unsigned char)(allow - (n + 1));
+      EMIT(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)(mark >> 32), 0, to);
+      STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF);
+      STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    } else if (t->kind == K_ALWAYS) {
       EMIT(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)t->nr, 0, 1);
       STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF);
     } else {
       EMIT(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)t->nr, 0, 4);
-      STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args) + 8 * t->arg);
+      STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(t->arg));
       EMIT(BPF_JMP | BPF_JSET | BPF_K, WRITE_FLAGS, 0, 1);
       STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF);
       STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
@@ -184,6 +225,8 @@ static struct sock_filter *build_filter(int with_uname, unsigned short *len) {
   STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
 #undef EMIT
 #undef STMT
+#undef ARG_LO
+  if (n > max) die("seccomp filter overflow");
   *len = (unsigned short)n;
   return f;
 }
@@ -859,6 +902,7 @@ struct step {
   /* the step's root and proot's bindings: for the calls proot does not translate (see proot_blind; `blind` set
    * when this proot is one of those) */
   int blind;
+  uint64_t mark; /* PROOT_MARK of this step's proot (0: Debian's proot, no marker; see MARK) */
   char *root;
   struct bind *binds;
   int nbinds;
@@ -905,6 +949,13 @@ static int proot_blind(int nr) {
 }
 
 static uint64_t A(struct ctx *c, int i) { return c->n->data.args[i]; }
+
+/* Under kiln's proot (a marked step): the calls proot does not trace at all (openat2, fchmodat2), and fstat-like
+ * calls with AT_EMPTY_PATH, which the step's filter notifies before proot could see them (see build_filter). */
+static int marked_guest(struct ctx *c, int nr) {
+  return nr == __NR_openat2 || nr == __NR_fchmodat2 || (nr == __NR_newfstatat && (A(c, 3) & AT_EMPTY_PATH)) ||
+         (nr == __NR_statx && (A(c, 2) & AT_EMPTY_PATH));
+}
 static pid_t PID(struct ctx *c) { return (pid_t)c->n->pid; }
 
 static int prefix_of(const char *pre, const char *p) {
@@ -1951,34 +2002,37 @@ static struct reply h_uname(struct ctx *c, int nr) {
 }
 
 /* The trapped system calls and their handlers (uname: RUN steps only, see build_filter). */
-#define T(name, h) {__NR_##name, K_ALWAYS, 0, h}
+#define T(name, h) {__NR_##name, K_ALWAYS, 0, h, 0}
+#define P(name, h) {__NR_##name, K_ALWAYS, 0, h, 1}
 static const struct trap TRAPS[] = {
     T(getuid, h_identity), T(geteuid, h_identity), T(getgid, h_identity), T(getegid, h_identity),
     T(getresuid, h_identity), T(getresgid, h_identity), T(getgroups, h_identity), T(setuid, h_identity),
     T(setgid, h_identity), T(setreuid, h_identity), T(setregid, h_identity), T(setresuid, h_identity),
     T(setresgid, h_identity), T(setfsuid, h_identity), T(setfsgid, h_identity), T(setgroups, h_identity),
-    T(fstat, h_stat), T(newfstatat, h_stat), T(statx, h_statx), T(fchown, h_chown), T(fchownat, h_chown),
-    T(fchmod, h_chmod), T(fchmodat, h_chmod), T(fchmodat2, h_chmod), {__NR_openat, K_OPENFLAGS, 2, h_open},
-    T(openat2, h_open), T(mkdirat, h_mkdir), T(mknodat, h_mknod), T(symlinkat, h_symlink), T(linkat, h_link),
-    T(unlinkat, h_unlink), T(renameat, h_rename), T(renameat2, h_rename), T(truncate, h_touch),
-    T(utimensat, h_touch), T(setxattr, h_setxattr), T(lsetxattr, h_setxattr), T(fsetxattr, h_setxattr),
-    T(removexattr, h_setxattr), T(lremovexattr, h_setxattr), T(fremovexattr, h_setxattr),
-    T(getxattr, h_getxattr), T(lgetxattr, h_getxattr), T(fgetxattr, h_getxattr), T(listxattr, h_listxattr),
-    T(llistxattr, h_listxattr), T(flistxattr, h_listxattr), T(capget, h_caps), T(capset, h_caps),
-    T(umask, h_umask), T(faccessat2, h_access),
+    T(fstat, h_stat), P(newfstatat, h_stat), P(statx, h_statx), T(fchown, h_chown), P(fchownat, h_chown),
+    T(fchmod, h_chmod), P(fchmodat, h_chmod), T(fchmodat2, h_chmod), {__NR_openat, K_OPENFLAGS, 2, h_open, 1},
+    T(openat2, h_open), P(mkdirat, h_mkdir), P(mknodat, h_mknod), P(symlinkat, h_symlink), P(linkat, h_link),
+    P(unlinkat, h_unlink), P(renameat, h_rename), P(renameat2, h_rename), P(truncate, h_touch),
+    P(utimensat, h_touch), P(setxattr, h_setxattr), P(lsetxattr, h_setxattr), T(fsetxattr, h_setxattr),
+    P(removexattr, h_setxattr), P(lremovexattr, h_setxattr), T(fremovexattr, h_setxattr),
+    P(getxattr, h_getxattr), P(lgetxattr, h_getxattr), T(fgetxattr, h_getxattr), P(listxattr, h_listxattr),
+    P(llistxattr, h_listxattr), T(flistxattr, h_listxattr), T(capget, h_caps), T(capset, h_caps),
+    T(umask, h_umask), P(faccessat2, h_access),
 #ifdef __NR_stat
-    T(stat, h_stat), T(lstat, h_stat), T(chown, h_chown), T(lchown, h_chown), T(chmod, h_chmod),
-    {__NR_open, K_OPENFLAGS, 1, h_open}, T(creat, h_open), T(mkdir, h_mkdir), T(mknod, h_mknod),
-    T(symlink, h_symlink), T(link, h_link), T(unlink, h_unlink), T(rmdir, h_unlink), T(rename, h_rename),
-    T(utime, h_touch), T(utimes, h_touch), T(futimesat, h_touch),
+    P(stat, h_stat), P(lstat, h_stat), P(chown, h_chown), P(lchown, h_chown), P(chmod, h_chmod),
+    {__NR_open, K_OPENFLAGS, 1, h_open, 1}, P(creat, h_open), P(mkdir, h_mkdir), P(mknod, h_mknod),
+    P(symlink, h_symlink), P(link, h_link), P(unlink, h_unlink), P(rmdir, h_unlink), P(rename, h_rename),
+    P(utime, h_touch), P(utimes, h_touch), P(futimesat, h_touch),
 #endif
 };
+#undef P
 #undef T
 static const size_t NTRAPS = sizeof(TRAPS) / sizeof(TRAPS[0]);
 
 static struct reply dispatch(struct ctx *c) {
   int nr = c->n->data.nr;
-  c->guest_paths = c->step != NULL && c->step->blind && proot_blind(nr);
+  c->guest_paths =
+      c->step != NULL && (c->step->mark ? marked_guest(c, nr) : c->step->blind && proot_blind(nr));
   if (nr == __NR_uname) return h_uname(c, nr);
   for (size_t i = 0; i < NTRAPS; i++)
     if (TRAPS[i].nr == nr) return TRAPS[i].fn(c, nr);
@@ -2535,6 +2589,33 @@ static void write_err_fd(int fd, const char *msg) {
 
 /* Spawn a step from a spec file: "prog\tPATH", "arg\tV"..., "env\tK=V"..., "stdout\tFIFO", "stderr\tFIFO",
  * "errfd\tFIFO", "hostname\tH", "ro\tPREFIX"... */
+
+/* A marker no call carries by chance in its sixth argument register (see MARK). */
+static uint64_t new_mark(void) {
+  uint64_t m = 0;
+  while ((uint32_t)m == 0 || (uint32_t)(m >> 32) == 0)
+    if (getrandom(&m, sizeof(m), 0) != (ssize_t)sizeof(m)) m = ((uint64_t)getpid() << 32) ^ (uint64_t)time(NULL) ^ 0x6b696c6e00000001ULL;
+  return m;
+}
+
+/* PROOT_MARK and PROOT_MARK_SYSCALLS for kiln's proot (scripts/proot/mark.patch): the raw numbers of the path calls
+ * the step's filter gates on the marker, an open's only with a writing flag (NR:ARG:MASK), as the filter does. */
+static void mark_env(uint64_t mark, char **env) {
+  char list[4096] = "", one[64];
+  for (size_t i = 0; i < NTRAPS; i++) {
+    const struct trap *t = &TRAPS[i];
+    if (!t->proot) continue;
+    if (t->kind == K_OPENFLAGS) snprintf(one, sizeof(one), "%s%d:%d:0x%x", list[0] ? "," : "", t->nr, t->arg, WRITE_FLAGS);
+    else snprintf(one, sizeof(one), "%s%d", list[0] ? "," : "", t->nr);
+    strncat(list, one, sizeof(list) - strlen(list) - 1);
+  }
+  char buf[64];
+  snprintf(buf, sizeof(buf), "PROOT_MARK=0x%llx", (unsigned long long)mark);
+  env[0] = xstrdup(buf);
+  size_t n = strlen(list) + 32;
+  env[1] = xmalloc(n);
+  snprintf(env[1], n, "PROOT_MARK_SYSCALLS=%s", list);
+}
 static int spawn_step(const char *specfile, char *err, size_t errlen) {
   FILE *f = fopen(specfile, "re");
   if (!f) {
@@ -2577,6 +2658,11 @@ static int spawn_step(const char *specfile, char *err, size_t errlen) {
     else if (!strcmp(line, "hostname")) strncpy(s->hostname, v, sizeof(s->hostname) - 1);
     else if (!strcmp(line, "ro") && s->nro < 255) s->ro[s->nro++] = xstrdup(v);
     else if (!strcmp(line, "blind")) s->blind = atoi(v);
+    else if (!strcmp(line, "mark") && atoi(v) == 1 && envc < 4092) {
+      s->mark = new_mark();
+      mark_env(s->mark, envp + envc);
+      envc += 2;
+    }
     else if (!strcmp(line, "cwd")) {
       free(cwd);
       cwd = xstrdup(v);
@@ -3034,6 +3120,8 @@ static int shim(const char *specpath, const char *self) {
   }
   /* close everything but 0-2 and our two channels (as runc: nothing of the host leaks into the step) */
   closefrom(5);
+  const char *mark = getenv("PROOT_MARK");
+  if (mark) MARK = strtoull(mark, NULL, 0);
   int lfd = install_filter(1);
   if (lfd < 0) {
     dprintf(4, "cannot install the step's seccomp filter: %s\n", strerror(errno));
@@ -3149,11 +3237,53 @@ static int probe(void) {
   return 0;
 }
 
+/* markcheck (run by markprobe under proot): whether proot marks a faccessat it has translated. Our filter refuses
+ * a marked faccessat with EXDEV, which only the recheck after proot's trace stop can see. */
+static int mark_check(void) {
+  const char *m = getenv("PROOT_MARK");
+  uint64_t mark = m ? strtoull(m, NULL, 0) : 0;
+  struct sock_filter f[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_faccessat, 0, 5),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args) + 40),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)mark, 0, 3),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args) + 44),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)(mark >> 32), 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EXDEV),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  struct sock_fprog prog = {.len = sizeof(f) / sizeof(f[0]), .filter = f};
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || syscall(__NR_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) != 0) {
+    printf("no filter: %s\n", strerror(errno));
+    return 1;
+  }
+  long r = syscall(__NR_faccessat, AT_FDCWD, "/", F_OK, 0);
+  printf("%s\n", r != 0 && errno == EXDEV ? "marked" : "unmarked");
+  return 0;
+}
+
+/* markprobe PROOT: run markcheck under PROOT with a marker: "marked" when this proot is kiln's build. */
+static int mark_probe(const char *proot, const char *self) {
+  char abs[PATH_MAX];
+  if (!realpath(self, abs)) return 1;
+  char mark[32], only[16];
+  snprintf(mark, sizeof(mark), "0x%llx", (unsigned long long)new_mark());
+  snprintf(only, sizeof(only), "%d", __NR_faccessat);
+  setenv("PROOT_MARK", mark, 1);
+  setenv("PROOT_MARK_SYSCALLS", only, 1);
+  unsetenv("PROOT_NO_SECCOMP");
+  execl(proot, proot, "-r", "/", "-w", "/", abs, "markcheck", (char *)NULL);
+  printf("cannot run %s: %s\n", proot, strerror(errno));
+  return 1;
+}
+
 int main(int argc, char **argv) {
   REAL_UID = getuid();
   REAL_GID = getgid();
   SELF = getpid();
   if (argc >= 2 && !strcmp(argv[1], "probe")) return probe();
+  if (argc >= 3 && !strcmp(argv[1], "markprobe")) return mark_probe(argv[2], argv[0]);
+  if (argc >= 2 && !strcmp(argv[1], "markcheck")) return mark_check();
   if (argc >= 3 && !strcmp(argv[1], "statx")) {
     /* statx PATH: whether a statx(2) of PATH finds it (run under proot: does proot translate statx?) */
     struct statx sx;

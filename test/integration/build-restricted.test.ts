@@ -13,7 +13,7 @@ import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createReadStream } from 'node:fs';
-import { chmod, chown, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ensureRootlessUser } from '../helpers/rootless.js';
@@ -138,6 +138,36 @@ describe('kiln build --isolation restricted (emulated restricted pod) vs userns'
     assert.ok(mounts.has('secret-copy') && mounts.has('bind-readonly') && mounts.has('cache-list'));
     assert.equal(mounts.has('scratch/t'), false, 'tmpfs content is not in the layer');
     assert.equal(mounts.has('data/new'), false, 'a read-only bind refuses writes');
+  });
+
+  test("kiln's proot (seccomp mode, marked calls) and Debian's proot 5.1 (the fallback) give the same layers", async () => {
+    const ctx = join(dir, 'busybox');
+    const secret = join(dir, 'secret.txt');
+    const args = ['build', '--progress', 'plain', '--build-arg', `SOURCE_DATE_EPOCH=${EPOCH}`, '--no-cache'];
+    const more = ['--secret', `id=s,src=${secret}`, '--target', 'base', '--isolation', 'restricted'];
+    const out: Record<string, Awaited<ReturnType<typeof ociLayers>>> = {};
+    const probes: Record<string, string> = {};
+    for (const [name, proot] of [
+      ['kiln', '/usr/local/bin/kiln-proot'],
+      ['debian', '/usr/bin/proot'],
+    ] as const) {
+      const tar = join(dir, `proot-${name}.tar`);
+      const r = await kilnRestricted([...args, ...more, '-o', `type=oci,dest=${tar}`, ctx], {
+        home: homeR,
+        env: { KILN_PROOT: proot },
+      });
+      assert.equal(r.code, 0, `the build with ${proot} failed:\n${r.stderr}`);
+      out[name] = await ociLayers(tar);
+      probes[name] = await readFile(join(homeR, 'restricted', 'probe-ok'), 'utf8');
+    }
+    // what restrictedStatus found: kiln's build marks, Debian's is blind to statx and friends
+    assert.match(probes.kiln ?? '', /kiln-proot .*\nmarks\n$/);
+    assert.match(probes.debian ?? '', /\/usr\/bin\/proot .*\nblind\n$/);
+    const [k, d] = [out.kiln, out.debian];
+    assert.ok(k && d);
+    assert.deepEqual(layerDifferences(k, d), []);
+    assert.deepEqual(k.diffIDs, d.diffIDs);
+    assert.deepEqual((k.layers[1] as Map<string, { uid: number }>).get('app/f')?.uid, 1000);
   });
 
   test('what the level cannot provide fails with one line', async () => {

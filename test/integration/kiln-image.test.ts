@@ -88,6 +88,9 @@ describe("kiln's own image, built by kiln", () => {
       assert.match(pkgs, new RegExp(`^${p} \\S+ \\S+$`, 'm'));
     // the restricted level's helper is there and executable (runImage throws on a non-zero exit)
     await dockerd.runImage(ref, ['-x', '/usr/local/libexec/kiln/kiln-restricted'], { entrypoint: 'test' });
+    // kiln's proot runs there (its libtalloc comes with Debian's proot) and has the seccomp mode
+    const proot = await dockerd.runImage(ref, ['--version'], { entrypoint: '/usr/local/bin/kiln-proot' });
+    assert.match(proot, /seccomp_filter = yes/);
 
     // the service: kiln serve from the image, on the host network, answers /healthz
     const port = await freePort();

@@ -144,9 +144,13 @@ export class OverlaySnapshotter implements SandboxSnapshotter {
     let xattrs: Map<string, Map<string, Buffer>> | undefined;
     const doUnmount = async () => {
       if (!mounted) return;
+      // the step is over (nothing writes through the mount any more): the upper dir's xattrs are read while the
+      // overlay is unmounted — two helper processes at once instead of one after the other
+      const read = upperXattrs(resolve(upper), opts.unchanged?.(root));
+      read.catch(() => undefined); // awaited below
       await unmount(root);
       mounted = false;
-      xattrs = await pruneUnchangedDirs(upper, [...effective].reverse(), opts.unchanged?.(root));
+      xattrs = await pruneUnchangedDirs(upper, [...effective].reverse(), undefined, await read);
     };
     const release = async () => {
       if (released) return;
@@ -179,10 +183,12 @@ export async function pruneUnchangedDirs(
   upperDir: string,
   lowersTopFirst: string[],
   unchanged?: ReadonlySet<string>,
+  /** The upper dir's UPPER_XATTRS when already read (`unchanged` is then not used). */
+  read?: Map<string, Map<string, Buffer>>,
 ): Promise<Map<string, Map<string, Buffer>>> {
   const upper = resolve(upperDir);
   // One getfattr for the whole upper dir instead of one process per directory; the layer writer uses it too.
-  const xattrs = await upperXattrs(upper, unchanged);
+  const xattrs = read ?? (await upperXattrs(upper, unchanged));
   const opaque = new Set<string>();
   for (const [path, x] of xattrs) if (opaqueMarked(x)) opaque.add(path);
   await pruneDir(upper, lowersTopFirst, '', opaque);

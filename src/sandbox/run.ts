@@ -2,12 +2,12 @@
  * RUN sandbox: runs one command in an already prepared (merged) root filesystem, BuildKit-style, with host
  * tools only:
  *
- *   unshare --mount --pid --fork --ipc --uts [--net] --propagation private --kill-child=SIGKILL
- *     └ /bin/sh  (stage 1, host view: bind the rootfs on itself, fresh /proc, minimal /dev (tmpfs + host device
- *       binds + devpts + shm), /sys, read-only /etc/hosts, /etc/resolv.conf, /etc/hostname, RUN --mount mounts,
- *       `lo` up for --network none)
- *       └ exec perl (PERL_INIT, still pid 1: pivot_root, hostname, capability bounding set, user/groups, cwd,
- *         exact env, exec of the argv — so the command itself is pid 1, as in BuildKit)
+ *   setpriv --pdeathsig SIGKILL -- unshare --mount --pid --fork --ipc --uts [--net] --propagation private
+ *       --kill-child=SIGKILL -- perl -e PERL_INIT (init-script.ts; pid 1 of the step: in the host view, binds the
+ *       rootfs on itself, fresh /proc, minimal /dev (tmpfs + host device binds + devpts + shm), /sys, read-only
+ *       /etc/hosts, /etc/resolv.conf, /etc/hostname — with mount(2) — then RUN --mount mounts and `lo` up for
+ *       --network none in a shell it runs; then pivot_root, hostname, capability bounding set, user/groups, cwd,
+ *       exact env, exec of the argv — so the command itself is pid 1, as in BuildKit)
  *
  * Mount points that did not exist in the rootfs (/etc/hosts, /etc/resolv.conf, /etc/hostname, RUN --mount
  * targets and their missing parents) are created as stubs before the step and removed after it (empty dirs /
@@ -32,6 +32,7 @@ import { defaultKilnHome, kilnTempDir } from './paths.js';
 import { resolveExecUser } from './user.js';
 import { overlaySupported } from './overlay.js';
 import { runTool } from './mount.js';
+import { findTool } from './userns.js';
 
 /** BuildKit's default PATH (added when the env has none). */
 export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -588,11 +589,14 @@ export async function runProcess(opts: RunProcessOptions): Promise<RunProcessRes
       sys.mount,
       opsPath,
       sys.close,
-    ].map((x) => q(String(x)));
-    const script = [
-      'command -v perl >/dev/null 2>&1 || { echo "perl is required for RUN (apt-get install perl-base)" >&3; exit 125; }',
-      `exec perl -e ${q(PERL_INIT)} ${perlArgs.join(' ')}`,
-    ].join('\n');
+    ].map(String);
+    // unshare execs perl itself (no /bin/sh between them: one process less per RUN); its absence is told here
+    const perl = await perlPath();
+    if (!perl)
+      throw new KilnError(
+        'SANDBOX_SETUP_FAILED',
+        'RUN sandbox setup failed: perl is required for RUN (apt-get install perl-base)',
+      );
 
     const unshareArgs = [
       '--mount',
@@ -605,7 +609,7 @@ export async function runProcess(opts: RunProcessOptions): Promise<RunProcessRes
       '--kill-child=SIGKILL',
     ];
     if (network === 'none') unshareArgs.push('--net');
-    return await spawnSandbox(unshareArgs, script, opts, locks.sort());
+    return await spawnSandbox(unshareArgs, [perl, '-e', PERL_INIT, ...perlArgs], opts, locks.sort());
   } finally {
     for (const r of releases) await r();
     await removeStubs(root, stubs);
@@ -613,9 +617,16 @@ export async function runProcess(opts: RunProcessOptions): Promise<RunProcessRes
   }
 }
 
+/** The host's perl (looked up once per process). */
+let perlLookup: Promise<string | undefined> | undefined;
+function perlPath(): Promise<string | undefined> {
+  perlLookup ??= findTool('perl');
+  return perlLookup;
+}
+
 async function spawnSandbox(
   unshareArgs: string[],
-  script: string,
+  init: string[],
   opts: RunProcessOptions,
   locks: string[],
 ): Promise<RunProcessResult> {
@@ -624,7 +635,7 @@ async function spawnSandbox(
   // order) around the step, so other kiln processes wait too; each link of the chain dies with its parent.
   const pdeath = ['setpriv', '--pdeathsig', 'SIGKILL', '--'];
   const chain = [...locks.flatMap((l) => ['flock', '--exclusive', l, ...pdeath]), 'unshare', ...unshareArgs];
-  const child = spawn('setpriv', [...pdeath.slice(1), ...chain, '--', '/bin/sh', '-c', script, 'kiln-sandbox'], {
+  const child = spawn('setpriv', [...pdeath.slice(1), ...chain, '--', ...init], {
     stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
     env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C' },
   });

@@ -20,6 +20,7 @@ import { gzipSync } from 'node:zlib';
 import { newMatcher } from '../dockerfile/index.js';
 import { encodeHeader, padding, tarHeader, trailer, type TarHeader } from '../layer/tarformat.js';
 import { LocalFileCopier, copyRequest, destPath, goMatchRegExp, parseChmod } from './copy.js';
+import { copyFilesSync, type FileCopyJob } from '../layer/filecopy.js';
 import type { CopyRequest, CopySource } from './ports.js';
 import { scratch } from '../../test/layer/scratch.js';
 
@@ -139,6 +140,59 @@ describe('COPY semantics', () => {
     assert.equal(a.gid, 0);
     assert.equal(a.mtimeMs, 1500000000000);
     assert.equal(lstatSync(join(root, 't/main.go')).mode & 0o7777, 0o750);
+  });
+
+  test('new files copied in batches elsewhere (CopyOptions.offload): the same tree, dir mtimes included', async () => {
+    const c = fresh('ctx');
+    for (let d = 0; d < 4; d++) {
+      mkdirSync(join(c, 'src', `d${d}`, 'deep'), { recursive: true });
+      for (let i = 0; i < 90; i++) {
+        const f = join(c, 'src', `d${d}`, i % 3 ? `f${i}.txt` : `deep/f${i}.txt`);
+        writeFileSync(f, `file ${d}/${i}\n`.repeat(i + 1));
+        if (i % 7 === 0) execFileSync('chmod', ['0750', f]);
+        utimesSync(f, 1500000000 + i, 1500000000 + i);
+      }
+      utimesSync(join(c, 'src', `d${d}`, 'deep'), 1400000000 + d, 1400000000 + d);
+      utimesSync(join(c, 'src', `d${d}`), 1300000000 + d, 1300000000 + d);
+    }
+    linkSync(join(c, 'src/d0/f1.txt'), join(c, 'src/d1/hard.txt')); // hard links stay on the walking thread
+    const state = (root: string): string[] => {
+      const out: string[] = [];
+      const walk = (d: string, rel: string): void => {
+        for (const name of readdirSync(d).sort()) {
+          const p = join(d, name);
+          const st = lstatSync(p);
+          const body = st.isFile() ? createHash('sha256').update(readFileSync(p)).digest('hex').slice(0, 12) : '';
+          out.push(`${rel}${name} ${st.mode.toString(8)} ${st.uid}:${st.gid} ${st.mtimeMs} ${st.nlink} ${body}`);
+          if (st.isDirectory()) walk(p, `${rel}${name}/`);
+        }
+      };
+      walk(root, '');
+      return out;
+    };
+    const r = req({ sources: ['src'], dest: '/app/' });
+    const plain = fresh('root');
+    await new LocalFileCopier({ offload: false }).apply(r, ctxSrc(c), plain);
+    let batches = 0;
+    const later = fresh('root');
+    // every batch finishes later, after the walk went on: directory metadata must wait for it
+    const offload = async (jobs: FileCopyJob[]): Promise<void> => {
+      batches++;
+      await new Promise((res) => setTimeout(res, 5));
+      copyFilesSync(jobs);
+    };
+    await new LocalFileCopier({ offload }).apply(r, ctxSrc(c), later);
+    assert.ok(batches >= 5, `${batches} batches`);
+    assert.deepEqual(state(later), state(plain));
+    assert.equal(lstatSync(join(later, 'app/d2')).mtimeMs, 1300000002000);
+    // a failing batch fails the copy (and nothing is still writing when it returns)
+    let failed = 0;
+    const failing = async (jobs: FileCopyJob[]): Promise<void> => {
+      await new Promise((res) => setTimeout(res, 5));
+      if (failed++ === 1) throw new Error(`EIO: batch of ${jobs.length} failed`);
+      copyFilesSync(jobs);
+    };
+    await assert.rejects(new LocalFileCopier({ offload: failing }).apply(r, ctxSrc(c), fresh('root')), /EIO: batch/);
   });
 
   test('a directory source gives its mtime to the target dir (fsutil restoreFileTimestamp, BuildKit >= 0.11)', async () => {

@@ -57,6 +57,9 @@ import {
 import type { CopyRequest, CopySource, FileCopier } from './ports.js';
 import { sourceKey, type CopyTrack } from './reuse.js';
 import { sameContent } from '../layer/writer.js';
+import { copyFilesSync, type FileCopyJob } from '../layer/filecopy.js';
+import { copyFilesOffThread, warmUpWorker } from '../layer/worker.js';
+import { debugMark } from '../util/debug.js';
 export { copyRequest } from './ports.js';
 import { secureJoin } from './rootfs.js';
 import { AddSupport, isGitSource, isUrlSource } from './add.js';
@@ -465,7 +468,16 @@ export interface CopyOptions {
   warn: (msg: string) => void;
   /** The destination was planted with the previous build's result (src/engine/reuse.ts): keep identical files. */
   track?: CopyTrack;
+  /**
+   * Copies a batch of new regular files elsewhere (the layer worker thread: copyFilesOffThread), or returns undefined
+   * and the copier does it itself. With it, files are copied in batches behind the walk, and every directory's
+   * post-order metadata (mode, owner, times — the mtime its new entries changed) waits until they are all written.
+   */
+  offload?: (jobs: FileCopyJob[]) => Promise<void> | undefined;
 }
+
+/** New files per batch handed to CopyOptions.offload (or copied in place when it declines). */
+const FILE_BATCH = 64;
 
 interface ParentDir {
   src: string;
@@ -481,6 +493,12 @@ export class TreeCopier {
   private srcXattrs = new Map<string, Map<string, Buffer>>();
   private warnedDevices = false;
   private ops = 0;
+  /** CopyOptions.offload: new files not yet handed out, batches in flight, directory metadata held back. */
+  private batch: FileCopyJob[] = [];
+  private readonly inFlight: Promise<void>[] = [];
+  private readonly dirInfos: (() => Promise<void>)[] = [];
+  /** New files copied in batches: here, and handed to CopyOptions.offload. */
+  readonly batched = { here: 0, away: 0 };
   /** Include matcher of the source being copied (--parents). */
   include: Matcher | undefined;
 
@@ -609,7 +627,24 @@ export class TreeCopier {
       const key = `${st.dev}:${st.ino}`;
       const first = st.nlink > 1 ? this.inodes.get(key) : undefined;
       if (first) linkSync(first, target);
-      else {
+      else if (this.opts.offload && st.nlink === 1 && st.size <= 1 << 20 && copyInfo) {
+        // a new file: copied (with its owner, mode and times) in a batch, possibly on the other core
+        const o = this.owner(st);
+        this.batch.push({
+          src,
+          dst: target,
+          uid: o.uid,
+          gid: o.gid,
+          mode: this.mode(st),
+          atime: st.atime.getTime() / 1000,
+          mtime: st.mtime.getTime() / 1000,
+        });
+        this.opts.track?.sources.set(target, sourceKey(st));
+        const x = this.srcXattrs.get(src);
+        if (x) for (const [name, value] of x) this.xattrs.push({ path: target, name, value });
+        if (this.batch.length >= FILE_BATCH) this.dispatch();
+        return;
+      } else {
         if (st.size <= 1 << 20) copyFileSync(src, target, fsc.COPYFILE_EXCL);
         else await copyFile(src, target, fsc.COPYFILE_EXCL);
         if (st.nlink > 1) this.inodes.set(key, target);
@@ -629,8 +664,47 @@ export class TreeCopier {
       }
       await mknodBatch([nodeLike(target, st)]);
     }
-    if (copyInfo) await this.copyFileInfo(st, src, target);
+    if (this.opts.offload && st.isDirectory()) {
+      // after the files inside it are written (flush), in the order the walk reached them
+      if (copyInfo) this.dirInfos.push(() => this.copyFileInfo(st, src, target));
+      else if (restoreTime && targetSt) this.dirInfos.push(() => lutimes(target, st.atime, st.mtime));
+    } else if (copyInfo) await this.copyFileInfo(st, src, target);
     else if (restoreTime && targetSt) await lutimes(target, st.atime, st.mtime);
+  }
+
+  /** Hand the pending batch of new files to CopyOptions.offload, or copy it now when it declines. */
+  private dispatch(): void {
+    const jobs = this.batch;
+    this.batch = [];
+    if (jobs.length === 0) return;
+    const away = this.opts.offload?.(jobs);
+    if (!away) {
+      copyFilesSync(jobs);
+      this.batched.here += jobs.length;
+      return;
+    }
+    this.batched.away += jobs.length;
+    away.catch(() => undefined); // awaited in flush
+    this.inFlight.push(away);
+  }
+
+  /**
+   * Write every file still pending, wait for the batches in flight, then apply the held-back directory metadata.
+   * Called after each copy() from the top (and on failure: nothing is left writing into the snapshot).
+   */
+  async flush(): Promise<void> {
+    let err: unknown;
+    try {
+      this.dispatch();
+    } catch (e) {
+      err = e;
+    }
+    for (const r of await Promise.allSettled(this.inFlight.splice(0))) if (r.status === 'rejected') err ??= r.reason;
+    if (err !== undefined) {
+      this.dirInfos.length = 0;
+      throw err;
+    }
+    for (const f of this.dirInfos.splice(0)) await f();
   }
 
   destRoot = '/';
@@ -724,8 +798,16 @@ export async function copyMatches(
     const parentTarget = isDir && dirContents && !fiDest ? target : posix.dirname(target);
     await mkdirAllIn(destRoot, parentTarget, perm, opts.owner);
     tc.include = m.include;
-    await tc.copy(m.abs, '', ctxRel, target, false);
+    try {
+      await tc.copy(m.abs, '', ctxRel, target, false);
+    } catch (e) {
+      await tc.flush().catch(() => undefined);
+      throw e;
+    }
+    await tc.flush();
   }
+  if (tc.batched.away > 0)
+    debugMark(`copy: ${tc.batched.away} of ${tc.batched.away + tc.batched.here} new files on the worker`);
   const problems = await setXattrs(tc.xattrs);
   if (problems.length) opts.warn(`some extended attributes could not be copied: ${problems[0]}`);
 }
@@ -813,6 +895,24 @@ export interface LocalFileCopierOptions {
   /** Scratch space for ADD downloads. */
   tmpDir?: string;
   onWarning?: (msg: string) => void;
+  /**
+   * Where batches of new files may be copied (CopyOptions.offload); default: the layer worker thread when it runs.
+   * false: all on this thread — the restricted level, whose helper emulates chown for the process it supervises.
+   */
+  offload?: CopyOptions['offload'] | false;
+}
+
+/** A COPY writing at least this many new files starts the worker thread to copy some of them there. */
+const MANY_FILES = 500;
+
+/** Do the context walk's stats hold at least MANY_FILES regular files under the matched directories? */
+function manyFiles(matches: SourceMatch[], stats: ReadonlyMap<string, Stats> | undefined): boolean {
+  if (!stats || stats.size < MANY_FILES) return false;
+  const dirs = matches.filter((m) => m.st.isDirectory()).map((m) => m.abs + '/');
+  if (dirs.length === 0) return false;
+  let n = 0;
+  for (const [p, st] of stats) if (st.isFile() && dirs.some((d) => p.startsWith(d)) && ++n >= MANY_FILES) return true;
+  return false;
 }
 
 /** The engine's FileCopier: COPY and ADD into a merged rootfs. */
@@ -904,6 +1004,7 @@ export class LocalFileCopier implements FileCopier {
     }
     const opts = await copyOptionsFor(req, src, userRoot, this.ignore, this.warn);
     if (track) opts.track = track;
+    if (this.opts.offload !== false) opts.offload = this.opts.offload ?? copyFilesOffThread;
     await checkMultipleSources(req, dest, destRoot);
     // BuildKit: one copy action per source, in order (local paths, URLs), then heredocs.
     for (const s of req.sources) {
@@ -922,6 +1023,10 @@ export class LocalFileCopier implements FileCopier {
       for (const m of matches) {
         if (unpack && m.st.isFile() && (await this.add.tryUnpack(m.abs, dest, destRoot, opts, m.rel))) continue;
         plain.push(m);
+      }
+      if (opts.offload === copyFilesOffThread && !track?.planted?.size && manyFiles(plain, ctx.stats)) {
+        // nothing planted from a previous result (a fresh KILN_HOME): every file is new, copy some on the worker
+        warmUpWorker();
       }
       if (plain.length) await copyMatches(plain, dest, destRoot, opts, ctx);
     }

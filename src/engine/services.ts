@@ -116,7 +116,12 @@ export async function localServices(
         : {}),
     }),
     bases: new StoreFirstResolver(store, o.registry),
-    copier: new LocalFileCopier({ context, tmpDir: tmpBase, onWarning: warn }),
+    copier: new LocalFileCopier({
+      context,
+      tmpDir: tmpBase,
+      onWarning: warn,
+      ...(o.isolation === "restricted" ? { offload: false as const } : {}),
+    }),
     progress: o.progress,
     registry: o.registry,
     writers: {

@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { existsSync } from 'node:fs';
+import { existsSync, lstatSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { writeLayer } from './writer.js';
 
@@ -12,9 +12,8 @@ import { writeLayer } from './writer.js';
 // `npm run build` make it; CI always has it).
 const compiled = fileURLToPath(new URL('../../dist/layer/worker.js', import.meta.url));
 assert.ok(existsSync(compiled), `${compiled} is missing: run npm run build first`);
-const { layerWorkerRunning, sha256OffThread, stopLayerWorker, writeLayerOffThread } = (await import(
-  compiled
-)) as typeof import('./worker.js');
+const { copyFilesOffThread, layerWorkerRunning, sha256OffThread, stopLayerWorker, warmUpWorker, writeLayerOffThread } =
+  (await import(compiled)) as typeof import('./worker.js');
 const { KilnError } = (await import(
   fileURLToPath(new URL('../../dist/errors.js', import.meta.url))
 )) as typeof import('../errors.js');
@@ -57,6 +56,46 @@ test('sha256OffThread: the digest of a file, streamed on the worker', async () =
     await writeFile(join(dir, 'f'), data);
     assert.equal(await sha256OffThread(join(dir, 'f')), createHash('sha256').update(data).digest('hex'));
     await assert.rejects(sha256OffThread(join(dir, 'missing')), /ENOENT|missing/);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('copyFilesOffThread: new files with owner, mode and times on the worker; a failure is COPY_FAILED', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'kiln-worker-'));
+  try {
+    await mkdir(join(dir, 'src'));
+    await mkdir(join(dir, 'dst'));
+    const jobs = [];
+    for (let i = 0; i < 20; i++) {
+      await writeFile(join(dir, 'src', `f${i}`), `file ${i}\n`.repeat(i));
+      const uid = process.getuid?.() ?? 0;
+      const gid = process.getgid?.() ?? 0;
+      const job = { src: join(dir, 'src', `f${i}`), dst: join(dir, 'dst', `f${i}`), uid, gid, mode: 0o640 + (i % 2) };
+      jobs.push({ ...job, atime: 1600000000.123, mtime: 1500000000 + i + 0.5 });
+    }
+    warmUpWorker();
+    const half = jobs.slice(0, 10);
+    const away = copyFilesOffThread(half);
+    assert.ok(away, 'an idle worker takes the batch');
+    const next = copyFilesOffThread(jobs.slice(10));
+    assert.ok(next, 'and a second one');
+    assert.equal(copyFilesOffThread(half), undefined, 'a third waits: the caller copies it');
+    await Promise.all([away, next]);
+    for (let i = 0; i < 20; i++) {
+      const st = lstatSync(join(dir, 'dst', `f${i}`));
+      assert.equal(readFileSync(join(dir, 'dst', `f${i}`), 'utf8'), `file ${i}\n`.repeat(i));
+      assert.equal(st.mode & 0o7777, 0o640 + (i % 2));
+      assert.equal(st.mtimeMs, (1500000000 + i + 0.5) * 1000);
+    }
+    const bad = copyFilesOffThread([{ ...(jobs[0] as (typeof jobs)[0]), src: join(dir, 'missing') }]);
+    assert.ok(bad);
+    await assert.rejects(bad, (e: unknown) => {
+      assert.ok(e instanceof KilnError);
+      assert.equal(e.code, 'COPY_FAILED');
+      assert.match(e.message, /ENOENT/);
+      return true;
+    });
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

@@ -13,14 +13,19 @@ import { rm } from 'node:fs/promises';
 import { Worker } from 'node:worker_threads';
 import { KilnError } from '../errors.js';
 import { writeLayer, type WriteLayerOptions, type WrittenLayer } from './writer.js';
+import { copyFilesSync, type FileCopyJob } from './filecopy.js';
 
 /** Messages to the worker. */
-export type JobBody = { kind: 'layer'; dir: string; opts: WriteLayerOptions } | { kind: 'sha256'; file: string };
+export type JobBody =
+  | { kind: 'layer'; dir: string; opts: WriteLayerOptions }
+  | { kind: 'sha256'; file: string }
+  | { kind: 'copyFiles'; jobs: FileCopyJob[] };
 export type WorkerJob = JobBody & { id: number };
 
 /** Messages from the worker. */
 export type WorkerJobResult =
-  { id: number; ok: WrittenLayer | string } | { id: number; error: { code?: string; message: string; hint?: string } };
+  | { id: number; ok: WrittenLayer | string | number }
+  | { id: number; error: { code?: string; message: string; hint?: string } };
 
 interface Pending {
   resolve: (v: unknown) => void;
@@ -112,6 +117,30 @@ export async function sha256Stream(file: string): Promise<string> {
 export function sha256OffThread(file: string): Promise<string> {
   return run({ kind: 'sha256', file }, () => sha256Stream(file));
 }
+
+/**
+ * copyFilesSync (./filecopy.ts) on the worker thread — only when it runs and has no job queued, else undefined and
+ * the caller copies them itself: a COPY of thousands of new files (a fresh KILN_HOME has no previous result to
+ * plant from) then creates them on both cores, and never waits behind a layer write.
+ */
+export function copyFilesOffThread(jobs: FileCopyJob[]): Promise<void> | undefined {
+  // two batches queued at most (the worker starts the next one while the walk fills another), and none behind
+  // other jobs
+  if (process.env.KILN_LAYER_WORKER === '0' || !worker || broken || copying >= 2 || pending.size > copying) {
+    return undefined;
+  }
+  copying++;
+  return run({ kind: 'copyFiles', jobs }, async () => copyFilesSync(jobs, true)).then(
+    () => void copying--,
+    (e: unknown) => {
+      copying--;
+      throw e;
+    },
+  );
+}
+
+/** copyFilesOffThread batches not answered yet. */
+let copying = 0;
 
 /** Start the worker now (it loads its modules in parallel with whatever the caller does next). */
 export function warmUpWorker(): void {

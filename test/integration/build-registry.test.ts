@@ -10,7 +10,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdtemp, mkdir, rm, writeFile, readFile, readlink, stat, readdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startRegistry, type TestRegistry } from '../helpers/registry.js';
+import { KILN_FROM_SOURCE, startRegistry, type TestRegistry } from '../helpers/registry.js';
 import { makeBusyboxImage } from '../helpers/images.js';
 import { startDockerd, type Dockerd } from '../helpers/dockerd.js';
 import { push } from '../../src/registry/push.js';
@@ -90,7 +90,7 @@ after(async () => {
   await rm(work, { recursive: true, force: true });
 });
 
-function buildArgs(tag: string, extra: string[] = []): string[] {
+function buildArgs(tag: string, extra: string[] = [], dir = ctx): string[] {
   return [
     'build',
     '--progress',
@@ -101,7 +101,7 @@ function buildArgs(tag: string, extra: string[] = []): string[] {
     `${reg.host}/${tag}`,
     '--push',
     ...extra,
-    ctx,
+    dir,
   ];
 }
 
@@ -347,6 +347,44 @@ describe('kiln build (root, registry)', () => {
     const d = (t: string): string =>
       skopeo(['inspect', '--tls-verify=false', '--format', '{{.Digest}}', `docker://${reg.host}/${t}`]).out.trim();
     assert.equal(d('cached-app:v2'), d('cached-app:v1'));
+  });
+
+  test("a COPY of 1,200 files in a fresh KILN_HOME (new files copied on both threads) pushes the warm build's image", async () => {
+    const many = join(work, 'many');
+    for (let d = 0; d < 6; d++) {
+      await mkdir(join(many, 'src', `d${d}`, 'sub'), { recursive: true });
+      for (let i = 0; i < 200; i++) {
+        const f = join(many, 'src', `d${d}`, i % 4 ? `f${i}.js` : `sub/f${i}.js`);
+        await writeFile(f, `export const v${i} = ${d * 1000 + i};\n`.repeat(1 + (i % 9)), {
+          mode: i % 5 ? 0o644 : 0o755,
+        });
+      }
+    }
+    await writeFile(join(many, 'Dockerfile'), `FROM ${reg.host}/base/busybox:1\nWORKDIR /app\nCOPY src/ ./src/\n`);
+    const args = (tag: string, extra: string[]): string[] => buildArgs(tag, extra, many);
+    const warmHome = join(work, 'many-home');
+    const cacheRef = `${reg.host}/cache/many:1`;
+    const env = { SOURCE_DATE_EPOCH: EPOCH, KILN_DEBUG: '1' };
+    const cold = await kiln(args('many:v1', ['--cache-to', `type=registry,ref=${cacheRef},mode=max`]), {
+      home: warmHome,
+      env,
+    });
+    assert.equal(cold.code, 0, cold.stderr);
+    await writeFile(join(many, 'src', 'd3', 'f7.js'), 'export const v7 = "changed";\n');
+    const warm = await kiln(args('many:warm', []), { home: warmHome, env });
+    assert.equal(warm.code, 0, warm.stderr);
+    const fresh = await kiln(args('many:fresh', ['--cache-from', cacheRef]), { home: join(work, 'many-fresh'), env });
+    assert.equal(fresh.code, 0, fresh.stderr);
+    assert.equal(cachedCount(fresh.stderr), 1, 'WORKDIR from the registry cache, the COPY ran');
+    if (KILN_FROM_SOURCE === '0') {
+      // the compiled CLI has the worker thread: it took some of the 1,200 new files
+      assert.match(fresh.stderr, /copy: [1-9]\d* of 1200 new files on the worker/);
+    }
+    const d = (t: string): string =>
+      skopeo(['inspect', '--tls-verify=false', '--format', '{{.Digest}}', `docker://${reg.host}/${t}`]).out.trim();
+    assert.match(d('many:fresh'), /^sha256:/);
+    assert.equal(d('many:fresh'), d('many:warm'), 'same image from a fresh and from a warm KILN_HOME');
+    assert.notEqual(d('many:fresh'), d('many:v1'));
   });
 
   test('COPY of a missing source names it', async () => {

@@ -12,7 +12,12 @@
  * (POST the build, GET it every 10 ms until it succeeded). Its warm worker takes the same fast path.
  *
  * The base image is Debian minbase (scripts/debian-rootfs.sh) + this machine's node and npm (and its CA bundle),
- * built and pushed by kiln. Environment: BENCH_ROUNDS (default 5). Needs root (buildkitd). Output: a table.
+ * built and pushed by kiln. Environment: BENCH_ROUNDS (default 5); BENCH_ONLY=serve skips the CLI rounds (kiln serve
+ * and BuildKit only); BENCH_DEBUG=1 runs the service with KILN_DEBUG=1 (epoch clock) and prints each serve round's
+ * timeline (ms since the request: the service's and its worker's marks, registry requests). BENCH_SERVE_B="K=V …"
+ * starts a second `kiln serve` with that environment (its own data dir, KILN_HOME and repository) and alternates the
+ * two per round (order swapped every round): an A/B of the service path in one run. Needs root (buildkitd).
+ * Output: a table.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -29,6 +34,8 @@ import { compiledCli, launcherSource, runCompiled } from './compiled.js';
 import { FINAL_PHASES, type Build } from '../src/service/model.js';
 
 const rounds = Number(process.env.BENCH_ROUNDS ?? 5);
+const serveOnly = process.env.BENCH_ONLY === 'serve';
+const DEBUG = process.env.BENCH_DEBUG === '1';
 const REPO = dirname(dirname(fileURLToPath(import.meta.url)));
 
 /** ~50 direct dependencies of a typical service (small and mid-sized, many with trees of their own). */
@@ -104,6 +111,8 @@ interface Manifest {
 interface Service {
   /** POST a build of `project`, poll it every 10 ms until it is final; the build (throws unless it succeeded). */
   build(project: string): Promise<Build>;
+  /** With BENCH_DEBUG: the service's debug lines since the last call (its workers' too: one stderr). */
+  debugLines(): string[];
   stop(): Promise<void>;
 }
 
@@ -111,7 +120,14 @@ interface Service {
  * `kiln serve` from the compiled CLI (a `bin/kiln.js` beside it: the runner starts its workers from there) with
  * `config`, KILN_HOME `home`, an admin token made with `kiln serve token create`.
  */
-async function startService(cli: string, work: string, home: string, config: string): Promise<Service> {
+async function startService(
+  cli: string,
+  work: string,
+  home: string,
+  config: string,
+  extraEnv: Record<string, string> = {},
+  name = 'svc',
+): Promise<Service> {
   const root = dirname(dirname(cli));
   const bin = join(root, 'bin', 'kiln.js');
   await mkdir(dirname(bin), { recursive: true });
@@ -122,10 +138,15 @@ async function startService(cli: string, work: string, home: string, config: str
     writeBundle(dir: string, files: unknown[]): Promise<void>;
   };
   await ui.writeBundle(join(root, 'service', 'ui', 'assets'), await ui.bundleUi(join(REPO, 'src/service/ui/client')));
-  const dataDir = join(work, 'svc-data');
-  const cfg = join(work, 'svc.yaml');
+  const dataDir = join(work, `${name}-data`);
+  const cfg = join(work, `${name}.yaml`);
   await writeFile(cfg, config);
-  const env = { ...process.env, KILN_HOME: home };
+  const env = {
+    ...process.env,
+    KILN_HOME: home,
+    ...(DEBUG ? { KILN_DEBUG: '1', KILN_DEBUG_CLOCK: 'epoch' } : {}),
+    ...extraEnv,
+  };
   const made = spawnSync(
     process.execPath,
     [bin, 'serve', 'token', 'create', '--role', 'admin', '--name', 'bench', '--data-dir', dataDir],
@@ -145,11 +166,18 @@ async function startService(cli: string, work: string, home: string, config: str
     },
   );
   let err = '';
+  let debug: string[] = [];
+  let partial = '';
   const exited = new Promise<void>((r) => proc.on('close', () => r()));
   const url = await new Promise<string>((resolve, reject) => {
     const t = setTimeout(() => reject(new Error(`kiln serve did not start:\n${err}`)), 60_000);
     proc.stderr.on('data', (d: Buffer) => {
       err = (err + d.toString()).slice(-65536);
+      if (DEBUG) {
+        const lines = (partial + d.toString()).split('\n');
+        partial = lines.pop() ?? '';
+        debug.push(...lines.filter((l) => l.startsWith('kiln: debug:')));
+      }
       const m = /listening on (http:\/\/\S+)/.exec(err);
       if (m) {
         clearTimeout(t);
@@ -192,6 +220,11 @@ async function startService(cli: string, work: string, home: string, config: str
         await new Promise((res) => setTimeout(res, 10));
       }
     },
+    debugLines() {
+      const d = debug;
+      debug = [];
+      return d;
+    },
     async stop() {
       if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
       const t = setTimeout(() => proc.kill('SIGKILL'), 30_000);
@@ -213,6 +246,7 @@ async function main(): Promise<void> {
   const buildkit = await startBuildKit({ insecureRegistries: [R] });
   const gitServer = await startGitServer();
   let service: Service | undefined;
+  let serviceB: Service | undefined;
   const kiln = (args: string[]): Promise<string> =>
     runCompiled(cli, [...args, '--insecure-registry', R, '--progress', 'quiet'], { KILN_HOME: home });
   const manifest = (ref: string): Manifest =>
@@ -259,16 +293,13 @@ async function main(): Promise<void> {
     for (let i = 0; i < 20; i++) repoFiles[`lib/m${i}.js`] = `module.exports = ${i};\n`;
     repoFiles['lib/v.js'] = "module.exports = 'start';\n";
     await gitServer.createRepo('app', repoFiles);
-    service = await startService(
-      cli,
-      work,
-      join(work, 'svc-home'),
+    const svcConfig = (repo: string): string =>
       [
         `insecureRegistries: ["${R}"]`,
         'projects:',
         '  - name: app',
         `    repository: ${gitServer.repoUrl('app')}`,
-        `    registry: ${R}/svc`,
+        `    registry: ${R}/${repo}`,
         '    insecureRegistry: true',
         '    images:',
         '      - name: app',
@@ -276,15 +307,27 @@ async function main(): Promise<void> {
         `        node: {base: "${base}"}`,
         '        tags: ["main"]',
         '',
-      ].join('\n'),
-    );
+      ].join('\n');
+    service = await startService(cli, work, join(work, 'svc-home'), svcConfig('svc'));
+    const envB = process.env.BENCH_SERVE_B;
+    if (envB) {
+      const env = Object.fromEntries(
+        envB
+          .split(/\s+/)
+          .filter(Boolean)
+          .map((kv) => kv.split('=', 2) as [string, string]),
+      );
+      serviceB = await startService(cli, work, join(work, 'svcb-home'), svcConfig('svcb'), env, 'svcb');
+    }
     const svc = service;
     const bkRun = (): Promise<string> =>
       buildkit.build({ context: src, dockerfile: bkDockerfile, tag: `${R}/app-bk:1` });
     // warm both (the first builds install)
-    await kilnRun();
+    if (!serveOnly) await kilnRun();
     await bkRun();
     await svc.build('app');
+    await serviceB?.build('app');
+    const ksB: number[] = [];
     const packages = Object.keys(
       (JSON.parse(sh('cat', [join(src, 'package-lock.json')])) as { packages: Record<string, unknown> }).packages,
     ).length;
@@ -294,35 +337,59 @@ async function main(): Promise<void> {
     const bytes: { uploaded: number; allowed: number }[] = [];
     for (let i = 0; i < rounds; i++) {
       await writeFile(join(src, 'lib', 'v.js'), `module.exports = 'round ${i} ${Date.now()}';\n`);
-      const before = registry.log().length;
       let t0 = performance.now();
-      await kilnRun();
-      k.push(performance.now() - t0);
-      await registry.waitForLog(/PUT \/v2\/app-kiln\/manifests\/1 /);
-      const log = registry.log().slice(before);
-      const m = manifest(`${R}/app-kiln:1`);
-      const raw = sh('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${R}/app-kiln:1`]);
-      const sizes = new Map([...m.layers, m.config].map((d) => [d.digest, d.size]));
-      const up = [...log.matchAll(/PUT \/v2\/app-kiln\/blobs\/uploads\/\S*digest=sha256%3A([0-9a-f]{64})/g)].map(
-        (x) => sizes.get(`sha256:${x[1]}`) ?? Number.NaN,
-      );
-      const manifestBytes = Buffer.byteLength(raw);
-      bytes.push({
-        uploaded: up.reduce((a, n) => a + n, 0) + manifestBytes,
-        allowed: (m.layers.at(-1)?.size ?? 0) + m.config.size + manifestBytes,
-      });
+      if (!serveOnly) {
+        const before = registry.log().length;
+        t0 = performance.now();
+        await kilnRun();
+        k.push(performance.now() - t0);
+        await registry.waitForLog(/PUT \/v2\/app-kiln\/manifests\/1 /);
+        const log = registry.log().slice(before);
+        const m = manifest(`${R}/app-kiln:1`);
+        const raw = sh('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${R}/app-kiln:1`]);
+        const sizes = new Map([...m.layers, m.config].map((d) => [d.digest, d.size]));
+        const up = [...log.matchAll(/PUT \/v2\/app-kiln\/blobs\/uploads\/\S*digest=sha256%3A([0-9a-f]{64})/g)].map(
+          (x) => sizes.get(`sha256:${x[1]}`) ?? Number.NaN,
+        );
+        const manifestBytes = Buffer.byteLength(raw);
+        bytes.push({
+          uploaded: up.reduce((a, n) => a + n, 0) + manifestBytes,
+          allowed: (m.layers.at(-1)?.size ?? 0) + m.config.size + manifestBytes,
+        });
+      }
       // the service: the change committed and pushed (untimed), then request → pushed digest
       await gitServer.commit('app', { 'lib/v.js': `module.exports = 'round ${i} ${Date.now()}';\n` }, `round ${i}`);
-      t0 = performance.now();
-      const b = await svc.build('app');
-      ks.push(performance.now() - t0);
-      if (!b.stages?.some((st) => st.name.startsWith('[node] dependencies cached')))
-        throw new Error(`the service's build did not take the fast path: ${JSON.stringify(b.stages)}`);
+      const serveRound = async (s: Service, out: number[]): Promise<void> => {
+        s.debugLines();
+        const w0 = Date.now();
+        t0 = performance.now();
+        const b = await s.build('app');
+        out.push(performance.now() - t0);
+        if (DEBUG) {
+          console.log(`\nserve${s === svc ? '' : ' B'} round ${i}: ${(performance.now() - t0).toFixed(0)} ms`);
+          for (const l of s.debugLines()) {
+            const m = /^kiln: debug: (?:at (\d+) ms: (.*)|(.*) \(at (\d+) ms\))$/.exec(l);
+            if (!m) continue;
+            const at = Number(m[1] ?? m[4]) - w0;
+            console.log(`  ${at.toFixed(0).padStart(5)} ms  ${(m[2] ?? m[3] ?? '').slice(0, 140)}`);
+          }
+        }
+        if (!b.stages?.some((st) => st.name.startsWith('[node] dependencies cached')))
+          throw new Error(`the service's build did not take the fast path: ${JSON.stringify(b.stages)}`);
+      };
+      const order: [Service, number[]][] = serviceB
+        ? [
+            [svc, ks],
+            [serviceB, ksB],
+          ]
+        : [[svc, ks]];
+      if (i % 2 === 1) order.reverse();
+      for (const [s, out] of order) await serveRound(s, out);
       t0 = performance.now();
       await bkRun();
       bk.push(performance.now() - t0);
     }
-    const kLayers = manifest(`${R}/app-kiln:1`).layers.length;
+    const kLayers = serveOnly ? 0 : manifest(`${R}/app-kiln:1`).layers.length;
     const bkLayers = manifest(`${R}/app-bk:1`).layers.length;
     const row = (a: string, b: string): string => `| ${a} | ${b} |`;
     const load = sh('cat', ['/proc/loadavg']).split(' ').slice(0, 3).join(' ');
@@ -330,12 +397,13 @@ async function main(): Promise<void> {
       `\nNode app: ${DEPS.length} direct dependencies, ${packages - 1} packages in the lockfile; one app file changed per round (${rounds} rounds; load average ${load})\n`,
     );
     console.log('| measure | value |\n| --- | --- |');
-    console.log(
-      row(
-        `kiln build --strategy node --push (process), median (${kLayers} layers)`,
-        `${(median(k) / 1000).toFixed(2)} s`,
-      ),
-    );
+    if (!serveOnly)
+      console.log(
+        row(
+          `kiln build --strategy node --push (process), median (${kLayers} layers)`,
+          `${(median(k) / 1000).toFixed(2)} s`,
+        ),
+      );
     console.log(
       row(
         `BuildKit ${buildkit.version} multi-stage Dockerfile --push, median (${bkLayers} layers)`,
@@ -348,20 +416,35 @@ async function main(): Promise<void> {
         `${(median(ks) / 1000).toFixed(2)} s`,
       ),
     );
-    console.log(row('ratio kiln CLI / BuildKit', `${(median(k) / median(bk)).toFixed(2)}× (target ≤ 0.3×)`));
+    if (!serveOnly)
+      console.log(row('ratio kiln CLI / BuildKit', `${(median(k) / median(bk)).toFixed(2)}× (target ≤ 0.3×)`));
+    if (serviceB) {
+      console.log(
+        row(
+          `kiln serve B (${process.env.BENCH_SERVE_B ?? ''}), median`,
+          `${(median(ksB) / 1000).toFixed(2)} s (${(median(ksB) / median(bk)).toFixed(2)}×)`,
+        ),
+      );
+      console.log(row('kiln serve B rounds, s', ksB.map((x) => (x / 1000).toFixed(2)).join(', ')));
+    }
     console.log(row('ratio kiln serve / BuildKit', `${(median(ks) / median(bk)).toFixed(2)}× (target ≤ 0.3×)`));
-    const worst = bytes.reduce((a, x) => (x.uploaded - x.allowed > a.uploaded - a.allowed ? x : a));
-    console.log(
-      row(
-        'kiln bytes uploaded per round (worst)',
-        `${worst.uploaded} B (app layer + config + manifest: ${worst.allowed} B)`,
-      ),
-    );
-    console.log(row('kiln rounds, s', k.map((x) => (x / 1000).toFixed(2)).join(', ')));
+    const worst = bytes.reduce((a, x) => (x.uploaded - x.allowed > a.uploaded - a.allowed ? x : a), {
+      uploaded: 0,
+      allowed: 0,
+    });
+    if (!serveOnly)
+      console.log(
+        row(
+          'kiln bytes uploaded per round (worst)',
+          `${worst.uploaded} B (app layer + config + manifest: ${worst.allowed} B)`,
+        ),
+      );
+    if (!serveOnly) console.log(row('kiln rounds, s', k.map((x) => (x / 1000).toFixed(2)).join(', ')));
     console.log(row('kiln serve rounds, s', ks.map((x) => (x / 1000).toFixed(2)).join(', ')));
     console.log(row('BuildKit rounds, s', bk.map((x) => (x / 1000).toFixed(2)).join(', ')));
   } finally {
     await service?.stop();
+    await serviceB?.stop();
     await gitServer.stop();
     await buildkit.stop();
     await registry.stop();

@@ -23,6 +23,7 @@ import {
 import type { OriginIndex } from './origins.js';
 import type { BlobDir } from '../oci/blobs.js';
 import { rememberHttp, rememberedHttp } from './schemes.js';
+import { debugNow } from '../util/debug.js';
 
 /** Resolves the credentials for a registry host (e.g. the docker config keychain). */
 export type CredentialSource = (registry: string) => Promise<Credential | undefined>;
@@ -165,7 +166,7 @@ function hostOnly(hostport: string): string {
 
 export function debugLog(msg: string): void {
   if (process.env.KILN_DEBUG === '1') {
-    process.stderr.write(`kiln: debug: ${redact(msg)} (at ${performance.now().toFixed(0)} ms)\n`);
+    process.stderr.write(`kiln: debug: ${redact(msg)} (at ${debugNow()} ms)\n`);
   }
 }
 

@@ -522,6 +522,30 @@ export class BuildService implements ServiceCore {
       stages.push(fetchStage);
       this.store.setStages(build.id, stages);
       const t0 = performance.now();
+      const host = p.registry.split('/')[0] as string;
+      const insecureRegistries = [...this.opts.config.insecureRegistries, ...(p.insecureRegistry ? [host] : [])];
+      const rc = p.registryCredentials;
+      const registryAuth = rc?.username
+        ? { registry: host, username: rc.username, password: readSecretRef(rc, 'registry password') }
+        : undefined;
+      // a Node.js build's worker pings the registry and resolves the base while the commit is fetched
+      // (KILN_SERVE_PREPARE=0: not, for measuring)
+      if (
+        img.strategy === 'node' &&
+        img.backend === 'kiln' &&
+        build.trigger.action !== 'rebase' &&
+        process.env.KILN_SERVE_PREPARE !== '0'
+      ) {
+        this.opts.runner.prepare?.({
+          buildId: build.id,
+          repository: `${p.registry}/${img.name}`,
+          insecureRegistries,
+          ...(registryAuth ? { registryAuth } : {}),
+          strategy: img.strategy,
+          backend: img.backend,
+          ...(img.node ? { node: img.node } : {}),
+        });
+      }
       debugMark(`service: build ${build.id}: fetch`);
       const what = build.ref || build.commit || '';
       await line(`#0 [internal] fetch ${redactUrl(p.repository)} ${what}`);
@@ -618,7 +642,6 @@ export class BuildService implements ServiceCore {
       if (original?.tags.length && original.tags.every((t) => t.startsWith(repo + ':'))) tags = original.tags;
       update({ phase: 'building', commit, tags });
 
-      const host = p.registry.split('/')[0] as string;
       const job: WorkerJob = {
         buildId: build.id,
         contextDir: ctx,
@@ -632,7 +655,7 @@ export class BuildService implements ServiceCore {
           Object.entries(img.secrets).map(([id, ref]) => [id, readSecretRef(ref, `secret ${id}`)]),
         ),
         tags,
-        insecureRegistries: [...this.opts.config.insecureRegistries, ...(p.insecureRegistry ? [host] : [])],
+        insecureRegistries,
         logFile: log,
       };
       if (img.target) job.target = img.target;
@@ -660,14 +683,7 @@ export class BuildService implements ServiceCore {
       if (this.opts.runner.fetchesSource && p.gitCredentials) {
         job.gitAuth = readGitCredentials(p.gitCredentials, `project ${p.name}: gitCredentials`);
       }
-      const rc = p.registryCredentials;
-      if (rc?.username) {
-        job.registryAuth = {
-          registry: host,
-          username: rc.username,
-          password: readSecretRef(rc, 'registry password'),
-        };
-      }
+      if (registryAuth) job.registryAuth = registryAuth;
       debugMark(`service: build ${build.id}: to the runner`);
       const outcome = await this.opts.runner.run(job, this.hooksFor(build.id, stages, current, update), ac.signal);
       debugMark(`service: build ${build.id}: outcome`);
@@ -677,6 +693,7 @@ export class BuildService implements ServiceCore {
       await this.failed(build.id, e, ac, timeoutS, line, update);
     } finally {
       clearTimeout(timer);
+      this.opts.runner.release?.(build.id);
       if (useWs) this.busyWorkspaces.delete(wsKey);
       else await this.mirrors.removeCheckout(checkout).catch(() => rm(checkout, { recursive: true, force: true }));
       await this.retention(p);

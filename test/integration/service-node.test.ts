@@ -3,18 +3,21 @@
  * build installs the dependencies (engine path) and records the image; a commit that changes only an application
  * file takes the Node.js builder's fast path in the worker — although the service labels every build with its new
  * commit — and uploads only the app layer and the config (registry log). The image carries the new commit's label
- * and the dependency layers of the first build (skopeo).
+ * and the dependency layers of the first build (skopeo). The image is the one `kiln build --strategy node` makes of
+ * the same files with the same labels in a fresh KILN_HOME (its engine path): same manifest digest — also now that
+ * the worker resolves the base while the service fetches the commit.
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { run } from '../differential/exec.js';
 import { startGitServer, type GitServer, type RepoFiles } from '../helpers/git-server.js';
 import { pushNodeBase } from '../helpers/node-base.js';
-import { startRegistry, type TestRegistry } from '../helpers/registry.js';
+import { runKiln, startRegistry, type TestRegistry } from '../helpers/registry.js';
 import { cleanup, makeKilnHome, startService, type ServiceProcess } from '../helpers/service.js';
 import type { Build } from '../../src/service/model.js';
 
@@ -32,15 +35,17 @@ describe('kiln serve: strategy node', { skip: !isRoot && 'needs root (debootstra
   let home: string;
   let work: string;
   let svc: ServiceProcess;
+  let base: string;
+  let app: string;
 
   before(async () => {
     reg = await startRegistry();
     git = await startGitServer();
     home = await makeKilnHome();
     work = await mkdtemp(join(tmpdir(), 'kiln-svc-node-'));
-    const base = await pushNodeBase(work, reg.host, home);
+    base = await pushNodeBase(work, reg.host, home);
     // the app of testdata/node/hello with its lockfile resolved by the real npm
-    const app = join(work, 'app');
+    app = join(work, 'app');
     await run('cp', ['-r', testdata, app]);
     const npm = await run('npm', ['install', '--package-lock-only', '--no-audit', '--no-fund', '--ignore-scripts'], {
       cwd: app,
@@ -115,5 +120,41 @@ describe('kiln serve: strategy node', { skip: !isRoot && 'needs root (debootstra
     assert.deepEqual(uploaded.sort(), [m2.layers.at(-1)?.digest, m2.config.digest].sort());
     const cfg = await inspect<{ config: { Labels: Record<string, string> } }>(ref2, '--config');
     assert.equal(cfg.config.Labels['org.opencontainers.image.revision'], commit, 'labelled with the new commit');
+
+    // the CLI, same files and labels, a fresh KILN_HOME (it installs: the engine path): the same image
+    await writeFile(join(app, 'version.js'), "module.exports = 'v2';\n");
+    const cliHome = await makeKilnHome();
+    try {
+      const labels = Object.entries(cfg.config.Labels)
+        .filter(([k]) => k.startsWith('org.opencontainers.image.'))
+        .flatMap(([k, v]) => ['--label', `${k}=${v}`]);
+      const cli = await runKiln(
+        [
+          'build',
+          '--strategy',
+          'node',
+          '--base',
+          base,
+          ...labels,
+          '-t',
+          `${reg.host}/cli/web:1`,
+          '--push',
+          '--insecure-registry',
+          reg.host,
+          '--progress',
+          'plain',
+          app,
+        ],
+        { KILN_HOME: cliHome },
+      );
+      assert.equal(cli.code, 0, cli.stderr);
+      const m3 = await inspect<Manifest>(`${reg.host}/cli/web:1`, '--raw');
+      assert.deepEqual(m3, m2, 'the CLI made the same manifest');
+      const raw = (await run('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${reg.host}/cli/web:1`]))
+        .stdout;
+      assert.equal(`sha256:${createHash('sha256').update(raw).digest('hex')}`, second.b.digest);
+    } finally {
+      await cleanup(cliHome);
+    }
   });
 });

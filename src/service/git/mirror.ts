@@ -120,6 +120,8 @@ interface CheckoutJob {
 interface MirrorState {
   chain: Promise<void>;
   seq: number;
+  /** Fetches made by this process (every MAINTENANCE_EVERY-th one runs git's automatic maintenance). */
+  fetches: number;
   /** Credentials+depth key → sequence number of the latest successful fetch's start. */
   fresh: Map<string, number>;
 }
@@ -136,6 +138,8 @@ const HEX = /^[0-9a-f]{4,64}$/;
 const FULL_HEX = /^(?:[0-9a-f]{40}|[0-9a-f]{64})$/;
 const REFSPECS = ['+refs/heads/*:refs/heads/*', '+refs/tags/*:refs/tags/*'];
 const MAX_SUBMODULE_DEPTH = 8;
+/** Fetches of a mirror per run of git's automatic maintenance (see withMirror). */
+const MAINTENANCE_EVERY = 16;
 const REF_HINT = 'give a branch (main), a tag (v1.2), a full ref (refs/heads/main or refs/tags/v1.2) or a commit';
 
 function q(s: string): string {
@@ -625,7 +629,7 @@ export class GitMirrors {
   private state(path: string): MirrorState {
     let st = this.states.get(path);
     if (st === undefined) {
-      st = { chain: Promise.resolve(), seq: 0, fresh: new Map() };
+      st = { chain: Promise.resolve(), seq: 0, fetches: 0, fresh: new Map() };
       this.states.set(path, st);
     }
     return st;
@@ -660,8 +664,22 @@ export class GitMirrors {
         const git = (args: string[], input?: string): Promise<GitRun> =>
           runGit([...base, ...args], { env, signal, input });
         const depth = project.depth > 0 ? [`--depth=${project.depth}`] : [];
+        // git's automatic maintenance (`maintenance run --auto`: one more process after every fetch, which nearly
+        // always finds nothing to do — its thresholds are thousands of loose objects or dozens of packs, and a build's
+        // fetch adds a few objects or one pack) runs on this process's first fetch of the mirror and every
+        // MAINTENANCE_EVERY-th after it, not on the critical path of every build
+        const maintain = st.fetches++ % MAINTENANCE_EVERY === 0 ? [] : ['--no-auto-maintenance'];
         const fetch = async (what: string[]): Promise<GitRun> =>
-          git(['fetch', '--quiet', '--no-tags', '--no-write-fetch-head', '--no-recurse-submodules', ...depth, ...what]);
+          git([
+            'fetch',
+            '--quiet',
+            '--no-tags',
+            '--no-write-fetch-head',
+            '--no-recurse-submodules',
+            ...maintain,
+            ...depth,
+            ...what,
+          ]);
         await this.ensureMirror(path, signal);
         if ((st.fresh.get(freshKey) ?? 0) <= ticket) {
           const started = ++st.seq;

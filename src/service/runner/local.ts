@@ -22,6 +22,7 @@ import {
   type FromWorker,
   type ToWorker,
   type WorkerJob,
+  type WorkerPrepare,
 } from './protocol.js';
 
 export interface RunHooks {
@@ -75,6 +76,13 @@ export interface BuildRunner {
    * carry the project's git credentials (`WorkerJob.gitAuth`).
    */
   readonly fetchesSource?: boolean;
+  /**
+   * Before the service fetches a build's source: what it knows already (optional). A runner may take a worker for
+   * the build now and let it do the registry work that needs no source; `run` with the same build id then uses that
+   * worker. `release` gives it up when the build ends without `run` (a failed fetch, a cancel).
+   */
+  prepare?(p: WorkerPrepare): void;
+  release?(buildId: string): void;
 }
 
 export interface LocalRunnerOptions {
@@ -113,6 +121,8 @@ function kilnBin(): string {
 export class LocalBuildRunner implements BuildRunner {
   private readonly idle: Worker[] = [];
   private readonly all = new Set<Worker>();
+  /** Workers taken for a build by `prepare`, until its `run` (or `release`). */
+  private readonly reserved = new Map<string, Promise<{ w: Worker; pid: number }>>();
   private closed = false;
   private readonly warm: number;
 
@@ -189,9 +199,43 @@ export class LocalBuildRunner implements BuildRunner {
     }
   }
 
+  prepare(p: WorkerPrepare): void {
+    if (this.closed || this.reserved.has(p.buildId)) return;
+    const taken = this.take();
+    this.reserved.set(p.buildId, taken);
+    taken.then(
+      ({ w }) => {
+        debugMark(`runner: build ${p.buildId}: worker ${w.proc.pid} prepares`);
+        if (!w.chan.destroyed) w.chan.write(JSON.stringify({ type: 'prepare', prepare: p } satisfies ToWorker) + '\n');
+      },
+      () => {
+        // run() takes another worker
+        if (this.reserved.get(p.buildId) === taken) this.reserved.delete(p.buildId);
+      },
+    );
+  }
+
+  release(buildId: string): void {
+    const taken = this.reserved.get(buildId);
+    if (!taken) return;
+    this.reserved.delete(buildId);
+    // the worker never got its job: ending its channel ends it (nothing it did is visible: reads and pings only)
+    void taken.then(
+      ({ w }) => w.chan.end(),
+      () => undefined,
+    );
+  }
+
   async run(job: WorkerJob, hooks: RunHooks, signal: AbortSignal): Promise<RunOutcome> {
     if (this.closed) throw new KilnError('SERVICE_CLOSING', 'the service is shutting down');
-    const { w, pid } = await this.take();
+    const reserved = this.reserved.get(job.buildId);
+    this.reserved.delete(job.buildId);
+    let mine = await reserved?.catch(() => undefined);
+    // one that died meanwhile (its preparation never reaches the build): another one, as for an idle worker
+    if (mine && (mine.w.proc.exitCode !== null || mine.w.proc.signalCode !== null || mine.w.chan.destroyed)) {
+      mine = undefined;
+    }
+    const { w, pid } = mine ?? (await this.take());
     debugMark(`runner: build ${job.buildId}: worker ${pid} taken`);
     hooks.onStart?.(pid);
     let outcome: RunOutcome | undefined;
@@ -257,6 +301,7 @@ export class LocalBuildRunner implements BuildRunner {
 
   async close(): Promise<void> {
     this.closed = true;
+    for (const id of [...this.reserved.keys()]) this.release(id);
     const idle = this.idle.splice(0);
     for (const w of idle) w.chan.end();
     await Promise.all(idle.map((w) => w.exited));

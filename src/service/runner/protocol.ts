@@ -71,8 +71,28 @@ export interface WorkerJob {
  */
 export const RUNNER_DETACHED = 'RUNNER_DETACHED';
 
+/**
+ * What the service knows of a build before its source is fetched: a worker taken for the build gets it at once and
+ * does the registry work that does not need the source (ping, token, resolving a known base) while the service
+ * fetches the commit. Its `job` must follow with the same build id; the worker uses what it prepared only where
+ * the job agrees (same registry credentials and insecure registries, same strategy and base).
+ */
+export interface WorkerPrepare {
+  buildId: string;
+  /** The repository the tags go to (`host/prefix/name`); tags are rendered after the fetch. */
+  repository: string;
+  insecureRegistries: string[];
+  registryAuth?: WorkerJob['registryAuth'];
+  strategy?: Strategy;
+  backend?: Backend;
+  node?: NodeSpec;
+}
+
 /** Service → worker. */
-export type ToWorker = { type: 'job'; job: WorkerJob } | { type: 'cancel'; reason: 'cancelled' | 'timed-out' };
+export type ToWorker =
+  | { type: 'prepare'; prepare: WorkerPrepare }
+  | { type: 'job'; job: WorkerJob }
+  | { type: 'cancel'; reason: 'cancelled' | 'timed-out' };
 
 /** Worker → service. */
 export type FromWorker =

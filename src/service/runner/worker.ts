@@ -19,8 +19,18 @@ import { join } from 'node:path';
 import { KilnError, errorMessage, isKilnError } from '../../errors.js';
 import { debugMark } from '../../util/debug.js';
 import type { BuildStage } from '../model.js';
-import { lineDecoder, reasonOf, type FromWorker, type ToWorker, type WorkerJob } from './protocol.js';
+import {
+  lineDecoder,
+  reasonOf,
+  type FromWorker,
+  type ToWorker,
+  type WorkerJob,
+  type WorkerPrepare,
+} from './protocol.js';
 import type { BuildOptions } from '../../engine/options.js';
+import type { BaseResolver, ResolvedBase } from '../../engine/ports.js';
+import type { Platform } from '../../oci/types.js';
+import type { CredentialSource } from '../../registry/transport.js';
 import type { BuildProgress } from '../../engine/progress.js';
 
 /** The plain-progress log, appended in chunks (a RUN printing MB/s must not cost a syscall per line). */
@@ -80,10 +90,13 @@ export async function workerMain(): Promise<number> {
   const ac = new AbortController();
   let gotJob!: (j: WorkerJob | undefined) => void;
   const jobArrived = new Promise<WorkerJob | undefined>((r) => (gotJob = r));
+  let gotPrepare!: (p: WorkerPrepare) => void;
+  const prepareArrived = new Promise<WorkerPrepare>((r) => (gotPrepare = r));
   chan.on(
     'data',
     lineDecoder<ToWorker>((m) => {
       if (m.type === 'job') gotJob(m.job);
+      else if (m.type === 'prepare') gotPrepare(m.prepare);
       else if (m.type === 'cancel') ac.abort(m.reason);
     }),
   );
@@ -99,7 +112,18 @@ export async function workerMain(): Promise<number> {
   // Warm: load what a build needs before announcing readiness — also what a build would otherwise load on first
   // use (the engine's services, the sandbox, the registry's HTTP client) and the layer thread, so none of it is
   // paid while the user waits (an S2I build loaded ~40 modules after the job arrived).
-  const [{ runStrategyBuild }, BuildProgressClass, { parsePlatformOption }, { warmUpWorker }] = await Promise.all([
+  const [
+    { runStrategyBuild },
+    BuildProgressClass,
+    { parsePlatformOption },
+    { warmUpWorker },
+    ,
+    ,
+    ,
+    ,
+    { DEFAULT_NODE_BASE },
+    { prepareNodeBuild },
+  ] = await Promise.all([
     import('../../backends/service.js'), // the engine, or the image's strategy/backend
     progressClass(),
     import('../../engine/options.js'),
@@ -109,12 +133,33 @@ export async function workerMain(): Promise<number> {
     import('../../sandbox/run.js'),
     import('../../registry/http.js'),
     import('../../strategies/node/frontend.js'), // the Node.js builder's fast path starts at once
+    import('../../strategies/node/fast.js'),
   ]);
   warmUpWorker();
+  const { kilnHome } = await import('../../util/paths.js');
+  const platform = parsePlatformOption(undefined);
+  const registryCredentials = credentialsCache();
+  const bases = new BaseMemo();
   send({ type: 'ready', pid: process.pid });
+  // the service may say what it can before the source is fetched: the registry work that does not need it starts
+  let prepared: WorkerPrepare | undefined;
+  void Promise.race([prepareArrived, jobArrived.then(() => undefined)]).then((p) => {
+    if (!p || !isNodeBuild(p)) return;
+    prepared = p;
+    debugMark(`worker: prepare ${p.buildId}`);
+    void prepareNodeBuild({
+      home: kilnHome(),
+      base: p.node?.base ?? DEFAULT_NODE_BASE,
+      push: [`${p.repository}:prepare`],
+      opts: { insecureRegistries: p.insecureRegistries, registryMirrors: [], progress: 'plain', pull: false, platform },
+      embed: { credentials: registryCredentials(p.registryAuth), bases: (inner) => bases.resolver(inner) },
+    });
+  });
   const job = await jobArrived;
   if (!job) return 0;
   debugMark(`worker: job ${job.buildId}`);
+  // what was prepared counts only for the build it was prepared for, with the same registry settings
+  if (prepared && !preparedFor(prepared, job)) bases.clear();
 
   const masked = [...Object.values(job.secrets), job.registryAuth?.password ?? '']
     .filter((v) => v.length >= 4)
@@ -155,7 +200,6 @@ export async function workerMain(): Promise<number> {
   }
   const progress = new ServiceProgress('plain', (s) => log.write(s));
 
-  const { kilnHome } = await import('../../util/paths.js');
   let secretDir: string | undefined;
   try {
     // owned by this process (.owner): removed by the next kiln if this worker is killed
@@ -172,7 +216,7 @@ export async function workerMain(): Promise<number> {
       tags: job.tags,
       buildArgs: new Map(Object.entries(job.buildArgs)),
       labels: job.labels,
-      platform: parsePlatformOption(undefined),
+      platform,
       noCache: job.noCache === true,
       pull: false,
       push: true,
@@ -188,29 +232,18 @@ export async function workerMain(): Promise<number> {
     const auth = job.registryAuth;
     if (ac.signal.aborted) throw new KilnError('INTERRUPTED', 'build cancelled before it started');
     send({ type: 'phase', phase: 'building' });
-    const bases = new Map<string, string>();
+    const used = new Map<string, string>();
     const res = await runStrategyBuild(job, opts, (s) => log.write(s), {
       bases: (inner) => ({
-        // a base in a registry is looked up there every time (a moved tag must be seen); `localhost/…` images
-        // (kiln bootstrap) exist only in the local store
-        // (the store is the fallback when the registry cannot answer, e.g. an offline mirror of docker.io)
         resolve: async (ref, o) => {
-          let r;
-          if (!o.pull && !ref.startsWith('localhost/')) {
-            try {
-              r = await inner.resolve(ref, { ...o, pull: true });
-            } catch (e) {
-              r = await inner.resolve(ref, o).catch(() => Promise.reject(e));
-            }
-          } else r = await inner.resolve(ref, o);
-          bases.set(r.name, r.digest);
+          const r = await bases.resolver(inner).resolve(ref, o);
+          used.set(r.name, r.digest);
           return r;
         },
       }),
       progress,
       signal: ac.signal,
-      credentials: async (host) =>
-        auth && auth.registry === host ? { username: auth.username, password: auth.password } : undefined,
+      credentials: registryCredentials(auth),
     });
     log.write(`\nbuilt ${res.exported.digest} (${res.exported.pushed.join(', ')})\n`);
     // the log is complete before the result: the service ends the build (and its log followers) on it
@@ -220,7 +253,7 @@ export async function workerMain(): Promise<number> {
       digest: res.exported.digest,
       configDigest: res.exported.configDigest,
       pushed: res.exported.pushed,
-      bases: [...bases].map(([name, digest]) => ({ name, digest })),
+      bases: [...used].map(([name, digest]) => ({ name, digest })),
       ...(res.rebase ? { rebase: res.rebase } : {}),
     });
     return 0;
@@ -235,5 +268,96 @@ export async function workerMain(): Promise<number> {
     log.close();
     if (secretDir) await rm(secretDir, { recursive: true, force: true });
     await new Promise<void>((r) => chan.end(r));
+  }
+}
+
+/** A build the worker prepares for (see WorkerPrepare): the Node.js builder on kiln. */
+function isNodeBuild(p: Pick<WorkerJob, 'strategy' | 'backend'>): boolean {
+  return p.strategy === 'node' && (p.backend ?? 'kiln') === 'kiln';
+}
+
+/** Whether `job` is the build `p` prepared, with the registry settings the preparation used. */
+function preparedFor(p: WorkerPrepare, job: WorkerJob): boolean {
+  const a = p.registryAuth;
+  const b = job.registryAuth;
+  const sameAuth =
+    a === b || (!!a && !!b && a.registry === b.registry && a.username === b.username && a.password === b.password);
+  return (
+    p.buildId === job.buildId &&
+    sameAuth &&
+    isNodeBuild(job) &&
+    JSON.stringify(p.insecureRegistries) === JSON.stringify(job.insecureRegistries) &&
+    (p.node?.base ?? '') === (job.node?.base ?? '') &&
+    job.tags.every((t) => t.startsWith(p.repository + ':'))
+  );
+}
+
+/**
+ * The credentials function of a registry login, the same function for the same login: registry transports are
+ * pooled by it (src/registry/transport.ts), so the job reuses the connections and tokens its preparation opened.
+ */
+function credentialsCache(): (auth: WorkerJob['registryAuth']) => CredentialSource {
+  let last: { auth: WorkerJob['registryAuth']; fn: CredentialSource } | undefined;
+  return (auth) => {
+    const l = last;
+    if (
+      l &&
+      (l.auth === auth ||
+        (l.auth &&
+          auth &&
+          l.auth.registry === auth.registry &&
+          l.auth.username === auth.username &&
+          l.auth.password === auth.password))
+    )
+      return l.fn;
+    const fn: CredentialSource = async (host) =>
+      auth && auth.registry === host ? { username: auth.username, password: auth.password } : undefined;
+    last = { auth, fn };
+    return fn;
+  };
+}
+
+/**
+ * The build's base resolver: a base in a registry is looked up there every time (a moved tag must be seen);
+ * `localhost/…` images (kiln bootstrap) exist only in the local store; the store is the fallback when the registry
+ * cannot answer (e.g. an offline mirror of docker.io). One answer per (reference, platform) for the worker's one
+ * build: what the preparation resolved while the source was fetched is the job's base (a failed lookup is asked
+ * again).
+ */
+class BaseMemo {
+  private readonly memo = new Map<string, Promise<ResolvedBase>>();
+
+  clear(): void {
+    this.memo.clear();
+  }
+
+  resolver(inner: BaseResolver): BaseResolver {
+    return {
+      resolve: (ref, o) => {
+        const key = JSON.stringify([ref, o.pull, o.platform satisfies Platform]);
+        let p = this.memo.get(key);
+        if (!p) {
+          p = resolveBase(inner, ref, o);
+          this.memo.set(key, p);
+          p.catch(() => {
+            if (this.memo.get(key) === p) this.memo.delete(key);
+          });
+        }
+        return p;
+      },
+    };
+  }
+}
+
+async function resolveBase(
+  inner: BaseResolver,
+  ref: string,
+  o: Parameters<BaseResolver['resolve']>[1],
+): Promise<ResolvedBase> {
+  if (o.pull || ref.startsWith('localhost/')) return inner.resolve(ref, o);
+  try {
+    return await inner.resolve(ref, { ...o, pull: true });
+  } catch (e) {
+    return inner.resolve(ref, o).catch(() => Promise.reject(e));
   }
 }

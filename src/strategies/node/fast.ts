@@ -27,7 +27,9 @@ import type { Layer } from '../../oci/types.js';
 import { Progress } from '../../progress.js';
 import { Keychain } from '../../registry/keychain.js';
 import type { PushOptions } from '../../registry/push.js';
-import { closeTransports } from '../../registry/transport.js';
+import type { CredentialSource } from '../../registry/transport.js';
+import { closeTransports, transportFor } from '../../registry/transport.js';
+import { parseReference } from '../../ref/reference.js';
 import { debugMark } from '../../util/debug.js';
 import { homeDirs } from '../../util/paths.js';
 import { writeFileAtomic } from '../../util/atomic.js';
@@ -95,19 +97,66 @@ function keyOf(k: NodeFastKey, baseDigest: string, opts: BuildOptions): string {
   return createHash('sha256').update(JSON.stringify(parts)).digest('hex');
 }
 
+const mark = (what: string): void => debugMark(`node fast path: ${what}`);
+
 const entryFile = (home: string, key: string): string => join(homeDirs(home).cache, 'node', `${key}.json`);
 
-/** The registry options a CLI build uses (docker keychain after the embedder's credentials). */
-function registryOptions(opts: BuildOptions, flags: { registryCa?: string[] }, embed: EmbeddedBuild): PushOptions {
-  const keychain = new Keychain().source();
+/** The embedder's credentials after the docker keychain, one function per embedder source (see nodeRegistryOptions). */
+const chained = new WeakMap<CredentialSource, CredentialSource>();
+
+/**
+ * The registry options a fast-path build uses (docker keychain after the embedder's credentials). The same embedder
+ * credentials function gives the same credentials function here, and so the same transport pool
+ * (src/registry/transport.ts pools by it): a build worker that pinged the registry and resolved the base while the
+ * service fetched the commit (`prepareNodeBuild`) reuses those connections and tokens for its job.
+ */
+export function nodeRegistryOptions(
+  opts: Pick<BuildOptions, 'insecureRegistries' | 'registryMirrors' | 'progress'>,
+  flags: { registryCa?: string[] },
+  embed: Pick<EmbeddedBuild, 'credentials'>,
+): PushOptions {
   const first = embed.credentials;
+  let credentials: CredentialSource;
+  if (first) {
+    const keychain = new Keychain().source();
+    credentials = chained.get(first) ?? (async (r) => (await first(r)) ?? keychain(r));
+    chained.set(first, credentials);
+  } else credentials = new Keychain().source();
   return {
     insecureRegistries: opts.insecureRegistries.map((h) => h.replace(/^[a-z]+:\/\//i, '').replace(/\/.*$/, '')),
     caFiles: flags.registryCa ?? [],
     mirrors: opts.registryMirrors.map((u) => u.replace(/\/+$/, '')),
-    credentials: first ? async (r) => (await first(r)) ?? keychain(r) : keychain,
+    credentials,
     progress: new Progress(opts.progress === 'json' ? 'json' : 'quiet'),
   };
+}
+
+/**
+ * What a build worker can do for a Node.js build before its source exists (the build service is still fetching the
+ * commit): resolve the base — registry ping, token, manifest — through the embedder's resolver (`embed.bases`,
+ * which keeps the answer for the job), and ping the registries of `push` (tags), all over the transports the job
+ * will use (see nodeRegistryOptions). Why: these round trips were the fast path's first ~50–80 ms, after the
+ * checkout; now they run beside the git fetch. Never throws: the build resolves again and reports errors itself.
+ */
+export async function prepareNodeBuild(o: {
+  home: string;
+  base: string;
+  push: string[];
+  opts: Pick<BuildOptions, 'insecureRegistries' | 'registryMirrors' | 'progress' | 'pull' | 'platform'>;
+  embed: Pick<EmbeddedBuild, 'credentials' | 'bases'>;
+}): Promise<void> {
+  const registry = nodeRegistryOptions(o.opts, {}, o.embed);
+  const pings = o.push.map(async (tag) => {
+    const ref = parseReference(tag);
+    await transportFor(ref.registry, ref.apiHost(), registry).ping({ label: `push ${tag}` });
+  });
+  const base = (async () => {
+    const inner = new StoreFirstResolver(await LocalStore.open(o.home), registry);
+    const bases = o.embed.bases ? o.embed.bases(inner) : inner;
+    await bases.resolve(o.base, { pull: o.opts.pull, platform: o.opts.platform });
+  })();
+  await Promise.all([...pings, base].map((p) => p.catch(() => undefined)));
+  mark('prepared');
 }
 
 /**
@@ -165,9 +214,8 @@ export async function tryFastNodeBuild(o: {
 }): Promise<BuildOutcome | undefined> {
   const { opts, home } = o;
   if (fastPathRefusal(opts)) return undefined;
-  const mark = (what: string): void => debugMark(`node fast path: ${what}`);
   mark('entered');
-  const registry = registryOptions(opts, o.flags, o.embed);
+  const registry = nodeRegistryOptions(opts, o.flags, o.embed);
   const tmpBase = homeDirs(home).tmp;
   await mkdir(tmpBase, { recursive: true, mode: 0o700 });
   let work: string | undefined;

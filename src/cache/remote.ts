@@ -446,6 +446,14 @@ export class RemoteBuildCache extends BuildCache {
     this.steps.set(key, info);
   }
 
+  /**
+   * Start importing the `--cache-from` records now (the engine asks for them at its first FROM): their manifest and
+   * config round trips then overlap the base image's resolution instead of following it.
+   */
+  prefetch(): void {
+    this.load().catch(() => undefined); // a failure reaches the engine when it awaits the same import
+  }
+
   /** Import every `--cache-from` (once, concurrently); failures are one warning each. */
   private load(): Promise<Map<string, { rec: CacheRecord; from: Reference }>> {
     this.imported ??= (async () => {

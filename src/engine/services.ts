@@ -178,6 +178,7 @@ export async function localServices(
       warn,
     });
     svc.cache = remote;
+    remote.prefetch();
     svc.afterExport = async (engine, exported) => {
       const pushed = exported.pushed.map((n) =>
         parseReferenceWithDefaultTag(n),

@@ -238,6 +238,49 @@ test('a fresh $KILN_HOME with --cache-from a warm registry cache runs only the c
   assert.equal(second.cache.stats.remoteHits, 3);
 });
 
+test('prefetch() imports the --cache-from records before the engine asks (kiln build calls it at start-up)', async () => {
+  const cacheRef = `${reg.host}/cache/app:w1`; // exported by the test above
+  const home = join(work, 'prefetch-home');
+  const registry: PushOptions = { insecureRegistries: [reg.host] };
+  const svc = await localServices({
+    home,
+    registry,
+    progress: new BuildProgress('json', () => undefined),
+    context: ctx,
+  });
+  const cache = new RemoteBuildCache({
+    dir: join(home, 'cache'),
+    from: [parseCacheSpec(`type=registry,ref=${cacheRef}`, '--cache-from')],
+    to: [],
+    registry,
+    blobs: svc.store.blobs,
+    layers: svc.layers,
+    warn: () => undefined,
+  });
+  try {
+    const before = reg
+      .log()
+      .split('\n')
+      .filter((l) => l.includes('/v2/cache/app/manifests/w1')).length;
+    cache.prefetch();
+    assert.ok(await reg.waitForLog(/GET \/v2\/cache\/app\/manifests\/w1/), 'the cache manifest was fetched');
+    const deadline = Date.now() + 10_000;
+    while (
+      reg
+        .log()
+        .split('\n')
+        .filter((l) => l.includes('/v2/cache/app/manifests/w1')).length <= before
+    ) {
+      assert.ok(Date.now() < deadline, 'no new cache manifest request after prefetch()');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  } finally {
+    await cache.close();
+    await svc.context.cleanup();
+    await closeTransports(registry);
+  }
+});
+
 test('an unreachable cache registry is one warning and a normal build', async () => {
   const deadHost = '127.0.0.1:9'; // discard port: connection refused
   const r = await build(

@@ -39,6 +39,12 @@ export type UploadResult = 'exists' | 'mounted' | 'uploaded';
 /** Mount sources tried per blob, at most. */
 export const MAX_MOUNT_SOURCES = 3;
 
+/**
+ * Upload sessions opened before their blobs were known (`RepositoryClient.openUploads`), per transport (its
+ * credentials and tokens) and repository: the next uploads there start with one instead of a POST.
+ */
+const openedUploads = new WeakMap<Transport, Map<string, Promise<string | undefined>[]>>();
+
 export interface UploadOptions {
   /**
    * Repositories of the same registry to mount the blob from, tried in order (at most MAX_MOUNT_SOURCES). A refused
@@ -326,6 +332,57 @@ export class RepositoryClient {
     return new URL(location, base).toString();
   }
 
+  /**
+   * Open `n` upload sessions in this repository now (POSTs, nothing uploaded): the next `n` uploads through this
+   * transport start with them instead of a POST of their own. Why: a build worker knows where it will push before
+   * it knows its blobs (the build service fetches the source meanwhile); the POST's round trip then leaves the
+   * critical path. A session that failed to open, or that the registry lost meanwhile, is replaced by a fresh POST;
+   * `cancelOpenedUploads` deletes those no upload took (an unused session is invisible, but not kept around).
+   */
+  openUploads(n: number): void {
+    let byRepo = openedUploads.get(this.canonical);
+    if (!byRepo) {
+      byRepo = new Map();
+      openedUploads.set(this.canonical, byRepo);
+    }
+    const list = byRepo.get(this.repository) ?? [];
+    for (let i = 0; i < n; i++) {
+      list.push(
+        this.startUpload('', undefined).then(
+          (u) => (u === 'mounted' ? undefined : u),
+          (e: unknown) => {
+            debugLog(
+              `opening an upload session in ${this.repository} failed: ${e instanceof Error ? e.message : String(e)}`,
+            );
+            return undefined;
+          },
+        ),
+      );
+    }
+    byRepo.set(this.repository, list);
+  }
+
+  /** An upload session opened ahead (openUploads), if one is left and it opened. */
+  private async openedUpload(): Promise<string | undefined> {
+    const list = openedUploads.get(this.canonical)?.get(this.repository);
+    for (let p = list?.shift(); p; p = list?.shift()) {
+      const url = await p;
+      if (url) return url;
+    }
+    return undefined;
+  }
+
+  /** Delete the sessions `openUploads` opened here that no upload took (best effort). */
+  async cancelOpenedUploads(): Promise<void> {
+    const list = openedUploads.get(this.canonical)?.get(this.repository)?.splice(0) ?? [];
+    await Promise.all(
+      list.map(async (p) => {
+        const url = await p;
+        if (url) await this.cancelUpload(url);
+      }),
+    );
+  }
+
   /** POST to start an upload (optionally mounting); returns 'mounted' or the upload URL. */
   private async startUpload(
     digest: string,
@@ -387,13 +444,21 @@ export class RepositoryClient {
     const maxRestarts = o.maxRestarts ?? 3;
     for (let restart = 0; ; restart++) {
       // the upload the registry opened when it declined the last mount, else a fresh one
-      const start = session ?? (await this.startUpload(digest, undefined));
+      const ahead = session === undefined ? await this.openedUpload() : undefined;
+      const start = session ?? ahead ?? (await this.startUpload(digest, undefined));
       session = undefined;
       try {
         if (size <= monolithicMax) await this.putMonolithic(start, digest, size, open, o);
         else await this.putChunked(start, digest, size, open, o);
         return 'uploaded';
       } catch (e) {
+        // a session opened ahead that the registry refuses now (expired, forgotten; registries answer that in
+        // different ways): the next one, else a fresh POST — not one of the restarts
+        if (ahead !== undefined && e instanceof KilnError) {
+          debugLog(`upload session opened ahead refused (${e.code}); starting another for ${digest}`);
+          restart--;
+          continue;
+        }
         // A broken connection, or a registry that lost/invalidated the upload session: start over (bounded).
         const lost = e instanceof KilnError && (e.code === 'BLOB_UPLOAD_INVALID' || e.code === 'BLOB_UPLOAD_UNKNOWN');
         if (!(e instanceof UploadBroken || lost) || restart >= maxRestarts) throw unwrapBroken(e, this.label);

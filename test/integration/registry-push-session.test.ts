@@ -1,7 +1,7 @@
 /**
  * PushSession (src/registry/push.ts): layers uploaded while a build still runs, then the image pushed without
  * sending them again; a prefetch that fails is retried and reported by the push proper. Real registry behind a
- * request-recording proxy.
+ * request-recording proxy. Upload sessions opened ahead (RepositoryClient.openUploads) are taken by the push.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -9,6 +9,7 @@ import { createHash } from 'node:crypto';
 import { appendFile, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { RepositoryClient } from '../../src/registry/client.js';
 import { OriginIndex } from '../../src/registry/origins.js';
 import { PushSession, type PushOptions } from '../../src/registry/push.js';
 import { parseReference } from '../../src/registry/reference.js';
@@ -176,5 +177,47 @@ test('PushSession.stream: a refused stream or a failed writer leaves no blob; pu
     const res = await s.push(img);
     assert.equal(res.digest, await img.digest());
     assert.deepEqual([...res.blobs.values()].sort(), ['uploaded', 'uploaded', 'uploaded']);
+  });
+});
+
+test('openUploads: sessions opened before the image exist are used by its push; one the registry lost is replaced; the rest are deleted', async () => {
+  let loseFirstPut = true;
+  const hooks: HttpProxyHooks = {
+    // the registry refuses the first opened session when its blob arrives (expired: each registry says it its way)
+    intercept: (r) => {
+      if (loseFirstPut && r.method === 'PUT' && r.url.includes('/blobs/uploads/')) {
+        loseFirstPut = false;
+        return {
+          status: 400,
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ errors: [{ code: 'UNKNOWN', message: 'upload session expired' }] }),
+        };
+      }
+      return undefined;
+    },
+  };
+  await withRegistry(hooks, noOrigins, async ({ reg, proxy, opts }) => {
+    const img = await makeBusyboxImage({ secondLayer: [{ path: 'etc/opened', content: 'opened\n' }] });
+    const ref = parseReference(`${proxy.host}/team/app:4`);
+    const client = new RepositoryClient(ref, opts, 'test');
+    client.openUploads(5);
+    for (let i = 0; i < 400 && uploadsOf(proxy.requests).length < 5; i++) await new Promise((r) => setTimeout(r, 25));
+    const opened = uploadsOf(proxy.requests).length;
+    assert.equal(opened, 5, 'five sessions opened');
+    const res = await new PushSession(ref, opts).push(img);
+    assert.equal(res.digest, await img.digest());
+    // three blobs (two layers and the config), one lost session: four of the opened ones taken, no POST of its own
+    assert.equal(uploadsOf(proxy.requests).length, opened, 'no upload started a session of its own');
+    const got = await fetch(`http://${reg.host}/v2/team/app/manifests/4`, {
+      headers: { accept: await img.mediaType() },
+    });
+    assert.equal(got.status, 200);
+    for (const l of await img.layers()) {
+      const h = await fetch(`http://${reg.host}/v2/team/app/blobs/${await l.digest()}`, { method: 'HEAD' });
+      assert.equal(h.status, 200, 'every blob of the manifest is there');
+    }
+    await client.cancelOpenedUploads();
+    const deletes = proxy.requests.filter((r) => r.method === 'DELETE' && r.url.includes('/blobs/uploads/'));
+    assert.equal(deletes.length, 1, 'the one session left is deleted');
   });
 });

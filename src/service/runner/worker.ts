@@ -122,7 +122,7 @@ export async function workerMain(): Promise<number> {
     ,
     ,
     { DEFAULT_NODE_BASE },
-    { prepareNodeBuild },
+    { prepareNodeBuild, cancelPreparedUploads },
   ] = await Promise.all([
     import('../../backends/service.js'), // the engine, or the image's strategy/backend
     progressClass(),
@@ -267,6 +267,8 @@ export async function workerMain(): Promise<number> {
   } finally {
     log.close();
     if (secretDir) await rm(secretDir, { recursive: true, force: true });
+    // sessions opened for the build that it did not use (the service has the outcome already)
+    await cancelPreparedUploads().catch(() => undefined);
     await new Promise<void>((r) => chan.end(r));
   }
 }

@@ -30,6 +30,7 @@ import type { PushOptions } from '../../registry/push.js';
 import type { CredentialSource } from '../../registry/transport.js';
 import { closeTransports, transportFor } from '../../registry/transport.js';
 import { parseReference } from '../../ref/reference.js';
+import { RepositoryClient } from '../../registry/client.js';
 import { debugMark } from '../../util/debug.js';
 import { homeDirs } from '../../util/paths.js';
 import { writeFileAtomic } from '../../util/atomic.js';
@@ -131,11 +132,19 @@ export function nodeRegistryOptions(
   };
 }
 
+/** Clients that opened upload sessions in prepareNodeBuild. */
+const preparedClients: RepositoryClient[] = [];
+
+/** Delete the upload sessions prepareNodeBuild opened that no upload took (after the build; best effort). */
+export async function cancelPreparedUploads(): Promise<void> {
+  await Promise.all(preparedClients.splice(0).map((c) => c.cancelOpenedUploads()));
+}
+
 /**
  * What a build worker can do for a Node.js build before its source exists (the build service is still fetching the
  * commit): resolve the base — registry ping, token, manifest — through the embedder's resolver (`embed.bases`,
- * which keeps the answer for the job), and ping the registries of `push` (tags), all over the transports the job
- * will use (see nodeRegistryOptions). Why: these round trips were the fast path's first ~50–80 ms, after the
+ * which keeps the answer for the job), ping the registries of `push` (tags) and open two upload sessions there
+ * (the app layer's and the config's), all over the transports the job will use (see nodeRegistryOptions). Why: these round trips were the fast path's first ~50–80 ms, after the
  * checkout; now they run beside the git fetch. Never throws: the build resolves again and reports errors itself.
  */
 export async function prepareNodeBuild(o: {
@@ -149,6 +158,10 @@ export async function prepareNodeBuild(o: {
   const pings = o.push.map(async (tag) => {
     const ref = parseReference(tag);
     await transportFor(ref.registry, ref.apiHost(), registry).ping({ label: `push ${tag}` });
+    // the fast path uploads two blobs, the app layer and the config: their POSTs now, not after the checkout
+    const client = new RepositoryClient(ref, registry, `push ${tag}`);
+    client.openUploads(2);
+    preparedClients.push(client);
   });
   const base = (async () => {
     const inner = new StoreFirstResolver(await LocalStore.open(o.home), registry);

@@ -180,14 +180,17 @@ export class LocalBuildRunner implements BuildRunner {
 
   /**
    * A ready worker: an idle one, else a new one (a slow start is still correct, only slower). The pool is refilled
-   * when the build ends, not now: a worker's start-up (Node and the engine's modules, ~0.5 s of CPU) would compete
-   * with the build that just took a worker (on 2 cores it cost a warm build ~0.1 s). Only when no idle worker is
-   * left is one started at once, so a next request still finds one soon.
+   * when the build has its outcome (or its worker ended), not now: a worker's start-up (Node and the engine's
+   * modules, ~0.5 s of CPU) would compete with the build that just took a worker — and, since a Node.js build's
+   * worker is taken before the git fetch, with the fetch too. A request that finds no idle worker meanwhile starts
+   * one for itself. `KILN_SERVE_REFILL_EARLY=1`: a replacement starts as soon as the last idle worker is taken (the
+   * previous rule, for measuring).
    */
   private async take(): Promise<{ w: Worker; pid: number }> {
     for (;;) {
       const w = this.idle.shift() ?? this.spawnWorker();
-      if (this.idle.length === 0 && this.warm > 0 && !this.closed) this.idle.push(this.spawnWorker());
+      if (process.env.KILN_SERVE_REFILL_EARLY === '1' && this.idle.length === 0 && this.warm > 0 && !this.closed)
+        this.idle.push(this.spawnWorker());
       try {
         return { w, pid: await w.ready };
       } catch (e) {
@@ -221,8 +224,11 @@ export class LocalBuildRunner implements BuildRunner {
     this.reserved.delete(buildId);
     // the worker never got its job: ending its channel ends it (nothing it did is visible: reads and pings only)
     void taken.then(
-      ({ w }) => w.chan.end(),
-      () => undefined,
+      ({ w }) => {
+        w.chan.end();
+        void w.exited.then(() => this.fill());
+      },
+      () => this.fill(),
     );
   }
 
@@ -255,6 +261,7 @@ export class LocalBuildRunner implements BuildRunner {
           ...(m.rebase ? { rebase: m.rebase } : {}),
         };
         reported();
+        this.fill(); // the build is over for its user: a replacement may start now
       } else if (m.type === 'error') outcome = { ok: false, code: m.code, message: m.message, reason: m.reason };
     });
     const send = (m: ToWorker): void => {

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isKilnError } from '../../errors.js';
@@ -109,6 +109,26 @@ test('prepareSource: source copied, .s2i/bin scripts moved to upload/scripts, en
     await assert.rejects(prepareSource(src, join(d, 'w3'), { scriptsUrl: 'ftp://example.com/s2i' }), (e) =>
       isKilnError(e, 'OPTION_INVALID'),
     );
+  } finally {
+    await rm(d, { recursive: true, force: true });
+  }
+});
+
+test('a source given as a symlink to a directory: its tree is copied (cold and warm), never the link', async () => {
+  const d = await mkdtemp(join(tmpdir(), 'kiln-s2i-link-'));
+  try {
+    await mkdir(join(d, 'real'));
+    await writeFile(join(d, 'real', 'app.txt'), 'v1\n');
+    await symlink('real', join(d, 'app'));
+    const work = join(d, 'work');
+    for (const v of ['v1', 'v2']) {
+      await writeFile(join(d, 'real', 'app.txt'), `${v}\n`);
+      await prepareSource(join(d, 'app'), work);
+      const src = join(work, 'upload', 'src');
+      assert.ok((await lstat(src)).isDirectory(), `${v}: upload/src is a directory, not a link out of the context`);
+      assert.equal((await lstat(src)).mode & 0o777, (await lstat(join(d, 'real'))).mode & 0o777);
+      assert.equal(await readFile(join(src, 'app.txt'), 'utf8'), `${v}\n`);
+    }
   } finally {
     await rm(d, { recursive: true, force: true });
   }

@@ -5,7 +5,20 @@
  * contract: `.s2i/environment`, `--allowed-uids` ranges, `--runtime-artifact` mappings, git source info.
  */
 import { execFile } from 'node:child_process';
-import { chmod, copyFile, cp, lstat, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import {
+  chmod,
+  copyFile,
+  cp,
+  lstat,
+  mkdir,
+  readdir,
+  readFile,
+  realpath,
+  rename,
+  rm,
+  stat,
+  writeFile,
+} from 'node:fs/promises';
 import { dirname, join, posix, resolve } from 'node:path';
 import { KilnError, errorMessage } from '../../errors.js';
 import { cloneGitWithCommit, isGitContext } from '../../engine/context.js';
@@ -334,7 +347,9 @@ export async function prepareSource(
     if (!opts.keepGitDir) await rm(join(src, '.git'), { recursive: true, force: true });
     await rm(tmp, { recursive: true, force: true });
   } else {
-    const abs = resolve(source);
+    // the directory itself, not a link to it: cp -a would copy a link as a link (upload/src pointing out of the
+    // context) and the sync would give upload/src the link's mode; s2i copies what the source path names
+    const abs = await realpath(resolve(source)).catch(() => resolve(source));
     const st = await stat(abs).catch(() => undefined);
     if (!st?.isDirectory()) {
       throw new KilnError('S2I_SOURCE', `source "${source}" is not a directory or a git URL`, {

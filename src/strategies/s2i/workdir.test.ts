@@ -1,9 +1,59 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmod, mkdir, mkdtemp, readFile, readlink, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
+import {
+  chmod,
+  link,
+  lstat,
+  lutimes,
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  readlink,
+  rm,
+  stat,
+  symlink,
+  utimes,
+  writeFile,
+} from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { readXattrsRecursive } from '../../layer/fsops.js';
 import { s2iWorkDir, syncFile, syncTree } from './workdir.js';
+
+/**
+ * What of a tree goes into an S2I image's layer (writer.ts): type, mode, mtime in seconds, symlink target, bytes,
+ * user.* xattrs, and which names are one file (hard links) — by path relative to `root`.
+ */
+async function manifest(root: string): Promise<Record<string, string>> {
+  const xattrs = await readXattrsRecursive(root, '^user\\.');
+  const out: Record<string, string> = {};
+  const inodes = new Map<number, string>();
+  const walk = async (dir: string, rel: string): Promise<void> => {
+    for (const name of (await readdir(dir)).sort()) {
+      const p = join(dir, name);
+      const r = rel ? `${rel}/${name}` : name;
+      const st = await lstat(p);
+      const x = [...(xattrs.get(p) ?? new Map<string, Buffer>())].map(([k, v]) => `${k}=${v.toString('hex')}`);
+      let what = `${(st.mode & 0o170000).toString(8)} ${(st.mode & 0o7777).toString(8)} ${Math.floor(st.mtimeMs / 1000)}`;
+      if (st.isSymbolicLink()) what += ` -> ${await readlink(p)}`;
+      if (st.isFile()) {
+        const first = inodes.get(st.ino);
+        if (first === undefined) inodes.set(st.ino, r);
+        what += first === undefined ? ` ${await readFile(p, 'utf8')}` : ` link to ${first}`;
+      }
+      out[r] = `${what} [${x.join(' ')}]`;
+      if (st.isDirectory()) await walk(p, r);
+    }
+  };
+  await walk(root, '');
+  return out;
+}
+
+const setfattr = (p: string, name: string, value: string): void => {
+  execFileSync('setfattr', ['-h', '-n', name, '-v', value, '--', p]);
+};
 
 test('syncTree: unchanged files keep their inode, changed ones are replaced, removed ones go; modes and times', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'kiln-s2i-sync-'));
@@ -51,6 +101,72 @@ test('syncTree: unchanged files keep their inode, changed ones are replaced, rem
     assert.equal(await ino(join(dir, 'one')), one);
     assert.equal(await syncFile(join(a, 'missing'), join(dir, 'one')), false);
     await assert.rejects(stat(join(dir, 'one')));
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('syncTree: a warm sync gives what a cold cp -a gives (xattrs, hard links, types swapped, symlink times)', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'kiln-s2i-sync-'));
+  try {
+    const a = join(dir, 'src');
+    const warm = join(dir, 'warm');
+    const cold = join(dir, 'cold');
+    const old = new Date('2021-05-06T07:08:09Z');
+    const t = (n: number): Date => new Date(Date.UTC(2022, 0, 1, 0, 0, n));
+    // v1, copied as the first (cold) build copies it
+    await mkdir(join(a, 'd1'), { recursive: true });
+    await mkdir(join(a, 'd2'));
+    await mkdir(join(a, 'xdir'));
+    for (const f of ['edit.txt', 'xonly.txt', 'chmod.txt', 'tofile', 'hl-edit.txt', 'solo.txt']) {
+      await writeFile(join(a, f), `v1 ${f}\n`);
+    }
+    await link(join(a, 'hl-edit.txt'), join(a, 'd1', 'hl-edit-2.txt'));
+    await writeFile(join(a, 'd2', 'in.txt'), 'in d2\n');
+    await symlink('edit.txt', join(a, 'relink'));
+    await symlink('edit.txt', join(a, 'link-to-file'));
+    setfattr(join(a, 'edit.txt'), 'user.origin', 'v1');
+    setfattr(join(a, 'xdir'), 'user.gone', 'soon');
+    execFileSync('cp', ['-a', '--no-target-directory', a, warm]);
+
+    // v2: every kind of change a checkout or an editor makes
+    await writeFile(join(a, 'edit.txt'), 'v2 edit, same length!\n');
+    setfattr(join(a, 'edit.txt'), 'user.origin', 'v2');
+    await utimes(join(a, 'edit.txt'), t(1), t(1));
+    setfattr(join(a, 'xonly.txt'), 'user.only', 'an xattr, no other change');
+    await chmod(join(a, 'chmod.txt'), 0o600);
+    await rm(join(a, 'tofile'));
+    await mkdir(join(a, 'tofile'));
+    await writeFile(join(a, 'tofile', 'now-a-dir.txt'), 'x\n');
+    await rm(join(a, 'd2'), { recursive: true });
+    await writeFile(join(a, 'd2'), 'a dir became a file\n');
+    await writeFile(join(a, 'hl-edit.txt'), 'v2 both names\n');
+    await link(join(a, 'solo.txt'), join(a, 'd1', 'solo-2.txt'));
+    await writeFile(join(a, 'new.txt'), 'new\n');
+    setfattr(join(a, 'new.txt'), 'user.fresh', '1');
+    await link(join(a, 'new.txt'), join(a, 'd1', 'new-2.txt'));
+    await rm(join(a, 'link-to-file'));
+    await writeFile(join(a, 'link-to-file'), 'a file now\n');
+    await rm(join(a, 'relink'));
+    await symlink('edit.txt', join(a, 'relink'));
+    await lutimes(join(a, 'relink'), t(2), t(2));
+    await mkdir(join(a, 'newdir'));
+    setfattr(join(a, 'newdir'), 'user.dir', 'new');
+    execFileSync('setfattr', ['-x', 'user.gone', join(a, 'xdir')]);
+    setfattr(join(a, 'xdir'), 'user.kept', 'dir');
+    for (const d of ['d1', 'tofile', 'newdir', 'xdir', '.']) await utimes(join(a, d), old, old);
+
+    execFileSync('cp', ['-a', '--no-target-directory', a, cold]);
+    await syncTree(a, warm);
+    const want = await manifest(cold);
+    assert.match(want['solo.txt'] ?? '', /link to d1\/solo-2.txt/, 'the manifest sees hard links');
+    assert.match(want['xonly.txt'] ?? '', /user\.only=/, '… and xattrs');
+    assert.deepEqual(await manifest(warm), want);
+    // and nothing more to do: a second sync copies nothing
+    const ctime = (await stat(join(warm, 'new.txt'))).ctimeMs;
+    await syncTree(a, warm);
+    assert.equal((await stat(join(warm, 'new.txt'))).ctimeMs, ctime);
+    assert.deepEqual(await manifest(warm), want);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

@@ -6,11 +6,13 @@
  * changed — like `kiln build` on a checkout the service updates in place. A second build of the same pair running
  * at the same time gets a temp dir of its own (today's behaviour), never a shared one.
  */
+import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { constants, lstatSync, type Dirent, type Stats } from 'node:fs';
 import {
   chmod,
   copyFile,
+  link,
   lstat,
   lutimes,
   mkdir,
@@ -25,6 +27,8 @@ import {
   utimes,
 } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
+import { KilnError } from '../../errors.js';
+import { readXattrsRecursive, setXattrs, type XattrSet } from '../../layer/fsops.js';
 import { homeDirs } from '../../util/paths.js';
 
 /** A working dir for one build; `release` frees it (a kept dir stays for the next build, a temp dir goes). */
@@ -114,17 +118,47 @@ const same = (a: Stats, b: Stats): boolean =>
   a.size === b.size && sameTime(a, b) && (a.mode & 0o7777) === (b.mode & 0o7777);
 
 /**
- * Make `to` a copy of the tree `from` (modes, times, symlinks as links), touching only what differs: a file whose
- * size, mtime and mode match is left as it is (the stat cache then knows it), others are replaced, entries `from`
- * lacks are removed. Ownership is not copied (S2I's COPY sets it).
+ * The xattrs a sync carries over: those kiln's COPY puts into a layer (engine/copy.ts readSourceXattrs). The cold
+ * build's `cp -a` keeps them (and others no layer holds); a warm sync that dropped them made a different image.
+ */
+const XATTRS = '^(security\\.capability|user\\..*)$';
+
+/** What one syncTree learns on its walk, for after it. */
+interface SyncState {
+  /** Source `dev:ino` of a multiply linked file this sync copied → its copy: its other names become links to it. */
+  links: Map<string, string>;
+  /** New copies (files, directories) whose source's xattrs are to be set on them: source → copy. */
+  fresh: Map<string, string>;
+  /** Kept directories whose source changed since (newer ctime): their xattrs are compared. Source → copy. */
+  kept: Map<string, string>;
+}
+
+/**
+ * Make `to` a copy of the tree `from` as `cp -a` makes it (the cold build's copy; a warm build must give the same
+ * image): modes, mtimes, symlinks as links (never followed), hard links inside the tree, `user.*` and
+ * `security.capability` xattrs, touching only what differs. A file whose size, mtime and mode match and whose
+ * source has not changed since its copy was made (ctime: an xattr, link count or content change under the same
+ * mtime) is left as it is (the stat cache then knows it); others are replaced, entries `from` lacks are removed.
+ * The xattrs are read with one getfattr of what the walk copied, only when it copied something. Ownership is not
+ * copied (S2I's COPY sets it). Sockets, fifos and devices are left out.
  */
 export async function syncTree(from: string, to: string): Promise<void> {
+  const state: SyncState = { links: new Map(), fresh: new Map(), kept: new Map() };
+  await syncDir(from, to, state);
+  await syncXattrs(state);
+}
+
+/** The source changed after its copy was made: a chmod, setfattr, link or unlink of another name, a write. */
+const newer = (src: Stats, copy: Stats): boolean => src.ctimeMs > copy.ctimeMs;
+
+async function syncDir(from: string, to: string, state: SyncState): Promise<void> {
   const st = await lstat(from);
   const cur = await lstat(to).catch(() => undefined);
   if (!cur?.isDirectory()) {
     if (cur) await rm(to, { recursive: true, force: true });
     await mkdir(to, { mode: st.mode & 0o7777 });
-  }
+    state.fresh.set(from, to);
+  } else if (newer(st, cur)) state.kept.set(from, to);
   const [src, dst] = await Promise.all([
     readdir(from, { withFileTypes: true }),
     readdir(to, { withFileTypes: true }).catch(() => [] as Dirent[]),
@@ -146,25 +180,71 @@ export async function syncTree(from: string, to: string): Promise<void> {
     const [fs, ts] = stats[i] as [Stats, Stats | undefined];
     if (fs.isDirectory()) {
       if (!ts) changed = true;
-      await syncTree(f, t);
+      await syncDir(f, t, state);
     } else if (fs.isSymbolicLink()) {
       const target = await readlink(f);
-      if (ts?.isSymbolicLink() && (await readlink(t)) === target) continue;
+      // a link made again with the same target has a new mtime, which the layer holds
+      if (ts?.isSymbolicLink() && sameTime(fs, ts) && (await readlink(t)) === target) continue;
       if (ts) await rm(t, { recursive: true, force: true });
       await symlink(target, t);
       await lutimes(t, fs.atime, fs.mtime).catch(() => undefined);
       changed = true;
     } else if (fs.isFile()) {
-      if (ts?.isFile() && same(fs, ts)) continue;
+      if (ts?.isFile() && same(fs, ts) && !newer(fs, ts)) continue;
       if (ts) await rm(t, { recursive: true, force: true });
+      changed = true;
+      const id = fs.nlink > 1 ? `${fs.dev}:${fs.ino}` : undefined;
+      const first = id === undefined ? undefined : state.links.get(id);
+      if (first !== undefined) {
+        await link(first, t);
+        continue;
+      }
+      if (id !== undefined) state.links.set(id, t);
       await copyFile(f, t, constants.COPYFILE_FICLONE);
       await chmod(t, fs.mode & 0o7777);
       await utimes(t, fs.atime, fs.mtime);
+      state.fresh.set(f, t);
+    } else if (ts) {
+      // sockets, fifos and devices are not copied (a build context never needs them); what was there goes
+      await rm(t, { recursive: true, force: true });
       changed = true;
     }
-    // sockets, fifos and devices are not copied (cp -a would; a build context never needs them)
   }
   const now = await lstat(to);
   if ((now.mode & 0o7777) !== (st.mode & 0o7777)) await chmod(to, st.mode & 0o7777);
   if (changed || !sameTime(now, st)) await utimes(to, st.atime, st.mtime);
+}
+
+/** Set the copies' xattrs from their sources (setfattr changes no mtime): one getfattr, a setfattr when any. */
+async function syncXattrs(state: SyncState): Promise<void> {
+  if (state.fresh.size === 0 && state.kept.size === 0) return;
+  const read = [...state.fresh.keys(), ...state.kept.keys(), ...state.kept.values()];
+  const found = await readXattrsRecursive(read, XATTRS, { recursive: false });
+  const sets: XattrSet[] = [];
+  const removals: [string, string][] = [];
+  for (const [pairs, fresh] of [
+    [state.fresh, true],
+    [state.kept, false],
+  ] as const) {
+    for (const [from, to] of pairs) {
+      const want = found.get(from) ?? new Map<string, Buffer>();
+      const have = fresh ? new Map<string, Buffer>() : (found.get(to) ?? new Map<string, Buffer>());
+      for (const [name, value] of want) if (!have.get(name)?.equals(value)) sets.push({ path: to, name, value });
+      for (const name of have.keys()) if (!want.has(name)) removals.push([to, name]);
+    }
+  }
+  const failed = await setXattrs(sets);
+  // what cp -a leaves out without a word (security.capability without CAP_SETFCAP, a file system without user
+  // xattrs) a warm sync leaves out too — both builds then make the same image; anything else is an error
+  const bad = failed.filter((l) => !/Operation not (supported|permitted)/.test(l));
+  if (bad.length > 0) {
+    throw new KilnError('S2I_SOURCE', `cannot copy the source's extended attributes: ${bad[0]}`, {
+      hint: 'the working dir under $KILN_HOME must be on a file system with user xattrs (ext4, xfs, btrfs, tmpfs)',
+    });
+  }
+  for (const [path, name] of removals) {
+    await new Promise<void>((res, rej) =>
+      execFile('setfattr', ['-h', '-x', name, '--', path], (err) => (err ? rej(err) : res())),
+    );
+  }
 }

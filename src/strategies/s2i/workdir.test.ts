@@ -167,6 +167,10 @@ test('syncTree: a warm sync gives what a cold cp -a gives (xattrs, hard links, t
     await syncTree(a, warm);
     assert.equal((await stat(join(warm, 'new.txt'))).ctimeMs, ctime);
     assert.deepEqual(await manifest(warm), want);
+    // a name of a linked file removed from the copy (as .s2iignore or a moved .s2i/bin script is) comes back linked
+    await rm(join(warm, 'd1', 'solo-2.txt'));
+    await syncTree(a, warm);
+    assert.deepEqual(await manifest(warm), want);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
@@ -192,9 +196,18 @@ test('s2iWorkDir: kept per (source, image); a second build at the same time gets
     await again.release();
     // a lock left by a process that is gone is taken over
     await writeFile(join(first.dir, '.lock'), '999999999');
+    await mkdir(join(first.dir, 'upload', 'src'), { recursive: true });
+    await writeFile(join(first.dir, 'upload', 'src', 'f'), 'synced');
     const taken = await s2iWorkDir(home, '/src/app', 'r/app:1');
     assert.equal(taken.kept, true);
+    assert.equal(await readFile(join(taken.dir, 'upload', 'src', 'f'), 'utf8'), 'synced', 'the copy is kept');
     await taken.release();
+    // a copy an older sync made (no version, or another one) is not kept
+    await writeFile(join(first.dir, '.sync-version'), '1');
+    const older = await s2iWorkDir(home, '/src/app', 'r/app:1');
+    assert.equal(older.kept, true);
+    await assert.rejects(stat(join(older.dir, 'upload')), 'an older sync’s copy is removed');
+    await older.release();
   } finally {
     await rm(home, { recursive: true, force: true });
   }

@@ -25,6 +25,7 @@ import {
   symlink,
   unlink,
   utimes,
+  writeFile,
 } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { KilnError } from '../../errors.js';
@@ -40,6 +41,9 @@ export interface S2IWorkDir {
 }
 
 const LOCK = '.lock';
+/** What the kept copy was synced by: another (older) sync's copy is not trusted (syncTree keeps more since 2). */
+const VERSION = '.sync-version';
+const SYNC_VERSION = '2';
 
 function alive(pid: number): boolean {
   try {
@@ -83,6 +87,12 @@ export async function s2iWorkDir(home: string, source: string, tag: string | und
   const dir = join(homeDirs(home).s2iWork, id);
   await mkdir(dir, { recursive: true, mode: 0o700 });
   if (await lock(dir)) {
+    const version = join(dir, VERSION);
+    if ((await readFile(version, 'utf8').catch(() => '')) !== SYNC_VERSION) {
+      // a copy an older sync made may lack what this one keeps (xattrs, hard links): copied afresh
+      await rm(join(dir, 'upload'), { recursive: true, force: true });
+      await writeFile(version, SYNC_VERSION);
+    }
     return { dir, kept: true, release: () => rm(join(dir, LOCK), { force: true }) };
   }
   const tmpBase = homeDirs(home).tmp;
@@ -190,7 +200,19 @@ async function syncDir(from: string, to: string, state: SyncState): Promise<void
       await lutimes(t, fs.atime, fs.mtime).catch(() => undefined);
       changed = true;
     } else if (fs.isFile()) {
-      if (ts?.isFile() && same(fs, ts) && !newer(fs, ts)) continue;
+      if (ts?.isFile() && same(fs, ts) && !newer(fs, ts)) {
+        if (fs.nlink <= 1) continue;
+        // another name of it whose copy was gone (as .s2iignore or a moved .s2i/bin script leaves it) is linked to
+        // this copy, or was copied before this name was seen: then this name becomes a link to that copy
+        const id = `${fs.dev}:${fs.ino}`;
+        const first = state.links.get(id);
+        if (first === undefined) state.links.set(id, t);
+        if (first === undefined || lstatSync(first).ino === ts.ino) continue;
+        await rm(t, { force: true });
+        await link(first, t);
+        changed = true;
+        continue;
+      }
       if (ts) await rm(t, { recursive: true, force: true });
       changed = true;
       const id = fs.nlink > 1 ? `${fs.dev}:${fs.ino}` : undefined;

@@ -261,12 +261,20 @@ async function syncXattrs(state: SyncState): Promise<void> {
   const bad = failed.filter((l) => !/Operation not (supported|permitted)/.test(l));
   if (bad.length > 0) {
     throw new KilnError('S2I_SOURCE', `cannot copy the source's extended attributes: ${bad[0]}`, {
-      hint: 'the working dir under $KILN_HOME must be on a file system with user xattrs (ext4, xfs, btrfs, tmpfs)',
+      hint: 'check the file system of the working dir under $KILN_HOME/s2i-work (space, permissions)',
     });
   }
   for (const [path, name] of removals) {
     await new Promise<void>((res, rej) =>
-      execFile('setfattr', ['-h', '-x', name, '--', path], (err) => (err ? rej(err) : res())),
+      execFile('setfattr', ['-h', '-x', name, '--', path], (err, _out, stderr) =>
+        err
+          ? rej(
+              new KilnError('S2I_SOURCE', `cannot remove xattr ${name} of ${path}: ${stderr.trim() || err.message}`, {
+                cause: err,
+              }),
+            )
+          : res(),
+      ),
     );
   }
 }

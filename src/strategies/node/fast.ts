@@ -369,7 +369,7 @@ export async function tryFastNodeBuild(o: {
     return entry.rebase ? { engine, image, exported, rebase: entry.rebase } : { engine, image, exported };
   } finally {
     await app?.catch(() => undefined); // never remove its dir under it
-    if (work) await rm(work, { recursive: true, force: true });
-    await closeTransports(registry);
+    // both before the result goes out (the build service's worker reports after this): at once, not one by one
+    await Promise.all([work ? rm(work, { recursive: true, force: true }) : undefined, closeTransports(registry)]);
   }
 }

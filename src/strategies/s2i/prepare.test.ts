@@ -1,6 +1,7 @@
 import { test } from 'node:test';
+import { execFileSync } from 'node:child_process';
 import assert from 'node:assert/strict';
-import { lstat, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { chmod, lstat, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isKilnError } from '../../errors.js';
@@ -109,6 +110,43 @@ test('prepareSource: source copied, .s2i/bin scripts moved to upload/scripts, en
     await assert.rejects(prepareSource(src, join(d, 'w3'), { scriptsUrl: 'ftp://example.com/s2i' }), (e) =>
       isKilnError(e, 'OPTION_INVALID'),
     );
+  } finally {
+    await rm(d, { recursive: true, force: true });
+  }
+});
+
+test('prepareSource again in the same dir: the moved scripts go back first and stay the same files', async () => {
+  const d = await mkdtemp(join(tmpdir(), 'kiln-s2iprep-'));
+  try {
+    const src = join(d, 'src');
+    await mkdir(join(src, '.s2i', 'bin'), { recursive: true });
+    await writeFile(join(src, '.s2i', 'bin', 'assemble'), '#!/bin/sh\n');
+    await chmod(join(src, '.s2i', 'bin', 'assemble'), 0o755);
+    const work = join(d, 'work');
+    await prepareSource(src, work);
+    // a mark on the file itself (an inode number may be reused by a new copy)
+    const script = join(work, 'upload', 'scripts', 'assemble');
+    execFileSync('setfattr', ['-n', 'user.kiln-test', '-v', 'same', script]);
+    await prepareSource(src, work);
+    assert.match(
+      execFileSync('getfattr', ['-d', script], { encoding: 'utf8' }),
+      /user\.kiln-test="same"/,
+      'not copied',
+    );
+    await writeFile(join(src, '.s2i', 'bin', 'assemble'), '#!/bin/sh\necho 2\n');
+    await prepareSource(src, work);
+    assert.equal(await readFile(join(work, 'upload', 'scripts', 'assemble'), 'utf8'), '#!/bin/sh\necho 2\n');
+    assert.deepEqual(await readdir(join(work, 'upload', 'src', '.s2i', 'bin')), []);
+    // a .s2i that links out of the source: nothing is moved from (or back to) where it points
+    const host = join(d, 'host');
+    await mkdir(join(host, 'bin'), { recursive: true });
+    await writeFile(join(host, 'bin', 'assemble'), 'host file\n');
+    const linked = join(d, 'linked');
+    await mkdir(linked);
+    await symlink(host, join(linked, '.s2i'));
+    const p = await prepareSource(linked, join(d, 'w-linked'));
+    assert.deepEqual([...p.provided], []);
+    assert.equal(await readFile(join(host, 'bin', 'assemble'), 'utf8'), 'host file\n');
   } finally {
     await rm(d, { recursive: true, force: true });
   }

@@ -6,6 +6,7 @@
  */
 import { execFile } from 'node:child_process';
 import {
+  appendFile,
   chmod,
   copyFile,
   cp,
@@ -230,6 +231,21 @@ export interface PreparedSource {
   location: string;
 }
 
+/** Where a source's own scripts are looked up (in this order). */
+const SCRIPT_DIRS: readonly string[] = ['.s2i/bin', '.sti/bin'];
+/** The scripts a build moved out of the kept source copy (`NAME<TAB>DIR` lines), put back by the next one. */
+const MOVED_SCRIPTS = '.moved-scripts';
+
+/** `root/rel` when each component of `rel` is a directory there, not a symlink (to anywhere); else undefined. */
+async function realDir(root: string, rel: string): Promise<string | undefined> {
+  let p = root;
+  for (const c of rel.split('/')) {
+    p = join(p, c);
+    if (!(await lstat(p).catch(() => undefined))?.isDirectory()) return undefined;
+  }
+  return p;
+}
+
 /** Copy a directory tree as it is (modes, times, symlinks as links): coreutils `cp -a`, else Node's copy. */
 async function copyTree(from: string, to: string): Promise<void> {
   const ok = await new Promise<boolean>((res) =>
@@ -331,13 +347,24 @@ export async function prepareSource(
   const src = join(workDir, 'upload', 'src');
   const scripts = join(workDir, 'upload', 'scripts');
   // a kept working dir (workdir.ts) holds the previous build's layout: scripts are laid out afresh, the source
-  // is synced in place (unchanged files keep their inode and times: the stat cache knows them)
+  // is synced in place (unchanged files keep their inode and times: the stat cache knows them). The scripts the
+  // last build moved out of the copy go back first: unchanged, the sync keeps them (no copy, no getfattr); they are
+  // only moved, never trusted — the sync compares them with the source like any file
+  const moved = join(workDir, MOVED_SCRIPTS);
+  for (const line of (await readFile(moved, 'utf8').catch(() => '')).split('\n')) {
+    const [n, dir] = line.split('\t');
+    if (!n || !dir || !(S2I_SCRIPTS as readonly string[]).includes(n) || !SCRIPT_DIRS.includes(dir)) continue;
+    const to = await realDir(src, dir);
+    if (to) await rename(join(scripts, n), join(to, n)).catch(() => undefined);
+  }
+  await rm(moved, { force: true });
   await rm(scripts, { recursive: true, force: true });
   await rm(join(workDir, 'upload', 'tmp'), { recursive: true, force: true });
   await mkdir(scripts, { recursive: true });
   let info: SourceInfo | undefined;
   const location = source;
-  if (isGitContext(source) || /^https?:\/\//.test(source)) {
+  const isGit = isGitContext(source) || /^https?:\/\//.test(source);
+  if (isGit) {
     const tmp = join(workDir, 'upload', 'tmp');
     const { dir } = await cloneGitWithCommit(source, tmp, true);
     info = await gitSourceInfo(dir);
@@ -383,11 +410,15 @@ export async function prepareSource(
   }
   for (const n of S2I_SCRIPTS) {
     if (provided.has(n)) continue;
-    for (const dir of ['.s2i/bin', '.sti/bin']) {
-      const p = join(src, dir, n);
-      if (await exists(p)) {
+    for (const dir of SCRIPT_DIRS) {
+      // never through a link out of the copy: a `.s2i` linked to a host dir would move a host file
+      const from = await realDir(src, dir);
+      const p = from && join(from, n);
+      const st = p && (await lstat(p).catch(() => undefined));
+      if (p && st && (await exists(p))) {
         await rename(p, join(scripts, n));
-        await chmod(join(scripts, n), 0o755);
+        if (!st.isSymbolicLink()) await chmod(join(scripts, n), 0o755);
+        if (!isGit) await appendFile(moved, `${n}\t${dir}\n`);
         provided.add(n);
         break;
       }

@@ -143,11 +143,11 @@ export async function workerMain(): Promise<number> {
   send({ type: 'ready', pid: process.pid });
   // the service may say what it can before the source is fetched: the registry work that does not need it starts
   let prepared: WorkerPrepare | undefined;
-  void Promise.race([prepareArrived, jobArrived.then(() => undefined)]).then((p) => {
+  const preparation = Promise.race([prepareArrived, jobArrived.then(() => undefined)]).then(async (p) => {
     if (!p || !isNodeBuild(p)) return;
     prepared = p;
     debugMark(`worker: prepare ${p.buildId}`);
-    void prepareNodeBuild({
+    await prepareNodeBuild({
       home: kilnHome(),
       base: p.node?.base ?? DEFAULT_NODE_BASE,
       push: [`${p.repository}:prepare`],
@@ -156,7 +156,12 @@ export async function workerMain(): Promise<number> {
     });
   });
   const job = await jobArrived;
-  if (!job) return 0;
+  if (!job) {
+    // released before its job (the fetch failed, the build was cancelled): the sessions it opened go too
+    await preparation.catch(() => undefined);
+    await cancelPreparedUploads().catch(() => undefined);
+    return 0;
+  }
   debugMark(`worker: job ${job.buildId}`);
   // what was prepared counts only for the build it was prepared for, with the same registry settings
   if (prepared && !preparedFor(prepared, job)) bases.clear();

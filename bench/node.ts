@@ -428,11 +428,12 @@ async function main(): Promise<void> {
       console.log(row('kiln serve B rounds, s', ksB.map((x) => (x / 1000).toFixed(2)).join(', ')));
     }
     console.log(row('ratio kiln serve / BuildKit', `${(median(ks) / median(bk)).toFixed(2)}× (target ≤ 0.3×)`));
-    const worst = bytes.reduce((a, x) => (x.uploaded - x.allowed > a.uploaded - a.allowed ? x : a), {
-      uploaded: 0,
-      allowed: 0,
-    });
-    if (!serveOnly)
+    // the round that uploaded most beyond what it had to (no initial value: a round with uploaded == allowed is
+    // still reported as it is, not as 0 B)
+    const worst = bytes.length
+      ? bytes.reduce((a, x) => (x.uploaded - x.allowed > a.uploaded - a.allowed ? x : a))
+      : undefined;
+    if (worst)
       console.log(
         row(
           'kiln bytes uploaded per round (worst)',

@@ -177,6 +177,26 @@ test('hashContextPaths: content-sensitive, ignore-aware, stat cache persisted', 
   assert.notEqual(await hashContextPaths(ctx, ['.'], ['app.txt']), await hashContextPaths(ctx, ['.']));
 });
 
+test('hashContextPaths: a copied xattr counts, and only while the file has one (keys without xattrs unchanged)', async () => {
+  const d = sampleDir();
+  const ctx = await loadContext(d, { kilnHome: fresh('home') });
+  const h1 = await hashContextPaths(ctx, ['.']);
+  const app = join(d, 'app.txt');
+  execFileSync('setfattr', ['-n', 'user.k', '-v', '1', app]);
+  const h2 = await hashContextPaths(ctx, ['.']);
+  assert.notEqual(h2, h1, 'an xattr-only change (ctime) is re-read and changes the digest');
+  execFileSync('setfattr', ['-n', 'trusted.other', '-v', '1', app]);
+  assert.equal(await hashContextPaths(ctx, ['.']), h2, 'xattrs a COPY does not carry do not count');
+  const hits = statCacheStats.hits;
+  assert.equal(await hashContextPaths(ctx, ['.']), h2);
+  assert.ok(statCacheStats.hits > hits, 'the xattr digest is kept in the stat cache');
+  const cold = await loadContext(d, { kilnHome: fresh('home') });
+  assert.equal(await hashContextPaths(cold, ['.']), h2, 'a cold walk gives the same digest');
+  execFileSync('setfattr', ['-x', 'user.k', app]);
+  execFileSync('setfattr', ['-x', 'trusted.other', app]);
+  assert.equal(await hashContextPaths(ctx, ['.']), h1, 'without xattrs, the digest is what it was');
+});
+
 test('remote contexts: a tarball URL or a Dockerfile URL', async () => {
   const d = sampleDir();
   const tarBuf = execFileSync('tar', ['-C', d, '-cjf', '-', '.']);

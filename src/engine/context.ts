@@ -11,7 +11,8 @@
  * `.dockerignore` (`<Dockerfile>.dockerignore` first, then `<context>/.dockerignore`) gives `ignore`.
  *
  * `hashContextPaths` digests context files for cache keys. It keeps a persisted stat cache under
- * `$KILN_HOME/statcache/` (path → mtime/size/inode/mode/ctime → sha256), so unchanged files are not read again.
+ * `$KILN_HOME/statcache/` (path → mtime/size/inode/mode/ctime → sha256 of the content, and of the copied xattrs when
+ * the file has any), so unchanged files are not read again.
  */
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -26,6 +27,7 @@ import { KilnError, errorMessage } from '../errors.js';
 import { loadDockerignore, newMatcher, type Matcher } from '../dockerfile/index.js';
 import { detectCompression, peek } from '../layer/compression.js';
 import { extractLayer } from '../layer/extract.js';
+import { readXattrsRecursive } from '../layer/fsops.js';
 import { readTar } from '../layer/tarformat.js';
 import { writeFileAtomic } from '../util/atomic.js';
 
@@ -378,6 +380,7 @@ interface StatEntry {
   i: number; // inode
   o: number; // mode
   d: string; // sha256 hex of the content
+  x?: string; // sha256 hex of the copied xattrs (COPIED_XATTRS), absent when the file has none
 }
 
 interface StatCacheFile {
@@ -473,6 +476,44 @@ export function contextWalkStats(ctx: BuildContext): ReadonlyMap<string, Stats> 
   return walkStats.get(ctx);
 }
 
+/**
+ * The extended attributes a COPY carries into its layer (src/engine/copy.ts). Why here: a context file's identity in
+ * a cache key includes them (as BuildKit's contenthash does), else an xattr-only change (setcap, setfattr) would
+ * reuse a layer holding the old ones.
+ */
+export const COPIED_XATTRS = '^(security\\.capability|user\\..*)$';
+
+/** getfattr arguments per process at most (one process per batch, not per file; ARG_MAX stays far). */
+const XATTR_BATCH_CHARS = 100_000;
+
+/** Digest (sha256 hex) of a file's copied xattrs, undefined when it has none (its key part is then as before). */
+function xattrDigest(x: Map<string, Buffer> | undefined): string | undefined {
+  if (!x || x.size === 0) return undefined;
+  const h = createHash('sha256');
+  for (const n of [...x.keys()].sort()) h.update(`${n}\0${(x.get(n) as Buffer).toString('hex')}\0`);
+  return h.digest('hex');
+}
+
+/** The copied xattrs of `paths` (files only, not recursive): getfattr processes of many paths each. */
+async function readCopiedXattrs(paths: string[]): Promise<Map<string, Map<string, Buffer>>> {
+  const out = new Map<string, Map<string, Buffer>>();
+  for (let i = 0; i < paths.length;) {
+    let chars = 0;
+    let j = i;
+    while (j < paths.length && (j === i || chars + (paths[j] as string).length < XATTR_BATCH_CHARS))
+      chars += (paths[j++] as string).length + 1;
+    for (const [k, v] of await readXattrsRecursive(paths.slice(i, j), COPIED_XATTRS, { recursive: false }))
+      out.set(k, v);
+    i = j;
+  }
+  return out;
+}
+
+/** A file's part of the digest: size, content digest and, only when it has any, its copied xattrs' digest. */
+function filePart(size: number, d: string, x: string | undefined): string {
+  return x === undefined ? `${size}\0${d}\0` : `${size}\0${d}\0x:${x}\0`;
+}
+
 /** Large files hashed at once (on the worker thread: their reads overlap). */
 const HASH_PARALLEL = 2;
 
@@ -501,6 +542,11 @@ export async function hashContextPaths(
   const parts: (string | Promise<string>)[] = [];
   const h = { update: (x: string | Promise<string>): void => void parts.push(x) };
   const running = new Set<Promise<string>>();
+  // The files read now (stat cache misses: new, or changed — an xattr change bumps ctime): their xattrs are read
+  // after the walk by one getfattr per batch, never per file.
+  const missed: string[] = [];
+  let xattrsRead!: (m: Promise<Map<string, Map<string, Buffer>>>) => void;
+  const xattrs = new Promise<Map<string, Map<string, Buffer>>>((r) => (xattrsRead = r));
   const visit = async (abs: string, ctxRel: string, srcRel: string): Promise<void> => {
     if (++ops % 256 === 0) await new Promise((r) => setImmediate(r));
     if (signal?.aborted) throw new KilnError('CANCELLED', 'context hashing stopped');
@@ -529,24 +575,37 @@ export async function hashContextPaths(
       seen.add(ctxRel);
       if (fresh(e, st)) {
         statCacheStats.hits++;
-        h.update(`${st.size}\0${e.d}\0`);
+        h.update(filePart(st.size, e.d, e.x));
       } else {
         const key = `${st.mtimeMs}:${st.ctimeMs}:${st.size}:${st.ino}:${st.mode}`;
         const other = cache.inflight.get(ctxRel);
         if (other?.key === key) {
           statCacheStats.shared++;
-          h.update(other.digest.then((d) => `${st.size}\0${d}\0`));
+          h.update(
+            other.digest.then((dx) => {
+              const [d, x] = dx.split('\0') as [string, string | undefined];
+              return filePart(st.size, d, x);
+            }),
+          );
         } else {
           statCacheStats.misses++;
-          const digest = sha256File(abs, st.size);
+          const content = sha256File(abs, st.size);
+          missed.push(abs);
+          // the entry's digest: content and xattrs (`d` or `d\0x`), shared with a walk that finds it in flight
+          const digest = content.then(async (d) => {
+            const x = xattrDigest((await xattrs).get(abs));
+            return x === undefined ? d : `${d}\0${x}`;
+          });
           const entry = { key, digest };
           cache.inflight.set(ctxRel, entry);
           const p = digest.then(
-            (d) => {
+            (dx) => {
+              const [d, x] = dx.split('\0') as [string, string | undefined];
               cache.data.entries[ctxRel] = { m: st.mtimeMs, c: st.ctimeMs, s: st.size, i: st.ino, o: st.mode, d };
+              if (x !== undefined) (cache.data.entries[ctxRel] as StatEntry).x = x;
               cache.dirty = true;
               if (cache.inflight.get(ctxRel) === entry) cache.inflight.delete(ctxRel);
-              return `${st.size}\0${d}\0`;
+              return filePart(st.size, d, x);
             },
             (e: unknown) => {
               if (cache.inflight.get(ctxRel) === entry) cache.inflight.delete(ctxRel);
@@ -554,7 +613,8 @@ export async function hashContextPaths(
             },
           );
           p.catch(() => undefined); // awaited below, in order
-          const tracked = p.finally(() => running.delete(tracked));
+          // a hashing slot is the content read only (the xattrs come after the walk)
+          const tracked = content.finally(() => running.delete(tracked));
           tracked.catch(() => undefined);
           running.add(tracked);
           h.update(p);
@@ -568,14 +628,21 @@ export async function hashContextPaths(
     }
     h.update('\n');
   };
-  for (const p of paths) {
-    const abs = isAbsolute(p) ? p : join(root, p);
-    if (abs !== root && !abs.startsWith(root + '/')) {
-      throw new KilnError('CONTEXT_PATH', `path ${p} is outside the build context`);
+  try {
+    for (const p of paths) {
+      const abs = isAbsolute(p) ? p : join(root, p);
+      if (abs !== root && !abs.startsWith(root + '/')) {
+        throw new KilnError('CONTEXT_PATH', `path ${p} is outside the build context`);
+      }
+      const rel = abs === root ? '' : abs.slice(root.length + 1);
+      h.update(`path:${rel}\n`);
+      await visit(abs, rel, '');
     }
-    const rel = abs === root ? '' : abs.slice(root.length + 1);
-    h.update(`path:${rel}\n`);
-    await visit(abs, rel, '');
+  } finally {
+    // also when the walk stopped: digests it started (which another walk may be waiting for) still complete
+    const read = missed.length ? readCopiedXattrs(missed) : Promise.resolve(new Map<string, Map<string, Buffer>>());
+    read.catch(() => undefined); // awaited through the digests above
+    xattrsRead(read);
   }
   const digest = createHash('sha256');
   // consecutive strings go in as one update (three small parts per file: 15,000 calls into the hash otherwise)

@@ -64,6 +64,7 @@ export { copyRequest } from './ports.js';
 import { secureJoin } from './rootfs.js';
 import { AddSupport, isGitSource, isUrlSource } from './add.js';
 import {
+  COPIED_XATTRS,
   contextWalkStats,
   hashContextPaths,
   prefetchContextHashes,
@@ -366,7 +367,7 @@ export interface SourceMatch {
 
 /** The xattrs a copy carries over (TreeCopier.loadXattrs). */
 function readSourceXattrs(paths: string[]): Promise<Map<string, Map<string, Buffer>>> {
-  return readXattrsRecursive(paths, '^(security\\.capability|user\\..*)$');
+  return readXattrsRecursive(paths, COPIED_XATTRS);
 }
 
 interface SourceCtx {
@@ -1068,7 +1069,7 @@ export class LocalFileCopier implements FileCopier {
  * and other nodes replace whatever is there. Hard links inside `from` stay links; xattrs are carried over.
  */
 export async function mergeTree(from: string, to: string, warn: (m: string) => void): Promise<void> {
-  const xattrs = await readXattrsRecursive(from, '^(security\\.capability|user\\..*)$');
+  const xattrs = await readXattrsRecursive(from, COPIED_XATTRS);
   const sets: XattrSet[] = [];
   const inodes = new Map<string, string>();
   const dirs: { target: string; st: Stats }[] = [];

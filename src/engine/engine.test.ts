@@ -20,6 +20,7 @@ import { makeBusyboxImage } from '../../test/helpers/images.js';
 import { runEngine, type EngineRequest, type EngineDeps, neededStages, lowerDirs } from './engine.js';
 import { LocalLayerStore } from './local.js';
 import { LocalFileCopier } from './copy.js';
+import { loadContext } from './context.js';
 import { parseTrigger } from './build.js';
 import type { CopyRequest, CopySource, ProcessSpec, Snapshot } from './ports.js';
 
@@ -653,4 +654,57 @@ test('COPY folded into the next RUN (foldIntoRun): one layer with both, the COPY
   // a folded COPY with no RUN after it is the frontend's mistake: one line, nothing run
   await assert.rejects(runEngine(folded('FROM busybox\nCOPY f /g\nCMD ["x"]\n'), h.deps), /no RUN follows it/);
   await assert.rejects(runEngine(folded('FROM busybox\nCOPY f /g\nWORKDIR /w\nRUN true\n'), h.deps), /no RUN follows/);
+});
+
+test('COPY key includes the copied xattrs: a user.* or setcap-only change misses (the capability lands in the layer); no change still hits', async () => {
+  const h = harness('xattrkey');
+  const ctxDir = h.deps.contextDir;
+  await mkdir(ctxDir, { recursive: true });
+  const f = join(ctxDir, 'f');
+  await writeFile(f, 'same content');
+  await writeFile(join(ctxDir, 'plain'), 'no xattrs');
+  const setx = (v: string): void => void execFileSync('setfattr', ['-n', 'user.x', '-v', v, f]);
+  const getx = (p: string): string =>
+    execFileSync('getfattr', ['--only-values', '-n', 'user.x', p], { encoding: 'utf8' });
+  setx('one');
+  const df = 'FROM busybox\nCOPY plain /plain\nCOPY f /f\n';
+  await writeFile(join(ctxDir, 'Dockerfile'), df);
+  // a fresh context object per build, as the CLI loads it; the stat cache persists under the same home
+  const build = async () => {
+    const context = await loadContext(ctxDir, { kilnHome: join(home, 'xattrkey', 'home') });
+    h.deps.copier = new LocalFileCopier({ context });
+    h.log.length = 0;
+    const res = await runEngine(request(df), h.deps);
+    return { res, cached: h.log.filter((l) => l.startsWith('cached')).length };
+  };
+  const first = await build();
+  assert.equal(first.cached, 0);
+  assert.equal(getx(join(first.res.layers.at(-1)?.dir as string, 'f')), 'one');
+  const same = await build();
+  assert.equal(same.cached, 2, 'nothing changed: both COPYs are cache hits');
+  assert.deepEqual(
+    same.res.layers.map((l) => l.diffID),
+    first.res.layers.map((l) => l.diffID),
+  );
+  setx('two'); // content and mtime unchanged, only the xattr (and ctime)
+  const changed = await build();
+  assert.equal(changed.cached, 1, 'the COPY of the untouched file still hits, the COPY of f misses');
+  // (the layer tar records security.capability, not user.*: the same diffID, so the layer store keeps its dir)
+  const again = await build();
+  assert.equal(again.cached, 2, 'unchanged since: hits again');
+  if (process.getuid?.() === 0) {
+    // setcap: the capability is in the layer's tar too, so the image changes
+    const cap = '0x0100000200040000000000000000000000000000'; // v2, cap_net_bind_service permitted
+    execFileSync('setfattr', ['-n', 'security.capability', '-v', cap, f]);
+    const capped = await build();
+    assert.equal(capped.cached, 1);
+    assert.notEqual(capped.res.layers.at(-1)?.diffID, again.res.layers.at(-1)?.diffID);
+    const capOf = (p: string): string =>
+      execFileSync('getfattr', ['-e', 'hex', '--only-values', '-n', 'security.capability', p], { encoding: 'utf8' });
+    assert.equal(
+      capOf(join(capped.res.layers.at(-1)?.dir as string, 'f')),
+      capOf(f),
+      'the new layer has the capability',
+    );
+  }
 });

@@ -29,6 +29,9 @@ import {
 } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { KilnError } from '../../errors.js';
+// the xattrs a sync carries over are those kiln's COPY puts into a layer: the cold build's `cp -a` keeps them, a
+// warm sync that dropped them made a different image
+import { COPIED_XATTRS } from '../../engine/context.js';
 import { readXattrsRecursive, setXattrs, type XattrSet } from '../../layer/fsops.js';
 import { homeDirs } from '../../util/paths.js';
 
@@ -126,12 +129,6 @@ const sameTime = (a: Stats, b: Stats): boolean => Math.abs(a.mtimeMs - b.mtimeMs
 
 const same = (a: Stats, b: Stats): boolean =>
   a.size === b.size && sameTime(a, b) && (a.mode & 0o7777) === (b.mode & 0o7777);
-
-/**
- * The xattrs a sync carries over: those kiln's COPY puts into a layer (engine/copy.ts readSourceXattrs). The cold
- * build's `cp -a` keeps them (and others no layer holds); a warm sync that dropped them made a different image.
- */
-const XATTRS = '^(security\\.capability|user\\..*)$';
 
 /** What one syncTree learns on its walk, for after it. */
 interface SyncState {
@@ -241,7 +238,7 @@ async function syncDir(from: string, to: string, state: SyncState): Promise<void
 async function syncXattrs(state: SyncState): Promise<void> {
   if (state.fresh.size === 0 && state.kept.size === 0) return;
   const read = [...state.fresh.keys(), ...state.kept.keys(), ...state.kept.values()];
-  const found = await readXattrsRecursive(read, XATTRS, { recursive: false });
+  const found = await readXattrsRecursive(read, COPIED_XATTRS, { recursive: false });
   const sets: XattrSet[] = [];
   const removals: [string, string][] = [];
   for (const [pairs, fresh] of [

@@ -12,7 +12,8 @@
  * checkout, which BuildKit's figure does not have.
  *
  * Environment: BENCH_ROUNDS (default 5), BENCH_FILES (default 200); BENCH_TRACE=1 adds one more kiln round with
- * `--progress plain` and prints its log with the time of each line (where the warm time goes). Needs root
+ * `--progress plain` and prints its log with the time of each line (where the warm time goes); BENCH_SERVE_AB=1 adds
+ * a second service without the worker's preparation (KILN_SERVE_PREPARE=0), alternating with the first. Needs root
  * (buildkitd). Output: a table and where the time goes, also in bench/results/s2i.md (its `## Notes` section,
  * written by hand, is kept).
  */
@@ -73,6 +74,7 @@ async function startKilnServe(
   dir: string,
   home: string,
   config: string,
+  env: NodeJS.ProcessEnv = {},
 ): Promise<{
   api: <T>(method: 'GET' | 'POST', path: string, body?: unknown) => Promise<T>;
   stop: () => Promise<void>;
@@ -92,7 +94,7 @@ async function startKilnServe(
   await mkdir(dirname(bin), { recursive: true });
   await writeFile(bin, launcherSource(main));
   const proc = spawn(process.execPath, [bin, ...args], {
-    env: { ...process.env, KILN_HOME: home },
+    env: { ...process.env, ...env, KILN_HOME: home },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   const exited = new Promise<void>((r) => proc.on('close', () => r()));
@@ -271,6 +273,16 @@ async function main(): Promise<void> {
         `        s2i: {builderImage: "${builderRef}"}\n        tags: ["1"]\n`,
     );
     stops.unshift(() => svc.stop());
+    // BENCH_SERVE_AB=1: the same service without the worker's preparation (same project, its own home and data)
+    let svcNoPrep: KilnServe | undefined;
+    if (process.env.BENCH_SERVE_AB === '1') {
+      const d = join(work, 'noprep');
+      await mkdir(d);
+      const cfg = await readFile(join(work, 'svc.yaml'), 'utf8');
+      const s = await startKilnServe(cli, d, join(d, 'svc-home'), cfg, { KILN_SERVE_PREPARE: '0' });
+      svcNoPrep = s;
+      stops.unshift(() => s.stop());
+    }
     const kilnArgs = (): string[] => ['s2i', 'build', src, builderRef, `${R}/app-kiln:1`, '--push'];
     const kilnRun = (): Promise<string> => kiln(kilnArgs());
     const buildkitRun = async (round: number, onLog?: (log: string) => void): Promise<number> => {
@@ -301,7 +313,9 @@ async function main(): Promise<void> {
     await kilnRun();
     await buildkitRun(-1);
     await serviceRound(svc);
+    if (svcNoPrep) await serviceRound(svcNoPrep);
     const k: number[] = [];
+    const svNoPrep: number[] = [];
     const bk: number[] = [];
     const sv: number[] = [];
     let bkLog = '';
@@ -314,6 +328,7 @@ async function main(): Promise<void> {
       bk.push(await buildkitRun(i, (log) => (bkLog = log)));
       await git.commit('app', { 'lib/f0.txt': change }, `round ${i}`);
       sv.push(await serviceRound(svc));
+      if (svcNoPrep) svNoPrep.push(await serviceRound(svcNoPrep));
     }
     // where the time goes: one more kiln round with KILN_DEBUG=1 (its timeline marks), BuildKit's last log
     await writeFile(join(src, 'lib', 'f0.txt'), `timeline ${Date.now()}\n`);
@@ -358,12 +373,21 @@ async function main(): Promise<void> {
         `${(median(sv) / 1000).toFixed(2)} s`,
       ),
       row('ratio kiln serve / BuildKit', `${(median(sv) / median(bk)).toFixed(2)}×`),
+      ...(svNoPrep.length
+        ? [
+            row(
+              "kiln serve without the worker's preparation (KILN_SERVE_PREPARE=0), median",
+              `${(median(svNoPrep) / 1000).toFixed(2)} s (${(median(svNoPrep) / median(bk)).toFixed(2)}×)`,
+            ),
+          ]
+        : []),
       row('incremental kiln build with the cached artifacts tar', `${(tInc / 1000).toFixed(2)} s`),
       row('previous image manifests/layers read from the registry', String(reads)),
       '',
       `Load while measuring (1/5/15 min): ${loadavg()
         .map((l) => l.toFixed(1))
-        .join(' / ')}. Rounds (s): kiln ${secs(k)}; BuildKit ${secs(bk)}; kiln serve ${secs(sv)}.`,
+        .join(' / ')}. Rounds (s): kiln ${secs(k)}; BuildKit ${secs(bk)}; kiln serve ${secs(sv)}` +
+        (svNoPrep.length ? `; kiln serve without preparation ${secs(svNoPrep)}.` : '.'),
       '',
       '## Where the time goes',
       '',

@@ -4,37 +4,33 @@
  * (overlay snapshots + RUN executor), the registry client (base images, pushes) and the COPY/ADD copier. Also
  * the interrupt handling of the CLI: SIGINT/SIGTERM abort the build through an AbortSignal.
  */
-import { mkdir, mkdtemp, rm } from "node:fs/promises";
-import { createReadStream } from "node:fs";
-import { pipeline } from "node:stream/promises";
-import { basename, join } from "node:path";
-import { KilnError } from "../errors.js";
-import { LocalStore } from "../oci/store.js";
-import { kilnHome } from "../util/paths.js";
-import { writeLayout } from "../oci/layout.js";
-import { writeDockerArchive } from "../oci/docker-archive.js";
-import { Progress } from "../progress.js";
-import { Keychain } from "../registry/keychain.js";
-import { parseReferenceWithDefaultTag } from "../registry/reference.js";
-import { closeTransports } from "../registry/transport.js";
-import type { PushOptions } from "../registry/push.js";
-import type { CredentialSource } from "../registry/transport.js";
-import {
-  loadContext,
-  type BuildContext,
-  type LoadContextOptions,
-} from "./context.js";
-import { isolationServices } from "../sandbox/isolation.js";
-import { kilnTempDir } from "../sandbox/paths.js";
-import { LocalLayerStore } from "./local.js";
-import { LocalFileCopier } from "./copy.js";
-import { BuildProgress } from "./progress.js";
-import { build, type BuildOutcome, type BuildServices } from "./build.js";
-import type { BuildOptions, LayerCompression } from "./options.js";
-import type { BaseResolver } from "./ports.js";
-import type { Frontend } from "./frontend.js";
-import { debugMark } from "../util/debug.js";
-import { StoreFirstResolver } from "./bases.js";
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { pipeline } from 'node:stream/promises';
+import { basename, join } from 'node:path';
+import { KilnError } from '../errors.js';
+import { LocalStore } from '../oci/store.js';
+import { kilnHome } from '../util/paths.js';
+import { writeLayout } from '../oci/layout.js';
+import { writeDockerArchive } from '../oci/docker-archive.js';
+import { Progress } from '../progress.js';
+import { Keychain, embedderFirst } from '../registry/keychain.js';
+import { parseReferenceWithDefaultTag } from '../registry/reference.js';
+import { closeTransports } from '../registry/transport.js';
+import type { PushOptions } from '../registry/push.js';
+import type { CredentialSource } from '../registry/transport.js';
+import { loadContext, type BuildContext, type LoadContextOptions } from './context.js';
+import { isolationServices } from '../sandbox/isolation.js';
+import { kilnTempDir } from '../sandbox/paths.js';
+import { LocalLayerStore } from './local.js';
+import { LocalFileCopier } from './copy.js';
+import { BuildProgress } from './progress.js';
+import { build, type BuildOutcome, type BuildServices } from './build.js';
+import type { BuildOptions, LayerCompression } from './options.js';
+import type { BaseResolver } from './ports.js';
+import type { Frontend } from './frontend.js';
+import { debugMark } from '../util/debug.js';
+import { StoreFirstResolver } from './bases.js';
 
 export { StoreFirstResolver };
 
@@ -53,19 +49,15 @@ export interface ServiceOptions {
   compression?: LayerCompression;
   compressionLevel?: number;
   /** How RUN steps are isolated (default userns). */
-  isolation?: BuildOptions["isolation"];
+  isolation?: BuildOptions['isolation'];
 }
 
 /** Write to `dest`, or for `-` to a temp file streamed to stdout (tar outputs to a pipe, like buildx). */
-async function viaFile(
-  dest: string,
-  tmpBase: string,
-  write: (file: string) => Promise<void>,
-): Promise<void> {
-  if (dest !== "-") return write(dest);
-  const dir = await mkdtemp(join(tmpBase, "out-"));
+async function viaFile(dest: string, tmpBase: string, write: (file: string) => Promise<void>): Promise<void> {
+  if (dest !== '-') return write(dest);
+  const dir = await mkdtemp(join(tmpBase, 'out-'));
   try {
-    const file = join(dir, "out.tar");
+    const file = join(dir, 'out.tar');
     await write(file);
     await pipeline(createReadStream(file), process.stdout, { end: false });
   } finally {
@@ -80,11 +72,8 @@ export async function localServices(
   const home = o.home ?? kilnHome();
   await mkdir(home, { recursive: true });
   const store = await LocalStore.open(home);
-  const { executor, snapshotter, layersDir } = await isolationServices(
-    o.isolation ?? "userns",
-    home,
-  );
-  const tmpBase = join(home, "tmp");
+  const { executor, snapshotter, layersDir } = await isolationServices(o.isolation ?? 'userns', home);
+  const tmpBase = join(home, 'tmp');
   await mkdir(tmpBase, { recursive: true, mode: 0o700 });
   const warn = (m: string): void => o.progress.warn(m);
   const lo: LoadContextOptions = {
@@ -94,10 +83,7 @@ export async function localServices(
   };
   if (o.dockerfile !== undefined) lo.dockerfile = o.dockerfile;
   const context = await loadContext(o.context, lo);
-  const dfName =
-    context.dockerfile.path === "-"
-      ? "Dockerfile"
-      : basename(context.dockerfile.path);
+  const dfName = context.dockerfile.path === '-' ? 'Dockerfile' : basename(context.dockerfile.path);
   const svc: BuildServices & { store: LocalStore; context: BuildContext } = {
     store,
     context,
@@ -111,16 +97,14 @@ export async function localServices(
       blobs: store.blobs,
       onWarning: warn,
       ...(o.compression ? { compression: o.compression } : {}),
-      ...(o.compressionLevel !== undefined
-        ? { level: o.compressionLevel }
-        : {}),
+      ...(o.compressionLevel !== undefined ? { level: o.compressionLevel } : {}),
     }),
     bases: new StoreFirstResolver(store, o.registry),
     copier: new LocalFileCopier({
       context,
       tmpDir: tmpBase,
       onWarning: warn,
-      ...(o.isolation === "restricted" ? { offload: false as const } : {}),
+      ...(o.isolation === 'restricted' ? { offload: false as const } : {}),
     }),
     progress: o.progress,
     registry: o.registry,
@@ -129,36 +113,26 @@ export async function localServices(
         await store.put(image, names);
       },
       writeOCI: async (image, dest, w) => {
-        if (dest === "-" && !w.tar)
-          throw new KilnError(
-            "OUTPUT_INVALID",
-            "type=oci,tar=false needs dest=DIR",
-          );
+        if (dest === '-' && !w.tar) throw new KilnError('OUTPUT_INVALID', 'type=oci,tar=false needs dest=DIR');
         // like BuildKit's oci exporter: ref.name is the tag, io.containerd.image.name the full name
         const entries = w.names.length
           ? w.names.map((n) => {
               const ref = parseReferenceWithDefaultTag(n);
               return {
                 image,
-                name: ref.tag ?? "latest",
+                name: ref.tag ?? 'latest',
                 annotations: {
                   ...w.annotations,
-                  "io.containerd.image.name": ref.toString(),
+                  'io.containerd.image.name': ref.toString(),
                 },
               };
             })
           : [{ image, annotations: w.annotations }];
-        await viaFile(dest, tmpBase, (file) =>
-          writeLayout(file, entries, { tar: w.tar }).then(() => undefined),
-        );
+        await viaFile(dest, tmpBase, (file) => writeLayout(file, entries, { tar: w.tar }).then(() => undefined));
       },
       writeDocker: async (image, dest, names) => {
-        const tags = names.map((n) =>
-          parseReferenceWithDefaultTag(n).toString(),
-        );
-        await viaFile(dest, tmpBase, (file) =>
-          writeDockerArchive(file, [{ image, tags }]),
-        );
+        const tags = names.map((n) => parseReferenceWithDefaultTag(n).toString());
+        await viaFile(dest, tmpBase, (file) => writeDockerArchive(file, [{ image, tags }]));
       },
     },
     // with an .owner file: if this process dies (a build worker killed), the next kiln removes the dir
@@ -166,12 +140,11 @@ export async function localServices(
   };
   if (o.signal) svc.signal = o.signal;
   if (o.cacheFrom?.length || o.cacheTo?.length) {
-    const { RemoteBuildCache, parseCacheSpec } =
-      await import("../cache/remote.js");
+    const { RemoteBuildCache, parseCacheSpec } = await import('../cache/remote.js');
     const remote = new RemoteBuildCache({
-      dir: join(home, "cache"),
-      from: (o.cacheFrom ?? []).map((c) => parseCacheSpec(c, "--cache-from")),
-      to: (o.cacheTo ?? []).map((c) => parseCacheSpec(c, "--cache-to")),
+      dir: join(home, 'cache'),
+      from: (o.cacheFrom ?? []).map((c) => parseCacheSpec(c, '--cache-from')),
+      to: (o.cacheTo ?? []).map((c) => parseCacheSpec(c, '--cache-to')),
       registry: o.registry,
       blobs: store.blobs,
       layers: svc.layers,
@@ -180,9 +153,7 @@ export async function localServices(
     svc.cache = remote;
     remote.prefetch();
     svc.afterExport = async (engine, exported) => {
-      const pushed = exported.pushed.map((n) =>
-        parseReferenceWithDefaultTag(n),
-      );
+      const pushed = exported.pushed.map((n) => parseReferenceWithDefaultTag(n));
       await remote.exportTo(
         engine.layers.map((l) => l.diffID),
         pushed,
@@ -220,23 +191,16 @@ export async function runBuildCommand(
   },
   embed: EmbeddedBuild = {},
 ): Promise<BuildOutcome> {
-  const progressMode =
-    opts.progress === "auto" || opts.progress === "tty"
-      ? "plain"
-      : opts.progress;
+  const progressMode = opts.progress === 'auto' || opts.progress === 'tty' ? 'plain' : opts.progress;
   const progress = embed.progress ?? new BuildProgress(progressMode);
-  const keychain = new Keychain().source();
   const first = embed.credentials;
   const registry: PushOptions = {
-    insecureRegistries: opts.insecureRegistries.map((h) =>
-      h.replace(/^[a-z]+:\/\//i, "").replace(/\/.*$/, ""),
-    ),
+    insecureRegistries: opts.insecureRegistries.map((h) => h.replace(/^[a-z]+:\/\//i, '').replace(/\/.*$/, '')),
     caFiles: flags.registryCa ?? [],
-    mirrors: opts.registryMirrors.map((u) => u.replace(/\/+$/, "")),
-    credentials: first
-      ? async (r) => (await first(r)) ?? keychain(r)
-      : keychain,
-    progress: new Progress(progressMode === "json" ? "json" : "quiet"),
+    mirrors: opts.registryMirrors.map((u) => u.replace(/\/+$/, '')),
+    // the same function for the same embedder: a build worker's job reuses the transports its preparation warmed
+    credentials: first ? embedderFirst(first) : new Keychain().source(),
+    progress: new Progress(progressMode === 'json' ? 'json' : 'quiet'),
   };
   const ac = new AbortController();
   registry.signal = ac.signal;
@@ -245,15 +209,15 @@ export async function runBuildCommand(
     signal ??= sig;
     ac.abort();
   };
-  process.on("SIGINT", onSignal);
-  process.on("SIGTERM", onSignal);
-  const onEmbedAbort = (): void => onSignal("SIGTERM");
-  embed.signal?.addEventListener("abort", onEmbedAbort);
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  const onEmbedAbort = (): void => onSignal('SIGTERM');
+  embed.signal?.addEventListener('abort', onEmbedAbort);
   if (embed.signal?.aborted) onEmbedAbort(); // cancelled before the build even started
   // progress goes to stderr: if its reader goes away (`kiln build … 2>&1 | head`), keep building and cleaning up
   // instead of dying on EPIPE with a snapshot still mounted
   const onStderrError = (): void => undefined;
-  process.stderr.on("error", onStderrError);
+  process.stderr.on('error', onStderrError);
   try {
     const so: ServiceOptions = {
       registry,
@@ -265,12 +229,11 @@ export async function runBuildCommand(
     if (opts.cacheFrom) so.cacheFrom = opts.cacheFrom;
     if (opts.cacheTo) so.cacheTo = opts.cacheTo;
     if (opts.compression) so.compression = opts.compression;
-    if (opts.compressionLevel !== undefined)
-      so.compressionLevel = opts.compressionLevel;
+    if (opts.compressionLevel !== undefined) so.compressionLevel = opts.compressionLevel;
     if (opts.isolation) so.isolation = opts.isolation;
-    debugMark("engine services");
+    debugMark('engine services');
     const svc = await localServices(so);
-    debugMark("engine services ready (context loaded)");
+    debugMark('engine services ready (context loaded)');
     if (embed.bases) svc.bases = embed.bases(svc.bases);
     if (embed.frontend) svc.frontend = embed.frontend;
     let res: BuildOutcome;
@@ -279,31 +242,25 @@ export async function runBuildCommand(
     } finally {
       await svc.context.cleanup();
     }
-    if (opts.progress !== "quiet" && !embed.progress) {
-      const names = res.exported.names.length
-        ? ` (${res.exported.names.join(", ")})`
-        : "";
+    if (opts.progress !== 'quiet' && !embed.progress) {
+      const names = res.exported.names.length ? ` (${res.exported.names.join(', ')})` : '';
       process.stderr.write(`\nbuilt ${res.exported.configDigest}${names}\n`);
     }
     return res;
   } catch (e) {
     if (ac.signal.aborted) {
       // 128 + the signal's number, as a shell reports a process killed by it (SIGTERM: a pod being stopped)
-      throw new KilnError(
-        "INTERRUPTED",
-        "build interrupted; nothing was pushed",
-        {
-          cause: e,
-          exitCode: signal === "SIGTERM" ? 143 : 130,
-        },
-      );
+      throw new KilnError('INTERRUPTED', 'build interrupted; nothing was pushed', {
+        cause: e,
+        exitCode: signal === 'SIGTERM' ? 143 : 130,
+      });
     }
     throw e;
   } finally {
-    process.off("SIGINT", onSignal);
-    process.off("SIGTERM", onSignal);
-    embed.signal?.removeEventListener("abort", onEmbedAbort);
-    process.stderr.off("error", onStderrError);
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    embed.signal?.removeEventListener('abort', onEmbedAbort);
+    process.stderr.off('error', onStderrError);
     await closeTransports(registry);
   }
 }

@@ -169,3 +169,30 @@ test('config keys normalise to hosts', () => {
   assert.equal(configKeyHost('http://127.0.0.1:5000/v2/'), '127.0.0.1:5000');
   assert.equal(configKeyHost('quay.io'), 'quay.io');
 });
+
+test('embedderFirst: one function per embedder (its transports pool), the embedder answers before the keychain', async () => {
+  const { embedderFirst } = await import('./keychain.js');
+  const dir = mkdtempSync(join(tmpdir(), 'kiln-kc-embed-'));
+  const saved = process.env.DOCKER_CONFIG;
+  process.env.DOCKER_CONFIG = dir;
+  try {
+    writeFileSync(
+      join(dir, 'config.json'),
+      JSON.stringify({ auths: { 'other.example': { auth: Buffer.from('kc:kcpw').toString('base64') } } }),
+    );
+    const first = async (r: string): Promise<{ username: string; password: string } | undefined> =>
+      r === 'proj.example' ? { username: 'svc', password: 'pw' } : undefined;
+    const a = embedderFirst(first);
+    assert.equal(embedderFirst(first), a, 'the same function for the same embedder');
+    assert.notEqual(
+      embedderFirst(async () => undefined),
+      a,
+    );
+    assert.deepEqual(await a('proj.example'), { username: 'svc', password: 'pw' });
+    assert.deepEqual(await a('other.example'), { username: 'kc', password: 'kcpw' });
+  } finally {
+    if (saved === undefined) delete process.env.DOCKER_CONFIG;
+    else process.env.DOCKER_CONFIG = saved;
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

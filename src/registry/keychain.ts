@@ -275,6 +275,25 @@ export class Keychain {
   }
 }
 
+/** The embedder's credentials after the docker keychain, one function per embedder source (see embedderFirst). */
+const chainedSources = new WeakMap<CredentialSource, CredentialSource>();
+
+/**
+ * An embedder's credentials (the build service's project login) tried before the docker keychain — the same
+ * function for the same embedder function. Why the same: registry transports are pooled by their credentials
+ * function (src/registry/transport.ts), so a build worker's preparation (registry ping, token, a resolved base,
+ * upload sessions opened ahead) and its job's engine use one pool, and the job reuses what was prepared.
+ */
+export function embedderFirst(first: CredentialSource): CredentialSource {
+  let c = chainedSources.get(first);
+  if (!c) {
+    const keychain = new Keychain().source();
+    c = async (r) => (await first(r)) ?? keychain(r);
+    chainedSources.set(first, c);
+  }
+  return c;
+}
+
 /**
  * Verify credentials against a registry: ping `/v2/`, then authenticate (Basic: GET /v2/ with the credentials;
  * Bearer: fetch a token from the realm with them). Throws UNAUTHORIZED on rejection.

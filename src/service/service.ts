@@ -528,10 +528,10 @@ export class BuildService implements ServiceCore {
       const registryAuth = rc?.username
         ? { registry: host, username: rc.username, password: readSecretRef(rc, 'registry password') }
         : undefined;
-      // a Node.js build's worker pings the registry and resolves the base while the commit is fetched
-      // (KILN_SERVE_PREPARE=0: not, for measuring)
+      // a Node.js or S2I build's worker pings the registry, resolves the base (the builder image) and opens upload
+      // sessions while the commit is fetched (KILN_SERVE_PREPARE=0: not, for measuring)
       if (
-        img.strategy === 'node' &&
+        (img.strategy === 'node' || (img.strategy === 's2i' && img.s2i)) &&
         img.backend === 'kiln' &&
         build.trigger.action !== 'rebase' &&
         process.env.KILN_SERVE_PREPARE !== '0'
@@ -544,6 +544,7 @@ export class BuildService implements ServiceCore {
           strategy: img.strategy,
           backend: img.backend,
           ...(img.node ? { node: img.node } : {}),
+          ...(img.strategy === 's2i' && img.s2i ? { s2i: { builderImage: img.s2i.builderImage } } : {}),
         });
       }
       debugMark(`service: build ${build.id}: fetch`);

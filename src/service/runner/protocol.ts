@@ -86,6 +86,8 @@ export interface WorkerPrepare {
   strategy?: Strategy;
   backend?: Backend;
   node?: NodeSpec;
+  /** An S2I build's builder image (resolved while the commit is fetched). */
+  s2i?: Pick<S2ISpec, 'builderImage'>;
 }
 
 /** Service → worker. */

@@ -144,12 +144,15 @@ export async function workerMain(): Promise<number> {
   // the service may say what it can before the source is fetched: the registry work that does not need it starts
   let prepared: WorkerPrepare | undefined;
   const preparation = Promise.race([prepareArrived, jobArrived.then(() => undefined)]).then(async (p) => {
-    if (!p || !isNodeBuild(p)) return;
+    const base = p ? preparedBase(p, DEFAULT_NODE_BASE) : undefined;
+    if (!p || base === undefined) return;
     prepared = p;
     debugMark(`worker: prepare ${p.buildId}`);
+    // the same registry work for both: ping, the base (the S2I builder image) resolved, two upload sessions
+    // (the last layer's and the config's)
     await prepareNodeBuild({
       home: kilnHome(),
-      base: p.node?.base ?? DEFAULT_NODE_BASE,
+      base,
       push: [`${p.repository}:prepare`],
       opts: { insecureRegistries: p.insecureRegistries, registryMirrors: [], progress: 'plain', pull: false, platform },
       embed: { credentials: registryCredentials(p.registryAuth), bases: (inner) => bases.resolver(inner) },
@@ -278,13 +281,22 @@ export async function workerMain(): Promise<number> {
   }
 }
 
-/** A build the worker prepares for (see WorkerPrepare): the Node.js builder on kiln. */
-function isNodeBuild(p: Pick<WorkerJob, 'strategy' | 'backend'>): boolean {
-  return p.strategy === 'node' && (p.backend ?? 'kiln') === 'kiln';
+/**
+ * The base a build the worker prepares for resolves first (see WorkerPrepare): the Node.js builder's base, an S2I
+ * build's builder image, both on kiln; undefined for any other build (nothing prepared).
+ */
+export function preparedBase(
+  p: Pick<WorkerPrepare, 'strategy' | 'backend' | 'node' | 's2i'>,
+  nodeDefault: string,
+): string | undefined {
+  if ((p.backend ?? 'kiln') !== 'kiln') return undefined;
+  if (p.strategy === 'node') return p.node?.base ?? nodeDefault;
+  if (p.strategy === 's2i') return p.s2i?.builderImage;
+  return undefined;
 }
 
 /** Whether `job` is the build `p` prepared, with the registry settings the preparation used. */
-function preparedFor(p: WorkerPrepare, job: WorkerJob): boolean {
+export function preparedFor(p: WorkerPrepare, job: WorkerJob): boolean {
   const a = p.registryAuth;
   const b = job.registryAuth;
   const sameAuth =
@@ -292,9 +304,11 @@ function preparedFor(p: WorkerPrepare, job: WorkerJob): boolean {
   return (
     p.buildId === job.buildId &&
     sameAuth &&
-    isNodeBuild(job) &&
+    p.strategy === job.strategy &&
+    preparedBase(job, '') !== undefined &&
     JSON.stringify(p.insecureRegistries) === JSON.stringify(job.insecureRegistries) &&
     (p.node?.base ?? '') === (job.node?.base ?? '') &&
+    (p.s2i?.builderImage ?? '') === (job.s2i?.builderImage ?? '') &&
     job.tags.every((t) => t.startsWith(p.repository + ':'))
   );
 }

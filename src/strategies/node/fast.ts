@@ -25,9 +25,8 @@ import { MediaType } from '../../oci/mediatypes.js';
 import { LocalStore } from '../../oci/store.js';
 import type { Layer } from '../../oci/types.js';
 import { Progress } from '../../progress.js';
-import { Keychain } from '../../registry/keychain.js';
+import { Keychain, embedderFirst } from '../../registry/keychain.js';
 import type { PushOptions } from '../../registry/push.js';
-import type { CredentialSource } from '../../registry/transport.js';
 import { closeTransports, transportFor } from '../../registry/transport.js';
 import { parseReference } from '../../ref/reference.js';
 import { RepositoryClient } from '../../registry/client.js';
@@ -102,9 +101,6 @@ const mark = (what: string): void => debugMark(`node fast path: ${what}`);
 
 const entryFile = (home: string, key: string): string => join(homeDirs(home).cache, 'node', `${key}.json`);
 
-/** The embedder's credentials after the docker keychain, one function per embedder source (see nodeRegistryOptions). */
-const chained = new WeakMap<CredentialSource, CredentialSource>();
-
 /**
  * The registry options a fast-path build uses (docker keychain after the embedder's credentials). The same embedder
  * credentials function gives the same credentials function here, and so the same transport pool
@@ -116,13 +112,7 @@ export function nodeRegistryOptions(
   flags: { registryCa?: string[] },
   embed: Pick<EmbeddedBuild, 'credentials'>,
 ): PushOptions {
-  const first = embed.credentials;
-  let credentials: CredentialSource;
-  if (first) {
-    const keychain = new Keychain().source();
-    credentials = chained.get(first) ?? (async (r) => (await first(r)) ?? keychain(r));
-    chained.set(first, credentials);
-  } else credentials = new Keychain().source();
+  const credentials = embed.credentials ? embedderFirst(embed.credentials) : new Keychain().source();
   return {
     insecureRegistries: opts.insecureRegistries.map((h) => h.replace(/^[a-z]+:\/\//i, '').replace(/\/.*$/, '')),
     caFiles: flags.registryCa ?? [],

@@ -9,7 +9,9 @@
  * A second kiln column measures kiln the way BuildKit's figure is made — a client asking a warm daemon: `kiln serve`
  * (compiled, its own warm KILN_HOME) with a project whose image has `strategy: node`, the app in a git smart-HTTP
  * server (`git http-backend`); per round the app change is committed and pushed, then request → pushed digest
- * (POST the build, GET it every 10 ms until it succeeded). Its warm worker takes the same fast path.
+ * (POST the build; its final record read from the service's build feed, `GET /ui/events`, opened before the first
+ * round — an event, not a poll, so the figure has no polling interval in it and the service no poll traffic beside
+ * the build). Its warm worker takes the same fast path.
  *
  * The base image is Debian minbase (scripts/debian-rootfs.sh) + this machine's node and npm (and its CA bundle),
  * built and pushed by kiln. Environment: BENCH_ROUNDS (default 5); BENCH_ONLY=serve skips the CLI rounds (kiln serve
@@ -32,6 +34,7 @@ import { startBuildKit } from '../test/helpers/buildkit.js';
 import { pushNodeBase } from '../test/helpers/node-base.js';
 import { compiledCli, launcherSource, runCompiled } from './compiled.js';
 import { FINAL_PHASES, type Build } from '../src/service/model.js';
+import { parseEventBlock } from '../src/service/api/sse-block.js';
 
 const rounds = Number(process.env.BENCH_ROUNDS ?? 5);
 const serveOnly = process.env.BENCH_ONLY === 'serve';
@@ -109,7 +112,7 @@ interface Manifest {
 }
 
 interface Service {
-  /** POST a build of `project`, poll it every 10 ms until it is final; the build (throws unless it succeeded). */
+  /** POST a build of `project`, wait for its final record on the build feed; the build (throws unless it succeeded). */
   build(project: string): Promise<Build>;
   /** With BENCH_DEBUG: the service's debug lines since the last call (its workers' too: one stderr). */
   debugLines(): string[];
@@ -201,24 +204,46 @@ async function startService(
     });
     return { status: r.statusCode, body: (await r.body.json()) as T };
   };
+  // the build feed (`event: build`, the record after each committed change): final records by build id
+  const final = new Map<string, Build>();
+  const waiting = new Map<string, (b: Build) => void>();
+  const feed = await request(`${url}/ui/events`, { headers: { authorization: `Bearer ${token}` } });
+  if (feed.statusCode !== 200) throw new Error(`GET /ui/events: ${feed.statusCode}`);
+  void (async () => {
+    let buf = '';
+    for await (const chunk of feed.body) {
+      buf += (chunk as Buffer).toString('utf8');
+      for (let end = buf.indexOf('\n\n'); end >= 0; end = buf.indexOf('\n\n')) {
+        const block = parseEventBlock(buf.slice(0, end));
+        buf = buf.slice(end + 2);
+        if (block.event !== 'build' || block.data === null) continue;
+        const b = JSON.parse(block.data) as Build;
+        if (!FINAL_PHASES.includes(b.phase)) continue;
+        final.set(b.id, b);
+        waiting.get(b.id)?.(b);
+      }
+    }
+  })().catch(() => undefined);
+  const finalOf = (id: string): Promise<Build> =>
+    new Promise((resolve) => {
+      const b = final.get(id);
+      if (b) resolve(b);
+      else waiting.set(id, resolve);
+    });
   return {
     async build(project) {
       const r = await call<{ builds: Build[] }>('POST', `/api/v1/projects/${project}/builds`, { ref: 'main' });
       const id = r.body.builds?.[0]?.id;
       if (r.status !== 201 || !id) throw new Error(`POST builds: ${r.status} ${JSON.stringify(r.body)}`);
-      for (;;) {
-        const b = (await call<Build>('GET', `/api/v1/builds/${id}`)).body;
-        if (FINAL_PHASES.includes(b.phase)) {
-          if (b.phase !== 'succeeded' || !b.digest) {
-            const log = await request(`${url}/api/v1/builds/${id}/log`, {
-              headers: { authorization: `Bearer ${token}` },
-            });
-            throw new Error(`service build ${b.phase}: ${b.reason}\n${(await log.body.text()).slice(-3000)}`);
-          }
-          return b;
-        }
-        await new Promise((res) => setTimeout(res, 10));
+      const b = await finalOf(id);
+      waiting.delete(id);
+      if (b.phase !== 'succeeded' || !b.digest) {
+        const log = await request(`${url}/api/v1/builds/${id}/log`, {
+          headers: { authorization: `Bearer ${token}` },
+        });
+        throw new Error(`service build ${b.phase}: ${b.reason}\n${(await log.body.text()).slice(-3000)}`);
       }
+      return b;
     },
     debugLines() {
       const d = debug;
@@ -226,6 +251,7 @@ async function startService(
       return d;
     },
     async stop() {
+      feed.body.destroy();
       if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
       const t = setTimeout(() => proc.kill('SIGKILL'), 30_000);
       await exited;

@@ -179,6 +179,12 @@ export interface EmbeddedBuild {
   bases?: (inner: BaseResolver) => BaseResolver;
   /** How the steps are decided (default: the Dockerfile frontend; S2I passes its own). */
   frontend?: Frontend;
+  /**
+   * Takes clean-up that may run after the build's outcome is out (temp dirs, registry connections): the build
+   * service's worker reports its result first and runs these before it exits, so the user does not wait for them.
+   * Without it a build awaits its clean-up itself. (Used by the Node.js builder.)
+   */
+  after?: (cleanup: () => Promise<void>) => void;
 }
 
 /** The CLI's build: services from flags, interrupt handling, progress, cleanup. */

@@ -79,7 +79,8 @@ export interface BuildRunner {
   /**
    * Before the service fetches a build's source: what it knows already (optional). A runner may take a worker for
    * the build now and let it do the registry work that needs no source; `run` with the same build id then uses that
-   * worker. `release` gives it up when the build ends without `run` (a failed fetch, a cancel).
+   * worker. `release` is called when the build ended and its outcome is recorded: it gives up a worker that never
+   * got its `run` (a failed fetch, a cancel), and lets a runner refill its pool off the build's critical path.
    */
   prepare?(p: WorkerPrepare): void;
   release?(buildId: string): void;
@@ -180,7 +181,7 @@ export class LocalBuildRunner implements BuildRunner {
 
   /**
    * A ready worker: an idle one, else a new one (a slow start is still correct, only slower). The pool is refilled
-   * when the build has its outcome (or its worker ended), not now: a worker's start-up (Node and the engine's
+   * when the service recorded the build's outcome (`release`) or its worker ended, not now: a worker's start-up (Node and the engine's
    * modules, ~0.5 s of CPU) would compete with the build that just took a worker — and, since a Node.js build's
    * worker is taken before the git fetch, with the fetch too. A request that finds no idle worker meanwhile starts
    * one for itself. `KILN_SERVE_REFILL_EARLY=1`: a replacement starts as soon as the last idle worker is taken (the
@@ -220,7 +221,11 @@ export class LocalBuildRunner implements BuildRunner {
 
   release(buildId: string): void {
     const taken = this.reserved.get(buildId);
-    if (!taken) return;
+    if (!taken) {
+      // the build ended and the service recorded it: its replacement starts now (see take)
+      this.fill();
+      return;
+    }
     this.reserved.delete(buildId);
     // the worker never got its job: ending its channel ends it (nothing it did is visible: reads and pings only)
     void taken.then(
@@ -260,8 +265,9 @@ export class LocalBuildRunner implements BuildRunner {
           bases: m.bases,
           ...(m.rebase ? { rebase: m.rebase } : {}),
         };
+        // no refill here: a worker's spawn (a fork of the service, then ~0.5 s of start-up CPU) would delay the
+        // service recording this outcome; the service's `release` after it, or the worker's exit, refills
         reported();
-        this.fill(); // the build is over for its user: a replacement may start now
       } else if (m.type === 'error') outcome = { ok: false, code: m.code, message: m.message, reason: m.reason };
     });
     const send = (m: ToWorker): void => {

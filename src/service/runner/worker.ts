@@ -122,7 +122,7 @@ export async function workerMain(): Promise<number> {
     ,
     ,
     { DEFAULT_NODE_BASE },
-    { prepareNodeBuild, cancelPreparedUploads },
+    { prepareNodeBuild, cancelPreparedUploads, warmAppLayerWriter },
   ] = await Promise.all([
     import('../../backends/service.js'), // the engine, or the image's strategy/backend
     progressClass(),
@@ -137,6 +137,9 @@ export async function workerMain(): Promise<number> {
   ]);
   warmUpWorker();
   const { kilnHome } = await import('../../util/paths.js');
+  // the Node.js fast path's app layer writer, run once: its code is not cold in the build (KILN_SERVE_WARM_LAYER=0:
+  // not, for measuring)
+  if (process.env.KILN_SERVE_WARM_LAYER !== '0') await warmAppLayerWriter(kilnHome());
   const platform = parsePlatformOption(undefined);
   const registryCredentials = credentialsCache();
   const bases = new BaseMemo();
@@ -209,6 +212,8 @@ export async function workerMain(): Promise<number> {
   const progress = new ServiceProgress('plain', (s) => log.write(s));
 
   let secretDir: string | undefined;
+  // the build's clean-up that waits until its result is out (EmbeddedBuild.after), run before this process exits
+  const deferred: (() => Promise<void>)[] = [];
   try {
     // owned by this process (.owner): removed by the next kiln if this worker is killed
     secretDir = await kilnTempDir(kilnHome(), 'svc-secrets-');
@@ -242,6 +247,7 @@ export async function workerMain(): Promise<number> {
     send({ type: 'phase', phase: 'building' });
     const used = new Map<string, string>();
     const res = await runStrategyBuild(job, opts, (s) => log.write(s), {
+      after: (cleanup) => void deferred.push(cleanup),
       bases: (inner) => ({
         resolve: async (ref, o) => {
           const r = await bases.resolver(inner).resolve(ref, o);
@@ -256,6 +262,7 @@ export async function workerMain(): Promise<number> {
     log.write(`\nbuilt ${res.exported.digest} (${res.exported.pushed.join(', ')})\n`);
     // the log is complete before the result: the service ends the build (and its log followers) on it
     log.flush();
+    debugMark(`worker: result ${job.buildId}`);
     send({
       type: 'result',
       digest: res.exported.digest,
@@ -277,6 +284,7 @@ export async function workerMain(): Promise<number> {
     if (secretDir) await rm(secretDir, { recursive: true, force: true });
     // sessions opened for the build that it did not use (the service has the outcome already)
     await cancelPreparedUploads().catch(() => undefined);
+    await Promise.all(deferred.map((f) => f().catch(() => undefined)));
     await new Promise<void>((r) => chan.end(r));
   }
 }

@@ -334,7 +334,9 @@ export async function runNodeBuild(req: NodeBuildRequest): Promise<BuildOutcome 
     if (decision) req.onDecision?.(decision);
     return decision ? { ...res, decision } : res;
   } finally {
-    await rm(workDir, { recursive: true, force: true });
+    const cleanup = (): Promise<void> => rm(workDir, { recursive: true, force: true });
+    if (req.embed?.after) req.embed.after(cleanup);
+    else await cleanup();
   }
 }
 

@@ -1,6 +1,6 @@
 /**
  * `node --import tsx bench/fresh-pod.ts`: W1 warm in a fresh KILN_HOME with the registry cache — what a build pod
- * does (`kiln build --push --cache-from X --cache-to X,mode=max`, nothing local) — against the local warm build of
+ * does (`kiln build --push --cache-from X --cache-to X,mode=max` with KILN_EPHEMERAL_HOME=1, nothing local) — against the local warm build of
  * the same change, without a cluster (bench/k8s-pods.ts runs the real pods). KILN_BINS=name=path/to/kiln.js,…
  * compares checkouts alternately (default: this one); ROUNDS (default 3); ISO=restricted|userns sets --isolation;
  * CHECKOUT=1 gives each fresh build a copy of the context (new inodes and times, as the pod's git checkout);
@@ -33,13 +33,21 @@ try {
   await mkdir(w1);
   await writeW1Context(w1, {});
   await writeFile(join(w1, 'Dockerfile'), w1Dockerfile(`${host}/bench/busybox:1`));
-  const run = (bin: string, home: string, tag: string, extra: string[], ctx = w1): { ms: number; err: string } => {
+  // a fresh build runs as the build pod does: its KILN_HOME (an emptyDir) is thrown away after it
+  const run = (
+    bin: string,
+    home: string,
+    tag: string,
+    extra: string[],
+    ctx = w1,
+    env: Record<string, string> = {},
+  ): { ms: number; err: string } => {
     const t0 = performance.now();
     const r = spawnSync(
       process.execPath,
       [bin, 'build', '--push', '-t', tag, '--progress', 'plain', '--insecure-registry', host, ...ISO, ...extra, ctx],
       {
-        env: { ...process.env, KILN_HOME: home, KILN_DEBUG: '1' },
+        env: { ...process.env, KILN_HOME: home, KILN_DEBUG: '1', ...env },
         encoding: 'utf8',
         maxBuffer: 1 << 28,
       },
@@ -71,6 +79,7 @@ try {
         `${host}/w1/${name}-pod:w${r}`,
         ['--cache-from', cache, '--cache-to', `${cache},mode=max`],
         checkout,
+        { KILN_EPHEMERAL_HOME: '1' },
       );
       await rm(fresh, { recursive: true, force: true });
       if (checkout !== w1) await rm(checkout, { recursive: true, force: true });

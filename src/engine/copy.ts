@@ -54,9 +54,9 @@ import {
   type MknodItem,
   type XattrSet,
 } from '../layer/fsops.js';
-import type { CopyRequest, CopySource, FileCopier } from './ports.js';
+import type { CopyRequest, CopySource, DirectCopyLayer, FileCopier } from './ports.js';
 import { sourceKey, type CopyTrack } from './reuse.js';
-import { sameContent } from '../layer/writer.js';
+import { LowerView, sameContent } from '../layer/writer.js';
 import { copyFilesSync, type FileCopyJob } from '../layer/filecopy.js';
 import { copyFilesOffThread, warmUpWorker } from '../layer/worker.js';
 import { debugMark } from '../util/debug.js';
@@ -963,6 +963,80 @@ export class LocalFileCopier implements FileCopier {
     }
     for (const c of req.contents) h.update(`heredoc:${c.path}\0${createHash('sha256').update(c.data).digest('hex')}\n`);
     return 'sha256:' + h.digest('hex');
+  }
+
+  async direct(req: CopyRequest, src: CopySource, lowers: string[]): Promise<DirectCopyLayer | undefined> {
+    const context = this.opts.context;
+    // the restricted level's helper emulates owners per process: its copies are left to the snapshot path
+    if (req.kind !== 'COPY' || src.kind !== 'context' || !context || this.opts.offload === false) return undefined;
+    if (req.link || req.parents || req.exclude.length || req.chmod !== '' || req.contents.length) return undefined;
+    if (req.sources.length !== 1) return undefined;
+    const s = req.sources[0] as string;
+    if (containsWildcards(s) || isUrlSource(s) || isGitSource(s)) return undefined;
+    // files get uid/gid 0 (context sources) or a numeric --chown; a name needs the destination's /etc/passwd
+    const ids = req.chown === '' ? [0, 0] : /^\d+:\d+$/.test(req.chown) ? req.chown.split(':').map(Number) : undefined;
+    if (!ids) return undefined;
+    const [uid, gid] = ids as [number, number];
+    const root = resolve(context.root);
+    if (resolve(src.dir) !== root) return undefined;
+    const rel = cleanRel(s);
+    const abs = rel === '' ? root : join(root, rel);
+    // a plain directory: no symlink on the way (the copy would resolve it), nothing .dockerignore'd
+    let cur = root;
+    for (const c of rel === '' ? [] : rel.split('/')) {
+      cur = join(cur, c);
+      const st = lstatSync(cur, { throwIfNoEntry: false });
+      if (!st?.isDirectory()) return undefined;
+    }
+    const dest = destPath(req.dest, req.workdir);
+    const destRel = cleanRel(dest);
+    if (destRel === '') return undefined;
+    // only the security.capability xattr reaches a layer (the upper dir's user.* ones do not)
+    const caps = readXattrsRecursive(abs, '^security\\.capability$');
+    caps.catch(() => undefined);
+    const stats = contextWalkStats(context);
+    const ignore = this.ignore;
+    const plain = (dir: string, ctxRel: string): boolean => {
+      for (const n of readdirSortedSync(dir)) {
+        const a = join(dir, n);
+        const r = ctxRel ? `${ctxRel}/${n}` : n;
+        const st = stats?.get(a) ?? lstatSync(a);
+        if (ignore?.matches(r, st.isDirectory())) return false;
+        if (st.isDirectory()) {
+          if (!plain(a, r)) return false;
+        } else if (!(st.isFile() && st.nlink === 1) && !st.isSymbolicLink()) return false; // links, devices, ...
+      }
+      return true;
+    };
+    if ((rel !== '' && ignore?.matches(rel, true)) || !plain(abs, rel)) return undefined;
+    if ((await caps).size > 0) return undefined;
+    // the destination's parents as overlay copies them up (the lowers' mode and owner; the mtime of the moment the
+    // destination is created in them); the destination itself must be new, so nothing below it can clash
+    const view = await LowerView.open(lowers);
+    const parents: { name: string; mode: number; uid: number; gid: number; mtime: number }[] = [];
+    const now = Math.floor(Date.now() / 1000);
+    const comps = destRel.split('/');
+    for (let i = 1; i < comps.length; i++) {
+      const name = comps.slice(0, i).join('/');
+      const e = view.lookup(name);
+      if (!e || !e.st.isDirectory() || (e.cap && e.cap.length > 0)) return undefined;
+      parents.push({
+        name,
+        mode: Number(e.st.mode & 0o7777n),
+        uid: Number(e.st.uid),
+        gid: Number(e.st.gid),
+        mtime: now,
+      });
+    }
+    if (view.lookup(destRel) !== null) return undefined;
+    // copyMatches creates the destination with mode 0755 and the copier's own owner (or --chown's), then gives it
+    // the source directory's times; every entry below keeps its mode (setuid too: chmod follows the chown) and times
+    const top = {
+      mode: 0o755,
+      uid: req.chown === '' ? (process.geteuid?.() ?? 0) : uid,
+      gid: req.chown === '' ? (process.getegid?.() ?? 0) : gid,
+    };
+    return { dir: abs, reroot: { name: destRel, uid, gid, mtime: 'source', keepSetid: true, top, parents } };
   }
 
   prefetch(paths: string[]): () => Promise<void> {

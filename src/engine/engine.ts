@@ -39,6 +39,7 @@ import type {
   BaseResolver,
   CopyRequest,
   CopySource,
+  DirectCopyLayer,
   Executor,
   FileCopier,
   LayerStore,
@@ -49,6 +50,7 @@ import type {
   Snapshot,
   Snapshotter,
   WriteBlobOptions,
+  WrittenBlob,
 } from './ports.js';
 import { copyRequest } from './ports.js';
 import type { SecretSpec } from './options.js';
@@ -169,6 +171,11 @@ interface StepHooks {
   knownStats?: () => ReadonlyMap<string, Stats> | undefined;
   /** What the step reads of the layers below (COPY: its destination); undefined: everything. */
   need?: PathNeed;
+  /**
+   * The step's layer without a snapshot, given the lower dirs it needs (FileCopier.direct), or undefined: the
+   * step runs as usual.
+   */
+  direct?: (lowers: string[]) => Promise<DirectCopyLayer | undefined>;
 }
 
 interface StageState {
@@ -874,6 +881,19 @@ class Engine {
       ? { plant: hooks.plant, ...(hooks.unchanged ? { unchanged: hooks.unchanged } : {}) }
       : undefined;
     const below = await lowersFor(st.layers, hooks.need);
+    const direct = hooks.direct ? await hooks.direct(lowerDirs(below.layers)).catch(() => undefined) : undefined;
+    if (direct) {
+      const explained = await why;
+      if (explained) this.deps.progress.log(id, 'stderr', Buffer.from(`cache miss: ${explained}\n`));
+      debugMark(`#${id} layer written from ${direct.dir} (no snapshot)`);
+      const created = this.epoch ?? goTime(new Date());
+      const sl: StageLayer = { diffID: '', dir: '', layer: undefined as unknown as Layer };
+      st.layers.push(sl);
+      this.writeDirect(st, direct, sl, key, created);
+      this.record(st, key, history, buildkitSuffix, created, hooks.independent === true);
+      this.deps.progress.done(id);
+      return;
+    }
     let snap = await this.deps.snapshotter.prepare(lowerDirs(below.layers), prepOpts);
     if (below.omitted > 0 && hooks.need && !(await narrowedSafely(snap.root, hooks.need))) {
       // a symlink on the way: the destination may lead anywhere, so the step sees every layer below
@@ -905,8 +925,49 @@ class Engine {
     this.deps.progress.done(id);
   }
 
-  /** Layer blobs being written in the background (see layerStep), in step order. */
-  private readonly pending: { sl: StageLayer; snap: Snapshot; blob: Promise<void> }[] = [];
+  /** Layer blobs being written in the background (see layerStep), in step order; no snapshot: FileCopier.direct. */
+  private readonly pending: { sl: StageLayer; snap?: Snapshot; blob: Promise<void> }[] = [];
+
+  /**
+   * Write a layer FileCopier.direct described, in the background like writeInBackground. It has no dir in the layer
+   * store: a later step that needs its files extracts the blob (a lazy layer, src/engine/lazy.ts), and no previous
+   * result is remembered for the next build's incremental COPY (KILN_EPHEMERAL_HOME: there is none).
+   */
+  private writeDirect(st: StageState, plan: DirectCopyLayer, sl: StageLayer, key: string, created: string): void {
+    const store = this.deps.layers;
+    const blob = (async () => {
+      const opts: WriteBlobOptions = { ...this.sdeOpts(), reroot: plan.reroot };
+      if (this.inProcess(st)) opts.inProcess = true;
+      const stream = this.deps.onLayerFile;
+      if (stream && st.stage === this.targetStage()) opts.onFile = stream;
+      await this.written(st, sl, key, created, await store.writeBlob(plan.dir, opts));
+    })();
+    blob.catch(() => undefined); // observed in settle()
+    sl.lazy = {
+      get layer(): Layer {
+        return sl.layer;
+      },
+      materialize: async () => {
+        await blob;
+        return store.unpack(sl.layer);
+      },
+    };
+    this.pending.push({ sl, blob });
+  }
+
+  /** The target's last layer: nothing else runs on this thread until it is written, so it is written here. */
+  private inProcess(st: StageState): boolean {
+    return st.lastStep === true && st.stage === this.targetStage() && process.env.KILN_LAST_LAYER_IN_PROCESS !== '0';
+  }
+
+  /** A step's blob is written: the stage layer gets it, the target's push hears of it, the cache records it. */
+  private async written(st: StageState, sl: StageLayer, key: string, created: string, w: WrittenBlob): Promise<void> {
+    sl.diffID = w.diffID;
+    sl.layer = await this.deps.layers.layer(w.digest, w.diffID, w.size, w.mediaType);
+    this.announce(st, sl.layer);
+    const layer = { diffID: w.diffID, digest: w.digest, size: w.size, mediaType: w.mediaType };
+    await this.deps.cache.put(key, { version: 1, layer, created });
+  }
 
   /** Hand a layer of the target stage to deps.onLayer. */
   private announce(st: StageState, layer: Layer): void {
@@ -929,8 +990,7 @@ class Engine {
       if (reuseFrom !== undefined) opts.reuseFrom = reuseFrom;
       const xattrs = snap.upperXattrs?.();
       if (xattrs) opts.upperXattrs = xattrs;
-      // the target's last layer: nothing else runs on this thread until it is written
-      if (st.lastStep && st.stage === this.targetStage() && process.env.KILN_LAST_LAYER_IN_PROCESS !== '0') {
+      if (this.inProcess(st)) {
         opts.inProcess = true;
         const known = knownStats?.();
         if (known && known.size > 0) opts.knownStats = known;
@@ -938,11 +998,7 @@ class Engine {
       const stream = this.deps.onLayerFile;
       if (stream && st.stage === this.targetStage()) opts.onFile = stream;
       const w = await store.writeBlob(snap.upper, opts);
-      sl.diffID = w.diffID;
-      sl.layer = await store.layer(w.digest, w.diffID, w.size, w.mediaType);
-      this.announce(st, sl.layer);
-      const layer = { diffID: w.diffID, digest: w.digest, size: w.size, mediaType: w.mediaType };
-      await this.deps.cache.put(key, { version: 1, layer, created });
+      await this.written(st, sl, key, created, w);
       if (written) await written(w.diffID);
     })();
     blob.catch(() => undefined); // observed in settle()
@@ -961,6 +1017,7 @@ class Engine {
     for (const [i, p] of all.entries()) {
       const r = results[i] as PromiseSettledResult<void>;
       if (r.status === 'rejected') err ??= r.reason;
+      if (!p.snap) continue;
       try {
         if (r.status === 'fulfilled') p.sl.dir = await this.deps.layers.adopt(p.snap.upper, p.sl.diffID);
       } catch (e) {
@@ -1144,6 +1201,17 @@ class Engine {
         const named = req.chown !== '' && !/^\d*(:\d*)?$/.test(req.chown);
         hooks.need = { subtrees: [destPath(req.dest, req.workdir), ...(named ? ['/etc/passwd', '/etc/group'] : [])] };
       }
+      // a KILN_HOME thrown away after the build (a build pod's emptyDir): the last COPY of the target writes its
+      // layer from the context without copying it into a snapshot first — nothing would reuse those files
+      const copier = this.deps.copier;
+      if (
+        copier.direct &&
+        process.env.KILN_EPHEMERAL_HOME === '1' &&
+        src.kind === 'context' &&
+        st.lastStep &&
+        st.stage === this.targetStage()
+      )
+        hooks.direct = (lowers) => copier.direct!(req, src, lowers);
       await this.layerStep(
         st,
         prefix + upperKeyword(c.original),

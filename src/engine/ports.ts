@@ -7,6 +7,7 @@
 import type { Stats } from 'node:fs';
 import type { CopyTrack } from './reuse.js';
 import type { GrowingBlob, Image, Layer, Platform } from '../oci/types.js';
+import type { Reroot } from '../layer/writer.js';
 
 /** A mount made inside a RUN sandbox. Paths in `target` are absolute inside the container. */
 export interface RunMount {
@@ -94,7 +95,16 @@ export interface WriteBlobOptions {
   /** The upper dir's xattrs as the snapshot read them (Snapshot.upperXattrs). */
   upperXattrs?: ReadonlyMap<string, ReadonlyMap<string, Uint8Array>>;
   /** Write the directory as a subdirectory of the layer, copied and chowned (TarOptions.reroot). */
-  reroot?: { name: string; uid: number; gid: number; mtime: number; skip?: readonly string[] };
+  reroot?: Reroot;
+}
+
+/**
+ * A COPY's layer written straight from its source directory (FileCopier.direct): `dir` as the layer's `reroot.name`,
+ * with the destination's ancestors as `reroot.parents` — what the snapshot path's upper dir would hold.
+ */
+export interface DirectCopyLayer {
+  dir: string;
+  reroot: Reroot;
 }
 
 export interface PrepareOptions {
@@ -255,4 +265,11 @@ export interface FileCopier {
    * checksummed; start reading them in the background. Returns a function that stops that work and waits for it.
    */
   prefetch?(paths: string[]): () => Promise<void>;
+  /**
+   * The layer `apply` would produce over `lowers` (the layer dirs below, bottom-most first, every one that holds the
+   * destination or its parents), described for the layer writer without copying a file — or undefined whenever
+   * that is not certain (then the step copies as usual). Why: a fresh KILN_HOME (a build pod) would otherwise
+   * create every file of the COPY once only to read it back into the layer.
+   */
+  direct?(req: CopyRequest, src: CopySource, lowers: string[]): Promise<DirectCopyLayer | undefined>;
 }

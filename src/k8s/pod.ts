@@ -138,6 +138,8 @@ export function buildPod(r: BuildPodRequest): KubeObject {
     { name: 'KILN_POD_JOB', value: JSON.stringify(r.job) },
     { name: 'KILN_HOME', value: '/kiln/home' },
     { name: 'HOME', value: '/kiln/home' },
+    // the home is an emptyDir gone with the pod: keep nothing for a next build (the last COPY skips its snapshot)
+    { name: 'KILN_EPHEMERAL_HOME', value: '1' },
     ...Object.entries(iso.env).map(([name, value]) => ({ name, value })),
   ];
   const mounts: Record<string, unknown>[] = [{ name: 'kiln-home', mountPath: '/kiln/home' }];

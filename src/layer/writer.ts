@@ -66,9 +66,30 @@ export interface TarOptions {
    * cleared as chown(2) clears them, no hardlinks, no xattrs, no whiteouts; top-level names in `skip` left out. The
    * Node builder's app layer is written this way straight from the source, without the staging copy.
    */
-  reroot?: { name: string; uid: number; gid: number; mtime: number; skip?: readonly string[] };
+  reroot?: Reroot;
   /** Paths relative to the dir → their lstat, already taken by the caller (not taken again; WriteBlobOptions). */
   knownStats?: ReadonlyMap<string, Stats>;
+}
+
+/** TarOptions.reroot. */
+export interface Reroot {
+  name: string;
+  uid: number;
+  gid: number;
+  /**
+   * Every entry's mtime, or 'source': each entry keeps its own (clamped to SOURCE_DATE_EPOCH), as COPY keeps them.
+   */
+  mtime: number | 'source';
+  skip?: readonly string[];
+  /** Keep setuid/setgid bits (COPY chmods after its chown); default: cleared as chown(2) clears them. */
+  keepSetid?: boolean;
+  /** The header of `name` itself (default: the dir's own mode, `uid`/`gid` and mtime as above). */
+  top?: { mode: number; uid: number; gid: number };
+  /**
+   * Directories written before `name`, outermost first (`name`'s ancestors, e.g. the copied-up parents of a COPY
+   * destination): mtimes clamped to SOURCE_DATE_EPOCH like every other.
+   */
+  parents?: readonly { name: string; mode: number; uid: number; gid: number; mtime: number }[];
 }
 
 /** The xattrs of an overlay upper dir that go into (or shape) its layer. */
@@ -313,23 +334,33 @@ export async function* tarItemBatches(dir: string, opts: TarOptions = {}): Async
   }
 
   /** The header of `st` at `rel` (type fields are set by the caller). */
+  function clamp(secs: number): number {
+    return epoch !== undefined && secs > epoch ? epoch : secs;
+  }
+
   function headerOf(st: Stats, rel: string): TarHeader {
-    let mtime = Math.floor(st.mtimeMs / 1000);
-    if (epoch !== undefined && mtime > epoch) mtime = epoch;
+    const mtime = clamp(Math.floor(st.mtimeMs / 1000));
     let mode = st.mode & 0o7777;
-    if (rr && !st.isDirectory()) mode &= mode & 0o010 ? ~0o6000 : ~0o4000;
+    if (rr && !rr.keepSetid && !st.isDirectory()) mode &= mode & 0o010 ? ~0o6000 : ~0o4000;
     return tarHeader({
       name: st.isDirectory() ? rel + '/' : rel,
       mode,
       uid: rr ? rr.uid : st.uid,
       gid: rr ? rr.gid : st.gid,
-      mtime: rr ? rr.mtime : mtime,
+      mtime: rr && rr.mtime !== 'source' ? rr.mtime : mtime,
     });
   }
 
   function* all(): Generator<TarItem> {
     if (rr) {
+      for (const p of rr.parents ?? []) {
+        yield encodeHeader(
+          tarHeader({ name: p.name + '/', type: 'dir', mode: p.mode, uid: p.uid, gid: p.gid, mtime: clamp(p.mtime) }),
+        );
+        yield { end: p.name };
+      }
       const h = headerOf(st, rr.name);
+      if (rr.top) Object.assign(h, rr.top);
       h.type = 'dir';
       yield encodeHeader(h);
       yield { end: rr.name };

@@ -21,6 +21,7 @@ import {
   isGitContext,
   knownContextDigest,
   loadContext,
+  noteWithoutCopiedXattrs,
   parseGitFragment,
   prefetchContextHashes,
   statCacheStats,
@@ -195,6 +196,20 @@ test('hashContextPaths: a copied xattr counts, and only while the file has one (
   execFileSync('setfattr', ['-x', 'user.k', app]);
   execFileSync('setfattr', ['-x', 'trusted.other', app]);
   assert.equal(await hashContextPaths(ctx, ['.']), h1, 'without xattrs, the digest is what it was');
+});
+
+test('hashContextPaths: a file noted without copied xattrs needs no getfattr while its state is the one noted', async () => {
+  const d = sampleDir();
+  const ctx = await loadContext(d, { kilnHome: fresh('home') });
+  const h1 = await hashContextPaths(ctx, ['.']);
+  const app = join(resolve(ctx.root), 'app.txt');
+  execFileSync('setfattr', ['-n', 'user.k', '-v', '1', app]);
+  // a (false) note for the file as it is now: taken instead of reading its xattrs
+  noteWithoutCopiedXattrs(app, lstatSync(app));
+  assert.equal(await hashContextPaths(ctx, ['.']), h1, 'the note stands for a getfattr of the file');
+  // any change of the file (here its xattrs: ctime) ends the note
+  execFileSync('setfattr', ['-n', 'user.k', '-v', '2', app]);
+  assert.notEqual(await hashContextPaths(ctx, ['.']), h1, 'a changed file is read again');
 });
 
 test('remote contexts: a tarball URL or a Dockerfile URL', async () => {

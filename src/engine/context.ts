@@ -486,6 +486,22 @@ export const COPIED_XATTRS = '^(security\\.capability|user\\..*)$';
 /** getfattr arguments per process at most (one process per batch, not per file; ARG_MAX stays far). */
 const XATTR_BATCH_CHARS = 100_000;
 
+/** What identifies one state of a file for noteWithoutCopiedXattrs (an xattr change bumps its ctime). */
+const xattrState = (st: Stats): string => `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
+
+/** Files this process knows to carry none of COPIED_XATTRS, by absolute path: their xattrState then. */
+const withoutCopiedXattrs = new Map<string, string>();
+
+/**
+ * Note that the file at `abs`, as `st` shows it, carries none of COPIED_XATTRS (its writer knows: a fresh copy of a
+ * source without them). Why: a hash walk that misses it in the stat cache then takes that from here instead of
+ * another getfattr process for it — the S2I work-dir sync has just read the source's xattrs of each file it copied
+ * (one process per warm S2I build less). Holds only while the file's dev, inode, size, mtime and ctime are the same.
+ */
+export function noteWithoutCopiedXattrs(abs: string, st: Stats): void {
+  withoutCopiedXattrs.set(abs, xattrState(st));
+}
+
 /** Digest (sha256 hex) of a file's copied xattrs, undefined when it has none (its key part is then as before). */
 function xattrDigest(x: Map<string, Buffer> | undefined): string | undefined {
   if (!x || x.size === 0) return undefined;
@@ -590,7 +606,7 @@ export async function hashContextPaths(
         } else {
           statCacheStats.misses++;
           const content = sha256File(abs, st.size);
-          missed.push(abs);
+          if (withoutCopiedXattrs.get(abs) !== xattrState(st)) missed.push(abs);
           // the entry's digest: content and xattrs (`d` or `d\0x`), shared with a walk that finds it in flight
           const digest = content.then(async (d) => {
             const x = xattrDigest((await xattrs).get(abs));

@@ -31,7 +31,7 @@ import { join, resolve } from 'node:path';
 import { KilnError } from '../../errors.js';
 // the xattrs a sync carries over are those kiln's COPY puts into a layer: the cold build's `cp -a` keeps them, a
 // warm sync that dropped them made a different image
-import { COPIED_XATTRS } from '../../engine/context.js';
+import { COPIED_XATTRS, noteWithoutCopiedXattrs } from '../../engine/context.js';
 import { readXattrsRecursive, setXattrs, type XattrSet } from '../../layer/fsops.js';
 import { homeDirs } from '../../util/paths.js';
 
@@ -274,4 +274,6 @@ async function syncXattrs(state: SyncState): Promise<void> {
       ),
     );
   }
+  // a fresh copy of a source without them has none either: the build's context walk needs no getfattr of its own
+  for (const [from, to] of state.fresh) if (!found.get(from)?.size) noteWithoutCopiedXattrs(to, lstatSync(to));
 }

@@ -26,6 +26,13 @@ export interface GitCall {
   signal?: AbortSignal | undefined;
   /** Written to git's stdin (then closed). */
   input?: string;
+  /**
+   * Run git under an exclusive lock of this file that other processes respect: `flock(1)` takes it and runs git as
+   * its child, which holds it until git ends (also when flock is gone: git inherits the locked file). One process
+   * start instead of a lock holder beside git (see lockFile). The pair runs in its own process group, killed
+   * together on abort. A lock that cannot be taken is a result with code ≠ 0 and a `flock:` line (see lockFailure).
+   */
+  lock?: string;
 }
 
 /**
@@ -38,12 +45,29 @@ export function runGit(args: string[], call: GitCall): Promise<GitRun> {
       reject(interrupted(call.signal));
       return;
     }
-    const child = spawn('git', args, {
-      env: call.env,
-      cwd: call.cwd,
-      stdio: ['pipe', 'pipe', 'pipe'],
-      signal: call.signal,
-    });
+    const lock = call.lock;
+    const child =
+      lock === undefined
+        ? spawn('git', args, { env: call.env, cwd: call.cwd, stdio: ['pipe', 'pipe', 'pipe'], signal: call.signal })
+        : spawn('flock', ['--exclusive', lock, 'git', ...args], {
+            env: call.env,
+            cwd: call.cwd,
+            stdio: ['pipe', 'pipe', 'pipe'],
+            detached: true,
+          });
+    if (lock !== undefined && call.signal) {
+      const signal = call.signal;
+      // flock does not pass signals on to git: the whole group goes
+      const onAbort = (): void => {
+        try {
+          if (child.pid !== undefined) process.kill(-child.pid, 'SIGKILL');
+        } catch {
+          // already gone
+        }
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      child.on('close', () => signal.removeEventListener('abort', onAbort));
+    }
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     child.stdout.on('data', (c: Buffer) => out.push(c));
@@ -52,6 +76,10 @@ export function runGit(args: string[], call: GitCall): Promise<GitRun> {
     child.stdin.end(call.input ?? '');
     child.on('error', (e) => {
       if (call.signal?.aborted) reject(interrupted(call.signal));
+      else if (lock !== undefined)
+        reject(
+          new KilnError('GIT_LOCK_FAILED', `cannot lock ${lock}: ${e.message}`, { hint: 'install util-linux (flock)' }),
+        );
       else
         reject(new KilnError('GIT_NOT_FOUND', `cannot run git: ${e.message}`, { hint: 'install git (2.39 or later)' }));
     });
@@ -59,6 +87,15 @@ export function runGit(args: string[], call: GitCall): Promise<GitRun> {
       if (call.signal?.aborted) reject(interrupted(call.signal));
       else resolve({ code: code ?? 1, stdout: Buffer.concat(out), stderr: Buffer.concat(err).toString('utf8') });
     });
+  });
+}
+
+/** The error of a `lock` run whose lock flock could not take (its `flock:` line), else undefined. */
+export function lockFailure(r: GitRun, lock: string): KilnError | undefined {
+  const m = /^flock: .*$/m.exec(r.stderr);
+  if (r.code === 0 || m === null) return undefined;
+  return new KilnError('GIT_LOCK_FAILED', `cannot lock ${lock}: ${m[0]}`, {
+    hint: 'check that the data dir is writable',
   });
 }
 

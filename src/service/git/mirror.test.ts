@@ -452,6 +452,37 @@ test('another process holding the mirror lock makes resolve wait', async () => {
   assert.equal((await pending).ref, 'refs/heads/main');
 });
 
+test('a resolve aborted while another process holds the mirror lock ends its waiting flock and git', async () => {
+  const p = project('app');
+  await mirrors.resolve(p, { ref: 'main' });
+  const lock = `${mirrors.mirrorPath(p)}.lock`;
+  const holder = spawn('flock', ['--exclusive', lock, 'sh', '-c', 'echo held; exec cat >/dev/null'], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+  });
+  await new Promise<void>((resolve) => holder.stdout.once('data', () => resolve()));
+  // waiting for the lock: processes of this test's own (flock running git) name the lock file
+  const waiting = async (): Promise<number[]> => {
+    const pids: number[] = [];
+    for (const pid of await readdir('/proc')) {
+      if (!/^\d+$/.test(pid) || Number(pid) === holder.pid) continue;
+      const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+      if (cmd.includes(lock) && cmd.includes('\0git\0')) pids.push(Number(pid));
+    }
+    return pids;
+  };
+  const ac = new AbortController();
+  const pending = mirrors.resolve(p, { ref: 'main' }, ac.signal);
+  pending.catch(() => undefined);
+  for (let i = 0; i < 500 && (await waiting()).length === 0; i++) await new Promise((r) => setTimeout(r, 20));
+  assert.notDeepEqual(await waiting(), [], 'no flock running git waits for the lock');
+  ac.abort();
+  await rejectsWith(pending, 'INTERRUPTED');
+  for (let i = 0; i < 100 && (await waiting()).length > 0; i++) await new Promise((r) => setTimeout(r, 20));
+  assert.deepEqual(await waiting(), [], 'the waiting flock (and its git) outlived the abort');
+  holder.stdin.end();
+  assert.equal((await mirrors.resolve(p, { ref: 'main' })).ref, 'refs/heads/main');
+});
+
 test('changedPaths lists added, modified, deleted and renamed paths', async () => {
   const c1 = await server.createRepo('paths', { a: '1', 'b/c': 'c\n'.repeat(50), d: 'd', 'same.txt': 's' });
   await server.git('paths', ['mv', 'b/c', 'b/c2']);

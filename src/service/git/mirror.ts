@@ -10,8 +10,10 @@
  * credentials only for the project's own host) and checked out the same way.
  *
  * Concurrency: calls for one mirror run one after another in this process (a promise chain, which also lets a
- * burst of resolves share one fetch) and hold an `flock` on `<mirror>.lock` so two service processes never fetch
- * into one mirror at once. Checkouts read the mirror without the lock: a fetch only adds objects and moves refs.
+ * burst of resolves share one fetch), and every fetch (and the mirror's creation) holds an `flock` on
+ * `<mirror>.lock` so two service processes never write one mirror at once — taken by `flock(1)` around the
+ * `git fetch` process itself, one process start per fetch rather than a lock holder beside it. Reads (refs,
+ * commits, checkouts) need no lock: a fetch only adds objects and moves refs.
  */
 import { randomBytes } from 'node:crypto';
 import { rmSync } from 'node:fs';
@@ -39,6 +41,7 @@ import {
   gitAuth,
   interrupted,
   lastLine,
+  lockFailure,
   lockFile,
   runGit,
   type GitAuth,
@@ -636,7 +639,7 @@ export class GitMirrors {
   }
 
   /**
-   * Runs `fn` under the mirror's in-process chain and file lock, after making sure the mirror exists and was
+   * Runs `fn` under the mirror's in-process chain (its fetches under the file lock), after making sure the mirror exists and was
    * fetched after this call began (a fetch that another caller started later, with the same credentials and depth,
    * counts — a burst of webhooks for one repository costs one fetch per wave, not one each).
    */
@@ -652,12 +655,8 @@ export class GitMirrors {
     const run = st.chain.then(async () => {
       if (signal?.aborted) throw interrupted(signal);
       await mkdir(this.opts.dir, { recursive: true });
-      const release = await lockFile(`${path}.lock`, signal);
-      debugMark('git: mirror locked');
-      const auth = await this.auth(src).catch(async (e: unknown) => {
-        await release();
-        throw e;
-      });
+      const lock = `${path}.lock`;
+      const auth = await this.auth(src);
       try {
         const env = { ...baseEnv(), ...auth.env };
         const base = [...configArgs(this.opts.allowFile), `--git-dir=${path}`];
@@ -669,25 +668,45 @@ export class GitMirrors {
         // fetch adds a few objects or one pack) runs on this process's first fetch of the mirror and every
         // MAINTENANCE_EVERY-th after it, not on the critical path of every build
         const maintain = st.fetches++ % MAINTENANCE_EVERY === 0 ? [] : ['--no-auto-maintenance'];
-        const fetch = async (what: string[]): Promise<GitRun> =>
-          git([
-            'fetch',
-            '--quiet',
-            '--no-tags',
-            '--no-write-fetch-head',
-            '--no-recurse-submodules',
-            ...maintain,
-            ...depth,
-            ...what,
-          ]);
-        await this.ensureMirror(path, signal);
+        // the fetch runs under the mirror's file lock, taken by flock(1) around git itself (runGit's `lock`)
+        const fetch = async (what: string[], locked = true): Promise<GitRun> => {
+          const r = await runGit(
+            [
+              ...base,
+              'fetch',
+              '--quiet',
+              '--no-tags',
+              '--no-write-fetch-head',
+              '--no-recurse-submodules',
+              ...maintain,
+              ...depth,
+              ...what,
+            ],
+            { env, signal, ...(locked ? { lock } : {}) },
+          );
+          const failed = locked ? lockFailure(r, lock) : undefined;
+          if (failed) throw failed;
+          return r;
+        };
+        // the rare steps that need the lock around more than one git process take it with a holder (lockFile)
+        const underLock = async <R>(fn: () => Promise<R>): Promise<R> => {
+          const release = await lockFile(lock, signal);
+          try {
+            return await fn();
+          } finally {
+            await release();
+          }
+        };
+        if (!(await exists(join(path, 'HEAD')))) await underLock(() => this.ensureMirror(path, signal));
         if ((st.fresh.get(freshKey) ?? 0) <= ticket) {
           const started = ++st.seq;
           let r = await fetch(['--prune', '--', repo.url, ...REFSPECS]);
           if (r.code !== 0 && STALE_LOCK.test(r.stderr)) {
             // A git killed mid-fetch (service crash) left its lock files; we hold the mirror's lock, so any is stale.
-            await removeLockFiles(path);
-            r = await fetch(['--prune', '--', repo.url, ...REFSPECS]);
+            r = await underLock(async () => {
+              await removeLockFiles(path);
+              return fetch(['--prune', '--', repo.url, ...REFSPECS], false);
+            });
           }
           if (r.code !== 0) {
             throw new KilnError(
@@ -706,7 +725,6 @@ export class GitMirrors {
         return await fn({ path, git, fetchObject });
       } finally {
         await auth.cleanup();
-        await release();
       }
     });
     st.chain = run.then(

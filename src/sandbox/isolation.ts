@@ -82,11 +82,11 @@ export async function isolationServices(level: IsolationLevel, kilnHome: string)
       layersDir: join(kilnHome, 'restricted', 'layers'),
     };
   }
-  const { chooseSnapshotter } = await import('./overlay.js');
+  const { lazySnapshotter } = await import('./overlay.js');
   const { NamespaceExecutor } = await import('./run.js');
   return {
     executor: new NamespaceExecutor({ kilnHome }),
-    snapshotter: await chooseSnapshotter({ kilnHome }),
+    snapshotter: await lazySnapshotter({ kilnHome }),
     layersDir: join(kilnHome, 'layers'),
   };
 }

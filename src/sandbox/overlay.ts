@@ -330,15 +330,39 @@ export function overlaySupported(kilnHome: string = defaultKilnHome()): Promise<
  */
 export async function chooseSnapshotter(opts: SnapshotterOptions = {}): Promise<SandboxSnapshotter> {
   const kilnHome = opts.kilnHome ?? defaultKilnHome();
-  // Once per build: snapshots and RUN state left by a kiln that was killed are unmounted and removed.
+  await beforeSnapshots(kilnHome);
+  return pickSnapshotter(kilnHome);
+}
+
+/**
+ * chooseSnapshotter's snapshotter, chosen at its first prepare() instead of up front. Why: a build that prepares no
+ * snapshot (every step cached, or a build pod whose changed COPY is written from the context: FileCopier.direct)
+ * then never probes overlay — in a fresh KILN_HOME the probe (a mount, a getfattr of its upper dir, an unmount) cost
+ * 0.1–0.3 s before the first step. A bad KILN_SNAPSHOTTER still fails here, at once.
+ */
+export async function lazySnapshotter(opts: SnapshotterOptions = {}): Promise<Snapshotter> {
+  const kilnHome = opts.kilnHome ?? defaultKilnHome();
+  await beforeSnapshots(kilnHome);
+  let chosen: Promise<SandboxSnapshotter & Snapshotter> | undefined;
+  return {
+    prepare: async (lowers, o) => (await (chosen ??= pickSnapshotter(kilnHome))).prepare(lowers, o),
+  };
+}
+
+/** Once per build: snapshots and RUN state left by a kiln that was killed are unmounted and removed. */
+async function beforeSnapshots(kilnHome: string): Promise<void> {
+  const forced = process.env.KILN_SNAPSHOTTER;
+  if (forced && forced !== 'copy' && forced !== 'overlay') {
+    throw new KilnError('BAD_SNAPSHOTTER', `unknown KILN_SNAPSHOTTER=${forced}`, { hint: 'use overlay or copy' });
+  }
   const { cleanupStaleTempDirs } = await import('./stale.js');
   await cleanupStaleTempDirs(kilnHome);
+}
+
+async function pickSnapshotter(kilnHome: string): Promise<SandboxSnapshotter & Snapshotter> {
   const forced = process.env.KILN_SNAPSHOTTER;
   const { CopySnapshotter } = await import('./copy.js');
   if (forced === 'copy') return new CopySnapshotter({ kilnHome });
   if (forced === 'overlay') return new OverlaySnapshotter({ kilnHome });
-  if (forced) {
-    throw new KilnError('BAD_SNAPSHOTTER', `unknown KILN_SNAPSHOTTER=${forced}`, { hint: 'use overlay or copy' });
-  }
   return (await overlaySupported(kilnHome)) ? new OverlaySnapshotter({ kilnHome }) : new CopySnapshotter({ kilnHome });
 }

@@ -10,6 +10,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { chmod, chown, link, mkdir, mkdtemp, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -126,13 +127,19 @@ test('direct COPY layer: a fresh home importing the registry cache (lazy lower l
   const ctx = await context(`FROM ${base}\nWORKDIR /app\nCOPY src/a ./a/\nRUN ls /app > /app/list\nCOPY src/ ./src/\n`);
   const cache = `type=registry,ref=${reg.host}/direct/cache:1`;
   await build(ctx, false, ['--cache-to', `${cache},mode=max`]);
-  await writeFile(join(ctx, 'src', 'a', 'one.txt'), 'changed\n');
-  await utimes(join(ctx, 'src', 'a', 'one.txt'), OLD, OLD);
-  const normal = await build(ctx, false, ['--cache-from', cache]);
-  const eph = await build(ctx, true, ['--cache-from', cache, '--cache-to', `${cache},mode=max`]);
+  // a change only the last COPY reads: every other step is a cache hit
+  await writeFile(join(ctx, 'src', 'empty.txt'), 'changed\n');
+  await utimes(join(ctx, 'src', 'empty.txt'), OLD, OLD);
+  const normalHome = join(work, `home${++n}`);
+  const normal = await build(ctx, false, ['--cache-from', cache], normalHome);
+  const ephHome = join(work, `home${++n}`);
+  const eph = await build(ctx, true, ['--cache-from', cache, '--cache-to', `${cache},mode=max`], ephHome);
   assert.equal(normal.direct, false);
   assert.equal(eph.direct, true);
   assert.equal(eph.digest, normal.digest);
+  // no snapshot was prepared: overlay was never probed (the probe's success marker is missing)
+  assert.equal(existsSync(join(normalHome, 'overlay-ok')), true);
+  assert.equal(existsSync(join(ephHome, 'overlay-ok')), false);
 });
 
 test('direct COPY layer: not taken where it is not certain, and the image is the same', async () => {

@@ -12,6 +12,7 @@
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { chmod, chown, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -76,7 +77,10 @@ RUN echo hello > /hello \\
  && rm /etc/group /usr/bin/env && rm -rf /tmp && mkdir -m 1777 /tmp \\
  && echo 'bob:x:2000:2000::/home/bob:/bin/sh' >> /etc/passwd && echo 'bob:x:2000:' > /etc/group \\
  && mkdir -p /home/bob && chown bob:bob /home/bob && chmod 0750 /home/bob \\
- && mkdir /x.new && touch /x.new/f && mv /x.new /x && chown :2000 /x && chmod 2775 /x
+ && mkdir /x.new && touch /x.new/f && mv /x.new /x && chown :2000 /x && chmod 2775 /x \\
+ && mkdir -p /rel/sub && ln -s /rel/sub /rel/via && cd /rel && echo a > sub/a && cd via && echo b > b \\
+ && echo c > ../c && (umask 002 && echo u > /rel/u) && echo more >> /hello && echo n > /dev/null \\
+ && mkfifo /rel/q && { cat /rel/q > /rel/from-fifo & } && echo through-fifo > /rel/q && wait && cd /
 COPY --chown=1000:1000 a.txt /app/a.txt
 COPY --chmod=0600 a.txt /app/b.txt
 WORKDIR /w
@@ -118,7 +122,7 @@ describe('kiln build --isolation restricted (emulated restricted pod) vs userns'
     assert.deepEqual(fb.diffIDs, fa.diffIDs);
     assert.ok((fb.layers[1] as Map<string, unknown>).has('copied/f'), 'COPY --from the first stage');
     // and they hold what the Dockerfile asked for (so "equal" is not "equally empty")
-    const first = b.layers[1] as Map<string, { uid: number; gid: number; mode: string; type: string }>;
+    const first = b.layers[1] as Map<string, { uid: number; gid: number; mode: string; type: string; sha256?: string }>;
     assert.deepEqual(
       [first.get('app/f')?.uid, first.get('app/f')?.gid, first.get('app/f')?.mode],
       [1000, 1000, '4755'],
@@ -130,6 +134,14 @@ describe('kiln build --isolation restricted (emulated restricted pod) vs userns'
     assert.ok(first.has('tmp/.wh..wh..opq'), 'a base dir removed and made again is opaque');
     assert.ok(first.has('x/.wh..wh..opq'), 'a dir renamed into place is opaque, as overlay makes it');
     assert.equal(first.get('x')?.mode, '2775');
+    // opens for writing the helper performs itself under kiln's proot (relative to a `cd` through a symlink, the
+    // step's umask, a FIFO whose writer waits for its reader)
+    assert.ok(first.has('rel/sub/a') && first.has('rel/sub/b') && first.has('rel/c'), 'relative paths after cd');
+    assert.equal(first.get('rel/u')?.mode, '664', 'umask 002');
+    assert.equal(
+      first.get('rel/from-fifo')?.sha256,
+      createHash('sha256').update('through-fifo\n').digest('hex').slice(0, 16),
+    );
     const userStep = b.layers[5] as Map<string, { uid: number; gid: number; type: string }>;
     assert.deepEqual([userStep.get('home/bob/mine')?.uid, userStep.get('home/bob/lnk')?.uid], [2000, 2000]);
     assert.equal(userStep.get('x/inherits-gid')?.gid, 2000, 'setgid directory passes its group on');
@@ -161,7 +173,7 @@ describe('kiln build --isolation restricted (emulated restricted pod) vs userns'
       probes[name] = await readFile(join(homeR, 'restricted', 'probe-ok'), 'utf8');
     }
     // what restrictedStatus found: kiln's build marks, Debian's is blind to statx and friends
-    assert.match(probes.kiln ?? '', /kiln-proot .*\nmarks\n$/);
+    assert.match(probes.kiln ?? '', /kiln-proot .*\nmarks\ndirect\n$/);
     assert.match(probes.debian ?? '', /\/usr\/bin\/proot .*\nblind\n$/);
     const [k, d] = [out.kiln, out.debian];
     assert.ok(k && d);

@@ -8,15 +8,19 @@
 import { spawn } from 'node:child_process';
 import { KilnError } from '../../errors.js';
 import { captureRestrictedFd } from './client.js';
-import { PROOT_BLIND_ENV, PROOT_MARKS_ENV, PROOT_PATH_ENV, restrictedStatus } from './helper.js';
+import { PROOT_BLIND_ENV, PROOT_DIRECT_ENV, PROOT_MARKS_ENV, PROOT_PATH_ENV, restrictedStatus } from './helper.js';
 
 const RELAYED: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
 const SIGNALS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGKILL: 9, SIGTERM: 15 };
 
 /** Throw one clear ISOLATION_UNAVAILABLE line when the restricted level cannot work here; else what it found. */
-export async function assertRestrictedAvailable(
-  kilnHome: string,
-): Promise<{ helper: string; proot: string | undefined; prootBlind: boolean; prootMarks: boolean }> {
+export async function assertRestrictedAvailable(kilnHome: string): Promise<{
+  helper: string;
+  proot: string | undefined;
+  prootBlind: boolean;
+  prootMarks: boolean;
+  prootDirect: boolean;
+}> {
   const st = await restrictedStatus(kilnHome);
   if (st.problems.length > 0 || !st.helper) {
     throw new KilnError(
@@ -27,7 +31,13 @@ export async function assertRestrictedAvailable(
       },
     );
   }
-  return { helper: st.helper, proot: st.proot, prootBlind: st.prootBlind, prootMarks: st.prootMarks };
+  return {
+    helper: st.helper,
+    proot: st.proot,
+    prootBlind: st.prootBlind,
+    prootMarks: st.prootMarks,
+    prootDirect: st.prootDirect,
+  };
 }
 
 /**
@@ -39,7 +49,7 @@ export async function enterRestricted(
   argv: string[] = [...process.execArgv, ...process.argv.slice(1)],
 ): Promise<number | null> {
   if (captureRestrictedFd() !== undefined) return null;
-  const { helper, proot, prootBlind, prootMarks } = await assertRestrictedAvailable(kilnHome);
+  const { helper, proot, prootBlind, prootMarks, prootDirect } = await assertRestrictedAvailable(kilnHome);
   // --pdeathsig: if this parent dies, the helper goes too (and with it, by PR_SET_PDEATHSIG, the build)
   const child = spawn(
     'setpriv',
@@ -50,6 +60,7 @@ export async function enterRestricted(
         ...process.env,
         [PROOT_BLIND_ENV]: prootBlind ? '1' : '0',
         [PROOT_MARKS_ENV]: prootMarks ? '1' : '0',
+        [PROOT_DIRECT_ENV]: prootDirect ? '1' : '0',
         ...(proot ? { [PROOT_PATH_ENV]: proot } : {}),
       },
     },

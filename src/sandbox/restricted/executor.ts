@@ -35,7 +35,7 @@ import {
 } from '../run.js';
 import { resolveExecUser } from '../user.js';
 import type { RestrictedClient } from './client.js';
-import { prootIsBlind, prootMarks } from './helper.js';
+import { prootDirect, prootIsBlind, prootMarks } from './helper.js';
 
 export interface RestrictedExecutorOptions {
   kilnHome: string;
@@ -239,7 +239,9 @@ export class RestrictedExecutor implements Executor {
         // stops at every system call and translates paths before the kernel evaluates the step's filter (in its
         // seccomp mode it would hand the helper untranslated paths: its trace stop loses to our notification);
         // Debian's proot 5.1 leaves statx, openat2, faccessat2 and fchmodat2 untranslated: the helper maps those
-        ...(prootMarks() ? ['mark\t1'] : ['env\tPROOT_NO_SECCOMP=1']),
+        // (mark 2: that proot's chdir moves the kernel's current directory too: the helper takes the opens for
+        // writing from proot, kiln-restricted.c DIRECT)
+        ...(prootMarks() ? [`mark\t${prootDirect() ? 2 : 1}`] : ['env\tPROOT_NO_SECCOMP=1']),
         `env\tPROOT_TMP_DIR=${esc(ptmp)}`,
         'env\tPATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
         `stdout\t${esc(out)}`,

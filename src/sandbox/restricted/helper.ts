@@ -8,7 +8,7 @@
  * the RUN steps' shim, where no C library can be assumed). `scripts/build-restricted-helper.sh` does the same.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { access, chmod, constants, copyFile, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { access, chmod, constants, copyFile, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { release } from 'node:os';
 import { dirname, join } from 'node:path';
 import { KilnError } from '../../errors.js';
@@ -110,6 +110,11 @@ export interface RestrictedStatus {
    * and the step's filter notifies only marked path calls (kiln-restricted.c, MARK).
    */
   prootMarks: boolean;
+  /**
+   * This proot (kiln's build) also moves the kernel's current directory on `chdir`: the steps' opens for writing
+   * then go to the helper directly, proot never stops for them (kiln-restricted.c, DIRECT).
+   */
+  prootDirect: boolean;
   /** What is missing, one phrase each (empty: restricted works here). */
   problems: string[];
   hints: string[];
@@ -126,6 +131,7 @@ export async function restrictedStatus(kilnHome: string): Promise<RestrictedStat
     proot: undefined,
     prootBlind: false,
     prootMarks: false,
+    prootDirect: false,
     problems: [],
     hints: [],
   };
@@ -148,12 +154,16 @@ export async function restrictedStatus(kilnHome: string): Promise<RestrictedStat
     st.hints.push('apt-get install proot, or scripts/build-proot.sh for the faster build');
   }
   const marker = join(kilnHome, 'restricted', 'probe-ok');
-  const id = `${release()} ${st.helper} ${st.proot ?? ''} uid=${process.getuid?.() ?? '?'}\n`;
+  // the proot's size and time too: scripts/build-proot.sh replaces kiln-proot in place
+  const ps = st.proot ? await stat(st.proot).catch(() => undefined) : undefined;
+  const pid = ps ? ` ${ps.size}@${Math.floor(ps.mtimeMs)}` : '';
+  const id = `${release()} ${st.helper} ${st.proot ?? ''}${pid} uid=${process.getuid?.() ?? '?'}\n`;
   const known = await readFile(marker, 'utf8').catch(() => '');
   const flags = known.startsWith(id) ? known.slice(id.length).split('\n') : undefined;
-  if (flags && flags.every((f) => f === '' || f === 'blind' || f === 'marks')) {
+  if (flags && flags.every((f) => f === '' || f === 'blind' || f === 'marks' || f === 'direct')) {
     st.prootBlind = flags.includes('blind');
     st.prootMarks = flags.includes('marks');
+    st.prootDirect = st.prootMarks && flags.includes('direct');
   } else {
     const p = await runTool(st.helper, ['probe']);
     if (p.code !== 0) {
@@ -185,9 +195,13 @@ export async function restrictedStatus(kilnHome: string): Promise<RestrictedStat
           );
         } else {
           const m = await runTool(st.helper, ['markprobe', st.proot]);
-          st.prootMarks = m.stdout.trim() === 'marked';
+          // "marked", or "marked cwd": kiln's proot that also moves the kernel's current directory
+          const said = m.stdout.trim().split(' ');
+          st.prootMarks = said[0] === 'marked';
+          st.prootDirect = st.prootMarks && said.includes('cwd');
           st.prootBlind = !st.prootMarks && (await prootStatxBlind(st.proot, st.helper, kilnHome));
-          const line = (st.prootBlind ? 'blind\n' : '') + (st.prootMarks ? 'marks\n' : '');
+          const line =
+            (st.prootBlind ? 'blind\n' : '') + (st.prootMarks ? 'marks\n' : '') + (st.prootDirect ? 'direct\n' : '');
           await writeFile(marker, id + line).catch(() => undefined);
         }
       }
@@ -225,8 +239,18 @@ export function prootIsBlind(): boolean {
 /** Set by enterRestricted: the proot restrictedStatus chose and probed, and whether it marks (0/1). */
 export const PROOT_PATH_ENV = 'KILN_RESTRICTED_PROOT';
 export const PROOT_MARKS_ENV = 'KILN_RESTRICTED_PROOT_MARKS';
+/** Set by enterRestricted: whether that proot moves the kernel's current directory too (0/1, see prootDirect). */
+export const PROOT_DIRECT_ENV = 'KILN_RESTRICTED_PROOT_DIRECT';
 
 /** Whether the proot of this build marks the calls it translated (from enterRestricted). */
 export function prootMarks(): boolean {
   return process.env[PROOT_MARKS_ENV] === '1';
+}
+
+/**
+ * Whether the steps' opens for writing go to the helper directly (from enterRestricted: kiln's proot whose `chdir`
+ * moves the kernel's current directory, so the helper can resolve relative paths; kiln-restricted.c, DIRECT).
+ */
+export function prootDirect(): boolean {
+  return prootMarks() && process.env[PROOT_DIRECT_ENV] === '1';
 }

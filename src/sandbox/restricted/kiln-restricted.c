@@ -56,6 +56,8 @@
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <linux/openat2.h>
+#include <pthread.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
@@ -155,6 +157,22 @@ struct trap {
  * comes back marked. */
 static uint64_t MARK;
 
+/* DIRECT (a step under kiln's proot whose chdir(2) also moves the kernel's current directory, mark.patch): the
+ * step's opens for writing (openat/open with a writing flag, creat) notify the helper at once instead of stopping
+ * proot twice (its trace stop, and the exit stop that puts the marker register back). The helper resolves their
+ * guest paths itself (guest_resolve; relative ones against /proc/PID/cwd, which that proot keeps in step with its
+ * emulated directory), opens the file and hands the descriptor over (SECCOMP_IOCTL_NOTIF_ADDFD): proot never sees
+ * them. Read-only opens stay proot's. Set in the shim from KILN_RESTRICTED_DIRECT, per step in struct step. */
+static int DIRECT;
+
+/* The calls DIRECT takes from proot. */
+static int direct_open(int nr) {
+#ifdef __NR_open
+  if (nr == __NR_open || nr == __NR_creat) return 1;
+#endif
+  return nr == __NR_openat;
+}
+
 #define WRITE_FLAGS (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC)
 
 static const struct trap TRAPS[];
@@ -182,7 +200,7 @@ static struct sock_filter *build_filter(int with_uname, unsigned short *len) {
   uint64_t mark = with_uname ? MARK : 0;
   for (size_t i = 0; i < NTRAPS; i++) {
     const struct trap *t = &TRAPS[i];
-    if (mark && t->proot) {
+    if (mark && t->proot && !(DIRECT && direct_open(t->nr))) {
       /* JEQ nr; [AT_EMPTY_PATH → notify]; [open flags without writing → allow]; marker → notify, else allow */
       int empty = t->nr == __NR_newfstatat ? 3 : t->nr == __NR_statx ? 2 : -1;
       size_t len = 1 + (empty >= 0 ? 2 : 0) + (t->kind == K_OPENFLAGS ? 2 : 0) + 4 + 2;
@@ -626,6 +644,8 @@ struct proc {
   struct creds c;
   int used;
   int pidfd; /* pidfd_open(tgid), -1 if none: readable once the process is gone (its pid may be reused) */
+  mode_t umask;       /* its umask, valid while umask_gen equals the global one (see umask_of) */
+  unsigned umask_gen; /* 0: not known */
 };
 
 #define PROCS 4096
@@ -749,6 +769,7 @@ static void proc_set(pid_t tgid, const struct creds *c) {
     p->tgid = tgid;
     p->start = start_time(tgid);
     p->pidfd = -1;
+    p->umask_gen = 0;
     if (npidfds < max_pidfds) {
       p->pidfd = (int)syscall(__NR_pidfd_open, tgid, 0);
       if (p->pidfd >= 0) npidfds++;
@@ -759,6 +780,7 @@ static void proc_set(pid_t tgid, const struct creds *c) {
       /* the entry of a process that is gone, whose pid names a new one now: renew it, or every later lookup
        * takes the slow path */
       proc_drop_fd(p);
+      p->umask_gen = 0;
       p->start = start_time(tgid);
       if (npidfds < max_pidfds) {
         p->pidfd = (int)syscall(__NR_pidfd_open, tgid, 0);
@@ -903,6 +925,7 @@ struct step {
    * when this proot is one of those) */
   int blind;
   uint64_t mark; /* PROOT_MARK of this step's proot (0: Debian's proot, no marker; see MARK) */
+  int direct;    /* the step's opens for writing come to the helper untranslated (see DIRECT) */
   char *root;
   struct bind *binds;
   int nbinds;
@@ -964,6 +987,17 @@ static int prefix_of(const char *pre, const char *p) {
   return strncmp(p, pre, n) == 0 && (p[n] == 0 || p[n] == '/');
 }
 
+/* /proc/self and /proc/thread-self of host path `out` as the calling process's (the helper's own otherwise). */
+static void proc_self(pid_t pid, char *out) {
+  if (prefix_of("/proc/self", out) || prefix_of("/proc/thread-self", out)) {
+    char rest[PATH_MAX];
+    int thread = out[6] == 't';
+    snprintf(rest, sizeof(rest), "%s", out + (thread ? 17 : 10));
+    if (thread) snprintf(out, PATH_MAX, "/proc/%d/task/%d%s", pid, pid, rest);
+    else snprintf(out, PATH_MAX, "/proc/%d%s", pid, rest);
+  }
+}
+
 /* The host path of the normalised guest path `g` (bindings, longest first; /proc/self → /proc/PID). */
 static void guest_map(const struct step *s, pid_t pid, const char *g, char *out) {
   const struct bind *best = NULL;
@@ -973,13 +1007,7 @@ static void guest_map(const struct step *s, pid_t pid, const char *g, char *out)
   }
   if (best) snprintf(out, PATH_MAX, "%s%s", best->host, g + (strcmp(best->guest, "/") ? strlen(best->guest) : 0));
   else snprintf(out, PATH_MAX, "%s%s", s->root, strcmp(g, "/") ? g : "");
-  if (prefix_of("/proc/self", out) || prefix_of("/proc/thread-self", out)) {
-    char rest[PATH_MAX];
-    int thread = out[6] == 't';
-    snprintf(rest, sizeof(rest), "%s", out + (thread ? 17 : 10));
-    if (thread) snprintf(out, PATH_MAX, "/proc/%d/task/%d%s", pid, pid, rest);
-    else snprintf(out, PATH_MAX, "/proc/%d%s", pid, rest);
-  }
+  proc_self(pid, out);
 }
 
 /* The guest path of host path `h` (reverse of guest_map), or -1 when it lies outside the guest. */
@@ -1030,6 +1058,7 @@ static int guest_resolve(const struct step *s, pid_t pid, const char *gpath, int
       /* the host's /proc: its magic links (fd/N, cwd, exe) are the kernel's business */
       if (*p) snprintf(out, PATH_MAX, "%s/%s", h, p);
       else snprintf(out, PATH_MAX, "%s", h);
+      proc_self(pid, out);
       return 0;
     }
     if (!last || follow) {
@@ -1062,7 +1091,7 @@ static int resolve_path(struct ctx *c, int dirfd, const char *raw, char *abs, in
    * the directory the step means is unknown here. ENOSYS, as from a kernel without the call, makes the C library
    * fall back to calls proot translates (glibc: statx → fstatat, faccessat2 → faccessat/fstatat, fchmodat2 → an
    * O_PATH fchmod; libuv and Rust's std do the same; openat2 has no glibc wrapper and its callers fall back). */
-  if (dirfd == AT_FDCWD) return -ENOSYS;
+  if (dirfd == AT_FDCWD && !c->step->direct) return -ENOSYS;
   char base[PATH_MAX], g[PATH_MAX], full[2 * PATH_MAX];
   int r = resolve_at(PID(c), dirfd, NULL, base, 0);
   if (r < 0) return r;
@@ -1434,15 +1463,35 @@ struct owner {
  * temporary files): from then on creations read the caller's umask instead of trusting the common case. */
 static int owner_umask;
 
+/* Bumped by every umask(2) a supervised process makes: the cached umasks (struct proc) are read again after it (a
+ * umask is shared by the processes of a CLONE_FS clone, so one call may change another's). */
+static unsigned umask_gen = 1;
+
 static struct reply h_umask(struct ctx *c, int nr) {
   (void)nr;
   if (A(c, 0) & 0700) owner_umask = 1;
+  umask_gen++;
+  /* the caller's own entry gets the new value now: its next creation may be handled before the kernel applied it
+   * (a thread's umask(2) after this answer, another thread's open before) */
+  struct proc *p = proc_find(PID(c));
+  if (p && p->pidfd >= 0 && proc_alive(p)) {
+    p->umask = (mode_t)(A(c, 0) & 0777);
+    p->umask_gen = umask_gen;
+  }
   return CONT;
 }
 
+/* The umask of `tid`: from its credentials entry while that process lives and no umask(2) came since, else from
+ * /proc/PID/status (~30 µs a read: once per process, not once per file it creates). */
 static mode_t umask_of(pid_t tid) {
+  struct proc *p = proc_find(tid);
+  if (p && p->umask_gen == umask_gen && p->pidfd >= 0 && proc_alive(p)) return p->umask;
   mode_t um = 022;
-  task_status(tid, NULL, NULL, &um);
+  if (task_status(tid, NULL, NULL, &um) != 0) return um;
+  if (p && p->pidfd >= 0 && proc_alive(p)) {
+    p->umask = um;
+    p->umask_gen = umask_gen;
+  }
   return um;
 }
 
@@ -1470,16 +1519,87 @@ static int create_args(struct ctx *c, int at, char *abs, int *base) {
 
 /* Where h_open would let the kernel open the path: a guest path (openat2 in a step, proot_blind) cannot be, so the
  * file is opened here and handed over. */
+/* A FIFO open for writing that waits for its reader (see cont_open): retried every 2 ms while the caller still
+ * waits, then handed over. Runs on its own thread with its own copy of the listener. */
+struct fifo_wait {
+  int listener;
+  uint64_t id;
+  char path[PATH_MAX];
+  int flags;
+};
+
+static void *fifo_waiter(void *arg) {
+  struct fifo_wait *w = arg;
+  int fd = -1, e = 0;
+  for (;;) {
+    fd = open(w->path, (w->flags & ~O_CLOEXEC) | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd >= 0 || errno != ENXIO) {
+      e = errno;
+      break;
+    }
+    if (ioctl(w->listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &w->id) != 0) break; /* the caller is gone */
+    struct timespec ts = {0, 2000000};
+    nanosleep(&ts, NULL);
+  }
+  if (fd >= 0) {
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    struct seccomp_notif_addfd add = {
+        .id = w->id, .flags = SECCOMP_ADDFD_FLAG_SEND, .srcfd = (uint32_t)fd, .newfd_flags = (uint32_t)(w->flags & O_CLOEXEC)};
+    ioctl(w->listener, SECCOMP_IOCTL_NOTIF_ADDFD, &add);
+    close(fd);
+  } else if (e) {
+    struct seccomp_notif_resp resp = {.id = w->id, .error = -e};
+    ioctl(w->listener, SECCOMP_IOCTL_NOTIF_SEND, &resp);
+  }
+  close(w->listener);
+  free(w);
+  return NULL;
+}
+
+/* Where h_open would let the kernel open the path: a guest path (openat2 in a step, proot_blind; a DIRECT open) cannot
+ * be, so the file is opened here (umask 0: `mode` is final) and handed over. Never blocks the helper: the open is
+ * non-blocking (a FIFO without a reader, a device waiting for a carrier) and the flag is cleared afterwards unless
+ * the caller asked for it; a FIFO that has no reader yet is waited for on a thread, as the kernel would wait. */
 static struct reply cont_open(struct ctx *c, const char *abs, int flags, mode_t mode) {
   if (!c->guest_paths) return CONT;
-  int fd = open(abs, (flags & ~O_CLOEXEC) | O_CLOEXEC | O_NOCTTY, mode);
-  if (fd < 0) return ERR(errno);
+  mode_t um = umask(0);
+  int fd = open(abs, (flags & ~O_CLOEXEC) | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, mode);
+  int e = errno;
+  umask(um);
+  if (fd < 0 && e == ENXIO && !(flags & O_NONBLOCK) && (flags & O_ACCMODE) == O_WRONLY) {
+    struct stat st;
+    if (stat(abs, &st) == 0 && S_ISFIFO(st.st_mode)) {
+      struct fifo_wait *w = xmalloc(sizeof(*w));
+      w->listener = fcntl(c->listener, F_DUPFD_CLOEXEC, 0);
+      w->id = c->n->id;
+      w->flags = flags & ~(O_CREAT | O_EXCL | O_TRUNC);
+      snprintf(w->path, sizeof(w->path), "%s", abs);
+      pthread_t t;
+      pthread_attr_t at;
+      pthread_attr_init(&at);
+      pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+      pthread_attr_setstacksize(&at, 64 * 1024 + PATH_MAX);
+      if (w->listener >= 0 && pthread_create(&t, &at, fifo_waiter, w) == 0) {
+        pthread_attr_destroy(&at);
+        return (struct reply){R_DONE, 0};
+      }
+      pthread_attr_destroy(&at);
+      if (w->listener >= 0) close(w->listener);
+      free(w);
+    }
+  }
+  if (fd < 0) return ERR(e);
+  if (!(flags & O_NONBLOCK)) {
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0 && (fl & O_NONBLOCK)) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+  }
   struct seccomp_notif_addfd add = {.id = c->n->id,
                                     .flags = SECCOMP_ADDFD_FLAG_SEND,
                                     .srcfd = (uint32_t)fd,
                                     .newfd_flags = (uint32_t)(flags & O_CLOEXEC)};
   int res = ioctl(c->listener, SECCOMP_IOCTL_NOTIF_ADDFD, &add);
-  int e = errno;
+  e = errno;
   close(fd);
   if (res < 0) return ERR(e == ENOENT ? ESRCH : e);
   return (struct reply){R_DONE, 0};
@@ -1489,19 +1609,21 @@ static struct reply h_open(struct ctx *c, int nr) {
   char abs[PATH_MAX];
   int flags, r;
   mode_t mode;
+  /* whether the kernel follows a last symlink (what proot does too): matters for the guest paths (DIRECT) */
+#define OPEN_FOLLOWS(fl) (!((fl) & O_NOFOLLOW) && !(((fl) & O_CREAT) && ((fl) & O_EXCL)))
   if (nr == __NR_openat) {
     flags = (int)A(c, 2);
     mode = (mode_t)A(c, 3);
-    r = path_arg(c, 0, 1, abs, 0, NULL);
+    r = path_argf(c, 0, 1, abs, 0, NULL, OPEN_FOLLOWS(flags));
 #ifdef __NR_open
   } else if (nr == __NR_open) {
     flags = (int)A(c, 1);
     mode = (mode_t)A(c, 2);
-    r = path_arg(c, -1, 0, abs, 0, NULL);
+    r = path_argf(c, -1, 0, abs, 0, NULL, OPEN_FOLLOWS(flags));
   } else if (nr == __NR_creat) {
     flags = O_CREAT | O_WRONLY | O_TRUNC;
     mode = (mode_t)A(c, 1);
-    r = path_arg(c, -1, 0, abs, 0, NULL);
+    r = path_argf(c, -1, 0, abs, 0, NULL, 1);
 #endif
   } else { /* openat2 */
     struct {
@@ -1514,9 +1636,10 @@ static struct reply h_open(struct ctx *c, int nr) {
     mode = (mode_t)how.mode;
     /* RESOLVE_* restrictions: the kernel's outside a step; in a step (guest paths) they are not enforced */
     if (!c->guest_paths && (how.resolve || !(flags & WRITE_FLAGS))) return CONT;
-    r = path_argf(c, 0, 1, abs, 0, NULL, !(flags & O_NOFOLLOW) && !((flags & O_CREAT) && (flags & O_EXCL)));
+    r = path_argf(c, 0, 1, abs, 0, NULL, OPEN_FOLLOWS(flags));
     if (r == 0 && !(flags & WRITE_FLAGS)) return cont_open(c, abs, flags, 0);
   }
+#undef OPEN_FOLLOWS
   if (r < 0) return r == -ENOTDIR && !c->guest_paths ? CONT : ERR(-r);
   if (abs[0] != '/') return cont_open(c, abs, flags, (mode & 07777) & ~umask_of(PID(c)));
   int wr = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
@@ -2031,8 +2154,8 @@ static const size_t NTRAPS = sizeof(TRAPS) / sizeof(TRAPS[0]);
 
 static struct reply dispatch(struct ctx *c) {
   int nr = c->n->data.nr;
-  c->guest_paths =
-      c->step != NULL && (c->step->mark ? marked_guest(c, nr) : c->step->blind && proot_blind(nr));
+  c->guest_paths = c->step != NULL && (c->step->mark ? marked_guest(c, nr) || (c->step->direct && direct_open(nr))
+                                                     : c->step->blind && proot_blind(nr));
   if (nr == __NR_uname) return h_uname(c, nr);
   for (size_t i = 0; i < NTRAPS; i++)
     if (TRAPS[i].nr == nr) return TRAPS[i].fn(c, nr);
@@ -2600,11 +2723,11 @@ static uint64_t new_mark(void) {
 
 /* PROOT_MARK and PROOT_MARK_SYSCALLS for kiln's proot (scripts/proot/mark.patch): the raw numbers of the path calls
  * the step's filter gates on the marker, an open's only with a writing flag (NR:ARG:MASK), as the filter does. */
-static void mark_env(uint64_t mark, char **env) {
+static void mark_env(uint64_t mark, int direct, char **env) {
   char list[4096] = "", one[64];
   for (size_t i = 0; i < NTRAPS; i++) {
     const struct trap *t = &TRAPS[i];
-    if (!t->proot) continue;
+    if (!t->proot || (direct && direct_open(t->nr))) continue;
     if (t->kind == K_OPENFLAGS) snprintf(one, sizeof(one), "%s%d:%d:0x%x", list[0] ? "," : "", t->nr, t->arg, WRITE_FLAGS);
     else snprintf(one, sizeof(one), "%s%d", list[0] ? "," : "", t->nr);
     strncat(list, one, sizeof(list) - strlen(list) - 1);
@@ -2615,6 +2738,7 @@ static void mark_env(uint64_t mark, char **env) {
   size_t n = strlen(list) + 32;
   env[1] = xmalloc(n);
   snprintf(env[1], n, "PROOT_MARK_SYSCALLS=%s", list);
+  env[2] = xstrdup(direct ? "KILN_RESTRICTED_DIRECT=1" : "KILN_RESTRICTED_DIRECT=0");
 }
 static int spawn_step(const char *specfile, char *err, size_t errlen) {
   FILE *f = fopen(specfile, "re");
@@ -2658,10 +2782,12 @@ static int spawn_step(const char *specfile, char *err, size_t errlen) {
     else if (!strcmp(line, "hostname")) strncpy(s->hostname, v, sizeof(s->hostname) - 1);
     else if (!strcmp(line, "ro") && s->nro < 255) s->ro[s->nro++] = xstrdup(v);
     else if (!strcmp(line, "blind")) s->blind = atoi(v);
-    else if (!strcmp(line, "mark") && atoi(v) == 1 && envc < 4092) {
+    else if (!strcmp(line, "mark") && (atoi(v) == 1 || atoi(v) == 2) && envc < 4092) {
+      /* 2: kiln's proot that also moves the kernel's current directory (see DIRECT) */
       s->mark = new_mark();
-      mark_env(s->mark, envp + envc);
-      envc += 2;
+      s->direct = atoi(v) == 2;
+      mark_env(s->mark, s->direct, envp + envc);
+      envc += 3;
     }
     else if (!strcmp(line, "cwd")) {
       free(cwd);
@@ -3122,6 +3248,8 @@ static int shim(const char *specpath, const char *self) {
   closefrom(5);
   const char *mark = getenv("PROOT_MARK");
   if (mark) MARK = strtoull(mark, NULL, 0);
+  const char *direct = getenv("KILN_RESTRICTED_DIRECT");
+  DIRECT = MARK && direct && !strcmp(direct, "1");
   int lfd = install_filter(1);
   if (lfd < 0) {
     dprintf(4, "cannot install the step's seccomp filter: %s\n", strerror(errno));
@@ -3258,7 +3386,15 @@ static int mark_check(void) {
     return 1;
   }
   long r = syscall(__NR_faccessat, AT_FDCWD, "/", F_OK, 0);
-  printf("%s\n", r != 0 && errno == EXDEV ? "marked" : "unmarked");
+  if (r == 0 || errno != EXDEV) {
+    printf("unmarked\n");
+    return 0;
+  }
+  /* DIRECT: does this proot's chdir move the kernel's current directory too? openat2, which proot 5.4 does not
+   * translate, resolves "self" against the kernel's: /proc/self after the chdir, else markprobe's "/" */
+  struct open_how how = {.flags = O_PATH | O_CLOEXEC};
+  int fd = chdir("/proc") == 0 ? (int)syscall(__NR_openat2, AT_FDCWD, "self", &how, sizeof(how)) : -1;
+  printf("%s\n", fd >= 0 ? "marked cwd" : "marked");
   return 0;
 }
 
@@ -3272,6 +3408,7 @@ static int mark_probe(const char *proot, const char *self) {
   setenv("PROOT_MARK", mark, 1);
   setenv("PROOT_MARK_SYSCALLS", only, 1);
   unsetenv("PROOT_NO_SECCOMP");
+  if (chdir("/") != 0) return 1;
   execl(proot, proot, "-r", "/", "-w", "/", abs, "markcheck", (char *)NULL);
   printf("cannot run %s: %s\n", proot, strerror(errno));
   return 1;

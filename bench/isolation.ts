@@ -18,6 +18,7 @@
  * BENCH_COMPAT=npm,sudo picks compatibility cases by name, BENCH_SMALL=1 shrinks the inputs (harness check). kiln runs compiled (a private tsc output under .tmp/, so the
  * layer worker thread is used as in a release); the restricted helper is compiled once, outside the timings.
  * BENCH_DEBUG=1 runs kiln with KILN_DEBUG=1 and keeps each W1/W3 build's stderr (its timeline) in .tmp/bench-isolation-debug/.
+ * KILN_PROOT=PATH (readable by kilntest) picks the restricted level's proot instead of kiln-proot on PATH.
  * Output: the table on stdout and in bench/results/isolation.md (partial runs: .tmp/bench-isolation.md).
  */
 import { spawnSync } from 'node:child_process';
@@ -97,6 +98,8 @@ function kiln(level: Level, home: string, args: string[]): Promise<Measured> {
     `PATH=${PATH}`,
     `KILN_RESTRICTED_HELPER=${helper}`,
     `KILN_ISOLATION=${level}`,
+    // KILN_PROOT: the proot of the restricted level's RUN steps (an A/B of two builds; default kiln-proot on PATH)
+    ...(process.env.KILN_PROOT ? [`KILN_PROOT=${process.env.KILN_PROOT}`] : []),
     ...(DEBUG ? ['KILN_DEBUG=1'] : []),
   ];
   const cmd = [process.execPath, launcher, ...args];

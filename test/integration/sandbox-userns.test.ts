@@ -104,7 +104,9 @@ describe('build user namespace (kilntest)', () => {
           ? spawnAsUser('kilntest', argv)
           : spawn(argv[0] as string, argv.slice(1), { cwd: join(dirname(HELPER), '..', '..'), stdio: 'pipe' });
       try {
-        const isStep = (pid: number) => !readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('ns-entry');
+        // the step's own shells (argv[0] sh), not kiln or the wrapper that started it, whose arguments hold the token too
+        const isStep = (pid: number) =>
+          /^(\/bin\/)?sh$/.test(readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[0] ?? '');
         await until(
           () =>
             pidsWith(token).some((p) => {

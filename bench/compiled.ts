@@ -55,7 +55,17 @@ export function launcherSource(main: string): string {
   const load = main.endsWith('.cjs')
     ? `(await import(${JSON.stringify(pathToFileURL(join(REPO, 'bin', 'load-bundle.js')).href)})).loadBundle(${JSON.stringify(main)})`
     : `await import(${JSON.stringify(pathToFileURL(main).href)})`;
-  return `const { main } = ${load};\nprocess.exitCode = await main(process.argv.slice(2));\n`;
+  // BENCH_PROF=DIR: a CPU profile of the main thread (200 µs samples) to DIR/<pid>.cpuprofile at exit — also of the
+  // processes that run this launcher themselves (kiln serve's build workers); --cpu-prof is refused in NODE_OPTIONS
+  const dir = process.env.BENCH_PROF;
+  const prof = dir
+    ? "import { Session } from 'node:inspector';\nimport { writeFileSync } from 'node:fs';\n" +
+      "const prof = new Session();\nprof.connect();\nprof.post('Profiler.enable');\n" +
+      "prof.post('Profiler.setSamplingInterval', { interval: 200 });\nprof.post('Profiler.start');\n" +
+      "process.on('exit', () => prof.post('Profiler.stop', (e, r) => e || writeFileSync(" +
+      `${JSON.stringify(dir)} + '/' + process.pid + '.cpuprofile', JSON.stringify(r.profile))));\n`
+    : '';
+  return `${prof}const { main } = ${load};\nprocess.exitCode = await main(process.argv.slice(2));\n`;
 }
 
 export function runCompiled(main: string, args: string[], env: NodeJS.ProcessEnv): Promise<string> {

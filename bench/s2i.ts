@@ -13,7 +13,13 @@
  *
  * Environment: BENCH_ROUNDS (default 5), BENCH_FILES (default 200); BENCH_TRACE=1 adds one more kiln round with
  * `--progress plain` and prints its log with the time of each line (where the warm time goes); BENCH_SERVE_AB=1 adds
- * a second service without the worker's preparation (KILN_SERVE_PREPARE=0), alternating with the first. Needs root
+ * a second service without the worker's preparation (KILN_SERVE_PREPARE=0), alternating with the first;
+ * BENCH_SERVE_BASE=DIR makes that second service another checkout's kiln instead (DIR, e.g. a worktree of main,
+ * compiled into its own .tmp/): an A/B of a change on the service path in one run, same load. The services run with
+ * KILN_DEBUG=1 (epoch clock; a few stderr lines per build): the results show the median serve round's timeline (ms
+ * since the request: the service's and its worker's marks), and BENCH_DEBUG=1 prints every round's. BENCH_ONLY=serve
+ * skips the CLI rounds (the services and BuildKit only). BENCH_PROF=DIR: every compiled-CLI process (the services,
+ * their workers) writes a CPU profile of its main thread to DIR/<pid>.cpuprofile when it exits. Needs root
  * (buildkitd). Output: a table and where the time goes, also in bench/results/s2i.md (its `## Notes` section,
  * written by hand, is kept).
  */
@@ -33,6 +39,8 @@ import { request } from 'undici';
 import { compiledCli, launcherSource, runCompiled } from './compiled.js';
 
 const rounds = Number(process.env.BENCH_ROUNDS ?? 5);
+const DEBUG = process.env.BENCH_DEBUG === '1';
+const serveOnly = process.env.BENCH_ONLY === 'serve';
 const files = Number(process.env.BENCH_FILES ?? 200);
 const REPO = dirname(dirname(fileURLToPath(import.meta.url)));
 
@@ -78,7 +86,10 @@ async function startKilnServe(
 ): Promise<{
   api: <T>(method: 'GET' | 'POST', path: string, body?: unknown) => Promise<T>;
   stop: () => Promise<void>;
+  /** The service's debug lines since the last call (its workers' too: one stderr). */
+  debugLines: () => string[];
 }> {
+  env = { ...env, KILN_DEBUG: '1', KILN_DEBUG_CLOCK: 'epoch' };
   const dataDir = join(dir, 'svc-data');
   await mkdir(dataDir, { recursive: true, mode: 0o700 });
   await writeFile(join(dir, 'svc.yaml'), config);
@@ -120,7 +131,14 @@ async function startKilnServe(
     proc.kill('SIGKILL');
     throw new Error(`kiln serve did not start:\n${err}`);
   }
-  proc.stderr?.resume(); // keep draining it
+  // keep draining it, its debug lines kept for the round's timeline
+  let debug: string[] = [];
+  let partial = '';
+  proc.stderr?.on('data', (d: Buffer) => {
+    const lines = (partial + d.toString()).split('\n');
+    partial = lines.pop() ?? '';
+    debug.push(...lines.filter((l) => l.startsWith('kiln: debug:')));
+  });
   return {
     api: async <T>(method: 'GET' | 'POST', path: string, body?: unknown): Promise<T> => {
       const r = await request(url + path, {
@@ -131,6 +149,11 @@ async function startKilnServe(
       const text = await r.body.text();
       if (r.statusCode >= 300) throw new Error(`${method} ${path}: ${r.statusCode} ${text.slice(0, 500)}`);
       return JSON.parse(text) as T;
+    },
+    debugLines: () => {
+      const d = debug;
+      debug = [];
+      return d;
     },
     stop: async () => {
       if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
@@ -150,8 +173,19 @@ interface ServiceBuild {
   reason?: string;
 }
 
-/** One API-triggered build of the service's S2I project: request → succeeded with a digest (polled every 10 ms), ms. */
-async function serviceRound(svc: KilnServe): Promise<number> {
+/** A serve round: its time (ms) and its timeline (ms since the request, + since the previous mark, what). */
+interface ServeRound {
+  t: number;
+  marks: [number, number, string][];
+}
+
+/**
+ * One API-triggered build of the service's S2I project: request → succeeded with a digest (polled every 10 ms), ms,
+ * and the service's marks meanwhile. With BENCH_DEBUG the timeline is printed under `label`.
+ */
+async function serviceRound(svc: KilnServe, label = 'serve'): Promise<ServeRound> {
+  svc.debugLines();
+  const w0 = Date.now();
   const t0 = performance.now();
   const { builds } = await svc.api<{ builds: ServiceBuild[] }>('POST', '/api/v1/projects/app/builds', { ref: 'main' });
   const id = (builds[0] as ServiceBuild).id;
@@ -159,7 +193,26 @@ async function serviceRound(svc: KilnServe): Promise<number> {
     const b = await svc.api<ServiceBuild>('GET', `/api/v1/builds/${id}`);
     if (['succeeded', 'failed', 'cancelled', 'timed-out'].includes(b.phase)) {
       if (b.phase !== 'succeeded' || !b.digest) throw new Error(`service build ${id}: ${b.phase} ${b.reason ?? ''}`);
-      return performance.now() - t0;
+      const t = performance.now() - t0;
+      // the last poll's answer is on its way when the service logs its last mark: let the stderr pipe catch up
+      await new Promise((r) => setTimeout(r, 20));
+      const marks: ServeRound['marks'] = [];
+      let prev = 0;
+      for (const l of svc.debugLines()) {
+        const m = /^kiln: debug: (?:at (\d+) ms: (.*)|(.*) \(at (\d+) ms\))$/.exec(l);
+        if (!m) continue;
+        const at = Number(m[1] ?? m[4]) - w0;
+        const what = (m[2] ?? m[3] ?? '')
+          .replace(/(sha256:[0-9a-f]{12})[0-9a-f]{52}/g, '$1…')
+          .replace(/\?_state=\S*/, '');
+        marks.push([at, at - prev, what.slice(0, 140)]);
+        prev = at;
+      }
+      if (DEBUG) {
+        console.log(`\n${label}: ${t.toFixed(0)} ms (ms since the request; + since the previous mark)`);
+        for (const [at, d, what] of marks) console.log(`  ${String(at).padStart(5)} ${('+' + d).padStart(5)}  ${what}`);
+      }
+      return { t, marks };
     }
     await new Promise((r) => setTimeout(r, 10));
   }
@@ -212,21 +265,45 @@ function buildkitVertices(log: string): [string, string][] {
   return out;
 }
 
-async function main(): Promise<void> {
-  const s2i = s2iBinary();
-  const cli = compiledCli('bench-s2i-dist');
-  // `kiln serve` wants the web UI's bundle beside its code (what `npm run build` does after tsc)
+/** What `kiln serve` wants beside a compiled CLI: the web UI's bundle (what `npm run build` does after tsc). */
+async function serveReady(cli: string, repo: string): Promise<void> {
   const ui = (await import(pathToFileURL(join(dirname(dirname(cli)), 'service', 'ui', 'bundle.js')).href)) as {
     bundleUi(clientDir: string): Promise<unknown[]>;
     writeBundle(dir: string, files: unknown[]): Promise<void>;
   };
   await ui.writeBundle(
     join(dirname(dirname(cli)), 'service', 'ui', 'assets'),
-    await ui.bundleUi(join(REPO, 'src', 'service', 'ui', 'client')),
+    await ui.bundleUi(join(repo, 'src', 'service', 'ui', 'client')),
   );
   // `kiln --version` reads package.json two levels above cli/main.js: give the compiled copy one
   const pkgCopy = join(dirname(dirname(dirname(cli))), 'package.json');
-  if (!existsSync(pkgCopy)) await copyFile(join(REPO, 'package.json'), pkgCopy);
+  if (!existsSync(pkgCopy)) await copyFile(join(repo, 'package.json'), pkgCopy);
+}
+
+async function main(): Promise<void> {
+  const s2i = s2iBinary();
+  const cli = compiledCli('bench-s2i-dist');
+  await serveReady(cli, REPO);
+  // BENCH_SERVE_BASE: the other checkout compiled by its own bench/compiled.ts (its .tmp/)
+  const baseDir = process.env.BENCH_SERVE_BASE;
+  let baseCli: string | undefined;
+  if (baseDir) {
+    const r = spawnSync(
+      process.execPath,
+      [
+        '--import',
+        'tsx',
+        '--input-type=module',
+        '-e',
+        `import { compiledCli } from ${JSON.stringify(pathToFileURL(join(baseDir, 'bench', 'compiled.ts')).href)};` +
+          `console.log(compiledCli('bench-s2i-dist'));`,
+      ],
+      { cwd: baseDir, encoding: 'utf8' },
+    );
+    baseCli = r.stdout.trim().split('\n').pop();
+    if (r.status !== 0 || !baseCli) throw new Error(`compiling ${baseDir}: ${r.stderr}`);
+    await serveReady(baseCli, baseDir);
+  }
   const work = await mkdtemp(join(tmpdir(), 'kiln-bench-s2i-'));
   const home = join(work, 'home');
   const registry = await startRegistry();
@@ -273,13 +350,17 @@ async function main(): Promise<void> {
         `        s2i: {builderImage: "${builderRef}"}\n        tags: ["1"]\n`,
     );
     stops.unshift(() => svc.stop());
-    // BENCH_SERVE_AB=1: the same service without the worker's preparation (same project, its own home and data)
+    // BENCH_SERVE_AB=1: the same service without the worker's preparation; BENCH_SERVE_BASE: another checkout's
+    // (same project, its own home and data)
     let svcNoPrep: KilnServe | undefined;
-    if (process.env.BENCH_SERVE_AB === '1') {
+    const bLabel = baseCli ? `kiln serve of ${baseDir}` : "kiln serve without the worker's preparation";
+    if (process.env.BENCH_SERVE_AB === '1' || baseCli) {
       const d = join(work, 'noprep');
       await mkdir(d);
       const cfg = await readFile(join(work, 'svc.yaml'), 'utf8');
-      const s = await startKilnServe(cli, d, join(d, 'svc-home'), cfg, { KILN_SERVE_PREPARE: '0' });
+      const s = baseCli
+        ? await startKilnServe(baseCli, d, join(d, 'svc-home'), cfg)
+        : await startKilnServe(cli, d, join(d, 'svc-home'), cfg, { KILN_SERVE_PREPARE: '0' });
       svcNoPrep = s;
       stops.unshift(() => s.stop());
     }
@@ -310,30 +391,49 @@ async function main(): Promise<void> {
       return t;
     };
     // warm all three
-    await kilnRun();
+    if (!serveOnly) await kilnRun();
     await buildkitRun(-1);
-    await serviceRound(svc);
-    if (svcNoPrep) await serviceRound(svcNoPrep);
+    await serviceRound(svc, 'serve warm-up');
+    if (svcNoPrep) await serviceRound(svcNoPrep, 'B warm-up');
     const k: number[] = [];
     const svNoPrep: number[] = [];
     const bk: number[] = [];
     const sv: number[] = [];
+    const svRounds: ServeRound[] = [];
     let bkLog = '';
     for (let i = 0; i < rounds; i++) {
       const change = `round ${i} ${Date.now()}\n`;
       await writeFile(join(src, 'lib', 'f0.txt'), change);
-      const t0 = performance.now();
-      await kilnRun();
-      k.push(performance.now() - t0);
+      if (!serveOnly) {
+        const t0 = performance.now();
+        await kilnRun();
+        k.push(performance.now() - t0);
+      }
       bk.push(await buildkitRun(i, (log) => (bkLog = log)));
       await git.commit('app', { 'lib/f0.txt': change }, `round ${i}`);
       // the two services take turns going first (what the first one's build leaves behind — page cache, the
       // registry's and git server's work — falls on the second)
-      if (svcNoPrep && i % 2 === 1) svNoPrep.push(await serviceRound(svcNoPrep));
-      sv.push(await serviceRound(svc));
-      if (svcNoPrep && i % 2 === 0) svNoPrep.push(await serviceRound(svcNoPrep));
+      if (svcNoPrep && i % 2 === 1) svNoPrep.push((await serviceRound(svcNoPrep, `B round ${i}`)).t);
+      const r = await serviceRound(svc, `serve round ${i}`);
+      sv.push(r.t);
+      svRounds.push(r);
+      if (svcNoPrep && i % 2 === 0) svNoPrep.push((await serviceRound(svcNoPrep, `B round ${i}`)).t);
     }
     // where the time goes: one more kiln round with KILN_DEBUG=1 (its timeline marks), BuildKit's last log
+    if (serveOnly) {
+      console.log(
+        `\nBuildKit ${secs(bk)} (median ${(median(bk) / 1000).toFixed(2)} s); kiln serve ${secs(sv)} (median ` +
+          `${(median(sv) / 1000).toFixed(2)} s, ${(median(sv) / median(bk)).toFixed(2)}×)` +
+          (svNoPrep.length
+            ? `; ${bLabel} ${secs(svNoPrep)} (median ${(median(svNoPrep) / 1000).toFixed(2)} s, ` +
+              `${(median(svNoPrep) / median(bk)).toFixed(2)}×)`
+            : '') +
+          `; load ${loadavg()
+            .map((l) => l.toFixed(1))
+            .join(' / ')}`,
+      );
+      return;
+    }
     await writeFile(join(src, 'lib', 'f0.txt'), `timeline ${Date.now()}\n`);
     const timeline = await kilnTimeline(cli, [...kilnArgs(), '--insecure-registry', R, '--progress', 'quiet'], home);
     if (process.env.BENCH_TRACE === '1') {
@@ -370,16 +470,19 @@ async function main(): Promise<void> {
         `BuildKit ${buildkit.version} building the --as-dockerfile output, median`,
         `${(median(bk) / 1000).toFixed(2)} s`,
       ),
-      row('ratio kiln / BuildKit', `${(median(k) / median(bk)).toFixed(2)}× (target ≤ 0.5×)`),
+      row('ratio kiln / BuildKit', `${(median(k) / median(bk)).toFixed(2)}×`),
       row(
         'kiln serve, warm worker: API request → pushed (incl. git fetch + checkout), median',
         `${(median(sv) / 1000).toFixed(2)} s`,
       ),
-      row('ratio kiln serve / BuildKit', `${(median(sv) / median(bk)).toFixed(2)}×`),
+      row(
+        '**ratio kiln serve / BuildKit** (the route to the target: no process start per build)',
+        `**${(median(sv) / median(bk)).toFixed(2)}×** (target ≤ 0.5×)`,
+      ),
       ...(svNoPrep.length
         ? [
             row(
-              "kiln serve without the worker's preparation (KILN_SERVE_PREPARE=0), median",
+              `${bLabel}, median`,
               `${(median(svNoPrep) / 1000).toFixed(2)} s (${(median(svNoPrep) / median(bk)).toFixed(2)}×)`,
             ),
           ]
@@ -390,7 +493,7 @@ async function main(): Promise<void> {
       `Load while measuring (1/5/15 min): ${loadavg()
         .map((l) => l.toFixed(1))
         .join(' / ')}. Rounds (s): kiln ${secs(k)}; BuildKit ${secs(bk)}; kiln serve ${secs(sv)}` +
-        (svNoPrep.length ? `; kiln serve without preparation ${secs(svNoPrep)}.` : '.'),
+        (svNoPrep.length ? `; ${bLabel} ${secs(svNoPrep)}.` : '.'),
       '',
       '## Where the time goes',
       '',
@@ -400,6 +503,15 @@ async function main(): Promise<void> {
       '| at ms | + ms | mark |',
       '| ---: | ---: | --- |',
       ...timeline.map(([at, d, what]) => `| ${at} | ${d} | ${what.replace(/\|/g, '\\|')} |`),
+      '',
+      `\`kiln serve\`, the median round (${(median(sv) / 1000).toFixed(2)} s; the service runs with ` +
+        "`KILN_DEBUG=1`: ms since the request, the service's and its warm worker's marks and registry requests):",
+      '',
+      '| at ms | + ms | mark |',
+      '| ---: | ---: | --- |',
+      ...(svRounds.find((r) => r.t === median(sv)) as ServeRound).marks.map(
+        ([at, d, what]) => `| ${at} | ${d} | ${what.replace(/\|/g, '\\|')} |`,
+      ),
       '',
       'BuildKit, the last round (`buildctl --progress plain`, the daemon warm; vertex → seconds):',
       '',

@@ -33,8 +33,8 @@ import { startRegistry } from '../test/helpers/registry.js';
 import { startBuildKit } from '../test/helpers/buildkit.js';
 import { pushNodeBase } from '../test/helpers/node-base.js';
 import { compiledCli, launcherSource, runCompiled } from './compiled.js';
-import { FINAL_PHASES, type Build } from '../src/service/model.js';
-import { parseEventBlock } from '../src/service/api/sse-block.js';
+import type { Build } from '../src/service/model.js';
+import { openBuildFeed } from './feed.js';
 
 const rounds = Number(process.env.BENCH_ROUNDS ?? 5);
 const serveOnly = process.env.BENCH_ONLY === 'serve';
@@ -204,39 +204,13 @@ async function startService(
     });
     return { status: r.statusCode, body: (await r.body.json()) as T };
   };
-  // the build feed (`event: build`, the record after each committed change): final records by build id
-  const final = new Map<string, Build>();
-  const waiting = new Map<string, (b: Build) => void>();
-  const feed = await request(`${url}/ui/events`, { headers: { authorization: `Bearer ${token}` } });
-  if (feed.statusCode !== 200) throw new Error(`GET /ui/events: ${feed.statusCode}`);
-  void (async () => {
-    let buf = '';
-    for await (const chunk of feed.body) {
-      buf += (chunk as Buffer).toString('utf8');
-      for (let end = buf.indexOf('\n\n'); end >= 0; end = buf.indexOf('\n\n')) {
-        const block = parseEventBlock(buf.slice(0, end));
-        buf = buf.slice(end + 2);
-        if (block.event !== 'build' || block.data === null) continue;
-        const b = JSON.parse(block.data) as Build;
-        if (!FINAL_PHASES.includes(b.phase)) continue;
-        final.set(b.id, b);
-        waiting.get(b.id)?.(b);
-      }
-    }
-  })().catch(() => undefined);
-  const finalOf = (id: string): Promise<Build> =>
-    new Promise((resolve) => {
-      const b = final.get(id);
-      if (b) resolve(b);
-      else waiting.set(id, resolve);
-    });
+  const feed = await openBuildFeed(url, token);
   return {
     async build(project) {
       const r = await call<{ builds: Build[] }>('POST', `/api/v1/projects/${project}/builds`, { ref: 'main' });
       const id = r.body.builds?.[0]?.id;
       if (r.status !== 201 || !id) throw new Error(`POST builds: ${r.status} ${JSON.stringify(r.body)}`);
-      const b = await finalOf(id);
-      waiting.delete(id);
+      const b = await feed.finalOf(id);
       if (b.phase !== 'succeeded' || !b.digest) {
         const log = await request(`${url}/api/v1/builds/${id}/log`, {
           headers: { authorization: `Bearer ${token}` },
@@ -251,7 +225,7 @@ async function startService(
       return d;
     },
     async stop() {
-      feed.body.destroy();
+      feed.close();
       if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
       const t = setTimeout(() => proc.kill('SIGKILL'), 30_000);
       await exited;

@@ -7,7 +7,9 @@
  *
  * A second kiln column: the build service's warm path (`kiln serve`, compiled, its own KILN_HOME), the same app in a
  * git repository (smart HTTP, `git http-backend`) and an S2I project: per round the change is committed and pushed
- * (not timed), then request → pushed digest (POST builds, GET the build every 10 ms until it succeeded) — a warm
+ * (not timed), then request → pushed digest (POST the build; its final record read from the service's build feed,
+ * `GET /ui/events`, opened before the first round — an event, not a poll: no polling interval in the figure and
+ * no poll traffic competing with the build for the service's CPU, as bench/node.ts measures it) — a warm
  * worker process, like BuildKit's client talking to a warm daemon, but including the service's git fetch and
  * checkout, which BuildKit's figure does not have.
  *
@@ -15,7 +17,9 @@
  * `--progress plain` and prints its log with the time of each line (where the warm time goes); BENCH_SERVE_AB=1 adds
  * a second service without the worker's preparation (KILN_SERVE_PREPARE=0), alternating with the first;
  * BENCH_SERVE_BASE=DIR makes that second service another checkout's kiln instead (DIR, e.g. a worktree of main,
- * compiled into its own .tmp/): an A/B of a change on the service path in one run, same load. The services run with
+ * compiled into its own .tmp/): an A/B of a change on the service path in one run, same load;
+ * BENCH_SERVE_B_ENV="K=V …" gives that second service (this checkout's unless BENCH_SERVE_BASE) that environment
+ * instead of KILN_SERVE_PREPARE=0 (an A/B of a switch). The services run with
  * KILN_DEBUG=1 (epoch clock; a few stderr lines per build): the results show the median serve round's timeline (ms
  * since the request: the service's and its worker's marks), and BENCH_DEBUG=1 prints every round's. BENCH_ONLY=serve
  * skips the CLI rounds (the services and BuildKit only). BENCH_PROF=DIR: every compiled-CLI process (the services,
@@ -37,6 +41,8 @@ import { startBuildKit } from '../test/helpers/buildkit.js';
 import { startGitServer } from '../test/helpers/git-server.js';
 import { request } from 'undici';
 import { compiledCli, launcherSource, runCompiled } from './compiled.js';
+import { openBuildFeed } from './feed.js';
+import type { Build } from '../src/service/model.js';
 
 const rounds = Number(process.env.BENCH_ROUNDS ?? 5);
 const DEBUG = process.env.BENCH_DEBUG === '1';
@@ -85,6 +91,8 @@ async function startKilnServe(
   env: NodeJS.ProcessEnv = {},
 ): Promise<{
   api: <T>(method: 'GET' | 'POST', path: string, body?: unknown) => Promise<T>;
+  /** The build's final record (from the build feed). */
+  finalOf: (id: string) => Promise<Build>;
   stop: () => Promise<void>;
   /** The service's debug lines since the last call (its workers' too: one stderr). */
   debugLines: () => string[];
@@ -139,7 +147,9 @@ async function startKilnServe(
     partial = lines.pop() ?? '';
     debug.push(...lines.filter((l) => l.startsWith('kiln: debug:')));
   });
+  const feed = await openBuildFeed(url, token);
   return {
+    finalOf: (id) => feed.finalOf(id),
     api: async <T>(method: 'GET' | 'POST', path: string, body?: unknown): Promise<T> => {
       const r = await request(url + path, {
         method,
@@ -156,6 +166,7 @@ async function startKilnServe(
       return d;
     },
     stop: async () => {
+      feed.close();
       if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
       const t = setTimeout(() => proc.kill('SIGKILL'), 30_000);
       await exited;
@@ -180,8 +191,8 @@ interface ServeRound {
 }
 
 /**
- * One API-triggered build of the service's S2I project: request → succeeded with a digest (polled every 10 ms), ms,
- * and the service's marks meanwhile. With BENCH_DEBUG the timeline is printed under `label`.
+ * One API-triggered build of the service's S2I project: request → its final record on the build feed (succeeded
+ * with a digest), ms, and the service's marks meanwhile. With BENCH_DEBUG the timeline is printed under `label`.
  */
 async function serviceRound(svc: KilnServe, label = 'serve'): Promise<ServeRound> {
   svc.debugLines();
@@ -189,33 +200,26 @@ async function serviceRound(svc: KilnServe, label = 'serve'): Promise<ServeRound
   const t0 = performance.now();
   const { builds } = await svc.api<{ builds: ServiceBuild[] }>('POST', '/api/v1/projects/app/builds', { ref: 'main' });
   const id = (builds[0] as ServiceBuild).id;
-  for (;;) {
-    const b = await svc.api<ServiceBuild>('GET', `/api/v1/builds/${id}`);
-    if (['succeeded', 'failed', 'cancelled', 'timed-out'].includes(b.phase)) {
-      if (b.phase !== 'succeeded' || !b.digest) throw new Error(`service build ${id}: ${b.phase} ${b.reason ?? ''}`);
-      const t = performance.now() - t0;
-      // the last poll's answer is on its way when the service logs its last mark: let the stderr pipe catch up
-      await new Promise((r) => setTimeout(r, 20));
-      const marks: ServeRound['marks'] = [];
-      let prev = 0;
-      for (const l of svc.debugLines()) {
-        const m = /^kiln: debug: (?:at (\d+) ms: (.*)|(.*) \(at (\d+) ms\))$/.exec(l);
-        if (!m) continue;
-        const at = Number(m[1] ?? m[4]) - w0;
-        const what = (m[2] ?? m[3] ?? '')
-          .replace(/(sha256:[0-9a-f]{12})[0-9a-f]{52}/g, '$1…')
-          .replace(/\?_state=\S*/, '');
-        marks.push([at, at - prev, what.slice(0, 140)]);
-        prev = at;
-      }
-      if (DEBUG) {
-        console.log(`\n${label}: ${t.toFixed(0)} ms (ms since the request; + since the previous mark)`);
-        for (const [at, d, what] of marks) console.log(`  ${String(at).padStart(5)} ${('+' + d).padStart(5)}  ${what}`);
-      }
-      return { t, marks };
-    }
-    await new Promise((r) => setTimeout(r, 10));
+  const b = await svc.finalOf(id);
+  if (b.phase !== 'succeeded' || !b.digest) throw new Error(`service build ${id}: ${b.phase} ${b.reason ?? ''}`);
+  const t = performance.now() - t0;
+  // the event is on its way when the service logs its last marks: let the stderr pipe catch up
+  await new Promise((r) => setTimeout(r, 20));
+  const marks: ServeRound['marks'] = [];
+  let prev = 0;
+  for (const l of svc.debugLines()) {
+    const m = /^kiln: debug: (?:at (\d+) ms: (.*)|(.*) \(at (\d+) ms\))$/.exec(l);
+    if (!m) continue;
+    const at = Number(m[1] ?? m[4]) - w0;
+    const what = (m[2] ?? m[3] ?? '').replace(/(sha256:[0-9a-f]{12})[0-9a-f]{52}/g, '$1…').replace(/\?_state=\S*/, '');
+    marks.push([at, at - prev, what.slice(0, 140)]);
+    prev = at;
   }
+  if (DEBUG) {
+    console.log(`\n${label}: ${t.toFixed(0)} ms (ms since the request; + since the previous mark)`);
+    for (const [at, d, what] of marks) console.log(`  ${String(at).padStart(5)} ${('+' + d).padStart(5)}  ${what}`);
+  }
+  return { t, marks };
 }
 
 const secs = (xs: number[]): string => xs.map((x) => (x / 1000).toFixed(2)).join(' ');
@@ -353,14 +357,22 @@ async function main(): Promise<void> {
     // BENCH_SERVE_AB=1: the same service without the worker's preparation; BENCH_SERVE_BASE: another checkout's
     // (same project, its own home and data)
     let svcNoPrep: KilnServe | undefined;
-    const bLabel = baseCli ? `kiln serve of ${baseDir}` : "kiln serve without the worker's preparation";
-    if (process.env.BENCH_SERVE_AB === '1' || baseCli) {
+    const bEnvText = process.env.BENCH_SERVE_B_ENV;
+    const bEnv: NodeJS.ProcessEnv = bEnvText
+      ? Object.fromEntries(
+          bEnvText.split(/\s+/).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
+        )
+      : baseCli
+        ? {}
+        : { KILN_SERVE_PREPARE: '0' };
+    const bLabel =
+      (baseCli ? `kiln serve of ${baseDir}` : 'kiln serve') +
+      (bEnvText ? ` with ${bEnvText}` : baseCli ? '' : " without the worker's preparation (KILN_SERVE_PREPARE=0)");
+    if (process.env.BENCH_SERVE_AB === '1' || baseCli || bEnvText) {
       const d = join(work, 'noprep');
       await mkdir(d);
       const cfg = await readFile(join(work, 'svc.yaml'), 'utf8');
-      const s = baseCli
-        ? await startKilnServe(baseCli, d, join(d, 'svc-home'), cfg)
-        : await startKilnServe(cli, d, join(d, 'svc-home'), cfg, { KILN_SERVE_PREPARE: '0' });
+      const s = await startKilnServe(baseCli ?? cli, d, join(d, 'svc-home'), cfg, bEnv);
       svcNoPrep = s;
       stops.unshift(() => s.stop());
     }

@@ -80,6 +80,8 @@ export interface StepNote {
     ignore?: (rel: string, isDir: boolean) => boolean;
     /** A file's content digest (sha256 hex) when the caller already has it for exactly this file (`st`). */
     known?: (rel: string, st: Stats) => string | undefined;
+    /** An entry's lstat (by absolute path) when the caller already took it, else undefined. */
+    stat?: (abs: string) => Stats | undefined;
   };
 }
 

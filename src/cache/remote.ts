@@ -224,7 +224,8 @@ export const MAX_LISTED_FILES = 50_000;
 /**
  * The files under `paths` (relative to `dir`) as `rel → "sha16:size:mtimeMs:ino"`. Content hashes of files whose
  * size/mtime/inode match `previous` are reused (no read), so a rebuild only hashes what changed; `known` supplies
- * digests the caller already has (the context's stat cache: a fresh checkout is not read twice). Never leaves `dir`
+ * digests the caller already has (the context's stat cache: a fresh checkout is not read twice) and `stat` the lstats
+ * it already took (the hash walk of the step's key). Never leaves `dir`
  * (paths are normalized inside it; symlinks are listed, not followed). Wildcard paths are skipped; undefined when
  * the listing would exceed MAX_LISTED_FILES.
  */
@@ -234,6 +235,7 @@ export function listContextFiles(
   previous: Record<string, string> = {},
   ignore?: (rel: string, isDir: boolean) => boolean,
   known?: (rel: string, st: Stats) => string | undefined,
+  stat?: (abs: string) => Stats | undefined,
 ): Record<string, string> | undefined {
   const root = resolve(dir);
   const out: Record<string, string> = {};
@@ -241,9 +243,9 @@ export function listContextFiles(
   const visit = (rel: string): boolean => {
     if (rel !== '' && ignore?.(rel, false) === true) return true;
     const abs = rel === '' ? root : join(root, rel);
-    let st;
+    let st = stat?.(abs);
     try {
-      st = lstatSync(abs);
+      st ??= lstatSync(abs);
     } catch {
       return true;
     }
@@ -739,7 +741,7 @@ export class RemoteBuildCache extends BuildCache {
   private fingerprintOf(info: StepInfo, prev?: StepFingerprint): StepFingerprint {
     if (!info.files && info.context) {
       const c = info.context;
-      const files = listContextFiles(c.dir, c.paths, prev?.files, c.ignore, c.known);
+      const files = listContextFiles(c.dir, c.paths, prev?.files, c.ignore, c.known, c.stat);
       if (files) info.files = files;
       delete info.context;
     }

@@ -991,8 +991,12 @@ export class LocalFileCopier implements FileCopier {
     const dest = destPath(req.dest, req.workdir);
     const destRel = cleanRel(dest);
     if (destRel === '') return undefined;
-    // only the security.capability xattr reaches a layer (the upper dir's user.* ones do not)
-    const caps = readXattrsRecursive(abs, '^security\\.capability$');
+    // only the security.capability xattr reaches a layer (the upper dir's user.* ones do not); the key's checksum
+    // started reading the copied ones (security.capability among them) of this very tree for the copy: not twice
+    const early = this.earlyXattrs.get(abs);
+    const caps = early
+      ? early.then((m) => [...m.values()].filter((x) => x.has('security.capability')))
+      : readXattrsRecursive(abs, '^security\\.capability$').then((m) => [...m.values()]);
     caps.catch(() => undefined);
     const stats = contextWalkStats(context);
     const ignore = this.ignore;
@@ -1009,7 +1013,7 @@ export class LocalFileCopier implements FileCopier {
       return true;
     };
     if ((rel !== '' && ignore?.matches(rel, true)) || !plain(abs, rel)) return undefined;
-    if ((await caps).size > 0) return undefined;
+    if ((await caps).length > 0) return undefined;
     // the destination's parents as overlay copies them up (the lowers' mode and owner; the mtime of the moment the
     // destination is created in them); the destination itself must be new, so nothing below it can clash
     const view = await LowerView.open(lowers);
@@ -1036,7 +1040,12 @@ export class LocalFileCopier implements FileCopier {
       uid: req.chown === '' ? (process.geteuid?.() ?? 0) : uid,
       gid: req.chown === '' ? (process.getegid?.() ?? 0) : gid,
     };
-    return { dir: abs, reroot: { name: destRel, uid, gid, mtime: 'source', keepSetid: true, top, parents } };
+    const plan: DirectCopyLayer = {
+      dir: abs,
+      reroot: { name: destRel, uid, gid, mtime: 'source', keepSetid: true, top, parents },
+    };
+    if (stats) plan.stats = stats;
+    return plan;
   }
 
   prefetch(paths: string[]): () => Promise<void> {

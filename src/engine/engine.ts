@@ -79,7 +79,7 @@ import {
   serializeConfig,
   withShell,
 } from './imageconfig.js';
-import { knownContextDigest } from './context.js';
+import { knownContextDigest, knownContextStat } from './context.js';
 import { mkdirAllIn, resolveUser } from './rootfs.js';
 
 export interface EngineRequest {
@@ -937,7 +937,10 @@ class Engine {
     const store = this.deps.layers;
     const blob = (async () => {
       const opts: WriteBlobOptions = { ...this.sdeOpts(), reroot: plan.reroot };
-      if (this.inProcess(st)) opts.inProcess = true;
+      if (this.inProcess(st)) {
+        opts.inProcess = true;
+        if (plan.stats) opts.knownAbsStats = plan.stats;
+      }
       const stream = this.deps.onLayerFile;
       if (stream && st.stage === this.targetStage()) opts.onFile = stream;
       await this.written(st, sl, key, created, await store.writeBlob(plan.dir, opts));
@@ -1232,6 +1235,7 @@ class Engine {
                 dir: src.dir,
                 paths: [...c.sources],
                 known: (rel: string, st: Stats) => knownContextDigest(src.dir, rel, st),
+                stat: (abs: string) => knownContextStat(src.dir, abs),
               },
             }
           : undefined,

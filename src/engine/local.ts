@@ -97,6 +97,7 @@ export class LocalLayerStore implements LayerStore {
     if (opts.upperXattrs) w.upperXattrs = opts.upperXattrs;
     if (opts.reroot) w.reroot = opts.reroot;
     if (opts.knownStats && opts.inProcess) w.knownStats = opts.knownStats;
+    if (opts.knownAbsStats && opts.inProcess) w.knownAbsStats = opts.knownAbsStats;
     const t0 = performance.now();
     const writing = opts.inProcess ? writeLayer(upper, w) : writeLayerOffThread(upper, w);
     if (opts.onFile) {

@@ -92,6 +92,8 @@ export interface WriteBlobOptions {
    * writer does not lstat them again. In-process writes only (Stats do not cross to the worker thread).
    */
   knownStats?: ReadonlyMap<string, Stats>;
+  /** Absolute paths → their lstat, already taken (TarOptions.knownAbsStats; in-process writes only). */
+  knownAbsStats?: ReadonlyMap<string, Stats>;
   /** The upper dir's xattrs as the snapshot read them (Snapshot.upperXattrs). */
   upperXattrs?: ReadonlyMap<string, ReadonlyMap<string, Uint8Array>>;
   /** Write the directory as a subdirectory of the layer, copied and chowned (TarOptions.reroot). */
@@ -105,6 +107,8 @@ export interface WriteBlobOptions {
 export interface DirectCopyLayer {
   dir: string;
   reroot: Reroot;
+  /** The lstat of the source's entries the COPY's key was computed from, by absolute path (not taken again). */
+  stats?: ReadonlyMap<string, Stats>;
 }
 
 export interface PrepareOptions {

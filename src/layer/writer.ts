@@ -69,6 +69,11 @@ export interface TarOptions {
   reroot?: Reroot;
   /** Paths relative to the dir → their lstat, already taken by the caller (not taken again; WriteBlobOptions). */
   knownStats?: ReadonlyMap<string, Stats>;
+  /**
+   * Absolute paths → their lstat, already taken by the caller (a direct COPY's layer: the hash walk of its key
+   * statted every file) — also with `reroot`, where relative paths name the destination, not the source.
+   */
+  knownAbsStats?: ReadonlyMap<string, Stats>;
 }
 
 /** TarOptions.reroot. */
@@ -244,6 +249,7 @@ export async function* tarItemBatches(dir: string, opts: TarOptions = {}): Async
   const epoch = opts.sourceDateEpoch;
   const links = new Map<string, string>();
   const known = rr ? undefined : opts.knownStats;
+  const knownAbs = opts.knownAbsStats;
 
   const view = overlay && opts.lowers && opts.lowers.length > 0 ? await LowerView.open(opts.lowers) : undefined;
   /** Directory headers not recorded (unchanged) yet, outermost first: emitted when something inside is. */
@@ -267,7 +273,7 @@ export async function* tarItemBatches(dir: string, opts: TarOptions = {}): Async
       if (skip?.has(n)) continue;
       const abs = join(absDir, n);
       const rel = relDir + n;
-      const st = known?.get(rel) ?? lstatSync(abs);
+      const st = known?.get(rel) ?? knownAbs?.get(abs) ?? lstatSync(abs);
       if (st.isSocket()) continue;
       if (overlay && isWhiteoutDevice(st)) {
         if (view && !recordAll && (!inLowers || !view.lookup(rel))) continue; // nothing below to hide

@@ -277,6 +277,13 @@ function defaultMessage(code: string, status: number): string {
 }
 
 /** An HTTP endpoint of a registry (a host, or a mirror URL). Shared by all repositories on it. */
+/**
+ * Scheme probes of this process by host: whether the registry answered over plain HTTP on a port where HTTPS met a
+ * plain-HTTP server (see rememberedHttp). Why: a build's base image and its registry cache are usually on one
+ * host, each with its own transport; the second one used to repeat the failing HTTPS attempt.
+ */
+const probesInProcess = new Map<string, Promise<boolean>>();
+
 export class Transport {
   /** `https://host` or `http://host` once decided. */
   private base: string | undefined;
@@ -365,10 +372,33 @@ export class Transport {
   private async doPing(ctx: ErrorContext): Promise<void> {
     const schemes = this.explicitScheme ? [this.explicitScheme] : this.allowInsecure ? ['https', 'http'] : ['https'];
     const probing = schemes.length > 1;
-    if (probing && rememberedHttp(this.host)) {
+    // another transport of this process to the same host (the base image's and the cache's) probing now or before:
+    // its outcome, not a second failing HTTPS attempt (in an ephemeral KILN_HOME nothing is remembered on disk)
+    if (!probing) return this.probeSchemes(ctx, schemes, false, false, () => undefined);
+    const earlier = probesInProcess.get(this.host);
+    let settle!: (http: boolean) => void;
+    // the newest probe is what the next transport waits for (an outcome that changed replaces the older one)
+    probesInProcess.set(this.host, new Promise<boolean>((r) => (settle = r)));
+    try {
+      await this.probeSchemes(ctx, schemes, true, earlier ? await earlier : rememberedHttp(this.host), settle);
+    } finally {
+      settle(false); // failed: the next transport probes in full
+    }
+  }
+
+  /** doPing's probe: `httpFirst` tries plain HTTP first; `decided` hears whether plain HTTP was the answer. */
+  private async probeSchemes(
+    ctx: ErrorContext,
+    schemes: string[],
+    probing: boolean,
+    httpFirst: boolean,
+    decided: (http: boolean) => void,
+  ): Promise<void> {
+    if (probing && httpFirst) {
       // plain HTTP last time (src/registry/schemes.ts): try that first, else probe as usual
       try {
         await this.pingAt('http', ctx, true);
+        decided(true);
         return;
       } catch (e) {
         debugLog(`ping http://${this.host}/v2/ (remembered) failed: ${netErrorCode(e) ?? String(e)}`);
@@ -386,6 +416,7 @@ export class Transport {
       const probe = i < schemes.length - 1 && schemes[i + 1] !== scheme;
       try {
         await this.pingAt(scheme, ctx, probe);
+        decided(scheme === 'http' && plainOnPort);
         if (probing) await rememberHttp(this.host, scheme === 'http' && plainOnPort);
         return;
       } catch (e) {

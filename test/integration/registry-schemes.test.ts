@@ -65,3 +65,39 @@ test('insecure registries answering plain HTTP are remembered; a registry that m
     await rm(home, { recursive: true, force: true });
   }
 });
+
+test('two transports to one insecure host in a process probe HTTPS once, also when nothing is remembered on disk', async () => {
+  const home = await mkdtemp(join(tmpdir(), 'kiln-schemes-'));
+  const saved = process.env.KILN_HOME;
+  process.env.KILN_HOME = home;
+  const plain = await startRegistry();
+  const lines: string[] = [];
+  const write = process.stderr.write.bind(process.stderr);
+  const a: RegistryOptions = { insecureRegistries: [plain.host], pool: new Map() };
+  const b: RegistryOptions = { insecureRegistries: [plain.host], pool: new Map(), userAgent: 'other' };
+  try {
+    process.env.KILN_DEBUG = '1';
+    process.stderr.write = ((s: string | Uint8Array): boolean => {
+      lines.push(String(s));
+      return true;
+    }) as typeof process.stderr.write;
+    const ctx = { label: 'test', kind: 'other' as const };
+    // at once, as a build resolves its base image and its cache manifest (before any memo is written on disk)
+    await Promise.all([
+      transportFor(plain.host, plain.host, a).ping(ctx),
+      transportFor(plain.host, plain.host, b).ping(ctx),
+    ]);
+  } finally {
+    process.stderr.write = write;
+    delete process.env.KILN_DEBUG;
+    if (saved === undefined) delete process.env.KILN_HOME;
+    else process.env.KILN_HOME = saved;
+    await closeTransports(a);
+    await closeTransports(b);
+    await plain.stop();
+    await rm(home, { recursive: true, force: true });
+  }
+  const https = lines.filter((l) => l.includes(`GET https://${plain.host}/v2/`));
+  assert.equal(https.length, 1, lines.join(''));
+  assert.equal(lines.filter((l) => l.includes(`ping http://${plain.host}/v2/: 200`)).length, 2, lines.join(''));
+});

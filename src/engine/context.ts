@@ -16,7 +16,7 @@
  */
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { sha256OffThread } from '../layer/worker.js';
+import { sha256FilesOffThread, sha256OffThread } from '../layer/worker.js';
 import { createReadStream, lstatSync, readFileSync, readlinkSync, type Stats } from 'node:fs';
 import { lstat, mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -441,9 +441,15 @@ async function saveStatCache(c: StatCache): Promise<void> {
   c.dirty = false;
 }
 
+/** Files up to this size are read whole (and digested in batches by hashContextPaths); larger ones streamed. */
+const SMALL_FILE = 1 << 20;
+/** A batch of small files to digest: at most this many files, or about this many bytes. */
+const HASH_BATCH_FILES = 64;
+const HASH_BATCH_BYTES = 1 << 19;
+
 /** sha256 (hex) of a file: read at once when small, streamed otherwise. */
 export async function sha256File(abs: string, size: number): Promise<string> {
-  if (size <= 1 << 20) return createHash('sha256').update(readFileSync(abs)).digest('hex');
+  if (size <= SMALL_FILE) return createHash('sha256').update(readFileSync(abs)).digest('hex');
   // streamed on the worker thread (src/layer/worker.ts), off the main thread, while the walk goes on
   return sha256OffThread(abs);
 }
@@ -582,6 +588,37 @@ export async function hashContextPaths(
   // The files read now (stat cache misses: new, or changed — an xattr change bumps ctime): their xattrs are read
   // after the walk by one getfattr per batch, never per file.
   const missed: string[] = [];
+  // Small files (stat cache misses) are read and digested in batches: on the worker thread while it keeps up (at
+  // most two batches in flight), else here — both cores digest a fresh checkout's thousands of files.
+  let batch: { abs: string; resolve: (d: string) => void; reject: (e: unknown) => void }[] = [];
+  let batchBytes = 0;
+  const hashHere = (f: (typeof batch)[number]): void => {
+    try {
+      f.resolve(createHash('sha256').update(readFileSync(f.abs)).digest('hex'));
+    } catch (e) {
+      f.reject(e);
+    }
+  };
+  const flush = (): void => {
+    if (batch.length === 0) return;
+    const b = batch;
+    batch = [];
+    batchBytes = 0;
+    const away = sha256FilesOffThread(b.map((f) => f.abs));
+    if (!away) for (const f of b) hashHere(f);
+    else
+      away.then(
+        // '' is a file the worker could not read: read here, for this thread's error (or a late success)
+        (ds) => b.forEach((f, i) => (ds[i] ? f.resolve(ds[i]) : hashHere(f))),
+        () => b.forEach(hashHere),
+      );
+  };
+  const hashSmall = (abs: string, size: number): Promise<string> =>
+    new Promise<string>((resolve, reject) => {
+      batch.push({ abs, resolve, reject });
+      batchBytes += size;
+      if (batch.length >= HASH_BATCH_FILES || batchBytes >= HASH_BATCH_BYTES) flush();
+    });
   let xattrsRead!: (m: Promise<Map<string, Map<string, Buffer>>>) => void;
   const xattrs = new Promise<Map<string, Map<string, Buffer>>>((r) => (xattrsRead = r));
   const visit = async (abs: string, ctxRel: string, srcRel: string): Promise<void> => {
@@ -631,7 +668,8 @@ export async function hashContextPaths(
           );
         } else {
           statCacheStats.misses++;
-          const content = sha256File(abs, st.size);
+          const small = st.size <= SMALL_FILE;
+          const content = small ? hashSmall(abs, st.size) : sha256File(abs, st.size);
           if (withoutCopiedXattrs.get(abs) !== xattrState(st)) missed.push(abs);
           // the entry's digest: content and xattrs (`d` or `d\0x`), shared with a walk that finds it in flight
           const digest = content.then(async (d) => {
@@ -655,10 +693,13 @@ export async function hashContextPaths(
             },
           );
           p.catch(() => undefined); // awaited below, in order
-          // a hashing slot is the content read only (the xattrs come after the walk)
-          const tracked = content.finally(() => running.delete(tracked));
-          tracked.catch(() => undefined);
-          running.add(tracked);
+          // a hashing slot (large files) is the content read only (the xattrs come after the walk); small files
+          // take none (their batch may not be sent yet)
+          if (!small) {
+            const tracked = content.finally(() => running.delete(tracked));
+            tracked.catch(() => undefined);
+            running.add(tracked);
+          }
           h.update(p);
         }
       }
@@ -681,6 +722,7 @@ export async function hashContextPaths(
       await visit(abs, rel, '');
     }
   } finally {
+    flush();
     // also when the walk stopped: digests it started (which another walk may be waiting for) still complete
     const read = missed.length ? readCopiedXattrs(missed) : Promise.resolve(new Map<string, Map<string, Buffer>>());
     read.catch(() => undefined); // awaited through the digests above

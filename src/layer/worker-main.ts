@@ -1,14 +1,14 @@
 /** The worker thread of ./worker.ts: runs jobs (several at once) and answers each. */
 import { parentPort } from 'node:worker_threads';
 import { KilnError, errorMessage } from '../errors.js';
-import { sha256Stream, type WorkerJob, type WorkerJobResult } from './worker.js';
+import { sha256FilesSync, sha256Stream, type WorkerJob, type WorkerJobResult } from './worker.js';
 import { writeLayer, type WrittenLayer } from './writer.js';
 import { copyFilesSync } from './filecopy.js';
 
 const port = parentPort;
 if (port) {
   port.on('message', (job: WorkerJob) => {
-    const work: Promise<WrittenLayer | string | number> =
+    const work: Promise<WrittenLayer | string | number | string[]> =
       job.kind === 'layer'
         ? writeLayer(job.dir, job.opts)
         : job.kind === 'copyFiles'
@@ -16,7 +16,9 @@ if (port) {
               copyFilesSync(job.jobs);
               resolve(job.jobs.length);
             })
-          : sha256Stream(job.file);
+          : job.kind === 'sha256Files'
+            ? Promise.resolve(sha256FilesSync(job.files))
+            : sha256Stream(job.file);
     work.then(
       (ok) => port.postMessage({ id: job.id, ok } satisfies WorkerJobResult),
       (e: unknown) => {

@@ -12,8 +12,15 @@ import { writeLayer } from './writer.js';
 // `npm run build` make it; CI always has it).
 const compiled = fileURLToPath(new URL('../../dist/layer/worker.js', import.meta.url));
 assert.ok(existsSync(compiled), `${compiled} is missing: run npm run build first`);
-const { copyFilesOffThread, layerWorkerRunning, sha256OffThread, stopLayerWorker, warmUpWorker, writeLayerOffThread } =
-  (await import(compiled)) as typeof import('./worker.js');
+const {
+  copyFilesOffThread,
+  layerWorkerRunning,
+  sha256FilesOffThread,
+  sha256OffThread,
+  stopLayerWorker,
+  warmUpWorker,
+  writeLayerOffThread,
+} = (await import(compiled)) as typeof import('./worker.js');
 const { KilnError } = (await import(
   fileURLToPath(new URL('../../dist/errors.js', import.meta.url))
 )) as typeof import('../errors.js');
@@ -47,6 +54,28 @@ test('writeLayerOffThread: a failure comes back as the KilnError it was', async 
     assert.match(e.message, /nonexistent/);
     return true;
   });
+});
+
+test('sha256FilesOffThread: digests of small files on the worker, "" for one it cannot read, two batches at most', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'kiln-worker-'));
+  try {
+    const files = [];
+    for (let i = 0; i < 5; i++) {
+      await writeFile(join(dir, `f${i}`), `small ${i}\n`.repeat(i * 10));
+      files.push(join(dir, `f${i}`));
+    }
+    warmUpWorker();
+    const want = files.map((f) => createHash('sha256').update(readFileSync(f)).digest('hex'));
+    const first = sha256FilesOffThread([...files, join(dir, 'missing')]);
+    const second = sha256FilesOffThread(files);
+    assert.ok(first && second, 'the running worker takes two batches');
+    assert.equal(sha256FilesOffThread(files), undefined, 'a third waits: the caller hashes it');
+    assert.deepEqual(await first, [...want, '']);
+    assert.deepEqual(await second, want);
+    assert.ok(sha256FilesOffThread(files), 'answered batches free their places');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });
 
 test('sha256OffThread: the digest of a file, streamed on the worker', async () => {

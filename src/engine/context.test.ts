@@ -16,6 +16,7 @@ import { Readable } from 'node:stream';
 import { createServer } from 'node:http';
 import { test } from 'node:test';
 import {
+  contextTreeXattrs,
   contextWalkStats,
   hashContextPaths,
   isGitContext,
@@ -196,6 +197,42 @@ test('hashContextPaths: a copied xattr counts, and only while the file has one (
   execFileSync('setfattr', ['-x', 'user.k', app]);
   execFileSync('setfattr', ['-x', 'trusted.other', app]);
   assert.equal(await hashContextPaths(ctx, ['.']), h1, 'without xattrs, the digest is what it was');
+});
+
+test('hashContextPaths: a tree read whole takes its xattrs from one recursive read, with the digest of the per-file reads', async () => {
+  const tree = (): string => {
+    const d = fresh('tree');
+    mkdirSync(join(d, 'src/a'), { recursive: true });
+    for (let i = 0; i < 20; i++) writeFileSync(join(d, 'src/a', `f${i}`), `file ${i}`);
+    writeFileSync(join(d, 'src/top.txt'), 'top');
+    writeFileSync(join(d, 'Dockerfile'), 'FROM scratch\nCOPY src /src\n');
+    execFileSync('setfattr', ['-n', 'user.k', '-v', '1', join(d, 'src/a/f7')]);
+    execFileSync('setfattr', ['-n', 'trusted.other', '-v', '1', join(d, 'src/top.txt')]);
+    return d;
+  };
+  // per-file reads: part of the tree is in the stat cache already, the rest is read file by file
+  const d1 = tree();
+  const c1 = await loadContext(d1);
+  await hashContextPaths(c1, ['src/a/f1']);
+  const want = await hashContextPaths(c1, ['src']);
+  assert.equal(contextTreeXattrs(c1, join(resolve(d1), 'src')), undefined, 'not every file was read: no tree read');
+  // a cold tree: one recursive read, the same digest, kept for the COPY of the same tree
+  const d2 = tree();
+  const c2 = await loadContext(d2);
+  assert.equal(await hashContextPaths(c2, ['src']), want);
+  const read = await contextTreeXattrs(c2, join(resolve(d2), 'src'));
+  assert.equal(
+    read
+      ?.get(join(resolve(d2), 'src/a/f7'))
+      ?.get('user.k')
+      ?.toString(),
+    '1',
+  );
+  assert.equal(read?.has(join(resolve(d2), 'src/top.txt')), false, 'only the xattrs a COPY carries');
+  // without the xattr, the digest differs (the recursive read counts)
+  const d3 = tree();
+  execFileSync('setfattr', ['-x', 'user.k', join(d3, 'src/a/f7')]);
+  assert.notEqual(await hashContextPaths(await loadContext(d3), ['src']), want);
 });
 
 test('hashContextPaths: a file noted without copied xattrs needs no getfattr while its state is the one noted', async () => {

@@ -544,6 +544,21 @@ async function readCopiedXattrs(paths: string[]): Promise<Map<string, Map<string
   return out;
 }
 
+/** Recursive reads of COPIED_XATTRS a hash walk made of a whole tree, by context and the tree's absolute path. */
+const treeXattrReads = new WeakMap<BuildContext, Map<string, Promise<Map<string, Map<string, Buffer>>>>>();
+
+/**
+ * The COPIED_XATTRS of everything under `abs` (recursive, as readXattrsRecursive(abs, COPIED_XATTRS) gives them)
+ * when a hash walk of this context already read them all, else undefined. Why: a COPY of a fresh checkout's tree
+ * needs exactly that read for its copy (and its direct layer's capability check); one getfattr walk serves both.
+ */
+export function contextTreeXattrs(
+  ctx: BuildContext,
+  abs: string,
+): Promise<Map<string, Map<string, Buffer>>> | undefined {
+  return treeXattrReads.get(ctx)?.get(abs);
+}
+
 /** A file's part of the digest: size, content digest and, only when it has any, its copied xattrs' digest. */
 function filePart(size: number, d: string, x: string | undefined): string {
   return x === undefined ? `${size}\0${d}\0` : `${size}\0${d}\0x:${x}\0`;
@@ -588,6 +603,9 @@ export async function hashContextPaths(
   // The files read now (stat cache misses: new, or changed — an xattr change bumps ctime): their xattrs are read
   // after the walk by one getfattr per batch, never per file.
   const missed: string[] = [];
+  // files found in the stat cache or in flight, and entries .dockerignore'd or excluded
+  let known = 0;
+  let skipped = 0;
   // Small files (stat cache misses) are read and digested in batches: on the worker thread while it keeps up (at
   // most two batches in flight), else here — both cores digest a fresh checkout's thousands of files.
   let batch: { abs: string; resolve: (d: string) => void; reject: (e: unknown) => void }[] = [];
@@ -634,10 +652,12 @@ export async function hashContextPaths(
     const isDir = st.isDirectory();
     let included = true;
     if (ctxRel !== '' && ctx.ignore.matches(ctxRel, isDir)) {
+      skipped++;
       if (!isDir || !ctx.ignore.mayContainIncluded(ctxRel)) return;
       included = false;
     }
     if (ex && srcRel !== '' && ex.matches(srcRel, isDir)) {
+      skipped++;
       if (!isDir || !ex.mayContainIncluded(srcRel)) return;
       included = false;
     }
@@ -654,12 +674,14 @@ export async function hashContextPaths(
       seen.add(ctxRel);
       if (fresh(e, st)) {
         statCacheStats.hits++;
+        known++;
         h.update(filePart(st.size, e.d, e.x));
       } else {
         const key = `${st.mtimeMs}:${st.ctimeMs}:${st.size}:${st.ino}:${st.mode}`;
         const other = cache.inflight.get(ctxRel);
         if (other?.key === key) {
           statCacheStats.shared++;
+          known++;
           h.update(
             other.digest.then((dx) => {
               const [d, x] = dx.split('\0') as [string, string | undefined];
@@ -724,7 +746,17 @@ export async function hashContextPaths(
   } finally {
     flush();
     // also when the walk stopped: digests it started (which another walk may be waiting for) still complete
-    const read = missed.length ? readCopiedXattrs(missed) : Promise.resolve(new Map<string, Map<string, Buffer>>());
+    let read: Promise<Map<string, Map<string, Buffer>>>;
+    const top = paths.length === 1 ? (paths[0] as string) : undefined;
+    const abs = top === undefined ? undefined : isAbsolute(top) ? top : join(root, top);
+    if (abs !== undefined && missed.length > 0 && known === 0 && skipped === 0 && !signal?.aborted) {
+      // every file of the tree was read (a fresh checkout): one getfattr -R of it, not thousands of paths in argv
+      // (~100 ms of this thread spawning three processes for W1's 5,000 sources); the COPY reuses it
+      read = readXattrsRecursive(abs, COPIED_XATTRS);
+      let reads = treeXattrReads.get(ctx);
+      if (!reads) treeXattrReads.set(ctx, (reads = new Map()));
+      reads.set(abs, read);
+    } else read = missed.length ? readCopiedXattrs(missed) : Promise.resolve(new Map<string, Map<string, Buffer>>());
     read.catch(() => undefined); // awaited through the digests above
     xattrsRead(read);
   }

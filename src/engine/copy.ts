@@ -68,6 +68,7 @@ import {
   contextWalkStats,
   hashContextPaths,
   prefetchContextHashes,
+  contextTreeXattrs,
   sha256File,
   statCacheStats,
   type BuildContext,
@@ -949,11 +950,16 @@ export class LocalFileCopier implements FileCopier {
     const read = statCacheStats.misses;
     if (ctxPaths.length && this.opts.context)
       h.update(await hashContextPaths(this.opts.context, ctxPaths, req.exclude));
-    // only when the walk read files (the stat cache missed: something changed, the step will likely run)
-    if (ctxPaths.length && statCacheStats.misses > read && req.kind === 'COPY' && req.sources.length === 1) {
+    // only when the walk read files (the stat cache missed: something changed, the step will likely run), or a hash
+    // walk of this tree (the build's prefetch) already read them all
+    const tree =
+      ctxPaths.length === 1 && this.opts.context
+        ? contextTreeXattrs(this.opts.context, ctxPaths[0] as string)
+        : undefined;
+    if (ctxPaths.length && (tree || statCacheStats.misses > read) && req.kind === 'COPY' && req.sources.length === 1) {
       const key = ctxPaths.join('\0');
       if (!this.earlyXattrs.has(key)) {
-        const early = readSourceXattrs(ctxPaths);
+        const early = tree ?? readSourceXattrs(ctxPaths);
         early.catch(() => undefined); // the copy awaits it (and reports its failure) if it runs
         this.earlyXattrs.set(key, early);
       }

@@ -565,7 +565,7 @@ function filePart(size: number, d: string, x: string | undefined): string {
 }
 
 /** How long a hash walk runs on this thread before it yields to the event loop (ms). */
-const WALK_SLICE_MS = 4;
+const WALK_SLICE_MS = 2;
 
 /** Large files hashed at once (on the worker thread: their reads overlap). */
 const HASH_PARALLEL = 2;

@@ -1150,6 +1150,22 @@ class Engine {
     const req = this.copyRequest(st, c);
     const from = c.kind === 'COPY' ? c.from : '';
     const { src, release } = await this.sourceFor(st, from, c);
+    const direct = this.directCandidate(st, c, src);
+    // a COPY reads the layers below only at its destination (and its parent dirs), and /etc/passwd and /etc/group
+    // for --chown names: unfetched cache layers elsewhere stay unfetched (src/engine/lazy.ts)
+    const need =
+      c.kind === 'COPY'
+        ? {
+            subtrees: [
+              destPath(req.dest, req.workdir),
+              ...(req.chown !== '' && !/^\d*(:\d*)?$/.test(req.chown) ? ['/etc/passwd', '/etc/group'] : []),
+            ],
+          }
+        : undefined;
+    // the layers a direct COPY reads (its destination's parents, from unfetched cache hits) are fetched while its key
+    // is computed: on a miss it needs them at once (W1: the RUN layer's blob, ~70 ms after the key); a hit ends the
+    // build, so little is fetched for nothing
+    if (direct && need) void lowersFor(st.layers, need).catch(() => undefined);
     let held = false;
     try {
       let sum: string;
@@ -1198,23 +1214,9 @@ class Engine {
       }
       const hooks = this.incrementalCopy(st, c, keyReq, req);
       if (independent) hooks.independent = true;
-      // a COPY reads the layers below only at its destination (and its parent dirs), and /etc/passwd and
-      // /etc/group for --chown names: unfetched cache layers elsewhere stay unfetched (src/engine/lazy.ts)
-      if (c.kind === 'COPY') {
-        const named = req.chown !== '' && !/^\d*(:\d*)?$/.test(req.chown);
-        hooks.need = { subtrees: [destPath(req.dest, req.workdir), ...(named ? ['/etc/passwd', '/etc/group'] : [])] };
-      }
-      // a KILN_HOME thrown away after the build (a build pod's emptyDir): the last COPY of the target writes its
-      // layer from the context without copying it into a snapshot first — nothing would reuse those files
+      if (need) hooks.need = need;
       const copier = this.deps.copier;
-      if (
-        copier.direct &&
-        process.env.KILN_EPHEMERAL_HOME === '1' &&
-        src.kind === 'context' &&
-        st.lastStep &&
-        st.stage === this.targetStage()
-      )
-        hooks.direct = (lowers) => copier.direct!(req, src, lowers);
+      if (direct && copier.direct) hooks.direct = (lowers) => copier.direct!(req, src, lowers);
       await this.layerStep(
         st,
         prefix + upperKeyword(c.original),
@@ -1244,6 +1246,21 @@ class Engine {
     } finally {
       if (!held) await release();
     }
+  }
+
+  /**
+   * A KILN_HOME thrown away after the build (a build pod's emptyDir): the last COPY of the target writes its layer
+   * from the context without copying it into a snapshot first (FileCopier.direct) — nothing would reuse those files.
+   */
+  private directCandidate(st: StageState, c: CopyInstruction | AddInstruction, src: CopySource): boolean {
+    return (
+      c.kind === 'COPY' &&
+      this.deps.copier.direct !== undefined &&
+      process.env.KILN_EPHEMERAL_HOME === '1' &&
+      src.kind === 'context' &&
+      st.lastStep === true &&
+      st.stage === this.targetStage()
+    );
   }
 
   /** Folded COPYs with no RUN after them in their stage: a frontend's mistake, never the user's. */

@@ -235,6 +235,32 @@ test('hashContextPaths: a tree read whole takes its xattrs from one recursive re
   assert.notEqual(await hashContextPaths(await loadContext(d3), ['src']), want);
 });
 
+test('prefetchContextHashes: in an ephemeral home the step takes the prefetch digest instead of walking again', async () => {
+  const saved = process.env.KILN_EPHEMERAL_HOME;
+  process.env.KILN_EPHEMERAL_HOME = '1';
+  try {
+    const d = sampleDir();
+    for (let i = 0; i < 50; i++) writeFileSync(join(d, 'sub', `f${i}`), `file ${i}`);
+    const want = await hashContextPaths(await loadContext(d), ['sub']);
+    const ctx = await loadContext(d);
+    const stop = prefetchContextHashes(ctx, ['sub/']);
+    const seen = statCacheStats.hits + statCacheStats.misses + statCacheStats.shared;
+    // racing the prefetch: the step waits for its digest (no file of its own looked at)
+    assert.equal(await hashContextPaths(ctx, [join(d, 'sub')]), want);
+    assert.equal(
+      statCacheStats.hits + statCacheStats.misses + statCacheStats.shared - seen,
+      51,
+      'one walk of 51 files',
+    );
+    await stop();
+    // another walk (an exclude) is walked
+    assert.notEqual(await hashContextPaths(ctx, [join(d, 'sub')], ['f1']), want);
+  } finally {
+    if (saved === undefined) delete process.env.KILN_EPHEMERAL_HOME;
+    else process.env.KILN_EPHEMERAL_HOME = saved;
+  }
+});
+
 test('hashContextPaths: a file noted without copied xattrs needs no getfattr while its state is the one noted', async () => {
   const d = sampleDir();
   const ctx = await loadContext(d, { kilnHome: fresh('home') });

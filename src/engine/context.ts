@@ -584,6 +584,14 @@ export async function hashContextPaths(
   exclude: string[] = [],
   signal?: AbortSignal,
 ): Promise<string> {
+  const pre = ephemeralHome() ? prefetched.get(ctx)?.get(walkKey(ctx, paths, exclude)) : undefined;
+  if (pre) {
+    try {
+      return await pre;
+    } catch {
+      /* the prefetch stopped: walk */
+    }
+  }
   const cache = await loadStatCache(ctx);
   let stats = walkStats.get(ctx);
   if (!stats) {
@@ -775,6 +783,23 @@ export async function hashContextPaths(
   return 'sha256:' + digest.digest('hex');
 }
 
+/** KILN_EPHEMERAL_HOME=1: a build pod's home, thrown away after one build of a checkout nobody edits meanwhile. */
+const ephemeralHome = (): boolean => process.env.KILN_EPHEMERAL_HOME === '1';
+
+/**
+ * The digests of a build's prefetch walks, by context and walk (walkKey). Why: with KILN_EPHEMERAL_HOME=1 a step
+ * whose walk is the prefetch's takes its digest (or waits for it) instead of walking the tree again — an lstat per
+ * file, 5,000 for W1's sources, on the main thread while the layer below it is written. Elsewhere the step walks
+ * again (every file a stat-cache hit), so that its key is what is there when it runs, even after an edit meanwhile.
+ */
+const prefetched = new WeakMap<BuildContext, Map<string, Promise<string>>>();
+
+/** What identifies a hash walk: its absolute paths and its excludes. */
+function walkKey(ctx: BuildContext, paths: string[], exclude: string[]): string {
+  const root = resolve(ctx.root);
+  return JSON.stringify([paths.map((p) => (isAbsolute(p) ? p : join(root, p))), exclude]);
+}
+
 /**
  * Start digesting context paths in the background when nothing of the context is in the stat cache yet (a hint:
  * the COPY steps that read them later find their files in the stat cache, or wait for the digests in flight,
@@ -799,7 +824,15 @@ export function prefetchContextHashes(ctx: BuildContext, paths: string[]): () =>
       if (abs !== root && !abs.startsWith(root + '/')) return;
       if (!(await plainPath(root, abs))) return;
       // (the step walks again — lstat only, every file a stat-cache hit — so its key is what is there when it runs)
-      await hashContextPaths(ctx, [abs], [], stop.signal).catch(() => undefined);
+      const digest = hashContextPaths(ctx, [abs], [], stop.signal);
+      if (ephemeralHome()) {
+        let m = prefetched.get(ctx);
+        if (!m) prefetched.set(ctx, (m = new Map()));
+        const k = walkKey(ctx, [abs], []);
+        m.set(k, digest);
+        digest.catch(() => m.delete(k));
+      }
+      await digest.catch(() => undefined);
     };
     await Promise.all(paths.map(walk));
   })();

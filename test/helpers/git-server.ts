@@ -15,6 +15,7 @@ import type { AddressInfo } from 'node:net';
 import { mkdtemp, mkdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
+import type { GitProject } from '../../src/service/git/mirror.js';
 
 export interface GitServerOptions {
   /** Basic auth: both set → every request must carry these credentials. */
@@ -69,6 +70,19 @@ export interface GitServer {
   /** stderr lines `git http-backend` wrote so far (for debugging failed tests). */
   backendLog(): string;
   stop(): Promise<void>;
+}
+
+/**
+ * The project the git tests build: `repository` fetched with Basic credentials (`username`, the password from the
+ * environment variable `passwordEnv`), no depth, LFS or submodules unless `over` says so.
+ */
+export function gitTestProject(
+  name: string,
+  repository: string,
+  creds: { username: string; passwordEnv: string },
+  over: Partial<GitProject> = {},
+): GitProject {
+  return { name, repository, gitCredentials: creds, depth: 0, lfs: false, submodules: false, ...over };
 }
 
 const GIT_ID = ['-c', 'user.name=t', '-c', 'user.email=t@example.com', '-c', 'init.defaultBranch=main'];

@@ -197,6 +197,8 @@ export function sshCommand(keyFile: string | undefined, knownHostsFile: string |
 /** What a git process needs to authenticate: env additions, the secret values (for redaction), a clean-up. */
 export interface GitAuth {
   env: Record<string, string>;
+  /** The same http(s) credentials for an in-process fetch (smart-http.ts): only when the askpass would answer. */
+  basic?: { username: string; password: string };
   secrets: string[];
   cleanup(): Promise<void>;
 }
@@ -239,6 +241,7 @@ export async function gitAuth(
   const env: Record<string, string> = {};
   const secrets: string[] = [];
   const temp: string[] = [];
+  let basic: GitAuth['basic'];
   const cleanup = async (): Promise<void> => {
     for (const f of temp) await rm(f, { force: true });
   };
@@ -250,6 +253,7 @@ export async function gitAuth(
       env.KILN_GIT_USERNAME = creds.username ?? 'git';
       env.KILN_GIT_PASSWORD = password ?? '';
       if (password !== undefined && password !== '') secrets.push(password);
+      basic = { username: env.KILN_GIT_USERNAME, password: env.KILN_GIT_PASSWORD };
     }
   }
   if (repo.kind === 'ssh') {
@@ -270,7 +274,7 @@ export async function gitAuth(
     }
     env.GIT_SSH_COMMAND = sshCommand(key, creds?.knownHostsFile);
   }
-  return { env, secrets, cleanup };
+  return { env, secrets, cleanup, ...(basic ? { basic } : {}) };
 }
 
 /**

@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inspect } from 'node:util';
 import { isKilnError } from '../../errors.js';
-import { startGitServer, type GitServer } from '../../../test/helpers/git-server.js';
+import { gitTestProject, startGitServer, type GitServer } from '../../../test/helpers/git-server.js';
 import { GitMirrors, type GitProject } from './mirror.js';
 
 const PASSWORD = `pw-${randomBytes(6).toString('hex')}`;
@@ -38,15 +38,7 @@ after(async () => {
 });
 
 function project(name: string, over: Partial<GitProject> = {}): GitProject {
-  return {
-    name,
-    repository: server.repoUrl(name),
-    gitCredentials: { username: 'ci', passwordEnv: PASSWORD_ENV },
-    depth: 0,
-    lfs: false,
-    submodules: false,
-    ...over,
-  };
+  return gitTestProject(name, server.repoUrl(name), { username: 'ci', passwordEnv: PASSWORD_ENV }, over);
 }
 
 test('lsRemote: branches and tags with their commits (annotated tags peeled); the mirror is not touched', async () => {

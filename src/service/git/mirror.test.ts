@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inspect } from 'node:util';
 import { isKilnError, type KilnError } from '../../errors.js';
-import { startGitServer, type GitServer } from '../../../test/helpers/git-server.js';
+import { gitTestProject, startGitServer, type GitServer } from '../../../test/helpers/git-server.js';
 import { GitMirrors, type GitProject } from './mirror.js';
 
 const USER = 'kiln';
@@ -44,15 +44,7 @@ after(async () => {
 });
 
 function project(name: string, over: Partial<GitProject> = {}): GitProject {
-  return {
-    name,
-    repository: server.repoUrl(name),
-    gitCredentials: { username: USER, passwordEnv: PASSWORD_ENV },
-    depth: 0,
-    lfs: false,
-    submodules: false,
-    ...over,
-  };
+  return gitTestProject(name, server.repoUrl(name), { username: USER, passwordEnv: PASSWORD_ENV }, over);
 }
 
 /** Everything an error shows: message, hint, code, the whole cause chain and its inspection. */
@@ -296,10 +288,18 @@ test('many refs: the gzip-encoded negotiation reaches http-backend and every bra
   const sha = async (rev: string): Promise<string> => (await server.git('refs', ['rev-parse', rev])).trim();
   const p = project('refs');
   server.resetStats();
-  assert.deepEqual(await mirrors.resolve(p, { ref: 'b39' }), { commit: await sha('HEAD~39'), ref: 'refs/heads/b39' });
+  // git's own fetch (the in-process one sends its requests as they are)
+  process.env.KILN_GIT_HTTP_FETCH = '0';
+  try {
+    assert.deepEqual(await mirrors.resolve(p, { ref: 'b39' }), { commit: await sha('HEAD~39'), ref: 'refs/heads/b39' });
+  } finally {
+    delete process.env.KILN_GIT_HTTP_FETCH;
+  }
   assert.ok(server.stats.gzipRequests > 0, 'git sent a gzip-encoded request body');
+  await server.git('refs', ['commit', '-q', '--allow-empty', '-m', 'c40']);
+  await server.git('refs', ['push', '-q', 'origin', 'HEAD:refs/heads/b0']);
   assert.equal((await mirrors.resolve(p, { ref: 'b0' })).commit, await sha('HEAD'));
-  assert.equal((await mirrors.resolve(p, { ref: 'b17' })).commit, await sha('HEAD~17'));
+  assert.equal((await mirrors.resolve(p, { ref: 'b17' })).commit, await sha('HEAD~18')); // (c40 on top)
   // A deleted branch is pruned from the mirror.
   await server.git('refs', ['push', '-q', 'origin', ':refs/heads/b0']);
   await rejectsWith(mirrors.resolve(p, { ref: 'b0' }), 'GIT_REF_NOT_FOUND');
@@ -460,13 +460,14 @@ test('a resolve aborted while another process holds the mirror lock ends its wai
     stdio: ['pipe', 'pipe', 'inherit'],
   });
   await new Promise<void>((resolve) => holder.stdout.once('data', () => resolve()));
-  // waiting for the lock: processes of this test's own (flock running git) name the lock file
+  // waiting for the lock: processes of this test's own name the lock file (flock running git, or the in-process
+  // fetch's holder, flock running cat)
   const waiting = async (): Promise<number[]> => {
     const pids: number[] = [];
     for (const pid of await readdir('/proc')) {
       if (!/^\d+$/.test(pid) || Number(pid) === holder.pid) continue;
       const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
-      if (cmd.includes(lock) && cmd.includes('\0git\0')) pids.push(Number(pid));
+      if (cmd.includes(lock) && /\0(git|cat)\0/.test(cmd)) pids.push(Number(pid));
     }
     return pids;
   };
@@ -474,7 +475,7 @@ test('a resolve aborted while another process holds the mirror lock ends its wai
   const pending = mirrors.resolve(p, { ref: 'main' }, ac.signal);
   pending.catch(() => undefined);
   for (let i = 0; i < 500 && (await waiting()).length === 0; i++) await new Promise((r) => setTimeout(r, 20));
-  assert.notDeepEqual(await waiting(), [], 'no flock running git waits for the lock');
+  assert.notDeepEqual(await waiting(), [], 'no flock waits for the lock');
   ac.abort();
   await rejectsWith(pending, 'INTERRUPTED');
   for (let i = 0; i < 100 && (await waiting()).length > 0; i++) await new Promise((r) => setTimeout(r, 20));

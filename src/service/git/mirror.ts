@@ -12,8 +12,10 @@
  * Concurrency: calls for one mirror run one after another in this process (a promise chain, which also lets a
  * burst of resolves share one fetch), and every fetch (and the mirror's creation) holds an `flock` on
  * `<mirror>.lock` so two service processes never write one mirror at once — taken by `flock(1)` around the
- * `git fetch` process itself, one process start per fetch rather than a lock holder beside it. Reads (refs,
- * commits, checkouts) need no lock: a fetch only adds objects and moves refs.
+ * `git fetch` process itself, one process start per fetch rather than a lock holder beside it; an http(s) mirror is
+ * fetched in this process (smart-http.ts: two requests, the pack into one git process) with a holder taken while
+ * the server lists its refs, and `git fetch` where that client gives up. Reads (refs, commits, checkouts) need no
+ * lock: a fetch only adds objects and moves refs.
  */
 import { randomBytes } from 'node:crypto';
 import { rmSync } from 'node:fs';
@@ -47,7 +49,8 @@ import {
   type GitAuth,
   type GitRun,
 } from './exec.js';
-import { mirrorDirName, parseRepositoryUrl, redactText, resolveSubmoduleUrl, type RepoUrl } from './url.js';
+import { SmartFetchUnsupported, smartFetch, smartFetchUsable } from './smart-http.js';
+import { mirrorDirName, parseRepositoryUrl, redactText, refNameOk, resolveSubmoduleUrl, type RepoUrl } from './url.js';
 
 export { redactUrl, parseRepositoryUrl } from './url.js';
 
@@ -151,19 +154,7 @@ function q(s: string): string {
 
 /** Git's ref-name rules (git-check-ref-format), checked before the name reaches git. */
 function checkRefName(ref: string): void {
-  const bad =
-    ref === '' ||
-    ref === '@' ||
-    ref.length > 255 ||
-    /[\x00-\x20\x7f~^:?*[\\]/.test(ref) ||
-    ref.startsWith('-') ||
-    ref.startsWith('/') ||
-    ref.endsWith('/') ||
-    ref.endsWith('.') ||
-    ref.includes('..') ||
-    ref.includes('//') ||
-    ref.includes('@{') ||
-    ref.split('/').some((c) => c.startsWith('.') || c.endsWith('.lock'));
+  const bad = ref === '' || ref === '@' || ref.startsWith('-') || ref.startsWith('/') || !refNameOk(ref);
   if (bad) throw new KilnError('GIT_REF_INVALID', `ref ${q(ref)} is not a valid git ref name`, { hint: REF_HINT });
 }
 
@@ -278,6 +269,8 @@ async function branchCommit(gitDir: string, ref: string): Promise<string | undef
 
 export class GitMirrors {
   private readonly states = new Map<string, MirrorState>();
+  /** Repository URLs the in-process fetch gave up on for good (git fetched them where it could not). */
+  private readonly gitOnly = new Set<string>();
   private privateDir: Promise<{ dir: string; askpass: string }> | undefined;
   private lfs: Promise<boolean> | undefined;
   private readonly log: (line: string) => void;
@@ -700,7 +693,43 @@ export class GitMirrors {
         if (!(await exists(join(path, 'HEAD')))) await underLock(() => this.ensureMirror(path, signal));
         if ((st.fresh.get(freshKey) ?? 0) <= ticket) {
           const started = ++st.seq;
-          let r = await fetch(['--prune', '--', repo.url, ...REFSPECS]);
+          // an http(s) mirror (not shallow) is fetched in this process (smart-http.ts); `git fetch` does what that
+          // does not handle, and the fetch where it gave up (then it makes the error message)
+          let gaveUp: SmartFetchUnsupported | undefined;
+          let inProcess = false;
+          if (
+            repo.kind === 'http' &&
+            project.depth === 0 &&
+            !this.gitOnly.has(repo.url) &&
+            process.env.KILN_GIT_HTTP_FETCH !== '0' &&
+            smartFetchUsable(repo.url)
+          ) {
+            try {
+              await smartFetch({
+                url: repo.url,
+                gitDir: path,
+                lock,
+                env,
+                gitArgs: base,
+                credentials: auth.basic,
+                signal,
+              });
+              if (maintain.length === 0) {
+                // git's automatic maintenance, as `git fetch` would have run it (see `maintain`), under the lock
+                const m = await runGit([...base, 'maintenance', 'run', '--auto', '--quiet'], { env, signal, lock });
+                const failed = lockFailure(m, lock);
+                if (failed) throw failed;
+              }
+              inProcess = true;
+            } catch (e) {
+              if (!(e instanceof SmartFetchUnsupported)) throw e;
+              gaveUp = e;
+              debugMark(`git: in-process fetch gave up: ${redactText(e.message, auth.secrets)}`);
+            }
+          }
+          let r: GitRun = inProcess
+            ? { code: 0, stdout: Buffer.alloc(0), stderr: '' }
+            : await fetch(['--prune', '--', repo.url, ...REFSPECS]);
           if (r.code !== 0 && STALE_LOCK.test(r.stderr)) {
             // A git killed mid-fetch (service crash) left its lock files; we hold the mirror's lock, so any is stale.
             r = await underLock(async () => {
@@ -718,6 +747,8 @@ export class GitMirrors {
               },
             );
           }
+          // git did what this process's client gave up on for a reason of the server's: git from now on
+          if (gaveUp?.sticky === true) this.gitOnly.add(repo.url);
           st.fresh.set(freshKey, Math.max(st.fresh.get(freshKey) ?? 0, started));
           debugMark('git: fetched');
         }

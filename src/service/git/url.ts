@@ -165,3 +165,22 @@ export function resolveSubmoduleUrl(superUrl: string, subUrl: string): string {
   }
   return prefix + (path.startsWith('/') ? '/' : '') + parts.join('/');
 }
+
+/**
+ * Git's ref-name rules (git-check-ref-format) for a full or short name: no control characters, spaces or `~^:?*[\\`,
+ * no `..`, `//`, `@{`, no component starting with `.` or ending with `.lock`, no trailing `/` or `.`. Why here: a
+ * name checked before it reaches git (a build request's ref) and a name a server lists before it becomes a file of
+ * the mirror (smart-http.ts) follow the same rules.
+ */
+export function refNameOk(ref: string): boolean {
+  return !(
+    ref.length > 255 ||
+    /[\x00-\x20\x7f~^:?*[\\]/.test(ref) ||
+    ref.endsWith('/') ||
+    ref.endsWith('.') ||
+    ref.includes('..') ||
+    ref.includes('//') ||
+    ref.includes('@{') ||
+    ref.split('/').some((c) => c.startsWith('.') || c.endsWith('.lock'))
+  );
+}

@@ -1,0 +1,272 @@
+/**
+ * The in-process smart-HTTP fetch (smart-http.ts) through GitMirrors, against a real `git http-backend` behind Basic
+ * auth (test/helpers/git-server.ts) and a proxy in front of it that can break answers: its mirror must end exactly
+ * as `git fetch`'s does, and anything it cannot do must end in `git fetch` (with git's errors).
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { createServer, request, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { inspect } from 'node:util';
+import { isKilnError } from '../../errors.js';
+import { gitTestProject, startGitServer, type GitServer } from '../../../test/helpers/git-server.js';
+import { GitMirrors, type GitProject } from './mirror.js';
+
+const USER = 'kiln';
+const PASSWORD = `pw-${randomBytes(6).toString('hex')}`;
+const PASSWORD_ENV = `KILN_TEST_SMART_PASSWORD_${randomBytes(4).toString('hex')}`;
+
+/** What the proxy does to one answer: pass it, answer 500, or flip a byte of the pack. */
+type Fault = 'pass' | 'fail' | 'corrupt';
+
+let server: GitServer;
+let proxy: Server;
+let proxyUrl: string;
+let tmp: string;
+/** Requests through the proxy: `GET info/refs`, `POST ls-refs`, `POST fetch`. */
+let seen: string[] = [];
+let fault: (what: string) => Fault = () => 'pass';
+/** 401 answers during the last in-process resolve of `same`. */
+let challenged = 0;
+
+before(async () => {
+  server = await startGitServer({ username: USER, password: PASSWORD });
+  tmp = await mkdtemp(join(tmpdir(), 'kiln-smart-http-test-'));
+  process.env[PASSWORD_ENV] = PASSWORD;
+  proxy = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      const what =
+        req.method === 'GET'
+          ? 'GET info/refs'
+          : `POST ${/command=([a-z-]+)/.exec(body.toString('latin1'))?.[1] ?? (body.length > 0 ? 'v0' : '?')}`;
+      seen.push(what);
+      const f = fault(what);
+      if (f === 'fail') {
+        res.writeHead(500, { 'content-type': 'text/plain' });
+        res.end('upstream broke\n');
+        return;
+      }
+      const headers = { ...req.headers };
+      delete headers.host;
+      const fwd = request(
+        `${server.url}${req.url ?? '/'}`,
+        { method: req.method, headers: { ...headers, 'content-length': String(body.length) } },
+        (up) => {
+          const out: Buffer[] = [];
+          up.on('data', (c: Buffer) => out.push(c));
+          up.on('end', () => {
+            const answer = Buffer.concat(out);
+            // the last byte of the pack's checksum (the response ends with it and a flush packet)
+            if (f === 'corrupt' && answer.length > 5) answer[answer.length - 5] ^= 0xff;
+            const h = { ...up.headers };
+            delete h['transfer-encoding'];
+            res.writeHead(up.statusCode ?? 502, { ...h, 'content-length': String(answer.length) });
+            res.end(answer);
+          });
+        },
+      );
+      fwd.on('error', () => {
+        res.writeHead(502);
+        res.end();
+      });
+      fwd.end(body);
+    });
+  });
+  await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', () => r()));
+  proxyUrl = `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`;
+});
+
+after(async () => {
+  proxy.closeAllConnections();
+  await new Promise<void>((r) => proxy.close(() => r()));
+  await server.stop();
+  await rm(tmp, { recursive: true, force: true });
+  delete process.env[PASSWORD_ENV];
+});
+
+function project(name: string, over: Partial<GitProject> = {}): GitProject {
+  return gitTestProject(name, `${proxyUrl}/${name}.git`, { username: USER, passwordEnv: PASSWORD_ENV }, over);
+}
+
+let n = 0;
+async function newMirrors(): Promise<GitMirrors> {
+  const dir = join(tmp, `m${++n}`);
+  await mkdir(join(dir, 'private'), { recursive: true });
+  return new GitMirrors({ dir: join(dir, 'git'), allowFile: false, tmpDir: join(dir, 'private') });
+}
+
+function git(gitDir: string, args: string[]): string {
+  const r = spawnSync('git', [`--git-dir=${gitDir}`, ...args], { encoding: 'utf8' });
+  assert.equal(r.status, 0, `git ${args.join(' ')}: ${r.stderr}`);
+  return r.stdout;
+}
+
+/** A resolve by `git fetch` (the in-process client switched off for it). */
+async function viaGit<T>(fn: () => Promise<T>): Promise<T> {
+  process.env.KILN_GIT_HTTP_FETCH = '0';
+  try {
+    return await fn();
+  } finally {
+    delete process.env.KILN_GIT_HTTP_FETCH;
+  }
+}
+
+/** Fetches `p` into mirror A in process and mirror B by git; both hold the same refs, A's objects are complete. */
+async function same(a: GitMirrors, b: GitMirrors, p: GitProject): Promise<string> {
+  seen = [];
+  const unauthorized = server.stats.unauthorized;
+  await a.resolve(p, { commit: '0000' }).catch(() => undefined);
+  challenged = server.stats.unauthorized - unauthorized;
+  const inProcess = seen;
+  await viaGit(() => b.resolve(p, { commit: '0000' }).catch(() => undefined));
+  const refs = git(a.mirrorPath(p), ['for-each-ref', '--format=%(refname) %(objectname)']);
+  assert.equal(refs, git(b.mirrorPath(p), ['for-each-ref', '--format=%(refname) %(objectname)']));
+  git(a.mirrorPath(p), ['fsck', '--connectivity-only', '--no-dangling']);
+  assert.ok(!inProcess.includes('POST v0'), `in process: ${inProcess.join(', ')}`);
+  return refs;
+}
+
+test('the in-process fetch leaves the refs git fetch leaves: new commits, tags, a force-push, deleted branches', async () => {
+  const c1 = await server.createRepo('same', { 'a.txt': 'a\n' });
+  const p = project('same');
+  const a = await newMirrors();
+  const b = await newMirrors();
+  try {
+    await same(a, b, p);
+    assert.equal(challenged, 1, 'the server asked for credentials once');
+    // new commits on two branches, a lightweight and an annotated tag
+    const c2 = await server.commit('same', { 'a.txt': 'b\n', 'dir/c.txt': 'c\n' }, 'two');
+    await server.commit('same', { 'f.txt': 'f\n' }, 'feature', 'feature/x');
+    await server.commit('same', { 'g.txt': 'g\n' }, 'other', 'gone');
+    await server.tag('same', 'v1', c1);
+    await server.tag('same', 'v2', c2, 'release 2');
+    seen = [];
+    let refs = await same(a, b, p);
+    assert.match(refs, /refs\/heads\/feature\/x /);
+    assert.match(refs, /refs\/tags\/v2 /);
+    assert.equal(challenged, 0, 'credentials sent at once once the server asked for them');
+    // nothing new: ls-refs only
+    seen = [];
+    await a.resolve(p, { ref: 'main' });
+    assert.deepEqual(seen, ['POST ls-refs'], 'the capabilities are kept per URL');
+    // a force-push (history rewritten), a moved tag
+    await server.git('same', ['checkout', '-q', 'main']);
+    await server.git('same', ['reset', '-q', '--hard', c1]);
+    await server.git('same', ['commit', '-q', '--allow-empty', '-m', 'rewritten']);
+    await server.git('same', ['push', '-q', '-f', 'origin', 'HEAD:refs/heads/main']);
+    await server.tag('same', 'v1', c2);
+    seen = [];
+    refs = await same(a, b, p);
+    const rewritten = (await server.git('same', ['rev-parse', 'HEAD'])).trim();
+    assert.deepEqual(await a.resolve(p, { ref: 'main' }), { commit: rewritten, ref: 'refs/heads/main' });
+    // deleted branches are pruned, loose or packed (packed-refs rewritten without them)
+    git(a.mirrorPath(p), ['pack-refs', '--all']);
+    git(b.mirrorPath(p), ['pack-refs', '--all']);
+    await server.git('same', ['push', '-q', 'origin', ':refs/heads/feature/x', ':refs/heads/gone', ':refs/tags/v2']);
+    refs = await same(a, b, p);
+    assert.doesNotMatch(refs, /feature|gone|v2/);
+    assert.doesNotMatch(await readFile(join(a.mirrorPath(p), 'packed-refs'), 'utf8'), /feature|gone|v2/);
+    // a branch where a deleted one's directory was (refs/heads/feature was refs/heads/feature/x's dir)
+    await server.git('same', ['branch', '-q', '-D', 'feature/x']);
+    await server.commit('same', { 'h.txt': 'h\n' }, 'feature', 'feature');
+    await same(a, b, p);
+    // a pack of 100 objects or more goes through index-pack
+    const many: Record<string, string> = {};
+    for (let i = 0; i < 120; i++) many[`many/f${i}.txt`] = `${i} ${randomBytes(8).toString('hex')}\n`;
+    await server.commit('same', many, 'many');
+    const packs = (): number =>
+      git(a.mirrorPath(p), ['count-objects', '-v'])
+        .split('\n')
+        .filter((l) => l.startsWith('packs:'))
+        .map((l) => Number(l.split(' ')[1]))[0] ?? 0;
+    const before = packs();
+    await same(a, b, p);
+    assert.equal(packs(), before + 1, 'indexed as a pack');
+  } finally {
+    await a.close();
+    await b.close();
+  }
+});
+
+/**
+ * A repository `name` mirrored, one new commit on the server, and the in-process fetch's pack request answered with
+ * `f` once: the resolve still gets the commit (git fetched it after the in-process fetch gave up).
+ */
+async function faultOnce(m: GitMirrors, name: string, f: Fault): Promise<GitProject> {
+  await server.createRepo(name, { 'a.txt': 'a\n' });
+  const p = project(name);
+  await m.resolve(p, { ref: 'main' });
+  const c2 = await server.commit(name, { 'a.txt': 'b\n' }, 'two');
+  let faults = 0;
+  fault = (what) => (what === 'POST fetch' && faults++ === 0 ? f : 'pass');
+  seen = [];
+  assert.equal((await m.resolve(p, { ref: 'main' })).commit, c2);
+  // (after a corrupt pack git may need no pack: unpack-objects wrote the objects before it found the checksum wrong)
+  assert.deepEqual(seen.slice(0, 3), ['POST ls-refs', 'POST fetch', 'GET info/refs'], 'then git');
+  git(m.mirrorPath(p), ['fsck', '--connectivity-only', '--no-dangling']);
+  await server.commit(name, { 'a.txt': 'c\n' }, 'three');
+  seen = [];
+  await m.resolve(p, { ref: 'main' });
+  return p;
+}
+
+test('a server error makes the in-process fetch give up: git fetches, and its error is the error', async () => {
+  const m = await newMirrors();
+  try {
+    const p = await faultOnce(m, 'err', 'fail');
+    assert.deepEqual(seen, ['POST ls-refs', 'POST fetch'], 'not for good: the next fetch is in process again');
+    // every answer fails: git's error, as before
+    fault = () => 'fail';
+    let e: unknown;
+    await m.resolve(p, { ref: 'main' }).catch((x: unknown) => (e = x));
+    assert.ok(isKilnError(e, 'GIT_FETCH_FAILED'), inspect(e));
+    assert.match(e.message, /500/);
+    assert.ok(e.hint);
+    assert.ok(!inspect(e, { depth: 10 }).includes(PASSWORD), 'the password leaked');
+  } finally {
+    fault = () => 'pass';
+    await m.close();
+  }
+});
+
+test('a pack the checks refuse is fetched by git, and that repository by git from then on', async () => {
+  const m = await newMirrors();
+  try {
+    await faultOnce(m, 'bad', 'corrupt');
+    assert.equal(seen[0], 'GET info/refs', 'git fetches it now');
+  } finally {
+    fault = () => 'pass';
+    await m.close();
+  }
+});
+
+test('without credentials or with wrong ones the in-process fetch gives up and git reports it', async () => {
+  await server.createRepo('auth', { 'a.txt': 'a\n' });
+  const wrongEnv = `${PASSWORD_ENV}_WRONG`;
+  const wrong = `wrong-${randomBytes(6).toString('hex')}`;
+  process.env[wrongEnv] = wrong;
+  const m = await newMirrors();
+  try {
+    for (const creds of [undefined, { username: USER, passwordEnv: wrongEnv }]) {
+      seen = [];
+      let e: unknown;
+      await m.resolve(project('auth', { gitCredentials: creds }), { ref: 'main' }).catch((x: unknown) => (e = x));
+      assert.ok(isKilnError(e, 'GIT_FETCH_FAILED'), inspect(e));
+      assert.match(e.hint ?? '', /gitCredentials/);
+      assert.ok(!inspect(e, { depth: 10 }).includes(wrong), 'the password leaked');
+      assert.ok(seen.length > 0);
+    }
+    assert.equal((await m.resolve(project('auth'), { ref: 'main' })).ref, 'refs/heads/main');
+  } finally {
+    delete process.env[wrongEnv];
+    await m.close();
+  }
+});

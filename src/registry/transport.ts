@@ -276,14 +276,30 @@ function defaultMessage(code: string, status: number): string {
   }
 }
 
-/** An HTTP endpoint of a registry (a host, or a mirror URL). Shared by all repositories on it. */
-/**
- * Scheme probes of this process by host: whether the registry answered over plain HTTP on a port where HTTPS met a
- * plain-HTTP server (see rememberedHttp). Why: a build's base image and its registry cache are usually on one
- * host, each with its own transport; the second one used to repeat the failing HTTPS attempt.
- */
-const probesInProcess = new Map<string, Promise<boolean>>();
+/** What a transport's ping of an insecure host found: plain HTTP (and its `/v2/` challenge, when), or not. */
+interface ProbeOutcome {
+  http: boolean;
+  challenge?: Challenge | undefined;
+  /** When (Date.now()). */
+  at: number;
+}
 
+/**
+ * Scheme probes of this process by host (see ProbeOutcome and rememberedHttp). Why: a build's base image and its
+ * registry cache are usually on one host, each with its own transport; the second one used to repeat the failing
+ * HTTPS attempt and then ping again — two round trips before the cache import's first request.
+ */
+const probesInProcess = new Map<string, Promise<ProbeOutcome>>();
+
+/** Forget this process's scheme probes (tests: what a new process knows). */
+export function forgetSchemeProbes(): void {
+  probesInProcess.clear();
+}
+
+/** How long another transport's plain-HTTP ping stands for this one's (ms). */
+const SHARED_PING_MS = 60_000;
+
+/** An HTTP endpoint of a registry (a host, or a mirror URL). Shared by all repositories on it. */
 export class Transport {
   /** `https://host` or `http://host` once decided. */
   private base: string | undefined;
@@ -376,13 +392,24 @@ export class Transport {
     // its outcome, not a second failing HTTPS attempt (in an ephemeral KILN_HOME nothing is remembered on disk)
     if (!probing) return this.probeSchemes(ctx, schemes, false, false, () => undefined);
     const earlier = probesInProcess.get(this.host);
-    let settle!: (http: boolean) => void;
+    let settle!: (o: ProbeOutcome) => void;
     // the newest probe is what the next transport waits for (an outcome that changed replaces the older one)
-    probesInProcess.set(this.host, new Promise<boolean>((r) => (settle = r)));
+    probesInProcess.set(this.host, new Promise<ProbeOutcome>((r) => (settle = r)));
+    const decided = (http: boolean): void => settle({ http, challenge: this.challenge, at: Date.now() });
     try {
-      await this.probeSchemes(ctx, schemes, true, earlier ? await earlier : rememberedHttp(this.host), settle);
+      const prior = earlier ? await earlier : undefined;
+      if (prior?.http && Date.now() - prior.at < SHARED_PING_MS) {
+        // the same host answered plain HTTP just now: its answer (scheme and challenge) stands for this transport's
+        this.base = `http://${this.host}`;
+        this.challenge = prior.challenge;
+        this.connectedOnce = true;
+        debugLog(`ping http://${this.host}/v2/: shared (${this.challenge?.scheme ?? 'no auth'})`);
+        settle(prior);
+        return;
+      }
+      await this.probeSchemes(ctx, schemes, true, prior ? prior.http : rememberedHttp(this.host), decided);
     } finally {
-      settle(false); // failed: the next transport probes in full
+      settle({ http: false, at: Date.now() }); // failed: the next transport probes in full
     }
   }
 

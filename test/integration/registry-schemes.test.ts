@@ -8,12 +8,18 @@ import assert from 'node:assert/strict';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { closeTransports, transportFor, type RegistryOptions } from '../../src/registry/transport.js';
+import {
+  closeTransports,
+  forgetSchemeProbes,
+  transportFor,
+  type RegistryOptions,
+} from '../../src/registry/transport.js';
 import { startRegistry } from '../helpers/registry.js';
 
 /** Ping `host` with fresh transports (a new pool: like a new kiln process) and return the debug lines it logged. */
 async function ping(host: string, o: RegistryOptions): Promise<string[]> {
   const opts: RegistryOptions = { ...o, pool: new Map() };
+  forgetSchemeProbes();
   const lines: string[] = [];
   const write = process.stderr.write.bind(process.stderr);
   process.env.KILN_DEBUG = '1';
@@ -66,15 +72,21 @@ test('insecure registries answering plain HTTP are remembered; a registry that m
   }
 });
 
-test('two transports to one insecure host in a process probe HTTPS once, also when nothing is remembered on disk', async () => {
+test('two transports to one insecure host in a process: one HTTPS probe, one ping, the challenge shared', async () => {
   const home = await mkdtemp(join(tmpdir(), 'kiln-schemes-'));
   const saved = process.env.KILN_HOME;
   process.env.KILN_HOME = home;
-  const plain = await startRegistry();
+  forgetSchemeProbes();
+  const reg = await startRegistry({ auth: 'htpasswd' });
   const lines: string[] = [];
   const write = process.stderr.write.bind(process.stderr);
-  const a: RegistryOptions = { insecureRegistries: [plain.host], pool: new Map() };
-  const b: RegistryOptions = { insecureRegistries: [plain.host], pool: new Map(), userAgent: 'other' };
+  const credentials = async (): Promise<{ username: string; password: string }> => ({
+    username: reg.username as string,
+    password: reg.password as string,
+  });
+  const a: RegistryOptions = { insecureRegistries: [reg.host], pool: new Map(), credentials };
+  const b: RegistryOptions = { insecureRegistries: [reg.host], pool: new Map(), credentials, userAgent: 'other' };
+  let status: number | undefined;
   try {
     process.env.KILN_DEBUG = '1';
     process.stderr.write = ((s: string | Uint8Array): boolean => {
@@ -83,10 +95,17 @@ test('two transports to one insecure host in a process probe HTTPS once, also wh
     }) as typeof process.stderr.write;
     const ctx = { label: 'test', kind: 'other' as const };
     // at once, as a build resolves its base image and its cache manifest (before any memo is written on disk)
-    await Promise.all([
-      transportFor(plain.host, plain.host, a).ping(ctx),
-      transportFor(plain.host, plain.host, b).ping(ctx),
-    ]);
+    await Promise.all([transportFor(reg.host, reg.host, a).ping(ctx), transportFor(reg.host, reg.host, b).ping(ctx)]);
+    // the second transport authenticates with the challenge the first one read
+    const res = await transportFor(reg.host, reg.host, b).request({
+      method: 'GET',
+      path: '/v2/_catalog',
+      scopes: [],
+      expect: [200],
+      ctx,
+    });
+    status = res.status;
+    await res.body.text();
   } finally {
     process.stderr.write = write;
     delete process.env.KILN_DEBUG;
@@ -94,10 +113,12 @@ test('two transports to one insecure host in a process probe HTTPS once, also wh
     else process.env.KILN_HOME = saved;
     await closeTransports(a);
     await closeTransports(b);
-    await plain.stop();
+    await reg.stop();
     await rm(home, { recursive: true, force: true });
   }
-  const https = lines.filter((l) => l.includes(`GET https://${plain.host}/v2/`));
-  assert.equal(https.length, 1, lines.join(''));
-  assert.equal(lines.filter((l) => l.includes(`ping http://${plain.host}/v2/: 200`)).length, 2, lines.join(''));
+  assert.equal(status, 200);
+  const log = lines.join('');
+  assert.equal(lines.filter((l) => l.includes(`GET https://${reg.host}/v2/ `)).length, 1, log);
+  assert.equal(lines.filter((l) => l.includes(`GET http://${reg.host}/v2/ `)).length, 1, log);
+  assert.ok(log.includes(`ping http://${reg.host}/v2/: shared (basic)`), log);
 });

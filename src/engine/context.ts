@@ -508,8 +508,10 @@ const XATTR_BATCH_CHARS = 100_000;
 /** What identifies one state of a file for noteWithoutCopiedXattrs (an xattr change bumps its ctime). */
 const xattrState = (st: Stats): string => `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
 
-/** Files this process knows to carry none of COPIED_XATTRS, by absolute path: their xattrState then. */
-const withoutCopiedXattrs = new Map<string, string>();
+/** Paths this process knows the COPIED_XATTRS of, by absolute path: their xattrState then, and those xattrs. */
+const knownXattrs = new Map<string, { state: string; x: ReadonlyMap<string, Buffer> }>();
+
+const NONE: ReadonlyMap<string, Buffer> = new Map();
 
 /**
  * Note that the file at `abs`, as `st` shows it, carries none of COPIED_XATTRS (its writer knows: a fresh copy of a
@@ -518,7 +520,39 @@ const withoutCopiedXattrs = new Map<string, string>();
  * (one process per warm S2I build less). Holds only while the file's dev, inode, size, mtime and ctime are the same.
  */
 export function noteWithoutCopiedXattrs(abs: string, st: Stats): void {
-  withoutCopiedXattrs.set(abs, xattrState(st));
+  knownXattrs.set(abs, { state: xattrState(st), x: NONE });
+}
+
+/**
+ * Note the COPIED_XATTRS (`x`, possibly none) of the file or directory at `abs` as `st` shows it, known to its
+ * writer (the S2I work-dir sync has just read them for the whole copy). Why: a COPY of a tree whose every entry is
+ * noted takes its xattrs from here (knownCopiedXattrs) instead of a getfattr process walking the tree on the
+ * build's critical path. Holds only while the entry's dev, inode, size, mtime and ctime are the same (an xattr
+ * change bumps ctime).
+ */
+export function noteCopiedXattrs(abs: string, st: Stats, x: ReadonlyMap<string, Buffer>): void {
+  knownXattrs.set(abs, { state: xattrState(st), x: x.size === 0 ? NONE : new Map(x) });
+}
+
+/**
+ * The COPIED_XATTRS of every entry the hash walk saw (`stats`, contextWalkStats) at or under `paths` — only those
+ * that have any, as readXattrsRecursive returns them — when all of them are noted (noteCopiedXattrs) in the state
+ * the walk saw; else undefined (the caller reads them).
+ */
+export function knownCopiedXattrs(
+  paths: readonly string[],
+  stats: ReadonlyMap<string, Stats> | undefined,
+): Map<string, Map<string, Buffer>> | undefined {
+  if (!stats || paths.length === 0 || knownXattrs.size === 0) return undefined;
+  if (!paths.every((p) => stats.has(p))) return undefined;
+  const out = new Map<string, Map<string, Buffer>>();
+  for (const [abs, st] of stats) {
+    if (!paths.some((p) => abs === p || abs.startsWith(p + '/'))) continue;
+    const k = knownXattrs.get(abs);
+    if (k?.state !== xattrState(st)) return undefined;
+    if (k.x.size > 0) out.set(abs, new Map(k.x));
+  }
+  return out;
 }
 
 /** Digest (sha256 hex) of a file's copied xattrs, undefined when it has none (its key part is then as before). */
@@ -529,8 +563,11 @@ function xattrDigest(x: Map<string, Buffer> | undefined): string | undefined {
   return h.digest('hex');
 }
 
-/** The copied xattrs of `paths` (files only, not recursive): getfattr processes of many paths each. */
-async function readCopiedXattrs(paths: string[]): Promise<Map<string, Map<string, Buffer>>> {
+/**
+ * The COPIED_XATTRS of `paths` (each path's own, not recursive: files, directories, symlinks), only those that have
+ * any: getfattr processes of many paths each (an argument list stays far below ARG_MAX).
+ */
+export async function readCopiedXattrs(paths: string[]): Promise<Map<string, Map<string, Buffer>>> {
   const out = new Map<string, Map<string, Buffer>>();
   for (let i = 0; i < paths.length;) {
     let chars = 0;
@@ -700,7 +737,8 @@ export async function hashContextPaths(
           statCacheStats.misses++;
           const small = st.size <= SMALL_FILE;
           const content = small ? hashSmall(abs, st.size) : sha256File(abs, st.size);
-          if (withoutCopiedXattrs.get(abs) !== xattrState(st)) missed.push(abs);
+          const noted = knownXattrs.get(abs);
+          if (noted?.state !== xattrState(st) || noted.x.size > 0) missed.push(abs);
           // the entry's digest: content and xattrs (`d` or `d\0x`), shared with a walk that finds it in flight
           const digest = content.then(async (d) => {
             const x = xattrDigest((await xattrs).get(abs));

@@ -66,6 +66,7 @@ import { AddSupport, isGitSource, isUrlSource } from './add.js';
 import {
   COPIED_XATTRS,
   contextWalkStats,
+  knownCopiedXattrs,
   hashContextPaths,
   prefetchContextHashes,
   contextTreeXattrs,
@@ -959,7 +960,10 @@ export class LocalFileCopier implements FileCopier {
     if (ctxPaths.length && (tree || statCacheStats.misses > read) && req.kind === 'COPY' && req.sources.length === 1) {
       const key = ctxPaths.join('\0');
       if (!this.earlyXattrs.has(key)) {
-        const early = tree ?? readSourceXattrs(ctxPaths);
+        // a tree whose writer noted every entry's xattrs (the S2I work-dir sync): no getfattr process
+        const ctx = this.opts.context;
+        const known = tree ? undefined : ctx ? knownCopiedXattrs(ctxPaths, contextWalkStats(ctx)) : undefined;
+        const early = tree ?? (known ? Promise.resolve(known) : readSourceXattrs(ctxPaths));
         early.catch(() => undefined); // the copy awaits it (and reports its failure) if it runs
         this.earlyXattrs.set(key, early);
       }

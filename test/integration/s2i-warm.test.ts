@@ -39,6 +39,18 @@ after(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
+/** `kiln s2i build` of `app` with the test's builder (SOURCE_DATE_EPOCH 2021), then the image's diff_ids. */
+async function s2iBuild(app: string, tag: string, ...more: string[]): Promise<string[]> {
+  const r = await kiln(['s2i', 'build', app, 'localhost/builder:1', tag, '--progress', 'plain', ...more], {
+    home,
+    env: { SOURCE_DATE_EPOCH: String(new Date('2021-01-01T00:00:00Z').getTime() / 1000) },
+  });
+  assert.equal(r.code, 0, r.stderr);
+  const i = await kiln(['inspect', '--config', tag], { home });
+  assert.equal(i.code, 0, i.stderr);
+  return (JSON.parse(i.stdout) as { rootfs: { diff_ids: string[] } }).rootfs.diff_ids;
+}
+
 test(
   's2i: a warm build (synced working dir) gives the layers a cold build (cp -a) gives',
   { skip: isRoot ? false : 'needs root (CAP_SETFCAP for a file capability)' },
@@ -60,16 +72,7 @@ test(
       for (const d of ['bin', '.']) await utimes(join(app, d), t('2020-02-01'), t('2020-02-01'));
       await lutimes(join(app, 'link'), linkTime, linkTime);
     };
-    const build = async (tag: string, ...more: string[]): Promise<string[]> => {
-      const r = await kiln(['s2i', 'build', app, 'localhost/builder:1', tag, '--progress', 'plain', ...more], {
-        home,
-        env: { SOURCE_DATE_EPOCH: String(t('2021-01-01').getTime() / 1000) },
-      });
-      assert.equal(r.code, 0, r.stderr);
-      const i = await kiln(['inspect', '--config', tag], { home });
-      assert.equal(i.code, 0, i.stderr);
-      return (JSON.parse(i.stdout) as { rootfs: { diff_ids: string[] } }).rootfs.diff_ids;
-    };
+    const build = (tag: string, ...more: string[]): Promise<string[]> => s2iBuild(app, tag, ...more);
     await build('localhost/app:1');
     // between the builds: a file rewritten and given a capability (writing to a file clears one), a capability set
     // on an unchanged file, a hard link made, a symlink made again with the same target (and another mtime)
@@ -86,6 +89,37 @@ test(
     // another image name: another working dir, copied cold; not the warm build's layer from the cache (its key is
     // the files' contents, as BuildKit's is)
     const cold = await build('localhost/app-cold:1', '--no-cache');
+    assert.deepEqual(warm, cold, 'the warm build has the layers of the cold one');
+  },
+);
+
+test(
+  "s2i: a warm build whose COPY takes the sync's noted xattrs (no getfattr of its own) gives the cold build's layers",
+  { skip: isRoot ? false : 'needs root (CAP_SETFCAP for a file capability)' },
+  async () => {
+    const b = await kiln(['build', '-q', '-t', 'localhost/builder:1', join(dir, 'builder')], { home });
+    assert.equal(b.code, 0, b.stderr);
+    const app = join(dir, 'app2');
+    await mkdir(join(app, 'lib'), { recursive: true });
+    for (let i = 0; i < 20; i++) await writeFile(join(app, 'lib', `f${i}.txt`), `v1 ${i}\n`);
+    execFileSync('setfattr', ['-n', 'user.mark', '-v', 'kept', join(app, 'lib', 'f3.txt')]);
+    execFileSync('setfattr', ['-n', 'user.dir', '-v', 'lib', join(app, 'lib')]);
+    execFileSync('setcap', ['cap_net_bind_service=+ep', join(app, 'lib', 'f4.txt')]);
+    const t = (s: string): Date => new Date(`${s}T00:00:00Z`);
+    const build = (tag: string, ...more: string[]): Promise<string[]> => s2iBuild(app, tag, ...more);
+    const age = async (): Promise<void> => {
+      for (let i = 0; i < 20; i++) await utimes(join(app, 'lib', `f${i}.txt`), t('2020-01-01'), t('2020-01-01'));
+      for (const d of ['lib', '.']) await utimes(join(app, d), t('2020-02-01'), t('2020-02-01'));
+    };
+    await age();
+    const first = await build('localhost/app2:1');
+    // one file rewritten with an xattr of its own (as a checkout rewrites it): the sync copies it and reads the rest
+    await writeFile(join(app, 'lib', 'f0.txt'), 'v2 0, rewritten\n');
+    execFileSync('setfattr', ['-n', 'user.mark', '-v', 'new', join(app, 'lib', 'f0.txt')]);
+    await age();
+    const warm = await build('localhost/app2:1');
+    assert.notDeepEqual(warm, first, 'the change made another layer');
+    const cold = await build('localhost/app2-cold:1', '--no-cache');
     assert.deepEqual(warm, cold, 'the warm build has the layers of the cold one');
   },
 );

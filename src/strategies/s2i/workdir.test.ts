@@ -19,8 +19,31 @@ import {
 } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { lstatSync, readdirSync, type Stats } from 'node:fs';
+import { COPIED_XATTRS, knownCopiedXattrs } from '../../engine/context.js';
 import { readXattrsRecursive } from '../../layer/fsops.js';
 import { s2iWorkDir, syncFile, syncTree } from './workdir.js';
+
+/** Every entry of a tree (the root too) with its lstat, as the context hash walk records them. */
+function treeStats(root: string, out = new Map<string, Stats>()): Map<string, Stats> {
+  const st = lstatSync(root);
+  out.set(root, st);
+  if (st.isDirectory()) for (const n of readdirSync(root)) treeStats(join(root, n), out);
+  return out;
+}
+
+/** The entries of `root` whose xattrs are noted in their current state, each with what getfattr reads of it. */
+async function notedVersusRead(root: string): Promise<[string, string, string][]> {
+  const out: [string, string, string][] = [];
+  const show = (x: Map<string, Map<string, Buffer>>, p: string): string =>
+    [...(x.get(p) ?? [])].map(([k, v]) => `${k}=${v.toString('hex')}`).join(' ');
+  for (const [p, st] of treeStats(root)) {
+    const noted = knownCopiedXattrs([p], new Map([[p, st]]));
+    if (!noted) continue;
+    out.push([p, show(noted, p), show(await readXattrsRecursive([p], COPIED_XATTRS, { recursive: false }), p)]);
+  }
+  return out;
+}
 
 /**
  * What of a tree goes into an S2I image's layer (writer.ts): type, mode, mtime in seconds, symlink target, bytes,
@@ -158,6 +181,13 @@ test('syncTree: a warm sync gives what a cold cp -a gives (xattrs, hard links, t
 
     execFileSync('cp', ['-a', '--no-target-directory', a, cold]);
     await syncTree(a, warm);
+    // the xattrs the sync notes for its copies are what getfattr reads of them (a COPY of the tree takes them)
+    const noted = await notedVersusRead(warm);
+    for (const [p, n, r] of noted) assert.equal(n, r, `noted xattrs of ${p}`);
+    const names = noted.map(([p]) => p.slice(warm.length + 1));
+    for (const n of ['', 'edit.txt', 'xonly.txt', 'newdir', 'xdir', 'chmod.txt', 'relink', 'd1'])
+      assert.ok(names.includes(n), `${n || 'the root'} is noted`);
+    assert.ok(!names.includes('solo.txt'), 'a hard-linked copy is not noted');
     const want = await manifest(cold);
     assert.match(want['solo.txt'] ?? '', /link to d1\/solo-2.txt/, 'the manifest sees hard links');
     assert.match(want['xonly.txt'] ?? '', /user\.only=/, '… and xattrs');
@@ -171,6 +201,43 @@ test('syncTree: a warm sync gives what a cold cp -a gives (xattrs, hard links, t
     await rm(join(warm, 'd1', 'solo-2.txt'));
     await syncTree(a, warm);
     assert.deepEqual(await manifest(warm), want);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('syncTree: a COPY of the synced tree knows its xattrs without a getfattr, until one of them changes', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'kiln-s2i-sync-'));
+  try {
+    const a = join(dir, 'src');
+    const copy = join(dir, 'copy');
+    await mkdir(join(a, 'lib'), { recursive: true });
+    for (let i = 0; i < 5; i++) await writeFile(join(a, 'lib', `f${i}.txt`), `v1 ${i}\n`);
+    setfattr(join(a, 'lib', 'f1.txt'), 'user.mark', 'one');
+    setfattr(join(a, 'lib'), 'user.dir', 'lib');
+    await syncTree(a, copy);
+    const read = (): Promise<Map<string, Map<string, Buffer>>> => readXattrsRecursive(copy, COPIED_XATTRS);
+    assert.deepEqual(knownCopiedXattrs([copy], treeStats(copy)), await read(), 'a cold sync');
+    // one file changed (as a checkout changes it): the warm sync copies it, the rest is read as it is
+    await writeFile(join(a, 'lib', 'f0.txt'), 'v2 0, longer\n');
+    setfattr(join(a, 'lib', 'f0.txt'), 'user.mark', 'zero');
+    await syncTree(a, copy);
+    const known = knownCopiedXattrs([copy], treeStats(copy));
+    assert.deepEqual(known, await read(), 'a warm sync');
+    assert.equal(
+      known
+        ?.get(join(copy, 'lib', 'f0.txt'))
+        ?.get('user.mark')
+        ?.toString(),
+      'zero',
+    );
+    // an entry changed after the sync (its ctime): nothing is known of the tree, the copy reads it
+    setfattr(join(copy, 'lib', 'f2.txt'), 'user.late', 'x');
+    assert.equal(knownCopiedXattrs([copy], treeStats(copy)), undefined);
+    // an entry the sync did not leave (not noted): likewise
+    await syncTree(a, copy);
+    await writeFile(join(copy, 'extra.txt'), 'not from the sync\n');
+    assert.equal(knownCopiedXattrs([copy], treeStats(copy)), undefined);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

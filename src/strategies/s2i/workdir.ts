@@ -31,8 +31,8 @@ import { join, resolve } from 'node:path';
 import { KilnError } from '../../errors.js';
 // the xattrs a sync carries over are those kiln's COPY puts into a layer: the cold build's `cp -a` keeps them, a
 // warm sync that dropped them made a different image
-import { COPIED_XATTRS, noteWithoutCopiedXattrs } from '../../engine/context.js';
-import { readXattrsRecursive, setXattrs, type XattrSet } from '../../layer/fsops.js';
+import { noteCopiedXattrs, noteWithoutCopiedXattrs, readCopiedXattrs } from '../../engine/context.js';
+import { setXattrs, type XattrSet } from '../../layer/fsops.js';
 import { homeDirs } from '../../util/paths.js';
 
 /** A working dir for one build; `release` frees it (a kept dir stays for the next build, a temp dir goes). */
@@ -138,6 +138,8 @@ interface SyncState {
   fresh: Map<string, string>;
   /** Kept directories whose source changed since (newer ctime): their xattrs are compared. Source → copy. */
   kept: Map<string, string>;
+  /** Every copy this sync leaves (the root, directories, files, symlinks), for noteCopiedXattrs. */
+  all: string[];
 }
 
 /**
@@ -150,7 +152,7 @@ interface SyncState {
  * copied (S2I's COPY sets it). Sockets, fifos and devices are left out.
  */
 export async function syncTree(from: string, to: string): Promise<void> {
-  const state: SyncState = { links: new Map(), fresh: new Map(), kept: new Map() };
+  const state: SyncState = { links: new Map(), fresh: new Map(), kept: new Map(), all: [] };
   await syncDir(from, to, state);
   await syncXattrs(state);
 }
@@ -166,6 +168,7 @@ async function syncDir(from: string, to: string, state: SyncState): Promise<void
     await mkdir(to, { mode: st.mode & 0o7777 });
     state.fresh.set(from, to);
   } else if (newer(st, cur)) state.kept.set(from, to);
+  state.all.push(to);
   const [src, dst] = await Promise.all([
     readdir(from, { withFileTypes: true }),
     readdir(to, { withFileTypes: true }).catch(() => [] as Dirent[]),
@@ -188,7 +191,10 @@ async function syncDir(from: string, to: string, state: SyncState): Promise<void
     if (fs.isDirectory()) {
       if (!ts) changed = true;
       await syncDir(f, t, state);
-    } else if (fs.isSymbolicLink()) {
+      continue;
+    }
+    if (fs.isFile() || fs.isSymbolicLink()) state.all.push(t);
+    if (fs.isSymbolicLink()) {
       const target = await readlink(f);
       // a link made again with the same target has a new mtime, which the layer holds
       if (ts?.isSymbolicLink() && sameTime(fs, ts) && (await readlink(t)) === target) continue;
@@ -234,11 +240,18 @@ async function syncDir(from: string, to: string, state: SyncState): Promise<void
   if (changed || !sameTime(now, st)) await utimes(to, st.atime, st.mtime);
 }
 
-/** Set the copies' xattrs from their sources (setfattr changes no mtime): one getfattr, a setfattr when any. */
+/**
+ * Set the copies' xattrs from their sources (setfattr changes no mtime): one getfattr, a setfattr when any. That
+ * getfattr also reads the copies this sync left as they were, so that every copy's xattrs are then known and noted
+ * (noteCopiedXattrs): the build's COPY of the tree takes them from there instead of a getfattr process of its own
+ * walking the tree on the critical path (one helper process per warm S2I build less).
+ */
 async function syncXattrs(state: SyncState): Promise<void> {
   if (state.fresh.size === 0 && state.kept.size === 0) return;
-  const read = [...state.fresh.keys(), ...state.kept.keys(), ...state.kept.values()];
-  const found = await readXattrsRecursive(read, COPIED_XATTRS, { recursive: false });
+  const touched = new Set([...state.fresh.values(), ...state.kept.values()]);
+  const untouched = state.all.filter((t) => !touched.has(t));
+  const read = [...state.fresh.keys(), ...state.kept.keys(), ...state.kept.values(), ...untouched];
+  const found = await readCopiedXattrs(read);
   const sets: XattrSet[] = [];
   const removals: [string, string][] = [];
   for (const [pairs, fresh] of [
@@ -274,6 +287,20 @@ async function syncXattrs(state: SyncState): Promise<void> {
       ),
     );
   }
-  // a fresh copy of a source without them has none either: the build's context walk needs no getfattr of its own
-  for (const [from, to] of state.fresh) if (!found.get(from)?.size) noteWithoutCopiedXattrs(to, lstatSync(to));
+  if (failed.length > 0) {
+    // some could not be set (cp -a's silent cases above): what the copies carry is known only for the fresh copies
+    // of sources without any — the build's context walk needs no getfattr of its own for them
+    for (const [from, to] of state.fresh) if (!found.get(from)?.size) noteWithoutCopiedXattrs(to, lstatSync(to));
+    return;
+  }
+  // every copy's xattrs now: its source's where this sync set them, else what was read (a name linked to another
+  // copy may have been changed through that one: not noted)
+  const now = new Map<string, ReadonlyMap<string, Buffer>>();
+  for (const pairs of [state.fresh, state.kept])
+    for (const [from, to] of pairs) now.set(to, found.get(from) ?? new Map<string, Buffer>());
+  for (const to of state.all) {
+    const st = lstatSync(to, { throwIfNoEntry: false });
+    if (!st || (!st.isDirectory() && st.nlink > 1)) continue;
+    noteCopiedXattrs(to, st, now.get(to) ?? found.get(to) ?? new Map<string, Buffer>());
+  }
 }

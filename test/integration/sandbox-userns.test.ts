@@ -104,9 +104,12 @@ describe('build user namespace (kilntest)', () => {
           ? spawnAsUser('kilntest', argv)
           : spawn(argv[0] as string, argv.slice(1), { cwd: join(dirname(HELPER), '..', '..'), stdio: 'pipe' });
       try {
-        // the step's own shells (argv[0] sh), not kiln or the wrapper that started it, whose arguments hold the token too
-        const isStep = (pid: number) =>
-          /^(\/bin\/)?sh$/.test(readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[0] ?? '');
+        // the step's own shells (`sh -c …sleep 1000…`), not kiln, the wrapper that started it or the rootless
+        // re-exec's `/bin/sh -c <script> kiln-userns node …` (a shell too, for a moment): their arguments hold the token
+        const isStep = (pid: number) => {
+          const args = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+          return /^(\/bin\/)?sh$/.test(args[0] ?? '') && args[1] === '-c' && (args[2] ?? '').includes('sleep 1000');
+        };
         await until(
           () =>
             pidsWith(token).some((p) => {

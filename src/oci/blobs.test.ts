@@ -4,11 +4,24 @@ import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { BlobDir, readBlob, streamToBuffer } from './blobs.js';
-import { sha256 } from './digest.js';
+import { digestHex, sha256 } from './digest.js';
 import { isKilnError } from '../errors.js';
 import { withTempDir } from '../../test/helpers/images.js';
 
 const withDir = (fn: (dir: string) => Promise<void>): Promise<void> => withTempDir('kiln-blobs-', fn);
+
+test('a store that is not durable (an ephemeral home) writes blobs the same way, still verified and atomic', () =>
+  withDir(async (dir) => {
+    const b = new BlobDir(join(dir, 'blobs'), { durable: false });
+    const data = Buffer.from('no fsync');
+    const d = await b.write(Readable.from([data]), { digest: sha256(data), size: data.length });
+    assert.equal(d.digest, sha256(data));
+    assert.deepEqual(await readFile(b.path(d.digest)), data);
+    await assert.rejects(b.write(Readable.from([data]), { digest: sha256(Buffer.from('other')) }), (e: unknown) =>
+      isKilnError(e, 'DIGEST_MISMATCH'),
+    );
+    assert.deepEqual(await readdir(join(dir, 'blobs', 'sha256')), [digestHex(d.digest)], 'nothing half-written left');
+  }));
 
 test('write + open round trip, content addressed', () =>
   withDir(async (dir) => {

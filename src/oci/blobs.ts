@@ -1,8 +1,8 @@
 /**
  * Content-addressed blob storage. `BlobSource` is the read side every blob-backed image uses (a blob directory,
  * an indexed tar, …); `BlobDir` is a `blobs/sha256/<hex>` directory that also writes, atomically: bytes go to a
- * temp file in the same directory, are hashed on the way, fsynced, and only renamed into place when the digest
- * (and size) match — so a reader never sees a half-written or wrong blob.
+ * temp file in the same directory, are hashed on the way, fsynced (not in an ephemeral home), and only renamed into
+ * place when the digest (and size) match — so a reader never sees a half-written or wrong blob.
  */
 import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, open, readdir, rename, rm, stat, unlink, utimes } from 'node:fs/promises';
@@ -77,7 +77,15 @@ export class BlobDir implements BlobSource {
   readonly root: string;
   readonly where: string;
 
-  constructor(root: string) {
+  /**
+   * @param o.durable fsync each blob before it is renamed into place (default). Off only for a store nobody reads
+   * after this process (an ephemeral KILN_HOME): a crash takes the store with it, and the fsyncs were round trips to
+   * the disk on a build's critical path (the base image config before its first step, the cache layers it fetches).
+   */
+  constructor(
+    root: string,
+    private readonly o: { durable?: boolean } = {},
+  ) {
     this.root = root;
     this.where = root;
   }
@@ -134,11 +142,13 @@ export class BlobDir implements BlobSource {
       const ws = createWriteStream(tmp, { flags: 'wx', mode: 0o644 });
       if (expected) await pipeline(stream, hasher, verifyingStream(expected.digest, what, expected.size), ws);
       else await pipeline(stream, hasher, ws);
-      const fh = await open(tmp, 'r+');
-      try {
-        await fh.sync();
-      } finally {
-        await fh.close();
+      if (this.o.durable !== false) {
+        const fh = await open(tmp, 'r+');
+        try {
+          await fh.sync();
+        } finally {
+          await fh.close();
+        }
       }
       const digest = hasher.digest();
       const size = hasher.size();

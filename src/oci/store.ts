@@ -17,7 +17,7 @@
 import { mkdir, readdir, readFile, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { KilnError } from '../errors.js';
-import { kilnHome } from '../util/paths.js';
+import { ephemeralHome, kilnHome } from '../util/paths.js';
 import { parseReference, parseReferenceWithDefaultTag } from '../ref/reference.js';
 import { BlobDir, parseJSON, readBlob } from './blobs.js';
 import { imageFromBlobs, indexFromBlobs } from './image.js';
@@ -78,7 +78,7 @@ export class LocalStore {
   private constructor(home: string) {
     this.home = home;
     this.root = join(home, 'store');
-    this.blobs = new BlobDir(join(this.root, 'blobs'));
+    this.blobs = new BlobDir(join(this.root, 'blobs'), { durable: !ephemeralHome() });
   }
 
   /** Open (creating if needed) the store under `home` (default: kilnHome()). */

@@ -5,6 +5,14 @@
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 
+/**
+ * Is $KILN_HOME thrown away after this process (KILN_EPHEMERAL_HOME=1: a build pod's emptyDir)? Then nothing in it
+ * needs to outlive a crash (no fsync) or be kept for a later build.
+ */
+export function ephemeralHome(env: NodeJS.ProcessEnv = process.env): boolean {
+  return env.KILN_EPHEMERAL_HOME === '1';
+}
+
 /** kiln's data directory: $KILN_HOME, else $XDG_DATA_HOME/kiln, else ~/.local/share/kiln. */
 export function kilnHome(env: NodeJS.ProcessEnv = process.env): string {
   if (env.KILN_HOME) return env.KILN_HOME;

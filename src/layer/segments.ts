@@ -113,18 +113,23 @@ const isSlice = (x: Buffer | TarBody | Slice): x is Slice => !Buffer.isBuffer(x)
 
 /** `length` bytes of a tar body's file from `offset`, read synchronously (one open, no thread-pool round trips). */
 export function readRange(b: Pick<TarBody, 'abs' | 'rel'>, offset: number, length: number): Buffer {
+  const buf = Buffer.allocUnsafe(length);
+  readInto(b, offset, length, buf, 0);
+  return buf;
+}
+
+/** readRange into `buf` at `at` (a member's bytes are read into one buffer: no copy of each file's afterwards). */
+function readInto(b: Pick<TarBody, 'abs' | 'rel'>, offset: number, length: number, buf: Buffer, at: number): void {
   const fd = openSync(b.abs, 'r');
   try {
-    const buf = Buffer.allocUnsafe(length);
     let off = 0;
     while (off < length) {
-      const n = readSync(fd, buf, off, length - off, offset + off);
+      const n = readSync(fd, buf, at + off, length - off, offset + off);
       if (n === 0) {
         throw new KilnError('LAYER_WRITE_FAILED', `file "${b.rel}" shrank while the layer was being written`);
       }
       off += n;
     }
-    return buf;
   } finally {
     closeSync(fd);
   }
@@ -210,13 +215,26 @@ export async function writeSegmented(
         /* the previous blob is gone or damaged: write the member afresh */
       }
     }
-    const parts: Buffer[] = [];
-    for (const it of seg.items) {
-      if (Buffer.isBuffer(it)) parts.push(it);
-      else if (isSlice(it)) parts.push(readRange(it.body, it.offset, it.length));
-      else parts.push(readRange(it, 0, it.size));
+    // the member's bytes in one buffer, file bodies read straight into it (W1's 5,000 sources: no buffer per file
+    // and no 21 MB copied into the members afterwards — Buffer.concat was ~60 ms of a loaded fresh build's layer)
+    const only = seg.items.length === 1 ? seg.items[0] : undefined;
+    let uncompressed: Buffer;
+    if (only !== undefined && Buffer.isBuffer(only)) uncompressed = only;
+    else {
+      uncompressed = Buffer.allocUnsafe(seg.bytes);
+      let off = 0;
+      for (const it of seg.items) {
+        if (Buffer.isBuffer(it)) off += it.copy(uncompressed, off);
+        else if (isSlice(it)) {
+          readInto(it.body, it.offset, it.length, uncompressed, off);
+          off += it.length;
+        } else {
+          readInto(it, 0, it.size, uncompressed, off);
+          off += it.size;
+        }
+      }
+      if (off !== seg.bytes) throw new KilnError('LAYER_WRITE_FAILED', 'a layer member came out of the wrong size');
     }
-    const uncompressed = parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts, seg.bytes);
     return { key, compressed: await gzipMember(uncompressed, o.level), uncompressed, reused: false };
   };
 

@@ -620,6 +620,7 @@ export async function hashContextPaths(
   paths: string[],
   exclude: string[] = [],
   signal?: AbortSignal,
+  o: { treeXattrsFirst?: boolean } = {},
 ): Promise<string> {
   const pre = ephemeralHome() ? prefetched.get(ctx)?.get(walkKey(ctx, paths, exclude)) : undefined;
   if (pre) {
@@ -648,6 +649,12 @@ export async function hashContextPaths(
   // The files read now (stat cache misses: new, or changed — an xattr change bumps ctime): their xattrs are read
   // after the walk by one getfattr per batch, never per file.
   const missed: string[] = [];
+  // o.treeXattrsFirst (a prefetch walk in an ephemeral home, where every file will be read): the tree's copied
+  // xattrs are read while its files are, not after them — the direct COPY's capability check waits for that read
+  const first = o.treeXattrsFirst && paths.length === 1 ? (paths[0] as string) : undefined;
+  const early =
+    first === undefined ? undefined : readXattrsRecursive(isAbsolute(first) ? first : join(root, first), COPIED_XATTRS);
+  early?.catch(() => undefined);
   // files found in the stat cache or in flight, and entries .dockerignore'd or excluded
   let known = 0;
   let skipped = 0;
@@ -798,11 +805,13 @@ export async function hashContextPaths(
     if (abs !== undefined && missed.length > 0 && known === 0 && skipped === 0 && !signal?.aborted) {
       // every file of the tree was read (a fresh checkout): one getfattr -R of it, not thousands of paths in argv
       // (~100 ms of this thread spawning three processes for W1's 5,000 sources); the COPY reuses it
-      read = readXattrsRecursive(abs, COPIED_XATTRS);
+      read = early ?? readXattrsRecursive(abs, COPIED_XATTRS);
       let reads = treeXattrReads.get(ctx);
       if (!reads) treeXattrReads.set(ctx, (reads = new Map()));
       reads.set(abs, read);
-    } else read = missed.length ? readCopiedXattrs(missed) : Promise.resolve(new Map<string, Map<string, Buffer>>());
+    } else if (early && missed.length)
+      read = early; // it holds every file under the path, the missed ones too
+    else read = missed.length ? readCopiedXattrs(missed) : Promise.resolve(new Map<string, Map<string, Buffer>>());
     read.catch(() => undefined); // awaited through the digests above
     xattrsRead(read);
   }
@@ -862,7 +871,8 @@ export function prefetchContextHashes(ctx: BuildContext, paths: string[]): () =>
       if (abs !== root && !abs.startsWith(root + '/')) return;
       if (!(await plainPath(root, abs))) return;
       // (the step walks again — lstat only, every file a stat-cache hit — so its key is what is there when it runs)
-      const digest = hashContextPaths(ctx, [abs], [], stop.signal);
+      // (in an ephemeral home nothing persists a stat cache entry: an xattr read before the file's lstat is safe)
+      const digest = hashContextPaths(ctx, [abs], [], stop.signal, { treeXattrsFirst: ephemeralHome() });
       if (ephemeralHome()) {
         let m = prefetched.get(ctx);
         if (!m) prefetched.set(ctx, (m = new Map()));

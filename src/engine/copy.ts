@@ -977,8 +977,9 @@ export class LocalFileCopier implements FileCopier {
 
   async direct(req: CopyRequest, src: CopySource, lowers: string[]): Promise<DirectCopyLayer | undefined> {
     const context = this.opts.context;
-    // the restricted level's helper emulates owners per process: its copies are left to the snapshot path
-    if (req.kind !== 'COPY' || src.kind !== 'context' || !context || this.opts.offload === false) return undefined;
+    // (also at the restricted level: its helper emulates owners for the files a supervised process writes, and this
+    // path writes none — the layer's owners come from the request, as on the snapshot path)
+    if (req.kind !== 'COPY' || src.kind !== 'context' || !context) return undefined;
     if (req.link || req.parents || req.exclude.length || req.chmod !== '' || req.contents.length) return undefined;
     if (req.sources.length !== 1) return undefined;
     const s = req.sources[0] as string;

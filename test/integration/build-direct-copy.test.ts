@@ -5,7 +5,8 @@
  * digests compared — setuid/executable/0700 modes, a symlink, an empty dir, a user.* xattr, --chown, parents with
  * their own mode and owner, a fresh home importing a registry cache (lazy lower layers). Where the shortcut is not
  * certain (hard links, a .dockerignore'd file, a capability, an existing or symlinked destination, a --chown name)
- * the build must take the snapshot path (asserted from KILN_DEBUG) and still give the same image.
+ * the build must take the snapshot path (asserted from KILN_DEBUG) and still give the same image. The restricted
+ * level (a build pod's default) takes the shortcut too, with the image of its own snapshot path.
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -20,6 +21,7 @@ import { push } from '../../src/registry/push.js';
 import { closeTransports } from '../../src/registry/transport.js';
 import { kiln } from './build-helpers.js';
 import { ensureRootlessUser, rootlessTempDir } from '../helpers/rootless.js';
+import { kilnRestricted } from '../helpers/restricted.js';
 
 let reg: TestRegistry;
 let work: string;
@@ -183,6 +185,55 @@ test('direct COPY layer, rootless (as kilntest, in its user namespace): the imag
     assert.equal(eph.digest, normal.digest);
   } finally {
     // the home's layer dirs hold files owned by mapped ids: removed as root
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('direct COPY layer at the restricted level (a build pod default; the emulated restricted container): the snapshot path image', async () => {
+  const { uid, gid } = ensureRootlessUser();
+  const dir = await rootlessTempDir('kiln-direct-rs-');
+  try {
+    const ctx = await context(
+      `FROM ${base}\nRUN mkdir -p /opt/data && chmod 0750 /opt/data && chown 5:6 /opt/data\nWORKDIR /opt/data\nCOPY --chown=1000:1001 src/ ./app/\n`,
+      undefined,
+      join(dir, 'ctx'),
+    );
+    assert.equal(spawnSync('chown', ['-R', `${uid}:${gid}`, ctx]).status, 0);
+    const restricted = async (ephemeral: boolean): Promise<Result> => {
+      const home = join(dir, `home${++n}`);
+      await mkdir(home);
+      await chown(home, uid, gid);
+      const tag = `${reg.host}/direct/r:${n}`;
+      const r = await kilnRestricted(
+        [
+          'build',
+          '--isolation',
+          'restricted',
+          '--progress',
+          'plain',
+          '--insecure-registry',
+          reg.host,
+          '-t',
+          tag,
+          '--push',
+          ctx,
+        ],
+        {
+          home,
+          env: { SOURCE_DATE_EPOCH: EPOCH, KILN_DEBUG: '1', ...(ephemeral ? { KILN_EPHEMERAL_HOME: '1' } : {}) },
+        },
+      );
+      assert.equal(r.code, 0, r.stderr.slice(-3000));
+      const m = /built (sha256:[0-9a-f]{64})/.exec(r.stderr);
+      assert.ok(m, r.stderr.slice(-2000));
+      return { digest: m[1] as string, direct: /\(no snapshot\)/.test(r.stderr) };
+    };
+    const normal = await restricted(false);
+    const eph = await restricted(true);
+    assert.equal(normal.direct, false);
+    assert.equal(eph.direct, true, 'the restricted level takes the shortcut too');
+    assert.equal(eph.digest, normal.digest);
+  } finally {
     await rm(dir, { recursive: true, force: true });
   }
 });

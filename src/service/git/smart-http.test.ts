@@ -7,7 +7,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createServer, request, type Server } from 'node:http';
+import { createServer, request, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -21,8 +21,12 @@ const USER = 'kiln';
 const PASSWORD = `pw-${randomBytes(6).toString('hex')}`;
 const PASSWORD_ENV = `KILN_TEST_SMART_PASSWORD_${randomBytes(4).toString('hex')}`;
 
-/** What the proxy does to one answer: pass it, answer 500, or flip a byte of the pack. */
-type Fault = 'pass' | 'fail' | 'corrupt';
+/**
+ * What the proxy does to one answer: pass it, answer 500, flip a byte of the pack's checksum (`corrupt`) or of its
+ * first object (`corrupt-head`: the unpacker dies with most of the pack still to come), or send the first half of
+ * the answer and then nothing (`stall`: a server that hangs mid-pack; `corrupt-stall`: both).
+ */
+type Fault = 'pass' | 'fail' | 'corrupt' | 'corrupt-head' | 'stall' | 'corrupt-stall';
 
 let server: GitServer;
 let proxy: Server;
@@ -33,6 +37,9 @@ let seen: string[] = [];
 let fault: (what: string) => Fault = () => 'pass';
 /** 401 answers during the last in-process resolve of `same`. */
 let challenged = 0;
+/** Answers held open by `stall` (ended in `after`), and what is told once one stalled. */
+const stalled = new Set<ServerResponse>();
+let onStall: () => void = () => undefined;
 
 before(async () => {
   server = await startGitServer({ username: USER, password: PASSWORD });
@@ -66,8 +73,19 @@ before(async () => {
             const answer = Buffer.concat(out);
             // the last byte of the pack's checksum (the response ends with it and a flush packet)
             if (f === 'corrupt' && answer.length > 5) answer[answer.length - 5] ^= 0xff;
+            // the bytes right after the pack header (its first object's header and zlib stream)
+            const pack = answer.indexOf('PACK');
+            if ((f === 'corrupt-head' || f === 'corrupt-stall') && pack > 0)
+              for (let i = 12; i < 40; i++) answer[pack + i] ^= 0xff;
             const h = { ...up.headers };
             delete h['transfer-encoding'];
+            if (f === 'stall' || f === 'corrupt-stall') {
+              res.writeHead(up.statusCode ?? 502, { ...h, 'content-length': String(answer.length) });
+              res.write(answer.subarray(0, answer.length >> 1));
+              stalled.add(res);
+              onStall();
+              return;
+            }
             res.writeHead(up.statusCode ?? 502, { ...h, 'content-length': String(answer.length) });
             res.end(answer);
           });
@@ -85,6 +103,7 @@ before(async () => {
 });
 
 after(async () => {
+  for (const res of stalled) res.destroy();
   proxy.closeAllConnections();
   await new Promise<void>((r) => proxy.close(() => r()));
   await server.stop();
@@ -270,3 +289,76 @@ test('without credentials or with wrong ones the in-process fetch gives up and g
     await m.close();
   }
 });
+
+/** Random (incompressible) file contents of `bytes`: a pack far larger than a pipe's 64 KiB buffer. */
+function bigFiles(bytes: number): Record<string, Uint8Array> {
+  return { 'big.bin': randomBytes(bytes) };
+}
+
+/** The flock(1) holders this process started that are still running (a fetch holding a mirror's lock). */
+async function flockChildren(): Promise<string[]> {
+  // the lock is let go in the background: wait for that (a holder left for good times the test out)
+  for (;;) {
+    const r = spawnSync('ps', ['-o', 'pid=,args=', '--ppid', String(process.pid)], { encoding: 'utf8' });
+    const left = r.stdout.split('\n').filter((l) => /\bflock\b/.test(l));
+    if (left.length === 0) return left;
+    await new Promise((res) => setTimeout(res, 50));
+  }
+}
+
+test(
+  'an unpacker that dies before the pack has arrived ends the in-process fetch: git fetches, the lock is let go',
+  { timeout: 120_000 },
+  async () => {
+    const m = await newMirrors();
+    try {
+      await server.createRepo('dead', { 'a.txt': 'a\n' });
+      const p = project('dead');
+      await m.resolve(p, { ref: 'main' });
+      const c2 = await server.commit('dead', bigFiles(4 << 20), 'big');
+      let faults = 0;
+      fault = (what) => (what === 'POST fetch' && faults++ === 0 ? 'corrupt-head' : 'pass');
+      seen = [];
+      assert.equal((await m.resolve(p, { ref: 'main' })).commit, c2);
+      assert.deepEqual(seen.slice(0, 3), ['POST ls-refs', 'POST fetch', 'GET info/refs'], 'then git');
+      git(m.mirrorPath(p), ['fsck', '--connectivity-only', '--no-dangling']);
+      assert.deepEqual(await flockChildren(), []);
+    } finally {
+      fault = () => 'pass';
+      await m.close();
+    }
+  },
+);
+
+test(
+  'an abort while the pack arrives ends the in-process fetch at once and lets the lock go',
+  { timeout: 120_000 },
+  async () => {
+    const m = await newMirrors();
+    try {
+      // a server hanging mid-pack, and one hanging after a corrupt start (the unpacker died, the body is not read)
+      for (const f of ['stall', 'corrupt-stall'] as const) {
+        const name = `abort-${f}`;
+        await server.createRepo(name, { 'a.txt': 'a\n' });
+        const p = project(name);
+        await m.resolve(p, { ref: 'main' });
+        const c2 = await server.commit(name, bigFiles(4 << 20), 'big');
+        const ac = new AbortController();
+        fault = (what) => (what === 'POST fetch' ? f : 'pass');
+        // (the delay lets the unpacker read what came and die on it)
+        onStall = () => setTimeout(() => ac.abort(new Error('cancelled')), 200);
+        let e: unknown;
+        await m.resolve(p, { ref: 'main' }, ac.signal).catch((x: unknown) => (e = x));
+        fault = () => 'pass';
+        assert.ok(isKilnError(e, 'INTERRUPTED'), `${f}: ${inspect(e)}`);
+        // the mirror is not locked: the next fetch runs and gets the commit
+        assert.equal((await m.resolve(p, { ref: 'main' })).commit, c2);
+        assert.deepEqual(await flockChildren(), []);
+      }
+    } finally {
+      fault = () => 'pass';
+      onStall = () => undefined;
+      await m.close();
+    }
+  },
+);

@@ -388,6 +388,8 @@ interface Proc {
   child: ChildProcessWithoutNullStreams;
   /** Exit code and stderr once it ended. */
   done: Promise<{ code: number; stderr: string }>;
+  /** It ended (`done` resolved). */
+  ended: boolean;
 }
 
 function startGit(o: SmartFetchOptions, args: string[]): Proc {
@@ -396,29 +398,62 @@ function startGit(o: SmartFetchOptions, args: string[]): Proc {
   child.stdout.resume();
   child.stderr.on('data', (c: Buffer) => (stderr = (stderr + c.toString('utf8')).slice(-4000)));
   child.stdin.on('error', () => undefined);
-  const done = new Promise<{ code: number; stderr: string }>((resolve) => {
-    child.on('error', (e) => resolve({ code: -1, stderr: e.message }));
-    child.on('close', (code) => resolve({ code: code ?? -1, stderr }));
-  });
-  return { child, done };
+  const p: Proc = {
+    child,
+    ended: false,
+    done: new Promise<{ code: number; stderr: string }>((resolve) => {
+      child.on('error', (e) => resolve({ code: -1, stderr: e.message }));
+      child.on('close', (code) => resolve({ code: code ?? -1, stderr }));
+    }),
+  };
+  void p.done.then(() => (p.ended = true));
+  return p;
 }
 
 function kill(p: Proc | undefined): void {
   if (p !== undefined && p.child.exitCode === null) p.child.kill('SIGKILL');
 }
 
-/** Writes `data` to a child's stdin, waiting while its pipe is full. */
-async function feed(p: Proc, data: Buffer): Promise<void> {
-  if (p.child.stdin.write(data)) return;
-  await new Promise<void>((resolve) => {
-    const done = (): void => {
-      p.child.stdin.off('drain', done);
-      p.child.stdin.off('close', done);
-      resolve();
-    };
-    p.child.stdin.on('drain', done);
-    p.child.stdin.on('close', done);
-  });
+/**
+ * Waits for `event` (`'drain'` of a child's stdin) or the child's end, whichever comes first — or throws
+ * `INTERRUPTED` at once when `signal` fires (the child may never read again, the caller kills it).
+ */
+async function until(p: Proc, event: 'drain' | undefined, signal: AbortSignal | undefined): Promise<'event' | 'ended'> {
+  if (signal?.aborted) throw interrupted(signal);
+  if (p.ended) return 'ended';
+  const stdin = p.child.stdin;
+  let onEvent: (() => void) | undefined;
+  let onAbort: (() => void) | undefined;
+  try {
+    return await Promise.race([
+      p.done.then(() => 'ended' as const),
+      new Promise<'event'>((resolve) => {
+        if (event === undefined) return;
+        onEvent = () => resolve('event');
+        stdin.on(event, onEvent);
+      }),
+      new Promise<never>((_, reject) => {
+        if (signal === undefined) return;
+        onAbort = () => reject(interrupted(signal));
+        signal.addEventListener('abort', onAbort, { once: true });
+      }),
+    ]);
+  } finally {
+    if (onEvent !== undefined && event !== undefined) stdin.off(event, onEvent);
+    if (onAbort !== undefined) signal?.removeEventListener('abort', onAbort);
+  }
+}
+
+/**
+ * Writes `data` to an unpacker's stdin, waiting while its pipe is full. An unpacker that ended before the pack did
+ * (a pack it refused, or killed) reads no more — its pipe never drains: unsupported, not sticky (the cause may be
+ * this machine's: a full disk, a killed process); the caller stops reading the response and git fetches.
+ */
+async function feed(p: Proc, data: Buffer, signal: AbortSignal | undefined): Promise<void> {
+  if (!p.ended && p.child.stdin.writable && p.child.stdin.write(data)) return;
+  if ((await until(p, 'drain', signal)) === 'event') return;
+  const r = await p.done;
+  throw unsupported(`fetch: the unpacker ended before the pack did: ${lastLine(r.stderr)}`, false);
 }
 
 /**
@@ -469,12 +504,12 @@ async function receivePack(o: SmartFetchOptions, body: AsyncIterable<Buffer>, un
         }
         data = header;
       }
-      await feed(sink, data);
+      await feed(sink, data, o.signal);
     }
     if (!ended || sink === undefined) throw unsupported('fetch: the response ended without a pack', false);
     sink.child.stdin.end();
+    await until(sink, undefined, o.signal);
     const r = await sink.done;
-    if (o.signal?.aborted) throw interrupted(o.signal);
     if (r.code !== 0) throw unsupported(`fetch: ${lastLine(r.stderr)}`);
     return objects;
   } finally {
@@ -539,8 +574,8 @@ export async function smartFetch(o: SmartFetchOptions): Promise<SmartFetchResult
       objects = await receivePack(o, body, unpack);
       debugMark(`git: pack of ${objects} objects unpacked`);
       revList.child.stdin.end(`${wants.join('\n')}\n`);
+      await until(revList, undefined, o.signal);
       const r = await revList.done;
-      if (o.signal?.aborted) throw interrupted(o.signal);
       if (r.code !== 0) throw unsupported(`connectivity check: ${lastLine(r.stderr)}`);
     }
     if (o.signal?.aborted) throw interrupted(o.signal);

@@ -9,7 +9,8 @@ import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createServer, request, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inspect } from 'node:util';
@@ -362,3 +363,33 @@ test(
     }
   },
 );
+
+test('a branch the server points at a tree, a blob or a tag object is refused as git refuses it', async () => {
+  const m = await newMirrors();
+  try {
+    await server.createRepo('types', { 'a.txt': 'a\n' });
+    const p = project('types');
+    await m.resolve(p, { ref: 'main' });
+    const c2 = await server.commit('types', { 'b.txt': 'b\n' }, 'two');
+    await server.tag('types', 'annotated', c2, 'a tag');
+    const bare = server.repoPath('types');
+    const rev = (spec: string): string => git(bare, ['rev-parse', spec]).trim();
+    for (const [kind, oid] of [
+      ['tree', rev(`${c2}^{tree}`)],
+      ['blob', rev(`${c2}:b.txt`)],
+      ['tag', rev('refs/tags/annotated')],
+    ] as const) {
+      // (update-ref itself refuses a non-commit branch: the ref file is written as a broken server would have it)
+      await writeFile(join(bare, 'refs/heads/odd'), `${oid}\n`);
+      let e: unknown;
+      await m.resolve(p, { ref: 'main' }).catch((x: unknown) => (e = x));
+      assert.ok(isKilnError(e, 'GIT_FETCH_FAILED'), `${kind}: ${inspect(e)}`);
+      assert.match(e.message, /non-commit/, kind);
+      assert.ok(!existsSync(join(m.mirrorPath(p), 'refs/heads/odd')), `${kind}: the branch was written`);
+      await rm(join(bare, 'refs/heads/odd'));
+    }
+    assert.equal((await m.resolve(p, { ref: 'main' })).commit, c2);
+  } finally {
+    await m.close();
+  }
+});

@@ -386,8 +386,8 @@ async function writeRefs(
 
 interface Proc {
   child: ChildProcessWithoutNullStreams;
-  /** Exit code and stderr once it ended. */
-  done: Promise<{ code: number; stderr: string }>;
+  /** Exit code, stdout (its first MiB) and stderr (its end) once it ended. */
+  done: Promise<{ code: number; stdout: string; stderr: string }>;
   /** It ended (`done` resolved). */
   ended: boolean;
 }
@@ -395,15 +395,18 @@ interface Proc {
 function startGit(o: SmartFetchOptions, args: string[]): Proc {
   const child = spawn('git', [...o.gitArgs, ...args], { env: o.env, stdio: ['pipe', 'pipe', 'pipe'] });
   let stderr = '';
-  child.stdout.resume();
+  let stdout = '';
+  child.stdout.on('data', (c: Buffer) => {
+    if (stdout.length < 1 << 20) stdout += c.toString('utf8');
+  });
   child.stderr.on('data', (c: Buffer) => (stderr = (stderr + c.toString('utf8')).slice(-4000)));
   child.stdin.on('error', () => undefined);
   const p: Proc = {
     child,
     ended: false,
-    done: new Promise<{ code: number; stderr: string }>((resolve) => {
-      child.on('error', (e) => resolve({ code: -1, stderr: e.message }));
-      child.on('close', (code) => resolve({ code: code ?? -1, stderr }));
+    done: new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+      child.on('error', (e) => resolve({ code: -1, stdout, stderr: e.message }));
+      child.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
     }),
   };
   void p.done.then(() => (p.ended = true));
@@ -519,6 +522,30 @@ async function receivePack(o: SmartFetchOptions, body: AsyncIterable<Buffer>, un
 }
 
 /**
+ * Git refuses to point a branch at anything but a commit (`trying to write non-commit object … to branch`); a
+ * server whose branch names a tree, blob or tag object makes this client give up (not sticky: once the branch is
+ * fixed the next fetch is in process again), so that git fetches and reports it.
+ */
+async function branchesAreCommits(o: SmartFetchOptions, updates: Map<string, string>): Promise<void> {
+  const ids = [...new Set([...updates].filter(([ref]) => ref.startsWith('refs/heads/')).map(([, oid]) => oid))];
+  if (ids.length === 0) return;
+  const check = startGit(o, ['cat-file', '--batch-check=%(objecttype)']);
+  try {
+    check.child.stdin.end(`${ids.join('\n')}\n`);
+    await until(check, undefined, o.signal);
+    const r = await check.done;
+    if (r.code !== 0) throw unsupported(`object types: ${lastLine(r.stderr)}`, false);
+    const types = r.stdout.split('\n').slice(0, ids.length);
+    const odd = types.findIndex((t) => t !== 'commit');
+    if (types.length !== ids.length || odd >= 0) {
+      throw unsupported(`a branch names a ${types[odd] ?? 'missing'} object, not a commit`, false);
+    }
+  } finally {
+    kill(check);
+  }
+}
+
+/**
  * Fetches the repository at `o.url` into the mirror `o.gitDir` as `git fetch --prune` of branches and tags would.
  * Throws {@link SmartFetchUnsupported} (nothing moved; the caller runs git), KilnError `INTERRUPTED` or
  * `GIT_LOCK_FAILED` (the mirror's flock).
@@ -577,6 +604,7 @@ export async function smartFetch(o: SmartFetchOptions): Promise<SmartFetchResult
       await until(revList, undefined, o.signal);
       const r = await revList.done;
       if (r.code !== 0) throw unsupported(`connectivity check: ${lastLine(r.stderr)}`);
+      await branchesAreCommits(o, updates);
     }
     if (o.signal?.aborted) throw interrupted(o.signal);
     await writeRefs(o.gitDir, updates, deletes, packed);

@@ -17,6 +17,7 @@ import { inspect } from 'node:util';
 import { isKilnError } from '../../errors.js';
 import { gitTestProject, startGitServer, type GitServer } from '../../../test/helpers/git-server.js';
 import { GitMirrors, type GitProject } from './mirror.js';
+import { smartFetchUsable } from './smart-http.js';
 
 const USER = 'kiln';
 const PASSWORD = `pw-${randomBytes(6).toString('hex')}`;
@@ -392,4 +393,14 @@ test('a branch the server points at a tree, a blob or a tag object is refused as
   } finally {
     await m.close();
   }
+});
+
+test('https is left to git where curl and Node would trust different certificates', () => {
+  const url = 'https://git.example.com/a.git';
+  assert.equal(smartFetchUsable(url, {}), true);
+  for (const k of ['NODE_TLS_REJECT_UNAUTHORIZED', 'NODE_EXTRA_CA_CERTS', 'SSL_CERT_FILE', 'CURL_CA_BUNDLE']) {
+    assert.equal(smartFetchUsable(url, { [k]: k === 'NODE_TLS_REJECT_UNAUTHORIZED' ? '0' : '/x.pem' }), false, k);
+    assert.equal(smartFetchUsable('http://git.example.com/a.git', { [k]: '0' }), true, k);
+  }
+  assert.equal(smartFetchUsable(url, { https_proxy: 'http://proxy:3128' }), false);
 });

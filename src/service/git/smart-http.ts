@@ -80,8 +80,18 @@ let agent: Dispatcher | undefined;
 
 /** Environment variables that make git's curl use a proxy: with any of them, git does the fetch. */
 const PROXY_ENV = ['http_proxy', 'https_proxy', 'all_proxy', 'HTTP_PROXY', 'HTTPS_PROXY', 'ALL_PROXY'];
-/** … and that give curl other CA certificates than Node's: with any of them, git does an https fetch. */
-const CA_ENV = ['SSL_CERT_FILE', 'SSL_CERT_DIR', 'CURL_CA_BUNDLE'];
+/**
+ * … and that give curl other CA certificates than Node's, or Node other ones than curl's (git's curl ignores
+ * Node's variables: with NODE_TLS_REJECT_UNAUTHORIZED=0 this client would accept what git refuses), or switch
+ * Node's certificate check off: with any of them, git does an https fetch.
+ */
+const CA_ENV = [
+  'SSL_CERT_FILE',
+  'SSL_CERT_DIR',
+  'CURL_CA_BUNDLE',
+  'NODE_EXTRA_CA_CERTS',
+  'NODE_TLS_REJECT_UNAUTHORIZED',
+];
 
 /** Packs with fewer objects are unpacked into loose objects (git's `fetch.unpackLimit` default), larger ones indexed. */
 const UNPACK_LIMIT = 100;
@@ -92,7 +102,7 @@ const USER_AGENT = 'git/kiln';
 
 /**
  * Whether this client may try `url` in an environment `env` (the service's): http(s) only, no proxy, and for https
- * no CA setting of curl's (undici uses Node's CA list).
+ * no CA setting of curl's or Node's (see CA_ENV: undici and curl must trust the same certificates).
  */
 export function smartFetchUsable(url: string, env: NodeJS.ProcessEnv = process.env): boolean {
   if (!/^https?:\/\//i.test(url) || url.includes('?') || url.includes('#')) return false;

@@ -17,7 +17,7 @@ import { inspect } from 'node:util';
 import { isKilnError } from '../../errors.js';
 import { gitTestProject, startGitServer, type GitServer } from '../../../test/helpers/git-server.js';
 import { GitMirrors, type GitProject } from './mirror.js';
-import { smartFetchUsable } from './smart-http.js';
+import { SmartFetchUnsupported, smartFetch, smartFetchUsable } from './smart-http.js';
 
 const USER = 'kiln';
 const PASSWORD = `pw-${randomBytes(6).toString('hex')}`;
@@ -404,3 +404,51 @@ test('https is left to git where curl and Node would trust different certificate
   }
   assert.equal(smartFetchUsable(url, { https_proxy: 'http://proxy:3128' }), false);
 });
+
+test(
+  'an endless capability advertisement or ref listing makes the in-process fetch give up (not for good)',
+  { timeout: 60_000 },
+  async () => {
+    // a server that never stops advertising capabilities, or listing refs (after a sane advertisement)
+    const line = (l: string): string => `${(l.length + 5).toString(16).padStart(4, '0')}${l}\n`;
+    const fake = createServer((req, res) => {
+      const endless = (next: (i: number) => string): void => {
+        let i = 0;
+        const more = (): void => {
+          while (!res.destroyed && res.write(next(i++)));
+          if (!res.destroyed) res.once('drain', more);
+        };
+        more();
+      };
+      if (req.method === 'GET') {
+        res.writeHead(200, { 'content-type': 'application/x-git-upload-pack-advertisement' });
+        if (req.url?.startsWith('/caps')) {
+          res.write(line('version 2'));
+          endless((i) => line(`cap-${i}`));
+          return;
+        }
+        res.end(`${line('version 2')}${line('ls-refs')}${line('fetch')}0000`);
+        return;
+      }
+      req.resume();
+      res.writeHead(200, { 'content-type': 'application/x-git-upload-pack-result' });
+      endless((i) => line(`${randomBytes(20).toString('hex')} refs/heads/b${i}`));
+    });
+    await new Promise<void>((r) => fake.listen(0, '127.0.0.1', () => r()));
+    const url = `http://127.0.0.1:${(fake.address() as AddressInfo).port}`;
+    const dir = await mkdtemp(join(tmp, 'endless-'));
+    try {
+      for (const path of ['caps', 'refs']) {
+        let e: unknown;
+        await smartFetch({ url: `${url}/${path}`, gitDir: dir, lock: join(dir, 'lock'), env: {}, gitArgs: [] }).catch(
+          (x: unknown) => (e = x),
+        );
+        assert.ok(e instanceof SmartFetchUnsupported, `${path}: ${inspect(e)}`);
+        assert.equal(e.sticky, false, path);
+      }
+    } finally {
+      fake.closeAllConnections();
+      await new Promise<void>((r) => fake.close(() => r()));
+    }
+  },
+);

@@ -99,6 +99,12 @@ const UNPACK_LIMIT = 100;
 const MAX_HAVES = 256;
 const OID = /^[0-9a-f]{40}$/;
 const USER_AGENT = 'git/kiln';
+/** The capability advertisement's limits (a few hundred bytes in practice): lines, bytes. */
+const MAX_CAPABILITIES = 256;
+const MAX_ADVERTISEMENT = 64 << 10;
+/** The ref listing's limits: refs, bytes (about 100 bytes a ref); more and git fetches. */
+const MAX_REFS = 200_000;
+const MAX_LISTING = 32 << 20;
 
 /**
  * Whether this client may try `url` in an environment `env` (the service's): http(s) only, no proxy, and for https
@@ -131,10 +137,17 @@ const DELIM = Buffer.from('0001', 'latin1');
 /** Special packets: flush (0000), delim (0001), response-end (0002). */
 type Packet = Buffer | 0 | 1 | 2;
 
-/** The pkt-lines of a response body, as they arrive. Throws (unsupported) on a malformed or truncated stream. */
-async function* packets(body: AsyncIterable<Buffer>): AsyncGenerator<Packet> {
+/**
+ * The pkt-lines of a response body, as they arrive. Throws (unsupported) on a malformed or truncated stream, and
+ * (unsupported, not sticky) once more than `maxBytes` arrived: a listing that big is not one this client reads into
+ * memory (git's path streams it), an endless one not one it waits for.
+ */
+async function* packets(body: AsyncIterable<Buffer>, maxBytes = Infinity): AsyncGenerator<Packet> {
   let buf: Buffer = Buffer.alloc(0);
+  let total = 0;
   for await (const chunk of body) {
+    total += chunk.length;
+    if (total > maxBytes) throw unsupported(`a response of more than ${maxBytes} bytes`, false);
     buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
     let off = 0;
     while (buf.length - off >= 4) {
@@ -239,7 +252,11 @@ async function discover(o: SmartFetchOptions): Promise<ServerInfo> {
     'application/x-git-upload-pack-advertisement',
   );
   const lines: string[] = [];
-  for await (const p of packets(body)) if (typeof p !== 'number') lines.push(text(p));
+  for await (const p of packets(body, MAX_ADVERTISEMENT)) {
+    if (typeof p === 'number') continue;
+    lines.push(text(p));
+    if (lines.length > MAX_CAPABILITIES + 2) throw unsupported(`more than ${MAX_CAPABILITIES} capabilities`, false);
+  }
   if (lines[0] === '# service=git-upload-pack') lines.shift();
   if (lines[0] !== 'version 2') throw unsupported('the server does not speak protocol v2');
   const caps = new Map(lines.slice(1).map((l) => [l.split('=')[0] as string, l.slice(l.indexOf('=') + 1)]));
@@ -264,8 +281,9 @@ async function lsRefs(o: SmartFetchOptions): Promise<{ info: ServerInfo; refs: M
   const req = command(info, 'ls-refs', ['ref-prefix refs/heads/', 'ref-prefix refs/tags/']);
   const body = await call(o, info, 'POST', 'git-upload-pack', 'application/x-git-upload-pack-result', req);
   const refs = new Map<string, string>();
-  for await (const p of packets(body)) {
+  for await (const p of packets(body, MAX_LISTING)) {
     if (typeof p === 'number') continue;
+    if (refs.size >= MAX_REFS) throw unsupported(`ls-refs: more than ${MAX_REFS} refs`, false);
     const line = text(p);
     if (line.startsWith('ERR ')) throw unsupported(`ls-refs: ${line.slice(4, 200)}`, false);
     const [oid = '', name = ''] = line.split(' ');

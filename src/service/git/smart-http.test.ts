@@ -452,3 +452,19 @@ test(
     }
   },
 );
+
+test('a packed-refs.lock in the mirror stops the in-process fetch before it writes a ref: git fetches', async () => {
+  const m = await newMirrors();
+  try {
+    await server.createRepo('plock', { 'a.txt': 'a\n' });
+    const p = project('plock');
+    await m.resolve(p, { ref: 'main' });
+    const c2 = await server.commit('plock', { 'a.txt': 'b\n' }, 'two');
+    await writeFile(join(m.mirrorPath(p), 'packed-refs.lock'), '');
+    seen = [];
+    assert.equal((await m.resolve(p, { ref: 'main' })).commit, c2);
+    assert.deepEqual(seen.slice(0, 3), ['POST ls-refs', 'POST fetch', 'GET info/refs'], 'then git');
+  } finally {
+    await m.close();
+  }
+});

@@ -3,8 +3,8 @@
  * `ls-refs` for the branches and tags, then one `fetch` with the changed tips as wants and the mirror's tips as haves
  * (`done` at once: one round) — the pack streamed into `git unpack-objects` (small packs, as git does) or
  * `git index-pack --fix-thin`, git's own connectivity check (`rev-list --objects --not --all`), and the refs written
- * the way git writes them (a `<ref>.lock` renamed into place; a deleted ref also leaves packed-refs), all under the
- * mirror's flock. The result is what `git fetch --prune` of `+refs/heads/*` and `+refs/tags/*` leaves.
+ * the way git writes them (a deleted ref leaves packed-refs first — rewritten through `packed-refs.lock` — then its
+ * loose file goes; a created or moved one is a `<ref>.lock` renamed into place), all under the mirror's flock. The result is what `git fetch --prune` of `+refs/heads/*` and `+refs/tags/*` leaves.
  *
  * Why: `git fetch` is a chain of processes — git, git-remote-http, the unpacker, rev-list — and three HTTP requests
  * (the capability GET on every fetch). Here it is two requests (the capabilities are kept per URL, so the GET is made
@@ -18,7 +18,7 @@
  * (a 401, as git does); they never appear in a URL, argv, an error or a log.
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import { mkdir, open, readFile, readdir, rename, rm, rmdir, unlink } from 'node:fs/promises';
+import { mkdir, open, readFile, readdir, rename, rm, rmdir, stat, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { Agent, request, type Dispatcher } from '../../registry/http.js';
 import { errorMessage, isKilnError } from '../../errors.js';
@@ -332,7 +332,10 @@ async function localRefs(gitDir: string): Promise<{ refs: Map<string, string>; p
   return { refs, packed };
 }
 
-/** Creates `path` exclusively (git's `<ref>.lock` protocol); an existing one is a stale lock: unsupported. */
+/**
+ * Creates `path` exclusively (git's `<ref>.lock` protocol); an existing one is a stale lock: unsupported. A failed
+ * write leaves no lock file behind.
+ */
 async function writeLockFile(path: string, content: string): Promise<void> {
   let fh;
   try {
@@ -343,9 +346,12 @@ async function writeLockFile(path: string, content: string): Promise<void> {
   }
   try {
     await fh.writeFile(content);
-  } finally {
-    await fh.close();
+  } catch (e) {
+    await fh.close().catch(() => undefined);
+    await rm(path, { force: true });
+    throw e;
   }
+  await fh.close();
 }
 
 /** Removes the now empty parent dirs of a deleted ref up to (not including) refs/heads or refs/tags, as git does. */
@@ -361,23 +367,21 @@ async function removeEmptyParents(gitDir: string, ref: string): Promise<void> {
   }
 }
 
-/** Deletes refs (loose files, then their packed-refs lines in one rewrite), then creates or moves the others. */
+/**
+ * Deletes refs — their packed-refs lines first (one rewrite through `packed-refs.lock`), then their loose files, as
+ * git does: a loose file gone before its packed line would bring the packed (older) value back — then creates or
+ * moves the others. A `packed-refs.lock` (another writer's, or a crashed git's) stops it before anything is written.
+ */
 async function writeRefs(
   gitDir: string,
   updates: Map<string, string>,
   deletes: string[],
   packed: Set<string>,
 ): Promise<void> {
-  for (const ref of deletes) {
-    await unlink(join(gitDir, ref)).catch((e: NodeJS.ErrnoException) => {
-      if (e.code !== 'ENOENT') throw e;
-    });
-    await removeEmptyParents(gitDir, ref);
-  }
+  const file = join(gitDir, 'packed-refs');
   const unpack = deletes.filter((r) => packed.has(r));
   if (unpack.length > 0) {
     const gone = new Set(unpack);
-    const file = join(gitDir, 'packed-refs');
     const lines = (await readFile(file, 'utf8')).split('\n');
     const kept: string[] = [];
     let skipping = false;
@@ -391,6 +395,14 @@ async function writeRefs(
     }
     await writeLockFile(`${file}.lock`, kept.join('\n'));
     await rename(`${file}.lock`, file);
+  } else if (await stat(`${file}.lock`).catch(() => undefined)) {
+    throw unsupported('stale lock file packed-refs.lock', false);
+  }
+  for (const ref of deletes) {
+    await unlink(join(gitDir, ref)).catch((e: NodeJS.ErrnoException) => {
+      if (e.code !== 'ENOENT') throw e;
+    });
+    await removeEmptyParents(gitDir, ref);
   }
   for (const [ref, oid] of updates) {
     const path = join(gitDir, ref);

@@ -322,7 +322,9 @@ async function localRefs(gitDir: string): Promise<{ refs: Map<string, string>; p
     }
     for (const e of entries) {
       if (!e.isFile()) continue;
-      const rel = join(e.parentPath, e.name).slice(gitDir.length + 1);
+      // (`parentPath` is Node ≥ 20.12's name; older Node 20 has only `path`)
+      const parent = (e as { parentPath?: string }).parentPath ?? (e as { path: string }).path;
+      const rel = join(parent, e.name).slice(gitDir.length + 1);
       if (rel.endsWith('.lock')) throw unsupported(`stale lock file ${rel}`, false);
       const oid = (await readFile(join(gitDir, rel), 'utf8')).trim();
       if (!OID.test(oid)) throw unsupported(`ref ${rel} is not an object id`);
@@ -598,14 +600,15 @@ export async function smartFetch(o: SmartFetchOptions): Promise<SmartFetchResult
   let revList: Proc | undefined;
   let unpack: Proc | undefined;
   try {
-    // the mirror's refs as they were before the listing: if another process moved them before the lock was ours,
-    // its listing may be newer than this one, so the server is asked again (under the lock now)
-    const seen = localRefs(o.gitDir).catch(() => undefined);
+    // the mirror's refs as they were before the listing was asked for: if another process moved them before the
+    // lock was ours, its listing may be newer than this one, so the server is asked again (under the lock now).
+    // The snapshot is complete before the request goes out: one still being read could see that process's refs
+    // and miss the move.
+    const before = (await localRefs(o.gitDir).catch(() => undefined))?.refs;
     let { info, refs: remote } = await lsRefs(o);
     debugMark('git: ls-refs');
     release = await locked;
     const { refs: local, packed } = await localRefs(o.gitDir);
-    const before = (await seen)?.refs;
     if (before?.size !== local.size || [...local].some(([ref, oid]) => before.get(ref) !== oid)) {
       ({ info, refs: remote } = await lsRefs(o));
     }

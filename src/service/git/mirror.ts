@@ -709,7 +709,8 @@ export class GitMirrors {
                 url: repo.url,
                 gitDir: path,
                 lock,
-                env,
+                // (its git processes — unpacker, rev-list — talk to no server: no credentials in their environment)
+                env: baseEnv(),
                 gitArgs: base,
                 credentials: auth.basic,
                 signal,

@@ -49,7 +49,10 @@ export interface SmartFetchOptions {
   gitDir: string;
   /** The mirror's flock file; held from reading the mirror's refs to writing them. */
   lock: string;
-  /** Environment and leading arguments (`-c …`, `--git-dir`) of the git processes (unpacker, rev-list). */
+  /**
+   * Environment and leading arguments (`-c …`, `--git-dir`) of the git processes (unpacker, rev-list, cat-file):
+   * local ones, so an environment without credentials (baseEnv).
+   */
   env: Record<string, string>;
   gitArgs: string[];
   /** Basic credentials for this URL's host, or none. */

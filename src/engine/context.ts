@@ -17,7 +17,7 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { sha256FilesOffThread, sha256OffThread } from '../layer/worker.js';
-import { createReadStream, lstatSync, readFileSync, readlinkSync, type Stats } from 'node:fs';
+import { createReadStream, lstatSync, readlinkSync, type Stats } from 'node:fs';
 import { lstat, mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
@@ -27,7 +27,7 @@ import { KilnError, errorMessage } from '../errors.js';
 import { loadDockerignore, newMatcher, type Matcher } from '../dockerfile/index.js';
 import { detectCompression, peek } from '../layer/compression.js';
 import { extractLayer } from '../layer/extract.js';
-import { readXattrsRecursive } from '../layer/fsops.js';
+import { readKnownSize, readXattrsRecursive } from '../layer/fsops.js';
 import { readTar } from '../layer/tarformat.js';
 import { writeFileAtomic } from '../util/atomic.js';
 
@@ -449,7 +449,7 @@ const HASH_BATCH_BYTES = 1 << 19;
 
 /** sha256 (hex) of a file: read at once when small, streamed otherwise. */
 export async function sha256File(abs: string, size: number): Promise<string> {
-  if (size <= SMALL_FILE) return createHash('sha256').update(readFileSync(abs)).digest('hex');
+  if (size <= SMALL_FILE) return createHash('sha256').update(readKnownSize(abs, size)).digest('hex');
   // streamed on the worker thread (src/layer/worker.ts), off the main thread, while the walk goes on
   return sha256OffThread(abs);
 }
@@ -660,11 +660,12 @@ export async function hashContextPaths(
   let skipped = 0;
   // Small files (stat cache misses) are read and digested in batches: on the worker thread while it keeps up (at
   // most two batches in flight), else here — both cores digest a fresh checkout's thousands of files.
-  let batch: { abs: string; resolve: (d: string) => void; reject: (e: unknown) => void }[] = [];
+  // (read by the size the walk's lstat gave: no fstat per file, a round trip to the restricted level's helper)
+  let batch: { abs: string; size: number; resolve: (d: string) => void; reject: (e: unknown) => void }[] = [];
   let batchBytes = 0;
   const hashHere = (f: (typeof batch)[number]): void => {
     try {
-      f.resolve(createHash('sha256').update(readFileSync(f.abs)).digest('hex'));
+      f.resolve(createHash('sha256').update(readKnownSize(f.abs, f.size)).digest('hex'));
     } catch (e) {
       f.reject(e);
     }
@@ -674,7 +675,10 @@ export async function hashContextPaths(
     const b = batch;
     batch = [];
     batchBytes = 0;
-    const away = sha256FilesOffThread(b.map((f) => f.abs));
+    const away = sha256FilesOffThread(
+      b.map((f) => f.abs),
+      b.map((f) => f.size),
+    );
     if (!away) for (const f of b) hashHere(f);
     else
       away.then(
@@ -685,7 +689,7 @@ export async function hashContextPaths(
   };
   const hashSmall = (abs: string, size: number): Promise<string> =>
     new Promise<string>((resolve, reject) => {
-      batch.push({ abs, resolve, reject });
+      batch.push({ abs, size, resolve, reject });
       batchBytes += size;
       if (batch.length >= HASH_BATCH_FILES || batchBytes >= HASH_BATCH_BYTES) flush();
     });

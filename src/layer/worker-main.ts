@@ -17,7 +17,7 @@ if (port) {
               resolve(job.jobs.length);
             })
           : job.kind === 'sha256Files'
-            ? Promise.resolve(sha256FilesSync(job.files))
+            ? Promise.resolve(sha256FilesSync(job.files, job.sizes))
             : sha256Stream(job.file);
     work.then(
       (ok) => port.postMessage({ id: job.id, ok } satisfies WorkerJobResult),

@@ -129,3 +129,21 @@ test('copyFilesOffThread: new files with owner, mode and times on the worker; a 
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('sha256FilesOffThread with the walk sizes: the same digests, also for a file that grew or shrank since', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'kiln-worker-'));
+  try {
+    const files = [join(dir, 'same'), join(dir, 'grew'), join(dir, 'shrank'), join(dir, 'empty'), join(dir, 'big')];
+    await writeFile(files[0] as string, 'same\n'.repeat(100));
+    await writeFile(files[1] as string, 'x'.repeat(200_000)); // 3 × 64 KiB reads past the size given
+    await writeFile(files[2] as string, 'short');
+    await writeFile(files[3] as string, '');
+    await writeFile(files[4] as string, 'b'.repeat(70_000));
+    const sizes = [500, 10, 5000, 0, 70_000];
+    warmUpWorker();
+    const want = files.map((f) => createHash('sha256').update(readFileSync(f)).digest('hex'));
+    assert.deepEqual(await sha256FilesOffThread(files, sizes), want);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});

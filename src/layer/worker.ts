@@ -14,12 +14,13 @@ import { Worker } from 'node:worker_threads';
 import { KilnError } from '../errors.js';
 import { writeLayer, type WriteLayerOptions, type WrittenLayer } from './writer.js';
 import { copyFilesSync, type FileCopyJob } from './filecopy.js';
+import { readKnownSize } from './fsops.js';
 
 /** Messages to the worker. */
 export type JobBody =
   | { kind: 'layer'; dir: string; opts: WriteLayerOptions }
   | { kind: 'sha256'; file: string }
-  | { kind: 'sha256Files'; files: string[] }
+  | { kind: 'sha256Files'; files: string[]; sizes?: number[] }
   | { kind: 'copyFiles'; jobs: FileCopyJob[] };
 export type WorkerJob = JobBody & { id: number };
 
@@ -120,10 +121,13 @@ export function sha256OffThread(file: string): Promise<string> {
 }
 
 /** sha256 (hex) of each small file, read whole; '' for a file that could not be read (the caller reads it again). */
-export function sha256FilesSync(files: string[]): string[] {
-  return files.map((f) => {
+export function sha256FilesSync(files: string[], sizes?: number[]): string[] {
+  return files.map((f, i) => {
     try {
-      return createHash('sha256').update(readFileSync(f)).digest('hex');
+      const size = sizes?.[i];
+      return createHash('sha256')
+        .update(size === undefined ? readFileSync(f) : readKnownSize(f, size))
+        .digest('hex');
     } catch {
       return '';
     }
@@ -138,10 +142,11 @@ let hashing = 0;
  * undefined and the caller hashes them itself. Why: a hash walk of a fresh checkout (a build pod's) read and digested
  * 5,000 small files on the main thread while the other core had little to do; now both do, each as fast as it can.
  */
-export function sha256FilesOffThread(files: string[]): Promise<string[]> | undefined {
+export function sha256FilesOffThread(files: string[], sizes?: number[]): Promise<string[]> | undefined {
   if (process.env.KILN_LAYER_WORKER === '0' || !worker || broken || hashing >= 2) return undefined;
   hashing++;
-  const done = run<string[]>({ kind: 'sha256Files', files }, async () => sha256FilesSync(files));
+  const job: JobBody = sizes ? { kind: 'sha256Files', files, sizes } : { kind: 'sha256Files', files };
+  const done = run<string[]>(job, async () => sha256FilesSync(files, sizes));
   void done.then(
     () => void hashing--,
     () => void hashing--,

@@ -229,6 +229,10 @@ test('hashContextPaths: a tree read whole takes its xattrs from one recursive re
     '1',
   );
   assert.equal(read?.has(join(resolve(d2), 'src/top.txt')), false, 'only the xattrs a COPY carries');
+  // a file changed after that read: the next walk of the tree (a stat-cache miss for it) drops the stale read
+  execFileSync('setfattr', ['-n', 'user.k', '-v', '2', join(d2, 'src/a/f7')]);
+  await hashContextPaths(c2, ['src']);
+  assert.equal(contextTreeXattrs(c2, join(resolve(d2), 'src')), undefined, 'the old whole-tree read is dropped');
   // without the xattr, the digest differs (the recursive read counts)
   const d3 = tree();
   execFileSync('setfattr', ['-x', 'user.k', join(d3, 'src/a/f7')]);

@@ -813,9 +813,20 @@ export async function hashContextPaths(
       let reads = treeXattrReads.get(ctx);
       if (!reads) treeXattrReads.set(ctx, (reads = new Map()));
       reads.set(abs, read);
-    } else if (early && missed.length)
-      read = early; // it holds every file under the path, the missed ones too
-    else read = missed.length ? readCopiedXattrs(missed) : Promise.resolve(new Map<string, Map<string, Buffer>>());
+    } else {
+      if (early && missed.length)
+        read = early; // it holds every file under the path, the missed ones too
+      else read = missed.length ? readCopiedXattrs(missed) : Promise.resolve(new Map<string, Map<string, Buffer>>());
+      // a file changed since a whole-tree read of these paths (this walk missed it in the stat cache): that read
+      // may hold its old xattrs — the COPY must not take them (its key has the new ones), it reads them again
+      const reads = missed.length ? treeXattrReads.get(ctx) : undefined;
+      if (reads)
+        for (const p of paths) {
+          const a = isAbsolute(p) ? p : join(root, p);
+          for (const k of [...reads.keys()])
+            if (k === a || k.startsWith(a + '/') || a.startsWith(k + '/')) reads.delete(k);
+        }
+    }
     read.catch(() => undefined); // awaited through the digests above
     xattrsRead(read);
   }

@@ -30,6 +30,7 @@ import { extractLayer } from '../layer/extract.js';
 import { readKnownSize, readXattrsRecursive } from '../layer/fsops.js';
 import { readTar } from '../layer/tarformat.js';
 import { writeFileAtomic } from '../util/atomic.js';
+import { ephemeralHome } from '../util/paths.js';
 
 export interface BuildContext {
   /** Host directory holding the context files. */
@@ -410,7 +411,7 @@ function loadStatCache(ctx: BuildContext): Promise<StatCache> {
     // Persisted only for directory contexts: tar/git/stdin contexts live in fresh temp dirs. Not in a KILN_HOME
     // thrown away after the build (KILN_EPHEMERAL_HOME=1, a build pod's): no later build would read it.
     const file =
-      ctx.kilnHome && ctx.kind === 'dir' && process.env.KILN_EPHEMERAL_HOME !== '1'
+      ctx.kilnHome && ctx.kind === 'dir' && !ephemeralHome()
         ? join(ctx.kilnHome, 'statcache', createHash('sha256').update(ctx.root).digest('hex') + '.json')
         : undefined;
     let data: StatCacheFile = { version: 1, root: ctx.root, entries: {} };
@@ -844,9 +845,6 @@ export async function hashContextPaths(
   await saveStatCache(cache).catch(() => undefined); // the cache is an optimisation only
   return 'sha256:' + digest.digest('hex');
 }
-
-/** KILN_EPHEMERAL_HOME=1: a build pod's home, thrown away after one build of a checkout nobody edits meanwhile. */
-const ephemeralHome = (): boolean => process.env.KILN_EPHEMERAL_HOME === '1';
 
 /**
  * The digests of a build's prefetch walks, by context and walk (walkKey). Why: with KILN_EPHEMERAL_HOME=1 a step

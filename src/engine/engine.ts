@@ -10,6 +10,7 @@
  * Kubernetes executor or test doubles.
  */
 import { debugMark } from '../util/debug.js';
+import { ephemeralHome } from '../util/paths.js';
 import { warmUpWorker } from '../layer/worker.js';
 import { chmod, chown, lstat, mkdir, mkdtemp, rename, rm, utimes, writeFile } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
@@ -1256,7 +1257,7 @@ class Engine {
     return (
       c.kind === 'COPY' &&
       this.deps.copier.direct !== undefined &&
-      process.env.KILN_EPHEMERAL_HOME === '1' &&
+      ephemeralHome() &&
       src.kind === 'context' &&
       st.lastStep === true &&
       st.stage === this.targetStage()
